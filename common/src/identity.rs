@@ -1,0 +1,352 @@
+//! Ed25519 identities and node ids.
+//!
+//! A [`NodeId`] is the BLAKE3 hash of a peer's Ed25519 public key. Creating
+//! an identity costs proof of work: the id must end in at least `difficulty`
+//! zero bits, which a satellite enforces at check-in (Sybil cost).
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use rand::rngs::OsRng;
+
+/// Length of a node id in bytes.
+pub const NODE_ID_LEN: usize = 32;
+
+/// The name of a peer: BLAKE3 of its Ed25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId([u8; NODE_ID_LEN]);
+
+impl NodeId {
+    pub fn from_public_key(key: &PublicKey) -> Self {
+        Self(*blake3::hash(key.as_bytes()).as_bytes())
+    }
+
+    pub fn from_bytes(bytes: [u8; NODE_ID_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; NODE_ID_LEN] {
+        &self.0
+    }
+
+    /// Number of trailing zero bits: the proof-of-work difficulty this id meets.
+    pub fn difficulty(&self) -> u32 {
+        let mut bits = 0;
+        for byte in self.0.iter().rev() {
+            if *byte == 0 {
+                bits += 8;
+            } else {
+                bits += byte.trailing_zeros();
+                break;
+            }
+        }
+        bits
+    }
+
+    /// First characters of the base58 form, for logs.
+    pub fn short(&self) -> String {
+        let mut s = self.to_string();
+        s.truncate(8);
+        s
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&bs58::encode(&self.0).into_string())
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({})", self.short())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdError {
+    #[error("node id is not valid base58")]
+    Base58,
+    #[error("node id must be {NODE_ID_LEN} bytes, got {0}")]
+    Length(usize),
+    #[error("public key is not a valid Ed25519 key")]
+    PublicKey,
+    #[error("signature is malformed")]
+    SignatureFormat,
+    #[error("signature does not verify")]
+    BadSignature,
+}
+
+impl FromStr for NodeId {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes = bs58::decode(s).into_vec().map_err(|_| IdError::Base58)?;
+        Self::try_from(bytes.as_slice())
+    }
+}
+
+impl TryFrom<&[u8]> for NodeId {
+    type Error = IdError;
+
+    fn try_from(bytes: &[u8]) -> Result<Self, Self::Error> {
+        let arr: [u8; NODE_ID_LEN] = bytes.try_into().map_err(|_| IdError::Length(bytes.len()))?;
+        Ok(Self(arr))
+    }
+}
+
+impl serde::Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An Ed25519 public key, used when doing crypto (a [`NodeId`] names a node).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PublicKey(VerifyingKey);
+
+impl PublicKey {
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.0.as_bytes()
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        NodeId::from_public_key(self)
+    }
+
+    /// Verifies an Ed25519 signature over `msg`.
+    pub fn verify(&self, msg: &[u8], signature: &[u8]) -> Result<(), IdError> {
+        let sig = ed25519_dalek::Signature::from_slice(signature)
+            .map_err(|_| IdError::SignatureFormat)?;
+        self.0.verify(msg, &sig).map_err(|_| IdError::BadSignature)
+    }
+}
+
+impl TryFrom<&[u8]> for PublicKey {
+    type Error = IdError;
+
+    fn try_from(bytes: &[u8]) -> Result<Self, Self::Error> {
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| IdError::PublicKey)?;
+        VerifyingKey::from_bytes(&arr)
+            .map(Self)
+            .map_err(|_| IdError::PublicKey)
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", hex::encode(&self.as_bytes()[..8]))
+    }
+}
+
+/// A signing key pair: a peer's identity, or a per-segment piece key.
+#[derive(Clone)]
+pub struct KeyPair(SigningKey);
+
+impl KeyPair {
+    pub fn generate() -> Self {
+        Self(SigningKey::generate(&mut OsRng))
+    }
+
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        Self(SigningKey::from_bytes(&seed))
+    }
+
+    pub fn seed(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key())
+    }
+
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.0.sign(msg).to_bytes().to_vec()
+    }
+
+    /// PKCS#8 v2 DER of the private key, for the TLS certificate.
+    pub fn pkcs8_der(&self) -> Vec<u8> {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        self.0
+            .to_pkcs8_der()
+            .expect("an in-memory Ed25519 key always encodes")
+            .as_bytes()
+            .to_vec()
+    }
+}
+
+impl TryFrom<&[u8]> for KeyPair {
+    type Error = IdError;
+
+    fn try_from(bytes: &[u8]) -> Result<Self, Self::Error> {
+        let seed: [u8; 32] = bytes.try_into().map_err(|_| IdError::Length(bytes.len()))?;
+        Ok(Self::from_seed(seed))
+    }
+}
+
+/// A peer's long-lived identity: its key pair and the id derived from it.
+#[derive(Clone)]
+pub struct Identity {
+    key: KeyPair,
+    id: NodeId,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityFileError {
+    #[error("cannot read identity file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write identity file {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("identity file {path} is malformed (expected 64 hex characters)")]
+    Malformed { path: String },
+}
+
+impl Identity {
+    pub fn from_key(key: KeyPair) -> Self {
+        let id = key.public().node_id();
+        Self { key, id }
+    }
+
+    /// Generates key pairs until one's id meets `difficulty`; calls
+    /// `progress` with the number of attempts every 4096 tries.
+    pub fn generate(difficulty: u32, mut progress: impl FnMut(u64)) -> Self {
+        let mut attempts = 0u64;
+        loop {
+            let candidate = Self::from_key(KeyPair::generate());
+            attempts += 1;
+            if candidate.id.difficulty() >= difficulty {
+                return candidate;
+            }
+            if attempts.is_multiple_of(4096) {
+                progress(attempts);
+            }
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn key(&self) -> &KeyPair {
+        &self.key
+    }
+
+    pub fn public(&self) -> PublicKey {
+        self.key.public()
+    }
+
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.key.sign(msg)
+    }
+
+    /// Loads an identity saved by [`Identity::save`].
+    pub fn load(path: &Path) -> Result<Self, IdentityFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| IdentityFileError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let malformed = || IdentityFileError::Malformed {
+            path: path.display().to_string(),
+        };
+        let bytes = hex::decode(text.trim()).map_err(|_| malformed())?;
+        let key = KeyPair::try_from(bytes.as_slice()).map_err(|_| malformed())?;
+        Ok(Self::from_key(key))
+    }
+
+    /// Writes the private key (hex) readable by the owner only.
+    pub fn save(&self, path: &Path) -> Result<(), IdentityFileError> {
+        let write_err = |source| IdentityFileError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, hex::encode(self.key.seed())).map_err(write_err)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+                .map_err(write_err)?;
+        }
+        std::fs::rename(&tmp, path).map_err(write_err)
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identity({})", self.id.short())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn difficulty_counts_trailing_zero_bits() {
+        let mut bytes = [0xffu8; 32];
+        bytes[31] = 0b1000_0000;
+        assert_eq!(NodeId::from_bytes(bytes).difficulty(), 7);
+        bytes[31] = 0;
+        bytes[30] = 0b10;
+        assert_eq!(NodeId::from_bytes(bytes).difficulty(), 9);
+    }
+
+    #[test]
+    fn generated_identity_meets_difficulty() {
+        let id = Identity::generate(6, |_| {});
+        assert!(id.id().difficulty() >= 6);
+        assert_eq!(id.id(), NodeId::from_public_key(&id.public()));
+    }
+
+    #[test]
+    fn node_id_round_trips_through_base58() {
+        let id = Identity::generate(0, |_| {}).id();
+        let parsed: NodeId = id.to_string().parse().expect("valid");
+        assert_eq!(id, parsed);
+        assert!("not-base58!".parse::<NodeId>().is_err());
+    }
+
+    #[test]
+    fn identity_file_round_trips() {
+        let dir = std::env::temp_dir().join(format!("loam-id-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("identity.key");
+        let id = Identity::generate(0, |_| {});
+        id.save(&path).expect("save");
+        assert_eq!(Identity::load(&path).expect("load").id(), id.id());
+        std::fs::write(&path, "zz").expect("write");
+        assert!(matches!(
+            Identity::load(&path),
+            Err(IdentityFileError::Malformed { .. })
+        ));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn signatures_verify_only_with_the_right_key() {
+        let a = KeyPair::generate();
+        let b = KeyPair::generate();
+        let sig = a.sign(b"hello");
+        assert!(a.public().verify(b"hello", &sig).is_ok());
+        assert!(b.public().verify(b"hello", &sig).is_err());
+        assert!(a.public().verify(b"hellO", &sig).is_err());
+        assert!(a.public().verify(b"hello", &sig[..10]).is_err());
+    }
+}

@@ -1,0 +1,455 @@
+//! QUIC transport: quinn endpoints with TLS 1.3 (rustls, ring), self-signed
+//! certificates carrying the peer's Ed25519 identity key, and peers pinned
+//! by [`NodeId`] instead of any web PKI.
+//!
+//! Both sides always present a certificate: servers learn who called from
+//! [`peer_id`], clients check that the server's key hashes to the id they
+//! dialed. Stream counts, flow-control windows and idle timeouts are set
+//! explicitly in [`TransportConfig`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+use crate::identity::{Identity, NodeId, PublicKey};
+
+/// ALPN protocol id of Loam's RPC protocol, version 1.
+pub const ALPN: &[u8] = b"loam/1";
+const SERVER_NAME: &str = "loam";
+
+/// Explicit QUIC limits (quinn's connection receive window is unlimited by
+/// default; ours is not).
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Concurrent bidirectional streams a peer may open. Default 256.
+    pub max_concurrent_streams: u32,
+    /// Per-stream receive window. Default 8 MiB.
+    pub stream_receive_window: u32,
+    /// Per-connection receive window. Default 32 MiB.
+    pub receive_window: u32,
+    /// Per-connection send window. Default 32 MiB.
+    pub send_window: u64,
+    /// Connection closed after this long without traffic. Default 30 s.
+    pub max_idle_timeout: Duration,
+    /// Keep-alive ping interval. Default 10 s.
+    pub keep_alive_interval: Duration,
+    /// UDP socket send and receive buffers. Default 4 MiB.
+    pub socket_buffer: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 256,
+            stream_receive_window: 8 << 20,
+            receive_window: 32 << 20,
+            send_window: 32 << 20,
+            max_idle_timeout: Duration::from_secs(30),
+            keep_alive_interval: Duration::from_secs(10),
+            socket_buffer: 4 << 20,
+        }
+    }
+}
+
+impl TransportConfig {
+    fn quinn(&self) -> Arc<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        t.max_concurrent_bidi_streams(self.max_concurrent_streams.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .stream_receive_window(self.stream_receive_window.into())
+            .receive_window(self.receive_window.into())
+            .send_window(self.send_window)
+            .keep_alive_interval(Some(self.keep_alive_interval))
+            .max_idle_timeout(Some(
+                self.max_idle_timeout
+                    .try_into()
+                    .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))),
+            ));
+        Arc::new(t)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    #[error("cannot bind UDP socket on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot build TLS configuration: {0}")]
+    Tls(String),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: quinn::ConnectError,
+    },
+    #[error("connection to {addr} failed: {source}")]
+    Connection {
+        addr: SocketAddr,
+        source: quinn::ConnectionError,
+    },
+    #[error("peer presented no usable Ed25519 certificate")]
+    NoPeerIdentity,
+}
+
+/// A QUIC endpoint speaking Loam's protocol with one identity.
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: quinn::Endpoint,
+    identity: Identity,
+    cert: CertificateDer<'static>,
+    config: TransportConfig,
+    pool: Arc<Mutex<HashMap<NodeId, quinn::Connection>>>,
+}
+
+impl Endpoint {
+    /// Binds a client-and-server endpoint on `addr` (port 0 picks a free one).
+    pub fn bind(
+        identity: Identity,
+        addr: SocketAddr,
+        config: TransportConfig,
+    ) -> Result<Self, TransportError> {
+        let cert = self_signed_cert(&identity)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key().pkcs8_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TransportError::Tls(e.to_string()))?
+            .with_client_cert_verifier(Arc::new(AnyEd25519Client {
+                provider: provider.clone(),
+            }))
+            .with_single_cert(vec![cert.clone()], key)
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.max_early_data_size = 0;
+        let quic_tls =
+            QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
+        server.transport_config(config.quinn());
+
+        let socket = udp_socket(addr, config.socket_buffer)
+            .map_err(|source| TransportError::Bind { addr, source })?;
+        let inner = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| TransportError::Bind { addr, source })?;
+        Ok(Self {
+            inner,
+            identity,
+            cert,
+            config,
+            pool: Arc::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Waits for the next incoming connection; `None` once closed.
+    pub async fn accept(&self) -> Option<quinn::Incoming> {
+        self.inner.accept().await
+    }
+
+    /// Connects to `addr`, accepting only a peer whose key hashes to `id`.
+    pub async fn connect(
+        &self,
+        id: NodeId,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, TransportError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.identity.key().pkcs8_der()));
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TransportError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedServer {
+                expected: id,
+                provider,
+            }))
+            .with_client_auth_cert(vec![self.cert.clone()], key)
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic_tls =
+            QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic_tls));
+        client.transport_config(self.config.quinn());
+        let connecting = self
+            .inner
+            .connect_with(client, addr, SERVER_NAME)
+            .map_err(|source| TransportError::Connect { addr, source })?;
+        connecting
+            .await
+            .map_err(|source| TransportError::Connection { addr, source })
+    }
+
+    /// Like [`Endpoint::connect`], reusing an open connection to `id`.
+    pub async fn dial(
+        &self,
+        id: NodeId,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, TransportError> {
+        if let Some(conn) = self.pool.lock().expect("pool lock").get(&id)
+            && conn.close_reason().is_none()
+            && conn.remote_address() == addr
+        {
+            return Ok(conn.clone());
+        }
+        let conn = self.connect(id, addr).await?;
+        self.pool
+            .lock()
+            .expect("pool lock")
+            .insert(id, conn.clone());
+        Ok(conn)
+    }
+
+    /// Drops a pooled connection (after an error on it).
+    pub fn forget(&self, id: &NodeId) {
+        self.pool.lock().expect("pool lock").remove(id);
+    }
+
+    /// Closes every connection and stops accepting.
+    pub fn close(&self) {
+        self.inner.close(quinn::VarInt::from_u32(0), b"shutdown");
+    }
+
+    /// Waits until every connection is closed.
+    pub async fn wait_idle(&self) {
+        self.inner.wait_idle().await;
+    }
+}
+
+/// The id of the peer on an established connection.
+pub fn peer_id(conn: &quinn::Connection) -> Result<(NodeId, PublicKey), TransportError> {
+    let identity = conn.peer_identity().ok_or(TransportError::NoPeerIdentity)?;
+    let certs = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| TransportError::NoPeerIdentity)?;
+    let cert = certs.first().ok_or(TransportError::NoPeerIdentity)?;
+    let key = cert_public_key(cert).ok_or(TransportError::NoPeerIdentity)?;
+    Ok((key.node_id(), key))
+}
+
+fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+fn self_signed_cert(identity: &Identity) -> Result<CertificateDer<'static>, TransportError> {
+    let der = identity.key().pkcs8_der();
+    let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
+        &PrivatePkcs8KeyDer::from(der),
+        &rcgen::PKCS_ED25519,
+    )
+    .map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])
+        .map_err(|e| TransportError::Tls(e.to_string()))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, identity.id().to_string());
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| TransportError::Tls(e.to_string()))?;
+    Ok(cert.der().clone())
+}
+
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410), before the 32 key bytes.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// The Ed25519 key in a certificate's SubjectPublicKeyInfo, if that is what it holds.
+fn cert_public_key(cert: &CertificateDer<'_>) -> Option<PublicKey> {
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    let spki = parsed.subject_public_key_info();
+    let spki = spki.as_ref();
+    if spki.len() != ED25519_SPKI_PREFIX.len() + 32 || !spki.starts_with(&ED25519_SPKI_PREFIX) {
+        return None;
+    }
+    PublicKey::try_from(&spki[ED25519_SPKI_PREFIX.len()..]).ok()
+}
+
+fn verify_handshake(
+    provider: &rustls::crypto::CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &provider.signature_verification_algorithms,
+    )
+}
+
+/// Client side: accept exactly the server whose key hashes to `expected`.
+#[derive(Debug)]
+struct PinnedServer {
+    expected: NodeId,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let key = cert_public_key(end_entity).ok_or(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadEncoding,
+        ))?;
+        if key.node_id() != self.expected {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_handshake(&self.provider, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+/// Server side: every client must prove possession of an Ed25519 key; the
+/// application decides what that identity may do.
+#[derive(Debug)]
+struct AnyEd25519Client {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ClientCertVerifier for AnyEd25519Client {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        cert_public_key(end_entity).ok_or(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadEncoding,
+        ))?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_handshake(&self.provider, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint() -> Endpoint {
+        let id = Identity::generate(0, |_| {});
+        Endpoint::bind(
+            id,
+            "127.0.0.1:0".parse().expect("addr"),
+            TransportConfig::default(),
+        )
+        .expect("bind")
+    }
+
+    #[tokio::test]
+    async fn connects_to_pinned_id_and_learns_client_id() {
+        let server = endpoint();
+        let client = endpoint();
+        let addr = server.local_addr().expect("addr");
+        let server_id = server.identity().id();
+        let accept = tokio::spawn(async move {
+            let conn = server
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("handshake");
+            peer_id(&conn).expect("client id").0
+        });
+        let conn = client.connect(server_id, addr).await.expect("connect");
+        assert_eq!(peer_id(&conn).expect("server id").0, server_id);
+        assert_eq!(accept.await.expect("join"), client.identity().id());
+    }
+
+    #[tokio::test]
+    async fn refuses_a_server_with_another_id() {
+        let server = endpoint();
+        let client = endpoint();
+        let addr = server.local_addr().expect("addr");
+        tokio::spawn(async move {
+            if let Some(incoming) = server.accept().await {
+                let _ = incoming.await;
+            }
+        });
+        let wrong = Identity::generate(0, |_| {}).id();
+        assert!(client.connect(wrong, addr).await.is_err());
+    }
+}
