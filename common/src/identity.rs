@@ -294,6 +294,79 @@ impl fmt::Debug for Identity {
     }
 }
 
+/// A peer's address pinned to its id: `ID@host:port`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct NodeUrl {
+    pub id: NodeId,
+    pub address: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeUrlError {
+    #[error("expected ID@HOST:PORT, got {0:?}")]
+    Format(String),
+    #[error("bad node id in {url:?}: {source}")]
+    Id { url: String, source: IdError },
+}
+
+impl NodeUrl {
+    /// Resolves the address (host names included) to a socket address.
+    pub fn socket_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        use std::net::ToSocketAddrs;
+        self.address.to_socket_addrs()?.next().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} resolves to nothing", self.address),
+            )
+        })
+    }
+}
+
+impl fmt::Display for NodeUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.id, self.address)
+    }
+}
+
+impl FromStr for NodeUrl {
+    type Err = NodeUrlError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (id, address) = s
+            .split_once('@')
+            .ok_or_else(|| NodeUrlError::Format(s.to_string()))?;
+        if address
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(NodeUrlError::Format(s.to_string()));
+        }
+        let id = id.parse().map_err(|source| NodeUrlError::Id {
+            url: s.to_string(),
+            source,
+        })?;
+        Ok(Self {
+            id,
+            address: address.to_string(),
+        })
+    }
+}
+
+impl serde::Serialize for NodeUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for NodeUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,8 @@
 //! data row → `erasure::ErasureCoder::encode` for parity → each piece sent
 //! under an `orders::OrderLimit` over `wire` frames.
 
+pub mod access;
+pub mod chore;
 pub mod encryption;
 pub mod erasure;
 pub mod identity;
@@ -33,7 +35,7 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/loam.v1.rs"));
 }
 
-pub use identity::{Identity, KeyPair, NodeId, PublicKey};
+pub use identity::{Identity, KeyPair, NodeId, NodeUrl, PublicKey};
 
 /// Version string every daemon reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,1 +1,223 @@
+//! The Loam satellite: the coordinator. It keeps the metadata (buckets,
+//! objects, segments, which node holds which piece), selects nodes, signs
+//! order limits, and tracks the nodes that check in. It never sees
+//! plaintext or keys.
+//!
+//! Read first: [`Satellite`] (the peer and its subsystems), then
+//! [`endpoint::Endpoint`] (request routing and authentication),
+//! [`metainfo::Metainfo`] (the upload/download/list/delete logic),
+//! [`overlay::Overlay`] (check-ins, node selection) and [`db`] (the
+//! key-value boundary under every table).
 
+pub mod admin;
+pub mod config;
+pub mod db;
+pub mod endpoint;
+pub mod metainfo;
+pub mod overlay;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use loam_common::transport::{self, Endpoint as QuicEndpoint, TransportConfig, TransportError};
+use loam_common::{Identity, NodeId, NodeUrl, telemetry};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use db::{DbError, Kv, RocksKv};
+use metainfo::{Metainfo, MetainfoConfig};
+use overlay::{Overlay, OverlayConfig};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SatelliteError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("cannot open the satellite database: {0}")]
+    Db(#[from] DbError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Where a running satellite can be reached, written to `DIR/run/satellite.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunInfo {
+    pub node_id: NodeId,
+    pub address: SocketAddr,
+    pub url: String,
+    pub metrics_url: String,
+    pub pid: u32,
+}
+
+impl RunInfo {
+    pub const PATH: &'static str = "run/satellite.json";
+
+    pub fn load(dir: &Path) -> std::io::Result<Self> {
+        let bytes = std::fs::read(dir.join(Self::PATH))?;
+        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    }
+}
+
+pub struct Satellite {
+    pub identity: Identity,
+    pub config: Config,
+    pub endpoint: QuicEndpoint,
+    pub overlay: Arc<Overlay>,
+    pub metainfo: Arc<Metainfo>,
+    http: tokio::net::TcpListener,
+    dir: PathBuf,
+}
+
+impl Satellite {
+    /// Opens the database under `dir` (RocksDB) and binds the sockets.
+    pub async fn new(
+        dir: &Path,
+        identity: Identity,
+        config: Config,
+    ) -> Result<Self, SatelliteError> {
+        let kv: Arc<dyn Kv> = Arc::new(RocksKv::open(&dir.join("db"))?);
+        Self::with_kv(dir, identity, config, kv).await
+    }
+
+    pub async fn with_kv(
+        dir: &Path,
+        identity: Identity,
+        config: Config,
+        kv: Arc<dyn Kv>,
+    ) -> Result<Self, SatelliteError> {
+        let overlay = Arc::new(Overlay::open(
+            kv.clone(),
+            OverlayConfig {
+                online_window: Duration::from_secs_f64(config.online_window_secs.max(0.0)),
+                distinct_subnets: config.distinct_subnets,
+                min_difficulty: config.min_difficulty,
+            },
+        )?);
+        let metainfo = Arc::new(Metainfo::new(
+            kv,
+            overlay.clone(),
+            identity.clone(),
+            MetainfoConfig {
+                redundancy: config.redundancy,
+                max_segment_size: config.max_segment_size,
+                max_inline_size: config.max_inline_size,
+                order_expiration: Duration::from_secs_f64(config.order_expiration_secs.max(1.0)),
+            },
+        ));
+        let endpoint =
+            QuicEndpoint::bind(identity.clone(), config.listen, TransportConfig::default())?;
+        let http = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|source| SatelliteError::Io {
+                what: "cannot bind HTTP listener",
+                source,
+            })?;
+        Ok(Self {
+            identity,
+            config,
+            endpoint,
+            overlay,
+            metainfo,
+            http,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.identity.id()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .expect("bound socket has an address")
+    }
+
+    /// `ID@HOST:PORT` for nodes and access grants.
+    pub fn url(&self) -> NodeUrl {
+        let address = if self.config.external_address.is_empty() {
+            let a = self.addr();
+            if a.ip().is_unspecified() {
+                format!("127.0.0.1:{}", a.port())
+            } else {
+                a.to_string()
+            }
+        } else {
+            self.config.external_address.clone()
+        };
+        NodeUrl {
+            id: self.id(),
+            address,
+        }
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn run_info(&self) -> RunInfo {
+        RunInfo {
+            node_id: self.id(),
+            address: self.addr(),
+            url: self.url().to_string(),
+            metrics_url: format!("http://{}/metrics", self.http_addr()),
+            pid: std::process::id(),
+        }
+    }
+
+    pub fn write_run_info(&self) -> std::io::Result<()> {
+        let path = self.dir.join(RunInfo::PATH);
+        std::fs::create_dir_all(path.parent().expect("run dir"))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.run_info())?)?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// Serves until `cancel` fires.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), SatelliteError> {
+        let endpoint = Arc::new(endpoint::Endpoint {
+            own_id: self.id(),
+            overlay: self.overlay.clone(),
+            metainfo: self.metainfo.clone(),
+        });
+        let router =
+            telemetry::metrics_router().route("/health", axum::routing::get(|| async { "ok" }));
+        let http_task = tokio::spawn(telemetry::serve_http(self.http, router, cancel.clone()));
+        let quic = self.endpoint.clone();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                incoming = quic.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let endpoint = endpoint.clone();
+                    tokio::spawn(async move {
+                        let conn = match incoming.await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "handshake failed");
+                                return;
+                            }
+                        };
+                        let Ok((peer, _)) = transport::peer_id(&conn) else {
+                            conn.close(1u32.into(), b"no identity");
+                            return;
+                        };
+                        while let Ok((send, recv)) = conn.accept_bi().await {
+                            tokio::spawn(endpoint.clone().handle_stream(peer, send, recv));
+                        }
+                    });
+                }
+            }
+        }
+        quic.close();
+        let _ = http_task.await;
+        Ok(())
+    }
+}

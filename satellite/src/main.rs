@@ -1,1 +1,228 @@
-fn main() {}
+//! `satellite`: set up, run and administer a Loam satellite.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use loam_common::access::Access;
+use loam_common::erasure::RedundancyScheme;
+use loam_common::{Identity, NodeId, telemetry};
+use loam_satellite::admin::AdminClient;
+use loam_satellite::{Config, Satellite};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "satellite",
+    version,
+    about = "Loam satellite: metadata, node selection and orders"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the satellite's identity and config.toml in DIR.
+    Setup {
+        #[arg(long, env = "LOAM_DIR")]
+        dir: PathBuf,
+        /// QUIC listen address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// HTTP address for /metrics and /health.
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+        /// Redundancy scheme k/repair/success/total for new segments.
+        #[arg(long)]
+        redundancy: Option<RedundancyScheme>,
+        /// Least node-id difficulty accepted at check-in.
+        #[arg(long)]
+        min_difficulty: Option<u32>,
+        /// Allow several pieces of a segment in one /24 subnet.
+        #[arg(long)]
+        no_subnet_rule: bool,
+        /// Seconds after the last check-in a node still counts as online.
+        #[arg(long)]
+        online_window: Option<f64>,
+    },
+    /// Run the satellite in DIR until interrupted.
+    Run {
+        #[arg(long, env = "LOAM_DIR")]
+        dir: PathBuf,
+    },
+    /// API keys of projects.
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
+    /// Storage nodes known to the satellite.
+    Nodes {
+        #[command(subcommand)]
+        command: NodesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Create an API key for a project (created if new) and print an
+    /// access grant for uplink.
+    Create {
+        #[arg(long, env = "LOAM_DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        project: String,
+        /// Encryption passphrase baked into the printed access grant.
+        #[arg(long, env = "LOAM_PASSPHRASE")]
+        passphrase: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodesCommand {
+    /// List every node with its state.
+    Ls {
+        #[arg(long, env = "LOAM_DIR")]
+        dir: PathBuf,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_logging();
+    match Cli::parse().command {
+        Command::Setup {
+            dir,
+            listen,
+            http_listen,
+            redundancy,
+            min_difficulty,
+            no_subnet_rule,
+            online_window,
+        } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let id_path = dir.join("identity.key");
+            if id_path.exists() {
+                anyhow::bail!(
+                    "{} already holds an identity; refusing to overwrite it",
+                    dir.display()
+                );
+            }
+            let identity = Identity::generate(0, |_| {});
+            identity.save(&id_path)?;
+            let mut config = Config::default();
+            if let Some(v) = listen {
+                config.listen = v;
+            }
+            if let Some(v) = http_listen {
+                config.http_listen = v;
+            }
+            if let Some(v) = redundancy {
+                config.redundancy = v;
+            }
+            if let Some(v) = min_difficulty {
+                config.min_difficulty = v;
+            }
+            if let Some(v) = online_window {
+                config.online_window_secs = v;
+            }
+            config.distinct_subnets = !no_subnet_rule;
+            config.save(&dir)?;
+            println!("{}", identity.id());
+        }
+        Command::Run { dir } => {
+            let identity = Identity::load(&dir.join("identity.key"))?;
+            let config = Config::load(&dir)?;
+            let sat = Satellite::new(&dir, identity, config).await?;
+            sat.write_run_info()
+                .context("cannot write run/satellite.json")?;
+            tracing::info!(url = %sat.url(), "satellite running");
+            let cancel = CancellationToken::new();
+            tokio::spawn(shutdown_on_signal(cancel.clone()));
+            sat.run(cancel).await?;
+        }
+        Command::ApiKey {
+            command:
+                ApiKeyCommand::Create {
+                    dir,
+                    project,
+                    passphrase,
+                },
+        } => {
+            let admin = AdminClient::connect(&dir).await?;
+            let key = admin.create_api_key(&project).await?;
+            let access = Access::derive(
+                admin.url.clone(),
+                key.api_key.to_vec(),
+                &passphrase,
+                &key.salt,
+            )?;
+            println!("{}", access.serialize());
+        }
+        Command::Nodes {
+            command: NodesCommand::Ls { dir, output },
+        } => {
+            let admin = AdminClient::connect(&dir).await?;
+            let nodes = admin.list_nodes().await?;
+            let rows: Vec<serde_json::Value> = nodes
+                .iter()
+                .map(|n| {
+                    let id = NodeId::try_from(n.node_id.as_ref())
+                        .map(|i| i.to_string())
+                        .unwrap_or_default();
+                    serde_json::json!({
+                        "node_id": id,
+                        "address": n.address,
+                        "online": n.online,
+                        "free_disk": n.free_disk,
+                        "version": n.version,
+                        "last_seen_unix_ms": n.last_seen_unix_ms,
+                        "disqualified": serde_json::Value::Null,
+                    })
+                })
+                .collect();
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Table => {
+                    println!(
+                        "{:<46} {:<22} {:<7} {:>16}",
+                        "NODE ID", "ADDRESS", "ONLINE", "FREE BYTES"
+                    );
+                    for n in &rows {
+                        println!(
+                            "{:<46} {:<22} {:<7} {:>16}",
+                            n["node_id"].as_str().unwrap_or(""),
+                            n["address"].as_str().unwrap_or(""),
+                            n["online"].as_bool().unwrap_or(false),
+                            n["free_disk"].as_i64().unwrap_or(0)
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_on_signal(cancel: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    cancel.cancel();
+}

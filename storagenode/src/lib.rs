@@ -1,1 +1,228 @@
+//! The Loam storage node: holds erasure-coded, encrypted pieces on local
+//! disk and serves them over QUIC to uplinks that carry satellite-signed
+//! order limits.
+//!
+//! Read first: [`StorageNode`] (the peer: its subsystems as named fields and
+//! how they are started), then [`piecestore::Piecestore`] (upload/download
+//! endpoints and their checks), [`piecestore::NodeDb`] (piece metadata, used
+//! space and orders in RocksDB) and [`contact::Contact`] (check-ins).
+//!
+//! Data flow of an upload: QUIC stream → `Piecestore::handle_stream` →
+//! order-limit and order checks → bytes hashed and written to a temporary
+//! file → fsync, rename, metadata committed → node-signed piece hash back.
 
+pub mod config;
+pub mod contact;
+pub mod piecestore;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use loam_common::transport::{Endpoint, TransportConfig, TransportError};
+use loam_common::{Identity, NodeId, telemetry};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use contact::Contact;
+use piecestore::{DbError, FileBlobs, NodeDb, Piecestore, Trust};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("cannot open the node database: {0}")]
+    Db(#[from] DbError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where a running node can be reached, written to `DIR/run/node.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunInfo {
+    pub node_id: NodeId,
+    pub address: SocketAddr,
+    pub metrics_url: String,
+    pub pid: u32,
+}
+
+/// One storage node with its subsystems.
+pub struct StorageNode {
+    pub identity: Identity,
+    pub config: Config,
+    pub endpoint: Endpoint,
+    pub piecestore: Arc<Piecestore>,
+    pub contact: Arc<Contact>,
+    http: tokio::net::TcpListener,
+    dir: PathBuf,
+}
+
+impl StorageNode {
+    /// Opens the node's storage under `dir` and binds its sockets.
+    pub async fn new(dir: &Path, identity: Identity, config: Config) -> Result<Self, NodeError> {
+        let io = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| NodeError::Io { what, path, source }
+        };
+        let storage = dir.join("storage");
+        let blobs = FileBlobs::open(&storage, config.sync_writes)
+            .map_err(io("cannot open piece storage", &storage))?;
+        let db = Arc::new(NodeDb::open(&dir.join("db"))?);
+        let trust = Arc::new(Trust::new(config.satellites.iter().map(|s| s.id).collect()));
+        let endpoint = Endpoint::bind(identity.clone(), config.listen, TransportConfig::default())?;
+        let addr = endpoint
+            .local_addr()
+            .map_err(io("cannot read bound address", dir))?;
+        let http = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .map_err(io("cannot bind HTTP listener", dir))?;
+        let piecestore = Arc::new(Piecestore::new(
+            identity.clone(),
+            db,
+            Arc::new(blobs),
+            trust,
+            config.allocated_bytes,
+        ));
+        let external = if config.external_address.is_empty() {
+            advertised(addr)
+        } else {
+            config.external_address.clone()
+        };
+        let contact = Arc::new(Contact::new(
+            endpoint.clone(),
+            config.satellites.clone(),
+            piecestore.clone(),
+            external,
+            Duration::from_secs_f64(config.checkin_interval_secs.max(0.05)),
+        ));
+        Ok(Self {
+            identity,
+            config,
+            endpoint,
+            piecestore,
+            contact,
+            http,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.identity.id()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .expect("bound socket has an address")
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn run_info(&self) -> RunInfo {
+        RunInfo {
+            node_id: self.id(),
+            address: self.addr(),
+            metrics_url: format!("http://{}/metrics", self.http_addr()),
+            pid: std::process::id(),
+        }
+    }
+
+    /// Writes `DIR/run/node.json` atomically.
+    pub fn write_run_info(&self) -> std::io::Result<()> {
+        let run = self.dir.join("run");
+        std::fs::create_dir_all(&run)?;
+        let tmp = run.join("node.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.run_info())?)?;
+        std::fs::rename(tmp, run.join("node.json"))
+    }
+
+    /// Runs every subsystem until `cancel` fires.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), NodeError> {
+        let Self {
+            endpoint,
+            piecestore,
+            contact,
+            http,
+            ..
+        } = self;
+        let router =
+            telemetry::metrics_router().route("/health", axum::routing::get(|| async { "ok" }));
+        let http_task = tokio::spawn(telemetry::serve_http(http, router, cancel.clone()));
+        let contact_task = {
+            let (contact, cancel) = (contact.clone(), cancel.clone());
+            tokio::spawn(async move {
+                let c = contact.clone();
+                contact
+                    .cycle
+                    .run(cancel, move || {
+                        let c = c.clone();
+                        async move { c.check_in_all().await }
+                    })
+                    .await
+            })
+        };
+        let prune_task = {
+            let (db, cancel) = (piecestore.db().clone(), cancel.clone());
+            tokio::spawn(async move {
+                let cycle = loam_common::chore::Cycle::new(Duration::from_secs(600));
+                cycle
+                    .run(cancel, || {
+                        let db = db.clone();
+                        async move {
+                            let now = loam_common::orders::now_ms();
+                            if let Err(e) =
+                                tokio::task::spawn_blocking(move || db.prune_serials(now)).await
+                            {
+                                tracing::warn!(error = %e, "serial pruning failed");
+                            }
+                        }
+                    })
+                    .await
+            })
+        };
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let store = piecestore.clone();
+                    tokio::spawn(async move {
+                        let conn = match incoming.await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "handshake failed");
+                                return;
+                            }
+                        };
+                        while let Ok((send, recv)) = conn.accept_bi().await {
+                            tokio::spawn(store.clone().handle_stream(send, recv));
+                        }
+                    });
+                }
+            }
+        }
+        endpoint.close();
+        let _ = tokio::join!(http_task, contact_task, prune_task);
+        Ok(())
+    }
+}
+
+/// The address to announce for a socket bound to `addr`: loopback when
+/// bound to the unspecified address.
+fn advertised(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}

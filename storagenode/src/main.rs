@@ -1,1 +1,117 @@
-fn main() {}
+//! `storagenode`: set up and run a Loam storage node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use loam_common::{Identity, NodeUrl, telemetry};
+use loam_storagenode::{Config, StorageNode};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "storagenode", version, about = "Loam storage node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the node's identity and config.toml in DIR.
+    Setup {
+        #[arg(long, env = "LOAM_DIR")]
+        dir: PathBuf,
+        /// Satellite to trust, as ID@HOST:PORT (repeatable).
+        #[arg(long = "satellite", env = "LOAM_SATELLITE")]
+        satellites: Vec<NodeUrl>,
+        /// Proof-of-work difficulty (trailing zero bits) of the new identity.
+        #[arg(long, default_value_t = 16)]
+        difficulty: u32,
+        /// QUIC listen address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// HTTP address for /metrics and /health.
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+        /// Bytes of disk to offer.
+        #[arg(long)]
+        allocated_bytes: Option<u64>,
+        /// Seconds between check-ins.
+        #[arg(long)]
+        checkin_interval: Option<f64>,
+    },
+    /// Run the node in DIR until interrupted.
+    Run {
+        #[arg(long, env = "LOAM_DIR")]
+        dir: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_logging();
+    match Cli::parse().command {
+        Command::Setup {
+            dir,
+            satellites,
+            difficulty,
+            listen,
+            http_listen,
+            allocated_bytes,
+            checkin_interval,
+        } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let id_path = dir.join("identity.key");
+            if id_path.exists() {
+                anyhow::bail!(
+                    "{} already holds an identity; refusing to overwrite it",
+                    dir.display()
+                );
+            }
+            let identity = Identity::generate(difficulty, |_| {});
+            identity.save(&id_path)?;
+            let mut config = Config::default();
+            config.satellites = satellites;
+            if let Some(l) = listen {
+                config.listen = l;
+            }
+            if let Some(h) = http_listen {
+                config.http_listen = h;
+            }
+            if let Some(a) = allocated_bytes {
+                config.allocated_bytes = a;
+            }
+            if let Some(c) = checkin_interval {
+                config.checkin_interval_secs = c;
+            }
+            config.save(&dir)?;
+            println!("{}", identity.id());
+        }
+        Command::Run { dir } => {
+            let identity = Identity::load(&dir.join("identity.key"))?;
+            let config = Config::load(&dir)?;
+            let node = StorageNode::new(&dir, identity, config).await?;
+            node.write_run_info()
+                .context("cannot write run/node.json")?;
+            tracing::info!(id = %node.id(), addr = %node.addr(), "storage node running");
+            let cancel = CancellationToken::new();
+            tokio::spawn(shutdown_on_signal(cancel.clone()));
+            node.run(cancel).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_on_signal(cancel: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    cancel.cancel();
+}

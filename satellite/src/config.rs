@@ -1,0 +1,120 @@
+//! Satellite configuration: `config.toml` in the satellite's directory,
+//! every field documented with its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use loam_common::erasure::RedundancyScheme;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// UDP address the QUIC endpoint binds. Default `0.0.0.0:7777`.
+    pub listen: SocketAddr,
+    /// Address put into access grants; empty means the bound address.
+    /// Default empty.
+    pub external_address: String,
+    /// HTTP address for `/metrics` and `/health`. Default `127.0.0.1:10010`.
+    pub http_listen: SocketAddr,
+    /// Redundancy of new segments, `k/repair/success/total`.
+    /// Default `29/35/80/110` (Storj's production scheme).
+    pub redundancy: RedundancyScheme,
+    /// Largest segment in bytes. Default 64 MiB.
+    pub max_segment_size: u64,
+    /// Objects up to this many (encrypted) bytes are stored inline in the
+    /// satellite's metadata, with no pieces. Default 4096.
+    pub max_inline_size: u64,
+    /// Least proof-of-work difficulty (trailing zero bits of the node id)
+    /// accepted at check-in. Default 20.
+    pub min_difficulty: u32,
+    /// A node is online if it checked in within this many seconds.
+    /// Default 14400 (4 h).
+    pub online_window_secs: f64,
+    /// At most one piece of a segment per /24 (IPv4) or /64 (IPv6) subnet.
+    /// Default true.
+    pub distinct_subnets: bool,
+    /// Seconds an order limit stays valid. Default 86400.
+    pub order_expiration_secs: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7777)),
+            external_address: String::new(),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 10010)),
+            redundancy: RedundancyScheme::new(29, 35, 80, 110).expect("valid default scheme"),
+            max_segment_size: 64 << 20,
+            max_inline_size: 4096,
+            min_difficulty: 20,
+            online_window_secs: 14400.0,
+            distinct_subnets: true,
+            order_expiration_secs: 86400.0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Config {
+    pub const FILE: &'static str = "config.toml";
+
+    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
+        let path = dir.join(Self::FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), ConfigError> {
+        let path = dir.join(Self::FILE);
+        let text = format!(
+            "# Loam satellite configuration. Every key is optional; docs/operators.md\n\
+             # lists the defaults.\n{}",
+            toml::to_string_pretty(self).expect("config serializes")
+        );
+        std::fs::write(&path, text).map_err(|source| ConfigError::Write { path, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_pinned() {
+        let text = toml::to_string(&Config::default()).expect("serialize");
+        assert_eq!(
+            text,
+            "listen = \"0.0.0.0:7777\"\nexternal_address = \"\"\nhttp_listen = \"127.0.0.1:10010\"\n\
+             redundancy = \"29/35/80/110\"\nmax_segment_size = 67108864\nmax_inline_size = 4096\n\
+             min_difficulty = 20\nonline_window_secs = 14400.0\ndistinct_subnets = true\n\
+             order_expiration_secs = 86400.0\n"
+        );
+        assert_eq!(
+            toml::from_str::<Config>("").expect("empty"),
+            Config::default()
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! The satellite's metadata store.
+//!
+//! Tables are column families of a small key-value trait, [`Kv`], so the
+//! same typed tables run on embedded RocksDB (the default) or in memory
+//! (tests), and a distributed SQL backend can implement the trait for a
+//! satellite that outgrows one machine.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::RwLock;
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
+
+/// Every table the satellite keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Table {
+    Nodes,
+    Projects,
+    ApiKeys,
+    Buckets,
+    Objects,
+    PendingObjects,
+    PendingSegments,
+    Segments,
+}
+
+impl Table {
+    const ALL: [Table; 8] = [
+        Table::Nodes,
+        Table::Projects,
+        Table::ApiKeys,
+        Table::Buckets,
+        Table::Objects,
+        Table::PendingObjects,
+        Table::PendingSegments,
+        Table::Segments,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Table::Nodes => "nodes",
+            Table::Projects => "projects",
+            Table::ApiKeys => "api_keys",
+            Table::Buckets => "buckets",
+            Table::Objects => "objects",
+            Table::PendingObjects => "pending_objects",
+            Table::PendingSegments => "pending_segments",
+            Table::Segments => "segments",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    #[error("rocksdb: {0}")]
+    RocksDb(#[from] rocksdb::Error),
+    #[error("corrupt {0} record")]
+    Corrupt(&'static str),
+}
+
+/// One change in an atomic batch.
+pub enum Op {
+    Put(Table, Vec<u8>, Vec<u8>),
+    Delete(Table, Vec<u8>),
+}
+
+/// The storage boundary of the satellite.
+pub trait Kv: Send + Sync + 'static {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, DbError>;
+    /// Applies every op or none.
+    fn write(&self, ops: Vec<Op>) -> Result<(), DbError>;
+    /// Up to `limit` pairs with keys starting with `prefix` and `>= start`
+    /// (`start` empty: from the prefix), in key order.
+    fn scan(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DbError>;
+
+    fn put(&self, table: Table, key: Vec<u8>, value: Vec<u8>) -> Result<(), DbError> {
+        self.write(vec![Op::Put(table, key, value)])
+    }
+}
+
+/// RocksDB with one column family per table.
+pub struct RocksKv {
+    db: DB,
+}
+
+impl RocksKv {
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = Table::ALL
+            .iter()
+            .map(|t| ColumnFamilyDescriptor::new(t.name(), Options::default()));
+        Ok(Self {
+            db: DB::open_cf_descriptors(&opts, path, cfs)?,
+        })
+    }
+
+    fn cf(&self, t: Table) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(t.name())
+            .expect("every table is created at open")
+    }
+}
+
+impl Kv for RocksKv {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
+        Ok(self.db.get_cf(self.cf(table), key)?)
+    }
+
+    fn write(&self, ops: Vec<Op>) -> Result<(), DbError> {
+        let mut batch = WriteBatch::default();
+        for op in ops {
+            match op {
+                Op::Put(t, k, v) => batch.put_cf(self.cf(t), k, v),
+                Op::Delete(t, k) => batch.delete_cf(self.cf(t), k),
+            }
+        }
+        Ok(self.db.write(batch)?)
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DbError> {
+        let from = if start > prefix { start } else { prefix };
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(table), IteratorMode::From(from, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+/// In-memory tables for tests.
+#[derive(Default)]
+pub struct MemKv {
+    tables: RwLock<BTreeMap<(Table, Vec<u8>), Vec<u8>>>,
+}
+
+impl Kv for MemKv {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
+        Ok(self
+            .tables
+            .read()
+            .expect("lock")
+            .get(&(table, key.to_vec()))
+            .cloned())
+    }
+
+    fn write(&self, ops: Vec<Op>) -> Result<(), DbError> {
+        let mut t = self.tables.write().expect("lock");
+        for op in ops {
+            match op {
+                Op::Put(tb, k, v) => {
+                    t.insert((tb, k), v);
+                }
+                Op::Delete(tb, k) => {
+                    t.remove(&(tb, k));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DbError> {
+        let from = if start > prefix { start } else { prefix };
+        let t = self.tables.read().expect("lock");
+        Ok(t.range((table, from.to_vec())..)
+            .take_while(|((tb, k), _)| *tb == table && k.starts_with(prefix))
+            .take(limit)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One suite for every backend.
+    fn exercise(kv: &dyn Kv) {
+        kv.put(Table::Objects, b"p/a".to_vec(), b"1".to_vec())
+            .expect("put");
+        kv.put(Table::Objects, b"p/b".to_vec(), b"2".to_vec())
+            .expect("put");
+        kv.put(Table::Objects, b"q/a".to_vec(), b"3".to_vec())
+            .expect("put");
+        kv.put(Table::Buckets, b"p/z".to_vec(), b"4".to_vec())
+            .expect("put");
+        let all = kv.scan(Table::Objects, b"p/", b"", 10).expect("scan");
+        assert_eq!(all.len(), 2);
+        let after = kv.scan(Table::Objects, b"p/", b"p/b", 10).expect("scan");
+        assert_eq!(after, vec![(b"p/b".to_vec(), b"2".to_vec())]);
+        assert_eq!(kv.scan(Table::Objects, b"", b"", 1).expect("scan").len(), 1);
+        kv.write(vec![
+            Op::Delete(Table::Objects, b"p/a".to_vec()),
+            Op::Put(Table::Objects, b"p/c".to_vec(), b"5".to_vec()),
+        ])
+        .expect("batch");
+        assert_eq!(kv.get(Table::Objects, b"p/a").expect("get"), None);
+        assert_eq!(
+            kv.get(Table::Objects, b"p/c").expect("get"),
+            Some(b"5".to_vec())
+        );
+        assert_eq!(kv.get(Table::Buckets, b"p/a").expect("get"), None);
+    }
+
+    #[test]
+    fn memory_backend() {
+        exercise(&MemKv::default());
+    }
+
+    #[test]
+    fn rocksdb_backend() {
+        let dir = tempfile::tempdir().expect("tmp");
+        exercise(&RocksKv::open(dir.path()).expect("open"));
+    }
+}

@@ -1,0 +1,183 @@
+//! The satellite's RPC endpoint: authenticates each request (API key for
+//! uplinks, TLS identity for nodes and the operator) and routes it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use loam_common::pb::satellite_request::Request as Req;
+use loam_common::pb::satellite_response::Response as Resp;
+use loam_common::rpc::RemoteError;
+use loam_common::wire::{FrameReader, FrameWriter};
+use loam_common::{NodeId, pb};
+
+use crate::metainfo::{Metainfo, MetainfoError};
+use crate::overlay::Overlay;
+
+pub struct Endpoint {
+    pub(crate) own_id: NodeId,
+    pub(crate) overlay: Arc<Overlay>,
+    pub(crate) metainfo: Arc<Metainfo>,
+}
+
+fn method(req: &Req) -> &'static str {
+    match req {
+        Req::CheckIn(_) => "check_in",
+        Req::CreateBucket(_) => "create_bucket",
+        Req::DeleteBucket(_) => "delete_bucket",
+        Req::ListBuckets(_) => "list_buckets",
+        Req::GetBucket(_) => "get_bucket",
+        Req::ProjectInfo(_) => "project_info",
+        Req::BeginObject(_) => "begin_object",
+        Req::BeginSegment(_) => "begin_segment",
+        Req::CommitSegment(_) => "commit_segment",
+        Req::CommitObject(_) => "commit_object",
+        Req::GetObject(_) => "get_object",
+        Req::DownloadSegment(_) => "download_segment",
+        Req::ListObjects(_) => "list_objects",
+        Req::DeleteObject(_) => "delete_object",
+        Req::CreateApiKey(_) => "create_api_key",
+        Req::ListNodes(_) => "list_nodes",
+    }
+}
+
+impl Endpoint {
+    /// Serves one RPC stream from the peer authenticated as `peer`.
+    pub async fn handle_stream(
+        self: Arc<Self>,
+        peer: NodeId,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) {
+        let mut reader = FrameReader::new(recv);
+        let mut writer = FrameWriter::new(send);
+        let started = Instant::now();
+        let (name, result) = match reader.message::<pb::SatelliteRequest>().await {
+            Ok(pb::SatelliteRequest {
+                api_key,
+                request: Some(req),
+            }) => {
+                let name = method(&req);
+                (name, self.dispatch(peer, &api_key, req))
+            }
+            Ok(_) => (
+                "unknown",
+                Err(RemoteError::new(
+                    pb::ErrorCode::InvalidArgument,
+                    "empty request",
+                )),
+            ),
+            Err(e) => (
+                "unknown",
+                Err(RemoteError::new(
+                    pb::ErrorCode::InvalidArgument,
+                    e.to_string(),
+                )),
+            ),
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::counter!("loam_satellite_rpc_errors_total", "method" => name, "code" => e.code.as_str_name())
+                    .increment(1);
+                tracing::debug!(method = name, error = %e, "request failed");
+                Resp::Error((&e).into())
+            }
+        };
+        metrics::histogram!("loam_satellite_rpc_duration_seconds", "method" => name)
+            .record(started.elapsed().as_secs_f64());
+        let _ = writer
+            .message(&pb::SatelliteResponse {
+                response: Some(response),
+            })
+            .await;
+        let _ = writer.finish();
+    }
+
+    fn dispatch(&self, peer: NodeId, api_key: &[u8], req: Req) -> Result<Resp, RemoteError> {
+        let m = &self.metainfo;
+        let now = loam_common::orders::now_ms();
+        let api = |e: MetainfoError| RemoteError::new(e.code(), e.to_string());
+        let admin = || {
+            if peer == self.own_id {
+                Ok(())
+            } else {
+                Err(RemoteError::new(
+                    pb::ErrorCode::PermissionDenied,
+                    "admin requests must come from the satellite's own identity",
+                ))
+            }
+        };
+        match req {
+            Req::CheckIn(r) => {
+                self.overlay
+                    .check_in(peer, &r, now)
+                    .map_err(|e| api(e.into()))?;
+                metrics::counter!("loam_satellite_checkins_total").increment(1);
+                metrics::gauge!("loam_satellite_nodes_online")
+                    .set(self.overlay.online_count(now) as f64);
+                return Ok(Resp::CheckIn(pb::CheckInResponse::default()));
+            }
+            Req::CreateApiKey(r) => {
+                admin()?;
+                let (key, project, salt) = m.create_api_key(&r.project_name).map_err(api)?;
+                return Ok(Resp::CreateApiKey(pb::CreateApiKeyResponse {
+                    api_key: key.into(),
+                    project_id: project.to_vec().into(),
+                    salt: salt.into(),
+                }));
+            }
+            Req::ListNodes(_) => {
+                admin()?;
+                let nodes = self
+                    .overlay
+                    .list()
+                    .into_iter()
+                    .map(|n| pb::NodeInfo {
+                        node_id: n.id.as_bytes().to_vec().into(),
+                        online: self.overlay.is_online(&n, now),
+                        address: n.address,
+                        free_disk: n.free_disk,
+                        version: n.version,
+                        last_seen_unix_ms: n.last_seen_ms,
+                        capabilities: Some(n.capabilities),
+                    })
+                    .collect();
+                return Ok(Resp::ListNodes(pb::ListNodesResponse { nodes }));
+            }
+            _ => {}
+        }
+        let project = m.authenticate(api_key).map_err(api)?;
+        let resp = match req {
+            Req::ProjectInfo(_) => Resp::ProjectInfo(m.project_info(&project).map_err(api)?),
+            Req::CreateBucket(r) => Resp::CreateBucket(m.create_bucket(&project, &r).map_err(api)?),
+            Req::GetBucket(r) => Resp::GetBucket(m.get_bucket(&project, &r.name).map_err(api)?),
+            Req::DeleteBucket(r) => {
+                m.delete_bucket(&project, &r.name).map_err(api)?;
+                Resp::DeleteBucket(pb::DeleteBucketResponse {})
+            }
+            Req::ListBuckets(_) => Resp::ListBuckets(pb::ListBucketsResponse {
+                buckets: m.list_buckets(&project).map_err(api)?,
+            }),
+            Req::BeginObject(r) => Resp::BeginObject(m.begin_object(&project, &r).map_err(api)?),
+            Req::BeginSegment(r) => Resp::BeginSegment(m.begin_segment(&project, &r).map_err(api)?),
+            Req::CommitSegment(r) => {
+                m.commit_segment(&project, &r).map_err(api)?;
+                Resp::CommitSegment(pb::CommitSegmentResponse {})
+            }
+            Req::CommitObject(r) => Resp::CommitObject(m.commit_object(&project, &r).map_err(api)?),
+            Req::GetObject(r) => Resp::GetObject(m.get_object(&project, &r).map_err(api)?),
+            Req::DownloadSegment(r) => {
+                Resp::DownloadSegment(m.download_segment(&project, &r).map_err(api)?)
+            }
+            Req::ListObjects(r) => Resp::ListObjects(m.list_objects(&project, &r).map_err(api)?),
+            Req::DeleteObject(r) => {
+                m.delete_object(&project, &r).map_err(api)?;
+                Resp::DeleteObject(pb::DeleteObjectResponse {})
+            }
+            Req::CheckIn(_) | Req::CreateApiKey(_) | Req::ListNodes(_) => {
+                unreachable!("handled above")
+            }
+        };
+        Ok(resp)
+    }
+}

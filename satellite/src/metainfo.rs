@@ -1,0 +1,776 @@
+//! Metainfo: projects, API keys, buckets, objects and segments, and the
+//! order limits handed out for their pieces.
+//!
+//! The satellite stores only what the uplink gives it: encrypted object
+//! keys, encrypted metadata, wrapped segment keys, and which node holds
+//! which piece. Upload is begin-object → (begin-segment → commit-segment)*
+//! → commit-object; an object becomes visible only at commit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use loam_common::erasure::RedundancyScheme;
+use loam_common::orders::{OrderLimit, PieceAction, PieceHash, PieceId, SerialNumber, now_ms};
+use loam_common::{Identity, KeyPair, NodeId, pb};
+use prost::Message;
+
+use crate::db::{DbError, Kv, Op, Table};
+use crate::overlay::{Overlay, OverlayError};
+
+/// A project's id.
+pub type ProjectId = [u8; 16];
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetainfoError {
+    #[error("unknown API key")]
+    UnknownApiKey,
+    #[error("bucket {0:?} not found")]
+    BucketNotFound(String),
+    #[error("bucket {0:?} already exists")]
+    BucketExists(String),
+    #[error("bucket {0:?} is not empty")]
+    BucketNotEmpty(String),
+    #[error("invalid bucket name {name:?}: {why}")]
+    BadBucketName { name: String, why: &'static str },
+    #[error("object not found")]
+    ObjectNotFound,
+    #[error("upload not found or already committed")]
+    UploadNotFound,
+    #[error("segment {0} was not begun or was already committed")]
+    SegmentNotBegun(u32),
+    #[error("invalid request: {0}")]
+    Invalid(&'static str),
+    #[error("segment commit has {got} valid pieces, needs {need}")]
+    TooFewPieces { got: usize, need: usize },
+    #[error("piece {num} from node {node} is invalid: {why}")]
+    BadPiece {
+        num: u32,
+        node: String,
+        why: &'static str,
+    },
+    #[error("inline data of {size} bytes exceeds the {max}-byte limit")]
+    InlineTooLarge { size: usize, max: usize },
+    #[error(transparent)]
+    Overlay(#[from] OverlayError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl MetainfoError {
+    pub fn code(&self) -> pb::ErrorCode {
+        use pb::ErrorCode as C;
+        match self {
+            Self::UnknownApiKey => C::Unauthenticated,
+            Self::BucketNotFound(_)
+            | Self::ObjectNotFound
+            | Self::UploadNotFound
+            | Self::SegmentNotBegun(_) => C::NotFound,
+            Self::BucketExists(_) => C::AlreadyExists,
+            Self::BucketNotEmpty(_) => C::FailedPrecondition,
+            Self::BadBucketName { .. }
+            | Self::Invalid(_)
+            | Self::TooFewPieces { .. }
+            | Self::BadPiece { .. }
+            | Self::InlineTooLarge { .. } => C::InvalidArgument,
+            Self::Overlay(OverlayError::TooFewNodes { .. }) => C::Unavailable,
+            Self::Overlay(_) => C::InvalidArgument,
+            Self::Db(_) => C::Internal,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MetainfoConfig {
+    pub redundancy: RedundancyScheme,
+    pub max_segment_size: u64,
+    pub max_inline_size: u64,
+    pub order_expiration: Duration,
+}
+
+pub struct Metainfo {
+    kv: Arc<dyn Kv>,
+    overlay: Arc<Overlay>,
+    identity: Identity,
+    config: MetainfoConfig,
+}
+
+fn bucket_key(project: &ProjectId, name: &str) -> Vec<u8> {
+    let mut k = project.to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn object_prefix(project: &ProjectId, bucket: &str) -> Vec<u8> {
+    let mut k = bucket_key(project, bucket);
+    k.push(0);
+    k
+}
+
+fn segment_key(stream: &[u8], index: u32) -> Vec<u8> {
+    let mut k = stream.to_vec();
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M, MetainfoError> {
+    M::decode(bytes).map_err(|_| MetainfoError::Db(DbError::Corrupt(what)))
+}
+
+/// S3-style bucket names: 3-63 of `a-z 0-9 . -`, starting and ending alphanumeric.
+pub fn validate_bucket_name(name: &str) -> Result<(), MetainfoError> {
+    let bad = |why| {
+        Err(MetainfoError::BadBucketName {
+            name: name.to_string(),
+            why,
+        })
+    };
+    if name.len() < 3 || name.len() > 63 {
+        return bad("must be 3 to 63 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return bad("only lowercase letters, digits, '-' and '.' are allowed");
+    }
+    let ends_ok = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+    if !ends_ok(name.bytes().next()) || !ends_ok(name.bytes().last()) {
+        return bad("must start and end with a letter or digit");
+    }
+    Ok(())
+}
+
+impl Metainfo {
+    pub fn new(
+        kv: Arc<dyn Kv>,
+        overlay: Arc<Overlay>,
+        identity: Identity,
+        config: MetainfoConfig,
+    ) -> Self {
+        Self {
+            kv,
+            overlay,
+            identity,
+            config,
+        }
+    }
+
+    // ------------------------------------------------------------ projects
+
+    /// Creates an API key for the project called `name` (creating the
+    /// project if needed). Returns (key, project id, salt).
+    pub fn create_api_key(
+        &self,
+        name: &str,
+    ) -> Result<(Vec<u8>, ProjectId, Vec<u8>), MetainfoError> {
+        let mut found = None;
+        for (k, v) in self.kv.scan(Table::Projects, b"", b"", usize::MAX)? {
+            let rec: pb::ProjectRecord = decode(&v, "project")?;
+            if rec.name == name {
+                let id: ProjectId = k
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| DbError::Corrupt("project"))?;
+                found = Some((id, rec.salt.to_vec()));
+                break;
+            }
+        }
+        let mut ops = Vec::new();
+        let (project, salt) = match found {
+            Some(p) => p,
+            None => {
+                let id: ProjectId = rand::random();
+                let salt: [u8; 16] = rand::random();
+                let rec = pb::ProjectRecord {
+                    version: 1,
+                    name: name.to_string(),
+                    salt: salt.to_vec().into(),
+                    created_unix_ms: now_ms(),
+                };
+                ops.push(Op::Put(Table::Projects, id.to_vec(), rec.encode_to_vec()));
+                (id, salt.to_vec())
+            }
+        };
+        let key: [u8; 32] = rand::random();
+        ops.push(Op::Put(
+            Table::ApiKeys,
+            blake3::hash(&key).as_bytes().to_vec(),
+            project.to_vec(),
+        ));
+        self.kv.write(ops)?;
+        Ok((key.to_vec(), project, salt))
+    }
+
+    /// The project an API key belongs to.
+    pub fn authenticate(&self, api_key: &[u8]) -> Result<ProjectId, MetainfoError> {
+        let v = self
+            .kv
+            .get(Table::ApiKeys, blake3::hash(api_key).as_bytes())?
+            .ok_or(MetainfoError::UnknownApiKey)?;
+        v.as_slice()
+            .try_into()
+            .map_err(|_| DbError::Corrupt("api key").into())
+    }
+
+    pub fn project_info(
+        &self,
+        project: &ProjectId,
+    ) -> Result<pb::ProjectInfoResponse, MetainfoError> {
+        let v = self
+            .kv
+            .get(Table::Projects, project)?
+            .ok_or(MetainfoError::UnknownApiKey)?;
+        let rec: pb::ProjectRecord = decode(&v, "project")?;
+        Ok(pb::ProjectInfoResponse {
+            project_id: project.to_vec().into(),
+            salt: rec.salt,
+            name: rec.name,
+        })
+    }
+
+    // ------------------------------------------------------------- buckets
+
+    pub fn create_bucket(
+        &self,
+        project: &ProjectId,
+        req: &pb::CreateBucketRequest,
+    ) -> Result<pb::CreateBucketResponse, MetainfoError> {
+        validate_bucket_name(&req.name)?;
+        let key = bucket_key(project, &req.name);
+        if self.kv.get(Table::Buckets, &key)?.is_some() {
+            return Err(MetainfoError::BucketExists(req.name.clone()));
+        }
+        let created = now_ms();
+        let rec = pb::BucketRecord {
+            version: 1,
+            created_unix_ms: created,
+            key_check: req.key_check.clone(),
+        };
+        self.kv.put(Table::Buckets, key, rec.encode_to_vec())?;
+        Ok(pb::CreateBucketResponse {
+            created_unix_ms: created,
+        })
+    }
+
+    pub fn get_bucket(
+        &self,
+        project: &ProjectId,
+        name: &str,
+    ) -> Result<pb::BucketInfo, MetainfoError> {
+        let v = self
+            .kv
+            .get(Table::Buckets, &bucket_key(project, name))?
+            .ok_or_else(|| MetainfoError::BucketNotFound(name.to_string()))?;
+        let rec: pb::BucketRecord = decode(&v, "bucket")?;
+        Ok(pb::BucketInfo {
+            name: name.to_string(),
+            created_unix_ms: rec.created_unix_ms,
+            key_check: rec.key_check,
+        })
+    }
+
+    pub fn delete_bucket(&self, project: &ProjectId, name: &str) -> Result<(), MetainfoError> {
+        self.get_bucket(project, name)?;
+        if !self
+            .kv
+            .scan(Table::Objects, &object_prefix(project, name), b"", 1)?
+            .is_empty()
+        {
+            return Err(MetainfoError::BucketNotEmpty(name.to_string()));
+        }
+        self.kv
+            .write(vec![Op::Delete(Table::Buckets, bucket_key(project, name))])?;
+        Ok(())
+    }
+
+    pub fn list_buckets(&self, project: &ProjectId) -> Result<Vec<pb::BucketInfo>, MetainfoError> {
+        let mut out = Vec::new();
+        for (k, v) in self.kv.scan(Table::Buckets, project, b"", usize::MAX)? {
+            let rec: pb::BucketRecord = decode(&v, "bucket")?;
+            out.push(pb::BucketInfo {
+                name: String::from_utf8_lossy(&k[16..]).into_owned(),
+                created_unix_ms: rec.created_unix_ms,
+                key_check: rec.key_check,
+            });
+        }
+        Ok(out)
+    }
+
+    // -------------------------------------------------------------- upload
+
+    pub fn begin_object(
+        &self,
+        project: &ProjectId,
+        req: &pb::BeginObjectRequest,
+    ) -> Result<pb::BeginObjectResponse, MetainfoError> {
+        self.get_bucket(project, &req.bucket)?;
+        if req.encrypted_key.is_empty() {
+            return Err(MetainfoError::Invalid("empty object key"));
+        }
+        let stream_id: [u8; 16] = rand::random();
+        let pending = pb::PendingObject {
+            version: 1,
+            project_id: project.to_vec().into(),
+            bucket: req.bucket.clone(),
+            encrypted_key: req.encrypted_key.clone(),
+            created_unix_ms: now_ms(),
+            redundancy: Some(self.config.redundancy.into()),
+        };
+        self.kv.put(
+            Table::PendingObjects,
+            stream_id.to_vec(),
+            pending.encode_to_vec(),
+        )?;
+        Ok(pb::BeginObjectResponse {
+            stream_id: stream_id.to_vec().into(),
+            redundancy: Some(self.config.redundancy.into()),
+            max_segment_size: self.config.max_segment_size as i64,
+            max_inline_size: self.config.max_inline_size as i64,
+        })
+    }
+
+    fn pending(
+        &self,
+        project: &ProjectId,
+        stream_id: &[u8],
+    ) -> Result<pb::PendingObject, MetainfoError> {
+        let v = self
+            .kv
+            .get(Table::PendingObjects, stream_id)?
+            .ok_or(MetainfoError::UploadNotFound)?;
+        let p: pb::PendingObject = decode(&v, "pending object")?;
+        if p.project_id.as_ref() != project {
+            return Err(MetainfoError::UploadNotFound);
+        }
+        Ok(p)
+    }
+
+    fn limit(
+        &self,
+        node: NodeId,
+        piece_id: PieceId,
+        action: PieceAction,
+        max: u64,
+        piece_key: &KeyPair,
+    ) -> pb::SignedOrderLimit {
+        let now = now_ms();
+        let limit = OrderLimit {
+            serial: SerialNumber::random(),
+            satellite_id: self.identity.id(),
+            node_id: node,
+            piece_id,
+            action,
+            limit: max,
+            piece_public_key: piece_key.public(),
+            created_ms: now,
+            expires_ms: now + self.config.order_expiration.as_millis() as i64,
+            piece_expires_ms: 0,
+        };
+        metrics::counter!("loam_satellite_order_limits_issued_total", "action" => action.as_str())
+            .increment(1);
+        limit.sign(&self.identity)
+    }
+
+    pub fn begin_segment(
+        &self,
+        project: &ProjectId,
+        req: &pb::BeginSegmentRequest,
+    ) -> Result<pb::BeginSegmentResponse, MetainfoError> {
+        let pending = self.pending(project, &req.stream_id)?;
+        let scheme = pending
+            .redundancy
+            .as_ref()
+            .and_then(|r| RedundancyScheme::try_from(r).ok())
+            .ok_or(DbError::Corrupt("pending redundancy"))?;
+        let max_piece = loam_common::encryption::encrypted_len(
+            (self.config.max_segment_size as usize).div_ceil(scheme.k()),
+        ) as i64;
+        if req.piece_size <= 0 || req.piece_size > max_piece {
+            return Err(MetainfoError::Invalid("piece size out of range"));
+        }
+        let piece_size = req.piece_size as u64;
+        let nodes = self
+            .overlay
+            .select(scheme.success(), scheme.total(), piece_size, now_ms())?;
+        let root = PieceId::random();
+        let piece_key = KeyPair::generate();
+        let mut limits = Vec::with_capacity(nodes.len());
+        let mut record = pb::PendingSegment {
+            version: 1,
+            root_piece_id: root.as_bytes().to_vec().into(),
+            piece_size: req.piece_size,
+            ..Default::default()
+        };
+        for (num, node) in nodes.iter().enumerate() {
+            let num = num as u32;
+            let piece_id = PieceId::derive(&root, &node.id, num);
+            limits.push(pb::AddressedOrderLimit {
+                limit: Some(self.limit(
+                    node.id,
+                    piece_id,
+                    PieceAction::Put,
+                    piece_size,
+                    &piece_key,
+                )),
+                address: node.address.clone(),
+                node_id: node.id.as_bytes().to_vec().into(),
+                piece_num: num,
+                piece_hash: Default::default(),
+            });
+            record.node_ids.push(node.id.as_bytes().to_vec().into());
+            record.piece_nums.push(num);
+        }
+        self.kv.put(
+            Table::PendingSegments,
+            segment_key(&req.stream_id, req.index),
+            record.encode_to_vec(),
+        )?;
+        Ok(pb::BeginSegmentResponse {
+            limits,
+            piece_private_key: piece_key.seed().to_vec().into(),
+            root_piece_id: root.as_bytes().to_vec().into(),
+        })
+    }
+
+    pub fn commit_segment(
+        &self,
+        project: &ProjectId,
+        req: &pb::CommitSegmentRequest,
+    ) -> Result<(), MetainfoError> {
+        let pending = self.pending(project, &req.stream_id)?;
+        let scheme = pending
+            .redundancy
+            .as_ref()
+            .and_then(|r| RedundancyScheme::try_from(r).ok())
+            .ok_or(DbError::Corrupt("pending redundancy"))?;
+        let seg_key = segment_key(&req.stream_id, req.index);
+        let v = self
+            .kv
+            .get(Table::PendingSegments, &seg_key)?
+            .ok_or(MetainfoError::SegmentNotBegun(req.index))?;
+        let begun: pb::PendingSegment = decode(&v, "pending segment")?;
+        let root = PieceId::try_from(begun.root_piece_id.as_ref())
+            .map_err(|_| DbError::Corrupt("pending segment"))?;
+        let meta = req
+            .meta
+            .clone()
+            .ok_or(MetainfoError::Invalid("missing segment metadata"))?;
+        if meta.piece_size != begun.piece_size {
+            return Err(MetainfoError::Invalid(
+                "piece size differs from the one begun",
+            ));
+        }
+        let mut pieces = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for p in &req.pieces {
+            let node = NodeId::try_from(p.node_id.as_ref())
+                .map_err(|_| MetainfoError::Invalid("node id"))?;
+            let bad = |why| MetainfoError::BadPiece {
+                num: p.piece_num,
+                node: node.short(),
+                why,
+            };
+            let issued = begun
+                .piece_nums
+                .iter()
+                .position(|n| *n == p.piece_num)
+                .and_then(|i| begun.node_ids.get(i))
+                .is_some_and(|id| id.as_ref() == node.as_bytes());
+            if !issued {
+                return Err(bad("no order limit was issued for it"));
+            }
+            if !seen.insert(p.piece_num) {
+                return Err(bad("committed twice"));
+            }
+            let key = self
+                .overlay
+                .get(&node)
+                .ok_or_else(|| bad("unknown node"))?
+                .public_key;
+            let signed = p.hash.as_ref().ok_or_else(|| bad("missing piece hash"))?;
+            let hash = PieceHash::verify(signed, &key)
+                .map_err(|_| bad("node signature does not verify"))?;
+            if hash.piece_id != PieceId::derive(&root, &node, p.piece_num) {
+                return Err(bad("wrong piece id"));
+            }
+            if hash.size != begun.piece_size as u64 {
+                return Err(bad("wrong size"));
+            }
+            pieces.push(pb::StoredPieceRef {
+                piece_num: p.piece_num,
+                node_id: node.as_bytes().to_vec().into(),
+                hash: hash.hash.to_vec().into(),
+            });
+        }
+        if pieces.len() < scheme.success() {
+            return Err(MetainfoError::TooFewPieces {
+                got: pieces.len(),
+                need: scheme.success(),
+            });
+        }
+        pieces.sort_by_key(|p| p.piece_num);
+        let record = pb::SegmentRecord {
+            version: 1,
+            meta: Some(meta),
+            root_piece_id: begun.root_piece_id,
+            pieces,
+            redundancy: Some(scheme.into()),
+            created_unix_ms: now_ms(),
+        };
+        self.kv.write(vec![
+            Op::Delete(Table::PendingSegments, seg_key.clone()),
+            Op::Put(Table::Segments, seg_key, record.encode_to_vec()),
+        ])?;
+        metrics::counter!("loam_satellite_segments_committed_total").increment(1);
+        Ok(())
+    }
+
+    pub fn commit_object(
+        &self,
+        project: &ProjectId,
+        req: &pb::CommitObjectRequest,
+    ) -> Result<pb::CommitObjectResponse, MetainfoError> {
+        let pending = self.pending(project, &req.stream_id)?;
+        if req.inline_data.len() as u64 > self.config.max_inline_size + 64 {
+            return Err(MetainfoError::InlineTooLarge {
+                size: req.inline_data.len(),
+                max: self.config.max_inline_size as usize,
+            });
+        }
+        if !req.inline_data.is_empty() && req.segment_count != 0 {
+            return Err(MetainfoError::Invalid("inline object with segments"));
+        }
+        for i in 0..req.segment_count {
+            if self
+                .kv
+                .get(Table::Segments, &segment_key(&req.stream_id, i))?
+                .is_none()
+            {
+                return Err(MetainfoError::SegmentNotBegun(i));
+            }
+        }
+        let created = now_ms();
+        let record = pb::ObjectRecord {
+            version: 1,
+            stream_id: req.stream_id.clone(),
+            created_unix_ms: created,
+            plain_size: req.plain_size,
+            segment_count: req.segment_count,
+            encrypted_metadata: req.encrypted_metadata.clone(),
+            inline_data: req.inline_data.clone(),
+            redundancy: pending.redundancy,
+        };
+        let mut key = object_prefix(project, &pending.bucket);
+        key.extend_from_slice(&pending.encrypted_key);
+        let mut ops = vec![
+            Op::Delete(Table::PendingObjects, req.stream_id.to_vec()),
+            Op::Put(Table::Objects, key.clone(), record.encode_to_vec()),
+        ];
+        // An object written over replaces the old one and its segments.
+        if let Some(old) = self.kv.get(Table::Objects, &key)? {
+            let old: pb::ObjectRecord = decode(&old, "object")?;
+            ops.extend(self.segment_deletes(&old)?);
+        }
+        self.kv.write(ops)?;
+        metrics::counter!("loam_satellite_objects_committed_total").increment(1);
+        Ok(pb::CommitObjectResponse {
+            created_unix_ms: created,
+        })
+    }
+
+    fn segment_deletes(&self, obj: &pb::ObjectRecord) -> Result<Vec<Op>, MetainfoError> {
+        Ok(self
+            .kv
+            .scan(Table::Segments, &obj.stream_id, b"", usize::MAX)?
+            .into_iter()
+            .map(|(k, _)| Op::Delete(Table::Segments, k))
+            .collect())
+    }
+
+    // ------------------------------------------------------------ download
+
+    fn object(
+        &self,
+        project: &ProjectId,
+        bucket: &str,
+        encrypted_key: &[u8],
+    ) -> Result<(Vec<u8>, pb::ObjectRecord), MetainfoError> {
+        self.get_bucket(project, bucket)?;
+        let mut key = object_prefix(project, bucket);
+        key.extend_from_slice(encrypted_key);
+        let v = self
+            .kv
+            .get(Table::Objects, &key)?
+            .ok_or(MetainfoError::ObjectNotFound)?;
+        Ok((key, decode(&v, "object")?))
+    }
+
+    pub fn get_object(
+        &self,
+        project: &ProjectId,
+        req: &pb::ObjectRequest,
+    ) -> Result<pb::ObjectInfo, MetainfoError> {
+        let (_, rec) = self.object(project, &req.bucket, &req.encrypted_key)?;
+        Ok(object_info(req.encrypted_key.to_vec(), rec))
+    }
+
+    pub fn download_segment(
+        &self,
+        project: &ProjectId,
+        req: &pb::DownloadSegmentRequest,
+    ) -> Result<pb::DownloadSegmentResponse, MetainfoError> {
+        let (_, obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
+        if req.index >= obj.segment_count {
+            return Err(MetainfoError::Invalid("segment index beyond the object"));
+        }
+        let v = self
+            .kv
+            .get(Table::Segments, &segment_key(&obj.stream_id, req.index))?
+            .ok_or(DbError::Corrupt("missing segment"))?;
+        let seg: pb::SegmentRecord = decode(&v, "segment")?;
+        let meta = seg.meta.clone().ok_or(DbError::Corrupt("segment meta"))?;
+        let root = PieceId::try_from(seg.root_piece_id.as_ref())
+            .map_err(|_| DbError::Corrupt("segment"))?;
+        let piece_key = KeyPair::generate();
+        let now = now_ms();
+        let mut limits = Vec::new();
+        for p in &seg.pieces {
+            let Ok(node_id) = NodeId::try_from(p.node_id.as_ref()) else {
+                continue;
+            };
+            let Some(node) = self.overlay.get(&node_id) else {
+                continue;
+            };
+            if !self.overlay.is_online(&node, now) {
+                continue;
+            }
+            let piece_id = PieceId::derive(&root, &node_id, p.piece_num);
+            limits.push(pb::AddressedOrderLimit {
+                limit: Some(self.limit(
+                    node_id,
+                    piece_id,
+                    PieceAction::Get,
+                    meta.piece_size as u64,
+                    &piece_key,
+                )),
+                address: node.address.clone(),
+                node_id: p.node_id.clone(),
+                piece_num: p.piece_num,
+                piece_hash: p.hash.clone(),
+            });
+        }
+        Ok(pb::DownloadSegmentResponse {
+            meta: Some(meta),
+            limits,
+            piece_private_key: piece_key.seed().to_vec().into(),
+            redundancy: seg.redundancy,
+        })
+    }
+
+    pub fn delete_object(
+        &self,
+        project: &ProjectId,
+        req: &pb::ObjectRequest,
+    ) -> Result<(), MetainfoError> {
+        let (key, obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
+        let mut ops = vec![Op::Delete(Table::Objects, key)];
+        ops.extend(self.segment_deletes(&obj)?);
+        self.kv.write(ops)?;
+        metrics::counter!("loam_satellite_objects_deleted_total").increment(1);
+        Ok(())
+    }
+
+    /// Lists objects under an encrypted prefix. Non-recursive listings
+    /// collapse everything below the next `/` into one prefix entry.
+    pub fn list_objects(
+        &self,
+        project: &ProjectId,
+        req: &pb::ListObjectsRequest,
+    ) -> Result<pb::ListObjectsResponse, MetainfoError> {
+        self.get_bucket(project, &req.bucket)?;
+        let limit = match req.limit {
+            0 => 1000,
+            n => n.min(10_000) as usize,
+        };
+        let base = object_prefix(project, &req.bucket);
+        let mut prefix = base.clone();
+        prefix.extend_from_slice(&req.prefix);
+        let mut start = base.clone();
+        start.extend_from_slice(&req.cursor);
+        if req.cursor.ends_with(b"/") {
+            // after everything under a collapsed prefix
+            if let Some(last) = start.last_mut() {
+                *last = b'/' + 1;
+            }
+        } else if !req.cursor.is_empty() {
+            start.push(0); // strictly after the cursor
+        }
+        let mut items = Vec::new();
+        let mut more = false;
+        'outer: loop {
+            let batch = self.kv.scan(Table::Objects, &prefix, &start, limit + 1)?;
+            let exhausted = batch.len() <= limit;
+            for (k, v) in batch {
+                if items.len() >= limit {
+                    more = true;
+                    break 'outer;
+                }
+                let rel = &k[prefix.len()..];
+                if !req.recursive
+                    && let Some(pos) = rel.iter().position(|b| *b == b'/')
+                {
+                    let mut name = req.prefix.to_vec();
+                    name.extend_from_slice(&rel[..=pos]);
+                    items.push(pb::ObjectInfo {
+                        encrypted_key: name.clone().into(),
+                        is_prefix: true,
+                        ..Default::default()
+                    });
+                    // Skip everything under this prefix: '/' + 1 = '0'.
+                    start = base.clone();
+                    start.extend_from_slice(&name);
+                    if let Some(last) = start.last_mut() {
+                        *last = b'/' + 1;
+                    }
+                    continue 'outer;
+                }
+                let rec: pb::ObjectRecord = decode(&v, "object")?;
+                items.push(object_info(k[base.len()..].to_vec(), rec));
+                start = k.clone();
+                start.push(0);
+            }
+            if exhausted {
+                break;
+            }
+        }
+        Ok(pb::ListObjectsResponse { items, more })
+    }
+}
+
+fn object_info(encrypted_key: Vec<u8>, rec: pb::ObjectRecord) -> pb::ObjectInfo {
+    pb::ObjectInfo {
+        encrypted_key: encrypted_key.into(),
+        created_unix_ms: rec.created_unix_ms,
+        plain_size: rec.plain_size,
+        segment_count: rec.segment_count,
+        encrypted_metadata: rec.encrypted_metadata,
+        inline_data: rec.inline_data,
+        redundancy: rec.redundancy,
+        is_prefix: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_names_follow_s3_rules() {
+        assert!(validate_bucket_name("photos-2024").is_ok());
+        assert!(validate_bucket_name("ab").is_err());
+        assert!(validate_bucket_name("Photos").is_err());
+        assert!(validate_bucket_name("-photos").is_err());
+        assert!(validate_bucket_name("pho_tos").is_err());
+    }
+}

@@ -1,0 +1,345 @@
+//! The overlay: every storage node the satellite knows, from check-ins, and
+//! node selection for uploads.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use loam_common::{NodeId, PublicKey, pb};
+use prost::Message;
+use rand::seq::SliceRandom;
+
+use crate::db::{DbError, Kv, Table};
+
+/// What the satellite knows of one node.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub id: NodeId,
+    pub public_key: PublicKey,
+    pub address: String,
+    pub free_disk: i64,
+    pub version: String,
+    pub last_seen_ms: i64,
+    pub created_ms: i64,
+    pub capabilities: pb::NodeCapabilities,
+}
+
+impl Node {
+    /// The network a node is in, for the one-piece-per-subnet rule: the /24
+    /// of an IPv4 address, the /64 of an IPv6 one, else the host name.
+    pub fn subnet(&self) -> String {
+        let host = self
+            .address
+            .parse::<SocketAddr>()
+            .map(|a| a.ip())
+            .or_else(|_| self.address.parse::<IpAddr>());
+        match host {
+            Ok(IpAddr::V4(v4)) => {
+                let o = v4.octets();
+                format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+            }
+            Ok(IpAddr::V6(v6)) => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            Err(_) => self
+                .address
+                .rsplit_once(':')
+                .map_or(self.address.clone(), |(h, _)| h.to_string()),
+        }
+    }
+
+    fn to_record(&self) -> pb::NodeRecord {
+        pb::NodeRecord {
+            version: 1,
+            public_key: self.public_key.as_bytes().to_vec().into(),
+            address: self.address.clone(),
+            free_disk: self.free_disk,
+            node_version: self.version.clone(),
+            last_seen_unix_ms: self.last_seen_ms,
+            capabilities: Some(self.capabilities),
+            created_unix_ms: self.created_ms,
+        }
+    }
+
+    fn from_record(r: &pb::NodeRecord) -> Result<Self, DbError> {
+        let public_key =
+            PublicKey::try_from(r.public_key.as_ref()).map_err(|_| DbError::Corrupt("node"))?;
+        Ok(Self {
+            id: public_key.node_id(),
+            public_key,
+            address: r.address.clone(),
+            free_disk: r.free_disk,
+            version: r.node_version.clone(),
+            last_seen_ms: r.last_seen_unix_ms,
+            created_ms: r.created_unix_ms,
+            capabilities: r.capabilities.unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OverlayConfig {
+    pub online_window: Duration,
+    pub distinct_subnets: bool,
+    pub min_difficulty: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OverlayError {
+    #[error("node id {id} has difficulty {have}, this satellite requires {need}")]
+    Difficulty { id: NodeId, have: u32, need: u32 },
+    #[error("check-in public key does not match the connection's identity")]
+    KeyMismatch,
+    #[error("check-in address {0:?} is not HOST:PORT")]
+    BadAddress(String),
+    #[error("too few storage nodes available: need {need}, found {found}")]
+    TooFewNodes { need: usize, found: usize },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+pub struct Overlay {
+    kv: Arc<dyn Kv>,
+    config: OverlayConfig,
+    nodes: RwLock<HashMap<NodeId, Node>>,
+}
+
+impl Overlay {
+    pub fn open(kv: Arc<dyn Kv>, config: OverlayConfig) -> Result<Self, DbError> {
+        let mut nodes = HashMap::new();
+        for (_, v) in kv.scan(Table::Nodes, b"", b"", usize::MAX)? {
+            let rec = pb::NodeRecord::decode(v.as_slice()).map_err(|_| DbError::Corrupt("node"))?;
+            let node = Node::from_record(&rec)?;
+            nodes.insert(node.id, node);
+        }
+        Ok(Self {
+            kv,
+            config,
+            nodes: RwLock::new(nodes),
+        })
+    }
+
+    pub fn config(&self) -> &OverlayConfig {
+        &self.config
+    }
+
+    /// Records a check-in from the node authenticated as `peer`.
+    pub fn check_in(
+        &self,
+        peer: NodeId,
+        req: &pb::CheckInRequest,
+        now_ms: i64,
+    ) -> Result<Node, OverlayError> {
+        let key =
+            PublicKey::try_from(req.public_key.as_ref()).map_err(|_| OverlayError::KeyMismatch)?;
+        if key.node_id() != peer {
+            return Err(OverlayError::KeyMismatch);
+        }
+        let have = peer.difficulty();
+        if have < self.config.min_difficulty {
+            return Err(OverlayError::Difficulty {
+                id: peer,
+                have,
+                need: self.config.min_difficulty,
+            });
+        }
+        if req
+            .address
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(OverlayError::BadAddress(req.address.clone()));
+        }
+        let created_ms = self
+            .nodes
+            .read()
+            .expect("overlay lock")
+            .get(&peer)
+            .map_or(now_ms, |n| n.created_ms);
+        let node = Node {
+            id: peer,
+            public_key: key,
+            address: req.address.clone(),
+            free_disk: req.free_disk,
+            version: req.version.clone(),
+            last_seen_ms: now_ms,
+            created_ms,
+            capabilities: req.capabilities.unwrap_or_default(),
+        };
+        self.kv.put(
+            Table::Nodes,
+            peer.as_bytes().to_vec(),
+            node.to_record().encode_to_vec(),
+        )?;
+        self.nodes
+            .write()
+            .expect("overlay lock")
+            .insert(peer, node.clone());
+        Ok(node)
+    }
+
+    pub fn get(&self, id: &NodeId) -> Option<Node> {
+        self.nodes.read().expect("overlay lock").get(id).cloned()
+    }
+
+    pub fn is_online(&self, node: &Node, now_ms: i64) -> bool {
+        now_ms - node.last_seen_ms <= self.config.online_window.as_millis() as i64
+    }
+
+    pub fn list(&self) -> Vec<Node> {
+        let mut v: Vec<Node> = self
+            .nodes
+            .read()
+            .expect("overlay lock")
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|n| n.id);
+        v
+    }
+
+    pub fn online_count(&self, now_ms: i64) -> usize {
+        self.nodes
+            .read()
+            .expect("overlay lock")
+            .values()
+            .filter(|n| self.is_online(n, now_ms))
+            .count()
+    }
+
+    /// Picks up to `want` (at least `need`) distinct online nodes with room
+    /// for `piece_size` bytes.
+    pub fn select(
+        &self,
+        need: usize,
+        want: usize,
+        piece_size: u64,
+        now_ms: i64,
+    ) -> Result<Vec<Node>, OverlayError> {
+        let candidates: Vec<Node> = self
+            .nodes
+            .read()
+            .expect("overlay lock")
+            .values()
+            .filter(|n| self.is_online(n, now_ms) && n.free_disk >= piece_size as i64)
+            .cloned()
+            .collect();
+        let chosen = select_nodes(
+            candidates,
+            want,
+            self.config.distinct_subnets,
+            &mut rand::thread_rng(),
+        );
+        if chosen.len() < need {
+            return Err(OverlayError::TooFewNodes {
+                need,
+                found: chosen.len(),
+            });
+        }
+        Ok(chosen)
+    }
+}
+
+/// Random choice of up to `want` nodes, at most one per subnet if asked.
+pub fn select_nodes(
+    mut candidates: Vec<Node>,
+    want: usize,
+    distinct_subnets: bool,
+    rng: &mut impl rand::Rng,
+) -> Vec<Node> {
+    candidates.shuffle(rng);
+    let mut subnets = HashSet::new();
+    let mut out = Vec::with_capacity(want);
+    for node in candidates {
+        if out.len() >= want {
+            break;
+        }
+        if distinct_subnets && !subnets.insert(node.subnet()) {
+            continue;
+        }
+        out.push(node);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn node(addr: &str) -> Node {
+        let key = loam_common::KeyPair::generate().public();
+        Node {
+            id: key.node_id(),
+            public_key: key,
+            address: addr.to_string(),
+            free_disk: 1 << 40,
+            version: "test".into(),
+            last_seen_ms: 0,
+            created_ms: 0,
+            capabilities: Default::default(),
+        }
+    }
+
+    #[test]
+    fn subnet_rule_keeps_one_node_per_24() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let nodes = vec![
+            node("10.0.0.1:1"),
+            node("10.0.0.2:1"),
+            node("10.0.1.1:1"),
+            node("10.0.2.1:1"),
+        ];
+        let picked = select_nodes(nodes.clone(), 4, true, &mut rng);
+        assert_eq!(picked.len(), 3);
+        let subnets: HashSet<String> = picked.iter().map(Node::subnet).collect();
+        assert_eq!(subnets.len(), 3);
+        assert_eq!(select_nodes(nodes, 4, false, &mut rng).len(), 4);
+    }
+
+    #[test]
+    fn check_in_enforces_difficulty_and_key() {
+        let kv: Arc<dyn Kv> = Arc::new(crate::db::MemKv::default());
+        let overlay = Overlay::open(
+            kv.clone(),
+            OverlayConfig {
+                online_window: Duration::from_secs(60),
+                distinct_subnets: false,
+                min_difficulty: 4,
+            },
+        )
+        .expect("open");
+        let weak = loop {
+            let id = loam_common::Identity::generate(0, |_| {});
+            if id.id().difficulty() < 4 {
+                break id;
+            }
+        };
+        let req = |id: &loam_common::Identity| pb::CheckInRequest {
+            address: "127.0.0.1:5".into(),
+            public_key: id.public().as_bytes().to_vec().into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            overlay.check_in(weak.id(), &req(&weak), 0),
+            Err(OverlayError::Difficulty { .. })
+        ));
+        let strong = loam_common::Identity::generate(4, |_| {});
+        assert!(matches!(
+            overlay.check_in(weak.id(), &req(&strong), 0),
+            Err(OverlayError::KeyMismatch)
+        ));
+        overlay
+            .check_in(strong.id(), &req(&strong), 0)
+            .expect("check in");
+        // persisted
+        let again = Overlay::open(kv, overlay.config().clone()).expect("reopen");
+        assert_eq!(again.list().len(), 1);
+        assert_eq!(again.online_count(1000), 1);
+        assert_eq!(again.online_count(100_000), 0);
+    }
+}

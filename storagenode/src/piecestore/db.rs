@@ -1,0 +1,285 @@
+//! The node's RocksDB: piece metadata, used space, serial numbers seen and
+//! orders kept for settlement. Used space is a counter updated in the same
+//! write batch as the piece records, never computed by walking the disk.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use loam_common::NodeId;
+use loam_common::orders::{PieceId, SerialNumber};
+use loam_common::pb;
+use prost::Message;
+use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
+
+const CF_PIECES: &str = "pieces";
+const CF_SERIALS: &str = "serials";
+const CF_ORDERS: &str = "orders";
+const CF_META: &str = "meta";
+const KEY_USED: &[u8] = b"used_bytes";
+const KEY_PIECES: &[u8] = b"piece_count";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    #[error("rocksdb: {0}")]
+    RocksDb(#[from] rocksdb::Error),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(&'static str),
+}
+
+/// Space used and pieces held, as recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub used_bytes: u64,
+    pub pieces: u64,
+}
+
+pub struct NodeDb {
+    db: DB,
+    /// Serializes read-modify-write of the usage counters and serial checks.
+    lock: Mutex<Usage>,
+}
+
+fn piece_key(satellite: &NodeId, piece: &PieceId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(64);
+    k.extend_from_slice(satellite.as_bytes());
+    k.extend_from_slice(piece.as_bytes());
+    k
+}
+
+fn read_u64(v: Option<Vec<u8>>) -> Result<u64, DbError> {
+    match v {
+        None => Ok(0),
+        Some(b) => Ok(u64::from_be_bytes(
+            b.as_slice()
+                .try_into()
+                .map_err(|_| DbError::Corrupt("counter"))?,
+        )),
+    }
+}
+
+impl NodeDb {
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = [CF_PIECES, CF_SERIALS, CF_ORDERS, CF_META]
+            .into_iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let meta = db.cf_handle(CF_META).expect("created above");
+        let usage = Usage {
+            used_bytes: read_u64(db.get_cf(meta, KEY_USED)?)?,
+            pieces: read_u64(db.get_cf(meta, KEY_PIECES)?)?,
+        };
+        Ok(Self {
+            db,
+            lock: Mutex::new(usage),
+        })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    fn sync_write(&self, batch: WriteBatch) -> Result<(), DbError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        Ok(self.db.write_opt(batch, &opts)?)
+    }
+
+    pub fn usage(&self) -> Usage {
+        *self.lock.lock().expect("usage lock")
+    }
+
+    /// Records a serial number as used until `expires_ms`; false if it was
+    /// already used.
+    pub fn use_serial(&self, serial: &SerialNumber, expires_ms: i64) -> Result<bool, DbError> {
+        let _guard = self.lock.lock().expect("usage lock");
+        let cf = self.cf(CF_SERIALS);
+        if self.db.get_cf(cf, serial.as_bytes())?.is_some() {
+            return Ok(false);
+        }
+        self.db
+            .put_cf(cf, serial.as_bytes(), expires_ms.to_be_bytes())?;
+        Ok(true)
+    }
+
+    /// Forgets serial numbers whose order limits have expired (they can no
+    /// longer be replayed anyway). Returns how many were removed.
+    pub fn prune_serials(&self, now_ms: i64) -> Result<usize, DbError> {
+        let cf = self.cf(CF_SERIALS);
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for item in self.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            let exp = i64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| DbError::Corrupt("serial"))?,
+            );
+            if exp <= now_ms {
+                batch.delete_cf(cf, k);
+                n += 1;
+            }
+        }
+        self.db.write(batch)?;
+        Ok(n)
+    }
+
+    /// Records a stored piece and the order to settle for it, atomically
+    /// with the usage counters.
+    pub fn put_piece(
+        &self,
+        satellite: &NodeId,
+        piece: &PieceId,
+        record: &pb::StoredPiece,
+        order: Option<&pb::UnsentOrder>,
+    ) -> Result<(), DbError> {
+        let mut usage = self.lock.lock().expect("usage lock");
+        let key = piece_key(satellite, piece);
+        let mut next = *usage;
+        if let Some(old) = self.db.get_cf(self.cf(CF_PIECES), &key)? {
+            let old =
+                pb::StoredPiece::decode(old.as_slice()).map_err(|_| DbError::Corrupt("piece"))?;
+            next.used_bytes = next.used_bytes.saturating_sub(old.size as u64);
+            next.pieces = next.pieces.saturating_sub(1);
+        }
+        next.used_bytes += record.size as u64;
+        next.pieces += 1;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_PIECES), &key, record.encode_to_vec());
+        if let Some(order) = order {
+            batch.put_cf(self.cf(CF_ORDERS), order_key(order), order.encode_to_vec());
+        }
+        batch.put_cf(self.cf(CF_META), KEY_USED, next.used_bytes.to_be_bytes());
+        batch.put_cf(self.cf(CF_META), KEY_PIECES, next.pieces.to_be_bytes());
+        self.sync_write(batch)?;
+        *usage = next;
+        Ok(())
+    }
+
+    pub fn piece(
+        &self,
+        satellite: &NodeId,
+        piece: &PieceId,
+    ) -> Result<Option<pb::StoredPiece>, DbError> {
+        match self
+            .db
+            .get_cf(self.cf(CF_PIECES), piece_key(satellite, piece))?
+        {
+            None => Ok(None),
+            Some(v) => pb::StoredPiece::decode(v.as_slice())
+                .map(Some)
+                .map_err(|_| DbError::Corrupt("piece")),
+        }
+    }
+
+    /// Removes a piece record; returns its size if it existed.
+    pub fn delete_piece(
+        &self,
+        satellite: &NodeId,
+        piece: &PieceId,
+    ) -> Result<Option<u64>, DbError> {
+        let mut usage = self.lock.lock().expect("usage lock");
+        let key = piece_key(satellite, piece);
+        let Some(old) = self.db.get_cf(self.cf(CF_PIECES), &key)? else {
+            return Ok(None);
+        };
+        let old = pb::StoredPiece::decode(old.as_slice()).map_err(|_| DbError::Corrupt("piece"))?;
+        let mut next = *usage;
+        next.used_bytes = next.used_bytes.saturating_sub(old.size as u64);
+        next.pieces = next.pieces.saturating_sub(1);
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(CF_PIECES), &key);
+        batch.put_cf(self.cf(CF_META), KEY_USED, next.used_bytes.to_be_bytes());
+        batch.put_cf(self.cf(CF_META), KEY_PIECES, next.pieces.to_be_bytes());
+        self.sync_write(batch)?;
+        *usage = next;
+        Ok(Some(old.size as u64))
+    }
+
+    /// Keeps the latest (largest) order of a download for settlement.
+    pub fn put_order(&self, order: &pb::UnsentOrder) -> Result<(), DbError> {
+        self.db
+            .put_cf(self.cf(CF_ORDERS), order_key(order), order.encode_to_vec())?;
+        Ok(())
+    }
+
+    /// Number of orders waiting to be settled.
+    pub fn unsent_orders(&self) -> usize {
+        self.db
+            .iterator_cf(self.cf(CF_ORDERS), rocksdb::IteratorMode::Start)
+            .count()
+    }
+}
+
+/// Orders are keyed by the hash of their signed limit, which is unique per serial.
+fn order_key(order: &pb::UnsentOrder) -> [u8; 32] {
+    let limit = order
+        .limit
+        .as_ref()
+        .map(|l| l.limit.as_ref())
+        .unwrap_or_default();
+    *blake3::hash(limit).as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_survives_reopen_and_tracks_deletes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let sat = loam_common::Identity::generate(0, |_| {}).id();
+        let p1 = PieceId::random();
+        let p2 = PieceId::random();
+        let rec = |size| pb::StoredPiece {
+            size,
+            ..Default::default()
+        };
+        {
+            let db = NodeDb::open(dir.path()).expect("open");
+            db.put_piece(&sat, &p1, &rec(100), None).expect("put");
+            db.put_piece(&sat, &p2, &rec(50), None).expect("put");
+            assert_eq!(
+                db.usage(),
+                Usage {
+                    used_bytes: 150,
+                    pieces: 2
+                }
+            );
+        }
+        let db = NodeDb::open(dir.path()).expect("reopen");
+        assert_eq!(
+            db.usage(),
+            Usage {
+                used_bytes: 150,
+                pieces: 2
+            }
+        );
+        assert_eq!(db.delete_piece(&sat, &p1).expect("delete"), Some(100));
+        assert_eq!(db.delete_piece(&sat, &p1).expect("delete"), None);
+        assert_eq!(
+            db.usage(),
+            Usage {
+                used_bytes: 50,
+                pieces: 1
+            }
+        );
+    }
+
+    #[test]
+    fn serials_are_single_use_until_pruned() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = NodeDb::open(dir.path()).expect("open");
+        let s = SerialNumber::random();
+        assert!(db.use_serial(&s, 1000).expect("use"));
+        assert!(!db.use_serial(&s, 1000).expect("reuse"));
+        assert_eq!(db.prune_serials(999).expect("prune"), 0);
+        assert_eq!(db.prune_serials(1000).expect("prune"), 1);
+        assert!(db.use_serial(&s, 2000).expect("use again"));
+    }
+}

@@ -1,0 +1,545 @@
+//! Upload and download of pieces over one QUIC stream each.
+//!
+//! Every transfer is checked before a byte moves: the order limit must be
+//! signed by a trusted satellite, name this node, be unexpired, be for the
+//! right action, and carry a serial number never seen before. Every byte
+//! then has to be covered by an uplink-signed order within the limit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use loam_common::orders::{Order, OrderError, OrderLimit, PieceAction, PieceHash, now_ms};
+use loam_common::pb;
+use loam_common::pb::piece_request::Request;
+use loam_common::rpc::RemoteError;
+use loam_common::wire::{Frame, FrameReader, FrameWriter, WireError};
+use loam_common::{Identity, NodeId, PublicKey};
+use prost::Message;
+use tokio::sync::watch;
+
+use super::blobs::Blobs;
+use super::db::{DbError, NodeDb};
+
+/// Largest control message a piece transfer may carry.
+const MAX_PIECE_MESSAGE: usize = 64 * 1024;
+/// Data sent per frame on downloads.
+const DOWNLOAD_CHUNK: usize = 1 << 20;
+
+/// Satellites this node trusts, and their keys once learned at check-in.
+#[derive(Default)]
+pub struct Trust {
+    allowed: Vec<NodeId>,
+    keys: RwLock<HashMap<NodeId, PublicKey>>,
+}
+
+impl Trust {
+    pub fn new(allowed: Vec<NodeId>) -> Self {
+        Self {
+            allowed,
+            keys: RwLock::default(),
+        }
+    }
+
+    /// Records a satellite's key (verified by the TLS handshake to hash to its id).
+    pub fn learn(&self, key: PublicKey) -> bool {
+        let id = key.node_id();
+        if !self.allowed.contains(&id) {
+            return false;
+        }
+        self.keys.write().expect("trust lock").insert(id, key);
+        true
+    }
+
+    pub fn key(&self, id: &NodeId) -> Option<PublicKey> {
+        self.keys.read().expect("trust lock").get(id).copied()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PieceError {
+    #[error(transparent)]
+    Order(#[from] OrderError),
+    #[error("piece not found")]
+    NotFound,
+    #[error("not enough free space: {need} bytes requested, {free} free")]
+    NoSpace { need: u64, free: u64 },
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("protocol: {0}")]
+    Wire(#[from] WireError),
+    #[error("storage: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("database: {0}")]
+    Db(#[from] DbError),
+}
+
+impl PieceError {
+    fn remote(&self) -> RemoteError {
+        match self {
+            Self::Order(e) => RemoteError::order_rejected(e),
+            Self::NotFound => RemoteError::new(pb::ErrorCode::NotFound, self.to_string()),
+            Self::NoSpace { .. } => RemoteError {
+                code: pb::ErrorCode::ResourceExhausted,
+                message: self.to_string(),
+                rejection: pb::OrderRejection::NoSpace,
+            },
+            Self::BadRequest(_) | Self::Wire(_) => {
+                RemoteError::new(pb::ErrorCode::InvalidArgument, self.to_string())
+            }
+            Self::Io(_) | Self::Db(_) => {
+                RemoteError::new(pb::ErrorCode::Internal, "storage node internal error")
+            }
+        }
+    }
+
+    /// Metric label of this failure.
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Order(e) => match e.rejection() {
+                pb::OrderRejection::BadSatelliteSignature => "bad_satellite_signature",
+                pb::OrderRejection::UntrustedSatellite => "untrusted_satellite",
+                pb::OrderRejection::WrongNode => "wrong_node",
+                pb::OrderRejection::Expired => "expired",
+                pb::OrderRejection::SerialReused => "serial_reused",
+                pb::OrderRejection::AmountAboveLimit => "amount_above_limit",
+                pb::OrderRejection::BadUplinkSignature => "bad_uplink_signature",
+                pb::OrderRejection::WrongAction => "wrong_action",
+                pb::OrderRejection::WrongSerial => "wrong_serial",
+                pb::OrderRejection::BytesBeyondOrder => "bytes_beyond_order",
+                pb::OrderRejection::HashMismatch => "hash_mismatch",
+                pb::OrderRejection::AmountDecreased => "amount_decreased",
+                _ => "malformed",
+            },
+            Self::NotFound => "not_found",
+            Self::NoSpace { .. } => "no_space",
+            Self::BadRequest(_) | Self::Wire(_) => "bad_request",
+            Self::Io(_) | Self::Db(_) => "internal",
+        }
+    }
+}
+
+/// The piece-transfer endpoint of one storage node.
+pub struct Piecestore {
+    identity: Identity,
+    db: Arc<NodeDb>,
+    blobs: Arc<dyn Blobs>,
+    trust: Arc<Trust>,
+    allocated: u64,
+}
+
+impl Piecestore {
+    pub fn new(
+        identity: Identity,
+        db: Arc<NodeDb>,
+        blobs: Arc<dyn Blobs>,
+        trust: Arc<Trust>,
+        allocated: u64,
+    ) -> Self {
+        Self {
+            identity,
+            db,
+            blobs,
+            trust,
+            allocated,
+        }
+    }
+
+    pub fn db(&self) -> &Arc<NodeDb> {
+        &self.db
+    }
+
+    pub fn trust(&self) -> &Arc<Trust> {
+        &self.trust
+    }
+
+    /// Bytes still free within the allocation.
+    pub fn free_bytes(&self) -> u64 {
+        self.allocated.saturating_sub(self.db.usage().used_bytes)
+    }
+
+    /// Serves one RPC stream. Errors are answered on the stream and counted;
+    /// they never affect other streams.
+    pub async fn handle_stream(self: Arc<Self>, send: quinn::SendStream, recv: quinn::RecvStream) {
+        let mut reader = FrameReader::with_max_message(recv, MAX_PIECE_MESSAGE);
+        let mut writer = FrameWriter::new(send);
+        let request = match reader.message::<pb::PieceRequest>().await {
+            Ok(r) => r.request,
+            Err(e) => {
+                let err = PieceError::from(e);
+                metrics::counter!("loam_storagenode_requests_rejected_total", "reason" => err.reason()).increment(1);
+                tracing::debug!(error = %err, "bad piece request");
+                let _ = writer
+                    .message(&pb::PieceUploadResponse {
+                        result: Some(pb::piece_upload_response::Result::Error(
+                            (&err.remote()).into(),
+                        )),
+                    })
+                    .await;
+                let _ = writer.finish();
+                reader.stop(1);
+                return;
+            }
+        };
+        match request {
+            Some(Request::Upload(up)) => self.serve_upload(up, reader, writer).await,
+            Some(Request::Download(down)) => self.serve_download(down, reader, writer).await,
+            None => {
+                let err = PieceError::BadRequest("empty request");
+                let _ = writer
+                    .message(&pb::PieceUploadResponse {
+                        result: Some(pb::piece_upload_response::Result::Error(
+                            (&err.remote()).into(),
+                        )),
+                    })
+                    .await;
+                let _ = writer.finish();
+            }
+        }
+    }
+
+    fn verify_limit(
+        &self,
+        signed: Option<&pb::SignedOrderLimit>,
+        action: PieceAction,
+    ) -> Result<OrderLimit, PieceError> {
+        let signed = signed.ok_or(PieceError::BadRequest("missing order limit"))?;
+        let claimed = OrderLimit::decode_unverified(signed)?;
+        let key = self
+            .trust
+            .key(&claimed.satellite_id)
+            .ok_or(OrderError::UntrustedSatellite(claimed.satellite_id))?;
+        let limit = OrderLimit::verify(signed, &key)?;
+        limit.check(&self.identity.id(), action, now_ms())?;
+        if !self.db.use_serial(&limit.serial, limit.expires_ms)? {
+            return Err(OrderError::SerialReused.into());
+        }
+        Ok(limit)
+    }
+
+    async fn serve_upload(
+        &self,
+        req: pb::PieceUploadRequest,
+        mut reader: FrameReader,
+        mut writer: FrameWriter,
+    ) {
+        let started = Instant::now();
+        let result = self.upload(req, &mut reader).await;
+        let response = match &result {
+            Ok((hash, size)) => {
+                metrics::counter!("loam_storagenode_uploads_total", "result" => "ok").increment(1);
+                metrics::counter!("loam_storagenode_piece_bytes_received_total").increment(*size);
+                metrics::counter!("loam_storagenode_pieces_received_total").increment(1);
+                metrics::histogram!("loam_storagenode_upload_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                let usage = self.db.usage();
+                metrics::gauge!("loam_storagenode_used_bytes").set(usage.used_bytes as f64);
+                metrics::gauge!("loam_storagenode_pieces_stored").set(usage.pieces as f64);
+                pb::piece_upload_response::Result::Stored(hash.clone())
+            }
+            Err(e) => {
+                self.count_failure("upload", e);
+                reader.stop(1);
+                pb::piece_upload_response::Result::Error((&e.remote()).into())
+            }
+        };
+        let _ = writer
+            .message(&pb::PieceUploadResponse {
+                result: Some(response),
+            })
+            .await;
+        let _ = writer.finish();
+    }
+
+    fn count_failure(&self, op: &'static str, e: &PieceError) {
+        let result = match e {
+            PieceError::Io(_) | PieceError::Db(_) => "error",
+            PieceError::Wire(WireError::Read(_) | WireError::Connection(_)) => "cancelled",
+            _ => "rejected",
+        };
+        let name = if op == "upload" {
+            "loam_storagenode_uploads_total"
+        } else {
+            "loam_storagenode_downloads_total"
+        };
+        metrics::counter!(name, "result" => result).increment(1);
+        if let PieceError::Order(_) = e {
+            metrics::counter!("loam_storagenode_order_rejections_total", "reason" => e.reason())
+                .increment(1);
+        }
+        if result == "error" {
+            tracing::warn!(op, error = %e, "piece transfer failed");
+        } else {
+            tracing::debug!(op, error = %e, "piece transfer refused");
+        }
+    }
+
+    async fn upload(
+        &self,
+        req: pb::PieceUploadRequest,
+        reader: &mut FrameReader,
+    ) -> Result<(pb::SignedPieceHash, u64), PieceError> {
+        let limit = self.verify_limit(req.limit.as_ref(), PieceAction::Put)?;
+        let free = self.free_bytes();
+        if limit.limit > free {
+            return Err(PieceError::NoSpace {
+                need: limit.limit,
+                free,
+            });
+        }
+        let mut blob = self.blobs.create()?;
+        let mut hasher = blake3::Hasher::new();
+        let mut received = 0u64;
+        let mut ordered = 0u64;
+        let mut last_order = None;
+        let uplink_hash = loop {
+            match reader.next().await? {
+                None => return Err(PieceError::BadRequest("upload ended without a piece hash")),
+                Some(Frame::Data(chunk)) => {
+                    received += chunk.len() as u64;
+                    if received > ordered {
+                        return Err(OrderError::BytesBeyondOrder {
+                            sent: received,
+                            ordered,
+                        }
+                        .into());
+                    }
+                    hasher.update(&chunk);
+                    blob.write(&chunk)?;
+                }
+                Some(Frame::Message(bytes)) => {
+                    let msg = pb::PieceUploadMessage::decode(bytes)
+                        .map_err(|_| OrderError::Malformed("upload message"))?;
+                    match msg.message {
+                        Some(pb::piece_upload_message::Message::Order(signed)) => {
+                            let order = Order::verify(&signed, &limit)?;
+                            if order.amount < ordered {
+                                return Err(OrderError::AmountDecreased {
+                                    previous: ordered,
+                                    amount: order.amount,
+                                }
+                                .into());
+                            }
+                            ordered = order.amount;
+                            last_order = Some(signed);
+                        }
+                        Some(pb::piece_upload_message::Message::Done(signed)) => {
+                            break PieceHash::verify(&signed, &limit.piece_public_key)?;
+                        }
+                        None => return Err(PieceError::BadRequest("empty upload message")),
+                    }
+                }
+            }
+        };
+        let hash = *hasher.finalize().as_bytes();
+        if uplink_hash.piece_id != limit.piece_id
+            || uplink_hash.hash != hash
+            || uplink_hash.size != received
+        {
+            return Err(OrderError::HashMismatch.into());
+        }
+        let stored = PieceHash {
+            piece_id: limit.piece_id,
+            hash,
+            size: received,
+            timestamp_ms: now_ms(),
+        };
+        let signed_hash = stored.sign(self.identity.key());
+        let record = pb::StoredPiece {
+            version: 1,
+            size: received as i64,
+            hash: hash.to_vec().into(),
+            created_unix_ms: stored.timestamp_ms,
+            expires_unix_ms: limit.piece_expires_ms,
+            signed_hash: Some(signed_hash.clone()),
+            limit: req.limit.clone(),
+        };
+        let order = last_order.map(|o| pb::UnsentOrder {
+            limit: req.limit.clone(),
+            order: Some(o),
+        });
+        let (blobs, db) = (self.blobs.clone(), self.db.clone());
+        let (sat, piece) = (limit.satellite_id, limit.piece_id);
+        tokio::task::spawn_blocking(move || -> Result<(), PieceError> {
+            blobs.commit(blob, &sat, &piece)?;
+            db.put_piece(&sat, &piece, &record, order.as_ref())?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| PieceError::Io(std::io::Error::other(e)))??;
+        Ok((signed_hash, received))
+    }
+
+    async fn serve_download(
+        &self,
+        req: pb::PieceDownloadRequest,
+        mut reader: FrameReader,
+        mut writer: FrameWriter,
+    ) {
+        let started = Instant::now();
+        match self.download(req, &mut reader, &mut writer).await {
+            Ok(sent) => {
+                metrics::counter!("loam_storagenode_downloads_total", "result" => "ok")
+                    .increment(1);
+                metrics::counter!("loam_storagenode_piece_bytes_sent_total").increment(sent);
+                metrics::counter!("loam_storagenode_pieces_sent_total").increment(1);
+                metrics::histogram!("loam_storagenode_download_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                let _ = writer.finish();
+            }
+            Err((e, header_sent)) => {
+                self.count_failure("download", &e);
+                let err: pb::RpcError = (&e.remote()).into();
+                if header_sent {
+                    writer.reset(1);
+                } else {
+                    let _ = writer
+                        .message(&pb::PieceDownloadHeader {
+                            result: Some(pb::piece_download_header::Result::Error(err)),
+                        })
+                        .await;
+                    let _ = writer.finish();
+                }
+                reader.stop(1);
+            }
+        }
+    }
+
+    /// Returns bytes sent, or the error and whether the header went out.
+    async fn download(
+        &self,
+        req: pb::PieceDownloadRequest,
+        reader: &mut FrameReader,
+        writer: &mut FrameWriter,
+    ) -> Result<u64, (PieceError, bool)> {
+        let early = |e: PieceError| (e, false);
+        let limit = self
+            .verify_limit(req.limit.as_ref(), PieceAction::Get)
+            .map_err(early)?;
+        let first = req
+            .first_order
+            .as_ref()
+            .ok_or(PieceError::BadRequest("missing first order"))
+            .map_err(early)?;
+        let first = Order::verify(first, &limit).map_err(|e| early(e.into()))?;
+        let record = self
+            .db
+            .piece(&limit.satellite_id, &limit.piece_id)
+            .map_err(|e| early(e.into()))?
+            .ok_or((PieceError::NotFound, false))?;
+        let size = record.size as u64;
+        let (offset, length) = (req.offset, req.length);
+        if offset < 0 || length <= 0 || (offset as u64).saturating_add(length as u64) > size {
+            return Err(early(PieceError::BadRequest("range outside the piece")));
+        }
+        let (offset, length) = (offset as u64, length as u64);
+        if length > limit.limit {
+            return Err(early(
+                OrderError::AmountAboveLimit {
+                    amount: length,
+                    limit: limit.limit,
+                }
+                .into(),
+            ));
+        }
+        let (blobs, sat, piece) = (self.blobs.clone(), limit.satellite_id, limit.piece_id);
+        let data =
+            tokio::task::spawn_blocking(move || blobs.read(&sat, &piece, offset, length as usize))
+                .await
+                .map_err(|e| early(PieceError::Io(std::io::Error::other(e))))?
+                .map_err(|e| early(e.into()))?;
+        let data = Bytes::from(data);
+        writer
+            .message(&pb::PieceDownloadHeader {
+                result: Some(pb::piece_download_header::Result::Ok(pb::PieceDownloadOk {
+                    piece_size: size as i64,
+                    hash: record.signed_hash.clone(),
+                })),
+            })
+            .await
+            .map_err(|e| early(e.into()))?;
+
+        // Orders arrive while data flows: they raise how far we may send.
+        let (allowed_tx, mut allowed_rx) = watch::channel((first.amount, req.first_order.clone()));
+        let final_rx = allowed_tx.subscribe();
+        let order_limit = limit.clone();
+        let orders = async {
+            // Owned here so the sender drops when the uplink stops ordering.
+            let allowed_tx = allowed_tx;
+            let mut amount = first.amount;
+            loop {
+                match reader.next().await {
+                    Ok(Some(Frame::Message(bytes))) => {
+                        let msg = pb::PieceDownloadMessage::decode(bytes)
+                            .map_err(|_| PieceError::from(OrderError::Malformed("order")))?;
+                        let Some(pb::piece_download_message::Message::Order(signed)) = msg.message
+                        else {
+                            return Err(PieceError::BadRequest("empty download message"));
+                        };
+                        let order = Order::verify(&signed, &order_limit)?;
+                        if order.amount < amount {
+                            return Err(OrderError::AmountDecreased {
+                                previous: amount,
+                                amount: order.amount,
+                            }
+                            .into());
+                        }
+                        amount = order.amount;
+                        allowed_tx.send_replace((amount, Some(signed)));
+                    }
+                    Ok(Some(Frame::Data(_))) => {
+                        return Err(PieceError::BadRequest("data sent to a download"));
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let send = async {
+            let mut sent = 0u64;
+            while sent < length {
+                let allowed = allowed_rx.borrow_and_update().0.min(length);
+                if sent >= allowed {
+                    if allowed_rx.changed().await.is_err() {
+                        break; // uplink stopped ordering: it has what it wants
+                    }
+                    continue;
+                }
+                let n = (allowed - sent).min(DOWNLOAD_CHUNK as u64);
+                writer
+                    .data(data.slice(sent as usize..(sent + n) as usize))
+                    .await?;
+                sent += n;
+            }
+            Ok::<u64, PieceError>(sent)
+        };
+        tokio::pin!(send);
+        tokio::pin!(orders);
+        let mut orders_done = false;
+        let sent = loop {
+            tokio::select! {
+                r = &mut send => break r,
+                r = &mut orders, if !orders_done => {
+                    orders_done = true;
+                    if let Err(e) = r {
+                        return Err((e, true));
+                    }
+                }
+            }
+        };
+        let sent = sent.map_err(|e| (e, true))?;
+        let latest = final_rx.borrow().1.clone();
+        if let Some(order) = latest {
+            let unsent = pb::UnsentOrder {
+                limit: req.limit.clone(),
+                order: Some(order),
+            };
+            if let Err(e) = self.db.put_order(&unsent) {
+                tracing::warn!(error = %e, "cannot keep order for settlement");
+            }
+        }
+        Ok(sent)
+    }
+}
