@@ -1,1 +1,387 @@
+//! The Loam uplink: the client library behind the `uplink` CLI. It
+//! encrypts, erasure-codes and uploads objects; downloads and decodes them;
+//! manages buckets; and never lets the satellite or the nodes see plaintext
+//! or keys.
+//!
+//! Read first: [`Project`] (every operation, opened from an
+//! [`loam_common::access::Access`]), then [`segment`] (the pure
+//! plaintext ↔ pieces transformation) and [`piece`] (the piece transfer
+//! protocol with one node).
+//!
+//! An upload: read up to one segment of plaintext → `segment::encode`
+//! (encrypt rows, compute parity) → `BeginSegment` at the satellite (order
+//! limits on distinct nodes) → `piece::upload` to every node in parallel,
+//! cancelling the long tail once `success` pieces are stored →
+//! `CommitSegment` → … → `CommitObject`. A download reverses it from the
+//! first `k` pieces to arrive, hedging against slow or dead nodes.
 
+pub mod piece;
+pub mod segment;
+mod transfer;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use loam_common::access::Access;
+use loam_common::encryption::{self, Key};
+use loam_common::rpc::{self, CallError, RemoteError};
+use loam_common::transport::{Endpoint, TransportConfig, TransportError};
+use loam_common::{Identity, pb};
+use pb::satellite_request::Request as Req;
+use pb::satellite_response::Response as Resp;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+pub use transfer::Progress;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UplinkError {
+    #[error("bucket {0:?} not found")]
+    BucketNotFound(String),
+    #[error("bucket {0:?} already exists")]
+    BucketExists(String),
+    #[error("bucket {0:?} is not empty")]
+    BucketNotEmpty(String),
+    #[error("object {0:?} not found")]
+    ObjectNotFound(String),
+    #[error("wrong encryption passphrase for bucket {0:?} (its key check does not match this access)")]
+    WrongPassphrase(String),
+    #[error("too few storage nodes online: {0}")]
+    TooFewNodes(String),
+    #[error("upload failed: only {stored} of the {needed} pieces needed were stored (last error: {last_error})")]
+    UploadFailed {
+        stored: usize,
+        needed: usize,
+        last_error: String,
+    },
+    #[error("download failed: only {got} of the {needed} pieces needed could be fetched (last error: {last_error})")]
+    DownloadFailed {
+        got: usize,
+        needed: usize,
+        last_error: String,
+    },
+    #[error("object data is corrupt or was encrypted with another key: {0}")]
+    Corrupt(String),
+    #[error("satellite at {address} is unreachable: {source}")]
+    SatelliteUnreachable {
+        address: String,
+        source: TransportError,
+    },
+    #[error("satellite refused: {0}")]
+    Satellite(RemoteError),
+    #[error("talking to the satellite: {0}")]
+    Call(CallError),
+    #[error("satellite gave an unexpected answer")]
+    Unexpected,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Tunables of the uplink.
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    /// Segments encoded or transferred at once. Default 2.
+    pub segment_concurrency: usize,
+    /// Timeout for connecting to one node. Default 5 s.
+    pub dial_timeout: Duration,
+    /// A piece download that made no progress for this long gets a hedge
+    /// (another piece is started). Default 750 ms.
+    pub hedge_after: Duration,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        Self {
+            segment_concurrency: 2,
+            dial_timeout: Duration::from_secs(5),
+            hedge_after: Duration::from_millis(750),
+        }
+    }
+}
+
+/// A bucket as listed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Bucket {
+    pub name: String,
+    pub created_ms: i64,
+}
+
+/// An object or a collapsed prefix, as listed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Item {
+    pub key: String,
+    pub is_prefix: bool,
+    pub size: u64,
+    pub created_ms: i64,
+    pub segments: u32,
+}
+
+/// Encrypted with the object key and stored at the satellite.
+#[derive(Serialize, Deserialize)]
+struct ObjectMeta {
+    size: u64,
+}
+
+/// One project on one satellite, opened with an access grant.
+pub struct Project {
+    access: Access,
+    endpoint: Endpoint,
+    satellite: Mutex<Option<quinn::Connection>>,
+    config: UplinkConfig,
+}
+
+impl Project {
+    pub fn open(access: Access) -> Result<Self, UplinkError> {
+        Self::open_with(access, UplinkConfig::default())
+    }
+
+    pub fn open_with(access: Access, config: UplinkConfig) -> Result<Self, UplinkError> {
+        let identity = Identity::generate(0, |_| {});
+        let local: SocketAddr = "0.0.0.0:0".parse().expect("literal");
+        let endpoint = Endpoint::bind(identity, local, TransportConfig::default()).map_err(|source| {
+            UplinkError::SatelliteUnreachable {
+                address: "local socket".into(),
+                source,
+            }
+        })?;
+        Ok(Self {
+            access,
+            endpoint,
+            satellite: Mutex::new(None),
+            config,
+        })
+    }
+
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    async fn satellite(&self) -> Result<quinn::Connection, UplinkError> {
+        let mut guard = self.satellite.lock().await;
+        if let Some(c) = guard.as_ref()
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let url = &self.access.satellite;
+        let unreachable = |source| UplinkError::SatelliteUnreachable {
+            address: url.address.clone(),
+            source,
+        };
+        let addr = url.socket_addr().map_err(|e| {
+            unreachable(TransportError::Bind {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source: e,
+            })
+        })?;
+        let conn = tokio::time::timeout(self.config.dial_timeout, self.endpoint.connect(url.id, addr))
+            .await
+            .map_err(|_| {
+                unreachable(TransportError::Tls(format!(
+                    "no answer within {:?}",
+                    self.config.dial_timeout
+                )))
+            })?
+            .map_err(unreachable)?;
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn call(&self, req: Req) -> Result<Resp, UplinkError> {
+        let conn = self.satellite().await?;
+        match rpc::satellite(&conn, &self.access.api_key, req).await {
+            Ok(r) => Ok(r),
+            Err(CallError::Remote(e)) => Err(UplinkError::Satellite(e)),
+            Err(e) => {
+                *self.satellite.lock().await = None;
+                Err(UplinkError::Call(e))
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ buckets
+
+    pub async fn create_bucket(&self, name: &str) -> Result<Bucket, UplinkError> {
+        let req = Req::CreateBucket(pb::CreateBucketRequest {
+            name: name.to_string(),
+            key_check: encryption::bucket_key_check(&self.access.root_key, name).into(),
+        });
+        match self.call(req).await {
+            Ok(Resp::CreateBucket(r)) => Ok(Bucket {
+                name: name.to_string(),
+                created_ms: r.created_unix_ms,
+            }),
+            Ok(_) => Err(UplinkError::Unexpected),
+            Err(UplinkError::Satellite(e)) if e.code == pb::ErrorCode::AlreadyExists => {
+                Err(UplinkError::BucketExists(name.to_string()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fetches a bucket and checks that this access's passphrase is the one
+    /// it was created with.
+    pub async fn bucket(&self, name: &str) -> Result<Bucket, UplinkError> {
+        match self.call(Req::GetBucket(pb::GetBucketRequest { name: name.to_string() })).await {
+            Ok(Resp::GetBucket(b)) => {
+                if !b.key_check.is_empty() && !encryption::verify_bucket_key_check(&self.access.root_key, name, &b.key_check) {
+                    return Err(UplinkError::WrongPassphrase(name.to_string()));
+                }
+                Ok(Bucket {
+                    name: b.name,
+                    created_ms: b.created_unix_ms,
+                })
+            }
+            Ok(_) => Err(UplinkError::Unexpected),
+            Err(e) => Err(not_found_as(e, || UplinkError::BucketNotFound(name.to_string()))),
+        }
+    }
+
+    pub async fn delete_bucket(&self, name: &str) -> Result<(), UplinkError> {
+        match self
+            .call(Req::DeleteBucket(pb::DeleteBucketRequest { name: name.to_string() }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(UplinkError::Satellite(e)) if e.code == pb::ErrorCode::FailedPrecondition => {
+                Err(UplinkError::BucketNotEmpty(name.to_string()))
+            }
+            Err(e) => Err(not_found_as(e, || UplinkError::BucketNotFound(name.to_string()))),
+        }
+    }
+
+    pub async fn list_buckets(&self) -> Result<Vec<Bucket>, UplinkError> {
+        match self.call(Req::ListBuckets(pb::ListBucketsRequest {})).await? {
+            Resp::ListBuckets(r) => Ok(r
+                .buckets
+                .into_iter()
+                .map(|b| Bucket {
+                    name: b.name,
+                    created_ms: b.created_unix_ms,
+                })
+                .collect()),
+            _ => Err(UplinkError::Unexpected),
+        }
+    }
+
+    // ------------------------------------------------------------ objects
+
+    fn object_key(&self, bucket: &str, key: &str) -> Key {
+        encryption::object_key(&self.access.root_key, bucket, key)
+    }
+
+    /// Lists objects under `prefix` (whole path components). Without
+    /// `recursive`, deeper keys are collapsed into prefix entries.
+    pub async fn list(&self, bucket: &str, prefix: &str, recursive: bool) -> Result<Vec<Item>, UplinkError> {
+        self.bucket(bucket).await?;
+        let root = &self.access.root_key;
+        let enc_prefix = encryption::encrypt_prefix(root, bucket, prefix);
+        let mut cursor = bytes::Bytes::new();
+        let mut out = Vec::new();
+        loop {
+            let resp = match self
+                .call(Req::ListObjects(pb::ListObjectsRequest {
+                    bucket: bucket.to_string(),
+                    prefix: enc_prefix.clone().into(),
+                    cursor: cursor.clone(),
+                    recursive,
+                    limit: 1000,
+                }))
+                .await?
+            {
+                Resp::ListObjects(r) => r,
+                _ => return Err(UplinkError::Unexpected),
+            };
+            for item in &resp.items {
+                let key = encryption::decrypt_path(root, bucket, &item.encrypted_key)
+                    .map_err(|_| UplinkError::WrongPassphrase(bucket.to_string()))?;
+                let size = if item.is_prefix {
+                    0
+                } else {
+                    encryption::open(&self.object_key(bucket, &key), &item.encrypted_metadata)
+                        .ok()
+                        .and_then(|m| serde_json::from_slice::<ObjectMeta>(&m).ok())
+                        .map_or(item.plain_size as u64, |m| m.size)
+                };
+                out.push(Item {
+                    key,
+                    is_prefix: item.is_prefix,
+                    size,
+                    created_ms: item.created_unix_ms,
+                    segments: item.segment_count,
+                });
+            }
+            match (resp.more, resp.items.last()) {
+                (true, Some(last)) => cursor = last.encrypted_key.clone(),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Size and creation time of one object.
+    pub async fn stat(&self, bucket: &str, key: &str) -> Result<Item, UplinkError> {
+        let info = self.object_info(bucket, key).await?;
+        let meta = self.decrypt_meta(bucket, key, &info)?;
+        Ok(Item {
+            key: key.to_string(),
+            is_prefix: false,
+            size: meta.size,
+            created_ms: info.created_unix_ms,
+            segments: info.segment_count,
+        })
+    }
+
+    async fn object_info(&self, bucket: &str, key: &str) -> Result<pb::ObjectInfo, UplinkError> {
+        self.bucket(bucket).await?;
+        let enc = encryption::encrypt_path(&self.access.root_key, bucket, key);
+        match self
+            .call(Req::GetObject(pb::ObjectRequest {
+                bucket: bucket.to_string(),
+                encrypted_key: enc.into(),
+            }))
+            .await
+        {
+            Ok(Resp::GetObject(o)) => Ok(o),
+            Ok(_) => Err(UplinkError::Unexpected),
+            Err(e) => Err(not_found_as(e, || UplinkError::ObjectNotFound(key.to_string()))),
+        }
+    }
+
+    fn decrypt_meta(&self, bucket: &str, key: &str, info: &pb::ObjectInfo) -> Result<ObjectMeta, UplinkError> {
+        let plain = encryption::open(&self.object_key(bucket, key), &info.encrypted_metadata)
+            .map_err(|_| UplinkError::Corrupt("object metadata does not decrypt".into()))?;
+        serde_json::from_slice(&plain).map_err(|_| UplinkError::Corrupt("object metadata is malformed".into()))
+    }
+
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), UplinkError> {
+        self.bucket(bucket).await?;
+        let enc = encryption::encrypt_path(&self.access.root_key, bucket, key);
+        match self
+            .call(Req::DeleteObject(pb::ObjectRequest {
+                bucket: bucket.to_string(),
+                encrypted_key: enc.into(),
+            }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(not_found_as(e, || UplinkError::ObjectNotFound(key.to_string()))),
+        }
+    }
+
+    /// Closes connections.
+    pub async fn close(&self) {
+        self.endpoint.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Turns a satellite NOT_FOUND into the caller's specific error.
+fn not_found_as(e: UplinkError, f: impl FnOnce() -> UplinkError) -> UplinkError {
+    match e {
+        UplinkError::Satellite(r) if r.code == pb::ErrorCode::NotFound => f(),
+        UplinkError::Satellite(r) if r.code == pb::ErrorCode::Unavailable => UplinkError::TooFewNodes(r.message),
+        other => other,
+    }
+}

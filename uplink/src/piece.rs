@@ -1,0 +1,240 @@
+//! Piece transfers with one storage node: the client side of the
+//! piecestore protocol, signing orders as bytes flow.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use loam_common::orders::{Order, OrderLimit, PieceHash, now_ms};
+use loam_common::rpc::RemoteError;
+use loam_common::transport::{self, Endpoint, TransportError};
+use loam_common::wire::{Frame, FrameReader, FrameWriter, WireError};
+use loam_common::{KeyPair, NodeId, pb};
+use prost::Message;
+
+/// Bytes covered by each order on uploads.
+const ORDER_STEP: usize = 4 << 20;
+/// How far ahead of received bytes download orders run.
+const DOWNLOAD_WINDOW: u64 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PieceError {
+    #[error("node address {0:?} is invalid")]
+    Address(String),
+    #[error("node id is invalid")]
+    NodeId,
+    #[error("connecting timed out")]
+    Timeout,
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("node refused: {0}")]
+    Remote(#[from] RemoteError),
+    #[error("node returned an invalid answer: {0}")]
+    BadAnswer(&'static str),
+    #[error("piece content does not match its committed hash")]
+    HashMismatch,
+}
+
+impl From<quinn::ConnectionError> for PieceError {
+    fn from(e: quinn::ConnectionError) -> Self {
+        Self::Wire(WireError::Connection(e))
+    }
+}
+
+fn target(limit: &pb::AddressedOrderLimit) -> Result<(NodeId, SocketAddr), PieceError> {
+    let id = NodeId::try_from(limit.node_id.as_ref()).map_err(|_| PieceError::NodeId)?;
+    let addr = limit
+        .address
+        .parse()
+        .map_err(|_| PieceError::Address(limit.address.clone()))?;
+    Ok((id, addr))
+}
+
+async fn connect(endpoint: &Endpoint, limit: &pb::AddressedOrderLimit, timeout: Duration) -> Result<(NodeId, quinn::Connection), PieceError> {
+    let (id, addr) = target(limit)?;
+    let conn = tokio::time::timeout(timeout, endpoint.dial(id, addr))
+        .await
+        .map_err(|_| PieceError::Timeout)??;
+    Ok((id, conn))
+}
+
+/// Uploads one piece; returns the node-signed hash.
+pub async fn upload(
+    endpoint: &Endpoint,
+    limit: &pb::AddressedOrderLimit,
+    piece_key: &KeyPair,
+    data: Bytes,
+    hash: [u8; 32],
+    timeout: Duration,
+) -> Result<pb::SignedPieceHash, PieceError> {
+    let (id, conn) = connect(endpoint, limit, timeout).await?;
+    let result = upload_on(&conn, limit, piece_key, data, hash).await;
+    if matches!(result, Err(PieceError::Wire(WireError::Connection(_)))) {
+        endpoint.forget(&id);
+    }
+    result
+}
+
+async fn upload_on(
+    conn: &quinn::Connection,
+    addressed: &pb::AddressedOrderLimit,
+    piece_key: &KeyPair,
+    data: Bytes,
+    hash: [u8; 32],
+) -> Result<pb::SignedPieceHash, PieceError> {
+    let signed_limit = addressed.limit.clone().ok_or(PieceError::BadAnswer("missing limit"))?;
+    let limit = OrderLimit::decode_unverified(&signed_limit).map_err(|_| PieceError::BadAnswer("bad limit"))?;
+    let (send, recv) = conn.open_bi().await?;
+    let mut writer = FrameWriter::new(send);
+    let mut reader = FrameReader::new(recv);
+    let sending = async {
+        writer
+            .message(&pb::PieceRequest {
+                request: Some(pb::piece_request::Request::Upload(pb::PieceUploadRequest {
+                    limit: Some(signed_limit.clone()),
+                })),
+            })
+            .await?;
+        let mut sent = 0;
+        while sent < data.len() {
+            let end = (sent + ORDER_STEP).min(data.len());
+            let order = Order {
+                serial: limit.serial,
+                amount: end as u64,
+            }
+            .sign(piece_key);
+            writer
+                .message(&pb::PieceUploadMessage {
+                    message: Some(pb::piece_upload_message::Message::Order(order)),
+                })
+                .await?;
+            writer.data(data.slice(sent..end)).await?;
+            sent = end;
+        }
+        let done = PieceHash {
+            piece_id: limit.piece_id,
+            hash,
+            size: data.len() as u64,
+            timestamp_ms: now_ms(),
+        }
+        .sign(piece_key);
+        writer
+            .message(&pb::PieceUploadMessage {
+                message: Some(pb::piece_upload_message::Message::Done(done)),
+            })
+            .await?;
+        writer.finish()?;
+        Ok::<(), WireError>(())
+    };
+    // A node that refuses stops reading and answers at once: its answer is
+    // the error to report, not the failed write.
+    let sent = sending.await;
+    let response: pb::PieceUploadResponse = match reader.message().await {
+        Ok(r) => r,
+        Err(e) => return Err(sent.err().unwrap_or(e).into()),
+    };
+    match response.result {
+        Some(pb::piece_upload_response::Result::Stored(signed)) => {
+            let (_, node_key) = transport::peer_id(conn)?;
+            let stored = PieceHash::verify(&signed, &node_key).map_err(|_| PieceError::BadAnswer("piece hash signature"))?;
+            if stored.hash != hash || stored.piece_id != limit.piece_id {
+                return Err(PieceError::HashMismatch);
+            }
+            Ok(signed)
+        }
+        Some(pb::piece_upload_response::Result::Error(e)) => Err(RemoteError::from(&e).into()),
+        None => Err(PieceError::BadAnswer("empty upload response")),
+    }
+}
+
+/// Downloads a whole piece, checking it against its committed hash.
+/// `progress` counts bytes received (the caller watches it for stalls).
+pub async fn download(
+    endpoint: &Endpoint,
+    limit: &pb::AddressedOrderLimit,
+    piece_key: &KeyPair,
+    size: u64,
+    timeout: Duration,
+    progress: Arc<AtomicU64>,
+) -> Result<Vec<u8>, PieceError> {
+    let (id, conn) = connect(endpoint, limit, timeout).await?;
+    let result = download_on(&conn, limit, piece_key, size, &progress).await;
+    if matches!(result, Err(PieceError::Wire(WireError::Connection(_)))) {
+        endpoint.forget(&id);
+    }
+    let data = result?;
+    if limit.piece_hash.len() != 32 || blake3::hash(&data).as_bytes() != limit.piece_hash.as_ref() {
+        return Err(PieceError::HashMismatch);
+    }
+    Ok(data)
+}
+
+async fn download_on(
+    conn: &quinn::Connection,
+    addressed: &pb::AddressedOrderLimit,
+    piece_key: &KeyPair,
+    size: u64,
+    progress: &AtomicU64,
+) -> Result<Vec<u8>, PieceError> {
+    let signed_limit = addressed.limit.clone().ok_or(PieceError::BadAnswer("missing limit"))?;
+    let limit = OrderLimit::decode_unverified(&signed_limit).map_err(|_| PieceError::BadAnswer("bad limit"))?;
+    let order = |amount: u64| Order { serial: limit.serial, amount }.sign(piece_key);
+    let (send, recv) = conn.open_bi().await?;
+    let mut writer = FrameWriter::new(send);
+    let mut reader = FrameReader::new(recv);
+    let mut ordered = size.min(DOWNLOAD_WINDOW);
+    writer
+        .message(&pb::PieceRequest {
+            request: Some(pb::piece_request::Request::Download(pb::PieceDownloadRequest {
+                limit: Some(signed_limit),
+                offset: 0,
+                length: size as i64,
+                first_order: Some(order(ordered)),
+            })),
+        })
+        .await?;
+    let header: pb::PieceDownloadHeader = reader.message().await?;
+    match header.result {
+        Some(pb::piece_download_header::Result::Ok(_)) => {}
+        Some(pb::piece_download_header::Result::Error(e)) => return Err(RemoteError::from(&e).into()),
+        None => return Err(PieceError::BadAnswer("empty download header")),
+    }
+    let mut buf = Vec::with_capacity(size as usize);
+    while let Some(frame) = reader.next().await? {
+        let Frame::Data(chunk) = frame else {
+            let err = pb::RpcError::decode(match frame {
+                Frame::Message(m) => m,
+                Frame::Data(_) => Bytes::new(),
+            })
+            .map_err(|_| PieceError::BadAnswer("unexpected message"))?;
+            return Err(RemoteError::from(&err).into());
+        };
+        if (buf.len() + chunk.len()) as u64 > size {
+            return Err(PieceError::BadAnswer("more data than requested"));
+        }
+        buf.extend_from_slice(&chunk);
+        progress.store(buf.len() as u64, Ordering::Relaxed);
+        let got = buf.len() as u64;
+        if ordered < size && got + DOWNLOAD_WINDOW / 2 >= ordered {
+            ordered = size.min(got + DOWNLOAD_WINDOW);
+            writer
+                .message(&pb::PieceDownloadMessage {
+                    message: Some(pb::piece_download_message::Message::Order(order(ordered))),
+                })
+                .await?;
+        }
+        if got == size {
+            break;
+        }
+    }
+    let _ = writer.finish();
+    if buf.len() as u64 != size {
+        return Err(PieceError::BadAnswer("piece ended early"));
+    }
+    Ok(buf)
+}

@@ -1,0 +1,403 @@
+//! Object upload and download pipelines.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
+use loam_common::encryption::{self, Key};
+use loam_common::erasure::{ErasureCoder, RedundancyScheme};
+use loam_common::{KeyPair, pb};
+use pb::satellite_request::Request as Req;
+use pb::satellite_response::Response as Resp;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::segment::{self, EncodedSegment};
+use crate::{Item, ObjectMeta, Project, UplinkError, not_found_as, piece};
+
+/// Called with the number of plaintext bytes finished since the last call.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Overhead of [`encryption::seal`] on inline data.
+const SEAL_OVERHEAD: usize = 28;
+
+async fn read_full<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(max);
+    while buf.len() < max {
+        let n = (&mut *r).take((max - buf.len()) as u64).read_to_end(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(buf)
+}
+
+fn scheme_of(r: Option<&pb::RedundancyScheme>) -> Result<RedundancyScheme, UplinkError> {
+    r.and_then(|r| RedundancyScheme::try_from(r).ok())
+        .ok_or(UplinkError::Unexpected)
+}
+
+impl Project {
+    /// Uploads everything `reader` yields as `bucket/key`.
+    pub async fn upload<R>(&self, bucket: &str, key: &str, reader: R, progress: Option<Progress>) -> Result<Item, UplinkError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        self.bucket(bucket).await?;
+        let root = &self.access.root_key;
+        let enc_key = encryption::encrypt_path(root, bucket, key);
+        let obj_key = self.object_key(bucket, key);
+        let begin = match self
+            .call(Req::BeginObject(pb::BeginObjectRequest {
+                bucket: bucket.to_string(),
+                encrypted_key: enc_key.into(),
+            }))
+            .await
+            .map_err(|e| not_found_as(e, || UplinkError::BucketNotFound(bucket.to_string())))?
+        {
+            Resp::BeginObject(b) => b,
+            _ => return Err(UplinkError::Unexpected),
+        };
+        let scheme = scheme_of(begin.redundancy.as_ref())?;
+        let coder = Arc::new(ErasureCoder::new(scheme));
+        let max_segment = (begin.max_segment_size.max(1) as usize).min(1 << 30);
+
+        // A reader task keeps the next segment ready while others upload.
+        let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(1);
+        let reader_task = tokio::spawn(async move {
+            let mut reader = reader;
+            let mut first = true;
+            loop {
+                let buf = read_full(&mut reader, max_segment).await;
+                let last = buf.as_ref().map_or(true, |b| b.len() < max_segment);
+                let empty = buf.as_ref().is_ok_and(Vec::is_empty);
+                if (!empty || first) && tx.send(buf).await.is_err() {
+                    return;
+                }
+                first = false;
+                if last {
+                    return;
+                }
+            }
+        });
+
+        let mut index = 0u32;
+        let mut total = 0u64;
+        let mut inline = None;
+        let mut inflight = FuturesUnordered::new();
+        let mut reading = true;
+        loop {
+            tokio::select! {
+                buf = rx.recv(), if reading && inflight.len() < self.config.segment_concurrency => {
+                    let Some(buf) = buf else {
+                        reading = false;
+                        continue;
+                    };
+                    let buf = buf?;
+                    total += buf.len() as u64;
+                    if index == 0 && buf.len() < max_segment && buf.len() + SEAL_OVERHEAD <= begin.max_inline_size as usize {
+                        inline = Some(encryption::seal(&obj_key, &buf));
+                        if let Some(p) = &progress {
+                            p(buf.len() as u64);
+                        }
+                        reading = false;
+                        continue;
+                    }
+                    inflight.push(self.upload_segment(coder.clone(), &begin.stream_id, index, buf, &obj_key, progress.clone()));
+                    index += 1;
+                }
+                r = inflight.next(), if !inflight.is_empty() => {
+                    if let Some(r) = r {
+                        r?;
+                    }
+                }
+                else => break,
+            }
+        }
+        drop(rx);
+        let _ = reader_task.await;
+        let meta = serde_json::to_vec(&ObjectMeta { size: total }).expect("metadata serializes");
+        let created = match self
+            .call(Req::CommitObject(pb::CommitObjectRequest {
+                stream_id: begin.stream_id.clone(),
+                encrypted_metadata: encryption::seal(&obj_key, &meta).into(),
+                plain_size: total as i64,
+                segment_count: index,
+                inline_data: inline.unwrap_or_default().into(),
+            }))
+            .await?
+        {
+            Resp::CommitObject(c) => c.created_unix_ms,
+            _ => return Err(UplinkError::Unexpected),
+        };
+        Ok(Item {
+            key: key.to_string(),
+            is_prefix: false,
+            size: total,
+            created_ms: created,
+            segments: index,
+        })
+    }
+
+    async fn upload_segment(
+        &self,
+        coder: Arc<ErasureCoder>,
+        stream_id: &bytes::Bytes,
+        index: u32,
+        plain: Vec<u8>,
+        obj_key: &Key,
+        progress: Option<Progress>,
+    ) -> Result<(), UplinkError> {
+        let plain_len = plain.len() as u64;
+        let success = coder.scheme().success();
+        let enc: EncodedSegment = tokio::task::spawn_blocking(move || segment::encode(&coder, index, &plain))
+            .await
+            .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?
+            .map_err(|e| UplinkError::Corrupt(e.to_string()))?;
+        let begin = match self
+            .call(Req::BeginSegment(pb::BeginSegmentRequest {
+                stream_id: stream_id.clone(),
+                index,
+                piece_size: enc.piece_size as i64,
+            }))
+            .await
+            .map_err(|e| not_found_as(e, || UplinkError::Unexpected))?
+        {
+            Resp::BeginSegment(b) => b,
+            _ => return Err(UplinkError::Unexpected),
+        };
+        let piece_key = KeyPair::try_from(begin.piece_private_key.as_ref()).map_err(|_| UplinkError::Unexpected)?;
+        let mut uploads = FuturesUnordered::new();
+        for limit in &begin.limits {
+            let num = limit.piece_num as usize;
+            let (Some(data), Some(hash)) = (enc.pieces.get(num), enc.hashes.get(num)) else {
+                return Err(UplinkError::Unexpected);
+            };
+            let (data, hash, key) = (data.clone(), *hash, &piece_key);
+            uploads.push(async move {
+                let r = piece::upload(&self.endpoint, limit, key, data, hash, self.config.dial_timeout).await;
+                (limit, r)
+            });
+        }
+        let mut stored = Vec::new();
+        let mut last_error = String::from("no nodes were offered");
+        while let Some((limit, result)) = uploads.next().await {
+            match result {
+                Ok(hash) => {
+                    stored.push(pb::PieceResult {
+                        piece_num: limit.piece_num,
+                        node_id: limit.node_id.clone(),
+                        hash: Some(hash),
+                    });
+                    if stored.len() >= success {
+                        break; // long tail: the rest are cancelled below
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(piece = limit.piece_num, error = %e, "piece upload failed");
+                    last_error = e.to_string();
+                }
+            }
+        }
+        drop(uploads);
+        if stored.len() < success {
+            return Err(UplinkError::UploadFailed {
+                stored: stored.len(),
+                needed: success,
+                last_error,
+            });
+        }
+        let meta = pb::SegmentMeta {
+            encrypted_key: encryption::seal(obj_key, enc.key.as_bytes()).into(),
+            key_nonce: Default::default(),
+            plain_size: enc.plain_size as i64,
+            piece_size: enc.piece_size as i64,
+        };
+        self.call(Req::CommitSegment(pb::CommitSegmentRequest {
+            stream_id: stream_id.clone(),
+            index,
+            pieces: stored,
+            meta: Some(meta),
+            root_piece_id: begin.root_piece_id,
+        }))
+        .await?;
+        if let Some(p) = &progress {
+            p(plain_len);
+        }
+        Ok(())
+    }
+
+    /// Downloads `bucket/key` into `writer`; returns the bytes written.
+    pub async fn download<W>(&self, bucket: &str, key: &str, writer: &mut W, progress: Option<Progress>) -> Result<u64, UplinkError>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        let info = self.object_info(bucket, key).await?;
+        let meta = self.decrypt_meta(bucket, key, &info)?;
+        let obj_key = self.object_key(bucket, key);
+        if info.segment_count == 0 {
+            let data = encryption::open(&obj_key, &info.inline_data)
+                .map_err(|_| UplinkError::Corrupt("inline data does not decrypt".into()))?;
+            writer.write_all(&data).await?;
+            writer.flush().await?;
+            if let Some(p) = &progress {
+                p(data.len() as u64);
+            }
+            return Ok(data.len() as u64);
+        }
+        let enc_key = info.encrypted_key.clone();
+        let coders: std::sync::Mutex<HashMap<String, Arc<ErasureCoder>>> = Default::default();
+        let mut pending = FuturesOrdered::new();
+        let mut next = 0u32;
+        let mut written = 0u64;
+        loop {
+            while next < info.segment_count && pending.len() < self.config.segment_concurrency {
+                pending.push_back(self.download_segment(bucket, &enc_key, next, &obj_key, &coders));
+                next += 1;
+            }
+            let Some(segment) = pending.next().await else { break };
+            let data = segment?;
+            writer.write_all(&data).await?;
+            written += data.len() as u64;
+            if let Some(p) = &progress {
+                p(data.len() as u64);
+            }
+        }
+        writer.flush().await?;
+        if written != meta.size {
+            return Err(UplinkError::Corrupt(format!("object has {written} bytes, its metadata says {}", meta.size)));
+        }
+        Ok(written)
+    }
+
+    async fn download_segment(
+        &self,
+        bucket: &str,
+        enc_key: &bytes::Bytes,
+        index: u32,
+        obj_key: &Key,
+        coders: &std::sync::Mutex<HashMap<String, Arc<ErasureCoder>>>,
+    ) -> Result<Vec<u8>, UplinkError> {
+        let resp = match self
+            .call(Req::DownloadSegment(pb::DownloadSegmentRequest {
+                bucket: bucket.to_string(),
+                encrypted_key: enc_key.clone(),
+                index,
+            }))
+            .await?
+        {
+            Resp::DownloadSegment(r) => r,
+            _ => return Err(UplinkError::Unexpected),
+        };
+        let scheme = scheme_of(resp.redundancy.as_ref())?;
+        let coder = coders
+            .lock()
+            .expect("coder cache")
+            .entry(scheme.to_string())
+            .or_insert_with(|| Arc::new(ErasureCoder::new(scheme)))
+            .clone();
+        let meta = resp.meta.clone().ok_or(UplinkError::Unexpected)?;
+        let seg_key = encryption::open(obj_key, &meta.encrypted_key)
+            .ok()
+            .and_then(|k| Key::try_from(k.as_slice()).ok())
+            .ok_or_else(|| UplinkError::Corrupt("segment key does not decrypt".into()))?;
+        let piece_key = KeyPair::try_from(resp.piece_private_key.as_ref()).map_err(|_| UplinkError::Unexpected)?;
+        let mut pieces = self
+            .fetch_pieces(&resp.limits, scheme, meta.piece_size.max(0) as u64, &piece_key)
+            .await?;
+        let plain_size = meta.plain_size.max(0) as usize;
+        tokio::task::spawn_blocking(move || segment::decode(&coder, &seg_key, index, plain_size, &mut pieces))
+            .await
+            .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?
+            .map_err(|e| UplinkError::Corrupt(e.to_string()))
+    }
+
+    /// Fetches `k` pieces, data pieces first (no decoding needed), starting
+    /// another piece whenever one fails or stalls.
+    async fn fetch_pieces(
+        &self,
+        limits: &[pb::AddressedOrderLimit],
+        scheme: RedundancyScheme,
+        piece_size: u64,
+        piece_key: &KeyPair,
+    ) -> Result<Vec<Option<Vec<u8>>>, UplinkError> {
+        let k = scheme.k();
+        let mut order: Vec<&pb::AddressedOrderLimit> = limits
+            .iter()
+            .filter(|l| (l.piece_num as usize) < scheme.total())
+            .collect();
+        order.sort_by_key(|l| l.piece_num);
+        let mut candidates = order.into_iter();
+        let mut pieces: Vec<Option<Vec<u8>>> = vec![None; scheme.total()];
+        let mut got = 0;
+        let mut last_error = String::from("not enough pieces are on nodes that are online");
+        let mut inflight = FuturesUnordered::new();
+        // (progress counter, last value seen, when it last moved)
+        let mut watch: Vec<(Arc<AtomicU64>, u64, Instant, bool)> = Vec::new();
+        let launch = |limit: &'_ pb::AddressedOrderLimit, watch: &mut Vec<(Arc<AtomicU64>, u64, Instant, bool)>| {
+            let counter = Arc::new(AtomicU64::new(0));
+            watch.push((counter.clone(), 0, Instant::now(), false));
+            let limit = limit.clone();
+            async move {
+                let r = piece::download(&self.endpoint, &limit, piece_key, piece_size, self.config.dial_timeout, counter).await;
+                (limit.piece_num as usize, r)
+            }
+        };
+        for _ in 0..k {
+            match candidates.next() {
+                Some(l) => inflight.push(launch(l, &mut watch)),
+                None => break,
+            }
+        }
+        let mut tick = tokio::time::interval(self.config.hedge_after / 3);
+        while got < k {
+            tokio::select! {
+                done = inflight.next() => {
+                    let Some((num, result)) = done else { break };
+                    match result {
+                        Ok(data) => {
+                            pieces[num] = Some(data);
+                            got += 1;
+                        }
+                        Err(e) => {
+                            tracing::debug!(piece = num, error = %e, "piece download failed");
+                            last_error = e.to_string();
+                            if let Some(l) = candidates.next() {
+                                inflight.push(launch(l, &mut watch));
+                            }
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let mut hedges = 0;
+                    for (counter, seen, moved, hedged) in watch.iter_mut() {
+                        let v = counter.load(Ordering::Relaxed);
+                        if v != *seen {
+                            *seen = v;
+                            *moved = now;
+                        } else if !*hedged && v < piece_size && now.duration_since(*moved) >= self.config.hedge_after {
+                            *hedged = true;
+                            hedges += 1;
+                        }
+                    }
+                    for _ in 0..hedges {
+                        if let Some(l) = candidates.next() {
+                            inflight.push(launch(l, &mut watch));
+                        }
+                    }
+                }
+            }
+        }
+        if got < k {
+            return Err(UplinkError::DownloadFailed {
+                got,
+                needed: k,
+                last_error,
+            });
+        }
+        Ok(pieces)
+    }
+}
