@@ -1,1 +1,46 @@
+//! Loam test networks: a whole network on one machine, for development,
+//! demos, benchmarks and integration tests.
+//!
+//! - [`process::ProcessNetwork`]: the satellite and storage nodes as
+//!   separate OS processes of the real binaries (`testnet run`, `demo`,
+//!   `bench`), so a test can `kill -9` one.
+//! - [`planet::Planet`]: the same network in-process, for Rust integration
+//!   tests, built from counts plus reconfigure hooks.
 
+pub mod bench;
+pub mod planet;
+pub mod process;
+
+/// Fetches `url` (plain HTTP on loopback) and returns the body.
+pub async fn http_get(url: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    let (head, body) = body
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        anyhow::bail!("GET {url}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
+}
+
+/// Sum of the samples of one Prometheus metric in an exposition text.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -1,1 +1,234 @@
-fn main() {}
+//! `testnet`: run a whole Loam network on this machine.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use loam_common::erasure::RedundancyScheme;
+use loam_testnet::process::{NetworkOptions, ProcessNetwork};
+use loam_uplink::Project;
+
+#[derive(Parser)]
+#[command(
+    name = "testnet",
+    version,
+    about = "A whole Loam network on this machine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a satellite and N storage nodes; print `ready`; stop on Ctrl-C/SIGTERM.
+    Run {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// Redundancy k/repair/success/total.
+        #[arg(long, default_value = "4/6/8/10")]
+        redundancy: RedundancyScheme,
+        /// Seconds between node check-ins.
+        #[arg(long, default_value_t = 2.0)]
+        checkin_interval: f64,
+    },
+    /// Start a fresh network, store and fetch a file, show what happened, stop.
+    Demo {
+        /// Where the network lives (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// Size of the generated object, in MiB.
+        #[arg(long, default_value_t = 64)]
+        size_mib: usize,
+    },
+    /// Measure the client pipeline, bare QUIC, upload and download.
+    Bench {
+        /// Object size in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: usize,
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+    },
+}
+
+async fn wait_for_shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    loam_common::telemetry::init_logging_with_default("warn");
+    match Cli::parse().command {
+        Command::Run {
+            dir,
+            nodes,
+            redundancy,
+            checkin_interval,
+        } => {
+            let opts = NetworkOptions {
+                nodes,
+                redundancy,
+                checkin_interval_secs: checkin_interval,
+                online_window_secs: (checkin_interval * 5.0).max(5.0),
+                ..Default::default()
+            };
+            let net = ProcessNetwork::start(&dir, &opts).await?;
+            println!(
+                "ready: satellite {} and {nodes} storage nodes",
+                net.access.satellite
+            );
+            println!("access grant in {}", net.dir.join("access").display());
+            println!("processes in {}", net.dir.join("network.json").display());
+            println!(
+                "try: uplink --access-file {} mb loam://demo",
+                net.dir.join("access").display()
+            );
+            wait_for_shutdown().await;
+            net.stop().await;
+            println!("stopped");
+        }
+        Command::Demo {
+            dir,
+            nodes,
+            size_mib,
+        } => demo(dir, nodes, size_mib).await?,
+        Command::Bench { size_mib, nodes } => {
+            let dir = tempfile::tempdir()?;
+            let report = loam_testnet::bench::run(size_mib << 20, nodes, dir.path()).await?;
+            report.print();
+        }
+    }
+    Ok(())
+}
+
+/// The data set shipped with the repository.
+const DIGITS: &[u8] = include_bytes!("../../data/digits.csv");
+
+async fn demo(dir: Option<PathBuf>, nodes: usize, size_mib: usize) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = dir.unwrap_or_else(|| tmp.path().join("net"));
+    println!(
+        "starting a satellite and {nodes} storage nodes in {} ...",
+        dir.display()
+    );
+    let started = Instant::now();
+    let net = ProcessNetwork::start(
+        &dir,
+        &NetworkOptions {
+            nodes,
+            ..Default::default()
+        },
+    )
+    .await?;
+    println!(
+        "network ready in {:.1} s (redundancy 4/6/8/10: any 4 of 10 pieces rebuild a segment)",
+        started.elapsed().as_secs_f64()
+    );
+    let result = run_demo(&net, size_mib).await;
+    net.stop().await;
+    result?;
+    println!("network stopped");
+    Ok(())
+}
+
+async fn run_demo(net: &ProcessNetwork, size_mib: usize) -> anyhow::Result<()> {
+    let project = Project::open(net.access.clone())?;
+    project.create_bucket("demo").await?;
+
+    let before = node_bytes(net).await;
+    let t = Instant::now();
+    project
+        .upload(
+            "demo",
+            "datasets/digits.csv",
+            std::io::Cursor::new(DIGITS.to_vec()),
+            None,
+        )
+        .await?;
+    println!(
+        "uploaded datasets/digits.csv ({} bytes, shipped in data/) in {:.0} ms",
+        DIGITS.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let size = size_mib << 20;
+    let blob: Vec<u8> = {
+        use rand::{RngCore, SeedableRng};
+        let mut v = vec![0u8; size];
+        rand::rngs::StdRng::seed_from_u64(1).fill_bytes(&mut v);
+        v
+    };
+    let t = Instant::now();
+    project
+        .upload(
+            "demo",
+            "random.bin",
+            std::io::Cursor::new(blob.clone()),
+            None,
+        )
+        .await?;
+    let up = t.elapsed();
+    let t = Instant::now();
+    let mut out = Vec::with_capacity(size);
+    project
+        .download("demo", "random.bin", &mut out, None)
+        .await?;
+    let down = t.elapsed();
+    anyhow::ensure!(
+        out == blob,
+        "downloaded random.bin differs from what was uploaded"
+    );
+    let mut csv = Vec::new();
+    project
+        .download("demo", "datasets/digits.csv", &mut csv, None)
+        .await?;
+    anyhow::ensure!(csv == DIGITS, "downloaded digits.csv differs");
+    println!(
+        "random.bin: {size_mib} MiB up in {:.2} s ({:.0} MB/s), down in {:.2} s ({:.0} MB/s), byte-identical",
+        up.as_secs_f64(),
+        size as f64 / 1e6 / up.as_secs_f64(),
+        down.as_secs_f64(),
+        size as f64 / 1e6 / down.as_secs_f64()
+    );
+    let after = node_bytes(net).await;
+    println!("pieces received per storage node (encrypted, erasure-coded):");
+    for (p, (b, a)) in net.storage_nodes().zip(before.iter().zip(&after)) {
+        println!("  {}  {:>10} bytes", p.node_id.short(), a - b);
+    }
+    let stored: f64 = after.iter().sum::<f64>() - before.iter().sum::<f64>();
+    println!(
+        "stored {:.0} bytes for {} bytes of data (expansion {:.2}x)",
+        stored,
+        size + DIGITS.len(),
+        stored / (size + DIGITS.len()) as f64
+    );
+    for item in project.list("demo", "", true).await? {
+        println!("  loam://demo/{}  {} bytes", item.key, item.size);
+    }
+    project.delete("demo", "random.bin").await?;
+    project.delete("demo", "datasets/digits.csv").await?;
+    project.delete_bucket("demo").await?;
+    project.close().await;
+    Ok(())
+}
+
+async fn node_bytes(net: &ProcessNetwork) -> Vec<f64> {
+    let mut out = Vec::new();
+    for p in net.storage_nodes() {
+        let text = loam_testnet::http_get(&p.metrics_url)
+            .await
+            .unwrap_or_default();
+        out.push(loam_testnet::metric_value(
+            &text,
+            "loam_storagenode_piece_bytes_received_total",
+        ));
+    }
+    out
+}

@@ -45,17 +45,23 @@ pub enum UplinkError {
     BucketNotEmpty(String),
     #[error("object {0:?} not found")]
     ObjectNotFound(String),
-    #[error("wrong encryption passphrase for bucket {0:?} (its key check does not match this access)")]
+    #[error(
+        "wrong encryption passphrase for bucket {0:?} (its key check does not match this access)"
+    )]
     WrongPassphrase(String),
     #[error("too few storage nodes online: {0}")]
     TooFewNodes(String),
-    #[error("upload failed: only {stored} of the {needed} pieces needed were stored (last error: {last_error})")]
+    #[error(
+        "upload failed: only {stored} of the {needed} pieces needed were stored (last error: {last_error})"
+    )]
     UploadFailed {
         stored: usize,
         needed: usize,
         last_error: String,
     },
-    #[error("download failed: only {got} of the {needed} pieces needed could be fetched (last error: {last_error})")]
+    #[error(
+        "download failed: only {got} of the {needed} pieces needed could be fetched (last error: {last_error})"
+    )]
     DownloadFailed {
         got: usize,
         needed: usize,
@@ -139,12 +145,13 @@ impl Project {
     pub fn open_with(access: Access, config: UplinkConfig) -> Result<Self, UplinkError> {
         let identity = Identity::generate(0, |_| {});
         let local: SocketAddr = "0.0.0.0:0".parse().expect("literal");
-        let endpoint = Endpoint::bind(identity, local, TransportConfig::default()).map_err(|source| {
-            UplinkError::SatelliteUnreachable {
-                address: "local socket".into(),
-                source,
-            }
-        })?;
+        let endpoint =
+            Endpoint::bind(identity, local, TransportConfig::default()).map_err(|source| {
+                UplinkError::SatelliteUnreachable {
+                    address: "local socket".into(),
+                    source,
+                }
+            })?;
         Ok(Self {
             access,
             endpoint,
@@ -175,15 +182,18 @@ impl Project {
                 source: e,
             })
         })?;
-        let conn = tokio::time::timeout(self.config.dial_timeout, self.endpoint.connect(url.id, addr))
-            .await
-            .map_err(|_| {
-                unreachable(TransportError::Tls(format!(
-                    "no answer within {:?}",
-                    self.config.dial_timeout
-                )))
-            })?
-            .map_err(unreachable)?;
+        let conn = tokio::time::timeout(
+            self.config.dial_timeout,
+            self.endpoint.connect(url.id, addr),
+        )
+        .await
+        .map_err(|_| {
+            unreachable(TransportError::Tls(format!(
+                "no answer within {:?}",
+                self.config.dial_timeout
+            )))
+        })?
+        .map_err(unreachable)?;
         *guard = Some(conn.clone());
         Ok(conn)
     }
@@ -223,9 +233,20 @@ impl Project {
     /// Fetches a bucket and checks that this access's passphrase is the one
     /// it was created with.
     pub async fn bucket(&self, name: &str) -> Result<Bucket, UplinkError> {
-        match self.call(Req::GetBucket(pb::GetBucketRequest { name: name.to_string() })).await {
+        match self
+            .call(Req::GetBucket(pb::GetBucketRequest {
+                name: name.to_string(),
+            }))
+            .await
+        {
             Ok(Resp::GetBucket(b)) => {
-                if !b.key_check.is_empty() && !encryption::verify_bucket_key_check(&self.access.root_key, name, &b.key_check) {
+                if !b.key_check.is_empty()
+                    && !encryption::verify_bucket_key_check(
+                        &self.access.root_key,
+                        name,
+                        &b.key_check,
+                    )
+                {
                     return Err(UplinkError::WrongPassphrase(name.to_string()));
                 }
                 Ok(Bucket {
@@ -234,25 +255,34 @@ impl Project {
                 })
             }
             Ok(_) => Err(UplinkError::Unexpected),
-            Err(e) => Err(not_found_as(e, || UplinkError::BucketNotFound(name.to_string()))),
+            Err(e) => Err(not_found_as(e, || {
+                UplinkError::BucketNotFound(name.to_string())
+            })),
         }
     }
 
     pub async fn delete_bucket(&self, name: &str) -> Result<(), UplinkError> {
         match self
-            .call(Req::DeleteBucket(pb::DeleteBucketRequest { name: name.to_string() }))
+            .call(Req::DeleteBucket(pb::DeleteBucketRequest {
+                name: name.to_string(),
+            }))
             .await
         {
             Ok(_) => Ok(()),
             Err(UplinkError::Satellite(e)) if e.code == pb::ErrorCode::FailedPrecondition => {
                 Err(UplinkError::BucketNotEmpty(name.to_string()))
             }
-            Err(e) => Err(not_found_as(e, || UplinkError::BucketNotFound(name.to_string()))),
+            Err(e) => Err(not_found_as(e, || {
+                UplinkError::BucketNotFound(name.to_string())
+            })),
         }
     }
 
     pub async fn list_buckets(&self) -> Result<Vec<Bucket>, UplinkError> {
-        match self.call(Req::ListBuckets(pb::ListBucketsRequest {})).await? {
+        match self
+            .call(Req::ListBuckets(pb::ListBucketsRequest {}))
+            .await?
+        {
             Resp::ListBuckets(r) => Ok(r
                 .buckets
                 .into_iter()
@@ -273,7 +303,12 @@ impl Project {
 
     /// Lists objects under `prefix` (whole path components). Without
     /// `recursive`, deeper keys are collapsed into prefix entries.
-    pub async fn list(&self, bucket: &str, prefix: &str, recursive: bool) -> Result<Vec<Item>, UplinkError> {
+    pub async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        recursive: bool,
+    ) -> Result<Vec<Item>, UplinkError> {
         self.bucket(bucket).await?;
         let root = &self.access.root_key;
         let enc_prefix = encryption::encrypt_prefix(root, bucket, prefix);
@@ -345,14 +380,22 @@ impl Project {
         {
             Ok(Resp::GetObject(o)) => Ok(o),
             Ok(_) => Err(UplinkError::Unexpected),
-            Err(e) => Err(not_found_as(e, || UplinkError::ObjectNotFound(key.to_string()))),
+            Err(e) => Err(not_found_as(e, || {
+                UplinkError::ObjectNotFound(key.to_string())
+            })),
         }
     }
 
-    fn decrypt_meta(&self, bucket: &str, key: &str, info: &pb::ObjectInfo) -> Result<ObjectMeta, UplinkError> {
+    fn decrypt_meta(
+        &self,
+        bucket: &str,
+        key: &str,
+        info: &pb::ObjectInfo,
+    ) -> Result<ObjectMeta, UplinkError> {
         let plain = encryption::open(&self.object_key(bucket, key), &info.encrypted_metadata)
             .map_err(|_| UplinkError::Corrupt("object metadata does not decrypt".into()))?;
-        serde_json::from_slice(&plain).map_err(|_| UplinkError::Corrupt("object metadata is malformed".into()))
+        serde_json::from_slice(&plain)
+            .map_err(|_| UplinkError::Corrupt("object metadata is malformed".into()))
     }
 
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), UplinkError> {
@@ -366,7 +409,9 @@ impl Project {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) => Err(not_found_as(e, || UplinkError::ObjectNotFound(key.to_string()))),
+            Err(e) => Err(not_found_as(e, || {
+                UplinkError::ObjectNotFound(key.to_string())
+            })),
         }
     }
 
@@ -381,7 +426,9 @@ impl Project {
 fn not_found_as(e: UplinkError, f: impl FnOnce() -> UplinkError) -> UplinkError {
     match e {
         UplinkError::Satellite(r) if r.code == pb::ErrorCode::NotFound => f(),
-        UplinkError::Satellite(r) if r.code == pb::ErrorCode::Unavailable => UplinkError::TooFewNodes(r.message),
+        UplinkError::Satellite(r) if r.code == pb::ErrorCode::Unavailable => {
+            UplinkError::TooFewNodes(r.message)
+        }
         other => other,
     }
 }

@@ -12,7 +12,11 @@ use loam_common::{NodeUrl, pb, rpc};
 use loam_uplink::{Item, Progress, Project};
 
 #[derive(Parser)]
-#[command(name = "uplink", version, about = "Loam client: store and retrieve encrypted objects")]
+#[command(
+    name = "uplink",
+    version,
+    about = "Loam client: store and retrieve encrypted objects"
+)]
 struct Cli {
     /// Access grant string.
     #[arg(long, global = true, env = "UPLINK_ACCESS", hide_env_values = true)]
@@ -132,7 +136,10 @@ fn format_time(ms: i64) -> String {
     )
 }
 
-fn progress_bar(show: bool, total: Option<u64>) -> (Option<indicatif::ProgressBar>, Option<Progress>) {
+fn progress_bar(
+    show: bool,
+    total: Option<u64>,
+) -> (Option<indicatif::ProgressBar>, Option<Progress>) {
     if !show {
         return (None, None);
     }
@@ -152,15 +159,23 @@ fn progress_bar(show: bool, total: Option<u64>) -> (Option<indicatif::ProgressBa
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Access {
-        command: AccessCommand::Create {
-            satellite,
-            api_key,
-            passphrase,
-        },
+        command:
+            AccessCommand::Create {
+                satellite,
+                api_key,
+                passphrase,
+            },
     } = &cli.command
     {
-        let key = bs58::decode(api_key).into_vec().context("API key is not valid base58")?;
-        let project = Project::open(Access::derive(satellite.clone(), key.clone(), "", b"0000000000000000")?)?;
+        let key = bs58::decode(api_key)
+            .into_vec()
+            .context("API key is not valid base58")?;
+        let project = Project::open(Access::derive(
+            satellite.clone(),
+            key.clone(),
+            "",
+            b"0000000000000000",
+        )?)?;
         let info = project_salt(&project).await?;
         let access = Access::derive(satellite.clone(), key, passphrase, &info)?;
         println!("{}", access.serialize());
@@ -181,8 +196,16 @@ async fn project_salt(project: &Project) -> anyhow::Result<Vec<u8>> {
         "0.0.0.0:0".parse().expect("literal"),
         Default::default(),
     )?;
-    let conn = endpoint.connect(access.satellite.id, access.satellite.socket_addr()?).await?;
-    match rpc::satellite(&conn, &access.api_key, pb::satellite_request::Request::ProjectInfo(pb::ProjectInfoRequest {})).await? {
+    let conn = endpoint
+        .connect(access.satellite.id, access.satellite.socket_addr()?)
+        .await?;
+    match rpc::satellite(
+        &conn,
+        &access.api_key,
+        pb::satellite_request::Request::ProjectInfo(pb::ProjectInfoRequest {}),
+    )
+    .await?
+    {
         pb::satellite_response::Response::ProjectInfo(p) => Ok(p.salt.to_vec()),
         _ => bail!("satellite gave an unexpected answer"),
     }
@@ -200,7 +223,11 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
             project.delete_bucket(&u.bucket).await?;
             println!("Bucket {} removed", u.bucket);
         }
-        Command::Ls { url, recursive, output } => match url {
+        Command::Ls {
+            url,
+            recursive,
+            output,
+        } => match url {
             None => {
                 let buckets = project.list_buckets().await?;
                 if output == Output::Json {
@@ -267,15 +294,29 @@ fn print_items(items: &[Item], output: Output) -> anyhow::Result<()> {
         if i.is_prefix {
             println!("{:<4} {:<20} {:>14} {}", "PRE", "", "", i.key);
         } else {
-            println!("{:<4} {:<20} {:>14} {}", "OBJ", format_time(i.created_ms), i.size, i.key);
+            println!(
+                "{:<4} {:<20} {:>14} {}",
+                "OBJ",
+                format_time(i.created_ms),
+                i.size,
+                i.key
+            );
         }
     }
     Ok(())
 }
 
-async fn copy(project: &Project, source: &str, destination: &str, show: bool) -> anyhow::Result<()> {
+async fn copy(
+    project: &Project,
+    source: &str,
+    destination: &str,
+    show: bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
-    let bytes = match (source.starts_with("loam://"), destination.starts_with("loam://")) {
+    let bytes = match (
+        source.starts_with("loam://"),
+        destination.starts_with("loam://"),
+    ) {
         (false, true) => {
             let mut dst = parse_loam(destination)?;
             if dst.key.is_empty() || dst.key.ends_with('/') {
@@ -286,17 +327,20 @@ async fn copy(project: &Project, source: &str, destination: &str, show: bool) ->
                     .context("destination needs an object key when copying from stdin")?;
                 dst.key.push_str(name);
             }
-            let (total, reader): (Option<u64>, Box<dyn tokio::io::AsyncRead + Unpin + Send>) = if source == "-" {
-                (None, Box::new(tokio::io::stdin()))
-            } else {
-                let file = tokio::fs::File::open(source)
-                    .await
-                    .with_context(|| format!("cannot open {source}"))?;
-                let len = file.metadata().await.ok().map(|m| m.len());
-                (len, Box::new(file))
-            };
+            let (total, reader): (Option<u64>, Box<dyn tokio::io::AsyncRead + Unpin + Send>) =
+                if source == "-" {
+                    (None, Box::new(tokio::io::stdin()))
+                } else {
+                    let file = tokio::fs::File::open(source)
+                        .await
+                        .with_context(|| format!("cannot open {source}"))?;
+                    let len = file.metadata().await.ok().map(|m| m.len());
+                    (len, Box::new(file))
+                };
             let (bar, progress) = progress_bar(show, total);
-            let item = project.upload(&dst.bucket, &dst.key, reader, progress).await?;
+            let item = project
+                .upload(&dst.bucket, &dst.key, reader, progress)
+                .await?;
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
@@ -312,7 +356,9 @@ async fn copy(project: &Project, source: &str, destination: &str, show: bool) ->
             let (bar, progress) = progress_bar(show && destination != "-", Some(item.size));
             let n = if destination == "-" {
                 let mut out = tokio::io::stdout();
-                project.download(&src.bucket, &src.key, &mut out, progress).await?
+                project
+                    .download(&src.bucket, &src.key, &mut out, progress)
+                    .await?
             } else {
                 let mut path = PathBuf::from(destination);
                 if path.is_dir() {
@@ -323,7 +369,9 @@ async fn copy(project: &Project, source: &str, destination: &str, show: bool) ->
                 let mut file = tokio::fs::File::create(&tmp)
                     .await
                     .with_context(|| format!("cannot create {}", tmp.display()))?;
-                let result = project.download(&src.bucket, &src.key, &mut file, progress).await;
+                let result = project
+                    .download(&src.bucket, &src.key, &mut file, progress)
+                    .await;
                 drop(file);
                 match result {
                     Ok(n) => {
@@ -346,7 +394,9 @@ async fn copy(project: &Project, source: &str, destination: &str, show: bool) ->
             }
             n
         }
-        (true, true) => bail!("copying between two loam:// URLs is not supported yet; download and upload instead"),
+        (true, true) => bail!(
+            "copying between two loam:// URLs is not supported yet; download and upload instead"
+        ),
         (false, false) => bail!("one of source and destination must be a loam:// URL"),
     };
     if show {

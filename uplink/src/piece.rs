@@ -55,7 +55,11 @@ fn target(limit: &pb::AddressedOrderLimit) -> Result<(NodeId, SocketAddr), Piece
     Ok((id, addr))
 }
 
-async fn connect(endpoint: &Endpoint, limit: &pb::AddressedOrderLimit, timeout: Duration) -> Result<(NodeId, quinn::Connection), PieceError> {
+async fn connect(
+    endpoint: &Endpoint,
+    limit: &pb::AddressedOrderLimit,
+    timeout: Duration,
+) -> Result<(NodeId, quinn::Connection), PieceError> {
     let (id, addr) = target(limit)?;
     let conn = tokio::time::timeout(timeout, endpoint.dial(id, addr))
         .await
@@ -87,8 +91,12 @@ async fn upload_on(
     data: Bytes,
     hash: [u8; 32],
 ) -> Result<pb::SignedPieceHash, PieceError> {
-    let signed_limit = addressed.limit.clone().ok_or(PieceError::BadAnswer("missing limit"))?;
-    let limit = OrderLimit::decode_unverified(&signed_limit).map_err(|_| PieceError::BadAnswer("bad limit"))?;
+    let signed_limit = addressed
+        .limit
+        .clone()
+        .ok_or(PieceError::BadAnswer("missing limit"))?;
+    let limit = OrderLimit::decode_unverified(&signed_limit)
+        .map_err(|_| PieceError::BadAnswer("bad limit"))?;
     let (send, recv) = conn.open_bi().await?;
     let mut writer = FrameWriter::new(send);
     let mut reader = FrameReader::new(recv);
@@ -141,7 +149,8 @@ async fn upload_on(
     match response.result {
         Some(pb::piece_upload_response::Result::Stored(signed)) => {
             let (_, node_key) = transport::peer_id(conn)?;
-            let stored = PieceHash::verify(&signed, &node_key).map_err(|_| PieceError::BadAnswer("piece hash signature"))?;
+            let stored = PieceHash::verify(&signed, &node_key)
+                .map_err(|_| PieceError::BadAnswer("piece hash signature"))?;
             if stored.hash != hash || stored.piece_id != limit.piece_id {
                 return Err(PieceError::HashMismatch);
             }
@@ -181,27 +190,41 @@ async fn download_on(
     size: u64,
     progress: &AtomicU64,
 ) -> Result<Vec<u8>, PieceError> {
-    let signed_limit = addressed.limit.clone().ok_or(PieceError::BadAnswer("missing limit"))?;
-    let limit = OrderLimit::decode_unverified(&signed_limit).map_err(|_| PieceError::BadAnswer("bad limit"))?;
-    let order = |amount: u64| Order { serial: limit.serial, amount }.sign(piece_key);
+    let signed_limit = addressed
+        .limit
+        .clone()
+        .ok_or(PieceError::BadAnswer("missing limit"))?;
+    let limit = OrderLimit::decode_unverified(&signed_limit)
+        .map_err(|_| PieceError::BadAnswer("bad limit"))?;
+    let order = |amount: u64| {
+        Order {
+            serial: limit.serial,
+            amount,
+        }
+        .sign(piece_key)
+    };
     let (send, recv) = conn.open_bi().await?;
     let mut writer = FrameWriter::new(send);
     let mut reader = FrameReader::new(recv);
     let mut ordered = size.min(DOWNLOAD_WINDOW);
     writer
         .message(&pb::PieceRequest {
-            request: Some(pb::piece_request::Request::Download(pb::PieceDownloadRequest {
-                limit: Some(signed_limit),
-                offset: 0,
-                length: size as i64,
-                first_order: Some(order(ordered)),
-            })),
+            request: Some(pb::piece_request::Request::Download(
+                pb::PieceDownloadRequest {
+                    limit: Some(signed_limit),
+                    offset: 0,
+                    length: size as i64,
+                    first_order: Some(order(ordered)),
+                },
+            )),
         })
         .await?;
     let header: pb::PieceDownloadHeader = reader.message().await?;
     match header.result {
         Some(pb::piece_download_header::Result::Ok(_)) => {}
-        Some(pb::piece_download_header::Result::Error(e)) => return Err(RemoteError::from(&e).into()),
+        Some(pb::piece_download_header::Result::Error(e)) => {
+            return Err(RemoteError::from(&e).into());
+        }
         None => return Err(PieceError::BadAnswer("empty download header")),
     }
     let mut buf = Vec::with_capacity(size as usize);

@@ -22,7 +22,11 @@ pub fn row_len(plain_size: usize, k: usize) -> usize {
 }
 
 /// Encrypts and erasure-codes one segment.
-pub fn encode(coder: &ErasureCoder, segment_index: u32, plain: &[u8]) -> Result<EncodedSegment, ErasureError> {
+pub fn encode(
+    coder: &ErasureCoder,
+    segment_index: u32,
+    plain: &[u8],
+) -> Result<EncodedSegment, ErasureError> {
     let k = coder.scheme().k();
     let key = Key::random();
     let row = row_len(plain.len(), k);
@@ -40,7 +44,12 @@ pub fn encode(coder: &ErasureCoder, segment_index: u32, plain: &[u8]) -> Result<
             &padded[..]
         };
         let mut out = Vec::new();
-        encryption::encrypt_row(&encryption::row_key(&key, i as u32), segment_index, src, &mut out);
+        encryption::encrypt_row(
+            &encryption::row_key(&key, i as u32),
+            segment_index,
+            src,
+            &mut out,
+        );
         rows.push(out);
     }
     let refs: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
@@ -102,7 +111,8 @@ mod tests {
             let plain: Vec<u8> = (0..size).map(|i| (i * 7) as u8).collect();
             let enc = encode(&coder, 3, &plain).expect("encode");
             assert_eq!(enc.pieces.len(), 10);
-            let mut pieces: Vec<Option<Vec<u8>>> = enc.pieces.iter().map(|p| Some(p.to_vec())).collect();
+            let mut pieces: Vec<Option<Vec<u8>>> =
+                enc.pieces.iter().map(|p| Some(p.to_vec())).collect();
             for i in [0, 2, 5, 6, 8, 9] {
                 pieces[i] = None;
             }

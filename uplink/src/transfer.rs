@@ -26,7 +26,10 @@ const SEAL_OVERHEAD: usize = 28;
 async fn read_full<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(max);
     while buf.len() < max {
-        let n = (&mut *r).take((max - buf.len()) as u64).read_to_end(&mut buf).await?;
+        let n = (&mut *r)
+            .take((max - buf.len()) as u64)
+            .read_to_end(&mut buf)
+            .await?;
         if n == 0 {
             break;
         }
@@ -41,7 +44,13 @@ fn scheme_of(r: Option<&pb::RedundancyScheme>) -> Result<RedundancyScheme, Uplin
 
 impl Project {
     /// Uploads everything `reader` yields as `bucket/key`.
-    pub async fn upload<R>(&self, bucket: &str, key: &str, reader: R, progress: Option<Progress>) -> Result<Item, UplinkError>
+    pub async fn upload<R>(
+        &self,
+        bucket: &str,
+        key: &str,
+        reader: R,
+        progress: Option<Progress>,
+    ) -> Result<Item, UplinkError>
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
@@ -152,10 +161,11 @@ impl Project {
     ) -> Result<(), UplinkError> {
         let plain_len = plain.len() as u64;
         let success = coder.scheme().success();
-        let enc: EncodedSegment = tokio::task::spawn_blocking(move || segment::encode(&coder, index, &plain))
-            .await
-            .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?
-            .map_err(|e| UplinkError::Corrupt(e.to_string()))?;
+        let enc: EncodedSegment =
+            tokio::task::spawn_blocking(move || segment::encode(&coder, index, &plain))
+                .await
+                .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?
+                .map_err(|e| UplinkError::Corrupt(e.to_string()))?;
         let begin = match self
             .call(Req::BeginSegment(pb::BeginSegmentRequest {
                 stream_id: stream_id.clone(),
@@ -168,7 +178,8 @@ impl Project {
             Resp::BeginSegment(b) => b,
             _ => return Err(UplinkError::Unexpected),
         };
-        let piece_key = KeyPair::try_from(begin.piece_private_key.as_ref()).map_err(|_| UplinkError::Unexpected)?;
+        let piece_key = KeyPair::try_from(begin.piece_private_key.as_ref())
+            .map_err(|_| UplinkError::Unexpected)?;
         let mut uploads = FuturesUnordered::new();
         for limit in &begin.limits {
             let num = limit.piece_num as usize;
@@ -177,7 +188,15 @@ impl Project {
             };
             let (data, hash, key) = (data.clone(), *hash, &piece_key);
             uploads.push(async move {
-                let r = piece::upload(&self.endpoint, limit, key, data, hash, self.config.dial_timeout).await;
+                let r = piece::upload(
+                    &self.endpoint,
+                    limit,
+                    key,
+                    data,
+                    hash,
+                    self.config.dial_timeout,
+                )
+                .await;
                 (limit, r)
             });
         }
@@ -230,7 +249,13 @@ impl Project {
     }
 
     /// Downloads `bucket/key` into `writer`; returns the bytes written.
-    pub async fn download<W>(&self, bucket: &str, key: &str, writer: &mut W, progress: Option<Progress>) -> Result<u64, UplinkError>
+    pub async fn download<W>(
+        &self,
+        bucket: &str,
+        key: &str,
+        writer: &mut W,
+        progress: Option<Progress>,
+    ) -> Result<u64, UplinkError>
     where
         W: AsyncWrite + Unpin,
     {
@@ -257,7 +282,9 @@ impl Project {
                 pending.push_back(self.download_segment(bucket, &enc_key, next, &obj_key, &coders));
                 next += 1;
             }
-            let Some(segment) = pending.next().await else { break };
+            let Some(segment) = pending.next().await else {
+                break;
+            };
             let data = segment?;
             writer.write_all(&data).await?;
             written += data.len() as u64;
@@ -267,7 +294,10 @@ impl Project {
         }
         writer.flush().await?;
         if written != meta.size {
-            return Err(UplinkError::Corrupt(format!("object has {written} bytes, its metadata says {}", meta.size)));
+            return Err(UplinkError::Corrupt(format!(
+                "object has {written} bytes, its metadata says {}",
+                meta.size
+            )));
         }
         Ok(written)
     }
@@ -303,15 +333,23 @@ impl Project {
             .ok()
             .and_then(|k| Key::try_from(k.as_slice()).ok())
             .ok_or_else(|| UplinkError::Corrupt("segment key does not decrypt".into()))?;
-        let piece_key = KeyPair::try_from(resp.piece_private_key.as_ref()).map_err(|_| UplinkError::Unexpected)?;
+        let piece_key = KeyPair::try_from(resp.piece_private_key.as_ref())
+            .map_err(|_| UplinkError::Unexpected)?;
         let mut pieces = self
-            .fetch_pieces(&resp.limits, scheme, meta.piece_size.max(0) as u64, &piece_key)
+            .fetch_pieces(
+                &resp.limits,
+                scheme,
+                meta.piece_size.max(0) as u64,
+                &piece_key,
+            )
             .await?;
         let plain_size = meta.plain_size.max(0) as usize;
-        tokio::task::spawn_blocking(move || segment::decode(&coder, &seg_key, index, plain_size, &mut pieces))
-            .await
-            .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?
-            .map_err(|e| UplinkError::Corrupt(e.to_string()))
+        tokio::task::spawn_blocking(move || {
+            segment::decode(&coder, &seg_key, index, plain_size, &mut pieces)
+        })
+        .await
+        .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?
+        .map_err(|e| UplinkError::Corrupt(e.to_string()))
     }
 
     /// Fetches `k` pieces, data pieces first (no decoding needed), starting
@@ -336,12 +374,21 @@ impl Project {
         let mut inflight = FuturesUnordered::new();
         // (progress counter, last value seen, when it last moved)
         let mut watch: Vec<(Arc<AtomicU64>, u64, Instant, bool)> = Vec::new();
-        let launch = |limit: &'_ pb::AddressedOrderLimit, watch: &mut Vec<(Arc<AtomicU64>, u64, Instant, bool)>| {
+        let launch = |limit: &'_ pb::AddressedOrderLimit,
+                      watch: &mut Vec<(Arc<AtomicU64>, u64, Instant, bool)>| {
             let counter = Arc::new(AtomicU64::new(0));
             watch.push((counter.clone(), 0, Instant::now(), false));
             let limit = limit.clone();
             async move {
-                let r = piece::download(&self.endpoint, &limit, piece_key, piece_size, self.config.dial_timeout, counter).await;
+                let r = piece::download(
+                    &self.endpoint,
+                    &limit,
+                    piece_key,
+                    piece_size,
+                    self.config.dial_timeout,
+                    counter,
+                )
+                .await;
                 (limit.piece_num as usize, r)
             }
         };

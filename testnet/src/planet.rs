@@ -1,0 +1,195 @@
+//! The in-process test network: one satellite and N storage nodes as tasks
+//! in the calling process, on 127.0.0.1 with port 0, built from counts plus
+//! reconfigure hooks (like Storj's testplanet). Every node can be stopped
+//! and restarted; everything is removed when the planet is dropped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use loam_common::access::Access;
+use loam_common::erasure::RedundancyScheme;
+use loam_common::{Identity, NodeId, NodeUrl};
+use loam_satellite::Satellite;
+use loam_storagenode::StorageNode;
+use loam_storagenode::piecestore::Piecestore;
+use loam_uplink::Project;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+type SatelliteHook = Box<dyn Fn(&mut loam_satellite::Config) + Send + Sync>;
+type NodeHook = Box<dyn Fn(usize, &mut loam_storagenode::Config) + Send + Sync>;
+
+/// What to start.
+pub struct PlanetConfig {
+    pub storage_nodes: usize,
+    pub redundancy: RedundancyScheme,
+    pub reconfigure_satellite: Option<SatelliteHook>,
+    pub reconfigure_node: Option<NodeHook>,
+}
+
+impl PlanetConfig {
+    pub fn new(storage_nodes: usize) -> Self {
+        Self {
+            storage_nodes,
+            redundancy: RedundancyScheme::new(2, 3, 4, 5).expect("valid"),
+            reconfigure_satellite: None,
+            reconfigure_node: None,
+        }
+    }
+}
+
+pub struct PlanetNode {
+    pub id: NodeId,
+    pub identity: Identity,
+    pub dir: std::path::PathBuf,
+    pub addr: Option<SocketAddr>,
+    pub piecestore: Option<Arc<Piecestore>>,
+    config: loam_storagenode::Config,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+pub struct Planet {
+    pub satellite_url: NodeUrl,
+    pub satellite_identity: Identity,
+    pub satellite: Arc<loam_satellite::metainfo::Metainfo>,
+    pub nodes: Vec<PlanetNode>,
+    pub access: Access,
+    cancel: CancellationToken,
+    sat_task: JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Planet {
+    pub async fn start(config: PlanetConfig) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let cancel = CancellationToken::new();
+        let sat_identity = Identity::generate(0, |_| {});
+        let mut sat_config = loam_satellite::Config {
+            listen: "127.0.0.1:0".parse()?,
+            http_listen: "127.0.0.1:0".parse()?,
+            redundancy: config.redundancy,
+            min_difficulty: 0,
+            distinct_subnets: false,
+            online_window_secs: 3600.0,
+            ..Default::default()
+        };
+        if let Some(hook) = &config.reconfigure_satellite {
+            hook(&mut sat_config);
+        }
+        let sat_dir = dir.path().join("satellite");
+        std::fs::create_dir_all(&sat_dir)?;
+        let sat = Satellite::new(&sat_dir, sat_identity.clone(), sat_config).await?;
+        let satellite_url = sat.url();
+        let metainfo = sat.metainfo.clone();
+        let sat_task = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                if let Err(e) = sat.run(cancel).await {
+                    tracing::error!(error = %e, "satellite stopped");
+                }
+            })
+        };
+        let mut nodes = Vec::new();
+        for i in 0..config.storage_nodes {
+            let identity = Identity::generate(0, |_| {});
+            let mut node_config = loam_storagenode::Config {
+                listen: "127.0.0.1:0".parse()?,
+                http_listen: "127.0.0.1:0".parse()?,
+                satellites: vec![satellite_url.clone()],
+                allocated_bytes: 10_000_000_000,
+                sync_writes: false,
+                checkin_interval_secs: 3600.0,
+                ..Default::default()
+            };
+            if let Some(hook) = &config.reconfigure_node {
+                hook(i, &mut node_config);
+            }
+            let node_dir = dir.path().join(format!("storagenode-{i:02}"));
+            std::fs::create_dir_all(&node_dir)?;
+            let mut node = PlanetNode {
+                id: identity.id(),
+                identity,
+                dir: node_dir,
+                addr: None,
+                piecestore: None,
+                config: node_config,
+                cancel: CancellationToken::new(),
+                task: None,
+            };
+            node.start().await?;
+            nodes.push(node);
+        }
+        let (key, _, salt) = metainfo.create_api_key("planet")?;
+        let access = Access::derive(satellite_url.clone(), key, "planet passphrase", &salt)?;
+        Ok(Self {
+            satellite_url,
+            satellite_identity: sat_identity,
+            satellite: metainfo,
+            nodes,
+            access,
+            cancel,
+            sat_task,
+            _dir: dir,
+        })
+    }
+
+    /// An uplink project on this planet's access.
+    pub fn project(&self) -> anyhow::Result<Project> {
+        Ok(Project::open(self.access.clone())?)
+    }
+
+    /// Stops node `i` (as a crash would: no goodbye to the satellite).
+    pub async fn stop_node(&mut self, i: usize) {
+        self.nodes[i].stop().await;
+    }
+
+    /// Starts node `i` again on its old directory.
+    pub async fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
+        self.nodes[i].start().await
+    }
+
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for mut n in self.nodes {
+            n.stop().await;
+        }
+        let _ = self.sat_task.await;
+    }
+}
+
+impl PlanetNode {
+    async fn start(&mut self) -> anyhow::Result<()> {
+        // A restarted node keeps its address, so the satellite's records stay valid.
+        if let Some(addr) = self.addr {
+            self.config.listen = addr;
+        }
+        self.cancel = CancellationToken::new();
+        let node = StorageNode::new(&self.dir, self.identity.clone(), self.config.clone())
+            .await
+            .context("starting storage node")?;
+        self.addr = Some(node.addr());
+        self.piecestore = Some(node.piecestore.clone());
+        let contact = node.contact.clone();
+        let cancel = self.cancel.clone();
+        self.task = Some(tokio::spawn(async move {
+            if let Err(e) = node.run(cancel).await {
+                tracing::error!(error = %e, "storage node stopped");
+            }
+        }));
+        tokio::time::timeout(Duration::from_secs(30), contact.wait_checked_in())
+            .await
+            .context("storage node did not check in")?;
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        self.piecestore = None;
+    }
+}

@@ -1,0 +1,281 @@
+//! A whole network as separate OS processes on 127.0.0.1: one satellite and
+//! N storage nodes started from the real binaries, so a test can `kill -9`
+//! any of them.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use loam_common::access::Access;
+use loam_common::erasure::RedundancyScheme;
+use loam_common::{Identity, NodeId};
+use loam_satellite::admin::AdminClient;
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+/// Settings of a process network.
+#[derive(Debug, Clone)]
+pub struct NetworkOptions {
+    pub nodes: usize,
+    pub redundancy: RedundancyScheme,
+    /// Identity difficulty for nodes; the satellite requires the same.
+    pub difficulty: u32,
+    pub passphrase: String,
+    pub checkin_interval_secs: f64,
+    pub online_window_secs: f64,
+    pub sync_writes: bool,
+}
+
+impl Default for NetworkOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 10,
+            redundancy: RedundancyScheme::new(4, 6, 8, 10).expect("valid scheme"),
+            difficulty: 8,
+            passphrase: "testnet".into(),
+            checkin_interval_secs: 2.0,
+            online_window_secs: 10.0,
+            sync_writes: true,
+        }
+    }
+}
+
+/// One entry of `network.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessInfo {
+    pub role: &'static str,
+    pub node_id: NodeId,
+    pub address: String,
+    pub pid: u32,
+    pub data_dir: PathBuf,
+    pub metrics_url: String,
+}
+
+pub struct ProcessNetwork {
+    pub dir: PathBuf,
+    pub access: Access,
+    pub processes: Vec<ProcessInfo>,
+    children: Vec<Child>,
+}
+
+/// Directory of the running executable, where the other binaries live.
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the testnet binary")?;
+    let dir = exe.parent().context("testnet binary has no directory")?;
+    // `cargo test` puts test binaries in target/*/deps.
+    if dir.ends_with("deps") {
+        return Ok(dir.parent().context("deps has a parent")?.to_path_buf());
+    }
+    Ok(dir.to_path_buf())
+}
+
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir()?.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found; build every binary first (cargo build --release --workspace --bins)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn spawn(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
+    let out =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let err = out.try_clone()?;
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))
+}
+
+/// Waits for a process to publish its run file.
+async fn wait_for_file(path: &Path, child: &mut Child, log: &Path) -> anyhow::Result<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut delay = Duration::from_millis(10);
+    loop {
+        if let Ok(bytes) = std::fs::read(path) {
+            return Ok(bytes);
+        }
+        if let Some(status) = child.try_wait()? {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            bail!(
+                "process exited ({status}) before it was ready: {}",
+                tail.lines().last().unwrap_or("no output")
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not appear within 60 s", path.display());
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
+
+impl ProcessNetwork {
+    /// Sets up (or reuses) `dir` and starts every process; returns once all
+    /// nodes have checked in and an access grant is written.
+    pub async fn start(dir: &Path, opts: &NetworkOptions) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let dir = dir.canonicalize()?;
+        let sat_dir = dir.join("satellite");
+        std::fs::create_dir_all(&sat_dir)?;
+        if !sat_dir.join("identity.key").exists() {
+            Identity::generate(0, |_| {}).save(&sat_dir.join("identity.key"))?;
+        }
+        let sat_config = loam_satellite::Config {
+            listen: "127.0.0.1:0".parse()?,
+            http_listen: "127.0.0.1:0".parse()?,
+            redundancy: opts.redundancy,
+            min_difficulty: opts.difficulty,
+            online_window_secs: opts.online_window_secs,
+            distinct_subnets: false,
+            ..Default::default()
+        };
+        sat_config.save(&sat_dir)?;
+        let _ = std::fs::remove_file(sat_dir.join(loam_satellite::RunInfo::PATH));
+
+        let mut children = Vec::new();
+        let mut processes = Vec::new();
+        let sat_log = sat_dir.join("satellite.log");
+        let mut sat = spawn(
+            &binary("satellite")?,
+            &["run", "--dir", path_str(&sat_dir)?],
+            &sat_log,
+        )?;
+        let info: loam_satellite::RunInfo = serde_json::from_slice(
+            &wait_for_file(
+                &sat_dir.join(loam_satellite::RunInfo::PATH),
+                &mut sat,
+                &sat_log,
+            )
+            .await?,
+        )?;
+        processes.push(ProcessInfo {
+            role: "satellite",
+            node_id: info.node_id,
+            address: info.address.to_string(),
+            pid: info.pid,
+            data_dir: sat_dir.clone(),
+            metrics_url: info.metrics_url.clone(),
+        });
+        children.push(sat);
+        let sat_url: loam_common::NodeUrl = info.url.parse()?;
+
+        let node_bin = binary("storagenode")?;
+        let mut pending = Vec::new();
+        for i in 0..opts.nodes {
+            let node_dir = dir.join(format!("storagenode-{i:02}"));
+            std::fs::create_dir_all(&node_dir)?;
+            if !node_dir.join("identity.key").exists() {
+                Identity::generate(opts.difficulty, |_| {}).save(&node_dir.join("identity.key"))?;
+            }
+            let config = loam_storagenode::Config {
+                listen: "127.0.0.1:0".parse()?,
+                http_listen: "127.0.0.1:0".parse()?,
+                satellites: vec![sat_url.clone()],
+                allocated_bytes: 100_000_000_000,
+                sync_writes: opts.sync_writes,
+                checkin_interval_secs: opts.checkin_interval_secs,
+                ..Default::default()
+            };
+            config.save(&node_dir)?;
+            let _ = std::fs::remove_file(node_dir.join("run/node.json"));
+            let log = node_dir.join("storagenode.log");
+            let child = spawn(&node_bin, &["run", "--dir", path_str(&node_dir)?], &log)?;
+            pending.push((node_dir, log, child));
+        }
+        for (node_dir, log, mut child) in pending {
+            let info: loam_storagenode::RunInfo = serde_json::from_slice(
+                &wait_for_file(&node_dir.join("run/node.json"), &mut child, &log).await?,
+            )?;
+            processes.push(ProcessInfo {
+                role: "storagenode",
+                node_id: info.node_id,
+                address: info.address.to_string(),
+                pid: info.pid,
+                data_dir: node_dir,
+                metrics_url: info.metrics_url,
+            });
+            children.push(child);
+        }
+
+        let admin = AdminClient::connect(&sat_dir).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let want: Vec<NodeId> = processes
+            .iter()
+            .filter(|p| p.role == "storagenode")
+            .map(|p| p.node_id)
+            .collect();
+        loop {
+            let nodes = admin.list_nodes().await?;
+            let online = want
+                .iter()
+                .filter(|id| {
+                    nodes
+                        .iter()
+                        .any(|n| n.online && n.node_id.as_ref() == id.as_bytes())
+                })
+                .count();
+            if online == want.len() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "only {online} of {} storage nodes checked in within 60 s",
+                    want.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let key = admin.create_api_key("testnet").await?;
+        let access = Access::derive(sat_url, key.api_key.to_vec(), &opts.passphrase, &key.salt)?;
+        std::fs::write(dir.join("access"), access.serialize())?;
+        let net = Self {
+            dir: dir.clone(),
+            access,
+            processes,
+            children,
+        };
+        std::fs::write(
+            dir.join("network.json"),
+            serde_json::to_vec_pretty(&serde_json::json!({ "processes": net.processes }))?,
+        )?;
+        Ok(net)
+    }
+
+    pub fn storage_nodes(&self) -> impl Iterator<Item = &ProcessInfo> {
+        self.processes.iter().filter(|p| p.role == "storagenode")
+    }
+
+    /// Stops every process: SIGTERM, then SIGKILL after 5 s.
+    pub async fn stop(mut self) {
+        for child in &self.children {
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        for child in &mut self.children {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+fn path_str(p: &Path) -> anyhow::Result<&str> {
+    p.to_str()
+        .with_context(|| format!("path {} is not UTF-8", p.display()))
+}
