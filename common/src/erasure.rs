@@ -172,6 +172,15 @@ impl ErasureCoder {
 
     /// Computes the parity pieces of `rows` (the `k` data pieces).
     pub fn encode(&self, rows: &[&[u8]]) -> Result<Vec<Vec<u8>>, ErasureError> {
+        let len = rows.first().map_or(0, |r| r.len());
+        let mut parity = vec![vec![0u8; len]; self.scheme.parity()];
+        self.encode_into(rows, &mut parity)?;
+        Ok(parity)
+    }
+
+    /// Like [`ErasureCoder::encode`], writing into `parity` (one buffer
+    /// per parity piece, each as long as a row).
+    pub fn encode_into(&self, rows: &[&[u8]], parity: &mut [Vec<u8>]) -> Result<(), ErasureError> {
         if rows.len() != self.scheme.k() {
             return Err(ErasureError::PieceCount {
                 expected: self.scheme.k(),
@@ -182,7 +191,15 @@ impl ErasureCoder {
         if rows.iter().any(|r| r.len() != len) {
             return Err(ErasureError::UnevenPieces);
         }
-        let mut parity = vec![vec![0u8; len]; self.scheme.parity()];
+        if parity.len() != self.scheme.parity() {
+            return Err(ErasureError::PieceCount {
+                expected: self.scheme.parity(),
+                got: parity.len(),
+            });
+        }
+        if parity.iter().any(|p| p.len() != len) {
+            return Err(ErasureError::UnevenPieces);
+        }
         let mut start = 0;
         while start < len {
             let end = (start + SUB_STRIPE).min(len);
@@ -193,7 +210,7 @@ impl ErasureCoder {
                 .map_err(ErasureError::Codec)?;
             start = end;
         }
-        Ok(parity)
+        Ok(())
     }
 
     /// Rebuilds the missing data pieces in place from any `k` present pieces

@@ -119,7 +119,12 @@ impl BenchReport {
     }
 }
 
-pub async fn run(size: usize, nodes: usize, dir: &std::path::Path) -> anyhow::Result<BenchReport> {
+pub async fn run(
+    size: usize,
+    nodes: usize,
+    sync_writes: bool,
+    dir: &std::path::Path,
+) -> anyhow::Result<BenchReport> {
     let scheme = RedundancyScheme::new(4, 6, 8, 10)?;
     let data: Vec<u8> = {
         use rand::{RngCore, SeedableRng};
@@ -138,12 +143,20 @@ pub async fn run(size: usize, nodes: usize, dir: &std::path::Path) -> anyhow::Re
         &NetworkOptions {
             nodes,
             redundancy: scheme,
+            sync_writes,
             ..Default::default()
         },
     )
     .await?;
     let result = async {
-        let project = Project::open(net.access.clone())?;
+        let mut config = loam_uplink::UplinkConfig::default();
+        if let Some(c) = std::env::var("LOAM_SEGCONC")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config.segment_concurrency = c;
+        }
+        let project = Project::open_with(net.access.clone(), config)?;
         project.create_bucket("bench").await?;
         let started = Instant::now();
         project

@@ -52,6 +52,10 @@ enum Command {
         size_mib: usize,
         #[arg(long, default_value_t = 10)]
         nodes: usize,
+        /// Let nodes acknowledge pieces before they reach the disk (shows
+        /// what fsync costs on this machine).
+        #[arg(long)]
+        no_sync: bool,
     },
 }
 
@@ -100,9 +104,14 @@ async fn main() -> anyhow::Result<()> {
             nodes,
             size_mib,
         } => demo(dir, nodes, size_mib).await?,
-        Command::Bench { size_mib, nodes } => {
+        Command::Bench {
+            size_mib,
+            nodes,
+            no_sync,
+        } => {
             let dir = tempfile::tempdir()?;
-            let report = loam_testnet::bench::run(size_mib << 20, nodes, dir.path()).await?;
+            let report =
+                loam_testnet::bench::run(size_mib << 20, nodes, !no_sync, dir.path()).await?;
             report.print();
         }
     }

@@ -227,7 +227,7 @@ async fn download_on(
         }
         None => return Err(PieceError::BadAnswer("empty download header")),
     }
-    let mut buf = Vec::with_capacity(size as usize);
+    let mut buf = loam_common::buffers::BufferPool::global().take(size as usize);
     while let Some(frame) = reader.next().await? {
         let Frame::Data(chunk) = frame else {
             let err = pb::RpcError::decode(match frame {

@@ -3,6 +3,7 @@
 //! parity pieces; and back.
 
 use bytes::Bytes;
+use loam_common::buffers::BufferPool;
 use loam_common::encryption::{self, CryptoError, Key};
 use loam_common::erasure::{ErasureCoder, ErasureError};
 
@@ -27,9 +28,11 @@ pub fn encode(
     segment_index: u32,
     plain: &[u8],
 ) -> Result<EncodedSegment, ErasureError> {
+    let pool = BufferPool::global();
     let k = coder.scheme().k();
     let key = Key::random();
     let row = row_len(plain.len(), k);
+    let enc_row = encryption::encrypted_len(row);
     let mut padded = Vec::new();
     let mut rows: Vec<Vec<u8>> = Vec::with_capacity(k);
     for i in 0..k {
@@ -43,7 +46,7 @@ pub fn encode(
             padded.resize(row, 0);
             &padded[..]
         };
-        let mut out = Vec::new();
+        let mut out = pool.take(enc_row);
         encryption::encrypt_row(
             &encryption::row_key(&key, i as u32),
             segment_index,
@@ -53,8 +56,15 @@ pub fn encode(
         rows.push(out);
     }
     let refs: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
-    let parity = coder.encode(&refs)?;
-    let pieces: Vec<Bytes> = rows.into_iter().chain(parity).map(Bytes::from).collect();
+    let mut parity: Vec<Vec<u8>> = (0..coder.scheme().parity())
+        .map(|_| pool.zeroed(enc_row))
+        .collect();
+    coder.encode_into(&refs, &mut parity)?;
+    let pieces: Vec<Bytes> = rows
+        .into_iter()
+        .chain(parity)
+        .map(|b| pool.freeze(b))
+        .collect();
     let hashes = pieces.iter().map(|p| *blake3::hash(p).as_bytes()).collect();
     Ok(EncodedSegment {
         key,
@@ -76,28 +86,40 @@ pub enum DecodeError {
     Inconsistent,
 }
 
-/// Rebuilds the plaintext of a segment from any `k` of its pieces.
+/// Rebuilds the plaintext of a segment from any `k` of its pieces: the
+/// `k` rows in order, trimmed so that together they are `plain_size`
+/// bytes. The pieces are consumed (decrypted in place, no copy).
 pub fn decode(
     coder: &ErasureCoder,
     key: &Key,
     segment_index: u32,
     plain_size: usize,
     pieces: &mut [Option<Vec<u8>>],
-) -> Result<Vec<u8>, DecodeError> {
+) -> Result<Vec<Vec<u8>>, DecodeError> {
     let k = coder.scheme().k();
     coder.reconstruct_data(pieces)?;
     let row = row_len(plain_size, k);
-    let mut out = Vec::with_capacity(row * k);
+    let mut rows = Vec::with_capacity(k);
+    let mut left = plain_size;
     for (i, piece) in pieces.iter_mut().take(k).enumerate() {
-        let piece = piece.as_mut().ok_or(DecodeError::Inconsistent)?;
-        let n = encryption::decrypt_row(&encryption::row_key(key, i as u32), segment_index, piece)?;
+        let mut piece = piece.take().ok_or(DecodeError::Inconsistent)?;
+        let n = encryption::decrypt_row(
+            &encryption::row_key(key, i as u32),
+            segment_index,
+            &mut piece,
+        )?;
         if n != row {
             return Err(DecodeError::Inconsistent);
         }
-        out.extend_from_slice(&piece[..n]);
+        piece.truncate(n.min(left));
+        left -= piece.len();
+        rows.push(piece);
     }
-    out.truncate(plain_size);
-    Ok(out)
+    let pool = BufferPool::global();
+    for p in pieces.iter_mut().filter_map(Option::take) {
+        pool.give(p);
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]
@@ -117,7 +139,7 @@ mod tests {
                 pieces[i] = None;
             }
             let back = decode(&coder, &enc.key, 3, size, &mut pieces).expect("decode");
-            assert_eq!(back, plain);
+            assert_eq!(back.concat(), plain);
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
+use loam_common::buffers::BufferPool;
 use loam_common::encryption::{self, Key};
 use loam_common::erasure::{ErasureCoder, RedundancyScheme};
 use loam_common::{KeyPair, pb};
@@ -24,7 +25,7 @@ pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 const SEAL_OVERHEAD: usize = 28;
 
 async fn read_full<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(max);
+    let mut buf = BufferPool::global().take(max);
     while buf.len() < max {
         let n = (&mut *r)
             .take((max - buf.len()) as u64)
@@ -161,11 +162,14 @@ impl Project {
     ) -> Result<(), UplinkError> {
         let plain_len = plain.len() as u64;
         let success = coder.scheme().success();
-        let enc: EncodedSegment =
-            tokio::task::spawn_blocking(move || segment::encode(&coder, index, &plain))
-                .await
-                .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?
-                .map_err(|e| UplinkError::Corrupt(e.to_string()))?;
+        let enc: EncodedSegment = tokio::task::spawn_blocking(move || {
+            let enc = segment::encode(&coder, index, &plain);
+            BufferPool::global().give(plain);
+            enc
+        })
+        .await
+        .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?
+        .map_err(|e| UplinkError::Corrupt(e.to_string()))?;
         let begin = match self
             .call(Req::BeginSegment(pb::BeginSegmentRequest {
                 stream_id: stream_id.clone(),
@@ -285,11 +289,13 @@ impl Project {
             let Some(segment) = pending.next().await else {
                 break;
             };
-            let data = segment?;
-            writer.write_all(&data).await?;
-            written += data.len() as u64;
-            if let Some(p) = &progress {
-                p(data.len() as u64);
+            for row in segment? {
+                writer.write_all(&row).await?;
+                written += row.len() as u64;
+                if let Some(p) = &progress {
+                    p(row.len() as u64);
+                }
+                BufferPool::global().give(row);
             }
         }
         writer.flush().await?;
@@ -309,7 +315,7 @@ impl Project {
         index: u32,
         obj_key: &Key,
         coders: &std::sync::Mutex<HashMap<String, Arc<ErasureCoder>>>,
-    ) -> Result<Vec<u8>, UplinkError> {
+    ) -> Result<Vec<Vec<u8>>, UplinkError> {
         let resp = match self
             .call(Req::DownloadSegment(pb::DownloadSegmentRequest {
                 bucket: bucket.to_string(),

@@ -138,7 +138,7 @@ impl Blobs for FileBlobs {
     ) -> std::io::Result<Vec<u8>> {
         let mut file = File::open(self.path(satellite, piece))?;
         file.seek(SeekFrom::Start(offset))?;
-        let mut buf = vec![0u8; len];
+        let mut buf = loam_common::buffers::BufferPool::global().zeroed(len);
         file.read_exact(&mut buf)?;
         Ok(buf)
     }

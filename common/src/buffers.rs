@@ -1,0 +1,130 @@
+//! A pool of large byte buffers.
+//!
+//! Pieces are megabytes each; a fresh allocation of that size is served by
+//! new pages from the kernel, which are zeroed on first touch — on the
+//! machines Loam was measured on, that page-fault cost was the largest
+//! single item of a download's CPU time. Buffers taken from the pool have
+//! their pages already in place. A [`Bytes`] made with [`BufferPool::freeze`]
+//! returns its buffer to the pool when the last reference drops (for
+//! example once QUIC has the data acknowledged).
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+
+pub struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+    /// Most bytes kept idle in the pool.
+    max_idle_bytes: usize,
+}
+
+/// Buffers smaller than this are not worth pooling.
+const MIN_POOLED: usize = 256 * 1024;
+
+impl BufferPool {
+    pub fn new(max_idle_bytes: usize) -> Self {
+        Self {
+            free: Mutex::new(Vec::new()),
+            max_idle_bytes,
+        }
+    }
+
+    /// The process-wide pool (512 MiB of idle buffers at most).
+    pub fn global() -> &'static Arc<BufferPool> {
+        static POOL: OnceLock<Arc<BufferPool>> = OnceLock::new();
+        POOL.get_or_init(|| Arc::new(BufferPool::new(512 << 20)))
+    }
+
+    /// An empty buffer with at least `capacity` bytes of capacity.
+    pub fn take(&self, capacity: usize) -> Vec<u8> {
+        if capacity >= MIN_POOLED {
+            let mut free = self.free.lock().expect("pool lock");
+            // Smallest idle buffer that fits.
+            let best = free
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= capacity)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            if let Some(i) = best {
+                let mut buf = free.swap_remove(i);
+                buf.clear();
+                return buf;
+            }
+        }
+        Vec::with_capacity(capacity)
+    }
+
+    /// A buffer of exactly `len` zero bytes.
+    pub fn zeroed(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.take(len);
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// Gives a buffer back for reuse.
+    pub fn give(&self, buf: Vec<u8>) {
+        if buf.capacity() < MIN_POOLED {
+            return;
+        }
+        let mut free = self.free.lock().expect("pool lock");
+        let idle: usize = free.iter().map(Vec::capacity).sum();
+        if idle + buf.capacity() <= self.max_idle_bytes {
+            free.push(buf);
+        }
+    }
+
+    /// Wraps `buf` in [`Bytes`] that return it to this pool when dropped.
+    pub fn freeze(self: &Arc<Self>, buf: Vec<u8>) -> Bytes {
+        Bytes::from_owner(Pooled {
+            buf,
+            pool: self.clone(),
+        })
+    }
+}
+
+struct Pooled {
+    buf: Vec<u8>,
+    pool: Arc<BufferPool>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buf));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_come_back_when_bytes_drop() {
+        let pool = Arc::new(BufferPool::new(4 << 20));
+        let mut buf = pool.take(1 << 20);
+        let ptr = buf.as_ptr();
+        buf.extend_from_slice(&[1u8; 1 << 20]);
+        let bytes = pool.freeze(buf);
+        let slice = bytes.slice(10..20);
+        drop(bytes);
+        assert_eq!(slice[0], 1);
+        drop(slice);
+        let again = pool.take(1 << 20);
+        assert_eq!(again.as_ptr(), ptr);
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn pool_keeps_at_most_its_limit() {
+        let pool = BufferPool::new(1 << 20);
+        pool.give(Vec::with_capacity(1 << 20));
+        pool.give(Vec::with_capacity(1 << 20));
+        assert_eq!(pool.free.lock().expect("lock").len(), 1);
+    }
+}
