@@ -82,6 +82,7 @@ pub struct BenchReport {
     pub quic_mbps: f64,
     pub upload_mbps: f64,
     pub download_mbps: f64,
+    pub sync_writes: bool,
 }
 
 impl BenchReport {
@@ -149,14 +150,7 @@ pub async fn run(
     )
     .await?;
     let result = async {
-        let mut config = loam_uplink::UplinkConfig::default();
-        if let Some(c) = std::env::var("LOAM_SEGCONC")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            config.segment_concurrency = c;
-        }
-        let project = Project::open_with(net.access.clone(), config)?;
+        let project = Project::open(net.access.clone())?;
         project.create_bucket("bench").await?;
         let started = Instant::now();
         project
@@ -181,5 +175,6 @@ pub async fn run(
         quic_mbps,
         upload_mbps,
         download_mbps,
+        sync_writes,
     })
 }

@@ -33,6 +33,11 @@ enum Command {
         /// Seconds between node check-ins.
         #[arg(long, default_value_t = 2.0)]
         checkin_interval: f64,
+        /// Make nodes fsync every piece before acknowledging it, as
+        /// production nodes do (off by default: all testnet nodes share
+        /// one disk).
+        #[arg(long)]
+        sync_writes: bool,
     },
     /// Start a fresh network, store and fetch a file, show what happened, stop.
     Demo {
@@ -52,10 +57,10 @@ enum Command {
         size_mib: usize,
         #[arg(long, default_value_t = 10)]
         nodes: usize,
-        /// Let nodes acknowledge pieces before they reach the disk (shows
-        /// what fsync costs on this machine).
+        /// Make nodes fsync every piece before acknowledging it, as
+        /// production nodes do (shows what that costs on a shared disk).
         #[arg(long)]
-        no_sync: bool,
+        sync_writes: bool,
     },
 }
 
@@ -76,10 +81,12 @@ async fn main() -> anyhow::Result<()> {
             nodes,
             redundancy,
             checkin_interval,
+            sync_writes,
         } => {
             let opts = NetworkOptions {
                 nodes,
                 redundancy,
+                sync_writes,
                 checkin_interval_secs: checkin_interval,
                 online_window_secs: (checkin_interval * 5.0).max(5.0),
                 ..Default::default()
@@ -107,11 +114,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench {
             size_mib,
             nodes,
-            no_sync,
+            sync_writes,
         } => {
             let dir = tempfile::tempdir()?;
             let report =
-                loam_testnet::bench::run(size_mib << 20, nodes, !no_sync, dir.path()).await?;
+                loam_testnet::bench::run(size_mib << 20, nodes, sync_writes, dir.path()).await?;
             report.print();
         }
     }

@@ -129,11 +129,13 @@ struct ObjectMeta {
     size: u64,
 }
 
-/// One project on one satellite, opened with an access grant.
+/// One project on one satellite, opened with an access grant. Clones share
+/// connections.
+#[derive(Clone)]
 pub struct Project {
     access: Access,
     endpoint: Endpoint,
-    satellite: Mutex<Option<quinn::Connection>>,
+    satellite: std::sync::Arc<Mutex<Option<quinn::Connection>>>,
     config: UplinkConfig,
 }
 
@@ -155,7 +157,7 @@ impl Project {
         Ok(Self {
             access,
             endpoint,
-            satellite: Mutex::new(None),
+            satellite: std::sync::Arc::new(Mutex::new(None)),
             config,
         })
     }

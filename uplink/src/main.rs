@@ -366,9 +366,10 @@ async fn copy(
                     path.push(base);
                 }
                 let tmp = path.with_extension("loam-partial");
-                let mut file = tokio::fs::File::create(&tmp)
-                    .await
-                    .with_context(|| format!("cannot create {}", tmp.display()))?;
+                let mut file = PageCacheFile(
+                    std::fs::File::create(&tmp)
+                        .with_context(|| format!("cannot create {}", tmp.display()))?,
+                );
                 let result = project
                     .download(&src.bucket, &src.key, &mut file, progress)
                     .await;
@@ -407,6 +408,38 @@ async fn copy(
         );
     }
     Ok(())
+}
+
+/// A file written directly from the async task. Downloads write whole
+/// rows (megabytes) that land in the page cache in a few milliseconds;
+/// `tokio::fs` would copy each into 2 MiB pieces and hop to a blocking
+/// thread for every one.
+struct PageCacheFile(std::fs::File);
+
+impl tokio::io::AsyncWrite for PageCacheFile {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::io::Write;
+        std::task::Poll::Ready(self.get_mut().0.write(buf))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::io::Write;
+        std::task::Poll::Ready(self.get_mut().0.flush())
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.poll_flush(cx)
+    }
 }
 
 #[tokio::main]

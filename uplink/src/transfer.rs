@@ -276,28 +276,53 @@ impl Project {
             }
             return Ok(data.len() as u64);
         }
-        let enc_key = info.encrypted_key.clone();
-        let coders: std::sync::Mutex<HashMap<String, Arc<ErasureCoder>>> = Default::default();
-        let mut pending = FuturesOrdered::new();
-        let mut next = 0u32;
-        let mut written = 0u64;
-        loop {
-            while next < info.segment_count && pending.len() < self.config.segment_concurrency {
-                pending.push_back(self.download_segment(bucket, &enc_key, next, &obj_key, &coders));
-                next += 1;
-            }
-            let Some(segment) = pending.next().await else {
-                break;
-            };
-            for row in segment? {
-                writer.write_all(&row).await?;
-                written += row.len() as u64;
-                if let Some(p) = &progress {
-                    p(row.len() as u64);
+        // Fetching runs in its own task so that it keeps going while this
+        // one is busy writing rows out.
+        let (tx, mut rx) = mpsc::channel::<Result<Vec<Vec<u8>>, UplinkError>>(1);
+        let fetcher = {
+            let (this, bucket, enc_key) =
+                (self.clone(), bucket.to_string(), info.encrypted_key.clone());
+            let count = info.segment_count;
+            tokio::spawn(async move {
+                let coders: std::sync::Mutex<HashMap<String, Arc<ErasureCoder>>> =
+                    Default::default();
+                let mut pending = FuturesOrdered::new();
+                let mut next = 0u32;
+                loop {
+                    while next < count && pending.len() < this.config.segment_concurrency {
+                        pending.push_back(
+                            this.download_segment(&bucket, &enc_key, next, &obj_key, &coders),
+                        );
+                        next += 1;
+                    }
+                    let Some(segment) = pending.next().await else {
+                        break;
+                    };
+                    let failed = segment.is_err();
+                    if tx.send(segment).await.is_err() || failed {
+                        break;
+                    }
                 }
-                BufferPool::global().give(row);
+            })
+        };
+        let mut written = 0u64;
+        let result = async {
+            while let Some(segment) = rx.recv().await {
+                for row in segment? {
+                    writer.write_all(&row).await?;
+                    written += row.len() as u64;
+                    if let Some(p) = &progress {
+                        p(row.len() as u64);
+                    }
+                    BufferPool::global().give(row);
+                }
             }
+            Ok::<(), UplinkError>(())
         }
+        .await;
+        drop(rx);
+        fetcher.abort();
+        result?;
         writer.flush().await?;
         if written != meta.size {
             return Err(UplinkError::Corrupt(format!(
@@ -316,46 +341,62 @@ impl Project {
         obj_key: &Key,
         coders: &std::sync::Mutex<HashMap<String, Arc<ErasureCoder>>>,
     ) -> Result<Vec<Vec<u8>>, UplinkError> {
-        let resp = match self
-            .call(Req::DownloadSegment(pb::DownloadSegmentRequest {
-                bucket: bucket.to_string(),
-                encrypted_key: enc_key.clone(),
-                index,
-            }))
-            .await?
-        {
-            Resp::DownloadSegment(r) => r,
-            _ => return Err(UplinkError::Unexpected),
-        };
-        let scheme = scheme_of(resp.redundancy.as_ref())?;
-        let coder = coders
-            .lock()
-            .expect("coder cache")
-            .entry(scheme.to_string())
-            .or_insert_with(|| Arc::new(ErasureCoder::new(scheme)))
-            .clone();
-        let meta = resp.meta.clone().ok_or(UplinkError::Unexpected)?;
-        let seg_key = encryption::open(obj_key, &meta.encrypted_key)
-            .ok()
-            .and_then(|k| Key::try_from(k.as_slice()).ok())
-            .ok_or_else(|| UplinkError::Corrupt("segment key does not decrypt".into()))?;
-        let piece_key = KeyPair::try_from(resp.piece_private_key.as_ref())
-            .map_err(|_| UplinkError::Unexpected)?;
-        let mut pieces = self
-            .fetch_pieces(
-                &resp.limits,
-                scheme,
-                meta.piece_size.max(0) as u64,
-                &piece_key,
-            )
-            .await?;
-        let plain_size = meta.plain_size.max(0) as usize;
-        tokio::task::spawn_blocking(move || {
-            segment::decode(&coder, &seg_key, index, plain_size, &mut pieces)
-        })
-        .await
-        .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?
-        .map_err(|e| UplinkError::Corrupt(e.to_string()))
+        // Data pieces are covered by the rows' AEAD tags, so the first try
+        // skips hashing them; if a row then fails to decrypt, the second try
+        // checks every piece against its committed hash and so routes
+        // around the corrupt one.
+        let mut attempt = 0;
+        loop {
+            let strict = attempt > 0;
+            let resp = match self
+                .call(Req::DownloadSegment(pb::DownloadSegmentRequest {
+                    bucket: bucket.to_string(),
+                    encrypted_key: enc_key.clone(),
+                    index,
+                }))
+                .await?
+            {
+                Resp::DownloadSegment(r) => r,
+                _ => return Err(UplinkError::Unexpected),
+            };
+            let scheme = scheme_of(resp.redundancy.as_ref())?;
+            let coder = coders
+                .lock()
+                .expect("coder cache")
+                .entry(scheme.to_string())
+                .or_insert_with(|| Arc::new(ErasureCoder::new(scheme)))
+                .clone();
+            let meta = resp.meta.clone().ok_or(UplinkError::Unexpected)?;
+            let seg_key = encryption::open(obj_key, &meta.encrypted_key)
+                .ok()
+                .and_then(|k| Key::try_from(k.as_slice()).ok())
+                .ok_or_else(|| UplinkError::Corrupt("segment key does not decrypt".into()))?;
+            let piece_key = KeyPair::try_from(resp.piece_private_key.as_ref())
+                .map_err(|_| UplinkError::Unexpected)?;
+            let mut pieces = self
+                .fetch_pieces(
+                    &resp.limits,
+                    scheme,
+                    meta.piece_size.max(0) as u64,
+                    &piece_key,
+                    strict,
+                )
+                .await?;
+            let plain_size = meta.plain_size.max(0) as usize;
+            let decoded = tokio::task::spawn_blocking(move || {
+                segment::decode(&coder, &seg_key, index, plain_size, &mut pieces)
+            })
+            .await
+            .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?;
+            match decoded {
+                Ok(rows) => return Ok(rows),
+                Err(segment::DecodeError::Crypto(e)) if !strict => {
+                    tracing::warn!(segment = index, error = %e, "segment failed to decrypt; fetching again with every piece verified");
+                    attempt += 1;
+                }
+                Err(e) => return Err(UplinkError::Corrupt(e.to_string())),
+            }
+        }
     }
 
     /// Fetches `k` pieces, data pieces first (no decoding needed), starting
@@ -366,6 +407,7 @@ impl Project {
         scheme: RedundancyScheme,
         piece_size: u64,
         piece_key: &KeyPair,
+        verify_all: bool,
     ) -> Result<Vec<Option<Vec<u8>>>, UplinkError> {
         let k = scheme.k();
         let mut order: Vec<&pb::AddressedOrderLimit> = limits
@@ -393,6 +435,7 @@ impl Project {
                     piece_size,
                     self.config.dial_timeout,
                     counter,
+                    verify_all || limit.piece_num as usize >= k,
                 )
                 .await;
                 (limit.piece_num as usize, r)
