@@ -218,6 +218,7 @@ impl Satellite {
         }
         quic.close();
         let _ = http_task.await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), quic.wait_idle()).await;
         Ok(())
     }
 }

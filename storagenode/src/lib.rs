@@ -213,6 +213,7 @@ impl StorageNode {
         }
         endpoint.close();
         let _ = tokio::join!(http_task, contact_task, prune_task);
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         Ok(())
     }
 }

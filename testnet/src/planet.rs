@@ -167,9 +167,19 @@ impl PlanetNode {
             self.config.listen = addr;
         }
         self.cancel = CancellationToken::new();
-        let node = StorageNode::new(&self.dir, self.identity.clone(), self.config.clone())
-            .await
-            .context("starting storage node")?;
+        // The old socket closes asynchronously after a stop: retry briefly.
+        let mut attempt = 0;
+        let node = loop {
+            match StorageNode::new(&self.dir, self.identity.clone(), self.config.clone()).await {
+                Ok(n) => break n,
+                Err(loam_storagenode::NodeError::Transport(e)) if attempt < 50 => {
+                    tracing::debug!(error = %e, "address still in use, retrying");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e).context("starting storage node"),
+            }
+        };
         self.addr = Some(node.addr());
         self.piecestore = Some(node.piecestore.clone());
         let contact = node.contact.clone();

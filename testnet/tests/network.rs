@@ -1,0 +1,272 @@
+//! End-to-end behaviour of the storage path on the in-process test network.
+
+use loam_common::access::Access;
+use loam_testnet::planet::{Planet, PlanetConfig};
+use loam_uplink::{Project, UplinkError};
+use rand::{RngCore, SeedableRng};
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+async fn download(project: &Project, bucket: &str, key: &str) -> Result<Vec<u8>, UplinkError> {
+    let mut out = Vec::new();
+    project.download(bucket, key, &mut out, None).await?;
+    Ok(out)
+}
+
+fn small_segments(c: &mut loam_satellite::Config) {
+    // Several segments without megabytes of test data.
+    c.max_segment_size = 256 * 1024;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_round_trip_across_segments_and_inline() -> anyhow::Result<()> {
+    let mut config = PlanetConfig::new(6);
+    config.reconfigure_satellite = Some(Box::new(small_segments));
+    let planet = Planet::start(config).await?;
+    let project = planet.project()?;
+    project.create_bucket("photos").await?;
+
+    let big = random_bytes(1_000_000, 1); // 4 segments
+    project
+        .upload(
+            "photos",
+            "2024/big.bin",
+            std::io::Cursor::new(big.clone()),
+            None,
+        )
+        .await?;
+    assert_eq!(download(&project, "photos", "2024/big.bin").await?, big);
+
+    let small = b"a few bytes stored inline".to_vec();
+    let item = project
+        .upload(
+            "photos",
+            "note.txt",
+            std::io::Cursor::new(small.clone()),
+            None,
+        )
+        .await?;
+    assert_eq!(item.segments, 0, "small objects are inline");
+    assert_eq!(download(&project, "photos", "note.txt").await?, small);
+
+    let empty = project
+        .upload("photos", "empty", std::io::Cursor::new(Vec::new()), None)
+        .await?;
+    assert_eq!(empty.size, 0);
+    assert!(download(&project, "photos", "empty").await?.is_empty());
+
+    // Overwrite replaces.
+    let other = random_bytes(300_000, 2);
+    project
+        .upload(
+            "photos",
+            "2024/big.bin",
+            std::io::Cursor::new(other.clone()),
+            None,
+        )
+        .await?;
+    assert_eq!(download(&project, "photos", "2024/big.bin").await?, other);
+    assert_eq!(project.stat("photos", "2024/big.bin").await?.size, 300_000);
+    planet.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_by_prefix_and_deleting() -> anyhow::Result<()> {
+    let planet = Planet::start(PlanetConfig::new(5)).await?;
+    let project = planet.project()?;
+    project.create_bucket("docs").await?;
+    for key in ["a/1.txt", "a/2.txt", "a/b/3.txt", "top.txt"] {
+        project
+            .upload(
+                "docs",
+                key,
+                std::io::Cursor::new(key.as_bytes().to_vec()),
+                None,
+            )
+            .await?;
+    }
+    let root: Vec<(String, bool)> = project
+        .list("docs", "", false)
+        .await?
+        .into_iter()
+        .map(|i| (i.key, i.is_prefix))
+        .collect();
+    assert_eq!(root.len(), 2);
+    assert!(root.contains(&("a/".to_string(), true)));
+    assert!(root.contains(&("top.txt".to_string(), false)));
+    let mut under_a: Vec<String> = project
+        .list("docs", "a/", false)
+        .await?
+        .into_iter()
+        .map(|i| i.key)
+        .collect();
+    under_a.sort();
+    assert_eq!(under_a, ["a/1.txt", "a/2.txt", "a/b/"]);
+    assert_eq!(project.list("docs", "", true).await?.len(), 4);
+
+    assert!(matches!(
+        project.delete_bucket("docs").await,
+        Err(UplinkError::BucketNotEmpty(_))
+    ));
+    for key in ["a/1.txt", "a/2.txt", "a/b/3.txt", "top.txt"] {
+        project.delete("docs", key).await?;
+    }
+    assert!(matches!(
+        project.delete("docs", "top.txt").await,
+        Err(UplinkError::ObjectNotFound(_))
+    ));
+    assert!(project.list("docs", "", true).await?.is_empty());
+    project.delete_bucket("docs").await?;
+    assert!(matches!(
+        project.bucket("docs").await,
+        Err(UplinkError::BucketNotFound(_))
+    ));
+    planet.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_errors_for_common_mistakes() -> anyhow::Result<()> {
+    let planet = Planet::start(PlanetConfig::new(5)).await?;
+    let project = planet.project()?;
+    assert!(matches!(
+        project
+            .upload("nope", "k", std::io::Cursor::new(vec![1u8; 10]), None)
+            .await,
+        Err(UplinkError::BucketNotFound(_))
+    ));
+    project.create_bucket("mine").await?;
+    assert!(matches!(
+        project.create_bucket("mine").await,
+        Err(UplinkError::BucketExists(_))
+    ));
+    assert!(matches!(
+        download(&project, "mine", "missing").await,
+        Err(UplinkError::ObjectNotFound(_))
+    ));
+
+    // Same API key, another passphrase: told so, not "not found".
+    let salt = planet
+        .satellite
+        .project_info(&planet.satellite.authenticate(&planet.access.api_key)?)?
+        .salt;
+    let wrong = Access::derive(
+        planet.access.satellite.clone(),
+        planet.access.api_key.clone(),
+        "not the passphrase",
+        &salt,
+    )?;
+    let intruder = Project::open(wrong)?;
+    assert!(matches!(
+        intruder.list("mine", "", true).await,
+        Err(UplinkError::WrongPassphrase(_))
+    ));
+
+    // An unknown API key is refused.
+    let mut forged = planet.access.clone();
+    forged.api_key = vec![7u8; 32];
+    assert!(Project::open(forged)?.list_buckets().await.is_err());
+    planet.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_few_nodes_is_reported() -> anyhow::Result<()> {
+    let mut config = PlanetConfig::new(3);
+    config.redundancy = "2/3/4/5".parse()?;
+    let planet = Planet::start(config).await?;
+    let project = planet.project()?;
+    project.create_bucket("b01").await?;
+    let err = project
+        .upload(
+            "b01",
+            "k",
+            std::io::Cursor::new(random_bytes(100_000, 3)),
+            None,
+        )
+        .await
+        .expect_err("3 nodes cannot hold 4 pieces");
+    assert!(matches!(err, UplinkError::TooFewNodes(_)), "{err}");
+    assert!(err.to_string().contains("need 4, found 3"), "{err}");
+    planet.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_survive_missing_nodes() -> anyhow::Result<()> {
+    let mut config = PlanetConfig::new(5);
+    config.reconfigure_satellite = Some(Box::new(small_segments));
+    let mut planet = Planet::start(config).await?;
+    let project = Project::open_with(
+        planet.access.clone(),
+        loam_uplink::UplinkConfig {
+            dial_timeout: std::time::Duration::from_millis(500),
+            hedge_after: std::time::Duration::from_millis(200),
+            ..Default::default()
+        },
+    )?;
+    project.create_bucket("keep").await?;
+    let data = random_bytes(700_000, 4);
+    project
+        .upload("keep", "obj", std::io::Cursor::new(data.clone()), None)
+        .await?;
+    // 2-of-5: any two nodes may go.
+    planet.stop_node(0).await;
+    planet.stop_node(2).await;
+    assert_eq!(download(&project, "keep", "obj").await?, data);
+    planet.restart_node(0).await?;
+    assert_eq!(download(&project, "keep", "obj").await?, data);
+    planet.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_piece_is_routed_around() -> anyhow::Result<()> {
+    let planet = Planet::start(PlanetConfig::new(5)).await?;
+    let project = planet.project()?;
+    project.create_bucket("rot").await?;
+    let data = random_bytes(200_000, 5);
+    project
+        .upload("rot", "obj", std::io::Cursor::new(data.clone()), None)
+        .await?;
+    // Flip a byte in every stored piece file of one node.
+    let mut flipped = 0;
+    for entry in walk(&planet.nodes[0].dir.join("storage/pieces")) {
+        let mut bytes = std::fs::read(&entry)?;
+        bytes[10] ^= 0xff;
+        std::fs::write(&entry, bytes)?;
+        flipped += 1;
+    }
+    if flipped == 0 {
+        // Node 0 got no piece (long tail); corrupt node 1 instead.
+        for entry in walk(&planet.nodes[1].dir.join("storage/pieces")) {
+            let mut bytes = std::fs::read(&entry)?;
+            bytes[10] ^= 0xff;
+            std::fs::write(&entry, bytes)?;
+        }
+    }
+    assert_eq!(download(&project, "rot", "obj").await?, data);
+    planet.shutdown().await;
+    Ok(())
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
