@@ -59,6 +59,9 @@ pub enum DbError {
     Corrupt(&'static str),
 }
 
+/// Key-value pairs returned by a scan.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One change in an atomic batch.
 pub enum Op {
     Put(Table, Vec<u8>, Vec<u8>),
@@ -78,7 +81,7 @@ pub trait Kv: Send + Sync + 'static {
         prefix: &[u8],
         start: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DbError>;
+    ) -> Result<Pairs, DbError>;
 
     fn put(&self, table: Table, key: Vec<u8>, value: Vec<u8>) -> Result<(), DbError> {
         self.write(vec![Op::Put(table, key, value)])
@@ -132,7 +135,7 @@ impl Kv for RocksKv {
         prefix: &[u8],
         start: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DbError> {
+    ) -> Result<Pairs, DbError> {
         let from = if start > prefix { start } else { prefix };
         let mut out = Vec::new();
         for item in self
@@ -149,10 +152,12 @@ impl Kv for RocksKv {
     }
 }
 
+type MemTables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
+
 /// In-memory tables for tests.
 #[derive(Default)]
 pub struct MemKv {
-    tables: RwLock<BTreeMap<(Table, Vec<u8>), Vec<u8>>>,
+    tables: RwLock<MemTables>,
 }
 
 impl Kv for MemKv {
@@ -186,7 +191,7 @@ impl Kv for MemKv {
         prefix: &[u8],
         start: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DbError> {
+    ) -> Result<Pairs, DbError> {
         let from = if start > prefix { start } else { prefix };
         let t = self.tables.read().expect("lock");
         Ok(t.range((table, from.to_vec())..)

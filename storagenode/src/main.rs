@@ -72,8 +72,10 @@ async fn main() -> anyhow::Result<()> {
             }
             let identity = Identity::generate(difficulty, |_| {});
             identity.save(&id_path)?;
-            let mut config = Config::default();
-            config.satellites = satellites;
+            let mut config = Config {
+                satellites,
+                ..Default::default()
+            };
             if let Some(l) = listen {
                 config.listen = l;
             }

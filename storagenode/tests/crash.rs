@@ -18,16 +18,33 @@ use loam_uplink::piece::{self, PieceError};
 use rand::{RngCore, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-fn start_node(dir: &Path) -> Child {
+/// A node process, killed when dropped (also when the test fails).
+struct NodeProcess(Child);
+
+impl NodeProcess {
+    fn sigkill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+fn start_node(dir: &Path) -> NodeProcess {
     let _ = std::fs::remove_file(dir.join("run/node.json"));
-    Command::new(env!("CARGO_BIN_EXE_storagenode"))
+    let child = Command::new(env!("CARGO_BIN_EXE_storagenode"))
         .args(["run", "--dir"])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start storagenode")
+        .expect("start storagenode");
+    NodeProcess(child)
 }
 
 fn limit(
@@ -172,8 +189,7 @@ async fn acknowledged_pieces_survive_sigkill() {
             acked.push(i);
         }
         if acked.len() == 10 {
-            child.kill().expect("SIGKILL");
-            child.wait().expect("reaped");
+            child.sigkill();
             break; // the rest are in flight to a dead node
         }
     }
@@ -234,7 +250,6 @@ async fn acknowledged_pieces_survive_sigkill() {
             Err(e) => panic!("piece {i}: {e}"),
         }
     }
-    child.kill().expect("stop node");
-    let _ = child.wait();
+    child.sigkill();
     cancel.cancel();
 }
