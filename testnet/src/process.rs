@@ -75,7 +75,8 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-fn binary(name: &str) -> anyhow::Result<PathBuf> {
+/// Path of one of Loam's binaries, next to the running one.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = bin_dir()?.join(name);
     if !path.exists() {
         bail!(
