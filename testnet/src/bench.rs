@@ -75,55 +75,65 @@ pub async fn quic_throughput(size: usize) -> anyhow::Result<f64> {
     Ok(mbps(sent, elapsed))
 }
 
+/// Median of a non-empty list.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Figures of one `testnet bench` run: every list has one value per round.
 pub struct BenchReport {
     pub size: usize,
     pub scheme: RedundancyScheme,
-    pub pipeline_mbps: f64,
-    pub quic_mbps: f64,
-    pub upload_mbps: f64,
-    pub download_mbps: f64,
     pub sync_writes: bool,
+    pub pipeline_mbps: Vec<f64>,
+    pub quic_mbps: Vec<f64>,
+    pub upload_mbps: Vec<f64>,
+    pub download_mbps: Vec<f64>,
 }
 
 impl BenchReport {
     pub fn print(&self) {
         let k_over_n = self.scheme.k() as f64 / self.scheme.total() as f64;
+        let line = |name: &str, v: &[f64]| {
+            let list: Vec<String> = v.iter().map(|x| format!("{x:.0}")).collect();
+            println!(
+                "{name:<38} {:8.1} MB/s   (runs: {})",
+                median(v.to_vec()),
+                list.join(", ")
+            );
+        };
         println!(
-            "object size                          {} MiB, scheme {}",
+            "object {} MiB, scheme {}, node fsync {}, {} rounds (median first)",
             self.size >> 20,
-            self.scheme
+            self.scheme,
+            if self.sync_writes { "on" } else { "off" },
+            self.upload_mbps.len()
+        );
+        line("client pipeline (encrypt+RS+hash)", &self.pipeline_mbps);
+        line("bare QUIC, one loopback stream", &self.quic_mbps);
+        line("upload", &self.upload_mbps);
+        line("download", &self.download_mbps);
+        let (up, down, quic) = (
+            median(self.upload_mbps.clone()),
+            median(self.download_mbps.clone()),
+            median(self.quic_mbps.clone()),
         );
         println!(
-            "client pipeline (encrypt+RS+hash)    {:8.1} MB/s",
-            self.pipeline_mbps
+            "{:<38} {:8.2}",
+            "upload / (QUIC x k/total)",
+            up / (quic * k_over_n)
         );
-        println!(
-            "bare QUIC, one loopback stream       {:8.1} MB/s",
-            self.quic_mbps
-        );
-        println!(
-            "upload                               {:8.1} MB/s",
-            self.upload_mbps
-        );
-        println!(
-            "download                             {:8.1} MB/s",
-            self.download_mbps
-        );
-        println!(
-            "upload / (QUIC x k/total)            {:8.2}",
-            self.upload_mbps / (self.quic_mbps * k_over_n)
-        );
-        println!(
-            "download / QUIC                      {:8.2}",
-            self.download_mbps / self.quic_mbps
-        );
+        println!("{:<38} {:8.2}", "download / QUIC", down / quic);
     }
 }
 
+/// Measures everything `rounds` times on one network.
 pub async fn run(
     size: usize,
     nodes: usize,
     sync_writes: bool,
+    rounds: usize,
     dir: &std::path::Path,
 ) -> anyhow::Result<BenchReport> {
     let scheme = RedundancyScheme::new(4, 6, 8, 10)?;
@@ -134,11 +144,23 @@ pub async fn run(
         rng.fill_bytes(&mut v);
         v
     };
-    let pipeline_mbps = {
-        let d = data.clone();
-        tokio::task::spawn_blocking(move || pipeline_throughput(&d, scheme)).await?
+    let mut report = BenchReport {
+        size,
+        scheme,
+        sync_writes,
+        pipeline_mbps: Vec::new(),
+        quic_mbps: Vec::new(),
+        upload_mbps: Vec::new(),
+        download_mbps: Vec::new(),
     };
-    let quic_mbps = quic_throughput(size).await?;
+    let data = std::sync::Arc::new(data);
+    for _ in 0..rounds.max(1) {
+        let d = data.clone();
+        report
+            .pipeline_mbps
+            .push(tokio::task::spawn_blocking(move || pipeline_throughput(&d, scheme)).await?);
+        report.quic_mbps.push(quic_throughput(size).await?);
+    }
     let net = ProcessNetwork::start(
         dir,
         &NetworkOptions {
@@ -152,29 +174,25 @@ pub async fn run(
     let result = async {
         let project = Project::open(net.access.clone())?;
         project.create_bucket("bench").await?;
-        let started = Instant::now();
-        project
-            .upload("bench", "object", std::io::Cursor::new(data.clone()), None)
-            .await?;
-        let upload_mbps = mbps(size, started.elapsed());
         let mut out = Vec::with_capacity(size);
-        let started = Instant::now();
-        project.download("bench", "object", &mut out, None).await?;
-        let download_mbps = mbps(size, started.elapsed());
-        anyhow::ensure!(out == data, "downloaded object differs");
+        for round in 0..rounds.max(1) {
+            let key = format!("object-{round}");
+            let started = Instant::now();
+            project
+                .upload("bench", &key, std::io::Cursor::new(data.to_vec()), None)
+                .await?;
+            report.upload_mbps.push(mbps(size, started.elapsed()));
+            out.clear();
+            let started = Instant::now();
+            project.download("bench", &key, &mut out, None).await?;
+            report.download_mbps.push(mbps(size, started.elapsed()));
+            anyhow::ensure!(out[..] == data[..], "downloaded object differs");
+        }
         project.close().await;
-        anyhow::Ok((upload_mbps, download_mbps))
+        anyhow::Ok(())
     }
     .await;
     net.stop().await;
-    let (upload_mbps, download_mbps) = result?;
-    Ok(BenchReport {
-        size,
-        scheme,
-        pipeline_mbps,
-        quic_mbps,
-        upload_mbps,
-        download_mbps,
-        sync_writes,
-    })
+    result?;
+    Ok(report)
 }

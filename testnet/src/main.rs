@@ -61,6 +61,9 @@ enum Command {
         /// production nodes do (shows what that costs on a shared disk).
         #[arg(long)]
         sync_writes: bool,
+        /// Rounds of each measurement; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
 }
 
@@ -115,10 +118,12 @@ async fn main() -> anyhow::Result<()> {
             size_mib,
             nodes,
             sync_writes,
+            rounds,
         } => {
             let dir = tempfile::tempdir()?;
             let report =
-                loam_testnet::bench::run(size_mib << 20, nodes, sync_writes, dir.path()).await?;
+                loam_testnet::bench::run(size_mib << 20, nodes, sync_writes, rounds, dir.path())
+                    .await?;
             report.print();
         }
     }
