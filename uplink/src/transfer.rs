@@ -162,6 +162,7 @@ impl Project {
     ) -> Result<(), UplinkError> {
         let plain_len = plain.len() as u64;
         let success = coder.scheme().success();
+        let t0 = Instant::now();
         let enc: EncodedSegment = tokio::task::spawn_blocking(move || {
             let enc = segment::encode(&coder, index, &plain);
             BufferPool::global().give(plain);
@@ -170,6 +171,7 @@ impl Project {
         .await
         .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?
         .map_err(|e| UplinkError::Corrupt(e.to_string()))?;
+        let encoded = t0.elapsed();
         let begin = match self
             .call(Req::BeginSegment(pb::BeginSegmentRequest {
                 stream_id: stream_id.clone(),
@@ -225,6 +227,7 @@ impl Project {
             }
         }
         drop(uploads);
+        let uploaded = t0.elapsed();
         if stored.len() < success {
             return Err(UplinkError::UploadFailed {
                 stored: stored.len(),
@@ -246,6 +249,13 @@ impl Project {
             root_piece_id: begin.root_piece_id,
         }))
         .await?;
+        tracing::debug!(
+            segment = index,
+            encode_ms = encoded.as_millis() as u64,
+            pieces_ms = (uploaded - encoded).as_millis() as u64,
+            commit_ms = (t0.elapsed() - uploaded).as_millis() as u64,
+            "segment stored"
+        );
         if let Some(p) = &progress {
             p(plain_len);
         }
