@@ -181,23 +181,29 @@ impl ErasureCoder {
     /// Like [`ErasureCoder::encode`], writing into `parity` (one buffer
     /// per parity piece, each as long as a row).
     pub fn encode_into(&self, rows: &[&[u8]], parity: &mut [Vec<u8>]) -> Result<(), ErasureError> {
-        if rows.len() != self.scheme.k() {
+        let mut par: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
+        self.encode_slices(rows, &mut par)
+    }
+
+    /// Parity of a column range: `rows` and `parity` are equally long
+    /// slices of the data and parity pieces (so callers can split the
+    /// columns of a segment between threads).
+    /// Sub-stripe width; column splits should be multiples of it.
+    pub const SUB_STRIPE: usize = SUB_STRIPE;
+
+    pub fn encode_slices(
+        &self,
+        rows: &[&[u8]],
+        parity: &mut [&mut [u8]],
+    ) -> Result<(), ErasureError> {
+        let len = rows.first().map_or(0, |r| r.len());
+        if rows.len() != self.scheme.k() || parity.len() != self.scheme.parity() {
             return Err(ErasureError::PieceCount {
-                expected: self.scheme.k(),
-                got: rows.len(),
+                expected: self.scheme.total(),
+                got: rows.len() + parity.len(),
             });
         }
-        let len = rows[0].len();
-        if rows.iter().any(|r| r.len() != len) {
-            return Err(ErasureError::UnevenPieces);
-        }
-        if parity.len() != self.scheme.parity() {
-            return Err(ErasureError::PieceCount {
-                expected: self.scheme.parity(),
-                got: parity.len(),
-            });
-        }
-        if parity.iter().any(|p| p.len() != len) {
+        if rows.iter().any(|r| r.len() != len) || parity.iter().any(|p| p.len() != len) {
             return Err(ErasureError::UnevenPieces);
         }
         let mut start = 0;

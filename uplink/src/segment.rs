@@ -22,53 +22,122 @@ pub fn row_len(plain_size: usize, k: usize) -> usize {
     plain_size.div_ceil(k).max(1)
 }
 
-/// Encrypts and erasure-codes one segment.
+/// Threads used to encode or decode one segment.
+fn threads(work_items: usize) -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4)
+        .min(work_items)
+        .max(1)
+}
+
+/// Runs `f` on disjoint chunks of `items`, one scoped thread per chunk.
+fn par_chunks<T: Send>(items: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
+    let n = threads(items.len());
+    let per = items.len().div_ceil(n).max(1);
+    std::thread::scope(|s| {
+        for (c, chunk) in items.chunks_mut(per).enumerate() {
+            let f = &f;
+            s.spawn(move || f(c * per, chunk));
+        }
+    });
+}
+
+/// Encrypts and erasure-codes one segment, using every core: rows are
+/// encrypted in parallel, then the parity columns are split between
+/// threads, then pieces are hashed in parallel.
 pub fn encode(
     coder: &ErasureCoder,
     segment_index: u32,
     plain: &[u8],
 ) -> Result<EncodedSegment, ErasureError> {
     let pool = BufferPool::global();
-    let k = coder.scheme().k();
+    let scheme = coder.scheme();
+    let k = scheme.k();
     let key = Key::random();
     let row = row_len(plain.len(), k);
     let enc_row = encryption::encrypted_len(row);
-    let mut padded = Vec::new();
-    let mut rows: Vec<Vec<u8>> = Vec::with_capacity(k);
-    for i in 0..k {
-        let start = (i * row).min(plain.len());
-        let end = ((i + 1) * row).min(plain.len());
-        let src = if end - start == row {
-            &plain[start..end]
-        } else {
-            padded.clear();
-            padded.extend_from_slice(&plain[start..end]);
-            padded.resize(row, 0);
-            &padded[..]
-        };
-        let mut out = pool.take(enc_row);
-        encryption::encrypt_row(
-            &encryption::row_key(&key, i as u32),
-            segment_index,
-            src,
-            &mut out,
-        );
-        rows.push(out);
+
+    let mut rows: Vec<Vec<u8>> = (0..k).map(|_| pool.take(enc_row)).collect();
+    par_chunks(&mut rows, |first, chunk| {
+        let mut padded = Vec::new();
+        for (j, out) in chunk.iter_mut().enumerate() {
+            let i = first + j;
+            let start = (i * row).min(plain.len());
+            let end = ((i + 1) * row).min(plain.len());
+            let src = if end - start == row {
+                &plain[start..end]
+            } else {
+                padded.clear();
+                padded.extend_from_slice(&plain[start..end]);
+                padded.resize(row, 0);
+                &padded[..]
+            };
+            encryption::encrypt_row(
+                &encryption::row_key(&key, i as u32),
+                segment_index,
+                src,
+                out,
+            );
+        }
+    });
+
+    let mut parity: Vec<Vec<u8>> = (0..scheme.parity()).map(|_| pool.take(enc_row)).collect();
+    par_chunks(&mut parity, |_, chunk| {
+        for p in chunk {
+            p.resize(enc_row, 0);
+        }
+    });
+    {
+        // Column ranges, whole sub-stripes each.
+        let n = threads(enc_row.div_ceil(ErasureCoder::SUB_STRIPE));
+        let width =
+            enc_row.div_ceil(n).div_ceil(ErasureCoder::SUB_STRIPE) * ErasureCoder::SUB_STRIPE;
+        let mut columns: Vec<Vec<&mut [u8]>> = (0..n).map(|_| Vec::new()).collect();
+        for p in parity.iter_mut() {
+            for (c, part) in p.chunks_mut(width.max(1)).enumerate() {
+                columns[c].push(part);
+            }
+        }
+        let results: Vec<Result<(), ErasureError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = columns
+                .into_iter()
+                .enumerate()
+                .map(|(c, mut par)| {
+                    let rows = &rows;
+                    s.spawn(move || {
+                        let start = c * width;
+                        let end = (start + width).min(enc_row);
+                        let data: Vec<&[u8]> = rows.iter().map(|r| &r[start..end]).collect();
+                        coder.encode_slices(&data, &mut par)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(Err(ErasureError::UnevenPieces)))
+                .collect()
+        });
+        for r in results {
+            r?;
+        }
     }
-    let refs: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
-    let mut parity: Vec<Vec<u8>> = (0..coder.scheme().parity())
-        .map(|_| pool.zeroed(enc_row))
-        .collect();
-    coder.encode_into(&refs, &mut parity)?;
-    let pieces: Vec<Bytes> = rows
+
+    let mut all: Vec<(Vec<u8>, [u8; 32])> = rows
         .into_iter()
         .chain(parity)
-        .map(|b| pool.freeze(b))
+        .map(|b| (b, [0u8; 32]))
         .collect();
-    let hashes = pieces.iter().map(|p| *blake3::hash(p).as_bytes()).collect();
+    par_chunks(&mut all, |_, chunk| {
+        for (piece, hash) in chunk {
+            *hash = *blake3::hash(piece).as_bytes();
+        }
+    });
+    let hashes = all.iter().map(|(_, h)| *h).collect();
+    let pieces: Vec<Bytes> = all.into_iter().map(|(b, _)| pool.freeze(b)).collect();
     Ok(EncodedSegment {
         key,
-        piece_size: pieces[0].len(),
+        piece_size: enc_row,
         pieces,
         hashes,
         plain_size: plain.len(),
