@@ -356,6 +356,7 @@ impl Project {
         // checks every piece against its committed hash and so routes
         // around the corrupt one.
         let mut attempt = 0;
+        let t0 = Instant::now();
         loop {
             let strict = attempt > 0;
             let resp = match self
@@ -383,6 +384,7 @@ impl Project {
                 .ok_or_else(|| UplinkError::Corrupt("segment key does not decrypt".into()))?;
             let piece_key = KeyPair::try_from(resp.piece_private_key.as_ref())
                 .map_err(|_| UplinkError::Unexpected)?;
+            let asked = t0.elapsed();
             let mut pieces = self
                 .fetch_pieces(
                     &resp.limits,
@@ -393,13 +395,23 @@ impl Project {
                 )
                 .await?;
             let plain_size = meta.plain_size.max(0) as usize;
+            let fetched = t0.elapsed();
             let decoded = tokio::task::spawn_blocking(move || {
                 segment::decode(&coder, &seg_key, index, plain_size, &mut pieces)
             })
             .await
             .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?;
             match decoded {
-                Ok(rows) => return Ok(rows),
+                Ok(rows) => {
+                    tracing::debug!(
+                        segment = index,
+                        satellite_ms = asked.as_millis() as u64,
+                        pieces_ms = (fetched - asked).as_millis() as u64,
+                        decode_ms = (t0.elapsed() - fetched).as_millis() as u64,
+                        "segment fetched"
+                    );
+                    return Ok(rows);
+                }
                 Err(segment::DecodeError::Crypto(e)) if !strict => {
                     tracing::warn!(segment = index, error = %e, "segment failed to decrypt; fetching again with every piece verified");
                     attempt += 1;
