@@ -21,6 +21,7 @@
 pub mod access;
 pub mod buffers;
 pub mod chore;
+pub mod config;
 pub mod encryption;
 pub mod erasure;
 pub mod identity;

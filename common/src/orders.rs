@@ -357,6 +357,25 @@ impl Order {
     }
 }
 
+impl Order {
+    /// Verifies the next order of a transfer: as [`Order::verify`], and its
+    /// amount must not be below the `previous` one.
+    pub fn verify_after(
+        signed: &pb::SignedOrder,
+        limit: &OrderLimit,
+        previous: u64,
+    ) -> Result<Self, OrderError> {
+        let order = Self::verify(signed, limit)?;
+        if order.amount < previous {
+            return Err(OrderError::AmountDecreased {
+                previous,
+                amount: order.amount,
+            });
+        }
+        Ok(order)
+    }
+}
+
 /// A statement of a piece's content: signed by the uplink when it finishes
 /// an upload, and by the node when it has stored the piece.
 #[derive(Clone, Debug, PartialEq, Eq)]

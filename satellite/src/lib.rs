@@ -173,11 +173,7 @@ impl Satellite {
     }
 
     pub fn write_run_info(&self) -> std::io::Result<()> {
-        let path = self.dir.join(RunInfo::PATH);
-        std::fs::create_dir_all(path.parent().expect("run dir"))?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.run_info())?)?;
-        std::fs::rename(tmp, path)
+        loam_common::config::write_json_atomic(&self.dir.join(RunInfo::PATH), &self.run_info())
     }
 
     /// Serves until `cancel` fires.

@@ -149,7 +149,13 @@ async fn main() -> anyhow::Result<()> {
                 .context("cannot write run/satellite.json")?;
             tracing::info!(url = %sat.url(), "satellite running");
             let cancel = CancellationToken::new();
-            tokio::spawn(shutdown_on_signal(cancel.clone()));
+            {
+                let cancel = cancel.clone();
+                tokio::spawn(async move {
+                    telemetry::shutdown_signal().await;
+                    cancel.cancel();
+                });
+            }
             sat.run(cancel).await?;
         }
         Command::ApiKey {
@@ -213,16 +219,4 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn shutdown_on_signal(cancel: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    cancel.cancel();
 }

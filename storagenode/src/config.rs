@@ -2,7 +2,7 @@
 //! field documented with its default, overridable by command-line flags.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use loam_common::NodeUrl;
 use serde::{Deserialize, Serialize};
@@ -43,47 +43,23 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is not valid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
+pub use loam_common::config::ConfigError;
 
 impl Config {
     pub const FILE: &'static str = "config.toml";
 
     /// Loads `DIR/config.toml`, or the defaults when there is none.
     pub fn load(dir: &Path) -> Result<Self, ConfigError> {
-        let path = dir.join(Self::FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(ConfigError::Read { path, source }),
-        }
+        loam_common::config::load_toml(dir, Self::FILE)
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), ConfigError> {
-        let path = dir.join(Self::FILE);
-        let text = format!(
-            "# Loam storage node configuration. Every key is optional; the\n\
-             # comments in docs/operators.md list the defaults.\n{}",
-            toml::to_string_pretty(self).expect("config serializes")
-        );
-        std::fs::write(&path, text).map_err(|source| ConfigError::Write { path, source })
+        loam_common::config::save_toml(
+            self,
+            dir,
+            Self::FILE,
+            "# Loam storage node configuration. Every key is optional; docs/operators.md\n# lists the defaults.\n",
+        )
     }
 }
 

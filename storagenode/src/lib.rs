@@ -139,11 +139,7 @@ impl StorageNode {
 
     /// Writes `DIR/run/node.json` atomically.
     pub fn write_run_info(&self) -> std::io::Result<()> {
-        let run = self.dir.join("run");
-        std::fs::create_dir_all(&run)?;
-        let tmp = run.join("node.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.run_info())?)?;
-        std::fs::rename(tmp, run.join("node.json"))
+        loam_common::config::write_json_atomic(&self.dir.join("run/node.json"), &self.run_info())
     }
 
     /// Runs every subsystem until `cancel` fires.

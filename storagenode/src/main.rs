@@ -99,21 +99,15 @@ async fn main() -> anyhow::Result<()> {
                 .context("cannot write run/node.json")?;
             tracing::info!(id = %node.id(), addr = %node.addr(), "storage node running");
             let cancel = CancellationToken::new();
-            tokio::spawn(shutdown_on_signal(cancel.clone()));
+            {
+                let cancel = cancel.clone();
+                tokio::spawn(async move {
+                    telemetry::shutdown_signal().await;
+                    cancel.cancel();
+                });
+            }
             node.run(cancel).await?;
         }
     }
     Ok(())
-}
-
-async fn shutdown_on_signal(cancel: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    cancel.cancel();
 }

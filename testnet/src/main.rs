@@ -67,14 +67,6 @@ enum Command {
     },
 }
 
-async fn wait_for_shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     loam_common::telemetry::init_logging_with_default("warn");
@@ -105,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
                 "try: uplink --access-file {} mb loam://demo",
                 net.dir.join("access").display()
             );
-            wait_for_shutdown().await;
+            loam_common::telemetry::shutdown_signal().await;
             net.stop().await;
             println!("stopped");
         }

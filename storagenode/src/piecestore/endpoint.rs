@@ -323,15 +323,7 @@ impl Piecestore {
                         .map_err(|_| OrderError::Malformed("upload message"))?;
                     match msg.message {
                         Some(pb::piece_upload_message::Message::Order(signed)) => {
-                            let order = Order::verify(&signed, &limit)?;
-                            if order.amount < ordered {
-                                return Err(OrderError::AmountDecreased {
-                                    previous: ordered,
-                                    amount: order.amount,
-                                }
-                                .into());
-                            }
-                            ordered = order.amount;
+                            ordered = Order::verify_after(&signed, &limit, ordered)?.amount;
                             last_order = Some(signed);
                         }
                         Some(pb::piece_upload_message::Message::Done(signed)) => {
@@ -489,15 +481,7 @@ impl Piecestore {
                         else {
                             return Err(PieceError::BadRequest("empty download message"));
                         };
-                        let order = Order::verify(&signed, &order_limit)?;
-                        if order.amount < amount {
-                            return Err(OrderError::AmountDecreased {
-                                previous: amount,
-                                amount: order.amount,
-                            }
-                            .into());
-                        }
-                        amount = order.amount;
+                        amount = Order::verify_after(&signed, &order_limit, amount)?.amount;
                         allowed_tx.send_replace((amount, Some(signed)));
                     }
                     Ok(Some(Frame::Data(_))) => {
