@@ -106,8 +106,9 @@ async fn uplink_cli_against_process_network() -> anyhow::Result<()> {
     assert!(fails(uplink(&access, &["rb", "loam://clitest"])).contains("not empty"));
     assert!(fails(uplink(&access, &["mb", "loam://Bad_Name"])).contains("invalid bucket name"));
 
-    // kill -9 of any 3 of 5 nodes: 2 pieces still rebuild every segment.
-    for p in net.storage_nodes().take(3) {
+    // kill -9 of 2 of 5 nodes: at least `success` = 4 pieces were stored,
+    // so at least k = 2 remain.
+    for p in net.storage_nodes().take(2) {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(p.pid as i32),
             nix::sys::signal::Signal::SIGKILL,
