@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod endpoint;
 pub mod metainfo;
+pub mod metrics_list;
 pub mod overlay;
 
 use std::net::SocketAddr;
@@ -183,6 +184,7 @@ impl Satellite {
             overlay: self.overlay.clone(),
             metainfo: self.metainfo.clone(),
         });
+        crate::metrics_list::describe(self.overlay.online_count(loam_common::orders::now_ms()));
         let router =
             telemetry::metrics_router().route("/health", axum::routing::get(|| async { "ok" }));
         let http_task = tokio::spawn(telemetry::serve_http(self.http, router, cancel.clone()));

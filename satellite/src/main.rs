@@ -175,6 +175,10 @@ async fn main() -> anyhow::Result<()> {
                 &key.salt,
             )?;
             println!("{}", access.serialize());
+            eprintln!(
+                "API key {} (for `uplink access create` with another passphrase)",
+                bs58::encode(&key.api_key).into_string()
+            );
         }
         Command::Nodes {
             command: NodesCommand::Ls { dir, output },

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod contact;
+pub mod metrics_list;
 pub mod piecestore;
 
 use std::net::SocketAddr;
@@ -149,8 +150,10 @@ impl StorageNode {
             piecestore,
             contact,
             http,
+            config,
             ..
         } = self;
+        crate::metrics_list::describe(piecestore.db().usage(), config.allocated_bytes);
         let router =
             telemetry::metrics_router().route("/health", axum::routing::get(|| async { "ok" }));
         let http_task = tokio::spawn(telemetry::serve_http(http, router, cancel.clone()));

@@ -1,0 +1,42 @@
+//! The metrics a satellite exports, described once at start-up.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram};
+
+pub fn describe(nodes_online: usize) {
+    // The recorder must exist before anything is described.
+    loam_common::telemetry::prometheus();
+    describe_counter!("loam_satellite_checkins_total", "Node check-ins accepted");
+    describe_gauge!(
+        "loam_satellite_nodes_online",
+        "Nodes that checked in within the online window"
+    );
+    describe_counter!(
+        "loam_satellite_order_limits_issued_total",
+        "Order limits signed, by action"
+    );
+    describe_counter!(
+        "loam_satellite_segments_committed_total",
+        "Segments committed"
+    );
+    describe_counter!(
+        "loam_satellite_objects_committed_total",
+        "Objects committed"
+    );
+    describe_counter!("loam_satellite_objects_deleted_total", "Objects deleted");
+    describe_counter!(
+        "loam_satellite_rpc_errors_total",
+        "Failed requests by method and error code"
+    );
+    describe_histogram!(
+        "loam_satellite_rpc_duration_seconds",
+        "Request handling time by method"
+    );
+    metrics::gauge!("loam_satellite_nodes_online").set(nodes_online as f64);
+    for name in [
+        "loam_satellite_segments_committed_total",
+        "loam_satellite_objects_committed_total",
+        "loam_satellite_objects_deleted_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+}
