@@ -118,6 +118,58 @@ async fn uplink_cli_against_process_network() -> anyhow::Result<()> {
     ok(uplink(&access, &["cp", "loam://clitest/dir/in.bin", out]));
     assert_eq!(std::fs::read(&out_path)?, data);
 
+    // Operator-made access, and the same API key with another passphrase.
+    let created = Command::new(binary("satellite")?)
+        .args([
+            "api-key",
+            "create",
+            "--project",
+            "cli",
+            "--passphrase",
+            "first",
+        ])
+        .arg("--dir")
+        .arg(net.dir.join("satellite"))
+        .output()?;
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let first = tmp.path().join("first");
+    std::fs::write(&first, &created.stdout)?;
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    let api_key = stderr
+        .split_whitespace()
+        .skip_while(|w| *w != "key")
+        .nth(1)
+        .expect("API key printed")
+        .to_string();
+    let satellite = net.access.satellite.to_string();
+    let second = Command::new(binary("uplink")?)
+        .args([
+            "access",
+            "create",
+            "--satellite",
+            &satellite,
+            "--api-key",
+            &api_key,
+            "--passphrase",
+            "second",
+        ])
+        .output()?;
+    let second_path = tmp.path().join("second");
+    std::fs::write(&second_path, ok(second).trim())?;
+    ok(uplink(&first, &["mb", "loam://shared"]));
+    assert!(
+        fails(uplink(&second_path, &["ls", "loam://shared"]))
+            .contains("wrong encryption passphrase")
+    );
+    assert!(
+        fails(uplink(&access, &["ls", "loam://shared"])).contains("not found"),
+        "other project"
+    );
+
     ok(uplink(&access, &["rm", "loam://clitest/dir/in.bin"]));
     assert!(!ok(uplink(&access, &["ls", "loam://clitest", "--recursive"])).contains("in.bin"));
     ok(uplink(&access, &["rb", "loam://clitest"]));
