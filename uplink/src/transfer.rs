@@ -21,6 +21,11 @@ use crate::{Item, ObjectMeta, Project, UplinkError, not_found_as, piece};
 /// Called with the number of plaintext bytes finished since the last call.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
+/// Sanity limits on what a satellite may claim before buffers are sized
+/// from it.
+const MAX_SEGMENT_SIZE: i64 = 1 << 30;
+const MAX_PIECE_SIZE: i64 = 1 << 30;
+
 /// Overhead of [`encryption::seal`] on inline data.
 const SEAL_OVERHEAD: usize = 28;
 
@@ -100,7 +105,7 @@ impl Project {
         let mut reading = true;
         loop {
             tokio::select! {
-                buf = rx.recv(), if reading && inflight.len() < self.config.segment_concurrency => {
+                buf = rx.recv(), if reading && inflight.len() < self.config.upload_concurrency => {
                     let Some(buf) = buf else {
                         reading = false;
                         continue;
@@ -299,7 +304,7 @@ impl Project {
                 let mut pending = FuturesOrdered::new();
                 let mut next = 0u32;
                 loop {
-                    while next < count && pending.len() < this.config.segment_concurrency {
+                    while next < count && pending.len() < this.config.download_concurrency {
                         pending.push_back(
                             this.download_segment(&bucket, &enc_key, next, &obj_key, &coders),
                         );
@@ -378,6 +383,14 @@ impl Project {
                 .or_insert_with(|| Arc::new(ErasureCoder::new(scheme)))
                 .clone();
             let meta = resp.meta.clone().ok_or(UplinkError::Unexpected)?;
+            if !(0..=MAX_PIECE_SIZE).contains(&meta.piece_size)
+                || !(0..=MAX_SEGMENT_SIZE).contains(&meta.plain_size)
+            {
+                return Err(UplinkError::Corrupt(format!(
+                    "segment metadata claims {} plaintext bytes in pieces of {} bytes",
+                    meta.plain_size, meta.piece_size
+                )));
+            }
             let seg_key = encryption::open(obj_key, &meta.encrypted_key)
                 .ok()
                 .and_then(|k| Key::try_from(k.as_slice()).ok())
