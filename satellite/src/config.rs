@@ -36,6 +36,9 @@ pub struct Config {
     pub distinct_subnets: bool,
     /// Seconds an order limit stays valid. Default 86400.
     pub order_expiration_secs: f64,
+    /// Uploads not committed within this many seconds are abandoned: their
+    /// metadata is deleted (their pieces become garbage). Default 86400.
+    pub pending_expiration_secs: f64,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             online_window_secs: 14400.0,
             distinct_subnets: true,
             order_expiration_secs: 86400.0,
+            pending_expiration_secs: 86400.0,
         }
     }
 }
@@ -87,7 +91,7 @@ mod tests {
             "listen = \"0.0.0.0:7777\"\nexternal_address = \"\"\nhttp_listen = \"127.0.0.1:10010\"\n\
              redundancy = \"29/35/80/110\"\nmax_segment_size = 67108864\nmax_inline_size = 4096\n\
              min_difficulty = 20\nonline_window_secs = 14400.0\ndistinct_subnets = true\n\
-             order_expiration_secs = 86400.0\n"
+             order_expiration_secs = 86400.0\npending_expiration_secs = 86400.0\n"
         );
         assert_eq!(
             toml::from_str::<Config>("").expect("empty"),

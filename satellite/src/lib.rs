@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use loam_common::chore::Cycle;
 use loam_common::transport::{self, Endpoint as QuicEndpoint, TransportConfig, TransportError};
 use loam_common::{Identity, NodeId, NodeUrl, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -70,6 +71,8 @@ pub struct Satellite {
     pub endpoint: QuicEndpoint,
     pub overlay: Arc<Overlay>,
     pub metainfo: Arc<Metainfo>,
+    /// Chore deleting uploads that were never committed.
+    pub abandoned_uploads: Arc<Cycle>,
     http: tokio::net::TcpListener,
     dir: PathBuf,
 }
@@ -108,6 +111,9 @@ impl Satellite {
                 max_segment_size: config.max_segment_size,
                 max_inline_size: config.max_inline_size,
                 order_expiration: Duration::from_secs_f64(config.order_expiration_secs.max(1.0)),
+                pending_expiration: Duration::from_secs_f64(
+                    config.pending_expiration_secs.max(1.0),
+                ),
             },
         ));
         let endpoint =
@@ -118,12 +124,16 @@ impl Satellite {
                 what: "cannot bind HTTP listener",
                 source,
             })?;
+        let abandoned_uploads = Arc::new(Cycle::new(Duration::from_secs_f64(
+            (config.pending_expiration_secs / 4.0).clamp(1.0, 3600.0),
+        )));
         Ok(Self {
             identity,
             config,
             endpoint,
             overlay,
             metainfo,
+            abandoned_uploads,
             http,
             dir: dir.to_path_buf(),
         })
@@ -188,6 +198,39 @@ impl Satellite {
         let router =
             telemetry::metrics_router().route("/health", axum::routing::get(|| async { "ok" }));
         let http_task = tokio::spawn(telemetry::serve_http(self.http, router, cancel.clone()));
+        let sweeper = {
+            let (cycle, metainfo, cancel) = (
+                self.abandoned_uploads.clone(),
+                self.metainfo.clone(),
+                cancel.clone(),
+            );
+            tokio::spawn(async move {
+                cycle
+                    .run(cancel, || {
+                        let metainfo = metainfo.clone();
+                        async move {
+                            let now = loam_common::orders::now_ms();
+                            match tokio::task::spawn_blocking(move || {
+                                metainfo.delete_abandoned_uploads(now)
+                            })
+                            .await
+                            {
+                                Ok(Ok(0)) => {}
+                                Ok(Ok(n)) => {
+                                    tracing::info!(uploads = n, "deleted abandoned uploads")
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::warn!(error = %e, "abandoned-upload sweep failed")
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "abandoned-upload sweep panicked")
+                                }
+                            }
+                        }
+                    })
+                    .await
+            })
+        };
         let quic = self.endpoint.clone();
         loop {
             tokio::select! {
@@ -215,7 +258,7 @@ impl Satellite {
             }
         }
         quic.close();
-        let _ = http_task.await;
+        let _ = tokio::join!(http_task, sweeper);
         let _ = tokio::time::timeout(Duration::from_secs(2), quic.wait_idle()).await;
         Ok(())
     }

@@ -86,6 +86,7 @@ pub struct MetainfoConfig {
     pub max_segment_size: u64,
     pub max_inline_size: u64,
     pub order_expiration: Duration,
+    pub pending_expiration: Duration,
 }
 
 pub struct Metainfo {
@@ -588,6 +589,35 @@ impl Metainfo {
             .collect())
     }
 
+    /// Deletes uploads begun before `now - pending_expiration` and never
+    /// committed, with every segment they committed. Returns how many.
+    pub fn delete_abandoned_uploads(&self, now_ms: i64) -> Result<usize, MetainfoError> {
+        let cutoff = now_ms - self.config.pending_expiration.as_millis() as i64;
+        let mut removed = 0;
+        for (stream_id, v) in self.kv.scan(Table::PendingObjects, b"", b"", usize::MAX)? {
+            let pending: pb::PendingObject = decode(&v, "pending object")?;
+            if pending.created_unix_ms > cutoff {
+                continue;
+            }
+            let mut ops = vec![Op::Delete(Table::PendingObjects, stream_id.clone())];
+            for table in [Table::PendingSegments, Table::Segments] {
+                ops.extend(
+                    self.kv
+                        .scan(table, &stream_id, b"", usize::MAX)?
+                        .into_iter()
+                        .map(|(k, _)| Op::Delete(table, k)),
+                );
+            }
+            self.kv.write(ops)?;
+            removed += 1;
+        }
+        if removed > 0 {
+            metrics::counter!("loam_satellite_abandoned_uploads_deleted_total")
+                .increment(removed as u64);
+        }
+        Ok(removed)
+    }
+
     // ------------------------------------------------------------ download
 
     fn object(
@@ -764,6 +794,71 @@ fn object_info(encrypted_key: Vec<u8>, rec: pb::ObjectRecord) -> pb::ObjectInfo 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn metainfo() -> Metainfo {
+        let kv: Arc<dyn Kv> = Arc::new(crate::db::MemKv::default());
+        let overlay = Arc::new(
+            Overlay::open(
+                kv.clone(),
+                crate::overlay::OverlayConfig {
+                    online_window: Duration::from_secs(60),
+                    distinct_subnets: false,
+                    min_difficulty: 0,
+                },
+            )
+            .expect("overlay"),
+        );
+        Metainfo::new(
+            kv,
+            overlay,
+            Identity::generate(0, |_| {}),
+            MetainfoConfig {
+                redundancy: "2/3/4/5".parse().expect("scheme"),
+                max_segment_size: 1 << 20,
+                max_inline_size: 4096,
+                order_expiration: Duration::from_secs(60),
+                pending_expiration: Duration::from_secs(3600),
+            },
+        )
+    }
+
+    #[test]
+    fn abandoned_uploads_are_deleted_after_expiry() {
+        let m = metainfo();
+        let (key, _, _) = m.create_api_key("p").expect("key");
+        let project = m.authenticate(&key).expect("auth");
+        m.create_bucket(
+            &project,
+            &pb::CreateBucketRequest {
+                name: "bkt".into(),
+                key_check: Default::default(),
+            },
+        )
+        .expect("bucket");
+        let begun = m
+            .begin_object(
+                &project,
+                &pb::BeginObjectRequest {
+                    bucket: "bkt".into(),
+                    encrypted_key: b"k".to_vec().into(),
+                },
+            )
+            .expect("begin");
+        let now = now_ms();
+        assert_eq!(m.delete_abandoned_uploads(now).expect("sweep"), 0);
+        assert_eq!(
+            m.delete_abandoned_uploads(now + 3_600_001).expect("sweep"),
+            1
+        );
+        let commit = m.commit_object(
+            &project,
+            &pb::CommitObjectRequest {
+                stream_id: begun.stream_id,
+                ..Default::default()
+            },
+        );
+        assert!(matches!(commit, Err(MetainfoError::UploadNotFound)));
+    }
 
     #[test]
     fn bucket_names_follow_s3_rules() {
