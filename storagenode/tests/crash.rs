@@ -179,7 +179,7 @@ async fn acknowledged_pieces_survive_sigkill() {
         );
         let (client, key, data) = (&client, &key, Bytes::copy_from_slice(data));
         uploads.push(async move {
-            let r = piece::upload(client, &l, key, data, hash, Duration::from_secs(5)).await;
+            let r = piece::upload(client, &l, key, data, hash, Duration::from_secs(5), None).await;
             (i, r)
         });
     }

@@ -110,6 +110,7 @@ impl Harness {
             Bytes::copy_from_slice(data),
             hash,
             Duration::from_secs(5),
+            None,
         )
         .await
     }

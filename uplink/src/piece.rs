@@ -67,7 +67,8 @@ async fn connect(
     Ok((id, conn))
 }
 
-/// Uploads one piece; returns the node-signed hash.
+/// Uploads one piece; returns the node-signed hash. `sent` counts the
+/// bytes handed to QUIC (for progress reporting).
 pub async fn upload(
     endpoint: &Endpoint,
     limit: &pb::AddressedOrderLimit,
@@ -75,9 +76,10 @@ pub async fn upload(
     data: Bytes,
     hash: [u8; 32],
     timeout: Duration,
+    sent: Option<&AtomicU64>,
 ) -> Result<pb::SignedPieceHash, PieceError> {
     let (id, conn) = connect(endpoint, limit, timeout).await?;
-    let result = upload_on(&conn, limit, piece_key, data, hash).await;
+    let result = upload_on(&conn, limit, piece_key, data, hash, sent).await;
     if matches!(result, Err(PieceError::Wire(WireError::Connection(_)))) {
         endpoint.forget(&id);
     }
@@ -90,6 +92,7 @@ async fn upload_on(
     piece_key: &KeyPair,
     data: Bytes,
     hash: [u8; 32],
+    sent_counter: Option<&AtomicU64>,
 ) -> Result<pb::SignedPieceHash, PieceError> {
     let signed_limit = addressed
         .limit
@@ -122,6 +125,9 @@ async fn upload_on(
                 })
                 .await?;
             writer.data(data.slice(sent..end)).await?;
+            if let Some(c) = sent_counter {
+                c.fetch_add((end - sent) as u64, Ordering::Relaxed);
+            }
             sent = end;
         }
         let done = PieceHash {

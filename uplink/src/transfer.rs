@@ -191,13 +191,25 @@ impl Project {
         };
         let piece_key = KeyPair::try_from(begin.piece_private_key.as_ref())
             .map_err(|_| UplinkError::Unexpected)?;
+        // Progress in plaintext bytes, from the piece bytes sent so far.
+        let sent = AtomicU64::new(0);
+        let all_piece_bytes = (enc.piece_size * begin.limits.len()).max(1) as u64;
+        let mut reported = 0u64;
+        let report = |reported: &mut u64, done: u64| {
+            if let Some(p) = &progress
+                && done > *reported
+            {
+                p(done - *reported);
+                *reported = done;
+            }
+        };
         let mut uploads = FuturesUnordered::new();
         for limit in &begin.limits {
             let num = limit.piece_num as usize;
             let (Some(data), Some(hash)) = (enc.pieces.get(num), enc.hashes.get(num)) else {
                 return Err(UplinkError::Unexpected);
             };
-            let (data, hash, key) = (data.clone(), *hash, &piece_key);
+            let (data, hash, key, sent) = (data.clone(), *hash, &piece_key, &sent);
             uploads.push(async move {
                 let r = piece::upload(
                     &self.endpoint,
@@ -206,6 +218,7 @@ impl Project {
                     data,
                     hash,
                     self.config.dial_timeout,
+                    Some(sent),
                 )
                 .await;
                 (limit, r)
@@ -213,7 +226,19 @@ impl Project {
         }
         let mut stored = Vec::new();
         let mut last_error = String::from("no nodes were offered");
-        while let Some((limit, result)) = uploads.next().await {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            let (limit, result) = tokio::select! {
+                next = uploads.next() => match next {
+                    Some(r) => r,
+                    None => break,
+                },
+                _ = tick.tick(), if progress.is_some() => {
+                    let done = (plain_len as u128 * sent.load(Ordering::Relaxed) as u128 / all_piece_bytes as u128) as u64;
+                    report(&mut reported, done.min(plain_len));
+                    continue;
+                }
+            };
             match result {
                 Ok(hash) => {
                     stored.push(pb::PieceResult {
@@ -261,9 +286,7 @@ impl Project {
             commit_ms = (t0.elapsed() - uploaded).as_millis() as u64,
             "segment stored"
         );
-        if let Some(p) = &progress {
-            p(plain_len);
-        }
+        report(&mut reported, plain_len);
         Ok(())
     }
 
