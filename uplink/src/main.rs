@@ -331,11 +331,10 @@ async fn copy(
                 if source == "-" {
                     (None, Box::new(tokio::io::stdin()))
                 } else {
-                    let file = tokio::fs::File::open(source)
-                        .await
+                    let file = std::fs::File::open(source)
                         .with_context(|| format!("cannot open {source}"))?;
-                    let len = file.metadata().await.ok().map(|m| m.len());
-                    (len, Box::new(file))
+                    let len = file.metadata().ok().map(|m| m.len());
+                    (len, Box::new(PageCacheFile(file)))
                 };
             let (bar, progress) = progress_bar(show, total);
             let item = project
@@ -410,11 +409,31 @@ async fn copy(
     Ok(())
 }
 
-/// A file written directly from the async task. Downloads write whole
-/// rows (megabytes) that land in the page cache in a few milliseconds;
-/// `tokio::fs` would copy each into 2 MiB pieces and hop to a blocking
-/// thread for every one.
+/// A file read or written directly from the async task. Transfers move
+/// megabytes per call, which the page cache serves in a few milliseconds;
+/// `tokio::fs` would copy each through a 2 MiB buffer and hop to a blocking
+/// thread for every piece of it. (Uploads read on their own task, so a slow
+/// disk delays only the next segment, not the transfers in flight.)
 struct PageCacheFile(std::fs::File);
+
+impl tokio::io::AsyncRead for PageCacheFile {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::io::Read;
+        // Bounded, so zero-initialising the target never costs more than
+        // the read itself.
+        let want = buf.remaining().min(8 << 20);
+        let n = match self.get_mut().0.read(buf.initialize_unfilled_to(want)) {
+            Ok(n) => n,
+            Err(e) => return std::task::Poll::Ready(Err(e)),
+        };
+        buf.advance(n);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
 
 impl tokio::io::AsyncWrite for PageCacheFile {
     fn poll_write(
