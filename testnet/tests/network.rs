@@ -40,6 +40,22 @@ async fn objects_round_trip_across_segments_and_inline() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(download(&project, "photos", "2024/big.bin").await?, big);
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("big.bin");
+    let n = project
+        .download_to_file(
+            "photos",
+            "2024/big.bin",
+            std::fs::File::create(&path)?,
+            None,
+        )
+        .await?;
+    assert_eq!(n, big.len() as u64);
+    assert_eq!(
+        std::fs::read(&path)?,
+        big,
+        "positional writes put every row in place"
+    );
 
     let small = b"a few bytes stored inline".to_vec();
     let item = project

@@ -365,14 +365,11 @@ async fn copy(
                     path.push(base);
                 }
                 let tmp = path.with_extension("loam-partial");
-                let mut file = PageCacheFile(
-                    std::fs::File::create(&tmp)
-                        .with_context(|| format!("cannot create {}", tmp.display()))?,
-                );
+                let file = std::fs::File::create(&tmp)
+                    .with_context(|| format!("cannot create {}", tmp.display()))?;
                 let result = project
-                    .download(&src.bucket, &src.key, &mut file, progress)
+                    .download_to_file(&src.bucket, &src.key, file, progress)
                     .await;
-                drop(file);
                 match result {
                     Ok(n) => {
                         tokio::fs::rename(&tmp, &path)
@@ -409,11 +406,11 @@ async fn copy(
     Ok(())
 }
 
-/// A file read or written directly from the async task. Transfers move
-/// megabytes per call, which the page cache serves in a few milliseconds;
-/// `tokio::fs` would copy each through a 2 MiB buffer and hop to a blocking
-/// thread for every piece of it. (Uploads read on their own task, so a slow
-/// disk delays only the next segment, not the transfers in flight.)
+/// A file read directly from the async task. Uploads read megabytes per
+/// call, which the page cache serves in a few milliseconds; `tokio::fs`
+/// would copy each through a 2 MiB buffer and hop to a blocking thread for
+/// every piece of it. (Uploads read on their own task, so a slow disk
+/// delays only the next segment, not the transfers in flight.)
 struct PageCacheFile(std::fs::File);
 
 impl tokio::io::AsyncRead for PageCacheFile {
@@ -432,32 +429,6 @@ impl tokio::io::AsyncRead for PageCacheFile {
         };
         buf.advance(n);
         std::task::Poll::Ready(Ok(()))
-    }
-}
-
-impl tokio::io::AsyncWrite for PageCacheFile {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        use std::io::Write;
-        std::task::Poll::Ready(self.get_mut().0.write(buf))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use std::io::Write;
-        std::task::Poll::Ready(self.get_mut().0.flush())
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.poll_flush(cx)
     }
 }
 

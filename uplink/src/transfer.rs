@@ -301,18 +301,45 @@ impl Project {
     where
         W: AsyncWrite + Unpin,
     {
+        self.download_into(bucket, key, StreamSink(writer), progress)
+            .await
+    }
+
+    /// Downloads `bucket/key` into `file` (from its start), writing the rows
+    /// of each segment at their offsets from several threads at once.
+    pub async fn download_to_file(
+        &self,
+        bucket: &str,
+        key: &str,
+        file: std::fs::File,
+        progress: Option<Progress>,
+    ) -> Result<u64, UplinkError> {
+        self.download_into(bucket, key, FileSink(Arc::new(file)), progress)
+            .await
+    }
+
+    async fn download_into(
+        &self,
+        bucket: &str,
+        key: &str,
+        mut sink: impl RowSink,
+        progress: Option<Progress>,
+    ) -> Result<u64, UplinkError> {
         let info = self.object_info(bucket, key).await?;
         let meta = self.decrypt_meta(bucket, key, &info)?;
         let obj_key = self.object_key(bucket, key);
+        let report = |n: u64| {
+            if let Some(p) = &progress {
+                p(n);
+            }
+        };
         if info.segment_count == 0 {
             let data = encryption::open(&obj_key, &info.inline_data)
                 .map_err(|_| UplinkError::Corrupt("inline data does not decrypt".into()))?;
-            writer.write_all(&data).await?;
-            writer.flush().await?;
-            if let Some(p) = &progress {
-                p(data.len() as u64);
-            }
-            return Ok(data.len() as u64);
+            let n = sink.write_rows(0, vec![data]).await?;
+            sink.finish().await?;
+            report(n);
+            return Ok(n);
         }
         // Fetching runs in its own task so that it keeps going while this
         // one is busy writing rows out.
@@ -346,14 +373,9 @@ impl Project {
         let mut written = 0u64;
         let result = async {
             while let Some(segment) = rx.recv().await {
-                for row in segment? {
-                    writer.write_all(&row).await?;
-                    written += row.len() as u64;
-                    if let Some(p) = &progress {
-                        p(row.len() as u64);
-                    }
-                    BufferPool::global().give(row);
-                }
+                let n = sink.write_rows(written, segment?).await?;
+                written += n;
+                report(n);
             }
             Ok::<(), UplinkError>(())
         }
@@ -361,7 +383,7 @@ impl Project {
         drop(rx);
         fetcher.abort();
         result?;
-        writer.flush().await?;
+        sink.finish().await?;
         if written != meta.size {
             return Err(UplinkError::Corrupt(format!(
                 "object has {written} bytes, its metadata says {}",
@@ -553,5 +575,75 @@ impl Project {
             });
         }
         Ok(pieces)
+    }
+}
+
+/// Where a download's rows go, in order; `offset` is where the first row
+/// of the batch starts in the object.
+trait RowSink {
+    /// Writes `rows` (consecutive) and returns their total length.
+    fn write_rows(
+        &mut self,
+        offset: u64,
+        rows: Vec<Vec<u8>>,
+    ) -> impl Future<Output = Result<u64, UplinkError>>;
+    fn finish(&mut self) -> impl Future<Output = Result<(), UplinkError>>;
+}
+
+/// Any byte stream (stdout, memory): rows one after another.
+struct StreamSink<'a, W>(&'a mut W);
+
+impl<W: AsyncWrite + Unpin> RowSink for StreamSink<'_, W> {
+    async fn write_rows(&mut self, _offset: u64, rows: Vec<Vec<u8>>) -> Result<u64, UplinkError> {
+        let mut n = 0;
+        for row in rows {
+            self.0.write_all(&row).await?;
+            n += row.len() as u64;
+            BufferPool::global().give(row);
+        }
+        Ok(n)
+    }
+
+    async fn finish(&mut self) -> Result<(), UplinkError> {
+        Ok(self.0.flush().await?)
+    }
+}
+
+/// A file: rows are written at their offsets, from several threads (the
+/// copy into the page cache is the single largest cost of a download).
+struct FileSink(Arc<std::fs::File>);
+
+impl RowSink for FileSink {
+    async fn write_rows(&mut self, offset: u64, rows: Vec<Vec<u8>>) -> Result<u64, UplinkError> {
+        let file = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut at = offset;
+            let mut jobs: Vec<(u64, Vec<u8>, std::io::Result<()>)> = Vec::with_capacity(rows.len());
+            for row in rows {
+                let len = row.len() as u64;
+                jobs.push((at, row, Ok(())));
+                at += len;
+            }
+            segment::par_chunks(&mut jobs, |_, chunk| {
+                for (at, row, result) in chunk {
+                    *result = file.write_all_at(row, *at);
+                }
+            });
+            let mut n = 0;
+            for (_, row, result) in jobs {
+                result?;
+                n += row.len() as u64;
+                BufferPool::global().give(row);
+            }
+            Ok::<u64, std::io::Error>(n)
+        })
+        .await
+        .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?
+        .map_err(UplinkError::Io)
+    }
+
+    async fn finish(&mut self) -> Result<(), UplinkError> {
+        Ok(())
     }
 }
