@@ -114,6 +114,15 @@ fn segment_key(stream: &[u8], index: u32) -> Vec<u8> {
     k
 }
 
+/// The redundancy an upload was begun with.
+fn pending_scheme(pending: &pb::PendingObject) -> Result<RedundancyScheme, DbError> {
+    pending
+        .redundancy
+        .as_ref()
+        .and_then(|r| RedundancyScheme::try_from(r).ok())
+        .ok_or(DbError::Corrupt("pending redundancy"))
+}
+
 fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M, MetainfoError> {
     M::decode(bytes).map_err(|_| MetainfoError::Db(DbError::Corrupt(what)))
 }
@@ -379,11 +388,7 @@ impl Metainfo {
         req: &pb::BeginSegmentRequest,
     ) -> Result<pb::BeginSegmentResponse, MetainfoError> {
         let pending = self.pending(project, &req.stream_id)?;
-        let scheme = pending
-            .redundancy
-            .as_ref()
-            .and_then(|r| RedundancyScheme::try_from(r).ok())
-            .ok_or(DbError::Corrupt("pending redundancy"))?;
+        let scheme = pending_scheme(&pending)?;
         let max_piece = loam_common::encryption::encrypted_len(
             (self.config.max_segment_size as usize).div_ceil(scheme.k()),
         ) as i64;
@@ -440,11 +445,7 @@ impl Metainfo {
         req: &pb::CommitSegmentRequest,
     ) -> Result<(), MetainfoError> {
         let pending = self.pending(project, &req.stream_id)?;
-        let scheme = pending
-            .redundancy
-            .as_ref()
-            .and_then(|r| RedundancyScheme::try_from(r).ok())
-            .ok_or(DbError::Corrupt("pending redundancy"))?;
+        let scheme = pending_scheme(&pending)?;
         let seg_key = segment_key(&req.stream_id, req.index);
         let v = self
             .kv
