@@ -15,6 +15,7 @@
 //! `CommitSegment` → … → `CommitObject`. A download reverses it from the
 //! first `k` pieces to arrive, hedging against slow or dead nodes.
 
+pub mod fetch;
 pub mod piece;
 pub mod segment;
 mod transfer;

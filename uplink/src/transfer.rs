@@ -15,6 +15,7 @@ use pb::satellite_response::Response as Resp;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::fetch::{FetchPlan, FetchStatus};
 use crate::segment::{self, EncodedSegment};
 use crate::{Item, ObjectMeta, Project, UplinkError, not_found_as, piece};
 
@@ -490,91 +491,71 @@ impl Project {
         verify_all: bool,
     ) -> Result<Vec<Option<Vec<u8>>>, UplinkError> {
         let k = scheme.k();
-        let mut order: Vec<&pb::AddressedOrderLimit> = limits
+        let mut candidates: Vec<&pb::AddressedOrderLimit> = limits
             .iter()
             .filter(|l| (l.piece_num as usize) < scheme.total())
             .collect();
-        order.sort_by_key(|l| l.piece_num);
-        let mut candidates = order.into_iter();
+        candidates.sort_by_key(|l| l.piece_num);
+        let mut plan = FetchPlan::new(candidates.len(), k, self.config.hedge_after);
         let mut pieces: Vec<Option<Vec<u8>>> = vec![None; scheme.total()];
-        let mut got = 0;
         let mut last_error = String::from("not enough pieces are on nodes that are online");
         let mut inflight = FuturesUnordered::new();
-        // (progress counter, last value seen, when it last moved)
-        let mut watch: Vec<(Arc<AtomicU64>, u64, Instant, bool)> = Vec::new();
-        let launch = |limit: &'_ pb::AddressedOrderLimit,
-                      watch: &mut Vec<(Arc<AtomicU64>, u64, Instant, bool)>| {
-            let counter = Arc::new(AtomicU64::new(0));
-            watch.push((counter.clone(), 0, Instant::now(), false));
-            let limit = limit.clone();
-            async move {
-                let r = piece::download(
-                    &self.endpoint,
-                    &limit,
-                    piece_key,
-                    piece_size,
-                    self.config.dial_timeout,
-                    counter,
-                    verify_all || limit.piece_num as usize >= k,
-                )
-                .await;
-                (limit.piece_num as usize, r)
-            }
-        };
-        for _ in 0..k {
-            match candidates.next() {
-                Some(l) => inflight.push(launch(l, &mut watch)),
-                None => break,
-            }
-        }
+        let mut counters: HashMap<usize, Arc<AtomicU64>> = HashMap::new();
         let mut tick = tokio::time::interval(self.config.hedge_after / 3);
-        while got < k {
+        loop {
+            while let Some(c) = plan.poll_start(Instant::now()) {
+                let counter = Arc::new(AtomicU64::new(0));
+                counters.insert(c, counter.clone());
+                let limit = candidates[c];
+                inflight.push(async move {
+                    let r = piece::download(
+                        &self.endpoint,
+                        limit,
+                        piece_key,
+                        piece_size,
+                        self.config.dial_timeout,
+                        counter,
+                        verify_all || limit.piece_num as usize >= k,
+                    )
+                    .await;
+                    (c, r)
+                });
+            }
+            match plan.status() {
+                FetchStatus::Complete => return Ok(pieces),
+                FetchStatus::Failed => {
+                    return Err(UplinkError::DownloadFailed {
+                        got: pieces.iter().flatten().count(),
+                        needed: k,
+                        last_error,
+                    });
+                }
+                FetchStatus::Running => {}
+            }
             tokio::select! {
-                done = inflight.next() => {
-                    let Some((num, result)) = done else { break };
+                Some((c, result)) = inflight.next() => {
+                    counters.remove(&c);
                     match result {
                         Ok(data) => {
-                            pieces[num] = Some(data);
-                            got += 1;
+                            pieces[candidates[c].piece_num as usize] = Some(data);
+                            plan.handle_done(c);
                         }
                         Err(e) => {
-                            tracing::debug!(piece = num, error = %e, "piece download failed");
+                            tracing::debug!(piece = candidates[c].piece_num, error = %e, "piece download failed");
                             last_error = e.to_string();
-                            if let Some(l) = candidates.next() {
-                                inflight.push(launch(l, &mut watch));
-                            }
+                            plan.handle_failed(c);
                         }
                     }
                 }
                 _ = tick.tick() => {
                     let now = Instant::now();
-                    let mut hedges = 0;
-                    for (counter, seen, moved, hedged) in watch.iter_mut() {
-                        let v = counter.load(Ordering::Relaxed);
-                        if v != *seen {
-                            *seen = v;
-                            *moved = now;
-                        } else if !*hedged && v < piece_size && now.duration_since(*moved) >= self.config.hedge_after {
-                            *hedged = true;
-                            hedges += 1;
-                        }
+                    for (c, counter) in &counters {
+                        plan.handle_progress(*c, counter.load(Ordering::Relaxed), now);
                     }
-                    for _ in 0..hedges {
-                        if let Some(l) = candidates.next() {
-                            inflight.push(launch(l, &mut watch));
-                        }
-                    }
+                    plan.handle_tick(now);
                 }
             }
         }
-        if got < k {
-            return Err(UplinkError::DownloadFailed {
-                got,
-                needed: k,
-                last_error,
-            });
-        }
-        Ok(pieces)
     }
 }
 
