@@ -142,14 +142,29 @@ async fn read_exact(recv: &mut RecvStream, buf: &mut [u8]) -> Result<(), WireErr
     })
 }
 
-/// Writes frames to the sending half of an RPC stream.
+/// Writes frames to the sending half of an RPC stream. Dropped before
+/// [`FrameWriter::finish`], it resets the stream, so an abandoned transfer
+/// (a cancelled long-tail upload) reads as cancelled on the other side
+/// rather than as a stream that ended early.
 pub struct FrameWriter {
     send: SendStream,
+    finished: bool,
+}
+
+impl Drop for FrameWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.send.reset(quinn::VarInt::from_u32(0));
+        }
+    }
 }
 
 impl FrameWriter {
     pub fn new(send: SendStream) -> Self {
-        Self { send }
+        Self {
+            send,
+            finished: false,
+        }
     }
 
     pub async fn message<M: prost::Message>(&mut self, msg: &M) -> Result<(), WireError> {
@@ -184,12 +199,14 @@ impl FrameWriter {
     }
 
     pub fn finish(&mut self) -> Result<(), WireError> {
+        self.finished = true;
         self.send.finish()?;
         Ok(())
     }
 
     /// Abandons the stream (the peer sees a reset).
     pub fn reset(&mut self, code: u32) {
+        self.finished = true;
         let _ = self.send.reset(quinn::VarInt::from_u32(code));
     }
 }
