@@ -447,13 +447,19 @@ impl Piecestore {
                 .into(),
             ));
         }
+        // Read ahead one chunk at a time, so the first bytes leave before
+        // the whole range is read from disk.
         let (blobs, sat, piece) = (self.blobs.clone(), limit.satellite_id, limit.piece_id);
-        let data =
-            tokio::task::spawn_blocking(move || blobs.read(&sat, &piece, offset, length as usize))
-                .await
-                .map_err(|e| early(PieceError::Io(std::io::Error::other(e))))?
-                .map_err(|e| early(e.into()))?;
-        let data: Bytes = loam_common::buffers::BufferPool::global().freeze(data);
+        let read = move |at: u64| {
+            let blobs = blobs.clone();
+            let len = (length - at).min(DOWNLOAD_CHUNK as u64) as usize;
+            tokio::task::spawn_blocking(move || {
+                blobs
+                    .read(&sat, &piece, offset + at, len)
+                    .map(|b| loam_common::buffers::BufferPool::global().freeze(b))
+            })
+        };
+        let mut next_read = Some(read(0));
         writer
             .message(&pb::PieceDownloadHeader {
                 result: Some(pb::piece_download_header::Result::Ok(pb::PieceDownloadOk {
@@ -494,6 +500,8 @@ impl Piecestore {
         };
         let send = async {
             let mut sent = 0u64;
+            let mut read_to = 0u64;
+            let mut buffered = Bytes::new();
             while sent < length {
                 let allowed = allowed_rx.borrow_and_update().0.min(length);
                 if sent >= allowed {
@@ -502,11 +510,21 @@ impl Piecestore {
                     }
                     continue;
                 }
-                let n = (allowed - sent).min(DOWNLOAD_CHUNK as u64);
-                writer
-                    .data(data.slice(sent as usize..(sent + n) as usize))
-                    .await?;
-                sent += n;
+                if buffered.is_empty() {
+                    let Some(pending) = next_read.take() else {
+                        break;
+                    };
+                    buffered = pending
+                        .await
+                        .map_err(|e| PieceError::Io(std::io::Error::other(e)))??;
+                    read_to += buffered.len() as u64;
+                    if read_to < length {
+                        next_read = Some(read(read_to));
+                    }
+                }
+                let n = (allowed - sent).min(buffered.len() as u64) as usize;
+                writer.data(buffered.split_to(n)).await?;
+                sent += n as u64;
             }
             Ok::<u64, PieceError>(sent)
         };
