@@ -184,7 +184,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let access = load_access(&cli)?;
     let project = Project::open(access)?;
     let result = execute(&project, cli.command).await;
+    let closing = std::time::Instant::now();
     project.close().await;
+    tracing::debug!(
+        close_ms = closing.elapsed().as_millis() as u64,
+        "connections closed"
+    );
     result
 }
 
@@ -352,6 +357,10 @@ async fn copy(
                 bail!("{source:?} names no object");
             }
             let item = project.stat(&src.bucket, &src.key).await?;
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "object found"
+            );
             let (bar, progress) = progress_bar(show && destination != "-", Some(item.size));
             let n = if destination == "-" {
                 let mut out = tokio::io::stdout();

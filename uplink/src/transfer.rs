@@ -374,7 +374,13 @@ impl Project {
         let mut written = 0u64;
         let result = async {
             while let Some(segment) = rx.recv().await {
+                let t = Instant::now();
                 let n = sink.write_rows(written, segment?).await?;
+                tracing::debug!(
+                    bytes = n,
+                    write_ms = t.elapsed().as_millis() as u64,
+                    "rows written"
+                );
                 written += n;
                 report(n);
             }
