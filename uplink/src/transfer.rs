@@ -315,7 +315,7 @@ impl Project {
         file: std::fs::File,
         progress: Option<Progress>,
     ) -> Result<u64, UplinkError> {
-        self.download_into(bucket, key, FileSink(Arc::new(file)), progress)
+        self.download_into(bucket, key, FileSink::new(file), progress)
             .await
     }
 
@@ -597,13 +597,42 @@ impl<W: AsyncWrite + Unpin> RowSink for StreamSink<'_, W> {
 }
 
 /// A file: rows are written at their offsets, from several threads (the
-/// copy into the page cache is the single largest cost of a download).
-struct FileSink(Arc<std::fs::File>);
+/// copy into the page cache is the single largest cost of a download, and
+/// its speed varies a lot with the kernel's memory state). Up to
+/// [`FileSink::IN_FLIGHT`] segments are being written at once while the next
+/// ones download; errors surface at the next write or at `finish`.
+struct FileSink {
+    file: Arc<std::fs::File>,
+    writes: std::collections::VecDeque<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl FileSink {
+    const IN_FLIGHT: usize = 2;
+
+    fn new(file: std::fs::File) -> Self {
+        Self {
+            file: Arc::new(file),
+            writes: Default::default(),
+        }
+    }
+
+    async fn wait_one(&mut self) -> Result<(), UplinkError> {
+        if let Some(w) = self.writes.pop_front() {
+            w.await
+                .map_err(|e| UplinkError::Io(std::io::Error::other(e)))??;
+        }
+        Ok(())
+    }
+}
 
 impl RowSink for FileSink {
     async fn write_rows(&mut self, offset: u64, rows: Vec<Vec<u8>>) -> Result<u64, UplinkError> {
-        let file = self.0.clone();
-        tokio::task::spawn_blocking(move || {
+        while self.writes.len() >= Self::IN_FLIGHT {
+            self.wait_one().await?;
+        }
+        let n: u64 = rows.iter().map(|r| r.len() as u64).sum();
+        let file = self.file.clone();
+        self.writes.push_back(tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
             let mut at = offset;
             let mut jobs: Vec<(u64, Vec<u8>, std::io::Result<()>)> = Vec::with_capacity(rows.len());
@@ -617,20 +646,19 @@ impl RowSink for FileSink {
                     *result = file.write_all_at(row, *at);
                 }
             });
-            let mut n = 0;
             for (_, row, result) in jobs {
                 result?;
-                n += row.len() as u64;
                 BufferPool::global().give(row);
             }
-            Ok::<u64, std::io::Error>(n)
-        })
-        .await
-        .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?
-        .map_err(UplinkError::Io)
+            Ok(())
+        }));
+        Ok(n)
     }
 
     async fn finish(&mut self) -> Result<(), UplinkError> {
+        while !self.writes.is_empty() {
+            self.wait_one().await?;
+        }
         Ok(())
     }
 }
