@@ -225,6 +225,20 @@ async fn run_demo(net: &ProcessNetwork, size_mib: usize) -> anyhow::Result<()> {
     for item in project.list("demo", "", true).await? {
         println!("  loam://demo/{}  {} bytes", item.key, item.size);
     }
+    let killed: Vec<String> = (0..4)
+        .map(|i| net.kill_storage_node(i).map(|id| id.short()))
+        .collect::<anyhow::Result<_>>()?;
+    println!("kill -9 of 4 storage nodes ({}) ...", killed.join(", "));
+    let t = Instant::now();
+    out.clear();
+    project
+        .download("demo", "random.bin", &mut out, None)
+        .await?;
+    anyhow::ensure!(out == blob, "download after the kills differs");
+    println!(
+        "random.bin still downloads byte-identical from the 6 left, in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     project.delete("demo", "random.bin").await?;
     project.delete("demo", "datasets/digits.csv").await?;
     project.delete_bucket("demo").await?;

@@ -260,6 +260,19 @@ impl ProcessNetwork {
         self.processes.iter().filter(|p| p.role == "storagenode")
     }
 
+    /// Kills storage node `i` with SIGKILL, as a crash or a pulled plug would.
+    pub fn kill_storage_node(&self, i: usize) -> anyhow::Result<NodeId> {
+        let p = self
+            .storage_nodes()
+            .nth(i)
+            .with_context(|| format!("there is no storage node {i}"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        Ok(p.node_id)
+    }
+
     /// Stops every process: SIGTERM, then SIGKILL after 5 s.
     pub async fn stop(mut self) {
         for child in &self.children {
