@@ -46,6 +46,19 @@ impl From<quinn::ConnectionError> for PieceError {
     }
 }
 
+/// The signed limit to send and what it says (the node checks the signature).
+fn decode_limit(
+    addressed: &pb::AddressedOrderLimit,
+) -> Result<(pb::SignedOrderLimit, OrderLimit), PieceError> {
+    let signed = addressed
+        .limit
+        .clone()
+        .ok_or(PieceError::BadAnswer("missing limit"))?;
+    let limit =
+        OrderLimit::decode_unverified(&signed).map_err(|_| PieceError::BadAnswer("bad limit"))?;
+    Ok((signed, limit))
+}
+
 fn target(limit: &pb::AddressedOrderLimit) -> Result<(NodeId, SocketAddr), PieceError> {
     let id = NodeId::try_from(limit.node_id.as_ref()).map_err(|_| PieceError::NodeId)?;
     let addr = limit
@@ -94,12 +107,7 @@ async fn upload_on(
     hash: [u8; 32],
     sent_counter: Option<&AtomicU64>,
 ) -> Result<pb::SignedPieceHash, PieceError> {
-    let signed_limit = addressed
-        .limit
-        .clone()
-        .ok_or(PieceError::BadAnswer("missing limit"))?;
-    let limit = OrderLimit::decode_unverified(&signed_limit)
-        .map_err(|_| PieceError::BadAnswer("bad limit"))?;
+    let (signed_limit, limit) = decode_limit(addressed)?;
     let (send, recv) = conn.open_bi().await?;
     let mut writer = FrameWriter::new(send);
     let mut reader = FrameReader::new(recv);
@@ -201,12 +209,7 @@ async fn download_on(
     size: u64,
     progress: &AtomicU64,
 ) -> Result<Vec<u8>, PieceError> {
-    let signed_limit = addressed
-        .limit
-        .clone()
-        .ok_or(PieceError::BadAnswer("missing limit"))?;
-    let limit = OrderLimit::decode_unverified(&signed_limit)
-        .map_err(|_| PieceError::BadAnswer("bad limit"))?;
+    let (signed_limit, limit) = decode_limit(addressed)?;
     let order = |amount: u64| {
         Order {
             serial: limit.serial,

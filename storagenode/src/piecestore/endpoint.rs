@@ -123,6 +123,22 @@ impl PieceError {
     }
 }
 
+/// Answers a stream whose request could not be read at all.
+async fn reject_request(err: PieceError, mut reader: FrameReader, mut writer: FrameWriter) {
+    metrics::counter!("loam_storagenode_requests_rejected_total", "reason" => err.reason())
+        .increment(1);
+    tracing::debug!(error = %err, "bad piece request");
+    let _ = writer
+        .message(&pb::PieceUploadResponse {
+            result: Some(pb::piece_upload_response::Result::Error(
+                (&err.remote()).into(),
+            )),
+        })
+        .await;
+    let _ = writer.finish();
+    reader.stop(1);
+}
+
 /// The piece-transfer endpoint of one storage node.
 pub struct Piecestore {
     identity: Identity,
@@ -166,39 +182,15 @@ impl Piecestore {
     /// they never affect other streams.
     pub async fn handle_stream(self: Arc<Self>, send: quinn::SendStream, recv: quinn::RecvStream) {
         let mut reader = FrameReader::with_max_message(recv, MAX_PIECE_MESSAGE);
-        let mut writer = FrameWriter::new(send);
+        let writer = FrameWriter::new(send);
         let request = match reader.message::<pb::PieceRequest>().await {
             Ok(r) => r.request,
-            Err(e) => {
-                let err = PieceError::from(e);
-                metrics::counter!("loam_storagenode_requests_rejected_total", "reason" => err.reason()).increment(1);
-                tracing::debug!(error = %err, "bad piece request");
-                let _ = writer
-                    .message(&pb::PieceUploadResponse {
-                        result: Some(pb::piece_upload_response::Result::Error(
-                            (&err.remote()).into(),
-                        )),
-                    })
-                    .await;
-                let _ = writer.finish();
-                reader.stop(1);
-                return;
-            }
+            Err(e) => return reject_request(PieceError::from(e), reader, writer).await,
         };
         match request {
             Some(Request::Upload(up)) => self.serve_upload(up, reader, writer).await,
             Some(Request::Download(down)) => self.serve_download(down, reader, writer).await,
-            None => {
-                let err = PieceError::BadRequest("empty request");
-                let _ = writer
-                    .message(&pb::PieceUploadResponse {
-                        result: Some(pb::piece_upload_response::Result::Error(
-                            (&err.remote()).into(),
-                        )),
-                    })
-                    .await;
-                let _ = writer.finish();
-            }
+            None => reject_request(PieceError::BadRequest("empty request"), reader, writer).await,
         }
     }
 
