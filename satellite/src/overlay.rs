@@ -105,6 +105,8 @@ pub struct Overlay {
     kv: Arc<dyn Kv>,
     config: OverlayConfig,
     nodes: RwLock<HashMap<NodeId, Node>>,
+    /// Bumped on every accepted check-in, so callers can await one.
+    checkins: tokio::sync::watch::Sender<u64>,
 }
 
 impl Overlay {
@@ -119,6 +121,7 @@ impl Overlay {
             kv,
             config,
             nodes: RwLock::new(nodes),
+            checkins: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -178,7 +181,16 @@ impl Overlay {
             .write()
             .expect("overlay lock")
             .insert(peer, node.clone());
+        self.checkins.send_modify(|n| *n += 1);
         Ok(node)
+    }
+
+    /// Resolves once `id` has checked in at or after `since_ms`.
+    pub async fn wait_for_check_in(&self, id: &NodeId, since_ms: i64) {
+        let mut rx = self.checkins.subscribe();
+        let _ = rx
+            .wait_for(|_| self.get(id).is_some_and(|n| n.last_seen_ms >= since_ms))
+            .await;
     }
 
     pub fn get(&self, id: &NodeId) -> Option<Node> {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -47,42 +47,39 @@ fn start_node(dir: &Path) -> NodeProcess {
     NodeProcess(child)
 }
 
-fn limit(
+/// A satellite-signed order limit for `data` as piece `piece_id` on `node`,
+/// addressed for the uplink, and the piece's hash.
+fn order_for(
     sat: &Identity,
     node: NodeId,
+    addr: std::net::SocketAddr,
     piece_id: PieceId,
     action: PieceAction,
-    max: u64,
+    data: &[u8],
     key: &KeyPair,
-) -> pb::SignedOrderLimit {
-    OrderLimit {
+) -> (pb::AddressedOrderLimit, [u8; 32]) {
+    let hash = *blake3::hash(data).as_bytes();
+    let signed = OrderLimit {
         serial: SerialNumber::random(),
         satellite_id: sat.id(),
         node_id: node,
         piece_id,
         action,
-        limit: max,
+        limit: data.len() as u64,
         piece_public_key: key.public(),
         created_ms: now_ms(),
         expires_ms: now_ms() + 60_000,
         piece_expires_ms: 0,
     }
-    .sign(sat)
-}
-
-fn addressed(
-    signed: pb::SignedOrderLimit,
-    node: NodeId,
-    addr: std::net::SocketAddr,
-    hash: [u8; 32],
-) -> pb::AddressedOrderLimit {
-    pb::AddressedOrderLimit {
+    .sign(sat);
+    let addressed = pb::AddressedOrderLimit {
         limit: Some(signed),
         address: addr.to_string(),
         node_id: node.as_bytes().to_vec().into(),
         piece_num: 0,
         piece_hash: hash.to_vec().into(),
-    }
+    };
+    (addressed, hash)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,23 +119,20 @@ async fn acknowledged_pieces_survive_sigkill() {
     .save(&node_dir)
     .expect("config");
 
+    // The node writes run/node.json before it starts, and checks in once
+    // it runs: the check-in is the readiness event.
     let wait = |since| {
         let overlay = overlay.clone();
         let dir = node_dir.clone();
         async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Ok(bytes) = std::fs::read(dir.join("run/node.json"))
-                    && let Ok(info) = serde_json::from_slice::<RunInfo>(&bytes)
-                    && overlay
-                        .get(&node_id)
-                        .is_some_and(|n| n.last_seen_ms >= since)
-                {
-                    return info;
-                }
-                assert!(Instant::now() < deadline, "node not ready within 30 s");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                overlay.wait_for_check_in(&node_id, since),
+            )
+            .await
+            .expect("node checked in within 30 s");
+            let bytes = std::fs::read(dir.join("run/node.json")).expect("run file");
+            serde_json::from_slice::<RunInfo>(&bytes).expect("run info")
         }
     };
 
@@ -163,19 +157,14 @@ async fn acknowledged_pieces_survive_sigkill() {
     let key = KeyPair::generate();
     let mut uploads = FuturesUnordered::new();
     for (i, (piece_id, data)) in pieces.iter().enumerate() {
-        let hash = *blake3::hash(data).as_bytes();
-        let l = addressed(
-            limit(
-                &sat_identity,
-                node_id,
-                *piece_id,
-                PieceAction::Put,
-                data.len() as u64,
-                &key,
-            ),
+        let (l, hash) = order_for(
+            &sat_identity,
             node_id,
             info.address,
-            hash,
+            *piece_id,
+            PieceAction::Put,
+            data,
+            &key,
         );
         let (client, key, data) = (&client, &key, Bytes::copy_from_slice(data));
         uploads.push(async move {
@@ -218,19 +207,14 @@ async fn acknowledged_pieces_survive_sigkill() {
     );
 
     for (i, (piece_id, data)) in pieces.iter().enumerate() {
-        let hash = *blake3::hash(data).as_bytes();
-        let l = addressed(
-            limit(
-                &sat_identity,
-                node_id,
-                *piece_id,
-                PieceAction::Get,
-                data.len() as u64,
-                &key,
-            ),
+        let (l, _) = order_for(
+            &sat_identity,
             node_id,
             info.address,
-            hash,
+            *piece_id,
+            PieceAction::Get,
+            data,
+            &key,
         );
         let got = piece::download(
             &client,

@@ -134,6 +134,34 @@ impl Harness {
         .await
     }
 
+    /// Starts an upload by hand: the limit, then one order for `amount`.
+    async fn start_upload(
+        &self,
+        limit: &OrderLimit,
+        key: &KeyPair,
+        amount: u64,
+    ) -> (FrameWriter, FrameReader) {
+        let (mut w, r) = self.raw_stream().await;
+        w.message(&pb::PieceRequest {
+            request: Some(pb::piece_request::Request::Upload(pb::PieceUploadRequest {
+                limit: Some(limit.sign(&self.satellite)),
+            })),
+        })
+        .await
+        .expect("send");
+        let order = Order {
+            serial: limit.serial,
+            amount,
+        }
+        .sign(key);
+        w.message(&pb::PieceUploadMessage {
+            message: Some(pb::piece_upload_message::Message::Order(order)),
+        })
+        .await
+        .expect("send");
+        (w, r)
+    }
+
     /// Opens a raw stream for hand-made frames.
     async fn raw_stream(&self) -> (FrameWriter, FrameReader) {
         let conn = self
@@ -253,24 +281,7 @@ async fn order_rejections() {
 
     // Data beyond what was ordered.
     let l = h.limit(PieceAction::Put, 50_000, &key);
-    let (mut w, mut r) = h.raw_stream().await;
-    w.message(&pb::PieceRequest {
-        request: Some(pb::piece_request::Request::Upload(pb::PieceUploadRequest {
-            limit: Some(l.sign(&h.satellite)),
-        })),
-    })
-    .await
-    .expect("send");
-    let order = Order {
-        serial: l.serial,
-        amount: 100,
-    }
-    .sign(&key);
-    w.message(&pb::PieceUploadMessage {
-        message: Some(pb::piece_upload_message::Message::Order(order)),
-    })
-    .await
-    .expect("send");
+    let (mut w, mut r) = h.start_upload(&l, &key, 100).await;
     let _ = w.data(Bytes::from(vec![0u8; 1000])).await;
     let _ = w.finish();
     let resp: pb::PieceUploadResponse = r.message().await.expect("response");
@@ -281,24 +292,7 @@ async fn order_rejections() {
 
     // A piece hash that does not match the data.
     let l = h.limit(PieceAction::Put, 50_000, &key);
-    let (mut w, mut r) = h.raw_stream().await;
-    w.message(&pb::PieceRequest {
-        request: Some(pb::piece_request::Request::Upload(pb::PieceUploadRequest {
-            limit: Some(l.sign(&h.satellite)),
-        })),
-    })
-    .await
-    .expect("send");
-    let order = Order {
-        serial: l.serial,
-        amount: 10,
-    }
-    .sign(&key);
-    w.message(&pb::PieceUploadMessage {
-        message: Some(pb::piece_upload_message::Message::Order(order)),
-    })
-    .await
-    .expect("send");
+    let (mut w, mut r) = h.start_upload(&l, &key, 10).await;
     w.data(Bytes::from_static(b"0123456789"))
         .await
         .expect("send");
