@@ -120,6 +120,12 @@ impl PublicKey {
         self.0.as_bytes()
     }
 
+    /// The X25519 form of this key (the same point on the Montgomery
+    /// curve), for sealing data to the key's owner.
+    pub fn to_x25519(&self) -> [u8; 32] {
+        self.0.to_montgomery().to_bytes()
+    }
+
     pub fn node_id(&self) -> NodeId {
         NodeId::from_public_key(self)
     }
@@ -164,6 +170,11 @@ impl KeyPair {
 
     pub fn seed(&self) -> [u8; 32] {
         self.0.to_bytes()
+    }
+
+    /// The X25519 secret matching [`PublicKey::to_x25519`].
+    pub fn x25519_secret(&self) -> [u8; 32] {
+        self.0.to_scalar_bytes()
     }
 
     pub fn public(&self) -> PublicKey {

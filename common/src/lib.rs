@@ -21,12 +21,14 @@
 pub mod access;
 pub mod buffers;
 pub mod chore;
+pub mod compute;
 pub mod config;
 pub mod encryption;
 pub mod erasure;
 pub mod identity;
 pub mod orders;
 pub mod rpc;
+pub mod sealed;
 pub mod telemetry;
 pub mod transport;
 pub mod wire;

@@ -39,6 +39,8 @@ pub struct Config {
     /// Uploads not committed within this many seconds are abandoned: their
     /// metadata is deleted (their pieces become garbage). Default 86400.
     pub pending_expiration_secs: f64,
+    /// Compute jobs (`[compute]`): verification share, tolerances, limits.
+    pub compute: crate::compute::ComputeConfig,
 }
 
 impl Default for Config {
@@ -55,6 +57,7 @@ impl Default for Config {
             distinct_subnets: true,
             order_expiration_secs: 86400.0,
             pending_expiration_secs: 86400.0,
+            compute: Default::default(),
         }
     }
 }
@@ -91,7 +94,9 @@ mod tests {
             "listen = \"0.0.0.0:7777\"\nexternal_address = \"\"\nhttp_listen = \"127.0.0.1:10010\"\n\
              redundancy = \"29/35/80/110\"\nmax_segment_size = 67108864\nmax_inline_size = 4096\n\
              min_difficulty = 20\nonline_window_secs = 14400.0\ndistinct_subnets = true\n\
-             order_expiration_secs = 86400.0\npending_expiration_secs = 86400.0\n"
+             order_expiration_secs = 86400.0\npending_expiration_secs = 86400.0\n\n\
+             [compute]\nverify_fraction = 0.1\ntolerance = 0.00001\nnorm_factor = 10.0\n\
+             candidates = 6\ntask_timeout_secs = 600.0\nmax_rounds = 1000\n"
         );
         assert_eq!(
             toml::from_str::<Config>("").expect("empty"),

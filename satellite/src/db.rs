@@ -22,10 +22,16 @@ pub enum Table {
     PendingObjects,
     PendingSegments,
     Segments,
+    /// Compute jobs by id.
+    Jobs,
+    /// The current weights of each job (little-endian f32), by job id.
+    JobWeights,
+    /// Per-node compute accounting (work units, verification failures).
+    ComputeNodes,
 }
 
 impl Table {
-    const ALL: [Table; 8] = [
+    const ALL: [Table; 11] = [
         Table::Nodes,
         Table::Projects,
         Table::ApiKeys,
@@ -34,6 +40,9 @@ impl Table {
         Table::PendingObjects,
         Table::PendingSegments,
         Table::Segments,
+        Table::Jobs,
+        Table::JobWeights,
+        Table::ComputeNodes,
     ];
 
     fn name(self) -> &'static str {
@@ -46,6 +55,9 @@ impl Table {
             Table::PendingObjects => "pending_objects",
             Table::PendingSegments => "pending_segments",
             Table::Segments => "segments",
+            Table::Jobs => "jobs",
+            Table::JobWeights => "job_weights",
+            Table::ComputeNodes => "compute_nodes",
         }
     }
 }

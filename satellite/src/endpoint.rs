@@ -10,6 +10,7 @@ use loam_common::rpc::RemoteError;
 use loam_common::wire::{FrameReader, FrameWriter};
 use loam_common::{NodeId, pb};
 
+use crate::compute::{Compute, ComputeError};
 use crate::metainfo::{Metainfo, MetainfoError};
 use crate::overlay::Overlay;
 
@@ -17,6 +18,7 @@ pub struct Endpoint {
     pub(crate) own_id: NodeId,
     pub(crate) overlay: Arc<Overlay>,
     pub(crate) metainfo: Arc<Metainfo>,
+    pub(crate) compute: Arc<Compute>,
 }
 
 fn method(req: &Req) -> &'static str {
@@ -37,6 +39,13 @@ fn method(req: &Req) -> &'static str {
         Req::DeleteObject(_) => "delete_object",
         Req::CreateApiKey(_) => "create_api_key",
         Req::ListNodes(_) => "list_nodes",
+        Req::SetCompute(_) => "set_compute",
+        Req::PlanJob(_) => "plan_job",
+        Req::SubmitJob(_) => "submit_job",
+        Req::GetJob(_) => "get_job",
+        Req::ListJobs(_) => "list_jobs",
+        Req::CancelJob(_) => "cancel_job",
+        Req::JobWeights(_) => "job_weights",
     }
 }
 
@@ -97,6 +106,8 @@ impl Endpoint {
         let m = &self.metainfo;
         let now = loam_common::orders::now_ms();
         let api = |e: MetainfoError| RemoteError::new(e.code(), e.to_string());
+        let job = |e: ComputeError| RemoteError::new(e.code(), e.to_string());
+        let c = &self.compute;
         let admin = || {
             if peer == self.own_id {
                 Ok(())
@@ -128,6 +139,7 @@ impl Endpoint {
             }
             Req::ListNodes(_) => {
                 admin()?;
+                let stats = c.node_stats().map_err(job)?;
                 let nodes = self
                     .overlay
                     .list()
@@ -140,6 +152,7 @@ impl Endpoint {
                         version: n.version,
                         last_seen_unix_ms: n.last_seen_ms,
                         capabilities: Some(n.capabilities),
+                        compute: stats.get(&n.id).cloned(),
                     })
                     .collect();
                 return Ok(Resp::ListNodes(pb::ListNodesResponse { nodes }));
@@ -174,6 +187,18 @@ impl Endpoint {
                 m.delete_object(&project, &r).map_err(api)?;
                 Resp::DeleteObject(pb::DeleteObjectResponse {})
             }
+            Req::SetCompute(r) => {
+                m.set_compute(&project, &r).map_err(api)?;
+                Resp::SetCompute(pb::SetComputeResponse {})
+            }
+            Req::PlanJob(r) => Resp::PlanJob(c.plan(&project, &r).map_err(job)?),
+            Req::SubmitJob(r) => Resp::SubmitJob(c.submit(&project, &r).map_err(job)?),
+            Req::GetJob(r) => Resp::GetJob(c.job(&project, &r.job_id).map_err(job)?),
+            Req::ListJobs(_) => Resp::ListJobs(pb::ListJobsResponse {
+                jobs: c.list(&project).map_err(job)?,
+            }),
+            Req::CancelJob(r) => Resp::CancelJob(c.cancel(&project, &r.job_id).map_err(job)?),
+            Req::JobWeights(r) => Resp::JobWeights(c.weights(&project, &r).map_err(job)?),
             Req::CheckIn(_) | Req::CreateApiKey(_) | Req::ListNodes(_) => {
                 unreachable!("handled above")
             }

@@ -10,6 +10,7 @@
 //! key-value boundary under every table).
 
 pub mod admin;
+pub mod compute;
 pub mod config;
 pub mod db;
 pub mod endpoint;
@@ -27,6 +28,7 @@ use loam_common::transport::{self, Endpoint as QuicEndpoint, TransportConfig, Tr
 use loam_common::{Identity, NodeId, NodeUrl, telemetry};
 use tokio_util::sync::CancellationToken;
 
+use compute::Compute;
 pub use config::Config;
 use db::{DbError, Kv, RocksKv};
 use metainfo::{Metainfo, MetainfoConfig};
@@ -71,6 +73,9 @@ pub struct Satellite {
     pub endpoint: QuicEndpoint,
     pub overlay: Arc<Overlay>,
     pub metainfo: Arc<Metainfo>,
+    /// Compute jobs: planning, scheduling, aggregation.
+    pub compute: Arc<Compute>,
+    compute_stop: CancellationToken,
     /// Chore deleting uploads that were never committed.
     pub abandoned_uploads: Arc<Cycle>,
     http: tokio::net::TcpListener,
@@ -103,7 +108,7 @@ impl Satellite {
             },
         )?);
         let metainfo = Arc::new(Metainfo::new(
-            kv,
+            kv.clone(),
             overlay.clone(),
             identity.clone(),
             MetainfoConfig {
@@ -124,6 +129,15 @@ impl Satellite {
                 what: "cannot bind HTTP listener",
                 source,
             })?;
+        let compute_stop = CancellationToken::new();
+        let compute = Arc::new(Compute::new(
+            kv,
+            metainfo.clone(),
+            overlay.clone(),
+            endpoint.clone(),
+            config.compute.clone(),
+            compute_stop.clone(),
+        ));
         let abandoned_uploads = Arc::new(Cycle::new(Duration::from_secs_f64(
             (config.pending_expiration_secs / 4.0).clamp(1.0, 3600.0),
         )));
@@ -133,6 +147,8 @@ impl Satellite {
             endpoint,
             overlay,
             metainfo,
+            compute,
+            compute_stop,
             abandoned_uploads,
             http,
             dir: dir.to_path_buf(),
@@ -193,7 +209,13 @@ impl Satellite {
             own_id: self.id(),
             overlay: self.overlay.clone(),
             metainfo: self.metainfo.clone(),
+            compute: self.compute.clone(),
         });
+        match self.compute.resume_jobs() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "resumed compute jobs"),
+            Err(e) => tracing::warn!(error = %e, "cannot resume compute jobs"),
+        }
         crate::metrics_list::describe(self.overlay.online_count(loam_common::orders::now_ms()));
         let router =
             telemetry::metrics_router().route("/health", axum::routing::get(|| async { "ok" }));
@@ -257,6 +279,7 @@ impl Satellite {
                 }
             }
         }
+        self.compute_stop.cancel();
         quic.close();
         let _ = tokio::join!(http_task, sweeper);
         let _ = tokio::time::timeout(Duration::from_secs(2), quic.wait_idle()).await;

@@ -51,6 +51,8 @@ pub enum MetainfoError {
     },
     #[error("inline data of {size} bytes exceeds the {max}-byte limit")]
     InlineTooLarge { size: usize, max: usize },
+    #[error("the object is not a dataset; upload it with `uplink dataset put`")]
+    NotADataset,
     #[error(transparent)]
     Overlay(#[from] OverlayError),
     #[error(transparent)]
@@ -67,7 +69,7 @@ impl MetainfoError {
             | Self::UploadNotFound
             | Self::SegmentNotBegun(_) => C::NotFound,
             Self::BucketExists(_) => C::AlreadyExists,
-            Self::BucketNotEmpty(_) => C::FailedPrecondition,
+            Self::BucketNotEmpty(_) | Self::NotADataset => C::FailedPrecondition,
             Self::BadBucketName { .. }
             | Self::Invalid(_)
             | Self::TooFewPieces { .. }
@@ -463,6 +465,17 @@ impl Metainfo {
                 "piece size differs from the one begun",
             ));
         }
+        if !meta.row_sizes.is_empty() {
+            let scheme = pending_scheme(&self.pending(project, &req.stream_id)?)?;
+            let row_cap =
+                loam_common::encryption::plain_len(meta.piece_size as usize).unwrap_or(0) as i64;
+            if meta.row_sizes.len() != scheme.k()
+                || meta.row_sizes.iter().any(|&r| !(0..=row_cap).contains(&r))
+                || meta.row_sizes.iter().sum::<i64>() != meta.plain_size
+            {
+                return Err(MetainfoError::Invalid("row sizes do not fit the segment"));
+            }
+        }
         let mut pieces = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for p in &req.pieces {
@@ -562,6 +575,8 @@ impl Metainfo {
             encrypted_metadata: req.encrypted_metadata.clone(),
             inline_data: req.inline_data.clone(),
             redundancy: pending.redundancy,
+            dataset: req.dataset && req.segment_count > 0,
+            compute_enabled: req.dataset && req.compute_enabled && req.segment_count > 0,
         };
         let mut key = object_prefix(project, &pending.bucket);
         key.extend_from_slice(&pending.encrypted_key);
@@ -652,51 +667,99 @@ impl Metainfo {
         req: &pb::DownloadSegmentRequest,
     ) -> Result<pb::DownloadSegmentResponse, MetainfoError> {
         let (_, obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
-        if req.index >= obj.segment_count {
+        let seg = self.segment(&obj, req.index)?;
+        Ok(self.segment_limits(&seg, PieceAction::Get, None))
+    }
+
+    /// One committed segment of `obj`.
+    pub fn segment(
+        &self,
+        obj: &pb::ObjectRecord,
+        index: u32,
+    ) -> Result<pb::SegmentRecord, MetainfoError> {
+        if index >= obj.segment_count {
             return Err(MetainfoError::Invalid("segment index beyond the object"));
         }
         let v = self
             .kv
-            .get(Table::Segments, &segment_key(&obj.stream_id, req.index))?
+            .get(Table::Segments, &segment_key(&obj.stream_id, index))?
             .ok_or(DbError::Corrupt("missing segment"))?;
-        let seg: pb::SegmentRecord = decode(&v, "segment")?;
-        let meta = seg.meta.clone().ok_or(DbError::Corrupt("segment meta"))?;
-        let root = PieceId::try_from(seg.root_piece_id.as_ref())
-            .map_err(|_| DbError::Corrupt("segment"))?;
+        decode(&v, "segment")
+    }
+
+    /// Order limits for `action` on every piece of `seg` held by an online
+    /// node other than `except`, under one fresh piece key.
+    pub fn segment_limits(
+        &self,
+        seg: &pb::SegmentRecord,
+        action: PieceAction,
+        except: Option<NodeId>,
+    ) -> pb::DownloadSegmentResponse {
+        let meta = seg.meta.clone().unwrap_or_default();
         let piece_key = KeyPair::generate();
         let now = now_ms();
         let mut limits = Vec::new();
-        for p in &seg.pieces {
-            let Ok(node_id) = NodeId::try_from(p.node_id.as_ref()) else {
-                continue;
-            };
-            let Some(node) = self.overlay.get(&node_id) else {
-                continue;
-            };
-            if !self.overlay.is_online(&node, now) {
-                continue;
+        if let Ok(root) = PieceId::try_from(seg.root_piece_id.as_ref()) {
+            for p in &seg.pieces {
+                let Ok(node_id) = NodeId::try_from(p.node_id.as_ref()) else {
+                    continue;
+                };
+                if Some(node_id) == except {
+                    continue;
+                }
+                let Some(node) = self.overlay.get(&node_id) else {
+                    continue;
+                };
+                if !self.overlay.is_online(&node, now) {
+                    continue;
+                }
+                let piece_id = PieceId::derive(&root, &node_id, p.piece_num);
+                limits.push(pb::AddressedOrderLimit {
+                    limit: Some(self.limit(
+                        node_id,
+                        piece_id,
+                        action,
+                        meta.piece_size.max(0) as u64,
+                        &piece_key,
+                    )),
+                    address: node.address.clone(),
+                    node_id: p.node_id.clone(),
+                    piece_num: p.piece_num,
+                    piece_hash: p.hash.clone(),
+                });
             }
-            let piece_id = PieceId::derive(&root, &node_id, p.piece_num);
-            limits.push(pb::AddressedOrderLimit {
-                limit: Some(self.limit(
-                    node_id,
-                    piece_id,
-                    PieceAction::Get,
-                    meta.piece_size as u64,
-                    &piece_key,
-                )),
-                address: node.address.clone(),
-                node_id: p.node_id.clone(),
-                piece_num: p.piece_num,
-                piece_hash: p.hash.clone(),
-            });
         }
-        Ok(pb::DownloadSegmentResponse {
+        pb::DownloadSegmentResponse {
             meta: Some(meta),
             limits,
             piece_private_key: piece_key.seed().to_vec().into(),
             redundancy: seg.redundancy,
-        })
+        }
+    }
+
+    /// An object's record, for the compute scheduler.
+    pub fn object_record(
+        &self,
+        project: &ProjectId,
+        bucket: &str,
+        encrypted_key: &[u8],
+    ) -> Result<pb::ObjectRecord, MetainfoError> {
+        Ok(self.object(project, bucket, encrypted_key)?.1)
+    }
+
+    /// Opts a dataset in to compute jobs, or out.
+    pub fn set_compute(
+        &self,
+        project: &ProjectId,
+        req: &pb::SetComputeRequest,
+    ) -> Result<(), MetainfoError> {
+        let (key, mut obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
+        if !obj.dataset {
+            return Err(MetainfoError::NotADataset);
+        }
+        obj.compute_enabled = req.enabled;
+        self.kv.put(Table::Objects, key, obj.encode_to_vec())?;
+        Ok(())
     }
 
     pub fn delete_object(
@@ -789,6 +852,8 @@ fn object_info(encrypted_key: Vec<u8>, rec: pb::ObjectRecord) -> pb::ObjectInfo 
         inline_data: rec.inline_data,
         redundancy: rec.redundancy,
         is_prefix: false,
+        dataset: rec.dataset,
+        compute_enabled: rec.compute_enabled,
     }
 }
 

@@ -29,6 +29,7 @@ pub enum ContactError {
 }
 
 pub struct Contact {
+    capabilities: pb::NodeCapabilities,
     endpoint: Endpoint,
     satellites: Vec<NodeUrl>,
     piecestore: Arc<Piecestore>,
@@ -43,6 +44,7 @@ impl Contact {
         endpoint: Endpoint,
         satellites: Vec<NodeUrl>,
         piecestore: Arc<Piecestore>,
+        capabilities: pb::NodeCapabilities,
         external_address: String,
         interval: std::time::Duration,
     ) -> Self {
@@ -50,6 +52,7 @@ impl Contact {
             endpoint,
             satellites,
             piecestore,
+            capabilities,
             external_address,
             cycle: Cycle::new(interval),
             checked_in: watch::channel(0).0,
@@ -97,19 +100,11 @@ impl Contact {
         if !self.piecestore.trust().learn(key) {
             return Err(ContactError::Untrusted(sat.to_string()));
         }
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1);
         let request = pb::CheckInRequest {
             address: self.external_address.clone(),
             free_disk: self.piecestore.free_bytes() as i64,
             version: loam_common::VERSION.to_string(),
-            capabilities: Some(pb::NodeCapabilities {
-                cpu_cores: cores,
-                memory_bytes: 0,
-                gpus: 0,
-                compute_enabled: false,
-            }),
+            capabilities: Some(self.capabilities),
             public_key: self.endpoint.identity().public().as_bytes().to_vec().into(),
         };
         rpc::satellite(&conn, &[], pb::satellite_request::Request::CheckIn(request)).await?;

@@ -11,6 +11,7 @@
 //! order-limit and order checks → bytes hashed and written to a temporary
 //! file → fsync, rename, metadata committed → node-signed piece hash back.
 
+pub mod compute;
 pub mod config;
 pub mod contact;
 pub mod metrics_list;
@@ -67,6 +68,17 @@ pub struct StorageNode {
 impl StorageNode {
     /// Opens the node's storage under `dir` and binds its sockets.
     pub async fn new(dir: &Path, identity: Identity, config: Config) -> Result<Self, NodeError> {
+        Self::with_hook(dir, identity, config, None).await
+    }
+
+    /// Like [`StorageNode::new`], with a hook that alters the weights of
+    /// every training task: how tests play a dishonest node.
+    pub async fn with_hook(
+        dir: &Path,
+        identity: Identity,
+        config: Config,
+        hook: Option<compute::WeightsHook>,
+    ) -> Result<Self, NodeError> {
         let io = |what, path: &Path| {
             let path = path.to_path_buf();
             move |source| NodeError::Io { what, path, source }
@@ -83,13 +95,25 @@ impl StorageNode {
         let http = tokio::net::TcpListener::bind(config.http_listen)
             .await
             .map_err(io("cannot bind HTTP listener", dir))?;
+        let blobs: Arc<dyn piecestore::Blobs> = Arc::new(blobs);
         let piecestore = Arc::new(Piecestore::new(
             identity.clone(),
-            db,
-            Arc::new(blobs),
-            trust,
+            db.clone(),
+            blobs.clone(),
+            trust.clone(),
             config.allocated_bytes,
         ));
+        if config.compute.enabled {
+            piecestore.set_trainer(Arc::new(compute::Trainer::new(
+                identity.clone(),
+                db,
+                blobs,
+                trust,
+                endpoint.clone(),
+                config.compute.clone(),
+                hook,
+            )));
+        }
         let external = if config.external_address.is_empty() {
             advertised(addr)
         } else {
@@ -99,6 +123,7 @@ impl StorageNode {
             endpoint.clone(),
             config.satellites.clone(),
             piecestore.clone(),
+            config.compute.capabilities(),
             external,
             Duration::from_secs_f64(config.checkin_interval_secs.max(0.05)),
         ));
@@ -203,8 +228,12 @@ impl StorageNode {
                                 return;
                             }
                         };
+                        // Uplinks may be anonymous; satellites are known by id.
+                        let peer = loam_common::transport::peer_id(&conn)
+                            .map(|(id, _)| id)
+                            .unwrap_or(NodeId::from_bytes([0; loam_common::identity::NODE_ID_LEN]));
                         while let Ok((send, recv)) = conn.accept_bi().await {
-                            tokio::spawn(store.clone().handle_stream(send, recv));
+                            tokio::spawn(store.clone().handle_stream(peer, send, recv));
                         }
                     });
                 }

@@ -15,10 +15,12 @@
 //! `CommitSegment` → … → `CommitObject`. A download reverses it from the
 //! first `k` pieces to arrive, hedging against slow or dead nodes.
 
+pub mod dataset;
 pub mod fetch;
 pub mod piece;
 pub mod segment;
 mod transfer;
+pub use transfer::fetch_pieces;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -81,6 +83,10 @@ pub enum UplinkError {
     Call(CallError),
     #[error("satellite gave an unexpected answer")]
     Unexpected,
+    #[error("bad dataset: {0}")]
+    Dataset(String),
+    #[error("{0}")]
+    Job(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -132,8 +138,11 @@ pub struct Item {
 
 /// Encrypted with the object key and stored at the satellite.
 #[derive(Serialize, Deserialize)]
-struct ObjectMeta {
-    size: u64,
+pub(crate) struct ObjectMeta {
+    pub(crate) size: u64,
+    /// Set for datasets: the schema and per-segment record layout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) dataset: Option<dataset::DatasetMeta>,
 }
 
 /// One project on one satellite, opened with an access grant. Clones share

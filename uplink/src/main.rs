@@ -11,6 +11,8 @@ use loam_common::access::Access;
 use loam_common::{NodeUrl, pb, rpc};
 use loam_uplink::{Item, Progress, Project};
 
+mod cli_compute;
+
 #[derive(Parser)]
 #[command(
     name = "uplink",
@@ -29,7 +31,7 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
-enum Output {
+pub(crate) enum Output {
     Text,
     Json,
 }
@@ -66,6 +68,23 @@ enum Command {
         #[command(subcommand)]
         command: AccessCommand,
     },
+    /// Upload datasets and opt them in to compute.
+    Dataset {
+        #[command(subcommand)]
+        command: cli_compute::DatasetCommand,
+    },
+    /// Train a model on a dataset where its pieces are stored.
+    Train(cli_compute::TrainArgs),
+    /// List, follow and cancel training jobs.
+    Job {
+        #[command(subcommand)]
+        command: cli_compute::JobCommand,
+    },
+    /// Evaluate a trained model or predict with it, locally.
+    Model {
+        #[command(subcommand)]
+        command: cli_compute::ModelCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -85,12 +104,12 @@ enum AccessCommand {
 }
 
 /// A parsed `loam://bucket/key` URL.
-struct LoamUrl {
-    bucket: String,
-    key: String,
+pub(crate) struct LoamUrl {
+    pub(crate) bucket: String,
+    pub(crate) key: String,
 }
 
-fn parse_loam(url: &str) -> anyhow::Result<LoamUrl> {
+pub(crate) fn parse_loam(url: &str) -> anyhow::Result<LoamUrl> {
     let rest = url
         .strip_prefix("loam://")
         .with_context(|| format!("{url:?} is not a loam:// URL"))?;
@@ -114,7 +133,7 @@ fn load_access(cli: &Cli) -> anyhow::Result<Access> {
     Ok(Access::parse(&text)?)
 }
 
-fn format_time(ms: i64) -> String {
+pub(crate) fn format_time(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
@@ -180,6 +199,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let access = Access::derive(satellite.clone(), key, passphrase, &info)?;
         println!("{}", access.serialize());
         return Ok(());
+    }
+    if let Command::Model { command } = &cli.command
+        && !cli_compute::model_needs_access(command)
+    {
+        // A local model file needs no network.
+        let Command::Model { command } = cli.command else {
+            unreachable!("matched above")
+        };
+        return cli_compute::model(None, command).await;
     }
     let access = load_access(&cli)?;
     let project = Project::open(access)?;
@@ -285,6 +313,10 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
             }
             AccessCommand::Create { .. } => unreachable!("handled before opening the project"),
         },
+        Command::Dataset { command } => cli_compute::dataset(project, command).await?,
+        Command::Train(args) => cli_compute::train(project, args).await?,
+        Command::Job { command } => cli_compute::job(project, command).await?,
+        Command::Model { command } => cli_compute::model(Some(project), command).await?,
     }
     Ok(())
 }

@@ -51,11 +51,46 @@ pub fn encode(
     segment_index: u32,
     plain: &[u8],
 ) -> Result<EncodedSegment, ErasureError> {
+    encode_rows(coder, segment_index, plain, None)
+}
+
+/// Like [`encode`], with the rows' lengths given: `rows[i]` bytes of
+/// `plain` (consecutive) go into data row `i`, zero-padded to the longest.
+/// This is how a dataset keeps whole records in every data piece.
+pub fn encode_rows(
+    coder: &ErasureCoder,
+    segment_index: u32,
+    plain: &[u8],
+    rows: Option<&[usize]>,
+) -> Result<EncodedSegment, ErasureError> {
     let pool = BufferPool::global();
     let scheme = coder.scheme();
     let k = scheme.k();
     let key = Key::random();
-    let row = row_len(plain.len(), k);
+    let ranges: Vec<(usize, usize)> = match rows {
+        Some(rows) if rows.len() == k && rows.iter().sum::<usize>() == plain.len() => {
+            let mut at = 0;
+            rows.iter()
+                .map(|&r| {
+                    at += r;
+                    (at - r, at)
+                })
+                .collect()
+        }
+        Some(_) => return Err(ErasureError::UnevenPieces),
+        None => {
+            let row = row_len(plain.len(), k);
+            (0..k)
+                .map(|i| ((i * row).min(plain.len()), ((i + 1) * row).min(plain.len())))
+                .collect()
+        }
+    };
+    let row = ranges.iter().map(|(a, b)| b - a).max().unwrap_or(0).max(1);
+    let row = if rows.is_some() {
+        row
+    } else {
+        row_len(plain.len(), k)
+    };
     let enc_row = encryption::encrypted_len(row);
 
     let mut rows: Vec<Vec<u8>> = (0..k).map(|_| pool.take(enc_row)).collect();
@@ -63,8 +98,7 @@ pub fn encode(
         let mut padded = Vec::new();
         for (j, out) in chunk.iter_mut().enumerate() {
             let i = first + j;
-            let start = (i * row).min(plain.len());
-            let end = ((i + 1) * row).min(plain.len());
+            let (start, end) = ranges[i];
             let src = if end - start == row {
                 &plain[start..end]
             } else {
@@ -158,14 +192,24 @@ pub enum DecodeError {
 /// Rebuilds the plaintext of a segment from any `k` of its pieces: the
 /// `k` rows in order, trimmed so that together they are `plain_size`
 /// bytes. The pieces are consumed (decrypted in place, no copy).
+/// `row_sizes` are the rows' lengths of a dataset segment (empty for an
+/// evenly split one).
 pub fn decode(
     coder: &ErasureCoder,
     key: &Key,
     segment_index: u32,
     plain_size: usize,
+    row_sizes: &[i64],
     pieces: &mut [Option<Vec<u8>>],
 ) -> Result<Vec<Vec<u8>>, DecodeError> {
     let k = coder.scheme().k();
+    if !row_sizes.is_empty()
+        && (row_sizes.len() != k
+            || row_sizes.iter().any(|&r| r < 0)
+            || row_sizes.iter().sum::<i64>() != plain_size as i64)
+    {
+        return Err(DecodeError::Inconsistent);
+    }
     coder.reconstruct_data(pieces)?;
     let row = row_len(plain_size, k);
     let mut rows = Vec::with_capacity(k);
@@ -177,10 +221,13 @@ pub fn decode(
             segment_index,
             &mut piece,
         )?;
-        if n != row {
-            return Err(DecodeError::Inconsistent);
-        }
-        piece.truncate(n.min(left));
+        let keep = match row_sizes.get(i) {
+            Some(&r) if r as usize <= n => r as usize,
+            Some(_) => return Err(DecodeError::Inconsistent),
+            None if n == row => n.min(left),
+            None => return Err(DecodeError::Inconsistent),
+        };
+        piece.truncate(keep);
         left -= piece.len();
         rows.push(piece);
     }
@@ -207,9 +254,26 @@ mod tests {
             for i in [0, 2, 5, 6, 8, 9] {
                 pieces[i] = None;
             }
-            let back = decode(&coder, &enc.key, 3, size, &mut pieces).expect("decode");
+            let back = decode(&coder, &enc.key, 3, size, &[], &mut pieces).expect("decode");
             assert_eq!(back.concat(), plain);
         }
+    }
+
+    #[test]
+    fn uneven_rows_round_trip_and_keep_their_bounds() {
+        let coder = ErasureCoder::new("4/6/8/10".parse().expect("scheme"));
+        let plain: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let rows = [300usize, 0, 450, 250];
+        let enc = encode_rows(&coder, 1, &plain, Some(&rows)).expect("encode");
+        assert!(encode_rows(&coder, 1, &plain, Some(&[1, 2, 3, 4])).is_err());
+        let mut pieces: Vec<Option<Vec<u8>>> =
+            enc.pieces.iter().map(|p| Some(p.to_vec())).collect();
+        pieces[0] = None;
+        pieces[2] = None;
+        let sizes: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let back = decode(&coder, &enc.key, 1, 1000, &sizes, &mut pieces).expect("decode");
+        assert_eq!(back.iter().map(Vec::len).collect::<Vec<_>>(), rows);
+        assert_eq!(back.concat(), plain);
     }
 
     #[test]

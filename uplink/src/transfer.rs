@@ -61,21 +61,8 @@ impl Project {
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
-        self.bucket(bucket).await?;
-        let root = &self.access.root_key;
-        let enc_key = encryption::encrypt_path(root, bucket, key);
+        let begin = self.begin_object(bucket, key).await?;
         let obj_key = self.object_key(bucket, key);
-        let begin = match self
-            .call(Req::BeginObject(pb::BeginObjectRequest {
-                bucket: bucket.to_string(),
-                encrypted_key: enc_key.into(),
-            }))
-            .await
-            .map_err(|e| not_found_as(e, || UplinkError::BucketNotFound(bucket.to_string())))?
-        {
-            Resp::BeginObject(b) => b,
-            _ => return Err(UplinkError::Unexpected),
-        };
         let scheme = scheme_of(begin.redundancy.as_ref())?;
         let coder = Arc::new(ErasureCoder::new(scheme));
         let max_segment = (begin.max_segment_size.max(1) as usize).min(1 << 30);
@@ -121,7 +108,7 @@ impl Project {
                         reading = false;
                         continue;
                     }
-                    inflight.push(self.upload_segment(coder.clone(), &begin.stream_id, index, buf, &obj_key, progress.clone()));
+                    inflight.push(self.upload_segment(coder.clone(), &begin.stream_id, index, buf, None, &obj_key, progress.clone()));
                     index += 1;
                 }
                 r = inflight.next(), if !inflight.is_empty() => {
@@ -134,20 +121,20 @@ impl Project {
         }
         drop(rx);
         let _ = reader_task.await;
-        let meta = serde_json::to_vec(&ObjectMeta { size: total }).expect("metadata serializes");
-        let created = match self
-            .call(Req::CommitObject(pb::CommitObjectRequest {
-                stream_id: begin.stream_id.clone(),
-                encrypted_metadata: encryption::seal(&obj_key, &meta).into(),
-                plain_size: total as i64,
-                segment_count: index,
-                inline_data: inline.unwrap_or_default().into(),
-            }))
-            .await?
-        {
-            Resp::CommitObject(c) => c.created_unix_ms,
-            _ => return Err(UplinkError::Unexpected),
+        let meta = ObjectMeta {
+            size: total,
+            dataset: None,
         };
+        let created = self
+            .commit_object(
+                &begin.stream_id,
+                &obj_key,
+                &meta,
+                index,
+                inline.unwrap_or_default(),
+                false,
+            )
+            .await?;
         Ok(Item {
             key: key.to_string(),
             is_prefix: false,
@@ -157,20 +144,71 @@ impl Project {
         })
     }
 
-    async fn upload_segment(
+    pub(crate) async fn begin_object(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<pb::BeginObjectResponse, UplinkError> {
+        self.bucket(bucket).await?;
+        let enc_key = encryption::encrypt_path(&self.access.root_key, bucket, key);
+        match self
+            .call(Req::BeginObject(pb::BeginObjectRequest {
+                bucket: bucket.to_string(),
+                encrypted_key: enc_key.into(),
+            }))
+            .await
+            .map_err(|e| not_found_as(e, || UplinkError::BucketNotFound(bucket.to_string())))?
+        {
+            Resp::BeginObject(b) => Ok(b),
+            _ => Err(UplinkError::Unexpected),
+        }
+    }
+
+    /// Commits an object; `compute` marks a dataset opted in to compute.
+    pub(crate) async fn commit_object(
+        &self,
+        stream_id: &bytes::Bytes,
+        obj_key: &Key,
+        meta: &ObjectMeta,
+        segments: u32,
+        inline: Vec<u8>,
+        compute: bool,
+    ) -> Result<i64, UplinkError> {
+        let meta_bytes = serde_json::to_vec(meta).expect("metadata serializes");
+        match self
+            .call(Req::CommitObject(pb::CommitObjectRequest {
+                stream_id: stream_id.clone(),
+                encrypted_metadata: encryption::seal(obj_key, &meta_bytes).into(),
+                plain_size: meta.size as i64,
+                segment_count: segments,
+                inline_data: inline.into(),
+                dataset: meta.dataset.is_some(),
+                compute_enabled: compute,
+            }))
+            .await?
+        {
+            Resp::CommitObject(c) => Ok(c.created_unix_ms),
+            _ => Err(UplinkError::Unexpected),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn upload_segment(
         &self,
         coder: Arc<ErasureCoder>,
         stream_id: &bytes::Bytes,
         index: u32,
         plain: Vec<u8>,
+        rows: Option<Vec<usize>>,
         obj_key: &Key,
         progress: Option<Progress>,
     ) -> Result<(), UplinkError> {
         let plain_len = plain.len() as u64;
         let success = coder.scheme().success();
         let t0 = Instant::now();
+        let row_sizes: Vec<i64> = rows.iter().flatten().map(|&r| r as i64).collect();
         let enc: EncodedSegment = tokio::task::spawn_blocking(move || {
-            let enc = segment::encode(&coder, index, &plain);
+            let enc = segment::encode_rows(&coder, index, &plain, rows.as_deref());
             BufferPool::global().give(plain);
             enc
         })
@@ -271,6 +309,7 @@ impl Project {
             key_nonce: Default::default(),
             plain_size: enc.plain_size as i64,
             piece_size: enc.piece_size as i64,
+            row_sizes,
         };
         self.call(Req::CommitSegment(pb::CommitSegmentRequest {
             stream_id: stream_id.clone(),
@@ -462,7 +501,14 @@ impl Project {
             let plain_size = meta.plain_size.max(0) as usize;
             let fetched = t0.elapsed();
             let decoded = tokio::task::spawn_blocking(move || {
-                segment::decode(&coder, &seg_key, index, plain_size, &mut pieces)
+                segment::decode(
+                    &coder,
+                    &seg_key,
+                    index,
+                    plain_size,
+                    &meta.row_sizes,
+                    &mut pieces,
+                )
             })
             .await
             .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?;
@@ -486,8 +532,6 @@ impl Project {
         }
     }
 
-    /// Fetches `k` pieces, data pieces first (no decoding needed), starting
-    /// another piece whenever one fails or stalls.
     async fn fetch_pieces(
         &self,
         limits: &[pb::AddressedOrderLimit],
@@ -496,70 +540,96 @@ impl Project {
         piece_key: &KeyPair,
         verify_all: bool,
     ) -> Result<Vec<Option<Vec<u8>>>, UplinkError> {
-        let k = scheme.k();
-        let mut candidates: Vec<&pb::AddressedOrderLimit> = limits
-            .iter()
-            .filter(|l| (l.piece_num as usize) < scheme.total())
-            .collect();
-        candidates.sort_by_key(|l| l.piece_num);
-        let mut plan = FetchPlan::new(candidates.len(), k, self.config.hedge_after);
-        let mut pieces: Vec<Option<Vec<u8>>> = vec![None; scheme.total()];
-        let mut last_error = String::from("not enough pieces are on nodes that are online");
-        let mut inflight = FuturesUnordered::new();
-        let mut counters: HashMap<usize, Arc<AtomicU64>> = HashMap::new();
-        let mut tick = tokio::time::interval(self.config.hedge_after / 3);
-        loop {
-            while let Some(c) = plan.poll_start(Instant::now()) {
-                let counter = Arc::new(AtomicU64::new(0));
-                counters.insert(c, counter.clone());
-                let limit = candidates[c];
-                inflight.push(async move {
-                    let r = piece::download(
-                        &self.endpoint,
-                        limit,
-                        piece_key,
-                        piece_size,
-                        self.config.dial_timeout,
-                        counter,
-                        verify_all || limit.piece_num as usize >= k,
-                    )
-                    .await;
-                    (c, r)
+        fetch_pieces(
+            &self.endpoint,
+            self.config.dial_timeout,
+            self.config.hedge_after,
+            limits,
+            scheme,
+            piece_size,
+            piece_key,
+            verify_all,
+        )
+        .await
+    }
+}
+
+/// Fetches `k` pieces of a segment from the nodes of `limits`, data pieces first (no decoding needed), starting
+/// another piece whenever one fails or stalls.
+#[allow(clippy::too_many_arguments)]
+pub async fn fetch_pieces(
+    endpoint: &loam_common::transport::Endpoint,
+    dial_timeout: std::time::Duration,
+    hedge_after: std::time::Duration,
+    limits: &[pb::AddressedOrderLimit],
+    scheme: RedundancyScheme,
+    piece_size: u64,
+    piece_key: &KeyPair,
+    verify_all: bool,
+) -> Result<Vec<Option<Vec<u8>>>, UplinkError> {
+    let k = scheme.k();
+    let mut candidates: Vec<&pb::AddressedOrderLimit> = limits
+        .iter()
+        .filter(|l| (l.piece_num as usize) < scheme.total())
+        .collect();
+    candidates.sort_by_key(|l| l.piece_num);
+    let mut plan = FetchPlan::new(candidates.len(), k, hedge_after);
+    let mut pieces: Vec<Option<Vec<u8>>> = vec![None; scheme.total()];
+    let mut last_error = String::from("not enough pieces are on nodes that are online");
+    let mut inflight = FuturesUnordered::new();
+    let mut counters: HashMap<usize, Arc<AtomicU64>> = HashMap::new();
+    let mut tick = tokio::time::interval(hedge_after / 3);
+    loop {
+        while let Some(c) = plan.poll_start(Instant::now()) {
+            let counter = Arc::new(AtomicU64::new(0));
+            counters.insert(c, counter.clone());
+            let limit = candidates[c];
+            inflight.push(async move {
+                let r = piece::download(
+                    endpoint,
+                    limit,
+                    piece_key,
+                    piece_size,
+                    dial_timeout,
+                    counter,
+                    verify_all || limit.piece_num as usize >= k,
+                )
+                .await;
+                (c, r)
+            });
+        }
+        match plan.status() {
+            FetchStatus::Complete => return Ok(pieces),
+            FetchStatus::Failed => {
+                return Err(UplinkError::DownloadFailed {
+                    got: pieces.iter().flatten().count(),
+                    needed: k,
+                    last_error,
                 });
             }
-            match plan.status() {
-                FetchStatus::Complete => return Ok(pieces),
-                FetchStatus::Failed => {
-                    return Err(UplinkError::DownloadFailed {
-                        got: pieces.iter().flatten().count(),
-                        needed: k,
-                        last_error,
-                    });
+            FetchStatus::Running => {}
+        }
+        tokio::select! {
+            Some((c, result)) = inflight.next() => {
+                counters.remove(&c);
+                match result {
+                    Ok(data) => {
+                        pieces[candidates[c].piece_num as usize] = Some(data);
+                        plan.handle_done(c);
+                    }
+                    Err(e) => {
+                        tracing::debug!(piece = candidates[c].piece_num, error = %e, "piece download failed");
+                        last_error = e.to_string();
+                        plan.handle_failed(c);
+                    }
                 }
-                FetchStatus::Running => {}
             }
-            tokio::select! {
-                Some((c, result)) = inflight.next() => {
-                    counters.remove(&c);
-                    match result {
-                        Ok(data) => {
-                            pieces[candidates[c].piece_num as usize] = Some(data);
-                            plan.handle_done(c);
-                        }
-                        Err(e) => {
-                            tracing::debug!(piece = candidates[c].piece_num, error = %e, "piece download failed");
-                            last_error = e.to_string();
-                            plan.handle_failed(c);
-                        }
-                    }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                for (c, counter) in &counters {
+                    plan.handle_progress(*c, counter.load(Ordering::Relaxed), now);
                 }
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    for (c, counter) in &counters {
-                        plan.handle_progress(*c, counter.load(Ordering::Relaxed), now);
-                    }
-                    plan.handle_tick(now);
-                }
+                plan.handle_tick(now);
             }
         }
     }

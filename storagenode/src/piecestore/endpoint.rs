@@ -57,6 +57,11 @@ impl Trust {
     pub fn key(&self, id: &NodeId) -> Option<PublicKey> {
         self.keys.read().expect("trust lock").get(id).copied()
     }
+
+    /// The satellites this node trusts.
+    pub fn satellites(&self) -> Vec<NodeId> {
+        self.allowed.clone()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +151,7 @@ pub struct Piecestore {
     blobs: Arc<dyn Blobs>,
     trust: Arc<Trust>,
     allocated: u64,
+    trainer: std::sync::OnceLock<Arc<crate::compute::Trainer>>,
 }
 
 impl Piecestore {
@@ -162,7 +168,17 @@ impl Piecestore {
             blobs,
             trust,
             allocated,
+            trainer: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Lets this endpoint take training tasks.
+    pub fn set_trainer(&self, trainer: Arc<crate::compute::Trainer>) {
+        let _ = self.trainer.set(trainer);
+    }
+
+    pub fn blobs(&self) -> &Arc<dyn Blobs> {
+        &self.blobs
     }
 
     pub fn db(&self) -> &Arc<NodeDb> {
@@ -180,7 +196,12 @@ impl Piecestore {
 
     /// Serves one RPC stream. Errors are answered on the stream and counted;
     /// they never affect other streams.
-    pub async fn handle_stream(self: Arc<Self>, send: quinn::SendStream, recv: quinn::RecvStream) {
+    pub async fn handle_stream(
+        self: Arc<Self>,
+        peer: NodeId,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) {
         let mut reader = FrameReader::with_max_message(recv, MAX_PIECE_MESSAGE);
         let writer = FrameWriter::new(send);
         let request = match reader.message::<pb::PieceRequest>().await {
@@ -190,6 +211,17 @@ impl Piecestore {
         match request {
             Some(Request::Upload(up)) => self.serve_upload(up, reader, writer).await,
             Some(Request::Download(down)) => self.serve_download(down, reader, writer).await,
+            Some(Request::Train(train)) => match self.trainer.get() {
+                Some(t) => t.serve(peer, train, reader, writer).await,
+                None => {
+                    reject_request(
+                        PieceError::BadRequest("this node does not run training tasks"),
+                        reader,
+                        writer,
+                    )
+                    .await
+                }
+            },
             None => reject_request(PieceError::BadRequest("empty request"), reader, writer).await,
         }
     }

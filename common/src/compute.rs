@@ -1,0 +1,390 @@
+//! Compute jobs as plain data: the model registry's architectures and
+//! sizes, training hyperparameters, and the arithmetic of federated
+//! averaging. Shared by the uplink (which submits jobs), the satellite
+//! (which schedules them and averages weights without any ML library) and
+//! the storage node (which trains, in `loam-compute`).
+
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpecError {
+    #[error("unknown model {0:?} (the registry has: logistic, mlp)")]
+    UnknownModel(String),
+    #[error("bad model: {0}")]
+    BadModel(String),
+    #[error("bad hyperparameters: {0}")]
+    BadParams(String),
+}
+
+/// Most parameters a registry model may have (64 Mi, 256 MiB of weights).
+pub const MAX_PARAMS: usize = 64 << 20;
+/// Most hidden layers, and the widest one.
+pub const MAX_LAYERS: usize = 8;
+pub const MAX_WIDTH: usize = 1 << 14;
+
+/// The architectures in the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// Multinomial logistic regression: one linear layer and softmax.
+    Logistic,
+    /// Fully connected layers with ReLU between them.
+    Mlp,
+}
+
+impl std::str::FromStr for Architecture {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "logistic" | "logreg" | "linear" => Ok(Self::Logistic),
+            "mlp" => Ok(Self::Mlp),
+            other => Err(SpecError::UnknownModel(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Logistic => "logistic",
+            Self::Mlp => "mlp",
+        })
+    }
+}
+
+/// One model of the registry with its sizes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub architecture: Architecture,
+    /// Widths of the hidden layers (empty for logistic regression).
+    pub hidden: Vec<usize>,
+    pub inputs: usize,
+    pub classes: usize,
+}
+
+impl ModelSpec {
+    /// Checks sizes; `hidden` is ignored for logistic regression.
+    pub fn new(
+        architecture: Architecture,
+        hidden: Vec<usize>,
+        inputs: usize,
+        classes: usize,
+    ) -> Result<Self, SpecError> {
+        let hidden = match architecture {
+            Architecture::Logistic => Vec::new(),
+            Architecture::Mlp if hidden.is_empty() => {
+                return Err(SpecError::BadModel(
+                    "an MLP needs at least one hidden layer (--hidden 64)".into(),
+                ));
+            }
+            Architecture::Mlp => hidden,
+        };
+        if hidden.len() > MAX_LAYERS || hidden.iter().any(|&w| w == 0 || w > MAX_WIDTH) {
+            return Err(SpecError::BadModel(format!(
+                "hidden layers must be 1..={MAX_LAYERS} layers of 1..={MAX_WIDTH} units"
+            )));
+        }
+        if inputs == 0 || classes < 2 {
+            return Err(SpecError::BadModel(format!(
+                "a classifier needs at least one feature and two classes (got {inputs} features, {classes} classes)"
+            )));
+        }
+        let spec = Self {
+            architecture,
+            hidden,
+            inputs,
+            classes,
+        };
+        if spec.params() > MAX_PARAMS {
+            return Err(SpecError::BadModel(format!(
+                "{} parameters is more than the limit of {MAX_PARAMS}",
+                spec.params()
+            )));
+        }
+        Ok(spec)
+    }
+
+    pub fn widths(&self) -> Vec<usize> {
+        let mut w = vec![self.inputs];
+        w.extend(&self.hidden);
+        w.push(self.classes);
+        w
+    }
+
+    /// Number of parameters (the length of the flat weight vector).
+    pub fn params(&self) -> usize {
+        self.widths().windows(2).map(|p| p[0] * p[1] + p[1]).sum()
+    }
+
+    /// Multiply-adds of one forward pass of one record.
+    pub fn flops_per_record(&self) -> u64 {
+        self.widths().windows(2).map(|p| (p[0] * p[1]) as u64).sum()
+    }
+
+    /// Initial weights: uniform in ±1/√fan_in (the usual Kaiming-uniform
+    /// bound for ReLU layers), from `seed` alone, so that every party can
+    /// rebuild them.
+    pub fn init_weights(&self, seed: u64) -> Vec<f32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut out = Vec::with_capacity(self.params());
+        for p in self.widths().windows(2) {
+            let bound = 1.0 / (p[0] as f32).sqrt();
+            for _ in 0..p[0] * p[1] + p[1] {
+                out.push(rng.gen_range(-bound..bound));
+            }
+        }
+        out
+    }
+}
+
+/// Rounds of a job when the user gives none.
+pub const DEFAULT_ROUNDS: u32 = 10;
+
+/// Hyperparameters of local training.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainParams {
+    pub learning_rate: f64,
+    pub batch: usize,
+    pub local_epochs: usize,
+    pub seed: u64,
+}
+
+impl Default for TrainParams {
+    fn default() -> Self {
+        Self {
+            learning_rate: 0.005,
+            batch: 32,
+            local_epochs: 2,
+            seed: 1,
+        }
+    }
+}
+
+impl TrainParams {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !(self.learning_rate.is_finite()
+            && self.learning_rate > 0.0
+            && self.learning_rate < 10.0)
+        {
+            return Err(SpecError::BadParams(format!(
+                "learning rate {} is not in (0, 10)",
+                self.learning_rate
+            )));
+        }
+        if !(1..=1 << 16).contains(&self.batch) {
+            return Err(SpecError::BadParams(format!(
+                "batch size {} is not in 1..=65536",
+                self.batch
+            )));
+        }
+        if !(1..=1000).contains(&self.local_epochs) {
+            return Err(SpecError::BadParams(format!(
+                "local epochs {} is not in 1..=1000",
+                self.local_epochs
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Work units of a training task: one unit is 10^9 multiply-adds, counting
+/// a training step as three forward passes (forward, and the two products
+/// of the backward pass). Paid per unit, not per second, so a slow node
+/// earns no more than a fast one.
+pub fn work_units(params: usize, samples: u64) -> f64 {
+    3.0 * params as f64 * samples as f64 / 1e9
+}
+
+/// Federated averaging: the mean of `updates`, each weighted by its sample
+/// count. `None` when there is nothing to average or the lengths differ.
+pub fn federated_average<'a>(
+    updates: impl IntoIterator<Item = (&'a [f32], u64)>,
+) -> Option<Vec<f32>> {
+    let mut sum: Vec<f64> = Vec::new();
+    let mut total = 0u64;
+    for (w, samples) in updates {
+        if samples == 0 {
+            continue;
+        }
+        if sum.is_empty() {
+            sum = vec![0.0; w.len()];
+        } else if sum.len() != w.len() {
+            return None;
+        }
+        let s = samples as f64;
+        for (acc, &x) in sum.iter_mut().zip(w) {
+            *acc += f64::from(x) * s;
+        }
+        total += samples;
+    }
+    (total > 0).then(|| sum.iter().map(|&x| (x / total as f64) as f32).collect())
+}
+
+/// Euclidean norm of `new - old`.
+pub fn update_norm(old: &[f32], new: &[f32]) -> f64 {
+    old.iter()
+        .zip(new)
+        .map(|(&a, &b)| {
+            let d = f64::from(b) - f64::from(a);
+            d * d
+        })
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Whether two runs of the same task agree: the largest difference of a
+/// weight is within `tolerance` of the weight's scale. Deterministic CPU
+/// training gives identical weights; the tolerance only absorbs
+/// floating-point differences between CPU models.
+pub fn weights_match(a: &[f32], b: &[f32], tolerance: f32) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(&x, &y)| {
+            x.is_finite()
+                && y.is_finite()
+                && (x - y).abs() <= tolerance * (1.0 + x.abs().max(y.abs()))
+        })
+}
+
+/// The robust check of one round: updates whose norm is far above the
+/// round's median (more than `factor` times it) or that are not finite are
+/// rejected. Returns, per update, whether it is accepted.
+pub fn norm_screen(old: &[f32], updates: &[&[f32]], factor: f64) -> Vec<bool> {
+    let norms: Vec<f64> = updates
+        .iter()
+        .map(|w| {
+            if w.len() == old.len() && w.iter().all(|x| x.is_finite()) {
+                update_norm(old, w)
+            } else {
+                f64::INFINITY
+            }
+        })
+        .collect();
+    let mut finite: Vec<f64> = norms.iter().copied().filter(|n| n.is_finite()).collect();
+    finite.sort_by(f64::total_cmp);
+    let median = finite.get(finite.len() / 2).copied().unwrap_or(0.0);
+    // Below three updates a median says little; only refuse non-finite ones.
+    let bound = if finite.len() >= 3 {
+        factor * median.max(1e-12)
+    } else {
+        f64::INFINITY
+    };
+    norms.iter().map(|&n| n.is_finite() && n <= bound).collect()
+}
+
+/// Weights as little-endian bytes, for the wire.
+pub fn weights_to_bytes(w: &[f32]) -> Vec<u8> {
+    w.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The inverse of [`weights_to_bytes`]; `None` if the length is not a
+/// multiple of four.
+pub fn weights_from_bytes(b: &[u8]) -> Option<Vec<f32>> {
+    b.len().is_multiple_of(4).then(|| {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    })
+}
+
+impl From<&ModelSpec> for crate::pb::ModelSpec {
+    fn from(s: &ModelSpec) -> Self {
+        Self {
+            architecture: s.architecture.to_string(),
+            hidden: s.hidden.iter().map(|&h| h as u32).collect(),
+            inputs: s.inputs as u32,
+            classes: s.classes as u32,
+        }
+    }
+}
+
+impl TryFrom<&crate::pb::ModelSpec> for ModelSpec {
+    type Error = SpecError;
+
+    fn try_from(p: &crate::pb::ModelSpec) -> Result<Self, Self::Error> {
+        ModelSpec::new(
+            p.architecture.parse()?,
+            p.hidden.iter().map(|&h| h as usize).collect(),
+            p.inputs as usize,
+            p.classes as usize,
+        )
+    }
+}
+
+impl From<&TrainParams> for crate::pb::TrainParams {
+    fn from(p: &TrainParams) -> Self {
+        Self {
+            learning_rate: p.learning_rate,
+            batch: p.batch as u32,
+            local_epochs: p.local_epochs as u32,
+            seed: p.seed,
+        }
+    }
+}
+
+impl TryFrom<&crate::pb::TrainParams> for TrainParams {
+    type Error = SpecError;
+
+    fn try_from(p: &crate::pb::TrainParams) -> Result<Self, Self::Error> {
+        let params = TrainParams {
+            learning_rate: p.learning_rate,
+            batch: p.batch as usize,
+            local_epochs: p.local_epochs as usize,
+            seed: p.seed,
+        };
+        params.validate()?;
+        Ok(params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_counts_parameters_and_refuses_bad_sizes() {
+        let s = ModelSpec::new(Architecture::Mlp, vec![64], 64, 10).expect("spec");
+        assert_eq!(s.params(), 64 * 64 + 64 + 64 * 10 + 10);
+        assert_eq!(s.init_weights(7), s.init_weights(7));
+        assert_ne!(s.init_weights(7), s.init_weights(8));
+        assert_eq!(s.init_weights(7).len(), s.params());
+        let l = ModelSpec::new(Architecture::Logistic, vec![64], 5, 3).expect("spec");
+        assert!(l.hidden.is_empty());
+        assert!(ModelSpec::new(Architecture::Mlp, vec![], 5, 3).is_err());
+        assert!(ModelSpec::new(Architecture::Mlp, vec![8], 5, 1).is_err());
+        assert!(ModelSpec::new(Architecture::Mlp, vec![1 << 14; 8], 1 << 14, 3).is_err());
+        assert_eq!(
+            "cnn9".parse::<Architecture>(),
+            Err(SpecError::UnknownModel("cnn9".into()))
+        );
+    }
+
+    #[test]
+    fn average_is_weighted_by_samples() {
+        let a = [1.0f32, 2.0];
+        let b = [4.0f32, 8.0];
+        let avg = federated_average([(&a[..], 1), (&b[..], 2)]).expect("avg");
+        assert_eq!(avg, vec![3.0, 6.0]);
+        assert_eq!(federated_average([(&a[..], 0)]), None);
+        assert_eq!(federated_average([(&a[..], 1), (&[1.0f32][..], 1)]), None);
+    }
+
+    #[test]
+    fn norm_screen_rejects_outliers_and_nan() {
+        let old = [0.0f32; 3];
+        let ok1 = [0.1f32, 0.0, 0.0];
+        let ok2 = [0.0f32, 0.12, 0.0];
+        let ok3 = [0.0f32, 0.0, 0.09];
+        let big = [50.0f32, 0.0, 0.0];
+        let nan = [f32::NAN, 0.0, 0.0];
+        let v = norm_screen(&old, &[&ok1, &ok2, &ok3, &big, &nan], 5.0);
+        assert_eq!(v, [true, true, true, false, false]);
+        assert!(weights_match(&ok1, &ok1, 0.0));
+        assert!(!weights_match(&ok1, &ok2, 1e-4));
+        let bytes = weights_to_bytes(&ok2);
+        assert_eq!(weights_from_bytes(&bytes).expect("bytes"), ok2);
+        assert_eq!(weights_from_bytes(&bytes[1..]), None);
+    }
+}

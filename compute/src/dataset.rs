@@ -1,0 +1,480 @@
+//! Tabular datasets: a CSV file with a header, numeric feature columns and
+//! one label column.
+//!
+//! At upload the uplink scans the file once ([`Scanner`]): it checks every
+//! cell, collects the label classes and the per-feature mean and standard
+//! deviation (kept in the [`Schema`], so training needs no extra pass), and
+//! decides where records fall so that every data row of every segment holds
+//! whole records ([`pack`]). A node then parses the records of its own row
+//! with [`parse_records`].
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+/// Most classes a label column may have.
+pub const MAX_CLASSES: usize = 4096;
+/// Most columns a dataset may have.
+pub const MAX_COLUMNS: usize = 1 << 16;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DatasetError {
+    #[error("the file is empty: a dataset needs a header line")]
+    Empty,
+    #[error("the file is not UTF-8 text (line {line})")]
+    NotText { line: usize },
+    #[error("label column {0:?} is not in the header (columns: {1})")]
+    NoLabel(String, String),
+    #[error("the header has {0} columns; a dataset needs a label and at least one feature")]
+    TooFewColumns(usize),
+    #[error("the header has {0} columns, more than {MAX_COLUMNS}")]
+    TooManyColumns(usize),
+    #[error("line {line} has {found} cells, the header has {expected}")]
+    Ragged {
+        line: usize,
+        found: usize,
+        expected: usize,
+    },
+    #[error("line {line}, column {column:?}: {cell:?} is not a number")]
+    NotNumeric {
+        line: usize,
+        column: String,
+        cell: String,
+    },
+    #[error("line {line}: quoted cells with commas are not supported")]
+    Quoted { line: usize },
+    #[error("the label column has more than {MAX_CLASSES} distinct values")]
+    TooManyClasses,
+    #[error("the dataset has no records")]
+    NoRecords,
+    #[error("line {line} is {len} bytes, longer than a whole row of {row} bytes")]
+    RecordTooLong { line: usize, len: usize, row: usize },
+    #[error("label {0:?} is not one of the dataset's classes")]
+    UnknownLabel(String),
+}
+
+/// What a dataset's rows mean: the columns, which one is the label, its
+/// classes, and the feature scaling. Travels (encrypted) with the dataset
+/// and, sealed to each computing node, with its tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schema {
+    pub columns: Vec<String>,
+    /// Index of the label column in `columns`.
+    pub label: usize,
+    /// Label values, in class-index order.
+    pub classes: Vec<String>,
+    /// Per feature (columns without the label, in order): mean and
+    /// standard deviation over the whole dataset.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// Records in the dataset.
+    pub records: u64,
+}
+
+impl Schema {
+    pub fn features(&self) -> usize {
+        self.columns.len() - 1
+    }
+
+    pub fn label_name(&self) -> &str {
+        &self.columns[self.label]
+    }
+
+    /// Feature column names, in order.
+    pub fn feature_names(&self) -> impl Iterator<Item = &str> {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| *i != self.label)
+            .map(|(_, c)| c.as_str())
+    }
+}
+
+/// Scaled features and class indices, row-major.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Records {
+    pub features: Vec<f32>,
+    pub labels: Vec<u32>,
+    pub width: usize,
+}
+
+impl Records {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.features[i * self.width..(i + 1) * self.width]
+    }
+}
+
+fn cell(raw: &str, line: usize) -> Result<&str, DatasetError> {
+    let t = raw.trim();
+    if let Some(inner) = t.strip_prefix('"') {
+        return inner.strip_suffix('"').ok_or(DatasetError::Quoted { line });
+    }
+    Ok(t)
+}
+
+/// Splits one CSV line into trimmed cells (quotes around a cell are
+/// removed; quoted commas are refused).
+fn cells(line: &str, lineno: usize, out: &mut Vec<String>) -> Result<(), DatasetError> {
+    out.clear();
+    for raw in line.split(',') {
+        out.push(cell(raw, lineno)?.to_string());
+    }
+    Ok(())
+}
+
+fn parse_number(s: &str) -> Option<f64> {
+    s.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// Iterates `(line number, line)` over `text`, one-based, skipping blank
+/// lines and trimming `\r`.
+fn lines(text: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    text.split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+}
+
+/// One pass over a whole CSV file: validates it and builds its [`Schema`].
+pub fn scan(text: &[u8], label: &str) -> Result<Schema, DatasetError> {
+    let mut it = lines(text);
+    let (hline, header) = it.next().ok_or(DatasetError::Empty)?;
+    let header = std::str::from_utf8(header).map_err(|_| DatasetError::NotText { line: hline })?;
+    let mut columns = Vec::new();
+    cells(header, hline, &mut columns)?;
+    if columns.len() > MAX_COLUMNS {
+        return Err(DatasetError::TooManyColumns(columns.len()));
+    }
+    let label_at = columns
+        .iter()
+        .position(|c| c == label)
+        .ok_or_else(|| DatasetError::NoLabel(label.to_string(), columns.join(",")))?;
+    if columns.len() < 2 {
+        return Err(DatasetError::TooFewColumns(columns.len()));
+    }
+    let width = columns.len() - 1;
+    let mut sum = vec![0f64; width];
+    let mut sumsq = vec![0f64; width];
+    let mut classes = BTreeSet::new();
+    let mut records = 0u64;
+    let mut row = Vec::with_capacity(columns.len());
+    for (line, bytes) in it {
+        let text = std::str::from_utf8(bytes).map_err(|_| DatasetError::NotText { line })?;
+        cells(text, line, &mut row)?;
+        if row.len() != columns.len() {
+            return Err(DatasetError::Ragged {
+                line,
+                found: row.len(),
+                expected: columns.len(),
+            });
+        }
+        let mut f = 0;
+        for (c, value) in row.iter().enumerate() {
+            if c == label_at {
+                if !classes.contains(value.as_str()) {
+                    if classes.len() >= MAX_CLASSES {
+                        return Err(DatasetError::TooManyClasses);
+                    }
+                    classes.insert(value.clone());
+                }
+                continue;
+            }
+            let v = parse_number(value).ok_or_else(|| DatasetError::NotNumeric {
+                line,
+                column: columns[c].clone(),
+                cell: value.clone(),
+            })?;
+            sum[f] += v;
+            sumsq[f] += v * v;
+            f += 1;
+        }
+        records += 1;
+    }
+    if records == 0 {
+        return Err(DatasetError::NoRecords);
+    }
+    let n = records as f64;
+    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+    let std = sum
+        .iter()
+        .zip(&sumsq)
+        .map(|(s, q)| {
+            let var = (q / n - (s / n) * (s / n)).max(0.0);
+            let sd = var.sqrt();
+            // A constant column carries no information; leave it centred.
+            if sd < 1e-9 { 1.0 } else { sd as f32 }
+        })
+        .collect();
+    Ok(Schema {
+        columns,
+        label: label_at,
+        classes: sort_classes(classes),
+        mean,
+        std,
+        records,
+    })
+}
+
+/// Numeric labels sort as numbers ("2" before "10"), others as text.
+fn sort_classes(classes: BTreeSet<String>) -> Vec<String> {
+    let mut v: Vec<String> = classes.into_iter().collect();
+    if v.iter().all(|c| parse_number(c).is_some()) {
+        v.sort_by(|a, b| {
+            let (a, b) = (parse_number(a), parse_number(b));
+            a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal)
+        });
+    }
+    v
+}
+
+/// Parses the records in `text` (whole CSV lines) with the dataset's
+/// scaling applied; the first line is skipped when `skip_header` (the
+/// first row of a dataset starts with its header). Stops at the first NUL
+/// byte: a data row is zero-padded to the piece size.
+pub fn parse_records(
+    text: &[u8],
+    schema: &Schema,
+    skip_header: bool,
+) -> Result<Records, DatasetError> {
+    let text = match text.iter().position(|&b| b == 0) {
+        Some(end) => &text[..end],
+        None => text,
+    };
+    let class_of: HashMap<&str, u32> = schema
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i as u32))
+        .collect();
+    let width = schema.features();
+    let mut out = Records {
+        width,
+        ..Default::default()
+    };
+    let mut row = Vec::with_capacity(schema.columns.len());
+    for (line, bytes) in lines(text).skip(usize::from(skip_header)) {
+        let s = std::str::from_utf8(bytes).map_err(|_| DatasetError::NotText { line })?;
+        cells(s, line, &mut row)?;
+        if row.len() != schema.columns.len() {
+            return Err(DatasetError::Ragged {
+                line,
+                found: row.len(),
+                expected: schema.columns.len(),
+            });
+        }
+        let mut f = 0;
+        for (c, value) in row.iter().enumerate() {
+            if c == schema.label {
+                let class = class_of
+                    .get(value.as_str())
+                    .ok_or_else(|| DatasetError::UnknownLabel(value.clone()))?;
+                out.labels.push(*class);
+                continue;
+            }
+            let v = parse_number(value).ok_or_else(|| DatasetError::NotNumeric {
+                line,
+                column: schema.columns[c].clone(),
+                cell: value.clone(),
+            })?;
+            out.features
+                .push(((v as f32) - schema.mean[f]) / schema.std[f]);
+            f += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Where one segment of a packed dataset lies in the file: `rows[i]` is the
+/// byte length of data row `i`, the rows following each other from `start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedSegment {
+    pub start: usize,
+    pub rows: Vec<usize>,
+    /// Records in each row.
+    pub records: Vec<usize>,
+}
+
+impl PackedSegment {
+    pub fn len(&self) -> usize {
+        self.rows.iter().sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Splits a CSV file into segments of `k` rows of at most `row_capacity`
+/// bytes, each row holding whole lines, and together covering the file
+/// exactly. Rows are balanced: a file smaller than a segment is spread
+/// over all `k` rows, so that every data piece gets a share of the
+/// training. The header line goes into the first row (its task skips it).
+pub fn pack(
+    text: &[u8],
+    k: usize,
+    row_capacity: usize,
+) -> Result<Vec<PackedSegment>, DatasetError> {
+    let k = k.max(1);
+    let planned = text
+        .len()
+        .div_ceil(row_capacity.saturating_mul(k).max(1))
+        .max(1);
+    let target = text
+        .len()
+        .div_ceil(planned * k)
+        .clamp(1, row_capacity.max(1));
+    let mut segments = Vec::new();
+    let mut seg = PackedSegment {
+        start: 0,
+        rows: Vec::with_capacity(k),
+        records: Vec::with_capacity(k),
+    };
+    let (mut row_len, mut row_records) = (0usize, 0usize);
+    let mut pos = 0usize;
+    let mut header_seen = false;
+    for (i, line) in text.split_inclusive(|&b| b == b'\n').enumerate() {
+        if line.len() > row_capacity {
+            return Err(DatasetError::RecordTooLong {
+                line: i + 1,
+                len: line.len(),
+                row: row_capacity,
+            });
+        }
+        // The very last row takes the remainder rather than start a segment.
+        let last_row = segments.len() + 1 >= planned && seg.rows.len() + 1 == k;
+        let soft_full = row_len >= target && !last_row;
+        if row_len > 0 && (soft_full || row_len + line.len() > row_capacity) {
+            seg.rows.push(row_len);
+            seg.records.push(row_records);
+            (row_len, row_records) = (0, 0);
+            if seg.rows.len() == k {
+                let next = PackedSegment {
+                    start: pos,
+                    rows: Vec::with_capacity(k),
+                    records: Vec::with_capacity(k),
+                };
+                segments.push(std::mem::replace(&mut seg, next));
+            }
+        }
+        row_len += line.len();
+        let blank = line.iter().all(u8::is_ascii_whitespace);
+        if !blank {
+            if header_seen {
+                row_records += 1;
+            }
+            header_seen = true;
+        }
+        pos += line.len();
+    }
+    if row_len > 0 || !seg.rows.is_empty() || segments.is_empty() {
+        seg.rows.push(row_len);
+        seg.records.push(row_records);
+        seg.rows.resize(k, 0);
+        seg.records.resize(k, 0);
+        segments.push(seg);
+    }
+    Ok(segments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CSV: &[u8] = b"a,b,label\n1,2,x\n3,4,y\r\n\n5,6,x\n";
+
+    #[test]
+    fn scan_builds_schema_with_scaling() {
+        let s = scan(CSV, "label").expect("scan");
+        assert_eq!(s.columns, ["a", "b", "label"]);
+        assert_eq!(s.label, 2);
+        assert_eq!(s.classes, ["x", "y"]);
+        assert_eq!(s.records, 3);
+        assert!((s.mean[0] - 3.0).abs() < 1e-6);
+        assert!((s.std[1] - (8.0f32 / 3.0).sqrt()).abs() < 1e-5);
+        let r = parse_records(b"a,b,label\n1,2,x\n5,6,y\n\0\0\0", &s, true).expect("parse");
+        assert_eq!(r.labels, [0, 1]);
+        assert_eq!(r.width, 2);
+        assert!((r.row(1)[0] - 2.0 / (8.0f32 / 3.0).sqrt()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn numeric_classes_sort_as_numbers() {
+        let s = scan(b"f,label\n1,10\n2,2\n3,1\n", "label").expect("scan");
+        assert_eq!(s.classes, ["1", "2", "10"]);
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_line() {
+        assert_eq!(scan(b"", "label"), Err(DatasetError::Empty));
+        assert!(matches!(
+            scan(b"a,b\n1,2\n", "label"),
+            Err(DatasetError::NoLabel(..))
+        ));
+        assert_eq!(
+            scan(b"a,label\n1,x\nfoo,y\n", "label"),
+            Err(DatasetError::NotNumeric {
+                line: 3,
+                column: "a".into(),
+                cell: "foo".into()
+            })
+        );
+        assert_eq!(
+            scan(b"a,label\n1,x,3\n", "label"),
+            Err(DatasetError::Ragged {
+                line: 2,
+                found: 3,
+                expected: 2
+            })
+        );
+        assert_eq!(scan(b"a,label\n", "label"), Err(DatasetError::NoRecords));
+        assert!(scan(b"a,label\nNaN,x\n", "label").is_err());
+    }
+
+    #[test]
+    fn packing_covers_the_file_with_whole_lines() {
+        let mut text = b"f1,f2,label\n".to_vec();
+        for i in 0..500 {
+            text.extend_from_slice(format!("{i},{},{}\n", i * 3, i % 7).as_bytes());
+        }
+        let segs = pack(&text, 4, 300).expect("pack");
+        assert!(segs.len() > 1);
+        let mut at = 0;
+        let mut records = 0;
+        for s in &segs {
+            assert_eq!(s.start, at);
+            assert_eq!(s.rows.len(), 4);
+            let mut p = s.start;
+            for &r in &s.rows {
+                assert!(r <= 300);
+                let row = &text[p..p + r];
+                assert!(row.is_empty() || row.ends_with(b"\n"), "row ends mid-line");
+                p += r;
+            }
+            at += s.len();
+            records += s.records.iter().sum::<usize>();
+        }
+        assert_eq!(at, text.len());
+        assert_eq!(records, 500);
+        assert!(matches!(
+            pack(&text, 4, 5),
+            Err(DatasetError::RecordTooLong { .. })
+        ));
+        // A file smaller than a segment still fills every row.
+        let small = pack(&text, 4, 1 << 20).expect("pack");
+        assert_eq!(small.len(), 1);
+        assert!(
+            small[0].records.iter().all(|&r| r > 100),
+            "{:?}",
+            small[0].records
+        );
+    }
+}

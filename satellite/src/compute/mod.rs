@@ -1,0 +1,963 @@
+//! Compute jobs: training where the data lives.
+//!
+//! A job trains one registry model on one dataset with federated averaging.
+//! Planning ([`Compute::plan`]) tells the uplink which nodes may run each
+//! task, so that it can seal each piece's key to them; submission
+//! ([`Compute::submit`]) stores the job and starts its driver. The driver
+//! runs round after round: the [`scheduler::Round`] core places one task
+//! per data piece on the node that holds it, the driver sends the global
+//! weights there ([`pb::TrainRequest`]), collects the trained weights,
+//! screens them, and averages them weighted by samples. The satellite sees
+//! weights, never data or keys.
+//!
+//! Accounting hooks for later subsystems: every node's accepted work units
+//! and failed verifications are kept in [`Table::ComputeNodes`].
+
+pub mod scheduler;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use loam_common::compute::{
+    self as cc, ModelSpec, TrainParams, federated_average, norm_screen, work_units,
+};
+use loam_common::orders::{PieceAction, PieceId, now_ms};
+use loam_common::transport::Endpoint as QuicEndpoint;
+use loam_common::wire::{Frame, FrameReader, FrameWriter, MAX_DATA_FRAME_LEN};
+use loam_common::{NodeId, pb};
+use prost::Message;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{DbError, Kv, Table};
+use crate::metainfo::{Metainfo, MetainfoError, ProjectId};
+use crate::overlay::{Node, Overlay};
+use scheduler::{Assignment, NodeView, Output, Round, TaskPlan};
+
+/// Compute settings, the `[compute]` table of the satellite's config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComputeConfig {
+    /// Share of tasks re-executed by a second node each round, when the
+    /// job does not say. Default 0.1.
+    pub verify_fraction: f64,
+    /// Largest relative weight difference two runs of one task may have
+    /// and still agree. Default 1e-5.
+    pub tolerance: f64,
+    /// An update whose norm is more than this many times the round's
+    /// median is rejected. Default 10.
+    pub norm_factor: f64,
+    /// Nodes a task's key is sealed to (the holder and the nodes that may
+    /// rebuild). Default 6.
+    pub candidates: usize,
+    /// Seconds one task may run before it is given up. Default 600.
+    pub task_timeout_secs: f64,
+    /// Most rounds a job may ask for. Default 1000.
+    pub max_rounds: u32,
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        Self {
+            verify_fraction: 0.1,
+            tolerance: 1e-5,
+            norm_factor: 10.0,
+            candidates: 6,
+            task_timeout_secs: 600.0,
+            max_rounds: 1000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ComputeError {
+    #[error(transparent)]
+    Metainfo(#[from] MetainfoError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("the dataset is not opted in to compute; run `uplink dataset compute on` on it first")]
+    NotOptedIn,
+    #[error("no node can run task (segment {segment}, row {row}): {why}")]
+    NoNode { segment: u32, row: u32, why: String },
+    #[error("bad job: {0}")]
+    BadJob(String),
+    #[error("job not found")]
+    JobNotFound,
+}
+
+impl ComputeError {
+    pub fn code(&self) -> pb::ErrorCode {
+        use pb::ErrorCode as C;
+        match self {
+            Self::Metainfo(e) => e.code(),
+            Self::Db(_) => C::Internal,
+            Self::NotOptedIn => C::FailedPrecondition,
+            Self::NoNode { .. } => C::Unavailable,
+            Self::BadJob(_) => C::InvalidArgument,
+            Self::JobNotFound => C::NotFound,
+        }
+    }
+}
+
+impl From<cc::SpecError> for ComputeError {
+    fn from(e: cc::SpecError) -> Self {
+        Self::BadJob(e.to_string())
+    }
+}
+
+type JobId = [u8; 16];
+
+fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M, DbError> {
+    M::decode(bytes).map_err(|_| DbError::Corrupt(what))
+}
+
+/// A running job: how to stop it and its latest state.
+struct Live {
+    cancel: CancellationToken,
+    info: pb::JobInfo,
+}
+
+pub struct Compute {
+    kv: Arc<dyn Kv>,
+    metainfo: Arc<Metainfo>,
+    overlay: Arc<Overlay>,
+    endpoint: QuicEndpoint,
+    config: ComputeConfig,
+    /// Tasks in flight per node, over all jobs.
+    busy: Mutex<HashMap<NodeId, usize>>,
+    live: Mutex<HashMap<JobId, Live>>,
+    shutdown: CancellationToken,
+}
+
+impl Compute {
+    pub fn new(
+        kv: Arc<dyn Kv>,
+        metainfo: Arc<Metainfo>,
+        overlay: Arc<Overlay>,
+        endpoint: QuicEndpoint,
+        config: ComputeConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            kv,
+            metainfo,
+            overlay,
+            endpoint,
+            config,
+            busy: Mutex::default(),
+            live: Mutex::default(),
+            shutdown,
+        }
+    }
+
+    /// Online nodes that offer compute.
+    fn compute_nodes(&self, now: i64) -> Vec<Node> {
+        self.overlay
+            .list()
+            .into_iter()
+            .filter(|n| {
+                self.overlay.is_online(n, now)
+                    && n.capabilities.compute_enabled
+                    && n.capabilities.max_tasks > 0
+            })
+            .collect()
+    }
+
+    fn dataset(
+        &self,
+        project: &ProjectId,
+        bucket: &str,
+        encrypted_key: &[u8],
+    ) -> Result<pb::ObjectRecord, ComputeError> {
+        let obj = self
+            .metainfo
+            .object_record(project, bucket, encrypted_key)?;
+        if !obj.dataset {
+            return Err(MetainfoError::NotADataset.into());
+        }
+        if !obj.compute_enabled {
+            return Err(ComputeError::NotOptedIn);
+        }
+        Ok(obj)
+    }
+
+    /// Which nodes may run each task of a job on the dataset.
+    pub fn plan(
+        &self,
+        project: &ProjectId,
+        req: &pb::PlanJobRequest,
+    ) -> Result<pb::PlanJobResponse, ComputeError> {
+        let obj = self.dataset(project, &req.bucket, &req.encrypted_key)?;
+        let nodes = self.compute_nodes(now_ms());
+        let mut resp = pb::PlanJobResponse::default();
+        for s in 0..obj.segment_count {
+            let seg = self.metainfo.segment(&obj, s)?;
+            let meta = seg.meta.clone().unwrap_or_default();
+            for (row, &size) in meta.row_sizes.iter().enumerate() {
+                if size <= 0 {
+                    continue;
+                }
+                let row = row as u32;
+                let candidates = self.candidates(&seg, row, &nodes);
+                if candidates.is_empty() {
+                    return Err(ComputeError::NoNode {
+                        segment: s,
+                        row,
+                        why: if nodes.is_empty() {
+                            "no node online offers compute".into()
+                        } else {
+                            "no node that offers compute can reach the piece".into()
+                        },
+                    });
+                }
+                resp.tasks.push(pb::TaskPlan {
+                    segment: s,
+                    row,
+                    candidates: candidates
+                        .iter()
+                        .map(|n| pb::Candidate {
+                            node_id: n.id.as_bytes().to_vec().into(),
+                            public_key: n.public_key.as_bytes().to_vec().into(),
+                        })
+                        .collect(),
+                });
+            }
+            resp.segments.push(meta);
+        }
+        if resp.tasks.is_empty() {
+            return Err(ComputeError::BadJob("the dataset has no records".into()));
+        }
+        Ok(resp)
+    }
+
+    /// The holder of data row `row` if it computes, then other compute
+    /// nodes: those holding other pieces of the segment first.
+    fn candidates(&self, seg: &pb::SegmentRecord, row: u32, nodes: &[Node]) -> Vec<Node> {
+        let holder = holder_of(seg, row);
+        let holds: HashSet<NodeId> = seg
+            .pieces
+            .iter()
+            .filter_map(|p| NodeId::try_from(p.node_id.as_ref()).ok())
+            .collect();
+        let mut out: Vec<Node> = Vec::new();
+        if let Some(h) = holder.and_then(|h| nodes.iter().find(|n| n.id == h)) {
+            out.push(h.clone());
+        }
+        let mut rest: Vec<&Node> = nodes.iter().filter(|n| Some(n.id) != holder).collect();
+        // Spread the extra work: rotate by segment and row.
+        let shift = (row as usize + seg.root_piece_id.first().copied().unwrap_or(0) as usize)
+            % rest.len().max(1);
+        rest.rotate_left(shift);
+        rest.sort_by_key(|n| !holds.contains(&n.id));
+        out.extend(
+            rest.into_iter()
+                .take(self.config.candidates.saturating_sub(out.len()))
+                .cloned(),
+        );
+        out
+    }
+
+    /// Stores a job and starts it.
+    pub fn submit(
+        self: &Arc<Self>,
+        project: &ProjectId,
+        req: &pb::SubmitJobRequest,
+    ) -> Result<pb::JobInfo, ComputeError> {
+        let spec = ModelSpec::try_from(
+            req.spec
+                .as_ref()
+                .ok_or_else(|| ComputeError::BadJob("no model".into()))?,
+        )?;
+        let params = TrainParams::try_from(
+            req.params
+                .as_ref()
+                .ok_or_else(|| ComputeError::BadJob("no hyperparameters".into()))?,
+        )?;
+        if !(1..=self.config.max_rounds).contains(&req.rounds) {
+            return Err(ComputeError::BadJob(format!(
+                "rounds must be 1..={}",
+                self.config.max_rounds
+            )));
+        }
+        let verify_fraction = if req.verify_fraction < 0.0 {
+            self.config.verify_fraction
+        } else if req.verify_fraction <= 1.0 {
+            req.verify_fraction
+        } else {
+            return Err(ComputeError::BadJob(
+                "verify fraction must be in 0..=1".into(),
+            ));
+        };
+        let obj = self.dataset(project, &req.bucket, &req.encrypted_key)?;
+        // The tasks must be exactly the dataset's non-empty rows.
+        let mut want = HashSet::new();
+        for s in 0..obj.segment_count {
+            let meta = self.metainfo.segment(&obj, s)?.meta.unwrap_or_default();
+            for (row, &size) in meta.row_sizes.iter().enumerate() {
+                if size > 0 {
+                    want.insert((s, row as u32));
+                }
+            }
+        }
+        let mut got = HashSet::new();
+        for t in &req.tasks {
+            if t.keys.is_empty()
+                || t.keys
+                    .iter()
+                    .any(|k| NodeId::try_from(k.node_id.as_ref()).is_err())
+            {
+                return Err(ComputeError::BadJob(format!(
+                    "task (segment {}, row {}) has no usable keys",
+                    t.segment, t.row
+                )));
+            }
+            got.insert((t.segment, t.row));
+        }
+        if got != want || got.len() != req.tasks.len() {
+            return Err(ComputeError::BadJob(
+                "the tasks do not match the dataset's rows; plan the job again".into(),
+            ));
+        }
+        let job_id: JobId = rand::random();
+        let info = pb::JobInfo {
+            job_id: job_id.to_vec().into(),
+            state: pb::JobState::JobRunning as i32,
+            spec: Some((&spec).into()),
+            params: Some((&params).into()),
+            rounds: req.rounds,
+            tasks_total: req.tasks.len() as u32,
+            created_unix_ms: now_ms(),
+            owner_note: req.owner_note.clone(),
+            bucket: req.bucket.clone(),
+            ..Default::default()
+        };
+        let record = pb::JobRecord {
+            version: 1,
+            info: Some(info.clone()),
+            project_id: project.to_vec().into(),
+            encrypted_key: req.encrypted_key.clone(),
+            tasks: req.tasks.clone(),
+            verify_fraction,
+        };
+        self.kv.write(vec![
+            crate::db::Op::Put(Table::Jobs, job_id.to_vec(), record.encode_to_vec()),
+            crate::db::Op::Put(
+                Table::JobWeights,
+                job_id.to_vec(),
+                cc::weights_to_bytes(&spec.init_weights(params.seed)),
+            ),
+        ])?;
+        metrics::counter!("loam_satellite_jobs_submitted_total").increment(1);
+        self.start(job_id, record);
+        Ok(info)
+    }
+
+    /// Restarts the jobs that were running when the satellite stopped, from
+    /// their last finished round.
+    pub fn resume_jobs(self: &Arc<Self>) -> Result<usize, ComputeError> {
+        let mut n = 0;
+        for (k, v) in self.kv.scan(Table::Jobs, b"", b"", usize::MAX)? {
+            let rec: pb::JobRecord = decode(&v, "job")?;
+            let running = rec
+                .info
+                .as_ref()
+                .is_some_and(|i| i.state == pb::JobState::JobRunning as i32);
+            if let (true, Ok(id)) = (running, JobId::try_from(k.as_slice())) {
+                self.start(id, rec);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn start(self: &Arc<Self>, job_id: JobId, record: pb::JobRecord) {
+        let cancel = self.shutdown.child_token();
+        self.live.lock().expect("jobs lock").insert(
+            job_id,
+            Live {
+                cancel: cancel.clone(),
+                info: record.info.clone().unwrap_or_default(),
+            },
+        );
+        let this = self.clone();
+        tokio::spawn(async move { this.drive(job_id, record, cancel).await });
+    }
+
+    fn record(&self, job_id: &[u8]) -> Result<pb::JobRecord, ComputeError> {
+        let v = self
+            .kv
+            .get(Table::Jobs, job_id)?
+            .ok_or(ComputeError::JobNotFound)?;
+        Ok(decode(&v, "job")?)
+    }
+
+    /// A job of `project`, live state first.
+    pub fn job(&self, project: &ProjectId, job_id: &[u8]) -> Result<pb::JobInfo, ComputeError> {
+        let rec = self.record(job_id)?;
+        if rec.project_id.as_ref() != project {
+            return Err(ComputeError::JobNotFound);
+        }
+        if let Ok(id) = JobId::try_from(job_id)
+            && let Some(l) = self.live.lock().expect("jobs lock").get(&id)
+        {
+            return Ok(l.info.clone());
+        }
+        Ok(rec.info.unwrap_or_default())
+    }
+
+    pub fn list(&self, project: &ProjectId) -> Result<Vec<pb::JobInfo>, ComputeError> {
+        let mut out = Vec::new();
+        for (k, v) in self.kv.scan(Table::Jobs, b"", b"", usize::MAX)? {
+            let rec: pb::JobRecord = decode(&v, "job")?;
+            if rec.project_id.as_ref() == project {
+                out.push(self.job(project, &k)?);
+            }
+        }
+        out.sort_by_key(|j| j.created_unix_ms);
+        Ok(out)
+    }
+
+    pub fn cancel(&self, project: &ProjectId, job_id: &[u8]) -> Result<pb::JobInfo, ComputeError> {
+        let info = self.job(project, job_id)?;
+        if let Ok(id) = JobId::try_from(job_id)
+            && let Some(l) = self.live.lock().expect("jobs lock").get(&id)
+        {
+            l.cancel.cancel();
+        }
+        Ok(info)
+    }
+
+    /// Up to 512 KiB of a job's current weights from `offset` (bytes).
+    pub fn weights(
+        &self,
+        project: &ProjectId,
+        req: &pb::JobWeightsRequest,
+    ) -> Result<pb::JobWeightsResponse, ComputeError> {
+        self.job(project, &req.job_id)?;
+        let w = self
+            .kv
+            .get(Table::JobWeights, &req.job_id)?
+            .ok_or(ComputeError::JobNotFound)?;
+        let start = (req.offset as usize).min(w.len());
+        let end = (start + (512 << 10)).min(w.len());
+        Ok(pb::JobWeightsResponse {
+            weights: w[start..end].to_vec().into(),
+            total: w.len() as u64,
+        })
+    }
+
+    /// Compute accounting of every node that ran tasks.
+    pub fn node_stats(&self) -> Result<HashMap<NodeId, pb::ComputeStats>, ComputeError> {
+        let mut out = HashMap::new();
+        for (k, v) in self.kv.scan(Table::ComputeNodes, b"", b"", usize::MAX)? {
+            let rec: pb::ComputeRecord = decode(&v, "compute record")?;
+            if let Ok(id) = NodeId::try_from(k.as_slice()) {
+                out.insert(id, rec.stats.unwrap_or_default());
+            }
+        }
+        Ok(out)
+    }
+
+    fn account(&self, node: NodeId, f: impl FnOnce(&mut pb::ComputeStats)) -> Result<(), DbError> {
+        let key = node.as_bytes().to_vec();
+        let mut rec: pb::ComputeRecord = match self.kv.get(Table::ComputeNodes, &key)? {
+            Some(v) => decode(&v, "compute record")?,
+            None => pb::ComputeRecord::default(),
+        };
+        f(rec.stats.get_or_insert_with(Default::default));
+        self.kv.put(Table::ComputeNodes, key, rec.encode_to_vec())
+    }
+
+    fn publish(&self, job_id: &JobId, info: &pb::JobInfo) {
+        if let Some(l) = self.live.lock().expect("jobs lock").get_mut(job_id) {
+            l.info = info.clone();
+        }
+    }
+
+    async fn drive(
+        self: Arc<Self>,
+        job_id: JobId,
+        mut record: pb::JobRecord,
+        cancel: CancellationToken,
+    ) {
+        let result = self.run_job(&job_id, &mut record, &cancel).await;
+        let info = record.info.get_or_insert_with(Default::default);
+        info.tasks_running = 0;
+        match result {
+            Ok(()) => info.state = pb::JobState::JobDone as i32,
+            Err(_) if self.shutdown.is_cancelled() => {
+                // Left running in the database: resumed at the next start.
+                self.live.lock().expect("jobs lock").remove(&job_id);
+                return;
+            }
+            Err(e) if cancel.is_cancelled() => {
+                info.state = pb::JobState::JobCancelled as i32;
+                info.error = e;
+            }
+            Err(e) => {
+                tracing::warn!(job = hex::encode(job_id), error = %e, "job failed");
+                info.state = pb::JobState::JobFailed as i32;
+                info.error = e;
+            }
+        }
+        info.finished_unix_ms = now_ms();
+        let state = info.state;
+        if let Err(e) = self
+            .kv
+            .put(Table::Jobs, job_id.to_vec(), record.encode_to_vec())
+        {
+            tracing::error!(error = %e, "cannot store the job's end");
+        }
+        metrics::counter!("loam_satellite_jobs_finished_total", "state" => pb::JobState::try_from(state).map_or("unknown", |s| s.as_str_name())).increment(1);
+        self.live.lock().expect("jobs lock").remove(&job_id);
+    }
+
+    async fn run_job(
+        &self,
+        job_id: &JobId,
+        record: &mut pb::JobRecord,
+        cancel: &CancellationToken,
+    ) -> Result<(), String> {
+        let info = record.info.clone().unwrap_or_default();
+        let spec = info
+            .spec
+            .as_ref()
+            .and_then(|s| ModelSpec::try_from(s).ok())
+            .ok_or("stored job has a bad model")?;
+        let params = info
+            .params
+            .as_ref()
+            .and_then(|p| TrainParams::try_from(p).ok())
+            .ok_or("stored job has bad hyperparameters")?;
+        let project = ProjectId::try_from(record.project_id.as_ref())
+            .map_err(|_| "stored job has a bad project")?;
+        let mut weights = self
+            .kv
+            .get(Table::JobWeights, job_id)
+            .map_err(|e| e.to_string())?
+            .and_then(|b| cc::weights_from_bytes(&b))
+            .filter(|w| w.len() == spec.params())
+            .ok_or("stored job has no weights")?;
+        for round in info.round..info.rounds {
+            let obj = self
+                .metainfo
+                .object_record(&project, &info.bucket, &record.encrypted_key)
+                .map_err(|e| format!("the dataset is gone: {e}"))?;
+            if !obj.compute_enabled {
+                return Err("the dataset was opted out of compute".into());
+            }
+            let t0 = Instant::now();
+            let ctx = RoundCtx {
+                job_id: *job_id,
+                round,
+                spec: &spec,
+                params: &params,
+                weights: &weights,
+                obj: &obj,
+                record,
+            };
+            let (outcome, sent_bytes, max_train_ms) = self.run_round(&ctx, cancel).await?;
+            weights = self.settle_round(
+                job_id,
+                record,
+                &spec,
+                &weights,
+                outcome,
+                round,
+                t0,
+                sent_bytes,
+                max_train_ms,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Screens, averages and accounts one round; returns the new weights.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_round(
+        &self,
+        job_id: &JobId,
+        record: &mut pb::JobRecord,
+        spec: &ModelSpec,
+        old: &[f32],
+        mut outcome: scheduler::RoundOutcome,
+        round: u32,
+        t0: Instant,
+        sent_bytes: u64,
+        max_train_ms: i64,
+    ) -> Result<Vec<f32>, String> {
+        let db = |e: DbError| e.to_string();
+        // Robust check: updates far larger than the round's median are
+        // discarded and count against their node.
+        let updates: Vec<&[f32]> = outcome.accepted.iter().map(|a| &a.2.weights[..]).collect();
+        let keep = norm_screen(old, &updates, self.config.norm_factor);
+        let mut rejected = 0u32;
+        let mut kept = Vec::new();
+        for (ok, (task, node, out)) in keep.into_iter().zip(outcome.accepted.drain(..)) {
+            if ok {
+                kept.push((task, node, out));
+            } else {
+                rejected += 1;
+                tracing::warn!(job = hex::encode(job_id), node = %node.short(), ?task, "update rejected by the norm check");
+                outcome.verification_failures.push(node);
+                outcome.credited.retain(|c| c.0 != node);
+            }
+        }
+        if kept.is_empty() {
+            return Err(format!(
+                "round {}: no task produced an accepted update",
+                round + 1
+            ));
+        }
+        let new = federated_average(kept.iter().map(|(_, _, o)| (&o.weights[..], o.samples)))
+            .ok_or("updates have different sizes")?;
+        let samples: u64 = kept.iter().map(|k| k.2.samples).sum();
+        let mean = |f: fn(&Output) -> f32| {
+            (kept
+                .iter()
+                .map(|k| f64::from(f(&k.2)) * k.2.samples as f64)
+                .sum::<f64>()
+                / samples.max(1) as f64) as f32
+        };
+        let mut units = 0.0;
+        for (node, s) in &outcome.credited {
+            let u = work_units(spec.params(), *s);
+            units += u;
+            self.account(*node, |st| {
+                st.work_units += u;
+                st.tasks_accepted += 1;
+            })
+            .map_err(db)?;
+        }
+        for node in &outcome.verification_failures {
+            metrics::counter!("loam_satellite_compute_verification_failures_total").increment(1);
+            self.account(*node, |st| st.verification_failures += 1)
+                .map_err(db)?;
+        }
+        for node in &outcome.failed_runs {
+            self.account(*node, |st| st.tasks_failed += 1).map_err(db)?;
+        }
+        let duration_ms = t0.elapsed().as_millis() as i64;
+        let info = record.info.get_or_insert_with(Default::default);
+        info.history.push(pb::RoundInfo {
+            round: round + 1,
+            loss: mean(|o| o.loss),
+            accuracy: mean(|o| o.accuracy),
+            samples,
+            tasks_accepted: kept.len() as u32,
+            tasks_rejected: rejected + outcome.failed_tasks as u32,
+            weight_bytes: sent_bytes,
+            duration_ms,
+            coordination_ms: (duration_ms - max_train_ms).max(0),
+            train_ms: kept.iter().map(|k| k.2.train_ms).sum(),
+        });
+        info.round = round + 1;
+        info.tasks_done += kept.len() as u64;
+        info.tasks_failed += (outcome.failed_runs.len() + outcome.failed_tasks) as u64;
+        info.work_units += units;
+        info.samples += samples;
+        info.dataset_bytes_fetched += outcome.bytes_fetched_train;
+        info.verify_bytes_fetched += outcome.bytes_fetched_verify;
+        info.weight_bytes += sent_bytes;
+        info.verification_failures += outcome.verification_failures.len() as u64;
+        info.tasks_verified += outcome.verified_tasks as u64;
+        info.tasks_running = 0;
+        self.kv
+            .write(vec![
+                crate::db::Op::Put(
+                    Table::JobWeights,
+                    job_id.to_vec(),
+                    cc::weights_to_bytes(&new),
+                ),
+                crate::db::Op::Put(Table::Jobs, job_id.to_vec(), record.encode_to_vec()),
+            ])
+            .map_err(db)?;
+        self.publish(job_id, record.info.as_ref().expect("set above"));
+        metrics::counter!("loam_satellite_compute_rounds_total").increment(1);
+        Ok(new)
+    }
+
+    fn node_view(&self, now: i64) -> NodeView {
+        let busy = self.busy.lock().expect("busy lock");
+        let mut view = NodeView::default();
+        for n in self.compute_nodes(now) {
+            let used = busy.get(&n.id).copied().unwrap_or(0);
+            view.free_slots.insert(
+                n.id,
+                (n.capabilities.max_tasks as usize).saturating_sub(used),
+            );
+            view.online.insert(n.id);
+        }
+        view
+    }
+
+    fn set_busy(&self, node: NodeId, delta: isize) {
+        let mut busy = self.busy.lock().expect("busy lock");
+        let e = busy.entry(node).or_insert(0);
+        *e = e.saturating_add_signed(delta);
+    }
+
+    /// Runs one round to completion; returns its outcome, the weight bytes
+    /// moved and the longest task's training time.
+    async fn run_round(
+        &self,
+        ctx: &RoundCtx<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<(scheduler::RoundOutcome, u64, i64), String> {
+        let mut plans = Vec::new();
+        for t in &ctx.record.tasks {
+            let seg = self
+                .metainfo
+                .segment(ctx.obj, t.segment)
+                .map_err(|e| e.to_string())?;
+            plans.push(TaskPlan {
+                id: (t.segment, t.row),
+                holder: holder_of(&seg, t.row),
+                candidates: t
+                    .keys
+                    .iter()
+                    .filter_map(|k| NodeId::try_from(k.node_id.as_ref()).ok())
+                    .collect(),
+            });
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(
+            cc::weights_to_bytes(&[ctx.round as f32])
+                .iter()
+                .fold(ctx.params.seed, |h, b| h.rotate_left(8) ^ u64::from(*b)),
+        );
+        let verify: Vec<bool> = plans
+            .iter()
+            .map(|_| rng.gen_bool(ctx.record.verify_fraction.clamp(0.0, 1.0)))
+            .collect();
+        let mut round = Round::new(plans, &verify, self.config.tolerance as f32);
+        let weight_bytes = cc::weights_to_bytes(ctx.weights);
+        let mut sent = 0u64;
+        let mut max_train = 0i64;
+        let mut inflight = FuturesUnordered::new();
+        let mut mine: HashMap<NodeId, usize> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            let now = now_ms();
+            let mut view = self.node_view(now);
+            for a in round.assign(&mut view) {
+                self.set_busy(a.node, 1);
+                *mine.entry(a.node).or_insert(0usize) += 1;
+                sent += 2 * weight_bytes.len() as u64;
+                let wb = &weight_bytes;
+                inflight.push(async move {
+                    let r = tokio::time::timeout(
+                        Duration::from_secs_f64(self.config.task_timeout_secs.max(1.0)),
+                        self.run_task(ctx, &a, wb),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err("task timed out".into()));
+                    (a, r)
+                });
+            }
+            self.publish_progress(ctx, &round);
+            if round.is_complete() {
+                break;
+            }
+            tokio::select! {
+                Some((a, r)) = inflight.next() => {
+                    self.set_busy(a.node, -1);
+                    if let Some(m) = mine.get_mut(&a.node) {
+                        *m -= 1;
+                    }
+                    if let Err(e) = &r {
+                        tracing::info!(node = %a.node.short(), task = ?a.task, purpose = ?a.purpose, error = %e, "task failed");
+                    }
+                    if let Ok(o) = &r {
+                        max_train = max_train.max(o.train_ms);
+                    }
+                    round.on_result(a.task, a.node, a.purpose, r);
+                }
+                _ = tick.tick() => {
+                    // Nodes that stopped checking in lose their tasks.
+                    let view = self.node_view(now_ms());
+                    let gone: Vec<NodeId> = self
+                        .busy
+                        .lock()
+                        .expect("busy lock")
+                        .keys()
+                        .filter(|n| !view.online.contains(n) && round.running_on(n) > 0)
+                        .copied()
+                        .collect();
+                    for n in gone {
+                        tracing::info!(node = %n.short(), "node went offline during a task");
+                        round.on_node_lost(n);
+                    }
+                }
+                _ = cancel.cancelled() => {
+                    return Err("cancelled".into());
+                }
+            }
+        }
+        // Runs the round no longer waits for (their node was declared
+        // gone) are dropped, which resets their streams; free their slots.
+        drop(inflight);
+        for (node, n) in mine {
+            self.set_busy(node, -(n as isize));
+        }
+        Ok((round.finish(), sent, max_train))
+    }
+
+    fn publish_progress(&self, ctx: &RoundCtx<'_>, round: &Round) {
+        if let Some(l) = self.live.lock().expect("jobs lock").get_mut(&ctx.job_id) {
+            l.info.tasks_running = round.running() as u32;
+        }
+    }
+
+    /// Sends one task to its node and reads the trained weights back.
+    async fn run_task(
+        &self,
+        ctx: &RoundCtx<'_>,
+        a: &Assignment,
+        weights: &[u8],
+    ) -> Result<Output, String> {
+        let node = self.overlay.get(&a.node).ok_or("node unknown")?;
+        let keys = ctx
+            .record
+            .tasks
+            .iter()
+            .find(|t| (t.segment, t.row) == a.task)
+            .ok_or("task unknown")?;
+        let sealed = keys
+            .keys
+            .iter()
+            .find(|k| k.node_id.as_ref() == a.node.as_bytes())
+            .ok_or("no key sealed to the node")?
+            .sealed
+            .clone();
+        let seg = self
+            .metainfo
+            .segment(ctx.obj, a.task.0)
+            .map_err(|e| e.to_string())?;
+        let meta = seg.meta.clone().unwrap_or_default();
+        let mut req = pb::TrainRequest {
+            job_id: ctx.job_id.to_vec().into(),
+            round: ctx.round,
+            segment: a.task.0,
+            row: a.task.1,
+            spec: Some(ctx.spec.into()),
+            params: Some(ctx.params.into()),
+            weights_len: weights.len() as u64,
+            sealed_key: sealed,
+            redundancy: seg.redundancy,
+            piece_size: meta.piece_size,
+            purpose: a.purpose.wire(),
+            ..Default::default()
+        };
+        if a.rebuild {
+            let limits = self
+                .metainfo
+                .segment_limits(&seg, PieceAction::GetRepair, a.exclude);
+            req.rebuild_limits = limits
+                .limits
+                .into_iter()
+                .filter(|l| l.node_id.as_ref() != a.node.as_bytes())
+                .collect();
+            req.piece_private_key = limits.piece_private_key;
+        } else {
+            let root = PieceId::try_from(seg.root_piece_id.as_ref()).map_err(|_| "bad segment")?;
+            req.piece_id = PieceId::derive(&root, &a.node, a.task.1)
+                .as_bytes()
+                .to_vec()
+                .into();
+        }
+        let addr = node
+            .address
+            .parse()
+            .map_err(|_| format!("bad node address {}", node.address))?;
+        let conn = self
+            .endpoint
+            .dial(a.node, addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let result = exchange(&conn, &req, weights).await;
+        if result.is_err() {
+            self.endpoint.forget(&a.node);
+        }
+        result
+    }
+}
+
+/// What a round needs to know about its job.
+struct RoundCtx<'a> {
+    job_id: JobId,
+    round: u32,
+    spec: &'a ModelSpec,
+    params: &'a TrainParams,
+    weights: &'a [f32],
+    obj: &'a pb::ObjectRecord,
+    record: &'a pb::JobRecord,
+}
+
+/// The node holding data piece `row` of a segment.
+fn holder_of(seg: &pb::SegmentRecord, row: u32) -> Option<NodeId> {
+    seg.pieces
+        .iter()
+        .find(|p| p.piece_num == row)
+        .and_then(|p| NodeId::try_from(p.node_id.as_ref()).ok())
+}
+
+/// One TrainRequest / TrainResponse exchange on a fresh stream.
+async fn exchange(
+    conn: &quinn::Connection,
+    req: &pb::TrainRequest,
+    weights: &[u8],
+) -> Result<Output, String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let (send, recv) = conn.open_bi().await.map_err(|e| s(&e))?;
+    let mut writer = FrameWriter::new(send);
+    writer
+        .message(&pb::PieceRequest {
+            request: Some(pb::piece_request::Request::Train(req.clone())),
+        })
+        .await
+        .map_err(|e| s(&e))?;
+    for chunk in weights.chunks(MAX_DATA_FRAME_LEN) {
+        writer
+            .data(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .map_err(|e| s(&e))?;
+    }
+    writer.finish().map_err(|e| s(&e))?;
+    let mut reader = FrameReader::new(recv);
+    let resp: pb::TrainResponse = reader.message().await.map_err(|e| s(&e))?;
+    let ok = match resp.result {
+        Some(pb::train_response::Result::Ok(ok)) => ok,
+        Some(pb::train_response::Result::Error(e)) => {
+            return Err(format!("node refused: {}", e.message));
+        }
+        None => return Err("empty answer".into()),
+    };
+    if ok.weights_len != weights.len() as u64 {
+        return Err(format!(
+            "node returned {} bytes of weights, expected {}",
+            ok.weights_len,
+            weights.len()
+        ));
+    }
+    let mut buf = Vec::with_capacity(weights.len());
+    while buf.len() < weights.len() {
+        match reader.next().await.map_err(|e| s(&e))? {
+            Some(Frame::Data(d)) if buf.len() + d.len() <= weights.len() => {
+                buf.extend_from_slice(&d)
+            }
+            _ => return Err("weights cut short".into()),
+        }
+    }
+    Ok(Output {
+        weights: cc::weights_from_bytes(&buf).ok_or("bad weights")?,
+        samples: ok.samples,
+        loss: ok.loss,
+        accuracy: ok.accuracy,
+        bytes_fetched: ok.piece_bytes_fetched,
+        train_ms: ok.train_ms,
+    })
+}

@@ -1,0 +1,579 @@
+//! The compute commands of the CLI: `dataset`, `train`, `job`, `model`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use loam_common::compute::{DEFAULT_ROUNDS, TrainParams};
+use loam_common::pb;
+use loam_compute::ModelFile;
+use loam_uplink::Project;
+use loam_uplink::dataset::{DatasetOptions, JobRequest, parse_job_id};
+
+use crate::{Output, parse_loam};
+
+#[derive(Subcommand)]
+pub enum DatasetCommand {
+    /// Upload a CSV (header, numeric features, a label column) as a
+    /// dataset: uplink dataset put FILE loam://BUCKET/NAME --label COL
+    Put {
+        file: PathBuf,
+        url: String,
+        /// The label column.
+        #[arg(long)]
+        label: String,
+        /// Largest segment in bytes (each data row of a segment is one
+        /// training task). Default 16 MiB.
+        #[arg(long)]
+        segment_size: Option<u64>,
+        /// Do not opt the dataset in to compute yet.
+        #[arg(long)]
+        no_compute: bool,
+    },
+    /// Opt a dataset in to compute jobs (on) or out (off).
+    Compute {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        url: String,
+    },
+    /// Show a dataset's columns, classes and layout.
+    Info { url: String },
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The dataset, loam://BUCKET/NAME.
+    url: String,
+    /// Registry model: logistic or mlp.
+    #[arg(long, default_value = "mlp")]
+    model: String,
+    /// Hidden layer widths (repeat or comma-separate for several layers).
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    hidden: Vec<usize>,
+    /// Federated averaging rounds.
+    #[arg(long, default_value_t = DEFAULT_ROUNDS)]
+    rounds: u32,
+    /// Epochs each task trains locally per round.
+    #[arg(long, default_value_t = TrainParams::default().local_epochs)]
+    local_epochs: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = TrainParams::default().learning_rate)]
+    lr: f64,
+    /// Batch size.
+    #[arg(long, default_value_t = TrainParams::default().batch)]
+    batch: usize,
+    /// Seed of the initial weights and of every batch order.
+    #[arg(long, default_value_t = TrainParams::default().seed)]
+    seed: u64,
+    /// Where to store the model, loam://BUCKET/KEY.
+    #[arg(long)]
+    out: String,
+    /// Share of tasks re-executed by another node (default: the satellite's).
+    #[arg(long)]
+    verify: Option<f64>,
+    /// The label column (checked against the dataset's).
+    #[arg(long)]
+    label: Option<String>,
+    /// Follow the job round by round and store the model when it is done.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Subcommand)]
+pub enum JobCommand {
+    /// List this project's jobs.
+    Ls {
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// A job's round, loss, accuracy, tasks, work and data moved.
+    Status {
+        id: String,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Stop a job.
+    Cancel { id: String },
+    /// Follow a job to its end and store its model at the job's --out.
+    Wait { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Accuracy and confusion matrix of MODEL (a file or loam:// URL) on a
+    /// labelled CSV.
+    Eval {
+        model: String,
+        #[arg(long)]
+        data: PathBuf,
+        /// The label column of the CSV (default: the model's).
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Predicted class of every row of a CSV, as CSV on stdout or --out.
+    Predict {
+        model: String,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn state_name(s: i32) -> &'static str {
+    match pb::JobState::try_from(s) {
+        Ok(pb::JobState::JobRunning) => "running",
+        Ok(pb::JobState::JobDone) => "done",
+        Ok(pb::JobState::JobFailed) => "failed",
+        Ok(pb::JobState::JobCancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<()> {
+    match cmd {
+        DatasetCommand::Put {
+            file,
+            url,
+            label,
+            segment_size,
+            no_compute,
+        } => {
+            let u = parse_loam(&url)?;
+            if u.key.is_empty() {
+                bail!("{url:?} names no dataset key");
+            }
+            let text =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let opts = DatasetOptions {
+                label,
+                segment_size,
+                compute: !no_compute,
+            };
+            let info = project
+                .upload_dataset(&u.bucket, &u.key, text, &opts, None)
+                .await?;
+            println!(
+                "Dataset loam://{}/{}: {} records, {} features, {} classes, {} ({} segments, {} training tasks), compute {}",
+                u.bucket,
+                u.key,
+                info.records,
+                info.features,
+                info.classes.len(),
+                human_bytes(info.size),
+                info.segments,
+                info.tasks,
+                if opts.compute { "on" } else { "off" }
+            );
+        }
+        DatasetCommand::Compute { state, url } => {
+            let u = parse_loam(&url)?;
+            let on = state == "on";
+            project.set_dataset_compute(&u.bucket, &u.key, on).await?;
+            println!("Compute {} for loam://{}/{}", state, u.bucket, u.key);
+        }
+        DatasetCommand::Info { url } => {
+            let u = parse_loam(&url)?;
+            let (ds, compute) = project.dataset(&u.bucket, &u.key).await?;
+            let s = &ds.schema;
+            println!("records   {}", s.records);
+            println!("label     {}", s.label_name());
+            println!("classes   {}", s.classes.join(","));
+            println!("features  {}", s.features());
+            println!(
+                "segments  {} ({} tasks)",
+                ds.records.len(),
+                ds.records.iter().flatten().filter(|&&r| r > 0).count()
+            );
+            println!("compute   {}", if compute { "on" } else { "off" });
+        }
+    }
+    Ok(())
+}
+
+pub async fn train(project: &Project, a: TrainArgs) -> anyhow::Result<()> {
+    let u = parse_loam(&a.url)?;
+    let out = parse_loam(&a.out)?;
+    if out.key.is_empty() {
+        bail!("--out {:?} names no key", a.out);
+    }
+    let job = JobRequest {
+        architecture: a.model,
+        hidden: a.hidden,
+        rounds: a.rounds,
+        params: TrainParams {
+            learning_rate: a.lr,
+            batch: a.batch,
+            local_epochs: a.local_epochs,
+            seed: a.seed,
+        },
+        verify_fraction: a.verify,
+        out: (out.bucket.clone(), out.key.clone()),
+        label: a.label,
+    };
+    let info = project.submit_job(&u.bucket, &u.key, &job).await?;
+    let id = hex::encode(&info.job_id);
+    println!(
+        "Job {id} submitted: {} tasks per round, {} rounds",
+        info.tasks_total, info.rounds
+    );
+    if a.wait {
+        wait(project, &info.job_id).await
+    } else {
+        println!(
+            "Follow it with `uplink job wait {id}` (stores the model at {})",
+            a.out
+        );
+        Ok(())
+    }
+}
+
+/// Follows a job round by round; stores the model when it is done.
+async fn wait(project: &Project, id: &[u8]) -> anyhow::Result<()> {
+    let mut shown = 0usize;
+    let info = loop {
+        let info = project.job(id).await?;
+        for r in info.history.iter().skip(shown) {
+            println!(
+                "round {}/{}  loss {:.4}  accuracy {:.4}  tasks {}/{}  {:.2}s (coordination {:.2}s)",
+                r.round,
+                info.rounds,
+                r.loss,
+                r.accuracy,
+                r.tasks_accepted,
+                info.tasks_total,
+                r.duration_ms as f64 / 1000.0,
+                r.coordination_ms as f64 / 1000.0,
+            );
+        }
+        shown = info.history.len();
+        if info.state != pb::JobState::JobRunning as i32 {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    match pb::JobState::try_from(info.state) {
+        Ok(pb::JobState::JobDone) => {}
+        _ => bail!("job {}: {}", state_name(info.state), info.error),
+    }
+    let (bucket, key) = project
+        .job_output(&info)
+        .context("the job was submitted with another access; cannot tell where its model goes")?;
+    let size = project.save_model(&info, &bucket, &key).await?;
+    println!(
+        "Model stored at loam://{bucket}/{key} ({}); work {:.3} units, dataset bytes moved {}, weights moved {}",
+        human_bytes(size),
+        info.work_units,
+        info.dataset_bytes_fetched,
+        human_bytes(info.weight_bytes)
+    );
+    Ok(())
+}
+
+fn job_json(j: &pb::JobInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": hex::encode(&j.job_id),
+        "state": state_name(j.state),
+        "error": j.error,
+        "round": j.round,
+        "rounds": j.rounds,
+        "loss": j.history.last().map(|r| r.loss),
+        "accuracy": j.history.last().map(|r| r.accuracy),
+        "tasks_total": j.tasks_total,
+        "tasks_running": j.tasks_running,
+        "tasks_done": j.tasks_done,
+        "tasks_failed": j.tasks_failed,
+        "tasks_verified": j.tasks_verified,
+        "verification_failures": j.verification_failures,
+        "work_units": j.work_units,
+        "samples": j.samples,
+        "dataset_bytes_fetched": j.dataset_bytes_fetched,
+        "verify_bytes_fetched": j.verify_bytes_fetched,
+        "weight_bytes": j.weight_bytes,
+        "weight_bytes_per_round": j.weight_bytes / u64::from(j.round.max(1)),
+        "history": j.history.iter().map(|r| serde_json::json!({
+            "round": r.round, "loss": r.loss, "accuracy": r.accuracy,
+            "samples": r.samples, "tasks_accepted": r.tasks_accepted,
+            "tasks_rejected": r.tasks_rejected, "weight_bytes": r.weight_bytes,
+            "duration_ms": r.duration_ms, "coordination_ms": r.coordination_ms,
+            "train_ms": r.train_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
+    match cmd {
+        JobCommand::Ls { output } => {
+            let jobs = project.jobs().await?;
+            if output == Output::Json {
+                let v: Vec<_> = jobs.iter().map(job_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!(
+                "{:<32}  {:<9}  {:>7}  {:>8}  CREATED",
+                "ID", "STATE", "ROUND", "ACCURACY"
+            );
+            for j in &jobs {
+                println!(
+                    "{:<32}  {:<9}  {:>7}  {:>8}  {}",
+                    hex::encode(&j.job_id),
+                    state_name(j.state),
+                    format!("{}/{}", j.round, j.rounds),
+                    j.history
+                        .last()
+                        .map_or("-".into(), |r| format!("{:.4}", r.accuracy)),
+                    crate::format_time(j.created_unix_ms)
+                );
+            }
+        }
+        JobCommand::Status { id, output } => {
+            let j = project.job(&parse_job_id(&id)?).await?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&job_json(&j))?);
+                return Ok(());
+            }
+            let last = j.history.last();
+            println!("job                 {}", hex::encode(&j.job_id));
+            println!(
+                "state               {}{}",
+                state_name(j.state),
+                if j.error.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", j.error)
+                }
+            );
+            if let Some(s) = &j.spec {
+                println!(
+                    "model               {} hidden {:?}, {} inputs, {} classes",
+                    s.architecture, s.hidden, s.inputs, s.classes
+                );
+            }
+            println!("round               {}/{}", j.round, j.rounds);
+            println!(
+                "loss                {}",
+                last.map_or("-".into(), |r| format!("{:.4}", r.loss))
+            );
+            println!(
+                "accuracy            {}",
+                last.map_or("-".into(), |r| format!(
+                    "{:.4} (training, last round)",
+                    r.accuracy
+                ))
+            );
+            println!(
+                "tasks               {} per round: {} running, {} done, {} failed",
+                j.tasks_total, j.tasks_running, j.tasks_done, j.tasks_failed
+            );
+            println!(
+                "verification        {} tasks re-executed, {} failures",
+                j.tasks_verified, j.verification_failures
+            );
+            println!(
+                "work done           {:.4} units, {} samples",
+                j.work_units, j.samples
+            );
+            println!(
+                "dataset bytes moved {} for training, {} for verification",
+                j.dataset_bytes_fetched, j.verify_bytes_fetched
+            );
+            println!(
+                "weights moved       {} ({} per round)",
+                human_bytes(j.weight_bytes),
+                human_bytes(j.weight_bytes / u64::from(j.round.max(1)))
+            );
+            if let Some(r) = last {
+                println!(
+                    "last round          {:.2}s, coordination {:.2}s",
+                    r.duration_ms as f64 / 1000.0,
+                    r.coordination_ms as f64 / 1000.0
+                );
+            }
+        }
+        JobCommand::Cancel { id } => {
+            let j = project.cancel_job(&parse_job_id(&id)?).await?;
+            println!(
+                "Job {} cancelling (was {})",
+                hex::encode(&j.job_id),
+                state_name(j.state)
+            );
+        }
+        JobCommand::Wait { id } => wait(project, &parse_job_id(&id)?).await?,
+    }
+    Ok(())
+}
+
+/// Whether a model command needs the network (a loam:// model).
+pub fn model_needs_access(cmd: &ModelCommand) -> bool {
+    let m = match cmd {
+        ModelCommand::Eval { model, .. } | ModelCommand::Predict { model, .. } => model,
+    };
+    m.starts_with("loam://")
+}
+
+async fn load_model(project: Option<&Project>, model: &str) -> anyhow::Result<ModelFile> {
+    let bytes = match project {
+        Some(p) if model.starts_with("loam://") => {
+            let u = parse_loam(model)?;
+            p.read_all(&u.bucket, &u.key).await?
+        }
+        _ => std::fs::read(model).with_context(|| format!("cannot read model {model}"))?,
+    };
+    Ok(ModelFile::from_bytes(&bytes)?)
+}
+
+pub async fn model(project: Option<&Project>, cmd: ModelCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModelCommand::Eval { model, data, label } => {
+            let m = load_model(project, &model).await?;
+            let schema = &m.header.schema;
+            if let Some(l) = &label
+                && l != schema.label_name()
+            {
+                bail!("the model predicts {:?}, not {l:?}", schema.label_name());
+            }
+            let text =
+                std::fs::read(&data).with_context(|| format!("cannot read {}", data.display()))?;
+            check_header(&text, schema)?;
+            let records = loam_compute::dataset::parse_records(&text, schema, true)?;
+            if records.is_empty() {
+                bail!("{} has no records", data.display());
+            }
+            let eval = loam_compute::train::evaluate(&m.header.spec, &m.weights, &records)?;
+            println!("accuracy {:.4}", eval.accuracy);
+            println!("records {}", eval.records);
+            println!("confusion matrix (rows: true class, columns: predicted)");
+            let w = schema
+                .classes
+                .iter()
+                .map(String::len)
+                .max()
+                .unwrap_or(1)
+                .max(5);
+            let mut out = std::io::stdout().lock();
+            write!(out, "{:>w$}", "")?;
+            for c in &schema.classes {
+                write!(out, " {c:>w$}")?;
+            }
+            writeln!(out)?;
+            for (c, row) in schema.classes.iter().zip(&eval.matrix) {
+                write!(out, "{c:>w$}")?;
+                for n in row {
+                    write!(out, " {n:>w$}")?;
+                }
+                writeln!(out)?;
+            }
+        }
+        ModelCommand::Predict { model, data, out } => {
+            let m = load_model(project, &model).await?;
+            let schema = m.header.schema.clone();
+            let text =
+                std::fs::read(&data).with_context(|| format!("cannot read {}", data.display()))?;
+            let records = predict_records(&text, &schema)?;
+            let pred = loam_compute::train::predict(&m.header.spec, &m.weights, &records)?;
+            let mut w: Box<dyn Write> = match &out {
+                Some(p) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(p)
+                        .with_context(|| format!("cannot create {}", p.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            writeln!(w, "row,predicted_{}", schema.label_name())?;
+            for (i, p) in pred.iter().enumerate() {
+                writeln!(
+                    w,
+                    "{i},{}",
+                    schema.classes.get(*p as usize).map_or("?", String::as_str)
+                )?;
+            }
+            w.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// The CSV's header must name the model's columns in order.
+fn check_header(text: &[u8], schema: &loam_compute::Schema) -> anyhow::Result<()> {
+    let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let header: Vec<String> = String::from_utf8_lossy(first)
+        .trim_end_matches('\r')
+        .split(',')
+        .map(|c| c.trim().trim_matches('"').to_string())
+        .collect();
+    if header != schema.columns {
+        if !header.iter().any(|c| c == schema.label_name()) {
+            bail!(
+                "label column {:?} is missing from the data",
+                schema.label_name()
+            );
+        }
+        bail!(
+            "the data's columns ({}) are not the model's ({})",
+            header.join(","),
+            schema.columns.join(",")
+        );
+    }
+    Ok(())
+}
+
+/// Records of a CSV for prediction: with the label column (any known
+/// class) or without it.
+fn predict_records(
+    text: &[u8],
+    schema: &loam_compute::Schema,
+) -> anyhow::Result<loam_compute::Records> {
+    if check_header(text, schema).is_ok() {
+        return Ok(loam_compute::dataset::parse_records(text, schema, true)?);
+    }
+    // No label column: add a placeholder class to every line.
+    let features: Vec<&str> = schema.feature_names().collect();
+    let mut with_label = Vec::with_capacity(text.len() + text.len() / 8);
+    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+        let line = std::str::from_utf8(line)?.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut cells: Vec<&str> = line.split(',').collect();
+        if i == 0 {
+            let names: Vec<&str> = cells.iter().map(|c| c.trim().trim_matches('"')).collect();
+            if names != features {
+                bail!(
+                    "the data's columns ({}) are not the model's features ({})",
+                    names.join(","),
+                    features.join(",")
+                );
+            }
+        }
+        let fill = if i == 0 {
+            schema.label_name()
+        } else {
+            schema.classes[0].as_str()
+        };
+        cells.insert(schema.label.min(cells.len()), fill);
+        with_label.extend_from_slice(cells.join(",").as_bytes());
+        with_label.push(b'\n');
+    }
+    Ok(loam_compute::dataset::parse_records(
+        &with_label,
+        schema,
+        true,
+    )?)
+}

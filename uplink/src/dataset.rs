@@ -1,0 +1,485 @@
+//! Datasets and training jobs, the uplink's side.
+//!
+//! - [`Project::upload_dataset`]: scans a CSV (schema, classes, feature
+//!   scaling), packs whole records into every data row of every segment,
+//!   and uploads it as a normal object that is also a dataset.
+//! - [`Project::submit_job`]: asks the satellite which nodes may run each
+//!   task, seals each task's row key (and the schema) to exactly those
+//!   nodes, and submits the job. The satellite relays sealed keys it
+//!   cannot open.
+//! - [`Project::save_model`]: fetches a finished job's weights and stores
+//!   them with the model config and scaling as a model file.
+
+use std::sync::Arc;
+
+use loam_common::compute::{ModelSpec, TrainParams};
+use loam_common::encryption::{self, Key};
+use loam_common::erasure::{ErasureCoder, RedundancyScheme};
+use loam_common::{NodeId, PublicKey, pb, sealed};
+use loam_compute::dataset::{self, Schema};
+use loam_compute::{ModelFile, ModelHeader};
+use pb::satellite_request::Request as Req;
+use pb::satellite_response::Response as Resp;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::{ObjectMeta, Progress, Project, UplinkError, not_found_as};
+
+/// Kept (encrypted) in a dataset's object metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatasetMeta {
+    pub schema: Schema,
+    /// Per segment, records in each data row.
+    pub records: Vec<Vec<usize>>,
+}
+
+/// How to upload a dataset.
+#[derive(Debug, Clone)]
+pub struct DatasetOptions {
+    /// The label column.
+    pub label: String,
+    /// Largest segment; smaller segments mean more, smaller tasks. `None`
+    /// takes [`DatasetOptions::DEFAULT_SEGMENT`] (capped by the satellite).
+    pub segment_size: Option<u64>,
+    /// Opt the dataset in to compute jobs now.
+    pub compute: bool,
+}
+
+impl DatasetOptions {
+    pub const DEFAULT_SEGMENT: u64 = 16 << 20;
+}
+
+/// What `dataset put` reports.
+#[derive(Debug, Clone)]
+pub struct DatasetInfo {
+    pub records: u64,
+    pub features: usize,
+    pub classes: Vec<String>,
+    pub segments: usize,
+    pub tasks: usize,
+    pub size: u64,
+}
+
+/// A job as the user describes it.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    pub architecture: String,
+    pub hidden: Vec<usize>,
+    pub rounds: u32,
+    pub params: TrainParams,
+    /// Share of tasks re-executed for verification; `None` for the
+    /// satellite's default.
+    pub verify_fraction: Option<f64>,
+    /// Where the model goes (bucket, key).
+    pub out: (String, String),
+    /// If set, the dataset's label column must be this one.
+    pub label: Option<String>,
+}
+
+/// What the uplink seals inside a job for itself: where the model goes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OwnerNote {
+    out_bucket: String,
+    out_key: String,
+    dataset_bucket: String,
+    dataset_key: String,
+}
+
+fn job_error(e: UplinkError) -> UplinkError {
+    match e {
+        UplinkError::Satellite(r) => UplinkError::Job(r.message),
+        other => other,
+    }
+}
+
+/// A job id as users type it (hex).
+pub fn parse_job_id(s: &str) -> Result<Vec<u8>, UplinkError> {
+    hex::decode(s.trim())
+        .ok()
+        .filter(|b| b.len() == 16)
+        .ok_or_else(|| UplinkError::Job(format!("{s:?} is not a job id (32 hex digits)")))
+}
+
+impl Project {
+    fn owner_key(&self) -> Key {
+        encryption::derive(&self.access.root_key, "loam-job-note", b"")
+    }
+
+    /// Uploads `text` (a CSV with a header) as a dataset at `bucket/key`.
+    pub async fn upload_dataset(
+        &self,
+        bucket: &str,
+        key: &str,
+        text: Vec<u8>,
+        opts: &DatasetOptions,
+        progress: Option<Progress>,
+    ) -> Result<DatasetInfo, UplinkError> {
+        let label = opts.label.clone();
+        let (text, schema) = tokio::task::spawn_blocking(move || {
+            let schema = dataset::scan(&text, &label);
+            (text, schema)
+        })
+        .await
+        .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?;
+        let schema = schema.map_err(|e| UplinkError::Dataset(e.to_string()))?;
+        let begin = self.begin_object(bucket, key).await?;
+        let scheme =
+            RedundancyScheme::try_from(begin.redundancy.as_ref().ok_or(UplinkError::Unexpected)?)
+                .map_err(|_| UplinkError::Unexpected)?;
+        let k = scheme.k();
+        let max_segment = (begin.max_segment_size.max(1) as u64)
+            .min(opts.segment_size.unwrap_or(DatasetOptions::DEFAULT_SEGMENT))
+            .max(k as u64);
+        let row_capacity = (max_segment as usize / k).max(1);
+        let packed = dataset::pack(&text, k, row_capacity)
+            .map_err(|e| UplinkError::Dataset(e.to_string()))?;
+        let obj_key = self.object_key(bucket, key);
+        let coder = Arc::new(ErasureCoder::new(scheme));
+        for (index, seg) in packed.iter().enumerate() {
+            let plain = text[seg.start..seg.start + seg.len()].to_vec();
+            self.upload_segment(
+                coder.clone(),
+                &begin.stream_id,
+                index as u32,
+                plain,
+                Some(seg.rows.clone()),
+                &obj_key,
+                progress.clone(),
+            )
+            .await?;
+        }
+        let meta = ObjectMeta {
+            size: text.len() as u64,
+            dataset: Some(DatasetMeta {
+                schema: schema.clone(),
+                records: packed.iter().map(|s| s.records.clone()).collect(),
+            }),
+        };
+        self.commit_object(
+            &begin.stream_id,
+            &obj_key,
+            &meta,
+            packed.len() as u32,
+            Vec::new(),
+            opts.compute,
+        )
+        .await?;
+        Ok(DatasetInfo {
+            records: schema.records,
+            features: schema.features(),
+            classes: schema.classes.clone(),
+            segments: packed.len(),
+            tasks: packed
+                .iter()
+                .map(|s| s.rows.iter().filter(|&&r| r > 0).count())
+                .sum(),
+            size: text.len() as u64,
+        })
+    }
+
+    /// The dataset description of `bucket/key`, or an error if it is not
+    /// a dataset.
+    pub async fn dataset(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(DatasetMeta, bool), UplinkError> {
+        let info = self.object_info(bucket, key).await?;
+        let meta = self.decrypt_meta(bucket, key, &info)?;
+        match (meta.dataset, info.dataset) {
+            (Some(d), true) => Ok((d, info.compute_enabled)),
+            _ => Err(UplinkError::Job(format!(
+                "loam://{bucket}/{key} is not a dataset; upload it with `uplink dataset put`"
+            ))),
+        }
+    }
+
+    /// Opts a dataset in to compute jobs, or out.
+    pub async fn set_dataset_compute(
+        &self,
+        bucket: &str,
+        key: &str,
+        enabled: bool,
+    ) -> Result<(), UplinkError> {
+        self.dataset(bucket, key).await?;
+        let enc = encryption::encrypt_path(&self.access.root_key, bucket, key);
+        self.call(Req::SetCompute(pb::SetComputeRequest {
+            bucket: bucket.to_string(),
+            encrypted_key: enc.into(),
+            enabled,
+        }))
+        .await
+        .map_err(job_error)?;
+        Ok(())
+    }
+
+    /// Plans, seals and submits a training job on the dataset
+    /// `bucket/key`.
+    pub async fn submit_job(
+        &self,
+        bucket: &str,
+        key: &str,
+        job: &JobRequest,
+    ) -> Result<pb::JobInfo, UplinkError> {
+        let (ds, compute) = self.dataset(bucket, key).await?;
+        let schema = &ds.schema;
+        if let Some(label) = &job.label
+            && label != schema.label_name()
+        {
+            return Err(UplinkError::Job(if schema.columns.contains(label) {
+                format!(
+                    "the dataset's label column is {:?}, not {label:?}; upload it again with --label {label}",
+                    schema.label_name()
+                )
+            } else {
+                format!(
+                    "label column {label:?} is not in the dataset (columns: {})",
+                    schema.columns.join(",")
+                )
+            }));
+        }
+        let architecture = job
+            .architecture
+            .parse()
+            .map_err(|e: loam_common::compute::SpecError| UplinkError::Job(e.to_string()))?;
+        let spec = ModelSpec::new(
+            architecture,
+            job.hidden.clone(),
+            schema.features(),
+            schema.classes.len(),
+        )
+        .map_err(|e| UplinkError::Job(e.to_string()))?;
+        job.params
+            .validate()
+            .map_err(|e| UplinkError::Job(e.to_string()))?;
+        if !compute {
+            return Err(UplinkError::Job(format!(
+                "loam://{bucket}/{key} is not opted in to compute; run `uplink dataset compute on loam://{bucket}/{key}`"
+            )));
+        }
+        let enc = encryption::encrypt_path(&self.access.root_key, bucket, key);
+        let plan = match self
+            .call(Req::PlanJob(pb::PlanJobRequest {
+                bucket: bucket.to_string(),
+                encrypted_key: enc.clone().into(),
+            }))
+            .await
+            .map_err(job_error)?
+        {
+            Resp::PlanJob(p) => p,
+            _ => return Err(UplinkError::Unexpected),
+        };
+        let obj_key = self.object_key(bucket, key);
+        let schema_json = serde_json::to_vec(schema).expect("schema serializes");
+        let job_tag: [u8; 16] = rand::random();
+        let mut tasks = Vec::with_capacity(plan.tasks.len());
+        for t in &plan.tasks {
+            let meta = plan
+                .segments
+                .get(t.segment as usize)
+                .ok_or(UplinkError::Unexpected)?;
+            let seg_key = encryption::open(&obj_key, &meta.encrypted_key)
+                .ok()
+                .and_then(|k| Key::try_from(k.as_slice()).ok())
+                .ok_or_else(|| UplinkError::Corrupt("segment key does not decrypt".into()))?;
+            let secret = pb::TaskSecret {
+                row_key: encryption::row_key(&seg_key, t.row)
+                    .as_bytes()
+                    .to_vec()
+                    .into(),
+                schema: schema_json.clone().into(),
+                skip_header: t.segment == 0 && t.row == 0,
+                row_size: meta.row_sizes.get(t.row as usize).copied().unwrap_or(0),
+                job_id: job_tag.to_vec().into(),
+                segment: t.segment,
+                row: t.row,
+            }
+            .encode_to_vec();
+            let mut keys = Vec::new();
+            for c in &t.candidates {
+                let public = PublicKey::try_from(c.public_key.as_ref())
+                    .map_err(|_| UplinkError::Unexpected)?;
+                let id =
+                    NodeId::try_from(c.node_id.as_ref()).map_err(|_| UplinkError::Unexpected)?;
+                if public.node_id() != id {
+                    return Err(UplinkError::Job(
+                        "the satellite offered a node whose key does not match its id".into(),
+                    ));
+                }
+                keys.push(pb::SealedTaskKey {
+                    node_id: c.node_id.clone(),
+                    sealed: sealed::seal(&public, &secret).into(),
+                });
+            }
+            tasks.push(pb::TaskKeys {
+                segment: t.segment,
+                row: t.row,
+                keys,
+            });
+        }
+        let note = OwnerNote {
+            out_bucket: job.out.0.clone(),
+            out_key: job.out.1.clone(),
+            dataset_bucket: bucket.to_string(),
+            dataset_key: key.to_string(),
+        };
+        let note = encryption::seal(
+            &self.owner_key(),
+            &serde_json::to_vec(&note).expect("note serializes"),
+        );
+        match self
+            .call(Req::SubmitJob(pb::SubmitJobRequest {
+                bucket: bucket.to_string(),
+                encrypted_key: enc.into(),
+                spec: Some((&spec).into()),
+                params: Some((&job.params).into()),
+                rounds: job.rounds,
+                tasks,
+                owner_note: note.into(),
+                verify_fraction: job.verify_fraction.unwrap_or(-1.0),
+            }))
+            .await
+            .map_err(job_error)?
+        {
+            Resp::SubmitJob(info) => Ok(info),
+            _ => Err(UplinkError::Unexpected),
+        }
+    }
+
+    pub async fn job(&self, id: &[u8]) -> Result<pb::JobInfo, UplinkError> {
+        match self
+            .call(Req::GetJob(pb::JobRequest {
+                job_id: id.to_vec().into(),
+            }))
+            .await
+            .map_err(|e| {
+                not_found_as(e, || {
+                    UplinkError::Job(format!("job {} not found", hex::encode(id)))
+                })
+            })? {
+            Resp::GetJob(j) => Ok(j),
+            _ => Err(UplinkError::Unexpected),
+        }
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<pb::JobInfo>, UplinkError> {
+        match self.call(Req::ListJobs(pb::ListJobsRequest {})).await? {
+            Resp::ListJobs(l) => Ok(l.jobs),
+            _ => Err(UplinkError::Unexpected),
+        }
+    }
+
+    pub async fn cancel_job(&self, id: &[u8]) -> Result<pb::JobInfo, UplinkError> {
+        match self
+            .call(Req::CancelJob(pb::JobRequest {
+                job_id: id.to_vec().into(),
+            }))
+            .await
+            .map_err(|e| {
+                not_found_as(e, || {
+                    UplinkError::Job(format!("job {} not found", hex::encode(id)))
+                })
+            })? {
+            Resp::CancelJob(j) => Ok(j),
+            _ => Err(UplinkError::Unexpected),
+        }
+    }
+
+    /// A job's current (after the last round) weights.
+    pub async fn job_weights(&self, id: &[u8]) -> Result<Vec<f32>, UplinkError> {
+        let mut bytes = Vec::new();
+        loop {
+            let resp = match self
+                .call(Req::JobWeights(pb::JobWeightsRequest {
+                    job_id: id.to_vec().into(),
+                    offset: bytes.len() as u64,
+                }))
+                .await
+                .map_err(job_error)?
+            {
+                Resp::JobWeights(w) => w,
+                _ => return Err(UplinkError::Unexpected),
+            };
+            if resp.weights.is_empty() && (bytes.len() as u64) < resp.total {
+                return Err(UplinkError::Unexpected);
+            }
+            bytes.extend_from_slice(&resp.weights);
+            if bytes.len() as u64 >= resp.total {
+                break;
+            }
+        }
+        loam_common::compute::weights_from_bytes(&bytes).ok_or(UplinkError::Unexpected)
+    }
+
+    /// Where the job's model goes, from the note sealed at submission.
+    pub fn job_output(&self, job: &pb::JobInfo) -> Option<(String, String)> {
+        let plain = encryption::open(&self.owner_key(), &job.owner_note).ok()?;
+        let note: OwnerNote = serde_json::from_slice(&plain).ok()?;
+        Some((note.out_bucket, note.out_key))
+    }
+
+    fn job_dataset(&self, job: &pb::JobInfo) -> Option<(String, String)> {
+        let plain = encryption::open(&self.owner_key(), &job.owner_note).ok()?;
+        let note: OwnerNote = serde_json::from_slice(&plain).ok()?;
+        Some((note.dataset_bucket, note.dataset_key))
+    }
+
+    /// The model of a job as it stands (final once the job is done).
+    pub async fn job_model(&self, job: &pb::JobInfo) -> Result<ModelFile, UplinkError> {
+        let spec = job
+            .spec
+            .as_ref()
+            .and_then(|s| ModelSpec::try_from(s).ok())
+            .ok_or(UplinkError::Unexpected)?;
+        let (bucket, key) = self
+            .job_dataset(job)
+            .ok_or_else(|| UplinkError::Job("the job was submitted with another access".into()))?;
+        let (ds, _) = self.dataset(&bucket, &key).await?;
+        let weights = self.job_weights(&job.job_id).await?;
+        let last = job.history.last();
+        Ok(ModelFile {
+            header: ModelHeader {
+                spec,
+                schema: ds.schema,
+                trained: serde_json::json!({
+                    "job": hex::encode(&job.job_id),
+                    "dataset": format!("loam://{bucket}/{key}"),
+                    "rounds": job.round,
+                    "params": job.params.as_ref().map(|p| serde_json::json!({
+                        "learning_rate": p.learning_rate,
+                        "batch": p.batch,
+                        "local_epochs": p.local_epochs,
+                        "seed": p.seed,
+                    })),
+                    "train_loss": last.map(|r| r.loss),
+                    "train_accuracy": last.map(|r| r.accuracy),
+                }),
+            },
+            weights,
+        })
+    }
+
+    /// Stores a job's model at `bucket/key`; returns its size.
+    pub async fn save_model(
+        &self,
+        job: &pb::JobInfo,
+        bucket: &str,
+        key: &str,
+    ) -> Result<u64, UplinkError> {
+        let model = self.job_model(job).await?;
+        let bytes = model
+            .to_bytes()
+            .map_err(|e| UplinkError::Job(e.to_string()))?;
+        let n = bytes.len() as u64;
+        self.upload(bucket, key, std::io::Cursor::new(bytes), None)
+            .await?;
+        Ok(n)
+    }
+
+    /// Reads a whole object into memory.
+    pub async fn read_all(&self, bucket: &str, key: &str) -> Result<Vec<u8>, UplinkError> {
+        let mut out = Vec::new();
+        self.download(bucket, key, &mut out, None).await?;
+        Ok(out)
+    }
+}
