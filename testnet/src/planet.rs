@@ -27,6 +27,8 @@ pub struct PlanetConfig {
     pub redundancy: RedundancyScheme,
     pub reconfigure_satellite: Option<SatelliteHook>,
     pub reconfigure_node: Option<NodeHook>,
+    /// Nodes (by index) that alter the weights of their training tasks.
+    pub weights_hooks: Vec<(usize, loam_storagenode::compute::WeightsHook)>,
 }
 
 impl PlanetConfig {
@@ -36,6 +38,7 @@ impl PlanetConfig {
             redundancy: RedundancyScheme::new(2, 3, 4, 5).expect("valid"),
             reconfigure_satellite: None,
             reconfigure_node: None,
+            weights_hooks: Vec::new(),
         }
     }
 }
@@ -47,6 +50,7 @@ pub struct PlanetNode {
     pub addr: Option<SocketAddr>,
     pub piecestore: Option<Arc<Piecestore>>,
     config: loam_storagenode::Config,
+    hook: Option<loam_storagenode::compute::WeightsHook>,
     cancel: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -55,6 +59,7 @@ pub struct Planet {
     pub satellite_url: NodeUrl,
     pub satellite_identity: Identity,
     pub satellite: Arc<loam_satellite::metainfo::Metainfo>,
+    pub compute: Arc<loam_satellite::compute::Compute>,
     pub nodes: Vec<PlanetNode>,
     pub access: Access,
     cancel: CancellationToken,
@@ -84,6 +89,7 @@ impl Planet {
         let sat = Satellite::new(&sat_dir, sat_identity.clone(), sat_config).await?;
         let satellite_url = sat.url();
         let metainfo = sat.metainfo.clone();
+        let compute = sat.compute.clone();
         let sat_task = {
             let cancel = cancel.clone();
             tokio::spawn(async move {
@@ -116,6 +122,11 @@ impl Planet {
                 addr: None,
                 piecestore: None,
                 config: node_config,
+                hook: config
+                    .weights_hooks
+                    .iter()
+                    .find(|(n, _)| *n == i)
+                    .map(|(_, h)| h.clone()),
                 cancel: CancellationToken::new(),
                 task: None,
             };
@@ -128,6 +139,7 @@ impl Planet {
             satellite_url,
             satellite_identity: sat_identity,
             satellite: metainfo,
+            compute,
             nodes,
             access,
             cancel,
@@ -170,7 +182,14 @@ impl PlanetNode {
         // The old socket closes asynchronously after a stop: retry briefly.
         let mut attempt = 0;
         let node = loop {
-            match StorageNode::new(&self.dir, self.identity.clone(), self.config.clone()).await {
+            match StorageNode::with_hook(
+                &self.dir,
+                self.identity.clone(),
+                self.config.clone(),
+                self.hook.clone(),
+            )
+            .await
+            {
                 Ok(n) => break n,
                 Err(loam_storagenode::NodeError::Transport(e)) if attempt < 50 => {
                     tracing::debug!(error = %e, "address still in use, retrying");

@@ -205,6 +205,8 @@ impl Project {
     ) -> Result<(), UplinkError> {
         let plain_len = plain.len() as u64;
         let success = coder.scheme().success();
+        let k = coder.scheme().k();
+        let dataset = rows.is_some();
         let t0 = Instant::now();
         let row_sizes: Vec<i64> = rows.iter().flatten().map(|&r| r as i64).collect();
         let enc: EncodedSegment = tokio::task::spawn_blocking(move || {
@@ -264,6 +266,19 @@ impl Project {
             });
         }
         let mut stored = Vec::new();
+        let mut failed_data: Vec<u32> = Vec::new();
+        // A dataset's records live in its data pieces: training runs on
+        // them where they are, so every data piece that can be stored is
+        // waited for, not cut off with the long tail.
+        let data_settled = |stored: &[pb::PieceResult], failed: &[u32]| {
+            !dataset
+                || begin
+                    .limits
+                    .iter()
+                    .map(|l| l.piece_num)
+                    .filter(|&n| (n as usize) < k)
+                    .all(|n| failed.contains(&n) || stored.iter().any(|p| p.piece_num == n))
+        };
         let mut last_error = String::from("no nodes were offered");
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
         loop {
@@ -285,13 +300,19 @@ impl Project {
                         node_id: limit.node_id.clone(),
                         hash: Some(hash),
                     });
-                    if stored.len() >= success {
+                    if stored.len() >= success && data_settled(&stored, &failed_data) {
                         break; // long tail: the rest are cancelled below
                     }
                 }
                 Err(e) => {
                     tracing::debug!(piece = limit.piece_num, error = %e, "piece upload failed");
                     last_error = e.to_string();
+                    if (limit.piece_num as usize) < k {
+                        failed_data.push(limit.piece_num);
+                    }
+                    if stored.len() >= success && data_settled(&stored, &failed_data) {
+                        break;
+                    }
                 }
             }
         }

@@ -111,6 +111,9 @@ impl From<cc::SpecError> for ComputeError {
 
 type JobId = [u8; 16];
 
+/// How long connecting to a node for a task may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M, DbError> {
     M::decode(bytes).map_err(|_| DbError::Corrupt(what))
 }
@@ -129,6 +132,9 @@ pub struct Compute {
     config: ComputeConfig,
     /// Tasks in flight per node, over all jobs.
     busy: Mutex<HashMap<NodeId, usize>>,
+    /// Nodes whose last run failed, with their last check-in before it:
+    /// they get no task until they check in again.
+    failed: Mutex<HashMap<NodeId, i64>>,
     live: Mutex<HashMap<JobId, Live>>,
     shutdown: CancellationToken,
 }
@@ -149,6 +155,7 @@ impl Compute {
             endpoint,
             config,
             busy: Mutex::default(),
+            failed: Mutex::default(),
             live: Mutex::default(),
             shutdown,
         }
@@ -683,8 +690,16 @@ impl Compute {
 
     fn node_view(&self, now: i64) -> NodeView {
         let busy = self.busy.lock().expect("busy lock");
+        let mut failed = self.failed.lock().expect("failed lock");
         let mut view = NodeView::default();
         for n in self.compute_nodes(now) {
+            match failed.get(&n.id) {
+                Some(&seen) if n.last_seen_ms <= seen => continue,
+                Some(_) => {
+                    failed.remove(&n.id);
+                }
+                None => {}
+            }
             let used = busy.get(&n.id).copied().unwrap_or(0);
             view.free_slots.insert(
                 n.id,
@@ -693,6 +708,11 @@ impl Compute {
             view.online.insert(n.id);
         }
         view
+    }
+
+    fn mark_failed(&self, node: NodeId) {
+        let seen = self.overlay.get(&node).map_or(0, |n| n.last_seen_ms);
+        self.failed.lock().expect("failed lock").insert(node, seen);
     }
 
     fn set_busy(&self, node: NodeId, delta: isize) {
@@ -770,6 +790,7 @@ impl Compute {
                     }
                     if let Err(e) = &r {
                         tracing::info!(node = %a.node.short(), task = ?a.task, purpose = ?a.purpose, error = %e, "task failed");
+                        self.mark_failed(a.node);
                     }
                     if let Ok(o) = &r {
                         max_train = max_train.max(o.train_ms);
@@ -789,6 +810,7 @@ impl Compute {
                         .collect();
                     for n in gone {
                         tracing::info!(node = %n.short(), "node went offline during a task");
+                        self.mark_failed(n);
                         round.on_node_lost(n);
                     }
                 }
@@ -873,10 +895,9 @@ impl Compute {
             .address
             .parse()
             .map_err(|_| format!("bad node address {}", node.address))?;
-        let conn = self
-            .endpoint
-            .dial(a.node, addr)
+        let conn = tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.dial(a.node, addr))
             .await
+            .map_err(|_| "connecting timed out".to_string())?
             .map_err(|e| e.to_string())?;
         let result = exchange(&conn, &req, weights).await;
         if result.is_err() {

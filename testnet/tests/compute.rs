@@ -1,0 +1,289 @@
+//! Training where the data lives, on the in-process test network: locality,
+//! a holder lost mid-job, a dishonest node, and jobs refused at submission.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use loam_common::compute::TrainParams;
+use loam_common::pb;
+use loam_compute::ModelFile;
+use loam_testnet::planet::{Planet, PlanetConfig};
+use loam_uplink::dataset::{DatasetOptions, JobRequest};
+use loam_uplink::{Project, UplinkError};
+
+/// The shipped digits data split as the acceptance check splits it: rows
+/// whose zero-based index is divisible by 5 are the test set.
+fn digits() -> (Vec<u8>, Vec<u8>) {
+    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.csv"))
+        .expect("data/digits.csv");
+    let text = String::from_utf8(text).expect("utf-8");
+    let mut lines = text.lines();
+    let header = lines.next().expect("header");
+    let (mut train, mut test) = (format!("{header}\n"), format!("{header}\n"));
+    for (i, l) in lines.enumerate() {
+        let dst = if i % 5 == 0 { &mut test } else { &mut train };
+        dst.push_str(l);
+        dst.push('\n');
+    }
+    (train.into_bytes(), test.into_bytes())
+}
+
+fn options() -> DatasetOptions {
+    DatasetOptions {
+        label: "label".into(),
+        // Several segments: 8 tasks with 2 data rows per segment.
+        segment_size: Some(56 << 10),
+        compute: true,
+    }
+}
+
+fn job(rounds: u32, verify: f64) -> JobRequest {
+    JobRequest {
+        architecture: "mlp".into(),
+        hidden: vec![64],
+        rounds,
+        params: TrainParams::default(),
+        verify_fraction: Some(verify),
+        out: ("digits".into(), "models/m".into()),
+        label: None,
+    }
+}
+
+async fn wait_done(project: &Project, id: &[u8]) -> pb::JobInfo {
+    let mut rx_round = 0;
+    loop {
+        let j = project.job(id).await.expect("job");
+        if j.state != pb::JobState::JobRunning as i32 {
+            return j;
+        }
+        if j.round != rx_round {
+            rx_round = j.round;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn accuracy(project: &Project, job: &pb::JobInfo, test: &[u8]) -> f64 {
+    let model = project.job_model(job).await.expect("model");
+    let records =
+        loam_compute::dataset::parse_records(test, &model.header.schema, true).expect("test set");
+    loam_compute::train::evaluate(&model.header.spec, &model.weights, &records)
+        .expect("eval")
+        .accuracy
+}
+
+async fn setup(config: PlanetConfig) -> (Planet, Project, Vec<u8>) {
+    let planet = Planet::start(config).await.expect("planet");
+    let project = planet.project().expect("project");
+    project.create_bucket("digits").await.expect("bucket");
+    let (train, test) = digits();
+    let info = project
+        .upload_dataset("digits", "train", train.clone(), &options(), None)
+        .await
+        .expect("dataset put");
+    assert_eq!(info.records, 1437);
+    assert!(info.tasks >= 6, "{} tasks", info.tasks);
+    // Still a normal object: the original bytes come back.
+    assert_eq!(
+        project.read_all("digits", "train").await.expect("cp"),
+        train
+    );
+    (planet, project, test)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_runs_on_the_holders_and_only_weights_travel() {
+    let (planet, project, test) = setup(PlanetConfig::new(6)).await;
+    let info = project
+        .submit_job("digits", "train", &job(10, 0.0))
+        .await
+        .expect("submit");
+    let done = wait_done(&project, &info.job_id).await;
+    assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
+    assert_eq!(done.round, 10);
+    assert_eq!(done.tasks_done, 10 * u64::from(done.tasks_total));
+    assert_eq!(done.dataset_bytes_fetched, 0, "no piece moved for training");
+    // Each task receives and returns the weights once per round.
+    let params = 64 * 64 + 64 + 64 * 10 + 10;
+    assert_eq!(
+        done.weight_bytes,
+        10 * u64::from(done.tasks_total) * 2 * 4 * params
+    );
+    assert!(done.work_units > 0.0);
+    let acc = accuracy(&project, &done, &test).await;
+    assert!(acc >= 0.93, "federated accuracy {acc}");
+
+    // The model stored at --out evaluates the same.
+    project
+        .save_model(&done, "digits", "models/m")
+        .await
+        .expect("save");
+    let bytes = project.read_all("digits", "models/m").await.expect("model");
+    let file = ModelFile::from_bytes(&bytes).expect("model file");
+    assert_eq!(
+        file.weights,
+        project.job_weights(&done.job_id).await.expect("w")
+    );
+
+    // The work is credited to the nodes that did it.
+    let stats = planet.compute.node_stats().expect("stats");
+    let credited: f64 = stats.values().map(|s| s.work_units).sum();
+    assert!((credited - done.work_units).abs() < 1e-6);
+    assert!(stats.values().all(|s| s.verification_failures == 0));
+    planet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_lost_mid_job_is_rebuilt_elsewhere() {
+    let (mut planet, project, test) = setup(PlanetConfig::new(6)).await;
+    let mut request = job(40, 0.0);
+    request.params.local_epochs = 4;
+    let info = project
+        .submit_job("digits", "train", &request)
+        .await
+        .expect("submit");
+    // Wait until the job is under way, then stop a node holding data (with
+    // every holder up, only holders have run tasks).
+    loop {
+        let j = project.job(&info.job_id).await.expect("job");
+        if j.round >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = planet.compute.node_stats().expect("stats");
+    let holder = planet
+        .nodes
+        .iter()
+        .position(|n| stats.get(&n.id).is_some_and(|s| s.tasks_accepted > 0))
+        .expect("some node holds data");
+    planet.stop_node(holder).await;
+    let at_stop = project.job(&info.job_id).await.expect("job").round;
+    assert!(
+        at_stop < 40,
+        "the job must still be running when the node stops"
+    );
+    let done = wait_done(&project, &info.job_id).await;
+    assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
+    assert_eq!(done.round, 40);
+    assert!(
+        done.dataset_bytes_fetched > 0,
+        "the lost holder's pieces were rebuilt by other nodes"
+    );
+    let acc = accuracy(&project, &done, &test).await;
+    assert!(acc >= 0.93, "accuracy {acc}");
+    planet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_weights_are_caught_and_not_paid() {
+    let mut config = PlanetConfig::new(6);
+    // Node 0 nudges every weight: small enough to pass the norm check,
+    // large enough to differ from an honest re-execution.
+    let hook: loam_storagenode::compute::WeightsHook = Arc::new(|w: &mut [f32]| {
+        for x in w.iter_mut() {
+            *x += 1e-3;
+        }
+    });
+    config.weights_hooks.push((0, hook));
+    let (planet, project, test) = setup(config).await;
+    let info = project
+        .submit_job("digits", "train", &job(4, 1.0))
+        .await
+        .expect("submit");
+    let done = wait_done(&project, &info.job_id).await;
+    assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
+    assert!(done.verification_failures > 0);
+    let stats = planet.compute.node_stats().expect("stats");
+    let bad = stats.get(&planet.nodes[0].id).cloned().unwrap_or_default();
+    assert!(bad.verification_failures > 0, "{bad:?}");
+    assert_eq!(bad.work_units, 0.0, "a wrong result earns nothing");
+    for n in &planet.nodes[1..] {
+        let s = stats.get(&n.id).cloned().unwrap_or_default();
+        assert_eq!(s.verification_failures, 0, "honest node blamed");
+    }
+    let acc = accuracy(&project, &done, &test).await;
+    assert!(acc >= 0.9, "accuracy {acc}");
+    planet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_jobs_fail_at_submission() {
+    let mut config = PlanetConfig::new(5);
+    config.reconfigure_node = Some(Box::new(|_, c| c.compute.enabled = false));
+    let (planet, project, _) = setup(config).await;
+    let err = |r: Result<pb::JobInfo, UplinkError>| r.expect_err("must fail").to_string();
+
+    let mut bad = job(2, 0.0);
+    bad.architecture = "transformer".into();
+    let e = err(project.submit_job("digits", "train", &bad).await);
+    assert!(e.contains("unknown model"), "{e}");
+
+    let mut bad = job(2, 0.0);
+    bad.label = Some("species".into());
+    let e = err(project.submit_job("digits", "train", &bad).await);
+    assert!(
+        e.contains("species") && e.contains("not in the dataset"),
+        "{e}"
+    );
+
+    let mut bad = job(2, 0.0);
+    bad.params.learning_rate = -1.0;
+    let e = err(project.submit_job("digits", "train", &bad).await);
+    assert!(e.contains("learning rate"), "{e}");
+
+    let e = project
+        .upload_dataset(
+            "digits",
+            "broken",
+            b"a,b,label\n1,2,x\n3,oops,y\n".to_vec(),
+            &options(),
+            None,
+        )
+        .await
+        .expect_err("non-numeric cell")
+        .to_string();
+    assert!(e.contains("line 3") && e.contains("oops"), "{e}");
+    let e = project
+        .upload_dataset(
+            "digits",
+            "nolabel",
+            b"a,b\n1,2\n".to_vec(),
+            &options(),
+            None,
+        )
+        .await
+        .expect_err("no label")
+        .to_string();
+    assert!(e.contains("label column"), "{e}");
+
+    project
+        .set_dataset_compute("digits", "train", false)
+        .await
+        .expect("opt out");
+    let e = err(project.submit_job("digits", "train", &job(2, 0.0)).await);
+    assert!(e.contains("not opted in"), "{e}");
+    project
+        .set_dataset_compute("digits", "train", true)
+        .await
+        .expect("opt in");
+
+    project
+        .upload(
+            "digits",
+            "plain.csv",
+            std::io::Cursor::new(vec![b'x'; 10_000]),
+            None,
+        )
+        .await
+        .expect("plain object");
+    let e = err(project
+        .submit_job("digits", "plain.csv", &job(2, 0.0))
+        .await);
+    assert!(e.contains("not a dataset"), "{e}");
+
+    // No node offers compute: nobody can run it.
+    let e = err(project.submit_job("digits", "train", &job(2, 0.0)).await);
+    assert!(e.contains("no node online offers compute"), "{e}");
+    planet.shutdown().await;
+}
