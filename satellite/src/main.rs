@@ -199,6 +199,16 @@ async fn main() -> anyhow::Result<()> {
                         "version": n.version,
                         "last_seen_unix_ms": n.last_seen_unix_ms,
                         "disqualified": serde_json::Value::Null,
+                        "compute": {
+                            "enabled": n.capabilities.is_some_and(|c| c.compute_enabled),
+                            "max_tasks": n.capabilities.map_or(0, |c| c.max_tasks),
+                            "cpu_cores": n.capabilities.map_or(0, |c| c.cpu_cores),
+                            "gpus": n.capabilities.map_or(0, |c| c.gpus),
+                            "work_units": n.compute.as_ref().map_or(0.0, |c| c.work_units),
+                            "tasks_accepted": n.compute.as_ref().map_or(0, |c| c.tasks_accepted),
+                            "tasks_failed": n.compute.as_ref().map_or(0, |c| c.tasks_failed),
+                            "verification_failures": n.compute.as_ref().map_or(0, |c| c.verification_failures),
+                        },
                     })
                 })
                 .collect();
@@ -206,16 +216,30 @@ async fn main() -> anyhow::Result<()> {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 Output::Table => {
                     println!(
-                        "{:<46} {:<22} {:<7} {:>16}",
-                        "NODE ID", "ADDRESS", "ONLINE", "FREE BYTES"
+                        "{:<46} {:<22} {:<7} {:>16} {:>8} {:>12} {:>7}",
+                        "NODE ID",
+                        "ADDRESS",
+                        "ONLINE",
+                        "FREE BYTES",
+                        "COMPUTE",
+                        "WORK UNITS",
+                        "FAILED"
                     );
                     for n in &rows {
+                        let c = &n["compute"];
                         println!(
-                            "{:<46} {:<22} {:<7} {:>16}",
+                            "{:<46} {:<22} {:<7} {:>16} {:>8} {:>12.4} {:>7}",
                             n["node_id"].as_str().unwrap_or(""),
                             n["address"].as_str().unwrap_or(""),
                             n["online"].as_bool().unwrap_or(false),
-                            n["free_disk"].as_i64().unwrap_or(0)
+                            n["free_disk"].as_i64().unwrap_or(0),
+                            if c["enabled"].as_bool().unwrap_or(false) {
+                                "on"
+                            } else {
+                                "off"
+                            },
+                            c["work_units"].as_f64().unwrap_or(0.0),
+                            c["verification_failures"].as_u64().unwrap_or(0)
                         );
                     }
                 }

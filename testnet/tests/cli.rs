@@ -176,3 +176,188 @@ async fn uplink_cli_against_process_network() -> anyhow::Result<()> {
     net.stop().await;
     Ok(())
 }
+
+/// `uplink dataset put`, `train --wait` and `model eval` as a user runs
+/// them, with `kill -9` of a storage node holding data in the middle of
+/// the job: the job finishes, the lost pieces are rebuilt elsewhere, and
+/// the digits accuracy target still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_survives_kill_9_of_a_holder() -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+
+    let tmp = tempfile::tempdir()?;
+    let net = ProcessNetwork::start(&tmp.path().join("net"), &NetworkOptions::default()).await?;
+    let access = net.dir.join("access");
+    let digits =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.csv"))?;
+    let mut lines = digits.lines();
+    let header = lines.next().expect("header");
+    let (mut train, mut test) = (format!("{header}\n"), format!("{header}\n"));
+    for (i, l) in lines.enumerate() {
+        let dst = if i % 5 == 0 { &mut test } else { &mut train };
+        dst.push_str(l);
+        dst.push('\n');
+    }
+    let (train_path, test_path) = (tmp.path().join("train.csv"), tmp.path().join("test.csv"));
+    std::fs::write(&train_path, &train)?;
+    std::fs::write(&test_path, &test)?;
+
+    ok(uplink(&access, &["mb", "loam://mlab"]));
+    let put = ok(uplink(
+        &access,
+        &[
+            "dataset",
+            "put",
+            train_path.to_str().expect("path"),
+            "loam://mlab/digits",
+            "--label",
+            "label",
+            "--segment-size",
+            "65536",
+        ],
+    ));
+    assert!(put.contains("1437 records"), "{put}");
+
+    let mut child = Command::new(binary("uplink")?)
+        .arg("--access-file")
+        .arg(&access)
+        .args([
+            "train",
+            "loam://mlab/digits",
+            "--model",
+            "mlp",
+            "--hidden",
+            "64",
+            "--rounds",
+            "60",
+            "--out",
+            "loam://mlab/models/m",
+            "--wait",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    let mut job_id = String::new();
+    loop {
+        let mut line = String::new();
+        anyhow::ensure!(
+            stdout.read_line(&mut line)? > 0,
+            "train ended early: {seen}"
+        );
+        if let Some(rest) = line.strip_prefix("Job ") {
+            job_id = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+        seen.push_str(&line);
+        if line.starts_with("round 2/") {
+            break;
+        }
+    }
+    // A node that ran tasks so far holds data (only holders run tasks while
+    // every holder is up).
+    let sat_dir = &net
+        .processes
+        .iter()
+        .find(|p| p.role == "satellite")
+        .expect("satellite")
+        .data_dir;
+    let out = Command::new(binary("satellite")?)
+        .args(["nodes", "ls", "--dir"])
+        .arg(sat_dir)
+        .args(["-o", "json"])
+        .output()?;
+    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let holder = nodes
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["compute"]["tasks_accepted"].as_u64().unwrap_or(0) > 0)
+        .and_then(|n| n["node_id"].as_str())
+        .expect("a node has trained")
+        .to_string();
+    let index = net
+        .storage_nodes()
+        .position(|p| p.node_id.to_string() == holder)
+        .expect("holder is a storage node");
+    net.kill_storage_node(index)?;
+
+    let rest: Vec<String> = stdout.lines().collect::<Result<_, _>>()?;
+    let status = child.wait()?;
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)?;
+    assert!(status.success(), "train failed: {err}");
+    assert!(
+        rest.iter().any(|l| l.starts_with("round 60/60")),
+        "{rest:?}"
+    );
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("Model stored at loam://mlab/models/m")),
+        "{rest:?}"
+    );
+
+    let status: serde_json::Value = serde_json::from_str(&ok(uplink(
+        &access,
+        &["job", "status", &job_id, "-o", "json"],
+    )))?;
+    assert_eq!(status["state"], "done");
+    assert!(
+        status["dataset_bytes_fetched"].as_u64().unwrap_or(0) > 0,
+        "the killed holder's pieces were rebuilt: {status}"
+    );
+    let eval = ok(uplink(
+        &access,
+        &[
+            "model",
+            "eval",
+            "loam://mlab/models/m",
+            "--data",
+            test_path.to_str().expect("path"),
+            "--label",
+            "label",
+        ],
+    ));
+    let acc: f64 = eval
+        .lines()
+        .find_map(|l| l.strip_prefix("accuracy "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("accuracy line");
+    assert!(acc >= 0.95, "accuracy {acc} after the kill:\n{eval}");
+
+    // The same model from a local file, and a one-line error for bad input.
+    let model_path = tmp.path().join("m.loam");
+    ok(uplink(
+        &access,
+        &[
+            "cp",
+            "loam://mlab/models/m",
+            model_path.to_str().expect("path"),
+        ],
+    ));
+    let local = ok(Command::new(binary("uplink")?)
+        .args(["model", "eval"])
+        .arg(&model_path)
+        .arg("--data")
+        .arg(&test_path)
+        .output()?);
+    assert!(local.contains(&format!("accuracy {acc:.4}")), "{local}");
+    let e = fails(uplink(
+        &access,
+        &[
+            "train",
+            "loam://mlab/digits",
+            "--model",
+            "resnet",
+            "--out",
+            "loam://mlab/models/x",
+        ],
+    ));
+    assert!(e.contains("unknown model"), "{e}");
+    net.stop().await;
+    Ok(())
+}
