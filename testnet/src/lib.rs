@@ -8,6 +8,7 @@
 //!   tests, built from counts plus reconfigure hooks.
 
 pub mod bench;
+pub mod bench_compute;
 pub mod planet;
 pub mod process;
 

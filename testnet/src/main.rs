@@ -50,6 +50,27 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         size_mib: usize,
     },
+    /// Measure training on the network against single-process training.
+    BenchCompute {
+        /// Training rows generated.
+        #[arg(long, default_value_t = 200_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 32)]
+        features: usize,
+        #[arg(long, default_value_t = 10)]
+        classes: usize,
+        #[arg(long, default_value_t = 64)]
+        hidden: usize,
+        #[arg(long, default_value_t = 4)]
+        rounds: u32,
+        #[arg(long, default_value_t = 4)]
+        local_epochs: usize,
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// Segment size of the dataset (each data row is one task).
+        #[arg(long, default_value_t = 8 << 20)]
+        segment_size: u64,
+    },
     /// Measure the client pipeline, bare QUIC, upload and download.
     Bench {
         /// Object size in MiB.
@@ -106,6 +127,33 @@ async fn main() -> anyhow::Result<()> {
             nodes,
             size_mib,
         } => demo(dir, nodes, size_mib).await?,
+        Command::BenchCompute {
+            rows,
+            features,
+            classes,
+            hidden,
+            rounds,
+            local_epochs,
+            nodes,
+            segment_size,
+        } => {
+            let dir = tempfile::tempdir()?;
+            let report = loam_testnet::bench_compute::run(
+                &loam_testnet::bench_compute::ComputeBench {
+                    rows,
+                    features,
+                    classes,
+                    hidden,
+                    rounds,
+                    local_epochs,
+                    nodes,
+                    segment_size,
+                },
+                dir.path(),
+            )
+            .await?;
+            report.print();
+        }
         Command::Bench {
             size_mib,
             nodes,

@@ -722,7 +722,7 @@ impl Compute {
     }
 
     /// Runs one round to completion; returns its outcome, the weight bytes
-    /// moved and the longest task's training time.
+    /// moved and the busiest node's training time.
     async fn run_round(
         &self,
         ctx: &RoundCtx<'_>,
@@ -756,7 +756,9 @@ impl Compute {
         let mut round = Round::new(plans, &verify, self.config.tolerance as f32);
         let weight_bytes = cc::weights_to_bytes(ctx.weights);
         let mut sent = 0u64;
-        let mut max_train = 0i64;
+        // Training time per node this round: the busiest node's total is
+        // the round's critical path; the rest of the round is coordination.
+        let mut node_train: HashMap<NodeId, i64> = HashMap::new();
         let mut inflight = FuturesUnordered::new();
         let mut mine: HashMap<NodeId, usize> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -793,7 +795,7 @@ impl Compute {
                         self.mark_failed(a.node);
                     }
                     if let Ok(o) = &r {
-                        max_train = max_train.max(o.train_ms);
+                        *node_train.entry(a.node).or_insert(0) += o.train_ms;
                     }
                     round.on_result(a.task, a.node, a.purpose, r);
                 }
@@ -825,7 +827,8 @@ impl Compute {
         for (node, n) in mine {
             self.set_busy(node, -(n as isize));
         }
-        Ok((round.finish(), sent, max_train))
+        let busiest = node_train.values().copied().max().unwrap_or(0);
+        Ok((round.finish(), sent, busiest))
     }
 
     fn publish_progress(&self, ctx: &RoundCtx<'_>, round: &Round) {
