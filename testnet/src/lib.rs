@@ -12,6 +12,25 @@ pub mod bench_compute;
 pub mod planet;
 pub mod process;
 
+/// The digits data set shipped in `data/` (see `data/README.md`).
+pub const DIGITS: &[u8] = include_bytes!("../../data/digits.csv");
+
+/// The digits split every demo, test and check uses: rows whose zero-based
+/// index is divisible by 5 are the test set. Returns (train, test) CSV
+/// texts, each with the header.
+pub fn digits_split() -> (String, String) {
+    let text = String::from_utf8_lossy(DIGITS);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let (mut train, mut test) = (format!("{header}\n"), format!("{header}\n"));
+    for (i, l) in lines.enumerate() {
+        let dst = if i % 5 == 0 { &mut test } else { &mut train };
+        dst.push_str(l);
+        dst.push('\n');
+    }
+    (train, test)
+}
+
 /// Fetches `url` (plain HTTP on loopback) and returns the body.
 pub async fn http_get(url: &str) -> anyhow::Result<String> {
     use anyhow::Context;

@@ -170,8 +170,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The data set shipped with the repository.
-const DIGITS: &[u8] = include_bytes!("../../data/digits.csv");
+use loam_testnet::DIGITS;
 
 async fn demo(dir: Option<PathBuf>, nodes: usize, size_mib: usize) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -301,15 +300,7 @@ async fn train_digits(project: &Project) -> anyhow::Result<()> {
     use loam_common::pb::JobState;
     use loam_uplink::dataset::{DatasetOptions, JobRequest};
 
-    let text = std::str::from_utf8(DIGITS)?;
-    let mut lines = text.lines();
-    let header = lines.next().unwrap_or_default();
-    let (mut train, mut test) = (format!("{header}\n"), format!("{header}\n"));
-    for (i, l) in lines.enumerate() {
-        let dst = if i % 5 == 0 { &mut test } else { &mut train };
-        dst.push_str(l);
-        dst.push('\n');
-    }
+    let (train, test) = loam_testnet::digits_split();
     let train_text = train.clone();
     let info = project
         .upload_dataset(

@@ -11,20 +11,8 @@ use loam_testnet::planet::{Planet, PlanetConfig};
 use loam_uplink::dataset::{DatasetOptions, JobRequest};
 use loam_uplink::{Project, UplinkError};
 
-/// The shipped digits data split as the acceptance check splits it: rows
-/// whose zero-based index is divisible by 5 are the test set.
 fn digits() -> (Vec<u8>, Vec<u8>) {
-    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.csv"))
-        .expect("data/digits.csv");
-    let text = String::from_utf8(text).expect("utf-8");
-    let mut lines = text.lines();
-    let header = lines.next().expect("header");
-    let (mut train, mut test) = (format!("{header}\n"), format!("{header}\n"));
-    for (i, l) in lines.enumerate() {
-        let dst = if i % 5 == 0 { &mut test } else { &mut train };
-        dst.push_str(l);
-        dst.push('\n');
-    }
+    let (train, test) = loam_testnet::digits_split();
     (train.into_bytes(), test.into_bytes())
 }
 

@@ -346,20 +346,22 @@ impl Project {
         }
     }
 
-    pub async fn job(&self, id: &[u8]) -> Result<pb::JobInfo, UplinkError> {
+    async fn job_call(&self, req: Req, id: &[u8]) -> Result<pb::JobInfo, UplinkError> {
+        let not_found = || UplinkError::Job(format!("job {} not found", hex::encode(id)));
         match self
-            .call(Req::GetJob(pb::JobRequest {
-                job_id: id.to_vec().into(),
-            }))
+            .call(req)
             .await
-            .map_err(|e| {
-                not_found_as(e, || {
-                    UplinkError::Job(format!("job {} not found", hex::encode(id)))
-                })
-            })? {
-            Resp::GetJob(j) => Ok(j),
+            .map_err(|e| not_found_as(e, not_found))?
+        {
+            Resp::GetJob(j) | Resp::CancelJob(j) => Ok(j),
             _ => Err(UplinkError::Unexpected),
         }
+    }
+
+    pub async fn job(&self, id: &[u8]) -> Result<pb::JobInfo, UplinkError> {
+        let job_id = id.to_vec().into();
+        self.job_call(Req::GetJob(pb::JobRequest { job_id }), id)
+            .await
     }
 
     pub async fn jobs(&self) -> Result<Vec<pb::JobInfo>, UplinkError> {
@@ -370,19 +372,9 @@ impl Project {
     }
 
     pub async fn cancel_job(&self, id: &[u8]) -> Result<pb::JobInfo, UplinkError> {
-        match self
-            .call(Req::CancelJob(pb::JobRequest {
-                job_id: id.to_vec().into(),
-            }))
+        let job_id = id.to_vec().into();
+        self.job_call(Req::CancelJob(pb::JobRequest { job_id }), id)
             .await
-            .map_err(|e| {
-                not_found_as(e, || {
-                    UplinkError::Job(format!("job {} not found", hex::encode(id)))
-                })
-            })? {
-            Resp::CancelJob(j) => Ok(j),
-            _ => Err(UplinkError::Unexpected),
-        }
     }
 
     /// A job's current (after the last round) weights.
