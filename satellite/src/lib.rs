@@ -14,6 +14,7 @@ pub mod compute;
 pub mod config;
 pub mod db;
 pub mod endpoint;
+pub mod gc;
 pub mod metainfo;
 pub mod metrics_list;
 pub mod overlay;
@@ -76,6 +77,9 @@ pub struct Satellite {
     /// Compute jobs: planning, scheduling, aggregation.
     pub compute: Arc<Compute>,
     compute_stop: CancellationToken,
+    /// Garbage collection and its chore.
+    pub gc: Arc<gc::Gc>,
+    pub gc_cycle: Arc<Cycle>,
     /// Chore deleting uploads that were never committed.
     pub abandoned_uploads: Arc<Cycle>,
     http: tokio::net::TcpListener,
@@ -138,6 +142,13 @@ impl Satellite {
             config.compute.clone(),
             compute_stop.clone(),
         ));
+        let gc = Arc::new(gc::Gc::new(
+            metainfo.clone(),
+            overlay.clone(),
+            endpoint.clone(),
+            config.gc.clone(),
+        ));
+        let gc_cycle = Arc::new(Cycle::new(gc.interval()));
         let abandoned_uploads = Arc::new(Cycle::new(Duration::from_secs_f64(
             (config.pending_expiration_secs / 4.0).clamp(1.0, 3600.0),
         )));
@@ -149,6 +160,8 @@ impl Satellite {
             metainfo,
             compute,
             compute_stop,
+            gc,
+            gc_cycle,
             abandoned_uploads,
             http,
             dir: dir.to_path_buf(),
@@ -253,6 +266,28 @@ impl Satellite {
                     .await
             })
         };
+        let gc_task = {
+            let (cycle, gc, cancel) = (self.gc_cycle.clone(), self.gc.clone(), cancel.clone());
+            tokio::spawn(async move {
+                cycle
+                    .run(cancel, || {
+                        let gc = gc.clone();
+                        async move {
+                            let s = gc.run_once().await;
+                            if s.trashed > 0 || s.failed > 0 {
+                                tracing::info!(
+                                    nodes = s.nodes,
+                                    failed = s.failed,
+                                    trashed = s.trashed,
+                                    bytes = s.trashed_bytes,
+                                    "garbage collection"
+                                );
+                            }
+                        }
+                    })
+                    .await
+            })
+        };
         let quic = self.endpoint.clone();
         loop {
             tokio::select! {
@@ -281,7 +316,7 @@ impl Satellite {
         }
         self.compute_stop.cancel();
         quic.close();
-        let _ = tokio::join!(http_task, sweeper);
+        let _ = tokio::join!(http_task, sweeper, gc_task);
         let _ = tokio::time::timeout(Duration::from_secs(2), quic.wait_idle()).await;
         Ok(())
     }

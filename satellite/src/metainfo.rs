@@ -137,8 +137,8 @@ pub fn validate_bucket_name(name: &str) -> Result<(), MetainfoError> {
             why,
         })
     };
-    if name.len() < 3 || name.len() > 63 {
-        return bad("must be 3 to 63 characters");
+    if name.len() < 2 || name.len() > 63 {
+        return bad("must be 2 to 63 characters");
     }
     if !name
         .bytes()
@@ -737,6 +737,35 @@ impl Metainfo {
         }
     }
 
+    /// Every (node, piece) the metadata places: pending segments first,
+    /// then committed ones (see `gc` for why that order).
+    pub fn piece_placements(&self) -> Result<Vec<(NodeId, PieceId)>, MetainfoError> {
+        let mut out = Vec::new();
+        for (_, v) in self.kv.scan(Table::PendingSegments, b"", b"", usize::MAX)? {
+            let p: pb::PendingSegment = decode(&v, "pending segment")?;
+            let Ok(root) = PieceId::try_from(p.root_piece_id.as_ref()) else {
+                continue;
+            };
+            for (node, num) in p.node_ids.iter().zip(&p.piece_nums) {
+                if let Ok(node) = NodeId::try_from(node.as_ref()) {
+                    out.push((node, PieceId::derive(&root, &node, *num)));
+                }
+            }
+        }
+        for (_, v) in self.kv.scan(Table::Segments, b"", b"", usize::MAX)? {
+            let seg: pb::SegmentRecord = decode(&v, "segment")?;
+            let Ok(root) = PieceId::try_from(seg.root_piece_id.as_ref()) else {
+                continue;
+            };
+            for p in &seg.pieces {
+                if let Ok(node) = NodeId::try_from(p.node_id.as_ref()) {
+                    out.push((node, PieceId::derive(&root, &node, p.piece_num)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// An object's record, for the compute scheduler.
     pub fn object_record(
         &self,
@@ -929,7 +958,8 @@ mod tests {
     #[test]
     fn bucket_names_follow_s3_rules() {
         assert!(validate_bucket_name("photos-2024").is_ok());
-        assert!(validate_bucket_name("ab").is_err());
+        assert!(validate_bucket_name("a").is_err());
+        assert!(validate_bucket_name("ab").is_ok());
         assert!(validate_bucket_name("Photos").is_err());
         assert!(validate_bucket_name("-photos").is_err());
         assert!(validate_bucket_name("pho_tos").is_err());

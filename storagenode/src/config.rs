@@ -27,6 +27,9 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// Seconds between check-ins with each satellite. Default 300.
     pub checkin_interval_secs: f64,
+    /// Pieces garbage-collected by a satellite stay in the trash this many
+    /// seconds before they are deleted. Default 604800 (7 days).
+    pub trash_grace_secs: f64,
     /// Training tasks (`[compute]`): opt-in, capacity, backend.
     pub compute: crate::compute::ComputeConfig,
 }
@@ -41,6 +44,7 @@ impl Default for Config {
             sync_writes: true,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 14002)),
             checkin_interval_secs: 300.0,
+            trash_grace_secs: 604_800.0,
             compute: Default::default(),
         }
     }
@@ -78,7 +82,8 @@ mod tests {
             text,
             "listen = \"0.0.0.0:28967\"\nexternal_address = \"\"\nsatellites = []\n\
              allocated_bytes = 1000000000000\nsync_writes = true\n\
-             http_listen = \"127.0.0.1:14002\"\ncheckin_interval_secs = 300.0\n\n\
+             http_listen = \"127.0.0.1:14002\"\ncheckin_interval_secs = 300.0\n\
+             trash_grace_secs = 604800.0\n\n\
              [compute]\nenabled = true\nmax_tasks = 1\ncores = 0\ngpus = 0\n\
              backend = \"cpu\"\ncache_mib = 512\n"
         );

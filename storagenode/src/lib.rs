@@ -214,6 +214,31 @@ impl StorageNode {
                     .await
             })
         };
+        let trash_task = {
+            let (blobs, cancel) = (piecestore.blobs().clone(), cancel.clone());
+            let grace = config.trash_grace_secs.max(0.0);
+            tokio::spawn(async move {
+                let cycle = loam_common::chore::Cycle::new(Duration::from_secs_f64(
+                    (grace / 4.0).clamp(0.5, 3600.0),
+                ));
+                cycle
+                    .run(cancel, || {
+                        let blobs = blobs.clone();
+                        async move {
+                            let before = loam_common::orders::now_ms() - (grace * 1000.0) as i64;
+                            match tokio::task::spawn_blocking(move || blobs.empty_trash(before))
+                                .await
+                            {
+                                Ok(Ok(0)) => {}
+                                Ok(Ok(n)) => tracing::info!(bytes = n, "emptied trash"),
+                                Ok(Err(e)) => tracing::warn!(error = %e, "emptying trash failed"),
+                                Err(e) => tracing::warn!(error = %e, "emptying trash panicked"),
+                            }
+                        }
+                    })
+                    .await
+            })
+        };
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -240,7 +265,7 @@ impl StorageNode {
             }
         }
         endpoint.close();
-        let _ = tokio::join!(http_task, contact_task, prune_task);
+        let _ = tokio::join!(http_task, contact_task, prune_task, trash_task);
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         Ok(())
     }

@@ -60,6 +60,7 @@ pub struct Planet {
     pub satellite_identity: Identity,
     pub satellite: Arc<loam_satellite::metainfo::Metainfo>,
     pub compute: Arc<loam_satellite::compute::Compute>,
+    pub gc: Arc<loam_satellite::gc::Gc>,
     pub nodes: Vec<PlanetNode>,
     pub access: Access,
     cancel: CancellationToken,
@@ -90,6 +91,7 @@ impl Planet {
         let satellite_url = sat.url();
         let metainfo = sat.metainfo.clone();
         let compute = sat.compute.clone();
+        let gc = sat.gc.clone();
         let sat_task = {
             let cancel = cancel.clone();
             tokio::spawn(async move {
@@ -140,6 +142,7 @@ impl Planet {
             satellite_identity: sat_identity,
             satellite: metainfo,
             compute,
+            gc,
             nodes,
             access,
             cancel,

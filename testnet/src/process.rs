@@ -24,6 +24,9 @@ pub struct NetworkOptions {
     pub passphrase: String,
     pub checkin_interval_secs: f64,
     pub online_window_secs: f64,
+    /// Interval of the satellite's chores (garbage collection, audits,
+    /// repair) and the nodes' trash grace period, in seconds.
+    pub chore_interval_secs: f64,
     /// Nodes fsync each piece before acknowledging it. Off by default on a
     /// testnet: every node shares this machine's one disk, so ten nodes'
     /// fsyncs queue behind each other; a crashed *process* loses nothing
@@ -41,6 +44,7 @@ impl Default for NetworkOptions {
             passphrase: "testnet".into(),
             checkin_interval_secs: 2.0,
             online_window_secs: 10.0,
+            chore_interval_secs: 5.0,
             sync_writes: false,
         }
     }
@@ -142,6 +146,11 @@ impl ProcessNetwork {
             min_difficulty: opts.difficulty,
             online_window_secs: opts.online_window_secs,
             distinct_subnets: false,
+            gc: loam_satellite::gc::GcConfig {
+                interval_secs: opts.chore_interval_secs,
+                margin_secs: 1.0,
+                ..Default::default()
+            },
             ..Default::default()
         };
         sat_config.save(&sat_dir)?;
@@ -189,6 +198,7 @@ impl ProcessNetwork {
                 allocated_bytes: 100_000_000_000,
                 sync_writes: opts.sync_writes,
                 checkin_interval_secs: opts.checkin_interval_secs,
+                trash_grace_secs: opts.chore_interval_secs,
                 ..Default::default()
             };
             config.save(&node_dir)?;

@@ -346,6 +346,15 @@ async fn training_survives_kill_9_of_a_holder() -> anyhow::Result<()> {
         .arg(&test_path)
         .output()?);
     assert!(local.contains(&format!("accuracy {acc:.4}")), "{local}");
+    let predictions = ok(Command::new(binary("uplink")?)
+        .args(["model", "predict"])
+        .arg(&model_path)
+        .arg("--data")
+        .arg(&test_path)
+        .output()?);
+    let lines: Vec<&str> = predictions.lines().collect();
+    assert_eq!(lines[0], "row,predicted_label");
+    assert_eq!(lines.len(), 1 + 360, "one prediction per test row");
     let e = fails(uplink(
         &access,
         &[

@@ -259,7 +259,16 @@ impl Compute {
         let shift = (row as usize + seg.root_piece_id.first().copied().unwrap_or(0) as usize)
             % rest.len().max(1);
         rest.rotate_left(shift);
-        rest.sort_by_key(|n| !holds.contains(&n.id));
+        // Nodes already holding a piece of the segment first, then the
+        // ones with more compute (GPUs, cores); the sort is stable, so the
+        // rotation still spreads ties.
+        rest.sort_by_key(|n| {
+            (
+                !holds.contains(&n.id),
+                std::cmp::Reverse(n.capabilities.gpus),
+                std::cmp::Reverse(n.capabilities.cpu_cores),
+            )
+        });
         out.extend(
             rest.into_iter()
                 .take(self.config.candidates.saturating_sub(out.len()))

@@ -28,6 +28,10 @@ pub trait Blobs: Send + Sync + 'static {
         len: usize,
     ) -> std::io::Result<Vec<u8>>;
     fn delete(&self, satellite: &NodeId, piece: &PieceId) -> std::io::Result<()>;
+    /// Moves a piece to the trash, stamped with `now_ms`.
+    fn trash(&self, satellite: &NodeId, piece: &PieceId, now_ms: i64) -> std::io::Result<()>;
+    /// Deletes trash stamped before `before_ms`; returns the bytes freed.
+    fn empty_trash(&self, before_ms: i64) -> std::io::Result<u64>;
 }
 
 pub trait BlobWriter: Send {
@@ -51,6 +55,7 @@ impl FileBlobs {
         }
         std::fs::create_dir_all(&tmp)?;
         std::fs::create_dir_all(root.join("pieces"))?;
+        std::fs::create_dir_all(root.join("trash"))?;
         Ok(Self {
             root: root.to_path_buf(),
             sync,
@@ -148,5 +153,34 @@ impl Blobs for FileBlobs {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
+    }
+
+    fn trash(&self, satellite: &NodeId, piece: &PieceId, now_ms: i64) -> std::io::Result<()> {
+        let dest = self.root.join("trash").join(format!(
+            "{now_ms:016}-{}-{}",
+            &hex::encode(satellite.as_bytes())[..16],
+            piece.to_hex()
+        ));
+        match std::fs::rename(self.path(satellite, piece), dest) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    fn empty_trash(&self, before_ms: i64) -> std::io::Result<u64> {
+        let mut freed = 0;
+        for entry in std::fs::read_dir(self.root.join("trash"))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let stamp = name
+                .to_str()
+                .and_then(|n| n.split('-').next())
+                .and_then(|t| t.parse::<i64>().ok());
+            if stamp.is_some_and(|t| t < before_ms) {
+                freed += entry.metadata().map_or(0, |m| m.len());
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(freed)
     }
 }

@@ -201,6 +201,29 @@ impl NodeDb {
         Ok(Some(old.size as u64))
     }
 
+    /// Every piece stored for `satellite`, with its record.
+    pub fn pieces_of(
+        &self,
+        satellite: &NodeId,
+    ) -> Result<Vec<(PieceId, pb::StoredPiece)>, DbError> {
+        let prefix = satellite.as_bytes().to_vec();
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_PIECES),
+            rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let id =
+                PieceId::try_from(&k[prefix.len()..]).map_err(|_| DbError::Corrupt("piece key"))?;
+            let rec = pb::StoredPiece::decode(v.as_ref()).map_err(|_| DbError::Corrupt("piece"))?;
+            out.push((id, rec));
+        }
+        Ok(out)
+    }
+
     /// Keeps the latest (largest) order of a download for settlement.
     pub fn put_order(&self, order: &pb::UnsentOrder) -> Result<(), DbError> {
         self.db

@@ -172,6 +172,84 @@ impl Piecestore {
         }
     }
 
+    /// Garbage collection: trashes this satellite's pieces created before
+    /// the filter's cutoff that the filter does not contain.
+    async fn serve_retain(
+        &self,
+        peer: NodeId,
+        req: pb::RetainRequest,
+        mut reader: FrameReader,
+        mut writer: FrameWriter,
+    ) {
+        let result = self.retain(peer, req, &mut reader).await;
+        let resp = match result {
+            Ok((kept, trashed, bytes)) => {
+                metrics::counter!("loam_storagenode_gc_pieces_trashed_total").increment(trashed);
+                tracing::info!(satellite = %peer.short(), kept, trashed, bytes, "garbage collected");
+                pb::RetainResponse {
+                    kept,
+                    trashed,
+                    trashed_bytes: bytes,
+                    error: None,
+                }
+            }
+            Err(e) => pb::RetainResponse {
+                error: Some((&e.remote()).into()),
+                ..Default::default()
+            },
+        };
+        let _ = writer.message(&resp).await;
+        let _ = writer.finish();
+    }
+
+    async fn retain(
+        &self,
+        peer: NodeId,
+        req: pb::RetainRequest,
+        reader: &mut FrameReader,
+    ) -> Result<(u64, u64, u64), PieceError> {
+        if self.trust.key(&peer).is_none() {
+            return Err(PieceError::BadRequest(
+                "retain requests come from trusted satellites only",
+            ));
+        }
+        const MAX_FILTER: u64 = 256 << 20;
+        if req.bits_len == 0 || req.bits_len > MAX_FILTER {
+            return Err(PieceError::BadRequest("filter size out of range"));
+        }
+        let mut bits = Vec::with_capacity(req.bits_len as usize);
+        while (bits.len() as u64) < req.bits_len {
+            match reader.next().await? {
+                Some(Frame::Data(d)) if bits.len() as u64 + d.len() as u64 <= req.bits_len => {
+                    bits.extend_from_slice(&d)
+                }
+                _ => return Err(PieceError::BadRequest("filter cut short")),
+            }
+        }
+        let filter = loam_common::bloom::BloomFilter::from_parts(bits, req.hash_count, &req.seed)
+            .ok_or(PieceError::BadRequest("malformed filter"))?;
+        let (db, blobs) = (self.db.clone(), self.blobs.clone());
+        let cutoff = req.created_before_unix_ms;
+        tokio::task::spawn_blocking(move || {
+            let now = loam_common::orders::now_ms();
+            let (mut kept, mut trashed, mut bytes) = (0u64, 0u64, 0u64);
+            for (id, rec) in db.pieces_of(&peer)? {
+                if rec.created_unix_ms >= cutoff || filter.contains(&id) {
+                    kept += 1;
+                    continue;
+                }
+                blobs.trash(&peer, &id, now)?;
+                if let Some(size) = db.delete_piece(&peer, &id)? {
+                    bytes += size;
+                }
+                trashed += 1;
+            }
+            Ok((kept, trashed, bytes))
+        })
+        .await
+        .map_err(|e| PieceError::Io(std::io::Error::other(e)))?
+    }
+
     /// Lets this endpoint take training tasks.
     pub fn set_trainer(&self, trainer: Arc<crate::compute::Trainer>) {
         let _ = self.trainer.set(trainer);
@@ -211,6 +289,7 @@ impl Piecestore {
         match request {
             Some(Request::Upload(up)) => self.serve_upload(up, reader, writer).await,
             Some(Request::Download(down)) => self.serve_download(down, reader, writer).await,
+            Some(Request::Retain(r)) => self.serve_retain(peer, r, reader, writer).await,
             Some(Request::Train(train)) => match self.trainer.get() {
                 Some(t) => t.serve(peer, train, reader, writer).await,
                 None => {
