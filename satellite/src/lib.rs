@@ -18,6 +18,7 @@ pub mod gc;
 pub mod metainfo;
 pub mod metrics_list;
 pub mod overlay;
+pub mod repair;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -77,6 +78,9 @@ pub struct Satellite {
     /// Compute jobs: planning, scheduling, aggregation.
     pub compute: Arc<Compute>,
     compute_stop: CancellationToken,
+    /// Checker and repairer, and their chore.
+    pub repair: Arc<repair::Repair>,
+    pub repair_cycle: Arc<Cycle>,
     /// Garbage collection and its chore.
     pub gc: Arc<gc::Gc>,
     pub gc_cycle: Arc<Cycle>,
@@ -149,6 +153,13 @@ impl Satellite {
             config.gc.clone(),
         ));
         let gc_cycle = Arc::new(Cycle::new(gc.interval()));
+        let repair = Arc::new(repair::Repair::new(
+            metainfo.clone(),
+            overlay.clone(),
+            endpoint.clone(),
+            config.repair.clone(),
+        ));
+        let repair_cycle = Arc::new(Cycle::new(repair.interval()));
         let abandoned_uploads = Arc::new(Cycle::new(Duration::from_secs_f64(
             (config.pending_expiration_secs / 4.0).clamp(1.0, 3600.0),
         )));
@@ -162,6 +173,8 @@ impl Satellite {
             compute_stop,
             gc,
             gc_cycle,
+            repair,
+            repair_cycle,
             abandoned_uploads,
             http,
             dir: dir.to_path_buf(),
@@ -288,6 +301,32 @@ impl Satellite {
                     .await
             })
         };
+        let repair_task = {
+            let (cycle, repair, cancel) = (
+                self.repair_cycle.clone(),
+                self.repair.clone(),
+                cancel.clone(),
+            );
+            tokio::spawn(async move {
+                cycle
+                    .run(cancel, || {
+                        let repair = repair.clone();
+                        async move {
+                            let s = repair.run_once().await;
+                            if s.below_threshold > 0 {
+                                tracing::info!(
+                                    segments = s.segments,
+                                    below = s.below_threshold,
+                                    repaired = s.repaired,
+                                    failed = s.failed,
+                                    "repair"
+                                );
+                            }
+                        }
+                    })
+                    .await
+            })
+        };
         let quic = self.endpoint.clone();
         loop {
             tokio::select! {
@@ -316,7 +355,7 @@ impl Satellite {
         }
         self.compute_stop.cancel();
         quic.close();
-        let _ = tokio::join!(http_task, sweeper, gc_task);
+        let _ = tokio::join!(http_task, sweeper, gc_task, repair_task);
         let _ = tokio::time::timeout(Duration::from_secs(2), quic.wait_idle()).await;
         Ok(())
     }

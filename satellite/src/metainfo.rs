@@ -96,6 +96,8 @@ pub struct Metainfo {
     overlay: Arc<Overlay>,
     identity: Identity,
     config: MetainfoConfig,
+    /// Serialises read-modify-write of segment records (repair).
+    segment_lock: std::sync::Mutex<()>,
 }
 
 fn bucket_key(project: &ProjectId, name: &str) -> Vec<u8> {
@@ -165,6 +167,7 @@ impl Metainfo {
             overlay,
             identity,
             config,
+            segment_lock: std::sync::Mutex::new(()),
         }
     }
 
@@ -356,6 +359,18 @@ impl Metainfo {
             return Err(MetainfoError::UploadNotFound);
         }
         Ok(p)
+    }
+
+    /// A signed order limit (for the repairer and the auditor).
+    pub fn order_limit(
+        &self,
+        node: NodeId,
+        piece_id: PieceId,
+        action: PieceAction,
+        max: u64,
+        piece_key: &KeyPair,
+    ) -> pb::SignedOrderLimit {
+        self.limit(node, piece_id, action, max, piece_key)
     }
 
     fn limit(
@@ -735,6 +750,37 @@ impl Metainfo {
             piece_private_key: piece_key.seed().to_vec().into(),
             redundancy: seg.redundancy,
         }
+    }
+
+    /// Every committed segment with its key.
+    pub fn segments(&self) -> Result<Vec<(Vec<u8>, pb::SegmentRecord)>, MetainfoError> {
+        self.kv
+            .scan(Table::Segments, b"", b"", usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| Ok((k, decode(&v, "segment")?)))
+            .collect()
+    }
+
+    /// Replaces a segment's pieces if the segment is still `old` (it may
+    /// have been deleted or repaired meanwhile). Returns whether it did.
+    pub fn replace_segment_pieces(
+        &self,
+        key: &[u8],
+        old: &pb::SegmentRecord,
+        pieces: Vec<pb::StoredPieceRef>,
+    ) -> Result<bool, MetainfoError> {
+        let _guard = self.segment_lock.lock().expect("segment lock");
+        let Some(current) = self.kv.get(Table::Segments, key)? else {
+            return Ok(false);
+        };
+        if current != old.encode_to_vec() {
+            return Ok(false);
+        }
+        let mut new = old.clone();
+        new.pieces = pieces;
+        self.kv
+            .put(Table::Segments, key.to_vec(), new.encode_to_vec())?;
+        Ok(true)
     }
 
     /// Every (node, piece) the metadata places: pending segments first,

@@ -201,6 +201,50 @@ impl Overlay {
         now_ms - node.last_seen_ms <= self.config.online_window.as_millis() as i64
     }
 
+    /// Online and in good standing: its pieces count towards a segment's
+    /// health, and it may be selected.
+    pub fn is_healthy(&self, node: &Node, now_ms: i64) -> bool {
+        self.is_online(node, now_ms)
+    }
+
+    /// Up to `want` healthy nodes with room for `piece_size`, none in
+    /// `exclude` nor (with the subnet rule) in an excluded node's subnet.
+    pub fn select_excluding(
+        &self,
+        want: usize,
+        piece_size: u64,
+        exclude: &HashSet<NodeId>,
+        now_ms: i64,
+    ) -> Vec<Node> {
+        let nodes = self.nodes.read().expect("overlay lock");
+        let taken: HashSet<String> = if self.config.distinct_subnets {
+            exclude
+                .iter()
+                .filter_map(|id| nodes.get(id))
+                .map(Node::subnet)
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        let candidates: Vec<Node> = nodes
+            .values()
+            .filter(|n| {
+                self.is_healthy(n, now_ms)
+                    && n.free_disk >= piece_size as i64
+                    && !exclude.contains(&n.id)
+                    && !taken.contains(&n.subnet())
+            })
+            .cloned()
+            .collect();
+        drop(nodes);
+        select_nodes(
+            candidates,
+            want,
+            self.config.distinct_subnets,
+            &mut rand::thread_rng(),
+        )
+    }
+
     pub fn list(&self) -> Vec<Node> {
         let mut v: Vec<Node> = self
             .nodes

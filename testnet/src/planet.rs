@@ -59,8 +59,10 @@ pub struct Planet {
     pub satellite_url: NodeUrl,
     pub satellite_identity: Identity,
     pub satellite: Arc<loam_satellite::metainfo::Metainfo>,
+    pub satellite_overlay: Arc<loam_satellite::overlay::Overlay>,
     pub compute: Arc<loam_satellite::compute::Compute>,
     pub gc: Arc<loam_satellite::gc::Gc>,
+    pub repair: Arc<loam_satellite::repair::Repair>,
     pub nodes: Vec<PlanetNode>,
     pub access: Access,
     cancel: CancellationToken,
@@ -92,6 +94,8 @@ impl Planet {
         let metainfo = sat.metainfo.clone();
         let compute = sat.compute.clone();
         let gc = sat.gc.clone();
+        let overlay = sat.overlay.clone();
+        let repair = sat.repair.clone();
         let sat_task = {
             let cancel = cancel.clone();
             tokio::spawn(async move {
@@ -141,8 +145,10 @@ impl Planet {
             satellite_url,
             satellite_identity: sat_identity,
             satellite: metainfo,
+            satellite_overlay: overlay,
             compute,
             gc,
+            repair,
             nodes,
             access,
             cancel,

@@ -146,6 +146,10 @@ impl ProcessNetwork {
             min_difficulty: opts.difficulty,
             online_window_secs: opts.online_window_secs,
             distinct_subnets: false,
+            repair: loam_satellite::repair::RepairConfig {
+                interval_secs: opts.chore_interval_secs,
+                ..Default::default()
+            },
             gc: loam_satellite::gc::GcConfig {
                 interval_secs: opts.chore_interval_secs,
                 margin_secs: 1.0,

@@ -1,0 +1,307 @@
+//! Repair: the checker finds segments whose healthy pieces (on nodes that
+//! are online) fell to the repair threshold; the repairer, fewest healthy
+//! pieces first, downloads `k` pieces — each checked against the hash
+//! committed at upload, so a corrupt piece is detected and another one used
+//! — rebuilds the missing pieces, uploads them to new distinct nodes under
+//! PUT_REPAIR order limits, and swaps them into the segment.
+//!
+//! Pieces on nodes that are not healthy are dropped from the segment when it
+//! is repaired; if such a node comes back, garbage collection removes them.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use loam_common::erasure::{ErasureCoder, RedundancyScheme};
+use loam_common::orders::{PieceAction, PieceId, now_ms};
+use loam_common::transport::Endpoint as QuicEndpoint;
+use loam_common::{KeyPair, NodeId, pb};
+use serde::{Deserialize, Serialize};
+
+use crate::metainfo::Metainfo;
+use crate::overlay::Overlay;
+
+/// The `[repair]` table of the satellite's config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepairConfig {
+    /// Seconds between checker runs (each followed by repairs). Default 300.
+    pub interval_secs: f64,
+    /// Most segments repaired per run. Default 1000.
+    pub max_per_run: usize,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 300.0,
+            max_per_run: 1000,
+        }
+    }
+}
+
+/// What one checker-and-repairer run did.
+#[derive(Debug, Default, Clone)]
+pub struct RepairStats {
+    pub segments: usize,
+    pub below_threshold: usize,
+    pub repaired: usize,
+    pub failed: usize,
+    /// Per repaired segment: seconds, bytes downloaded + uploaded, segment
+    /// plaintext bytes.
+    pub timings: Vec<(f64, u64, u64)>,
+}
+
+pub struct Repair {
+    metainfo: Arc<Metainfo>,
+    overlay: Arc<Overlay>,
+    endpoint: QuicEndpoint,
+    config: RepairConfig,
+}
+
+/// A segment the checker queued.
+struct Queued {
+    key: Vec<u8>,
+    record: pb::SegmentRecord,
+    healthy: usize,
+}
+
+impl Repair {
+    pub fn new(
+        metainfo: Arc<Metainfo>,
+        overlay: Arc<Overlay>,
+        endpoint: QuicEndpoint,
+        config: RepairConfig,
+    ) -> Self {
+        Self {
+            metainfo,
+            overlay,
+            endpoint,
+            config,
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(self.config.interval_secs.max(0.1))
+    }
+
+    fn healthy_nodes(&self) -> HashSet<NodeId> {
+        let now = now_ms();
+        self.overlay
+            .list()
+            .into_iter()
+            .filter(|n| self.overlay.is_healthy(n, now))
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Checker then repairer, once.
+    pub async fn run_once(&self) -> RepairStats {
+        let mut stats = RepairStats::default();
+        let metainfo = self.metainfo.clone();
+        let segments = match tokio::task::spawn_blocking(move || metainfo.segments()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "checker: cannot read segments");
+                return stats;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "checker panicked");
+                return stats;
+            }
+        };
+        let healthy_nodes = self.healthy_nodes();
+        let mut queue = Vec::new();
+        for (key, record) in segments {
+            stats.segments += 1;
+            let Some(scheme) = record
+                .redundancy
+                .as_ref()
+                .and_then(|r| RedundancyScheme::try_from(r).ok())
+            else {
+                continue;
+            };
+            let healthy = record
+                .pieces
+                .iter()
+                .filter(|p| {
+                    NodeId::try_from(p.node_id.as_ref()).is_ok_and(|n| healthy_nodes.contains(&n))
+                })
+                .count();
+            if healthy <= scheme.repair() {
+                queue.push(Queued {
+                    key,
+                    record,
+                    healthy,
+                });
+            }
+        }
+        stats.below_threshold = queue.len();
+        metrics::gauge!("loam_satellite_segments_below_repair_threshold").set(queue.len() as f64);
+        metrics::gauge!("loam_satellite_repair_queue_length").set(queue.len() as f64);
+        // Fewest healthy pieces first: closest to loss.
+        queue.sort_by_key(|q| q.healthy);
+        for (done, q) in queue.into_iter().take(self.config.max_per_run).enumerate() {
+            let t = Instant::now();
+            match self.repair_segment(&q).await {
+                Ok((moved, plain)) => {
+                    stats.repaired += 1;
+                    stats
+                        .timings
+                        .push((t.elapsed().as_secs_f64(), moved, plain));
+                    metrics::counter!("loam_satellite_repairs_total", "result" => "ok")
+                        .increment(1);
+                    metrics::histogram!("loam_satellite_repair_duration_seconds")
+                        .record(t.elapsed().as_secs_f64());
+                    metrics::counter!("loam_satellite_repair_bytes_total").increment(moved);
+                }
+                Err(e) => {
+                    stats.failed += 1;
+                    metrics::counter!("loam_satellite_repairs_total", "result" => "failed")
+                        .increment(1);
+                    tracing::warn!(healthy = q.healthy, error = %e, "segment repair failed");
+                }
+            }
+            metrics::gauge!("loam_satellite_repair_queue_length")
+                .set((stats.below_threshold - done - 1) as f64);
+        }
+        stats
+    }
+
+    /// Repairs one segment; returns (bytes moved, segment plaintext bytes).
+    async fn repair_segment(&self, q: &Queued) -> Result<(u64, u64), String> {
+        let seg = &q.record;
+        let scheme = seg
+            .redundancy
+            .as_ref()
+            .and_then(|r| RedundancyScheme::try_from(r).ok())
+            .ok_or("segment without redundancy")?;
+        let meta = seg.meta.clone().unwrap_or_default();
+        let root =
+            PieceId::try_from(seg.root_piece_id.as_ref()).map_err(|_| "bad root piece id")?;
+        let healthy_nodes = self.healthy_nodes();
+        let healthy: Vec<&pb::StoredPieceRef> = seg
+            .pieces
+            .iter()
+            .filter(|p| {
+                NodeId::try_from(p.node_id.as_ref()).is_ok_and(|n| healthy_nodes.contains(&n))
+            })
+            .collect();
+        if healthy.len() < scheme.k() {
+            return Err(format!(
+                "only {} healthy pieces, {} needed: the segment is lost",
+                healthy.len(),
+                scheme.k()
+            ));
+        }
+        // Download k pieces, each checked against its committed hash.
+        let limits = self
+            .metainfo
+            .segment_limits(seg, PieceAction::GetRepair, None);
+        let piece_key =
+            KeyPair::try_from(limits.piece_private_key.as_ref()).map_err(|_| "bad piece key")?;
+        let piece_size = meta.piece_size.max(0) as u64;
+        let mut pieces = loam_uplink::fetch_pieces(
+            &self.endpoint,
+            Duration::from_secs(5),
+            Duration::from_millis(750),
+            &limits.limits,
+            scheme,
+            piece_size,
+            &piece_key,
+            true,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let downloaded: u64 = pieces.iter().flatten().map(|p| p.len() as u64).sum();
+        let pieces = tokio::task::spawn_blocking(move || {
+            ErasureCoder::new(scheme)
+                .reconstruct_all(&mut pieces)
+                .map(|()| pieces)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+
+        // New pieces for the numbers no healthy node holds, on new nodes.
+        let held: HashSet<u32> = healthy.iter().map(|p| p.piece_num).collect();
+        let mut missing: Vec<u32> = (0..scheme.total() as u32)
+            .filter(|n| !held.contains(n))
+            .collect();
+        let want = scheme.success().saturating_sub(healthy.len()).max(1);
+        missing.truncate(want);
+        let exclude: HashSet<NodeId> = seg
+            .pieces
+            .iter()
+            .filter_map(|p| NodeId::try_from(p.node_id.as_ref()).ok())
+            .collect();
+        let nodes = self
+            .overlay
+            .select_excluding(missing.len(), piece_size, &exclude, now_ms());
+        if nodes.is_empty() {
+            return Err("no node available for new pieces".into());
+        }
+        let put_key = KeyPair::generate();
+        let mut uploads = futures::stream::FuturesUnordered::new();
+        for (num, node) in missing.iter().zip(&nodes) {
+            let data = pieces[*num as usize].clone().ok_or("piece not rebuilt")?;
+            let hash = *blake3::hash(&data).as_bytes();
+            let piece_id = PieceId::derive(&root, &node.id, *num);
+            let limit = pb::AddressedOrderLimit {
+                limit: Some(self.metainfo.order_limit(
+                    node.id,
+                    piece_id,
+                    PieceAction::PutRepair,
+                    piece_size,
+                    &put_key,
+                )),
+                address: node.address.clone(),
+                node_id: node.id.as_bytes().to_vec().into(),
+                piece_num: *num,
+                piece_hash: Default::default(),
+            };
+            let (endpoint, put_key) = (&self.endpoint, &put_key);
+            uploads.push(async move {
+                let r = loam_uplink::piece::upload(
+                    endpoint,
+                    &limit,
+                    put_key,
+                    Bytes::from(data),
+                    hash,
+                    Duration::from_secs(5),
+                    None,
+                )
+                .await;
+                (limit, hash, r)
+            });
+        }
+        let mut added = Vec::new();
+        let mut uploaded = 0u64;
+        while let Some((limit, hash, r)) = futures::StreamExt::next(&mut uploads).await {
+            match r {
+                Ok(_) => {
+                    uploaded += piece_size;
+                    added.push(pb::StoredPieceRef {
+                        piece_num: limit.piece_num,
+                        node_id: limit.node_id.clone(),
+                        hash: hash.to_vec().into(),
+                    });
+                }
+                Err(e) => {
+                    tracing::info!(piece = limit.piece_num, error = %e, "repair upload failed")
+                }
+            }
+        }
+        if added.is_empty() {
+            return Err("every upload of a rebuilt piece failed".into());
+        }
+        let mut new_pieces: Vec<pb::StoredPieceRef> = healthy.into_iter().cloned().collect();
+        new_pieces.extend(added);
+        new_pieces.sort_by_key(|p| p.piece_num);
+        self.metainfo
+            .replace_segment_pieces(&q.key, seg, new_pieces)
+            .map_err(|e| e.to_string())?;
+        Ok((downloaded + uploaded, meta.plain_size.max(0) as u64))
+    }
+}
