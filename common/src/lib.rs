@@ -27,6 +27,7 @@ pub mod config;
 pub mod encryption;
 pub mod erasure;
 pub mod identity;
+pub mod merkle;
 pub mod orders;
 pub mod rpc;
 pub mod sealed;

@@ -39,6 +39,8 @@ pub struct Config {
     /// Uploads not committed within this many seconds are abandoned: their
     /// metadata is deleted (their pieces become garbage). Default 86400.
     pub pending_expiration_secs: f64,
+    /// Audits and reputation (`[audit]`): interval, beta-model parameters.
+    pub audit: crate::audit::AuditConfig,
     /// Repair (`[repair]`): checker interval, segments per run.
     pub repair: crate::repair::RepairConfig,
     /// Garbage collection (`[gc]`): interval, filter false-positive rate.
@@ -61,6 +63,7 @@ impl Default for Config {
             distinct_subnets: true,
             order_expiration_secs: 86400.0,
             pending_expiration_secs: 86400.0,
+            audit: Default::default(),
             repair: Default::default(),
             gc: Default::default(),
             compute: Default::default(),
@@ -101,6 +104,8 @@ mod tests {
              redundancy = \"29/35/80/110\"\nmax_segment_size = 67108864\nmax_inline_size = 4096\n\
              min_difficulty = 20\nonline_window_secs = 14400.0\ndistinct_subnets = true\n\
              order_expiration_secs = 86400.0\npending_expiration_secs = 86400.0\n\n\
+             [audit]\ninterval_secs = 60.0\nper_node = 1\nlambda = 0.999\nweight = 1.0\n\
+             initial_alpha = 1000.0\ndq_threshold = 0.96\nvetting_audits = 100\n\n\
              [repair]\ninterval_secs = 300.0\nmax_per_run = 1000\n\n\
              [gc]\ninterval_secs = 3600.0\nfalse_positive_rate = 0.1\nmargin_secs = 3600.0\n\n\
              [compute]\nverify_fraction = 0.1\ntolerance = 0.00001\nnorm_factor = 10.0\n\

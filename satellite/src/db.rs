@@ -28,10 +28,12 @@ pub enum Table {
     JobWeights,
     /// Per-node compute accounting (work units, verification failures).
     ComputeNodes,
+    /// Per-node audit reputation.
+    Reputation,
 }
 
 impl Table {
-    const ALL: [Table; 11] = [
+    const ALL: [Table; 12] = [
         Table::Nodes,
         Table::Projects,
         Table::ApiKeys,
@@ -43,6 +45,7 @@ impl Table {
         Table::Jobs,
         Table::JobWeights,
         Table::ComputeNodes,
+        Table::Reputation,
     ];
 
     fn name(self) -> &'static str {
@@ -58,6 +61,7 @@ impl Table {
             Table::Jobs => "jobs",
             Table::JobWeights => "job_weights",
             Table::ComputeNodes => "compute_nodes",
+            Table::Reputation => "reputation",
         }
     }
 }

@@ -19,6 +19,7 @@ pub struct Endpoint {
     pub(crate) overlay: Arc<Overlay>,
     pub(crate) metainfo: Arc<Metainfo>,
     pub(crate) compute: Arc<Compute>,
+    pub(crate) reputation: Arc<crate::audit::Reputation>,
 }
 
 fn method(req: &Req) -> &'static str {
@@ -140,6 +141,10 @@ impl Endpoint {
             Req::ListNodes(_) => {
                 admin()?;
                 let stats = c.node_stats().map_err(job)?;
+                let mut pieces: std::collections::HashMap<NodeId, u64> = Default::default();
+                for (node, _) in m.piece_placements().map_err(api)? {
+                    *pieces.entry(node).or_insert(0) += 1;
+                }
                 let nodes = self
                     .overlay
                     .list()
@@ -153,6 +158,8 @@ impl Endpoint {
                         last_seen_unix_ms: n.last_seen_ms,
                         capabilities: Some(n.capabilities),
                         compute: stats.get(&n.id).cloned(),
+                        reputation: self.reputation.get(&n.id).ok(),
+                        pieces: pieces.get(&n.id).copied().unwrap_or(0),
                     })
                     .collect();
                 return Ok(Resp::ListNodes(pb::ListNodesResponse { nodes }));

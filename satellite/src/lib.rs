@@ -10,6 +10,7 @@
 //! key-value boundary under every table).
 
 pub mod admin;
+pub mod audit;
 pub mod compute;
 pub mod config;
 pub mod db;
@@ -78,6 +79,10 @@ pub struct Satellite {
     /// Compute jobs: planning, scheduling, aggregation.
     pub compute: Arc<Compute>,
     compute_stop: CancellationToken,
+    /// Audits, reputation, and the audit chore.
+    pub reputation: Arc<audit::Reputation>,
+    pub auditor: Arc<audit::Auditor>,
+    pub audit_cycle: Arc<Cycle>,
     /// Checker and repairer, and their chore.
     pub repair: Arc<repair::Repair>,
     pub repair_cycle: Arc<Cycle>,
@@ -137,6 +142,11 @@ impl Satellite {
                 what: "cannot bind HTTP listener",
                 source,
             })?;
+        let reputation = Arc::new(audit::Reputation::new(
+            kv.clone(),
+            overlay.clone(),
+            config.audit.clone(),
+        ));
         let compute_stop = CancellationToken::new();
         let compute = Arc::new(Compute::new(
             kv,
@@ -146,6 +156,15 @@ impl Satellite {
             config.compute.clone(),
             compute_stop.clone(),
         ));
+        let auditor = Arc::new(audit::Auditor::new(
+            metainfo.clone(),
+            overlay.clone(),
+            reputation.clone(),
+            endpoint.clone(),
+            config.audit.clone(),
+        ));
+        let audit_cycle = Arc::new(Cycle::new(auditor.interval()));
+        compute.set_reputation(reputation.clone());
         let gc = Arc::new(gc::Gc::new(
             metainfo.clone(),
             overlay.clone(),
@@ -171,6 +190,9 @@ impl Satellite {
             metainfo,
             compute,
             compute_stop,
+            reputation,
+            auditor,
+            audit_cycle,
             gc,
             gc_cycle,
             repair,
@@ -236,6 +258,7 @@ impl Satellite {
             overlay: self.overlay.clone(),
             metainfo: self.metainfo.clone(),
             compute: self.compute.clone(),
+            reputation: self.reputation.clone(),
         });
         match self.compute.resume_jobs() {
             Ok(0) => {}
@@ -301,6 +324,26 @@ impl Satellite {
                     .await
             })
         };
+        let audit_task = {
+            let (cycle, auditor, cancel) = (
+                self.audit_cycle.clone(),
+                self.auditor.clone(),
+                cancel.clone(),
+            );
+            tokio::spawn(async move {
+                cycle
+                    .run(cancel, || {
+                        let auditor = auditor.clone();
+                        async move {
+                            let (ok, failed, offline) = auditor.run_once().await;
+                            if failed > 0 {
+                                tracing::info!(ok, failed, offline, "audits");
+                            }
+                        }
+                    })
+                    .await
+            })
+        };
         let repair_task = {
             let (cycle, repair, cancel) = (
                 self.repair_cycle.clone(),
@@ -355,7 +398,7 @@ impl Satellite {
         }
         self.compute_stop.cancel();
         quic.close();
-        let _ = tokio::join!(http_task, sweeper, gc_task, repair_task);
+        let _ = tokio::join!(http_task, sweeper, gc_task, repair_task, audit_task);
         let _ = tokio::time::timeout(Duration::from_secs(2), quic.wait_idle()).await;
         Ok(())
     }

@@ -198,7 +198,16 @@ async fn main() -> anyhow::Result<()> {
                         "free_disk": n.free_disk,
                         "version": n.version,
                         "last_seen_unix_ms": n.last_seen_unix_ms,
-                        "disqualified": serde_json::Value::Null,
+                        "disqualified": n.reputation.as_ref().filter(|r| r.disqualified_unix_ms > 0).map(|r| r.disqualified_unix_ms),
+                        "suspended": false,
+                        "vetted": n.reputation.as_ref().is_some_and(|r| r.vetted),
+                        "audit_score": n.reputation.as_ref().map_or(1.0, |r| {
+                            if r.audit_alpha + r.audit_beta > 0.0 { r.audit_alpha / (r.audit_alpha + r.audit_beta) } else { 1.0 }
+                        }),
+                        "online_score": n.reputation.as_ref().map_or(1.0, |r| r.online_score),
+                        "audits": n.reputation.as_ref().map_or(0, |r| r.audits),
+                        "audits_failed": n.reputation.as_ref().map_or(0, |r| r.audits_failed),
+                        "pieces": n.pieces,
                         "compute": {
                             "enabled": n.capabilities.is_some_and(|c| c.compute_enabled),
                             "max_tasks": n.capabilities.map_or(0, |c| c.max_tasks),
@@ -216,10 +225,14 @@ async fn main() -> anyhow::Result<()> {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 Output::Table => {
                     println!(
-                        "{:<46} {:<22} {:<7} {:>16} {:>8} {:>12} {:>7}",
+                        "{:<46} {:<22} {:<7} {:>8} {:>7} {:>7} {:<13} {:>16} {:>8} {:>12} {:>7}",
                         "NODE ID",
                         "ADDRESS",
                         "ONLINE",
+                        "PIECES",
+                        "AUDIT",
+                        "ONLINE%",
+                        "STATUS",
                         "FREE BYTES",
                         "COMPUTE",
                         "WORK UNITS",
@@ -227,17 +240,29 @@ async fn main() -> anyhow::Result<()> {
                     );
                     for n in &rows {
                         let c = &n["compute"];
+                        let status = if !n["disqualified"].is_null() {
+                            "disqualified"
+                        } else if n["vetted"].as_bool().unwrap_or(false) {
+                            "vetted"
+                        } else {
+                            "unvetted"
+                        };
+                        let compute = if c["enabled"].as_bool().unwrap_or(false) {
+                            "on"
+                        } else {
+                            "off"
+                        };
                         println!(
-                            "{:<46} {:<22} {:<7} {:>16} {:>8} {:>12.4} {:>7}",
+                            "{:<46} {:<22} {:<7} {:>8} {:>7.4} {:>7.3} {:<13} {:>16} {:>8} {:>12.4} {:>7}",
                             n["node_id"].as_str().unwrap_or(""),
                             n["address"].as_str().unwrap_or(""),
                             n["online"].as_bool().unwrap_or(false),
+                            n["pieces"].as_u64().unwrap_or(0),
+                            n["audit_score"].as_f64().unwrap_or(1.0),
+                            n["online_score"].as_f64().unwrap_or(1.0),
+                            status,
                             n["free_disk"].as_i64().unwrap_or(0),
-                            if c["enabled"].as_bool().unwrap_or(false) {
-                                "on"
-                            } else {
-                                "off"
-                            },
+                            compute,
                             c["work_units"].as_f64().unwrap_or(0.0),
                             c["verification_failures"].as_u64().unwrap_or(0)
                         );

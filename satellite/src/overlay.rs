@@ -23,6 +23,9 @@ pub struct Node {
     pub last_seen_ms: i64,
     pub created_ms: i64,
     pub capabilities: pb::NodeCapabilities,
+    /// When reputation disqualified it; a disqualified node is never
+    /// selected and its pieces count as lost.
+    pub disqualified_ms: Option<i64>,
 }
 
 impl Node {
@@ -60,6 +63,7 @@ impl Node {
             last_seen_unix_ms: self.last_seen_ms,
             capabilities: Some(self.capabilities),
             created_unix_ms: self.created_ms,
+            disqualified_unix_ms: self.disqualified_ms.unwrap_or(0),
         }
     }
 
@@ -75,6 +79,7 @@ impl Node {
             last_seen_ms: r.last_seen_unix_ms,
             created_ms: r.created_unix_ms,
             capabilities: r.capabilities.unwrap_or_default(),
+            disqualified_ms: (r.disqualified_unix_ms > 0).then_some(r.disqualified_unix_ms),
         })
     }
 }
@@ -156,12 +161,12 @@ impl Overlay {
         {
             return Err(OverlayError::BadAddress(req.address.clone()));
         }
-        let created_ms = self
+        let (created_ms, disqualified_ms) = self
             .nodes
             .read()
             .expect("overlay lock")
             .get(&peer)
-            .map_or(now_ms, |n| n.created_ms);
+            .map_or((now_ms, None), |n| (n.created_ms, n.disqualified_ms));
         let node = Node {
             id: peer,
             public_key: key,
@@ -171,6 +176,7 @@ impl Overlay {
             last_seen_ms: now_ms,
             created_ms,
             capabilities: req.capabilities.unwrap_or_default(),
+            disqualified_ms,
         };
         self.kv.put(
             Table::Nodes,
@@ -204,7 +210,27 @@ impl Overlay {
     /// Online and in good standing: its pieces count towards a segment's
     /// health, and it may be selected.
     pub fn is_healthy(&self, node: &Node, now_ms: i64) -> bool {
-        self.is_online(node, now_ms)
+        self.is_online(node, now_ms) && node.disqualified_ms.is_none()
+    }
+
+    /// Disqualifies a node for good.
+    pub fn disqualify(&self, id: &NodeId, now_ms: i64) -> Result<(), DbError> {
+        let mut nodes = self.nodes.write().expect("overlay lock");
+        let Some(node) = nodes.get_mut(id) else {
+            return Ok(());
+        };
+        if node.disqualified_ms.is_some() {
+            return Ok(());
+        }
+        node.disqualified_ms = Some(now_ms);
+        self.kv.put(
+            Table::Nodes,
+            id.as_bytes().to_vec(),
+            node.to_record().encode_to_vec(),
+        )?;
+        metrics::counter!("loam_satellite_nodes_disqualified_total").increment(1);
+        tracing::warn!(node = %id.short(), "node disqualified");
+        Ok(())
     }
 
     /// Up to `want` healthy nodes with room for `piece_size`, none in
@@ -280,7 +306,7 @@ impl Overlay {
             .read()
             .expect("overlay lock")
             .values()
-            .filter(|n| self.is_online(n, now_ms) && n.free_disk >= piece_size as i64)
+            .filter(|n| self.is_healthy(n, now_ms) && n.free_disk >= piece_size as i64)
             .cloned()
             .collect();
         let chosen = select_nodes(
@@ -338,6 +364,7 @@ mod tests {
             last_seen_ms: 0,
             created_ms: 0,
             capabilities: Default::default(),
+            disqualified_ms: None,
         }
     }
 

@@ -246,7 +246,7 @@ impl Repair {
         let mut uploads = futures::stream::FuturesUnordered::new();
         for (num, node) in missing.iter().zip(&nodes) {
             let data = pieces[*num as usize].clone().ok_or("piece not rebuilt")?;
-            let hash = *blake3::hash(&data).as_bytes();
+            let hash = loam_common::merkle::root(&data);
             let piece_id = PieceId::derive(&root, &node.id, *num);
             let limit = pb::AddressedOrderLimit {
                 limit: Some(self.metainfo.order_limit(

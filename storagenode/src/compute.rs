@@ -377,7 +377,7 @@ impl Trainer {
                 .await
                 .map_err(|e| TaskError::Train(e.to_string()))?
                 .map_err(|_| TaskError::NoPiece)?;
-                if blake3::hash(&data).as_bytes().as_slice() != rec.hash.as_ref() {
+                if loam_common::merkle::root(&data).as_slice() != rec.hash.as_ref() {
                     return Err(TaskError::Rebuild("the local piece is corrupt".into()));
                 }
                 return Ok(data);

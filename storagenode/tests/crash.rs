@@ -58,7 +58,7 @@ fn order_for(
     data: &[u8],
     key: &KeyPair,
 ) -> (pb::AddressedOrderLimit, [u8; 32]) {
-    let hash = *blake3::hash(data).as_bytes();
+    let hash = loam_common::merkle::root(data);
     let signed = OrderLimit {
         serial: SerialNumber::random(),
         satellite_id: sat.id(),

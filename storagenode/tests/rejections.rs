@@ -102,7 +102,7 @@ impl Harness {
         key: &KeyPair,
         data: &[u8],
     ) -> Result<pb::SignedPieceHash, PieceError> {
-        let hash = *blake3::hash(data).as_bytes();
+        let hash = loam_common::merkle::root(data);
         piece::upload(
             &self.client,
             &self.addressed(signed, None),
@@ -121,7 +121,7 @@ impl Harness {
         key: &KeyPair,
         data: &[u8],
     ) -> Result<Vec<u8>, PieceError> {
-        let hash = *blake3::hash(data).as_bytes();
+        let hash = loam_common::merkle::root(data);
         piece::download(
             &self.client,
             &self.addressed(signed, Some(hash)),

@@ -146,6 +146,11 @@ impl ProcessNetwork {
             min_difficulty: opts.difficulty,
             online_window_secs: opts.online_window_secs,
             distinct_subnets: false,
+            audit: loam_satellite::audit::AuditConfig {
+                interval_secs: opts.chore_interval_secs,
+                per_node: 4,
+                ..Default::default()
+            },
             repair: loam_satellite::repair::RepairConfig {
                 interval_secs: opts.chore_interval_secs,
                 ..Default::default()

@@ -195,7 +195,7 @@ pub async fn download(
     let data = result?;
     if verify_hash
         && (limit.piece_hash.len() != 32
-            || blake3::hash(&data).as_bytes() != limit.piece_hash.as_ref())
+            || loam_common::merkle::root(&data).as_slice() != limit.piece_hash.as_ref())
     {
         return Err(PieceError::HashMismatch);
     }

@@ -164,7 +164,7 @@ pub fn encode_rows(
         .collect();
     par_chunks(&mut all, |_, chunk| {
         for (piece, hash) in chunk {
-            *hash = *blake3::hash(piece).as_bytes();
+            *hash = loam_common::merkle::root(piece);
         }
     });
     let hashes = all.iter().map(|(_, h)| *h).collect();

@@ -137,6 +137,8 @@ pub struct Compute {
     failed: Mutex<HashMap<NodeId, i64>>,
     live: Mutex<HashMap<JobId, Live>>,
     shutdown: CancellationToken,
+    /// Failed verifications count as failed audits.
+    reputation: std::sync::OnceLock<Arc<crate::audit::Reputation>>,
 }
 
 impl Compute {
@@ -158,7 +160,13 @@ impl Compute {
             failed: Mutex::default(),
             live: Mutex::default(),
             shutdown,
+            reputation: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Lets failed verifications count against nodes' reputation.
+    pub fn set_reputation(&self, reputation: Arc<crate::audit::Reputation>) {
+        let _ = self.reputation.set(reputation);
     }
 
     /// Online nodes that offer compute.
@@ -167,7 +175,7 @@ impl Compute {
             .list()
             .into_iter()
             .filter(|n| {
-                self.overlay.is_online(n, now)
+                self.overlay.is_healthy(n, now)
                     && n.capabilities.compute_enabled
                     && n.capabilities.max_tasks > 0
             })
@@ -653,6 +661,9 @@ impl Compute {
             metrics::counter!("loam_satellite_compute_verification_failures_total").increment(1);
             self.account(*node, |st| st.verification_failures += 1)
                 .map_err(db)?;
+            if let Some(r) = self.reputation.get() {
+                r.record(node, crate::audit::Outcome::Failure).map_err(db)?;
+            }
         }
         for node in &outcome.failed_runs {
             self.account(*node, |st| st.tasks_failed += 1).map_err(db)?;

@@ -172,6 +172,64 @@ impl Piecestore {
         }
     }
 
+    /// An audit: one leaf of a stored piece with its Merkle proof.
+    async fn serve_audit(&self, req: pb::AuditRequest, mut writer: FrameWriter) {
+        let resp = match self.audit(req).await {
+            Ok(r) => {
+                metrics::counter!("loam_storagenode_audits_total", "result" => "answered")
+                    .increment(1);
+                r
+            }
+            Err(e) => {
+                metrics::counter!("loam_storagenode_audits_total", "result" => "error")
+                    .increment(1);
+                pb::AuditResponse {
+                    error: Some((&e.remote()).into()),
+                    ..Default::default()
+                }
+            }
+        };
+        let _ = writer.message(&resp).await;
+        let _ = writer.finish();
+    }
+
+    async fn audit(&self, req: pb::AuditRequest) -> Result<pb::AuditResponse, PieceError> {
+        let limit = self.verify_limit(req.limit.as_ref(), PieceAction::GetAudit)?;
+        let record = self
+            .db
+            .piece(&limit.satellite_id, &limit.piece_id)?
+            .ok_or(PieceError::NotFound)?;
+        if let Some(signed) = &req.limit {
+            // Kept for settlement, like any transfer the satellite pays for.
+            self.db.put_order(&pb::UnsentOrder {
+                limit: Some(signed.clone()),
+                order: None,
+            })?;
+        }
+        let (blobs, sat, piece) = (self.blobs.clone(), limit.satellite_id, limit.piece_id);
+        let size = record.size.max(0) as usize;
+        let leaf = req.leaf as usize;
+        tokio::task::spawn_blocking(move || {
+            let data = blobs.read(&sat, &piece, 0, size)?;
+            let leaves = loam_common::merkle::leaves(&data);
+            let start = leaf.saturating_mul(loam_common::merkle::LEAF_SIZE);
+            if leaf >= leaves.len().max(1) || start > data.len() {
+                return Err(PieceError::BadRequest("leaf beyond the piece"));
+            }
+            let end = (start + loam_common::merkle::LEAF_SIZE).min(data.len());
+            Ok(pb::AuditResponse {
+                leaf_data: data[start..end].to_vec().into(),
+                proof: loam_common::merkle::proof(&leaves, leaf)
+                    .into_iter()
+                    .map(|h| h.to_vec().into())
+                    .collect(),
+                error: None,
+            })
+        })
+        .await
+        .map_err(|e| PieceError::Io(std::io::Error::other(e)))?
+    }
+
     /// Garbage collection: trashes this satellite's pieces created before
     /// the filter's cutoff that the filter does not contain.
     async fn serve_retain(
@@ -290,6 +348,7 @@ impl Piecestore {
             Some(Request::Upload(up)) => self.serve_upload(up, reader, writer).await,
             Some(Request::Download(down)) => self.serve_download(down, reader, writer).await,
             Some(Request::Retain(r)) => self.serve_retain(peer, r, reader, writer).await,
+            Some(Request::Audit(r)) => self.serve_audit(r, writer).await,
             Some(Request::Train(train)) => match self.trainer.get() {
                 Some(t) => t.serve(peer, train, reader, writer).await,
                 None => {
@@ -395,7 +454,7 @@ impl Piecestore {
             });
         }
         let mut blob = self.blobs.create()?;
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = loam_common::merkle::MerkleHasher::new();
         // QUIC hands data over a packet at a time: gather it so hashing
         // runs on SIMD-wide input and the disk sees few large writes.
         let mut pending: Vec<u8> = Vec::with_capacity(WRITE_BUFFER);
@@ -439,7 +498,7 @@ impl Piecestore {
         };
         hasher.update(&pending);
         blob.write(&pending)?;
-        let hash = *hasher.finalize().as_bytes();
+        let hash = hasher.finalize();
         if uplink_hash.piece_id != limit.piece_id
             || uplink_hash.hash != hash
             || uplink_hash.size != received

@@ -1,0 +1,387 @@
+//! Audits and reputation.
+//!
+//! Each cycle the auditor samples, per node, a few of the pieces the
+//! metadata places on it (reservoir sampling over one pass of the segments,
+//! so a node with few pieces is audited as often as one with many), asks
+//! the node for one random leaf of each with its Merkle proof under a
+//! GET_AUDIT order limit, and checks the proof against the piece's
+//! committed root. A wrong or missing answer is a failed audit; an
+//! unreachable node is an offline audit, which counts for the online score
+//! only.
+//!
+//! Reputation is Storj's beta model: after each audit
+//! `α ← λα + w·success`, `β ← λβ + w·failure`; the audit score is
+//! `α / (α + β)` and a node is disqualified, for good, when it falls to the
+//! threshold. Failed compute verifications count as failed audits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use loam_common::merkle;
+use loam_common::orders::{PieceAction, PieceId, now_ms};
+use loam_common::transport::Endpoint as QuicEndpoint;
+use loam_common::wire::{FrameReader, FrameWriter};
+use loam_common::{KeyPair, NodeId, pb};
+use prost::Message;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::db::{DbError, Kv, Table};
+use crate::metainfo::Metainfo;
+use crate::overlay::Overlay;
+
+/// The `[audit]` table of the satellite's config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Seconds between audit cycles. Default 60.
+    pub interval_secs: f64,
+    /// Pieces audited per node per cycle. Default 1.
+    pub per_node: usize,
+    /// Beta-model forgetting factor λ. Default 0.999.
+    pub lambda: f64,
+    /// Weight w of one audit. Default 1.
+    pub weight: f64,
+    /// Initial α (a new node's benefit of the doubt). Default 1000.
+    pub initial_alpha: f64,
+    /// Disqualify at α/(α+β) at or below this. Default 0.96.
+    pub dq_threshold: f64,
+    /// Audits passed before a node is vetted. Default 100.
+    pub vetting_audits: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 60.0,
+            per_node: 1,
+            lambda: 0.999,
+            weight: 1.0,
+            initial_alpha: 1000.0,
+            dq_threshold: 0.96,
+            vetting_audits: 100,
+        }
+    }
+}
+
+/// What an audit found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+    /// The node could not be reached: no penalty to the audit score.
+    Offline,
+}
+
+impl AuditConfig {
+    /// The beta model's step: the new reputation after `outcome`.
+    pub fn update(&self, mut r: pb::Reputation, outcome: Outcome) -> pb::Reputation {
+        if r.audits == 0 && r.audit_alpha == 0.0 && r.audit_beta == 0.0 {
+            r.audit_alpha = self.initial_alpha;
+        }
+        match outcome {
+            Outcome::Success | Outcome::Failure => {
+                let ok = f64::from(u8::from(outcome == Outcome::Success));
+                r.audit_alpha = self.lambda * r.audit_alpha + self.weight * ok;
+                r.audit_beta = self.lambda * r.audit_beta + self.weight * (1.0 - ok);
+                r.audits += 1;
+                r.audits_failed += u64::from(outcome == Outcome::Failure);
+            }
+            Outcome::Offline => r.audits_offline += 1,
+        }
+        let reached = r.audits as f64;
+        r.online_score = reached / (reached + r.audits_offline as f64).max(1.0);
+        r.vetted = r.audits - r.audits_failed >= self.vetting_audits;
+        r
+    }
+
+    pub fn score(&self, r: &pb::Reputation) -> f64 {
+        if r.audit_alpha + r.audit_beta <= 0.0 {
+            return 1.0;
+        }
+        r.audit_alpha / (r.audit_alpha + r.audit_beta)
+    }
+
+    pub fn disqualifies(&self, r: &pb::Reputation) -> bool {
+        self.score(r) <= self.dq_threshold
+    }
+}
+
+/// Per-node reputation in the satellite's database.
+pub struct Reputation {
+    kv: Arc<dyn Kv>,
+    overlay: Arc<Overlay>,
+    config: AuditConfig,
+}
+
+impl Reputation {
+    pub fn new(kv: Arc<dyn Kv>, overlay: Arc<Overlay>, config: AuditConfig) -> Self {
+        Self {
+            kv,
+            overlay,
+            config,
+        }
+    }
+
+    pub fn get(&self, node: &NodeId) -> Result<pb::Reputation, DbError> {
+        match self.kv.get(Table::Reputation, node.as_bytes())? {
+            Some(v) => {
+                pb::Reputation::decode(v.as_slice()).map_err(|_| DbError::Corrupt("reputation"))
+            }
+            None => Ok(pb::Reputation {
+                audit_alpha: self.config.initial_alpha,
+                online_score: 1.0,
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Applies one audit (or audit-like) outcome; disqualifies the node
+    /// when its score falls to the threshold.
+    pub fn record(&self, node: &NodeId, outcome: Outcome) -> Result<pb::Reputation, DbError> {
+        let mut r = self.config.update(self.get(node)?, outcome);
+        let now = now_ms();
+        if self.config.disqualifies(&r) && r.disqualified_unix_ms == 0 {
+            r.disqualified_unix_ms = now;
+            self.overlay.disqualify(node, now)?;
+        }
+        self.kv.put(
+            Table::Reputation,
+            node.as_bytes().to_vec(),
+            r.encode_to_vec(),
+        )?;
+        metrics::counter!("loam_satellite_audits_total", "result" => match outcome {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Offline => "offline",
+        })
+        .increment(1);
+        Ok(r)
+    }
+}
+
+/// A piece picked for an audit.
+#[derive(Clone)]
+struct Sample {
+    piece_id: PieceId,
+    root: [u8; 32],
+    size: u64,
+}
+
+pub struct Auditor {
+    metainfo: Arc<Metainfo>,
+    overlay: Arc<Overlay>,
+    reputation: Arc<Reputation>,
+    endpoint: QuicEndpoint,
+    config: AuditConfig,
+}
+
+impl Auditor {
+    pub fn new(
+        metainfo: Arc<Metainfo>,
+        overlay: Arc<Overlay>,
+        reputation: Arc<Reputation>,
+        endpoint: QuicEndpoint,
+        config: AuditConfig,
+    ) -> Self {
+        Self {
+            metainfo,
+            overlay,
+            reputation,
+            endpoint,
+            config,
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(self.config.interval_secs.max(0.1))
+    }
+
+    /// One cycle: returns (successes, failures, offline).
+    pub async fn run_once(&self) -> (usize, usize, usize) {
+        let metainfo = self.metainfo.clone();
+        let Ok(Ok(segments)) = tokio::task::spawn_blocking(move || metainfo.segments()).await
+        else {
+            return (0, 0, 0);
+        };
+        // Reservoir sampling per node over one pass of the segments.
+        let k = self.config.per_node.max(1);
+        let mut seen: HashMap<NodeId, usize> = HashMap::new();
+        let mut reservoirs: HashMap<NodeId, Vec<Sample>> = HashMap::new();
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+        for (_, seg) in &segments {
+            let Ok(root) = PieceId::try_from(seg.root_piece_id.as_ref()) else {
+                continue;
+            };
+            let size = seg.meta.as_ref().map_or(0, |m| m.piece_size.max(0) as u64);
+            for p in &seg.pieces {
+                let (Ok(node), Ok(hash)) = (
+                    NodeId::try_from(p.node_id.as_ref()),
+                    <[u8; 32]>::try_from(p.hash.as_ref()),
+                ) else {
+                    continue;
+                };
+                let sample = Sample {
+                    piece_id: PieceId::derive(&root, &node, p.piece_num),
+                    root: hash,
+                    size,
+                };
+                let n = seen.entry(node).or_insert(0);
+                *n += 1;
+                let r = reservoirs.entry(node).or_default();
+                if r.len() < k {
+                    r.push(sample);
+                } else {
+                    let j = rng.gen_range(0..*n);
+                    if j < k {
+                        r[j] = sample;
+                    }
+                }
+            }
+        }
+        let now = now_ms();
+        let mut audits = Vec::new();
+        for node in self.overlay.list() {
+            if node.disqualified_ms.is_some() || !self.overlay.is_online(&node, now) {
+                continue;
+            }
+            for s in reservoirs.remove(&node.id).unwrap_or_default() {
+                audits.push((node.clone(), s));
+            }
+        }
+        let results = futures::future::join_all(audits.into_iter().map(|(node, s)| async move {
+            let outcome = self.audit(&node.id, &node.address, &s).await;
+            (node.id, outcome)
+        }))
+        .await;
+        let mut counts = (0, 0, 0);
+        for (node, outcome) in results {
+            match outcome {
+                Outcome::Success => counts.0 += 1,
+                Outcome::Failure => counts.1 += 1,
+                Outcome::Offline => counts.2 += 1,
+            }
+            if let Err(e) = self.reputation.record(&node, outcome) {
+                tracing::warn!(error = %e, "cannot record an audit");
+            }
+        }
+        counts
+    }
+
+    async fn audit(&self, id: &NodeId, address: &str, s: &Sample) -> Outcome {
+        let leaf = rand::thread_rng().gen_range(0..merkle::leaf_count(s.size));
+        let key = KeyPair::generate();
+        let limit = self
+            .metainfo
+            .order_limit(*id, s.piece_id, PieceAction::GetAudit, s.size, &key);
+        let Ok(addr) = address.parse() else {
+            return Outcome::Offline;
+        };
+        let conn = match tokio::time::timeout(Duration::from_secs(5), self.endpoint.dial(*id, addr))
+            .await
+        {
+            Ok(Ok(c)) => c,
+            _ => return Outcome::Offline,
+        };
+        let exchange = async {
+            let (send, recv) = conn.open_bi().await.map_err(|_| Outcome::Offline)?;
+            let mut writer = FrameWriter::new(send);
+            writer
+                .message(&pb::PieceRequest {
+                    request: Some(pb::piece_request::Request::Audit(pb::AuditRequest {
+                        limit: Some(limit),
+                        leaf,
+                    })),
+                })
+                .await
+                .map_err(|_| Outcome::Offline)?;
+            let _ = writer.finish();
+            FrameReader::new(recv)
+                .message::<pb::AuditResponse>()
+                .await
+                .map_err(|_| Outcome::Failure)
+        };
+        // A node that connects but does not answer in time fails the audit.
+        let resp = match tokio::time::timeout(Duration::from_secs(30), exchange).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(o)) => {
+                self.endpoint.forget(id);
+                return o;
+            }
+            Err(_) => return Outcome::Failure,
+        };
+        if resp.error.is_some() {
+            return Outcome::Failure;
+        }
+        let proof: Option<Vec<[u8; 32]>> = resp
+            .proof
+            .iter()
+            .map(|p| <[u8; 32]>::try_from(p.as_ref()).ok())
+            .collect();
+        match proof {
+            Some(p) if merkle::verify(&s.root, s.size, leaf, &resp.leaf_data, &p) => {
+                Outcome::Success
+            }
+            _ => Outcome::Failure,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Audits until disqualification for a node that fails each audit with
+    /// probability `loss`; `None` if it survives `max` audits.
+    fn audits_to_dq(config: &AuditConfig, loss: f64, max: u64, seed: u64) -> Option<u64> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut r = pb::Reputation::default();
+        for n in 1..=max {
+            let outcome = if rng.gen_bool(loss) {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            r = config.update(r, outcome);
+            if config.disqualifies(&r) {
+                return Some(n);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn beta_model_disqualifies_lossy_nodes_and_never_honest_ones() {
+        let c = AuditConfig::default();
+        assert_eq!(
+            audits_to_dq(&c, 0.0, 100_000, 1),
+            None,
+            "honest node survives 100 000 audits"
+        );
+        let all = audits_to_dq(&c, 1.0, 100_000, 1).expect("total loss");
+        let ten: Vec<u64> = (0..20)
+            .map(|s| audits_to_dq(&c, 0.10, 100_000, s).expect("10 % loss"))
+            .collect();
+        let five: Vec<u64> = (0..20)
+            .map(|s| audits_to_dq(&c, 0.05, 100_000, s).expect("5 % loss"))
+            .collect();
+        let median = |v: &[u64]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v[v.len() / 2]
+        };
+        eprintln!(
+            "audits to disqualification: 100 % loss {all}, 10 % loss median {}, 5 % loss median {}",
+            median(&ten),
+            median(&five)
+        );
+        assert!((30..=60).contains(&all), "{all}");
+        assert!(median(&ten) < median(&five));
+        // Offline audits do not move the audit score.
+        let r = c.update(pb::Reputation::default(), Outcome::Offline);
+        assert_eq!(c.score(&r), 1.0);
+        assert!(r.online_score < 1.0);
+    }
+}
