@@ -41,6 +41,7 @@ fn method(req: &Req) -> &'static str {
         Req::CreateApiKey(_) => "create_api_key",
         Req::ListNodes(_) => "list_nodes",
         Req::SetCompute(_) => "set_compute",
+        Req::Exit(_) => "exit",
         Req::PlanJob(_) => "plan_job",
         Req::SubmitJob(_) => "submit_job",
         Req::GetJob(_) => "get_job",
@@ -129,6 +130,29 @@ impl Endpoint {
                     .set(self.overlay.online_count(now) as f64);
                 return Ok(Resp::CheckIn(pb::CheckInResponse::default()));
             }
+            Req::Exit(_) => {
+                if self.overlay.get(&peer).is_none() {
+                    return Err(RemoteError::new(
+                        pb::ErrorCode::NotFound,
+                        "this node never checked in here",
+                    ));
+                }
+                let (started, finished) = self
+                    .overlay
+                    .begin_exit(&peer, now)
+                    .map_err(|e| api(e.into()))?;
+                let pieces_left = m
+                    .piece_placements()
+                    .map_err(api)?
+                    .iter()
+                    .filter(|(n, _)| *n == peer)
+                    .count() as u64;
+                return Ok(Resp::Exit(pb::ExitResponse {
+                    started_unix_ms: started,
+                    finished_unix_ms: finished.unwrap_or(0),
+                    pieces_left,
+                }));
+            }
             Req::CreateApiKey(r) => {
                 admin()?;
                 let (key, project, salt) = m.create_api_key(&r.project_name).map_err(api)?;
@@ -160,6 +184,8 @@ impl Endpoint {
                         compute: stats.get(&n.id).cloned(),
                         reputation: self.reputation.get(&n.id).ok(),
                         pieces: pieces.get(&n.id).copied().unwrap_or(0),
+                        exit_started_unix_ms: n.exit_started_ms.unwrap_or(0),
+                        exit_finished_unix_ms: n.exit_finished_ms.unwrap_or(0),
                     })
                     .collect();
                 return Ok(Resp::ListNodes(pb::ListNodesResponse { nodes }));
@@ -206,7 +232,7 @@ impl Endpoint {
             }),
             Req::CancelJob(r) => Resp::CancelJob(c.cancel(&project, &r.job_id).map_err(job)?),
             Req::JobWeights(r) => Resp::JobWeights(c.weights(&project, &r).map_err(job)?),
-            Req::CheckIn(_) | Req::CreateApiKey(_) | Req::ListNodes(_) => {
+            Req::CheckIn(_) | Req::Exit(_) | Req::CreateApiKey(_) | Req::ListNodes(_) => {
                 unreachable!("handled above")
             }
         };

@@ -200,6 +200,8 @@ async fn main() -> anyhow::Result<()> {
                         "last_seen_unix_ms": n.last_seen_unix_ms,
                         "disqualified": n.reputation.as_ref().filter(|r| r.disqualified_unix_ms > 0).map(|r| r.disqualified_unix_ms),
                         "suspended": false,
+                        "exit_started": (n.exit_started_unix_ms > 0).then_some(n.exit_started_unix_ms),
+                        "exit_finished": (n.exit_finished_unix_ms > 0).then_some(n.exit_finished_unix_ms),
                         "vetted": n.reputation.as_ref().is_some_and(|r| r.vetted),
                         "audit_score": n.reputation.as_ref().map_or(1.0, |r| {
                             if r.audit_alpha + r.audit_beta > 0.0 { r.audit_alpha / (r.audit_alpha + r.audit_beta) } else { 1.0 }
@@ -242,6 +244,10 @@ async fn main() -> anyhow::Result<()> {
                         let c = &n["compute"];
                         let status = if !n["disqualified"].is_null() {
                             "disqualified"
+                        } else if !n["exit_finished"].is_null() {
+                            "exited"
+                        } else if !n["exit_started"].is_null() {
+                            "exiting"
                         } else if n["vetted"].as_bool().unwrap_or(false) {
                             "vetted"
                         } else {

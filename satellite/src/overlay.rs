@@ -26,6 +26,9 @@ pub struct Node {
     /// When reputation disqualified it; a disqualified node is never
     /// selected and its pieces count as lost.
     pub disqualified_ms: Option<i64>,
+    /// Graceful exit: when asked, and when every piece had moved.
+    pub exit_started_ms: Option<i64>,
+    pub exit_finished_ms: Option<i64>,
 }
 
 impl Node {
@@ -64,6 +67,8 @@ impl Node {
             capabilities: Some(self.capabilities),
             created_unix_ms: self.created_ms,
             disqualified_unix_ms: self.disqualified_ms.unwrap_or(0),
+            exit_started_unix_ms: self.exit_started_ms.unwrap_or(0),
+            exit_finished_unix_ms: self.exit_finished_ms.unwrap_or(0),
         }
     }
 
@@ -80,6 +85,8 @@ impl Node {
             created_ms: r.created_unix_ms,
             capabilities: r.capabilities.unwrap_or_default(),
             disqualified_ms: (r.disqualified_unix_ms > 0).then_some(r.disqualified_unix_ms),
+            exit_started_ms: (r.exit_started_unix_ms > 0).then_some(r.exit_started_unix_ms),
+            exit_finished_ms: (r.exit_finished_unix_ms > 0).then_some(r.exit_finished_unix_ms),
         })
     }
 }
@@ -161,12 +168,18 @@ impl Overlay {
         {
             return Err(OverlayError::BadAddress(req.address.clone()));
         }
-        let (created_ms, disqualified_ms) = self
-            .nodes
-            .read()
-            .expect("overlay lock")
-            .get(&peer)
-            .map_or((now_ms, None), |n| (n.created_ms, n.disqualified_ms));
+        let (created_ms, disqualified_ms, exit_started_ms, exit_finished_ms) =
+            self.nodes.read().expect("overlay lock").get(&peer).map_or(
+                (now_ms, None, None, None),
+                |n| {
+                    (
+                        n.created_ms,
+                        n.disqualified_ms,
+                        n.exit_started_ms,
+                        n.exit_finished_ms,
+                    )
+                },
+            );
         let node = Node {
             id: peer,
             public_key: key,
@@ -177,6 +190,8 @@ impl Overlay {
             created_ms,
             capabilities: req.capabilities.unwrap_or_default(),
             disqualified_ms,
+            exit_started_ms,
+            exit_finished_ms,
         };
         self.kv.put(
             Table::Nodes,
@@ -210,7 +225,48 @@ impl Overlay {
     /// Online and in good standing: its pieces count towards a segment's
     /// health, and it may be selected.
     pub fn is_healthy(&self, node: &Node, now_ms: i64) -> bool {
-        self.is_online(node, now_ms) && node.disqualified_ms.is_none()
+        self.is_online(node, now_ms)
+            && node.disqualified_ms.is_none()
+            && node.exit_started_ms.is_none()
+    }
+
+    /// Starts (or reports) a graceful exit; returns (started, finished).
+    pub fn begin_exit(&self, id: &NodeId, now_ms: i64) -> Result<(i64, Option<i64>), DbError> {
+        let mut nodes = self.nodes.write().expect("overlay lock");
+        let Some(node) = nodes.get_mut(id) else {
+            return Ok((0, None));
+        };
+        if node.exit_started_ms.is_none() {
+            node.exit_started_ms = Some(now_ms);
+            self.kv.put(
+                Table::Nodes,
+                id.as_bytes().to_vec(),
+                node.to_record().encode_to_vec(),
+            )?;
+            tracing::info!(node = %id.short(), "graceful exit started");
+        }
+        Ok((
+            node.exit_started_ms.unwrap_or(now_ms),
+            node.exit_finished_ms,
+        ))
+    }
+
+    /// Marks a graceful exit complete.
+    pub fn finish_exit(&self, id: &NodeId, now_ms: i64) -> Result<(), DbError> {
+        let mut nodes = self.nodes.write().expect("overlay lock");
+        let Some(node) = nodes.get_mut(id) else {
+            return Ok(());
+        };
+        if node.exit_started_ms.is_some() && node.exit_finished_ms.is_none() {
+            node.exit_finished_ms = Some(now_ms);
+            self.kv.put(
+                Table::Nodes,
+                id.as_bytes().to_vec(),
+                node.to_record().encode_to_vec(),
+            )?;
+            tracing::info!(node = %id.short(), "graceful exit finished");
+        }
+        Ok(())
     }
 
     /// Disqualifies a node for good.
@@ -365,6 +421,8 @@ mod tests {
             created_ms: 0,
             capabilities: Default::default(),
             disqualified_ms: None,
+            exit_started_ms: None,
+            exit_finished_ms: None,
         }
     }
 

@@ -112,6 +112,13 @@ impl Repair {
             }
         };
         let healthy_nodes = self.healthy_nodes();
+        let exiting: HashSet<NodeId> = self
+            .overlay
+            .list()
+            .into_iter()
+            .filter(|n| n.exit_started_ms.is_some() && n.exit_finished_ms.is_none())
+            .map(|n| n.id)
+            .collect();
         let mut queue = Vec::new();
         for (key, record) in segments {
             stats.segments += 1;
@@ -129,7 +136,12 @@ impl Repair {
                     NodeId::try_from(p.node_id.as_ref()).is_ok_and(|n| healthy_nodes.contains(&n))
                 })
                 .count();
-            if healthy <= scheme.repair() {
+            // Pieces of exiting nodes move whatever the segment's health.
+            let on_exiting = record
+                .pieces
+                .iter()
+                .any(|p| NodeId::try_from(p.node_id.as_ref()).is_ok_and(|n| exiting.contains(&n)));
+            if healthy <= scheme.repair() || on_exiting {
                 queue.push(Queued {
                     key,
                     record,
@@ -165,6 +177,17 @@ impl Repair {
             }
             metrics::gauge!("loam_satellite_repair_queue_length")
                 .set((stats.below_threshold - done - 1) as f64);
+        }
+        // Exits with nothing left to move are complete.
+        if !exiting.is_empty()
+            && let Ok(placements) = self.metainfo.piece_placements()
+        {
+            let holding: HashSet<NodeId> = placements.into_iter().map(|(n, _)| n).collect();
+            for n in exiting.iter().filter(|n| !holding.contains(n)) {
+                if let Err(e) = self.overlay.finish_exit(n, now_ms()) {
+                    tracing::warn!(error = %e, "cannot record a finished exit");
+                }
+            }
         }
         stats
     }
@@ -229,7 +252,14 @@ impl Repair {
         let mut missing: Vec<u32> = (0..scheme.total() as u32)
             .filter(|n| !held.contains(n))
             .collect();
-        let want = scheme.success().saturating_sub(healthy.len()).max(1);
+        // Back to `success`, and at least as many as leave with exiting
+        // nodes.
+        let leaving = seg.pieces.len().saturating_sub(healthy.len());
+        let want = scheme
+            .success()
+            .saturating_sub(healthy.len())
+            .max(leaving.min(missing.len()))
+            .max(1);
         missing.truncate(want);
         let exclude: HashSet<NodeId> = seg
             .pieces

@@ -46,12 +46,73 @@ enum Command {
         #[arg(long, env = "LOAM_DIR")]
         dir: PathBuf,
     },
+    /// Leave a satellite gracefully: it stops sending uploads here and
+    /// moves every piece this node holds for it to other nodes. Keep the
+    /// node running until the exit is finished.
+    ExitSatellite {
+        #[arg(long, env = "LOAM_DIR")]
+        dir: PathBuf,
+        /// The satellite's id (default: every configured satellite).
+        #[arg(long)]
+        satellite: Option<String>,
+        /// Wait until every piece has moved.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init_logging();
     match Cli::parse().command {
+        Command::ExitSatellite {
+            dir,
+            satellite,
+            wait,
+        } => {
+            let identity = Identity::load(&dir.join("identity.key"))?;
+            let config = Config::load(&dir)?;
+            let sats: Vec<&NodeUrl> = config
+                .satellites
+                .iter()
+                .filter(|s| satellite.as_ref().is_none_or(|id| s.id.to_string() == *id))
+                .collect();
+            anyhow::ensure!(!sats.is_empty(), "no such satellite in {}", dir.display());
+            let endpoint = loam_common::transport::Endpoint::bind(
+                identity,
+                "0.0.0.0:0".parse().expect("literal"),
+                Default::default(),
+            )?;
+            for sat in sats {
+                loop {
+                    let conn = endpoint.connect(sat.id, sat.socket_addr()?).await?;
+                    let resp = loam_common::rpc::satellite(
+                        &conn,
+                        &[],
+                        loam_common::pb::satellite_request::Request::Exit(
+                            loam_common::pb::ExitRequest {},
+                        ),
+                    )
+                    .await?;
+                    let loam_common::pb::satellite_response::Response::Exit(e) = resp else {
+                        anyhow::bail!("satellite gave an unexpected answer");
+                    };
+                    if e.finished_unix_ms > 0 {
+                        println!("exit from {} finished: every piece moved", sat.id.short());
+                        break;
+                    }
+                    println!(
+                        "exit from {} under way: {} pieces left to move",
+                        sat.id.short(),
+                        e.pieces_left
+                    );
+                    if !wait {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                }
+            }
+        }
         Command::Setup {
             dir,
             satellites,

@@ -148,6 +148,17 @@ async fn repair_restores_redundancy_and_routes_around_a_corrupt_piece() -> anyho
     assert!(stats.below_threshold > 0, "{stats:?}");
     assert_eq!(stats.failed, 0, "{stats:?}");
     assert_eq!(stats.repaired, stats.below_threshold);
+    let mut secs: Vec<f64> = stats.timings.iter().map(|t| t.0).collect();
+    secs.sort_by(f64::total_cmp);
+    let moved: u64 = stats.timings.iter().map(|t| t.1).sum();
+    let plain: u64 = stats.timings.iter().map(|t| t.2).sum();
+    eprintln!(
+        "repair: {} segments, p50 {:.3} s, p99 {:.3} s per segment, {:.2} bytes moved per segment byte",
+        secs.len(),
+        secs[secs.len() / 2],
+        secs[(secs.len() * 99 / 100).min(secs.len() - 1)],
+        moved as f64 / plain.max(1) as f64
+    );
     let again = planet.repair.run_once().await;
     assert_eq!(again.below_threshold, 0, "every segment is healthy again");
 
@@ -159,6 +170,65 @@ async fn repair_restores_redundancy_and_routes_around_a_corrupt_piece() -> anyho
     let mut out = Vec::new();
     project.download("rep", "obj", &mut out, None).await?;
     assert_eq!(out, data);
+    planet.shutdown().await;
+    Ok(())
+}
+
+async fn exit_rpc(planet: &Planet, node: usize) -> anyhow::Result<loam_common::pb::ExitResponse> {
+    use loam_common::pb::satellite_request::Request;
+    use loam_common::pb::satellite_response::Response;
+    let endpoint = loam_common::transport::Endpoint::bind(
+        planet.nodes[node].identity.clone(),
+        "127.0.0.1:0".parse()?,
+        Default::default(),
+    )?;
+    let sat = &planet.satellite_url;
+    let conn = endpoint.connect(sat.id, sat.socket_addr()?).await?;
+    match loam_common::rpc::satellite(&conn, &[], Request::Exit(Default::default())).await? {
+        Response::Exit(e) => Ok(e),
+        _ => anyhow::bail!("unexpected answer"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_exit_moves_every_piece() -> anyhow::Result<()> {
+    let mut config = PlanetConfig::new(8);
+    config.reconfigure_satellite = Some(Box::new(|c| c.max_segment_size = 64 * 1024));
+    let mut planet = Planet::start(config).await?;
+    let project = planet.project()?;
+    project.create_bucket("exit").await?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut objects = Vec::new();
+    for i in 0..3 {
+        let mut data = vec![0u8; 200_000];
+        rng.fill_bytes(&mut data);
+        project
+            .upload(
+                "exit",
+                &format!("o{i}"),
+                std::io::Cursor::new(data.clone()),
+                None,
+            )
+            .await?;
+        objects.push(data);
+    }
+    let started = exit_rpc(&planet, 0).await?;
+    assert!(started.pieces_left > 0, "node 0 holds pieces");
+    assert_eq!(started.finished_unix_ms, 0);
+    let stats = planet.repair.run_once().await;
+    assert_eq!(stats.failed, 0, "{stats:?}");
+    let done = exit_rpc(&planet, 0).await?;
+    assert_eq!(done.pieces_left, 0);
+    assert!(done.finished_unix_ms > 0);
+    // New uploads avoid the exited node; its data lives elsewhere.
+    planet.stop_node(0).await;
+    for (i, data) in objects.iter().enumerate() {
+        let mut out = Vec::new();
+        project
+            .download("exit", &format!("o{i}"), &mut out, None)
+            .await?;
+        assert_eq!(&out, data);
+    }
     planet.shutdown().await;
     Ok(())
 }
