@@ -51,6 +51,22 @@ pub enum SatelliteError {
     },
 }
 
+/// Runs `work` on `service` every time `cycle` fires, until `cancel`.
+fn spawn_chore<S, F, Fut>(
+    cycle: &Arc<Cycle>,
+    cancel: &CancellationToken,
+    service: &Arc<S>,
+    work: F,
+) -> tokio::task::JoinHandle<()>
+where
+    S: Send + Sync + 'static,
+    F: Fn(Arc<S>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let (cycle, cancel, service) = (cycle.clone(), cancel.clone(), service.clone());
+    tokio::spawn(async move { cycle.run(cancel, || work(service.clone())).await })
+}
+
 /// Where a running satellite can be reached, written to `DIR/run/satellite.json`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunInfo {
@@ -302,74 +318,36 @@ impl Satellite {
                     .await
             })
         };
-        let gc_task = {
-            let (cycle, gc, cancel) = (self.gc_cycle.clone(), self.gc.clone(), cancel.clone());
-            tokio::spawn(async move {
-                cycle
-                    .run(cancel, || {
-                        let gc = gc.clone();
-                        async move {
-                            let s = gc.run_once().await;
-                            if s.trashed > 0 || s.failed > 0 {
-                                tracing::info!(
-                                    nodes = s.nodes,
-                                    failed = s.failed,
-                                    trashed = s.trashed,
-                                    bytes = s.trashed_bytes,
-                                    "garbage collection"
-                                );
-                            }
-                        }
-                    })
-                    .await
-            })
-        };
-        let audit_task = {
-            let (cycle, auditor, cancel) = (
-                self.audit_cycle.clone(),
-                self.auditor.clone(),
-                cancel.clone(),
-            );
-            tokio::spawn(async move {
-                cycle
-                    .run(cancel, || {
-                        let auditor = auditor.clone();
-                        async move {
-                            let (ok, failed, offline) = auditor.run_once().await;
-                            if failed > 0 {
-                                tracing::info!(ok, failed, offline, "audits");
-                            }
-                        }
-                    })
-                    .await
-            })
-        };
-        let repair_task = {
-            let (cycle, repair, cancel) = (
-                self.repair_cycle.clone(),
-                self.repair.clone(),
-                cancel.clone(),
-            );
-            tokio::spawn(async move {
-                cycle
-                    .run(cancel, || {
-                        let repair = repair.clone();
-                        async move {
-                            let s = repair.run_once().await;
-                            if s.below_threshold > 0 {
-                                tracing::info!(
-                                    segments = s.segments,
-                                    below = s.below_threshold,
-                                    repaired = s.repaired,
-                                    failed = s.failed,
-                                    "repair"
-                                );
-                            }
-                        }
-                    })
-                    .await
-            })
-        };
+        let gc_task = spawn_chore(&self.gc_cycle, &cancel, &self.gc, |gc| async move {
+            let s = gc.run_once().await;
+            if s.trashed > 0 || s.failed > 0 {
+                tracing::info!(
+                    nodes = s.nodes,
+                    failed = s.failed,
+                    trashed = s.trashed,
+                    bytes = s.trashed_bytes,
+                    "garbage collection"
+                );
+            }
+        });
+        let audit_task = spawn_chore(&self.audit_cycle, &cancel, &self.auditor, |a| async move {
+            let (ok, failed, offline) = a.run_once().await;
+            if failed > 0 {
+                tracing::info!(ok, failed, offline, "audits");
+            }
+        });
+        let repair_task = spawn_chore(&self.repair_cycle, &cancel, &self.repair, |r| async move {
+            let s = r.run_once().await;
+            if s.below_threshold > 0 {
+                tracing::info!(
+                    segments = s.segments,
+                    below = s.below_threshold,
+                    repaired = s.repaired,
+                    failed = s.failed,
+                    "repair"
+                );
+            }
+        });
         let quic = self.endpoint.clone();
         loop {
             tokio::select! {
