@@ -49,6 +49,11 @@ pub struct AuditConfig {
     pub dq_threshold: f64,
     /// Audits passed before a node is vetted. Default 100.
     pub vetting_audits: u64,
+    /// Times a node that connects but does not answer is asked the same
+    /// challenge again before the audit counts as failed. Default 3.
+    pub max_reverifies: u32,
+    /// Seconds a node has to answer an audit. Default 30.
+    pub answer_timeout_secs: f64,
 }
 
 impl Default for AuditConfig {
@@ -61,6 +66,8 @@ impl Default for AuditConfig {
             initial_alpha: 1000.0,
             dq_threshold: 0.96,
             vetting_audits: 100,
+            max_reverifies: 3,
+            answer_timeout_secs: 30.0,
         }
     }
 }
@@ -72,6 +79,8 @@ pub enum Outcome {
     Failure,
     /// The node could not be reached: no penalty to the audit score.
     Offline,
+    /// The node connected but did not answer in time: containment.
+    Stalled,
 }
 
 impl AuditConfig {
@@ -89,6 +98,7 @@ impl AuditConfig {
                 r.audits_failed += u64::from(outcome == Outcome::Failure);
             }
             Outcome::Offline => r.audits_offline += 1,
+            Outcome::Stalled => {}
         }
         let reached = r.audits as f64;
         r.online_score = reached / (reached + r.audits_offline as f64).max(1.0);
@@ -113,6 +123,9 @@ pub struct Reputation {
     kv: Arc<dyn Kv>,
     overlay: Arc<Overlay>,
     config: AuditConfig,
+    /// Serialises read-modify-write of reputation records: several audit
+    /// workers (and compute) may report on one node at once.
+    lock: std::sync::Mutex<()>,
 }
 
 impl Reputation {
@@ -121,6 +134,7 @@ impl Reputation {
             kv,
             overlay,
             config,
+            lock: std::sync::Mutex::new(()),
         }
     }
 
@@ -140,7 +154,42 @@ impl Reputation {
     /// Applies one audit (or audit-like) outcome; disqualifies the node
     /// when its score falls to the threshold.
     pub fn record(&self, node: &NodeId, outcome: Outcome) -> Result<pb::Reputation, DbError> {
-        let mut r = self.config.update(self.get(node)?, outcome);
+        self.record_audit(node, outcome, None)
+    }
+
+    /// Like [`Reputation::record`], for an audit of `challenge`: a stall
+    /// puts the node in containment (same challenge next time) until it
+    /// has stalled more than `max_reverifies` times, which is a failure;
+    /// any answer ends containment.
+    pub fn record_audit(
+        &self,
+        node: &NodeId,
+        outcome: Outcome,
+        challenge: Option<pb::PendingAudit>,
+    ) -> Result<pb::Reputation, DbError> {
+        let _guard = self.lock.lock().expect("reputation lock");
+        let mut r = self.get(node)?;
+        let outcome = match outcome {
+            Outcome::Stalled => {
+                let attempts = r.pending.as_ref().map_or(0, |p| p.attempts) + 1;
+                if attempts > self.config.max_reverifies {
+                    r.pending = None;
+                    metrics::counter!("loam_satellite_audit_containment_failures_total")
+                        .increment(1);
+                    Outcome::Failure
+                } else {
+                    let base = r.pending.clone().or(challenge).unwrap_or_default();
+                    r.pending = Some(pb::PendingAudit { attempts, ..base });
+                    Outcome::Stalled
+                }
+            }
+            Outcome::Offline => outcome,
+            Outcome::Success | Outcome::Failure => {
+                r.pending = None;
+                outcome
+            }
+        };
+        let mut r = self.config.update(r, outcome);
         let now = now_ms();
         if self.config.disqualifies(&r) && r.disqualified_unix_ms == 0 {
             r.disqualified_unix_ms = now;
@@ -155,6 +204,7 @@ impl Reputation {
             Outcome::Success => "success",
             Outcome::Failure => "failure",
             Outcome::Offline => "offline",
+            Outcome::Stalled => "contained",
         })
         .increment(1);
         Ok(r)
@@ -167,6 +217,8 @@ struct Sample {
     piece_id: PieceId,
     root: [u8; 32],
     size: u64,
+    /// The leaf of a contained audit; a random one otherwise.
+    leaf: Option<u64>,
 }
 
 pub struct Auditor {
@@ -226,6 +278,7 @@ impl Auditor {
                     piece_id: PieceId::derive(&root, &node, p.piece_num),
                     root: hash,
                     size,
+                    leaf: None,
                 };
                 let n = seen.entry(node).or_insert(0);
                 *n += 1;
@@ -246,31 +299,62 @@ impl Auditor {
             if node.disqualified_ms.is_some() || !self.overlay.is_online(&node, now) {
                 continue;
             }
-            for s in reservoirs.remove(&node.id).unwrap_or_default() {
-                audits.push((node.clone(), s));
+            let pending = self
+                .reputation
+                .get(&node.id)
+                .ok()
+                .and_then(|r| r.pending)
+                .and_then(|p| {
+                    Some(Sample {
+                        piece_id: PieceId::try_from(p.piece_id.as_ref()).ok()?,
+                        root: <[u8; 32]>::try_from(p.root.as_ref()).ok()?,
+                        size: p.size,
+                        leaf: Some(p.leaf),
+                    })
+                });
+            match pending {
+                // In containment: the same challenge, and nothing else.
+                Some(s) => audits.push((node.clone(), s)),
+                None => {
+                    for s in reservoirs.remove(&node.id).unwrap_or_default() {
+                        audits.push((node.clone(), s));
+                    }
+                }
             }
         }
         let results = futures::future::join_all(audits.into_iter().map(|(node, s)| async move {
-            let outcome = self.audit(&node.id, &node.address, &s).await;
-            (node.id, outcome)
+            let leaf = s
+                .leaf
+                .unwrap_or_else(|| rand::thread_rng().gen_range(0..merkle::leaf_count(s.size)));
+            let outcome = self.audit(&node.id, &node.address, &s, leaf).await;
+            let challenge = pb::PendingAudit {
+                piece_id: s.piece_id.as_bytes().to_vec().into(),
+                root: s.root.to_vec().into(),
+                size: s.size,
+                leaf,
+                attempts: 0,
+            };
+            (node.id, outcome, challenge)
         }))
         .await;
         let mut counts = (0, 0, 0);
-        for (node, outcome) in results {
+        for (node, outcome, challenge) in results {
             match outcome {
                 Outcome::Success => counts.0 += 1,
-                Outcome::Failure => counts.1 += 1,
+                Outcome::Failure | Outcome::Stalled => counts.1 += 1,
                 Outcome::Offline => counts.2 += 1,
             }
-            if let Err(e) = self.reputation.record(&node, outcome) {
+            if let Err(e) = self
+                .reputation
+                .record_audit(&node, outcome, Some(challenge))
+            {
                 tracing::warn!(error = %e, "cannot record an audit");
             }
         }
         counts
     }
 
-    async fn audit(&self, id: &NodeId, address: &str, s: &Sample) -> Outcome {
-        let leaf = rand::thread_rng().gen_range(0..merkle::leaf_count(s.size));
+    async fn audit(&self, id: &NodeId, address: &str, s: &Sample, leaf: u64) -> Outcome {
         let key = KeyPair::generate();
         let limit = self
             .metainfo
@@ -302,14 +386,15 @@ impl Auditor {
                 .await
                 .map_err(|_| Outcome::Failure)
         };
-        // A node that connects but does not answer in time fails the audit.
-        let resp = match tokio::time::timeout(Duration::from_secs(30), exchange).await {
+        // A node that connects but does not answer in time is contained.
+        let timeout = Duration::from_secs_f64(self.config.answer_timeout_secs.max(0.1));
+        let resp = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(r)) => r,
             Ok(Err(o)) => {
                 self.endpoint.forget(id);
                 return o;
             }
-            Err(_) => return Outcome::Failure,
+            Err(_) => return Outcome::Stalled,
         };
         if resp.error.is_some() {
             return Outcome::Failure;
@@ -383,5 +468,67 @@ mod tests {
         let r = c.update(pb::Reputation::default(), Outcome::Offline);
         assert_eq!(c.score(&r), 1.0);
         assert!(r.online_score < 1.0);
+    }
+
+    #[test]
+    fn a_stalling_node_is_contained_then_failed_and_cannot_switch_challenges() {
+        let kv: Arc<dyn Kv> = Arc::new(crate::db::MemKv::default());
+        let overlay = Arc::new(
+            Overlay::open(
+                kv.clone(),
+                crate::overlay::OverlayConfig {
+                    online_window: Duration::from_secs(60),
+                    distinct_subnets: false,
+                    min_difficulty: 0,
+                },
+            )
+            .expect("overlay"),
+        );
+        let config = AuditConfig {
+            max_reverifies: 3,
+            ..AuditConfig::default()
+        };
+        let rep = Reputation::new(kv, overlay, config.clone());
+        let node = KeyPair::generate().public().node_id();
+        let challenge = |leaf| pb::PendingAudit {
+            piece_id: PieceId::random().as_bytes().to_vec().into(),
+            root: vec![7; 32].into(),
+            size: 1 << 20,
+            leaf,
+            attempts: 0,
+        };
+        let first = challenge(3);
+        let r = rep
+            .record_audit(&node, Outcome::Stalled, Some(first.clone()))
+            .expect("record");
+        assert_eq!(r.pending.as_ref().map(|p| p.attempts), Some(1));
+        assert_eq!(config.score(&r), 1.0, "containment alone costs nothing");
+        // Another worker's stalled audit of another piece does not replace
+        // the contained challenge.
+        let r = rep
+            .record_audit(&node, Outcome::Stalled, Some(challenge(9)))
+            .expect("record");
+        let pending = r.pending.clone().expect("still contained");
+        assert_eq!(
+            (pending.piece_id, pending.leaf),
+            (first.piece_id.clone(), 3)
+        );
+        rep.record_audit(&node, Outcome::Stalled, None)
+            .expect("record");
+        let r = rep
+            .record_audit(&node, Outcome::Stalled, None)
+            .expect("record");
+        assert!(r.pending.is_none(), "retries exhausted");
+        assert_eq!((r.audits, r.audits_failed), (1, 1));
+        assert!(config.score(&r) < 1.0);
+
+        // An answer ends containment.
+        rep.record_audit(&node, Outcome::Stalled, Some(challenge(1)))
+            .expect("record");
+        let r = rep
+            .record_audit(&node, Outcome::Success, None)
+            .expect("record");
+        assert!(r.pending.is_none());
+        assert_eq!((r.audits, r.audits_failed), (2, 1));
     }
 }

@@ -105,7 +105,8 @@ mod tests {
              min_difficulty = 20\nonline_window_secs = 14400.0\ndistinct_subnets = true\n\
              order_expiration_secs = 86400.0\npending_expiration_secs = 86400.0\n\n\
              [audit]\ninterval_secs = 60.0\nper_node = 1\nlambda = 0.999\nweight = 1.0\n\
-             initial_alpha = 1000.0\ndq_threshold = 0.96\nvetting_audits = 100\n\n\
+             initial_alpha = 1000.0\ndq_threshold = 0.96\nvetting_audits = 100\n\
+             max_reverifies = 3\nanswer_timeout_secs = 30.0\n\n\
              [repair]\ninterval_secs = 300.0\nmax_per_run = 1000\n\n\
              [gc]\ninterval_secs = 3600.0\nfalse_positive_rate = 0.1\nmargin_secs = 3600.0\n\n\
              [compute]\nverify_fraction = 0.1\ntolerance = 0.00001\nnorm_factor = 10.0\n\
