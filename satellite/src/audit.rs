@@ -190,6 +190,9 @@ impl Reputation {
             }
         };
         let mut r = self.config.update(r, outcome);
+        if r.vetted {
+            self.overlay.set_vetted(node)?;
+        }
         let now = now_ms();
         if self.config.disqualifies(&r) && r.disqualified_unix_ms == 0 {
             r.disqualified_unix_ms = now;
@@ -480,6 +483,7 @@ mod tests {
                     online_window: Duration::from_secs(60),
                     distinct_subnets: false,
                     min_difficulty: 0,
+                    new_node_fraction: 0.05,
                 },
             )
             .expect("overlay"),

@@ -34,6 +34,9 @@ pub struct Config {
     /// At most one piece of a segment per /24 (IPv4) or /64 (IPv6) subnet.
     /// Default true.
     pub distinct_subnets: bool,
+    /// Share of each upload's nodes that may be new (not yet vetted by
+    /// `[audit] vetting_audits` passed audits). Default 0.05.
+    pub new_node_fraction: f64,
     /// Seconds an order limit stays valid. Default 86400.
     pub order_expiration_secs: f64,
     /// Uploads not committed within this many seconds are abandoned: their
@@ -61,6 +64,7 @@ impl Default for Config {
             min_difficulty: 20,
             online_window_secs: 14400.0,
             distinct_subnets: true,
+            new_node_fraction: 0.05,
             order_expiration_secs: 86400.0,
             pending_expiration_secs: 86400.0,
             audit: Default::default(),
@@ -102,7 +106,7 @@ mod tests {
             text,
             "listen = \"0.0.0.0:7777\"\nexternal_address = \"\"\nhttp_listen = \"127.0.0.1:10010\"\n\
              redundancy = \"29/35/80/110\"\nmax_segment_size = 67108864\nmax_inline_size = 4096\n\
-             min_difficulty = 20\nonline_window_secs = 14400.0\ndistinct_subnets = true\n\
+             min_difficulty = 20\nonline_window_secs = 14400.0\ndistinct_subnets = true\nnew_node_fraction = 0.05\n\
              order_expiration_secs = 86400.0\npending_expiration_secs = 86400.0\n\n\
              [audit]\ninterval_secs = 60.0\nper_node = 1\nlambda = 0.999\nweight = 1.0\n\
              initial_alpha = 1000.0\ndq_threshold = 0.96\nvetting_audits = 100\n\

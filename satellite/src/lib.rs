@@ -134,6 +134,7 @@ impl Satellite {
                 online_window: Duration::from_secs_f64(config.online_window_secs.max(0.0)),
                 distinct_subnets: config.distinct_subnets,
                 min_difficulty: config.min_difficulty,
+                new_node_fraction: config.new_node_fraction,
             },
         )?);
         let metainfo = Arc::new(Metainfo::new(

@@ -945,6 +945,7 @@ mod tests {
                     online_window: Duration::from_secs(60),
                     distinct_subnets: false,
                     min_difficulty: 0,
+                    new_node_fraction: 0.05,
                 },
             )
             .expect("overlay"),

@@ -29,6 +29,9 @@ pub struct Node {
     /// Graceful exit: when asked, and when every piece had moved.
     pub exit_started_ms: Option<i64>,
     pub exit_finished_ms: Option<i64>,
+    /// Passed the vetting audits; until then it gets only a small share of
+    /// uploads.
+    pub vetted: bool,
 }
 
 impl Node {
@@ -69,6 +72,7 @@ impl Node {
             disqualified_unix_ms: self.disqualified_ms.unwrap_or(0),
             exit_started_unix_ms: self.exit_started_ms.unwrap_or(0),
             exit_finished_unix_ms: self.exit_finished_ms.unwrap_or(0),
+            vetted: self.vetted,
         }
     }
 
@@ -87,6 +91,7 @@ impl Node {
             disqualified_ms: (r.disqualified_unix_ms > 0).then_some(r.disqualified_unix_ms),
             exit_started_ms: (r.exit_started_unix_ms > 0).then_some(r.exit_started_unix_ms),
             exit_finished_ms: (r.exit_finished_unix_ms > 0).then_some(r.exit_finished_unix_ms),
+            vetted: r.vetted,
         })
     }
 }
@@ -96,6 +101,8 @@ pub struct OverlayConfig {
     pub online_window: Duration,
     pub distinct_subnets: bool,
     pub min_difficulty: u32,
+    /// Share of each upload's nodes that may be unvetted.
+    pub new_node_fraction: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,18 +175,12 @@ impl Overlay {
         {
             return Err(OverlayError::BadAddress(req.address.clone()));
         }
-        let (created_ms, disqualified_ms, exit_started_ms, exit_finished_ms) =
-            self.nodes.read().expect("overlay lock").get(&peer).map_or(
-                (now_ms, None, None, None),
-                |n| {
-                    (
-                        n.created_ms,
-                        n.disqualified_ms,
-                        n.exit_started_ms,
-                        n.exit_finished_ms,
-                    )
-                },
-            );
+        let previous = self.nodes.read().expect("overlay lock").get(&peer).cloned();
+        let created_ms = previous.as_ref().map_or(now_ms, |n| n.created_ms);
+        let disqualified_ms = previous.as_ref().and_then(|n| n.disqualified_ms);
+        let exit_started_ms = previous.as_ref().and_then(|n| n.exit_started_ms);
+        let exit_finished_ms = previous.as_ref().and_then(|n| n.exit_finished_ms);
+        let vetted = previous.as_ref().is_some_and(|n| n.vetted);
         let node = Node {
             id: peer,
             public_key: key,
@@ -192,6 +193,7 @@ impl Overlay {
             disqualified_ms,
             exit_started_ms,
             exit_finished_ms,
+            vetted,
         };
         self.kv.put(
             Table::Nodes,
@@ -228,6 +230,23 @@ impl Overlay {
         self.is_online(node, now_ms)
             && node.disqualified_ms.is_none()
             && node.exit_started_ms.is_none()
+    }
+
+    /// Marks a node vetted (it passed the vetting audits).
+    pub fn set_vetted(&self, id: &NodeId) -> Result<(), DbError> {
+        let mut nodes = self.nodes.write().expect("overlay lock");
+        let Some(node) = nodes.get_mut(id) else {
+            return Ok(());
+        };
+        if !node.vetted {
+            node.vetted = true;
+            self.kv.put(
+                Table::Nodes,
+                id.as_bytes().to_vec(),
+                node.to_record().encode_to_vec(),
+            )?;
+        }
+        Ok(())
     }
 
     /// Starts (or reports) a graceful exit; returns (started, finished).
@@ -365,9 +384,10 @@ impl Overlay {
             .filter(|n| self.is_healthy(n, now_ms) && n.free_disk >= piece_size as i64)
             .cloned()
             .collect();
-        let chosen = select_nodes(
+        let chosen = select_vetted(
             candidates,
             want,
+            self.config.new_node_fraction,
             self.config.distinct_subnets,
             &mut rand::thread_rng(),
         );
@@ -379,6 +399,36 @@ impl Overlay {
         }
         Ok(chosen)
     }
+}
+
+/// Random choice of up to `want` nodes of which at most
+/// `floor(want × new_fraction)` are unvetted, unless there are too few
+/// vetted nodes to fill the rest (a young network); at most one per subnet
+/// if asked.
+pub fn select_vetted(
+    candidates: Vec<Node>,
+    want: usize,
+    new_fraction: f64,
+    distinct_subnets: bool,
+    rng: &mut impl rand::Rng,
+) -> Vec<Node> {
+    let (vetted, new): (Vec<Node>, Vec<Node>) = candidates.into_iter().partition(|n| n.vetted);
+    let new_share = ((want as f64) * new_fraction.clamp(0.0, 1.0)).floor() as usize;
+    let mut picked = select_nodes(new, want, distinct_subnets, rng);
+    let reputable = select_nodes(vetted, want, distinct_subnets, rng);
+    let keep_new = new_share.max(want.saturating_sub(reputable.len()));
+    picked.truncate(keep_new);
+    let mut subnets: HashSet<String> = picked.iter().map(Node::subnet).collect();
+    for n in reputable {
+        if picked.len() >= want {
+            break;
+        }
+        if distinct_subnets && !subnets.insert(n.subnet()) {
+            continue;
+        }
+        picked.push(n);
+    }
+    picked
 }
 
 /// Random choice of up to `want` nodes, at most one per subnet if asked.
@@ -423,7 +473,27 @@ mod tests {
             disqualified_ms: None,
             exit_started_ms: None,
             exit_finished_ms: None,
+            vetted: false,
         }
+    }
+
+    #[test]
+    fn unvetted_nodes_get_a_small_share_unless_vetted_ones_run_out() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let mut nodes: Vec<Node> = (0..40).map(|i| node(&format!("10.0.{i}.1:1"))).collect();
+        for n in nodes.iter_mut().take(30) {
+            n.vetted = true;
+        }
+        for _ in 0..20 {
+            let picked = select_vetted(nodes.clone(), 20, 0.1, true, &mut rng);
+            assert_eq!(picked.len(), 20);
+            assert!(picked.iter().filter(|n| !n.vetted).count() <= 2);
+        }
+        // Only 5 vetted nodes: the new ones fill the rest.
+        let young: Vec<Node> = nodes.iter().skip(25).cloned().collect();
+        let picked = select_vetted(young, 12, 0.1, true, &mut rng);
+        assert_eq!(picked.len(), 12);
+        assert_eq!(picked.iter().filter(|n| n.vetted).count(), 5);
     }
 
     #[test]
@@ -451,6 +521,7 @@ mod tests {
                 online_window: Duration::from_secs(60),
                 distinct_subnets: false,
                 min_difficulty: 4,
+                new_node_fraction: 0.05,
             },
         )
         .expect("open");
