@@ -2,7 +2,6 @@
 //! a holder lost mid-job, a dishonest node, and jobs refused at submission.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use loam_common::compute::TrainParams;
 use loam_common::pb;
@@ -37,18 +36,11 @@ fn job(rounds: u32, verify: f64) -> JobRequest {
     }
 }
 
-async fn wait_done(project: &Project, id: &[u8]) -> pb::JobInfo {
-    let mut rx_round = 0;
-    loop {
-        let j = project.job(id).await.expect("job");
-        if j.state != pb::JobState::JobRunning as i32 {
-            return j;
-        }
-        if j.round != rx_round {
-            rx_round = j.round;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_done(planet: &Planet, id: &[u8]) -> pb::JobInfo {
+    planet
+        .compute
+        .wait_job(id, |j| j.state != pb::JobState::JobRunning as i32)
+        .await
 }
 
 async fn accuracy(project: &Project, job: &pb::JobInfo, test: &[u8]) -> f64 {
@@ -86,7 +78,7 @@ async fn training_runs_on_the_holders_and_only_weights_travel() {
         .submit_job("digits", "train", &job(10, 0.0))
         .await
         .expect("submit");
-    let done = wait_done(&project, &info.job_id).await;
+    let done = wait_done(&planet, &info.job_id).await;
     assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
     assert_eq!(done.round, 10);
     assert_eq!(done.tasks_done, 10 * u64::from(done.tasks_total));
@@ -132,13 +124,10 @@ async fn a_holder_lost_mid_job_is_rebuilt_elsewhere() {
         .expect("submit");
     // Wait until the job is under way, then stop a node holding data (with
     // every holder up, only holders have run tasks).
-    loop {
-        let j = project.job(&info.job_id).await.expect("job");
-        if j.round >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    planet
+        .compute
+        .wait_job(&info.job_id, |j| j.round >= 2)
+        .await;
     let stats = planet.compute.node_stats().expect("stats");
     let holder = planet
         .nodes
@@ -151,7 +140,7 @@ async fn a_holder_lost_mid_job_is_rebuilt_elsewhere() {
         at_stop < 40,
         "the job must still be running when the node stops"
     );
-    let done = wait_done(&project, &info.job_id).await;
+    let done = wait_done(&planet, &info.job_id).await;
     assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
     assert_eq!(done.round, 40);
     assert!(
@@ -179,7 +168,7 @@ async fn wrong_weights_are_caught_and_not_paid() {
         .submit_job("digits", "train", &job(4, 1.0))
         .await
         .expect("submit");
-    let done = wait_done(&project, &info.job_id).await;
+    let done = wait_done(&planet, &info.job_id).await;
     assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
     assert!(done.verification_failures > 0);
     let stats = planet.compute.node_stats().expect("stats");

@@ -136,6 +136,8 @@ pub struct Compute {
     /// they get no task until they check in again.
     failed: Mutex<HashMap<NodeId, i64>>,
     live: Mutex<HashMap<JobId, Live>>,
+    /// Bumped whenever a job finishes a round or ends.
+    changes: tokio::sync::watch::Sender<u64>,
     shutdown: CancellationToken,
     /// Failed verifications count as failed audits.
     reputation: std::sync::OnceLock<Arc<crate::audit::Reputation>>,
@@ -159,6 +161,7 @@ impl Compute {
             busy: Mutex::default(),
             failed: Mutex::default(),
             live: Mutex::default(),
+            changes: tokio::sync::watch::channel(0).0,
             shutdown,
             reputation: std::sync::OnceLock::new(),
         }
@@ -500,6 +503,35 @@ impl Compute {
         if let Some(l) = self.live.lock().expect("jobs lock").get_mut(job_id) {
             l.info = info.clone();
         }
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves with the job's state once `done` holds for it (checked at
+    /// every finished round and at the job's end).
+    pub async fn wait_job(
+        &self,
+        job_id: &[u8],
+        done: impl Fn(&pb::JobInfo) -> bool,
+    ) -> pb::JobInfo {
+        let mut rx = self.changes.subscribe();
+        loop {
+            let current = self.record(job_id).ok().and_then(|rec| {
+                let live = JobId::try_from(job_id).ok().and_then(|id| {
+                    self.live
+                        .lock()
+                        .expect("jobs lock")
+                        .get(&id)
+                        .map(|l| l.info.clone())
+                });
+                live.or(rec.info)
+            });
+            if let Some(info) = current.filter(|i| done(i)) {
+                return info;
+            }
+            if rx.changed().await.is_err() {
+                return current_or_default(self.record(job_id).ok());
+            }
+        }
     }
 
     async fn drive(
@@ -538,6 +570,7 @@ impl Compute {
         }
         metrics::counter!("loam_satellite_jobs_finished_total", "state" => pb::JobState::try_from(state).map_or("unknown", |s| s.as_str_name())).increment(1);
         self.live.lock().expect("jobs lock").remove(&job_id);
+        self.changes.send_modify(|n| *n += 1);
     }
 
     async fn run_job(
@@ -928,6 +961,10 @@ impl Compute {
         }
         result
     }
+}
+
+fn current_or_default(rec: Option<pb::JobRecord>) -> pb::JobInfo {
+    rec.and_then(|r| r.info).unwrap_or_default()
 }
 
 /// What a round needs to know about its job.
