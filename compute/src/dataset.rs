@@ -52,6 +52,8 @@ pub enum DatasetError {
     RecordTooLong { line: usize, len: usize, row: usize },
     #[error("label {0:?} is not one of the dataset's classes")]
     UnknownLabel(String),
+    #[error("the schema is inconsistent")]
+    BadSchema,
 }
 
 /// What a dataset's rows mean: the columns, which one is the label, its
@@ -73,8 +75,28 @@ pub struct Schema {
 }
 
 impl Schema {
+    /// Checks a schema that came from elsewhere (a model file, a task key)
+    /// before anything indexes with it.
+    pub fn validate(&self) -> Result<(), DatasetError> {
+        let n = self.columns.len();
+        if !(2..=MAX_COLUMNS).contains(&n) {
+            return Err(DatasetError::TooFewColumns(n));
+        }
+        if self.label >= n
+            || self.mean.len() != n - 1
+            || self.std.len() != n - 1
+            || self.classes.is_empty()
+            || self.classes.len() > MAX_CLASSES
+            || self.std.iter().any(|s| !s.is_finite() || *s == 0.0)
+            || self.mean.iter().any(|m| !m.is_finite())
+        {
+            return Err(DatasetError::BadSchema);
+        }
+        Ok(())
+    }
+
     pub fn features(&self) -> usize {
-        self.columns.len() - 1
+        self.columns.len().saturating_sub(1)
     }
 
     pub fn label_name(&self) -> &str {
@@ -394,6 +416,10 @@ mod tests {
     #[test]
     fn scan_builds_schema_with_scaling() {
         let s = scan(CSV, "label").expect("scan");
+        assert_eq!(s.validate(), Ok(()));
+        let mut broken = s.clone();
+        broken.mean.pop();
+        assert_eq!(broken.validate(), Err(DatasetError::BadSchema));
         assert_eq!(s.columns, ["a", "b", "label"]);
         assert_eq!(s.label, 2);
         assert_eq!(s.classes, ["x", "y"]);

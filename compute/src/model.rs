@@ -156,6 +156,7 @@ impl ModelFile {
         }
         let header: ModelHeader = serde_json::from_slice(&rest[..len])
             .map_err(|e| ComputeError::ModelFile(format!("header: {e}")))?;
+        header.schema.validate()?;
         let spec = ModelSpec::new(
             header.spec.architecture,
             header.spec.hidden.clone(),

@@ -280,8 +280,10 @@ impl Trainer {
                 "the task key is for another piece".into(),
             ));
         }
-        let schema: Schema =
-            serde_json::from_slice(&secret.schema).map_err(|_| TaskError::Bad("schema".into()))?;
+        let schema: Schema = serde_json::from_slice(&secret.schema)
+            .ok()
+            .filter(|s: &Schema| s.validate().is_ok())
+            .ok_or_else(|| TaskError::Bad("schema".into()))?;
         if schema.features() != spec.inputs || schema.classes.len() != spec.classes {
             return Err(TaskError::Bad("the model does not fit the dataset".into()));
         }
