@@ -216,6 +216,23 @@ impl Overlay {
             .await;
     }
 
+    /// Resolves once `id` no longer counts as online: at the end of the
+    /// online window after its last check-in (later if it checks in again).
+    pub async fn wait_offline(&self, id: &NodeId) {
+        loop {
+            let Some(node) = self.get(id) else { return };
+            let now = loam_common::orders::now_ms();
+            if !self.is_online(&node, now) {
+                return;
+            }
+            let deadline = node.last_seen_ms + self.config.online_window.as_millis() as i64 + 1;
+            tokio::time::sleep(std::time::Duration::from_millis(
+                (deadline - now).max(1) as u64
+            ))
+            .await;
+        }
+    }
+
     pub fn get(&self, id: &NodeId) -> Option<Node> {
         self.nodes.read().expect("overlay lock").get(id).cloned()
     }

@@ -78,24 +78,14 @@ async fn gc_frees_deleted_objects_and_never_trashes_a_live_piece() -> anyhow::Re
     Ok(())
 }
 
-/// Waits until the satellite counts `n` nodes online.
-async fn wait_online(planet: &Planet, n: usize) {
-    let overlay_online = || {
-        let now = loam_common::orders::now_ms();
+/// Waits until the satellite counts nodes `ids` offline.
+async fn wait_offline(planet: &Planet, ids: std::ops::Range<usize>) {
+    for i in ids {
         planet
             .satellite_overlay
-            .list()
-            .iter()
-            .filter(|x| planet.satellite_overlay.is_online(x, now))
-            .count()
-    };
-    for _ in 0..200 {
-        if overlay_online() == n {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            .wait_offline(&planet.nodes[i].id)
+            .await;
     }
-    panic!("{} nodes online, expected {n}", overlay_online());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +133,7 @@ async fn repair_restores_redundancy_and_routes_around_a_corrupt_piece() -> anyho
     for i in 0..3 {
         planet.stop_node(i).await;
     }
-    wait_online(&planet, 7).await;
+    wait_offline(&planet, 0..3).await;
     let stats = planet.repair.run_once().await;
     assert!(stats.below_threshold > 0, "{stats:?}");
     assert_eq!(stats.failed, 0, "{stats:?}");
@@ -166,7 +156,7 @@ async fn repair_restores_redundancy_and_routes_around_a_corrupt_piece() -> anyho
     for i in 3..6 {
         planet.stop_node(i).await;
     }
-    wait_online(&planet, 4).await;
+    wait_offline(&planet, 3..6).await;
     let mut out = Vec::new();
     project.download("rep", "obj", &mut out, None).await?;
     assert_eq!(out, data);
