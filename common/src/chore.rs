@@ -26,6 +26,10 @@ impl Cycle {
         }
     }
 
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
     /// Runs `f` now and then every interval (or on trigger) until `cancel`.
     pub async fn run<F, Fut>(&self, cancel: CancellationToken, mut f: F)
     where

@@ -13,6 +13,21 @@
 //! `α ← λα + w·success`, `β ← λβ + w·failure`; the audit score is
 //! `α / (α + β)` and a node is disqualified, for good, when it falls to the
 //! threshold. Failed compute verifications count as failed audits.
+//!
+//! Two more scores can suspend a node (no new pieces or compute tasks, its
+//! pieces still count) rather than disqualify it at once:
+//!
+//! - the *unknown-audit score*, a second beta model over audits the node
+//!   answered with an error other than "piece not found" (a failing disk,
+//!   a bug): suspended below `suspend_threshold`, disqualified if still
+//!   suspended after `suspension_grace_secs`;
+//! - the *online score*, the decayed share of observations that found the
+//!   node online: every online-tracking cycle looks at its last check-in,
+//!   and every audit contact counts too. Suspended below
+//!   `offline_threshold` (once there are `online_min_observations`),
+//!   disqualified if still suspended after `offline_review_secs`.
+//!
+//! Both suspensions lift by themselves when the score recovers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,6 +69,27 @@ pub struct AuditConfig {
     pub max_reverifies: u32,
     /// Seconds a node has to answer an audit. Default 30.
     pub answer_timeout_secs: f64,
+    /// Forgetting factor of the unknown-audit score. Default 0.95: a node
+    /// is suspended after a few unknown errors in a row and recovers after
+    /// a few good answers.
+    pub unknown_lambda: f64,
+    /// Suspend at an unknown-audit score below this. Default 0.6.
+    pub suspend_threshold: f64,
+    /// Seconds a node may stay suspended for unknown audits before it is
+    /// disqualified. Default 7 days.
+    pub suspension_grace_secs: f64,
+    /// Seconds between online-tracking observations. Default 300.
+    pub online_interval_secs: f64,
+    /// Forgetting factor of the online score, per observation. Default
+    /// 0.999 (about the last 1000 observations matter).
+    pub online_lambda: f64,
+    /// Suspend at an online score below this. Default 0.6.
+    pub offline_threshold: f64,
+    /// Observations before the online score can suspend. Default 100.
+    pub online_min_observations: u64,
+    /// Seconds a node may stay suspended for being offline before it is
+    /// disqualified. Default 30 days.
+    pub offline_review_secs: f64,
 }
 
 impl Default for AuditConfig {
@@ -68,6 +104,14 @@ impl Default for AuditConfig {
             vetting_audits: 100,
             max_reverifies: 3,
             answer_timeout_secs: 30.0,
+            unknown_lambda: 0.95,
+            suspend_threshold: 0.6,
+            suspension_grace_secs: 7.0 * 86_400.0,
+            online_interval_secs: 300.0,
+            online_lambda: 0.999,
+            offline_threshold: 0.6,
+            online_min_observations: 100,
+            offline_review_secs: 30.0 * 86_400.0,
         }
     }
 }
@@ -81,6 +125,9 @@ pub enum Outcome {
     Offline,
     /// The node connected but did not answer in time: containment.
     Stalled,
+    /// The node answered with an error other than "not found": counts
+    /// towards suspension, not disqualification.
+    Unknown,
 }
 
 impl AuditConfig {
@@ -89,6 +136,9 @@ impl AuditConfig {
         if r.audits == 0 && r.audit_alpha == 0.0 && r.audit_beta == 0.0 {
             r.audit_alpha = self.initial_alpha;
         }
+        if r.unknown_alpha == 0.0 && r.unknown_beta == 0.0 {
+            r.unknown_alpha = 1.0;
+        }
         match outcome {
             Outcome::Success | Outcome::Failure => {
                 let ok = f64::from(u8::from(outcome == Outcome::Success));
@@ -96,13 +146,30 @@ impl AuditConfig {
                 r.audit_beta = self.lambda * r.audit_beta + self.weight * (1.0 - ok);
                 r.audits += 1;
                 r.audits_failed += u64::from(outcome == Outcome::Failure);
+                if outcome == Outcome::Success {
+                    r.unknown_alpha = self.unknown_lambda * r.unknown_alpha + self.weight;
+                    r.unknown_beta *= self.unknown_lambda;
+                }
+            }
+            Outcome::Unknown => {
+                r.unknown_alpha *= self.unknown_lambda;
+                r.unknown_beta = self.unknown_lambda * r.unknown_beta + self.weight;
+                r.audits_unknown += 1;
             }
             Outcome::Offline => r.audits_offline += 1,
             Outcome::Stalled => {}
         }
-        let reached = r.audits as f64;
-        r.online_score = reached / (reached + r.audits_offline as f64).max(1.0);
+        r = self.observe_online(r, outcome != Outcome::Offline);
         r.vetted = r.audits - r.audits_failed >= self.vetting_audits;
+        r
+    }
+
+    /// One online observation: a tracking cycle or an audit contact.
+    pub fn observe_online(&self, mut r: pb::Reputation, online: bool) -> pb::Reputation {
+        r.online_hits = self.online_lambda * r.online_hits + f64::from(u8::from(online));
+        r.online_total = self.online_lambda * r.online_total + 1.0;
+        r.online_observations += 1;
+        r.online_score = self.online_score(&r);
         r
     }
 
@@ -113,8 +180,74 @@ impl AuditConfig {
         r.audit_alpha / (r.audit_alpha + r.audit_beta)
     }
 
+    pub fn unknown_score(&self, r: &pb::Reputation) -> f64 {
+        if r.unknown_alpha + r.unknown_beta <= 0.0 {
+            return 1.0;
+        }
+        r.unknown_alpha / (r.unknown_alpha + r.unknown_beta)
+    }
+
+    pub fn online_score(&self, r: &pb::Reputation) -> f64 {
+        if r.online_total <= 0.0 {
+            return 1.0;
+        }
+        r.online_hits / r.online_total
+    }
+
     pub fn disqualifies(&self, r: &pb::Reputation) -> bool {
         self.score(r) <= self.dq_threshold
+    }
+
+    /// Starts or lifts the two suspensions from the current scores, and
+    /// says whether a suspension has outlasted its grace period (the node
+    /// is to be disqualified).
+    pub fn update_suspensions(&self, r: &mut pb::Reputation, now_ms: i64) -> bool {
+        let since = |flag: bool, at: i64| {
+            if flag {
+                if at > 0 { at } else { now_ms }
+            } else {
+                0
+            }
+        };
+        r.suspended_unix_ms = since(
+            self.unknown_score(r) < self.suspend_threshold,
+            r.suspended_unix_ms,
+        );
+        r.offline_suspended_unix_ms = since(
+            r.online_observations >= self.online_min_observations
+                && self.online_score(r) < self.offline_threshold,
+            r.offline_suspended_unix_ms,
+        );
+        let outlasted = |at: i64, secs: f64| at > 0 && (now_ms - at) as f64 >= secs * 1000.0;
+        outlasted(r.suspended_unix_ms, self.suspension_grace_secs)
+            || outlasted(r.offline_suspended_unix_ms, self.offline_review_secs)
+    }
+
+    /// When the node became suspended, for either reason; 0 when it is not.
+    pub fn suspended_since(r: &pb::Reputation) -> i64 {
+        [r.suspended_unix_ms, r.offline_suspended_unix_ms]
+            .into_iter()
+            .filter(|&t| t > 0)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// The standing a node is told at check-in.
+    pub fn standing(&self, r: &pb::Reputation) -> pb::NodeStanding {
+        pb::NodeStanding {
+            audit_score: self.score(r),
+            online_score: self.online_score(r),
+            unknown_score: self.unknown_score(r),
+            vetted: r.vetted,
+            suspended_unix_ms: r.suspended_unix_ms,
+            offline_suspended_unix_ms: r.offline_suspended_unix_ms,
+            disqualified_unix_ms: r.disqualified_unix_ms,
+            dq_threshold: self.dq_threshold,
+            suspend_threshold: self.suspend_threshold,
+            offline_threshold: self.offline_threshold,
+            audits: r.audits,
+            audits_failed: r.audits_failed,
+        }
     }
 }
 
@@ -145,10 +278,74 @@ impl Reputation {
             }
             None => Ok(pb::Reputation {
                 audit_alpha: self.config.initial_alpha,
+                unknown_alpha: 1.0,
                 online_score: 1.0,
                 ..Default::default()
             }),
         }
+    }
+
+    pub fn config(&self) -> &AuditConfig {
+        &self.config
+    }
+
+    /// One online-tracking cycle: every node that is neither disqualified
+    /// nor gone is observed online or not from its last check-in. Returns
+    /// (observed, online).
+    pub fn track_online(&self, now_ms: i64) -> Result<(usize, usize), DbError> {
+        let mut counts = (0, 0);
+        for node in self.overlay.list() {
+            if node.disqualified_ms.is_some() || node.exit_finished_ms.is_some() {
+                continue;
+            }
+            let online = self.overlay.is_online(&node, now_ms);
+            self.modify(&node.id, now_ms, |c, r| c.observe_online(r, online))?;
+            counts.0 += 1;
+            counts.1 += usize::from(online);
+        }
+        metrics::gauge!("loam_satellite_nodes_suspended").set(
+            self.overlay
+                .list()
+                .iter()
+                .filter(|n| n.suspended_ms.is_some() && n.disqualified_ms.is_none())
+                .count() as f64,
+        );
+        Ok(counts)
+    }
+
+    /// Read-modify-write of one node's record, then suspension,
+    /// disqualification and vetting follow from the new scores.
+    fn modify(
+        &self,
+        node: &NodeId,
+        now_ms: i64,
+        f: impl FnOnce(&AuditConfig, pb::Reputation) -> pb::Reputation,
+    ) -> Result<pb::Reputation, DbError> {
+        let _guard = self.lock.lock().expect("reputation lock");
+        let r = self.get(node)?;
+        let mut r = f(&self.config, r);
+        self.settle(node, &mut r, now_ms)?;
+        self.kv.put(
+            Table::Reputation,
+            node.as_bytes().to_vec(),
+            r.encode_to_vec(),
+        )?;
+        Ok(r)
+    }
+
+    /// Applies what the scores in `r` imply to the overlay.
+    fn settle(&self, node: &NodeId, r: &mut pb::Reputation, now: i64) -> Result<(), DbError> {
+        if r.vetted {
+            self.overlay.set_vetted(node)?;
+        }
+        let outlasted = self.config.update_suspensions(r, now);
+        self.overlay
+            .set_suspended(node, AuditConfig::suspended_since(r))?;
+        if (self.config.disqualifies(r) || outlasted) && r.disqualified_unix_ms == 0 {
+            r.disqualified_unix_ms = now;
+            self.overlay.disqualify(node, now)?;
+        }
+        Ok(())
     }
 
     /// Applies one audit (or audit-like) outcome; disqualifies the node
@@ -167,49 +364,38 @@ impl Reputation {
         outcome: Outcome,
         challenge: Option<pb::PendingAudit>,
     ) -> Result<pb::Reputation, DbError> {
-        let _guard = self.lock.lock().expect("reputation lock");
-        let mut r = self.get(node)?;
-        let outcome = match outcome {
-            Outcome::Stalled => {
-                let attempts = r.pending.as_ref().map_or(0, |p| p.attempts) + 1;
-                if attempts > self.config.max_reverifies {
-                    r.pending = None;
-                    metrics::counter!("loam_satellite_audit_containment_failures_total")
-                        .increment(1);
-                    Outcome::Failure
-                } else {
-                    let base = r.pending.clone().or(challenge).unwrap_or_default();
-                    r.pending = Some(pb::PendingAudit { attempts, ..base });
-                    Outcome::Stalled
-                }
-            }
-            Outcome::Offline => outcome,
-            Outcome::Success | Outcome::Failure => {
-                r.pending = None;
-                outcome
-            }
-        };
-        let mut r = self.config.update(r, outcome);
-        if r.vetted {
-            self.overlay.set_vetted(node)?;
-        }
         let now = now_ms();
-        if self.config.disqualifies(&r) && r.disqualified_unix_ms == 0 {
-            r.disqualified_unix_ms = now;
-            self.overlay.disqualify(node, now)?;
-        }
-        self.kv.put(
-            Table::Reputation,
-            node.as_bytes().to_vec(),
-            r.encode_to_vec(),
-        )?;
-        metrics::counter!("loam_satellite_audits_total", "result" => match outcome {
-            Outcome::Success => "success",
-            Outcome::Failure => "failure",
-            Outcome::Offline => "offline",
-            Outcome::Stalled => "contained",
-        })
-        .increment(1);
+        let r = self.modify(node, now, |config, mut r| {
+            let outcome = match outcome {
+                Outcome::Stalled => {
+                    let attempts = r.pending.as_ref().map_or(0, |p| p.attempts) + 1;
+                    if attempts > self.config.max_reverifies {
+                        r.pending = None;
+                        metrics::counter!("loam_satellite_audit_containment_failures_total")
+                            .increment(1);
+                        Outcome::Failure
+                    } else {
+                        let base = r.pending.clone().or(challenge).unwrap_or_default();
+                        r.pending = Some(pb::PendingAudit { attempts, ..base });
+                        Outcome::Stalled
+                    }
+                }
+                Outcome::Offline => outcome,
+                Outcome::Success | Outcome::Failure | Outcome::Unknown => {
+                    r.pending = None;
+                    outcome
+                }
+            };
+            metrics::counter!("loam_satellite_audits_total", "result" => match outcome {
+                Outcome::Success => "success",
+                Outcome::Failure => "failure",
+                Outcome::Offline => "offline",
+                Outcome::Stalled => "contained",
+                Outcome::Unknown => "unknown",
+            })
+            .increment(1);
+            config.update(r, outcome)
+        })?;
         Ok(r)
     }
 }
@@ -344,7 +530,7 @@ impl Auditor {
         for (node, outcome, challenge) in results {
             match outcome {
                 Outcome::Success => counts.0 += 1,
-                Outcome::Failure | Outcome::Stalled => counts.1 += 1,
+                Outcome::Failure | Outcome::Stalled | Outcome::Unknown => counts.1 += 1,
                 Outcome::Offline => counts.2 += 1,
             }
             if let Err(e) = self
@@ -399,8 +585,14 @@ impl Auditor {
             }
             Err(_) => return Outcome::Stalled,
         };
-        if resp.error.is_some() {
-            return Outcome::Failure;
+        if let Some(e) = &resp.error {
+            // "Not found" (or a leaf the node claims is not there) is
+            // data loss; any other error is the node's trouble, which
+            // suspends rather than disqualifies.
+            return match pb::ErrorCode::try_from(e.code) {
+                Ok(pb::ErrorCode::NotFound | pb::ErrorCode::InvalidArgument) => Outcome::Failure,
+                _ => Outcome::Unknown,
+            };
         }
         let proof: Option<Vec<[u8; 32]>> = resp
             .proof
@@ -471,6 +663,83 @@ mod tests {
         let r = c.update(pb::Reputation::default(), Outcome::Offline);
         assert_eq!(c.score(&r), 1.0);
         assert!(r.online_score < 1.0);
+    }
+
+    #[test]
+    fn unknown_errors_suspend_then_disqualify_after_the_grace_period() {
+        let c = AuditConfig {
+            suspension_grace_secs: 100.0,
+            ..AuditConfig::default()
+        };
+        // A mature node: many good audits.
+        let mut r = pb::Reputation::default();
+        for _ in 0..200 {
+            r = c.update(r, Outcome::Success);
+        }
+        assert!(!c.update_suspensions(&mut r, 0));
+        assert_eq!(r.suspended_unix_ms, 0);
+        // A run of disk errors suspends it, without touching the audit
+        // score.
+        let score = c.score(&r);
+        let mut n = 0;
+        while r.suspended_unix_ms == 0 {
+            r = c.update(r, Outcome::Unknown);
+            assert!(!c.update_suspensions(&mut r, 1_000));
+            n += 1;
+            assert!(n < 50, "never suspended");
+        }
+        assert!(n > 3, "one error does not suspend a mature node ({n})");
+        assert_eq!(c.score(&r), score);
+        assert_eq!(r.suspended_unix_ms, 1_000);
+        // Still suspended within the grace period: no disqualification.
+        assert!(!c.update_suspensions(&mut r, 1_000 + 99_000));
+        assert_eq!(r.suspended_unix_ms, 1_000, "the start is kept");
+        // Past it: disqualified.
+        assert!(c.update_suspensions(&mut r, 1_000 + 100_000));
+        // Recovery instead lifts the suspension.
+        for _ in 0..20 {
+            r = c.update(r, Outcome::Success);
+        }
+        assert!(!c.update_suspensions(&mut r, 1_000 + 100_000));
+        assert_eq!(r.suspended_unix_ms, 0);
+    }
+
+    #[test]
+    fn downtime_suspends_after_enough_observations_and_offline_review_disqualifies() {
+        let c = AuditConfig {
+            online_lambda: 0.9,
+            online_min_observations: 10,
+            offline_review_secs: 50.0,
+            ..AuditConfig::default()
+        };
+        let mut r = pb::Reputation::default();
+        // A new node offline from the start is not judged on 3 samples.
+        for _ in 0..3 {
+            r = c.observe_online(r, false);
+        }
+        assert!(!c.update_suspensions(&mut r, 0));
+        assert_eq!(r.offline_suspended_unix_ms, 0);
+        for _ in 0..20 {
+            r = c.observe_online(r, true);
+        }
+        assert!(c.online_score(&r) > 0.9);
+        // Offline for a while: suspended once the score is below 0.6.
+        let mut n = 0;
+        while r.offline_suspended_unix_ms == 0 {
+            r = c.observe_online(r, false);
+            c.update_suspensions(&mut r, 5_000);
+            n += 1;
+            assert!(n < 50);
+        }
+        assert!(c.online_score(&r) < c.offline_threshold);
+        assert!(c.update_suspensions(&mut r, 5_000 + 50_000), "review over");
+        // Offline audits count against the online score too.
+        let mut a = pb::Reputation::default();
+        for _ in 0..10 {
+            a = c.update(a, Outcome::Offline);
+        }
+        assert!(c.online_score(&a) < 0.1);
+        assert_eq!(c.score(&a), 1.0);
     }
 
     #[test]

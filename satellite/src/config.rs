@@ -110,7 +110,10 @@ mod tests {
              order_expiration_secs = 86400.0\npending_expiration_secs = 86400.0\n\n\
              [audit]\ninterval_secs = 60.0\nper_node = 1\nlambda = 0.999\nweight = 1.0\n\
              initial_alpha = 1000.0\ndq_threshold = 0.96\nvetting_audits = 100\n\
-             max_reverifies = 3\nanswer_timeout_secs = 30.0\n\n\
+             max_reverifies = 3\nanswer_timeout_secs = 30.0\nunknown_lambda = 0.95\n\
+             suspend_threshold = 0.6\nsuspension_grace_secs = 604800.0\n\
+             online_interval_secs = 300.0\nonline_lambda = 0.999\noffline_threshold = 0.6\n\
+             online_min_observations = 100\noffline_review_secs = 2592000.0\n\n\
              [repair]\ninterval_secs = 300.0\nmax_per_run = 1000\n\n\
              [gc]\ninterval_secs = 3600.0\nfalse_positive_rate = 0.1\nmargin_secs = 3600.0\n\n\
              [compute]\nverify_fraction = 0.1\ntolerance = 0.00001\nnorm_factor = 10.0\n\

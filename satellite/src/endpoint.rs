@@ -128,7 +128,15 @@ impl Endpoint {
                 metrics::counter!("loam_satellite_checkins_total").increment(1);
                 metrics::gauge!("loam_satellite_nodes_online")
                     .set(self.overlay.online_count(now) as f64);
-                return Ok(Resp::CheckIn(pb::CheckInResponse::default()));
+                let standing = self
+                    .reputation
+                    .get(&peer)
+                    .map(|r| self.reputation.config().standing(&r))
+                    .ok();
+                return Ok(Resp::CheckIn(pb::CheckInResponse {
+                    standing,
+                    ..Default::default()
+                }));
             }
             Req::Exit(_) => {
                 if self.overlay.get(&peer).is_none() {

@@ -99,6 +99,9 @@ pub struct Satellite {
     pub reputation: Arc<audit::Reputation>,
     pub auditor: Arc<audit::Auditor>,
     pub audit_cycle: Arc<Cycle>,
+    /// Online tracking: observes every node's check-ins for its online
+    /// score.
+    pub online_cycle: Arc<Cycle>,
     /// Checker and repairer, and their chore.
     pub repair: Arc<repair::Repair>,
     pub repair_cycle: Arc<Cycle>,
@@ -181,6 +184,9 @@ impl Satellite {
             config.audit.clone(),
         ));
         let audit_cycle = Arc::new(Cycle::new(auditor.interval()));
+        let online_cycle = Arc::new(Cycle::new(Duration::from_secs_f64(
+            config.audit.online_interval_secs.max(0.1),
+        )));
         compute.set_reputation(reputation.clone());
         let gc = Arc::new(gc::Gc::new(
             metainfo.clone(),
@@ -210,6 +216,7 @@ impl Satellite {
             reputation,
             auditor,
             audit_cycle,
+            online_cycle,
             gc,
             gc_cycle,
             repair,
@@ -337,6 +344,19 @@ impl Satellite {
                 tracing::info!(ok, failed, offline, "audits");
             }
         });
+        let online_task = spawn_chore(
+            &self.online_cycle,
+            &cancel,
+            &self.reputation,
+            |r| async move {
+                let now = loam_common::orders::now_ms();
+                match tokio::task::spawn_blocking(move || r.track_online(now)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "online tracking failed"),
+                    Err(e) => tracing::warn!(error = %e, "online tracking panicked"),
+                }
+            },
+        );
         let repair_task = spawn_chore(&self.repair_cycle, &cancel, &self.repair, |r| async move {
             let s = r.run_once().await;
             if s.below_threshold > 0 {
@@ -377,7 +397,14 @@ impl Satellite {
         }
         self.compute_stop.cancel();
         quic.close();
-        let _ = tokio::join!(http_task, sweeper, gc_task, repair_task, audit_task);
+        let _ = tokio::join!(
+            http_task,
+            sweeper,
+            gc_task,
+            repair_task,
+            audit_task,
+            online_task
+        );
         let _ = tokio::time::timeout(Duration::from_secs(2), quic.wait_idle()).await;
         Ok(())
     }

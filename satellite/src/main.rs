@@ -199,7 +199,12 @@ async fn main() -> anyhow::Result<()> {
                         "version": n.version,
                         "last_seen_unix_ms": n.last_seen_unix_ms,
                         "disqualified": n.reputation.as_ref().filter(|r| r.disqualified_unix_ms > 0).map(|r| r.disqualified_unix_ms),
-                        "suspended": false,
+                        "suspended": n.reputation.as_ref().filter(|r| r.suspended_unix_ms > 0).map(|r| r.suspended_unix_ms),
+                        "offline_suspended": n.reputation.as_ref().filter(|r| r.offline_suspended_unix_ms > 0).map(|r| r.offline_suspended_unix_ms),
+                        "unknown_audit_score": n.reputation.as_ref().map_or(1.0, |r| {
+                            if r.unknown_alpha + r.unknown_beta > 0.0 { r.unknown_alpha / (r.unknown_alpha + r.unknown_beta) } else { 1.0 }
+                        }),
+                        "audits_unknown": n.reputation.as_ref().map_or(0, |r| r.audits_unknown),
                         "exit_started": (n.exit_started_unix_ms > 0).then_some(n.exit_started_unix_ms),
                         "exit_finished": (n.exit_finished_unix_ms > 0).then_some(n.exit_finished_unix_ms),
                         "vetted": n.reputation.as_ref().is_some_and(|r| r.vetted),
@@ -248,6 +253,10 @@ async fn main() -> anyhow::Result<()> {
                             "exited"
                         } else if !n["exit_started"].is_null() {
                             "exiting"
+                        } else if !n["suspended"].is_null() {
+                            "suspended"
+                        } else if !n["offline_suspended"].is_null() {
+                            "offline-susp"
                         } else if n["vetted"].as_bool().unwrap_or(false) {
                             "vetted"
                         } else {

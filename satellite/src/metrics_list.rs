@@ -10,6 +10,10 @@ pub fn describe(nodes_online: usize) {
         "loam_satellite_nodes_online",
         "Nodes that checked in within the online window"
     );
+    describe_gauge!(
+        "loam_satellite_nodes_suspended",
+        "Nodes suspended (unknown audit errors or downtime), not disqualified"
+    );
     describe_counter!(
         "loam_satellite_order_limits_issued_total",
         "Order limits signed, by action"

@@ -32,6 +32,9 @@ pub struct Node {
     /// Passed the vetting audits; until then it gets only a small share of
     /// uploads.
     pub vetted: bool,
+    /// Suspended (unknown audits or offline): gets no new pieces or
+    /// compute tasks; its pieces still count.
+    pub suspended_ms: Option<i64>,
 }
 
 impl Node {
@@ -73,6 +76,7 @@ impl Node {
             exit_started_unix_ms: self.exit_started_ms.unwrap_or(0),
             exit_finished_unix_ms: self.exit_finished_ms.unwrap_or(0),
             vetted: self.vetted,
+            suspended_unix_ms: self.suspended_ms.unwrap_or(0),
         }
     }
 
@@ -92,6 +96,7 @@ impl Node {
             exit_started_ms: (r.exit_started_unix_ms > 0).then_some(r.exit_started_unix_ms),
             exit_finished_ms: (r.exit_finished_unix_ms > 0).then_some(r.exit_finished_unix_ms),
             vetted: r.vetted,
+            suspended_ms: (r.suspended_unix_ms > 0).then_some(r.suspended_unix_ms),
         })
     }
 }
@@ -181,6 +186,7 @@ impl Overlay {
         let exit_started_ms = previous.as_ref().and_then(|n| n.exit_started_ms);
         let exit_finished_ms = previous.as_ref().and_then(|n| n.exit_finished_ms);
         let vetted = previous.as_ref().is_some_and(|n| n.vetted);
+        let suspended_ms = previous.as_ref().and_then(|n| n.suspended_ms);
         let node = Node {
             id: peer,
             public_key: key,
@@ -194,6 +200,7 @@ impl Overlay {
             exit_started_ms,
             exit_finished_ms,
             vetted,
+            suspended_ms,
         };
         self.kv.put(
             Table::Nodes,
@@ -247,6 +254,35 @@ impl Overlay {
         self.is_online(node, now_ms)
             && node.disqualified_ms.is_none()
             && node.exit_started_ms.is_none()
+    }
+
+    /// May receive new pieces and compute tasks: healthy and not
+    /// suspended.
+    pub fn is_selectable(&self, node: &Node, now_ms: i64) -> bool {
+        self.is_healthy(node, now_ms) && node.suspended_ms.is_none()
+    }
+
+    /// Records a suspension (`since_ms` > 0) or its end (0).
+    pub fn set_suspended(&self, id: &NodeId, since_ms: i64) -> Result<(), DbError> {
+        let mut nodes = self.nodes.write().expect("overlay lock");
+        let Some(node) = nodes.get_mut(id) else {
+            return Ok(());
+        };
+        let want = (since_ms > 0).then_some(since_ms);
+        if node.suspended_ms != want {
+            match (node.suspended_ms, want) {
+                (None, Some(_)) => tracing::warn!(node = %id.short(), "node suspended"),
+                (Some(_), None) => tracing::info!(node = %id.short(), "node suspension lifted"),
+                _ => {}
+            }
+            node.suspended_ms = want;
+            self.kv.put(
+                Table::Nodes,
+                id.as_bytes().to_vec(),
+                node.to_record().encode_to_vec(),
+            )?;
+        }
+        Ok(())
     }
 
     /// Marks a node vetted (it passed the vetting audits).
@@ -347,7 +383,7 @@ impl Overlay {
         let candidates: Vec<Node> = nodes
             .values()
             .filter(|n| {
-                self.is_healthy(n, now_ms)
+                self.is_selectable(n, now_ms)
                     && n.free_disk >= piece_size as i64
                     && !exclude.contains(&n.id)
                     && !taken.contains(&n.subnet())
@@ -398,7 +434,7 @@ impl Overlay {
             .read()
             .expect("overlay lock")
             .values()
-            .filter(|n| self.is_healthy(n, now_ms) && n.free_disk >= piece_size as i64)
+            .filter(|n| self.is_selectable(n, now_ms) && n.free_disk >= piece_size as i64)
             .cloned()
             .collect();
         let chosen = select_vetted(
@@ -491,6 +527,7 @@ mod tests {
             exit_started_ms: None,
             exit_finished_ms: None,
             vetted: false,
+            suspended_ms: None,
         }
     }
 

@@ -167,6 +167,8 @@ impl Repair {
                     metrics::histogram!("loam_satellite_repair_duration_seconds")
                         .record(t.elapsed().as_secs_f64());
                     metrics::counter!("loam_satellite_repair_bytes_total").increment(moved);
+                    metrics::counter!("loam_satellite_repaired_segment_bytes_total")
+                        .increment(plain);
                 }
                 Err(e) => {
                     stats.failed += 1;
@@ -189,6 +191,7 @@ impl Repair {
                 }
             }
         }
+        metrics::counter!("loam_satellite_repair_runs_total").increment(1);
         stats
     }
 

@@ -2,12 +2,14 @@
 //! address, free space, version and compute capabilities, and learns the
 //! satellite's key (pinned by id through the TLS handshake).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use loam_common::chore::Cycle;
+use loam_common::orders::now_ms;
 use loam_common::rpc::{self, CallError};
 use loam_common::transport::{self, Endpoint, TransportError};
-use loam_common::{NodeUrl, pb};
+use loam_common::{NodeId, NodeUrl, pb};
 use tokio::sync::watch;
 
 use crate::piecestore::Piecestore;
@@ -37,6 +39,16 @@ pub struct Contact {
     pub cycle: Cycle,
     /// Number of satellites checked in with successfully at least once.
     checked_in: watch::Sender<usize>,
+    /// Per satellite: the last accepted check-in and the standing it
+    /// reported.
+    standings: RwLock<HashMap<NodeId, SatelliteStanding>>,
+}
+
+/// What one satellite last said about this node.
+#[derive(Debug, Clone, Default)]
+pub struct SatelliteStanding {
+    pub last_check_in_ms: i64,
+    pub standing: Option<pb::NodeStanding>,
 }
 
 impl Contact {
@@ -56,6 +68,61 @@ impl Contact {
             external_address,
             cycle: Cycle::new(interval),
             checked_in: watch::channel(0).0,
+            standings: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn satellites(&self) -> &[NodeUrl] {
+        &self.satellites
+    }
+
+    /// What each satellite last reported (absent: never checked in).
+    pub fn standings(&self) -> HashMap<NodeId, SatelliteStanding> {
+        self.standings.read().expect("standings lock").clone()
+    }
+
+    /// `Ok` when the node is online and in good standing with every
+    /// satellite; otherwise the reasons, one per satellite in trouble.
+    pub fn health(&self, now_ms: i64) -> Result<(), Vec<String>> {
+        let standings = self.standings();
+        // Three missed check-ins in a row mean the satellite cannot see us.
+        let stale_ms = (self.cycle.interval().as_millis() as i64).saturating_mul(3);
+        let mut problems = Vec::new();
+        for sat in &self.satellites {
+            let name = sat.id.short();
+            let Some(s) = standings.get(&sat.id) else {
+                problems.push(format!("satellite {name}: not checked in yet"));
+                continue;
+            };
+            if now_ms - s.last_check_in_ms > stale_ms {
+                problems.push(format!(
+                    "satellite {name}: no successful check-in for {} s",
+                    (now_ms - s.last_check_in_ms) / 1000
+                ));
+            }
+            let Some(st) = &s.standing else { continue };
+            if st.disqualified_unix_ms > 0 {
+                problems.push(format!(
+                    "satellite {name}: disqualified (audit score {:.3}, threshold {})",
+                    st.audit_score, st.dq_threshold
+                ));
+            } else if st.suspended_unix_ms > 0 {
+                problems.push(format!(
+                    "satellite {name}: suspended for audit errors (unknown-audit score {:.3} < {}); \
+                     check the disk and the node's log",
+                    st.unknown_score, st.suspend_threshold
+                ));
+            } else if st.offline_suspended_unix_ms > 0 {
+                problems.push(format!(
+                    "satellite {name}: suspended for downtime (online score {:.3} < {})",
+                    st.online_score, st.offline_threshold
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
         }
     }
 
@@ -107,7 +174,19 @@ impl Contact {
             capabilities: Some(self.capabilities),
             public_key: self.endpoint.identity().public().as_bytes().to_vec().into(),
         };
-        rpc::satellite(&conn, &[], pb::satellite_request::Request::CheckIn(request)).await?;
+        let resp =
+            rpc::satellite(&conn, &[], pb::satellite_request::Request::CheckIn(request)).await?;
+        let standing = match resp {
+            pb::satellite_response::Response::CheckIn(r) => r.standing,
+            _ => None,
+        };
+        self.standings.write().expect("standings lock").insert(
+            sat.id,
+            SatelliteStanding {
+                last_check_in_ms: now_ms(),
+                standing,
+            },
+        );
         Ok(())
     }
 }

@@ -179,8 +179,23 @@ impl StorageNode {
             ..
         } = self;
         crate::metrics_list::describe(piecestore.db().usage(), config.allocated_bytes);
-        let router =
-            telemetry::metrics_router().route("/health", axum::routing::get(|| async { "ok" }));
+        let health = {
+            let contact = contact.clone();
+            move || {
+                let contact = contact.clone();
+                async move {
+                    use axum::http::StatusCode;
+                    match contact.health(loam_common::orders::now_ms()) {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                        Err(reasons) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("{}\n", reasons.join("\n")),
+                        ),
+                    }
+                }
+            }
+        };
+        let router = telemetry::metrics_router().route("/health", axum::routing::get(health));
         let http_task = tokio::spawn(telemetry::serve_http(http, router, cancel.clone()));
         let contact_task = {
             let (contact, cancel) = (contact.clone(), cancel.clone());

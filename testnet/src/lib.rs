@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod bench_compute;
+pub mod bench_repair;
 pub mod planet;
 pub mod process;
 
@@ -31,8 +32,18 @@ pub fn digits_split() -> (String, String) {
     (train, test)
 }
 
-/// Fetches `url` (plain HTTP on loopback) and returns the body.
+/// Fetches `url` (plain HTTP on loopback) and returns the body; any status
+/// but 200 is an error.
 pub async fn http_get(url: &str) -> anyhow::Result<String> {
+    let (status, body) = http_request(url).await?;
+    if status != 200 {
+        anyhow::bail!("GET {url}: status {status}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+/// Fetches `url` (plain HTTP on loopback): the status code and the body.
+pub async fn http_request(url: &str) -> anyhow::Result<(u16, String)> {
     use anyhow::Context;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").context("only http:// URLs")?;
@@ -50,10 +61,12 @@ pub async fn http_get(url: &str) -> anyhow::Result<String> {
     let (head, body) = body
         .split_once("\r\n\r\n")
         .context("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        anyhow::bail!("GET {url}: {}", head.lines().next().unwrap_or(""));
-    }
-    Ok(body.to_string())
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("malformed HTTP status line")?;
+    Ok((status, body.to_string()))
 }
 
 /// Sum of the samples of one Prometheus metric in an exposition text.
@@ -63,4 +76,65 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
         .filter(|l| l.split([' ', '{']).next() == Some(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The `q` quantile (0..1) of a Prometheus histogram in an exposition text,
+/// interpolated linearly within its bucket as Prometheus'
+/// `histogram_quantile` does; `None` without observations.
+pub fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{");
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for (le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(lower);
+            }
+            let within = count - below;
+            let f = if within > 0.0 {
+                (rank - below) / within
+            } else {
+                1.0
+            };
+            return Some(lower + (le - lower) * f);
+        }
+        (lower, below) = (le, count);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn histogram_quantiles_interpolate_within_buckets() {
+        let text = "# TYPE t histogram\n\
+            t_bucket{le=\"0.1\"} 0\n\
+            t_bucket{le=\"0.2\"} 50\n\
+            t_bucket{le=\"0.4\"} 100\n\
+            t_bucket{le=\"+Inf\"} 100\n\
+            t_sum 20\nt_count 100\n";
+        let q = |q| super::histogram_quantile(text, "t", q).expect("observations");
+        assert!((q(0.5) - 0.2).abs() < 1e-9);
+        assert!((q(0.25) - 0.15).abs() < 1e-9);
+        assert!((q(0.99) - 0.396).abs() < 1e-9);
+        assert_eq!(super::histogram_quantile("", "t", 0.5), None);
+    }
 }

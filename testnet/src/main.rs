@@ -86,6 +86,21 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Kill nodes, measure repair (time per segment, bytes moved), kill
+    /// more, check every object.
+    BenchRepair {
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// Object sizes in MiB (64 MiB segments).
+        #[arg(long, value_delimiter = ',', default_value = "40,40,40,150")]
+        sizes_mib: Vec<usize>,
+        /// Nodes killed before the repair.
+        #[arg(long, default_value_t = 3)]
+        kill: usize,
+        /// Original nodes killed after the repair.
+        #[arg(long, default_value_t = 3)]
+        kill_after: usize,
+    },
 }
 
 #[tokio::main]
@@ -127,6 +142,18 @@ async fn main() -> anyhow::Result<()> {
             nodes,
             size_mib,
         } => demo(dir, nodes, size_mib).await?,
+        Command::BenchRepair {
+            nodes,
+            sizes_mib,
+            kill,
+            kill_after,
+        } => {
+            let dir = tempfile::tempdir()?;
+            let report =
+                loam_testnet::bench_repair::run(dir.path(), nodes, &sizes_mib, kill, kill_after)
+                    .await?;
+            report.print();
+        }
         Command::BenchCompute {
             rows,
             features,

@@ -49,6 +49,10 @@ pub struct PlanetNode {
     pub dir: std::path::PathBuf,
     pub addr: Option<SocketAddr>,
     pub piecestore: Option<Arc<Piecestore>>,
+    /// Check-ins of the running node (what the satellite says of it).
+    pub contact: Option<Arc<loam_storagenode::contact::Contact>>,
+    /// Its HTTP server (`/metrics`, `/health`) while running.
+    pub http_addr: Option<SocketAddr>,
     config: loam_storagenode::Config,
     hook: Option<loam_storagenode::compute::WeightsHook>,
     cancel: CancellationToken,
@@ -63,6 +67,8 @@ pub struct Planet {
     pub compute: Arc<loam_satellite::compute::Compute>,
     pub gc: Arc<loam_satellite::gc::Gc>,
     pub repair: Arc<loam_satellite::repair::Repair>,
+    pub auditor: Arc<loam_satellite::audit::Auditor>,
+    pub reputation: Arc<loam_satellite::audit::Reputation>,
     pub nodes: Vec<PlanetNode>,
     pub access: Access,
     cancel: CancellationToken,
@@ -96,6 +102,7 @@ impl Planet {
         let gc = sat.gc.clone();
         let overlay = sat.overlay.clone();
         let repair = sat.repair.clone();
+        let (auditor, reputation) = (sat.auditor.clone(), sat.reputation.clone());
         let sat_task = {
             let cancel = cancel.clone();
             tokio::spawn(async move {
@@ -127,6 +134,8 @@ impl Planet {
                 dir: node_dir,
                 addr: None,
                 piecestore: None,
+                contact: None,
+                http_addr: None,
                 config: node_config,
                 hook: config
                     .weights_hooks
@@ -149,6 +158,8 @@ impl Planet {
             compute,
             gc,
             repair,
+            auditor,
+            reputation,
             nodes,
             access,
             cancel,
@@ -211,6 +222,8 @@ impl PlanetNode {
         self.addr = Some(node.addr());
         self.piecestore = Some(node.piecestore.clone());
         let contact = node.contact.clone();
+        self.contact = Some(contact.clone());
+        self.http_addr = Some(node.http_addr());
         let cancel = self.cancel.clone();
         self.task = Some(tokio::spawn(async move {
             if let Err(e) = node.run(cancel).await {
@@ -229,5 +242,7 @@ impl PlanetNode {
             let _ = t.await;
         }
         self.piecestore = None;
+        self.contact = None;
+        self.http_addr = None;
     }
 }

@@ -149,6 +149,11 @@ impl ProcessNetwork {
             audit: loam_satellite::audit::AuditConfig {
                 interval_secs: opts.chore_interval_secs,
                 per_node: 4,
+                online_interval_secs: opts.chore_interval_secs,
+                online_lambda: 0.95,
+                online_min_observations: 12,
+                suspension_grace_secs: 60.0 * opts.chore_interval_secs,
+                offline_review_secs: 120.0 * opts.chore_interval_secs,
                 ..Default::default()
             },
             repair: loam_satellite::repair::RepairConfig {

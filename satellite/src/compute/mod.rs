@@ -172,13 +172,13 @@ impl Compute {
         let _ = self.reputation.set(reputation);
     }
 
-    /// Online nodes that offer compute.
+    /// Online nodes in good standing (not suspended) that offer compute.
     fn compute_nodes(&self, now: i64) -> Vec<Node> {
         self.overlay
             .list()
             .into_iter()
             .filter(|n| {
-                self.overlay.is_healthy(n, now)
+                self.overlay.is_selectable(n, now)
                     && n.capabilities.compute_enabled
                     && n.capabilities.max_tasks > 0
             })

@@ -210,7 +210,16 @@ impl Piecestore {
         let size = record.size.max(0) as usize;
         let leaf = req.leaf as usize;
         tokio::task::spawn_blocking(move || {
-            let data = blobs.read(&sat, &piece, 0, size)?;
+            // A piece the database lists but the disk lost is lost, not an
+            // internal error: the satellite counts it as a failed audit.
+            let data = blobs
+                .read(&sat, &piece, 0, size)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof => {
+                        PieceError::NotFound
+                    }
+                    _ => PieceError::Io(e),
+                })?;
             let leaves = loam_common::merkle::leaves(&data);
             let start = leaf.saturating_mul(loam_common::merkle::LEAF_SIZE);
             if leaf >= leaves.len().max(1) || start > data.len() {
