@@ -138,6 +138,27 @@ impl PublicKey {
     }
 }
 
+/// Verifies many signatures at once (Ed25519 batch verification, about
+/// twice as fast as one by one). `false` if any is bad or malformed; verify
+/// one by one to find which.
+pub fn verify_batch(items: &[(&[u8], &[u8], &PublicKey)]) -> bool {
+    if items.is_empty() {
+        return true;
+    }
+    let mut messages = Vec::with_capacity(items.len());
+    let mut signatures = Vec::with_capacity(items.len());
+    let mut keys = Vec::with_capacity(items.len());
+    for (msg, sig, key) in items {
+        let Ok(sig) = ed25519_dalek::Signature::from_slice(sig) else {
+            return false;
+        };
+        messages.push(*msg);
+        signatures.push(sig);
+        keys.push(key.0);
+    }
+    ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
+}
+
 impl TryFrom<&[u8]> for PublicKey {
     type Error = IdError;
 

@@ -27,12 +27,14 @@ pub mod config;
 pub mod encryption;
 pub mod erasure;
 pub mod identity;
+pub mod ledger;
 pub mod merkle;
 pub mod orders;
 pub mod rpc;
 pub mod sealed;
 pub mod telemetry;
 pub mod transport;
+pub mod wallet;
 pub mod wire;
 
 /// Wire types generated from `proto/loam.proto`.

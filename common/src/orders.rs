@@ -99,6 +99,19 @@ pub enum PieceAction {
 }
 
 impl PieceAction {
+    pub const ALL: [PieceAction; 5] = [
+        Self::Put,
+        Self::Get,
+        Self::GetAudit,
+        Self::GetRepair,
+        Self::PutRepair,
+    ];
+
+    /// The wire (protobuf) value.
+    pub fn code(self) -> i32 {
+        pb::PieceAction::from(self) as i32
+    }
+
     pub fn is_upload(self) -> bool {
         matches!(self, Self::Put | Self::PutRepair)
     }
@@ -213,6 +226,8 @@ pub struct OrderLimit {
     pub expires_ms: i64,
     /// When the stored piece may be deleted; 0 for never.
     pub piece_expires_ms: i64,
+    /// Billing metadata sealed by the satellite for itself (opaque here).
+    pub metadata: Vec<u8>,
 }
 
 impl OrderLimit {
@@ -280,6 +295,7 @@ impl From<&OrderLimit> for pb::OrderLimit {
             order_creation_unix_ms: l.created_ms,
             order_expiration_unix_ms: l.expires_ms,
             piece_expiration_unix_ms: l.piece_expires_ms,
+            encrypted_metadata: l.metadata.clone().into(),
         }
     }
 }
@@ -305,6 +321,7 @@ impl TryFrom<&pb::OrderLimit> for OrderLimit {
             created_ms: w.order_creation_unix_ms,
             expires_ms: w.order_expiration_unix_ms,
             piece_expires_ms: w.piece_expiration_unix_ms,
+            metadata: w.encrypted_metadata.to_vec(),
         })
     }
 }
@@ -436,6 +453,7 @@ mod tests {
             created_ms: now_ms(),
             expires_ms: now_ms() + 60_000,
             piece_expires_ms: 0,
+            metadata: Vec::new(),
         }
     }
 

@@ -87,6 +87,14 @@ impl AdminClient {
         }
     }
 
+    /// Any admin request; the satellite's answer or its error.
+    pub async fn call(
+        &self,
+        request: pb::satellite_request::Request,
+    ) -> Result<pb::satellite_response::Response, AdminError> {
+        Ok(rpc::satellite(&self.conn, &[], request).await?)
+    }
+
     pub async fn list_nodes(&self) -> Result<Vec<pb::NodeInfo>, AdminError> {
         match rpc::satellite(
             &self.conn,

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loam_common::merkle;
-use loam_common::orders::{PieceAction, PieceId, now_ms};
+use loam_common::orders::{Order, OrderLimit, PieceAction, PieceId, now_ms};
 use loam_common::transport::Endpoint as QuicEndpoint;
 use loam_common::wire::{FrameReader, FrameWriter};
 use loam_common::{KeyPair, NodeId, pb};
@@ -548,6 +548,19 @@ impl Auditor {
         let limit = self
             .metainfo
             .order_limit(*id, s.piece_id, PieceAction::GetAudit, s.size, &key);
+        // The satellite pays for the leaf it asks for, like any download.
+        let leaf_bytes = s
+            .size
+            .saturating_sub(leaf.saturating_mul(merkle::LEAF_SIZE as u64))
+            .min(merkle::LEAF_SIZE as u64);
+        let order = match OrderLimit::decode_unverified(&limit) {
+            Ok(l) => Order {
+                serial: l.serial,
+                amount: leaf_bytes,
+            }
+            .sign(&key),
+            Err(_) => return Outcome::Offline,
+        };
         let Ok(addr) = address.parse() else {
             return Outcome::Offline;
         };
@@ -565,6 +578,7 @@ impl Auditor {
                     request: Some(pb::piece_request::Request::Audit(pb::AuditRequest {
                         limit: Some(limit),
                         leaf,
+                        order: Some(order),
                     })),
                 })
                 .await

@@ -42,6 +42,11 @@ pub struct Config {
     /// Uploads not committed within this many seconds are abandoned: their
     /// metadata is deleted (their pieces become garbage). Default 86400.
     pub pending_expiration_secs: f64,
+    /// Storage limit of new projects in bytes; 0 = unlimited. Default 0.
+    pub default_storage_limit: u64,
+    /// Monthly download (egress) limit of new projects in bytes; 0 =
+    /// unlimited. Default 0.
+    pub default_egress_limit: u64,
     /// Audits and reputation (`[audit]`): interval, beta-model parameters.
     pub audit: crate::audit::AuditConfig,
     /// Repair (`[repair]`): checker interval, segments per run.
@@ -50,6 +55,12 @@ pub struct Config {
     pub gc: crate::gc::GcConfig,
     /// Compute jobs (`[compute]`): verification share, tolerances, limits.
     pub compute: crate::compute::ComputeConfig,
+    /// Order settlement (`[orders]`): window length, oldest window accepted.
+    pub orders: crate::orders::OrdersConfig,
+    /// Usage accounting (`[accounting]`): storage tally interval.
+    pub accounting: crate::accounting::AccountingConfig,
+    /// Payouts (`[payouts]`): period, rates, token decimals.
+    pub payouts: crate::payouts::PayoutConfig,
 }
 
 impl Default for Config {
@@ -67,10 +78,15 @@ impl Default for Config {
             new_node_fraction: 0.05,
             order_expiration_secs: 86400.0,
             pending_expiration_secs: 86400.0,
+            default_storage_limit: 0,
+            default_egress_limit: 0,
             audit: Default::default(),
             repair: Default::default(),
             gc: Default::default(),
             compute: Default::default(),
+            orders: Default::default(),
+            accounting: Default::default(),
+            payouts: Default::default(),
         }
     }
 }
@@ -107,7 +123,8 @@ mod tests {
             "listen = \"0.0.0.0:7777\"\nexternal_address = \"\"\nhttp_listen = \"127.0.0.1:10010\"\n\
              redundancy = \"29/35/80/110\"\nmax_segment_size = 67108864\nmax_inline_size = 4096\n\
              min_difficulty = 20\nonline_window_secs = 14400.0\ndistinct_subnets = true\nnew_node_fraction = 0.05\n\
-             order_expiration_secs = 86400.0\npending_expiration_secs = 86400.0\n\n\
+             order_expiration_secs = 86400.0\npending_expiration_secs = 86400.0\n\
+             default_storage_limit = 0\ndefault_egress_limit = 0\n\n\
              [audit]\ninterval_secs = 60.0\nper_node = 1\nlambda = 0.999\nweight = 1.0\n\
              initial_alpha = 1000.0\ndq_threshold = 0.96\nvetting_audits = 100\n\
              max_reverifies = 3\nanswer_timeout_secs = 30.0\nunknown_lambda = 0.95\n\
@@ -117,7 +134,12 @@ mod tests {
              [repair]\ninterval_secs = 300.0\nmax_per_run = 1000\n\n\
              [gc]\ninterval_secs = 3600.0\nfalse_positive_rate = 0.1\nmargin_secs = 3600.0\n\n\
              [compute]\nverify_fraction = 0.1\ntolerance = 0.00001\nnorm_factor = 10.0\n\
-             candidates = 6\ntask_timeout_secs = 600.0\nmax_rounds = 1000\n"
+             candidates = 6\ntask_timeout_secs = 600.0\nmax_rounds = 1000\n\n\
+             [orders]\nwindow_secs = 3600.0\nmax_age_secs = 172800.0\n\n\
+             [accounting]\ntally_interval_secs = 3600.0\n\n\
+             [payouts]\nperiod_secs = 0.0\ntoken_decimals = 6\nstorage_per_tb_month = 1500000\n\
+             egress_per_tb = 20000000\nrepair_audit_per_tb = 10000000\ningress_per_tb = 0\n\
+             per_work_unit = 1\n"
         );
         assert_eq!(
             toml::from_str::<Config>("").expect("empty"),

@@ -30,10 +30,30 @@ pub enum Table {
     ComputeNodes,
     /// Per-node audit reputation.
     Reputation,
+    /// Settled bytes by node, window and action.
+    BandwidthRollups,
+    /// Settled bytes by project, window, bucket and action.
+    BucketBandwidth,
+    /// Windows each node has settled (pruned when too old to settle).
+    SettledWindows,
+    /// Stored byte-milliseconds by node and tally.
+    StorageRollups,
+    /// Stored byte-milliseconds by project, tally and bucket.
+    BucketStorage,
+    /// Accepted compute work (micro work units) by node and window.
+    ComputeRollups,
+    /// Download bytes allowed by project and month (egress limits).
+    ProjectEgress,
+    /// Per-node payout ledgers: node, sequence number -> signed entry.
+    Ledger,
+    /// Paystubs by period and node.
+    Paystubs,
+    /// Single values: the last tally time.
+    Meta,
 }
 
 impl Table {
-    const ALL: [Table; 12] = [
+    const ALL: [Table; 22] = [
         Table::Nodes,
         Table::Projects,
         Table::ApiKeys,
@@ -46,6 +66,16 @@ impl Table {
         Table::JobWeights,
         Table::ComputeNodes,
         Table::Reputation,
+        Table::BandwidthRollups,
+        Table::BucketBandwidth,
+        Table::SettledWindows,
+        Table::StorageRollups,
+        Table::BucketStorage,
+        Table::ComputeRollups,
+        Table::ProjectEgress,
+        Table::Ledger,
+        Table::Paystubs,
+        Table::Meta,
     ];
 
     fn name(self) -> &'static str {
@@ -62,6 +92,16 @@ impl Table {
             Table::JobWeights => "job_weights",
             Table::ComputeNodes => "compute_nodes",
             Table::Reputation => "reputation",
+            Table::BandwidthRollups => "bandwidth_rollups",
+            Table::BucketBandwidth => "bucket_bandwidth",
+            Table::SettledWindows => "settled_windows",
+            Table::StorageRollups => "storage_rollups",
+            Table::BucketStorage => "bucket_storage",
+            Table::ComputeRollups => "compute_rollups",
+            Table::ProjectEgress => "project_egress",
+            Table::Ledger => "ledger",
+            Table::Paystubs => "paystubs",
+            Table::Meta => "meta",
         }
     }
 }

@@ -20,7 +20,11 @@ pub struct Endpoint {
     pub(crate) metainfo: Arc<Metainfo>,
     pub(crate) compute: Arc<Compute>,
     pub(crate) reputation: Arc<crate::audit::Reputation>,
+    pub(crate) payouts: Arc<crate::payouts::Payouts>,
 }
+
+/// Most orders one settlement stream may carry (a window of a busy node).
+const MAX_SETTLEMENT_ORDERS: usize = 20_000_000;
 
 fn method(req: &Req) -> &'static str {
     match req {
@@ -48,6 +52,11 @@ fn method(req: &Req) -> &'static str {
         Req::ListJobs(_) => "list_jobs",
         Req::CancelJob(_) => "cancel_job",
         Req::JobWeights(_) => "job_weights",
+        Req::SettleOrders(_) => "settle_orders",
+        Req::Ledger(_) => "ledger",
+        Req::ProjectUsage(_) => "project_usage",
+        Req::Payouts(_) => "payouts",
+        Req::SetProjectLimits(_) => "set_project_limits",
     }
 }
 
@@ -68,7 +77,10 @@ impl Endpoint {
                 request: Some(req),
             }) => {
                 let name = method(&req);
-                (name, self.dispatch(peer, &api_key, req))
+                match req {
+                    Req::SettleOrders(h) => (name, self.settle(peer, h, &mut reader).await),
+                    req => (name, self.dispatch(peer, &api_key, req)),
+                }
             }
             Ok(_) => (
                 "unknown",
@@ -104,6 +116,47 @@ impl Endpoint {
         let _ = writer.finish();
     }
 
+    /// Reads a settlement window's order batches from the stream, then
+    /// settles them off the async runtime.
+    async fn settle(
+        &self,
+        peer: NodeId,
+        header: pb::SettleOrdersRequest,
+        reader: &mut FrameReader,
+    ) -> Result<Resp, RemoteError> {
+        if self.overlay.get(&peer).is_none() {
+            return Err(RemoteError::new(
+                pb::ErrorCode::PermissionDenied,
+                "only nodes that checked in can settle orders",
+            ));
+        }
+        let mut orders = Vec::new();
+        loop {
+            let batch: pb::OrderBatch = reader
+                .message()
+                .await
+                .map_err(|e| RemoteError::new(pb::ErrorCode::InvalidArgument, e.to_string()))?;
+            orders.extend(batch.orders);
+            if orders.len() > MAX_SETTLEMENT_ORDERS {
+                return Err(RemoteError::new(
+                    pb::ErrorCode::ResourceExhausted,
+                    "too many orders in one window",
+                ));
+            }
+            if batch.last {
+                break;
+            }
+        }
+        let settlement = self.metainfo.orders().clone();
+        let now = loam_common::orders::now_ms();
+        let window = header.window_start_unix_ms;
+        tokio::task::spawn_blocking(move || settlement.settle(peer, window, &orders, now))
+            .await
+            .map_err(|e| RemoteError::new(pb::ErrorCode::Internal, e.to_string()))?
+            .map(Resp::SettleOrders)
+            .map_err(|e| RemoteError::new(e.code(), e.to_string()))
+    }
+
     fn dispatch(&self, peer: NodeId, api_key: &[u8], req: Req) -> Result<Resp, RemoteError> {
         let m = &self.metainfo;
         let now = loam_common::orders::now_ms();
@@ -135,6 +188,7 @@ impl Endpoint {
                     .ok();
                 return Ok(Resp::CheckIn(pb::CheckInResponse {
                     standing,
+                    order_window_ms: m.orders().window_ms(),
                     ..Default::default()
                 }));
             }
@@ -168,6 +222,69 @@ impl Endpoint {
                     api_key: key.into(),
                     project_id: project.to_vec().into(),
                     salt: salt.into(),
+                }));
+            }
+            Req::Ledger(r) => {
+                if self.overlay.get(&peer).is_none() {
+                    return Err(RemoteError::new(
+                        pb::ErrorCode::NotFound,
+                        "this node never checked in here",
+                    ));
+                }
+                let pay =
+                    |e: crate::payouts::PayoutError| RemoteError::new(e.code(), e.to_string());
+                return Ok(Resp::Ledger(
+                    self.payouts.ledger_response(&peer, r.since).map_err(pay)?,
+                ));
+            }
+            Req::Payouts(r) => {
+                admin()?;
+                use pb::payouts_request::Action;
+                let pay =
+                    |e: crate::payouts::PayoutError| RemoteError::new(e.code(), e.to_string());
+                let p = &self.payouts;
+                let period = p.config().parse_period(&r.period, now).map_err(pay)?;
+                let mut resp = pb::PayoutsResponse {
+                    period: period.name.clone(),
+                    ..Default::default()
+                };
+                let lines = match Action::try_from(r.action) {
+                    Ok(Action::Compute) => p.compute(&period, now).map_err(pay)?,
+                    Ok(Action::Show) => {
+                        if !p.is_computed(&period).map_err(|e| pay(e.into()))? {
+                            return Err(pay(crate::payouts::PayoutError::NotComputed(period.name)));
+                        }
+                        p.paystubs(&period).map_err(|e| pay(e.into()))?
+                    }
+                    Ok(Action::RecordPayment) => {
+                        resp.payments_recorded =
+                            p.record_payment(&period, &r.reference).map_err(pay)?;
+                        Vec::new()
+                    }
+                    _ => {
+                        return Err(RemoteError::new(
+                            pb::ErrorCode::InvalidArgument,
+                            "unknown payouts action",
+                        ));
+                    }
+                };
+                resp.lines = lines
+                    .into_iter()
+                    .map(|(node, stub)| pb::PayoutLine {
+                        node_id: node.as_bytes().to_vec().into(),
+                        paystub: Some(stub),
+                    })
+                    .collect();
+                return Ok(Resp::Payouts(resp));
+            }
+            Req::SetProjectLimits(r) => {
+                admin()?;
+                let (storage_limit, egress_limit) = m
+                    .set_project_limits(&r.project_name, r.storage_limit, r.egress_limit)
+                    .map_err(api)?;
+                return Ok(Resp::SetProjectLimits(pb::SetProjectLimitsResponse {
+                    storage_limit,
+                    egress_limit,
                 }));
             }
             Req::ListNodes(_) => {
@@ -240,7 +357,20 @@ impl Endpoint {
             }),
             Req::CancelJob(r) => Resp::CancelJob(c.cancel(&project, &r.job_id).map_err(job)?),
             Req::JobWeights(r) => Resp::JobWeights(c.weights(&project, &r).map_err(job)?),
-            Req::CheckIn(_) | Req::Exit(_) | Req::CreateApiKey(_) | Req::ListNodes(_) => {
+            Req::ProjectUsage(_) => Resp::ProjectUsage(m.project_usage(&project).map_err(api)?),
+            Req::SettleOrders(_) => {
+                return Err(RemoteError::new(
+                    pb::ErrorCode::InvalidArgument,
+                    "settlement must be followed by its order batches",
+                ));
+            }
+            Req::CheckIn(_)
+            | Req::Exit(_)
+            | Req::CreateApiKey(_)
+            | Req::ListNodes(_)
+            | Req::Ledger(_)
+            | Req::Payouts(_)
+            | Req::SetProjectLimits(_) => {
                 unreachable!("handled above")
             }
         };

@@ -9,6 +9,7 @@
 //! [`overlay::Overlay`] (check-ins, node selection) and [`db`] (the
 //! key-value boundary under every table).
 
+pub mod accounting;
 pub mod admin;
 pub mod audit;
 pub mod compute;
@@ -18,7 +19,9 @@ pub mod endpoint;
 pub mod gc;
 pub mod metainfo;
 pub mod metrics_list;
+pub mod orders;
 pub mod overlay;
+pub mod payouts;
 pub mod repair;
 
 use std::net::SocketAddr;
@@ -108,6 +111,11 @@ pub struct Satellite {
     /// Garbage collection and its chore.
     pub gc: Arc<gc::Gc>,
     pub gc_cycle: Arc<Cycle>,
+    /// Storage tally (and pruning of settlement markers), and its chore.
+    pub accounting: Arc<accounting::Accounting>,
+    pub tally_cycle: Arc<Cycle>,
+    /// Paystubs, payments and the nodes' ledgers.
+    pub payouts: Arc<payouts::Payouts>,
     /// Chore deleting uploads that were never committed.
     pub abandoned_uploads: Arc<Cycle>,
     http: tokio::net::TcpListener,
@@ -152,6 +160,9 @@ impl Satellite {
                 pending_expiration: Duration::from_secs_f64(
                     config.pending_expiration_secs.max(1.0),
                 ),
+                orders: config.orders.clone(),
+                default_storage_limit: config.default_storage_limit,
+                default_egress_limit: config.default_egress_limit,
             },
         ));
         let endpoint =
@@ -169,7 +180,7 @@ impl Satellite {
         ));
         let compute_stop = CancellationToken::new();
         let compute = Arc::new(Compute::new(
-            kv,
+            kv.clone(),
             metainfo.clone(),
             overlay.clone(),
             endpoint.clone(),
@@ -202,6 +213,19 @@ impl Satellite {
             config.repair.clone(),
         ));
         let repair_cycle = Arc::new(Cycle::new(repair.interval()));
+        let accounting = Arc::new(accounting::Accounting::new(
+            kv.clone(),
+            metainfo.clone(),
+            config.accounting.clone(),
+        ));
+        let tally_cycle = Arc::new(Cycle::new(accounting.interval()));
+        let payouts = Arc::new(payouts::Payouts::new(
+            kv.clone(),
+            identity.clone(),
+            overlay.clone(),
+            metainfo.clone(),
+            config.payouts.clone(),
+        ));
         let abandoned_uploads = Arc::new(Cycle::new(Duration::from_secs_f64(
             (config.pending_expiration_secs / 4.0).clamp(1.0, 3600.0),
         )));
@@ -221,6 +245,9 @@ impl Satellite {
             gc_cycle,
             repair,
             repair_cycle,
+            accounting,
+            tally_cycle,
+            payouts,
             abandoned_uploads,
             http,
             dir: dir.to_path_buf(),
@@ -283,6 +310,7 @@ impl Satellite {
             metainfo: self.metainfo.clone(),
             compute: self.compute.clone(),
             reputation: self.reputation.clone(),
+            payouts: self.payouts.clone(),
         });
         match self.compute.resume_jobs() {
             Ok(0) => {}
@@ -357,6 +385,16 @@ impl Satellite {
                 }
             },
         );
+        let tally_task = spawn_chore(
+            &self.tally_cycle,
+            &cancel,
+            &self.accounting,
+            |a| async move {
+                if let Err(e) = tokio::task::spawn_blocking(move || a.run_once()).await {
+                    tracing::warn!(error = %e, "storage tally panicked");
+                }
+            },
+        );
         let repair_task = spawn_chore(&self.repair_cycle, &cancel, &self.repair, |r| async move {
             let s = r.run_once().await;
             if s.below_threshold > 0 {
@@ -403,7 +441,8 @@ impl Satellite {
             gc_task,
             repair_task,
             audit_task,
-            online_task
+            online_task,
+            tally_task
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), quic.wait_idle()).await;
         Ok(())

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use loam_common::access::Access;
 use loam_common::erasure::RedundancyScheme;
-use loam_common::{Identity, NodeId, telemetry};
+use loam_common::{Identity, NodeId, pb, telemetry};
 use loam_satellite::admin::AdminClient;
 use loam_satellite::{Config, Satellite};
 use tokio_util::sync::CancellationToken;
@@ -69,6 +69,118 @@ enum Command {
         #[command(subcommand)]
         command: NodesCommand,
     },
+    /// Node payouts: compute a period's paystubs, export them for a
+    /// payment run, record the payments.
+    Payouts {
+        #[command(subcommand)]
+        command: PayoutsCommand,
+    },
+    /// Projects: storage and egress limits.
+    Project {
+        #[command(subcommand)]
+        command: ProjectCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PayoutsCommand {
+    /// Compute the paystubs of an ended period and append them to every
+    /// node's ledger (again: shows what was computed).
+    Compute {
+        #[arg(long, env = "LOAM_DIR")]
+        dir: PathBuf,
+        /// YYYY-MM (monthly periods), the start as YYYY-MM-DDTHH:MM:SSZ
+        /// (shorter periods), or "last".
+        #[arg(long, default_value = "last")]
+        period: String,
+    },
+    /// Print the period's payment batch: address and amount in base units.
+    Export {
+        #[arg(long, env = "LOAM_DIR")]
+        dir: PathBuf,
+        #[arg(long, default_value = "last")]
+        period: String,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
+    },
+    /// Record that the period's batch was paid (a payment entry in every
+    /// paid node's ledger).
+    Paid {
+        #[arg(long, env = "LOAM_DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        period: String,
+        /// Reference of the payment run (transaction hash, batch id).
+        #[arg(long)]
+        reference: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum ProjectCommand {
+    /// Set a project's limits (bytes; 0 = unlimited; suffixes like 10GB).
+    Limits {
+        #[arg(long, env = "LOAM_DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        project: String,
+        #[arg(long, value_parser = parse_bytes)]
+        storage: Option<u64>,
+        #[arg(long, value_parser = parse_bytes)]
+        egress: Option<u64>,
+    },
+}
+
+/// `123`, `10GB`, `1.5TB`, `512MiB`.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("unknown size unit {u:?}")),
+    };
+    Ok((n * mult).round() as u64)
+}
+
+/// Runs one payouts action on the running satellite in `dir`.
+async fn payouts(
+    dir: &std::path::Path,
+    action: pb::payouts_request::Action,
+    period: &str,
+    reference: &str,
+) -> anyhow::Result<pb::PayoutsResponse> {
+    let admin = AdminClient::connect(dir).await?;
+    match admin
+        .call(pb::satellite_request::Request::Payouts(
+            pb::PayoutsRequest {
+                action: action as i32,
+                period: period.to_string(),
+                reference: reference.to_string(),
+            },
+        ))
+        .await?
+    {
+        pb::satellite_response::Response::Payouts(r) => Ok(r),
+        _ => anyhow::bail!("satellite gave an unexpected answer"),
+    }
 }
 
 #[derive(Subcommand)]
@@ -178,6 +290,141 @@ async fn main() -> anyhow::Result<()> {
             eprintln!(
                 "API key {} (for `uplink access create` with another passphrase)",
                 bs58::encode(&key.api_key).into_string()
+            );
+        }
+        Command::Payouts { command } => match command {
+            PayoutsCommand::Compute { dir, period } => {
+                let r = payouts(&dir, pb::payouts_request::Action::Compute, &period, "").await?;
+                println!("period {}: {} paystubs", r.period, r.lines.len());
+                println!(
+                    "{:<46} {:>12} {:>10} {:>12} {:>12} {:>12}  ADDRESS",
+                    "NODE ID", "GROSS", "HELD %", "HELD", "RETURNED", "PAID"
+                );
+                for l in &r.lines {
+                    let p = l.paystub.clone().unwrap_or_default();
+                    println!(
+                        "{:<46} {:>12} {:>10} {:>12} {:>12} {:>12}  {}{}",
+                        NodeId::try_from(l.node_id.as_ref())
+                            .map(|i| i.to_string())
+                            .unwrap_or_default(),
+                        p.gross,
+                        p.held_percent,
+                        p.held,
+                        p.held_returned,
+                        p.paid,
+                        p.wallet,
+                        if p.disqualified {
+                            "  (disqualified)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                let total: u64 = r
+                    .lines
+                    .iter()
+                    .filter_map(|l| l.paystub.as_ref())
+                    .map(|p| p.paid)
+                    .sum();
+                println!("total to pay: {total} base units");
+            }
+            PayoutsCommand::Export {
+                dir,
+                period,
+                format,
+            } => {
+                let r = payouts(&dir, pb::payouts_request::Action::Show, &period, "").await?;
+                let lines: Vec<(String, String, u64)> = r
+                    .lines
+                    .iter()
+                    .filter_map(|l| {
+                        let p = l.paystub.as_ref()?;
+                        let id = NodeId::try_from(l.node_id.as_ref()).ok()?.to_string();
+                        (p.paid > 0).then(|| (id, p.wallet.clone(), p.paid))
+                    })
+                    .collect();
+                let missing = lines.iter().filter(|l| l.1.is_empty()).count();
+                if missing > 0 {
+                    eprintln!(
+                        "warning: {missing} node(s) have no payout address; their lines have an empty address"
+                    );
+                }
+                match format {
+                    ExportFormat::Csv => {
+                        println!("address,amount,node_id");
+                        for (id, wallet, amount) in &lines {
+                            println!("{wallet},{amount},{id}");
+                        }
+                    }
+                    ExportFormat::Json => {
+                        let v: Vec<serde_json::Value> = lines
+                            .iter()
+                            .map(|(id, wallet, amount)| {
+                                serde_json::json!({"address": wallet, "amount": amount.to_string(), "node_id": id})
+                            })
+                            .collect();
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&serde_json::json!({
+                                "period": r.period,
+                                "payments": v,
+                                "total": lines.iter().map(|l| l.2).sum::<u64>().to_string(),
+                            }))?
+                        );
+                    }
+                }
+            }
+            PayoutsCommand::Paid {
+                dir,
+                period,
+                reference,
+            } => {
+                let r = payouts(
+                    &dir,
+                    pb::payouts_request::Action::RecordPayment,
+                    &period,
+                    &reference,
+                )
+                .await?;
+                println!(
+                    "period {}: {} payments recorded in the nodes' ledgers",
+                    r.period, r.payments_recorded
+                );
+            }
+        },
+        Command::Project {
+            command:
+                ProjectCommand::Limits {
+                    dir,
+                    project,
+                    storage,
+                    egress,
+                },
+        } => {
+            let admin = AdminClient::connect(&dir).await?;
+            let pb::satellite_response::Response::SetProjectLimits(r) = admin
+                .call(pb::satellite_request::Request::SetProjectLimits(
+                    pb::SetProjectLimitsRequest {
+                        project_name: project.clone(),
+                        storage_limit: storage,
+                        egress_limit: egress,
+                    },
+                ))
+                .await?
+            else {
+                anyhow::bail!("satellite gave an unexpected answer");
+            };
+            let show = |v: u64| {
+                if v == 0 {
+                    "unlimited".to_string()
+                } else {
+                    format!("{v} bytes")
+                }
+            };
+            println!(
+                "project {project}: storage limit {}, monthly egress limit {}",
+                show(r.storage_limit),
+                show(r.egress_limit)
             );
         }
         Command::Nodes {

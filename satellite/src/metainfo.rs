@@ -33,6 +33,22 @@ pub enum MetainfoError {
     BucketNotEmpty(String),
     #[error("invalid bucket name {name:?}: {why}")]
     BadBucketName { name: String, why: &'static str },
+    #[error("project {0:?} not found")]
+    ProjectNotFound(String),
+    #[error(
+        "project storage limit reached: {used} of {limit} bytes stored; delete objects or ask \
+         the satellite operator to raise the limit"
+    )]
+    StorageLimit { used: u64, limit: u64 },
+    #[error(
+        "project download (egress) limit for {month} reached: {used} of {limit} bytes; it \
+         resets next month, or ask the satellite operator to raise it"
+    )]
+    EgressLimit {
+        used: u64,
+        limit: u64,
+        month: String,
+    },
     #[error("object not found")]
     ObjectNotFound,
     #[error("upload not found or already committed")]
@@ -70,6 +86,8 @@ impl MetainfoError {
             | Self::SegmentNotBegun(_) => C::NotFound,
             Self::BucketExists(_) => C::AlreadyExists,
             Self::BucketNotEmpty(_) | Self::NotADataset => C::FailedPrecondition,
+            Self::ProjectNotFound(_) => C::NotFound,
+            Self::StorageLimit { .. } | Self::EgressLimit { .. } => C::ResourceExhausted,
             Self::BadBucketName { .. }
             | Self::Invalid(_)
             | Self::TooFewPieces { .. }
@@ -89,6 +107,10 @@ pub struct MetainfoConfig {
     pub max_inline_size: u64,
     pub order_expiration: Duration,
     pub pending_expiration: Duration,
+    pub orders: crate::orders::OrdersConfig,
+    /// Limits of new projects; 0 = unlimited.
+    pub default_storage_limit: u64,
+    pub default_egress_limit: u64,
 }
 
 pub struct Metainfo {
@@ -98,6 +120,56 @@ pub struct Metainfo {
     config: MetainfoConfig,
     /// Serialises read-modify-write of segment records (repair).
     segment_lock: std::sync::Mutex<()>,
+    /// Settlement, and the billing metadata sealed into order limits.
+    orders: Arc<crate::orders::Orders>,
+    /// Live stored bytes per project (filled by a scan on first use, then
+    /// kept up to date by commits and deletes), for storage limits.
+    live_storage: std::sync::Mutex<std::collections::HashMap<ProjectId, u64>>,
+    /// Serialises egress-limit read-modify-writes.
+    egress_lock: std::sync::Mutex<()>,
+}
+
+/// `YYYY-MM` of a unix time in ms (UTC).
+pub fn month_of(ms: i64) -> String {
+    let (y, m, _) = civil_from_days(ms.div_euclid(86_400_000));
+    format!("{y:04}-{m:02}")
+}
+
+/// Unix ms of the first instant of month `YYYY-MM` and of the next month.
+pub fn month_range(month: &str) -> Option<(i64, i64)> {
+    let (y, m) = month.split_once('-')?;
+    let (y, m): (i64, u32) = (y.parse().ok()?, m.parse().ok()?);
+    if !(1..=12).contains(&m) || y < 1970 || m.to_string().len() > 2 {
+        return None;
+    }
+    let start = days_from_civil(y, m, 1) * 86_400_000;
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    Some((start, days_from_civil(ny, nm, 1) * 86_400_000))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+/// algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 fn bucket_key(project: &ProjectId, name: &str) -> Vec<u8> {
@@ -163,12 +235,193 @@ impl Metainfo {
         config: MetainfoConfig,
     ) -> Self {
         Self {
+            orders: Arc::new(crate::orders::Orders::new(
+                kv.clone(),
+                &identity,
+                config.orders.clone(),
+            )),
             kv,
             overlay,
             identity,
             config,
             segment_lock: std::sync::Mutex::new(()),
+            live_storage: std::sync::Mutex::new(std::collections::HashMap::new()),
+            egress_lock: std::sync::Mutex::new(()),
         }
+    }
+
+    pub fn orders(&self) -> &Arc<crate::orders::Orders> {
+        &self.orders
+    }
+
+    // ------------------------------------------------------ usage, limits
+
+    fn project_record(&self, project: &ProjectId) -> Result<pb::ProjectRecord, MetainfoError> {
+        let v = self
+            .kv
+            .get(Table::Projects, project)?
+            .ok_or(DbError::Corrupt("project of an API key"))?;
+        decode(&v, "project")
+    }
+
+    /// Bytes the project stores (the plain size of its objects).
+    pub fn stored_bytes(&self, project: &ProjectId) -> Result<u64, MetainfoError> {
+        if let Some(v) = self.live_storage.lock().expect("usage lock").get(project) {
+            return Ok(*v);
+        }
+        let mut total = 0u64;
+        for (_, v) in self.kv.scan(Table::Objects, project, b"", usize::MAX)? {
+            let rec: pb::ObjectRecord = decode(&v, "object")?;
+            total += rec.plain_size.max(0) as u64;
+        }
+        self.live_storage
+            .lock()
+            .expect("usage lock")
+            .insert(*project, total);
+        Ok(total)
+    }
+
+    fn adjust_stored(&self, project: &ProjectId, add: u64, remove: u64) {
+        if let Some(v) = self
+            .live_storage
+            .lock()
+            .expect("usage lock")
+            .get_mut(project)
+        {
+            *v = (*v + add).saturating_sub(remove);
+        }
+    }
+
+    /// Refuses new data beyond the project's storage limit.
+    fn check_storage(&self, project: &ProjectId, adding: u64) -> Result<(), MetainfoError> {
+        let limit = self.project_record(project)?.storage_limit;
+        if limit == 0 {
+            return Ok(());
+        }
+        let used = self.stored_bytes(project)?;
+        if used + adding > limit {
+            return Err(MetainfoError::StorageLimit { used, limit });
+        }
+        Ok(())
+    }
+
+    /// Counts `bytes` of download against this month's egress limit, or
+    /// refuses them.
+    fn charge_egress(&self, project: &ProjectId, bytes: u64) -> Result<(), MetainfoError> {
+        let limit = self.project_record(project)?.egress_limit;
+        let month = month_of(now_ms());
+        let mut key = project.to_vec();
+        key.extend_from_slice(month.as_bytes());
+        let _guard = self.egress_lock.lock().expect("egress lock");
+        let used = self
+            .kv
+            .get(Table::ProjectEgress, &key)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        if limit > 0 && used + bytes > limit {
+            return Err(MetainfoError::EgressLimit { used, limit, month });
+        }
+        self.kv.put(
+            Table::ProjectEgress,
+            key,
+            (used + bytes).to_be_bytes().to_vec(),
+        )?;
+        Ok(())
+    }
+
+    /// Download bytes allowed to the project in `month` (`YYYY-MM`).
+    pub fn egress_used(&self, project: &ProjectId, month: &str) -> Result<u64, MetainfoError> {
+        let mut key = project.to_vec();
+        key.extend_from_slice(month.as_bytes());
+        Ok(self
+            .kv
+            .get(Table::ProjectEgress, &key)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Sets a project's limits (None: unchanged; 0: unlimited).
+    pub fn set_project_limits(
+        &self,
+        name: &str,
+        storage: Option<u64>,
+        egress: Option<u64>,
+    ) -> Result<(u64, u64), MetainfoError> {
+        for (k, v) in self.kv.scan(Table::Projects, b"", b"", usize::MAX)? {
+            let mut rec: pb::ProjectRecord = decode(&v, "project")?;
+            if rec.name == name {
+                if let Some(s) = storage {
+                    rec.storage_limit = s;
+                }
+                if let Some(e) = egress {
+                    rec.egress_limit = e;
+                }
+                let limits = (rec.storage_limit, rec.egress_limit);
+                self.kv.put(Table::Projects, k, rec.encode_to_vec())?;
+                return Ok(limits);
+            }
+        }
+        Err(MetainfoError::ProjectNotFound(name.to_string()))
+    }
+
+    /// What a project stores and downloads, per bucket, this month.
+    pub fn project_usage(
+        &self,
+        project: &ProjectId,
+    ) -> Result<pb::ProjectUsageResponse, MetainfoError> {
+        let rec = self.project_record(project)?;
+        let now = now_ms();
+        let month = month_of(now);
+        let (from, to) = month_range(&month).unwrap_or((0, i64::MAX));
+        let mut buckets: std::collections::BTreeMap<String, pb::BucketUsage> = self
+            .list_buckets(project)?
+            .into_iter()
+            .map(|b| {
+                (
+                    b.name.clone(),
+                    pb::BucketUsage {
+                        name: b.name,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        for (k, v) in self.kv.scan(Table::Objects, project, b"", usize::MAX)? {
+            let rec: pb::ObjectRecord = decode(&v, "object")?;
+            let Some(end) = k[16..].iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(&k[16..16 + end]).into_owned();
+            let b = buckets
+                .entry(name.clone())
+                .or_insert_with(|| pb::BucketUsage {
+                    name,
+                    ..Default::default()
+                });
+            b.stored_bytes += rec.plain_size.max(0) as u64;
+            b.objects += 1;
+            b.segments += u64::from(rec.segment_count);
+        }
+        for (name, bw) in self.orders.bucket_bandwidth(project, from, to)? {
+            if let Some(b) = buckets.get_mut(&name) {
+                b.egress_bytes += bw.get;
+            }
+        }
+        for (name, byte_ms) in crate::accounting::bucket_byte_ms(&self.kv, project, from, to)? {
+            if let Some(b) = buckets.get_mut(&name) {
+                b.byte_hours += (byte_ms / 3_600_000) as u64;
+            }
+        }
+        let stored = buckets.values().map(|b| b.stored_bytes).sum();
+        Ok(pb::ProjectUsageResponse {
+            project: rec.name,
+            buckets: buckets.into_values().collect(),
+            stored_bytes: stored,
+            egress_bytes: self.egress_used(project, &month)?,
+            storage_limit: rec.storage_limit,
+            egress_limit: rec.egress_limit,
+            month,
+        })
     }
 
     // ------------------------------------------------------------ projects
@@ -202,6 +455,8 @@ impl Metainfo {
                     name: name.to_string(),
                     salt: salt.to_vec().into(),
                     created_unix_ms: now_ms(),
+                    storage_limit: self.config.default_storage_limit,
+                    egress_limit: self.config.default_egress_limit,
                 };
                 ops.push(Op::Put(Table::Projects, id.to_vec(), rec.encode_to_vec()));
                 (id, salt.to_vec())
@@ -370,7 +625,7 @@ impl Metainfo {
         max: u64,
         piece_key: &KeyPair,
     ) -> pb::SignedOrderLimit {
-        self.limit(node, piece_id, action, max, piece_key)
+        self.limit(node, piece_id, action, max, piece_key, Vec::new())
     }
 
     fn limit(
@@ -380,6 +635,7 @@ impl Metainfo {
         action: PieceAction,
         max: u64,
         piece_key: &KeyPair,
+        metadata: Vec<u8>,
     ) -> pb::SignedOrderLimit {
         let now = now_ms();
         let limit = OrderLimit {
@@ -393,6 +649,7 @@ impl Metainfo {
             created_ms: now,
             expires_ms: now + self.config.order_expiration.as_millis() as i64,
             piece_expires_ms: 0,
+            metadata,
         };
         metrics::counter!("loam_satellite_order_limits_issued_total", "action" => action.as_str())
             .increment(1);
@@ -413,6 +670,11 @@ impl Metainfo {
             return Err(MetainfoError::Invalid("piece size out of range"));
         }
         let piece_size = req.piece_size as u64;
+        let project_id = ProjectId::try_from(pending.project_id.as_ref())
+            .map_err(|_| DbError::Corrupt("pending object"))?;
+        // A segment stores about k pieces' worth of data.
+        self.check_storage(&project_id, piece_size * scheme.k() as u64)?;
+        let billing = self.orders.seal_billing(&project_id, &pending.bucket);
         let nodes = self
             .overlay
             .select(scheme.success(), scheme.total(), piece_size, now_ms())?;
@@ -435,6 +697,7 @@ impl Metainfo {
                     PieceAction::Put,
                     piece_size,
                     &piece_key,
+                    billing.clone(),
                 )),
                 address: node.address.clone(),
                 node_id: node.id.as_bytes().to_vec().into(),
@@ -571,6 +834,9 @@ impl Metainfo {
         if !req.inline_data.is_empty() && req.segment_count != 0 {
             return Err(MetainfoError::Invalid("inline object with segments"));
         }
+        if !req.inline_data.is_empty() {
+            self.check_storage(project, req.inline_data.len() as u64)?;
+        }
         for i in 0..req.segment_count {
             if self
                 .kv
@@ -600,11 +866,14 @@ impl Metainfo {
             Op::Put(Table::Objects, key.clone(), record.encode_to_vec()),
         ];
         // An object written over replaces the old one and its segments.
+        let mut replaced = 0;
         if let Some(old) = self.kv.get(Table::Objects, &key)? {
             let old: pb::ObjectRecord = decode(&old, "object")?;
+            replaced = old.plain_size.max(0) as u64;
             ops.extend(self.segment_deletes(&old)?);
         }
         self.kv.write(ops)?;
+        self.adjust_stored(project, record.plain_size.max(0) as u64, replaced);
         metrics::counter!("loam_satellite_objects_committed_total").increment(1);
         Ok(pb::CommitObjectResponse {
             created_unix_ms: created,
@@ -683,7 +952,10 @@ impl Metainfo {
     ) -> Result<pb::DownloadSegmentResponse, MetainfoError> {
         let (_, obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
         let seg = self.segment(&obj, req.index)?;
-        Ok(self.segment_limits(&seg, PieceAction::Get, None))
+        let plain = seg.meta.as_ref().map_or(0, |m| m.plain_size.max(0) as u64);
+        self.charge_egress(project, plain)?;
+        let billing = self.orders.seal_billing(project, &req.bucket);
+        Ok(self.segment_limits_billed(&seg, PieceAction::Get, None, billing))
     }
 
     /// One committed segment of `obj`.
@@ -709,6 +981,17 @@ impl Metainfo {
         seg: &pb::SegmentRecord,
         action: PieceAction,
         except: Option<NodeId>,
+    ) -> pb::DownloadSegmentResponse {
+        self.segment_limits_billed(seg, action, except, Vec::new())
+    }
+
+    /// [`Metainfo::segment_limits`] with billing metadata in every limit.
+    fn segment_limits_billed(
+        &self,
+        seg: &pb::SegmentRecord,
+        action: PieceAction,
+        except: Option<NodeId>,
+        billing: Vec<u8>,
     ) -> pb::DownloadSegmentResponse {
         let meta = seg.meta.clone().unwrap_or_default();
         let piece_key = KeyPair::generate();
@@ -736,6 +1019,7 @@ impl Metainfo {
                         action,
                         meta.piece_size.max(0) as u64,
                         &piece_key,
+                        billing.clone(),
                     )),
                     address: node.address.clone(),
                     node_id: p.node_id.clone(),
@@ -846,6 +1130,7 @@ impl Metainfo {
         let mut ops = vec![Op::Delete(Table::Objects, key)];
         ops.extend(self.segment_deletes(&obj)?);
         self.kv.write(ops)?;
+        self.adjust_stored(project, 0, obj.plain_size.max(0) as u64);
         metrics::counter!("loam_satellite_objects_deleted_total").increment(1);
         Ok(())
     }
@@ -960,6 +1245,9 @@ mod tests {
                 max_inline_size: 4096,
                 order_expiration: Duration::from_secs(60),
                 pending_expiration: Duration::from_secs(3600),
+                orders: Default::default(),
+                default_storage_limit: 0,
+                default_egress_limit: 0,
             },
         )
     }

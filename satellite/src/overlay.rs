@@ -35,6 +35,8 @@ pub struct Node {
     /// Suspended (unknown audits or offline): gets no new pieces or
     /// compute tasks; its pieces still count.
     pub suspended_ms: Option<i64>,
+    /// Payout address (EIP-55 checksummed), empty if none was given.
+    pub wallet: String,
 }
 
 impl Node {
@@ -77,6 +79,7 @@ impl Node {
             exit_finished_unix_ms: self.exit_finished_ms.unwrap_or(0),
             vetted: self.vetted,
             suspended_unix_ms: self.suspended_ms.unwrap_or(0),
+            wallet: self.wallet.clone(),
         }
     }
 
@@ -97,6 +100,7 @@ impl Node {
             exit_finished_ms: (r.exit_finished_unix_ms > 0).then_some(r.exit_finished_unix_ms),
             vetted: r.vetted,
             suspended_ms: (r.suspended_unix_ms > 0).then_some(r.suspended_unix_ms),
+            wallet: r.wallet.clone(),
         })
     }
 }
@@ -117,6 +121,8 @@ pub enum OverlayError {
     Difficulty { id: NodeId, have: u32, need: u32 },
     #[error("check-in public key does not match the connection's identity")]
     KeyMismatch,
+    #[error(transparent)]
+    Wallet(#[from] loam_common::wallet::WalletError),
     #[error("check-in address {0:?} is not HOST:PORT")]
     BadAddress(String),
     #[error("too few storage nodes available: need {need}, found {found}")]
@@ -180,6 +186,13 @@ impl Overlay {
         {
             return Err(OverlayError::BadAddress(req.address.clone()));
         }
+        let wallet = if req.wallet.is_empty() {
+            String::new()
+        } else {
+            req.wallet
+                .parse::<loam_common::wallet::Wallet>()?
+                .to_checksummed()
+        };
         let previous = self.nodes.read().expect("overlay lock").get(&peer).cloned();
         let created_ms = previous.as_ref().map_or(now_ms, |n| n.created_ms);
         let disqualified_ms = previous.as_ref().and_then(|n| n.disqualified_ms);
@@ -201,6 +214,7 @@ impl Overlay {
             exit_finished_ms,
             vetted,
             suspended_ms,
+            wallet,
         };
         self.kv.put(
             Table::Nodes,
@@ -528,6 +542,7 @@ mod tests {
             exit_finished_ms: None,
             vetted: false,
             suspended_ms: None,
+            wallet: String::new(),
         }
     }
 

@@ -30,6 +30,12 @@ pub struct Config {
     /// Pieces garbage-collected by a satellite stay in the trash this many
     /// seconds before they are deleted. Default 604800 (7 days).
     pub trash_grace_secs: f64,
+    /// Where payouts go: an Ethereum-style address, `0x` and 40 hex
+    /// digits, checked against its EIP-55 checksum. Default empty (no
+    /// payouts until one is set).
+    pub wallet: String,
+    /// Seconds between order settlement rounds. Default 300.
+    pub settle_interval_secs: f64,
     /// Training tasks (`[compute]`): opt-in, capacity, backend.
     pub compute: crate::compute::ComputeConfig,
 }
@@ -45,6 +51,8 @@ impl Default for Config {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 14002)),
             checkin_interval_secs: 300.0,
             trash_grace_secs: 604_800.0,
+            wallet: String::new(),
+            settle_interval_secs: 300.0,
             compute: Default::default(),
         }
     }
@@ -83,7 +91,7 @@ mod tests {
             "listen = \"0.0.0.0:28967\"\nexternal_address = \"\"\nsatellites = []\n\
              allocated_bytes = 1000000000000\nsync_writes = true\n\
              http_listen = \"127.0.0.1:14002\"\ncheckin_interval_secs = 300.0\n\
-             trash_grace_secs = 604800.0\n\n\
+             trash_grace_secs = 604800.0\nwallet = \"\"\nsettle_interval_secs = 300.0\n\n\
              [compute]\nenabled = true\nmax_tasks = 1\ncores = 0\ngpus = 0\n\
              backend = \"cpu\"\ncache_mib = 512\n"
         );

@@ -36,6 +36,7 @@ pub struct Contact {
     satellites: Vec<NodeUrl>,
     piecestore: Arc<Piecestore>,
     external_address: String,
+    wallet: String,
     pub cycle: Cycle,
     /// Number of satellites checked in with successfully at least once.
     checked_in: watch::Sender<usize>,
@@ -49,6 +50,8 @@ pub struct Contact {
 pub struct SatelliteStanding {
     pub last_check_in_ms: i64,
     pub standing: Option<pb::NodeStanding>,
+    /// The satellite's order settlement window.
+    pub order_window_ms: i64,
 }
 
 impl Contact {
@@ -58,6 +61,7 @@ impl Contact {
         piecestore: Arc<Piecestore>,
         capabilities: pb::NodeCapabilities,
         external_address: String,
+        wallet: String,
         interval: std::time::Duration,
     ) -> Self {
         Self {
@@ -66,6 +70,7 @@ impl Contact {
             piecestore,
             capabilities,
             external_address,
+            wallet,
             cycle: Cycle::new(interval),
             checked_in: watch::channel(0).0,
             standings: RwLock::new(HashMap::new()),
@@ -173,18 +178,20 @@ impl Contact {
             version: loam_common::VERSION.to_string(),
             capabilities: Some(self.capabilities),
             public_key: self.endpoint.identity().public().as_bytes().to_vec().into(),
+            wallet: self.wallet.clone(),
         };
         let resp =
             rpc::satellite(&conn, &[], pb::satellite_request::Request::CheckIn(request)).await?;
-        let standing = match resp {
-            pb::satellite_response::Response::CheckIn(r) => r.standing,
-            _ => None,
+        let (standing, order_window_ms) = match resp {
+            pb::satellite_response::Response::CheckIn(r) => (r.standing, r.order_window_ms),
+            _ => (None, 0),
         };
         self.standings.write().expect("standings lock").insert(
             sat.id,
             SatelliteStanding {
                 last_check_in_ms: now_ms(),
                 standing,
+                order_window_ms,
             },
         );
         Ok(())

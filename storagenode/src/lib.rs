@@ -15,6 +15,8 @@ pub mod compute;
 pub mod config;
 pub mod contact;
 pub mod metrics_list;
+pub mod orders;
+pub mod payouts;
 pub mod piecestore;
 
 use std::net::SocketAddr;
@@ -37,6 +39,8 @@ pub enum NodeError {
     Transport(#[from] TransportError),
     #[error("cannot open the node database: {0}")]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Wallet(#[from] loam_common::wallet::WalletError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -61,6 +65,8 @@ pub struct StorageNode {
     pub endpoint: Endpoint,
     pub piecestore: Arc<Piecestore>,
     pub contact: Arc<Contact>,
+    /// Order settlement with every satellite, and its chore.
+    pub settler: Arc<orders::Settler>,
     http: tokio::net::TcpListener,
     dir: PathBuf,
 }
@@ -119,13 +125,28 @@ impl StorageNode {
         } else {
             config.external_address.clone()
         };
+        let wallet = if config.wallet.trim().is_empty() {
+            String::new()
+        } else {
+            config
+                .wallet
+                .parse::<loam_common::wallet::Wallet>()?
+                .to_checksummed()
+        };
         let contact = Arc::new(Contact::new(
             endpoint.clone(),
             config.satellites.clone(),
             piecestore.clone(),
             config.compute.capabilities(),
             external,
+            wallet,
             Duration::from_secs_f64(config.checkin_interval_secs.max(0.05)),
+        ));
+        let settler = Arc::new(orders::Settler::new(
+            endpoint.clone(),
+            contact.clone(),
+            piecestore.db().clone(),
+            Duration::from_secs_f64(config.settle_interval_secs.max(0.05)),
         ));
         Ok(Self {
             identity,
@@ -133,6 +154,7 @@ impl StorageNode {
             endpoint,
             piecestore,
             contact,
+            settler,
             http,
             dir: dir.to_path_buf(),
         })
@@ -174,6 +196,7 @@ impl StorageNode {
             endpoint,
             piecestore,
             contact,
+            settler,
             http,
             config,
             ..
@@ -280,7 +303,30 @@ impl StorageNode {
             }
         }
         endpoint.close();
-        let _ = tokio::join!(http_task, contact_task, prune_task, trash_task);
+        let settle_task = {
+            let (settler, cancel) = (settler.clone(), cancel.clone());
+            tokio::spawn(async move {
+                let s = settler.clone();
+                settler
+                    .cycle
+                    .run(cancel, move || {
+                        let s = s.clone();
+                        async move {
+                            let stats = s.settle_all().await;
+                            if stats.windows_settled > 0 {
+                                tracing::info!(
+                                    windows = stats.windows_settled,
+                                    accepted = stats.orders_accepted,
+                                    rejected = stats.orders_rejected,
+                                    "orders settled"
+                                );
+                            }
+                        }
+                    })
+                    .await
+            })
+        };
+        let _ = tokio::join!(http_task, contact_task, prune_task, trash_task, settle_task);
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         Ok(())
     }

@@ -40,6 +40,17 @@ enum Command {
         /// Seconds between check-ins.
         #[arg(long)]
         checkin_interval: Option<f64>,
+        /// Payout address (0x + 40 hex digits, EIP-55 checksummed).
+        #[arg(long, env = "LOAM_WALLET")]
+        wallet: Option<String>,
+    },
+    /// Fetch this node's payout ledgers from its satellites (appending to
+    /// the local copies under DIR/payouts) and show the payout history.
+    Payouts {
+        #[arg(long, env = "LOAM_DIR", global = true)]
+        dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<PayoutsCommand>,
     },
     /// Run the node in DIR until interrupted.
     Run {
@@ -59,6 +70,13 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum PayoutsCommand {
+    /// Check every local ledger offline: each entry's signature, the hash
+    /// chain, and the satellite's signed head. Says which entry is wrong.
+    Verify,
 }
 
 #[tokio::main]
@@ -121,7 +139,12 @@ async fn main() -> anyhow::Result<()> {
             http_listen,
             allocated_bytes,
             checkin_interval,
+            wallet,
         } => {
+            let wallet = wallet
+                .map(|w| w.parse::<loam_common::wallet::Wallet>())
+                .transpose()?
+                .map(|w| w.to_checksummed());
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             let id_path = dir.join("identity.key");
@@ -149,8 +172,57 @@ async fn main() -> anyhow::Result<()> {
             if let Some(c) = checkin_interval {
                 config.checkin_interval_secs = c;
             }
+            if let Some(w) = wallet {
+                config.wallet = w;
+            }
             config.save(&dir)?;
             println!("{}", identity.id());
+        }
+        Command::Payouts { dir, command } => {
+            let dir = dir.context("--dir (or LOAM_DIR) is required")?;
+            let identity = Identity::load(&dir.join("identity.key"))?;
+            let config = Config::load(&dir)?;
+            let node = identity.id();
+            match command {
+                Some(PayoutsCommand::Verify) => {
+                    let mut bad = 0;
+                    for (sat, result) in
+                        loam_storagenode::payouts::verify_all(&dir, &node, &config.satellites)
+                    {
+                        match result {
+                            Ok(entries) => println!(
+                                "satellite {}: ledger intact, {} entries, every signature and link verified",
+                                sat.short(),
+                                entries.len()
+                            ),
+                            Err(e) => {
+                                bad += 1;
+                                println!("satellite {}: LEDGER INVALID: {e}", sat.short());
+                            }
+                        }
+                    }
+                    anyhow::ensure!(bad == 0, "{bad} ledger(s) failed verification");
+                }
+                None => {
+                    let endpoint = loam_common::transport::Endpoint::bind(
+                        identity,
+                        "0.0.0.0:0".parse().expect("literal"),
+                        Default::default(),
+                    )?;
+                    for sat in &config.satellites {
+                        let file = loam_storagenode::payouts::fetch(&dir, &endpoint, &node, sat)
+                            .await
+                            .with_context(|| format!("satellite {}", sat.id.short()))?;
+                        let entries = file.verify(&node)?;
+                        println!(
+                            "satellite {} ({} entries, verified)",
+                            sat.id.short(),
+                            entries.len()
+                        );
+                        print!("{}", loam_storagenode::payouts::history_table(&entries));
+                    }
+                }
+            }
         }
         Command::Run { dir } => {
             let identity = Identity::load(&dir.join("identity.key"))?;

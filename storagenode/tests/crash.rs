@@ -70,6 +70,7 @@ fn order_for(
         created_ms: now_ms(),
         expires_ms: now_ms() + 60_000,
         piece_expires_ms: 0,
+        metadata: Vec::new(),
     }
     .sign(sat);
     let addressed = pb::AddressedOrderLimit {

@@ -79,6 +79,7 @@ impl Harness {
             created_ms: now_ms(),
             expires_ms: now_ms() + 60_000,
             piece_expires_ms: 0,
+            metadata: Vec::new(),
         }
     }
 

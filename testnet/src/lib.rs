@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod bench_compute;
 pub mod bench_repair;
+pub mod bench_settle;
 pub mod planet;
 pub mod process;
 
@@ -30,6 +31,17 @@ pub fn digits_split() -> (String, String) {
         dst.push('\n');
     }
     (train, test)
+}
+
+/// A payout address for test node `i`: deterministic, EIP-55 checksummed.
+pub fn test_wallet(i: usize) -> String {
+    let hash = blake3::hash(format!("loam testnet wallet {i}").as_bytes());
+    let mut bytes = [0u8; 20];
+    bytes.copy_from_slice(&hash.as_bytes()[..20]);
+    format!("0x{}", hex::encode(bytes))
+        .parse::<loam_common::wallet::Wallet>()
+        .expect("40 hex digits")
+        .to_checksummed()
 }
 
 /// Fetches `url` (plain HTTP on loopback) and returns the body; any status

@@ -86,6 +86,15 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Settle a million orders through the satellite's verification path
+    /// and compare with the single-core Ed25519 floor.
+    BenchSettle {
+        #[arg(long, default_value_t = 1_000_000)]
+        orders: usize,
+        /// Orders per settlement window (one node's window per call).
+        #[arg(long, default_value_t = 10_000)]
+        per_window: usize,
+    },
     /// Kill nodes, measure repair (time per segment, bytes moved), kill
     /// more, check every object.
     BenchRepair {
@@ -142,6 +151,14 @@ async fn main() -> anyhow::Result<()> {
             nodes,
             size_mib,
         } => demo(dir, nodes, size_mib).await?,
+        Command::BenchSettle { orders, per_window } => {
+            let dir = tempfile::tempdir()?;
+            let report = tokio::task::spawn_blocking(move || {
+                loam_testnet::bench_settle::run(orders, per_window.max(1), dir.path())
+            })
+            .await??;
+            report.print();
+        }
         Command::BenchRepair {
             nodes,
             sizes_mib,

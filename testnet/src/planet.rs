@@ -53,6 +53,8 @@ pub struct PlanetNode {
     pub contact: Option<Arc<loam_storagenode::contact::Contact>>,
     /// Its HTTP server (`/metrics`, `/health`) while running.
     pub http_addr: Option<SocketAddr>,
+    /// Its order settlement (trigger it instead of waiting).
+    pub settler: Option<Arc<loam_storagenode::orders::Settler>>,
     config: loam_storagenode::Config,
     hook: Option<loam_storagenode::compute::WeightsHook>,
     cancel: CancellationToken,
@@ -68,6 +70,8 @@ pub struct Planet {
     pub gc: Arc<loam_satellite::gc::Gc>,
     pub repair: Arc<loam_satellite::repair::Repair>,
     pub auditor: Arc<loam_satellite::audit::Auditor>,
+    pub accounting: Arc<loam_satellite::accounting::Accounting>,
+    pub payouts: Arc<loam_satellite::payouts::Payouts>,
     pub reputation: Arc<loam_satellite::audit::Reputation>,
     pub nodes: Vec<PlanetNode>,
     pub access: Access,
@@ -103,6 +107,7 @@ impl Planet {
         let overlay = sat.overlay.clone();
         let repair = sat.repair.clone();
         let (auditor, reputation) = (sat.auditor.clone(), sat.reputation.clone());
+        let (accounting, payouts) = (sat.accounting.clone(), sat.payouts.clone());
         let sat_task = {
             let cancel = cancel.clone();
             tokio::spawn(async move {
@@ -121,6 +126,8 @@ impl Planet {
                 allocated_bytes: 10_000_000_000,
                 sync_writes: false,
                 checkin_interval_secs: 3600.0,
+                settle_interval_secs: 3600.0,
+                wallet: crate::test_wallet(i),
                 ..Default::default()
             };
             if let Some(hook) = &config.reconfigure_node {
@@ -136,6 +143,7 @@ impl Planet {
                 piecestore: None,
                 contact: None,
                 http_addr: None,
+                settler: None,
                 config: node_config,
                 hook: config
                     .weights_hooks
@@ -159,6 +167,8 @@ impl Planet {
             gc,
             repair,
             auditor,
+            accounting,
+            payouts,
             reputation,
             nodes,
             access,
@@ -223,6 +233,7 @@ impl PlanetNode {
         self.piecestore = Some(node.piecestore.clone());
         let contact = node.contact.clone();
         self.contact = Some(contact.clone());
+        self.settler = Some(node.settler.clone());
         self.http_addr = Some(node.http_addr());
         let cancel = self.cancel.clone();
         self.task = Some(tokio::spawn(async move {
@@ -244,5 +255,6 @@ impl PlanetNode {
         self.piecestore = None;
         self.contact = None;
         self.http_addr = None;
+        self.settler = None;
     }
 }

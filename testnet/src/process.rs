@@ -165,6 +165,17 @@ impl ProcessNetwork {
                 margin_secs: 1.0,
                 ..Default::default()
             },
+            orders: loam_satellite::orders::OrdersConfig {
+                window_secs: 2.0 * opts.chore_interval_secs,
+                ..Default::default()
+            },
+            accounting: loam_satellite::accounting::AccountingConfig {
+                tally_interval_secs: opts.chore_interval_secs,
+            },
+            payouts: loam_satellite::payouts::PayoutConfig {
+                period_secs: 24.0 * opts.chore_interval_secs,
+                ..Default::default()
+            },
             ..Default::default()
         };
         sat_config.save(&sat_dir)?;
@@ -213,6 +224,8 @@ impl ProcessNetwork {
                 sync_writes: opts.sync_writes,
                 checkin_interval_secs: opts.checkin_interval_secs,
                 trash_grace_secs: opts.chore_interval_secs,
+                settle_interval_secs: opts.chore_interval_secs,
+                wallet: crate::test_wallet(i),
                 ..Default::default()
             };
             config.save(&node_dir)?;

@@ -228,6 +228,18 @@ impl Project {
         }
     }
 
+    /// What the project stores and downloads, per bucket, this month,
+    /// with its limits.
+    pub async fn usage(&self) -> Result<pb::ProjectUsageResponse, UplinkError> {
+        match self
+            .call(Req::ProjectUsage(pb::ProjectUsageRequest {}))
+            .await?
+        {
+            Resp::ProjectUsage(u) => Ok(u),
+            _ => Err(UplinkError::Call(CallError::UnexpectedResponse)),
+        }
+    }
+
     // ------------------------------------------------------------ buckets
 
     pub async fn create_bucket(&self, name: &str) -> Result<Bucket, UplinkError> {

@@ -50,6 +50,12 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Storage and download usage of the project, per bucket, this month,
+    /// with the project's limits
+    Usage {
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Copy a file to or from the network ('-' is stdin/stdout)
     Cp {
         source: String,
@@ -255,6 +261,68 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
             let u = parse_loam(&url)?;
             project.delete_bucket(&u.bucket).await?;
             println!("Bucket {} removed", u.bucket);
+        }
+        Command::Usage { output } => {
+            let u = project.usage().await?;
+            if output == Output::Json {
+                let buckets: Vec<serde_json::Value> = u
+                    .buckets
+                    .iter()
+                    .map(|b| {
+                        serde_json::json!({
+                            "bucket": b.name, "stored_bytes": b.stored_bytes,
+                            "objects": b.objects, "segments": b.segments,
+                            "egress_bytes": b.egress_bytes, "byte_hours": b.byte_hours,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "project": u.project, "month": u.month,
+                        "stored_bytes": u.stored_bytes, "egress_bytes": u.egress_bytes,
+                        "storage_limit": u.storage_limit, "egress_limit": u.egress_limit,
+                        "buckets": buckets,
+                    }))?
+                );
+            } else {
+                let limit = |used: u64, l: u64| {
+                    if l == 0 {
+                        format!("{} (no limit)", human(used))
+                    } else {
+                        format!(
+                            "{} of {} ({:.1} %)",
+                            human(used),
+                            human(l),
+                            used as f64 * 100.0 / l as f64
+                        )
+                    }
+                };
+                println!("project {}, {}", u.project, u.month);
+                println!(
+                    "  stored:            {}",
+                    limit(u.stored_bytes, u.storage_limit)
+                );
+                println!(
+                    "  downloads allowed: {}",
+                    limit(u.egress_bytes, u.egress_limit)
+                );
+                println!(
+                    "{:<24} {:>8} {:>9} {:>12} {:>16} {:>14}",
+                    "BUCKET", "OBJECTS", "SEGMENTS", "STORED", "EGRESS (settled)", "GB-HOURS"
+                );
+                for b in &u.buckets {
+                    println!(
+                        "{:<24} {:>8} {:>9} {:>12} {:>16} {:>14.3}",
+                        b.name,
+                        b.objects,
+                        b.segments,
+                        human(b.stored_bytes),
+                        human(b.egress_bytes),
+                        b.byte_hours as f64 / 1e9
+                    );
+                }
+            }
         }
         Command::Ls {
             url,
@@ -480,5 +548,21 @@ async fn main() {
     if let Err(e) = run(cli).await {
         eprintln!("uplink: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Bytes in SI units: `1.5 GB`.
+fn human(n: u64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB", "PB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < units.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", units[u])
     }
 }

@@ -684,6 +684,13 @@ impl Compute {
         for (node, s) in &outcome.credited {
             let u = work_units(spec.params(), *s);
             units += u;
+            crate::accounting::add_work(
+                &self.kv,
+                node,
+                loam_common::orders::now_ms(),
+                (u * 1e6).round() as u64,
+            )
+            .map_err(db)?;
             self.account(*node, |st| {
                 st.work_units += u;
                 st.tasks_accepted += 1;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use loam_common::NodeId;
-use loam_common::orders::{PieceId, SerialNumber};
+use loam_common::orders::{OrderLimit, PieceAction, PieceId, SerialNumber};
 use loam_common::pb;
 use prost::Message;
 use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
@@ -15,6 +15,8 @@ const CF_PIECES: &str = "pieces";
 const CF_SERIALS: &str = "serials";
 const CF_ORDERS: &str = "orders";
 const CF_META: &str = "meta";
+/// Bytes actually transferred, by satellite, action and day.
+const CF_BANDWIDTH: &str = "bandwidth";
 const KEY_USED: &[u8] = b"used_bytes";
 const KEY_PIECES: &[u8] = b"piece_count";
 
@@ -63,7 +65,7 @@ impl NodeDb {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = [CF_PIECES, CF_SERIALS, CF_ORDERS, CF_META]
+        let cfs = [CF_PIECES, CF_SERIALS, CF_ORDERS, CF_META, CF_BANDWIDTH]
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
@@ -224,10 +226,19 @@ impl NodeDb {
         Ok(out)
     }
 
-    /// Keeps the latest (largest) order of a download for settlement.
+    /// Keeps an order for settlement: the largest one per serial.
     pub fn put_order(&self, order: &pb::UnsentOrder) -> Result<(), DbError> {
+        let key = order_key(order);
+        let _guard = self.lock.lock().expect("usage lock");
+        if let Some(old) = self.db.get_cf(self.cf(CF_ORDERS), &key)? {
+            let old =
+                pb::UnsentOrder::decode(old.as_slice()).map_err(|_| DbError::Corrupt("order"))?;
+            if order_amount(&old) > order_amount(order) {
+                return Ok(());
+            }
+        }
         self.db
-            .put_cf(self.cf(CF_ORDERS), order_key(order), order.encode_to_vec())?;
+            .put_cf(self.cf(CF_ORDERS), key, order.encode_to_vec())?;
         Ok(())
     }
 
@@ -237,16 +248,118 @@ impl NodeDb {
             .iterator_cf(self.cf(CF_ORDERS), rocksdb::IteratorMode::Start)
             .count()
     }
+
+    /// Unsent orders of `satellite` whose limits were created before
+    /// `before_ms`, oldest first, with their keys.
+    pub fn orders_of(
+        &self,
+        satellite: &NodeId,
+        before_ms: i64,
+    ) -> Result<Vec<(Vec<u8>, pb::UnsentOrder)>, DbError> {
+        let prefix = satellite.as_bytes().to_vec();
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_ORDERS),
+            rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let created = k
+                .get(32..40)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(i64::MAX, i64::from_be_bytes);
+            if created >= before_ms {
+                break;
+            }
+            let o = pb::UnsentOrder::decode(v.as_ref()).map_err(|_| DbError::Corrupt("order"))?;
+            out.push((k.to_vec(), o));
+        }
+        Ok(out)
+    }
+
+    /// Forgets settled (or unsettleable) orders.
+    pub fn delete_orders(&self, keys: &[Vec<u8>]) -> Result<(), DbError> {
+        let mut batch = WriteBatch::default();
+        for k in keys {
+            batch.delete_cf(self.cf(CF_ORDERS), k);
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Counts bytes actually transferred for `satellite` under `action`.
+    pub fn add_bandwidth(
+        &self,
+        satellite: &NodeId,
+        action: PieceAction,
+        bytes: u64,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let key = bandwidth_key(satellite, action, now_ms.div_euclid(86_400_000));
+        let _guard = self.lock.lock().expect("usage lock");
+        let old = read_u64(self.db.get_cf(self.cf(CF_BANDWIDTH), &key)?)?;
+        self.db
+            .put_cf(self.cf(CF_BANDWIDTH), key, (old + bytes).to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Bytes transferred for `satellite` under `action` on days
+    /// `[from_day, to_day)` (days since the epoch).
+    pub fn bandwidth(
+        &self,
+        satellite: &NodeId,
+        action: PieceAction,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<u64, DbError> {
+        let mut total = 0;
+        for day in from_day..to_day {
+            total += read_u64(
+                self.db
+                    .get_cf(self.cf(CF_BANDWIDTH), bandwidth_key(satellite, action, day))?,
+            )?;
+        }
+        Ok(total)
+    }
 }
 
-/// Orders are keyed by the hash of their signed limit, which is unique per serial.
-fn order_key(order: &pb::UnsentOrder) -> [u8; 32] {
-    let limit = order
-        .limit
+fn bandwidth_key(satellite: &NodeId, action: PieceAction, day: i64) -> Vec<u8> {
+    let mut k = satellite.as_bytes().to_vec();
+    k.push(action.code() as u8);
+    k.extend_from_slice(&day.to_be_bytes());
+    k
+}
+
+fn order_amount(o: &pb::UnsentOrder) -> i64 {
+    o.order
         .as_ref()
-        .map(|l| l.limit.as_ref())
-        .unwrap_or_default();
-    *blake3::hash(limit).as_bytes()
+        .and_then(|s| pb::Order::decode(s.order.as_ref()).ok())
+        .map_or(0, |o| o.amount)
+}
+
+/// Orders are keyed by satellite, limit creation time and the hash of the
+/// signed limit (unique per serial), so a satellite's orders scan oldest
+/// first.
+fn order_key(order: &pb::UnsentOrder) -> Vec<u8> {
+    let limit = order.limit.as_ref();
+    let decoded = limit.and_then(|l| OrderLimit::decode_unverified(l).ok());
+    let mut k = Vec::with_capacity(72);
+    match &decoded {
+        Some(l) => {
+            k.extend_from_slice(l.satellite_id.as_bytes());
+            k.extend_from_slice(&l.created_ms.to_be_bytes());
+        }
+        None => k.extend_from_slice(&[0; 40]),
+    }
+    k.extend_from_slice(
+        blake3::hash(limit.map(|l| l.limit.as_ref()).unwrap_or_default()).as_bytes(),
+    );
+    k
 }
 
 #[cfg(test)]

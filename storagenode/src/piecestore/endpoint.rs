@@ -199,17 +199,17 @@ impl Piecestore {
             .db
             .piece(&limit.satellite_id, &limit.piece_id)?
             .ok_or(PieceError::NotFound)?;
-        if let Some(signed) = &req.limit {
-            // Kept for settlement, like any transfer the satellite pays for.
-            self.db.put_order(&pb::UnsentOrder {
-                limit: Some(signed.clone()),
-                order: None,
-            })?;
-        }
+        // The satellite pays for the answer with an order signed under the
+        // limit's piece key; kept for settlement like any paid transfer.
+        let order = req
+            .order
+            .as_ref()
+            .map(|o| Order::verify(o, &limit))
+            .transpose()?;
         let (blobs, sat, piece) = (self.blobs.clone(), limit.satellite_id, limit.piece_id);
         let size = record.size.max(0) as usize;
         let leaf = req.leaf as usize;
-        tokio::task::spawn_blocking(move || {
+        let resp = tokio::task::spawn_blocking(move || {
             // A piece the database lists but the disk lost is lost, not an
             // internal error: the satellite counts it as a failed audit.
             let data = blobs
@@ -236,7 +236,22 @@ impl Piecestore {
             })
         })
         .await
-        .map_err(|e| PieceError::Io(std::io::Error::other(e)))?
+        .map_err(|e| PieceError::Io(std::io::Error::other(e)))??;
+        if let (Some(signed), Some(order)) = (&req.limit, &req.order) {
+            self.db.put_order(&pb::UnsentOrder {
+                limit: Some(signed.clone()),
+                order: Some(order.clone()),
+            })?;
+        }
+        let served = resp.leaf_data.len() as u64;
+        let amount = order.map_or(0, |o| o.amount);
+        self.db.add_bandwidth(
+            &limit.satellite_id,
+            limit.action,
+            served.min(amount),
+            now_ms(),
+        )?;
+        Ok(resp)
     }
 
     /// Garbage collection: trashes this satellite's pieces created before
@@ -535,10 +550,11 @@ impl Piecestore {
             order: Some(o),
         });
         let (blobs, db) = (self.blobs.clone(), self.db.clone());
-        let (sat, piece) = (limit.satellite_id, limit.piece_id);
+        let (sat, piece, action) = (limit.satellite_id, limit.piece_id, limit.action);
         tokio::task::spawn_blocking(move || -> Result<(), PieceError> {
             blobs.commit(blob, &sat, &piece)?;
             db.put_piece(&sat, &piece, &record, order.as_ref())?;
+            db.add_bandwidth(&sat, action, received, now_ms())?;
             Ok(())
         })
         .await
@@ -714,6 +730,12 @@ impl Piecestore {
             }
         };
         let sent = sent.map_err(|e| (e, true))?;
+        if let Err(e) = self
+            .db
+            .add_bandwidth(&limit.satellite_id, limit.action, sent, now_ms())
+        {
+            tracing::warn!(error = %e, "cannot count bandwidth");
+        }
         let latest = final_rx.borrow().1.clone();
         if let Some(order) = latest {
             let unsent = pb::UnsentOrder {
