@@ -139,7 +139,7 @@ mod tests {
              [accounting]\ntally_interval_secs = 3600.0\n\n\
              [payouts]\nperiod_secs = 0.0\ntoken_decimals = 6\nstorage_per_tb_month = 1500000\n\
              egress_per_tb = 20000000\nrepair_audit_per_tb = 10000000\ningress_per_tb = 0\n\
-             per_work_unit = 1\n"
+             per_work_unit = 1\nsettle_delay_secs = 86400.0\n"
         );
         assert_eq!(
             toml::from_str::<Config>("").expect("empty"),

@@ -42,6 +42,9 @@ pub struct PayoutConfig {
     pub ingress_per_tb: u64,
     /// Base units per compute work unit. Default 1 ($0.000001).
     pub per_work_unit: u64,
+    /// Seconds after a period's end before its payouts can be computed,
+    /// so the orders of its last windows have been settled. Default 86400.
+    pub settle_delay_secs: f64,
 }
 
 impl Default for PayoutConfig {
@@ -54,6 +57,7 @@ impl Default for PayoutConfig {
             repair_audit_per_tb: 10_000_000,
             ingress_per_tb: 0,
             per_work_unit: 1,
+            settle_delay_secs: 86_400.0,
         }
     }
 }
@@ -68,6 +72,11 @@ pub enum PayoutError {
     BadPeriod(String),
     #[error("period {0} has not ended yet")]
     Open(String),
+    #[error(
+        "period {0} ended, but its last orders may still be settling: payouts can be computed \
+         from {1} (settle_delay_secs after its end)"
+    )]
+    Settling(String, String),
     #[error("payouts for period {0} were not computed yet; run `satellite payouts compute`")]
     NotComputed(String),
     #[error("payments for period {0} were already recorded")]
@@ -82,7 +91,7 @@ impl PayoutError {
     pub fn code(&self) -> pb::ErrorCode {
         match self {
             Self::BadPeriod(_) => pb::ErrorCode::InvalidArgument,
-            Self::Open(_) | Self::NotComputed(_) | Self::AlreadyPaid(_) => {
+            Self::Open(_) | Self::Settling(..) | Self::NotComputed(_) | Self::AlreadyPaid(_) => {
                 pb::ErrorCode::FailedPrecondition
             }
             Self::Db(_) | Self::Ledger(_) => pb::ErrorCode::Internal,
@@ -172,11 +181,12 @@ impl PayoutConfig {
         }
     }
 
-    /// Parses a period name, or `last` (the latest period that has ended).
+    /// Parses a period name, or `last` (the latest period whose payouts can
+    /// be computed: ended at least `settle_delay_secs` ago).
     pub fn parse_period(&self, s: &str, now: i64) -> Result<Period, PayoutError> {
         let bad = || PayoutError::BadPeriod(s.to_string());
         if s == "last" {
-            let current = self.period_at(now);
+            let current = self.period_at(now - (self.settle_delay_secs * 1000.0) as i64);
             return Ok(self.period_at(current.start - 1));
         }
         let start = match self.period_ms() {
@@ -455,6 +465,13 @@ impl Payouts {
         if period.end > now {
             return Err(PayoutError::Open(period.name.clone()));
         }
+        let ready = period.end + (self.config.settle_delay_secs * 1000.0) as i64;
+        if ready > now && !self.is_computed(period)? {
+            return Err(PayoutError::Settling(
+                period.name.clone(),
+                format_instant(ready),
+            ));
+        }
         let _guard = self.ledger_lock.lock().expect("ledger lock");
         let existing = self.paystubs(period)?;
         if !existing.is_empty() {
@@ -556,7 +573,7 @@ mod tests {
             monthly.period_at(p.end).index
         );
         assert!(monthly.parse_period("2026-13", 0).is_err());
-        let now = metainfo::month_range("2026-11").expect("month").0 + 5;
+        let now = metainfo::month_range("2026-11").expect("month").0 + 2 * 86_400_000;
         assert_eq!(
             monthly.parse_period("last", now).expect("last").name,
             "2026-10"

@@ -233,6 +233,29 @@ impl StorageNode {
                     .await
             })
         };
+        let settle_task = {
+            let (settler, cancel) = (settler.clone(), cancel.clone());
+            tokio::spawn(async move {
+                let s = settler.clone();
+                settler
+                    .cycle
+                    .run(cancel, move || {
+                        let s = s.clone();
+                        async move {
+                            let stats = s.settle_all().await;
+                            if stats.windows_settled > 0 {
+                                tracing::info!(
+                                    windows = stats.windows_settled,
+                                    accepted = stats.orders_accepted,
+                                    rejected = stats.orders_rejected,
+                                    "orders settled"
+                                );
+                            }
+                        }
+                    })
+                    .await
+            })
+        };
         let prune_task = {
             let (db, cancel) = (piecestore.db().clone(), cancel.clone());
             tokio::spawn(async move {
@@ -303,29 +326,6 @@ impl StorageNode {
             }
         }
         endpoint.close();
-        let settle_task = {
-            let (settler, cancel) = (settler.clone(), cancel.clone());
-            tokio::spawn(async move {
-                let s = settler.clone();
-                settler
-                    .cycle
-                    .run(cancel, move || {
-                        let s = s.clone();
-                        async move {
-                            let stats = s.settle_all().await;
-                            if stats.windows_settled > 0 {
-                                tracing::info!(
-                                    windows = stats.windows_settled,
-                                    accepted = stats.orders_accepted,
-                                    rejected = stats.orders_rejected,
-                                    "orders settled"
-                                );
-                            }
-                        }
-                    })
-                    .await
-            })
-        };
         let _ = tokio::join!(http_task, contact_task, prune_task, trash_task, settle_task);
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         Ok(())

@@ -174,6 +174,7 @@ impl ProcessNetwork {
             },
             payouts: loam_satellite::payouts::PayoutConfig {
                 period_secs: 24.0 * opts.chore_interval_secs,
+                settle_delay_secs: 5.0 * opts.chore_interval_secs,
                 ..Default::default()
             },
             ..Default::default()

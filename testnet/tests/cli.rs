@@ -379,3 +379,174 @@ async fn training_survives_kill_9_of_a_holder() -> anyhow::Result<()> {
     net.stop().await;
     Ok(())
 }
+
+fn run(bin: &str, args: &[&str]) -> Output {
+    Command::new(binary(bin).expect("binary"))
+        .args(args)
+        .output()
+        .expect("run")
+}
+
+/// Settlement, limits and payouts through the real daemons and CLIs: the
+/// nodes' settlement chores report egress without being asked, the
+/// satellite refuses uploads beyond a project's limit with one line, and
+/// a period's paystubs, export and ledgers agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_limits_and_payouts_through_the_clis() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let net = ProcessNetwork::start(
+        &tmp.path().join("net"),
+        &NetworkOptions {
+            nodes: 5,
+            redundancy: "2/3/4/5".parse()?,
+            chore_interval_secs: 0.5,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let access = net.dir.join("access");
+    let sat_dir = net.dir.join("satellite");
+    let sat = sat_dir.to_str().expect("utf-8");
+    let mut data = vec![0u8; 3_000_000];
+    rand::rngs::StdRng::seed_from_u64(9).fill_bytes(&mut data);
+    let file = tmp.path().join("data");
+    std::fs::write(&file, &data)?;
+    let f = file.to_str().expect("utf-8");
+    ok(uplink(&access, &["mb", "loam://pay"]));
+    ok(uplink(&access, &["cp", f, "loam://pay/a"]));
+    let back = tmp.path().join("back");
+    for _ in 0..3 {
+        ok(uplink(
+            &access,
+            &["cp", "loam://pay/a", back.to_str().expect("utf-8")],
+        ));
+    }
+
+    // The nodes settle on their own; the satellite is another process, so
+    // its usage report is polled.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let usage = loop {
+        let u: serde_json::Value =
+            serde_json::from_str(&ok(uplink(&access, &["usage", "-o", "json"])))?;
+        if u["buckets"][0]["egress_bytes"].as_u64().unwrap_or(0) >= 9_000_000 {
+            break u;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "egress never settled: {u}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert_eq!(usage["stored_bytes"].as_u64(), Some(3_000_000));
+
+    // A storage limit below what is stored: the next upload fails, in one line.
+    let limits = run(
+        "satellite",
+        &[
+            "project",
+            "limits",
+            "--dir",
+            sat,
+            "--project",
+            "testnet",
+            "--storage",
+            "4MB",
+        ],
+    );
+    assert!(
+        limits.status.success(),
+        "{}",
+        String::from_utf8_lossy(&limits.stderr)
+    );
+    let err = fails(uplink(&access, &["cp", f, "loam://pay/b"]));
+    assert!(err.contains("storage limit"), "{err}");
+    let mut small = tmp
+        .path()
+        .join("small")
+        .to_str()
+        .expect("utf-8")
+        .to_string();
+    std::fs::write(&small, vec![1u8; 500_000])?;
+    ok(uplink(&access, &["cp", &small, "loam://pay/c"]));
+    small.clear();
+
+    // Payouts for the first period that is ready.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let computed = loop {
+        let out = run(
+            "satellite",
+            &["payouts", "compute", "--dir", sat, "--period", "last"],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && !text.contains(": 0 paystubs") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no paystubs: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let period = computed
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.strip_suffix(':'))
+        .expect("period name")
+        .to_string();
+    let total: u64 = computed
+        .lines()
+        .find_map(|l| l.strip_prefix("total to pay: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("total");
+    let export = run(
+        "satellite",
+        &[
+            "payouts", "export", "--dir", sat, "--period", &period, "--format", "json",
+        ],
+    );
+    let export: serde_json::Value = serde_json::from_slice(&export.stdout)?;
+    let sum: u64 = export["payments"]
+        .as_array()
+        .expect("payments")
+        .iter()
+        .map(|p| {
+            p["amount"]
+                .as_str()
+                .and_then(|a| a.parse::<u64>().ok())
+                .expect("amount")
+        })
+        .sum();
+    assert_eq!(sum, total, "the export sums to the paystubs");
+    assert_eq!(export["total"].as_str(), Some(total.to_string().as_str()));
+    let paid = run(
+        "satellite",
+        &[
+            "payouts",
+            "paid",
+            "--dir",
+            sat,
+            "--period",
+            &period,
+            "--reference",
+            "0xabc",
+        ],
+    );
+    assert!(paid.status.success());
+
+    // Every node's ledger fetches and verifies.
+    for p in net.storage_nodes() {
+        let dir = p.data_dir.to_str().expect("utf-8");
+        let show = run("storagenode", &["payouts", "--dir", dir]);
+        assert!(
+            show.status.success(),
+            "{}",
+            String::from_utf8_lossy(&show.stderr)
+        );
+        let verify = run("storagenode", &["payouts", "verify", "--dir", dir]);
+        assert!(
+            verify.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
+    }
+    net.stop().await;
+    Ok(())
+}

@@ -120,7 +120,10 @@ async fn settled_egress_matches_served_bytes_and_paystubs_follow() -> anyhow::Re
     planet.satellite_overlay.disqualify(&dq, now_ms())?;
     let payouts = &planet.payouts;
     let period = payouts.config().period_at(now_ms());
-    let stubs = payouts.compute(&period, period.end)?;
+    // Not before its last orders have had time to settle.
+    assert!(payouts.compute(&period, period.end).is_err());
+    let ready = period.end + (payouts.config().settle_delay_secs * 1000.0) as i64;
+    let stubs = payouts.compute(&period, ready)?;
     assert!(!stubs.is_empty());
     let rates = payouts.config().clone();
     for (node, stub) in &stubs {
@@ -159,7 +162,7 @@ async fn settled_egress_matches_served_bytes_and_paystubs_follow() -> anyhow::Re
         }
     }
     // Computing again changes nothing.
-    assert_eq!(payouts.compute(&period, period.end)?, stubs);
+    assert_eq!(payouts.compute(&period, ready)?, stubs);
     assert_eq!(
         payouts.record_payment(&period, "batch-1")?,
         stubs.iter().filter(|(_, s)| s.paid > 0).count() as u32
