@@ -21,6 +21,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
 }
 
 /// Loads `dir/file`, or the defaults when there is none.
@@ -52,6 +54,141 @@ pub fn save_toml<T: serde::Serialize>(
         .map_err(|source| ConfigError::Write { path, source })
 }
 
+/// `value` as TOML with every key preceded by its documentation and its
+/// default (`docs` maps dotted keys, `compute.cores`, to one-line texts);
+/// tables come after the top-level keys, as TOML requires.
+pub fn documented_toml<T: serde::Serialize>(
+    value: &T,
+    defaults: &T,
+    header: &str,
+    docs: &[(&str, &str)],
+) -> Result<String, toml::ser::Error> {
+    let table = to_table(value)?;
+    let defaults = to_table(defaults)?;
+    let mut out = header.to_string();
+    write_documented(&mut out, "", &table, &defaults, docs);
+    Ok(out)
+}
+
+fn to_table<T: serde::Serialize>(value: &T) -> Result<toml::Table, toml::ser::Error> {
+    use serde::ser::Error as _;
+    match toml::Value::try_from(value)? {
+        toml::Value::Table(t) => Ok(t),
+        _ => Err(toml::ser::Error::custom("a configuration must be a table")),
+    }
+}
+
+fn write_documented(
+    out: &mut String,
+    prefix: &str,
+    table: &toml::Table,
+    defaults: &toml::Table,
+    docs: &[(&str, &str)],
+) {
+    let empty = toml::Table::new();
+    for (key, value) in table.iter().filter(|(_, v)| !v.is_table()) {
+        let path = format!("{prefix}{key}");
+        let doc = docs
+            .iter()
+            .find(|(k, _)| *k == path)
+            .map_or("(undocumented)", |(_, d)| *d);
+        for line in doc.lines() {
+            out.push_str(&format!("# {line}\n"));
+        }
+        if let Some(d) = defaults.get(key) {
+            out.push_str(&format!("# Default: {d}\n"));
+        }
+        out.push_str(&format!("{key} = {value}\n\n"));
+    }
+    for (key, value) in table.iter() {
+        let toml::Value::Table(sub) = value else {
+            continue;
+        };
+        let path = format!("{prefix}{key}");
+        if let Some((_, doc)) = docs.iter().find(|(k, _)| *k == path) {
+            for line in doc.lines() {
+                out.push_str(&format!("# {line}\n"));
+            }
+        }
+        out.push_str(&format!("[{path}]\n"));
+        let sub_defaults = match defaults.get(key) {
+            Some(toml::Value::Table(t)) => t,
+            _ => &empty,
+        };
+        write_documented(out, &format!("{path}."), sub, sub_defaults, docs);
+    }
+}
+
+/// Applies `PREFIX<KEY>` environment variables to a configuration: the
+/// key upper-cased (`LOAM_ALLOCATED_BYTES` sets `allocated_bytes`), `__`
+/// between a table and its key (`LOAM_COMPUTE__MAX_TASKS`). Values are
+/// TOML (`true`, `12`, `"x"`) or a bare string; lists take commas.
+/// Variables naming no key are ignored (they may be for the command line).
+pub fn apply_env<T: serde::Serialize + serde::de::DeserializeOwned>(
+    value: &T,
+    prefix: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, ConfigError> {
+    let env_err = |var: &str, message: String| ConfigError::Env {
+        var: var.to_string(),
+        message,
+    };
+    let mut table = to_table(value).map_err(|e| env_err(prefix, e.to_string()))?;
+    let mut applied = Vec::new();
+    for (var, raw) in vars {
+        let Some(name) = var.strip_prefix(prefix) else {
+            continue;
+        };
+        let path: Vec<String> = name
+            .to_ascii_lowercase()
+            .split("__")
+            .map(str::to_string)
+            .collect();
+        let Some((last, parents)) = path.split_last() else {
+            continue;
+        };
+        let Some(t) = table_at(&mut table, parents) else {
+            continue;
+        };
+        let Some(current) = t.get(last).cloned() else {
+            continue;
+        };
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut v| v.remove("v"));
+        let new = match (parsed, &current) {
+            (Some(v), _) => v,
+            (None, toml::Value::Array(_)) => toml::Value::Array(
+                raw.split(',')
+                    .map(|s| toml::Value::String(s.trim().to_string()))
+                    .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+                    .collect(),
+            ),
+            (None, _) => toml::Value::String(raw.clone()),
+        };
+        t.insert(last.clone(), new);
+        applied.push(var);
+    }
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            env_err(
+                &applied.join(", "),
+                format!("not a valid value: {}", e.message()),
+            )
+        })
+}
+
+fn table_at<'a>(t: &'a mut toml::Table, path: &[String]) -> Option<&'a mut toml::Table> {
+    match path.split_first() {
+        None => Some(t),
+        Some((p, rest)) => match t.get_mut(p) {
+            Some(toml::Value::Table(sub)) => table_at(sub, rest),
+            _ => None,
+        },
+    }
+}
+
 /// Writes `value` as JSON to `path` through a temporary file and a rename,
 /// so a reader never sees half a file.
 pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
@@ -67,4 +204,80 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp.push(".tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    struct Inner {
+        cores: u32,
+    }
+
+    #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    struct Conf {
+        name: String,
+        size: u64,
+        list: Vec<String>,
+        inner: Inner,
+    }
+
+    #[test]
+    fn documented_toml_round_trips_with_every_key_explained() {
+        let c = Conf {
+            name: "x".into(),
+            size: 5,
+            list: vec!["a".into()],
+            inner: Inner { cores: 2 },
+        };
+        let docs = [
+            ("name", "The name."),
+            ("size", "Bytes."),
+            ("list", "Things."),
+            ("inner", "The inner table."),
+            ("inner.cores", "Cores."),
+        ];
+        let text = documented_toml(&c, &Conf::default(), "# head\n", &docs).expect("toml");
+        assert!(text.starts_with("# head\n# The name.\n# Default: \"\"\nname = \"x\"\n"));
+        assert!(text.contains("[inner]\n# Cores.\n# Default: 0\ncores = 2\n"));
+        assert!(!text.contains("undocumented"));
+        assert_eq!(toml::from_str::<Conf>(&text).expect("parse"), c);
+    }
+
+    #[test]
+    fn environment_overrides_keys_and_rejects_bad_values() {
+        let vars = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let c = apply_env(
+            &Conf::default(),
+            "LOAM_",
+            vars(&[
+                ("LOAM_NAME", "node one"),
+                ("LOAM_SIZE", "42"),
+                ("LOAM_LIST", "a, b"),
+                ("LOAM_INNER__CORES", "3"),
+                ("LOAM_DIR", "/ignored"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .expect("applied");
+        assert_eq!(
+            c,
+            Conf {
+                name: "node one".into(),
+                size: 42,
+                list: vec!["a".into(), "b".into()],
+                inner: Inner { cores: 3 },
+            }
+        );
+        let err = apply_env(&Conf::default(), "LOAM_", vars(&[("LOAM_SIZE", "lots")]))
+            .expect_err("not a number");
+        assert!(err.to_string().contains("LOAM_SIZE"), "{err}");
+    }
 }

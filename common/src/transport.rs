@@ -186,6 +186,21 @@ impl Endpoint {
         id: NodeId,
         addr: SocketAddr,
     ) -> Result<quinn::Connection, TransportError> {
+        self.connect_pinned(Some(id), addr).await
+    }
+
+    /// Connects to `addr` whatever its key, to learn who answers there
+    /// ([`peer_id`]): how setup tells a wrong satellite id from an
+    /// unreachable address. Nothing sent over it is trusted.
+    pub async fn probe(&self, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
+        self.connect_pinned(None, addr).await
+    }
+
+    async fn connect_pinned(
+        &self,
+        id: Option<NodeId>,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, TransportError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.identity.key().pkcs8_der()));
         let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -318,10 +333,11 @@ fn verify_handshake(
     )
 }
 
-/// Client side: accept exactly the server whose key hashes to `expected`.
+/// Client side: accept exactly the server whose key hashes to `expected`
+/// (any Ed25519 key when `None`).
 #[derive(Debug)]
 struct PinnedServer {
-    expected: NodeId,
+    expected: Option<NodeId>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -337,7 +353,7 @@ impl ServerCertVerifier for PinnedServer {
         let key = cert_public_key(end_entity).ok_or(rustls::Error::InvalidCertificate(
             rustls::CertificateError::BadEncoding,
         ))?;
-        if key.node_id() != self.expected {
+        if self.expected.is_some_and(|id| key.node_id() != id) {
             return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             ));

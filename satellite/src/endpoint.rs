@@ -21,6 +21,10 @@ pub struct Endpoint {
     pub(crate) compute: Arc<Compute>,
     pub(crate) reputation: Arc<crate::audit::Reputation>,
     pub(crate) payouts: Arc<crate::payouts::Payouts>,
+    pub(crate) repair: Arc<crate::repair::Repair>,
+    /// Least node version accepted without a warning; empty: none.
+    pub(crate) minimum_node_version: String,
+    pub(crate) started_ms: i64,
 }
 
 /// Most orders one settlement stream may carry (a window of a busy node).
@@ -29,6 +33,8 @@ const MAX_SETTLEMENT_ORDERS: usize = 20_000_000;
 fn method(req: &Req) -> &'static str {
     match req {
         Req::CheckIn(_) => "check_in",
+        Req::Info(_) => "info",
+        Req::Status(_) => "status",
         Req::CreateBucket(_) => "create_bucket",
         Req::DeleteBucket(_) => "delete_bucket",
         Req::ListBuckets(_) => "list_buckets",
@@ -157,6 +163,55 @@ impl Endpoint {
             .map_err(|e| RemoteError::new(e.code(), e.to_string()))
     }
 
+    /// `satellite status`: nodes, storage, repair and jobs at a glance.
+    fn status(&self, now: i64) -> Result<pb::StatusResponse, RemoteError> {
+        let internal = |e: String| RemoteError::new(pb::ErrorCode::Internal, e);
+        let mut st = pb::StatusResponse {
+            version: loam_common::VERSION.to_string(),
+            started_unix_ms: self.started_ms,
+            ..Default::default()
+        };
+        for n in self.overlay.list() {
+            st.nodes_total += 1;
+            if n.disqualified_ms.is_some() {
+                st.nodes_disqualified += 1;
+                continue;
+            }
+            if n.exit_finished_ms.is_some() {
+                st.nodes_exited += 1;
+                continue;
+            }
+            if self.overlay.is_online(&n, now) {
+                st.nodes_online += 1;
+                st.free_disk_online += n.free_disk.max(0) as u64;
+            }
+            st.nodes_vetted += u64::from(n.vetted);
+            st.nodes_suspended += u64::from(n.suspended_ms.is_some());
+        }
+        for (_, seg) in self
+            .metainfo
+            .segments()
+            .map_err(|e| internal(e.to_string()))?
+        {
+            st.segments += 1;
+            let meta = seg.meta.unwrap_or_default();
+            st.stored_bytes += meta.plain_size.max(0) as u64;
+            st.piece_bytes += meta.piece_size.max(0) as u64 * seg.pieces.len() as u64;
+        }
+        let repair = self.repair.summary();
+        st.repair_checked_unix_ms = repair.checked_ms;
+        st.repair_queue = repair.queue as u64;
+        st.repaired_total = repair.repaired_total;
+        st.repair_failed_total = repair.failed_total;
+        let (running, total) = self
+            .compute
+            .job_counts()
+            .map_err(|e| internal(e.to_string()))?;
+        st.jobs_running = running;
+        st.jobs_total = total;
+        Ok(st)
+    }
+
     fn dispatch(&self, peer: NodeId, api_key: &[u8], req: Req) -> Result<Resp, RemoteError> {
         let m = &self.metainfo;
         let now = loam_common::orders::now_ms();
@@ -186,11 +241,33 @@ impl Endpoint {
                     .get(&peer)
                     .map(|r| self.reputation.config().standing(&r))
                     .ok();
+                let rates = self.payouts.config();
                 return Ok(Resp::CheckIn(pb::CheckInResponse {
                     standing,
                     order_window_ms: m.orders().window_ms(),
+                    rates: Some(pb::PayoutRates {
+                        token_decimals: rates.token_decimals,
+                        storage_per_tb_month: rates.storage_per_tb_month,
+                        egress_per_tb: rates.egress_per_tb,
+                        repair_audit_per_tb: rates.repair_audit_per_tb,
+                        ingress_per_tb: rates.ingress_per_tb,
+                        per_work_unit: rates.per_work_unit,
+                    }),
+                    minimum_version: self.minimum_node_version.clone(),
+                    suggested_version: loam_common::VERSION.to_string(),
                     ..Default::default()
                 }));
+            }
+            Req::Info(_) => {
+                return Ok(Resp::Info(pb::InfoResponse {
+                    min_difficulty: self.overlay.config().min_difficulty,
+                    version: loam_common::VERSION.to_string(),
+                    minimum_node_version: self.minimum_node_version.clone(),
+                }));
+            }
+            Req::Status(_) => {
+                admin()?;
+                return self.status(now).map(Resp::Status);
             }
             Req::Exit(_) => {
                 if self.overlay.get(&peer).is_none() {
@@ -365,6 +442,8 @@ impl Endpoint {
                 ));
             }
             Req::CheckIn(_)
+            | Req::Info(_)
+            | Req::Status(_)
             | Req::Exit(_)
             | Req::CreateApiKey(_)
             | Req::ListNodes(_)

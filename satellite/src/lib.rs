@@ -311,6 +311,9 @@ impl Satellite {
             compute: self.compute.clone(),
             reputation: self.reputation.clone(),
             payouts: self.payouts.clone(),
+            repair: self.repair.clone(),
+            minimum_node_version: self.config.minimum_node_version.clone(),
+            started_ms: loam_common::orders::now_ms(),
         });
         match self.compute.resume_jobs() {
             Ok(0) => {}

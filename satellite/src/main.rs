@@ -53,6 +53,10 @@ enum Command {
         /// Seconds after the last check-in a node still counts as online.
         #[arg(long)]
         online_window: Option<f64>,
+        /// HOST:PORT nodes and uplinks use to reach the satellite (default:
+        /// the listen address).
+        #[arg(long)]
+        address: Option<String>,
     },
     /// Run the satellite in DIR until interrupted.
     Run {
@@ -74,6 +78,13 @@ enum Command {
     Payouts {
         #[command(subcommand)]
         command: PayoutsCommand,
+    },
+    /// The running satellite at a glance: nodes, storage, repair, jobs.
+    Status {
+        #[arg(long, env = "LOAM_DIR")]
+        dir: PathBuf,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Projects: storage and egress limits.
     Project {
@@ -137,27 +148,8 @@ enum ProjectCommand {
     },
 }
 
-/// `123`, `10GB`, `1.5TB`, `512MiB`.
 fn parse_bytes(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "tb" => 1e12,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        u => return Err(format!("unknown size unit {u:?}")),
-    };
-    Ok((n * mult).round() as u64)
+    loam_common::size::parse_bytes(s).map_err(|e| e.to_string())
 }
 
 /// Runs one payouts action on the running satellite in `dir`.
@@ -210,9 +202,16 @@ enum NodesCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     telemetry::init_logging();
-    match Cli::parse().command {
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("satellite: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Setup {
             dir,
             listen,
@@ -221,6 +220,7 @@ async fn main() -> anyhow::Result<()> {
             min_difficulty,
             no_subnet_rule,
             online_window,
+            address,
         } => {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -250,7 +250,24 @@ async fn main() -> anyhow::Result<()> {
                 config.online_window_secs = v;
             }
             config.distinct_subnets = !no_subnet_rule;
+            if let Some(a) = address {
+                config.external_address = a;
+            }
             config.save(&dir)?;
+            let reach = if !config.external_address.is_empty() {
+                config.external_address.clone()
+            } else if config.listen.ip().is_unspecified() {
+                format!("YOUR-HOST:{}", config.listen.port())
+            } else {
+                config.listen.to_string()
+            };
+            eprintln!(
+                "satellite set up in {}; start it with `satellite run --dir {}`; nodes join with \
+                 --satellite {}@{reach}",
+                dir.display(),
+                dir.display(),
+                identity.id()
+            );
             println!("{}", identity.id());
         }
         Command::Run { dir } => {
@@ -427,6 +444,16 @@ async fn main() -> anyhow::Result<()> {
                 show(r.egress_limit)
             );
         }
+        Command::Status { dir, output } => {
+            let admin = AdminClient::connect(&dir).await?;
+            let pb::satellite_response::Response::Status(st) = admin
+                .call(pb::satellite_request::Request::Status(pb::StatusRequest {}))
+                .await?
+            else {
+                anyhow::bail!("satellite gave an unexpected answer");
+            };
+            print_status(&admin.url, &st, output)?;
+        }
         Command::Nodes {
             command: NodesCommand::Ls { dir, output },
         } => {
@@ -531,6 +558,83 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+fn print_status(
+    url: &loam_common::NodeUrl,
+    st: &pb::StatusResponse,
+    output: Output,
+) -> anyhow::Result<()> {
+    let json = serde_json::json!({
+        "satellite": url.to_string(),
+        "version": st.version,
+        "started_unix_ms": st.started_unix_ms,
+        "nodes": {
+            "total": st.nodes_total,
+            "online": st.nodes_online,
+            "vetted": st.nodes_vetted,
+            "suspended": st.nodes_suspended,
+            "disqualified": st.nodes_disqualified,
+            "exited": st.nodes_exited,
+            "free_disk_online": st.free_disk_online,
+        },
+        "storage": {
+            "segments": st.segments,
+            "stored_bytes": st.stored_bytes,
+            "piece_bytes": st.piece_bytes,
+        },
+        "repair": {
+            "last_check_unix_ms": (st.repair_checked_unix_ms > 0).then_some(st.repair_checked_unix_ms),
+            "queue": st.repair_queue,
+            "repaired": st.repaired_total,
+            "failed": st.repair_failed_total,
+        },
+        "jobs": { "running": st.jobs_running, "total": st.jobs_total },
+    });
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&json)?),
+        Output::Table => {
+            let up = (loam_common::orders::now_ms() - st.started_unix_ms).max(0) / 1000;
+            println!("satellite  {url}");
+            println!(
+                "version    {} (up {}h {:02}m {:02}s)",
+                st.version,
+                up / 3600,
+                up / 60 % 60,
+                up % 60
+            );
+            println!(
+                "nodes      {} online of {} ({} vetted, {} suspended, {} disqualified, {} exited); {} free on online nodes",
+                st.nodes_online,
+                st.nodes_total,
+                st.nodes_vetted,
+                st.nodes_suspended,
+                st.nodes_disqualified,
+                st.nodes_exited,
+                loam_common::size::format_bytes(st.free_disk_online)
+            );
+            println!(
+                "storage    {} segments, {} stored, {} of pieces on nodes",
+                st.segments,
+                loam_common::size::format_bytes(st.stored_bytes),
+                loam_common::size::format_bytes(st.piece_bytes)
+            );
+            if st.repair_checked_unix_ms > 0 {
+                let ago = (loam_common::orders::now_ms() - st.repair_checked_unix_ms).max(0) / 1000;
+                println!(
+                    "repair     {} segments queued (checked {ago} s ago); {} repaired, {} failed since start",
+                    st.repair_queue, st.repaired_total, st.repair_failed_total
+                );
+            } else {
+                println!("repair     the checker has not run yet");
+            }
+            println!(
+                "jobs       {} running, {} submitted",
+                st.jobs_running, st.jobs_total
+            );
         }
     }
     Ok(())

@@ -256,20 +256,7 @@ impl PayoutConfig {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn format_instant(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let month = metainfo::month_of(ms);
-    let (start, _) = metainfo::month_range(&month).expect("valid month");
-    let day = (ms - start) / 86_400_000 + 1;
-    let s = secs.rem_euclid(86_400);
-    format!(
-        "{month}-{day:02}T{:02}:{:02}:{:02}Z",
-        s / 3600,
-        s % 3600 / 60,
-        s % 60
-    )
-}
+pub use loam_common::time::format_instant;
 
 fn parse_instant(s: &str) -> Option<i64> {
     let (date, time) = s.strip_suffix('Z')?.split_once('T')?;

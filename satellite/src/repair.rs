@@ -53,11 +53,22 @@ pub struct RepairStats {
     pub timings: Vec<(f64, u64, u64)>,
 }
 
+/// The repair state for `satellite status`: the last checker run and
+/// totals since start.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RepairSummary {
+    pub checked_ms: i64,
+    pub queue: usize,
+    pub repaired_total: u64,
+    pub failed_total: u64,
+}
+
 pub struct Repair {
     metainfo: Arc<Metainfo>,
     overlay: Arc<Overlay>,
     endpoint: QuicEndpoint,
     config: RepairConfig,
+    summary: std::sync::Mutex<RepairSummary>,
 }
 
 /// A segment the checker queued.
@@ -79,7 +90,12 @@ impl Repair {
             overlay,
             endpoint,
             config,
+            summary: Default::default(),
         }
+    }
+
+    pub fn summary(&self) -> RepairSummary {
+        *self.summary.lock().expect("summary lock")
     }
 
     pub fn interval(&self) -> Duration {
@@ -192,6 +208,13 @@ impl Repair {
             }
         }
         metrics::counter!("loam_satellite_repair_runs_total").increment(1);
+        {
+            let mut summary = self.summary.lock().expect("summary lock");
+            summary.checked_ms = now_ms();
+            summary.queue = stats.below_threshold.saturating_sub(stats.repaired);
+            summary.repaired_total += stats.repaired as u64;
+            summary.failed_total += stats.failed as u64;
+        }
         stats
     }
 

@@ -551,18 +551,7 @@ async fn main() {
     }
 }
 
-/// Bytes in SI units: `1.5 GB`.
+/// Bytes in SI units: `1.50 GB`.
 fn human(n: u64) -> String {
-    let units = ["B", "KB", "MB", "GB", "TB", "PB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < units.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", units[u])
-    }
+    loam_common::size::format_bytes(n)
 }

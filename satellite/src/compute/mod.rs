@@ -436,6 +436,13 @@ impl Compute {
         Ok(rec.info.unwrap_or_default())
     }
 
+    /// Jobs running now, and jobs ever submitted.
+    pub fn job_counts(&self) -> Result<(u64, u64), ComputeError> {
+        let total = self.kv.scan(Table::Jobs, b"", b"", usize::MAX)?.len() as u64;
+        let running = self.live.lock().expect("jobs lock").len() as u64;
+        Ok((running, total))
+    }
+
     pub fn list(&self, project: &ProjectId) -> Result<Vec<pb::JobInfo>, ComputeError> {
         let mut out = Vec::new();
         for (k, v) in self.kv.scan(Table::Jobs, b"", b"", usize::MAX)? {
