@@ -37,8 +37,12 @@ pub struct ComputeConfig {
     pub max_tasks: u32,
     /// Cores announced to satellites; 0 means every core. Default 0.
     pub cores: u32,
-    /// GPUs announced to satellites. Default 0.
+    /// GPUs announced to satellites (only by a build with a GPU backend
+    /// feature; others announce none). Default 0.
     pub gpus: u32,
+    /// Memory announced to satellites for training, in MiB; 0 means the
+    /// machine's physical memory. Default 0.
+    pub memory_mib: u64,
     /// `cpu` (burn's ndarray backend, deterministic) or `gpu` (wgpu; needs
     /// a build with the `wgpu` feature). Default `cpu`.
     pub backend: Backend,
@@ -53,6 +57,7 @@ impl Default for ComputeConfig {
             max_tasks: 1,
             cores: 0,
             gpus: 0,
+            memory_mib: 0,
             backend: Backend::Cpu,
             cache_mib: 512,
         }
@@ -66,14 +71,31 @@ impl ComputeConfig {
         } else {
             self.cores
         };
+        let memory_bytes = match self.memory_mib {
+            0 => physical_memory().unwrap_or(0),
+            mib => mib.saturating_mul(1 << 20),
+        };
+        let gpus = if Backend::Gpu.available() {
+            self.gpus
+        } else {
+            0
+        };
         pb::NodeCapabilities {
             cpu_cores: cores,
-            memory_bytes: 0,
-            gpus: self.gpus,
+            memory_bytes,
+            gpus,
             compute_enabled: self.enabled && self.backend.available(),
             max_tasks: if self.enabled { self.max_tasks } else { 0 },
         }
     }
+}
+
+/// The machine's physical memory (Linux `/proc/meminfo`), if known.
+fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Test hook: alters the weights a node returns (a dishonest node).
@@ -199,6 +221,11 @@ impl Trainer {
                     .increment(ok.piece_bytes_fetched);
                 metrics::histogram!("loam_storagenode_compute_task_duration_seconds")
                     .record(started.elapsed().as_secs_f64());
+                let units =
+                    loam_common::compute::work_units(ok.weights_len as usize / 4, ok.samples);
+                if let Err(e) = self.db.record_task(true, units) {
+                    tracing::warn!(error = %e, "cannot record the task");
+                }
                 let _ = writer
                     .message(&pb::TrainResponse {
                         result: Some(pb::train_response::Result::Ok(ok)),
@@ -218,6 +245,12 @@ impl Trainer {
             Err(e) => {
                 metrics::counter!("loam_storagenode_compute_tasks_total", "result" => "error")
                     .increment(1);
+                // Tasks turned away (busy, malformed) were never run.
+                if !matches!(e, TaskError::Refused(_) | TaskError::Bad(_))
+                    && let Err(e) = self.db.record_task(false, 0.0)
+                {
+                    tracing::warn!(error = %e, "cannot record the task");
+                }
                 tracing::info!(error = %e, "training task failed");
                 let _ = writer
                     .message(&pb::TrainResponse {

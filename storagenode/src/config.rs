@@ -36,6 +36,9 @@ pub struct Config {
     pub wallet: String,
     /// Seconds between order settlement rounds. Default 300.
     pub settle_interval_secs: f64,
+    /// The operator's contact address, for the records of whoever runs
+    /// this node. Default empty.
+    pub email: String,
     /// Training tasks (`[compute]`): opt-in, capacity, backend.
     pub compute: crate::compute::ComputeConfig,
 }
@@ -53,6 +56,7 @@ impl Default for Config {
             trash_grace_secs: 604_800.0,
             wallet: String::new(),
             settle_interval_secs: 300.0,
+            email: String::new(),
             compute: Default::default(),
         }
     }
@@ -68,15 +72,114 @@ impl Config {
         loam_common::config::load_toml(dir, Self::FILE)
     }
 
+    /// Writes `DIR/config.toml` with every key explained and its default.
     pub fn save(&self, dir: &Path) -> Result<(), ConfigError> {
-        loam_common::config::save_toml(
+        let path = dir.join(Self::FILE);
+        let text = self.documented().map_err(|e| ConfigError::Write {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&path, text).map_err(|source| ConfigError::Write { path, source })
+    }
+
+    /// The file `save` writes.
+    pub fn documented(&self) -> Result<String, toml::ser::Error> {
+        loam_common::config::documented_toml(
             self,
-            dir,
-            Self::FILE,
-            "# Loam storage node configuration. Every key is optional; docs/operators.md\n# lists the defaults.\n",
+            &Self::default(),
+            "# Loam storage node configuration (docs/operators.md).\n\
+             # Every key is optional: a missing key takes its default. Any key can be\n\
+             # overridden by an environment variable LOAM_<KEY> (LOAM_COMPUTE__<KEY> for\n\
+             # the [compute] table) or by the flag of the same name on `storagenode run`.\n\n",
+            DOCS,
         )
     }
+
+    /// This configuration with `LOAM_*` environment variables applied.
+    pub fn with_env(
+        &self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        loam_common::config::apply_env(self, "LOAM_", vars)
+    }
 }
+
+/// One line (or a few) per key of `config.toml`.
+pub const DOCS: &[(&str, &str)] = &[
+    (
+        "listen",
+        "UDP address the QUIC endpoint binds (pieces, audits, training tasks).",
+    ),
+    (
+        "external_address",
+        "HOST:PORT satellites and uplinks use to reach this node; empty means the bound address.",
+    ),
+    (
+        "satellites",
+        "Satellites this node trusts and checks in with, as \"ID@HOST:PORT\".",
+    ),
+    (
+        "allocated_bytes",
+        "Bytes of disk offered to the network (must fit on the disk).",
+    ),
+    (
+        "sync_writes",
+        "fsync each piece before acknowledging it, so it survives power loss, not only a crash.",
+    ),
+    (
+        "http_listen",
+        "HTTP address of the dashboard (/), its JSON API (/api/sno), /health and /metrics.",
+    ),
+    (
+        "checkin_interval_secs",
+        "Seconds between check-ins with each satellite.",
+    ),
+    (
+        "trash_grace_secs",
+        "Seconds garbage-collected pieces stay in the trash before they are deleted.",
+    ),
+    (
+        "wallet",
+        "Payout address: 0x and 40 hex digits, EIP-55 checksummed. Empty: no payouts.",
+    ),
+    (
+        "settle_interval_secs",
+        "Seconds between order settlement rounds (how bandwidth gets paid).",
+    ),
+    (
+        "email",
+        "The operator's contact address, for your own records.",
+    ),
+    (
+        "compute",
+        "Training tasks: whether this node offers its CPU or GPU, and how much.",
+    ),
+    (
+        "compute.enabled",
+        "Offer this node's CPU (or GPU) for training tasks.",
+    ),
+    ("compute.max_tasks", "Training tasks run at once."),
+    (
+        "compute.cores",
+        "CPU cores announced to satellites; 0 means every core.",
+    ),
+    (
+        "compute.gpus",
+        "GPUs announced to satellites (only builds with a GPU backend announce any).",
+    ),
+    (
+        "compute.memory_mib",
+        "Memory announced for training, in MiB; 0 means all physical memory.",
+    ),
+    (
+        "compute.backend",
+        "\"cpu\" (burn's ndarray backend, deterministic) or \"gpu\" (needs the wgpu build).",
+    ),
+    (
+        "compute.cache_mib",
+        "Memory for parsed training records kept between rounds, in MiB.",
+    ),
+];
 
 #[cfg(test)]
 mod tests {
@@ -91,13 +194,39 @@ mod tests {
             "listen = \"0.0.0.0:28967\"\nexternal_address = \"\"\nsatellites = []\n\
              allocated_bytes = 1000000000000\nsync_writes = true\n\
              http_listen = \"127.0.0.1:14002\"\ncheckin_interval_secs = 300.0\n\
-             trash_grace_secs = 604800.0\nwallet = \"\"\nsettle_interval_secs = 300.0\n\n\
-             [compute]\nenabled = true\nmax_tasks = 1\ncores = 0\ngpus = 0\n\
+             trash_grace_secs = 604800.0\nwallet = \"\"\nsettle_interval_secs = 300.0\nemail = \"\"\n\n\
+             [compute]\nenabled = true\nmax_tasks = 1\ncores = 0\ngpus = 0\nmemory_mib = 0\n\
              backend = \"cpu\"\ncache_mib = 512\n"
         );
         assert_eq!(
             toml::from_str::<Config>("").expect("empty"),
             Config::default()
         );
+    }
+
+    #[test]
+    fn written_config_explains_every_key_and_reads_back() {
+        let mut c = Config {
+            wallet: "0x52908400098527886E0F7030069857D2E4169EE7".into(),
+            ..Default::default()
+        };
+        c.compute.cores = 3;
+        let text = c.documented().expect("toml");
+        assert!(!text.contains("(undocumented)"), "{text}");
+        assert!(text.contains("# Default: 1000000000000\nallocated_bytes = 1000000000000\n"));
+        assert_eq!(toml::from_str::<Config>(&text).expect("parse"), c);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = Config::default()
+            .with_env([
+                ("LOAM_ALLOCATED_BYTES".to_string(), "5000".to_string()),
+                ("LOAM_COMPUTE__ENABLED".to_string(), "false".to_string()),
+                ("LOAM_DIR".to_string(), "/ignored".to_string()),
+            ])
+            .expect("env");
+        assert_eq!(c.allocated_bytes, 5000);
+        assert!(!c.compute.enabled);
     }
 }

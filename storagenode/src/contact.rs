@@ -52,6 +52,11 @@ pub struct SatelliteStanding {
     pub standing: Option<pb::NodeStanding>,
     /// The satellite's order settlement window.
     pub order_window_ms: i64,
+    /// What the satellite pays, for the earnings estimate.
+    pub rates: Option<pb::PayoutRates>,
+    /// Versions the satellite asks for (empty: none).
+    pub minimum_version: String,
+    pub suggested_version: String,
 }
 
 impl Contact {
@@ -81,6 +86,16 @@ impl Contact {
         &self.satellites
     }
 
+    /// Three missed check-ins in a row mean the satellite cannot see us.
+    pub fn stale_after_ms(&self) -> i64 {
+        (self.cycle.interval().as_millis() as i64).saturating_mul(3)
+    }
+
+    /// What this node announces for compute.
+    pub fn capabilities(&self) -> pb::NodeCapabilities {
+        self.capabilities
+    }
+
     /// What each satellite last reported (absent: never checked in).
     pub fn standings(&self) -> HashMap<NodeId, SatelliteStanding> {
         self.standings.read().expect("standings lock").clone()
@@ -90,8 +105,7 @@ impl Contact {
     /// satellite; otherwise the reasons, one per satellite in trouble.
     pub fn health(&self, now_ms: i64) -> Result<(), Vec<String>> {
         let standings = self.standings();
-        // Three missed check-ins in a row mean the satellite cannot see us.
-        let stale_ms = (self.cycle.interval().as_millis() as i64).saturating_mul(3);
+        let stale_ms = self.stale_after_ms();
         let mut problems = Vec::new();
         for sat in &self.satellites {
             let name = sat.id.short();
@@ -182,16 +196,19 @@ impl Contact {
         };
         let resp =
             rpc::satellite(&conn, &[], pb::satellite_request::Request::CheckIn(request)).await?;
-        let (standing, order_window_ms) = match resp {
-            pb::satellite_response::Response::CheckIn(r) => (r.standing, r.order_window_ms),
-            _ => (None, 0),
+        let r = match resp {
+            pb::satellite_response::Response::CheckIn(r) => r,
+            _ => Default::default(),
         };
         self.standings.write().expect("standings lock").insert(
             sat.id,
             SatelliteStanding {
                 last_check_in_ms: now_ms(),
-                standing,
-                order_window_ms,
+                standing: r.standing,
+                order_window_ms: r.order_window_ms,
+                rates: r.rates,
+                minimum_version: r.minimum_version,
+                suggested_version: r.suggested_version,
             },
         );
         Ok(())

@@ -14,10 +14,12 @@
 pub mod compute;
 pub mod config;
 pub mod contact;
+pub mod dashboard;
 pub mod metrics_list;
 pub mod orders;
 pub mod payouts;
 pub mod piecestore;
+pub mod preflight;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -192,6 +194,11 @@ impl StorageNode {
 
     /// Runs every subsystem until `cancel` fires.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), NodeError> {
+        let address = if self.config.external_address.is_empty() {
+            advertised(self.addr())
+        } else {
+            self.config.external_address.clone()
+        };
         let Self {
             endpoint,
             piecestore,
@@ -199,8 +206,16 @@ impl StorageNode {
             settler,
             http,
             config,
+            dir,
             ..
         } = self;
+        let dashboard = Arc::new(dashboard::Dashboard::new(
+            contact.clone(),
+            piecestore.clone(),
+            dir.clone(),
+            config.wallet.clone(),
+            address,
+        ));
         crate::metrics_list::describe(piecestore.db().usage(), config.allocated_bytes);
         let health = {
             let contact = contact.clone();
@@ -218,7 +233,9 @@ impl StorageNode {
                 }
             }
         };
-        let router = telemetry::metrics_router().route("/health", axum::routing::get(health));
+        let router = telemetry::metrics_router()
+            .route("/health", axum::routing::get(health))
+            .merge(dashboard.router());
         let http_task = tokio::spawn(telemetry::serve_http(http, router, cancel.clone()));
         let contact_task = {
             let (contact, cancel) = (contact.clone(), cancel.clone());
@@ -235,13 +252,24 @@ impl StorageNode {
         };
         let settle_task = {
             let (settler, cancel) = (settler.clone(), cancel.clone());
+            let (endpoint, dir, node) = (endpoint.clone(), dir.clone(), piecestore.identity().id());
+            let satellites = config.satellites.clone();
             tokio::spawn(async move {
                 let s = settler.clone();
                 settler
                     .cycle
                     .run(cancel, move || {
                         let s = s.clone();
+                        let (endpoint, dir, satellites) =
+                            (endpoint.clone(), dir.clone(), satellites.clone());
                         async move {
+                            // New paystubs for the dashboard, verified
+                            // before they are kept.
+                            for sat in &satellites {
+                                if let Err(e) = payouts::fetch(&dir, &endpoint, &node, sat).await {
+                                    tracing::debug!(satellite = %sat.id.short(), error = %e, "ledger not fetched");
+                                }
+                            }
                             let stats = s.settle_all().await;
                             if stats.windows_settled > 0 {
                                 tracing::info!(
@@ -276,7 +304,11 @@ impl StorageNode {
             })
         };
         let trash_task = {
-            let (blobs, cancel) = (piecestore.blobs().clone(), cancel.clone());
+            let (blobs, db, cancel) = (
+                piecestore.blobs().clone(),
+                piecestore.db().clone(),
+                cancel.clone(),
+            );
             let grace = config.trash_grace_secs.max(0.0);
             tokio::spawn(async move {
                 let cycle = loam_common::chore::Cycle::new(Duration::from_secs_f64(
@@ -284,11 +316,17 @@ impl StorageNode {
                 ));
                 cycle
                     .run(cancel, || {
-                        let blobs = blobs.clone();
+                        let (blobs, db) = (blobs.clone(), db.clone());
                         async move {
                             let before = loam_common::orders::now_ms() - (grace * 1000.0) as i64;
-                            match tokio::task::spawn_blocking(move || blobs.empty_trash(before))
-                                .await
+                            match tokio::task::spawn_blocking(move || {
+                                let n = blobs.empty_trash(before)?;
+                                if n > 0 {
+                                    db.trash_emptied(n).map_err(std::io::Error::other)?;
+                                }
+                                Ok::<_, std::io::Error>(n)
+                            })
+                            .await
                             {
                                 Ok(Ok(0)) => {}
                                 Ok(Ok(n)) => tracing::info!(bytes = n, "emptied trash"),

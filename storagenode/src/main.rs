@@ -2,11 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use loam_common::{Identity, NodeUrl, telemetry};
-use loam_storagenode::{Config, StorageNode};
+use loam_storagenode::{Config, StorageNode, preflight};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -18,31 +19,44 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create the node's identity and config.toml in DIR.
+    /// Create the node's identity (at the satellites' proof-of-work
+    /// difficulty) and a documented config.toml in DIR, after checking
+    /// that the setup can work.
     Setup {
         #[arg(long, env = "LOAM_DIR")]
         dir: PathBuf,
         /// Satellite to trust, as ID@HOST:PORT (repeatable).
-        #[arg(long = "satellite", env = "LOAM_SATELLITE")]
+        #[arg(long = "satellite", env = "LOAM_SATELLITE", required = true)]
         satellites: Vec<NodeUrl>,
-        /// Proof-of-work difficulty (trailing zero bits) of the new identity.
-        #[arg(long, default_value_t = 16)]
-        difficulty: u32,
-        /// QUIC listen address.
+        /// Disk space to offer: 2TB, 500GB, 512GiB, ...
+        #[arg(long, alias = "allocated-bytes", value_parser = parse_size)]
+        storage: u64,
+        /// HOST:PORT where satellites and uplinks reach this node.
+        #[arg(long)]
+        address: Option<String>,
+        /// Payout address (0x + 40 hex digits, EIP-55 checksummed).
+        #[arg(long, env = "LOAM_WALLET")]
+        wallet: String,
+        /// The operator's contact address.
+        #[arg(long)]
+        email: Option<String>,
+        /// Proof-of-work difficulty of the identity (default: the highest
+        /// minimum of the satellites).
+        #[arg(long)]
+        difficulty: Option<u32>,
+        /// QUIC listen address (default: every interface, the port of
+        /// --address).
         #[arg(long)]
         listen: Option<SocketAddr>,
-        /// HTTP address for /metrics and /health.
+        /// HTTP address of the dashboard, /health and /metrics.
         #[arg(long)]
         http_listen: Option<SocketAddr>,
-        /// Bytes of disk to offer.
-        #[arg(long)]
-        allocated_bytes: Option<u64>,
         /// Seconds between check-ins.
         #[arg(long)]
         checkin_interval: Option<f64>,
-        /// Payout address (0x + 40 hex digits, EIP-55 checksummed).
-        #[arg(long, env = "LOAM_WALLET")]
-        wallet: Option<String>,
+        /// Seconds to wait for each satellite's answer.
+        #[arg(long, default_value_t = 10)]
+        satellite_timeout: u64,
     },
     /// Fetch this node's payout ledgers from its satellites (appending to
     /// the local copies under DIR/payouts) and show the payout history.
@@ -52,10 +66,24 @@ enum Command {
         #[command(subcommand)]
         command: Option<PayoutsCommand>,
     },
-    /// Run the node in DIR until interrupted.
+    /// Run the node in DIR until interrupted. Settings come from
+    /// DIR/config.toml, then LOAM_* environment variables, then these
+    /// flags.
     Run {
         #[arg(long, env = "LOAM_DIR")]
         dir: PathBuf,
+        /// QUIC listen address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// HTTP address of the dashboard, /health and /metrics.
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+        /// Disk space to offer: 2TB, 500GB, ...
+        #[arg(long, value_parser = parse_size)]
+        storage: Option<u64>,
+        /// HOST:PORT where satellites and uplinks reach this node.
+        #[arg(long)]
+        address: Option<String>,
     },
     /// Leave a satellite gracefully: it stops sending uploads here and
     /// moves every piece this node holds for it to other nodes. Keep the
@@ -80,9 +108,16 @@ enum PayoutsCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     telemetry::init_logging();
-    match Cli::parse().command {
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("storagenode: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::ExitSatellite {
             dir,
             satellite,
@@ -134,19 +169,23 @@ async fn main() -> anyhow::Result<()> {
         Command::Setup {
             dir,
             satellites,
+            storage,
+            address,
+            wallet,
+            email,
             difficulty,
             listen,
             http_listen,
-            allocated_bytes,
             checkin_interval,
-            wallet,
+            satellite_timeout,
         } => {
+            // Everything is checked before anything is written.
             let wallet = wallet
-                .map(|w| w.parse::<loam_common::wallet::Wallet>())
-                .transpose()?
-                .map(|w| w.to_checksummed());
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+                .parse::<loam_common::wallet::Wallet>()?
+                .to_checksummed();
+            if let Some(a) = &address {
+                preflight::check_address(a)?;
+            }
             let id_path = dir.join("identity.key");
             if id_path.exists() {
                 anyhow::bail!(
@@ -154,28 +193,63 @@ async fn main() -> anyhow::Result<()> {
                     dir.display()
                 );
             }
-            let identity = Identity::generate(difficulty, |_| {});
+            preflight::check_writable(&dir)?;
+            preflight::check_allocation(&dir, storage, 0)?;
+            let mut min_difficulty = 0;
+            for sat in &satellites {
+                let info =
+                    preflight::probe_satellite(sat, Duration::from_secs(satellite_timeout)).await?;
+                eprintln!(
+                    "satellite {} at {}: reachable, version {}, node ids need difficulty {}",
+                    sat.id.short(),
+                    sat.address,
+                    info.version,
+                    info.min_difficulty
+                );
+                min_difficulty = min_difficulty.max(info.min_difficulty);
+            }
+            let difficulty = difficulty.unwrap_or(min_difficulty);
+            if difficulty < min_difficulty {
+                anyhow::bail!(
+                    "difficulty {difficulty} is below the satellites' minimum {min_difficulty}: \
+                     they would refuse this node"
+                );
+            }
+            let identity = generate_identity(difficulty);
             identity.save(&id_path)?;
             let mut config = Config {
                 satellites,
+                allocated_bytes: storage,
+                wallet,
                 ..Default::default()
             };
+            if let Some(a) = address {
+                if listen.is_none()
+                    && let Some(port) = a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok())
+                {
+                    config.listen = SocketAddr::from(([0, 0, 0, 0], port));
+                }
+                config.external_address = a;
+            }
             if let Some(l) = listen {
                 config.listen = l;
             }
             if let Some(h) = http_listen {
                 config.http_listen = h;
             }
-            if let Some(a) = allocated_bytes {
-                config.allocated_bytes = a;
-            }
             if let Some(c) = checkin_interval {
                 config.checkin_interval_secs = c;
             }
-            if let Some(w) = wallet {
-                config.wallet = w;
+            if let Some(e) = email {
+                config.email = e;
             }
             config.save(&dir)?;
+            eprintln!(
+                "node {} set up in {}; start it with `storagenode run --dir {}`",
+                identity.id(),
+                dir.display(),
+                dir.display()
+            );
             println!("{}", identity.id());
         }
         Command::Payouts { dir, command } => {
@@ -224,9 +298,28 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Run { dir } => {
+        Command::Run {
+            dir,
+            listen,
+            http_listen,
+            storage,
+            address,
+        } => {
             let identity = Identity::load(&dir.join("identity.key"))?;
-            let config = Config::load(&dir)?;
+            let mut config = Config::load(&dir)?.with_env(std::env::vars())?;
+            if let Some(l) = listen {
+                config.listen = l;
+            }
+            if let Some(h) = http_listen {
+                config.http_listen = h;
+            }
+            if let Some(s) = storage {
+                config.allocated_bytes = s;
+            }
+            if let Some(a) = address {
+                preflight::check_address(&a)?;
+                config.external_address = a;
+            }
             let node = StorageNode::new(&dir, identity, config).await?;
             node.write_run_info()
                 .context("cannot write run/node.json")?;
@@ -243,4 +336,32 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    loam_common::size::parse_bytes(s).map_err(|e| e.to_string())
+}
+
+/// Generates the identity, with a progress bar and an estimate of the time
+/// left on a terminal (each try succeeds with probability 2^-difficulty).
+fn generate_identity(difficulty: u32) -> Identity {
+    if difficulty < 12 {
+        return Identity::generate(difficulty, |_| {});
+    }
+    let expected = 2f64.powi(difficulty as i32);
+    let bar = indicatif::ProgressBar::new(expected as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "creating identity (difficulty {msg}) [{bar:30}] {percent}% of the expected tries, ~{eta} left",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(difficulty.to_string());
+    let identity = Identity::generate(difficulty, |tries| {
+        // Past the expected count the bar stays full: it is luck from here.
+        bar.set_position(tries.min(expected as u64 - 1));
+    });
+    bar.finish_and_clear();
+    identity
 }

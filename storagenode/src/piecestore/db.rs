@@ -19,6 +19,11 @@ const CF_META: &str = "meta";
 const CF_BANDWIDTH: &str = "bandwidth";
 const KEY_USED: &[u8] = b"used_bytes";
 const KEY_PIECES: &[u8] = b"piece_count";
+const KEY_TRASH: &[u8] = b"trash_bytes";
+const KEY_TASKS_OK: &[u8] = b"compute_tasks_ok";
+const KEY_TASKS_FAILED: &[u8] = b"compute_tasks_failed";
+/// Work units of finished training tasks, in millionths.
+const KEY_WORK_MICROS: &[u8] = b"compute_work_micros";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -34,6 +39,17 @@ pub enum DbError {
 pub struct Usage {
     pub used_bytes: u64,
     pub pieces: u64,
+    /// Bytes of garbage-collected pieces waiting in the trash.
+    pub trash_bytes: u64,
+}
+
+/// Training tasks this node ran, as recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ComputeStats {
+    pub tasks_ok: u64,
+    pub tasks_failed: u64,
+    /// Work units (3 × parameters × samples / 10⁹) of the finished tasks.
+    pub work_units: f64,
 }
 
 pub struct NodeDb {
@@ -73,6 +89,7 @@ impl NodeDb {
         let usage = Usage {
             used_bytes: read_u64(db.get_cf(meta, KEY_USED)?)?,
             pieces: read_u64(db.get_cf(meta, KEY_PIECES)?)?,
+            trash_bytes: read_u64(db.get_cf(meta, KEY_TRASH)?)?,
         };
         Ok(Self {
             db,
@@ -156,8 +173,7 @@ impl NodeDb {
         if let Some(order) = order {
             batch.put_cf(self.cf(CF_ORDERS), order_key(order), order.encode_to_vec());
         }
-        batch.put_cf(self.cf(CF_META), KEY_USED, next.used_bytes.to_be_bytes());
-        batch.put_cf(self.cf(CF_META), KEY_PIECES, next.pieces.to_be_bytes());
+        self.put_usage(&mut batch, &next);
         self.sync_write(batch)?;
         *usage = next;
         Ok(())
@@ -185,22 +201,91 @@ impl NodeDb {
         satellite: &NodeId,
         piece: &PieceId,
     ) -> Result<Option<u64>, DbError> {
+        self.remove_piece(satellite, piece, false)
+    }
+
+    /// Removes a piece record whose bytes moved to the trash: its size
+    /// moves from used space to trash. Returns the size if it existed.
+    pub fn trash_piece(&self, satellite: &NodeId, piece: &PieceId) -> Result<Option<u64>, DbError> {
+        self.remove_piece(satellite, piece, true)
+    }
+
+    fn remove_piece(
+        &self,
+        satellite: &NodeId,
+        piece: &PieceId,
+        to_trash: bool,
+    ) -> Result<Option<u64>, DbError> {
         let mut usage = self.lock.lock().expect("usage lock");
         let key = piece_key(satellite, piece);
         let Some(old) = self.db.get_cf(self.cf(CF_PIECES), &key)? else {
             return Ok(None);
         };
         let old = pb::StoredPiece::decode(old.as_slice()).map_err(|_| DbError::Corrupt("piece"))?;
+        let size = old.size.max(0) as u64;
         let mut next = *usage;
-        next.used_bytes = next.used_bytes.saturating_sub(old.size as u64);
+        next.used_bytes = next.used_bytes.saturating_sub(size);
         next.pieces = next.pieces.saturating_sub(1);
+        if to_trash {
+            next.trash_bytes += size;
+        }
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.cf(CF_PIECES), &key);
-        batch.put_cf(self.cf(CF_META), KEY_USED, next.used_bytes.to_be_bytes());
-        batch.put_cf(self.cf(CF_META), KEY_PIECES, next.pieces.to_be_bytes());
+        self.put_usage(&mut batch, &next);
         self.sync_write(batch)?;
         *usage = next;
-        Ok(Some(old.size as u64))
+        Ok(Some(size))
+    }
+
+    /// Records that `bytes` of trash were deleted from the disk.
+    pub fn trash_emptied(&self, bytes: u64) -> Result<(), DbError> {
+        let mut usage = self.lock.lock().expect("usage lock");
+        let mut next = *usage;
+        next.trash_bytes = next.trash_bytes.saturating_sub(bytes);
+        let mut batch = WriteBatch::default();
+        self.put_usage(&mut batch, &next);
+        self.db.write(batch)?;
+        *usage = next;
+        Ok(())
+    }
+
+    fn put_usage(&self, batch: &mut WriteBatch, usage: &Usage) {
+        let meta = self.cf(CF_META);
+        batch.put_cf(meta, KEY_USED, usage.used_bytes.to_be_bytes());
+        batch.put_cf(meta, KEY_PIECES, usage.pieces.to_be_bytes());
+        batch.put_cf(meta, KEY_TRASH, usage.trash_bytes.to_be_bytes());
+    }
+
+    /// Counts one finished training task.
+    pub fn record_task(&self, ok: bool, work_units: f64) -> Result<(), DbError> {
+        let _guard = self.lock.lock().expect("usage lock");
+        let meta = self.cf(CF_META);
+        let (key, micros) = if ok {
+            (KEY_TASKS_OK, (work_units.max(0.0) * 1e6).round() as u64)
+        } else {
+            (KEY_TASKS_FAILED, 0)
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            meta,
+            key,
+            (read_u64(self.db.get_cf(meta, key)?)? + 1).to_be_bytes(),
+        );
+        if micros > 0 {
+            let old = read_u64(self.db.get_cf(meta, KEY_WORK_MICROS)?)?;
+            batch.put_cf(meta, KEY_WORK_MICROS, (old + micros).to_be_bytes());
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    pub fn compute_stats(&self) -> Result<ComputeStats, DbError> {
+        let meta = self.cf(CF_META);
+        Ok(ComputeStats {
+            tasks_ok: read_u64(self.db.get_cf(meta, KEY_TASKS_OK)?)?,
+            tasks_failed: read_u64(self.db.get_cf(meta, KEY_TASKS_FAILED)?)?,
+            work_units: read_u64(self.db.get_cf(meta, KEY_WORK_MICROS)?)? as f64 / 1e6,
+        })
     }
 
     /// Every piece stored for `satellite`, with its record.
@@ -367,44 +452,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn usage_survives_reopen_and_tracks_deletes() {
+    fn usage_survives_reopen_and_tracks_deletes_and_trash() {
         let dir = tempfile::tempdir().expect("tmp");
         let sat = loam_common::Identity::generate(0, |_| {}).id();
-        let p1 = PieceId::random();
-        let p2 = PieceId::random();
+        let (p1, p2, p3) = (PieceId::random(), PieceId::random(), PieceId::random());
         let rec = |size| pb::StoredPiece {
             size,
             ..Default::default()
+        };
+        let usage = |used_bytes, pieces, trash_bytes| Usage {
+            used_bytes,
+            pieces,
+            trash_bytes,
         };
         {
             let db = NodeDb::open(dir.path()).expect("open");
             db.put_piece(&sat, &p1, &rec(100), None).expect("put");
             db.put_piece(&sat, &p2, &rec(50), None).expect("put");
-            assert_eq!(
-                db.usage(),
-                Usage {
-                    used_bytes: 150,
-                    pieces: 2
-                }
-            );
+            db.put_piece(&sat, &p3, &rec(30), None).expect("put");
+            assert_eq!(db.trash_piece(&sat, &p3).expect("trash"), Some(30));
+            assert_eq!(db.usage(), usage(150, 2, 30));
         }
         let db = NodeDb::open(dir.path()).expect("reopen");
-        assert_eq!(
-            db.usage(),
-            Usage {
-                used_bytes: 150,
-                pieces: 2
-            }
-        );
+        assert_eq!(db.usage(), usage(150, 2, 30));
         assert_eq!(db.delete_piece(&sat, &p1).expect("delete"), Some(100));
         assert_eq!(db.delete_piece(&sat, &p1).expect("delete"), None);
-        assert_eq!(
-            db.usage(),
-            Usage {
-                used_bytes: 50,
-                pieces: 1
-            }
-        );
+        assert_eq!(db.usage(), usage(50, 1, 30));
+        db.trash_emptied(30).expect("emptied");
+        assert_eq!(db.usage(), usage(50, 1, 0));
+    }
+
+    #[test]
+    fn compute_stats_accumulate() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = NodeDb::open(dir.path()).expect("open");
+        db.record_task(true, 1.25).expect("record");
+        db.record_task(true, 0.5).expect("record");
+        db.record_task(false, 9.0).expect("record");
+        let stats = db.compute_stats().expect("stats");
+        assert_eq!((stats.tasks_ok, stats.tasks_failed), (2, 1));
+        assert!((stats.work_units - 1.75).abs() < 1e-9);
     }
 
     #[test]

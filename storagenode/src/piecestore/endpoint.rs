@@ -321,7 +321,7 @@ impl Piecestore {
                     continue;
                 }
                 blobs.trash(&peer, &id, now)?;
-                if let Some(size) = db.delete_piece(&peer, &id)? {
+                if let Some(size) = db.trash_piece(&peer, &id)? {
                     bytes += size;
                 }
                 trashed += 1;
@@ -341,6 +341,10 @@ impl Piecestore {
         &self.blobs
     }
 
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
     pub fn db(&self) -> &Arc<NodeDb> {
         &self.db
     }
@@ -349,9 +353,18 @@ impl Piecestore {
         &self.trust
     }
 
-    /// Bytes still free within the allocation.
+    /// Bytes still free within the allocation (pieces in the trash count
+    /// as used until they are deleted).
     pub fn free_bytes(&self) -> u64 {
-        self.allocated.saturating_sub(self.db.usage().used_bytes)
+        let usage = self.db.usage();
+        self.allocated
+            .saturating_sub(usage.used_bytes)
+            .saturating_sub(usage.trash_bytes)
+    }
+
+    /// Bytes of disk the operator allocated.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated
     }
 
     /// Serves one RPC stream. Errors are answered on the stream and counted;
