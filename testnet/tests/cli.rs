@@ -4,40 +4,13 @@
 //! Needs the binaries built (`cargo build --release --workspace --bins`,
 //! which `scripts/test` does first).
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod support;
+
+use std::process::Command;
 
 use loam_testnet::process::{NetworkOptions, ProcessNetwork, binary};
 use rand::{RngCore, SeedableRng};
-
-fn uplink(access: &Path, args: &[&str]) -> Output {
-    Command::new(binary("uplink").expect("uplink binary"))
-        .arg("--access-file")
-        .arg(access)
-        .args(args)
-        .output()
-        .expect("run uplink")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "uplink failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(out: Output) -> String {
-    assert!(!out.status.success(), "expected a failure");
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    assert_eq!(
-        err.lines().count(),
-        1,
-        "one-line error expected, got {err:?}"
-    );
-    err
-}
+use support::{fails, ok, run, uplink};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uplink_cli_against_process_network() -> anyhow::Result<()> {
@@ -378,13 +351,6 @@ async fn training_survives_kill_9_of_a_holder() -> anyhow::Result<()> {
     assert!(e.contains("unknown model"), "{e}");
     net.stop().await;
     Ok(())
-}
-
-fn run(bin: &str, args: &[&str]) -> Output {
-    Command::new(binary(bin).expect("binary"))
-        .args(args)
-        .output()
-        .expect("run")
 }
 
 /// Settlement, limits and payouts through the real daemons and CLIs: the

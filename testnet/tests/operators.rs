@@ -1,0 +1,286 @@
+//! Running Loam outside `testnet`, as `docs/operators.md` tells an
+//! operator: `satellite setup/run`, `storagenode setup/run` for three
+//! nodes, an access grant from `satellite api-key create`, and `uplink`
+//! using the result. Bad setups fail at setup time with one clear line
+//! and write nothing.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use loam_testnet::process::binary;
+use support::{fails, ok, run};
+
+/// Daemons started for a test, killed when it ends however it ends.
+#[derive(Default)]
+struct Daemons(Vec<Child>);
+
+impl Daemons {
+    fn start(&mut self, bin: &str, dir: &Path) {
+        let child = Command::new(binary(bin).expect("binary"))
+            .args(["run", "--dir", dir.to_str().expect("utf-8")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start daemon");
+        self.0.push(child);
+    }
+}
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A UDP port free now on loopback.
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("bind")
+        .port()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Sets up and starts a satellite for a small network; returns its URL.
+fn satellite(daemons: &mut Daemons, dir: &Path) -> String {
+    let port = free_udp_port();
+    let id = ok(run(
+        "satellite",
+        &[
+            "setup",
+            "--dir",
+            s(dir),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--http-listen",
+            "127.0.0.1:0",
+            "--redundancy",
+            "2/2/3/3",
+            "--no-subnet-rule",
+            "--min-difficulty",
+            "8",
+        ],
+    ));
+    daemons.start("satellite", dir);
+    let url = format!("{}@127.0.0.1:{port}", id.trim());
+    // `satellite status` answers once it is up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !run("satellite", &["status", "--dir", s(dir)])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "satellite did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    url
+}
+
+fn status(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&ok(run(
+        "satellite",
+        &["status", "--dir", s(dir), "-o", "json"],
+    )))
+    .expect("status json")
+}
+
+#[test]
+fn a_network_from_nothing_following_the_operator_guide() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut daemons = Daemons::default();
+    let sat_dir = tmp.path().join("sat");
+    let url = satellite(&mut daemons, &sat_dir);
+
+    let mut node_dirs: Vec<PathBuf> = Vec::new();
+    for i in 0..3 {
+        let dir = tmp.path().join(format!("node{i}"));
+        let port = free_udp_port();
+        let out = run(
+            "storagenode",
+            &[
+                "setup",
+                "--dir",
+                s(&dir),
+                "--satellite",
+                &url,
+                "--storage",
+                "1GB",
+                "--address",
+                &format!("127.0.0.1:{port}"),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--http-listen",
+                "127.0.0.1:0",
+                "--wallet",
+                &loam_testnet::test_wallet(i),
+                "--email",
+                "ops@example.com",
+            ],
+        );
+        let id = ok(out);
+        assert!(id.trim().len() > 40, "prints the node id: {id}");
+        let config = std::fs::read_to_string(dir.join("config.toml")).expect("config");
+        assert!(config.contains("# Default: 1000000000000\nallocated_bytes = 1000000000\n"));
+        // Check-ins every second, through the environment as documented.
+        node_dirs.push(dir);
+    }
+    for dir in &node_dirs {
+        let child = Command::new(binary("storagenode").expect("binary"))
+            .args(["run", "--dir", s(dir)])
+            .env("LOAM_CHECKIN_INTERVAL_SECS", "1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start node");
+        daemons.0.push(child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&sat_dir)["nodes"]["online"] != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "nodes did not check in: {}",
+            status(&sat_dir)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let access = ok(run(
+        "satellite",
+        &[
+            "api-key",
+            "create",
+            "--dir",
+            s(&sat_dir),
+            "--project",
+            "alice",
+            "--passphrase",
+            "correct horse",
+        ],
+    ));
+    let uplink = |args: &[&str]| {
+        Command::new(binary("uplink").expect("binary"))
+            .arg("--access")
+            .arg(access.trim())
+            .args(args)
+            .output()
+            .expect("uplink")
+    };
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, &data).expect("write");
+    ok(uplink(&["mb", "loam://photos"]));
+    ok(uplink(&["cp", s(&file), "loam://photos/a.bin"]));
+    let back = tmp.path().join("back");
+    ok(uplink(&["cp", "loam://photos/a.bin", s(&back)]));
+    assert_eq!(std::fs::read(&back).expect("read"), data);
+
+    let st = status(&sat_dir);
+    assert_eq!(st["storage"]["segments"], 1, "{st}");
+    assert_eq!(st["storage"]["stored_bytes"], 3_000_000, "{st}");
+    let table = ok(run("satellite", &["status", "--dir", s(&sat_dir)]));
+    assert!(table.contains("3 online of 3"), "{table}");
+}
+
+#[test]
+fn bad_setups_fail_at_setup_with_one_clear_line() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut daemons = Daemons::default();
+    let url = satellite(&mut daemons, &tmp.path().join("sat"));
+    let (id, addr) = url.split_once('@').expect("ID@HOST:PORT");
+    let wallet = loam_testnet::test_wallet(0);
+    let setup = |dir: &Path, satellite: &str, storage: &str, wallet: &str| {
+        run(
+            "storagenode",
+            &[
+                "setup",
+                "--dir",
+                s(dir),
+                "--satellite",
+                satellite,
+                "--storage",
+                storage,
+                "--wallet",
+                wallet,
+                "--listen",
+                "127.0.0.1:0",
+                "--satellite-timeout",
+                "2",
+            ],
+        )
+    };
+
+    // A mistyped wallet: one character's case changed breaks EIP-55.
+    let dir = tmp.path().join("wallet");
+    let mut typo: Vec<char> = wallet.chars().collect();
+    let at = typo
+        .iter()
+        .position(|c| c.is_ascii_alphabetic() && *c != 'x')
+        .expect("a letter");
+    typo[at] = if typo[at].is_ascii_uppercase() {
+        typo[at].to_ascii_lowercase()
+    } else {
+        typo[at].to_ascii_uppercase()
+    };
+    let typo: String = typo.into_iter().collect();
+    let err = fails(setup(&dir, &url, "1GB", &typo));
+    assert!(err.contains("EIP-55 checksum"), "{err}");
+
+    // More space than the disk has.
+    let dir = tmp.path().join("big");
+    let err = fails(setup(&dir, &url, "100PB", &wallet));
+    assert!(
+        err.contains("is larger than") && err.contains("free"),
+        "{err}"
+    );
+
+    // Nothing listens there.
+    let dir = tmp.path().join("unreachable");
+    let nowhere = format!("{id}@127.0.0.1:{}", free_udp_port());
+    let err = fails(setup(&dir, &nowhere, "1GB", &wallet));
+    assert!(err.contains("unreachable"), "{err}");
+
+    // A satellite answers, but it is not the one named.
+    let dir = tmp.path().join("wrong-id");
+    let other = loam_common::Identity::generate(0, |_| {}).id();
+    let err = fails(setup(&dir, &format!("{other}@{addr}"), "1GB", &wallet));
+    assert!(err.contains(&format!("has id {id}, not {other}")), "{err}");
+
+    // A malformed address.
+    let dir = tmp.path().join("address");
+    let out = run(
+        "storagenode",
+        &[
+            "setup",
+            "--dir",
+            s(&dir),
+            "--satellite",
+            &url,
+            "--storage",
+            "1GB",
+            "--wallet",
+            &wallet,
+            "--address",
+            "node.example.com",
+        ],
+    );
+    let err = fails(out);
+    assert!(err.contains("is not HOST:PORT"), "{err}");
+
+    // None of them left an identity behind.
+    for name in ["wallet", "big", "unreachable", "wrong-id", "address"] {
+        assert!(
+            !tmp.path().join(name).join("identity.key").exists(),
+            "{name} wrote an identity"
+        );
+    }
+}
