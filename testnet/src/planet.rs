@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use loam_common::access::Access;
+use loam_common::chore::Cycle;
 use loam_common::erasure::RedundancyScheme;
 use loam_common::{Identity, NodeId, NodeUrl};
 use loam_satellite::Satellite;
@@ -61,8 +62,19 @@ pub struct PlanetNode {
     task: Option<JoinHandle<()>>,
 }
 
+/// The satellite's chores, to pause, resume and trigger-and-await.
+pub struct Chores {
+    pub audit: Arc<Cycle>,
+    pub online: Arc<Cycle>,
+    pub repair: Arc<Cycle>,
+    pub gc: Arc<Cycle>,
+    pub tally: Arc<Cycle>,
+    pub abandoned_uploads: Arc<Cycle>,
+}
+
 pub struct Planet {
     pub satellite_url: NodeUrl,
+    pub chores: Chores,
     pub satellite_identity: Identity,
     pub satellite: Arc<loam_satellite::metainfo::Metainfo>,
     pub satellite_overlay: Arc<loam_satellite::overlay::Overlay>,
@@ -108,6 +120,14 @@ impl Planet {
         let repair = sat.repair.clone();
         let (auditor, reputation) = (sat.auditor.clone(), sat.reputation.clone());
         let (accounting, payouts) = (sat.accounting.clone(), sat.payouts.clone());
+        let chores = Chores {
+            audit: sat.audit_cycle.clone(),
+            online: sat.online_cycle.clone(),
+            repair: sat.repair_cycle.clone(),
+            gc: sat.gc_cycle.clone(),
+            tally: sat.tally_cycle.clone(),
+            abandoned_uploads: sat.abandoned_uploads.clone(),
+        };
         let sat_task = {
             let cancel = cancel.clone();
             tokio::spawn(async move {
@@ -160,6 +180,7 @@ impl Planet {
         let access = Access::derive(satellite_url.clone(), key, "planet passphrase", &salt)?;
         Ok(Self {
             satellite_url,
+            chores,
             satellite_identity: sat_identity,
             satellite: metainfo,
             satellite_overlay: overlay,

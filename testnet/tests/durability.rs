@@ -14,6 +14,15 @@ fn used_bytes(planet: &Planet) -> u64 {
         .sum()
 }
 
+fn trash_bytes(planet: &Planet) -> u64 {
+    planet
+        .nodes
+        .iter()
+        .filter_map(|n| n.piecestore.as_ref())
+        .map(|p| p.db().usage().trash_bytes)
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_frees_deleted_objects_and_never_trashes_a_live_piece() -> anyhow::Result<()> {
     let mut config = PlanetConfig::new(6);
@@ -41,7 +50,7 @@ async fn gc_frees_deleted_objects_and_never_trashes_a_live_piece() -> anyhow::Re
     }
     // Garbage from before any deletion (long-tail pieces) goes first.
     planet.gc.run_once().await;
-    let before = used_bytes(&planet);
+    let (before, trash_before) = (used_bytes(&planet), trash_bytes(&planet));
     for i in (0..40).step_by(2) {
         project.delete("gc", &format!("o{i}")).await?;
     }
@@ -53,6 +62,8 @@ async fn gc_frees_deleted_objects_and_never_trashes_a_live_piece() -> anyhow::Re
         after * 100 < before * 60,
         "half the objects deleted: used {before} -> {after}"
     );
+    // What left used space waits in the trash, counted byte for byte.
+    assert_eq!(trash_bytes(&planet) - trash_before, before - after);
 
     // Every piece the satellite places is still on its node.
     let live: HashSet<_> = planet.satellite.piece_placements()?.into_iter().collect();
@@ -219,6 +230,40 @@ async fn graceful_exit_moves_every_piece() -> anyhow::Result<()> {
             .await?;
         assert_eq!(&out, data);
     }
+    planet.shutdown().await;
+    Ok(())
+}
+
+/// The satellite's chores stop while paused (a trigger starts nothing) and
+/// run on demand once resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn satellite_chores_pause_and_run_on_demand() -> anyhow::Result<()> {
+    let mut config = PlanetConfig::new(5);
+    config.reconfigure_satellite = Some(Box::new(|c| c.gc.margin_secs = 0.0));
+    let planet = Planet::start(config).await?;
+    let project = planet.project()?;
+    project.create_bucket("chore").await?;
+    project
+        .upload("chore", "o", std::io::Cursor::new(vec![3u8; 200_000]), None)
+        .await?;
+    planet.gc.run_once().await;
+    let gc = &planet.chores.gc;
+    gc.pause();
+    project.delete("chore", "o").await?;
+    let (used, finished) = (used_bytes(&planet), gc.finished());
+    assert!(used > 0);
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(1), gc.trigger_wait()).await;
+    assert!(waited.is_err(), "a paused chore ran");
+    assert_eq!(gc.finished(), finished);
+    assert_eq!(used_bytes(&planet), used);
+    gc.resume();
+    gc.trigger_wait().await;
+    assert!(gc.finished() > finished);
+    assert_eq!(
+        used_bytes(&planet),
+        0,
+        "the resumed chore collected the object"
+    );
     planet.shutdown().await;
     Ok(())
 }
