@@ -22,7 +22,9 @@ fn served(planet: &Planet, i: usize, action: PieceAction) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settled_egress_matches_served_bytes_and_paystubs_follow() -> anyhow::Result<()> {
-    let mut config = PlanetConfig::new(6);
+    // The testnet's shape: ten nodes, 4/6/8/10.
+    let mut config = PlanetConfig::new(10);
+    config.redundancy = "4/6/8/10".parse()?;
     config.reconfigure_satellite = Some(Box::new(|c| {
         c.max_segment_size = 512 * 1024;
         c.orders.window_secs = 1.0;
