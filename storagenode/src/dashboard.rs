@@ -1042,23 +1042,115 @@ mod tests {
         assert_eq!(per_tb(1, 20_000_000), 0);
     }
 
+    fn satellite(status: &str, audit: f64, failed: u64) -> Satellite {
+        Satellite {
+            id: "3s854jBUvjzJ".into(),
+            url: "3s854jBUvjzJ@127.0.0.1:7777".into(),
+            status: status.into(),
+            last_check_in_unix_ms: Some(0),
+            audit_score: Some(audit),
+            audit_threshold: Some(0.96),
+            suspension_score: Some(0.5),
+            suspension_threshold: Some(0.6),
+            online_score: Some(1.0),
+            online_threshold: Some(0.6),
+            vetted: true,
+            audits: 100,
+            audits_failed: failed,
+            suspended_unix_ms: (status == "suspended").then_some(1),
+            offline_suspended_unix_ms: None,
+            disqualified_unix_ms: (status == "disqualified").then_some(1),
+            bandwidth: Bandwidth::default(),
+        }
+    }
+
+    fn titles(
+        s: &Snapshot,
+        standings: &HashMap<NodeId, SatelliteStanding>,
+    ) -> Vec<(String, &'static str)> {
+        notifications(s, standings)
+            .into_iter()
+            .map(|n| (n.title, n.level))
+            .collect()
+    }
+
     #[test]
-    fn page_escapes_and_explains_every_term() {
-        let snapshot = Snapshot {
-            node_id: "<script>".into(),
+    fn notifications_explain_what_needs_attention() {
+        let mut s = empty_snapshot();
+        s.wallet = "0x52908400098527886E0F7030069857D2E4169EE7".into();
+        s.disk.filesystem_free_bytes = None;
+        assert!(titles(&s, &HashMap::new()).is_empty(), "a healthy node");
+
+        s.satellites = vec![satellite("good", 0.99, 2)];
+        let t = titles(&s, &HashMap::new());
+        assert_eq!(
+            t,
+            vec![(
+                "2 failed audit(s) on satellite 3s854jBU".to_string(),
+                "warning"
+            )]
+        );
+
+        s.satellites = vec![satellite("suspended", 0.97, 3)];
+        let t = titles(&s, &HashMap::new());
+        assert_eq!(
+            t[0],
+            (
+                "Suspended by satellite 3s854jBU for audit errors".to_string(),
+                "critical"
+            )
+        );
+        assert!(
+            t.iter()
+                .any(|(t, _)| t.starts_with("Disqualification risk")),
+            "{t:?}"
+        );
+
+        s.satellites = vec![satellite("disqualified", 0.9, 40)];
+        let t = titles(&s, &HashMap::new());
+        assert_eq!(
+            t,
+            vec![("Disqualified by satellite 3s854jBU".to_string(), "critical")]
+        );
+
+        s.satellites.clear();
+        s.disk.free_bytes = 10;
+        s.wallet.clear();
+        let mut standings = HashMap::new();
+        standings.insert(
+            loam_common::Identity::generate(0, |_| {}).id(),
+            SatelliteStanding {
+                minimum_version: "99.0.0".into(),
+                ..Default::default()
+            },
+        );
+        let t: Vec<String> = titles(&s, &standings).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(
+            t,
+            vec![
+                "Node software out of date",
+                "Allocated space nearly full",
+                "No payout address"
+            ]
+        );
+    }
+
+    fn empty_snapshot() -> Snapshot {
+        Snapshot {
+            node_id: "node".into(),
             version: "0.1.0".into(),
             address: String::new(),
-            wallet: "\"quoted\"".into(),
+            wallet: String::new(),
             started_unix_ms: 0,
-            uptime_secs: 5000,
+            uptime_secs: 0,
             now_unix_ms: 0,
             disk: Disk {
                 allocated_bytes: 1000,
-                used_bytes: 990,
-                trash_bytes: 5,
-                free_bytes: 5,
-                pieces: 3,
-                filesystem_free_bytes: Some(1),
+                used_bytes: 0,
+                trash_bytes: 0,
+                free_bytes: 1000,
+                pieces: 0,
+                filesystem_free_bytes: Some(1_000_000),
             },
             bandwidth: Bandwidth::default(),
             satellites: Vec::new(),
@@ -1084,7 +1176,15 @@ mod tests {
                 work_units: 0.0,
             },
             notifications: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn page_escapes_and_explains_every_term() {
+        let mut snapshot = empty_snapshot();
+        snapshot.node_id = "<script>".into();
+        snapshot.wallet = "\"quoted\"".into();
+        snapshot.disk.used_bytes = 990;
         let page = render(&snapshot);
         assert!(!page.contains("<script>"));
         assert!(page.contains("&lt;script&gt;"));
