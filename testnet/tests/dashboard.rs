@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use loam_testnet::process::{NetworkOptions, ProcessNetwork};
 use rand::{RngCore, SeedableRng};
 use support::{ok, system_program, uplink};
 
@@ -73,15 +72,7 @@ fn chromium(args: &[&str], profile: &Path) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_chromium_shows_the_api_figures() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let net = ProcessNetwork::start(
-        &tmp.path().join("net"),
-        &NetworkOptions {
-            nodes: 4,
-            redundancy: "2/3/4/4".parse()?,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let net = support::four_nodes(tmp.path()).await?;
     let access = net.dir.join("access");
     let mut data = vec![0u8; 2_000_000];
     rand::rngs::StdRng::seed_from_u64(3).fill_bytes(&mut data);

@@ -7,7 +7,6 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use loam_testnet::process::{NetworkOptions, ProcessNetwork};
 use support::{encode, ok, system_program, uplink};
 
 /// Stops the server whatever happens to the test.
@@ -47,15 +46,7 @@ async fn wait_for(base: &str, q: &str, done: impl Fn(f64) -> bool) -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_every_daemon_and_sees_uploads() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let net = ProcessNetwork::start(
-        &tmp.path().join("net"),
-        &NetworkOptions {
-            nodes: 4,
-            redundancy: "2/3/4/4".parse()?,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let net = support::four_nodes(tmp.path()).await?;
     let targets: Vec<String> = net
         .processes
         .iter()

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use loam_testnet::process::binary;
+use loam_testnet::process::{NetworkOptions, ProcessNetwork, binary};
 
 /// Runs `uplink --access-file ACCESS ARGS...`.
 pub fn uplink(access: &Path, args: &[&str]) -> Output {
@@ -78,4 +78,17 @@ pub fn system_program(names: &[&str]) -> std::path::PathBuf {
         }
     }
     panic!("none of {names:?} is installed; run scripts/install-deps (scripts/test does)");
+}
+
+/// A process network of four nodes (`2/3/4/4`) under `dir/net`.
+pub async fn four_nodes(dir: &Path) -> anyhow::Result<ProcessNetwork> {
+    ProcessNetwork::start(
+        &dir.join("net"),
+        &NetworkOptions {
+            nodes: 4,
+            redundancy: "2/3/4/4".parse()?,
+            ..Default::default()
+        },
+    )
+    .await
 }
