@@ -38,20 +38,21 @@ pub fn load_toml<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
-/// Writes `value` to `dir/file` as TOML under a comment header.
-pub fn save_toml<T: serde::Serialize>(
+/// Writes `value` to `dir/file` as [`documented_toml`].
+pub fn save_documented<T: serde::Serialize>(
     value: &T,
+    defaults: &T,
     dir: &Path,
     file: &str,
     header: &str,
+    docs: &[(&str, &str)],
 ) -> Result<(), ConfigError> {
     let path = dir.join(file);
-    let body = toml::to_string_pretty(value).map_err(|e| ConfigError::Write {
+    let text = documented_toml(value, defaults, header, docs).map_err(|e| ConfigError::Write {
         path: path.clone(),
         source: std::io::Error::other(e),
     })?;
-    std::fs::write(&path, format!("{header}{body}"))
-        .map_err(|source| ConfigError::Write { path, source })
+    std::fs::write(&path, text).map_err(|source| ConfigError::Write { path, source })
 }
 
 /// `value` as TOML with every key preceded by its documentation and its

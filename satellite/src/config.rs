@@ -106,15 +106,248 @@ impl Config {
         loam_common::config::load_toml(dir, Self::FILE)
     }
 
+    /// Writes `DIR/config.toml` with every key explained and its default.
     pub fn save(&self, dir: &Path) -> Result<(), ConfigError> {
-        loam_common::config::save_toml(
-            self,
-            dir,
-            Self::FILE,
-            "# Loam satellite configuration. Every key is optional; docs/operators.md\n# lists the defaults.\n",
-        )
+        loam_common::config::save_documented(self, &Self::default(), dir, Self::FILE, HEADER, DOCS)
+    }
+
+    /// The file `save` writes.
+    pub fn documented(&self) -> Result<String, toml::ser::Error> {
+        loam_common::config::documented_toml(self, &Self::default(), HEADER, DOCS)
+    }
+
+    /// This configuration with `LOAM_*` environment variables applied
+    /// (`LOAM_MIN_DIFFICULTY`, `LOAM_AUDIT__INTERVAL_SECS`, ...).
+    pub fn with_env(
+        &self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        loam_common::config::apply_env(self, "LOAM_", vars)
     }
 }
+
+const HEADER: &str = "# Loam satellite configuration (docs/operators.md).\n\
+# Every key is optional: a missing key takes its default. Any key can be\n\
+# overridden by an environment variable LOAM_<KEY> (LOAM_<TABLE>__<KEY> for a\n\
+# key of a table, e.g. LOAM_AUDIT__INTERVAL_SECS).\n\n";
+
+/// One line per key of `config.toml`.
+pub const DOCS: &[(&str, &str)] = &[
+    ("listen", "UDP address the QUIC endpoint binds."),
+    (
+        "external_address",
+        "Address put into access grants; empty means the bound address.",
+    ),
+    ("http_listen", "HTTP address for `/metrics` and `/health`."),
+    (
+        "redundancy",
+        "Redundancy of new segments, `k/repair/success/total`.",
+    ),
+    ("max_segment_size", "Largest segment in bytes."),
+    (
+        "max_inline_size",
+        "Objects up to this many (encrypted) bytes are stored inline in the satellite's metadata, with no pieces.",
+    ),
+    (
+        "min_difficulty",
+        "Least proof-of-work difficulty (trailing zero bits of the node id) accepted at check-in.",
+    ),
+    (
+        "online_window_secs",
+        "A node is online if it checked in within this many seconds.",
+    ),
+    (
+        "distinct_subnets",
+        "At most one piece of a segment per /24 (IPv4) or /64 (IPv6) subnet.",
+    ),
+    (
+        "new_node_fraction",
+        "Share of each upload's nodes that may be new (not yet vetted by `[audit] vetting_audits` passed audits).",
+    ),
+    (
+        "order_expiration_secs",
+        "Seconds an order limit stays valid.",
+    ),
+    (
+        "pending_expiration_secs",
+        "Uploads not committed within this many seconds are abandoned: their metadata is deleted (their pieces become garbage).",
+    ),
+    (
+        "default_storage_limit",
+        "Storage limit of new projects in bytes; 0 = unlimited.",
+    ),
+    (
+        "default_egress_limit",
+        "Monthly download (egress) limit of new projects in bytes; 0 = unlimited.",
+    ),
+    (
+        "minimum_node_version",
+        "Nodes running an older version (`MAJOR.MINOR.PATCH`) are told at check-in that they must update; their dashboard warns.",
+    ),
+    (
+        "audit",
+        "Audits and reputation (`[audit]`): interval, beta-model parameters.",
+    ),
+    (
+        "repair",
+        "Repair (`[repair]`): checker interval, segments per run.",
+    ),
+    (
+        "gc",
+        "Garbage collection (`[gc]`): interval, filter false-positive rate.",
+    ),
+    (
+        "compute",
+        "Compute jobs (`[compute]`): verification share, tolerances, limits.",
+    ),
+    (
+        "orders",
+        "Order settlement (`[orders]`): window length, oldest window accepted.",
+    ),
+    (
+        "accounting",
+        "Usage accounting (`[accounting]`): storage tally interval.",
+    ),
+    (
+        "payouts",
+        "Payouts (`[payouts]`): period, rates, token decimals.",
+    ),
+    ("audit.interval_secs", "Seconds between audit cycles."),
+    ("audit.per_node", "Pieces audited per node per cycle."),
+    ("audit.lambda", "Beta-model forgetting factor λ."),
+    ("audit.weight", "Weight w of one audit."),
+    (
+        "audit.initial_alpha",
+        "Initial α (a new node's benefit of the doubt).",
+    ),
+    (
+        "audit.dq_threshold",
+        "Disqualify at α/(α+β) at or below this.",
+    ),
+    (
+        "audit.vetting_audits",
+        "Audits passed before a node is vetted.",
+    ),
+    (
+        "audit.max_reverifies",
+        "Times a node that connects but does not answer is asked the same challenge again before the audit counts as failed.",
+    ),
+    (
+        "audit.answer_timeout_secs",
+        "Seconds a node has to answer an audit.",
+    ),
+    (
+        "audit.unknown_lambda",
+        "Forgetting factor of the unknown-audit score.",
+    ),
+    (
+        "audit.suspend_threshold",
+        "Suspend at an unknown-audit score below this.",
+    ),
+    (
+        "audit.suspension_grace_secs",
+        "Seconds a node may stay suspended for unknown audits before it is disqualified.",
+    ),
+    (
+        "audit.online_interval_secs",
+        "Seconds between online-tracking observations.",
+    ),
+    (
+        "audit.online_lambda",
+        "Forgetting factor of the online score, per observation.",
+    ),
+    (
+        "audit.offline_threshold",
+        "Suspend at an online score below this.",
+    ),
+    (
+        "audit.online_min_observations",
+        "Observations before the online score can suspend.",
+    ),
+    (
+        "audit.offline_review_secs",
+        "Seconds a node may stay suspended for being offline before it is disqualified.",
+    ),
+    (
+        "repair.interval_secs",
+        "Seconds between checker runs (each followed by repairs).",
+    ),
+    ("repair.max_per_run", "Most segments repaired per run."),
+    (
+        "gc.interval_secs",
+        "Seconds between garbage-collection cycles.",
+    ),
+    (
+        "gc.false_positive_rate",
+        "False-positive rate of the filters (garbage that survives a cycle).",
+    ),
+    (
+        "gc.margin_secs",
+        "Pieces created less than this many seconds before a cycle starts are kept whatever the filter says (clock skew between satellite and nodes).",
+    ),
+    (
+        "compute.verify_fraction",
+        "Share of tasks re-executed by a second node each round, when the job does not say.",
+    ),
+    (
+        "compute.tolerance",
+        "Largest relative weight difference two runs of one task may have and still agree.",
+    ),
+    (
+        "compute.norm_factor",
+        "An update whose norm is more than this many times the round's median is rejected.",
+    ),
+    (
+        "compute.candidates",
+        "Nodes a task's key is sealed to (the holder and the nodes that may rebuild).",
+    ),
+    (
+        "compute.task_timeout_secs",
+        "Seconds one task may run before it is given up.",
+    ),
+    ("compute.max_rounds", "Most rounds a job may ask for."),
+    (
+        "orders.window_secs",
+        "Length of a settlement window, in seconds.",
+    ),
+    (
+        "orders.max_age_secs",
+        "Windows older than this can no longer be settled.",
+    ),
+    (
+        "accounting.tally_interval_secs",
+        "Seconds between storage tallies.",
+    ),
+    (
+        "payouts.period_secs",
+        "Length of a payout period in seconds; 0 means calendar months (UTC).",
+    ),
+    (
+        "payouts.token_decimals",
+        "Decimals of the payout token: amounts are in units of 10^-decimals.",
+    ),
+    (
+        "payouts.storage_per_tb_month",
+        "Base units per TB-month stored (720 hours).",
+    ),
+    (
+        "payouts.egress_per_tb",
+        "Base units per TB of download egress.",
+    ),
+    (
+        "payouts.repair_audit_per_tb",
+        "Base units per TB of repair and audit egress.",
+    ),
+    (
+        "payouts.ingress_per_tb",
+        "Base units per TB of ingress (uploads and repair uploads).",
+    ),
+    ("payouts.per_work_unit", "Base units per compute work unit."),
+    (
+        "payouts.settle_delay_secs",
+        "Seconds after a period's end before its payouts can be computed, so the orders of its last windows have been settled.",
+    ),
+];
 
 #[cfg(test)]
 mod tests {
@@ -150,5 +383,24 @@ mod tests {
             toml::from_str::<Config>("").expect("empty"),
             Config::default()
         );
+    }
+
+    #[test]
+    fn written_config_explains_every_key_and_reads_back() {
+        let c = Config {
+            min_difficulty: 8,
+            ..Default::default()
+        };
+        let text = c.documented().expect("toml");
+        assert!(!text.contains("(undocumented)"), "{text}");
+        assert!(
+            text.contains("# Default: 20\nmin_difficulty = 8\n"),
+            "{text}"
+        );
+        assert_eq!(toml::from_str::<Config>(&text).expect("parse"), c);
+        let env = c
+            .with_env([("LOAM_AUDIT__INTERVAL_SECS".to_string(), "5".to_string())])
+            .expect("env");
+        assert_eq!(env.audit.interval_secs, 5.0);
     }
 }

@@ -272,7 +272,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { dir } => {
             let identity = Identity::load(&dir.join("identity.key"))?;
-            let config = Config::load(&dir)?;
+            let config = Config::load(&dir)?.with_env(std::env::vars())?;
             let sat = Satellite::new(&dir, identity, config).await?;
             sat.write_run_info()
                 .context("cannot write run/satellite.json")?;

@@ -74,25 +74,12 @@ impl Config {
 
     /// Writes `DIR/config.toml` with every key explained and its default.
     pub fn save(&self, dir: &Path) -> Result<(), ConfigError> {
-        let path = dir.join(Self::FILE);
-        let text = self.documented().map_err(|e| ConfigError::Write {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        std::fs::write(&path, text).map_err(|source| ConfigError::Write { path, source })
+        loam_common::config::save_documented(self, &Self::default(), dir, Self::FILE, HEADER, DOCS)
     }
 
     /// The file `save` writes.
     pub fn documented(&self) -> Result<String, toml::ser::Error> {
-        loam_common::config::documented_toml(
-            self,
-            &Self::default(),
-            "# Loam storage node configuration (docs/operators.md).\n\
-             # Every key is optional: a missing key takes its default. Any key can be\n\
-             # overridden by an environment variable LOAM_<KEY> (LOAM_COMPUTE__<KEY> for\n\
-             # the [compute] table) or by the flag of the same name on `storagenode run`.\n\n",
-            DOCS,
-        )
+        loam_common::config::documented_toml(self, &Self::default(), HEADER, DOCS)
     }
 
     /// This configuration with `LOAM_*` environment variables applied.
@@ -103,6 +90,11 @@ impl Config {
         loam_common::config::apply_env(self, "LOAM_", vars)
     }
 }
+
+const HEADER: &str = "# Loam storage node configuration (docs/operators.md).\n\
+# Every key is optional: a missing key takes its default. Any key can be\n\
+# overridden by an environment variable LOAM_<KEY> (LOAM_COMPUTE__<KEY> for\n\
+# the [compute] table) or by the flag of the same name on `storagenode run`.\n\n";
 
 /// One line (or a few) per key of `config.toml`.
 pub const DOCS: &[(&str, &str)] = &[
