@@ -38,21 +38,44 @@ pub fn load_toml<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
-/// Writes `value` to `dir/file` as [`documented_toml`].
-pub fn save_documented<T: serde::Serialize>(
-    value: &T,
-    defaults: &T,
-    dir: &Path,
-    file: &str,
-    header: &str,
-    docs: &[(&str, &str)],
-) -> Result<(), ConfigError> {
-    let path = dir.join(file);
-    let text = documented_toml(value, defaults, header, docs).map_err(|e| ConfigError::Write {
-        path: path.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    std::fs::write(&path, text).map_err(|source| ConfigError::Write { path, source })
+/// A daemon's configuration file: TOML in its data directory, written with
+/// every key explained next to its default, read back with missing keys
+/// defaulted, and overridable by `LOAM_` environment variables.
+pub trait DocumentedConfig: serde::Serialize + serde::de::DeserializeOwned + Default {
+    /// The file's name inside the data directory.
+    const FILE: &'static str = "config.toml";
+    /// Comment lines at the top of the file.
+    const HEADER: &'static str;
+    /// One text per dotted key (`audit.interval_secs`), for the comments.
+    const DOCS: &'static [(&'static str, &'static str)];
+
+    /// Loads `DIR/FILE`, or the defaults when there is none.
+    fn load(dir: &Path) -> Result<Self, ConfigError> {
+        load_toml(dir, Self::FILE)
+    }
+
+    /// Writes `DIR/FILE` as [`DocumentedConfig::documented`] gives it.
+    fn save(&self, dir: &Path) -> Result<(), ConfigError> {
+        let path = dir.join(Self::FILE);
+        let text = self.documented().map_err(|e| ConfigError::Write {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&path, text).map_err(|source| ConfigError::Write { path, source })
+    }
+
+    /// The file's text: see [`documented_toml`].
+    fn documented(&self) -> Result<String, toml::ser::Error> {
+        documented_toml(self, &Self::default(), Self::HEADER, Self::DOCS)
+    }
+
+    /// This configuration with `LOAM_*` variables applied (see [`apply_env`]).
+    fn with_env(
+        &self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        apply_env(self, "LOAM_", vars)
+    }
 }
 
 /// `value` as TOML with every key preceded by its documentation and its

@@ -2,7 +2,6 @@
 //! every field documented with its default.
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use loam_common::erasure::RedundancyScheme;
 use serde::{Deserialize, Serialize};
@@ -96,34 +95,11 @@ impl Default for Config {
     }
 }
 
-pub use loam_common::config::ConfigError;
+pub use loam_common::config::{ConfigError, DocumentedConfig};
 
-impl Config {
-    pub const FILE: &'static str = "config.toml";
-
-    /// Loads `DIR/config.toml`, or the defaults when there is none.
-    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
-        loam_common::config::load_toml(dir, Self::FILE)
-    }
-
-    /// Writes `DIR/config.toml` with every key explained and its default.
-    pub fn save(&self, dir: &Path) -> Result<(), ConfigError> {
-        loam_common::config::save_documented(self, &Self::default(), dir, Self::FILE, HEADER, DOCS)
-    }
-
-    /// The file `save` writes.
-    pub fn documented(&self) -> Result<String, toml::ser::Error> {
-        loam_common::config::documented_toml(self, &Self::default(), HEADER, DOCS)
-    }
-
-    /// This configuration with `LOAM_*` environment variables applied
-    /// (`LOAM_MIN_DIFFICULTY`, `LOAM_AUDIT__INTERVAL_SECS`, ...).
-    pub fn with_env(
-        &self,
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        loam_common::config::apply_env(self, "LOAM_", vars)
-    }
+impl DocumentedConfig for Config {
+    const HEADER: &'static str = HEADER;
+    const DOCS: &'static [(&'static str, &'static str)] = DOCS;
 }
 
 const HEADER: &str = "# Loam satellite configuration (docs/operators.md).\n\

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use loam_common::access::Access;
+use loam_common::config::DocumentedConfig;
 use loam_common::erasure::RedundancyScheme;
 use loam_common::{Identity, NodeId, pb, telemetry};
 use loam_satellite::admin::AdminClient;

@@ -2,7 +2,6 @@
 //! field documented with its default, overridable by command-line flags.
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use loam_common::NodeUrl;
 use serde::{Deserialize, Serialize};
@@ -62,33 +61,11 @@ impl Default for Config {
     }
 }
 
-pub use loam_common::config::ConfigError;
+pub use loam_common::config::{ConfigError, DocumentedConfig};
 
-impl Config {
-    pub const FILE: &'static str = "config.toml";
-
-    /// Loads `DIR/config.toml`, or the defaults when there is none.
-    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
-        loam_common::config::load_toml(dir, Self::FILE)
-    }
-
-    /// Writes `DIR/config.toml` with every key explained and its default.
-    pub fn save(&self, dir: &Path) -> Result<(), ConfigError> {
-        loam_common::config::save_documented(self, &Self::default(), dir, Self::FILE, HEADER, DOCS)
-    }
-
-    /// The file `save` writes.
-    pub fn documented(&self) -> Result<String, toml::ser::Error> {
-        loam_common::config::documented_toml(self, &Self::default(), HEADER, DOCS)
-    }
-
-    /// This configuration with `LOAM_*` environment variables applied.
-    pub fn with_env(
-        &self,
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        loam_common::config::apply_env(self, "LOAM_", vars)
-    }
+impl DocumentedConfig for Config {
+    const HEADER: &'static str = HEADER;
+    const DOCS: &'static [(&'static str, &'static str)] = DOCS;
 }
 
 const HEADER: &str = "# Loam storage node configuration (docs/operators.md).\n\

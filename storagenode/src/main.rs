@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use loam_common::config::DocumentedConfig;
 use loam_common::{Identity, NodeUrl, telemetry};
 use loam_storagenode::{Config, StorageNode, preflight};
 use tokio_util::sync::CancellationToken;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
+use loam_common::config::DocumentedConfig;
 use loam_common::orders::{OrderLimit, PieceAction, PieceId, SerialNumber, now_ms};
 use loam_common::transport::{Endpoint, TransportConfig};
 use loam_common::{Identity, KeyPair, NodeId, pb};

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use loam_common::access::Access;
+use loam_common::config::DocumentedConfig;
 use loam_common::erasure::RedundancyScheme;
 use loam_common::{Identity, NodeId};
 use loam_satellite::admin::AdminClient;
