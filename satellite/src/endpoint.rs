@@ -2,7 +2,7 @@
 //! uplinks, TLS identity for nodes and the operator) and routes it.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use loam_common::pb::satellite_request::Request as Req;
 use loam_common::pb::satellite_response::Response as Resp;
@@ -13,6 +13,9 @@ use loam_common::{NodeId, pb};
 use crate::compute::{Compute, ComputeError};
 use crate::metainfo::{Metainfo, MetainfoError};
 use crate::overlay::Overlay;
+
+/// The longest a `satellite status --wait-nodes` call is held open.
+const MAX_STATUS_WAIT_MS: u64 = 600_000;
 
 pub struct Endpoint {
     pub(crate) own_id: NodeId,
@@ -85,6 +88,14 @@ impl Endpoint {
                 let name = method(&req);
                 match req {
                     Req::SettleOrders(h) => (name, self.settle(peer, h, &mut reader).await),
+                    // `status --wait-nodes`: held until enough nodes are
+                    // online (each check-in wakes it) or the wait is over.
+                    Req::Status(s) if s.wait_online_nodes > 0 && peer == self.own_id => {
+                        let wait = Duration::from_millis(s.wait_ms.min(MAX_STATUS_WAIT_MS));
+                        let online = self.overlay.wait_online_count(s.wait_online_nodes as usize);
+                        let _ = tokio::time::timeout(wait, online).await;
+                        (name, self.dispatch(peer, &api_key, Req::Status(s)))
+                    }
                     req => (name, self.dispatch(peer, &api_key, req)),
                 }
             }

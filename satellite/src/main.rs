@@ -86,6 +86,13 @@ enum Command {
         dir: PathBuf,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+        /// Answer once at least this many nodes are online (fails if they
+        /// are not within --timeout): for scripts that start a network.
+        #[arg(long, value_name = "N")]
+        wait_nodes: Option<u32>,
+        /// How long --wait-nodes waits, in seconds (at most 600).
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
     },
     /// Projects: storage and egress limits.
     Project {
@@ -445,15 +452,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 show(r.egress_limit)
             );
         }
-        Command::Status { dir, output } => {
+        Command::Status {
+            dir,
+            output,
+            wait_nodes,
+            timeout,
+        } => {
             let admin = AdminClient::connect(&dir).await?;
             let pb::satellite_response::Response::Status(st) = admin
-                .call(pb::satellite_request::Request::Status(pb::StatusRequest {}))
+                .call(pb::satellite_request::Request::Status(pb::StatusRequest {
+                    wait_online_nodes: wait_nodes.unwrap_or(0),
+                    wait_ms: timeout.saturating_mul(1000),
+                }))
                 .await?
             else {
                 anyhow::bail!("satellite gave an unexpected answer");
             };
             print_status(&admin.url, &st, output)?;
+            if let Some(want) = wait_nodes
+                && st.nodes_online < u64::from(want)
+            {
+                anyhow::bail!(
+                    "only {} of {want} nodes online after {timeout} s",
+                    st.nodes_online
+                );
+            }
         }
         Command::Nodes {
             command: NodesCommand::Ls { dir, output },

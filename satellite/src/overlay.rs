@@ -237,6 +237,15 @@ impl Overlay {
             .await;
     }
 
+    /// Resolves once at least `count` nodes are online; every check-in
+    /// wakes the wait.
+    pub async fn wait_online_count(&self, count: usize) {
+        let mut rx = self.checkins.subscribe();
+        let _ = rx
+            .wait_for(|_| self.online_count(loam_common::orders::now_ms()) >= count)
+            .await;
+    }
+
     /// Resolves once `id` no longer counts as online: at the end of the
     /// online window after its last check-in (later if it checks in again).
     pub async fn wait_offline(&self, id: &NodeId) {

@@ -6,9 +6,9 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use loam_testnet::process::binary;
 use support::{fails, ok, run};
@@ -18,15 +18,25 @@ use support::{fails, ok, run};
 struct Daemons(Vec<Child>);
 
 impl Daemons {
-    fn start(&mut self, bin: &str, dir: &Path) {
-        let child = Command::new(binary(bin).expect("binary"))
+    /// Starts `BIN run --dir DIR` and returns once its log says `ready`
+    /// (the line a daemon logs when it serves); the rest of the log is
+    /// drained so the daemon never blocks on it.
+    fn start(&mut self, bin: &str, dir: &Path, ready: &str) {
+        let mut child = Command::new(binary(bin).expect("binary"))
             .args(["run", "--dir", dir.to_str().expect("utf-8")])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start daemon");
+        let mut log = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
         self.0.push(child);
+        let seen = log
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains(ready));
+        assert!(seen, "{bin} exited before logging {ready:?}");
+        std::thread::spawn(move || log.for_each(drop));
     }
 }
 
@@ -71,26 +81,13 @@ fn satellite(daemons: &mut Daemons, dir: &Path) -> String {
             "8",
         ],
     ));
-    daemons.start("satellite", dir);
-    let url = format!("{}@127.0.0.1:{port}", id.trim());
-    // `satellite status` answers once it is up.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !run("satellite", &["status", "--dir", s(dir)])
-        .status
-        .success()
-    {
-        assert!(Instant::now() < deadline, "satellite did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    url
+    daemons.start("satellite", dir, "satellite running");
+    format!("{}@127.0.0.1:{port}", id.trim())
 }
 
-fn status(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&ok(run(
-        "satellite",
-        &["status", "--dir", s(dir), "-o", "json"],
-    )))
-    .expect("status json")
+fn status(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let all = [&["status", "--dir", s(dir), "-o", "json"], args].concat();
+    serde_json::from_str(&ok(run("satellite", &all))).expect("status json")
 }
 
 #[test]
@@ -144,15 +141,9 @@ fn a_network_from_nothing_following_the_operator_guide() {
             .expect("start node");
         daemons.0.push(child);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while status(&sat_dir)["nodes"]["online"] != 3 {
-        assert!(
-            Instant::now() < deadline,
-            "nodes did not check in: {}",
-            status(&sat_dir)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // The satellite answers once all three have checked in.
+    let st = status(&sat_dir, &["--wait-nodes", "3", "--timeout", "60"]);
+    assert_eq!(st["nodes"]["online"], 3, "{st}");
 
     let access = ok(run(
         "satellite",
@@ -184,7 +175,7 @@ fn a_network_from_nothing_following_the_operator_guide() {
     ok(uplink(&["cp", "loam://photos/a.bin", s(&back)]));
     assert_eq!(std::fs::read(&back).expect("read"), data);
 
-    let st = status(&sat_dir);
+    let st = status(&sat_dir, &[]);
     assert_eq!(st["storage"]["segments"], 1, "{st}");
     assert_eq!(st["storage"]["stored_bytes"], 3_000_000, "{st}");
     let table = ok(run("satellite", &["status", "--dir", s(&sat_dir)]));
