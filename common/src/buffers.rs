@@ -7,6 +7,12 @@
 //! their pages already in place. A [`Bytes`] made with [`BufferPool::freeze`]
 //! returns its buffer to the pool when the last reference drops (for
 //! example once QUIC has the data acknowledged).
+//!
+//! Large buffers are backed by transparent huge pages where the kernel
+//! offers them on request (`madvise` mode, the usual default): one fault
+//! per 2 MiB instead of one per 4 KiB. In a one-shot `uplink cp`, where
+//! nothing is in the pool yet, those faults were a fifth of the client's CPU
+//! time.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -20,6 +26,35 @@ pub struct BufferPool {
 
 /// Buffers smaller than this are not worth pooling.
 const MIN_POOLED: usize = 256 * 1024;
+
+/// Size of a transparent huge page on x86-64 and most aarch64 kernels.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Asks the kernel to back the huge-page-aligned part of `buf`'s
+/// allocation with huge pages. Best effort: kernels without transparent
+/// huge pages (or with them off) refuse or ignore it.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn advise_huge_pages(buf: &mut Vec<u8>) {
+    use nix::sys::mman::{MmapAdvise, madvise};
+    let base = buf.as_mut_ptr();
+    let start = base as usize;
+    let aligned = start.next_multiple_of(HUGE_PAGE);
+    let len = (start + buf.capacity()).saturating_sub(aligned) / HUGE_PAGE * HUGE_PAGE;
+    let Some(addr) = std::ptr::NonNull::new(base.wrapping_add(aligned - start)) else {
+        return;
+    };
+    if len == 0 {
+        return;
+    }
+    // SAFETY: [addr, addr + len) lies inside the allocation `buf` owns (and
+    // keeps owning). MADV_HUGEPAGE changes only how the kernel backs those
+    // pages, never what they contain, so no memory Rust can see changes.
+    let _ = unsafe { madvise(addr.cast(), len, MmapAdvise::MADV_HUGEPAGE) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_buf: &mut Vec<u8>) {}
 
 impl BufferPool {
     pub fn new(max_idle_bytes: usize) -> Self {
@@ -52,7 +87,11 @@ impl BufferPool {
                 return buf;
             }
         }
-        Vec::with_capacity(capacity)
+        let mut buf = Vec::with_capacity(capacity);
+        if capacity >= 2 * HUGE_PAGE {
+            advise_huge_pages(&mut buf);
+        }
+        buf
     }
 
     /// A buffer of exactly `len` zero bytes.

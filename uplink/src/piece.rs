@@ -91,7 +91,35 @@ pub async fn upload(
     timeout: Duration,
     sent: Option<&AtomicU64>,
 ) -> Result<pb::SignedPieceHash, PieceError> {
+    upload_after(
+        endpoint,
+        limit,
+        piece_key,
+        data,
+        hash,
+        timeout,
+        sent,
+        std::future::ready(()),
+    )
+    .await
+}
+
+/// Like [`upload`], but sends nothing until `start` completes: the
+/// connection is set up at once, so a spare piece can begin the moment it
+/// is wanted.
+#[allow(clippy::too_many_arguments)]
+pub async fn upload_after(
+    endpoint: &Endpoint,
+    limit: &pb::AddressedOrderLimit,
+    piece_key: &KeyPair,
+    data: Bytes,
+    hash: [u8; 32],
+    timeout: Duration,
+    sent: Option<&AtomicU64>,
+    start: impl Future<Output = ()>,
+) -> Result<pb::SignedPieceHash, PieceError> {
     let (id, conn) = connect(endpoint, limit, timeout).await?;
+    start.await;
     let result = upload_on(&conn, limit, piece_key, data, hash, sent).await;
     if matches!(result, Err(PieceError::Wire(WireError::Connection(_)))) {
         endpoint.forget(&id);

@@ -244,6 +244,18 @@ impl Project {
                 *reported = done;
             }
         };
+        // Spares: the pieces beyond `success` with the highest numbers
+        // (parity, so a dataset's data pieces are never among them).
+        let spare_count = if self.config.race_spares {
+            0
+        } else {
+            begin.limits.len().saturating_sub(success)
+        };
+        let mut nums: Vec<u32> = begin.limits.iter().map(|l| l.piece_num).collect();
+        nums.sort_unstable_by(|a, b| b.cmp(a));
+        nums.truncate(spare_count);
+        // Opens for the spares once the first piece is stored or fails.
+        let (spares_go, spares_wait) = tokio::sync::watch::channel(false);
         let mut uploads = FuturesUnordered::new();
         for limit in &begin.limits {
             let num = limit.piece_num as usize;
@@ -251,8 +263,15 @@ impl Project {
                 return Err(UplinkError::Unexpected);
             };
             let (data, hash, key, sent) = (data.clone(), *hash, &piece_key, &sent);
+            let spare = nums.contains(&limit.piece_num);
+            let mut wait = spares_wait.clone();
             uploads.push(async move {
-                let r = piece::upload(
+                let start = async move {
+                    if spare {
+                        let _ = wait.wait_for(|&go| go).await;
+                    }
+                };
+                let r = piece::upload_after(
                     &self.endpoint,
                     limit,
                     key,
@@ -260,6 +279,7 @@ impl Project {
                     hash,
                     self.config.dial_timeout,
                     Some(sent),
+                    start,
                 )
                 .await;
                 (limit, r)
@@ -293,6 +313,7 @@ impl Project {
                     continue;
                 }
             };
+            spares_go.send_replace(true);
             match result {
                 Ok(hash) => {
                     stored.push(pb::PieceResult {
