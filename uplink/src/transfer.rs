@@ -251,9 +251,9 @@ impl Project {
         } else {
             begin.limits.len().saturating_sub(success)
         };
-        let mut nums: Vec<u32> = begin.limits.iter().map(|l| l.piece_num).collect();
-        nums.sort_unstable_by(|a, b| b.cmp(a));
-        nums.truncate(spare_count);
+        let mut spares: Vec<u32> = begin.limits.iter().map(|l| l.piece_num).collect();
+        spares.sort_unstable_by(|a, b| b.cmp(a));
+        spares.truncate(spare_count);
         // Opens for the spares once the first piece is stored or fails.
         let (spares_go, spares_wait) = tokio::sync::watch::channel(false);
         let mut uploads = FuturesUnordered::new();
@@ -263,7 +263,7 @@ impl Project {
                 return Err(UplinkError::Unexpected);
             };
             let (data, hash, key, sent) = (data.clone(), *hash, &piece_key, &sent);
-            let spare = nums.contains(&limit.piece_num);
+            let spare = spares.contains(&limit.piece_num);
             let mut wait = spares_wait.clone();
             uploads.push(async move {
                 let start = async move {
