@@ -255,7 +255,9 @@ async fn satellite_chores_pause_and_run_on_demand() -> anyhow::Result<()> {
     let waited = tokio::time::timeout(std::time::Duration::from_secs(1), gc.trigger_wait()).await;
     assert!(waited.is_err(), "a paused chore ran");
     assert_eq!(gc.finished(), finished);
-    assert_eq!(used_bytes(&planet), used);
+    // Nothing was collected. (A piece of the upload's cancelled long tail
+    // may still land after the upload returned: that only adds bytes.)
+    assert!(used_bytes(&planet) >= used, "a paused chore deleted pieces");
     gc.resume();
     gc.trigger_wait().await;
     assert!(gc.finished() > finished);
