@@ -133,6 +133,20 @@ fn block_nonce(segment_index: u32, block: u64) -> Nonce {
 
 /// Encrypts one row into `out` (cleared first), block by block.
 pub fn encrypt_row(key: &Key, segment_index: u32, plain: &[u8], out: &mut Vec<u8>) {
+    encrypt_blocks(key, segment_index, 0, plain, out);
+}
+
+/// Encrypts part of a row into `out` (cleared first): `plain` starts at
+/// block `first_block` of the row, and is whole blocks except perhaps at
+/// the row's end. Parts encrypted in order concatenate to
+/// [`encrypt_row`]'s output.
+pub fn encrypt_blocks(
+    key: &Key,
+    segment_index: u32,
+    first_block: u64,
+    plain: &[u8],
+    out: &mut Vec<u8>,
+) {
     let aead = key.aead();
     out.clear();
     out.reserve(encrypted_len(plain.len()));
@@ -141,7 +155,7 @@ pub fn encrypt_row(key: &Key, segment_index: u32, plain: &[u8], out: &mut Vec<u8
         out.extend_from_slice(chunk);
         let tag = aead
             .seal_in_place_separate_tag(
-                block_nonce(segment_index, block as u64),
+                block_nonce(segment_index, first_block + block as u64),
                 Aad::empty(),
                 &mut out[start..],
             )

@@ -17,6 +17,7 @@ use loam_common::erasure::{ErasureCoder, RedundancyScheme};
 use loam_common::orders::{PieceAction, PieceId, now_ms};
 use loam_common::transport::Endpoint as QuicEndpoint;
 use loam_common::{KeyPair, NodeId, pb};
+use loam_uplink::feed::PieceFeed;
 use serde::{Deserialize, Serialize};
 
 use crate::metainfo::Metainfo;
@@ -323,8 +324,7 @@ impl Repair {
                     endpoint,
                     &limit,
                     put_key,
-                    Bytes::from(data),
-                    hash,
+                    PieceFeed::whole(Bytes::from(data), hash),
                     Duration::from_secs(5),
                     None,
                 )

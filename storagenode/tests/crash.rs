@@ -15,6 +15,7 @@ use loam_common::transport::{Endpoint, TransportConfig};
 use loam_common::{Identity, KeyPair, NodeId, pb};
 use loam_satellite::Satellite;
 use loam_storagenode::{Config, RunInfo};
+use loam_uplink::feed::PieceFeed;
 use loam_uplink::piece::{self, PieceError};
 use rand::{RngCore, SeedableRng};
 use tokio_util::sync::CancellationToken;
@@ -170,7 +171,8 @@ async fn acknowledged_pieces_survive_sigkill() {
         );
         let (client, key, data) = (&client, &key, Bytes::copy_from_slice(data));
         uploads.push(async move {
-            let r = piece::upload(client, &l, key, data, hash, Duration::from_secs(5), None).await;
+            let feed = PieceFeed::whole(data, hash);
+            let r = piece::upload(client, &l, key, feed, Duration::from_secs(5), None).await;
             (i, r)
         });
     }

@@ -14,6 +14,7 @@ use loam_common::transport::{Endpoint, TransportConfig};
 use loam_common::wire::{FrameReader, FrameWriter};
 use loam_common::{Identity, KeyPair, NodeId, NodeUrl, pb};
 use loam_storagenode::{Config, StorageNode};
+use loam_uplink::feed::PieceFeed;
 use loam_uplink::piece::{self, PieceError};
 use tokio_util::sync::CancellationToken;
 
@@ -108,8 +109,7 @@ impl Harness {
             &self.client,
             &self.addressed(signed, None),
             key,
-            Bytes::copy_from_slice(data),
-            hash,
+            PieceFeed::whole(Bytes::copy_from_slice(data), hash),
             Duration::from_secs(5),
             None,
         )

@@ -23,6 +23,7 @@ use pb::satellite_response::Response as Resp;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use crate::transfer::Plaintext;
 use crate::{ObjectMeta, Progress, Project, UplinkError, not_found_as};
 
 /// Kept (encrypted) in a dataset's object metadata.
@@ -141,7 +142,7 @@ impl Project {
                 coder.clone(),
                 &begin.stream_id,
                 index as u32,
-                plain,
+                Plaintext::Memory(plain),
                 Some(seg.rows.clone()),
                 &obj_key,
                 progress.clone(),

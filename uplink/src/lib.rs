@@ -18,6 +18,7 @@
 //! first `k` pieces to arrive, hedging against slow or dead nodes.
 
 pub mod dataset;
+pub mod feed;
 pub mod fetch;
 pub mod piece;
 pub mod segment;
@@ -464,7 +465,7 @@ impl Project {
         self.endpoint.close();
         // Long enough for the close frames to go out; the draining period that
         // follows (three probe timeouts) protects nothing a client needs.
-        let _ = tokio::time::timeout(Duration::from_millis(20), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(5), self.endpoint.wait_idle()).await;
     }
 }
 

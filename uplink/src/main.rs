@@ -432,19 +432,31 @@ async fn copy(
                     .context("destination needs an object key when copying from stdin")?;
                 dst.key.push_str(name);
             }
-            let (total, reader): (Option<u64>, Box<dyn tokio::io::AsyncRead + Unpin + Send>) =
-                if source == "-" {
-                    (None, Box::new(tokio::io::stdin()))
-                } else {
-                    let file = std::fs::File::open(source)
-                        .with_context(|| format!("cannot open {source}"))?;
-                    let len = file.metadata().ok().map(|m| m.len());
-                    (len, Box::new(PageCacheFile(file)))
-                };
-            let (bar, progress) = progress_bar(show, total);
-            let item = project
-                .upload(&dst.bucket, &dst.key, reader, progress)
-                .await?;
+            let file = if source == "-" {
+                None
+            } else {
+                Some(std::fs::File::open(source).with_context(|| format!("cannot open {source}"))?)
+            };
+            let meta = file.as_ref().and_then(|f| f.metadata().ok());
+            let (bar, progress) = progress_bar(show, meta.as_ref().map(|m| m.len()));
+            let item = match file {
+                // A regular file is read where each stripe is encoded.
+                Some(file) if meta.is_some_and(|m| m.is_file()) => {
+                    project
+                        .upload_file(&dst.bucket, &dst.key, file, progress)
+                        .await?
+                }
+                Some(file) => {
+                    project
+                        .upload(&dst.bucket, &dst.key, PageCacheFile(file), progress)
+                        .await?
+                }
+                None => {
+                    project
+                        .upload(&dst.bucket, &dst.key, tokio::io::stdin(), progress)
+                        .await?
+                }
+            };
             if let Some(b) = bar {
                 b.finish_and_clear();
             }

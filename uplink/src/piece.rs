@@ -12,7 +12,10 @@ use loam_common::rpc::RemoteError;
 use loam_common::transport::{self, Endpoint, TransportError};
 use loam_common::wire::{Frame, FrameReader, FrameWriter, WireError};
 use loam_common::{KeyPair, NodeId, pb};
+
 use prost::Message;
+
+use crate::feed::{FeedItem, PieceFeed};
 
 /// Bytes covered by each order on uploads.
 const ORDER_STEP: usize = 4 << 20;
@@ -38,6 +41,8 @@ pub enum PieceError {
     BadAnswer(&'static str),
     #[error("piece content does not match its committed hash")]
     HashMismatch,
+    #[error("piece data ended before the piece was complete")]
+    FeedEnded,
 }
 
 impl From<quinn::ConnectionError> for PieceError {
@@ -86,8 +91,7 @@ pub async fn upload(
     endpoint: &Endpoint,
     limit: &pb::AddressedOrderLimit,
     piece_key: &KeyPair,
-    data: Bytes,
-    hash: [u8; 32],
+    feed: PieceFeed,
     timeout: Duration,
     sent: Option<&AtomicU64>,
 ) -> Result<pb::SignedPieceHash, PieceError> {
@@ -95,8 +99,7 @@ pub async fn upload(
         endpoint,
         limit,
         piece_key,
-        data,
-        hash,
+        feed,
         timeout,
         sent,
         std::future::ready(()),
@@ -107,20 +110,18 @@ pub async fn upload(
 /// Like [`upload`], but sends nothing until `start` completes: the
 /// connection is set up at once, so a spare piece can begin the moment it
 /// is wanted.
-#[allow(clippy::too_many_arguments)]
 pub async fn upload_after(
     endpoint: &Endpoint,
     limit: &pb::AddressedOrderLimit,
     piece_key: &KeyPair,
-    data: Bytes,
-    hash: [u8; 32],
+    feed: PieceFeed,
     timeout: Duration,
     sent: Option<&AtomicU64>,
     start: impl Future<Output = ()>,
 ) -> Result<pb::SignedPieceHash, PieceError> {
     let (id, conn) = connect(endpoint, limit, timeout).await?;
     start.await;
-    let result = upload_on(&conn, limit, piece_key, data, hash, sent).await;
+    let result = upload_on(&conn, limit, piece_key, feed, sent).await;
     if matches!(result, Err(PieceError::Wire(WireError::Connection(_)))) {
         endpoint.forget(&id);
     }
@@ -131,14 +132,14 @@ async fn upload_on(
     conn: &quinn::Connection,
     addressed: &pb::AddressedOrderLimit,
     piece_key: &KeyPair,
-    data: Bytes,
-    hash: [u8; 32],
+    mut feed: PieceFeed,
     sent_counter: Option<&AtomicU64>,
 ) -> Result<pb::SignedPieceHash, PieceError> {
     let (signed_limit, limit) = decode_limit(addressed)?;
     let (send, recv) = conn.open_bi().await?;
     let mut writer = FrameWriter::new(send);
     let mut reader = FrameReader::new(recv);
+    let size = feed.size();
     let sending = async {
         writer
             .message(&pb::PieceRequest {
@@ -148,28 +149,42 @@ async fn upload_on(
             })
             .await?;
         let mut sent = 0;
-        while sent < data.len() {
-            let end = (sent + ORDER_STEP).min(data.len());
-            let order = Order {
-                serial: limit.serial,
-                amount: end as u64,
+        let mut ordered = 0;
+        let hash = loop {
+            let chunk = match feed.next().await {
+                Some(FeedItem::Data(chunk)) => chunk,
+                Some(FeedItem::Hash(hash)) if sent == size => break hash,
+                Some(FeedItem::Hash(_)) | None => return Err(PieceError::FeedEnded),
+            };
+            let end = sent + chunk.len();
+            if end > size {
+                return Err(PieceError::FeedEnded);
             }
-            .sign(piece_key);
-            writer
-                .message(&pb::PieceUploadMessage {
-                    message: Some(pb::piece_upload_message::Message::Order(order)),
-                })
-                .await?;
-            writer.data(data.slice(sent..end)).await?;
+            // Orders run ahead of the data, a step at a time.
+            while ordered < end {
+                ordered = (ordered + ORDER_STEP).min(size);
+                let order = Order {
+                    serial: limit.serial,
+                    amount: ordered as u64,
+                }
+                .sign(piece_key);
+                writer
+                    .message(&pb::PieceUploadMessage {
+                        message: Some(pb::piece_upload_message::Message::Order(order)),
+                    })
+                    .await?;
+            }
+            writer.data(chunk).await?;
             if let Some(c) = sent_counter {
                 c.fetch_add((end - sent) as u64, Ordering::Relaxed);
             }
             sent = end;
-        }
+            feed.sent(sent as u64);
+        };
         let done = PieceHash {
             piece_id: limit.piece_id,
             hash,
-            size: data.len() as u64,
+            size: size as u64,
             timestamp_ms: now_ms(),
         }
         .sign(piece_key);
@@ -179,17 +194,23 @@ async fn upload_on(
             })
             .await?;
         writer.finish()?;
-        Ok::<(), WireError>(())
+        Ok::<[u8; 32], PieceError>(hash)
     };
     // A node that refuses stops reading and answers at once: its answer is
     // the error to report, not the failed write.
     let sent = sending.await;
+    if let Err(PieceError::FeedEnded) = sent {
+        // Not a whole piece: the node discards what it got.
+        writer.reset(1);
+        return Err(PieceError::FeedEnded);
+    }
     let response: pb::PieceUploadResponse = match reader.message().await {
         Ok(r) => r,
-        Err(e) => return Err(sent.err().unwrap_or(e).into()),
+        Err(e) => return Err(sent.err().unwrap_or(e.into())),
     };
     match response.result {
         Some(pb::piece_upload_response::Result::Stored(signed)) => {
+            let hash = sent?;
             let (_, node_key) = transport::peer_id(conn)?;
             let stored = PieceHash::verify(&signed, &node_key)
                 .map_err(|_| PieceError::BadAnswer("piece hash signature"))?;

@@ -15,8 +15,9 @@ use pb::satellite_response::Response as Resp;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::feed::{FeedItem, Pacer, PieceFeed};
 use crate::fetch::{FetchPlan, FetchStatus};
-use crate::segment::{self, EncodedSegment};
+use crate::segment;
 use crate::{Item, ObjectMeta, Project, UplinkError, not_found_as, piece};
 
 /// Called with the number of plaintext bytes finished since the last call.
@@ -26,6 +27,74 @@ pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 /// from it.
 const MAX_SEGMENT_SIZE: i64 = 1 << 30;
 const MAX_PIECE_SIZE: i64 = 1 << 30;
+
+/// Stripes the encoder may run ahead of the fastest piece upload.
+const STRIPES_AHEAD: usize = 4;
+
+/// A segment's plaintext: in memory, or a range of a file that the encoder
+/// reads stripe by stripe (so the segment is never all in memory).
+pub(crate) enum Plaintext {
+    Memory(Vec<u8>),
+    File {
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: usize,
+    },
+}
+
+impl Plaintext {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Self::Memory(v) => v.len(),
+            Self::File { len, .. } => *len,
+        }
+    }
+
+    /// Fills `buf` with the bytes at `at`.
+    fn read(&self, at: usize, buf: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            Self::Memory(v) => {
+                let src = v
+                    .get(at..at + buf.len())
+                    .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+            Self::File { file, offset, len } => {
+                if at + buf.len() > *len {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                std::os::unix::fs::FileExt::read_exact_at(&**file, buf, offset + at as u64).map_err(
+                    |e| match e.kind() {
+                        std::io::ErrorKind::UnexpectedEof => std::io::Error::other(
+                            "the file became shorter while it was being uploaded",
+                        ),
+                        _ => e,
+                    },
+                )
+            }
+        }
+    }
+
+    /// All of it, in memory.
+    fn into_vec(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Self::Memory(v) => Ok(v),
+            file => {
+                let mut v = BufferPool::global().zeroed(file.len());
+                file.read(0, &mut v)?;
+                Ok(v)
+            }
+        }
+    }
+
+    /// Returns a memory buffer to the pool.
+    fn recycle(self) {
+        if let Self::Memory(v) = self {
+            BufferPool::global().give(v);
+        }
+    }
+}
 
 /// Overhead of [`encryption::seal`] on inline data.
 const SEAL_OVERHEAD: usize = 28;
@@ -62,13 +131,10 @@ impl Project {
         R: AsyncRead + Unpin + Send + 'static,
     {
         let begin = self.begin_object(bucket, key).await?;
-        let obj_key = self.object_key(bucket, key);
-        let scheme = scheme_of(begin.redundancy.as_ref())?;
-        let coder = Arc::new(ErasureCoder::new(scheme));
         let max_segment = (begin.max_segment_size.max(1) as usize).min(1 << 30);
 
         // A reader task keeps the next segment ready while others upload.
-        let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(1);
+        let (tx, rx) = mpsc::channel::<std::io::Result<Plaintext>>(1);
         let reader_task = tokio::spawn(async move {
             let mut reader = reader;
             let mut first = true;
@@ -76,7 +142,7 @@ impl Project {
                 let buf = read_full(&mut reader, max_segment).await;
                 let last = buf.as_ref().map_or(true, |b| b.len() < max_segment);
                 let empty = buf.as_ref().is_ok_and(Vec::is_empty);
-                if (!empty || first) && tx.send(buf).await.is_err() {
+                if (!empty || first) && tx.send(buf.map(Plaintext::Memory)).await.is_err() {
                     return;
                 }
                 first = false;
@@ -85,7 +151,52 @@ impl Project {
                 }
             }
         });
+        let result = self.upload_segments(bucket, key, begin, rx, progress).await;
+        let _ = reader_task.await;
+        result
+    }
 
+    /// Uploads a regular file as `bucket/key`. Each segment is read from
+    /// the file a stripe at a time as it is encoded, never whole.
+    pub async fn upload_file(
+        &self,
+        bucket: &str,
+        key: &str,
+        file: std::fs::File,
+        progress: Option<Progress>,
+    ) -> Result<Item, UplinkError> {
+        let len = file.metadata()?.len();
+        let begin = self.begin_object(bucket, key).await?;
+        let max_segment = (begin.max_segment_size.max(1) as u64).min(1 << 30);
+        let file = Arc::new(file);
+        let segments = len.div_ceil(max_segment).max(1);
+        let (tx, rx) = mpsc::channel::<std::io::Result<Plaintext>>(segments as usize);
+        for i in 0..segments {
+            let offset = i * max_segment;
+            let _ = tx.try_send(Ok(Plaintext::File {
+                file: file.clone(),
+                offset,
+                len: (len - offset).min(max_segment) as usize,
+            }));
+        }
+        drop(tx);
+        self.upload_segments(bucket, key, begin, rx, progress).await
+    }
+
+    /// Encodes and uploads the segments `segments` yields, then commits
+    /// the object; a first segment small enough is stored inline.
+    async fn upload_segments(
+        &self,
+        bucket: &str,
+        key: &str,
+        begin: pb::BeginObjectResponse,
+        mut segments: mpsc::Receiver<std::io::Result<Plaintext>>,
+        progress: Option<Progress>,
+    ) -> Result<Item, UplinkError> {
+        let obj_key = self.object_key(bucket, key);
+        let scheme = scheme_of(begin.redundancy.as_ref())?;
+        let coder = Arc::new(ErasureCoder::new(scheme));
+        let max_segment = (begin.max_segment_size.max(1) as usize).min(1 << 30);
         let mut index = 0u32;
         let mut total = 0u64;
         let mut inline = None;
@@ -93,7 +204,7 @@ impl Project {
         let mut reading = true;
         loop {
             tokio::select! {
-                buf = rx.recv(), if reading && inflight.len() < self.config.upload_concurrency => {
+                buf = segments.recv(), if reading && inflight.len() < self.config.upload_concurrency => {
                     let Some(buf) = buf else {
                         reading = false;
                         continue;
@@ -101,6 +212,7 @@ impl Project {
                     let buf = buf?;
                     total += buf.len() as u64;
                     if index == 0 && buf.len() < max_segment && buf.len() + SEAL_OVERHEAD <= begin.max_inline_size as usize {
+                        let buf = buf.into_vec()?;
                         inline = Some(encryption::seal(&obj_key, &buf));
                         if let Some(p) = &progress {
                             p(buf.len() as u64);
@@ -119,8 +231,7 @@ impl Project {
                 else => break,
             }
         }
-        drop(rx);
-        let _ = reader_task.await;
+        drop(segments);
         let meta = ObjectMeta {
             size: total,
             dataset: None,
@@ -198,31 +309,26 @@ impl Project {
         coder: Arc<ErasureCoder>,
         stream_id: &bytes::Bytes,
         index: u32,
-        plain: Vec<u8>,
+        plain: Plaintext,
         rows: Option<Vec<usize>>,
         obj_key: &Key,
         progress: Option<Progress>,
     ) -> Result<(), UplinkError> {
         let plain_len = plain.len() as u64;
         let success = coder.scheme().success();
+        let total = coder.scheme().total();
         let k = coder.scheme().k();
         let dataset = rows.is_some();
         let t0 = Instant::now();
         let row_sizes: Vec<i64> = rows.iter().flatten().map(|&r| r as i64).collect();
-        let enc: EncodedSegment = tokio::task::spawn_blocking(move || {
-            let enc = segment::encode_rows(&coder, index, &plain, rows.as_deref());
-            BufferPool::global().give(plain);
-            enc
-        })
-        .await
-        .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?
-        .map_err(|e| UplinkError::Corrupt(e.to_string()))?;
-        let encoded = t0.elapsed();
+        let mut encoder = segment::StripeEncoder::new(coder, index, plain.len(), rows.as_deref())
+            .map_err(|e| UplinkError::Corrupt(e.to_string()))?;
+        let piece_size = encoder.piece_size();
         let begin = match self
             .call(Req::BeginSegment(pb::BeginSegmentRequest {
                 stream_id: stream_id.clone(),
                 index,
-                piece_size: enc.piece_size as i64,
+                piece_size: piece_size as i64,
             }))
             .await
             .map_err(|e| not_found_as(e, || UplinkError::Unexpected))?
@@ -230,11 +336,55 @@ impl Project {
             Resp::BeginSegment(b) => b,
             _ => return Err(UplinkError::Unexpected),
         };
+        // One feed per piece the satellite placed; the encoder sends each
+        // stripe to every feed and runs a few stripes ahead of the fastest.
+        let pacer = Pacer::new(begin.limits.len());
+        let mut senders: Vec<Option<mpsc::UnboundedSender<FeedItem>>> = vec![None; total];
+        let mut feeds = Vec::with_capacity(begin.limits.len());
+        for (i, limit) in begin.limits.iter().enumerate() {
+            let slot = senders
+                .get_mut(limit.piece_num as usize)
+                .filter(|s| s.is_none())
+                .ok_or(UplinkError::Unexpected)?;
+            let (tx, feed) = PieceFeed::channel(piece_size, &pacer, i);
+            *slot = Some(tx);
+            feeds.push(feed);
+        }
+        let encoding = tokio::task::spawn_blocking(move || {
+            let mut produced: Vec<u64> = Vec::new();
+            loop {
+                let behind = produced.len().checked_sub(STRIPES_AHEAD + 1);
+                if let Some(&need) = behind.and_then(|i| produced.get(i))
+                    && !pacer.wait_for(need)
+                {
+                    // Every upload has ended: nobody wants the rest.
+                    return Ok(None);
+                }
+                let Some(stripe) = encoder.next_stripe(|at, buf| plain.read(at, buf))? else {
+                    break;
+                };
+                produced.push(produced.last().copied().unwrap_or(0) + stripe[0].len() as u64);
+                for (tx, bytes) in senders.iter().zip(stripe) {
+                    if let Some(tx) = tx {
+                        let _ = tx.send(FeedItem::Data(bytes));
+                    }
+                }
+            }
+            let (key, hashes) = encoder.finish();
+            for (tx, hash) in senders.iter().zip(hashes) {
+                if let Some(tx) = tx {
+                    let _ = tx.send(FeedItem::Hash(hash));
+                }
+            }
+            plain.recycle();
+            Ok::<_, segment::StripeError>(Some(key))
+        });
+        let encoded = t0.elapsed();
         let piece_key = KeyPair::try_from(begin.piece_private_key.as_ref())
             .map_err(|_| UplinkError::Unexpected)?;
         // Progress in plaintext bytes, from the piece bytes sent so far.
         let sent = AtomicU64::new(0);
-        let all_piece_bytes = (enc.piece_size * begin.limits.len()).max(1) as u64;
+        let all_piece_bytes = (piece_size * begin.limits.len()).max(1) as u64;
         let mut reported = 0u64;
         let report = |reported: &mut u64, done: u64| {
             if let Some(p) = &progress
@@ -257,12 +407,8 @@ impl Project {
         // Opens for the spares once the first piece is stored or fails.
         let (spares_go, spares_wait) = tokio::sync::watch::channel(false);
         let mut uploads = FuturesUnordered::new();
-        for limit in &begin.limits {
-            let num = limit.piece_num as usize;
-            let (Some(data), Some(hash)) = (enc.pieces.get(num), enc.hashes.get(num)) else {
-                return Err(UplinkError::Unexpected);
-            };
-            let (data, hash, key, sent) = (data.clone(), *hash, &piece_key, &sent);
+        for (limit, feed) in begin.limits.iter().zip(feeds) {
+            let (key, sent) = (&piece_key, &sent);
             let spare = spares.contains(&limit.piece_num);
             let mut wait = spares_wait.clone();
             uploads.push(async move {
@@ -275,8 +421,7 @@ impl Project {
                     &self.endpoint,
                     limit,
                     key,
-                    data,
-                    hash,
+                    feed,
                     self.config.dial_timeout,
                     Some(sent),
                     start,
@@ -339,18 +484,33 @@ impl Project {
         }
         drop(uploads);
         let uploaded = t0.elapsed();
-        if stored.len() < success {
-            return Err(UplinkError::UploadFailed {
-                stored: stored.len(),
-                needed: success,
-                last_error,
-            });
-        }
+        // The encoder has finished (every stored piece had its hash) or
+        // stops now that no upload is left.
+        let key = match encoding.await {
+            Ok(Ok(key)) => key,
+            Ok(Err(e)) => {
+                return Err(match e {
+                    segment::StripeError::Read(e) => UplinkError::Io(e),
+                    e => UplinkError::Corrupt(e.to_string()),
+                });
+            }
+            Err(e) => return Err(UplinkError::Io(std::io::Error::other(e))),
+        };
+        let key = match key {
+            Some(key) if stored.len() >= success => key,
+            _ => {
+                return Err(UplinkError::UploadFailed {
+                    stored: stored.len(),
+                    needed: success,
+                    last_error,
+                });
+            }
+        };
         let meta = pb::SegmentMeta {
-            encrypted_key: encryption::seal(obj_key, enc.key.as_bytes()).into(),
+            encrypted_key: encryption::seal(obj_key, key.as_bytes()).into(),
             key_nonce: Default::default(),
-            plain_size: enc.plain_size as i64,
-            piece_size: enc.piece_size as i64,
+            plain_size: plain_len as i64,
+            piece_size: piece_size as i64,
             row_sizes,
         };
         self.call(Req::CommitSegment(pb::CommitSegmentRequest {
