@@ -19,7 +19,7 @@ use loam_common::{Identity, NodeId, PublicKey};
 use prost::Message;
 use tokio::sync::watch;
 
-use super::blobs::{Blobs, WriteBuffer};
+use super::blobs::Blobs;
 use super::db::{DbError, NodeDb};
 
 /// Largest control message a piece transfer may carry.
@@ -492,7 +492,9 @@ impl Piecestore {
         }
         let mut blob = self.blobs.create()?;
         let mut hasher = loam_common::merkle::MerkleHasher::new();
-        let mut pending = WriteBuffer::new(WRITE_BUFFER);
+        // QUIC hands data over a packet at a time: gather it so hashing
+        // runs on SIMD-wide input and the disk sees few large writes.
+        let mut pending: Vec<u8> = Vec::with_capacity(WRITE_BUFFER);
         let mut received = 0u64;
         let mut ordered = 0u64;
         let mut last_order = None;
@@ -508,10 +510,12 @@ impl Piecestore {
                         }
                         .into());
                     }
-                    pending.push(&chunk, |block| {
-                        hasher.update(block);
-                        blob.write(block)
-                    })?;
+                    pending.extend_from_slice(&chunk);
+                    if pending.len() >= WRITE_BUFFER {
+                        hasher.update(&pending);
+                        blob.write(&pending)?;
+                        pending.clear();
+                    }
                 }
                 Some(Frame::Message(bytes)) => {
                     let msg = pb::PieceUploadMessage::decode(bytes)
@@ -529,10 +533,8 @@ impl Piecestore {
                 }
             }
         };
-        pending.finish(|rest| {
-            hasher.update(rest);
-            blob.write(rest)
-        })?;
+        hasher.update(&pending);
+        blob.write(&pending)?;
         let hash = hasher.finalize();
         if uplink_hash.piece_id != limit.piece_id
             || uplink_hash.hash != hash
