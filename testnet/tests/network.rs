@@ -57,6 +57,24 @@ async fn objects_round_trip_across_segments_and_inline() -> anyhow::Result<()> {
         "positional writes put every row in place"
     );
 
+    // The same from a file: each segment is read from its range of the
+    // file, a stripe at a time; a small file is still inline.
+    let up = project
+        .upload_file("photos", "from-file", std::fs::File::open(&path)?, None)
+        .await?;
+    assert_eq!((up.size, up.segments), (big.len() as u64, 4));
+    assert_eq!(download(&project, "photos", "from-file").await?, big);
+    let note = dir.path().join("note");
+    std::fs::write(&note, b"inline from a file")?;
+    let up = project
+        .upload_file("photos", "note", std::fs::File::open(&note)?, None)
+        .await?;
+    assert_eq!(up.segments, 0);
+    assert_eq!(
+        download(&project, "photos", "note").await?,
+        b"inline from a file"
+    );
+
     let small = b"a few bytes stored inline".to_vec();
     let item = project
         .upload(

@@ -8,9 +8,10 @@
 //! plaintext ↔ pieces transformation) and [`piece`] (the piece transfer
 //! protocol with one node).
 //!
-//! An upload: read up to one segment of plaintext → `segment::encode`
-//! (encrypt rows, compute parity) → `BeginSegment` at the satellite (order
-//! limits on distinct nodes) → `piece::upload` to every node in parallel
+//! An upload: take up to one segment of plaintext → `BeginSegment` at the
+//! satellite (order limits on distinct nodes) → `segment::StripeEncoder`
+//! (encrypt rows, compute parity, a stripe at a time, paced by
+//! [`feed::Pacer`]) feeding `piece::upload` to every node in parallel
 //! (the spares beyond `success` start once the first piece is stored, see
 //! [`UplinkConfig::race_spares`]), cancelling the long tail once `success`
 //! pieces are stored →

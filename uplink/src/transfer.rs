@@ -934,3 +934,29 @@ impl RowSink for FileSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_shrinks_during_upload_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, [7u8; 100]).expect("write");
+        let file = Arc::new(std::fs::File::open(&path).expect("open"));
+        let segment = Plaintext::File {
+            file,
+            offset: 40,
+            len: 60,
+        };
+        let mut buf = [0u8; 60];
+        segment.read(0, &mut buf).expect("whole range");
+        assert_eq!(buf, [7u8; 60]);
+        std::fs::write(&path, [7u8; 50]).expect("truncate");
+        let err = segment.read(0, &mut buf).expect_err("short file");
+        assert!(err.to_string().contains("shorter"), "{err}");
+        let mut past = [0u8; 1];
+        assert!(segment.read(60, &mut past).is_err(), "beyond the segment");
+    }
+}
