@@ -274,10 +274,12 @@ impl StripeEncoder {
         for (i, &(from, to)) in self.ranges.iter().enumerate() {
             // This row's part of the stripe, zero-padded past its end.
             let have = to.saturating_sub(from + start).min(width);
-            self.plain.clear();
+            // Only the padding needs zeroing: the read fills the rest.
             self.plain.resize(width, 0);
+            let (data, padding) = self.plain.split_at_mut(have);
+            padding.fill(0);
             if have > 0 {
-                read(from + start, &mut self.plain[..have])?;
+                read(from + start, data)?;
             }
             let mut out = pool.take(encryption::encrypted_len(width));
             encryption::encrypt_blocks(
