@@ -113,6 +113,11 @@ async fn read_full<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> std::io::Resu
     Ok(buf)
 }
 
+/// The segment size the satellite asks for, within the sanity limit.
+fn max_segment_of(begin: &pb::BeginObjectResponse) -> usize {
+    begin.max_segment_size.clamp(1, MAX_SEGMENT_SIZE) as usize
+}
+
 fn scheme_of(r: Option<&pb::RedundancyScheme>) -> Result<RedundancyScheme, UplinkError> {
     r.and_then(|r| RedundancyScheme::try_from(r).ok())
         .ok_or(UplinkError::Unexpected)
@@ -131,7 +136,7 @@ impl Project {
         R: AsyncRead + Unpin + Send + 'static,
     {
         let begin = self.begin_object(bucket, key).await?;
-        let max_segment = (begin.max_segment_size.max(1) as usize).min(1 << 30);
+        let max_segment = max_segment_of(&begin);
 
         // A reader task keeps the next segment ready while others upload.
         let (tx, rx) = mpsc::channel::<std::io::Result<Plaintext>>(1);
@@ -167,7 +172,7 @@ impl Project {
     ) -> Result<Item, UplinkError> {
         let len = file.metadata()?.len();
         let begin = self.begin_object(bucket, key).await?;
-        let max_segment = (begin.max_segment_size.max(1) as u64).min(1 << 30);
+        let max_segment = max_segment_of(&begin) as u64;
         let file = Arc::new(file);
         let segments = len.div_ceil(max_segment).max(1);
         let (tx, rx) = mpsc::channel::<std::io::Result<Plaintext>>(segments as usize);
@@ -196,7 +201,7 @@ impl Project {
         let obj_key = self.object_key(bucket, key);
         let scheme = scheme_of(begin.redundancy.as_ref())?;
         let coder = Arc::new(ErasureCoder::new(scheme));
-        let max_segment = (begin.max_segment_size.max(1) as usize).min(1 << 30);
+        let max_segment = max_segment_of(&begin);
         let mut index = 0u32;
         let mut total = 0u64;
         let mut inline = None;
@@ -379,7 +384,7 @@ impl Project {
             plain.recycle();
             Ok::<_, segment::StripeError>(Some(key))
         });
-        let encoded = t0.elapsed();
+        let begun = t0.elapsed();
         let piece_key = KeyPair::try_from(begin.piece_private_key.as_ref())
             .map_err(|_| UplinkError::Unexpected)?;
         // Progress in plaintext bytes, from the piece bytes sent so far.
@@ -523,8 +528,8 @@ impl Project {
         .await?;
         tracing::debug!(
             segment = index,
-            encode_ms = encoded.as_millis() as u64,
-            pieces_ms = (uploaded - encoded).as_millis() as u64,
+            begin_ms = begun.as_millis() as u64,
+            pieces_ms = (uploaded - begun).as_millis() as u64,
             commit_ms = (t0.elapsed() - uploaded).as_millis() as u64,
             "segment stored"
         );
