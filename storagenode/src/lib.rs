@@ -235,6 +235,20 @@ impl StorageNode {
         };
         let router = telemetry::metrics_router()
             .route("/health", axum::routing::get(health))
+            .route(
+                "/api/chores/check-in",
+                axum::routing::post({
+                    let contact = contact.clone();
+                    move || run_now(contact.clone(), |c| &c.cycle)
+                }),
+            )
+            .route(
+                "/api/chores/settle",
+                axum::routing::post({
+                    let settler = settler.clone();
+                    move || run_now(settler.clone(), |s| &s.cycle)
+                }),
+            )
             .merge(dashboard.router());
         let http_task = tokio::spawn(telemetry::serve_http(http, router, cancel.clone()));
         let contact_task = {
@@ -377,5 +391,23 @@ fn advertised(addr: SocketAddr) -> String {
         format!("127.0.0.1:{}", addr.port())
     } else {
         addr.to_string()
+    }
+}
+
+/// `POST /api/chores/...`: runs a chore now, the same work it does every
+/// interval, and answers once a run that began after the request is over
+/// (an operator's "check in now", and how tests wait for a chore's effect
+/// instead of polling for it).
+async fn run_now<T>(
+    owner: Arc<T>,
+    cycle: impl Fn(&T) -> &loam_common::chore::Cycle,
+) -> (axum::http::StatusCode, &'static str) {
+    use axum::http::StatusCode;
+    match tokio::time::timeout(Duration::from_secs(60), cycle(&owner).trigger_wait()).await {
+        Ok(()) => (StatusCode::OK, "done\n"),
+        Err(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "the chore did not finish within 60 s\n",
+        ),
     }
 }

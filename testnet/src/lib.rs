@@ -54,8 +54,22 @@ pub async fn http_get(url: &str) -> anyhow::Result<String> {
     Ok(body)
 }
 
+/// Sends an empty `POST` to `url` (plain HTTP on loopback); the body of a
+/// 200 answer.
+pub async fn http_post(url: &str) -> anyhow::Result<String> {
+    let (status, body) = http_send("POST", url).await?;
+    if status != 200 {
+        anyhow::bail!("POST {url}: status {status}: {}", body.trim());
+    }
+    Ok(body)
+}
+
 /// Fetches `url` (plain HTTP on loopback): the status code and the body.
 pub async fn http_request(url: &str) -> anyhow::Result<(u16, String)> {
+    http_send("GET", url).await
+}
+
+async fn http_send(method: &str, url: &str) -> anyhow::Result<(u16, String)> {
     use anyhow::Context;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").context("only http:// URLs")?;
@@ -65,7 +79,10 @@ pub async fn http_request(url: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(host).await?;
     stream
         .write_all(
-            format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!(
+                "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
         )
         .await?;
     let mut body = String::new();

@@ -299,6 +299,17 @@ impl ProcessNetwork {
         self.processes.iter().filter(|p| p.role == "storagenode")
     }
 
+    /// Runs a chore (`check-in`, `settle`) on every storage node now and
+    /// returns once each node has finished a run of it.
+    pub async fn run_node_chore(&self, chore: &str) -> anyhow::Result<()> {
+        let runs = self.storage_nodes().map(|p| {
+            let base = p.metrics_url.trim_end_matches("/metrics").to_string();
+            async move { crate::http_post(&format!("{base}/api/chores/{chore}")).await }
+        });
+        futures::future::try_join_all(runs).await?;
+        Ok(())
+    }
+
     /// Kills storage node `i` with SIGKILL, as a crash or a pulled plug would.
     pub fn kill_storage_node(&self, i: usize) -> anyhow::Result<NodeId> {
         let p = self
