@@ -24,9 +24,26 @@ use crate::identity::{Identity, NodeId, PublicKey};
 pub const ALPN: &[u8] = b"loam/1";
 const SERVER_NAME: &str = "loam";
 
-/// Largest QUIC packet: ten of them (one GSO batch) fit in a 64 KiB UDP
-/// datagram.
+/// Largest QUIC packet that path MTU discovery looks for: ten of them (one
+/// GSO batch) fit in a 64 KiB UDP datagram.
 const MAX_UDP_PAYLOAD: u16 = 6500;
+
+/// QUIC packet size between two endpoints on one host. The loopback
+/// interface's MTU is 64 KiB; with one packet per datagram (no GSO batch)
+/// a packet may use nearly all of it, which divides the per-packet work of
+/// a transfer by ten.
+const LOOPBACK_UDP_PAYLOAD: u16 = 65_000;
+
+/// Receive windows for a loopback peer (per stream; the connection's is
+/// twice this). A download reads from four to six nodes into one socket
+/// buffer (4 MiB): with the usual 8 MiB windows they overrun it, and each
+/// datagram dropped halves a sender's congestion window. At loopback round
+/// trips of ~100 µs, 1 MiB in flight still carries several GB/s.
+const LOOPBACK_STREAM_WINDOW: u32 = 1 << 20;
+
+/// Largest UDP datagram an endpoint accepts (and advertises), so loopback
+/// peers can use [`LOOPBACK_UDP_PAYLOAD`].
+const MAX_RECEIVE_PAYLOAD: u16 = LOOPBACK_UDP_PAYLOAD + 20;
 
 /// Explicit QUIC limits (quinn's connection receive window is unlimited by
 /// default; ours is not).
@@ -34,9 +51,11 @@ const MAX_UDP_PAYLOAD: u16 = 6500;
 pub struct TransportConfig {
     /// Concurrent bidirectional streams a peer may open. Default 256.
     pub max_concurrent_streams: u32,
-    /// Per-stream receive window. Default 8 MiB.
+    /// Per-stream receive window. Default 8 MiB (1 MiB at most for a
+    /// loopback peer).
     pub stream_receive_window: u32,
-    /// Per-connection receive window. Default 32 MiB.
+    /// Per-connection receive window. Default 32 MiB (2 MiB at most for a
+    /// loopback peer).
     pub receive_window: u32,
     /// Per-connection send window. Default 32 MiB.
     pub send_window: u64,
@@ -46,14 +65,14 @@ pub struct TransportConfig {
     pub keep_alive_interval: Duration,
     /// UDP socket send and receive buffers. Default 4 MiB.
     pub socket_buffer: usize,
-    /// Largest UDP payload that path MTU discovery searches for, and that
-    /// this endpoint accepts. Default and maximum 6500 bytes: paths with a
-    /// 1500-byte MTU settle at ~1452 after a few lost probes, while loopback
-    /// and jumbo-frame links use packets four times larger, which cuts the
-    /// per-packet CPU cost of a transfer (on loopback, measured with
-    /// `testnet bench`, uploads need about a third less CPU). Larger values
-    /// are capped: quinn hands the kernel up to ten packets per send (UDP
-    /// GSO), and such a batch must fit in one 64 KiB datagram.
+    /// Largest UDP payload that path MTU discovery searches for. Default
+    /// and maximum 6500 bytes: paths with a 1500-byte MTU settle at ~1452
+    /// after a few lost probes, while jumbo-frame links use packets four
+    /// times larger, which cuts the per-packet CPU cost of a transfer.
+    /// Larger values are capped: quinn hands the kernel up to ten packets
+    /// per send (UDP GSO), and such a batch must fit in one 64 KiB datagram.
+    /// Connections to a loopback address use 65,000-byte packets from the
+    /// start instead, one per datagram.
     pub max_udp_payload: u16,
 }
 
@@ -73,15 +92,36 @@ impl Default for TransportConfig {
 }
 
 impl TransportConfig {
-    fn quinn(&self) -> Arc<quinn::TransportConfig> {
+    /// quinn's settings for a connection with a peer on this host
+    /// (`loopback`) or elsewhere.
+    fn quinn(&self, loopback: bool) -> Arc<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
-        let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(self.max_udp_payload.min(MAX_UDP_PAYLOAD));
-        t.mtu_discovery_config(Some(mtu));
+        let (mut stream_window, mut window) = (self.stream_receive_window, self.receive_window);
+        if loopback {
+            // The path MTU is known, so there is no discovery (its probes
+            // are padding that the peer parses a byte at a time). If losses
+            // look like a black hole, the MTU falls back to the largest size
+            // discovery would look for elsewhere. The congestion window
+            // opens at ten packets, as it does for ordinary ones; quinn's
+            // default (14,720 bytes) would not let one of these out.
+            let mut cubic = quinn::congestion::CubicConfig::default();
+            cubic.initial_window(10 * u64::from(LOOPBACK_UDP_PAYLOAD));
+            t.initial_mtu(LOOPBACK_UDP_PAYLOAD)
+                .min_mtu(MAX_UDP_PAYLOAD)
+                .mtu_discovery_config(None)
+                .enable_segmentation_offload(false)
+                .congestion_controller_factory(Arc::new(cubic));
+            stream_window = stream_window.min(LOOPBACK_STREAM_WINDOW);
+            window = window.min(2 * LOOPBACK_STREAM_WINDOW);
+        } else {
+            let mut mtu = quinn::MtuDiscoveryConfig::default();
+            mtu.upper_bound(self.max_udp_payload.min(MAX_UDP_PAYLOAD));
+            t.mtu_discovery_config(Some(mtu));
+        }
         t.max_concurrent_bidi_streams(self.max_concurrent_streams.into())
             .max_concurrent_uni_streams(0u32.into())
-            .stream_receive_window(self.stream_receive_window.into())
-            .receive_window(self.receive_window.into())
+            .stream_receive_window(stream_window.into())
+            .receive_window(window.into())
             .send_window(self.send_window)
             .keep_alive_interval(Some(self.keep_alive_interval))
             .max_idle_timeout(Some(
@@ -91,6 +131,12 @@ impl TransportConfig {
             ));
         Arc::new(t)
     }
+}
+
+/// Whether `addr` is on this host's loopback interface (IPv4-mapped
+/// addresses included).
+fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +170,9 @@ pub struct Endpoint {
     identity: Identity,
     cert: CertificateDer<'static>,
     config: TransportConfig,
+    /// The server settings for loopback peers (the endpoint's own are for
+    /// everyone else).
+    loopback_server: Arc<quinn::ServerConfig>,
     pool: Arc<Mutex<HashMap<NodeId, quinn::Connection>>>,
 }
 
@@ -150,19 +199,15 @@ impl Endpoint {
         let quic_tls =
             QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
-        server.transport_config(config.quinn());
+        let mut loopback_server = server.clone();
+        loopback_server.transport_config(config.quinn(true));
+        server.transport_config(config.quinn(false));
 
         let socket = udp_socket(addr, config.socket_buffer)
             .map_err(|source| TransportError::Bind { addr, source })?;
         let mut endpoint_config = quinn::EndpointConfig::default();
         endpoint_config
-            .max_udp_payload_size(
-                config
-                    .max_udp_payload
-                    .min(MAX_UDP_PAYLOAD)
-                    .saturating_add(20)
-                    .max(1200),
-            )
+            .max_udp_payload_size(MAX_RECEIVE_PAYLOAD)
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         let inner = quinn::Endpoint::new(
             endpoint_config,
@@ -176,6 +221,7 @@ impl Endpoint {
             identity,
             cert,
             config,
+            loopback_server: Arc::new(loopback_server),
             pool: Arc::default(),
         })
     }
@@ -188,9 +234,14 @@ impl Endpoint {
         &self.identity
     }
 
-    /// Waits for the next incoming connection; `None` once closed.
-    pub async fn accept(&self) -> Option<quinn::Incoming> {
-        self.inner.accept().await
+    /// Waits for the next incoming connection; `None` once closed. Await
+    /// the [`Incoming`] to run its handshake.
+    pub async fn accept(&self) -> Option<Incoming> {
+        let inner = self.inner.accept().await?;
+        Some(Incoming {
+            inner,
+            loopback_server: self.loopback_server.clone(),
+        })
     }
 
     /// Connects to `addr`, accepting only a peer whose key hashes to `id`.
@@ -230,7 +281,7 @@ impl Endpoint {
         let quic_tls =
             QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(quic_tls));
-        client.transport_config(self.config.quinn());
+        client.transport_config(self.config.quinn(is_loopback(addr)));
         let connecting = self
             .inner
             .connect_with(client, addr, SERVER_NAME)
@@ -273,6 +324,35 @@ impl Endpoint {
     /// Waits until every connection is closed.
     pub async fn wait_idle(&self) {
         self.inner.wait_idle().await;
+    }
+}
+
+/// A connection attempt that has not been accepted yet. Awaiting it runs
+/// the handshake, with the settings for where the peer is.
+pub struct Incoming {
+    inner: quinn::Incoming,
+    loopback_server: Arc<quinn::ServerConfig>,
+}
+
+impl Incoming {
+    pub fn remote_address(&self) -> SocketAddr {
+        self.inner.remote_address()
+    }
+}
+
+impl std::future::IntoFuture for Incoming {
+    type Output = Result<quinn::Connection, quinn::ConnectionError>;
+    type IntoFuture =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send + 'static>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            if is_loopback(self.inner.remote_address()) {
+                self.inner.accept_with(self.loopback_server)?.await
+            } else {
+                self.inner.await
+            }
+        })
     }
 }
 
@@ -480,6 +560,42 @@ mod tests {
         let conn = client.connect(server_id, addr).await.expect("connect");
         assert_eq!(peer_id(&conn).expect("server id").0, server_id);
         assert_eq!(accept.await.expect("join"), client.identity().id());
+    }
+
+    /// Loopback connections send full 65,000-byte packets both ways from
+    /// the start, without path MTU probes, and move data intact.
+    #[tokio::test]
+    async fn loopback_peers_use_large_packets_without_probes() {
+        let server = endpoint();
+        let client = endpoint();
+        let addr = server.local_addr().expect("addr");
+        let server_id = server.identity().id();
+        let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let echo = tokio::spawn(async move {
+            let conn = server
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("handshake");
+            let (mut send, mut recv) = conn.accept_bi().await.expect("stream");
+            let got = recv.read_to_end(8 << 20).await.expect("read");
+            send.write_all(&got).await.expect("echo");
+            send.finish().expect("finish");
+            let _ = send.stopped().await;
+            conn.stats().path
+        });
+        let conn = client.connect(server_id, addr).await.expect("connect");
+        let (mut send, mut recv) = conn.open_bi().await.expect("open");
+        send.write_all(&data).await.expect("write");
+        send.finish().expect("finish");
+        let back = recv.read_to_end(8 << 20).await.expect("read back");
+        assert!(back == data, "data changed on the way");
+        let server_path = echo.await.expect("join");
+        for path in [conn.stats().path, server_path] {
+            assert_eq!(path.current_mtu, LOOPBACK_UDP_PAYLOAD);
+            assert_eq!(path.sent_plpmtud_probes, 0);
+        }
     }
 
     #[tokio::test]
