@@ -19,6 +19,7 @@
 //! first `k` pieces to arrive, hedging against slow or dead nodes.
 
 pub mod dataset;
+mod direct;
 pub mod feed;
 pub mod fetch;
 pub mod piece;

@@ -15,6 +15,7 @@ use pb::satellite_response::Response as Resp;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::direct::BlockWriter;
 use crate::feed::{FeedItem, Pacer, PieceFeed};
 use crate::fetch::{FetchPlan, FetchStatus};
 use crate::segment;
@@ -873,13 +874,13 @@ impl<W: AsyncWrite + Unpin> RowSink for StreamSink<'_, W> {
     }
 }
 
-/// A file: rows are written at their offsets, from several threads (the
-/// copy into the page cache is the single largest cost of a download, and
-/// its speed varies a lot with the kernel's memory state). Up to
+/// A file: rows are written at their offsets, from several threads, mostly
+/// around the page cache ([`BlockWriter`]: filling new page-cache pages is
+/// the single largest cost of a download where fresh memory is slow). Up to
 /// [`FileSink::IN_FLIGHT`] segments are being written at once while the next
 /// ones download; errors surface at the next write or at `finish`.
 struct FileSink {
-    file: Arc<std::fs::File>,
+    writer: Arc<BlockWriter>,
     writes: std::collections::VecDeque<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -888,7 +889,7 @@ impl FileSink {
 
     fn new(file: std::fs::File) -> Self {
         Self {
-            file: Arc::new(file),
+            writer: Arc::new(BlockWriter::new(file)),
             writes: Default::default(),
         }
     }
@@ -908,26 +909,28 @@ impl RowSink for FileSink {
             self.wait_one().await?;
         }
         let n: u64 = rows.iter().map(|r| r.len() as u64).sum();
-        let file = self.file.clone();
+        let writer = self.writer.clone();
         self.writes.push_back(tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let mut at = offset;
-            let mut jobs: Vec<(u64, Vec<u8>, std::io::Result<()>)> = Vec::with_capacity(rows.len());
-            for row in rows {
-                let len = row.len() as u64;
-                jobs.push((at, row, Ok(())));
-                at += len;
-            }
-            segment::par_chunks(&mut jobs, |_, chunk| {
-                for (at, row, result) in chunk {
-                    *result = file.write_all_at(row, *at);
+            // Each thread writes a run of consecutive rows.
+            let mut rows = rows;
+            let starts: Vec<u64> = rows
+                .iter()
+                .scan(offset, |at, row| {
+                    let start = *at;
+                    *at += row.len() as u64;
+                    Some(start)
+                })
+                .collect();
+            let failed = std::sync::Mutex::new(None);
+            segment::par_chunks(&mut rows, |first, run| {
+                if let Err(e) = writer.write_run(starts[first], run) {
+                    *failed.lock().expect("error slot") = Some(e);
                 }
             });
-            for (_, row, result) in jobs {
-                result?;
+            for row in rows {
                 BufferPool::global().give(row);
             }
-            Ok(())
+            failed.into_inner().expect("error slot").map_or(Ok(()), Err)
         }));
         Ok(n)
     }
