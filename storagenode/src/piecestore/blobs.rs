@@ -1,11 +1,22 @@
 //! Piece bytes on disk. A piece is written to a temporary file, fsynced and
 //! renamed into place, so a visible piece file is always complete.
+//!
+//! Piece files are written past the page cache (`O_DIRECT`) where the file
+//! system allows it: a node holds far more than its memory, pieces are
+//! rarely read back soon after upload, and caching them only evicts pages
+//! the node does use. It is also much cheaper: a buffered write first needs
+//! fresh page-cache pages, and on the virtual machines Loam was measured on
+//! allocating those made a 256 MiB write 5x slower than the direct one
+//! (`dd` 348 MB/s against 1.8 GB/s). Writes that the kernel cannot take
+//! directly (an unaligned tail, a file system without direct I/O) go
+//! through the page cache as before.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use loam_common::NodeId;
+use loam_common::buffers::BufferPool;
 use loam_common::orders::PieceId;
 
 /// Where piece bytes live. A small trait so tests can wrap it with faults.
@@ -35,6 +46,8 @@ pub trait Blobs: Send + Sync + 'static {
 }
 
 pub trait BlobWriter: Send {
+    /// Appends `data`. Writes of whole [`DIRECT_ALIGN`] blocks from an
+    /// address aligned to it may bypass the page cache.
     fn write(&mut self, data: &[u8]) -> std::io::Result<()>;
     /// Implementation detail for [`Blobs::commit`].
     fn into_temp(self: Box<Self>) -> (File, PathBuf);
@@ -72,17 +85,186 @@ impl FileBlobs {
     }
 }
 
+/// Alignment of address, length and file offset that direct writes need
+/// (the largest logical block size in common use).
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// Opens a new file for writing, bypassing the page cache where the file
+/// system supports it. Returns whether it does.
+fn create_direct(path: &Path) -> std::io::Result<(File, bool)> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(file) => return Ok((file, true)),
+            // Older tmpfs and some FUSE file systems refuse O_DIRECT.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((File::create_new(path)?, false))
+}
+
+/// Reads `len` bytes at `offset` past the page cache (`O_DIRECT`), or
+/// `None` where that cannot be done: an unaligned offset, a file system
+/// without direct I/O. A piece is read rarely, in one pass, and filling
+/// new page-cache pages with it costs more than the read itself.
+fn read_direct(path: &Path, offset: u64, len: usize) -> std::io::Result<Option<Vec<u8>>> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        if !offset.is_multiple_of(DIRECT_ALIGN as u64) {
+            return Ok(None);
+        }
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Whole aligned blocks into an aligned part of a pooled buffer.
+        let span = len.next_multiple_of(DIRECT_ALIGN);
+        let mut buf = BufferPool::global().zeroed(span + DIRECT_ALIGN);
+        let skip = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        let mut got = 0;
+        while got < len {
+            match file.read_at(&mut buf[skip + got..skip + span], offset + got as u64) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "piece file is shorter than its record",
+                    ));
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // A short read left the next one unaligned, or the file
+                // system refuses direct reads after all.
+                Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        buf.copy_within(skip..skip + len, 0);
+        buf.truncate(len);
+        Ok(Some(buf))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (path, offset, len);
+        Ok(None)
+    }
+}
+
+/// Turns direct I/O off on `file`: later writes go through the page cache.
+fn stop_direct(file: &File) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::fcntl::{FcntlArg, OFlag, fcntl};
+        let flags = OFlag::from_bits_truncate(fcntl(file, FcntlArg::F_GETFL)?);
+        fcntl(file, FcntlArg::F_SETFL(flags - OFlag::O_DIRECT))?;
+    }
+    let _ = file;
+    Ok(())
+}
+
+/// Gathers piece bytes, which QUIC hands over a packet at a time, into
+/// blocks of a fixed size that start at a [`DIRECT_ALIGN`]ed address, so
+/// hashing runs on SIMD-wide input and the disk sees few large writes it
+/// can take directly. The buffer comes from, and returns to, the pool.
+pub struct WriteBuffer {
+    buf: Vec<u8>,
+    /// Where the aligned block starts in `buf`.
+    start: usize,
+    block: usize,
+}
+
+impl WriteBuffer {
+    /// `block` is rounded up to a whole number of [`DIRECT_ALIGN`] units.
+    pub fn new(block: usize) -> Self {
+        let block = block.max(1).next_multiple_of(DIRECT_ALIGN);
+        let mut buf = BufferPool::global().take(block + DIRECT_ALIGN);
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        buf.resize(start, 0);
+        Self { buf, start, block }
+    }
+
+    /// Appends `data`, handing each full block to `flush`.
+    pub fn push<E>(
+        &mut self,
+        mut data: &[u8],
+        mut flush: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while !data.is_empty() {
+            let room = self.block - (self.buf.len() - self.start);
+            let (now, later) = data.split_at(room.min(data.len()));
+            self.buf.extend_from_slice(now);
+            data = later;
+            if self.buf.len() - self.start == self.block {
+                flush(&self.buf[self.start..])?;
+                self.buf.truncate(self.start);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands what is left (less than a block, maybe nothing) to `flush`.
+    pub fn finish<E>(mut self, flush: impl FnOnce(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        let rest = &self.buf[self.start..];
+        let result = if rest.is_empty() { Ok(()) } else { flush(rest) };
+        self.buf.truncate(self.start);
+        result
+    }
+}
+
+impl Drop for WriteBuffer {
+    fn drop(&mut self) {
+        BufferPool::global().give(std::mem::take(&mut self.buf));
+    }
+}
+
 struct FileWriter {
     /// `None` once handed to [`Blobs::commit`].
     temp: Option<(File, PathBuf)>,
+    /// The file is open with `O_DIRECT`.
+    direct: bool,
 }
 
 impl BlobWriter for FileWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match &mut self.temp {
-            Some((file, _)) => file.write_all(data),
-            None => Err(std::io::Error::other("piece writer already committed")),
+        let Some((file, _)) = &mut self.temp else {
+            return Err(std::io::Error::other("piece writer already committed"));
+        };
+        let mut rest = data;
+        if self.direct {
+            let aligned = data.as_ptr().align_offset(DIRECT_ALIGN) == 0
+                && data.len().is_multiple_of(DIRECT_ALIGN);
+            while aligned && !rest.is_empty() {
+                match file.write(rest) {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // The file system took O_DIRECT at open but not this
+                    // write: the rest goes through the page cache.
+                    Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if rest.is_empty() {
+                return Ok(());
+            }
+            // A buffered write after direct ones is coherent: the kernel
+            // writes back and drops overlapping cached pages itself.
+            stop_direct(file)?;
+            self.direct = false;
         }
+        file.write_all(rest)
     }
 
     fn into_temp(mut self: Box<Self>) -> (File, PathBuf) {
@@ -107,9 +289,10 @@ impl Blobs for FileBlobs {
             .root
             .join("tmp")
             .join(format!("{:032x}.partial", rand::random::<u128>()));
-        let file = File::create_new(&path)?;
+        let (file, direct) = create_direct(&path)?;
         Ok(Box::new(FileWriter {
             temp: Some((file, path)),
+            direct,
         }))
     }
 
@@ -141,7 +324,11 @@ impl Blobs for FileBlobs {
         offset: u64,
         len: usize,
     ) -> std::io::Result<Vec<u8>> {
-        let mut file = File::open(self.path(satellite, piece))?;
+        let path = self.path(satellite, piece);
+        if let Some(buf) = read_direct(&path, offset, len)? {
+            return Ok(buf);
+        }
+        let mut file = File::open(path)?;
         file.seek(SeekFrom::Start(offset))?;
         let mut buf = loam_common::buffers::BufferPool::global().zeroed(len);
         file.read_exact(&mut buf)?;
@@ -182,5 +369,80 @@ impl Blobs for FileBlobs {
             }
         }
         Ok(freed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `data` the way the upload endpoint does: whole aligned
+    /// blocks through a [`WriteBuffer`], then the tail.
+    fn store(blobs: &FileBlobs, data: &[u8], chunk: usize, piece: &PieceId) {
+        let mut writer = blobs.create().expect("create");
+        let mut buf = WriteBuffer::new(3 * DIRECT_ALIGN);
+        let mut blocks = Vec::new();
+        for part in data.chunks(chunk) {
+            buf.push(part, |block| {
+                blocks.push(block.len());
+                assert_eq!(block.as_ptr().align_offset(DIRECT_ALIGN), 0);
+                writer.write(block)
+            })
+            .expect("write");
+        }
+        buf.finish(|rest| writer.write(rest)).expect("tail");
+        assert!(blocks.iter().all(|&b| b == 3 * DIRECT_ALIGN), "{blocks:?}");
+        blobs
+            .commit(writer, &NodeId::from_bytes([1; 32]), piece)
+            .expect("commit");
+    }
+
+    #[test]
+    fn pieces_read_back_whole_with_aligned_and_unaligned_parts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = FileBlobs::open(dir.path(), false).expect("open");
+        let sat = NodeId::from_bytes([1; 32]);
+        // Whole blocks only, a tail after blocks, a tail alone, and packet
+        // sized pieces that straddle block boundaries.
+        let sizes = [0, 5, 3 * DIRECT_ALIGN, 7 * DIRECT_ALIGN + 123, 100_003];
+        for (i, &size) in sizes.iter().enumerate() {
+            let data: Vec<u8> = (0..size).map(|b| (b * 7 + i) as u8).collect();
+            let piece = PieceId::random();
+            store(&blobs, &data, 1400, &piece);
+            let back = blobs.read(&sat, &piece, 0, size).expect("read");
+            assert_eq!(back, data, "piece of {size} bytes");
+            if size > 10 {
+                let mid = blobs.read(&sat, &piece, 3, size - 10).expect("read");
+                assert_eq!(mid, data[3..size - 7]);
+            }
+            if size > DIRECT_ALIGN {
+                let rest = blobs.read(&sat, &piece, DIRECT_ALIGN as u64, size - DIRECT_ALIGN);
+                assert_eq!(rest.expect("read"), data[DIRECT_ALIGN..]);
+            }
+            // Past the end is an error, whichever way it is read.
+            assert!(blobs.read(&sat, &piece, 0, size + 1).is_err());
+        }
+        // Nothing left in the temporary directory.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp"))
+                .expect("tmp")
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn an_unaligned_first_write_falls_back_to_the_page_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = FileBlobs::open(dir.path(), true).expect("open");
+        let mut writer = blobs.create().expect("create");
+        let data = vec![9u8; 2 * DIRECT_ALIGN + 1];
+        // Starts one byte into a buffer: never aligned for direct I/O.
+        writer.write(&data[1..]).expect("write");
+        writer.write(&data[..1]).expect("write");
+        let piece = PieceId::random();
+        let sat = NodeId::from_bytes([2; 32]);
+        blobs.commit(writer, &sat, &piece).expect("commit");
+        assert_eq!(blobs.read(&sat, &piece, 0, data.len()).expect("read"), data);
     }
 }

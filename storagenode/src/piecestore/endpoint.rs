@@ -19,7 +19,7 @@ use loam_common::{Identity, NodeId, PublicKey};
 use prost::Message;
 use tokio::sync::watch;
 
-use super::blobs::Blobs;
+use super::blobs::{Blobs, WriteBuffer};
 use super::db::{DbError, NodeDb};
 
 /// Largest control message a piece transfer may carry.
@@ -492,9 +492,7 @@ impl Piecestore {
         }
         let mut blob = self.blobs.create()?;
         let mut hasher = loam_common::merkle::MerkleHasher::new();
-        // QUIC hands data over a packet at a time: gather it so hashing
-        // runs on SIMD-wide input and the disk sees few large writes.
-        let mut pending: Vec<u8> = Vec::with_capacity(WRITE_BUFFER);
+        let mut pending = WriteBuffer::new(WRITE_BUFFER);
         let mut received = 0u64;
         let mut ordered = 0u64;
         let mut last_order = None;
@@ -510,12 +508,10 @@ impl Piecestore {
                         }
                         .into());
                     }
-                    pending.extend_from_slice(&chunk);
-                    if pending.len() >= WRITE_BUFFER {
-                        hasher.update(&pending);
-                        blob.write(&pending)?;
-                        pending.clear();
-                    }
+                    pending.push(&chunk, |block| {
+                        hasher.update(block);
+                        blob.write(block)
+                    })?;
                 }
                 Some(Frame::Message(bytes)) => {
                     let msg = pb::PieceUploadMessage::decode(bytes)
@@ -533,8 +529,10 @@ impl Piecestore {
                 }
             }
         };
-        hasher.update(&pending);
-        blob.write(&pending)?;
+        pending.finish(|rest| {
+            hasher.update(rest);
+            blob.write(rest)
+        })?;
         let hash = hasher.finalize();
         if uplink_hash.piece_id != limit.piece_id
             || uplink_hash.hash != hash
