@@ -29,6 +29,11 @@ const WRITE_BUFFER: usize = 1 << 20;
 /// Data sent per frame on downloads.
 const DOWNLOAD_CHUNK: usize = 1 << 20;
 
+/// Chunk reads a download keeps in flight: pieces are read past the page
+/// cache, and the disk answers several requests at once faster than one
+/// after another.
+const READ_AHEAD: usize = 4;
+
 /// Satellites this node trusts, and their keys once learned at check-in.
 #[derive(Default)]
 pub struct Trust {
@@ -645,8 +650,8 @@ impl Piecestore {
                 .into(),
             ));
         }
-        // Read ahead one chunk at a time, so the first bytes leave before
-        // the whole range is read from disk.
+        // Read a few chunks ahead, so the first bytes leave before the
+        // whole range is read from disk.
         let (blobs, sat, piece) = (self.blobs.clone(), limit.satellite_id, limit.piece_id);
         let read = move |at: u64| {
             let blobs = blobs.clone();
@@ -657,7 +662,15 @@ impl Piecestore {
                     .map(|b| loam_common::buffers::BufferPool::global().freeze(b))
             })
         };
-        let mut next_read = Some(read(0));
+        let mut reads = std::collections::VecDeque::new();
+        let mut read_to = 0u64;
+        let mut read_ahead = |reads: &mut std::collections::VecDeque<_>| {
+            while reads.len() < READ_AHEAD && read_to < length {
+                reads.push_back(read(read_to));
+                read_to = (read_to + DOWNLOAD_CHUNK as u64).min(length);
+            }
+        };
+        read_ahead(&mut reads);
         writer
             .message(&pb::PieceDownloadHeader {
                 result: Some(pb::piece_download_header::Result::Ok(pb::PieceDownloadOk {
@@ -698,7 +711,6 @@ impl Piecestore {
         };
         let send = async {
             let mut sent = 0u64;
-            let mut read_to = 0u64;
             let mut buffered = Bytes::new();
             while sent < length {
                 let allowed = allowed_rx.borrow_and_update().0.min(length);
@@ -709,16 +721,13 @@ impl Piecestore {
                     continue;
                 }
                 if buffered.is_empty() {
-                    let Some(pending) = next_read.take() else {
+                    let Some(pending) = reads.pop_front() else {
                         break;
                     };
+                    read_ahead(&mut reads);
                     buffered = pending
                         .await
                         .map_err(|e| PieceError::Io(std::io::Error::other(e)))??;
-                    read_to += buffered.len() as u64;
-                    if read_to < length {
-                        next_read = Some(read(read_to));
-                    }
                 }
                 let n = (allowed - sent).min(buffered.len() as u64) as usize;
                 writer.data(buffered.split_to(n)).await?;
