@@ -542,19 +542,29 @@ mod tests {
         .expect("bind")
     }
 
-    #[tokio::test]
-    async fn connects_to_pinned_id_and_learns_client_id() {
-        let server = endpoint();
-        let client = endpoint();
+    /// A server and a client endpoint, the server's address and id.
+    fn pair() -> (Endpoint, Endpoint, SocketAddr, NodeId) {
+        let (server, client) = (endpoint(), endpoint());
         let addr = server.local_addr().expect("addr");
         let server_id = server.identity().id();
+        (server, client, addr, server_id)
+    }
+
+    /// The next connection `server` accepts, handshake done.
+    async fn accept_one(server: &Endpoint) -> quinn::Connection {
+        server
+            .accept()
+            .await
+            .expect("incoming")
+            .await
+            .expect("handshake")
+    }
+
+    #[tokio::test]
+    async fn connects_to_pinned_id_and_learns_client_id() {
+        let (server, client, addr, server_id) = pair();
         let accept = tokio::spawn(async move {
-            let conn = server
-                .accept()
-                .await
-                .expect("incoming")
-                .await
-                .expect("handshake");
+            let conn = accept_one(&server).await;
             peer_id(&conn).expect("client id").0
         });
         let conn = client.connect(server_id, addr).await.expect("connect");
@@ -566,18 +576,10 @@ mod tests {
     /// the start, without path MTU probes, and move data intact.
     #[tokio::test]
     async fn loopback_peers_use_large_packets_without_probes() {
-        let server = endpoint();
-        let client = endpoint();
-        let addr = server.local_addr().expect("addr");
-        let server_id = server.identity().id();
+        let (server, client, addr, server_id) = pair();
         let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
         let echo = tokio::spawn(async move {
-            let conn = server
-                .accept()
-                .await
-                .expect("incoming")
-                .await
-                .expect("handshake");
+            let conn = accept_one(&server).await;
             let (mut send, mut recv) = conn.accept_bi().await.expect("stream");
             let got = recv.read_to_end(8 << 20).await.expect("read");
             send.write_all(&got).await.expect("echo");
