@@ -26,6 +26,14 @@ const BATCH: usize = 1500;
 /// transfers still running at its end can still arrive).
 const MAX_GRACE_MS: i64 = 60_000;
 
+/// When an order created at `created_ms` is first sent for settlement:
+/// once its window (of `window_ms`) has closed and the grace for late
+/// orders of that window has passed.
+pub fn sent_from(created_ms: i64, window_ms: i64) -> i64 {
+    let window_ms = window_ms.max(1);
+    (created_ms.div_euclid(window_ms) + 1) * window_ms + window_ms.min(MAX_GRACE_MS)
+}
+
 /// What one settlement round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SettleStats {
@@ -88,8 +96,7 @@ impl Settler {
         now: i64,
         stats: &mut SettleStats,
     ) -> Result<(), CallError> {
-        let grace = window.min(MAX_GRACE_MS);
-        let closed_before = (now - grace).div_euclid(window) * window;
+        let closed_before = (now - window.min(MAX_GRACE_MS)).div_euclid(window) * window;
         let (db, id) = (self.db.clone(), sat.id);
         let orders = tokio::task::spawn_blocking(move || db.orders_of(&id, closed_before))
             .await

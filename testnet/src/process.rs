@@ -66,7 +66,15 @@ pub struct ProcessNetwork {
     pub dir: PathBuf,
     pub access: Access,
     pub processes: Vec<ProcessInfo>,
+    /// The configuration the satellite was started with.
+    pub satellite_config: loam_satellite::Config,
     children: Vec<Child>,
+}
+
+/// Sleeps until the wall-clock instant `t_ms` (Unix milliseconds).
+async fn sleep_until_ms(t_ms: i64) {
+    let left = t_ms.saturating_sub(loam_common::orders::now_ms()).max(0);
+    tokio::time::sleep(Duration::from_millis(left as u64)).await;
 }
 
 /// Directory of the running executable, where the other binaries live.
@@ -286,6 +294,7 @@ impl ProcessNetwork {
             dir: dir.clone(),
             access,
             processes,
+            satellite_config: sat_config,
             children,
         };
         std::fs::write(
@@ -308,6 +317,26 @@ impl ProcessNetwork {
         });
         futures::future::try_join_all(runs).await?;
         Ok(())
+    }
+
+    /// Has every node settle the orders of all bandwidth used before this
+    /// call. Settlement goes by order windows, so this first waits (on the
+    /// clock, to a computed instant) until the current window is closed
+    /// and past its grace, then runs each node's settle chore once.
+    pub async fn settle_orders(&self) -> anyhow::Result<()> {
+        let window_ms = (self.satellite_config.orders.window_secs * 1000.0) as i64;
+        let now = loam_common::orders::now_ms();
+        sleep_until_ms(loam_storagenode::orders::sent_from(now, window_ms)).await;
+        self.run_node_chore("settle").await
+    }
+
+    /// Waits (on the clock, to a computed instant) until the payouts of the
+    /// payout period containing `t_ms` can be computed, and returns it.
+    pub async fn payout_period_ready(&self, t_ms: i64) -> loam_satellite::payouts::Period {
+        let payouts = &self.satellite_config.payouts;
+        let period = payouts.period_at(t_ms);
+        sleep_until_ms(period.end + (payouts.settle_delay_secs * 1000.0) as i64).await;
+        period
     }
 
     /// Kills storage node `i` with SIGKILL, as a crash or a pulled plug would.

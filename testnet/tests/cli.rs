@@ -381,6 +381,7 @@ async fn settlement_limits_and_payouts_through_the_clis() -> anyhow::Result<()> 
     ok(uplink(&access, &["mb", "loam://pay"]));
     ok(uplink(&access, &["cp", f, "loam://pay/a"]));
     let back = tmp.path().join("back");
+    let used_at = loam_common::orders::now_ms();
     for _ in 0..3 {
         ok(uplink(
             &access,
@@ -388,21 +389,15 @@ async fn settlement_limits_and_payouts_through_the_clis() -> anyhow::Result<()> 
         ));
     }
 
-    // The nodes settle on their own; the satellite is another process, so
-    // its usage report is polled.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let usage = loop {
-        let u: serde_json::Value =
-            serde_json::from_str(&ok(uplink(&access, &["usage", "-o", "json"])))?;
-        if u["buckets"][0]["egress_bytes"].as_u64().unwrap_or(0) >= 9_000_000 {
-            break u;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "egress never settled: {u}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    };
+    // Once the downloads' order window has closed, one settlement round
+    // on every node reports their egress to the satellite.
+    net.settle_orders().await?;
+    let usage: serde_json::Value =
+        serde_json::from_str(&ok(uplink(&access, &["usage", "-o", "json"])))?;
+    assert!(
+        usage["buckets"][0]["egress_bytes"].as_u64().unwrap_or(0) >= 9_000_000,
+        "egress not settled: {usage}"
+    );
     assert_eq!(usage["stored_bytes"].as_u64(), Some(3_000_000));
 
     // A storage limit below what is stored: the next upload fails, in one line.
@@ -436,26 +431,26 @@ async fn settlement_limits_and_payouts_through_the_clis() -> anyhow::Result<()> 
     ok(uplink(&access, &["cp", &small, "loam://pay/c"]));
     small.clear();
 
-    // Payouts for the first period that is ready.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    let computed = loop {
-        let out = run(
-            "satellite",
-            &["payouts", "compute", "--dir", sat, "--period", "last"],
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() && !text.contains(": 0 paystubs") {
-            break text;
-        }
-        assert!(std::time::Instant::now() < deadline, "no paystubs: {text}");
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    };
+    // Payouts for the period of the downloads, once it is ready: then it
+    // is the last one.
+    let ready = net.payout_period_ready(used_at).await;
+    let out = run(
+        "satellite",
+        &["payouts", "compute", "--dir", sat, "--period", "last"],
+    );
+    let computed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && !computed.contains(": 0 paystubs"),
+        "no paystubs: {computed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let period = computed
         .split_whitespace()
         .nth(1)
         .and_then(|p| p.strip_suffix(':'))
         .expect("period name")
         .to_string();
+    assert_eq!(period, ready.name);
     let total: u64 = computed
         .lines()
         .find_map(|l| l.strip_prefix("total to pay: "))

@@ -5,7 +5,11 @@
 mod support;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
 use support::{encode, ok, system_program, uplink};
 
@@ -30,33 +34,95 @@ async fn query(base: &str, q: &str) -> anyhow::Result<f64> {
         .unwrap_or(0.0))
 }
 
-/// Polls `q` until `done` holds for its value (bounded).
-async fn wait_for(base: &str, q: &str, done: impl Fn(f64) -> bool) -> anyhow::Result<f64> {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let v = query(base, q).await.unwrap_or(f64::NAN);
-        if done(v) {
-            return Ok(v);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "{q} stayed at {v}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+/// Stands between Prometheus and one daemon's `/metrics`, counting the
+/// scrapes that begin, so the test waits for scrapes instead of polling.
+/// Prometheus stores a scrape's samples before it begins the next scrape
+/// of the same target: once a scrape that began after an event has been
+/// followed by another, the event is queryable.
+struct Relay {
+    addr: String,
+    scrapes: watch::Receiver<u64>,
+}
+
+impl Relay {
+    async fn start(target: String) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let (tx, scrapes) = watch::channel(0u64);
+        let tx = Arc::new(tx);
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(relay_scrapes(conn, target.clone(), tx.clone()));
+            }
+        });
+        Ok(Self { addr, scrapes })
     }
+
+    /// Waits until two scrapes have begun since this call (bounded).
+    async fn scraped_twice(&mut self) -> anyhow::Result<()> {
+        let want = *self.scrapes.borrow() + 2;
+        tokio::time::timeout(
+            Duration::from_secs(90),
+            self.scrapes.wait_for(|&n| n >= want),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("{} was not scraped", self.addr))??;
+        Ok(())
+    }
+}
+
+/// Answers the scrapes on one connection with the daemon's metrics (503
+/// when they cannot be read).
+async fn relay_scrapes(
+    conn: tokio::net::TcpStream,
+    target: String,
+    scrapes: Arc<watch::Sender<u64>>,
+) {
+    let mut conn = tokio::io::BufReader::new(conn);
+    let mut line = String::new();
+    loop {
+        // A request is its header lines, up to the empty one.
+        loop {
+            line.clear();
+            match conn.read_line(&mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line.trim_end().is_empty() => break,
+                Ok(_) => {}
+            }
+        }
+        scrapes.send_modify(|n| *n += 1);
+        let (status, body) = match loam_testnet::http_get(&target).await {
+            Ok(body) => ("200 OK", body),
+            Err(e) => ("503 Service Unavailable", e.to_string()),
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let out = conn.get_mut();
+        if out.write_all(head.as_bytes()).await.is_err()
+            || out.write_all(body.as_bytes()).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Waits until every daemon has been scraped, and stored, since this call.
+async fn all_scraped(relays: &mut [Relay]) -> anyhow::Result<()> {
+    futures::future::try_join_all(relays.iter_mut().map(Relay::scraped_twice)).await?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_every_daemon_and_sees_uploads() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let net = support::four_nodes(tmp.path()).await?;
-    let targets: Vec<String> = net
-        .processes
-        .iter()
-        .map(|p| {
-            p.metrics_url
-                .trim_start_matches("http://")
-                .trim_end_matches("/metrics")
-                .to_string()
-        })
-        .collect();
+    let mut relays = Vec::new();
+    for p in &net.processes {
+        relays.push(Relay::start(p.metrics_url.clone()).await?);
+    }
+    let targets: Vec<&str> = relays.iter().map(|r| r.addr.as_str()).collect();
     let config = tmp.path().join("prometheus.yml");
     std::fs::write(
         &config,
@@ -83,8 +149,8 @@ async fn prometheus_scrapes_every_daemon_and_sees_uploads() -> anyhow::Result<()
     );
 
     // Every daemon is scraped and up.
-    let daemons = targets.len() as f64;
-    wait_for(&base, "sum(up)", |v| v == daemons).await?;
+    all_scraped(&mut relays).await?;
+    assert_eq!(query(&base, "sum(up)").await?, relays.len() as f64);
     let q = "sum(loam_storagenode_uploads_total{result=\"ok\"}) or vector(0)";
     let before = query(&base, q).await?;
 
@@ -98,14 +164,14 @@ async fn prometheus_scrapes_every_daemon_and_sees_uploads() -> anyhow::Result<()
     ));
 
     // Three pieces or more per segment were stored: the counters move.
-    let after = wait_for(&base, q, |v| v >= before + 3.0).await?;
-    assert!(after >= before + 3.0);
-    wait_for(
-        &base,
-        "sum(loam_satellite_segments_committed_total) or vector(0)",
-        |v| v >= 1.0,
-    )
-    .await?;
+    all_scraped(&mut relays).await?;
+    let after = query(&base, q).await?;
+    assert!(
+        after >= before + 3.0,
+        "uploads counted: {before} then {after}"
+    );
+    let committed = "sum(loam_satellite_segments_committed_total) or vector(0)";
+    assert!(query(&base, committed).await? >= 1.0);
     net.stop().await;
     Ok(())
 }
