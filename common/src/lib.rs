@@ -24,6 +24,7 @@ pub mod buffers;
 pub mod chore;
 pub mod compute;
 pub mod config;
+pub mod direct;
 pub mod encryption;
 pub mod erasure;
 pub mod identity;

@@ -31,7 +31,13 @@ const MAX_GRACE_MS: i64 = 60_000;
 /// orders of that window has passed.
 pub fn sent_from(created_ms: i64, window_ms: i64) -> i64 {
     let window_ms = window_ms.max(1);
-    (created_ms.div_euclid(window_ms) + 1) * window_ms + window_ms.min(MAX_GRACE_MS)
+    (created_ms.div_euclid(window_ms) + 1) * window_ms + grace(window_ms)
+}
+
+/// How long after a window closes its orders are still held back, for
+/// orders of that window that arrive late.
+fn grace(window_ms: i64) -> i64 {
+    window_ms.min(MAX_GRACE_MS)
 }
 
 /// What one settlement round did.
@@ -96,7 +102,7 @@ impl Settler {
         now: i64,
         stats: &mut SettleStats,
     ) -> Result<(), CallError> {
-        let closed_before = (now - window.min(MAX_GRACE_MS)).div_euclid(window) * window;
+        let closed_before = (now - grace(window)).div_euclid(window) * window;
         let (db, id) = (self.db.clone(), sat.id);
         let orders = tokio::task::spawn_blocking(move || db.orders_of(&id, closed_before))
             .await

@@ -15,11 +15,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use loam_common::buffers::BufferPool;
-
-/// Alignment of offsets, lengths and memory for `O_DIRECT` (the largest
-/// logical block size in common use).
-const ALIGN: usize = 4096;
+use loam_common::direct::{DIRECT_ALIGN, WriteBuffer, open_direct};
 
 /// Bytes staged per direct write.
 const CHUNK: usize = 4 << 20;
@@ -60,7 +56,7 @@ impl BlockWriter {
             .direct
             .as_ref()
             .filter(|_| self.direct_ok.load(Ordering::Relaxed));
-        let Some(direct) = direct.filter(|_| offset.is_multiple_of(ALIGN as u64)) else {
+        let Some(direct) = direct.filter(|_| offset.is_multiple_of(DIRECT_ALIGN as u64)) else {
             let mut at = offset;
             for row in rows {
                 self.file.write_all_at(row, at)?;
@@ -68,31 +64,20 @@ impl BlockWriter {
             }
             return Ok(());
         };
-        let mut stage = BufferPool::global().take(CHUNK + ALIGN);
-        stage.resize(CHUNK + ALIGN, 0);
-        let skip = stage.as_ptr().align_offset(ALIGN);
-        let result = (|| {
-            let block = &mut stage[skip..skip + CHUNK];
-            let (mut at, mut filled) = (offset, 0);
-            for row in rows {
-                let mut data = row.as_slice();
-                while !data.is_empty() {
-                    let n = (CHUNK - filled).min(data.len());
-                    block[filled..filled + n].copy_from_slice(&data[..n]);
-                    (filled, data) = (filled + n, &data[n..]);
-                    if filled == CHUNK {
-                        self.write_direct(direct, block, at)?;
-                        (at, filled) = (at + CHUNK as u64, 0);
-                    }
-                }
-            }
-            let whole = filled - filled % ALIGN;
-            self.write_direct(direct, &block[..whole], at)?;
-            self.file
-                .write_all_at(&block[whole..filled], at + whole as u64)
-        })();
-        BufferPool::global().give(stage);
-        result
+        let mut stage = WriteBuffer::new(CHUNK);
+        let mut at = offset;
+        for row in rows {
+            stage.push(row, |block| {
+                self.write_direct(direct, block, at)?;
+                at += block.len() as u64;
+                Ok::<_, std::io::Error>(())
+            })?;
+        }
+        stage.finish(|rest| {
+            let whole = rest.len() - rest.len() % DIRECT_ALIGN;
+            self.write_direct(direct, &rest[..whole], at)?;
+            self.file.write_all_at(&rest[whole..], at + whole as u64)
+        })
     }
 
     /// One aligned write through the direct handle, or through the
@@ -110,21 +95,13 @@ impl BlockWriter {
 }
 
 /// `file` opened a second time for `O_DIRECT` writes, or `None` where the
-/// filesystem (or platform) does not offer them.
-#[cfg(target_os = "linux")]
+/// file system does not offer them (or the handle cannot be reopened).
 fn reopen_direct(file: &File) -> Option<File> {
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
-        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    open_direct(std::fs::OpenOptions::new().write(true), path.as_ref())
         .ok()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn reopen_direct(_file: &File) -> Option<File> {
-    None
+        .flatten()
 }
 
 #[cfg(test)]

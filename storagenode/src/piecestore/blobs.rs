@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use loam_common::NodeId;
 use loam_common::buffers::BufferPool;
+use loam_common::direct::{DIRECT_ALIGN, open_direct};
 use loam_common::orders::PieceId;
 
 /// Where piece bytes live. A small trait so tests can wrap it with faults.
@@ -85,29 +86,17 @@ impl FileBlobs {
     }
 }
 
-/// Alignment of address, length and file offset that direct writes need
-/// (the largest logical block size in common use).
-pub const DIRECT_ALIGN: usize = 4096;
-
 /// Opens a new file for writing, bypassing the page cache where the file
 /// system supports it. Returns whether it does.
 fn create_direct(path: &Path) -> std::io::Result<(File, bool)> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(nix::libc::O_DIRECT)
-            .open(path)
-        {
-            Ok(file) => return Ok((file, true)),
-            // Older tmpfs and some FUSE file systems refuse O_DIRECT.
-            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {}
-            Err(e) => return Err(e),
-        }
+    // Older tmpfs and some FUSE file systems refuse O_DIRECT.
+    match open_direct(
+        std::fs::OpenOptions::new().write(true).create_new(true),
+        path,
+    )? {
+        Some(file) => Ok((file, true)),
+        None => Ok((File::create_new(path)?, false)),
     }
-    Ok((File::create_new(path)?, false))
 }
 
 /// Reads `len` bytes at `offset` past the page cache (`O_DIRECT`), or
@@ -117,18 +106,12 @@ fn create_direct(path: &Path) -> std::io::Result<(File, bool)> {
 fn read_direct(path: &Path, offset: u64, len: usize) -> std::io::Result<Option<Vec<u8>>> {
     #[cfg(target_os = "linux")]
     {
-        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        use std::os::unix::fs::FileExt;
         if !offset.is_multiple_of(DIRECT_ALIGN as u64) {
             return Ok(None);
         }
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_DIRECT)
-            .open(path)
-        {
-            Ok(file) => file,
-            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(file) = open_direct(std::fs::OpenOptions::new().read(true), path)? else {
+            return Ok(None);
         };
         // Whole aligned blocks into an aligned part of a pooled buffer.
         let span = len.next_multiple_of(DIRECT_ALIGN);
@@ -172,61 +155,6 @@ fn stop_direct(file: &File) -> std::io::Result<()> {
     }
     let _ = file;
     Ok(())
-}
-
-/// Gathers piece bytes, which QUIC hands over a packet at a time, into
-/// blocks of a fixed size that start at a [`DIRECT_ALIGN`]ed address, so
-/// hashing runs on SIMD-wide input and the disk sees few large writes it
-/// can take directly. The buffer comes from, and returns to, the pool.
-pub struct WriteBuffer {
-    buf: Vec<u8>,
-    /// Where the aligned block starts in `buf`.
-    start: usize,
-    block: usize,
-}
-
-impl WriteBuffer {
-    /// `block` is rounded up to a whole number of [`DIRECT_ALIGN`] units.
-    pub fn new(block: usize) -> Self {
-        let block = block.max(1).next_multiple_of(DIRECT_ALIGN);
-        let mut buf = BufferPool::global().take(block + DIRECT_ALIGN);
-        let start = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
-        buf.resize(start, 0);
-        Self { buf, start, block }
-    }
-
-    /// Appends `data`, handing each full block to `flush`.
-    pub fn push<E>(
-        &mut self,
-        mut data: &[u8],
-        mut flush: impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<(), E> {
-        while !data.is_empty() {
-            let room = self.block - (self.buf.len() - self.start);
-            let (now, later) = data.split_at(room.min(data.len()));
-            self.buf.extend_from_slice(now);
-            data = later;
-            if self.buf.len() - self.start == self.block {
-                flush(&self.buf[self.start..])?;
-                self.buf.truncate(self.start);
-            }
-        }
-        Ok(())
-    }
-
-    /// Hands what is left (less than a block, maybe nothing) to `flush`.
-    pub fn finish<E>(mut self, flush: impl FnOnce(&[u8]) -> Result<(), E>) -> Result<(), E> {
-        let rest = &self.buf[self.start..];
-        let result = if rest.is_empty() { Ok(()) } else { flush(rest) };
-        self.buf.truncate(self.start);
-        result
-    }
-}
-
-impl Drop for WriteBuffer {
-    fn drop(&mut self) {
-        BufferPool::global().give(std::mem::take(&mut self.buf));
-    }
 }
 
 struct FileWriter {
@@ -374,6 +302,8 @@ impl Blobs for FileBlobs {
 
 #[cfg(test)]
 mod tests {
+    use loam_common::direct::WriteBuffer;
+
     use super::*;
 
     /// Writes `data` the way the upload endpoint does: whole aligned

@@ -19,7 +19,9 @@ use loam_common::{Identity, NodeId, PublicKey};
 use prost::Message;
 use tokio::sync::watch;
 
-use super::blobs::{Blobs, WriteBuffer};
+use loam_common::direct::WriteBuffer;
+
+use super::blobs::Blobs;
 use super::db::{DbError, NodeDb};
 
 /// Largest control message a piece transfer may carry.
