@@ -130,32 +130,74 @@ impl PublicKey {
         NodeId::from_public_key(self)
     }
 
-    /// Verifies an Ed25519 signature over `msg`.
-    pub fn verify(&self, msg: &[u8], signature: &[u8]) -> Result<(), IdError> {
+    /// Verifies an Ed25519 signature over `msg` in `domain`.
+    pub fn verify(&self, domain: Domain, msg: &[u8], signature: &[u8]) -> Result<(), IdError> {
         let sig = ed25519_dalek::Signature::from_slice(signature)
             .map_err(|_| IdError::SignatureFormat)?;
-        self.0.verify(msg, &sig).map_err(|_| IdError::BadSignature)
+        self.0
+            .verify(&domain.message(msg), &sig)
+            .map_err(|_| IdError::BadSignature)
+    }
+}
+
+/// What a signature is for. Every signed message type has its own domain,
+/// prefixed to the bytes before signing, so a signature over one kind of
+/// message (say a ledger entry, signed by the satellite's key) can never be
+/// passed off as another (an order limit, signed by the same key), however
+/// the bytes happen to parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Domain {
+    OrderLimit,
+    Order,
+    PieceHash,
+    LedgerEntry,
+    LedgerHead,
+    /// Free-form messages in tests and benchmarks.
+    Test,
+}
+
+impl Domain {
+    fn tag(self) -> &'static [u8] {
+        match self {
+            Domain::OrderLimit => b"loam/v1/order-limit\0",
+            Domain::Order => b"loam/v1/order\0",
+            Domain::PieceHash => b"loam/v1/piece-hash\0",
+            Domain::LedgerEntry => b"loam/v1/ledger-entry\0",
+            Domain::LedgerHead => b"loam/v1/ledger-head\0",
+            Domain::Test => b"loam/v1/test\0",
+        }
+    }
+
+    /// The bytes actually signed for `msg` in this domain.
+    pub fn message(self, msg: &[u8]) -> Vec<u8> {
+        let tag = self.tag();
+        let mut out = Vec::with_capacity(tag.len() + msg.len());
+        out.extend_from_slice(tag);
+        out.extend_from_slice(msg);
+        out
     }
 }
 
 /// Verifies many signatures at once (Ed25519 batch verification, about
 /// twice as fast as one by one). `false` if any is bad or malformed; verify
 /// one by one to find which.
-pub fn verify_batch(items: &[(&[u8], &[u8], &PublicKey)]) -> bool {
+pub fn verify_batch(items: &[(Domain, &[u8], &[u8], &PublicKey)]) -> bool {
     if items.is_empty() {
         return true;
     }
     let mut messages = Vec::with_capacity(items.len());
     let mut signatures = Vec::with_capacity(items.len());
     let mut keys = Vec::with_capacity(items.len());
-    for (msg, sig, key) in items {
+    for (domain, msg, sig, key) in items {
         let Ok(sig) = ed25519_dalek::Signature::from_slice(sig) else {
             return false;
         };
-        messages.push(*msg);
+        messages.push(domain.message(msg));
         signatures.push(sig);
         keys.push(key.0);
     }
+    let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
     ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
 }
 
@@ -202,8 +244,9 @@ impl KeyPair {
         PublicKey(self.0.verifying_key())
     }
 
-    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
-        self.0.sign(msg).to_bytes().to_vec()
+    /// Signs `msg` in `domain`.
+    pub fn sign(&self, domain: Domain, msg: &[u8]) -> Vec<u8> {
+        self.0.sign(&domain.message(msg)).to_bytes().to_vec()
     }
 
     /// PKCS#8 v2 DER of the private key, for the TLS certificate.
@@ -284,8 +327,9 @@ impl Identity {
         self.key.public()
     }
 
-    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
-        self.key.sign(msg)
+    /// Signs `msg` in `domain`.
+    pub fn sign(&self, domain: Domain, msg: &[u8]) -> Vec<u8> {
+        self.key.sign(domain, msg)
     }
 
     /// Loads an identity saved by [`Identity::save`].
@@ -308,15 +352,8 @@ impl Identity {
             path: path.display().to_string(),
             source,
         };
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, hex::encode(self.key.seed())).map_err(write_err)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-                .map_err(write_err)?;
-        }
-        std::fs::rename(&tmp, path).map_err(write_err)
+        crate::config::write_private(path, hex::encode(self.key.seed()).as_bytes())
+            .map_err(write_err)
     }
 }
 
@@ -448,10 +485,42 @@ mod tests {
     fn signatures_verify_only_with_the_right_key() {
         let a = KeyPair::generate();
         let b = KeyPair::generate();
-        let sig = a.sign(b"hello");
-        assert!(a.public().verify(b"hello", &sig).is_ok());
-        assert!(b.public().verify(b"hello", &sig).is_err());
-        assert!(a.public().verify(b"hellO", &sig).is_err());
-        assert!(a.public().verify(b"hello", &sig[..10]).is_err());
+        let sig = a.sign(Domain::Test, b"hello");
+        assert!(a.public().verify(Domain::Test, b"hello", &sig).is_ok());
+        assert!(b.public().verify(Domain::Test, b"hello", &sig).is_err());
+        assert!(a.public().verify(Domain::Test, b"hellO", &sig).is_err());
+        assert!(
+            a.public()
+                .verify(Domain::Test, b"hello", &sig[..10])
+                .is_err()
+        );
+        // A signature in one domain is worthless in every other.
+        for other in [
+            Domain::OrderLimit,
+            Domain::Order,
+            Domain::PieceHash,
+            Domain::LedgerEntry,
+            Domain::LedgerHead,
+        ] {
+            assert!(a.public().verify(other, b"hello", &sig).is_err());
+        }
+        let limit = a.sign(Domain::OrderLimit, b"bytes");
+        assert!(
+            a.public()
+                .verify(Domain::LedgerEntry, b"bytes", &limit)
+                .is_err()
+        );
+        assert!(verify_batch(&[(
+            Domain::OrderLimit,
+            b"bytes",
+            &limit,
+            &a.public()
+        )]));
+        assert!(!verify_batch(&[(
+            Domain::LedgerEntry,
+            b"bytes",
+            &limit,
+            &a.public()
+        )]));
     }
 }

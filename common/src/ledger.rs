@@ -16,6 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use prost::Message;
 
+use crate::identity::Domain;
 use crate::{Identity, NodeId, PublicKey, pb};
 
 pub const ZERO_HASH: [u8; 32] = [0; 32];
@@ -49,7 +50,7 @@ pub fn append(
         body: Some(body),
     }
     .encode_to_vec();
-    let signature = satellite.sign(&entry);
+    let signature = satellite.sign(Domain::LedgerEntry, &entry);
     Ok(pb::SignedLedgerEntry {
         entry: entry.into(),
         signature: signature.into(),
@@ -72,7 +73,7 @@ pub fn sign_head(
         signed_unix_ms: now_ms,
     }
     .encode_to_vec();
-    let signature = satellite.sign(&head);
+    let signature = satellite.sign(Domain::LedgerHead, &head);
     pb::SignedLedgerHead {
         head: head.into(),
         signature: signature.into(),
@@ -225,7 +226,7 @@ impl LedgerFile {
         for (i, signed) in self.entries.iter().enumerate() {
             let fail = |reason: &str| LedgerError::at(Some(i), reason);
             self.public_key
-                .verify(&signed.entry, &signed.signature)
+                .verify(Domain::LedgerEntry, &signed.entry, &signed.signature)
                 .map_err(|_| fail("the satellite's signature does not verify (entry altered)"))?;
             let e = decode_entry(signed).map_err(|r| fail(&r))?;
             if e.satellite_id.as_ref() != self.satellite.as_bytes()
@@ -256,7 +257,7 @@ impl LedgerFile {
             return Err(LedgerError::at(None, "no signed head (file truncated?)"));
         };
         self.public_key
-            .verify(&head.head, &head.signature)
+            .verify(Domain::LedgerHead, &head.head, &head.signature)
             .map_err(|_| LedgerError::at(None, "the head's signature does not verify"))?;
         let h = pb::LedgerHead::decode(head.head.as_ref())
             .map_err(|_| LedgerError::at(None, "head does not decode"))?;

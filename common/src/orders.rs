@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 
-use crate::identity::{IdError, Identity, KeyPair, NodeId, PublicKey};
+use crate::identity::{Domain, IdError, Identity, KeyPair, NodeId, PublicKey};
 use crate::pb;
 
 /// Milliseconds since the Unix epoch.
@@ -233,7 +233,7 @@ pub struct OrderLimit {
 impl OrderLimit {
     pub fn sign(&self, satellite: &Identity) -> pb::SignedOrderLimit {
         let bytes = pb::OrderLimit::from(self).encode_to_vec();
-        let signature = satellite.sign(&bytes);
+        let signature = satellite.sign(Domain::OrderLimit, &bytes);
         pb::SignedOrderLimit {
             limit: bytes.into(),
             signature: signature.into(),
@@ -246,7 +246,7 @@ impl OrderLimit {
         satellite: &PublicKey,
     ) -> Result<Self, OrderError> {
         satellite
-            .verify(&signed.limit, &signed.signature)
+            .verify(Domain::OrderLimit, &signed.limit, &signed.signature)
             .map_err(|_| OrderError::BadSatelliteSignature)?;
         Self::decode_unverified(signed)
     }
@@ -340,7 +340,7 @@ impl Order {
             amount: self.amount as i64,
         }
         .encode_to_vec();
-        let signature = piece_key.sign(&bytes);
+        let signature = piece_key.sign(Domain::Order, &bytes);
         pb::SignedOrder {
             order: bytes.into(),
             signature: signature.into(),
@@ -352,7 +352,7 @@ impl Order {
     pub fn verify(signed: &pb::SignedOrder, limit: &OrderLimit) -> Result<Self, OrderError> {
         limit
             .piece_public_key
-            .verify(&signed.order, &signed.signature)
+            .verify(Domain::Order, &signed.order, &signed.signature)
             .map_err(|_| OrderError::BadUplinkSignature)?;
         let wire =
             pb::Order::decode(signed.order.as_ref()).map_err(|_| OrderError::Malformed("order"))?;
@@ -412,7 +412,7 @@ impl PieceHash {
             timestamp_unix_ms: self.timestamp_ms,
         }
         .encode_to_vec();
-        let signature = key.sign(&bytes);
+        let signature = key.sign(Domain::PieceHash, &bytes);
         pb::SignedPieceHash {
             hash: bytes.into(),
             signature: signature.into(),
@@ -420,7 +420,7 @@ impl PieceHash {
     }
 
     pub fn verify(signed: &pb::SignedPieceHash, key: &PublicKey) -> Result<Self, OrderError> {
-        key.verify(&signed.hash, &signed.signature)
+        key.verify(Domain::PieceHash, &signed.hash, &signed.signature)
             .map_err(|_| OrderError::BadUplinkSignature)?;
         let w = pb::PieceHash::decode(signed.hash.as_ref())
             .map_err(|_| OrderError::Malformed("piece hash"))?;

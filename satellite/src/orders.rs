@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use loam_common::encryption::{self, Key};
-use loam_common::identity::verify_batch;
+use loam_common::identity::{Domain, verify_batch};
 use loam_common::orders::{OrderLimit, PieceAction, SerialNumber};
 use loam_common::{Identity, NodeId, PublicKey, pb};
 use prost::Message;
@@ -386,11 +386,13 @@ impl Orders {
         let mut items = Vec::with_capacity(chunk.len() * 2);
         for c in chunk {
             items.push((
+                Domain::OrderLimit,
                 c.signed_limit.limit.as_ref(),
                 c.signed_limit.signature.as_ref(),
                 &self.public_key,
             ));
             items.push((
+                Domain::Order,
                 c.signed_order.order.as_ref(),
                 c.signed_order.signature.as_ref(),
                 &c.limit.piece_public_key,
@@ -403,11 +405,19 @@ impl Orders {
             .iter()
             .map(|c| {
                 self.public_key
-                    .verify(&c.signed_limit.limit, &c.signed_limit.signature)
+                    .verify(
+                        Domain::OrderLimit,
+                        &c.signed_limit.limit,
+                        &c.signed_limit.signature,
+                    )
                     .map_err(|_| Rejection::BadSatelliteSignature)?;
                 c.limit
                     .piece_public_key
-                    .verify(&c.signed_order.order, &c.signed_order.signature)
+                    .verify(
+                        Domain::Order,
+                        &c.signed_order.order,
+                        &c.signed_order.signature,
+                    )
                     .map_err(|_| Rejection::BadUplinkSignature)
             })
             .collect()

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use loam_common::identity::Domain;
 use loam_common::orders::{Order, OrderLimit, PieceAction, PieceId, SerialNumber, now_ms};
 use loam_common::{Identity, KeyPair, pb};
 use loam_satellite::db::{Kv, RocksKv};
@@ -104,7 +105,7 @@ fn verify_rate(sat: &Identity) -> f64 {
     let msgs: Vec<(Vec<u8>, Vec<u8>)> = (0..2000u32)
         .map(|i| {
             let m = i.to_be_bytes().repeat(40);
-            let s = sat.sign(&m);
+            let s = sat.sign(Domain::Test, &m);
             (m, s)
         })
         .collect();
@@ -113,7 +114,7 @@ fn verify_rate(sat: &Identity) -> f64 {
     let mut n = 0usize;
     while started.elapsed().as_secs_f64() < 2.0 {
         for (m, s) in &msgs {
-            key.verify(m, s).expect("valid");
+            key.verify(Domain::Test, m, s).expect("valid");
             n += 1;
         }
     }
