@@ -221,18 +221,66 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> std::io
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
+    write_file(path, bytes, 0o644)
+}
+
+/// Writes a secret (a private key, an access grant) to `path`: the file is
+/// created readable by its owner only from the first byte (no window
+/// between create and chmod), fsynced, renamed into place, and the rename
+/// made durable by syncing the directory.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_file(path, bytes, 0o600)
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(tmp, path)
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    // A leftover temporary file may have looser permissions: start afresh.
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = options.open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(&parent)?.sync_all()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn private_files_are_owner_only_from_the_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub").join("secret");
+        // A stale temporary file with loose permissions is not reused.
+        std::fs::create_dir_all(dir.path().join("sub")).expect("dir");
+        let tmp = dir.path().join("sub").join("secret.tmp");
+        std::fs::write(&tmp, "old").expect("stale");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        write_private(&path, b"key").expect("write");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        assert_eq!(std::fs::read(&path).expect("read"), b"key");
+        assert!(!tmp.exists());
+    }
 
     #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
     #[serde(default)]

@@ -219,6 +219,10 @@ impl ProcessNetwork {
         let sat_url: loam_common::NodeUrl = info.url.parse()?;
 
         let node_bin = binary("storagenode")?;
+        // Each node is allocated its share of the disk (at most 100 GB), so
+        // that what it advertises is what it could really store.
+        let disk = loam_storagenode::preflight::free_space(&dir).unwrap_or(0);
+        let allocation = (disk / (opts.nodes as u64 + 1)).clamp(1 << 30, 100_000_000_000);
         let mut pending = Vec::new();
         for i in 0..opts.nodes {
             let node_dir = dir.join(format!("storagenode-{i:02}"));
@@ -230,7 +234,7 @@ impl ProcessNetwork {
                 listen: "127.0.0.1:0".parse()?,
                 http_listen: "127.0.0.1:0".parse()?,
                 satellites: vec![sat_url.clone()],
-                allocated_bytes: 100_000_000_000,
+                allocated_bytes: allocation,
                 sync_writes: opts.sync_writes,
                 checkin_interval_secs: opts.checkin_interval_secs,
                 trash_grace_secs: opts.chore_interval_secs,
@@ -289,7 +293,7 @@ impl ProcessNetwork {
         }
         let key = admin.create_api_key("testnet").await?;
         let access = Access::derive(sat_url, key.api_key.to_vec(), &opts.passphrase, &key.salt)?;
-        std::fs::write(dir.join("access"), access.serialize())?;
+        loam_common::config::write_private(&dir.join("access"), access.serialize().as_bytes())?;
         let net = Self {
             dir: dir.clone(),
             access,
