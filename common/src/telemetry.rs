@@ -4,6 +4,7 @@
 use std::sync::OnceLock;
 
 use axum::Router;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
@@ -55,6 +56,100 @@ pub fn metrics_router() -> Router {
     Router::new().route("/metrics", get(move || std::future::ready(handle.render())))
 }
 
+/// Refuses requests a web page on another site could make through the
+/// operator's browser:
+///
+/// - DNS rebinding: the `Host` must be an IP address (with or without a
+///   port), `localhost`, or one of `allowed_hosts` — a hostile name that
+///   resolves to the node is refused;
+/// - cross-site requests: anything but `GET`/`HEAD` must come from the
+///   same origin (an `Origin` naming the same host and port) or from a
+///   client that sends no `Origin` at all (curl, Prometheus, scripts);
+///   browsers always send one on cross-site `POST`s.
+///
+/// Refusals are `403 Forbidden` with a one-line reason.
+pub fn same_origin_only(router: Router, allowed_hosts: Vec<String>) -> Router {
+    let allowed = std::sync::Arc::new(allowed_hosts);
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let allowed = allowed.clone();
+            async move {
+                match check_origin(&req, &allowed) {
+                    Ok(()) => next.run(req).await,
+                    Err(why) => {
+                        metrics::counter!("loam_http_requests_refused_total").increment(1);
+                        (axum::http::StatusCode::FORBIDDEN, format!("{why}\n")).into_response()
+                    }
+                }
+            }
+        },
+    ))
+}
+
+fn check_origin(req: &axum::extract::Request, allowed: &[String]) -> Result<(), String> {
+    use axum::http::{Method, header};
+    let header_str = |name: header::HeaderName| {
+        req.headers()
+            .get(&name)
+            .map(|v| v.to_str().map_err(|_| format!("unreadable {name} header")))
+            .transpose()
+    };
+    let host = header_str(header::HOST)?
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .ok_or("no Host header")?
+        .to_ascii_lowercase();
+    if !host_allowed(&host, allowed) {
+        return Err(format!(
+            "host {host:?} is not this node's address; open the dashboard by IP address or \
+             localhost"
+        ));
+    }
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    if header_str(header::HeaderName::from_static("sec-fetch-site"))?
+        .is_some_and(|s| s == "cross-site" || s == "same-site")
+    {
+        return Err("cross-site requests are refused".into());
+    }
+    match header_str(header::ORIGIN)? {
+        None => Ok(()),
+        Some(origin) => {
+            let authority = origin
+                .split_once("://")
+                .map_or("", |(_, rest)| rest)
+                .trim_end_matches('/')
+                .to_ascii_lowercase();
+            if authority == host {
+                Ok(())
+            } else {
+                Err(format!("origin {origin:?} is not this page's; refused"))
+            }
+        }
+    }
+}
+
+/// Whether `host` (`name[:port]`) names this machine in a way no other
+/// site can: an IP literal, `localhost`, or an operator-listed name.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, _)) => return ip.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => return false,
+        }
+    } else {
+        host.rsplit_once(':').map_or(
+            host,
+            |(n, port)| {
+                if port.parse::<u16>().is_ok() { n } else { host }
+            },
+        )
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
 /// Serves `router` on `listener` until `cancel` fires.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
@@ -96,5 +191,67 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, host: &str, origin: Option<&str>) -> axum::extract::Request {
+        let mut b = axum::http::Request::builder()
+            .method(method)
+            .uri("/api/chores/settle")
+            .header("host", host);
+        if let Some(o) = origin {
+            b = b.header("origin", o);
+        }
+        b.body(axum::body::Body::empty()).expect("request")
+    }
+
+    #[test]
+    fn foreign_hosts_and_origins_are_refused() {
+        let none: Vec<String> = Vec::new();
+        // The node by address, from anywhere, for reading.
+        for host in [
+            "127.0.0.1:14002",
+            "localhost:14002",
+            "[::1]:14002",
+            "10.0.0.7",
+        ] {
+            assert_eq!(
+                check_origin(&request("GET", host, None), &none),
+                Ok(()),
+                "{host}"
+            );
+        }
+        // DNS rebinding: a hostile name that resolves to the node.
+        let e = check_origin(&request("GET", "evil.example:14002", None), &none);
+        assert!(e.is_err());
+        let named = vec!["node.example.org".to_string()];
+        assert_eq!(
+            check_origin(&request("GET", "node.example.org:14002", None), &named),
+            Ok(())
+        );
+        // POSTs: same origin or no origin (curl) pass, others are refused.
+        let host = "127.0.0.1:14002";
+        assert_eq!(check_origin(&request("POST", host, None), &none), Ok(()));
+        assert_eq!(
+            check_origin(
+                &request("POST", host, Some("http://127.0.0.1:14002")),
+                &none
+            ),
+            Ok(())
+        );
+        for origin in ["https://evil.example", "http://127.0.0.1:9999", "null"] {
+            let e = check_origin(&request("POST", host, Some(origin)), &none);
+            assert!(e.is_err(), "{origin}");
+        }
+        let mut cross = request("POST", host, None);
+        cross.headers_mut().insert(
+            "sec-fetch-site",
+            axum::http::HeaderValue::from_static("cross-site"),
+        );
+        assert!(check_origin(&cross, &none).is_err());
     }
 }

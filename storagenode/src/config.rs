@@ -24,6 +24,10 @@ pub struct Config {
     pub sync_writes: bool,
     /// HTTP address for `/metrics` and `/health`. Default `127.0.0.1:14002`.
     pub http_listen: SocketAddr,
+    /// Host names the dashboard answers to besides IP addresses and
+    /// `localhost` (a reverse proxy, a DNS name of your own). Requests for
+    /// any other name are refused, against DNS rebinding. Default none.
+    pub dashboard_hosts: Vec<String>,
     /// Seconds between check-ins with each satellite. Default 300.
     pub checkin_interval_secs: f64,
     /// Pieces garbage-collected by a satellite stay in the trash this many
@@ -51,6 +55,7 @@ impl Default for Config {
             allocated_bytes: 1_000_000_000_000,
             sync_writes: true,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 14002)),
+            dashboard_hosts: Vec::new(),
             checkin_interval_secs: 300.0,
             trash_grace_secs: 604_800.0,
             wallet: String::new(),
@@ -98,6 +103,10 @@ pub const DOCS: &[(&str, &str)] = &[
     (
         "http_listen",
         "HTTP address of the dashboard (/), its JSON API (/api/sno), /health and /metrics.",
+    ),
+    (
+        "dashboard_hosts",
+        "Host names the dashboard answers to besides IP addresses and localhost (e.g. behind a proxy).",
     ),
     (
         "checkin_interval_secs",
@@ -162,7 +171,7 @@ mod tests {
             text,
             "listen = \"0.0.0.0:28967\"\nexternal_address = \"\"\nsatellites = []\n\
              allocated_bytes = 1000000000000\nsync_writes = true\n\
-             http_listen = \"127.0.0.1:14002\"\ncheckin_interval_secs = 300.0\n\
+             http_listen = \"127.0.0.1:14002\"\ndashboard_hosts = []\ncheckin_interval_secs = 300.0\n\
              trash_grace_secs = 604800.0\nwallet = \"\"\nsettle_interval_secs = 300.0\nemail = \"\"\n\n\
              [compute]\nenabled = true\nmax_tasks = 1\ncores = 0\ngpus = 0\nmemory_mib = 0\n\
              backend = \"cpu\"\ncache_mib = 512\n"
