@@ -64,6 +64,8 @@ pub enum CallError {
     Transport(#[from] TransportError),
     #[error("peer answered with an unexpected message")]
     UnexpectedResponse,
+    #[error("no answer within {0:?}")]
+    Deadline(std::time::Duration),
 }
 
 impl CallError {
@@ -94,17 +96,35 @@ pub async fn unary<Req: prost::Message, Resp: prost::Message + Default>(
     Ok(reader.message::<Resp>().await?)
 }
 
-/// Calls the satellite and unwraps its response envelope.
+/// How long one satellite call may take before it is given up. Every call
+/// is a few database reads and writes; one that takes this long is stuck
+/// on a dead connection or a dead satellite, and the caller reconnects.
+pub const SATELLITE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Calls the satellite and unwraps its response envelope; gives up after
+/// [`SATELLITE_DEADLINE`].
 pub async fn satellite(
     conn: &quinn::Connection,
     api_key: &[u8],
     request: pb::satellite_request::Request,
 ) -> Result<pb::satellite_response::Response, CallError> {
+    satellite_within(conn, api_key, request, SATELLITE_DEADLINE).await
+}
+
+/// [`satellite`] with its own deadline.
+pub async fn satellite_within(
+    conn: &quinn::Connection,
+    api_key: &[u8],
+    request: pb::satellite_request::Request,
+    deadline: std::time::Duration,
+) -> Result<pb::satellite_response::Response, CallError> {
     let req = pb::SatelliteRequest {
         api_key: api_key.to_vec().into(),
         request: Some(request),
     };
-    let resp: pb::SatelliteResponse = unary(conn, &req).await?;
+    let resp: pb::SatelliteResponse = tokio::time::timeout(deadline, unary(conn, &req))
+        .await
+        .map_err(|_| CallError::Deadline(deadline))??;
     match resp.response {
         Some(pb::satellite_response::Response::Error(e)) => Err(RemoteError::from(&e).into()),
         Some(r) => Ok(r),

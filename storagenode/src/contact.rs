@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use loam_common::chore::Cycle;
 use loam_common::orders::now_ms;
@@ -29,6 +30,13 @@ pub enum ContactError {
     #[error("satellite {0} is not in this node's trusted list")]
     Untrusted(String),
 }
+
+/// How long connecting to a satellite may take.
+const DIAL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Below this much free space on the piece file system a node reports
+/// itself unhealthy: it can no longer take even a small piece.
+pub const LOW_DISK: u64 = 64 << 20;
 
 pub struct Contact {
     capabilities: pb::NodeCapabilities,
@@ -102,7 +110,8 @@ impl Contact {
     }
 
     /// `Ok` when the node is online and in good standing with every
-    /// satellite; otherwise the reasons, one per satellite in trouble.
+    /// satellite and has room on its disk; otherwise the reasons, one per
+    /// satellite in trouble, and one for a full disk.
     pub fn health(&self, now_ms: i64) -> Result<(), Vec<String>> {
         let standings = self.standings();
         let stale_ms = self.stale_after_ms();
@@ -137,6 +146,14 @@ impl Contact {
                     st.online_score, st.offline_threshold
                 ));
             }
+        }
+        let fs_free = self.piecestore.filesystem_free();
+        if fs_free < LOW_DISK {
+            problems.push(format!(
+                "disk full: {fs_free} bytes free on the file system holding the pieces ({} left \
+                 of the allocation); no new pieces are accepted",
+                self.piecestore.allocation_left()
+            ));
         }
         if problems.is_empty() {
             Ok(())
@@ -181,8 +198,25 @@ impl Contact {
             address: sat.address.clone(),
             source,
         })?;
-        let conn = self.endpoint.dial(sat.id, addr).await?;
-        let (_, key) = transport::peer_id(&conn)?;
+        let conn = tokio::time::timeout(DIAL_DEADLINE, self.endpoint.dial(sat.id, addr))
+            .await
+            .map_err(|_| ContactError::Call(CallError::Deadline(DIAL_DEADLINE)))??;
+        let result = self.check_in_on(sat, &conn).await;
+        if result.is_err() {
+            // A satellite that restarted left this connection dead: the
+            // next check-in dials afresh instead of waiting for the idle
+            // timeout.
+            self.endpoint.forget(&sat.id);
+        }
+        result
+    }
+
+    async fn check_in_on(
+        &self,
+        sat: &NodeUrl,
+        conn: &quinn::Connection,
+    ) -> Result<(), ContactError> {
+        let (_, key) = transport::peer_id(conn)?;
         if !self.piecestore.trust().learn(key) {
             return Err(ContactError::Untrusted(sat.to_string()));
         }
@@ -195,7 +229,7 @@ impl Contact {
             wallet: self.wallet.clone(),
         };
         let resp =
-            rpc::satellite(&conn, &[], pb::satellite_request::Request::CheckIn(request)).await?;
+            rpc::satellite(conn, &[], pb::satellite_request::Request::CheckIn(request)).await?;
         let r = match resp {
             pb::satellite_response::Response::CheckIn(r) => r,
             _ => Default::default(),

@@ -44,6 +44,8 @@ pub trait Blobs: Send + Sync + 'static {
     fn trash(&self, satellite: &NodeId, piece: &PieceId, now_ms: i64) -> std::io::Result<()>;
     /// Deletes trash stamped before `before_ms`; returns the bytes freed.
     fn empty_trash(&self, before_ms: i64) -> std::io::Result<u64>;
+    /// Bytes the file system holding the pieces can still take.
+    fn available(&self) -> std::io::Result<u64>;
 }
 
 pub trait BlobWriter: Send {
@@ -212,6 +214,10 @@ impl Drop for FileWriter {
 }
 
 impl Blobs for FileBlobs {
+    fn available(&self) -> std::io::Result<u64> {
+        crate::preflight::free_space(&self.root)
+    }
+
     fn create(&self) -> std::io::Result<Box<dyn BlobWriter>> {
         let path = self
             .root
