@@ -20,7 +20,11 @@
 //! - the *unknown-audit score*, a second beta model over audits the node
 //!   answered with an error other than "piece not found" (a failing disk,
 //!   a bug): suspended below `suspend_threshold`, disqualified if still
-//!   suspended after `suspension_grace_secs`;
+//!   suspended after `suspension_grace_secs`. Such an answer also puts the
+//!   node in containment: the same challenge is asked again, and a node
+//!   that still cannot produce the leaf after `max_reverifies` retries
+//!   fails the audit, whatever error it gives (otherwise "internal error"
+//!   would hide lost data);
 //! - the *online score*, the decayed share of observations that found the
 //!   node online: every online-tracking cycle looks at its last check-in,
 //!   and every audit contact counts too. Suspended below
@@ -126,7 +130,8 @@ pub enum Outcome {
     /// The node connected but did not answer in time: containment.
     Stalled,
     /// The node answered with an error other than "not found": counts
-    /// towards suspension, not disqualification.
+    /// towards suspension, and puts the node in containment like a stall,
+    /// so that an error answered again and again is a failed audit.
     Unknown,
 }
 
@@ -355,9 +360,10 @@ impl Reputation {
     }
 
     /// Like [`Reputation::record`], for an audit of `challenge`: a stall
-    /// puts the node in containment (same challenge next time) until it
-    /// has stalled more than `max_reverifies` times, which is a failure;
-    /// any answer ends containment.
+    /// or an error answer puts the node in containment (same challenge
+    /// next time) until it has failed to produce the leaf more than
+    /// `max_reverifies` times, which is a failure; the leaf (right or
+    /// wrong) ends containment.
     pub fn record_audit(
         &self,
         node: &NodeId,
@@ -367,7 +373,9 @@ impl Reputation {
         let now = now_ms();
         let r = self.modify(node, now, |config, mut r| {
             let outcome = match outcome {
-                Outcome::Stalled => {
+                // No leaf for a piece the node acknowledged, whatever the
+                // reason it gives: the same challenge again, then a failure.
+                Outcome::Stalled | Outcome::Unknown => {
                     let attempts = r.pending.as_ref().map_or(0, |p| p.attempts) + 1;
                     if attempts > self.config.max_reverifies {
                         r.pending = None;
@@ -377,11 +385,11 @@ impl Reputation {
                     } else {
                         let base = r.pending.clone().or(challenge).unwrap_or_default();
                         r.pending = Some(pb::PendingAudit { attempts, ..base });
-                        Outcome::Stalled
+                        outcome
                     }
                 }
                 Outcome::Offline => outcome,
-                Outcome::Success | Outcome::Failure | Outcome::Unknown => {
+                Outcome::Success | Outcome::Failure => {
                     r.pending = None;
                     outcome
                 }
@@ -809,6 +817,27 @@ mod tests {
         assert_eq!((r.audits, r.audits_failed), (1, 1));
         assert!(config.score(&r) < 1.0);
 
+        // Errors instead of the leaf are contained the same way: a node
+        // cannot keep a piece's pay by answering "internal error".
+        let before = rep.get(&node).expect("rep").audits_failed;
+        rep.record_audit(&node, Outcome::Unknown, Some(challenge(5)))
+            .expect("record");
+        for _ in 0..config.max_reverifies {
+            let r = rep
+                .record_audit(&node, Outcome::Unknown, Some(challenge(6)))
+                .expect("record");
+            if r.pending.is_some() {
+                assert_eq!(r.pending.as_ref().map(|p| p.leaf), Some(5));
+            }
+        }
+        let r = rep.get(&node).expect("rep");
+        assert!(r.pending.is_none(), "retries exhausted");
+        assert_eq!(
+            r.audits_failed,
+            before + 1,
+            "an error answer fails in the end"
+        );
+
         // An answer ends containment.
         rep.record_audit(&node, Outcome::Stalled, Some(challenge(1)))
             .expect("record");
@@ -816,6 +845,6 @@ mod tests {
             .record_audit(&node, Outcome::Success, None)
             .expect("record");
         assert!(r.pending.is_none());
-        assert_eq!((r.audits, r.audits_failed), (2, 1));
+        assert_eq!((r.audits, r.audits_failed), (3, 2));
     }
 }

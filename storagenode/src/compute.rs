@@ -98,8 +98,7 @@ fn physical_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Test hook: alters the weights a node returns (a dishonest node).
-pub type WeightsHook = Arc<dyn Fn(&mut [f32]) + Send + Sync>;
+pub use crate::adversary::WeightsHook;
 
 #[derive(Debug, thiserror::Error)]
 enum TaskError {
@@ -175,7 +174,7 @@ pub struct Trainer {
     config: ComputeConfig,
     slots: Semaphore,
     cache: Mutex<Cache>,
-    hook: Option<WeightsHook>,
+    lies: crate::adversary::Lies,
 }
 
 impl Trainer {
@@ -186,7 +185,7 @@ impl Trainer {
         trust: Arc<Trust>,
         endpoint: Endpoint,
         config: ComputeConfig,
-        hook: Option<WeightsHook>,
+        lies: crate::adversary::Lies,
     ) -> Self {
         let slots = Semaphore::new(config.max_tasks.max(1) as usize);
         Self {
@@ -198,7 +197,7 @@ impl Trainer {
             config,
             slots,
             cache: Mutex::default(),
-            hook,
+            lies,
         }
     }
 
@@ -351,13 +350,13 @@ impl Trainer {
         .map_err(|e| TaskError::Train(e.to_string()))?
         .map_err(|e| TaskError::Train(e.to_string()))?;
         let mut weights = out.weights;
-        if let Some(hook) = &self.hook {
+        if let Some(hook) = &self.lies.weights {
             hook(&mut weights);
         }
         let bytes = weights_to_bytes(&weights);
         Ok((
             pb::TrainResult {
-                samples: out.samples,
+                samples: self.lies.samples.unwrap_or(out.samples),
                 loss: out.loss,
                 accuracy: out.accuracy,
                 weights_len: bytes.len() as u64,

@@ -11,6 +11,7 @@
 //! order-limit and order checks → bytes hashed and written to a temporary
 //! file → fsync, rename, metadata committed → node-signed piece hash back.
 
+pub mod adversary;
 pub mod compute;
 pub mod config;
 pub mod contact;
@@ -76,16 +77,16 @@ pub struct StorageNode {
 impl StorageNode {
     /// Opens the node's storage under `dir` and binds its sockets.
     pub async fn new(dir: &Path, identity: Identity, config: Config) -> Result<Self, NodeError> {
-        Self::with_hook(dir, identity, config, None).await
+        Self::with_lies(dir, identity, config, adversary::Lies::default()).await
     }
 
-    /// Like [`StorageNode::new`], with a hook that alters the weights of
-    /// every training task: how tests play a dishonest node.
-    pub async fn with_hook(
+    /// Like [`StorageNode::new`], for a node that lies about what `lies`
+    /// names: how tests play a dishonest node.
+    pub async fn with_lies(
         dir: &Path,
         identity: Identity,
         config: Config,
-        hook: Option<compute::WeightsHook>,
+        lies: adversary::Lies,
     ) -> Result<Self, NodeError> {
         let io = |what, path: &Path| {
             let path = path.to_path_buf();
@@ -111,6 +112,9 @@ impl StorageNode {
             trust.clone(),
             config.allocated_bytes,
         ));
+        if let Some(code) = lies.audit_error {
+            piecestore.lie_to_audits(code);
+        }
         if config.compute.enabled {
             piecestore.set_trainer(Arc::new(compute::Trainer::new(
                 identity.clone(),
@@ -119,7 +123,7 @@ impl StorageNode {
                 trust,
                 endpoint.clone(),
                 config.compute.clone(),
-                hook,
+                lies.clone(),
             )));
         }
         let external = if config.external_address.is_empty() {
@@ -250,6 +254,7 @@ impl StorageNode {
                 }),
             )
             .merge(dashboard.router());
+        let router = telemetry::same_origin_only(router, config.dashboard_hosts.clone());
         let http_task = tokio::spawn(telemetry::serve_http(http, router, cancel.clone()));
         let contact_task = {
             let (contact, cancel) = (contact.clone(), cancel.clone());

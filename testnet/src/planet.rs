@@ -14,6 +14,7 @@ use loam_common::erasure::RedundancyScheme;
 use loam_common::{Identity, NodeId, NodeUrl};
 use loam_satellite::Satellite;
 use loam_storagenode::StorageNode;
+use loam_storagenode::adversary::Lies;
 use loam_storagenode::piecestore::Piecestore;
 use loam_uplink::Project;
 use tokio::task::JoinHandle;
@@ -28,8 +29,9 @@ pub struct PlanetConfig {
     pub redundancy: RedundancyScheme,
     pub reconfigure_satellite: Option<SatelliteHook>,
     pub reconfigure_node: Option<NodeHook>,
-    /// Nodes (by index) that alter the weights of their training tasks.
-    pub weights_hooks: Vec<(usize, loam_storagenode::compute::WeightsHook)>,
+    /// Nodes (by index) that lie about something (see
+    /// [`loam_storagenode::adversary::Lies`]).
+    pub liars: Vec<(usize, Lies)>,
 }
 
 impl PlanetConfig {
@@ -39,8 +41,14 @@ impl PlanetConfig {
             redundancy: RedundancyScheme::new(2, 3, 4, 5).expect("valid"),
             reconfigure_satellite: None,
             reconfigure_node: None,
-            weights_hooks: Vec::new(),
+            liars: Vec::new(),
         }
+    }
+
+    /// Makes node `i` lie as `lies` says.
+    pub fn liar(mut self, i: usize, lies: Lies) -> Self {
+        self.liars.push((i, lies));
+        self
     }
 }
 
@@ -57,7 +65,7 @@ pub struct PlanetNode {
     /// Its order settlement (trigger it instead of waiting).
     pub settler: Option<Arc<loam_storagenode::orders::Settler>>,
     config: loam_storagenode::Config,
-    hook: Option<loam_storagenode::compute::WeightsHook>,
+    lies: Lies,
     cancel: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -165,11 +173,12 @@ impl Planet {
                 http_addr: None,
                 settler: None,
                 config: node_config,
-                hook: config
-                    .weights_hooks
+                lies: config
+                    .liars
                     .iter()
                     .find(|(n, _)| *n == i)
-                    .map(|(_, h)| h.clone()),
+                    .map(|(_, l)| l.clone())
+                    .unwrap_or_default(),
                 cancel: CancellationToken::new(),
                 task: None,
             };
@@ -233,11 +242,11 @@ impl PlanetNode {
         // The old socket closes asynchronously after a stop: retry briefly.
         let mut attempt = 0;
         let node = loop {
-            match StorageNode::with_hook(
+            match StorageNode::with_lies(
                 &self.dir,
                 self.identity.clone(),
                 self.config.clone(),
-                self.hook.clone(),
+                self.lies.clone(),
             )
             .await
             {

@@ -159,6 +159,8 @@ pub struct Piecestore {
     trust: Arc<Trust>,
     allocated: u64,
     trainer: std::sync::OnceLock<Arc<crate::compute::Trainer>>,
+    /// A dishonest node's answer to every audit (tests only).
+    audit_lie: std::sync::OnceLock<pb::ErrorCode>,
 }
 
 impl Piecestore {
@@ -176,11 +178,29 @@ impl Piecestore {
             trust,
             allocated,
             trainer: std::sync::OnceLock::new(),
+            audit_lie: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes this node answer every audit with `code` instead of the
+    /// leaf: how tests play a node that hides lost data behind errors.
+    pub fn lie_to_audits(&self, code: pb::ErrorCode) {
+        let _ = self.audit_lie.set(code);
     }
 
     /// An audit: one leaf of a stored piece with its Merkle proof.
     async fn serve_audit(&self, req: pb::AuditRequest, mut writer: FrameWriter) {
+        if let Some(&code) = self.audit_lie.get() {
+            let lie = RemoteError::new(code, "internal error".to_string());
+            let _ = writer
+                .message(&pb::AuditResponse {
+                    error: Some((&lie).into()),
+                    ..Default::default()
+                })
+                .await;
+            let _ = writer.finish();
+            return;
+        }
         let resp = match self.audit(req).await {
             Ok(r) => {
                 metrics::counter!("loam_storagenode_audits_total", "result" => "answered")
@@ -360,13 +380,26 @@ impl Piecestore {
         &self.trust
     }
 
-    /// Bytes still free within the allocation (pieces in the trash count
-    /// as used until they are deleted).
+    /// Bytes the node can still take: what is left of the allocation
+    /// (pieces in the trash count as used until they are deleted), but
+    /// never more than the file system has free. A node whose disk filled
+    /// up with other files advertises what it can really store.
     pub fn free_bytes(&self) -> u64 {
+        self.allocation_left().min(self.filesystem_free())
+    }
+
+    /// What is left of the allocation.
+    pub fn allocation_left(&self) -> u64 {
         let usage = self.db.usage();
         self.allocated
             .saturating_sub(usage.used_bytes)
             .saturating_sub(usage.trash_bytes)
+    }
+
+    /// Bytes free on the file system holding the pieces (0 if it cannot
+    /// be read: a disk the node cannot query is no disk to promise).
+    pub fn filesystem_free(&self) -> u64 {
+        self.blobs.available().unwrap_or(0)
     }
 
     /// Bytes of disk the operator allocated.
