@@ -198,8 +198,19 @@ pub fn work_units(params: usize, samples: u64) -> f64 {
     3.0 * params as f64 * samples as f64 / 1e9
 }
 
+/// Work of a training task in micro-units (units × 10⁶), in exact integer
+/// arithmetic: what pays a node. `None` if it does not fit a `u64`.
+pub fn work_micro_units(params: usize, samples: u64) -> Option<u64> {
+    let micro = 3u128
+        .checked_mul(params as u128)?
+        .checked_mul(u128::from(samples))?
+        / 1000;
+    u64::try_from(micro).ok()
+}
+
 /// Federated averaging: the mean of `updates`, each weighted by its sample
-/// count. `None` when there is nothing to average or the lengths differ.
+/// count. `None` when there is nothing to average, the lengths differ or
+/// the sample counts overflow.
 pub fn federated_average<'a>(
     updates: impl IntoIterator<Item = (&'a [f32], u64)>,
 ) -> Option<Vec<f32>> {
@@ -218,7 +229,7 @@ pub fn federated_average<'a>(
         for (acc, &x) in sum.iter_mut().zip(w) {
             *acc += f64::from(x) * s;
         }
-        total += samples;
+        total = total.checked_add(samples)?;
     }
     (total > 0).then(|| sum.iter().map(|&x| (x / total as f64) as f32).collect())
 }

@@ -111,7 +111,8 @@ impl Accounting {
                 continue;
             };
             let bucket = String::from_utf8_lossy(&k[16..16 + end]).into_owned();
-            *per_bucket.entry((project, bucket)).or_default() += rec.plain_size.max(0) as u128;
+            *per_bucket.entry((project, bucket)).or_default() +=
+                u128::from(crate::metainfo::stored_size(&rec));
         }
         let stats = TallyStats {
             nodes: per_node.len(),
@@ -121,20 +122,26 @@ impl Accounting {
         for (node, bytes) in per_node {
             let mut key = node.as_bytes().to_vec();
             key.extend_from_slice(&now.to_be_bytes());
+            let byte_ms = bytes
+                .checked_mul(elapsed)
+                .ok_or(DbError::Overflow("storage tally"))?;
             ops.push(Op::Put(
                 Table::StorageRollups,
                 key,
-                (bytes * elapsed).to_be_bytes().to_vec(),
+                byte_ms.to_be_bytes().to_vec(),
             ));
         }
         for ((project, bucket), bytes) in per_bucket {
             let mut key = project.to_vec();
             key.extend_from_slice(&now.to_be_bytes());
             key.extend_from_slice(bucket.as_bytes());
+            let byte_ms = bytes
+                .checked_mul(elapsed)
+                .ok_or(DbError::Overflow("bucket tally"))?;
             ops.push(Op::Put(
                 Table::BucketStorage,
                 key,
-                (bytes * elapsed).to_be_bytes().to_vec(),
+                byte_ms.to_be_bytes().to_vec(),
             ));
         }
         self.kv.write(ops)?;
@@ -166,7 +173,7 @@ pub fn node_byte_ms(kv: &Arc<dyn Kv>, node: &NodeId, from: i64, to: i64) -> Resu
         if i64::from_be_bytes(t) >= to {
             break;
         }
-        total += u128_value(&v);
+        total = u128::checked_add(total, u128_value(&v)).ok_or(DbError::Overflow("storage"))?;
     }
     Ok(total)
 }
@@ -189,7 +196,10 @@ pub fn bucket_byte_ms(
             break;
         }
         let bucket = String::from_utf8_lossy(&k[24..]).into_owned();
-        *out.entry(bucket).or_default() += u128_value(&v);
+        let e = out.entry(bucket).or_default();
+        *e = e
+            .checked_add(u128_value(&v))
+            .ok_or(DbError::Overflow("bucket storage"))?;
     }
     Ok(out)
 }
@@ -206,11 +216,10 @@ pub fn add_work(kv: &Arc<dyn Kv>, node: &NodeId, t: i64, micro_units: u64) -> Re
         .get(Table::ComputeRollups, &key)?
         .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
         .map_or(0, u64::from_be_bytes);
-    kv.put(
-        Table::ComputeRollups,
-        key,
-        (old + micro_units).to_be_bytes().to_vec(),
-    )
+    let new = old
+        .checked_add(micro_units)
+        .ok_or(DbError::Overflow("compute rollup"))?;
+    kv.put(Table::ComputeRollups, key, new.to_be_bytes().to_vec())
 }
 
 /// Micro work units accepted from `node` in `[from, to)`.
@@ -225,7 +234,8 @@ pub fn node_work(kv: &Arc<dyn Kv>, node: &NodeId, from: i64, to: i64) -> Result<
         if i64::from_be_bytes(t) >= to {
             break;
         }
-        total += <[u8; 8]>::try_from(v.as_slice()).map_or(0, u64::from_be_bytes);
+        let units = <[u8; 8]>::try_from(v.as_slice()).map_or(0, u64::from_be_bytes);
+        total = u64::checked_add(total, units).ok_or(DbError::Overflow("compute work"))?;
     }
     Ok(total)
 }

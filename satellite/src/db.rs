@@ -113,6 +113,8 @@ pub enum DbError {
     RocksDb(#[from] rocksdb::Error),
     #[error("corrupt {0} record")]
     Corrupt(&'static str),
+    #[error("{0} would overflow; refused")]
+    Overflow(&'static str),
 }
 
 /// Key-value pairs returned by a scan.

@@ -20,6 +20,18 @@ use crate::overlay::{Overlay, OverlayError};
 /// A project's id.
 pub type ProjectId = [u8; 16];
 
+/// Longest encrypted object key the satellite stores. Keys are sealed per
+/// path component, so this allows plaintext keys of well over 16 KiB.
+pub const MAX_ENCRYPTED_KEY_LEN: usize = 64 << 10;
+
+/// Largest encrypted object metadata the satellite stores.
+pub const MAX_ENCRYPTED_METADATA_LEN: usize = 64 << 10;
+
+/// Bytes of items one listing page carries at most (encoded). Together
+/// with the key and metadata limits this keeps every listing reply well
+/// under the wire's message cap, whatever the keys look like.
+pub const LIST_PAGE_BYTES: usize = 512 << 10;
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MetainfoError {
@@ -65,6 +77,11 @@ pub enum MetainfoError {
         node: String,
         why: &'static str,
     },
+    #[error(
+        "the encrypted object key is {len} bytes, over the satellite's {max}-byte limit; use a \
+         shorter key"
+    )]
+    KeyTooLong { len: usize, max: usize },
     #[error("inline data of {size} bytes exceeds the {max}-byte limit")]
     InlineTooLarge { size: usize, max: usize },
     #[error("the object is not a dataset; upload it with `uplink dataset put`")]
@@ -92,7 +109,8 @@ impl MetainfoError {
             | Self::Invalid(_)
             | Self::TooFewPieces { .. }
             | Self::BadPiece { .. }
-            | Self::InlineTooLarge { .. } => C::InvalidArgument,
+            | Self::InlineTooLarge { .. }
+            | Self::KeyTooLong { .. } => C::InvalidArgument,
             Self::Overlay(OverlayError::TooFewNodes { .. }) => C::Unavailable,
             Self::Overlay(_) => C::InvalidArgument,
             Self::Db(_) => C::Internal,
@@ -147,6 +165,27 @@ fn segment_key(stream: &[u8], index: u32) -> Vec<u8> {
     let mut k = stream.to_vec();
     k.extend_from_slice(&index.to_be_bytes());
     k
+}
+
+/// Bytes an object occupies for storage limits and billing: what the
+/// satellite verified at commit, or the uplink's plain size for records
+/// from before that was kept.
+pub fn stored_size(rec: &pb::ObjectRecord) -> u64 {
+    if rec.stored_size > 0 || rec.version >= 2 {
+        rec.stored_size
+    } else {
+        rec.plain_size.max(0) as u64
+    }
+}
+
+/// Bytes of a committed segment's data: its piece size, which the nodes
+/// signed for, times k (the pieces any decoder needs; the redundancy is the
+/// network's cost, not the customer's).
+fn segment_bytes(meta: &pb::SegmentMeta, k: usize) -> Result<u64, MetainfoError> {
+    u64::try_from(meta.piece_size)
+        .ok()
+        .and_then(|p| p.checked_mul(k as u64))
+        .ok_or(MetainfoError::Invalid("segment size out of range"))
 }
 
 /// The redundancy an upload was begun with.
@@ -231,7 +270,7 @@ impl Metainfo {
         let mut total = 0u64;
         for (_, v) in self.kv.scan(Table::Objects, project, b"", usize::MAX)? {
             let rec: pb::ObjectRecord = decode(&v, "object")?;
-            total += rec.plain_size.max(0) as u64;
+            total = total.saturating_add(stored_size(&rec));
         }
         self.live_storage
             .lock()
@@ -247,7 +286,7 @@ impl Metainfo {
             .expect("usage lock")
             .get_mut(project)
         {
-            *v = (*v + add).saturating_sub(remove);
+            *v = v.saturating_add(add).saturating_sub(remove);
         }
     }
 
@@ -258,7 +297,7 @@ impl Metainfo {
             return Ok(());
         }
         let used = self.stored_bytes(project)?;
-        if used + adding > limit {
+        if used.saturating_add(adding) > limit {
             return Err(MetainfoError::StorageLimit { used, limit });
         }
         Ok(())
@@ -277,14 +316,12 @@ impl Metainfo {
             .get(Table::ProjectEgress, &key)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .map_or(0, u64::from_be_bytes);
-        if limit > 0 && used + bytes > limit {
+        let total = used.saturating_add(bytes);
+        if limit > 0 && total > limit {
             return Err(MetainfoError::EgressLimit { used, limit, month });
         }
-        self.kv.put(
-            Table::ProjectEgress,
-            key,
-            (used + bytes).to_be_bytes().to_vec(),
-        )?;
+        self.kv
+            .put(Table::ProjectEgress, key, total.to_be_bytes().to_vec())?;
         Ok(())
     }
 
@@ -357,7 +394,7 @@ impl Metainfo {
                     name,
                     ..Default::default()
                 });
-            b.stored_bytes += rec.plain_size.max(0) as u64;
+            b.stored_bytes = b.stored_bytes.saturating_add(stored_size(&rec));
             b.objects += 1;
             b.segments += u64::from(rec.segment_count);
         }
@@ -537,6 +574,12 @@ impl Metainfo {
         if req.encrypted_key.is_empty() {
             return Err(MetainfoError::Invalid("empty object key"));
         }
+        if req.encrypted_key.len() > MAX_ENCRYPTED_KEY_LEN {
+            return Err(MetainfoError::KeyTooLong {
+                len: req.encrypted_key.len(),
+                max: MAX_ENCRYPTED_KEY_LEN,
+            });
+        }
         let stream_id: [u8; 16] = rand::random();
         let pending = pb::PendingObject {
             version: 1,
@@ -702,8 +745,16 @@ impl Metainfo {
                 "piece size differs from the one begun",
             ));
         }
+        // The plaintext must fit in the k data pieces the nodes stored.
+        let capacity = loam_common::encryption::plain_len(meta.piece_size.max(0) as usize)
+            .and_then(|row| row.checked_mul(scheme.k()))
+            .unwrap_or(0);
+        if meta.plain_size < 0 || meta.plain_size as u64 > capacity as u64 {
+            return Err(MetainfoError::Invalid(
+                "segment plain size does not fit its pieces",
+            ));
+        }
         if !meta.row_sizes.is_empty() {
-            let scheme = pending_scheme(&self.pending(project, &req.stream_id)?)?;
             let row_cap =
                 loam_common::encryption::plain_len(meta.piece_size as usize).unwrap_or(0) as i64;
             if meta.row_sizes.len() != scheme.k()
@@ -712,6 +763,21 @@ impl Metainfo {
             {
                 return Err(MetainfoError::Invalid("row sizes do not fit the segment"));
             }
+            // A record is at least one byte: no row holds more records
+            // than bytes.
+            if meta.row_records.len() != meta.row_sizes.len()
+                || meta
+                    .row_records
+                    .iter()
+                    .zip(&meta.row_sizes)
+                    .any(|(&n, &size)| n > size as u64)
+            {
+                return Err(MetainfoError::Invalid(
+                    "row record counts do not fit the segment",
+                ));
+            }
+        } else if !meta.row_records.is_empty() {
+            return Err(MetainfoError::Invalid("record counts without dataset rows"));
         }
         let mut pieces = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -790,24 +856,51 @@ impl Metainfo {
                 max: self.config.max_inline_size as usize,
             });
         }
+        if req.encrypted_metadata.len() > MAX_ENCRYPTED_METADATA_LEN {
+            return Err(MetainfoError::Invalid("object metadata too large"));
+        }
         if !req.inline_data.is_empty() && req.segment_count != 0 {
             return Err(MetainfoError::Invalid("inline object with segments"));
         }
         if !req.inline_data.is_empty() {
             self.check_storage(project, req.inline_data.len() as u64)?;
         }
+        // The object's size must be what its parts hold, and what it is
+        // billed for is what the satellite verified them to occupy.
+        let (mut plain, mut stored) = (0u64, req.inline_data.len() as u64);
         for i in 0..req.segment_count {
-            if self
+            let seg: pb::SegmentRecord = match self
                 .kv
                 .get(Table::Segments, &segment_key(&req.stream_id, i))?
-                .is_none()
             {
-                return Err(MetainfoError::SegmentNotBegun(i));
-            }
+                Some(v) => decode(&v, "segment")?,
+                None => return Err(MetainfoError::SegmentNotBegun(i)),
+            };
+            let meta = seg.meta.unwrap_or_default();
+            let k = seg
+                .redundancy
+                .as_ref()
+                .and_then(|r| RedundancyScheme::try_from(r).ok())
+                .ok_or(DbError::Corrupt("segment redundancy"))?
+                .k();
+            stored = stored
+                .checked_add(segment_bytes(&meta, k)?)
+                .ok_or(MetainfoError::Invalid("object size out of range"))?;
+            plain = plain.saturating_add(meta.plain_size.max(0) as u64);
+        }
+        let size_ok = match req.segment_count {
+            0 => (0..=req.inline_data.len() as i64).contains(&req.plain_size),
+            _ => req.plain_size >= 0 && req.plain_size as u64 == plain,
+        };
+        if !size_ok {
+            return Err(MetainfoError::Invalid(
+                "object size differs from what its segments or inline data hold",
+            ));
         }
         let created = now_ms();
         let record = pb::ObjectRecord {
-            version: 1,
+            version: 2,
+            stored_size: stored,
             stream_id: req.stream_id.clone(),
             created_unix_ms: created,
             plain_size: req.plain_size,
@@ -828,11 +921,11 @@ impl Metainfo {
         let mut replaced = 0;
         if let Some(old) = self.kv.get(Table::Objects, &key)? {
             let old: pb::ObjectRecord = decode(&old, "object")?;
-            replaced = old.plain_size.max(0) as u64;
+            replaced = stored_size(&old);
             ops.extend(self.segment_deletes(&old)?);
         }
         self.kv.write(ops)?;
-        self.adjust_stored(project, record.plain_size.max(0) as u64, replaced);
+        self.adjust_stored(project, stored, replaced);
         metrics::counter!("loam_satellite_objects_committed_total").increment(1);
         Ok(pb::CommitObjectResponse {
             created_unix_ms: created,
@@ -911,8 +1004,13 @@ impl Metainfo {
     ) -> Result<pb::DownloadSegmentResponse, MetainfoError> {
         let (_, obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
         let seg = self.segment(&obj, req.index)?;
-        let plain = seg.meta.as_ref().map_or(0, |m| m.plain_size.max(0) as u64);
-        self.charge_egress(project, plain)?;
+        let k = seg
+            .redundancy
+            .as_ref()
+            .and_then(|r| RedundancyScheme::try_from(r).ok())
+            .map_or(1, |r| r.k());
+        let bytes = segment_bytes(&seg.meta.clone().unwrap_or_default(), k)?;
+        self.charge_egress(project, bytes)?;
         let billing = self.orders.seal_billing(project, &req.bucket);
         Ok(self.segment_limits_billed(&seg, PieceAction::Get, None, billing))
     }
@@ -1089,13 +1187,16 @@ impl Metainfo {
         let mut ops = vec![Op::Delete(Table::Objects, key)];
         ops.extend(self.segment_deletes(&obj)?);
         self.kv.write(ops)?;
-        self.adjust_stored(project, 0, obj.plain_size.max(0) as u64);
+        self.adjust_stored(project, 0, stored_size(&obj));
         metrics::counter!("loam_satellite_objects_deleted_total").increment(1);
         Ok(())
     }
 
     /// Lists objects under an encrypted prefix. Non-recursive listings
-    /// collapse everything below the next `/` into one prefix entry.
+    /// collapse everything below the next `/` into one prefix entry. A page
+    /// ends at `limit` items or [`LIST_PAGE_BYTES`] of encoded items,
+    /// whichever comes first, and carries no inline data (a listing needs
+    /// none, and 1 000 inline objects would not fit in one reply).
     pub fn list_objects(
         &self,
         project: &ProjectId,
@@ -1119,27 +1220,25 @@ impl Metainfo {
         } else if !req.cursor.is_empty() {
             start.push(0); // strictly after the cursor
         }
-        let mut items = Vec::new();
-        let mut more = false;
+        let mut page = ListPage::new(limit);
         'outer: loop {
             let batch = self.kv.scan(Table::Objects, &prefix, &start, limit + 1)?;
             let exhausted = batch.len() <= limit;
             for (k, v) in batch {
-                if items.len() >= limit {
-                    more = true;
-                    break 'outer;
-                }
                 let rel = &k[prefix.len()..];
                 if !req.recursive
                     && let Some(pos) = rel.iter().position(|b| *b == b'/')
                 {
                     let mut name = req.prefix.to_vec();
                     name.extend_from_slice(&rel[..=pos]);
-                    items.push(pb::ObjectInfo {
+                    let item = pb::ObjectInfo {
                         encrypted_key: name.clone().into(),
                         is_prefix: true,
                         ..Default::default()
-                    });
+                    };
+                    if !page.push(item) {
+                        break 'outer;
+                    }
                     // Skip everything under this prefix: '/' + 1 = '0'.
                     start = base.clone();
                     start.extend_from_slice(&name);
@@ -1149,7 +1248,11 @@ impl Metainfo {
                     continue 'outer;
                 }
                 let rec: pb::ObjectRecord = decode(&v, "object")?;
-                items.push(object_info(k[base.len()..].to_vec(), rec));
+                let mut item = object_info(k[base.len()..].to_vec(), rec);
+                item.inline_data = Default::default();
+                if !page.push(item) {
+                    break 'outer;
+                }
                 start = k.clone();
                 start.push(0);
             }
@@ -1157,7 +1260,51 @@ impl Metainfo {
                 break;
             }
         }
-        Ok(pb::ListObjectsResponse { items, more })
+        Ok(page.into_response())
+    }
+}
+
+/// One page of a listing, bounded by count and by encoded bytes.
+struct ListPage {
+    items: Vec<pb::ObjectInfo>,
+    bytes: usize,
+    limit: usize,
+    more: bool,
+}
+
+impl ListPage {
+    fn new(limit: usize) -> Self {
+        Self {
+            items: Vec::new(),
+            bytes: 0,
+            limit,
+            more: false,
+        }
+    }
+
+    /// Adds `item` if the page has room; otherwise marks the page as
+    /// having more after it and returns false. The first item always fits
+    /// (keys and metadata are bounded far below the wire cap).
+    fn push(&mut self, item: pb::ObjectInfo) -> bool {
+        let len = item.encoded_len();
+        // tag + length prefix of a repeated message field
+        let len = len + 1 + prost::encoding::encoded_len_varint(len as u64);
+        if self.items.len() >= self.limit
+            || (!self.items.is_empty() && self.bytes + len > LIST_PAGE_BYTES)
+        {
+            self.more = true;
+            return false;
+        }
+        self.bytes += len;
+        self.items.push(item);
+        true
+    }
+
+    fn into_response(self) -> pb::ListObjectsResponse {
+        pb::ListObjectsResponse {
+            items: self.items,
+            more: self.more,
+        }
     }
 }
 
@@ -1247,6 +1394,314 @@ mod tests {
             },
         );
         assert!(matches!(commit, Err(MetainfoError::UploadNotFound)));
+    }
+
+    /// Commits an inline object of `data` under `key` in `bucket`.
+    fn put_inline(m: &Metainfo, project: &ProjectId, bucket: &str, key: Vec<u8>, data: &[u8]) {
+        let begun = m
+            .begin_object(
+                project,
+                &pb::BeginObjectRequest {
+                    bucket: bucket.into(),
+                    encrypted_key: key.into(),
+                },
+            )
+            .expect("begin");
+        m.commit_object(
+            project,
+            &pb::CommitObjectRequest {
+                stream_id: begun.stream_id,
+                inline_data: data.to_vec().into(),
+                plain_size: data.len() as i64 / 2,
+                ..Default::default()
+            },
+        )
+        .expect("commit");
+    }
+
+    /// Lists a whole bucket page by page, checking that every reply fits
+    /// the wire's message cap.
+    fn list_all(m: &Metainfo, project: &ProjectId, bucket: &str) -> Vec<Vec<u8>> {
+        let mut cursor = bytes::Bytes::new();
+        let mut out = Vec::new();
+        loop {
+            let page = m
+                .list_objects(
+                    project,
+                    &pb::ListObjectsRequest {
+                        bucket: bucket.into(),
+                        cursor: cursor.clone(),
+                        recursive: true,
+                        limit: 1000,
+                        ..Default::default()
+                    },
+                )
+                .expect("list");
+            let len = pb::SatelliteResponse {
+                response: Some(pb::satellite_response::Response::ListObjects(page.clone())),
+            }
+            .encoded_len();
+            assert!(
+                len < loam_common::wire::MAX_MESSAGE_LEN,
+                "a listing reply of {len} bytes exceeds the cap"
+            );
+            assert!(page.items.iter().all(|i| i.inline_data.is_empty()));
+            out.extend(page.items.iter().map(|i| i.encrypted_key.to_vec()));
+            match (page.more, page.items.last()) {
+                (true, Some(last)) => cursor = last.encrypted_key.clone(),
+                _ => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn listings_page_by_bytes_and_carry_no_inline_data() {
+        let m = metainfo();
+        let (key, _, _) = m.create_api_key("p").expect("key");
+        let project = m.authenticate(&key).expect("auth");
+        for b in ["small", "long"] {
+            m.create_bucket(
+                &project,
+                &pb::CreateBucketRequest {
+                    name: b.into(),
+                    key_check: Default::default(),
+                },
+            )
+            .expect("bucket");
+        }
+        // 5 000 inline objects of 4 KB: 1 000 of them were 4 MB of reply.
+        let data = vec![7u8; 4096];
+        for i in 0..5000 {
+            put_inline(
+                &m,
+                &project,
+                "small",
+                format!("k{i:05}").into_bytes(),
+                &data,
+            );
+        }
+        let listed = list_all(&m, &project, "small");
+        assert_eq!(listed.len(), 5000);
+        assert!(listed.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
+        // 500 objects whose encrypted keys are 14 KB each.
+        for i in 0..500 {
+            let mut key = format!("{i:03}").into_bytes();
+            key.resize(14 << 10, b'x');
+            put_inline(&m, &project, "long", key, b"tiny");
+        }
+        assert_eq!(list_all(&m, &project, "long").len(), 500);
+    }
+
+    #[test]
+    fn overlong_keys_and_metadata_are_refused() {
+        let m = metainfo();
+        let (key, _, _) = m.create_api_key("p").expect("key");
+        let project = m.authenticate(&key).expect("auth");
+        m.create_bucket(
+            &project,
+            &pb::CreateBucketRequest {
+                name: "bkt".into(),
+                key_check: Default::default(),
+            },
+        )
+        .expect("bucket");
+        let long = m.begin_object(
+            &project,
+            &pb::BeginObjectRequest {
+                bucket: "bkt".into(),
+                encrypted_key: vec![b'a'; MAX_ENCRYPTED_KEY_LEN + 1].into(),
+            },
+        );
+        assert!(matches!(long, Err(MetainfoError::KeyTooLong { .. })));
+        let begun = m
+            .begin_object(
+                &project,
+                &pb::BeginObjectRequest {
+                    bucket: "bkt".into(),
+                    encrypted_key: b"k".to_vec().into(),
+                },
+            )
+            .expect("begin");
+        let commit = m.commit_object(
+            &project,
+            &pb::CommitObjectRequest {
+                stream_id: begun.stream_id,
+                encrypted_metadata: vec![0; MAX_ENCRYPTED_METADATA_LEN + 1].into(),
+                inline_data: vec![1; 64].into(),
+                ..Default::default()
+            },
+        );
+        assert!(matches!(commit, Err(MetainfoError::Invalid(_))));
+    }
+
+    /// Nodes checked in to `m`'s overlay, each with its key.
+    fn fake_nodes(m: &Metainfo, n: usize) -> Vec<KeyPair> {
+        (0..n)
+            .map(|i| {
+                let key = KeyPair::generate();
+                m.overlay
+                    .check_in(
+                        key.public().node_id(),
+                        &pb::CheckInRequest {
+                            address: format!("127.0.0.1:{}", 1000 + i),
+                            free_disk: 1 << 40,
+                            public_key: key.public().as_bytes().to_vec().into(),
+                            ..Default::default()
+                        },
+                        now_ms(),
+                    )
+                    .expect("check in");
+                key
+            })
+            .collect()
+    }
+
+    /// Begins and commits segment `index` with pieces of `piece_size`
+    /// signed by `nodes`, claiming `plain_size` bytes of plaintext.
+    fn commit_segment(
+        m: &Metainfo,
+        project: &ProjectId,
+        nodes: &[KeyPair],
+        stream_id: &bytes::Bytes,
+        index: u32,
+        piece_size: i64,
+        plain_size: i64,
+    ) -> Result<(), MetainfoError> {
+        let begun = m.begin_segment(
+            project,
+            &pb::BeginSegmentRequest {
+                stream_id: stream_id.clone(),
+                index,
+                piece_size,
+            },
+        )?;
+        let root = PieceId::try_from(begun.root_piece_id.as_ref()).expect("root");
+        let pieces = begun
+            .limits
+            .iter()
+            .map(|l| {
+                let id = NodeId::try_from(l.node_id.as_ref()).expect("node id");
+                let key = nodes
+                    .iter()
+                    .find(|k| k.public().node_id() == id)
+                    .expect("one of ours");
+                pb::PieceResult {
+                    piece_num: l.piece_num,
+                    node_id: l.node_id.clone(),
+                    hash: Some(
+                        PieceHash {
+                            piece_id: PieceId::derive(&root, &id, l.piece_num),
+                            hash: [1; 32],
+                            size: piece_size as u64,
+                            timestamp_ms: now_ms(),
+                        }
+                        .sign(key),
+                    ),
+                }
+            })
+            .collect();
+        m.commit_segment(
+            project,
+            &pb::CommitSegmentRequest {
+                stream_id: stream_id.clone(),
+                index,
+                pieces,
+                meta: Some(pb::SegmentMeta {
+                    plain_size,
+                    piece_size,
+                    ..Default::default()
+                }),
+                root_piece_id: begun.root_piece_id,
+            },
+        )
+    }
+
+    #[test]
+    fn sizes_that_bill_and_limit_are_the_ones_the_satellite_verified() {
+        let m = metainfo();
+        let nodes = fake_nodes(&m, 5);
+        let (key, _, _) = m.create_api_key("p").expect("key");
+        let project = m.authenticate(&key).expect("auth");
+        m.create_bucket(
+            &project,
+            &pb::CreateBucketRequest {
+                name: "bkt".into(),
+                key_check: Default::default(),
+            },
+        )
+        .expect("bucket");
+        let begin = |k: &[u8]| {
+            m.begin_object(
+                &project,
+                &pb::BeginObjectRequest {
+                    bucket: "bkt".into(),
+                    encrypted_key: k.to_vec().into(),
+                },
+            )
+            .expect("begin")
+            .stream_id
+        };
+        let piece = 100_000i64;
+        let row = loam_common::encryption::plain_len(piece as usize).expect("row") as i64;
+
+        // A segment cannot claim more plaintext than its pieces hold.
+        let stream = begin(b"big");
+        let e = commit_segment(&m, &project, &nodes, &stream, 0, piece, 2 * row + 1);
+        assert!(matches!(e, Err(MetainfoError::Invalid(_))), "{e:?}");
+
+        // An object cannot claim to be smaller than its segments: plain
+        // size 0 meant free, unlimited storage.
+        commit_segment(&m, &project, &nodes, &stream, 0, piece, 2 * row).expect("segment");
+        let e = m.commit_object(
+            &project,
+            &pb::CommitObjectRequest {
+                stream_id: stream.clone(),
+                plain_size: 0,
+                segment_count: 1,
+                ..Default::default()
+            },
+        );
+        assert!(matches!(e, Err(MetainfoError::Invalid(_))), "{e:?}");
+        // Nor inline data smaller than it claims.
+        let inline = begin(b"inline");
+        let e = m.commit_object(
+            &project,
+            &pb::CommitObjectRequest {
+                stream_id: inline,
+                plain_size: 1000,
+                inline_data: vec![0; 100].into(),
+                ..Default::default()
+            },
+        );
+        assert!(matches!(e, Err(MetainfoError::Invalid(_))), "{e:?}");
+
+        // Honest: billed for the piece size the nodes signed, times k.
+        m.commit_object(
+            &project,
+            &pb::CommitObjectRequest {
+                stream_id: stream,
+                plain_size: 2 * row,
+                segment_count: 1,
+                ..Default::default()
+            },
+        )
+        .expect("commit");
+        let (_, rec) = m.object(&project, "bkt", b"big").expect("object");
+        assert_eq!(rec.stored_size, 2 * piece as u64);
+        assert_eq!(m.stored_bytes(&project).expect("stored"), 2 * piece as u64);
+        let usage = m.project_usage(&project).expect("usage");
+        assert_eq!(usage.stored_bytes, 2 * piece as u64);
+
+        // The storage limit counts those bytes: a second segment of the
+        // same size no longer fits a limit of three pieces' worth.
+        m.set_project_limits("p", Some(3 * piece as u64), None)
+            .expect("limits");
+        let next = begin(b"next");
+        let e = commit_segment(&m, &project, &nodes, &next, 0, piece, 1);
+        assert!(
+            matches!(e, Err(MetainfoError::StorageLimit { .. })),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use loam_common::compute::TrainParams;
 use loam_common::pb;
 use loam_compute::ModelFile;
+use loam_storagenode::adversary::Lies;
 use loam_testnet::planet::{Planet, PlanetConfig};
 use loam_uplink::dataset::{DatasetOptions, JobRequest};
 use loam_uplink::{Project, UplinkError};
@@ -154,7 +155,6 @@ async fn a_holder_lost_mid_job_is_rebuilt_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_weights_are_caught_and_not_paid() {
-    let mut config = PlanetConfig::new(6);
     // Node 0 nudges every weight: small enough to pass the norm check,
     // large enough to differ from an honest re-execution.
     let hook: loam_storagenode::compute::WeightsHook = Arc::new(|w: &mut [f32]| {
@@ -162,7 +162,13 @@ async fn wrong_weights_are_caught_and_not_paid() {
             *x += 1e-3;
         }
     });
-    config.weights_hooks.push((0, hook));
+    let config = PlanetConfig::new(6).liar(
+        0,
+        Lies {
+            weights: Some(hook),
+            ..Lies::default()
+        },
+    );
     let (planet, project, test) = setup(config).await;
     let info = project
         .submit_job("digits", "train", &job(4, 1.0))
@@ -262,5 +268,84 @@ async fn malformed_jobs_fail_at_submission() {
     // No node offers compute: nobody can run it.
     let e = err(project.submit_job("digits", "train", &job(2, 0.0)).await);
     assert!(e.contains("no node online offers compute"), "{e}");
+    planet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_after_cancelling_a_running_one_finishes() {
+    let (planet, project, test) = setup(PlanetConfig::new(6)).await;
+    let long = project
+        .submit_job("digits", "train", &job(500, 0.0))
+        .await
+        .expect("submit");
+    // Cancel while the second round's tasks are in flight.
+    planet
+        .compute
+        .wait_job(&long.job_id, |j| j.round >= 1)
+        .await;
+    project.cancel_job(&long.job_id).await.expect("cancel");
+    let cancelled = wait_done(&planet, &long.job_id).await;
+    assert_eq!(cancelled.state, pb::JobState::JobCancelled as i32);
+    assert!(cancelled.round < 500);
+    assert!(
+        planet.compute.busy_slots().is_empty(),
+        "the cancelled job still holds slots: {:?}",
+        planet.compute.busy_slots()
+    );
+    let next = project
+        .submit_job("digits", "train", &job(3, 0.0))
+        .await
+        .expect("submit after cancel");
+    let done = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        wait_done(&planet, &next.job_id),
+    )
+    .await
+    .expect("the job after a cancel must not stall");
+    assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
+    assert_eq!(done.round, 3);
+    assert!(done.waiting.is_empty());
+    assert!(accuracy(&project, &done, &test).await > 0.5);
+    planet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inflated_sample_counts_are_caught_and_not_paid() {
+    // Node 0 trains honestly but claims a huge sample count: before, that
+    // set its pay and the weight of its update (and overflowed the sums).
+    let config = PlanetConfig::new(6).liar(
+        0,
+        Lies {
+            samples: Some(u64::MAX / 2),
+            ..Lies::default()
+        },
+    );
+    let (planet, project, test) = setup(config).await;
+    let info = project
+        .submit_job("digits", "train", &job(3, 0.0))
+        .await
+        .expect("submit");
+    let done = wait_done(&planet, &info.job_id).await;
+    assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
+    // Every accepted task was weighed by the records the satellite knows:
+    // 1 437 records, two local epochs, three rounds.
+    let epochs = TrainParams::default().local_epochs as u64;
+    assert_eq!(done.samples, 3 * 1437 * epochs);
+    let stats = planet.compute.node_stats().expect("stats");
+    let liar = stats.get(&planet.nodes[0].id).cloned().unwrap_or_default();
+    assert!(
+        liar.tasks_accepted == 0 && liar.work_units == 0.0,
+        "{liar:?}"
+    );
+    assert!(liar.verification_failures > 0, "the lie counts against it");
+    let rep = planet.reputation.get(&planet.nodes[0].id).expect("rep");
+    assert!(rep.audits_failed > 0, "{rep:?}");
+    let paid: f64 = stats.values().map(|s| s.work_units).sum();
+    assert!((paid - done.work_units).abs() < 1e-6);
+    for n in &planet.nodes[1..] {
+        let s = stats.get(&n.id).cloned().unwrap_or_default();
+        assert_eq!(s.verification_failures, 0, "honest node blamed");
+    }
+    assert!(accuracy(&project, &done, &test).await > 0.8);
     planet.shutdown().await;
 }

@@ -248,6 +248,7 @@ pub async fn train(project: &Project, a: TrainArgs) -> anyhow::Result<()> {
 /// Follows a job round by round; stores the model when it is done.
 async fn wait(project: &Project, id: &[u8]) -> anyhow::Result<()> {
     let mut shown = 0usize;
+    let mut waiting = String::new();
     let info = loop {
         let info = project.job(id).await?;
         for r in info.history.iter().skip(shown) {
@@ -266,6 +267,12 @@ async fn wait(project: &Project, id: &[u8]) -> anyhow::Result<()> {
         shown = info.history.len();
         if info.state != pb::JobState::JobRunning as i32 {
             break info;
+        }
+        if info.waiting != waiting {
+            if !info.waiting.is_empty() {
+                eprintln!("waiting: {}", info.waiting);
+            }
+            waiting = info.waiting.clone();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -298,6 +305,7 @@ fn job_json(j: &pb::JobInfo) -> serde_json::Value {
         "accuracy": j.history.last().map(|r| r.accuracy),
         "tasks_total": j.tasks_total,
         "tasks_running": j.tasks_running,
+        "waiting": j.waiting,
         "tasks_done": j.tasks_done,
         "tasks_failed": j.tasks_failed,
         "tasks_verified": j.tasks_verified,
@@ -383,6 +391,9 @@ pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
                 "tasks               {} per round: {} running, {} done, {} failed",
                 j.tasks_total, j.tasks_running, j.tasks_done, j.tasks_failed
             );
+            if !j.waiting.is_empty() {
+                println!("waiting             {}", j.waiting);
+            }
             println!(
                 "verification        {} tasks re-executed, {} failures",
                 j.tasks_verified, j.verification_failures

@@ -143,7 +143,10 @@ impl Project {
                 &begin.stream_id,
                 index as u32,
                 Plaintext::Memory(plain),
-                Some(seg.rows.clone()),
+                Some(crate::transfer::RowLayout {
+                    sizes: seg.rows.clone(),
+                    records: seg.records.clone(),
+                }),
                 &obj_key,
                 progress.clone(),
             )

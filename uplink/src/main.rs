@@ -110,6 +110,7 @@ enum AccessCommand {
 }
 
 /// A parsed `loam://bucket/key` URL.
+#[derive(Debug)]
 pub(crate) struct LoamUrl {
     pub(crate) bucket: String,
     pub(crate) key: String,
@@ -127,6 +128,69 @@ pub(crate) fn parse_loam(url: &str) -> anyhow::Result<LoamUrl> {
         bucket: bucket.to_string(),
         key: key.to_string(),
     })
+}
+
+/// A URL that names a bucket only (`loam://bucket` or `loam://bucket/`).
+fn parse_bucket_url(url: &str) -> anyhow::Result<LoamUrl> {
+    let u = parse_loam(url)?;
+    if !u.key.is_empty() {
+        bail!(
+            "{url:?} names an object key ({:?}) in bucket {:?}; bucket commands take \
+             loam://{}",
+            u.key,
+            u.bucket,
+            u.bucket
+        );
+    }
+    Ok(u)
+}
+
+/// Where a download of object `key` to `destination` goes: into the
+/// directory under the key's last component, or the path itself. Keys
+/// whose last component is no usable file name (`.`, `..`, empty) are
+/// refused rather than written beside the directory.
+pub(crate) fn download_path(destination: &Path, key: &str) -> anyhow::Result<PathBuf> {
+    if !destination.is_dir() {
+        return Ok(destination.to_path_buf());
+    }
+    let base = key.rsplit('/').next().unwrap_or(key);
+    if matches!(base, "" | "." | "..") || base.contains('\0') {
+        bail!(
+            "object key {} has no usable file name; give the file to write as the destination \
+             (e.g. {}/NAME)",
+            escape_key(key),
+            destination.display()
+        );
+    }
+    Ok(destination.join(base))
+}
+
+/// The temporary file a download is written to before it is renamed into
+/// place: beside the target, with a suffix added (not the extension
+/// replaced, so `a.txt` and `a.csv` never share one).
+pub(crate) fn partial_path(target: &Path) -> anyhow::Result<PathBuf> {
+    let name = target
+        .file_name()
+        .with_context(|| format!("{} names no file", target.display()))?;
+    let mut partial = name.to_os_string();
+    partial.push(".loam-partial");
+    Ok(target.with_file_name(partial))
+}
+
+/// An object key as it is safe to print on a terminal: control characters
+/// and bidirectional overrides (which could make a key look like another)
+/// are written as `\u{XXXX}`.
+pub(crate) fn escape_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for c in key.chars() {
+        let bidi = matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.push_str(&format!("\\u{{{:04x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn load_access(cli: &Cli) -> anyhow::Result<Access> {
@@ -253,12 +317,12 @@ async fn project_salt(project: &Project) -> anyhow::Result<Vec<u8>> {
 async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Mb { url } => {
-            let u = parse_loam(&url)?;
+            let u = parse_bucket_url(&url)?;
             project.create_bucket(&u.bucket).await?;
             println!("Bucket {} created", u.bucket);
         }
         Command::Rb { url } => {
-            let u = parse_loam(&url)?;
+            let u = parse_bucket_url(&url)?;
             project.delete_bucket(&u.bucket).await?;
             println!("Bucket {} removed", u.bucket);
         }
@@ -366,7 +430,7 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
                 bail!("{url:?} names no object");
             }
             project.delete(&u.bucket, &u.key).await?;
-            println!("removed {url}");
+            println!("removed {}", escape_key(&url));
         }
         Command::Access { command } => match command {
             AccessCommand::Inspect => {
@@ -397,14 +461,14 @@ fn print_items(items: &[Item], output: Output) -> anyhow::Result<()> {
     println!("{:<4} {:<20} {:>14} KEY", "KIND", "CREATED", "SIZE");
     for i in items {
         if i.is_prefix {
-            println!("{:<4} {:<20} {:>14} {}", "PRE", "", "", i.key);
+            println!("{:<4} {:<20} {:>14} {}", "PRE", "", "", escape_key(&i.key));
         } else {
             println!(
                 "{:<4} {:<20} {:>14} {}",
                 "OBJ",
                 format_time(i.created_ms),
                 i.size,
-                i.key
+                escape_key(&i.key)
             );
         }
     }
@@ -460,7 +524,7 @@ async fn copy(
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
-            eprintln!("uploaded loam://{}/{}", dst.bucket, dst.key);
+            eprintln!("uploaded loam://{}/{}", dst.bucket, escape_key(&dst.key));
             item.size
         }
         (true, false) => {
@@ -480,12 +544,8 @@ async fn copy(
                     .download(&src.bucket, &src.key, &mut out, progress)
                     .await?
             } else {
-                let mut path = PathBuf::from(destination);
-                if path.is_dir() {
-                    let base = src.key.rsplit('/').next().unwrap_or(&src.key);
-                    path.push(base);
-                }
-                let tmp = path.with_extension("loam-partial");
+                let path = download_path(Path::new(destination), &src.key)?;
+                let tmp = partial_path(&path)?;
                 let file = std::fs::File::create(&tmp)
                     .with_context(|| format!("cannot create {}", tmp.display()))?;
                 let result = project
@@ -508,7 +568,7 @@ async fn copy(
                 b.finish_and_clear();
             }
             if destination != "-" {
-                eprintln!("downloaded {source}");
+                eprintln!("downloaded {}", escape_key(source));
             }
             n
         }
@@ -566,4 +626,53 @@ async fn main() {
 /// Bytes in SI units: `1.50 GB`.
 fn human(n: u64) -> String {
     loam_common::size::format_bytes(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downloads_stay_inside_the_target_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        assert_eq!(
+            download_path(d, "a/b/c.txt").expect("path"),
+            d.join("c.txt")
+        );
+        for key in [".", "a/..", "a/", "..", "x\0y"] {
+            let e = download_path(d, key).expect_err(key).to_string();
+            assert!(e.contains("no usable file name"), "{e}");
+        }
+        // A file destination is used as it is.
+        let file = d.join("out.bin");
+        assert_eq!(download_path(&file, ".").expect("path"), file);
+        // The partial file sits beside the target, suffix added.
+        assert_eq!(
+            partial_path(&d.join("a.txt")).expect("partial"),
+            d.join("a.txt.loam-partial")
+        );
+    }
+
+    #[test]
+    fn keys_are_printed_without_control_or_bidi_characters() {
+        assert_eq!(escape_key("photos/cat.jpg"), "photos/cat.jpg");
+        assert_eq!(escape_key("a\nb"), "a\\u{000a}b");
+        assert_eq!(escape_key("\u{1b}[31mred"), "\\u{001b}[31mred");
+        assert_eq!(
+            escape_key("invoice\u{202e}fdp.exe"),
+            "invoice\\u{202e}fdp.exe"
+        );
+        assert_eq!(escape_key("日本/ß"), "日本/ß");
+    }
+
+    #[test]
+    fn bucket_commands_refuse_object_keys() {
+        assert_eq!(parse_bucket_url("loam://ab").expect("ok").bucket, "ab");
+        assert_eq!(parse_bucket_url("loam://ab/").expect("ok").bucket, "ab");
+        let e = parse_bucket_url("loam://ab/c")
+            .expect_err("key")
+            .to_string();
+        assert!(e.contains("object key") && e.contains("loam://ab"), "{e}");
+    }
 }

@@ -124,6 +124,15 @@ fn scheme_of(r: Option<&pb::RedundancyScheme>) -> Result<RedundancyScheme, Uplin
         .ok_or(UplinkError::Unexpected)
 }
 
+/// How a dataset segment's plaintext lies in its data rows: the bytes and
+/// the records of each row. The satellite keeps the record counts, which
+/// decide what a training task on the row is worth.
+#[derive(Debug, Clone)]
+pub(crate) struct RowLayout {
+    pub sizes: Vec<usize>,
+    pub records: Vec<usize>,
+}
+
 impl Project {
     /// Uploads everything `reader` yields as `bucket/key`.
     pub async fn upload<R>(
@@ -316,7 +325,7 @@ impl Project {
         stream_id: &bytes::Bytes,
         index: u32,
         plain: Plaintext,
-        rows: Option<Vec<usize>>,
+        rows: Option<RowLayout>,
         obj_key: &Key,
         progress: Option<Progress>,
     ) -> Result<(), UplinkError> {
@@ -326,9 +335,23 @@ impl Project {
         let k = coder.scheme().k();
         let dataset = rows.is_some();
         let t0 = Instant::now();
-        let row_sizes: Vec<i64> = rows.iter().flatten().map(|&r| r as i64).collect();
-        let mut encoder = segment::StripeEncoder::new(coder, index, plain.len(), rows.as_deref())
-            .map_err(|e| UplinkError::Corrupt(e.to_string()))?;
+        let row_sizes: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| &r.sizes)
+            .map(|&r| r as i64)
+            .collect();
+        let row_records: Vec<u64> = rows
+            .iter()
+            .flat_map(|r| &r.records)
+            .map(|&r| r as u64)
+            .collect();
+        let mut encoder = segment::StripeEncoder::new(
+            coder,
+            index,
+            plain.len(),
+            rows.as_ref().map(|r| &r.sizes[..]),
+        )
+        .map_err(|e| UplinkError::Corrupt(e.to_string()))?;
         let piece_size = encoder.piece_size();
         let begin = match self
             .call(Req::BeginSegment(pb::BeginSegmentRequest {
@@ -518,6 +541,7 @@ impl Project {
             plain_size: plain_len as i64,
             piece_size: piece_size as i64,
             row_sizes,
+            row_records,
         };
         self.call(Req::CommitSegment(pb::CommitSegmentRequest {
             stream_id: stream_id.clone(),

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use loam_common::compute::{
-    self as cc, ModelSpec, TrainParams, federated_average, norm_screen, work_units,
+    self as cc, ModelSpec, TrainParams, federated_average, norm_screen, work_micro_units,
 };
 use loam_common::orders::{PieceAction, PieceId, now_ms};
 use loam_common::transport::Endpoint as QuicEndpoint;
@@ -324,6 +324,13 @@ impl Compute {
         let mut want = HashSet::new();
         for s in 0..obj.segment_count {
             let meta = self.metainfo.segment(&obj, s)?.meta.unwrap_or_default();
+            if meta.row_records.len() != meta.row_sizes.len() {
+                return Err(ComputeError::BadJob(
+                    "the dataset has no record counts (uploaded by an older uplink); upload it \
+                     again"
+                        .into(),
+                ));
+            }
             for (row, &size) in meta.row_sizes.iter().enumerate() {
                 if size > 0 {
                     want.insert((s, row as u32));
@@ -679,7 +686,10 @@ impl Compute {
         }
         let new = federated_average(kept.iter().map(|(_, _, o)| (&o.weights[..], o.samples)))
             .ok_or("updates have different sizes")?;
-        let samples: u64 = kept.iter().map(|k| k.2.samples).sum();
+        let samples = kept
+            .iter()
+            .try_fold(0u64, |acc, k| acc.checked_add(k.2.samples))
+            .ok_or("sample counts overflow")?;
         let mean = |f: fn(&Output) -> f32| {
             (kept
                 .iter()
@@ -689,15 +699,11 @@ impl Compute {
         };
         let mut units = 0.0;
         for (node, s) in &outcome.credited {
-            let u = work_units(spec.params(), *s);
+            let micro = work_micro_units(spec.params(), *s).ok_or("work units overflow")?;
+            let u = micro as f64 / 1e6;
             units += u;
-            crate::accounting::add_work(
-                &self.kv,
-                node,
-                loam_common::orders::now_ms(),
-                (u * 1e6).round() as u64,
-            )
-            .map_err(db)?;
+            crate::accounting::add_work(&self.kv, node, loam_common::orders::now_ms(), micro)
+                .map_err(db)?;
             self.account(*node, |st| {
                 st.work_units += u;
                 st.tasks_accepted += 1;
@@ -733,7 +739,7 @@ impl Compute {
         info.tasks_done += kept.len() as u64;
         info.tasks_failed += (outcome.failed_runs.len() + outcome.failed_tasks) as u64;
         info.work_units += units;
-        info.samples += samples;
+        info.samples = info.samples.saturating_add(samples);
         info.dataset_bytes_fetched += outcome.bytes_fetched_train;
         info.verify_bytes_fetched += outcome.bytes_fetched_verify;
         info.weight_bytes += sent_bytes;
@@ -777,6 +783,20 @@ impl Compute {
         view
     }
 
+    /// A node claimed something about its task that the satellite knows to
+    /// be false: a failed verification, with what that costs.
+    fn record_misreport(&self, node: NodeId) {
+        metrics::counter!("loam_satellite_compute_verification_failures_total").increment(1);
+        if let Err(e) = self.account(node, |st| st.verification_failures += 1) {
+            tracing::error!(error = %e, "cannot account a verification failure");
+        }
+        if let Some(r) = self.reputation.get()
+            && let Err(e) = r.record(&node, crate::audit::Outcome::Failure)
+        {
+            tracing::error!(error = %e, "cannot record a verification failure");
+        }
+    }
+
     fn mark_failed(&self, node: NodeId) {
         let seen = self.overlay.get(&node).map_or(0, |n| n.last_seen_ms);
         self.failed.lock().expect("failed lock").insert(node, seen);
@@ -796,11 +816,19 @@ impl Compute {
         cancel: &CancellationToken,
     ) -> Result<(scheduler::RoundOutcome, u64, i64), String> {
         let mut plans = Vec::new();
+        // What each task is worth, from the records the dataset's segments
+        // hold: a node's own count is only checked against it.
+        let mut expected: HashMap<scheduler::TaskId, u64> = HashMap::new();
         for t in &ctx.record.tasks {
             let seg = self
                 .metainfo
                 .segment(ctx.obj, t.segment)
                 .map_err(|e| e.to_string())?;
+            expected.insert(
+                (t.segment, t.row),
+                task_samples(&seg, t.row, ctx.params.local_epochs)
+                    .map_err(|e| format!("segment {}: {e}", t.segment))?,
+            );
             plans.push(TaskPlan {
                 id: (t.segment, t.row),
                 holder: holder_of(&seg, t.row),
@@ -826,15 +854,22 @@ impl Compute {
         // Training time per node this round: the busiest node's total is
         // the round's critical path; the rest of the round is coordination.
         let mut node_train: HashMap<NodeId, i64> = HashMap::new();
+        // Declared before the runs so that it is dropped after them: every
+        // way out of this function (the end of the round, a cancel, an
+        // error) gives the slots this round took back.
+        let mut slots = Slots {
+            compute: self,
+            held: HashMap::new(),
+        };
         let mut inflight = FuturesUnordered::new();
-        let mut mine: HashMap<NodeId, usize> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             let now = now_ms();
             let mut view = self.node_view(now);
+            let free_before: usize = view.free_slots.values().sum();
+            let online = view.online.len();
             for a in round.assign(&mut view) {
-                self.set_busy(a.node, 1);
-                *mine.entry(a.node).or_insert(0usize) += 1;
+                slots.take(a.node);
                 sent += 2 * weight_bytes.len() as u64;
                 let wb = &weight_bytes;
                 inflight.push(async move {
@@ -847,16 +882,37 @@ impl Compute {
                     (a, r)
                 });
             }
-            self.publish_progress(ctx, &round);
             if round.is_complete() {
+                let _ = self.publish_progress(ctx, &round, String::new());
                 break;
+            }
+            let waiting = if round.running() == 0 {
+                format!(
+                    "{} of {} tasks wait for a node: none that holds or may rebuild their data \
+                     has a free compute slot ({} compute nodes online, {} free slots)",
+                    round.open(),
+                    ctx.record.tasks.len(),
+                    online,
+                    free_before
+                )
+            } else {
+                String::new()
+            };
+            if self.publish_progress(ctx, &round, waiting.clone()) && !waiting.is_empty() {
+                tracing::info!(job = hex::encode(ctx.job_id), "{waiting}");
             }
             tokio::select! {
                 Some((a, r)) = inflight.next() => {
-                    self.set_busy(a.node, -1);
-                    if let Some(m) = mine.get_mut(&a.node) {
-                        *m -= 1;
-                    }
+                    slots.release(a.node);
+                    let want = expected.get(&a.task).copied().unwrap_or(0);
+                    let r = match r {
+                        Ok(o) if o.samples != want => {
+                            tracing::warn!(node = %a.node.short(), task = ?a.task, reported = o.samples, expected = want, "node misreported the samples of a task");
+                            self.record_misreport(a.node);
+                            Err(format!("reported {} samples, the task has {want}", o.samples))
+                        }
+                        r => r,
+                    };
                     if let Err(e) = &r {
                         tracing::info!(node = %a.node.short(), task = ?a.task, purpose = ?a.purpose, error = %e, "task failed");
                         self.mark_failed(a.node);
@@ -891,17 +947,38 @@ impl Compute {
         // Runs the round no longer waits for (their node was declared
         // gone) are dropped, which resets their streams; free their slots.
         drop(inflight);
-        for (node, n) in mine {
-            self.set_busy(node, -(n as isize));
-        }
+        drop(slots);
         let busiest = node_train.values().copied().max().unwrap_or(0);
         Ok((round.finish(), sent, busiest))
     }
 
-    fn publish_progress(&self, ctx: &RoundCtx<'_>, round: &Round) {
-        if let Some(l) = self.live.lock().expect("jobs lock").get_mut(&ctx.job_id) {
-            l.info.tasks_running = round.running() as u32;
+    /// Publishes the running count and why the job waits; returns whether
+    /// the reason changed.
+    fn publish_progress(&self, ctx: &RoundCtx<'_>, round: &Round, waiting: String) -> bool {
+        let changed = match self.live.lock().expect("jobs lock").get_mut(&ctx.job_id) {
+            Some(l) => {
+                let changed = l.info.waiting != waiting;
+                l.info.tasks_running = round.running() as u32;
+                l.info.waiting = waiting;
+                changed
+            }
+            None => false,
+        };
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
         }
+        changed
+    }
+
+    /// Busy compute slots of every node, over all jobs.
+    pub fn busy_slots(&self) -> HashMap<NodeId, usize> {
+        self.busy
+            .lock()
+            .expect("busy lock")
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(id, n)| (*id, *n))
+            .collect()
     }
 
     /// Sends one task to its node and reads the trained weights back.
@@ -977,6 +1054,36 @@ impl Compute {
     }
 }
 
+/// The compute slots one round holds; given back when it is dropped.
+struct Slots<'a> {
+    compute: &'a Compute,
+    held: HashMap<NodeId, usize>,
+}
+
+impl Slots<'_> {
+    fn take(&mut self, node: NodeId) {
+        self.compute.set_busy(node, 1);
+        *self.held.entry(node).or_insert(0) += 1;
+    }
+
+    fn release(&mut self, node: NodeId) {
+        if let Some(n) = self.held.get_mut(&node)
+            && *n > 0
+        {
+            *n -= 1;
+            self.compute.set_busy(node, -1);
+        }
+    }
+}
+
+impl Drop for Slots<'_> {
+    fn drop(&mut self) {
+        for (node, n) in self.held.drain() {
+            self.compute.set_busy(node, -(n as isize));
+        }
+    }
+}
+
 fn current_or_default(rec: Option<pb::JobRecord>) -> pb::JobInfo {
     rec.and_then(|r| r.info).unwrap_or_default()
 }
@@ -990,6 +1097,19 @@ struct RoundCtx<'a> {
     weights: &'a [f32],
     obj: &'a pb::ObjectRecord,
     record: &'a pb::JobRecord,
+}
+
+/// Samples a task on data row `row` of `seg` trains on: the row's records
+/// (as committed with the segment) times the local epochs.
+fn task_samples(seg: &pb::SegmentRecord, row: u32, epochs: usize) -> Result<u64, String> {
+    let meta = seg.meta.as_ref().ok_or("no segment metadata")?;
+    let records =
+        meta.row_records.get(row as usize).copied().ok_or(
+            "the dataset has no record counts (uploaded by an older uplink); upload it again",
+        )?;
+    records
+        .checked_mul(epochs as u64)
+        .ok_or_else(|| "sample count overflows".to_string())
 }
 
 /// The node holding data piece `row` of a segment.

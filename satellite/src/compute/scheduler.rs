@@ -185,6 +185,14 @@ impl Round {
         self.tasks.iter().map(|t| t.running.len()).sum()
     }
 
+    /// Tasks still waiting for a result.
+    pub fn open(&self) -> usize {
+        self.tasks
+            .iter()
+            .filter(|t| t.status == Status::Open)
+            .count()
+    }
+
     /// Tasks with an accepted result so far.
     pub fn done(&self) -> usize {
         self.tasks
