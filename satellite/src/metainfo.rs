@@ -405,7 +405,9 @@ impl Metainfo {
         }
         for (name, byte_ms) in crate::accounting::bucket_byte_ms(&self.kv, project, from, to)? {
             if let Some(b) = buckets.get_mut(&name) {
-                b.byte_hours += (byte_ms / 3_600_000) as u64;
+                b.byte_hours = b
+                    .byte_hours
+                    .saturating_add(u64::try_from(byte_ms / 3_600_000).unwrap_or(u64::MAX));
             }
         }
         let stored = buckets.values().map(|b| b.stored_bytes).sum();

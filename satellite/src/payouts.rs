@@ -85,6 +85,8 @@ pub enum PayoutError {
     Db(#[from] DbError),
     #[error("ledger: {0}")]
     Ledger(#[from] ledger::LedgerError),
+    #[error("an amount in the payouts of period {0} does not fit in 64 bits; nothing was recorded")]
+    Overflow(String),
 }
 
 impl PayoutError {
@@ -94,7 +96,7 @@ impl PayoutError {
             Self::Open(_) | Self::Settling(..) | Self::NotComputed(_) | Self::AlreadyPaid(_) => {
                 pb::ErrorCode::FailedPrecondition
             }
-            Self::Db(_) | Self::Ledger(_) => pb::ErrorCode::Internal,
+            Self::Db(_) | Self::Ledger(_) | Self::Overflow(_) => pb::ErrorCode::Internal,
         }
     }
 }
@@ -200,34 +202,64 @@ impl PayoutConfig {
         Ok(p)
     }
 
-    /// The paystub of one node: exact integer arithmetic throughout.
-    pub fn paystub(&self, period: &Period, wallet: &str, u: &Usage, s: Standing) -> pb::Paystub {
-        let per_tb = |bytes: u64, rate: u64| (u128::from(bytes) * u128::from(rate) / TB) as u64;
-        let storage_amount = (u128::from(u.byte_hours) * u128::from(self.storage_per_tb_month)
-            / (TB * HOURS_PER_MONTH)) as u64;
-        let egress_amount = per_tb(u.egress, self.egress_per_tb);
-        let repair_audit_amount =
-            per_tb(u.repair_egress + u.audit_egress, self.repair_audit_per_tb);
-        let ingress_amount = per_tb(u.ingress, self.ingress_per_tb);
-        let compute_amount =
-            (u128::from(u.work_micro_units) * u128::from(self.per_work_unit) / 1_000_000) as u64;
-        let gross =
-            storage_amount + egress_amount + repair_audit_amount + ingress_amount + compute_amount;
+    /// The paystub of one node: exact integer arithmetic throughout, every
+    /// step checked; a figure that does not fit is an error, never a
+    /// wrapped or truncated amount.
+    pub fn paystub(
+        &self,
+        period: &Period,
+        wallet: &str,
+        u: &Usage,
+        s: Standing,
+    ) -> Result<pb::Paystub, PayoutError> {
+        let overflow = || PayoutError::Overflow(period.name.clone());
+        let amount = |quantity: u64, rate: u64, per: u128| -> Result<u64, PayoutError> {
+            let product = u128::from(quantity)
+                .checked_mul(u128::from(rate))
+                .ok_or_else(overflow)?;
+            u64::try_from(product / per).map_err(|_| overflow())
+        };
+        let storage_amount = amount(
+            u.byte_hours,
+            self.storage_per_tb_month,
+            TB * HOURS_PER_MONTH,
+        )?;
+        let egress_amount = amount(u.egress, self.egress_per_tb, TB)?;
+        let repair_audit_amount = amount(
+            u.repair_egress
+                .checked_add(u.audit_egress)
+                .ok_or_else(overflow)?,
+            self.repair_audit_per_tb,
+            TB,
+        )?;
+        let ingress_amount = amount(u.ingress, self.ingress_per_tb, TB)?;
+        let compute_amount = amount(u.work_micro_units, self.per_work_unit, 1_000_000)?;
+        let gross = [
+            storage_amount,
+            egress_amount,
+            repair_audit_amount,
+            ingress_amount,
+            compute_amount,
+        ]
+        .into_iter()
+        .try_fold(0u64, u64::checked_add)
+        .ok_or_else(overflow)?;
         let pct = held_percent(s.age_periods);
-        let held = gross * u64::from(pct) / 100;
+        let held = amount(gross, u64::from(pct), 100)?;
         let (held_returned, held_forfeited, paid) = if s.disqualified {
-            (0, s.held_balance + held, 0)
+            (0, s.held_balance.checked_add(held).ok_or_else(overflow)?, 0)
         } else {
             let returned = if s.exited {
-                s.held_balance + held
+                s.held_balance.checked_add(held).ok_or_else(overflow)?
             } else if s.age_periods == HELD_RETURN_AGE {
                 s.held_balance / 2
             } else {
                 0
             };
-            (returned, 0, gross - held + returned)
+            let paid = (gross - held).checked_add(returned).ok_or_else(overflow)?;
+            (returned, 0, paid)
         };
-        pb::Paystub {
+        Ok(pb::Paystub {
             period: period.name.clone(),
             period_start_unix_ms: period.start,
             period_end_unix_ms: period.end,
@@ -252,7 +284,7 @@ impl PayoutConfig {
             disqualified: s.disqualified,
             exited: s.exited,
             paid,
-        }
+        })
     }
 }
 
@@ -399,7 +431,8 @@ impl Payouts {
             .node_bandwidth(node, period.start, period.end)?;
         let byte_ms = accounting::node_byte_ms(&self.kv, node, period.start, period.end)?;
         Ok(Usage {
-            byte_hours: (byte_ms / 3_600_000) as u64,
+            byte_hours: u64::try_from(byte_ms / 3_600_000)
+                .map_err(|_| DbError::Overflow("storage byte-hours"))?,
             egress: bw.get,
             repair_egress: bw.get_repair,
             audit_egress: bw.get_audit,
@@ -473,7 +506,9 @@ impl Payouts {
             }
             let usage = self.usage(&node.id, period)?;
             let standing = self.standing(&node, period)?;
-            let stub = self.config.paystub(period, &node.wallet, &usage, standing);
+            let stub = self
+                .config
+                .paystub(period, &node.wallet, &usage, standing)?;
             if stub.gross == 0 && stub.held_returned == 0 && stub.held_forfeited == 0 {
                 continue;
             }
@@ -579,6 +614,59 @@ mod tests {
         );
     }
 
+    fn stub(c: &PayoutConfig, p: &Period, w: &str, u: &Usage, s: Standing) -> pb::Paystub {
+        c.paystub(p, w, u, s).expect("amounts fit")
+    }
+
+    #[test]
+    fn amounts_that_do_not_fit_are_refused_not_wrapped() {
+        let c = PayoutConfig::default();
+        let period = c.parse_period("2026-10", 0).expect("period");
+        let huge = Usage {
+            work_micro_units: u64::MAX,
+            ..Default::default()
+        };
+        // u64::MAX micro-units at 1 per unit: fits.
+        assert!(
+            c.paystub(&period, "0xw", &huge, Standing::default())
+                .is_ok()
+        );
+        let rich = PayoutConfig {
+            per_work_unit: 2_000_000,
+            ..PayoutConfig::default()
+        };
+        let e = rich.paystub(&period, "0xw", &huge, Standing::default());
+        assert!(matches!(e, Err(PayoutError::Overflow(_))), "{e:?}");
+        // Components that each fit but whose sum does not.
+        let both = Usage {
+            work_micro_units: u64::MAX,
+            egress: 1_000_000_000_000,
+            ..Default::default()
+        };
+        let at_par = PayoutConfig {
+            per_work_unit: 1_000_000,
+            ..PayoutConfig::default()
+        };
+        let e = at_par.paystub(&period, "0xw", &both, Standing::default());
+        assert!(matches!(e, Err(PayoutError::Overflow(_))), "{e:?}");
+        // A held balance that would overflow when returned.
+        let e = c.paystub(
+            &period,
+            "0xw",
+            &Usage {
+                egress: 1_000_000_000_000,
+                ..Default::default()
+            },
+            Standing {
+                age_periods: 1,
+                held_balance: u64::MAX,
+                exited: true,
+                ..Default::default()
+            },
+        );
+        assert!(matches!(e, Err(PayoutError::Overflow(_))), "{e:?}");
+    }
+
     /// A constructed scenario, every figure computed by hand.
     #[test]
     fn paystubs_match_hand_computed_figures() {
@@ -599,7 +687,8 @@ mod tests {
         // Repair + audit: 0.11 TB x 10 = 1.10 -> 1 100 000.
         // Ingress: free. Compute: 1.5 M units x 1 = 1 500 000.
         // Gross 15 600 000.
-        let young = c.paystub(
+        let young = stub(
+            &c,
             &period,
             "0xw",
             &usage,
@@ -626,7 +715,8 @@ mod tests {
             (75, 11_700_000, 3_900_000)
         );
         // Month 5: 50 %.
-        let s5 = c.paystub(
+        let s5 = stub(
+            &c,
             &period,
             "0xw",
             &usage,
@@ -637,7 +727,8 @@ mod tests {
         );
         assert_eq!((s5.held, s5.paid), (7_800_000, 7_800_000));
         // Month 8: 25 %.
-        let s8 = c.paystub(
+        let s8 = stub(
+            &c,
             &period,
             "0xw",
             &usage,
@@ -649,7 +740,8 @@ mod tests {
         assert_eq!((s8.held, s8.paid), (3_900_000, 11_700_000));
         // Month 15: nothing held, half of a 30 000 001 balance returned
         // (rounded down).
-        let s15 = c.paystub(
+        let s15 = stub(
+            &c,
             &period,
             "0xw",
             &usage,
@@ -665,7 +757,8 @@ mod tests {
         );
         // Graceful exit in month 4: this month's held share and the whole
         // balance are paid.
-        let exit = c.paystub(
+        let exit = stub(
+            &c,
             &period,
             "0xw",
             &usage,
@@ -681,7 +774,8 @@ mod tests {
             (7_800_000, 27_800_000, 35_600_000)
         );
         // Disqualified: nothing paid, everything held forfeited.
-        let dq = c.paystub(
+        let dq = stub(
+            &c,
             &period,
             "0xw",
             &usage,
@@ -698,7 +792,8 @@ mod tests {
         );
         // Rounding is down, per component: 1 byte-hour earns nothing, 1 TB
         // of egress minus one byte earns 19 999 999.
-        let tiny = c.paystub(
+        let tiny = stub(
+            &c,
             &period,
             "0xw",
             &Usage {
