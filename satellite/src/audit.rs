@@ -551,6 +551,28 @@ impl Auditor {
         counts
     }
 
+    /// Challenges `node` for one random leaf of a piece it should hold
+    /// (committed Merkle root `root`, `size` bytes), records nothing, and
+    /// returns what it found. Graceful exit uses it to check that an
+    /// exiting node still has the pieces it is paid to hand over.
+    pub async fn challenge(
+        &self,
+        node: &NodeId,
+        address: &str,
+        piece_id: PieceId,
+        root: [u8; 32],
+        size: u64,
+    ) -> Outcome {
+        let sample = Sample {
+            piece_id,
+            root,
+            size,
+            leaf: None,
+        };
+        let leaf = rand::thread_rng().gen_range(0..merkle::leaf_count(size));
+        self.audit(node, address, &sample, leaf).await
+    }
+
     async fn audit(&self, id: &NodeId, address: &str, s: &Sample, leaf: u64) -> Outcome {
         let key = KeyPair::generate();
         let limit = self

@@ -223,6 +223,32 @@ impl Endpoint {
         Ok(st)
     }
 
+    /// A graceful exit returns the held amount, so only a node in good
+    /// standing may start one: not disqualified, suspended or contained
+    /// (owing an audit answer).
+    fn exit_allowed(&self, node: &crate::overlay::Node) -> Result<(), RemoteError> {
+        let refuse = |why: &str| {
+            Err(RemoteError::new(
+                pb::ErrorCode::FailedPrecondition,
+                format!("graceful exit refused: {why}"),
+            ))
+        };
+        if node.disqualified_ms.is_some() {
+            return refuse("the node is disqualified");
+        }
+        if node.suspended_ms.is_some() {
+            return refuse("the node is suspended; recover its standing first");
+        }
+        let rep = self
+            .reputation
+            .get(&node.id)
+            .map_err(|e| RemoteError::new(pb::ErrorCode::Internal, e.to_string()))?;
+        if rep.pending.is_some() {
+            return refuse("the node owes the answer to an audit");
+        }
+        Ok(())
+    }
+
     fn dispatch(&self, peer: NodeId, api_key: &[u8], req: Req) -> Result<Resp, RemoteError> {
         let m = &self.metainfo;
         let now = loam_common::orders::now_ms();
@@ -281,26 +307,32 @@ impl Endpoint {
                 return self.status(now).map(Resp::Status);
             }
             Req::Exit(_) => {
-                if self.overlay.get(&peer).is_none() {
+                let Some(node) = self.overlay.get(&peer) else {
                     return Err(RemoteError::new(
                         pb::ErrorCode::NotFound,
                         "this node never checked in here",
                     ));
+                };
+                if node.exit_started_ms.is_none() {
+                    self.exit_allowed(&node)?;
                 }
                 let (started, finished) = self
                     .overlay
                     .begin_exit(&peer, now)
                     .map_err(|e| api(e.into()))?;
-                let pieces_left = m
-                    .piece_placements()
-                    .map_err(api)?
-                    .iter()
-                    .filter(|(n, _)| *n == peer)
-                    .count() as u64;
+                // Counted by the repair checker, which walks the segments
+                // anyway: an exit status call scans nothing.
+                let counted = self.repair.pieces_held(&peer);
                 return Ok(Resp::Exit(pb::ExitResponse {
                     started_unix_ms: started,
                     finished_unix_ms: finished.unwrap_or(0),
-                    pieces_left,
+                    pieces_left: if finished.is_some() {
+                        0
+                    } else {
+                        counted.unwrap_or(0)
+                    },
+                    pieces_counted: counted.is_some() || finished.is_some(),
+                    disqualified_unix_ms: node.disqualified_ms.unwrap_or(0),
                 }));
             }
             Req::CreateApiKey(r) => {
@@ -379,8 +411,11 @@ impl Endpoint {
                 admin()?;
                 let stats = c.node_stats().map_err(job)?;
                 let mut pieces: std::collections::HashMap<NodeId, u64> = Default::default();
-                for (node, _) in m.piece_placements().map_err(api)? {
-                    *pieces.entry(node).or_insert(0) += 1;
+                if self.repair.pieces_held(&self.own_id).is_none() {
+                    // Before the first checker run: count them here, once.
+                    for (node, _) in m.piece_placements().map_err(api)? {
+                        *pieces.entry(node).or_insert(0) += 1;
+                    }
                 }
                 let nodes = self
                     .overlay
@@ -396,7 +431,11 @@ impl Endpoint {
                         capabilities: Some(n.capabilities),
                         compute: stats.get(&n.id).cloned(),
                         reputation: self.reputation.get(&n.id).ok(),
-                        pieces: pieces.get(&n.id).copied().unwrap_or(0),
+                        pieces: self
+                            .repair
+                            .pieces_held(&n.id)
+                            .or_else(|| pieces.get(&n.id).copied())
+                            .unwrap_or(0),
                         exit_started_unix_ms: n.exit_started_ms.unwrap_or(0),
                         exit_finished_unix_ms: n.exit_finished_ms.unwrap_or(0),
                     })

@@ -212,6 +212,7 @@ impl Satellite {
             endpoint.clone(),
             config.repair.clone(),
         ));
+        repair.set_exit_checks(auditor.clone(), reputation.clone());
         let repair_cycle = Arc::new(Cycle::new(repair.interval()));
         let accounting = Arc::new(accounting::Accounting::new(
             kv.clone(),

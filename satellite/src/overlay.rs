@@ -352,7 +352,12 @@ impl Overlay {
         let Some(node) = nodes.get_mut(id) else {
             return Ok(());
         };
-        if node.exit_started_ms.is_some() && node.exit_finished_ms.is_none() {
+        // A node disqualified during its exit (it failed to produce its
+        // pieces) never finishes it: its held amount is forfeited.
+        if node.exit_started_ms.is_some()
+            && node.exit_finished_ms.is_none()
+            && node.disqualified_ms.is_none()
+        {
             node.exit_finished_ms = Some(now_ms);
             self.kv.put(
                 Table::Nodes,

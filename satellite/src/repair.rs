@@ -8,7 +8,7 @@
 //! Pieces on nodes that are not healthy are dropped from the segment when it
 //! is repaired; if such a node comes back, garbage collection removes them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,7 +70,17 @@ pub struct Repair {
     endpoint: QuicEndpoint,
     config: RepairConfig,
     summary: std::sync::Mutex<RepairSummary>,
+    /// Checks exiting nodes' pieces and records what they fail.
+    exit_checks: std::sync::OnceLock<(Arc<crate::audit::Auditor>, Arc<crate::audit::Reputation>)>,
+    /// Pieces of exiting nodes checked so far: (produced, not produced).
+    exit_tally: std::sync::Mutex<HashMap<NodeId, (u64, u64)>>,
+    /// Committed pieces per node, counted by the last checker run.
+    piece_counts: std::sync::RwLock<Option<HashMap<NodeId, u64>>>,
 }
+
+/// An exit fails (and the node is disqualified) once more than this share
+/// of the pieces checked during it could not be produced.
+pub const EXIT_FAILURE_SHARE: f64 = 0.1;
 
 /// A segment the checker queued.
 struct Queued {
@@ -92,7 +102,88 @@ impl Repair {
             endpoint,
             config,
             summary: Default::default(),
+            exit_checks: std::sync::OnceLock::new(),
+            exit_tally: Default::default(),
+            piece_counts: Default::default(),
         }
+    }
+
+    /// Lets graceful exits check the exiting nodes' pieces: a node that
+    /// cannot produce what it was paid to store fails its exit.
+    pub fn set_exit_checks(
+        &self,
+        auditor: Arc<crate::audit::Auditor>,
+        reputation: Arc<crate::audit::Reputation>,
+    ) {
+        let _ = self.exit_checks.set((auditor, reputation));
+    }
+
+    /// Challenges the pieces of `seg` held by exiting nodes. Each piece not
+    /// produced is a failed audit; an exit with more than
+    /// [`EXIT_FAILURE_SHARE`] of its checks failed ends in
+    /// disqualification, which forfeits the held amount.
+    async fn check_exiting_pieces(&self, seg: &pb::SegmentRecord, exiting: &HashSet<NodeId>) {
+        let Some((auditor, reputation)) = self.exit_checks.get() else {
+            return;
+        };
+        let Ok(root) = PieceId::try_from(seg.root_piece_id.as_ref()) else {
+            return;
+        };
+        let size = seg.meta.as_ref().map_or(0, |m| m.piece_size.max(0) as u64);
+        for p in &seg.pieces {
+            let (Ok(node), Ok(hash)) = (
+                NodeId::try_from(p.node_id.as_ref()),
+                <[u8; 32]>::try_from(p.hash.as_ref()),
+            ) else {
+                continue;
+            };
+            if !exiting.contains(&node) {
+                continue;
+            }
+            let Some(info) = self.overlay.get(&node) else {
+                continue;
+            };
+            if info.disqualified_ms.is_some() {
+                continue;
+            }
+            let piece_id = PieceId::derive(&root, &node, p.piece_num);
+            let outcome = auditor
+                .challenge(&node, &info.address, piece_id, hash, size)
+                .await;
+            let ok = outcome == crate::audit::Outcome::Success;
+            let (checked, failed) = {
+                let mut tally = self.exit_tally.lock().expect("exit tally lock");
+                let t = tally.entry(node).or_insert((0, 0));
+                if ok {
+                    t.0 += 1;
+                } else {
+                    t.1 += 1;
+                }
+                (t.0 + t.1, t.1)
+            };
+            metrics::counter!("loam_satellite_exit_piece_checks_total", "result" => if ok { "ok" } else { "failed" }).increment(1);
+            if ok {
+                continue;
+            }
+            tracing::warn!(node = %node.short(), ?outcome, "an exiting node did not produce a piece");
+            if let Err(e) = reputation.record(&node, crate::audit::Outcome::Failure) {
+                tracing::warn!(error = %e, "cannot record a failed exit check");
+            }
+            if failed as f64 > EXIT_FAILURE_SHARE * checked as f64 {
+                tracing::warn!(node = %node.short(), failed, checked, "graceful exit failed: node disqualified");
+                metrics::counter!("loam_satellite_exits_failed_total").increment(1);
+                if let Err(e) = self.overlay.disqualify(&node, now_ms()) {
+                    tracing::warn!(error = %e, "cannot disqualify a node whose exit failed");
+                }
+            }
+        }
+    }
+
+    /// Pieces each node holds, as of the last checker run (`None` before
+    /// the first), without scanning anything.
+    pub fn pieces_held(&self, node: &NodeId) -> Option<u64> {
+        let counts = self.piece_counts.read().expect("piece counts lock");
+        counts.as_ref().map(|c| c.get(node).copied().unwrap_or(0))
     }
 
     pub fn summary(&self) -> RepairSummary {
@@ -133,12 +224,22 @@ impl Repair {
             .overlay
             .list()
             .into_iter()
-            .filter(|n| n.exit_started_ms.is_some() && n.exit_finished_ms.is_none())
+            .filter(|n| {
+                n.exit_started_ms.is_some()
+                    && n.exit_finished_ms.is_none()
+                    && n.disqualified_ms.is_none()
+            })
             .map(|n| n.id)
             .collect();
         let mut queue = Vec::new();
+        let mut counts: HashMap<NodeId, u64> = HashMap::new();
         for (key, record) in segments {
             stats.segments += 1;
+            for p in &record.pieces {
+                if let Ok(n) = NodeId::try_from(p.node_id.as_ref()) {
+                    *counts.entry(n).or_insert(0) += 1;
+                }
+            }
             let Some(scheme) = record
                 .redundancy
                 .as_ref()
@@ -166,12 +267,14 @@ impl Repair {
                 });
             }
         }
+        *self.piece_counts.write().expect("piece counts lock") = Some(counts);
         stats.below_threshold = queue.len();
         metrics::gauge!("loam_satellite_segments_below_repair_threshold").set(queue.len() as f64);
         metrics::gauge!("loam_satellite_repair_queue_length").set(queue.len() as f64);
         // Fewest healthy pieces first: closest to loss.
         queue.sort_by_key(|q| q.healthy);
         for (done, q) in queue.into_iter().take(self.config.max_per_run).enumerate() {
+            self.check_exiting_pieces(&q.record, &exiting).await;
             let t = Instant::now();
             match self.repair_segment(&q).await {
                 Ok((moved, plain)) => {

@@ -151,15 +151,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let loam_common::pb::satellite_response::Response::Exit(e) = resp else {
                         anyhow::bail!("satellite gave an unexpected answer");
                     };
+                    if e.disqualified_unix_ms > 0 {
+                        anyhow::bail!(
+                            "exit from {} failed: the node could not produce pieces it stores \
+                             and was disqualified; its held amount is forfeited",
+                            sat.id.short()
+                        );
+                    }
                     if e.finished_unix_ms > 0 {
                         println!("exit from {} finished: every piece moved", sat.id.short());
                         break;
                     }
-                    println!(
-                        "exit from {} under way: {} pieces left to move",
-                        sat.id.short(),
-                        e.pieces_left
-                    );
+                    if e.pieces_counted {
+                        println!(
+                            "exit from {} under way: {} pieces left to move",
+                            sat.id.short(),
+                            e.pieces_left
+                        );
+                    } else {
+                        println!(
+                            "exit from {} under way: the satellite is counting the pieces to move",
+                            sat.id.short()
+                        );
+                    }
                     if !wait {
                         break;
                     }

@@ -213,7 +213,10 @@ async fn graceful_exit_moves_every_piece() -> anyhow::Result<()> {
             .await?;
         objects.push(data);
     }
+    // The checker counts every node's pieces.
+    planet.repair.run_once().await;
     let started = exit_rpc(&planet, 0).await?;
+    assert!(started.pieces_counted);
     assert!(started.pieces_left > 0, "node 0 holds pieces");
     assert_eq!(started.finished_unix_ms, 0);
     let stats = planet.repair.run_once().await;
@@ -266,6 +269,89 @@ async fn satellite_chores_pause_and_run_on_demand() -> anyhow::Result<()> {
         0,
         "the resumed chore collected the object"
     );
+    planet.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_data_fails_its_exit_and_forfeits_what_is_held() -> anyhow::Result<()> {
+    use loam_storagenode::adversary::Lies;
+    // Node 0 lost its pieces (every challenge gets an error back) and
+    // tries to leave with its held amount.
+    let mut config = PlanetConfig::new(8).liar(
+        0,
+        Lies {
+            audit_error: Some(loam_common::pb::ErrorCode::Internal),
+            ..Lies::default()
+        },
+    );
+    config.reconfigure_satellite = Some(Box::new(|c| c.max_segment_size = 64 * 1024));
+    let planet = Planet::start(config).await?;
+    let project = planet.project()?;
+    project.create_bucket("exit").await?;
+    for i in 0..3 {
+        project
+            .upload(
+                "exit",
+                &format!("o{i}"),
+                std::io::Cursor::new(vec![i; 200_000]),
+                None,
+            )
+            .await?;
+    }
+    let id = planet.nodes[0].id;
+    let started = exit_rpc(&planet, 0).await?;
+    assert!(started.started_unix_ms > 0);
+    planet.repair.run_once().await;
+    let after = exit_rpc(&planet, 0).await?;
+    assert!(after.disqualified_unix_ms > 0, "{after:?}");
+    assert_eq!(after.finished_unix_ms, 0, "a failed exit never finishes");
+    let node = planet.satellite_overlay.get(&id).expect("known");
+    assert!(node.disqualified_ms.is_some() && node.exit_finished_ms.is_none());
+    assert!(planet.reputation.get(&id)?.audits_failed > 0);
+    // Its data is still there for the owner, rebuilt from the others.
+    for i in 0..3u8 {
+        let mut out = Vec::new();
+        project
+            .download("exit", &format!("o{i}"), &mut out, None)
+            .await?;
+        assert_eq!(out, vec![i; 200_000]);
+    }
+    planet.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_node_in_good_standing_may_start_an_exit() -> anyhow::Result<()> {
+    let planet = Planet::start(PlanetConfig::new(4)).await?;
+    let id = planet.nodes[1].id;
+    // Contained: it owes the answer to an audit.
+    planet.reputation.record_audit(
+        &id,
+        loam_satellite::audit::Outcome::Stalled,
+        Some(loam_common::pb::PendingAudit {
+            size: 1024,
+            root: vec![0; 32].into(),
+            piece_id: vec![1; 32].into(),
+            ..Default::default()
+        }),
+    )?;
+    let e = exit_rpc(&planet, 1)
+        .await
+        .expect_err("contained")
+        .to_string();
+    assert!(e.contains("owes the answer to an audit"), "{e}");
+    // Disqualified.
+    planet
+        .satellite_overlay
+        .disqualify(&planet.nodes[2].id, loam_common::orders::now_ms())?;
+    let e = exit_rpc(&planet, 2)
+        .await
+        .expect_err("disqualified")
+        .to_string();
+    assert!(e.contains("disqualified"), "{e}");
+    // In good standing: allowed.
+    assert!(exit_rpc(&planet, 3).await?.started_unix_ms > 0);
     planet.shutdown().await;
     Ok(())
 }
