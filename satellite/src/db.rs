@@ -149,10 +149,20 @@ pub trait Kv: Send + Sync + 'static {
 /// RocksDB with one column family per table.
 pub struct RocksKv {
     db: DB,
+    /// Whether every write is synced to disk before it returns.
+    sync: bool,
 }
 
 impl RocksKv {
+    /// Opens the database with every write synced.
     pub fn open(path: &Path) -> Result<Self, DbError> {
+        Self::open_with(path, true)
+    }
+
+    /// Opens the database; with `sync`, a write returns only once it is on
+    /// disk (survives power loss); without, once it is in the operating
+    /// system's hands (survives a crash of the process).
+    pub fn open_with(path: &Path, sync: bool) -> Result<Self, DbError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -161,6 +171,7 @@ impl RocksKv {
             .map(|t| ColumnFamilyDescriptor::new(t.name(), Options::default()));
         Ok(Self {
             db: DB::open_cf_descriptors(&opts, path, cfs)?,
+            sync,
         })
     }
 
@@ -184,7 +195,9 @@ impl Kv for RocksKv {
                 Op::Delete(t, k) => batch.delete_cf(self.cf(t), k),
             }
         }
-        Ok(self.db.write(batch)?)
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(self.sync);
+        Ok(self.db.write_opt(batch, &opts)?)
     }
 
     fn scan(

@@ -129,7 +129,7 @@ impl Satellite {
         identity: Identity,
         config: Config,
     ) -> Result<Self, SatelliteError> {
-        let kv: Arc<dyn Kv> = Arc::new(RocksKv::open(&dir.join("db"))?);
+        let kv: Arc<dyn Kv> = Arc::new(RocksKv::open_with(&dir.join("db"), config.sync_writes)?);
         Self::with_kv(dir, identity, config, kv).await
     }
 

@@ -95,7 +95,7 @@ impl StorageNode {
         let storage = dir.join("storage");
         let blobs = FileBlobs::open(&storage, config.sync_writes)
             .map_err(io("cannot open piece storage", &storage))?;
-        let db = Arc::new(NodeDb::open(&dir.join("db"))?);
+        let db = Arc::new(NodeDb::open_with(&dir.join("db"), config.sync_writes)?);
         let trust = Arc::new(Trust::new(config.satellites.iter().map(|s| s.id).collect()));
         let endpoint = Endpoint::bind(identity.clone(), config.listen, TransportConfig::default())?;
         let addr = endpoint

@@ -112,6 +112,7 @@ impl Planet {
             min_difficulty: 0,
             distinct_subnets: false,
             online_window_secs: 3600.0,
+            sync_writes: false,
             ..Default::default()
         };
         if let Some(hook) = &config.reconfigure_satellite {

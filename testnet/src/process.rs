@@ -28,7 +28,8 @@ pub struct NetworkOptions {
     /// Interval of the satellite's chores (garbage collection, audits,
     /// repair) and the nodes' trash grace period, in seconds.
     pub chore_interval_secs: f64,
-    /// Nodes fsync each piece before acknowledging it. Off by default on a
+    /// Nodes fsync each piece (and the satellite each metadata write)
+    /// before acknowledging it. Off by default on a
     /// testnet: every node shares this machine's one disk, so ten nodes'
     /// fsyncs queue behind each other; a crashed *process* loses nothing
     /// either way (pieces are written to a temporary file and renamed).
@@ -153,6 +154,7 @@ impl ProcessNetwork {
             http_listen: "127.0.0.1:0".parse()?,
             redundancy: opts.redundancy,
             min_difficulty: opts.difficulty,
+            sync_writes: opts.sync_writes,
             online_window_secs: opts.online_window_secs,
             distinct_subnets: false,
             audit: loam_satellite::audit::AuditConfig {

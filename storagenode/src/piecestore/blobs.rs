@@ -243,10 +243,20 @@ impl Blobs for FileBlobs {
         drop(file);
         let dest = self.path(satellite, piece);
         let parent = dest.parent().expect("piece path has a parent");
+        let fresh = !parent.exists();
         std::fs::create_dir_all(parent)?;
         std::fs::rename(&tmp, &dest)?;
         if self.sync {
             File::open(parent)?.sync_all()?;
+            // New directories exist only once their own entries are on
+            // disk: sync the parents they were created in.
+            if fresh {
+                let mut dir = parent.parent();
+                while let Some(d) = dir.filter(|d| d.starts_with(&self.root)) {
+                    File::open(d)?.sync_all()?;
+                    dir = d.parent();
+                }
+            }
         }
         Ok(())
     }

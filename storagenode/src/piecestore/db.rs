@@ -56,6 +56,8 @@ pub struct NodeDb {
     db: DB,
     /// Serializes read-modify-write of the usage counters and serial checks.
     lock: Mutex<Usage>,
+    /// Whether serials and orders are synced (pieces always are).
+    sync: bool,
 }
 
 fn piece_key(satellite: &NodeId, piece: &PieceId) -> Vec<u8> {
@@ -77,7 +79,16 @@ fn read_u64(v: Option<Vec<u8>>) -> Result<u64, DbError> {
 }
 
 impl NodeDb {
+    /// Opens the database; every write is synced (see [`NodeDb::open_with`]).
     pub fn open(path: &Path) -> Result<Self, DbError> {
+        Self::open_with(path, true)
+    }
+
+    /// Opens the database. With `sync`, serial numbers and unsent orders
+    /// reach the disk before the transfer they belong to is answered, like
+    /// pieces and their records always do, so a power loss can neither
+    /// open a replay window nor lose bandwidth the node is owed.
+    pub fn open_with(path: &Path, sync: bool) -> Result<Self, DbError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -94,6 +105,7 @@ impl NodeDb {
         Ok(Self {
             db,
             lock: Mutex::new(usage),
+            sync,
         })
     }
 
@@ -101,6 +113,15 @@ impl NodeDb {
         self.db
             .cf_handle(name)
             .expect("column families are created at open")
+    }
+
+    /// Writes `batch`, synced when the node was opened to sync.
+    fn write_durable(&self, batch: WriteBatch) -> Result<(), DbError> {
+        if self.sync {
+            self.sync_write(batch)
+        } else {
+            Ok(self.db.write(batch)?)
+        }
     }
 
     fn sync_write(&self, batch: WriteBatch) -> Result<(), DbError> {
@@ -121,8 +142,9 @@ impl NodeDb {
         if self.db.get_cf(cf, serial.as_bytes())?.is_some() {
             return Ok(false);
         }
-        self.db
-            .put_cf(cf, serial.as_bytes(), expires_ms.to_be_bytes())?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf, serial.as_bytes(), expires_ms.to_be_bytes());
+        self.write_durable(batch)?;
         Ok(true)
     }
 
@@ -322,8 +344,9 @@ impl NodeDb {
                 return Ok(());
             }
         }
-        self.db
-            .put_cf(self.cf(CF_ORDERS), key, order.encode_to_vec())?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_ORDERS), key, order.encode_to_vec());
+        self.write_durable(batch)?;
         Ok(())
     }
 
