@@ -300,6 +300,10 @@ pub const DOCS: &[(&str, &str)] = &[
         "Windows older than this can no longer be settled.",
     ),
     (
+        "orders.max_window_orders",
+        "Most orders a node may send for one window (bounds a settlement's memory).",
+    ),
+    (
         "accounting.tally_interval_secs",
         "Seconds between storage tallies.",
     ),
@@ -358,7 +362,7 @@ mod tests {
              [gc]\ninterval_secs = 3600.0\nfalse_positive_rate = 0.1\nmargin_secs = 3600.0\n\n\
              [compute]\nverify_fraction = 0.1\ntolerance = 0.00001\nnorm_factor = 10.0\n\
              candidates = 6\ntask_timeout_secs = 600.0\nmax_rounds = 1000\n\n\
-             [orders]\nwindow_secs = 3600.0\nmax_age_secs = 172800.0\n\n\
+             [orders]\nwindow_secs = 3600.0\nmax_age_secs = 172800.0\nmax_window_orders = 2000000\n\n\
              [accounting]\ntally_interval_secs = 3600.0\n\n\
              [payouts]\nperiod_secs = 0.0\ntoken_decimals = 6\nstorage_per_tb_month = 1500000\n\
              egress_per_tb = 20000000\nrepair_audit_per_tb = 10000000\ningress_per_tb = 0\n\

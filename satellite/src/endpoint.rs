@@ -28,10 +28,41 @@ pub struct Endpoint {
     /// Least node version accepted without a warning; empty: none.
     pub(crate) minimum_node_version: String,
     pub(crate) started_ms: i64,
+    /// Nodes with a settlement running.
+    pub(crate) settling: Arc<std::sync::Mutex<std::collections::HashSet<NodeId>>>,
+    /// Settlements running at once, over all nodes.
+    pub(crate) settlements: tokio::sync::Semaphore,
 }
 
-/// Most orders one settlement stream may carry (a window of a busy node).
-const MAX_SETTLEMENT_ORDERS: usize = 20_000_000;
+/// Settlements running at once over all nodes.
+pub const MAX_SETTLEMENTS: usize = 4;
+
+/// A node's claim on its one running settlement; released when dropped.
+struct SettlingNode {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<NodeId>>>,
+    node: NodeId,
+}
+
+impl SettlingNode {
+    fn claim(
+        set: &Arc<std::sync::Mutex<std::collections::HashSet<NodeId>>>,
+        node: NodeId,
+    ) -> Option<Self> {
+        set.lock()
+            .expect("settling lock")
+            .insert(node)
+            .then(|| Self {
+                set: set.clone(),
+                node,
+            })
+    }
+}
+
+impl Drop for SettlingNode {
+    fn drop(&mut self) {
+        self.set.lock().expect("settling lock").remove(&self.node);
+    }
+}
 
 fn method(req: &Req) -> &'static str {
     match req {
@@ -133,8 +164,12 @@ impl Endpoint {
         let _ = writer.finish();
     }
 
-    /// Reads a settlement window's order batches from the stream, then
-    /// settles them off the async runtime.
+    /// Settles a window's order batches as they arrive on the stream: each
+    /// batch is verified off the async runtime and dropped, keeping only the
+    /// best order per serial. A node settles one window at a time, at most
+    /// [`MAX_SETTLEMENTS`] run at once over all nodes, and a window holds at
+    /// most `[orders] max_window_orders` orders: memory stays bounded
+    /// whatever nodes send.
     async fn settle(
         &self,
         peer: NodeId,
@@ -147,31 +182,74 @@ impl Endpoint {
                 "only nodes that checked in can settle orders",
             ));
         }
-        let mut orders = Vec::new();
-        loop {
-            let batch: pb::OrderBatch = reader
-                .message()
-                .await
-                .map_err(|e| RemoteError::new(pb::ErrorCode::InvalidArgument, e.to_string()))?;
-            orders.extend(batch.orders);
-            if orders.len() > MAX_SETTLEMENT_ORDERS {
-                return Err(RemoteError::new(
-                    pb::ErrorCode::ResourceExhausted,
-                    "too many orders in one window",
-                ));
-            }
-            if batch.last {
-                break;
-            }
-        }
-        let settlement = self.metainfo.orders().clone();
+        let busy = || {
+            RemoteError::new(
+                pb::ErrorCode::ResourceExhausted,
+                "a settlement of this node is already running; try again later",
+            )
+        };
+        let _node_slot = SettlingNode::claim(&self.settling, peer).ok_or_else(busy)?;
+        let _permit = self.settlements.acquire().await.map_err(|_| busy())?;
+        let settle_err = |e: crate::orders::SettleError| RemoteError::new(e.code(), e.to_string());
+        let internal =
+            |e: tokio::task::JoinError| RemoteError::new(pb::ErrorCode::Internal, e.to_string());
+        let orders = self.metainfo.orders().clone();
         let now = loam_common::orders::now_ms();
         let window = header.window_start_unix_ms;
-        tokio::task::spawn_blocking(move || settlement.settle(peer, window, &orders, now))
-            .await
-            .map_err(|e| RemoteError::new(pb::ErrorCode::Internal, e.to_string()))?
-            .map(Resp::SettleOrders)
-            .map_err(|e| RemoteError::new(e.code(), e.to_string()))
+        // The state of the settlement lives on a blocking thread (it borrows
+        // the orders service); batches go to it over a bounded channel, and
+        // it records the window only when told the last batch arrived.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<pb::UnsentOrder>>>(2);
+        let worker = tokio::task::spawn_blocking(move || {
+            let mut s = match orders.begin_settlement(peer, window, now)? {
+                Err(done) => return Ok(Some(done)),
+                Ok(s) => s,
+            };
+            while let Some(feed) = rx.blocking_recv() {
+                match feed {
+                    Some(batch) => s.add(&batch),
+                    None => return s.finish().map(Some),
+                }
+            }
+            // The stream broke off: nothing is recorded for the window.
+            Ok(None)
+        });
+        let max = self.metainfo.orders().max_window_orders();
+        let mut received = 0u64;
+        let read = async {
+            loop {
+                let batch: pb::OrderBatch = reader
+                    .message()
+                    .await
+                    .map_err(|e| RemoteError::new(pb::ErrorCode::InvalidArgument, e.to_string()))?;
+                received = received.saturating_add(batch.orders.len() as u64);
+                if received > max {
+                    return Err(RemoteError::new(
+                        pb::ErrorCode::ResourceExhausted,
+                        format!("more than {max} orders in one window"),
+                    ));
+                }
+                let last = batch.last;
+                if tx.send(Some(batch.orders)).await.is_err() {
+                    // The worker stopped early: its answer says why.
+                    return Ok(());
+                }
+                if last {
+                    let _ = tx.send(None).await;
+                    return Ok(());
+                }
+            }
+        };
+        let read = read.await;
+        drop(tx);
+        let outcome = worker.await.map_err(internal)?.map_err(settle_err)?;
+        read?;
+        outcome.map(Resp::SettleOrders).ok_or_else(|| {
+            RemoteError::new(
+                pb::ErrorCode::InvalidArgument,
+                "the settlement stream ended before its last batch",
+            )
+        })
     }
 
     /// `satellite status`: nodes, storage, repair and jobs at a glance.

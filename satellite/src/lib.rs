@@ -315,6 +315,8 @@ impl Satellite {
             repair: self.repair.clone(),
             minimum_node_version: self.config.minimum_node_version.clone(),
             started_ms: loam_common::orders::now_ms(),
+            settling: Default::default(),
+            settlements: tokio::sync::Semaphore::new(endpoint::MAX_SETTLEMENTS),
         });
         match self.compute.resume_jobs() {
             Ok(0) => {}

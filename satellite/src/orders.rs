@@ -33,6 +33,10 @@ pub struct OrdersConfig {
     pub window_secs: f64,
     /// Windows older than this can no longer be settled. Default 2 days.
     pub max_age_secs: f64,
+    /// Most orders a node may send for one window (a settlement holds the
+    /// best order of each serial in memory until the window is recorded).
+    /// Default 2 000 000: about 550 transfers a second for an hour.
+    pub max_window_orders: u64,
 }
 
 impl Default for OrdersConfig {
@@ -40,6 +44,7 @@ impl Default for OrdersConfig {
         Self {
             window_secs: 3600.0,
             max_age_secs: 2.0 * 86_400.0,
+            max_window_orders: 2_000_000,
         }
     }
 }
@@ -125,7 +130,8 @@ pub struct Bandwidth {
 }
 
 impl Bandwidth {
-    fn add(&mut self, action: PieceAction, bytes: u64) {
+    /// Adds `bytes` of `action`; `None` (and nothing added) on overflow.
+    fn add(&mut self, action: PieceAction, bytes: u64) -> Option<()> {
         let slot = match action {
             PieceAction::Put => &mut self.put,
             PieceAction::Get => &mut self.get,
@@ -133,7 +139,8 @@ impl Bandwidth {
             PieceAction::GetRepair => &mut self.get_repair,
             PieceAction::PutRepair => &mut self.put_repair,
         };
-        *slot += bytes;
+        *slot = slot.checked_add(bytes)?;
+        Some(())
     }
 }
 
@@ -186,7 +193,8 @@ impl Orders {
 
     /// Settles one node's window. Every order is checked; the good ones are
     /// counted once per serial (the largest amount) unless the window was
-    /// settled before.
+    /// settled before. (The whole window at once; the endpoint streams it
+    /// through [`Orders::begin_settlement`] instead.)
     pub fn settle(
         &self,
         node: NodeId,
@@ -194,6 +202,31 @@ impl Orders {
         orders: &[pb::UnsentOrder],
         now_ms: i64,
     ) -> Result<pb::SettleOrdersResponse, SettleError> {
+        match self.begin_settlement(node, window_start, now_ms)? {
+            Err(done) => Ok(done),
+            Ok(mut s) => {
+                s.add(orders);
+                s.finish()
+            }
+        }
+    }
+
+    /// Most orders one window may carry.
+    pub fn max_window_orders(&self) -> u64 {
+        self.config.max_window_orders
+    }
+
+    /// Starts settling one node's window: `Err` holds the answer when there
+    /// is nothing to settle (expired, or settled before). Orders are then
+    /// fed in batches as they arrive and verified at once; only the best
+    /// order per serial is kept, in a compact form, so memory grows with
+    /// the serials paid, not with the bytes the node sends.
+    pub fn begin_settlement(
+        &self,
+        node: NodeId,
+        window_start: i64,
+        now_ms: i64,
+    ) -> Result<Result<Settlement<'_>, pb::SettleOrdersResponse>, SettleError> {
         use pb::settle_orders_response::Status;
         let w = self.window_ms();
         if window_start.rem_euclid(w) != 0 {
@@ -207,112 +240,24 @@ impl Orders {
             resp.status = Status::Expired as i32;
             metrics::counter!("loam_satellite_settlement_windows_total", "result" => "expired")
                 .increment(1);
-            return Ok(resp);
+            return Ok(Err(resp));
         }
         let marker = window_key(&node, window_start);
         if self.kv.get(Table::SettledWindows, &marker)?.is_some() {
             resp.status = Status::AlreadySettled as i32;
             metrics::counter!("loam_satellite_settlement_windows_total", "result" => "already_settled")
                 .increment(1);
-            return Ok(resp);
+            return Ok(Err(resp));
         }
-
-        let mut rejections: HashMap<Rejection, u64> = HashMap::new();
-        let mut candidates = Vec::with_capacity(orders.len());
-        for o in orders {
-            match self.decode(&node, window_start, o) {
-                Ok(Some(c)) => candidates.push(c),
-                Ok(None) => {}
-                Err(r) => *rejections.entry(r).or_default() += 1,
-            }
-        }
-        let verdicts = self.verify_all(&candidates);
-        // The largest amount per serial.
-        let mut best: HashMap<SerialNumber, usize> = HashMap::with_capacity(candidates.len());
-        for (i, (c, v)) in candidates.iter().zip(&verdicts).enumerate() {
-            if let Err(r) = v {
-                *rejections.entry(*r).or_default() += 1;
-                continue;
-            }
-            best.entry(c.serial)
-                .and_modify(|j| {
-                    if candidates[*j].amount < c.amount {
-                        *j = i;
-                    }
-                })
-                .or_insert(i);
-        }
-        let mut by_action = Bandwidth::default();
-        let mut by_bucket: HashMap<(ProjectId, String, PieceAction), u64> = HashMap::new();
-        for &i in best.values() {
-            let c = &candidates[i];
-            by_action.add(c.limit.action, c.amount);
-            if let Some((project, bucket)) = self.open_billing(&c.limit.metadata) {
-                *by_bucket
-                    .entry((project, bucket, c.limit.action))
-                    .or_default() += c.amount;
-            }
-        }
-
-        let _guard = self.commit.lock().expect("settlement lock");
-        if self.kv.get(Table::SettledWindows, &marker)?.is_some() {
-            resp.status = Status::AlreadySettled as i32;
-            return Ok(resp);
-        }
-        let mut ops = Vec::new();
-        let total: u64 = best.values().map(|&i| candidates[i].amount).sum();
-        for action in PieceAction::ALL {
-            let bytes = by_action.of(action);
-            if bytes == 0 {
-                continue;
-            }
-            let key = rollup_key(&node, window_start, action);
-            let old = u64_value(self.kv.get(Table::BandwidthRollups, &key)?);
-            ops.push(Op::Put(
-                Table::BandwidthRollups,
-                key,
-                (old + bytes).to_be_bytes().to_vec(),
-            ));
-            resp.bytes_by_action.insert(action.code(), bytes);
-            metrics::counter!("loam_satellite_settled_bytes_total", "action" => action.as_str())
-                .increment(bytes);
-        }
-        for ((project, bucket, action), bytes) in by_bucket {
-            let key = bucket_rollup_key(&project, window_start, &bucket, action);
-            let old = u64_value(self.kv.get(Table::BucketBandwidth, &key)?);
-            ops.push(Op::Put(
-                Table::BucketBandwidth,
-                key,
-                (old + bytes).to_be_bytes().to_vec(),
-            ));
-        }
-        ops.push(Op::Put(
-            Table::SettledWindows,
-            marker,
-            pb::SettledWindow {
-                settled_unix_ms: now_ms,
-                orders: best.len() as u64,
-                bytes: total,
-            }
-            .encode_to_vec(),
-        ));
-        self.kv.write(ops)?;
-        resp.status = Status::Accepted as i32;
-        resp.orders_accepted = best.len() as u64;
-        resp.orders_rejected = rejections.values().sum();
-        let mut lines: Vec<String> = rejections
-            .iter()
-            .map(|(r, n)| format!("{n} x {}", r.as_str()))
-            .collect();
-        lines.sort();
-        resp.rejections = lines;
-        metrics::counter!("loam_satellite_settlement_windows_total", "result" => "accepted")
-            .increment(1);
-        metrics::counter!("loam_satellite_settled_orders_total", "result" => "accepted")
-            .increment(resp.orders_accepted);
-        metrics::counter!("loam_satellite_settled_orders_total", "result" => "rejected")
-            .increment(resp.orders_rejected);
-        Ok(resp)
+        Ok(Ok(Settlement {
+            orders: self,
+            node,
+            window_start,
+            now_ms,
+            best: HashMap::new(),
+            rejections: HashMap::new(),
+            received: 0,
+        }))
     }
 
     /// Decodes one order and checks what needs no signature. `None` for a
@@ -437,7 +382,8 @@ impl Orders {
             if window >= to {
                 break;
             }
-            out.add(action, u64_value(Some(v)));
+            out.add(action, u64_value(Some(v)))
+                .ok_or(DbError::Overflow("node bandwidth"))?;
         }
         Ok(out)
     }
@@ -470,7 +416,8 @@ impl Orders {
             let bucket = String::from_utf8_lossy(&k[24..k.len() - 1]).into_owned();
             out.entry(bucket)
                 .or_default()
-                .add(action, u64_value(Some(v)));
+                .add(action, u64_value(Some(v)))
+                .ok_or(DbError::Overflow("bucket bandwidth"))?;
         }
         Ok(out)
     }
@@ -536,6 +483,159 @@ fn bucket_rollup_key(
     k.extend_from_slice(bucket.as_bytes());
     k.push(action.code() as u8);
     k
+}
+
+/// What settlement keeps of the best order of one serial.
+struct Best {
+    amount: u64,
+    action: PieceAction,
+    /// The sealed billing metadata of the order limit.
+    billing: Vec<u8>,
+}
+
+/// One node's window being settled; see [`Orders::begin_settlement`].
+pub struct Settlement<'a> {
+    orders: &'a Orders,
+    node: NodeId,
+    window_start: i64,
+    now_ms: i64,
+    best: HashMap<SerialNumber, Best>,
+    rejections: HashMap<Rejection, u64>,
+    received: u64,
+}
+
+impl Settlement<'_> {
+    /// Orders received so far, good or bad.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Serials with a verified order so far.
+    pub fn serials(&self) -> usize {
+        self.best.len()
+    }
+
+    /// Checks a batch of orders and keeps the best one per serial.
+    pub fn add(&mut self, batch: &[pb::UnsentOrder]) {
+        self.received = self.received.saturating_add(batch.len() as u64);
+        let mut candidates = Vec::with_capacity(batch.len());
+        for o in batch {
+            match self.orders.decode(&self.node, self.window_start, o) {
+                Ok(Some(c)) => candidates.push(c),
+                Ok(None) => {}
+                Err(r) => *self.rejections.entry(r).or_default() += 1,
+            }
+        }
+        let verdicts = self.orders.verify_all(&candidates);
+        for (c, v) in candidates.iter().zip(verdicts) {
+            if let Err(r) = v {
+                *self.rejections.entry(r).or_default() += 1;
+                continue;
+            }
+            match self.best.get_mut(&c.serial) {
+                Some(b) if b.amount >= c.amount => {}
+                Some(b) => b.amount = c.amount,
+                None => {
+                    self.best.insert(
+                        c.serial,
+                        Best {
+                            amount: c.amount,
+                            action: c.limit.action,
+                            billing: c.limit.metadata.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Records what was settled, once per window.
+    pub fn finish(self) -> Result<pb::SettleOrdersResponse, SettleError> {
+        use pb::settle_orders_response::Status;
+        let Settlement {
+            orders,
+            node,
+            window_start,
+            now_ms,
+            best,
+            rejections,
+            ..
+        } = self;
+        let overflow = || SettleError::Db(DbError::Overflow("settled bandwidth"));
+        let mut by_action = Bandwidth::default();
+        let mut by_bucket: HashMap<(ProjectId, String, PieceAction), u64> = HashMap::new();
+        let mut total = 0u64;
+        for b in best.values() {
+            by_action.add(b.action, b.amount).ok_or_else(overflow)?;
+            total = total.checked_add(b.amount).ok_or_else(overflow)?;
+            if let Some((project, bucket)) = orders.open_billing(&b.billing) {
+                let e = by_bucket.entry((project, bucket, b.action)).or_default();
+                *e = e.checked_add(b.amount).ok_or_else(overflow)?;
+            }
+        }
+        let mut resp = pb::SettleOrdersResponse::default();
+        let marker = window_key(&node, window_start);
+        let _guard = orders.commit.lock().expect("settlement lock");
+        if orders.kv.get(Table::SettledWindows, &marker)?.is_some() {
+            resp.status = Status::AlreadySettled as i32;
+            return Ok(resp);
+        }
+        let mut ops = Vec::new();
+        for action in PieceAction::ALL {
+            let bytes = by_action.of(action);
+            if bytes == 0 {
+                continue;
+            }
+            let key = rollup_key(&node, window_start, action);
+            let old = u64_value(orders.kv.get(Table::BandwidthRollups, &key)?);
+            let new = old.checked_add(bytes).ok_or_else(overflow)?;
+            ops.push(Op::Put(
+                Table::BandwidthRollups,
+                key,
+                new.to_be_bytes().to_vec(),
+            ));
+            resp.bytes_by_action.insert(action.code(), bytes);
+            metrics::counter!("loam_satellite_settled_bytes_total", "action" => action.as_str())
+                .increment(bytes);
+        }
+        for ((project, bucket, action), bytes) in by_bucket {
+            let key = bucket_rollup_key(&project, window_start, &bucket, action);
+            let old = u64_value(orders.kv.get(Table::BucketBandwidth, &key)?);
+            let new = old.checked_add(bytes).ok_or_else(overflow)?;
+            ops.push(Op::Put(
+                Table::BucketBandwidth,
+                key,
+                new.to_be_bytes().to_vec(),
+            ));
+        }
+        ops.push(Op::Put(
+            Table::SettledWindows,
+            marker,
+            pb::SettledWindow {
+                settled_unix_ms: now_ms,
+                orders: best.len() as u64,
+                bytes: total,
+            }
+            .encode_to_vec(),
+        ));
+        orders.kv.write(ops)?;
+        resp.status = Status::Accepted as i32;
+        resp.orders_accepted = best.len() as u64;
+        resp.orders_rejected = rejections.values().sum();
+        let mut lines: Vec<String> = rejections
+            .iter()
+            .map(|(r, n)| format!("{n} x {}", r.as_str()))
+            .collect();
+        lines.sort();
+        resp.rejections = lines;
+        metrics::counter!("loam_satellite_settlement_windows_total", "result" => "accepted")
+            .increment(1);
+        metrics::counter!("loam_satellite_settled_orders_total", "result" => "accepted")
+            .increment(resp.orders_accepted);
+        metrics::counter!("loam_satellite_settled_orders_total", "result" => "rejected")
+            .increment(resp.orders_rejected);
+        Ok(resp)
+    }
 }
 
 #[cfg(test)]

@@ -152,3 +152,112 @@ async fn malformed_and_unauthorised_requests() {
     ));
     cancel.cancel();
 }
+
+/// Opens a settlement stream for the window starting at `window` and sends
+/// `batches` (orders per batch, whether it is the last).
+async fn settlement_stream(
+    conn: &quinn::Connection,
+    window: i64,
+    batches: &[(usize, bool)],
+) -> (FrameWriter, FrameReader) {
+    let (send, recv) = conn.open_bi().await.expect("stream");
+    let mut w = FrameWriter::new(send);
+    w.message(&pb::SatelliteRequest {
+        api_key: Default::default(),
+        request: Some(Req::SettleOrders(pb::SettleOrdersRequest {
+            window_start_unix_ms: window,
+        })),
+    })
+    .await
+    .expect("header");
+    for &(n, last) in batches {
+        let orders = vec![pb::UnsentOrder::default(); n];
+        w.message(&pb::OrderBatch { orders, last })
+            .await
+            .expect("batch");
+    }
+    (w, FrameReader::new(recv))
+}
+
+async fn answer(mut w: FrameWriter, mut r: FrameReader) -> pb::SatelliteResponse {
+    let _ = w.finish();
+    r.message().await.expect("an answer")
+}
+
+#[tokio::test]
+async fn settlement_memory_is_bounded_and_partial_streams_settle_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut config = loam_satellite::Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        http_listen: "127.0.0.1:0".parse().expect("addr"),
+        min_difficulty: 0,
+        sync_writes: false,
+        ..Default::default()
+    };
+    config.orders.max_window_orders = 100;
+    let sat = Satellite::new(dir.path(), Identity::generate(0, |_| {}), config)
+        .await
+        .expect("satellite");
+    let node = Identity::generate(0, |_| {});
+    sat.overlay
+        .check_in(
+            node.id(),
+            &pb::CheckInRequest {
+                address: "127.0.0.1:9".into(),
+                public_key: node.public().as_bytes().to_vec().into(),
+                ..Default::default()
+            },
+            loam_common::orders::now_ms(),
+        )
+        .expect("check in");
+    let url = sat.url();
+    let cancel = CancellationToken::new();
+    tokio::spawn(sat.run(cancel.clone()));
+    let client = Endpoint::bind(
+        node.clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+        TransportConfig::default(),
+    )
+    .expect("client");
+    let conn = client
+        .connect(url.id, url.socket_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let now = loam_common::orders::now_ms();
+    let window = now - now.rem_euclid(3_600_000);
+
+    // More orders than a window may hold: refused as they arrive.
+    let (w, r) = settlement_stream(&conn, window, &[(60, false), (60, true)]).await;
+    assert_eq!(
+        error_code(&answer(w, r).await),
+        pb::ErrorCode::ResourceExhausted
+    );
+
+    // One settlement per node at a time.
+    let (w1, r1) = settlement_stream(&conn, window, &[(10, false)]).await;
+    // (a round trip on another stream makes sure the first one started)
+    let _ = rpc::satellite(&conn, &[], Req::Info(Default::default())).await;
+    let (w2, r2) = settlement_stream(&conn, window, &[(0, true)]).await;
+    assert_eq!(
+        error_code(&answer(w2, r2).await),
+        pb::ErrorCode::ResourceExhausted
+    );
+    // A stream that ends before its last batch settles nothing.
+    assert_eq!(
+        error_code(&answer(w1, r1).await),
+        pb::ErrorCode::InvalidArgument
+    );
+    let (w, r) = settlement_stream(&conn, window, &[(5, true)]).await;
+    match answer(w, r).await.response {
+        Some(Resp::SettleOrders(s)) => {
+            assert_eq!(
+                s.status,
+                pb::settle_orders_response::Status::Accepted as i32,
+                "the window was still open: {s:?}"
+            );
+            assert_eq!((s.orders_accepted, s.orders_rejected), (0, 5));
+        }
+        other => panic!("expected a settlement, got {other:?}"),
+    }
+    cancel.cancel();
+}

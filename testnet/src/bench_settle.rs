@@ -132,6 +132,7 @@ pub fn run(
     let config = OrdersConfig {
         window_secs: 60.0,
         max_age_secs: 30.0 * 86_400.0,
+        ..OrdersConfig::default()
     };
     let settlement = Orders::new(kv, &sat, config);
     let base = settlement.window_of(now_ms() - 20 * 86_400_000);
