@@ -299,20 +299,54 @@ impl Identity {
         Self { key, id }
     }
 
-    /// Generates key pairs until one's id meets `difficulty`; calls
-    /// `progress` with the number of attempts every 4096 tries.
+    /// Generates key pairs until one's id meets `difficulty`, on every
+    /// core; calls `progress` with the number of attempts so far about ten
+    /// times a second while it searches.
     pub fn generate(difficulty: u32, mut progress: impl FnMut(u64)) -> Self {
-        let mut attempts = 0u64;
-        loop {
-            let candidate = Self::from_key(KeyPair::generate());
-            attempts += 1;
-            if candidate.id.difficulty() >= difficulty {
-                return candidate;
-            }
-            if attempts.is_multiple_of(4096) {
-                progress(attempts);
+        // Small difficulties (tests, test networks) are found at once.
+        if difficulty <= 12 {
+            loop {
+                let candidate = Self::from_key(KeyPair::generate());
+                if candidate.id.difficulty() >= difficulty {
+                    return candidate;
+                }
             }
         }
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let attempts = AtomicU64::new(0);
+        let found = std::sync::Mutex::new(None::<Self>);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    loop {
+                        for _ in 0..256 {
+                            let candidate = Self::from_key(KeyPair::generate());
+                            if candidate.id.difficulty() >= difficulty {
+                                let mut f = found.lock().expect("identity search lock");
+                                f.get_or_insert(candidate);
+                                return;
+                            }
+                        }
+                        attempts.fetch_add(256, Ordering::Relaxed);
+                        if found.lock().expect("identity search lock").is_some() {
+                            return;
+                        }
+                    }
+                });
+            }
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if found.lock().expect("identity search lock").is_some() {
+                    break;
+                }
+                progress(attempts.load(Ordering::Relaxed));
+            }
+        });
+        found
+            .into_inner()
+            .expect("identity search lock")
+            .expect("a thread found one before the search ended")
     }
 
     pub fn id(&self) -> NodeId {

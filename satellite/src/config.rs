@@ -25,7 +25,9 @@ pub struct Config {
     /// satellite's metadata, with no pieces. Default 4096.
     pub max_inline_size: u64,
     /// Least proof-of-work difficulty (trailing zero bits of the node id)
-    /// accepted at check-in. Default 20.
+    /// accepted at check-in: the price of each Sybil identity. Default 24
+    /// (about 2^24 key pairs, a few minutes on a laptop; test networks use
+    /// less).
     pub min_difficulty: u32,
     /// A node is online if it checked in within this many seconds.
     /// Default 14400 (4 h).
@@ -79,7 +81,7 @@ impl Default for Config {
             redundancy: RedundancyScheme::new(29, 35, 80, 110).expect("valid default scheme"),
             max_segment_size: 64 << 20,
             max_inline_size: 4096,
-            min_difficulty: 20,
+            min_difficulty: 24,
             online_window_secs: 14400.0,
             distinct_subnets: true,
             new_node_fraction: 0.05,
@@ -349,7 +351,7 @@ mod tests {
             text,
             "listen = \"0.0.0.0:7777\"\nexternal_address = \"\"\nhttp_listen = \"127.0.0.1:10010\"\n\
              redundancy = \"29/35/80/110\"\nmax_segment_size = 67108864\nmax_inline_size = 4096\n\
-             min_difficulty = 20\nonline_window_secs = 14400.0\ndistinct_subnets = true\nnew_node_fraction = 0.05\n\
+             min_difficulty = 24\nonline_window_secs = 14400.0\ndistinct_subnets = true\nnew_node_fraction = 0.05\n\
              order_expiration_secs = 86400.0\npending_expiration_secs = 86400.0\n\
              default_storage_limit = 0\ndefault_egress_limit = 0\nminimum_node_version = \"\"\nsync_writes = true\n\n\
              [audit]\ninterval_secs = 60.0\nper_node = 1\nlambda = 0.999\nweight = 1.0\n\
@@ -383,7 +385,7 @@ mod tests {
         let text = c.documented().expect("toml");
         assert!(!text.contains("(undocumented)"), "{text}");
         assert!(
-            text.contains("# Default: 20\nmin_difficulty = 8\n"),
+            text.contains("# Default: 24\nmin_difficulty = 8\n"),
             "{text}"
         );
         assert_eq!(toml::from_str::<Config>(&text).expect("parse"), c);

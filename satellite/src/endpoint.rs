@@ -28,11 +28,16 @@ pub struct Endpoint {
     /// Least node version accepted without a warning; empty: none.
     pub(crate) minimum_node_version: String,
     pub(crate) started_ms: i64,
+    /// The satellite's QUIC endpoint, to dial nodes back.
+    pub(crate) quic: loam_common::transport::Endpoint,
     /// Nodes with a settlement running.
     pub(crate) settling: Arc<std::sync::Mutex<std::collections::HashSet<NodeId>>>,
     /// Settlements running at once, over all nodes.
     pub(crate) settlements: tokio::sync::Semaphore,
 }
+
+/// How long dialing a node back at check-in may take.
+const DIAL_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settlements running at once over all nodes.
 pub const MAX_SETTLEMENTS: usize = 4;
@@ -105,6 +110,7 @@ impl Endpoint {
     pub async fn handle_stream(
         self: Arc<Self>,
         peer: NodeId,
+        remote: std::net::SocketAddr,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
     ) {
@@ -119,6 +125,7 @@ impl Endpoint {
                 let name = method(&req);
                 match req {
                     Req::SettleOrders(h) => (name, self.settle(peer, h, &mut reader).await),
+                    Req::CheckIn(r) => (name, self.check_in(peer, remote, r).await),
                     // `status --wait-nodes`: held until enough nodes are
                     // online (each check-in wakes it) or the wait is over.
                     Req::Status(s) if s.wait_online_nodes > 0 && peer == self.own_id => {
@@ -162,6 +169,64 @@ impl Endpoint {
             })
             .await;
         let _ = writer.finish();
+    }
+
+    /// A node's check-in, as the satellite sees it: the source address of
+    /// the connection (for the subnet rule), and whether the node can be
+    /// reached at the address it advertises, by dialing it back.
+    async fn check_in(
+        &self,
+        peer: NodeId,
+        remote: std::net::SocketAddr,
+        r: pb::CheckInRequest,
+    ) -> Result<Resp, RemoteError> {
+        let api = |e: crate::metainfo::MetainfoError| RemoteError::new(e.code(), e.to_string());
+        let m = &self.metainfo;
+        let reachable = self.dial_back(peer, &r.address).await;
+        if !reachable {
+            tracing::info!(node = %peer.short(), address = %r.address, "node not reachable at its advertised address");
+        }
+        let now = loam_common::orders::now_ms();
+        self.overlay
+            .check_in_seen(peer, &r, Some(remote.ip()), reachable, now)
+            .map_err(|e| api(e.into()))?;
+        metrics::counter!("loam_satellite_checkins_total").increment(1);
+        metrics::gauge!("loam_satellite_nodes_online").set(self.overlay.online_count(now) as f64);
+        let standing = self
+            .reputation
+            .get(&peer)
+            .map(|r| self.reputation.config().standing(&r))
+            .ok();
+        let rates = self.payouts.config();
+        Ok(Resp::CheckIn(pb::CheckInResponse {
+            standing,
+            order_window_ms: m.orders().window_ms(),
+            rates: Some(pb::PayoutRates {
+                token_decimals: rates.token_decimals,
+                storage_per_tb_month: rates.storage_per_tb_month,
+                egress_per_tb: rates.egress_per_tb,
+                repair_audit_per_tb: rates.repair_audit_per_tb,
+                ingress_per_tb: rates.ingress_per_tb,
+                per_work_unit: rates.per_work_unit,
+            }),
+            minimum_version: self.minimum_node_version.clone(),
+            suggested_version: loam_common::VERSION.to_string(),
+            reachable,
+            observed_address: remote.to_string(),
+            ..Default::default()
+        }))
+    }
+
+    /// Whether a QUIC connection to `address`, pinned to `peer`, comes up
+    /// within [`DIAL_BACK_TIMEOUT`].
+    async fn dial_back(&self, peer: NodeId, address: &str) -> bool {
+        let Ok(Some(addr)) = tokio::net::lookup_host(address).await.map(|mut a| a.next()) else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(DIAL_BACK_TIMEOUT, self.quic.dial(peer, addr)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Settles a window's order batches as they arrive on the stream: each
@@ -344,34 +409,11 @@ impl Endpoint {
             }
         };
         match req {
-            Req::CheckIn(r) => {
-                self.overlay
-                    .check_in(peer, &r, now)
-                    .map_err(|e| api(e.into()))?;
-                metrics::counter!("loam_satellite_checkins_total").increment(1);
-                metrics::gauge!("loam_satellite_nodes_online")
-                    .set(self.overlay.online_count(now) as f64);
-                let standing = self
-                    .reputation
-                    .get(&peer)
-                    .map(|r| self.reputation.config().standing(&r))
-                    .ok();
-                let rates = self.payouts.config();
-                return Ok(Resp::CheckIn(pb::CheckInResponse {
-                    standing,
-                    order_window_ms: m.orders().window_ms(),
-                    rates: Some(pb::PayoutRates {
-                        token_decimals: rates.token_decimals,
-                        storage_per_tb_month: rates.storage_per_tb_month,
-                        egress_per_tb: rates.egress_per_tb,
-                        repair_audit_per_tb: rates.repair_audit_per_tb,
-                        ingress_per_tb: rates.ingress_per_tb,
-                        per_work_unit: rates.per_work_unit,
-                    }),
-                    minimum_version: self.minimum_node_version.clone(),
-                    suggested_version: loam_common::VERSION.to_string(),
-                    ..Default::default()
-                }));
+            Req::CheckIn(_) => {
+                return Err(RemoteError::new(
+                    pb::ErrorCode::InvalidArgument,
+                    "check-ins are answered on their own path",
+                ));
             }
             Req::Info(_) => {
                 return Ok(Resp::Info(pb::InfoResponse {

@@ -315,6 +315,7 @@ impl Satellite {
             repair: self.repair.clone(),
             minimum_node_version: self.config.minimum_node_version.clone(),
             started_ms: loam_common::orders::now_ms(),
+            quic: self.endpoint.clone(),
             settling: Default::default(),
             settlements: tokio::sync::Semaphore::new(endpoint::MAX_SETTLEMENTS),
         });
@@ -432,8 +433,9 @@ impl Satellite {
                             conn.close(1u32.into(), b"no identity");
                             return;
                         };
+                        let remote = conn.remote_address();
                         while let Ok((send, recv)) = conn.accept_bi().await {
-                            tokio::spawn(endpoint.clone().handle_stream(peer, send, recv));
+                            tokio::spawn(endpoint.clone().handle_stream(peer, remote, send, recv));
                         }
                     });
                 }

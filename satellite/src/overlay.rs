@@ -37,17 +37,26 @@ pub struct Node {
     pub suspended_ms: Option<i64>,
     /// Payout address (EIP-55 checksummed), empty if none was given.
     pub wallet: String,
+    /// The IP address its check-ins come from: what the one-piece-per-
+    /// subnet rule uses, since the advertised address is the node's word.
+    pub observed_ip: Option<IpAddr>,
+    /// The satellite could not dial it back at its advertised address at
+    /// the last check-in: it gets no new pieces or tasks.
+    pub unreachable: bool,
 }
 
 impl Node {
     /// The network a node is in, for the one-piece-per-subnet rule: the /24
     /// of an IPv4 address, the /64 of an IPv6 one, else the host name.
     pub fn subnet(&self) -> String {
-        let host = self
-            .address
-            .parse::<SocketAddr>()
-            .map(|a| a.ip())
-            .or_else(|_| self.address.parse::<IpAddr>());
+        let host = match self.observed_ip {
+            Some(ip) => Ok(ip),
+            None => self
+                .address
+                .parse::<SocketAddr>()
+                .map(|a| a.ip())
+                .or_else(|_| self.address.parse::<IpAddr>()),
+        };
         match host {
             Ok(IpAddr::V4(v4)) => {
                 let o = v4.octets();
@@ -80,6 +89,11 @@ impl Node {
             vetted: self.vetted,
             suspended_unix_ms: self.suspended_ms.unwrap_or(0),
             wallet: self.wallet.clone(),
+            observed_ip: self
+                .observed_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            unreachable: self.unreachable,
         }
     }
 
@@ -101,6 +115,8 @@ impl Node {
             vetted: r.vetted,
             suspended_ms: (r.suspended_unix_ms > 0).then_some(r.suspended_unix_ms),
             wallet: r.wallet.clone(),
+            observed_ip: r.observed_ip.parse().ok(),
+            unreachable: r.unreachable,
         })
     }
 }
@@ -159,7 +175,34 @@ impl Overlay {
         &self.config
     }
 
-    /// Records a check-in from the node authenticated as `peer`.
+    /// Records a check-in from the node authenticated as `peer`, as the
+    /// satellite saw it: from `observed` (its source IP), and `reachable`
+    /// or not at its advertised address.
+    pub fn check_in_seen(
+        &self,
+        peer: NodeId,
+        req: &pb::CheckInRequest,
+        observed: Option<IpAddr>,
+        reachable: bool,
+        now_ms: i64,
+    ) -> Result<Node, OverlayError> {
+        let mut node = self.check_in(peer, req, now_ms)?;
+        node.observed_ip = observed;
+        node.unreachable = !reachable;
+        self.kv.put(
+            Table::Nodes,
+            peer.as_bytes().to_vec(),
+            node.to_record().encode_to_vec(),
+        )?;
+        self.nodes
+            .write()
+            .expect("overlay lock")
+            .insert(peer, node.clone());
+        Ok(node)
+    }
+
+    /// Records a check-in from the node authenticated as `peer` (with no
+    /// observed address or reachability: tests and tools).
     pub fn check_in(
         &self,
         peer: NodeId,
@@ -200,21 +243,26 @@ impl Overlay {
         let exit_finished_ms = previous.as_ref().and_then(|n| n.exit_finished_ms);
         let vetted = previous.as_ref().is_some_and(|n| n.vetted);
         let suspended_ms = previous.as_ref().and_then(|n| n.suspended_ms);
+        let observed_ip = previous.as_ref().and_then(|n| n.observed_ip);
+        let unreachable = previous.as_ref().is_some_and(|n| n.unreachable);
+        let free_disk = req.free_disk.clamp(0, MAX_CLAIMED_FREE_DISK);
         let node = Node {
             id: peer,
             public_key: key,
             address: req.address.clone(),
-            free_disk: req.free_disk,
+            free_disk,
             version: req.version.clone(),
             last_seen_ms: now_ms,
             created_ms,
-            capabilities: req.capabilities.unwrap_or_default(),
+            capabilities: bounded_capabilities(req.capabilities.unwrap_or_default()),
             disqualified_ms,
             exit_started_ms,
             exit_finished_ms,
             vetted,
             suspended_ms,
             wallet,
+            observed_ip,
+            unreachable,
         };
         self.kv.put(
             Table::Nodes,
@@ -282,7 +330,7 @@ impl Overlay {
     /// May receive new pieces and compute tasks: healthy and not
     /// suspended.
     pub fn is_selectable(&self, node: &Node, now_ms: i64) -> bool {
-        self.is_healthy(node, now_ms) && node.suspended_ms.is_none()
+        self.is_healthy(node, now_ms) && node.suspended_ms.is_none() && !node.unreachable
     }
 
     /// Records a suspension (`since_ms` > 0) or its end (0).
@@ -482,6 +530,27 @@ impl Overlay {
     }
 }
 
+/// Most CPU cores, GPUs and concurrent training tasks a node may claim.
+/// Claims are the node's own word: past these bounds they buy nothing.
+/// (Placement does not rank nodes by them either, see
+/// `compute::Compute::candidates`.)
+pub const MAX_CLAIMED_CORES: u32 = 256;
+pub const MAX_CLAIMED_GPUS: u32 = 16;
+pub const MAX_CLAIMED_TASKS: u32 = 16;
+/// 4 TiB of memory.
+pub const MAX_CLAIMED_MEMORY: u64 = 4 << 40;
+/// 1 PB of free disk: more than one node could hold.
+pub const MAX_CLAIMED_FREE_DISK: i64 = 1_000_000_000_000_000;
+
+/// A node's compute claims, clamped to what any one machine could have.
+pub fn bounded_capabilities(mut c: pb::NodeCapabilities) -> pb::NodeCapabilities {
+    c.cpu_cores = c.cpu_cores.min(MAX_CLAIMED_CORES);
+    c.gpus = c.gpus.min(MAX_CLAIMED_GPUS);
+    c.max_tasks = c.max_tasks.min(MAX_CLAIMED_TASKS);
+    c.memory_bytes = c.memory_bytes.min(MAX_CLAIMED_MEMORY);
+    c
+}
+
 /// Random choice of up to `want` nodes of which at most
 /// `floor(want × new_fraction)` are unvetted, unless there are too few
 /// vetted nodes to fill the rest (a young network); at most one per subnet
@@ -557,7 +626,88 @@ mod tests {
             vetted: false,
             suspended_ms: None,
             wallet: String::new(),
+            observed_ip: None,
+            unreachable: false,
         }
+    }
+
+    #[test]
+    fn the_subnet_rule_uses_the_observed_address_not_the_claimed_one() {
+        // Two Sybil nodes on one machine claim addresses in different
+        // subnets; their check-ins come from the same one.
+        let mut a = node("10.1.0.5:7000");
+        let mut b = node("10.2.0.5:7000");
+        assert_ne!(a.subnet(), b.subnet());
+        a.observed_ip = "192.0.2.7".parse().ok();
+        b.observed_ip = "192.0.2.8".parse().ok();
+        assert_eq!(a.subnet(), b.subnet());
+        let picked = select_nodes(
+            vec![a, b],
+            2,
+            true,
+            &mut rand::rngs::StdRng::seed_from_u64(1),
+        );
+        assert_eq!(picked.len(), 1, "one piece per observed subnet");
+    }
+
+    #[test]
+    fn claims_are_bounded_and_unreachable_nodes_get_nothing() {
+        let kv: Arc<dyn Kv> = Arc::new(crate::db::MemKv::default());
+        let overlay = Overlay::open(
+            kv,
+            OverlayConfig {
+                online_window: Duration::from_secs(60),
+                distinct_subnets: false,
+                min_difficulty: 0,
+                new_node_fraction: 0.05,
+            },
+        )
+        .expect("overlay");
+        let key = loam_common::KeyPair::generate();
+        let req = pb::CheckInRequest {
+            address: "127.0.0.1:7000".into(),
+            free_disk: i64::MAX,
+            public_key: key.public().as_bytes().to_vec().into(),
+            capabilities: Some(pb::NodeCapabilities {
+                cpu_cores: 1_000_000,
+                gpus: 10_000,
+                max_tasks: 1_000,
+                memory_bytes: u64::MAX,
+                compute_enabled: true,
+            }),
+            ..Default::default()
+        };
+        let now = 1_000;
+        let n = overlay
+            .check_in_seen(
+                key.public().node_id(),
+                &req,
+                "192.0.2.1".parse().ok(),
+                false,
+                now,
+            )
+            .expect("check in");
+        assert_eq!(n.free_disk, MAX_CLAIMED_FREE_DISK);
+        assert_eq!(
+            (
+                n.capabilities.cpu_cores,
+                n.capabilities.gpus,
+                n.capabilities.max_tasks
+            ),
+            (MAX_CLAIMED_CORES, MAX_CLAIMED_GPUS, MAX_CLAIMED_TASKS)
+        );
+        assert!(!overlay.is_selectable(&n, now), "not reachable: no pieces");
+        let n = overlay
+            .check_in_seen(
+                key.public().node_id(),
+                &req,
+                "192.0.2.1".parse().ok(),
+                true,
+                now,
+            )
+            .expect("check in");
+        assert!(overlay.is_selectable(&n, now));
+        assert_eq!(n.subnet(), "192.0.2.0/24");
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Contact {
     /// Per satellite: the last accepted check-in and the standing it
     /// reported.
     standings: RwLock<HashMap<NodeId, SatelliteStanding>>,
+    /// A dishonest node's advertised free space (tests only).
+    free_disk_lie: Option<i64>,
 }
 
 /// What one satellite last said about this node.
@@ -65,6 +67,10 @@ pub struct SatelliteStanding {
     /// Versions the satellite asks for (empty: none).
     pub minimum_version: String,
     pub suggested_version: String,
+    /// The satellite could dial this node back at its advertised address.
+    pub reachable: bool,
+    /// Where the satellite saw the check-in come from.
+    pub observed_address: String,
 }
 
 impl Contact {
@@ -87,7 +93,21 @@ impl Contact {
             cycle: Cycle::new(interval),
             checked_in: watch::channel(0).0,
             standings: RwLock::new(HashMap::new()),
+            free_disk_lie: None,
         }
+    }
+
+    /// Makes the node advertise what `lies` says about its free space and
+    /// compute (tests only, see [`crate::adversary`]).
+    pub fn lie(mut self, lies: &crate::adversary::Lies) -> Self {
+        self.free_disk_lie = lies.free_disk;
+        if let Some((cores, gpus)) = lies.compute {
+            self.capabilities.cpu_cores = cores;
+            self.capabilities.gpus = gpus;
+            self.capabilities.max_tasks = u32::MAX;
+            self.capabilities.memory_bytes = u64::MAX;
+        }
+        self
     }
 
     pub fn satellites(&self) -> &[NodeUrl] {
@@ -126,6 +146,13 @@ impl Contact {
                 problems.push(format!(
                     "satellite {name}: no successful check-in for {} s",
                     (now_ms - s.last_check_in_ms) / 1000
+                ));
+            }
+            if !s.reachable {
+                problems.push(format!(
+                    "satellite {name}: cannot reach this node at {} over QUIC (its check-in came \
+                     from {}); forward the UDP port or set external_address",
+                    self.external_address, s.observed_address
                 ));
             }
             let Some(st) = &s.standing else { continue };
@@ -222,7 +249,9 @@ impl Contact {
         }
         let request = pb::CheckInRequest {
             address: self.external_address.clone(),
-            free_disk: self.piecestore.free_bytes() as i64,
+            free_disk: self
+                .free_disk_lie
+                .unwrap_or(self.piecestore.free_bytes() as i64),
             version: loam_common::VERSION.to_string(),
             capabilities: Some(self.capabilities),
             public_key: self.endpoint.identity().public().as_bytes().to_vec().into(),
@@ -243,6 +272,8 @@ impl Contact {
                 rates: r.rates,
                 minimum_version: r.minimum_version,
                 suggested_version: r.suggested_version,
+                reachable: r.reachable,
+                observed_address: r.observed_address,
             },
         );
         Ok(())

@@ -106,6 +106,11 @@ pub struct Satellite {
     pub suspended_unix_ms: Option<i64>,
     pub offline_suspended_unix_ms: Option<i64>,
     pub disqualified_unix_ms: Option<i64>,
+    /// Whether the satellite could dial this node back over QUIC at its
+    /// advertised address at the last check-in (None: not checked in).
+    pub quic_reachable: Option<bool>,
+    /// The source address the satellite saw the last check-in come from.
+    pub observed_address: Option<String>,
     pub bandwidth: Bandwidth,
 }
 
@@ -423,6 +428,10 @@ fn satellite_view(
         suspended_unix_ms: st.and_then(|s| when(s.suspended_unix_ms)),
         offline_suspended_unix_ms: st.and_then(|s| when(s.offline_suspended_unix_ms)),
         disqualified_unix_ms: st.and_then(|s| when(s.disqualified_unix_ms)),
+        quic_reachable: standing.map(|s| s.reachable),
+        observed_address: standing
+            .map(|s| s.observed_address.clone())
+            .filter(|a| !a.is_empty()),
         bandwidth,
     }
 }
@@ -507,6 +516,20 @@ fn notifications(
             ),
             _ => {}
         }
+        if sat.quic_reachable == Some(false) {
+            push(
+                "critical",
+                format!("Satellite {name} cannot reach this node"),
+                format!(
+                    "The satellite could not open a QUIC connection back to the address this node \
+                     advertises (its check-in came from {}). It sends no new data until it can: \
+                     forward the UDP port to this machine or set external_address in config.toml.",
+                    sat.observed_address
+                        .as_deref()
+                        .unwrap_or("an unknown address")
+                ),
+            );
+        }
         if sat.status != "disqualified"
             && let (Some(score), Some(threshold)) = (sat.audit_score, sat.audit_threshold)
             && score < threshold + DQ_MARGIN
@@ -547,8 +570,12 @@ fn notifications(
             ),
         );
     }
+    let allocation_left = d
+        .allocated_bytes
+        .saturating_sub(d.used_bytes)
+        .saturating_sub(d.trash_bytes);
     if let Some(fs_free) = d.filesystem_free_bytes
-        && fs_free < d.free_bytes
+        && fs_free < allocation_left
     {
         push(
             "warning",
@@ -558,7 +585,7 @@ fn notifications(
                  Uploads will fail once the disk is full: free space on the disk or lower \
                  allocated_bytes in config.toml.",
                 format_bytes(fs_free),
-                format_bytes(d.free_bytes)
+                format_bytes(allocation_left)
             ),
         );
     }
@@ -678,6 +705,10 @@ pub const GLOSSARY: &[(&str, &str)] = &[
     (
         "Vetted",
         "A new node gets a small share of uploads until it passed enough audits; then it is vetted and gets its full share.",
+    ),
+    (
+        "QUIC reachable",
+        "Whether the satellite could connect back to this node at its advertised address at the last check-in. A node it cannot reach gets no new data.",
     ),
     (
         "Suspended",
@@ -857,11 +888,12 @@ pub fn render(s: &Snapshot) -> String {
         h,
         "<section id=\"satellites\"><h2>Satellites</h2><table class=\"wide\"><tr><th>Satellite</th>\
          <th>Status</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>Audits (failed)</th>\
-         <th>Last check-in</th></tr>",
+         <th>{}</th><th>Last check-in</th></tr>",
         tip("Audit score"),
         tip("Suspension score"),
         tip("Online score"),
         tip("Vetted"),
+        tip("QUIC reachable"),
     );
     for (i, sat) in s.satellites.iter().enumerate() {
         let threshold = |v: Option<f64>| {
@@ -876,7 +908,7 @@ pub fn render(s: &Snapshot) -> String {
             h,
             "<tr><td><code title=\"{url}\">{short}</code></td><td class=\"st-{cls}\">{status}</td>\
              <td>{a}{at}</td><td>{su}{st}</td><td>{o}{ot}</td><td>{vetted}</td>\
-             <td>{audits} ({failed})</td><td>{last}</td></tr>",
+             <td>{audits} ({failed})</td><td>{reach}</td><td>{last}</td></tr>",
             url = escape(&sat.url),
             short = escape(sat.id.get(..12).unwrap_or(&sat.id)),
             cls = sat.status.replace(' ', "-"),
@@ -891,6 +923,11 @@ pub fn render(s: &Snapshot) -> String {
             o = score_field(&format!("satellites.{i}.online_score"), sat.online_score),
             ot = threshold(sat.online_threshold),
             vetted = if sat.vetted { "yes" } else { "not yet" },
+            reach = match sat.quic_reachable {
+                Some(true) => "yes",
+                Some(false) => "<strong>no</strong>",
+                None => "-",
+            },
             audits = num_field(
                 &format!("satellites.{i}.audits"),
                 sat.audits,
@@ -1060,6 +1097,8 @@ mod tests {
             suspended_unix_ms: (status == "suspended").then_some(1),
             offline_suspended_unix_ms: None,
             disqualified_unix_ms: (status == "disqualified").then_some(1),
+            quic_reachable: Some(true),
+            observed_address: Some("127.0.0.1:40000".into()),
             bandwidth: Bandwidth::default(),
         }
     }

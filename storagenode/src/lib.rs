@@ -139,15 +139,18 @@ impl StorageNode {
                 .parse::<loam_common::wallet::Wallet>()?
                 .to_checksummed()
         };
-        let contact = Arc::new(Contact::new(
-            endpoint.clone(),
-            config.satellites.clone(),
-            piecestore.clone(),
-            config.compute.capabilities(),
-            external,
-            wallet,
-            Duration::from_secs_f64(config.checkin_interval_secs.max(0.05)),
-        ));
+        let contact = Arc::new(
+            Contact::new(
+                endpoint.clone(),
+                config.satellites.clone(),
+                piecestore.clone(),
+                config.compute.capabilities(),
+                external,
+                wallet,
+                Duration::from_secs_f64(config.checkin_interval_secs.max(0.05)),
+            )
+            .lie(&lies),
+        );
         let settler = Arc::new(orders::Settler::new(
             endpoint.clone(),
             contact.clone(),

@@ -224,6 +224,26 @@ impl Planet {
         self.nodes[i].start().await
     }
 
+    /// Stops node `i` and starts it again lying as `lies` says (for a lie
+    /// that needs the node to hold data first).
+    pub async fn restart_node_lying(&mut self, i: usize, lies: Lies) -> anyhow::Result<()> {
+        self.nodes[i].stop().await;
+        self.nodes[i].lies = lies;
+        self.nodes[i].start().await
+    }
+
+    /// Index of the node holding data piece `row` of the first segment
+    /// that has one.
+    pub fn holder_of_row(&self, row: u32) -> Option<usize> {
+        let segments = self.satellite.segments().ok()?;
+        let id = segments
+            .iter()
+            .flat_map(|(_, s)| &s.pieces)
+            .find(|p| p.piece_num == row)
+            .and_then(|p| NodeId::try_from(p.node_id.as_ref()).ok())?;
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
     pub async fn shutdown(self) {
         self.cancel.cancel();
         for mut n in self.nodes {

@@ -61,3 +61,120 @@ async fn a_node_answering_audits_with_errors_fails_them_and_is_disqualified() ->
     planet.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_the_satellite_cannot_dial_back_gets_no_pieces() -> anyhow::Result<()> {
+    // Node 0 advertises an address where nothing listens (a node behind a
+    // closed port, or one lying about where it is).
+    let mut config = PlanetConfig::new(6);
+    config.reconfigure_node = Some(Box::new(|i, c| {
+        if i == 0 {
+            c.external_address = "127.0.0.1:9".into();
+        }
+    }));
+    let planet = Planet::start(config).await?;
+    let liar = planet.nodes[0].id;
+    let node = planet.satellite_overlay.get(&liar).expect("checked in");
+    assert!(node.unreachable);
+    assert_eq!(
+        node.observed_ip,
+        Some("127.0.0.1".parse()?),
+        "the subnet rule uses where check-ins come from"
+    );
+    let honest = planet
+        .satellite_overlay
+        .get(&planet.nodes[1].id)
+        .expect("known");
+    assert!(!honest.unreachable);
+
+    let project = planet.project()?;
+    project.create_bucket("bk").await?;
+    for i in 0..4 {
+        project
+            .upload(
+                "bk",
+                &format!("o{i}"),
+                std::io::Cursor::new(vec![i as u8; 50_000]),
+                None,
+            )
+            .await?;
+    }
+    let placed = planet.satellite.piece_placements()?;
+    assert!(!placed.is_empty());
+    assert!(placed.iter().all(|(n, _)| *n != liar), "no piece on it");
+
+    // Its operator is told why.
+    let addr = planet.nodes[0].http_addr.expect("running");
+    let (status, body) = loam_testnet::http_request(&format!("http://{addr}/health")).await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("cannot reach this node"), "{body}");
+    planet.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_and_free_space_claims_buy_nothing() -> anyhow::Result<()> {
+    // Node 0 claims a million cores, a thousand GPUs and endless disk.
+    let config = PlanetConfig::new(5).liar(
+        0,
+        Lies {
+            compute: Some((1_000_000, 1_000)),
+            free_disk: Some(i64::MAX),
+            ..Lies::default()
+        },
+    );
+    let planet = Planet::start(config).await?;
+    let node = planet
+        .satellite_overlay
+        .get(&planet.nodes[0].id)
+        .expect("known");
+    use loam_satellite::overlay::*;
+    assert_eq!(node.capabilities.cpu_cores, MAX_CLAIMED_CORES);
+    assert_eq!(node.capabilities.gpus, MAX_CLAIMED_GPUS);
+    assert_eq!(node.capabilities.max_tasks, MAX_CLAIMED_TASKS);
+    assert_eq!(node.free_disk, MAX_CLAIMED_FREE_DISK);
+    planet.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_refuses_foreign_hosts_and_cross_site_posts() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let planet = Planet::start(PlanetConfig::new(1)).await?;
+    let addr = planet.nodes[0].http_addr.expect("running");
+    let send = |req: String| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(req.as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        anyhow::Ok(out)
+    };
+    let status = |resp: &str| resp.split_whitespace().nth(1).unwrap_or("").to_string();
+    let ok = send(format!(
+        "GET /api/sno HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    ))
+    .await?;
+    assert_eq!(status(&ok), "200", "{ok}");
+    // DNS rebinding: a page on evil.example whose name now points here.
+    let rebound = send(
+        "GET /api/sno HTTP/1.1\r\nHost: evil.example:14002\r\nConnection: close\r\n\r\n".into(),
+    )
+    .await?;
+    assert_eq!(status(&rebound), "403", "{rebound}");
+    // CSRF: a form on another site posting to a chore.
+    let csrf = send(format!(
+        "POST /api/chores/check-in HTTP/1.1\r\nHost: {addr}\r\nOrigin: https://evil.example\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    ))
+    .await?;
+    assert_eq!(status(&csrf), "403", "{csrf}");
+    // The node's own page, and scripts without an Origin, may.
+    let same = send(format!(
+        "POST /api/chores/check-in HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    ))
+    .await?;
+    assert_eq!(status(&same), "200", "{same}");
+    planet.shutdown().await;
+    Ok(())
+}

@@ -155,21 +155,26 @@ async fn a_holder_lost_mid_job_is_rebuilt_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_weights_are_caught_and_not_paid() {
-    // Node 0 nudges every weight: small enough to pass the norm check,
-    // large enough to differ from an honest re-execution.
+    // A node holding data nudges every weight: small enough to pass the
+    // norm check, large enough to differ from an honest re-execution.
     let hook: loam_storagenode::compute::WeightsHook = Arc::new(|w: &mut [f32]| {
         for x in w.iter_mut() {
             *x += 1e-3;
         }
     });
-    let config = PlanetConfig::new(6).liar(
-        0,
-        Lies {
-            weights: Some(hook),
-            ..Lies::default()
-        },
-    );
-    let (planet, project, test) = setup(config).await;
+    let (mut planet, project, test) = setup(PlanetConfig::new(6)).await;
+    let liar = planet.holder_of_row(0).expect("a node holds data row 0");
+    planet
+        .restart_node_lying(
+            liar,
+            Lies {
+                weights: Some(hook),
+                ..Lies::default()
+            },
+        )
+        .await
+        .expect("restart");
+    let liar_id = planet.nodes[liar].id;
     let info = project
         .submit_job("digits", "train", &job(4, 1.0))
         .await
@@ -178,10 +183,10 @@ async fn wrong_weights_are_caught_and_not_paid() {
     assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
     assert!(done.verification_failures > 0);
     let stats = planet.compute.node_stats().expect("stats");
-    let bad = stats.get(&planet.nodes[0].id).cloned().unwrap_or_default();
+    let bad = stats.get(&liar_id).cloned().unwrap_or_default();
     assert!(bad.verification_failures > 0, "{bad:?}");
     assert_eq!(bad.work_units, 0.0, "a wrong result earns nothing");
-    for n in &planet.nodes[1..] {
+    for n in planet.nodes.iter().filter(|n| n.id != liar_id) {
         let s = stats.get(&n.id).cloned().unwrap_or_default();
         assert_eq!(s.verification_failures, 0, "honest node blamed");
     }
@@ -311,16 +316,22 @@ async fn a_job_after_cancelling_a_running_one_finishes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inflated_sample_counts_are_caught_and_not_paid() {
-    // Node 0 trains honestly but claims a huge sample count: before, that
-    // set its pay and the weight of its update (and overflowed the sums).
-    let config = PlanetConfig::new(6).liar(
-        0,
-        Lies {
-            samples: Some(u64::MAX / 2),
-            ..Lies::default()
-        },
-    );
-    let (planet, project, test) = setup(config).await;
+    // A node holding data trains honestly but claims a huge sample count:
+    // before, that set its pay and the weight of its update (and
+    // overflowed the sums).
+    let (mut planet, project, test) = setup(PlanetConfig::new(6)).await;
+    let liar = planet.holder_of_row(0).expect("a node holds data row 0");
+    planet
+        .restart_node_lying(
+            liar,
+            Lies {
+                samples: Some(u64::MAX / 2),
+                ..Lies::default()
+            },
+        )
+        .await
+        .expect("restart");
+    let liar_id = planet.nodes[liar].id;
     let info = project
         .submit_job("digits", "train", &job(3, 0.0))
         .await
@@ -332,17 +343,17 @@ async fn inflated_sample_counts_are_caught_and_not_paid() {
     let epochs = TrainParams::default().local_epochs as u64;
     assert_eq!(done.samples, 3 * 1437 * epochs);
     let stats = planet.compute.node_stats().expect("stats");
-    let liar = stats.get(&planet.nodes[0].id).cloned().unwrap_or_default();
+    let lied = stats.get(&liar_id).cloned().unwrap_or_default();
     assert!(
-        liar.tasks_accepted == 0 && liar.work_units == 0.0,
-        "{liar:?}"
+        lied.tasks_accepted == 0 && lied.work_units == 0.0,
+        "{lied:?}"
     );
-    assert!(liar.verification_failures > 0, "the lie counts against it");
-    let rep = planet.reputation.get(&planet.nodes[0].id).expect("rep");
+    assert!(lied.verification_failures > 0, "the lie counts against it");
+    let rep = planet.reputation.get(&liar_id).expect("rep");
     assert!(rep.audits_failed > 0, "{rep:?}");
     let paid: f64 = stats.values().map(|s| s.work_units).sum();
     assert!((paid - done.work_units).abs() < 1e-6);
-    for n in &planet.nodes[1..] {
+    for n in planet.nodes.iter().filter(|n| n.id != liar_id) {
         let s = stats.get(&n.id).cloned().unwrap_or_default();
         assert_eq!(s.verification_failures, 0, "honest node blamed");
     }

@@ -28,6 +28,7 @@ use loam_common::transport::Endpoint as QuicEndpoint;
 use loam_common::wire::{Frame, FrameReader, FrameWriter, MAX_DATA_FRAME_LEN};
 use loam_common::{NodeId, pb};
 use prost::Message;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -266,20 +267,13 @@ impl Compute {
             out.push(h.clone());
         }
         let mut rest: Vec<&Node> = nodes.iter().filter(|n| Some(n.id) != holder).collect();
-        // Spread the extra work: rotate by segment and row.
-        let shift = (row as usize + seg.root_piece_id.first().copied().unwrap_or(0) as usize)
-            % rest.len().max(1);
-        rest.rotate_left(shift);
-        // Nodes already holding a piece of the segment first, then the
-        // ones with more compute (GPUs, cores); the sort is stable, so the
-        // rotation still spreads ties.
-        rest.sort_by_key(|n| {
-            (
-                !holds.contains(&n.id),
-                std::cmp::Reverse(n.capabilities.gpus),
-                std::cmp::Reverse(n.capabilities.cpu_cores),
-            )
-        });
+        // In an order no node can predict or buy: shuffled with the
+        // satellite's own randomness, then nodes already holding a piece of
+        // the segment first (the sort is stable). Claimed cores or GPUs do
+        // not rank a node: a Sybil claiming huge numbers would otherwise be
+        // chosen to rebuild and verify, and be handed the row keys.
+        rest.shuffle(&mut rand::thread_rng());
+        rest.sort_by_key(|n| !holds.contains(&n.id));
         out.extend(
             rest.into_iter()
                 .take(self.config.candidates.saturating_sub(out.len()))
@@ -839,16 +833,17 @@ impl Compute {
                     .collect(),
             });
         }
-        let mut rng = rand::rngs::StdRng::seed_from_u64(
-            cc::weights_to_bytes(&[ctx.round as f32])
-                .iter()
-                .fold(ctx.params.seed, |h, b| h.rotate_left(8) ^ u64::from(*b)),
-        );
+        // Which tasks are re-executed, and by whom, is drawn from the
+        // satellite's own randomness: the job's seed is sent to every node,
+        // so anything derived from it would tell a node whether its task
+        // will be checked.
+        let mut rng = rand::rngs::StdRng::from_entropy();
         let verify: Vec<bool> = plans
             .iter()
             .map(|_| rng.gen_bool(ctx.record.verify_fraction.clamp(0.0, 1.0)))
             .collect();
-        let mut round = Round::new(plans, &verify, self.config.tolerance as f32);
+        let mut round =
+            Round::new(plans, &verify, self.config.tolerance as f32).with_seed(rng.r#gen());
         let weight_bytes = cc::weights_to_bytes(ctx.weights);
         let mut sent = 0u64;
         // Training time per node this round: the busiest node's total is

@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet};
 
 use loam_common::NodeId;
 use loam_common::compute::weights_match;
+use rand::seq::SliceRandom;
 
 /// A task: data row `row` of segment `segment`.
 pub type TaskId = (u32, u32);
@@ -146,6 +147,8 @@ pub struct Round {
     failed_nodes: HashSet<NodeId>,
     tolerance: f32,
     outcome: RoundOutcome,
+    /// Picks among the nodes that may check a task.
+    rng: rand::rngs::StdRng,
 }
 
 impl Round {
@@ -177,7 +180,15 @@ impl Round {
             failed_nodes: HashSet::new(),
             tolerance,
             outcome: RoundOutcome::default(),
+            rng: rand::SeedableRng::seed_from_u64(0),
         }
+    }
+
+    /// Seeds the choice of the nodes that re-execute tasks (the driver
+    /// passes fresh randomness; tests a fixed seed).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.rng = rand::SeedableRng::seed_from_u64(seed);
+        self
     }
 
     /// Runs in flight.
@@ -226,6 +237,7 @@ impl Round {
 
     fn next_run(&mut self, i: usize, nodes: &NodeView) -> Option<Assignment> {
         let failed = &self.failed_nodes;
+        let rng = &mut self.rng;
         let t = &mut self.tasks[i];
         if t.status != Status::Open {
             return None;
@@ -271,13 +283,36 @@ impl Round {
         let node = match (purpose, holder) {
             // Locality: wait for the holder rather than move the data.
             (Purpose::Train, Some(h)) => nodes.has_slot(&h).then_some(h)?,
-            _ => *t
+            // Training elsewhere: the first free candidate in the plan's
+            // (satellite-shuffled) order.
+            (Purpose::Train, None) => *t
                 .plan
                 .candidates
                 .iter()
-                .filter(|n| untried(n) && nodes.usable(n) && nodes.has_slot(n))
-                // A check prefers a node that must rebuild: independent data.
-                .min_by_key(|n| purpose != Purpose::Train && Some(**n) == t.plan.holder)?,
+                .find(|n| untried(n) && nodes.usable(n) && nodes.has_slot(n))?,
+            // A check goes to a random free candidate, one that must
+            // rebuild if any (independent data): no node can tell in
+            // advance that it will be the one checking.
+            _ => {
+                let free: Vec<NodeId> = t
+                    .plan
+                    .candidates
+                    .iter()
+                    .filter(|n| untried(n) && nodes.usable(n) && nodes.has_slot(n))
+                    .copied()
+                    .collect();
+                let rebuilders: Vec<NodeId> = free
+                    .iter()
+                    .filter(|n| Some(**n) != t.plan.holder)
+                    .copied()
+                    .collect();
+                let pool = if rebuilders.is_empty() {
+                    free
+                } else {
+                    rebuilders
+                };
+                *pool.choose(rng)?
+            }
         };
         let exclude = match purpose {
             Purpose::Train => None,
