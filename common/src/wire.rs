@@ -53,6 +53,65 @@ pub enum Frame {
     Data(Bytes),
 }
 
+/// What a frame header announces, its length checked against the caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameHeader {
+    Message(usize),
+    Data(usize),
+}
+
+/// Parses a frame header, refusing lengths over the caps before anything
+/// is buffered.
+pub fn parse_header(
+    header: &[u8; HEADER_LEN],
+    max_message: usize,
+) -> Result<FrameHeader, WireError> {
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    match header[0] {
+        KIND_MESSAGE if len > max_message => Err(WireError::FrameTooLarge {
+            len,
+            max: max_message,
+        }),
+        KIND_MESSAGE => Ok(FrameHeader::Message(len)),
+        KIND_DATA if len > MAX_DATA_FRAME_LEN => Err(WireError::FrameTooLarge {
+            len,
+            max: MAX_DATA_FRAME_LEN,
+        }),
+        KIND_DATA => Ok(FrameHeader::Data(len)),
+        other => Err(WireError::UnknownKind(other)),
+    }
+}
+
+/// Splits a whole stream's bytes into frames, as [`FrameReader`] reads
+/// them (without the socket): for tests and fuzzing.
+pub fn split_frames(mut bytes: &[u8], max_message: usize) -> Result<Vec<Frame>, WireError> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let header: &[u8; HEADER_LEN] = bytes
+            .get(..HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(WireError::Truncated)?;
+        let (len, message) = match parse_header(header, max_message)? {
+            FrameHeader::Message(len) => (len, true),
+            FrameHeader::Data(len) => (len, false),
+        };
+        let body = bytes
+            .get(HEADER_LEN..HEADER_LEN + len)
+            .ok_or(WireError::Truncated)?;
+        let body = Bytes::copy_from_slice(body);
+        out.push(if message {
+            Frame::Message(body)
+        } else {
+            Frame::Data(body)
+        });
+        bytes = &bytes[HEADER_LEN + len..];
+    }
+    Ok(out)
+}
+
+/// Bytes of a frame header.
+pub const FRAME_HEADER_LEN: usize = HEADER_LEN;
+
 /// Reads frames from the receiving half of an RPC stream.
 pub struct FrameReader {
     recv: RecvStream,
@@ -93,29 +152,13 @@ impl FrameReader {
                 Some(_) => {}
             }
             read_exact(&mut self.recv, &mut header[1..]).await?;
-            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-            match header[0] {
-                KIND_MESSAGE => {
-                    if len > self.max_message {
-                        return Err(WireError::FrameTooLarge {
-                            len,
-                            max: self.max_message,
-                        });
-                    }
+            match parse_header(&header, self.max_message)? {
+                FrameHeader::Message(len) => {
                     let mut buf = vec![0u8; len];
                     read_exact(&mut self.recv, &mut buf).await?;
                     return Ok(Some(Frame::Message(Bytes::from(buf))));
                 }
-                KIND_DATA => {
-                    if len > MAX_DATA_FRAME_LEN {
-                        return Err(WireError::FrameTooLarge {
-                            len,
-                            max: MAX_DATA_FRAME_LEN,
-                        });
-                    }
-                    self.data_left = len;
-                }
-                other => return Err(WireError::UnknownKind(other)),
+                FrameHeader::Data(len) => self.data_left = len,
             }
         }
     }

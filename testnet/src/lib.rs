@@ -11,6 +11,7 @@ pub mod bench;
 pub mod bench_compute;
 pub mod bench_repair;
 pub mod bench_settle;
+pub mod fuzz;
 pub mod planet;
 pub mod process;
 

@@ -110,12 +110,105 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         kill_after: usize,
     },
+    /// Fuzz every decoder that reads network or disk bytes: prints each
+    /// target's executions, panics and over-allocations; exits non-zero on
+    /// any finding (saved under --findings).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (default: all; see --list).
+        #[arg(long)]
+        target: Option<String>,
+        /// List the targets and stop.
+        #[arg(long)]
+        list: bool,
+        /// RNG seed of the mutations (default: from the clock).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where inputs that found something are written.
+        #[arg(long, default_value = "fuzz-findings")]
+        findings: PathBuf,
+        /// Write the built-in seeds as corpus files into this folder.
+        #[arg(long)]
+        write_corpus: Option<PathBuf>,
+    },
 }
+
+/// Sees the largest allocation of each fuzzing input.
+#[global_allocator]
+static ALLOC: loam_testnet::fuzz::CountingAlloc = loam_testnet::fuzz::CountingAlloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     loam_common::telemetry::init_logging_with_default("warn");
     match Cli::parse().command {
+        Command::Fuzz {
+            seconds,
+            target,
+            list,
+            seed,
+            findings,
+            write_corpus,
+        } => {
+            use loam_testnet::fuzz;
+            if let Some(dir) = write_corpus {
+                let n = fuzz::write_corpus(&dir)?;
+                println!("{n} seed files written under {}", dir.display());
+                return Ok(());
+            }
+            let targets = fuzz::targets();
+            if list {
+                for t in &targets {
+                    println!("{}", t.name);
+                }
+                return Ok(());
+            }
+            if let Some(name) = &target
+                && !targets.iter().any(|t| t.name == name)
+            {
+                anyhow::bail!("no fuzz target {name:?}; `testnet fuzz --list` names them");
+            }
+            let seed = seed.unwrap_or_else(|| loam_common::orders::now_ms() as u64);
+            let keys = fuzz::Keys::new();
+            let corpus = fuzz::corpus_dir();
+            println!("seed {seed}, {seconds} s per target");
+            println!(
+                "{:<20} {:>12} {:>10} {:>8} {:>18}",
+                "TARGET", "EXECUTIONS", "EXEC/S", "PANICS", "OVER-ALLOCATIONS"
+            );
+            let mut found = 0u64;
+            for t in targets
+                .iter()
+                .filter(|t| target.as_deref().is_none_or(|n| n == t.name))
+            {
+                let started = std::time::Instant::now();
+                let r = tokio::task::block_in_place(|| {
+                    fuzz::run(
+                        t,
+                        &keys,
+                        Some(&corpus),
+                        fuzz::Budget::Time(std::time::Duration::from_secs(seconds)),
+                        seed,
+                    )
+                });
+                let rate = r.executions as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                println!(
+                    "{:<20} {:>12} {:>10.0} {:>8} {:>18}",
+                    r.target, r.executions, rate, r.panics, r.over_allocations
+                );
+                if let Some(input) = &r.first_finding {
+                    std::fs::create_dir_all(&findings)?;
+                    let path = findings.join(format!("{}-{seed}", r.target));
+                    std::fs::write(&path, input)?;
+                    println!("  finding saved to {}", path.display());
+                }
+                found += r.panics + r.over_allocations;
+            }
+            if found > 0 {
+                anyhow::bail!("{found} findings");
+            }
+        }
         Command::Run {
             dir,
             nodes,
