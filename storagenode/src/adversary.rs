@@ -15,6 +15,12 @@ use loam_common::pb;
 /// Alters the weights a node returns.
 pub type WeightsHook = Arc<dyn Fn(&mut [f32]) + Send + Sync>;
 
+/// Wraps the node's piece store (tests inject disk faults with it: a full
+/// disk, I/O errors).
+pub type BlobsHook = Arc<
+    dyn Fn(Arc<dyn crate::piecestore::Blobs>) -> Arc<dyn crate::piecestore::Blobs> + Send + Sync,
+>;
+
 /// What a node lies about; the default is an honest node.
 #[derive(Clone, Default)]
 pub struct Lies {
@@ -28,6 +34,9 @@ pub struct Lies {
     pub free_disk: Option<i64>,
     /// Advertised as CPU cores and GPUs at check-in.
     pub compute: Option<(u32, u32)>,
+    /// Not a lie but a fault: wraps the piece store, so tests can make
+    /// the disk fill up or fail.
+    pub blobs: Option<BlobsHook>,
 }
 
 impl Lies {
@@ -38,6 +47,7 @@ impl Lies {
             && self.audit_error.is_none()
             && self.free_disk.is_none()
             && self.compute.is_none()
+            && self.blobs.is_none()
     }
 }
 
@@ -49,6 +59,7 @@ impl std::fmt::Debug for Lies {
             .field("audit_error", &self.audit_error)
             .field("free_disk", &self.free_disk)
             .field("compute", &self.compute)
+            .field("blobs", &self.blobs.is_some())
             .finish()
     }
 }

@@ -104,7 +104,10 @@ impl StorageNode {
         let http = tokio::net::TcpListener::bind(config.http_listen)
             .await
             .map_err(io("cannot bind HTTP listener", dir))?;
-        let blobs: Arc<dyn piecestore::Blobs> = Arc::new(blobs);
+        let mut blobs: Arc<dyn piecestore::Blobs> = Arc::new(blobs);
+        if let Some(wrap) = &lies.blobs {
+            blobs = wrap(blobs);
+        }
         let piecestore = Arc::new(Piecestore::new(
             identity.clone(),
             db.clone(),

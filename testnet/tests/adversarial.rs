@@ -178,3 +178,159 @@ async fn the_dashboard_refuses_foreign_hosts_and_cross_site_posts() -> anyhow::R
     planet.shutdown().await;
     Ok(())
 }
+
+/// A piece store whose disk can be made full or failing.
+struct FaultyBlobs {
+    inner: std::sync::Arc<dyn loam_storagenode::piecestore::Blobs>,
+    full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct FaultyWriter {
+    inner: Box<dyn loam_storagenode::piecestore::BlobWriter>,
+    full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn enospc() -> std::io::Error {
+    std::io::Error::from_raw_os_error(28)
+}
+
+impl loam_storagenode::piecestore::BlobWriter for FaultyWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(enospc());
+        }
+        self.inner.write(data)
+    }
+
+    fn into_temp(self: Box<Self>) -> (std::fs::File, std::path::PathBuf) {
+        self.inner.into_temp()
+    }
+}
+
+impl loam_storagenode::piecestore::Blobs for FaultyBlobs {
+    fn create(&self) -> std::io::Result<Box<dyn loam_storagenode::piecestore::BlobWriter>> {
+        Ok(Box::new(FaultyWriter {
+            inner: self.inner.create()?,
+            full: self.full.clone(),
+        }))
+    }
+    fn commit(
+        &self,
+        writer: Box<dyn loam_storagenode::piecestore::BlobWriter>,
+        satellite: &loam_common::NodeId,
+        piece: &loam_common::orders::PieceId,
+    ) -> std::io::Result<()> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(enospc());
+        }
+        self.inner.commit(writer, satellite, piece)
+    }
+    fn read(
+        &self,
+        satellite: &loam_common::NodeId,
+        piece: &loam_common::orders::PieceId,
+        offset: u64,
+        len: usize,
+    ) -> std::io::Result<Vec<u8>> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            // A failing disk: reads fail too (EIO).
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        self.inner.read(satellite, piece, offset, len)
+    }
+    fn delete(
+        &self,
+        satellite: &loam_common::NodeId,
+        piece: &loam_common::orders::PieceId,
+    ) -> std::io::Result<()> {
+        self.inner.delete(satellite, piece)
+    }
+    fn trash(
+        &self,
+        satellite: &loam_common::NodeId,
+        piece: &loam_common::orders::PieceId,
+        now_ms: i64,
+    ) -> std::io::Result<()> {
+        self.inner.trash(satellite, piece, now_ms)
+    }
+    fn empty_trash(&self, before_ms: i64) -> std::io::Result<u64> {
+        self.inner.empty_trash(before_ms)
+    }
+    fn available(&self) -> std::io::Result<u64> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(0);
+        }
+        self.inner.available()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_or_fails_acknowledges_nothing_and_says_so() -> anyhow::Result<()> {
+    let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hook: loam_storagenode::adversary::BlobsHook = {
+        let full = full.clone();
+        std::sync::Arc::new(move |inner| {
+            std::sync::Arc::new(FaultyBlobs {
+                inner,
+                full: full.clone(),
+            })
+        })
+    };
+    let planet = Planet::start(PlanetConfig::new(5).liar(
+        0,
+        Lies {
+            blobs: Some(hook),
+            ..Lies::default()
+        },
+    ))
+    .await?;
+    let project = planet.project()?;
+    project.create_bucket("bk").await?;
+    let id = planet.nodes[0].id;
+    let held = || -> anyhow::Result<usize> {
+        Ok(planet
+            .satellite
+            .piece_placements()?
+            .iter()
+            .filter(|(n, _)| *n == id)
+            .count())
+    };
+    // The disk fills up (and reads start failing) before any upload.
+    full.store(true, std::sync::atomic::Ordering::SeqCst);
+    for i in 0..6 {
+        let data = vec![i as u8; 60_000];
+        project
+            .upload(
+                "bk",
+                &format!("o{i}"),
+                std::io::Cursor::new(data.clone()),
+                None,
+            )
+            .await?;
+        let mut out = Vec::new();
+        project
+            .download("bk", &format!("o{i}"), &mut out, None)
+            .await?;
+        assert_eq!(out, data, "the network still stores and serves");
+    }
+    // No piece acknowledged after the error: the satellite places none of
+    // the new segments on the node.
+    assert_eq!(held()?, 0, "a piece was acknowledged after ENOSPC");
+    assert_eq!(
+        planet.nodes[0]
+            .piecestore
+            .as_ref()
+            .expect("running")
+            .db()
+            .usage()
+            .pieces,
+        0
+    );
+    // The node says it is unhealthy.
+    let addr = planet.nodes[0].http_addr.expect("running");
+    let (status, body) = loam_testnet::http_request(&format!("http://{addr}/health")).await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("disk full"), "{body}");
+    planet.shutdown().await;
+    Ok(())
+}
