@@ -1363,16 +1363,7 @@ mod tests {
     #[test]
     fn abandoned_uploads_are_deleted_after_expiry() {
         let m = metainfo();
-        let (key, _, _) = m.create_api_key("p").expect("key");
-        let project = m.authenticate(&key).expect("auth");
-        m.create_bucket(
-            &project,
-            &pb::CreateBucketRequest {
-                name: "bkt".into(),
-                key_check: Default::default(),
-            },
-        )
-        .expect("bucket");
+        let project = project_with_bucket(&m, "bkt");
         let begun = m
             .begin_object(
                 &project,
@@ -1396,6 +1387,21 @@ mod tests {
             },
         );
         assert!(matches!(commit, Err(MetainfoError::UploadNotFound)));
+    }
+
+    /// A project "p" with a bucket called `bucket`.
+    fn project_with_bucket(m: &Metainfo, bucket: &str) -> ProjectId {
+        let (key, _, _) = m.create_api_key("p").expect("key");
+        let project = m.authenticate(&key).expect("auth");
+        m.create_bucket(
+            &project,
+            &pb::CreateBucketRequest {
+                name: bucket.into(),
+                key_check: Default::default(),
+            },
+        )
+        .expect("bucket");
+        project
     }
 
     /// Commits an inline object of `data` under `key` in `bucket`.
@@ -1497,16 +1503,7 @@ mod tests {
     #[test]
     fn overlong_keys_and_metadata_are_refused() {
         let m = metainfo();
-        let (key, _, _) = m.create_api_key("p").expect("key");
-        let project = m.authenticate(&key).expect("auth");
-        m.create_bucket(
-            &project,
-            &pb::CreateBucketRequest {
-                name: "bkt".into(),
-                key_check: Default::default(),
-            },
-        )
-        .expect("bucket");
+        let project = project_with_bucket(&m, "bkt");
         let long = m.begin_object(
             &project,
             &pb::BeginObjectRequest {
@@ -1622,16 +1619,7 @@ mod tests {
     fn sizes_that_bill_and_limit_are_the_ones_the_satellite_verified() {
         let m = metainfo();
         let nodes = fake_nodes(&m, 5);
-        let (key, _, _) = m.create_api_key("p").expect("key");
-        let project = m.authenticate(&key).expect("auth");
-        m.create_bucket(
-            &project,
-            &pb::CreateBucketRequest {
-                name: "bkt".into(),
-                key_check: Default::default(),
-            },
-        )
-        .expect("bucket");
+        let project = project_with_bucket(&m, "bkt");
         let begin = |k: &[u8]| {
             m.begin_object(
                 &project,

@@ -175,38 +175,26 @@ impl Overlay {
         &self.config
     }
 
+    /// Records a check-in from the node authenticated as `peer` (with no
+    /// observed address, taken as reachable: tests and tools).
+    pub fn check_in(
+        &self,
+        peer: NodeId,
+        req: &pb::CheckInRequest,
+        now_ms: i64,
+    ) -> Result<Node, OverlayError> {
+        self.check_in_seen(peer, req, None, true, now_ms)
+    }
+
     /// Records a check-in from the node authenticated as `peer`, as the
-    /// satellite saw it: from `observed` (its source IP), and `reachable`
-    /// or not at its advertised address.
+    /// satellite saw it: from `observed` (its source IP; `None` keeps the
+    /// last one), and `reachable` or not at its advertised address.
     pub fn check_in_seen(
         &self,
         peer: NodeId,
         req: &pb::CheckInRequest,
         observed: Option<IpAddr>,
         reachable: bool,
-        now_ms: i64,
-    ) -> Result<Node, OverlayError> {
-        let mut node = self.check_in(peer, req, now_ms)?;
-        node.observed_ip = observed;
-        node.unreachable = !reachable;
-        self.kv.put(
-            Table::Nodes,
-            peer.as_bytes().to_vec(),
-            node.to_record().encode_to_vec(),
-        )?;
-        self.nodes
-            .write()
-            .expect("overlay lock")
-            .insert(peer, node.clone());
-        Ok(node)
-    }
-
-    /// Records a check-in from the node authenticated as `peer` (with no
-    /// observed address or reachability: tests and tools).
-    pub fn check_in(
-        &self,
-        peer: NodeId,
-        req: &pb::CheckInRequest,
         now_ms: i64,
     ) -> Result<Node, OverlayError> {
         let key =
@@ -243,8 +231,8 @@ impl Overlay {
         let exit_finished_ms = previous.as_ref().and_then(|n| n.exit_finished_ms);
         let vetted = previous.as_ref().is_some_and(|n| n.vetted);
         let suspended_ms = previous.as_ref().and_then(|n| n.suspended_ms);
-        let observed_ip = previous.as_ref().and_then(|n| n.observed_ip);
-        let unreachable = previous.as_ref().is_some_and(|n| n.unreachable);
+        let observed_ip = observed.or(previous.as_ref().and_then(|n| n.observed_ip));
+        let unreachable = !reachable;
         let free_disk = req.free_disk.clamp(0, MAX_CLAIMED_FREE_DISK);
         let node = Node {
             id: peer,
