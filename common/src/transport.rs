@@ -205,7 +205,23 @@ impl Endpoint {
 
         let socket = udp_socket(addr, config.socket_buffer)
             .map_err(|source| TransportError::Bind { addr, source })?;
-        let mut endpoint_config = quinn::EndpointConfig::default();
+        // The stateless-reset key and the key that marks this endpoint's
+        // connection IDs come from the identity, so a process restarted on
+        // the same address (after a crash, an upgrade) recognises its
+        // predecessor's connection IDs and ends those connections at once:
+        // a peer that sends on one gets a reset it can verify and
+        // reconnects, instead of waiting out the idle timeout.
+        let seed = identity.key().seed();
+        let reset_key = blake3::derive_key("loam/v1 QUIC stateless reset", &seed);
+        let cid_key = blake3::derive_key("loam/v1 QUIC connection IDs", &seed);
+        let cid_key = u64::from_le_bytes(cid_key[..8].try_into().expect("8 bytes"));
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &reset_key,
+        )));
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         endpoint_config
             .max_udp_payload_size(MAX_RECEIVE_PAYLOAD)
             .map_err(|e| TransportError::Tls(e.to_string()))?;

@@ -102,8 +102,12 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn spawn(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
-    let out =
-        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    // Appended to: a restarted process's log follows its predecessor's.
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot create {}", log.display()))?;
     let err = out.try_clone()?;
     Command::new(bin)
         .args(args)
@@ -356,6 +360,44 @@ impl ProcessNetwork {
             nix::sys::signal::Signal::SIGKILL,
         )?;
         Ok(p.node_id)
+    }
+
+    /// Kills the satellite with SIGKILL, as a crash or a pulled plug would.
+    pub fn kill_satellite(&self) -> anyhow::Result<()> {
+        let sat = &self.processes[0];
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(sat.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        Ok(())
+    }
+
+    /// Starts the satellite again on its data directory and on the QUIC
+    /// address it had, so nodes and access grants still find it; returns
+    /// once it has published its run file. The old process is reaped
+    /// first (kill it before, or this waits for it to exit).
+    pub async fn restart_satellite(&mut self) -> anyhow::Result<()> {
+        let _ = self.children[0].wait().await;
+        let sat_dir = self.processes[0].data_dir.clone();
+        self.satellite_config.listen = self.processes[0]
+            .address
+            .parse()
+            .context("satellite address")?;
+        self.satellite_config.save(&sat_dir)?;
+        let run_file = sat_dir.join(loam_satellite::RunInfo::PATH);
+        let _ = std::fs::remove_file(&run_file);
+        let log = sat_dir.join("satellite.log");
+        let mut child = spawn(
+            &binary("satellite")?,
+            &["run", "--dir", path_str(&sat_dir)?],
+            &log,
+        )?;
+        let info: loam_satellite::RunInfo =
+            serde_json::from_slice(&wait_for_file(&run_file, &mut child, &log).await?)?;
+        self.processes[0].pid = info.pid;
+        self.processes[0].metrics_url = info.metrics_url;
+        self.children[0] = child;
+        Ok(())
     }
 
     /// Stops every process: SIGTERM, then SIGKILL after 5 s.
