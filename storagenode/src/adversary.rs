@@ -37,6 +37,9 @@ pub struct Lies {
     /// Not a lie but a fault: wraps the piece store, so tests can make
     /// the disk fill up or fail.
     pub blobs: Option<BlobsHook>,
+    /// A fault too: takes the piece store's durability steps (fsyncs),
+    /// so tests can record them and simulate a power loss.
+    pub durability: Option<Arc<dyn crate::piecestore::Durability>>,
 }
 
 impl Lies {
@@ -48,6 +51,7 @@ impl Lies {
             && self.free_disk.is_none()
             && self.compute.is_none()
             && self.blobs.is_none()
+            && self.durability.is_none()
     }
 }
 
@@ -60,6 +64,7 @@ impl std::fmt::Debug for Lies {
             .field("free_disk", &self.free_disk)
             .field("compute", &self.compute)
             .field("blobs", &self.blobs.is_some())
+            .field("durability", &self.durability.is_some())
             .finish()
     }
 }

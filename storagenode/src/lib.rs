@@ -93,7 +93,11 @@ impl StorageNode {
             move |source| NodeError::Io { what, path, source }
         };
         let storage = dir.join("storage");
-        let blobs = FileBlobs::open(&storage, config.sync_writes)
+        let durability = lies
+            .durability
+            .clone()
+            .unwrap_or_else(|| Arc::new(piecestore::Fsync));
+        let blobs = FileBlobs::open_with(&storage, config.sync_writes, durability)
             .map_err(io("cannot open piece storage", &storage))?;
         let db = Arc::new(NodeDb::open_with(&dir.join("db"), config.sync_writes)?);
         let trust = Arc::new(Trust::new(config.satellites.iter().map(|s| s.id).collect()));

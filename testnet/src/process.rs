@@ -35,6 +35,14 @@ pub struct NetworkOptions {
     /// either way (pieces are written to a temporary file and renamed).
     /// Production nodes default to on.
     pub sync_writes: bool,
+    /// Storage nodes (by index) started each in a network namespace of
+    /// its own, joined to the caller's by a veth pair, so that
+    /// [`ProcessNetwork::partition`] can cut them off. Needs the right to
+    /// create network namespaces and links: root, or root of a user
+    /// namespace of one's own (`unshare --user --map-root-user --net`).
+    /// The satellite then listens on every address of the caller's
+    /// namespace, not only loopback.
+    pub isolated: Vec<usize>,
 }
 
 impl Default for NetworkOptions {
@@ -48,8 +56,102 @@ impl Default for NetworkOptions {
             online_window_secs: 10.0,
             chore_interval_secs: 5.0,
             sync_writes: false,
+            isolated: Vec::new(),
         }
     }
+}
+
+/// Addresses of an isolated node's veth pair: the caller's end
+/// (`lveth<i>`) and the node's (`eth0`).
+fn veth_addresses(i: usize) -> anyhow::Result<(std::net::Ipv4Addr, std::net::Ipv4Addr)> {
+    let i = u8::try_from(i).context("at most 256 isolated nodes")?;
+    Ok((
+        std::net::Ipv4Addr::new(10, 200, i, 1),
+        std::net::Ipv4Addr::new(10, 200, i, 2),
+    ))
+}
+
+/// Runs `ip ARGS...` (iproute2), or says what failed.
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run ip (iproute2; scripts/install-deps installs it)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Starts storage node `i` in a new network namespace, linked to this one
+/// by a veth pair with [`veth_addresses`]. The node is held (reading its
+/// standard input) until its side of the link is configured.
+async fn spawn_isolated(i: usize, bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
+    use tokio::io::AsyncWriteExt;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot create {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut child = Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", "read go && exec \"$0\" \"$@\""])
+        .arg(bin)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot run unshare (util-linux)")?;
+    let pid = child.id().context("isolated node exited at once")?;
+    let (hub, node) = veth_addresses(i)?;
+    let netns = format!("/proc/{pid}/ns/net");
+    // The namespace exists once unshare has run; wait for it to differ
+    // from ours.
+    let ours = std::fs::read_link("/proc/self/ns/net")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_link(&netns).ok().is_none_or(|ns| ns == ours) {
+        if Instant::now() > deadline {
+            bail!("node {i}'s network namespace did not appear");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let link = format!("lveth{i}");
+    let pid = pid.to_string();
+    ip(&[
+        "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &pid,
+    ])?;
+    ip(&["addr", "add", &format!("{hub}/24"), "dev", &link])?;
+    ip(&["link", "set", &link, "up"])?;
+    let inside = |args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={netns}"))
+            .arg("--")
+            .arg("ip")
+            .args(args)
+            .output()
+            .context("cannot run nsenter (util-linux)")?;
+        if !out.status.success() {
+            bail!(
+                "ip {} in node {i}'s namespace: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    };
+    inside(&["link", "set", "lo", "up"])?;
+    inside(&["addr", "add", &format!("{node}/24"), "dev", "eth0"])?;
+    inside(&["link", "set", "eth0", "up"])?;
+    let mut stdin = child.stdin.take().context("stdin is piped")?;
+    stdin.write_all(b"go\n").await?;
+    drop(stdin);
+    Ok(child)
 }
 
 /// One entry of `network.json`.
@@ -154,7 +256,11 @@ impl ProcessNetwork {
             Identity::generate(0, |_| {}).save(&sat_dir.join("identity.key"))?;
         }
         let sat_config = loam_satellite::Config {
-            listen: "127.0.0.1:0".parse()?,
+            listen: if opts.isolated.is_empty() {
+                "127.0.0.1:0".parse()?
+            } else {
+                "0.0.0.0:0".parse()?
+            },
             http_listen: "127.0.0.1:0".parse()?,
             redundancy: opts.redundancy,
             min_difficulty: opts.difficulty,
@@ -213,16 +319,21 @@ impl ProcessNetwork {
             )
             .await?,
         )?;
+        // Reached on loopback, whatever it listens on.
+        let sat_address = std::net::SocketAddr::from(([127, 0, 0, 1], info.address.port()));
         processes.push(ProcessInfo {
             role: "satellite",
             node_id: info.node_id,
-            address: info.address.to_string(),
+            address: sat_address.to_string(),
             pid: info.pid,
             data_dir: sat_dir.clone(),
             metrics_url: info.metrics_url.clone(),
         });
         children.push(sat);
-        let sat_url: loam_common::NodeUrl = info.url.parse()?;
+        let sat_url = loam_common::NodeUrl {
+            id: info.node_id,
+            address: sat_address.to_string(),
+        };
 
         let node_bin = binary("storagenode")?;
         // Each node is allocated its share of the disk (at most 100 GB), so
@@ -236,10 +347,22 @@ impl ProcessNetwork {
             if !node_dir.join("identity.key").exists() {
                 Identity::generate(opts.difficulty, |_| {}).save(&node_dir.join("identity.key"))?;
             }
+            let isolated = opts.isolated.contains(&i);
+            let (listen, satellite) = if isolated {
+                let (hub, node) = veth_addresses(i)?;
+                let url = loam_common::NodeUrl {
+                    id: info.node_id,
+                    address: std::net::SocketAddr::from((hub, info.address.port())).to_string(),
+                };
+                (std::net::SocketAddr::from((node, 0)), url)
+            } else {
+                ("127.0.0.1:0".parse()?, sat_url.clone())
+            };
             let config = loam_storagenode::Config {
-                listen: "127.0.0.1:0".parse()?,
+                listen,
+                // An isolated node's dashboard is on its own loopback.
                 http_listen: "127.0.0.1:0".parse()?,
-                satellites: vec![sat_url.clone()],
+                satellites: vec![satellite],
                 allocated_bytes: allocation,
                 sync_writes: opts.sync_writes,
                 checkin_interval_secs: opts.checkin_interval_secs,
@@ -251,7 +374,12 @@ impl ProcessNetwork {
             config.save(&node_dir)?;
             let _ = std::fs::remove_file(node_dir.join("run/node.json"));
             let log = node_dir.join("storagenode.log");
-            let child = spawn(&node_bin, &["run", "--dir", path_str(&node_dir)?], &log)?;
+            let args = ["run", "--dir", path_str(&node_dir)?];
+            let child = if isolated {
+                spawn_isolated(i, &node_bin, &args, &log).await?
+            } else {
+                spawn(&node_bin, &args, &log)?
+            };
             pending.push((node_dir, log, child));
         }
         for (node_dir, log, mut child) in pending {
@@ -362,6 +490,18 @@ impl ProcessNetwork {
         Ok(p.node_id)
     }
 
+    /// Cuts isolated storage node `i` off the network (`cut`) or joins it
+    /// again, by taking its veth link down or up: packets either way are
+    /// lost, as in a network partition.
+    pub fn partition(&self, i: usize, cut: bool) -> anyhow::Result<()> {
+        ip(&[
+            "link",
+            "set",
+            &format!("lveth{i}"),
+            if cut { "down" } else { "up" },
+        ])
+    }
+
     /// Kills the satellite with SIGKILL, as a crash or a pulled plug would.
     pub fn kill_satellite(&self) -> anyhow::Result<()> {
         let sat = &self.processes[0];
@@ -379,10 +519,11 @@ impl ProcessNetwork {
     pub async fn restart_satellite(&mut self) -> anyhow::Result<()> {
         let _ = self.children[0].wait().await;
         let sat_dir = self.processes[0].data_dir.clone();
-        self.satellite_config.listen = self.processes[0]
+        let address: std::net::SocketAddr = self.processes[0]
             .address
             .parse()
             .context("satellite address")?;
+        self.satellite_config.listen.set_port(address.port());
         self.satellite_config.save(&sat_dir)?;
         let run_file = sat_dir.join(loam_satellite::RunInfo::PATH);
         let _ = std::fs::remove_file(&run_file);

@@ -56,15 +56,56 @@ pub trait BlobWriter: Send {
     fn into_temp(self: Box<Self>) -> (File, PathBuf);
 }
 
+/// How [`FileBlobs`] makes its writes durable: the steps that decide
+/// what a power loss can take. [`Fsync`] is the real one; tests put one in
+/// that records each step to work out what a power cut at any moment
+/// would leave on disk.
+pub trait Durability: Send + Sync + 'static {
+    /// Writes `file`'s contents (at `path`) to stable storage.
+    fn sync_file(&self, file: &File, path: &Path) -> std::io::Result<()>;
+    /// Writes the entries of directory `dir` to stable storage.
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()>;
+    /// `from` was renamed to `to`; `fresh_dirs` are the directories
+    /// (deepest first) that were created for `to`.
+    fn renamed(&self, from: &Path, to: &Path, fresh_dirs: &[PathBuf]) {
+        let _ = (from, to, fresh_dirs);
+    }
+}
+
+/// `fsync(2)`.
+pub struct Fsync;
+
+impl Durability for Fsync {
+    fn sync_file(&self, file: &File, _path: &Path) -> std::io::Result<()> {
+        file.sync_all()
+    }
+
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
 /// Pieces as files under `DIR/pieces/<satellite>/<2 hex>/<rest>`.
 pub struct FileBlobs {
     root: PathBuf,
     sync: bool,
+    durability: std::sync::Arc<dyn Durability>,
 }
 
 impl FileBlobs {
     /// Opens the store; leftovers of interrupted uploads are removed.
+    /// With `sync`, a piece is on stable storage (contents and name) when
+    /// [`Blobs::commit`] returns.
     pub fn open(root: &Path, sync: bool) -> std::io::Result<Self> {
+        Self::open_with(root, sync, std::sync::Arc::new(Fsync))
+    }
+
+    /// [`FileBlobs::open`] with the durability steps taken by `durability`.
+    pub fn open_with(
+        root: &Path,
+        sync: bool,
+        durability: std::sync::Arc<dyn Durability>,
+    ) -> std::io::Result<Self> {
         let tmp = root.join("tmp");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
@@ -75,6 +116,7 @@ impl FileBlobs {
         Ok(Self {
             root: root.to_path_buf(),
             sync,
+            durability,
         })
     }
 
@@ -238,23 +280,27 @@ impl Blobs for FileBlobs {
     ) -> std::io::Result<()> {
         let (file, tmp) = writer.into_temp();
         if self.sync {
-            file.sync_all()?;
+            self.durability.sync_file(&file, &tmp)?;
         }
         drop(file);
         let dest = self.path(satellite, piece);
         let parent = dest.parent().expect("piece path has a parent");
-        let fresh = !parent.exists();
+        // The piece's directory and, the first time, its satellite's.
+        let fresh: Vec<PathBuf> = parent
+            .ancestors()
+            .take_while(|d| d.starts_with(&self.root) && !d.exists())
+            .map(Path::to_path_buf)
+            .collect();
         std::fs::create_dir_all(parent)?;
         std::fs::rename(&tmp, &dest)?;
+        self.durability.renamed(&tmp, &dest, &fresh);
         if self.sync {
-            File::open(parent)?.sync_all()?;
-            // New directories exist only once their own entries are on
-            // disk: sync the parents they were created in.
-            if fresh {
-                let mut dir = parent.parent();
-                while let Some(d) = dir.filter(|d| d.starts_with(&self.root)) {
-                    File::open(d)?.sync_all()?;
-                    dir = d.parent();
+            self.durability.sync_dir(parent)?;
+            // A new directory exists only once its own entry is on disk:
+            // sync the directory each was created in.
+            for dir in &fresh {
+                if let Some(up) = dir.parent() {
+                    self.durability.sync_dir(up)?;
                 }
             }
         }

@@ -5,6 +5,6 @@ mod blobs;
 mod db;
 mod endpoint;
 
-pub use blobs::{BlobWriter, Blobs, FileBlobs};
+pub use blobs::{BlobWriter, Blobs, Durability, FileBlobs, Fsync};
 pub use db::{DbError, NodeDb, Usage};
 pub use endpoint::{PieceError, Piecestore, Trust};
