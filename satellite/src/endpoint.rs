@@ -87,6 +87,8 @@ fn method(req: &Req) -> &'static str {
         Req::DownloadSegment(_) => "download_segment",
         Req::ListObjects(_) => "list_objects",
         Req::DeleteObject(_) => "delete_object",
+        Req::BeginMoveObject(_) => "begin_move_object",
+        Req::FinishMoveObject(_) => "finish_move_object",
         Req::CreateApiKey(_) => "create_api_key",
         Req::ListNodes(_) => "list_nodes",
         Req::SetCompute(_) => "set_compute",
@@ -591,6 +593,13 @@ impl Endpoint {
             Req::DeleteObject(r) => {
                 m.delete_object(&project, &r).map_err(api)?;
                 Resp::DeleteObject(pb::DeleteObjectResponse {})
+            }
+            Req::BeginMoveObject(r) => {
+                Resp::BeginMoveObject(m.begin_move_object(&project, &r).map_err(api)?)
+            }
+            Req::FinishMoveObject(r) => {
+                m.finish_move_object(&project, &r).map_err(api)?;
+                Resp::FinishMoveObject(pb::FinishMoveObjectResponse {})
             }
             Req::SetCompute(r) => {
                 m.set_compute(&project, &r).map_err(api)?;

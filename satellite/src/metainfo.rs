@@ -999,6 +999,109 @@ impl Metainfo {
         Ok(object_info(req.encrypted_key.to_vec(), rec))
     }
 
+    /// First half of a move: the wrapped content key of each segment.
+    pub fn begin_move_object(
+        &self,
+        project: &ProjectId,
+        req: &pb::ObjectRequest,
+    ) -> Result<pb::BeginMoveObjectResponse, MetainfoError> {
+        let (_, obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
+        if obj.dataset {
+            return Err(MetainfoError::Invalid(
+                "datasets cannot be moved; upload the dataset again under the new name",
+            ));
+        }
+        let segment_keys = (0..obj.segment_count)
+            .map(|i| {
+                let seg = self.segment(&obj, i)?;
+                Ok(seg.meta.unwrap_or_default().encrypted_key)
+            })
+            .collect::<Result<_, MetainfoError>>()?;
+        Ok(pb::BeginMoveObjectResponse {
+            stream_id: obj.stream_id,
+            segment_keys,
+        })
+    }
+
+    /// Second half of a move: the object (same stream, same pieces) under
+    /// its new key, with its keys rewrapped, in one write. An object at the
+    /// new key is replaced.
+    pub fn finish_move_object(
+        &self,
+        project: &ProjectId,
+        req: &pb::FinishMoveObjectRequest,
+    ) -> Result<(), MetainfoError> {
+        let (old_key, mut obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
+        if obj.stream_id != req.stream_id {
+            return Err(MetainfoError::Invalid(
+                "the object was replaced while it was being moved; try again",
+            ));
+        }
+        if obj.dataset {
+            return Err(MetainfoError::Invalid(
+                "datasets cannot be moved; upload the dataset again under the new name",
+            ));
+        }
+        self.get_bucket(project, &req.new_bucket)?;
+        if req.new_encrypted_key.is_empty() {
+            return Err(MetainfoError::Invalid("empty object key"));
+        }
+        if req.new_encrypted_key.len() > MAX_ENCRYPTED_KEY_LEN {
+            return Err(MetainfoError::KeyTooLong {
+                len: req.new_encrypted_key.len(),
+                max: MAX_ENCRYPTED_KEY_LEN,
+            });
+        }
+        if req.new_encrypted_metadata.len() > MAX_ENCRYPTED_METADATA_LEN {
+            return Err(MetainfoError::Invalid("encrypted metadata too large"));
+        }
+        // What was verified stays verified: the inline bytes keep their
+        // size, each segment keeps its pieces.
+        if req.new_inline_data.len() != obj.inline_data.len() {
+            return Err(MetainfoError::Invalid(
+                "resealed inline data must keep its size",
+            ));
+        }
+        if req.new_segment_keys.len() != obj.segment_count as usize
+            || req.new_segment_keys.iter().any(|k| k.len() > 256)
+        {
+            return Err(MetainfoError::Invalid(
+                "a move needs one rewrapped key per segment",
+            ));
+        }
+        let mut new_key = object_prefix(project, &req.new_bucket);
+        new_key.extend_from_slice(&req.new_encrypted_key);
+        if new_key == old_key {
+            return Err(MetainfoError::Invalid(
+                "source and destination are the same",
+            ));
+        }
+        let mut ops = vec![Op::Delete(Table::Objects, old_key)];
+        for (i, wrapped) in req.new_segment_keys.iter().enumerate() {
+            let mut seg = self.segment(&obj, i as u32)?;
+            let meta = seg.meta.get_or_insert_with(Default::default);
+            meta.encrypted_key = wrapped.clone();
+            ops.push(Op::Put(
+                Table::Segments,
+                segment_key(&obj.stream_id, i as u32),
+                seg.encode_to_vec(),
+            ));
+        }
+        let mut replaced = 0;
+        if let Some(old) = self.kv.get(Table::Objects, &new_key)? {
+            let old: pb::ObjectRecord = decode(&old, "object")?;
+            replaced = stored_size(&old);
+            ops.extend(self.segment_deletes(&old)?);
+        }
+        obj.encrypted_metadata = req.new_encrypted_metadata.clone();
+        obj.inline_data = req.new_inline_data.clone();
+        ops.push(Op::Put(Table::Objects, new_key, obj.encode_to_vec()));
+        self.kv.write(ops)?;
+        self.adjust_stored(project, 0, replaced);
+        metrics::counter!("loam_satellite_objects_moved_total").increment(1);
+        Ok(())
+    }
+
     pub fn download_segment(
         &self,
         project: &ProjectId,
@@ -1498,6 +1601,81 @@ mod tests {
             put_inline(&m, &project, "long", key, b"tiny");
         }
         assert_eq!(list_all(&m, &project, "long").len(), 500);
+    }
+
+    #[test]
+    fn a_move_keeps_what_was_verified_and_refuses_stale_or_altered_requests() {
+        let m = metainfo();
+        let project = project_with_bucket(&m, "bkt");
+        put_inline(&m, &project, "bkt", b"a".to_vec(), &[1; 64]);
+        put_inline(&m, &project, "bkt", b"b".to_vec(), &[2; 32]);
+        let stored = m.stored_bytes(&project).expect("stored");
+        let get = |key: &[u8]| {
+            m.get_object(
+                &project,
+                &pb::ObjectRequest {
+                    bucket: "bkt".into(),
+                    encrypted_key: key.to_vec().into(),
+                },
+            )
+        };
+        let begun = m
+            .begin_move_object(
+                &project,
+                &pb::ObjectRequest {
+                    bucket: "bkt".into(),
+                    encrypted_key: b"a".to_vec().into(),
+                },
+            )
+            .expect("begin");
+        assert!(begun.segment_keys.is_empty(), "an inline object");
+        let good = pb::FinishMoveObjectRequest {
+            bucket: "bkt".into(),
+            encrypted_key: b"a".to_vec().into(),
+            stream_id: begun.stream_id.clone(),
+            new_bucket: "bkt".into(),
+            new_encrypted_key: b"b".to_vec().into(),
+            new_encrypted_metadata: b"meta".to_vec().into(),
+            new_inline_data: vec![9; 64].into(),
+            new_segment_keys: Vec::new(),
+        };
+        // A client may not change what the satellite verified, nor move an
+        // object that was replaced since it looked.
+        for bad in [
+            pb::FinishMoveObjectRequest {
+                new_inline_data: vec![9; 8].into(),
+                ..good.clone()
+            },
+            pb::FinishMoveObjectRequest {
+                new_segment_keys: vec![vec![1; 40].into()],
+                ..good.clone()
+            },
+            pb::FinishMoveObjectRequest {
+                stream_id: vec![0; 16].into(),
+                ..good.clone()
+            },
+            pb::FinishMoveObjectRequest {
+                new_encrypted_key: b"a".to_vec().into(),
+                ..good.clone()
+            },
+            pb::FinishMoveObjectRequest {
+                new_bucket: "nope".into(),
+                ..good.clone()
+            },
+        ] {
+            assert!(m.finish_move_object(&project, &bad).is_err());
+            assert!(get(b"a").is_ok(), "a refused move changes nothing");
+        }
+        // The move replaces "b": one object is left, stored bytes drop by
+        // the replaced object's only.
+        m.finish_move_object(&project, &good).expect("move");
+        assert!(matches!(get(b"a"), Err(MetainfoError::ObjectNotFound)));
+        let moved = get(b"b").expect("moved");
+        assert_eq!(moved.inline_data.as_ref(), &[9; 64]);
+        assert_eq!(moved.encrypted_metadata.as_ref(), b"meta");
+        assert_eq!(m.stored_bytes(&project).expect("stored"), stored - 32);
+        // The old request cannot be replayed.
+        assert!(m.finish_move_object(&project, &good).is_err());
     }
 
     #[test]

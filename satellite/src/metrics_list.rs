@@ -28,6 +28,10 @@ pub fn describe(nodes_online: usize) {
     );
     describe_counter!("loam_satellite_objects_deleted_total", "Objects deleted");
     describe_counter!(
+        "loam_satellite_objects_moved_total",
+        "Objects moved (renamed without moving their data)"
+    );
+    describe_counter!(
         "loam_satellite_rpc_errors_total",
         "Failed requests by method and error code"
     );
@@ -40,6 +44,7 @@ pub fn describe(nodes_online: usize) {
         "loam_satellite_segments_committed_total",
         "loam_satellite_objects_committed_total",
         "loam_satellite_objects_deleted_total",
+        "loam_satellite_objects_moved_total",
     ] {
         metrics::counter!(name).increment(0);
     }
