@@ -39,7 +39,12 @@ pub enum DatasetCommand {
         url: String,
     },
     /// Show a dataset's columns, classes and layout.
-    Info { url: String },
+    Info {
+        /// The dataset, loam://BUCKET/NAME.
+        url: String,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: crate::Output,
+    },
 }
 
 #[derive(Args)]
@@ -189,19 +194,33 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
             project.set_dataset_compute(&u.bucket, &u.key, on).await?;
             println!("Compute {} for loam://{}/{}", state, u.bucket, u.key);
         }
-        DatasetCommand::Info { url } => {
+        DatasetCommand::Info { url, output } => {
             let u = parse_loam(&url)?;
             let (ds, compute) = project.dataset(&u.bucket, &u.key).await?;
             let s = &ds.schema;
+            let tasks = ds.records.iter().flatten().filter(|&&r| r > 0).count();
+            if output == crate::Output::Json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "url": url,
+                        "records": s.records,
+                        "label": s.label_name(),
+                        "classes": s.classes,
+                        "features": s.features(),
+                        "columns": s.columns,
+                        "segments": ds.records.len(),
+                        "tasks": tasks,
+                        "compute": compute,
+                    }))?
+                );
+                return Ok(());
+            }
             println!("records   {}", s.records);
             println!("label     {}", s.label_name());
             println!("classes   {}", s.classes.join(","));
             println!("features  {}", s.features());
-            println!(
-                "segments  {} ({} tasks)",
-                ds.records.len(),
-                ds.records.iter().flatten().filter(|&&r| r > 0).count()
-            );
+            println!("segments  {} ({tasks} tasks)", ds.records.len());
             println!("compute   {}", if compute { "on" } else { "off" });
         }
     }

@@ -462,6 +462,63 @@ impl Project {
         }
     }
 
+    /// Moves `bucket/key` to `new_bucket/new_key` on the satellite: no
+    /// piece data moves. The segments' content keys are rewrapped and the
+    /// metadata and inline data resealed under the new path's key (which
+    /// the satellite never sees); an object at the new key is replaced.
+    pub async fn move_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        new_bucket: &str,
+        new_key: &str,
+    ) -> Result<(), UplinkError> {
+        let info = self.object_info(bucket, key).await?;
+        self.bucket(new_bucket).await?;
+        let begin = match self
+            .call(Req::BeginMoveObject(pb::ObjectRequest {
+                bucket: bucket.to_string(),
+                encrypted_key: info.encrypted_key.clone(),
+            }))
+            .await?
+        {
+            Resp::BeginMoveObject(b) => b,
+            _ => return Err(UplinkError::Unexpected),
+        };
+        let (old, new) = (
+            self.object_key(bucket, key),
+            self.object_key(new_bucket, new_key),
+        );
+        let reseal = |sealed: &[u8], what: &str| -> Result<bytes::Bytes, UplinkError> {
+            if sealed.is_empty() {
+                return Ok(bytes::Bytes::new());
+            }
+            let plain = encryption::open(&old, sealed)
+                .map_err(|_| UplinkError::Corrupt(format!("{what} does not decrypt")))?;
+            Ok(encryption::seal(&new, &plain).into())
+        };
+        let new_segment_keys = begin
+            .segment_keys
+            .iter()
+            .map(|k| reseal(k, "a segment key"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let req = pb::FinishMoveObjectRequest {
+            bucket: bucket.to_string(),
+            encrypted_key: info.encrypted_key.clone(),
+            stream_id: begin.stream_id,
+            new_bucket: new_bucket.to_string(),
+            new_encrypted_key: encryption::encrypt_path(&self.access.root_key, new_bucket, new_key)
+                .into(),
+            new_encrypted_metadata: reseal(&info.encrypted_metadata, "the metadata")?,
+            new_inline_data: reseal(&info.inline_data, "the inline data")?,
+            new_segment_keys,
+        };
+        match self.call(Req::FinishMoveObject(req)).await? {
+            Resp::FinishMoveObject(_) => Ok(()),
+            _ => Err(UplinkError::Unexpected),
+        }
+    }
+
     /// Closes connections.
     pub async fn close(&self) {
         self.endpoint.close();

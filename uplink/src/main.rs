@@ -12,6 +12,7 @@ use loam_common::{NodeUrl, pb, rpc};
 use loam_uplink::{Item, Progress, Project};
 
 mod cli_compute;
+mod recursive;
 
 #[derive(Parser)]
 #[command(
@@ -40,8 +41,18 @@ pub(crate) enum Output {
 enum Command {
     /// Make a bucket: uplink mb loam://BUCKET
     Mb { url: String },
-    /// Remove an empty bucket: uplink rb loam://BUCKET
-    Rb { url: String },
+    /// Remove a bucket: uplink rb loam://BUCKET (it must be empty unless
+    /// --force)
+    Rb {
+        /// The bucket, as loam://BUCKET.
+        url: String,
+        /// Remove every object in the bucket first.
+        #[arg(long)]
+        force: bool,
+        /// Objects removed at once with --force.
+        #[arg(long, default_value_t = 8, value_name = "N")]
+        parallelism: usize,
+    },
     /// List buckets, or objects under loam://BUCKET[/PREFIX/]
     Ls {
         url: Option<String>,
@@ -56,10 +67,25 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Copy a file to or from the network ('-' is stdin/stdout)
+    /// Copy a file to or from the network ('-' is stdin/stdout), or with
+    /// -r a directory tree
     Cp {
+        /// A local path, '-' for standard input, or loam://BUCKET/KEY.
         source: String,
+        /// A local path, '-' for standard output, or loam://BUCKET/KEY (a
+        /// key ending in '/' takes the source's file name).
         destination: String,
+        /// Copy a directory tree: every file under a local directory to
+        /// the loam:// prefix, or every object under a loam:// prefix into
+        /// a local directory.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Objects copied at once with -r.
+        #[arg(long, default_value_t = 4, value_name = "N")]
+        parallelism: usize,
+        /// With -r: print what would be copied, copy nothing.
+        #[arg(long, requires = "recursive")]
+        dry_run: bool,
         /// Show a progress bar even when stderr is not a terminal.
         #[arg(long)]
         progress: bool,
@@ -67,8 +93,30 @@ enum Command {
         #[arg(long, conflicts_with = "progress")]
         no_progress: bool,
     },
-    /// Remove an object: uplink rm loam://BUCKET/KEY
-    Rm { url: String },
+    /// Move (rename) an object on the satellite, without moving its data:
+    /// uplink mv loam://BUCKET/KEY loam://BUCKET2/KEY2
+    Mv {
+        /// The object, as loam://BUCKET/KEY.
+        source: String,
+        /// Where it goes, as loam://BUCKET/KEY (a key ending in '/' keeps
+        /// the source's last path component). An object there is replaced.
+        destination: String,
+    },
+    /// Remove an object: uplink rm loam://BUCKET/KEY, or with -r every
+    /// object under a prefix
+    Rm {
+        /// The object, or with -r the prefix, as loam://BUCKET/KEY.
+        url: String,
+        /// Remove every object under the prefix.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Objects removed at once with -r.
+        #[arg(long, default_value_t = 8, value_name = "N")]
+        parallelism: usize,
+        /// With -r: print what would be removed, remove nothing.
+        #[arg(long, requires = "recursive")]
+        dry_run: bool,
+    },
     /// Create and inspect access grants.
     Access {
         #[command(subcommand)]
@@ -321,9 +369,26 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
             project.create_bucket(&u.bucket).await?;
             println!("Bucket {} created", u.bucket);
         }
-        Command::Rb { url } => {
+        Command::Rb {
+            url,
+            force,
+            parallelism,
+        } => {
             let u = parse_bucket_url(&url)?;
-            project.delete_bucket(&u.bucket).await?;
+            if force {
+                let batch = recursive::Batch {
+                    parallelism,
+                    dry_run: false,
+                    show: false,
+                };
+                recursive::remove_all(project, &u.bucket, "", &batch).await?;
+            }
+            match project.delete_bucket(&u.bucket).await {
+                Err(loam_uplink::UplinkError::BucketNotEmpty(b)) => bail!(
+                    "bucket {b:?} is not empty; remove its objects (rm -r loam://{b}/) or use rb --force"
+                ),
+                other => other?,
+            }
             println!("Bucket {} removed", u.bucket);
         }
         Command::Usage { output } => {
@@ -411,26 +476,101 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
                 } else {
                     format!("{}/", u.key)
                 };
-                let items = project.list(&u.bucket, &prefix, recursive).await?;
+                let mut items = project.list(&u.bucket, &prefix, recursive).await?;
+                // `ls loam://b/key` of an object shows the object (and
+                // whatever lies under `key/`).
+                if !u.key.is_empty() && !u.key.ends_with('/') {
+                    match project.stat(&u.bucket, &u.key).await {
+                        Ok(item) => items.push(item),
+                        Err(loam_uplink::UplinkError::ObjectNotFound(_)) if !items.is_empty() => {}
+                        Err(loam_uplink::UplinkError::ObjectNotFound(_)) => {
+                            bail!("nothing at {url}: no such object and no objects under {prefix}")
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                // The satellite lists in the order of encrypted keys.
+                items.sort_by(|a, b| a.key.cmp(&b.key));
                 print_items(&items, output)?;
             }
         },
         Command::Cp {
             source,
             destination,
+            recursive,
+            parallelism,
+            dry_run,
             progress,
             no_progress,
         } => {
             let show = !no_progress && (progress || std::io::stderr().is_terminal());
-            copy(project, &source, &destination, show).await?;
-        }
-        Command::Rm { url } => {
-            let u = parse_loam(&url)?;
-            if u.key.is_empty() {
-                bail!("{url:?} names no object");
+            if recursive {
+                let batch = recursive::Batch {
+                    parallelism,
+                    dry_run,
+                    show,
+                };
+                recursive::copy(project, &source, &destination, &batch).await?;
+            } else {
+                if !source.starts_with("loam://") && Path::new(&source).is_dir() {
+                    bail!("{source} is a directory; copy a tree with cp -r");
+                }
+                copy(project, &source, &destination, show).await?;
             }
-            project.delete(&u.bucket, &u.key).await?;
-            println!("removed {}", escape_key(&url));
+        }
+        Command::Mv {
+            source,
+            destination,
+        } => {
+            let src = parse_loam(&source)?;
+            let mut dst = parse_loam(&destination)?;
+            if src.key.is_empty() || src.key.ends_with('/') {
+                bail!("{source:?} names no object (mv moves one object)");
+            }
+            if dst.key.is_empty() || dst.key.ends_with('/') {
+                dst.key
+                    .push_str(src.key.rsplit('/').next().unwrap_or(&src.key));
+            }
+            project
+                .move_object(&src.bucket, &src.key, &dst.bucket, &dst.key)
+                .await?;
+            println!(
+                "moved loam://{}/{} to loam://{}/{}",
+                src.bucket,
+                escape_key(&src.key),
+                dst.bucket,
+                escape_key(&dst.key)
+            );
+        }
+        Command::Rm {
+            url,
+            recursive,
+            parallelism,
+            dry_run,
+        } => {
+            let u = parse_loam(&url)?;
+            if recursive {
+                let batch = recursive::Batch {
+                    parallelism,
+                    dry_run,
+                    show: false,
+                };
+                let prefix = if u.key.is_empty() || u.key.ends_with('/') {
+                    u.key.clone()
+                } else {
+                    format!("{}/", u.key)
+                };
+                let n = recursive::remove_all(project, &u.bucket, &prefix, &batch).await?;
+                if !dry_run {
+                    eprintln!("removed {n} objects");
+                }
+            } else {
+                if u.key.is_empty() {
+                    bail!("{url:?} names no object; remove a bucket with rb, a prefix with rm -r");
+                }
+                project.delete(&u.bucket, &u.key).await?;
+                println!("removed {}", escape_key(&url));
+            }
         }
         Command::Access { command } => match command {
             AccessCommand::Inspect => {
@@ -624,7 +764,7 @@ async fn main() {
 }
 
 /// Bytes in SI units: `1.50 GB`.
-fn human(n: u64) -> String {
+pub(crate) fn human(n: u64) -> String {
     loam_common::size::format_bytes(n)
 }
 

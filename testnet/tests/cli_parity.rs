@@ -1,0 +1,217 @@
+//! The uplink verbs people bring from Storj's uplink and the AWS CLI,
+//! through the real binaries: `cp -r` both ways, `mv` on the satellite,
+//! `rm -r`, `rb --force`, `ls` of an object and sorted listings,
+//! `dataset info -o json`.
+//!
+//! Needs the binaries built (`cargo build --release --workspace --bins`,
+//! which `scripts/test` does first).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use support::{fails, four_nodes, ok, uplink};
+
+/// Every file under `dir` by relative path, with its bytes.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).expect("under dir");
+                out.insert(
+                    rel.to_string_lossy().into_owned(),
+                    std::fs::read(&path).expect("read"),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The keys of `uplink ls` text output (the last column), in order.
+fn keys(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recursive_copies_moves_and_removals() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let net = four_nodes(tmp.path()).await?;
+    let access = net.dir.join("access");
+    let up = |args: &[&str]| uplink(&access, args);
+    ok(up(&["mb", "loam://pp"]));
+
+    // A tree of 60 files in nested folders: empty, inline-sized and remote.
+    let src = tmp.path().join("src");
+    for i in 0..60usize {
+        let dir = src.join(format!("d{}", i % 3)).join(format!("e{}", i % 4));
+        std::fs::create_dir_all(&dir)?;
+        let len = [0, 100, 3_000, 70_000][i % 4] + i;
+        let data: Vec<u8> = (0..len).map(|b| (b * 31 + i) as u8).collect();
+        std::fs::write(dir.join(format!("f{i:02}")), data)?;
+    }
+    std::fs::create_dir_all(src.join("empty-dir"))?;
+
+    // cp without -r says how to copy a tree; --dry-run copies nothing.
+    let e = fails(up(&[
+        "cp",
+        src.to_str().expect("UTF-8 path"),
+        "loam://pp/t/",
+    ]));
+    assert!(e.contains("cp -r"), "{e}");
+    let dry = ok(up(&[
+        "cp",
+        "-r",
+        "--dry-run",
+        src.to_str().expect("UTF-8 path"),
+        "loam://pp/t/",
+    ]));
+    assert_eq!(
+        dry.lines()
+            .filter(|l| l.starts_with("would upload"))
+            .count(),
+        60
+    );
+    assert!(keys(&ok(up(&["ls", "-r", "loam://pp/"]))).is_empty());
+
+    ok(up(&[
+        "cp",
+        "-r",
+        "--parallelism",
+        "3",
+        src.to_str().expect("UTF-8 path"),
+        "loam://pp/t/",
+    ]));
+    let listed = keys(&ok(up(&["ls", "-r", "loam://pp/t/"])));
+    assert_eq!(listed.len(), 60);
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted, "ls is sorted by key");
+    assert!(listed.contains(&"t/d0/e0/f00".to_string()), "{listed:?}");
+
+    // Down again, identical.
+    let out = tmp.path().join("out");
+    ok(up(&[
+        "cp",
+        "-r",
+        "loam://pp/t/",
+        out.to_str().expect("UTF-8 path"),
+    ]));
+    assert_eq!(tree(&out), tree(&src));
+
+    // ls of an object key shows the object.
+    let one = ok(up(&["ls", "loam://pp/t/d1/e1/f01"]));
+    assert_eq!(keys(&one), ["t/d1/e1/f01"]);
+    assert!(fails(up(&["ls", "loam://pp/t/none"])).contains("nothing at"));
+
+    // mv renames on the satellite: a remote and an inline object, one over
+    // an existing object; the data reads back, the source is gone.
+    for (from, to) in [
+        ("t/d0/e3/f03", "moved/remote"),
+        ("t/d1/e1/f01", "moved/inline"),
+        ("t/d2/e2/f02", "moved/remote"),
+    ] {
+        ok(up(&[
+            "mv",
+            &format!("loam://pp/{from}"),
+            &format!("loam://pp/{to}"),
+        ]));
+        let back = tmp.path().join("back");
+        ok(up(&[
+            "cp",
+            &format!("loam://pp/{to}"),
+            back.to_str().expect("UTF-8 path"),
+        ]));
+        let rel = from.strip_prefix("t/").expect("under t/");
+        assert_eq!(
+            std::fs::read(&back)?,
+            std::fs::read(src.join(rel))?,
+            "{from}"
+        );
+        assert!(fails(up(&["ls", &format!("loam://pp/{from}")])).contains("nothing at"));
+    }
+    assert_eq!(
+        keys(&ok(up(&["ls", "loam://pp/moved/"]))),
+        ["moved/inline", "moved/remote"]
+    );
+    let e = fails(up(&["mv", "loam://pp/t/none", "loam://pp/x"]));
+    assert!(e.contains("not found"), "{e}");
+
+    // rm -r: --dry-run removes nothing; then the prefix goes.
+    let dry = ok(up(&["rm", "-r", "--dry-run", "loam://pp/t/d0"]));
+    assert_eq!(
+        dry.lines()
+            .filter(|l| l.starts_with("would remove"))
+            .count(),
+        19
+    );
+    assert_eq!(keys(&ok(up(&["ls", "-r", "loam://pp/t/"]))).len(), 57);
+    ok(up(&["rm", "-r", "loam://pp/t/d0"]));
+    assert_eq!(keys(&ok(up(&["ls", "-r", "loam://pp/t/"]))).len(), 38);
+
+    // A key that would escape the target directory is refused before
+    // anything is written.
+    ok(up(&[
+        "cp",
+        src.join("d0/e0/f00").to_str().expect("UTF-8 path"),
+        "loam://pp/evil/../x",
+    ]));
+    let evil = tmp.path().join("evil-out");
+    let e = fails(up(&[
+        "cp",
+        "-r",
+        "loam://pp/evil/",
+        evil.to_str().expect("UTF-8 path"),
+    ]));
+    assert!(e.contains("cannot be a file name"), "{e}");
+    assert!(!tmp.path().join("x").exists() && !evil.exists());
+
+    // rb of a bucket with objects suggests --force, which empties it.
+    let e = fails(up(&["rb", "loam://pp"]));
+    assert!(e.contains("rb --force"), "{e}");
+    ok(up(&["rb", "--force", "loam://pp"]));
+    assert!(!ok(up(&["ls"])).contains(" pp\n"));
+
+    // dataset info as JSON.
+    ok(up(&["mb", "loam://ds"]));
+    let csv = tmp.path().join("d.csv");
+    let mut text = String::from("a,b,label\n");
+    for i in 0..50 {
+        text.push_str(&format!(
+            "{},{},{}\n",
+            i % 7,
+            i % 5,
+            if i % 2 == 0 { "x" } else { "y" }
+        ));
+    }
+    std::fs::write(&csv, text)?;
+    ok(up(&[
+        "dataset",
+        "put",
+        csv.to_str().expect("UTF-8 path"),
+        "loam://ds/d",
+        "--label",
+        "label",
+    ]));
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(up(&["dataset", "info", "loam://ds/d", "-o", "json"])))?;
+    assert_eq!(info["records"], 50);
+    assert_eq!(info["label"], "label");
+    assert_eq!(info["classes"], serde_json::json!(["x", "y"]));
+    // Datasets are not moved (their compute keys hang on the name).
+    let e = fails(up(&["mv", "loam://ds/d", "loam://ds/e"]));
+    assert!(e.contains("datasets cannot be moved"), "{e}");
+
+    net.stop().await;
+    Ok(())
+}
