@@ -138,18 +138,7 @@ fn state_name(s: i32) -> &'static str {
 }
 
 fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
+    crate::human(n)
 }
 
 pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<()> {

@@ -165,9 +165,14 @@ pub(crate) struct LoamUrl {
 }
 
 pub(crate) fn parse_loam(url: &str) -> anyhow::Result<LoamUrl> {
-    let rest = url
-        .strip_prefix("loam://")
-        .with_context(|| format!("{url:?} is not a loam:// URL"))?;
+    let Some(rest) = url.strip_prefix("loam://") else {
+        let looks_like_bucket =
+            !url.is_empty() && !url.contains("://") && !url.starts_with(['/', '.', '-']);
+        if looks_like_bucket {
+            bail!("{url:?} is not a loam:// URL; did you mean loam://{url}?");
+        }
+        bail!("{url:?} is not a loam:// URL (loam://BUCKET/KEY)");
+    };
     let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
         bail!("{url:?} names no bucket");
@@ -280,16 +285,33 @@ fn progress_bar(
     if !show {
         return (None, None);
     }
+    // Sizes and rates in SI units (kB, MB: powers of 1000) everywhere. A
+    // stream of unknown size gets a spinner with the bytes so far, not a
+    // bar whose total grows with it.
     let bar = match total {
-        Some(t) => indicatif::ProgressBar::new(t),
-        None => indicatif::ProgressBar::no_length(),
+        Some(t) => {
+            let bar = indicatif::ProgressBar::new(t);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40.cyan/blue} {decimal_bytes}/{decimal_total_bytes} \
+                     {decimal_bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template"),
+            );
+            bar
+        }
+        None => {
+            let bar = indicatif::ProgressBar::no_length();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {decimal_bytes} {decimal_bytes_per_sec} {elapsed}",
+                )
+                .expect("valid template"),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        }
     };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40.cyan/blue} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template"),
-    );
     let b = bar.clone();
     (Some(bar), Some(Arc::new(move |n| b.inc(n))))
 }
@@ -720,8 +742,9 @@ async fn copy(
     if show {
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
-            "{bytes} bytes in {secs:.2} s ({:.1} MB/s)",
-            bytes as f64 / 1e6 / secs.max(1e-9)
+            "{} in {secs:.2} s ({}/s)",
+            human(bytes),
+            human((bytes as f64 / secs.max(1e-9)) as u64)
         );
     }
     Ok(())
@@ -804,6 +827,19 @@ mod tests {
             "invoice\\u{202e}fdp.exe"
         );
         assert_eq!(escape_key("日本/ß"), "日本/ß");
+    }
+
+    #[test]
+    fn a_bare_name_gets_a_loam_url_suggestion() {
+        let e = parse_loam("photos").expect_err("bare").to_string();
+        assert!(e.contains("did you mean loam://photos?"), "{e}");
+        let e = parse_loam("s3://b/k")
+            .expect_err("other scheme")
+            .to_string();
+        assert!(
+            !e.contains("did you mean") && e.contains("loam://BUCKET/KEY"),
+            "{e}"
+        );
     }
 
     #[test]

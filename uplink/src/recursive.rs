@@ -88,7 +88,7 @@ fn bar(show: bool, total: u64) -> Option<indicatif::ProgressBar> {
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{bar:40.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} {msg} eta {eta}",
+            "{bar:40.cyan/blue} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} eta {eta}",
         )
         .expect("valid template"),
     );
