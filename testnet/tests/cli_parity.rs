@@ -182,6 +182,13 @@ async fn recursive_copies_moves_and_removals() -> anyhow::Result<()> {
     ok(up(&["rb", "--force", "loam://pp"]));
     assert!(!ok(up(&["ls"])).contains(" pp\n"));
 
+    // Exit codes say what kind of failure it was.
+    let code = |args: &[&str]| up(args).status.code();
+    assert_eq!(code(&["ls", "loam://ds/none"]), Some(3), "not found");
+    assert_eq!(code(&["cp", "loam://ds/none", "-"]), Some(3), "not found");
+    assert_eq!(code(&["ls", "loam://no-bucket/"]), Some(3), "not found");
+    assert_eq!(code(&["cp", "--bogus"]), Some(2), "usage");
+
     // dataset info as JSON.
     ok(up(&["mb", "loam://ds"]));
     let csv = tmp.path().join("d.csv");
@@ -213,5 +220,7 @@ async fn recursive_copies_moves_and_removals() -> anyhow::Result<()> {
     assert!(e.contains("datasets cannot be moved"), "{e}");
 
     net.stop().await;
+    // With the satellite gone: a network failure.
+    assert_eq!(up(&["ls"]).status.code(), Some(5), "network");
     Ok(())
 }

@@ -18,7 +18,10 @@ mod recursive;
 #[command(
     name = "uplink",
     version,
-    about = "Loam client: store and retrieve encrypted objects"
+    about = "Loam client: store and retrieve encrypted objects",
+    after_help = "Exit codes: 0 success, 1 other error, 2 bad command line, 3 not found, \
+                  4 refused (passphrase, API key, limit), 5 network (satellite or nodes \
+                  unreachable)."
 )]
 struct Cli {
     /// Access grant string.
@@ -506,7 +509,7 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
                         Ok(item) => items.push(item),
                         Err(loam_uplink::UplinkError::ObjectNotFound(_)) if !items.is_empty() => {}
                         Err(loam_uplink::UplinkError::ObjectNotFound(_)) => {
-                            bail!("nothing at {url}: no such object and no objects under {prefix}")
+                            return Err(NothingAt { url, prefix }.into());
                         }
                         Err(e) => return Err(e.into()),
                     }
@@ -776,13 +779,75 @@ impl tokio::io::AsyncRead for PageCacheFile {
     }
 }
 
+/// Exit codes, documented in `docs/cli.md` and `uplink --help`.
+pub(crate) mod exit {
+    /// Anything else.
+    pub const OTHER: i32 = 1;
+    /// Bad command line (clap's own code).
+    pub const USAGE: i32 = 2;
+    /// No such bucket or object, or nothing at a URL.
+    pub const NOT_FOUND: i32 = 3;
+    /// Refused: wrong passphrase, unknown or restricted API key, a limit.
+    pub const PERMISSION: i32 = 4;
+    /// The satellite or too many storage nodes could not be reached.
+    pub const NETWORK: i32 = 5;
+}
+
+/// The exit code for an error: the first [`loam_uplink::UplinkError`] in
+/// its chain decides.
+fn exit_code(e: &anyhow::Error) -> i32 {
+    use loam_common::pb::ErrorCode as C;
+    use loam_uplink::UplinkError as U;
+    for cause in e.chain() {
+        if let Some(u) = cause.downcast_ref::<U>() {
+            return match u {
+                U::BucketNotFound(_) | U::ObjectNotFound(_) => exit::NOT_FOUND,
+                U::WrongPassphrase(_) => exit::PERMISSION,
+                U::Satellite(r) => match r.code {
+                    C::NotFound => exit::NOT_FOUND,
+                    C::Unauthenticated | C::PermissionDenied | C::ResourceExhausted => {
+                        exit::PERMISSION
+                    }
+                    C::Unavailable => exit::NETWORK,
+                    _ => exit::OTHER,
+                },
+                U::SatelliteUnreachable { .. }
+                | U::Call(_)
+                | U::TooFewNodes(_)
+                | U::UploadFailed { .. }
+                | U::DownloadFailed { .. } => exit::NETWORK,
+                _ => exit::OTHER,
+            };
+        }
+        if cause.downcast_ref::<NothingAt>().is_some() {
+            return exit::NOT_FOUND;
+        }
+    }
+    exit::OTHER
+}
+
+/// `ls` of a URL where there is neither an object nor objects below.
+#[derive(Debug, thiserror::Error)]
+#[error("nothing at {url}: no such object and no objects under {prefix}")]
+pub(crate) struct NothingAt {
+    url: String,
+    prefix: String,
+}
+
 #[tokio::main]
 async fn main() {
     loam_common::telemetry::init_logging_with_default("warn");
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and succeed.
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { exit::USAGE } else { 0 });
+        }
+    };
     if let Err(e) = run(cli).await {
         eprintln!("uplink: {e:#}");
-        std::process::exit(1);
+        std::process::exit(exit_code(&e));
     }
 }
 
@@ -827,6 +892,14 @@ mod tests {
             "invoice\\u{202e}fdp.exe"
         );
         assert_eq!(escape_key("日本/ß"), "日本/ß");
+    }
+
+    #[test]
+    fn a_bad_command_line_exits_with_the_usage_code() {
+        let e = Cli::try_parse_from(["uplink", "no-such-verb"])
+            .err()
+            .expect("refused");
+        assert_eq!(e.exit_code(), exit::USAGE);
     }
 
     #[test]
