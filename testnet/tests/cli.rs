@@ -274,10 +274,12 @@ async fn training_survives_kill_9_of_a_holder() -> anyhow::Result<()> {
         "{rest:?}"
     );
 
+    // A job is named by a unique prefix of its id, as git names commits.
     let status: serde_json::Value = serde_json::from_str(&ok(uplink(
         &access,
-        &["job", "status", &job_id, "-o", "json"],
+        &["job", "status", &job_id[..8], "-o", "json"],
     )))?;
+    assert_eq!(status["id"].as_str(), Some(job_id.as_str()));
     assert_eq!(status["state"], "done");
     // The killed node's task failed once and ran elsewhere: every task of
     // every round was done. Elsewhere is a node that rebuilt the piece from

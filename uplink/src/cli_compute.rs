@@ -10,7 +10,7 @@ use loam_common::compute::{DEFAULT_ROUNDS, TrainParams};
 use loam_common::pb;
 use loam_compute::ModelFile;
 use loam_uplink::Project;
-use loam_uplink::dataset::{DatasetOptions, JobRequest, parse_job_id};
+use loam_uplink::dataset::{DatasetOptions, JobRequest};
 
 use crate::{Output, parse_loam};
 
@@ -361,7 +361,7 @@ pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
             }
         }
         JobCommand::Status { id, output } => {
-            let j = project.job(&parse_job_id(&id)?).await?;
+            let j = project.job(&project.resolve_job_id(&id).await?).await?;
             if output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&job_json(&j))?);
                 return Ok(());
@@ -428,14 +428,16 @@ pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
             }
         }
         JobCommand::Cancel { id } => {
-            let j = project.cancel_job(&parse_job_id(&id)?).await?;
+            let j = project
+                .cancel_job(&project.resolve_job_id(&id).await?)
+                .await?;
             println!(
                 "Job {} cancelling (was {})",
                 hex::encode(&j.job_id),
                 state_name(j.state)
             );
         }
-        JobCommand::Wait { id } => wait(project, &parse_job_id(&id)?).await?,
+        JobCommand::Wait { id } => wait(project, &project.resolve_job_id(&id).await?).await?,
     }
     Ok(())
 }

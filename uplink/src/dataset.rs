@@ -101,7 +101,45 @@ pub fn parse_job_id(s: &str) -> Result<Vec<u8>, UplinkError> {
         .ok_or_else(|| UplinkError::Job(format!("{s:?} is not a job id (32 hex digits)")))
 }
 
+/// The one id in `ids` that starts with the hex digits `prefix`, as `git`
+/// takes short commit ids: at least 4 digits, and no other id may share
+/// them.
+pub fn match_job_prefix<'a>(
+    prefix: &str,
+    ids: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Vec<u8>, UplinkError> {
+    let prefix = prefix.trim().to_ascii_lowercase();
+    if prefix.len() < 4 || prefix.len() > 32 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(UplinkError::Job(format!(
+            "{prefix:?} is not a job id (4 to 32 hex digits)"
+        )));
+    }
+    let found: Vec<Vec<u8>> = ids
+        .into_iter()
+        .filter(|id| hex::encode(id).starts_with(&prefix))
+        .map(<[u8]>::to_vec)
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(UplinkError::Job(format!("no job id starts with {prefix}"))),
+        many => Err(UplinkError::Job(format!(
+            "{} jobs start with {prefix}; give more digits",
+            many.len()
+        ))),
+    }
+}
+
 impl Project {
+    /// A job id from all 32 hex digits, or from a prefix unique among
+    /// this project's jobs.
+    pub async fn resolve_job_id(&self, s: &str) -> Result<Vec<u8>, UplinkError> {
+        if let Ok(id) = parse_job_id(s) {
+            return Ok(id);
+        }
+        let jobs = self.jobs().await?;
+        match_job_prefix(s, jobs.iter().map(|j| j.job_id.as_ref()))
+    }
+
     fn owner_key(&self) -> Key {
         encryption::derive(&self.access.root_key, "loam-job-note", b"")
     }
@@ -477,5 +515,34 @@ impl Project {
         let mut out = Vec::new();
         self.download(bucket, key, &mut out, None).await?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_may_be_given_by_a_unique_prefix() {
+        let a = [
+            0xc1u8, 0x4e, 0xf3, 0x4e, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+        ];
+        let b = [
+            0xc1u8, 0x4e, 0x00, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+        ];
+        let ids = [&a[..], &b[..]];
+        assert_eq!(match_job_prefix("c14ef34e", ids).expect("unique"), a);
+        assert_eq!(match_job_prefix("C14E0", ids).expect("case"), b);
+        let e = match_job_prefix("c14e", ids).expect_err("two").to_string();
+        assert!(e.contains("2 jobs start with c14e"), "{e}");
+        assert!(
+            match_job_prefix("ffff", ids)
+                .expect_err("none")
+                .to_string()
+                .contains("no job id")
+        );
+        for bad in ["c14", "zzzz", ""] {
+            assert!(match_job_prefix(bad, ids).is_err(), "{bad:?}");
+        }
     }
 }
