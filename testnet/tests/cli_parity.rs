@@ -224,3 +224,32 @@ async fn recursive_copies_moves_and_removals() -> anyhow::Result<()> {
     assert_eq!(up(&["ls"]).status.code(), Some(5), "network");
     Ok(())
 }
+
+#[test]
+fn access_create_without_a_passphrase_or_terminal_says_how_to_give_one() {
+    let satellite = format!(
+        "{}@127.0.0.1:9",
+        loam_common::Identity::generate(0, |_| {}).id()
+    );
+    // setsid: no controlling terminal, as under cron or CI.
+    let out = std::process::Command::new("setsid")
+        .arg(loam_testnet::process::binary("uplink").expect("uplink"))
+        .args([
+            "access",
+            "create",
+            "--satellite",
+            &satellite,
+            "--api-key",
+            "abc",
+        ])
+        .env_remove("UPLINK_PASSPHRASE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run setsid (util-linux)");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no passphrase given") && err.contains("--passphrase"),
+        "{err}"
+    );
+}

@@ -151,10 +151,14 @@ enum AccessCommand {
         /// Satellite as ID@HOST:PORT.
         #[arg(long)]
         satellite: NodeUrl,
+        /// The project's API key (base58), from the satellite's operator.
         #[arg(long)]
         api_key: String,
+        /// Encryption passphrase. Asked for on the terminal (hidden, twice)
+        /// when not given; keep it: without it nothing stored with the
+        /// grant can be read.
         #[arg(long, env = "UPLINK_PASSPHRASE", hide_env_values = true)]
-        passphrase: String,
+        passphrase: Option<String>,
     },
     /// Show which satellite and project an access grant is for.
     Inspect,
@@ -338,8 +342,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             "",
             b"0000000000000000",
         )?)?;
+        let passphrase = match passphrase {
+            Some(p) => p.clone(),
+            None => ask_passphrase()?,
+        };
         let info = project_salt(&project).await?;
-        let access = Access::derive(satellite.clone(), key, passphrase, &info)?;
+        let access = Access::derive(satellite.clone(), key, &passphrase, &info)?;
         println!("{}", access.serialize());
         return Ok(());
     }
@@ -362,6 +370,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         "connections closed"
     );
     result
+}
+
+/// Asks for a new passphrase on the terminal, twice, without echo.
+fn ask_passphrase() -> anyhow::Result<String> {
+    let no_terminal = |e: std::io::Error| {
+        anyhow::anyhow!(
+            "no passphrase given and no terminal to ask on ({e}); pass --passphrase or set \
+             UPLINK_PASSPHRASE"
+        )
+    };
+    let first = rpassword::prompt_password("Encryption passphrase: ").map_err(no_terminal)?;
+    if first.is_empty() {
+        bail!("the passphrase is empty; choose one (it encrypts everything stored with the grant)");
+    }
+    let again = rpassword::prompt_password("Again, to confirm: ").map_err(no_terminal)?;
+    if first != again {
+        bail!("the two passphrases differ; nothing was created");
+    }
+    Ok(first)
 }
 
 async fn project_salt(project: &Project) -> anyhow::Result<Vec<u8>> {
