@@ -71,20 +71,33 @@ fn veth_addresses(i: usize) -> anyhow::Result<(std::net::Ipv4Addr, std::net::Ipv
     ))
 }
 
-/// Runs `ip ARGS...` (iproute2), or says what failed.
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .context("cannot run ip (iproute2; scripts/install-deps installs it)")?;
+/// Runs `ip ARGS...` (iproute2) here, or with `netns` (a namespace file)
+/// inside that network namespace; says what failed.
+fn ip_in(netns: Option<&str>, args: &[&str]) -> anyhow::Result<()> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("nsenter");
+            c.arg(format!("--net={ns}")).args(["--", "ip"]);
+            c
+        }
+        None => std::process::Command::new("ip"),
+    };
+    let out = cmd.args(args).output().context(
+        "cannot run ip or nsenter (iproute2, util-linux; scripts/install-deps installs them)",
+    )?;
     if !out.status.success() {
         bail!(
-            "ip {}: {}",
+            "ip {}{}: {}",
             args.join(" "),
+            netns.map(|ns| format!(" in {ns}")).unwrap_or_default(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
     Ok(())
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    ip_in(None, args)
 }
 
 /// Starts storage node `i` in a new network namespace, linked to this one
@@ -128,23 +141,7 @@ async fn spawn_isolated(i: usize, bin: &Path, args: &[&str], log: &Path) -> anyh
     ])?;
     ip(&["addr", "add", &format!("{hub}/24"), "dev", &link])?;
     ip(&["link", "set", &link, "up"])?;
-    let inside = |args: &[&str]| -> anyhow::Result<()> {
-        let out = std::process::Command::new("nsenter")
-            .arg(format!("--net={netns}"))
-            .arg("--")
-            .arg("ip")
-            .args(args)
-            .output()
-            .context("cannot run nsenter (util-linux)")?;
-        if !out.status.success() {
-            bail!(
-                "ip {} in node {i}'s namespace: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
-    };
+    let inside = |args: &[&str]| ip_in(Some(&netns), args);
     inside(&["link", "set", "lo", "up"])?;
     inside(&["addr", "add", &format!("{node}/24"), "dev", "eth0"])?;
     inside(&["link", "set", "eth0", "up"])?;

@@ -418,23 +418,6 @@ impl loam_storagenode::piecestore::Durability for PowerCut {
     }
 }
 
-/// Every file under `dir`, recursively.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
-
 /// Uploads 40 objects, four at a time, and cuts node 0's power after the
 /// 20th is acknowledged; drops from its disk whatever the cut would have
 /// taken and starts it again. Returns the pieces node 0 acknowledged (the
@@ -482,7 +465,7 @@ async fn power_cut_on_node_0(sync_writes: bool) -> anyhow::Result<(usize, usize)
     // The power loss: node 0 stops, and what was not durable is gone.
     planet.stop_node(0).await;
     let storage = planet.nodes[0].dir.join("storage").join("pieces");
-    for file in files_under(&storage) {
+    for file in loam_testnet::files_under(&storage) {
         if !survivors.contains(&file) {
             std::fs::remove_file(&file)?;
         }

@@ -15,23 +15,14 @@ use support::{fails, four_nodes, ok, uplink};
 
 /// Every file under `dir` by relative path, with its bytes.
 fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).expect("read_dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let rel = path.strip_prefix(dir).expect("under dir");
-                out.insert(
-                    rel.to_string_lossy().into_owned(),
-                    std::fs::read(&path).expect("read"),
-                );
-            }
-        }
-    }
-    out
+    loam_testnet::files_under(dir)
+        .into_iter()
+        .map(|path| {
+            let rel = path.strip_prefix(dir).expect("under dir");
+            let bytes = std::fs::read(&path).expect("read");
+            (rel.to_string_lossy().into_owned(), bytes)
+        })
+        .collect()
 }
 
 /// The keys of `uplink ls` text output (the last column), in order.

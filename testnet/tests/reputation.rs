@@ -11,19 +11,7 @@ use loam_testnet::planet::{Planet, PlanetConfig};
 
 /// Every piece file under a node's storage directory.
 fn piece_files(node_dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![node_dir.join("storage").join("pieces")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
+    loam_testnet::files_under(&node_dir.join("storage").join("pieces"))
 }
 
 async fn health(planet: &Planet, i: usize) -> anyhow::Result<(u16, String)> {
