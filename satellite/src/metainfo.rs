@@ -161,6 +161,21 @@ fn object_prefix(project: &ProjectId, bucket: &str) -> Vec<u8> {
     k
 }
 
+/// An encrypted object key a client may store: not empty, at most
+/// [`MAX_ENCRYPTED_KEY_LEN`] bytes.
+fn check_object_key(key: &[u8]) -> Result<(), MetainfoError> {
+    if key.is_empty() {
+        return Err(MetainfoError::Invalid("empty object key"));
+    }
+    if key.len() > MAX_ENCRYPTED_KEY_LEN {
+        return Err(MetainfoError::KeyTooLong {
+            len: key.len(),
+            max: MAX_ENCRYPTED_KEY_LEN,
+        });
+    }
+    Ok(())
+}
+
 fn segment_key(stream: &[u8], index: u32) -> Vec<u8> {
     let mut k = stream.to_vec();
     k.extend_from_slice(&index.to_be_bytes());
@@ -573,15 +588,7 @@ impl Metainfo {
         req: &pb::BeginObjectRequest,
     ) -> Result<pb::BeginObjectResponse, MetainfoError> {
         self.get_bucket(project, &req.bucket)?;
-        if req.encrypted_key.is_empty() {
-            return Err(MetainfoError::Invalid("empty object key"));
-        }
-        if req.encrypted_key.len() > MAX_ENCRYPTED_KEY_LEN {
-            return Err(MetainfoError::KeyTooLong {
-                len: req.encrypted_key.len(),
-                max: MAX_ENCRYPTED_KEY_LEN,
-            });
-        }
+        check_object_key(&req.encrypted_key)?;
         let stream_id: [u8; 16] = rand::random();
         let pending = pb::PendingObject {
             version: 1,
@@ -1043,15 +1050,7 @@ impl Metainfo {
             ));
         }
         self.get_bucket(project, &req.new_bucket)?;
-        if req.new_encrypted_key.is_empty() {
-            return Err(MetainfoError::Invalid("empty object key"));
-        }
-        if req.new_encrypted_key.len() > MAX_ENCRYPTED_KEY_LEN {
-            return Err(MetainfoError::KeyTooLong {
-                len: req.new_encrypted_key.len(),
-                max: MAX_ENCRYPTED_KEY_LEN,
-            });
-        }
+        check_object_key(&req.new_encrypted_key)?;
         if req.new_encrypted_metadata.len() > MAX_ENCRYPTED_METADATA_LEN {
             return Err(MetainfoError::Invalid("encrypted metadata too large"));
         }

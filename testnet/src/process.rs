@@ -105,12 +105,7 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 /// standard input) until its side of the link is configured.
 async fn spawn_isolated(i: usize, bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
     use tokio::io::AsyncWriteExt;
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("cannot create {}", log.display()))?;
-    let err = out.try_clone()?;
+    let (out, err) = log_files(log)?;
     let mut child = Command::new("unshare")
         .args(["--net", "--", "sh", "-c", "read go && exec \"$0\" \"$@\""])
         .arg(bin)
@@ -200,14 +195,20 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn spawn(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
-    // Appended to: a restarted process's log follows its predecessor's.
+/// A process's log, opened for its standard output and error. Appended
+/// to: a restarted process's log follows its predecessor's.
+fn log_files(log: &Path) -> anyhow::Result<(std::fs::File, std::fs::File)> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .with_context(|| format!("cannot create {}", log.display()))?;
     let err = out.try_clone()?;
+    Ok((out, err))
+}
+
+fn spawn(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
+    let (out, err) = log_files(log)?;
     Command::new(bin)
         .args(args)
         .stdin(Stdio::null())
