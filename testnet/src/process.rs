@@ -207,6 +207,21 @@ fn log_files(log: &Path) -> anyhow::Result<(std::fs::File, std::fs::File)> {
     Ok((out, err))
 }
 
+/// Starts the satellite on `sat_dir` (its configuration saved there) and
+/// waits for the run file it publishes once it serves.
+async fn start_satellite(sat_dir: &Path) -> anyhow::Result<(Child, loam_satellite::RunInfo)> {
+    let run_file = sat_dir.join(loam_satellite::RunInfo::PATH);
+    let _ = std::fs::remove_file(&run_file);
+    let log = sat_dir.join("satellite.log");
+    let mut child = spawn(
+        &binary("satellite")?,
+        &["run", "--dir", path_str(sat_dir)?],
+        &log,
+    )?;
+    let info = serde_json::from_slice(&wait_for_file(&run_file, &mut child, &log).await?)?;
+    Ok((child, info))
+}
+
 fn spawn(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
     let (out, err) = log_files(log)?;
     Command::new(bin)
@@ -299,24 +314,10 @@ impl ProcessNetwork {
             ..Default::default()
         };
         sat_config.save(&sat_dir)?;
-        let _ = std::fs::remove_file(sat_dir.join(loam_satellite::RunInfo::PATH));
 
         let mut children = Vec::new();
         let mut processes = Vec::new();
-        let sat_log = sat_dir.join("satellite.log");
-        let mut sat = spawn(
-            &binary("satellite")?,
-            &["run", "--dir", path_str(&sat_dir)?],
-            &sat_log,
-        )?;
-        let info: loam_satellite::RunInfo = serde_json::from_slice(
-            &wait_for_file(
-                &sat_dir.join(loam_satellite::RunInfo::PATH),
-                &mut sat,
-                &sat_log,
-            )
-            .await?,
-        )?;
+        let (sat, info) = start_satellite(&sat_dir).await?;
         // Reached on loopback, whatever it listens on.
         let sat_address = std::net::SocketAddr::from(([127, 0, 0, 1], info.address.port()));
         processes.push(ProcessInfo {
@@ -523,16 +524,7 @@ impl ProcessNetwork {
             .context("satellite address")?;
         self.satellite_config.listen.set_port(address.port());
         self.satellite_config.save(&sat_dir)?;
-        let run_file = sat_dir.join(loam_satellite::RunInfo::PATH);
-        let _ = std::fs::remove_file(&run_file);
-        let log = sat_dir.join("satellite.log");
-        let mut child = spawn(
-            &binary("satellite")?,
-            &["run", "--dir", path_str(&sat_dir)?],
-            &log,
-        )?;
-        let info: loam_satellite::RunInfo =
-            serde_json::from_slice(&wait_for_file(&run_file, &mut child, &log).await?)?;
+        let (child, info) = start_satellite(&sat_dir).await?;
         self.processes[0].pid = info.pid;
         self.processes[0].metrics_url = info.metrics_url;
         self.children[0] = child;

@@ -523,11 +523,7 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
             }
             Some(url) => {
                 let u = parse_loam(&url)?;
-                let prefix = if u.key.is_empty() || u.key.ends_with('/') {
-                    u.key.clone()
-                } else {
-                    format!("{}/", u.key)
-                };
+                let prefix = recursive::prefix_of(&u.key);
                 let mut items = project.list(&u.bucket, &prefix, recursive).await?;
                 // `ls loam://b/key` of an object shows the object (and
                 // whatever lies under `key/`).
@@ -607,11 +603,7 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
                     dry_run,
                     show: false,
                 };
-                let prefix = if u.key.is_empty() || u.key.ends_with('/') {
-                    u.key.clone()
-                } else {
-                    format!("{}/", u.key)
-                };
+                let prefix = recursive::prefix_of(&u.key);
                 let n = recursive::remove_all(project, &u.bucket, &prefix, &batch).await?;
                 if !dry_run {
                     eprintln!("removed {n} objects");

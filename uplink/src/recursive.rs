@@ -155,7 +155,7 @@ pub(crate) async fn copy(
 
 /// The destination prefix of a `loam://bucket[/prefix]` URL, ending in `/`
 /// unless it is empty.
-fn prefix_of(key: &str) -> String {
+pub(crate) fn prefix_of(key: &str) -> String {
     if key.is_empty() || key.ends_with('/') {
         key.to_string()
     } else {
