@@ -69,13 +69,74 @@ pub trait DocumentedConfig: serde::Serialize + serde::de::DeserializeOwned + Def
         documented_toml(self, &Self::default(), Self::HEADER, Self::DOCS)
     }
 
-    /// This configuration with `LOAM_*` variables applied (see [`apply_env`]).
+    /// This configuration with `LOAM_*` variables applied (see
+    /// [`apply_env`]). A `LOAM_*` variable that names no key and is none
+    /// of [`COMMAND_LINE_VARS`] is most likely misspelled: it is reported
+    /// in a warning, with the closest name when one is close.
     fn with_env(
         &self,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        apply_env(self, "LOAM_", vars)
+        let (config, unknown) = apply_env_reporting(self, "LOAM_", vars)?;
+        for var in unknown
+            .iter()
+            .filter(|v| !COMMAND_LINE_VARS.contains(&v.as_str()))
+        {
+            match closest_var(self, "LOAM_", var) {
+                Some(near) => tracing::warn!(
+                    "environment variable {var} names no setting and is ignored; did you mean \
+                     {near}?"
+                ),
+                None => tracing::warn!(
+                    "environment variable {var} names no setting and is ignored (settings: \
+                     the keys of {} upper-cased, LOAM_TABLE__KEY for tables)",
+                    Self::FILE
+                ),
+            }
+        }
+        Ok(config)
     }
+}
+
+/// `LOAM_*` variables read by the command lines rather than the
+/// configuration files.
+pub const COMMAND_LINE_VARS: &[&str] = &[
+    "LOAM_DIR",
+    "LOAM_SATELLITE",
+    "LOAM_WALLET",
+    "LOAM_PASSPHRASE",
+    "LOAM_LOG_FORMAT",
+    "LOAM_TEST_IN_NAMESPACE",
+];
+
+/// Every variable name a configuration accepts: `PREFIX` + dotted key
+/// upper-cased with `__` between a table and its key.
+pub fn env_var_names<T: serde::Serialize>(value: &T, prefix: &str) -> Vec<String> {
+    fn walk(t: &toml::Table, path: &str, out: &mut Vec<String>) {
+        for (k, v) in t {
+            let name = format!("{path}{}", k.to_ascii_uppercase());
+            match v {
+                toml::Value::Table(sub) => walk(sub, &format!("{name}__"), out),
+                _ => out.push(name),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(t) = to_table(value) {
+        walk(&t, prefix, &mut out);
+    }
+    out.extend(COMMAND_LINE_VARS.iter().map(|v| v.to_string()));
+    out
+}
+
+/// The accepted name nearest to `var`, if it is a plausible misspelling.
+fn closest_var<T: serde::Serialize>(value: &T, prefix: &str, var: &str) -> Option<String> {
+    env_var_names(value, prefix)
+        .into_iter()
+        .map(|n| (strsim::damerau_levenshtein(&n, var), n))
+        .filter(|(d, n)| *d <= 2.max(n.len() / 6))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n)
 }
 
 /// `value` as TOML with every key preceded by its documentation and its
@@ -153,12 +214,23 @@ pub fn apply_env<T: serde::Serialize + serde::de::DeserializeOwned>(
     prefix: &str,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<T, ConfigError> {
+    apply_env_reporting(value, prefix, vars).map(|(v, _)| v)
+}
+
+/// [`apply_env`], also returning the `PREFIX*` variables that named no key
+/// (sorted).
+pub fn apply_env_reporting<T: serde::Serialize + serde::de::DeserializeOwned>(
+    value: &T,
+    prefix: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(T, Vec<String>), ConfigError> {
     let env_err = |var: &str, message: String| ConfigError::Env {
         var: var.to_string(),
         message,
     };
     let mut table = to_table(value).map_err(|e| env_err(prefix, e.to_string()))?;
     let mut applied = Vec::new();
+    let mut unknown = Vec::new();
     for (var, raw) in vars {
         let Some(name) = var.strip_prefix(prefix) else {
             continue;
@@ -169,12 +241,15 @@ pub fn apply_env<T: serde::Serialize + serde::de::DeserializeOwned>(
             .map(str::to_string)
             .collect();
         let Some((last, parents)) = path.split_last() else {
+            unknown.push(var);
             continue;
         };
         let Some(t) = table_at(&mut table, parents) else {
+            unknown.push(var);
             continue;
         };
-        let Some(current) = t.get(last).cloned() else {
+        let Some(current) = t.get(last).filter(|v| !v.is_table()).cloned() else {
+            unknown.push(var);
             continue;
         };
         let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
@@ -193,14 +268,16 @@ pub fn apply_env<T: serde::Serialize + serde::de::DeserializeOwned>(
         t.insert(last.clone(), new);
         applied.push(var);
     }
-    toml::Value::Table(table)
+    unknown.sort();
+    let value = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| {
             env_err(
                 &applied.join(", "),
                 format!("not a valid value: {}", e.message()),
             )
-        })
+        })?;
+    Ok((value, unknown))
 }
 
 fn table_at<'a>(t: &'a mut toml::Table, path: &[String]) -> Option<&'a mut toml::Table> {
@@ -351,5 +428,28 @@ mod tests {
         let err = apply_env(&Conf::default(), "LOAM_", vars(&[("LOAM_SIZE", "lots")]))
             .expect_err("not a number");
         assert!(err.to_string().contains("LOAM_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn misspelled_variables_are_reported_with_the_nearest_name() {
+        let vars = [
+            ("LOAM_SIZ".to_string(), "1".to_string()),
+            ("LOAM_INNER__CORSE".to_string(), "2".to_string()),
+            ("LOAM_INNER".to_string(), "3".to_string()),
+            ("LOAM_SIZE".to_string(), "4".to_string()),
+        ];
+        let (c, unknown) = apply_env_reporting(&Conf::default(), "LOAM_", vars).expect("applied");
+        assert_eq!(c.size, 4);
+        assert_eq!(unknown, ["LOAM_INNER", "LOAM_INNER__CORSE", "LOAM_SIZ"]);
+        let c = Conf::default();
+        assert_eq!(
+            closest_var(&c, "LOAM_", "LOAM_SIZ").as_deref(),
+            Some("LOAM_SIZE")
+        );
+        assert_eq!(
+            closest_var(&c, "LOAM_", "LOAM_INNER__CORSE").as_deref(),
+            Some("LOAM_INNER__CORES")
+        );
+        assert_eq!(closest_var(&c, "LOAM_", "LOAM_SOMETHING_ELSE"), None);
     }
 }

@@ -22,6 +22,7 @@ pub mod access;
 pub mod bloom;
 pub mod buffers;
 pub mod chore;
+pub mod cli;
 pub mod compute;
 pub mod config;
 pub mod direct;

@@ -8,6 +8,22 @@ pub enum SizeError {
     NotASize(String),
     #[error("unknown size unit {0:?} (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)")]
     Unit(String),
+    #[error("{0:?} has no unit; write {0}GB, {0}GiB, or {0}B if you mean bytes")]
+    NoUnit(String),
+}
+
+/// A size given on a command line: like [`parse_bytes`], but a bare
+/// number other than 0 is refused — `--storage 10` is far more likely a
+/// forgotten `GB` than ten bytes.
+pub fn parse_size_arg(s: &str) -> Result<u64, SizeError> {
+    let t = s.trim();
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return match t.parse::<f64>() {
+            Ok(0.0) => Ok(0),
+            _ => Err(SizeError::NoUnit(t.to_string())),
+        };
+    }
+    parse_bytes(s)
 }
 
 /// Parses `123`, `10GB`, `1.5TB`, `512MiB` (SI and binary units, any case).
@@ -70,6 +86,12 @@ mod tests {
         assert!(matches!(parse_bytes("lots"), Err(SizeError::NotASize(_))));
         assert!(parse_bytes("1e30TB").is_err());
         assert_eq!(format_bytes(999), "999 B");
+        assert_eq!(parse_size_arg("10GB"), Ok(10_000_000_000));
+        assert_eq!(parse_size_arg("2TiB"), Ok(2 << 40));
+        assert_eq!(parse_size_arg("0"), Ok(0));
+        assert_eq!(parse_size_arg("4096B"), Ok(4096));
+        let e = parse_size_arg("10").expect_err("bare");
+        assert!(e.to_string().contains("10GB"), "{e}");
         assert_eq!(format_bytes(1_500_000_000), "1.50 GB");
     }
 }

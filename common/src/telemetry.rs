@@ -50,10 +50,33 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// Router with `/metrics`; daemons merge their own routes into it.
-pub fn metrics_router() -> Router {
+/// Router with `/metrics` for the daemon `role` (`satellite`,
+/// `storagenode`); daemons merge their own routes into it. Besides the
+/// daemon's own metrics it exports `loam_build_info` with `role` and
+/// `version` labels (always 1) and the standard `process_*` metrics (CPU
+/// seconds, resident memory, open file descriptors, start time), read when
+/// scraped.
+pub fn metrics_router(role: &'static str) -> Router {
     let handle = prometheus();
-    Router::new().route("/metrics", get(move || std::future::ready(handle.render())))
+    let collector = metrics_process::Collector::default();
+    collector.describe();
+    metrics::describe_gauge!(
+        "loam_build_info",
+        "Always 1; the labels say which role and version of Loam runs"
+    );
+    metrics::gauge!(
+        "loam_build_info",
+        "role" => role,
+        "version" => env!("CARGO_PKG_VERSION"),
+    )
+    .set(1.0);
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            collector.collect();
+            std::future::ready(handle.render())
+        }),
+    )
 }
 
 /// Refuses requests a web page on another site could make through the
@@ -163,18 +186,35 @@ pub async fn serve_http(
 
 /// Sets up `tracing` output to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
-    init_logging_with_default("info");
+    init_logging_as("info", crate::cli::LogFormat::Text);
 }
 
 /// Like [`init_logging`] with another default level.
 pub fn init_logging_with_default(level: &str) {
+    init_logging_as(level, crate::cli::LogFormat::Text);
+}
+
+/// Logging to stderr in `format`, filtered by `RUST_LOG` (default
+/// `level`). Text is coloured only when stderr is a terminal, so log
+/// files hold plain text.
+pub fn init_logging_as(level: &str, format: crate::cli::LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},quinn=warn")));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        crate::cli::LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        crate::cli::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.

@@ -42,8 +42,10 @@ pub enum DatasetError {
         column: String,
         cell: String,
     },
-    #[error("line {line}: quoted cells with commas are not supported")]
-    Quoted { line: usize },
+    #[error("line {line}: {message}")]
+    Csv { line: u64, message: String },
+    #[error("line {line}: a cell spans several lines; a dataset needs one record per line")]
+    MultilineCell { line: u64 },
     #[error("the label column has more than {MAX_CLASSES} distinct values")]
     TooManyClasses,
     #[error("the dataset has no records")]
@@ -95,6 +97,17 @@ impl Schema {
         Ok(())
     }
 
+    /// Whether the label looks like a quantity rather than classes: every
+    /// value is a number and there are many distinct ones (more than 20,
+    /// and more than one per 20 records). Classification then treats each
+    /// value as a class of its own, which is rarely what was meant.
+    pub fn label_looks_continuous(&self) -> bool {
+        let n = self.classes.len() as u64;
+        n > 20
+            && n.saturating_mul(20) > self.records
+            && self.classes.iter().all(|c| parse_number(c).is_some())
+    }
+
     pub fn features(&self) -> usize {
         self.columns.len().saturating_sub(1)
     }
@@ -135,44 +148,137 @@ impl Records {
     }
 }
 
-fn cell(raw: &str, line: usize) -> Result<&str, DatasetError> {
-    let t = raw.trim();
-    if let Some(inner) = t.strip_prefix('"') {
-        return inner.strip_suffix('"').ok_or(DatasetError::Quoted { line });
-    }
-    Ok(t)
+/// The records of a dataset's CSV text (comma-separated, RFC 4180 quoting,
+/// cells trimmed), each with its one-based line number; blank lines are
+/// skipped.
+fn records(text: &[u8]) -> impl Iterator<Item = Result<(usize, csv::StringRecord), DatasetError>> {
+    let reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text);
+    reader.into_records().filter_map(|r| match r {
+        Ok(rec) => {
+            let line = rec.position().map_or(0, |p| p.line()) as usize;
+            let blank = rec.iter().all(str::is_empty);
+            (!blank).then_some(Ok((line, rec)))
+        }
+        Err(e) => Some(Err(csv_error(&e))),
+    })
 }
 
-/// Splits one CSV line into trimmed cells (quotes around a cell are
-/// removed; quoted commas are refused).
-fn cells(line: &str, lineno: usize, out: &mut Vec<String>) -> Result<(), DatasetError> {
-    out.clear();
-    for raw in line.split(',') {
-        out.push(cell(raw, lineno)?.to_string());
+fn csv_error(e: &csv::Error) -> DatasetError {
+    let line = e.position().map_or(0, |p| p.line());
+    match e.kind() {
+        csv::ErrorKind::Utf8 { .. } => DatasetError::NotText {
+            line: line as usize,
+        },
+        _ => DatasetError::Csv {
+            line,
+            message: e.to_string(),
+        },
     }
-    Ok(())
+}
+
+/// The delimiters [`sniff_delimiter`] considers, most usual first.
+pub const DELIMITERS: [u8; 4] = [b',', b';', b'\t', b'|'];
+
+/// The delimiter of a CSV file, guessed from its header line: the one of
+/// [`DELIMITERS`] found most often outside quotes (a comma on a tie or
+/// when none is found).
+pub fn sniff_delimiter(text: &[u8]) -> u8 {
+    let header = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut counts = [0usize; DELIMITERS.len()];
+    let mut quoted = false;
+    for &b in header {
+        if b == b'"' {
+            quoted = !quoted;
+        } else if !quoted && let Some(i) = DELIMITERS.iter().position(|&d| d == b) {
+            counts[i] += 1;
+        }
+    }
+    let best = (0..DELIMITERS.len())
+        .max_by_key(|&i| (counts[i], std::cmp::Reverse(i)))
+        .unwrap_or(0);
+    if counts[best] == 0 {
+        b','
+    } else {
+        DELIMITERS[best]
+    }
+}
+
+/// A CSV file as users write it (any of [`DELIMITERS`], quoted cells,
+/// `\r\n` line ends, blank lines) rewritten as the canonical form a
+/// dataset is stored in: comma-separated, one record per line, quoted only
+/// where a cell holds a comma or a quote. Cells spanning lines are refused
+/// (a dataset's rows are cut between lines).
+pub fn normalize(text: &[u8], delimiter: u8) -> Result<Vec<u8>, DatasetError> {
+    let reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .delimiter(delimiter)
+        .from_reader(text);
+    let mut out = csv::WriterBuilder::new()
+        .flexible(true)
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::with_capacity(text.len()));
+    for r in reader.into_records() {
+        let rec = r.map_err(|e| csv_error(&e))?;
+        let line = rec.position().map_or(0, |p| p.line());
+        if rec.iter().all(str::is_empty) {
+            continue;
+        }
+        if rec.iter().any(|c| c.contains(['\n', '\r'])) {
+            return Err(DatasetError::MultilineCell { line });
+        }
+        out.write_record(&rec).map_err(|e| csv_error(&e))?;
+    }
+    out.into_inner().map_err(|e| DatasetError::Csv {
+        line: 0,
+        message: e.to_string(),
+    })
+}
+
+/// Canonical CSV `text` with a column inserted at `at` (or at the end):
+/// `name` in the header, `value` in every record.
+pub fn insert_column(
+    text: &[u8],
+    at: usize,
+    name: &str,
+    value: &str,
+) -> Result<Vec<u8>, DatasetError> {
+    let mut out = csv::WriterBuilder::new()
+        .flexible(true)
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::with_capacity(text.len() + text.len() / 8));
+    for (i, r) in records(text).enumerate() {
+        let (_, rec) = r?;
+        let mut cells: Vec<&str> = rec.iter().collect();
+        cells.insert(at.min(cells.len()), if i == 0 { name } else { value });
+        out.write_record(&cells).map_err(|e| csv_error(&e))?;
+    }
+    out.into_inner().map_err(|e| DatasetError::Csv {
+        line: 0,
+        message: e.to_string(),
+    })
+}
+
+/// The header (first record) of a dataset's CSV text.
+pub fn header(text: &[u8]) -> Result<Vec<String>, DatasetError> {
+    let (_, rec) = records(text).next().ok_or(DatasetError::Empty)??;
+    Ok(rec.iter().map(str::to_string).collect())
 }
 
 fn parse_number(s: &str) -> Option<f64> {
     s.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
-/// Iterates `(line number, line)` over `text`, one-based, skipping blank
-/// lines and trimming `\r`.
-fn lines(text: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
-    text.split(|&b| b == b'\n')
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
-        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
-}
-
 /// One pass over a whole CSV file: validates it and builds its [`Schema`].
 pub fn scan(text: &[u8], label: &str) -> Result<Schema, DatasetError> {
-    let mut it = lines(text);
-    let (hline, header) = it.next().ok_or(DatasetError::Empty)?;
-    let header = std::str::from_utf8(header).map_err(|_| DatasetError::NotText { line: hline })?;
-    let mut columns = Vec::new();
-    cells(header, hline, &mut columns)?;
+    let mut it = records(text);
+    let (_, header) = it.next().ok_or(DatasetError::Empty)??;
+    let columns: Vec<String> = header.iter().map(str::to_string).collect();
     if columns.len() > MAX_COLUMNS {
         return Err(DatasetError::TooManyColumns(columns.len()));
     }
@@ -188,10 +294,8 @@ pub fn scan(text: &[u8], label: &str) -> Result<Schema, DatasetError> {
     let mut sumsq = vec![0f64; width];
     let mut classes = BTreeSet::new();
     let mut records = 0u64;
-    let mut row = Vec::with_capacity(columns.len());
-    for (line, bytes) in it {
-        let text = std::str::from_utf8(bytes).map_err(|_| DatasetError::NotText { line })?;
-        cells(text, line, &mut row)?;
+    for r in it {
+        let (line, row) = r?;
         if row.len() != columns.len() {
             return Err(DatasetError::Ragged {
                 line,
@@ -202,18 +306,18 @@ pub fn scan(text: &[u8], label: &str) -> Result<Schema, DatasetError> {
         let mut f = 0;
         for (c, value) in row.iter().enumerate() {
             if c == label_at {
-                if !classes.contains(value.as_str()) {
+                if !classes.contains(value) {
                     if classes.len() >= MAX_CLASSES {
                         return Err(DatasetError::TooManyClasses);
                     }
-                    classes.insert(value.clone());
+                    classes.insert(value.to_string());
                 }
                 continue;
             }
             let v = parse_number(value).ok_or_else(|| DatasetError::NotNumeric {
                 line,
                 column: columns[c].clone(),
-                cell: value.clone(),
+                cell: value.to_string(),
             })?;
             sum[f] += v;
             sumsq[f] += v * v;
@@ -282,10 +386,8 @@ pub fn parse_records(
         width,
         ..Default::default()
     };
-    let mut row = Vec::with_capacity(schema.columns.len());
-    for (line, bytes) in lines(text).skip(usize::from(skip_header)) {
-        let s = std::str::from_utf8(bytes).map_err(|_| DatasetError::NotText { line })?;
-        cells(s, line, &mut row)?;
+    for r in records(text).skip(usize::from(skip_header)) {
+        let (line, row) = r?;
         if row.len() != schema.columns.len() {
             return Err(DatasetError::Ragged {
                 line,
@@ -297,15 +399,15 @@ pub fn parse_records(
         for (c, value) in row.iter().enumerate() {
             if c == schema.label {
                 let class = class_of
-                    .get(value.as_str())
-                    .ok_or_else(|| DatasetError::UnknownLabel(value.clone()))?;
+                    .get(value)
+                    .ok_or_else(|| DatasetError::UnknownLabel(value.to_string()))?;
                 out.labels.push(*class);
                 continue;
             }
             let v = parse_number(value).ok_or_else(|| DatasetError::NotNumeric {
                 line,
                 column: schema.columns[c].clone(),
-                cell: value.clone(),
+                cell: value.to_string(),
             })?;
             out.features
                 .push(((v as f32) - schema.mean[f]) / schema.std[f]);
@@ -430,6 +532,56 @@ mod tests {
         assert_eq!(r.labels, [0, 1]);
         assert_eq!(r.width, 2);
         assert!((r.row(1)[0] - 2.0 / (8.0f32 / 3.0).sqrt()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn csv_as_people_write_it_is_normalized() {
+        // Semicolons, quotes, a quoted delimiter, CRLF and a blank line.
+        let text = b"\"p 0\";p1;label\r\n1;2;\"a;b\"\r\n\r\n3 ; 4;\"say \"\"hi\"\"\"\n";
+        assert_eq!(sniff_delimiter(text), b';');
+        let canon = normalize(text, b';').expect("normalize");
+        assert_eq!(
+            String::from_utf8(canon.clone()).expect("UTF-8"),
+            "p 0,p1,label\n1,2,a;b\n3,4,\"say \"\"hi\"\"\"\n"
+        );
+        let s = scan(&canon, "label").expect("scan");
+        assert_eq!(s.columns, ["p 0", "p1", "label"]);
+        assert_eq!(s.classes, ["a;b", "say \"hi\""]);
+        let r = parse_records(&canon, &s, true).expect("records");
+        assert_eq!(r.labels, [0, 1]);
+        // A comma inside quotes stays one cell.
+        let canon = normalize(b"x,label\n1,\"b,c\"\n", b',').expect("normalize");
+        let s = scan(&canon, "label").expect("scan");
+        assert_eq!(s.classes, ["b,c"]);
+        let packed = pack(&canon, 2, 1 << 10).expect("pack");
+        assert_eq!(packed[0].records.iter().sum::<usize>(), 1);
+        // Tabs and pipes are found; a file without any is comma-separated.
+        assert_eq!(sniff_delimiter(b"a\tb\tlabel\n"), b'\t');
+        assert_eq!(sniff_delimiter(b"a|b|label\n"), b'|');
+        assert_eq!(sniff_delimiter(b"\"x,y\";b;label\n"), b';');
+        assert_eq!(sniff_delimiter(b"label\n"), b',');
+        // A cell spanning lines cannot be cut into rows.
+        assert_eq!(
+            normalize(b"x,label\n1,\"two\nlines\"\n", b','),
+            Err(DatasetError::MultilineCell { line: 2 })
+        );
+    }
+
+    #[test]
+    fn a_numeric_label_with_many_values_is_flagged() {
+        let mut text = String::from("x,target\n");
+        for i in 0..400 {
+            text.push_str(&format!("{i},{}\n", (i * 7) % 299));
+        }
+        let s = scan(text.as_bytes(), "target").expect("scan");
+        assert_eq!(s.classes.len(), 299);
+        assert!(s.label_looks_continuous());
+        let mut digits = String::from("x,label\n");
+        for i in 0..400 {
+            digits.push_str(&format!("{i},{}\n", i % 10));
+        }
+        let s = scan(digits.as_bytes(), "label").expect("scan");
+        assert!(!s.label_looks_continuous());
     }
 
     #[test]

@@ -50,10 +50,13 @@ pub enum Table {
     Paystubs,
     /// Single values: the last tally time.
     Meta,
+    /// How many objects share a stream's segments (server-side copies),
+    /// by stream id; absent means one.
+    StreamRefs,
 }
 
 impl Table {
-    const ALL: [Table; 22] = [
+    const ALL: [Table; 23] = [
         Table::Nodes,
         Table::Projects,
         Table::ApiKeys,
@@ -76,6 +79,7 @@ impl Table {
         Table::Ledger,
         Table::Paystubs,
         Table::Meta,
+        Table::StreamRefs,
     ];
 
     fn name(self) -> &'static str {
@@ -102,6 +106,7 @@ impl Table {
             Table::Ledger => "ledger",
             Table::Paystubs => "paystubs",
             Table::Meta => "meta",
+            Table::StreamRefs => "stream_refs",
         }
     }
 }

@@ -89,6 +89,7 @@ fn method(req: &Req) -> &'static str {
         Req::DeleteObject(_) => "delete_object",
         Req::BeginMoveObject(_) => "begin_move_object",
         Req::FinishMoveObject(_) => "finish_move_object",
+        Req::FinishCopyObject(_) => "finish_copy_object",
         Req::CreateApiKey(_) => "create_api_key",
         Req::ListNodes(_) => "list_nodes",
         Req::SetCompute(_) => "set_compute",
@@ -596,6 +597,10 @@ impl Endpoint {
             }
             Req::BeginMoveObject(r) => {
                 Resp::BeginMoveObject(m.begin_move_object(&project, &r).map_err(api)?)
+            }
+            Req::FinishCopyObject(r) => {
+                m.finish_copy_object(&project, &r).map_err(api)?;
+                Resp::FinishCopyObject(pb::FinishMoveObjectResponse {})
             }
             Req::FinishMoveObject(r) => {
                 m.finish_move_object(&project, &r).map_err(api)?;

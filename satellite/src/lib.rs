@@ -325,8 +325,8 @@ impl Satellite {
             Err(e) => tracing::warn!(error = %e, "cannot resume compute jobs"),
         }
         crate::metrics_list::describe(self.overlay.online_count(loam_common::orders::now_ms()));
-        let router =
-            telemetry::metrics_router().route("/health", axum::routing::get(|| async { "ok" }));
+        let router = telemetry::metrics_router("satellite")
+            .route("/health", axum::routing::get(|| async { "ok" }));
         let http_task = tokio::spawn(telemetry::serve_http(self.http, router, cancel.clone()));
         let sweeper = {
             let (cycle, metainfo, cancel) = (

@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use loam_common::access::Access;
+use loam_common::cli::{LogArgs, Output};
 use loam_common::config::DocumentedConfig;
 use loam_common::erasure::RedundancyScheme;
 use loam_common::{Identity, NodeId, pb, telemetry};
@@ -17,23 +18,21 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "satellite",
     version,
-    about = "Loam satellite: metadata, node selection and orders"
+    about = "Loam satellite: metadata, node selection and orders",
+    after_help = "Exit codes: 0 success, 1 error, 2 bad command line."
 )]
 struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Output {
-    Table,
-    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Create the satellite's identity and config.toml in DIR.
     Setup {
+        /// The satellite\'s data directory.
         #[arg(long, env = "LOAM_DIR")]
         dir: PathBuf,
         /// QUIC listen address.
@@ -61,6 +60,7 @@ enum Command {
     },
     /// Run the satellite in DIR until interrupted.
     Run {
+        /// The satellite\'s data directory.
         #[arg(long, env = "LOAM_DIR")]
         dir: PathBuf,
     },
@@ -82,9 +82,11 @@ enum Command {
     },
     /// The running satellite at a glance: nodes, storage, repair, jobs.
     Status {
+        /// The satellite\'s data directory.
         #[arg(long, env = "LOAM_DIR")]
         dir: PathBuf,
-        #[arg(short, long, value_enum, default_value = "table")]
+        /// Output format: text (a table) or json.
+        #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
         /// Answer once at least this many nodes are online (fails if they
         /// are not within --timeout): for scripts that start a network.
@@ -106,6 +108,7 @@ enum PayoutsCommand {
     /// Compute the paystubs of an ended period and append them to every
     /// node's ledger (again: shows what was computed).
     Compute {
+        /// The satellite\'s data directory.
         #[arg(long, env = "LOAM_DIR")]
         dir: PathBuf,
         /// YYYY-MM (monthly periods), the start as YYYY-MM-DDTHH:MM:SSZ
@@ -115,18 +118,23 @@ enum PayoutsCommand {
     },
     /// Print the period's payment batch: address and amount in base units.
     Export {
+        /// The satellite\'s data directory.
         #[arg(long, env = "LOAM_DIR")]
         dir: PathBuf,
+        /// YYYY-MM, a period start, or "last".
         #[arg(long, default_value = "last")]
         period: String,
+        /// csv or json.
         #[arg(long, value_enum, default_value = "csv")]
         format: ExportFormat,
     },
     /// Record that the period's batch was paid (a payment entry in every
     /// paid node's ledger).
     Paid {
+        /// The satellite\'s data directory.
         #[arg(long, env = "LOAM_DIR")]
         dir: PathBuf,
+        /// The period paid: YYYY-MM or its start.
         #[arg(long)]
         period: String,
         /// Reference of the payment run (transaction hash, batch id).
@@ -145,19 +153,27 @@ enum ExportFormat {
 enum ProjectCommand {
     /// Set a project's limits (bytes; 0 = unlimited; suffixes like 10GB).
     Limits {
+        /// The satellite\'s data directory.
         #[arg(long, env = "LOAM_DIR")]
         dir: PathBuf,
+        /// The project's name.
         #[arg(long)]
         project: String,
+        /// Storage limit with a unit (10GB, 2TiB; 0 = unlimited). Left as
+        /// it is when not given.
         #[arg(long, value_parser = parse_bytes)]
         storage: Option<u64>,
+        /// Monthly download (egress) limit with a unit (0 = unlimited).
         #[arg(long, value_parser = parse_bytes)]
         egress: Option<u64>,
+        /// Output format: text or json.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
     },
 }
 
 fn parse_bytes(s: &str) -> Result<u64, String> {
-    loam_common::size::parse_bytes(s).map_err(|e| e.to_string())
+    loam_common::size::parse_size_arg(s).map_err(|e| e.to_string())
 }
 
 /// Runs one payouts action on the running satellite in `dir`.
@@ -188,8 +204,10 @@ enum ApiKeyCommand {
     /// Create an API key for a project (created if new) and print an
     /// access grant for uplink.
     Create {
+        /// The satellite\'s data directory.
         #[arg(long, env = "LOAM_DIR")]
         dir: PathBuf,
+        /// The project's name (created if new).
         #[arg(long)]
         project: String,
         /// Encryption passphrase baked into the printed access grant.
@@ -202,17 +220,20 @@ enum ApiKeyCommand {
 enum NodesCommand {
     /// List every node with its state.
     Ls {
+        /// The satellite\'s data directory.
         #[arg(long, env = "LOAM_DIR")]
         dir: PathBuf,
-        #[arg(short, long, value_enum, default_value = "table")]
+        /// Output format: text (a table) or json.
+        #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
 }
 
 #[tokio::main]
 async fn main() {
-    telemetry::init_logging();
-    if let Err(e) = run(Cli::parse()).await {
+    let cli = Cli::parse();
+    telemetry::init_logging_as("info", cli.log.log_format);
+    if let Err(e) = run(cli).await {
         eprintln!("satellite: {e:#}");
         std::process::exit(1);
     }
@@ -424,6 +445,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     project,
                     storage,
                     egress,
+                    output,
                 },
         } => {
             let admin = AdminClient::connect(&dir).await?;
@@ -439,11 +461,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             else {
                 anyhow::bail!("satellite gave an unexpected answer");
             };
+            if output == Output::Json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "project": project,
+                        "storage_limit": r.storage_limit,
+                        "egress_limit": r.egress_limit,
+                    })
+                );
+                return Ok(());
+            }
             let show = |v: u64| {
                 if v == 0 {
                     "unlimited".to_string()
                 } else {
-                    format!("{v} bytes")
+                    loam_common::size::format_bytes(v)
                 }
             };
             println!(
@@ -528,7 +561,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect();
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-                Output::Table => {
+                Output::Text => {
                     println!(
                         "{:<46} {:<22} {:<7} {:>8} {:>7} {:>7} {:<13} {:>16} {:>8} {:>12} {:>7}",
                         "NODE ID",
@@ -538,7 +571,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "AUDIT",
                         "ONLINE%",
                         "STATUS",
-                        "FREE BYTES",
+                        "FREE",
                         "COMPUTE",
                         "WORK UNITS",
                         "FAILED"
@@ -574,7 +607,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             n["audit_score"].as_f64().unwrap_or(1.0),
                             n["online_score"].as_f64().unwrap_or(1.0),
                             status,
-                            n["free_disk"].as_i64().unwrap_or(0),
+                            loam_common::size::format_bytes(n["free_disk"].as_u64().unwrap_or(0)),
                             compute,
                             c["work_units"].as_f64().unwrap_or(0.0),
                             c["verification_failures"].as_u64().unwrap_or(0)
@@ -620,7 +653,7 @@ fn print_status(
     });
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&json)?),
-        Output::Table => {
+        Output::Text => {
             let up = (loam_common::orders::now_ms() - st.started_unix_ms).max(0) / 1000;
             println!("satellite  {url}");
             println!(
@@ -662,4 +695,17 @@ fn print_status(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::*;
+
+    /// Every argument of every command, described in `--help`.
+    #[test]
+    fn every_argument_is_described() {
+        use clap::CommandFactory;
+        let missing = loam_common::cli::undescribed_args(&Cli::command());
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
 }

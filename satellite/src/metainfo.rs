@@ -145,9 +145,21 @@ pub struct Metainfo {
     live_storage: std::sync::Mutex<std::collections::HashMap<ProjectId, u64>>,
     /// Serialises egress-limit read-modify-writes.
     egress_lock: std::sync::Mutex<()>,
+    /// Held while stream reference counts are read and written, so that a
+    /// copy and a delete of objects sharing a stream cannot interleave.
+    stream_lock: std::sync::Mutex<()>,
 }
 
 pub use loam_common::time::{month_of, month_range};
+
+/// What [`Metainfo::relocate`] does with the source object.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Relocation {
+    /// The source goes.
+    Move,
+    /// The source stays; both share the stream.
+    Copy,
+}
 
 fn bucket_key(project: &ProjectId, name: &str) -> Vec<u8> {
     let mut k = project.to_vec();
@@ -260,6 +272,7 @@ impl Metainfo {
             segment_lock: std::sync::Mutex::new(()),
             live_storage: std::sync::Mutex::new(std::collections::HashMap::new()),
             egress_lock: std::sync::Mutex::new(()),
+            stream_lock: std::sync::Mutex::new(()),
         }
     }
 
@@ -919,6 +932,7 @@ impl Metainfo {
             redundancy: pending.redundancy,
             dataset: req.dataset && req.segment_count > 0,
             compute_enabled: req.dataset && req.compute_enabled && req.segment_count > 0,
+            segment_keys: Vec::new(),
         };
         let mut key = object_prefix(project, &pending.bucket);
         key.extend_from_slice(&pending.encrypted_key);
@@ -928,10 +942,11 @@ impl Metainfo {
         ];
         // An object written over replaces the old one and its segments.
         let mut replaced = 0;
+        let _refs = self.stream_lock.lock().expect("stream lock");
         if let Some(old) = self.kv.get(Table::Objects, &key)? {
             let old: pb::ObjectRecord = decode(&old, "object")?;
             replaced = stored_size(&old);
-            ops.extend(self.segment_deletes(&old)?);
+            ops.extend(self.stream_ref_ops(&[(&old, -1)])?);
         }
         self.kv.write(ops)?;
         self.adjust_stored(project, stored, replaced);
@@ -941,13 +956,57 @@ impl Metainfo {
         })
     }
 
-    fn segment_deletes(&self, obj: &pb::ObjectRecord) -> Result<Vec<Op>, MetainfoError> {
-        Ok(self
-            .kv
-            .scan(Table::Segments, &obj.stream_id, b"", usize::MAX)?
-            .into_iter()
-            .map(|(k, _)| Op::Delete(Table::Segments, k))
-            .collect())
+    /// The writes that apply reference changes to the streams of
+    /// `changes` (+1: a copy now shares it; -1: an object that used it is
+    /// gone). A stream nobody uses any more loses its segments, and with
+    /// them the pieces' place in the garbage collector's keep list. Call
+    /// with `stream_lock` held and write the ops before releasing it.
+    fn stream_ref_ops(
+        &self,
+        changes: &[(&pb::ObjectRecord, i64)],
+    ) -> Result<Vec<Op>, MetainfoError> {
+        let mut deltas: Vec<(&[u8], i64)> = Vec::new();
+        for (obj, delta) in changes {
+            if obj.segment_count == 0 {
+                continue;
+            }
+            match deltas.iter_mut().find(|(s, _)| *s == &obj.stream_id[..]) {
+                Some((_, d)) => *d += delta,
+                None => deltas.push((&obj.stream_id, *delta)),
+            }
+        }
+        let mut ops = Vec::new();
+        for (stream, delta) in deltas.into_iter().filter(|(_, d)| *d != 0) {
+            let current = match self.kv.get(Table::StreamRefs, stream)? {
+                Some(v) => u64::from_le_bytes(
+                    v.as_slice()
+                        .try_into()
+                        .map_err(|_| DbError::Corrupt("stream reference count"))?,
+                ),
+                None => 1,
+            };
+            let count = i128::from(current) + i128::from(delta);
+            if count <= 0 {
+                ops.push(Op::Delete(Table::StreamRefs, stream.to_vec()));
+                ops.extend(
+                    self.kv
+                        .scan(Table::Segments, stream, b"", usize::MAX)?
+                        .into_iter()
+                        .map(|(k, _)| Op::Delete(Table::Segments, k)),
+                );
+            } else if count == 1 {
+                ops.push(Op::Delete(Table::StreamRefs, stream.to_vec()));
+            } else {
+                let count =
+                    u64::try_from(count).map_err(|_| DbError::Overflow("stream references"))?;
+                ops.push(Op::Put(
+                    Table::StreamRefs,
+                    stream.to_vec(),
+                    count.to_le_bytes().to_vec(),
+                ));
+            }
+        }
+        Ok(ops)
     }
 
     /// Deletes uploads begun before `now - pending_expiration` and never
@@ -1038,15 +1097,42 @@ impl Metainfo {
         project: &ProjectId,
         req: &pb::FinishMoveObjectRequest,
     ) -> Result<(), MetainfoError> {
+        self.relocate(project, req, Relocation::Move)?;
+        metrics::counter!("loam_satellite_objects_moved_total").increment(1);
+        Ok(())
+    }
+
+    /// Second half of a server-side copy: a new object at the new key that
+    /// shares the source's segments (no piece data is read or written),
+    /// under its own rewrapped keys. The copy is billed like an upload of
+    /// the same size; the pieces stay until the last object using them is
+    /// gone.
+    pub fn finish_copy_object(
+        &self,
+        project: &ProjectId,
+        req: &pb::FinishMoveObjectRequest,
+    ) -> Result<(), MetainfoError> {
+        self.relocate(project, req, Relocation::Copy)?;
+        metrics::counter!("loam_satellite_objects_copied_total").increment(1);
+        Ok(())
+    }
+
+    fn relocate(
+        &self,
+        project: &ProjectId,
+        req: &pb::FinishMoveObjectRequest,
+        how: Relocation,
+    ) -> Result<(), MetainfoError> {
+        let _refs = self.stream_lock.lock().expect("stream lock");
         let (old_key, mut obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
         if obj.stream_id != req.stream_id {
             return Err(MetainfoError::Invalid(
-                "the object was replaced while it was being moved; try again",
+                "the object was replaced meanwhile; try again",
             ));
         }
         if obj.dataset {
             return Err(MetainfoError::Invalid(
-                "datasets cannot be moved; upload the dataset again under the new name",
+                "datasets cannot be moved or copied; upload the dataset again under the new name",
             ));
         }
         self.get_bucket(project, &req.new_bucket)?;
@@ -1065,7 +1151,7 @@ impl Metainfo {
             || req.new_segment_keys.iter().any(|k| k.len() > 256)
         {
             return Err(MetainfoError::Invalid(
-                "a move needs one rewrapped key per segment",
+                "a move or copy needs one rewrapped key per segment",
             ));
         }
         let mut new_key = object_prefix(project, &req.new_bucket);
@@ -1075,29 +1161,58 @@ impl Metainfo {
                 "source and destination are the same",
             ));
         }
-        let mut ops = vec![Op::Delete(Table::Objects, old_key)];
-        for (i, wrapped) in req.new_segment_keys.iter().enumerate() {
-            let mut seg = self.segment(&obj, i as u32)?;
-            let meta = seg.meta.get_or_insert_with(Default::default);
-            meta.encrypted_key = wrapped.clone();
-            ops.push(Op::Put(
-                Table::Segments,
-                segment_key(&obj.stream_id, i as u32),
-                seg.encode_to_vec(),
-            ));
+        let size = stored_size(&obj);
+        let mut ops = Vec::new();
+        match how {
+            Relocation::Move => {
+                ops.push(Op::Delete(Table::Objects, old_key));
+                if obj.segment_keys.is_empty() {
+                    // The stream's own keys live in its segment records.
+                    for (i, wrapped) in req.new_segment_keys.iter().enumerate() {
+                        let v = self
+                            .kv
+                            .get(Table::Segments, &segment_key(&obj.stream_id, i as u32))?
+                            .ok_or(DbError::Corrupt("missing segment"))?;
+                        let mut seg: pb::SegmentRecord = decode(&v, "segment")?;
+                        seg.meta.get_or_insert_with(Default::default).encrypted_key =
+                            wrapped.clone();
+                        ops.push(Op::Put(
+                            Table::Segments,
+                            segment_key(&obj.stream_id, i as u32),
+                            seg.encode_to_vec(),
+                        ));
+                    }
+                } else {
+                    obj.segment_keys = req.new_segment_keys.clone();
+                }
+            }
+            Relocation::Copy => {
+                self.check_storage(project, size)?;
+                obj.segment_keys = req.new_segment_keys.clone();
+                obj.created_unix_ms = now_ms();
+                obj.compute_enabled = false;
+            }
+        }
+        let mut refs = Vec::new();
+        if how == Relocation::Copy {
+            refs.push((&obj, 1));
         }
         let mut replaced = 0;
-        if let Some(old) = self.kv.get(Table::Objects, &new_key)? {
-            let old: pb::ObjectRecord = decode(&old, "object")?;
-            replaced = stored_size(&old);
-            ops.extend(self.segment_deletes(&old)?);
+        let old = match self.kv.get(Table::Objects, &new_key)? {
+            Some(v) => Some(decode::<pb::ObjectRecord>(&v, "object")?),
+            None => None,
+        };
+        if let Some(old) = &old {
+            replaced = stored_size(old);
+            refs.push((old, -1));
         }
+        ops.extend(self.stream_ref_ops(&refs)?);
         obj.encrypted_metadata = req.new_encrypted_metadata.clone();
         obj.inline_data = req.new_inline_data.clone();
         ops.push(Op::Put(Table::Objects, new_key, obj.encode_to_vec()));
         self.kv.write(ops)?;
-        self.adjust_stored(project, 0, replaced);
-        metrics::counter!("loam_satellite_objects_moved_total").increment(1);
+        let added = if how == Relocation::Copy { size } else { 0 };
+        self.adjust_stored(project, added, replaced);
         Ok(())
     }
 
@@ -1132,7 +1247,12 @@ impl Metainfo {
             .kv
             .get(Table::Segments, &segment_key(&obj.stream_id, index))?
             .ok_or(DbError::Corrupt("missing segment"))?;
-        decode(&v, "segment")
+        let mut seg: pb::SegmentRecord = decode(&v, "segment")?;
+        // A copy reads the shared segment under its own wrapped key.
+        if let Some(key) = obj.segment_keys.get(index as usize) {
+            seg.meta.get_or_insert_with(Default::default).encrypted_key = key.clone();
+        }
+        Ok(seg)
     }
 
     /// Order limits for `action` on every piece of `seg` held by an online
@@ -1287,9 +1407,10 @@ impl Metainfo {
         project: &ProjectId,
         req: &pb::ObjectRequest,
     ) -> Result<(), MetainfoError> {
+        let _refs = self.stream_lock.lock().expect("stream lock");
         let (key, obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
         let mut ops = vec![Op::Delete(Table::Objects, key)];
-        ops.extend(self.segment_deletes(&obj)?);
+        ops.extend(self.stream_ref_ops(&[(&obj, -1)])?);
         self.kv.write(ops)?;
         self.adjust_stored(project, 0, stored_size(&obj));
         metrics::counter!("loam_satellite_objects_deleted_total").increment(1);
@@ -1790,6 +1911,103 @@ mod tests {
                 root_piece_id: begun.root_piece_id,
             },
         )
+    }
+
+    #[test]
+    fn copies_share_segments_until_the_last_object_using_them_is_gone() {
+        let m = metainfo();
+        let nodes = fake_nodes(&m, 5);
+        let project = project_with_bucket(&m, "bkt");
+        let stream = m
+            .begin_object(
+                &project,
+                &pb::BeginObjectRequest {
+                    bucket: "bkt".into(),
+                    encrypted_key: b"orig".to_vec().into(),
+                },
+            )
+            .expect("begin")
+            .stream_id;
+        let piece = 100_000i64;
+        commit_segment(&m, &project, &nodes, &stream, 0, piece, 10).expect("segment");
+        m.commit_object(
+            &project,
+            &pb::CommitObjectRequest {
+                stream_id: stream.clone(),
+                plain_size: 10,
+                segment_count: 1,
+                ..Default::default()
+            },
+        )
+        .expect("commit");
+        let one = m.stored_bytes(&project).expect("stored");
+        let placements = m.piece_placements().expect("placements").len();
+        let req = |key: &[u8]| pb::ObjectRequest {
+            bucket: "bkt".into(),
+            encrypted_key: key.to_vec().into(),
+        };
+        let copy = |from: &[u8], to: &[u8], wrapped: u8| {
+            let begun = m.begin_move_object(&project, &req(from)).expect("begin");
+            m.finish_copy_object(
+                &project,
+                &pb::FinishMoveObjectRequest {
+                    bucket: "bkt".into(),
+                    encrypted_key: from.to_vec().into(),
+                    stream_id: begun.stream_id,
+                    new_bucket: "bkt".into(),
+                    new_encrypted_key: to.to_vec().into(),
+                    new_segment_keys: vec![vec![wrapped; 40].into()],
+                    ..Default::default()
+                },
+            )
+        };
+        copy(b"orig", b"c1", 1).expect("copy");
+        copy(b"c1", b"c2", 2).expect("copy of a copy");
+        // Each copy is billed, the pieces are not duplicated, and each
+        // object reads under its own wrapped key.
+        assert_eq!(m.stored_bytes(&project).expect("stored"), 3 * one);
+        assert_eq!(m.piece_placements().expect("placements").len(), placements);
+        let key_of = |k: &[u8]| {
+            let (_, obj) = m.object(&project, "bkt", k).expect("object");
+            m.segment(&obj, 0)
+                .expect("segment")
+                .meta
+                .expect("meta")
+                .encrypted_key
+        };
+        assert_eq!(key_of(b"c2").as_ref(), &[2; 40]);
+        // Copying over a copy of the same stream changes no count.
+        copy(b"orig", b"c2", 3).expect("copy over");
+        assert_eq!(key_of(b"c2").as_ref(), &[3; 40]);
+        // Deleting the original and one copy leaves the other readable.
+        m.delete_object(&project, &req(b"orig")).expect("delete");
+        m.delete_object(&project, &req(b"c1")).expect("delete");
+        assert_eq!(key_of(b"c2").as_ref(), &[3; 40]);
+        assert_eq!(m.piece_placements().expect("placements").len(), placements);
+        // A move of a copy keeps sharing; the last delete frees the pieces.
+        let begun = m.begin_move_object(&project, &req(b"c2")).expect("begin");
+        m.finish_move_object(
+            &project,
+            &pb::FinishMoveObjectRequest {
+                bucket: "bkt".into(),
+                encrypted_key: b"c2".to_vec().into(),
+                stream_id: begun.stream_id,
+                new_bucket: "bkt".into(),
+                new_encrypted_key: b"last".to_vec().into(),
+                new_segment_keys: vec![vec![4; 40].into()],
+                ..Default::default()
+            },
+        )
+        .expect("move");
+        assert_eq!(key_of(b"last").as_ref(), &[4; 40]);
+        m.delete_object(&project, &req(b"last")).expect("delete");
+        assert_eq!(m.piece_placements().expect("placements").len(), 0);
+        assert_eq!(m.stored_bytes(&project).expect("stored"), 0);
+        assert!(
+            m.kv.scan(Table::StreamRefs, b"", b"", usize::MAX)
+                .expect("scan")
+                .is_empty()
+        );
     }
 
     #[test]

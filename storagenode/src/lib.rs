@@ -247,7 +247,7 @@ impl StorageNode {
                 }
             }
         };
-        let router = telemetry::metrics_router()
+        let router = telemetry::metrics_router("storagenode")
             .route("/health", axum::routing::get(health))
             .route(
                 "/api/chores/check-in",

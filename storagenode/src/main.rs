@@ -12,8 +12,15 @@ use loam_storagenode::{Config, StorageNode, preflight};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "storagenode", version, about = "Loam storage node")]
+#[command(
+    name = "storagenode",
+    version,
+    about = "Loam storage node",
+    after_help = "Exit codes: 0 success, 1 error, 2 bad command line."
+)]
 struct Cli {
+    #[command(flatten)]
+    log: loam_common::cli::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,12 +31,14 @@ enum Command {
     /// difficulty) and a documented config.toml in DIR, after checking
     /// that the setup can work.
     Setup {
+        /// The node's data directory.
         #[arg(long, env = "LOAM_DIR")]
         dir: PathBuf,
         /// Satellite to trust, as ID@HOST:PORT (repeatable).
         #[arg(long = "satellite", env = "LOAM_SATELLITE", required = true)]
         satellites: Vec<NodeUrl>,
-        /// Disk space to offer: 2TB, 500GB, 512GiB, ...
+        /// Disk space to offer, with a unit: 2TB, 500GB, 512GiB, ... (a
+        /// bare number is refused).
         #[arg(long, alias = "allocated-bytes", value_parser = parse_size)]
         storage: u64,
         /// HOST:PORT where satellites and uplinks reach this node.
@@ -62,6 +71,7 @@ enum Command {
     /// Fetch this node's payout ledgers from its satellites (appending to
     /// the local copies under DIR/payouts) and show the payout history.
     Payouts {
+        /// The node's data directory.
         #[arg(long, env = "LOAM_DIR", global = true)]
         dir: Option<PathBuf>,
         #[command(subcommand)]
@@ -71,6 +81,7 @@ enum Command {
     /// DIR/config.toml, then LOAM_* environment variables, then these
     /// flags.
     Run {
+        /// The node's data directory.
         #[arg(long, env = "LOAM_DIR")]
         dir: PathBuf,
         /// QUIC listen address.
@@ -79,7 +90,7 @@ enum Command {
         /// HTTP address of the dashboard, /health and /metrics.
         #[arg(long)]
         http_listen: Option<SocketAddr>,
-        /// Disk space to offer: 2TB, 500GB, ...
+        /// Disk space to offer, with a unit: 2TB, 500GB, ...
         #[arg(long, value_parser = parse_size)]
         storage: Option<u64>,
         /// HOST:PORT where satellites and uplinks reach this node.
@@ -90,6 +101,7 @@ enum Command {
     /// moves every piece this node holds for it to other nodes. Keep the
     /// node running until the exit is finished.
     ExitSatellite {
+        /// The node's data directory.
         #[arg(long, env = "LOAM_DIR")]
         dir: PathBuf,
         /// The satellite's id (default: every configured satellite).
@@ -110,8 +122,9 @@ enum PayoutsCommand {
 
 #[tokio::main]
 async fn main() {
-    telemetry::init_logging();
-    if let Err(e) = run(Cli::parse()).await {
+    let cli = Cli::parse();
+    telemetry::init_logging_as("info", cli.log.log_format);
+    if let Err(e) = run(cli).await {
         eprintln!("storagenode: {e:#}");
         std::process::exit(1);
     }
@@ -354,7 +367,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    loam_common::size::parse_bytes(s).map_err(|e| e.to_string())
+    loam_common::size::parse_size_arg(s).map_err(|e| e.to_string())
 }
 
 /// Generates the identity, with a progress bar and an estimate of the time
@@ -379,4 +392,17 @@ fn generate_identity(difficulty: u32) -> Identity {
     });
     bar.finish_and_clear();
     identity
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::*;
+
+    /// Every argument of every command, described in `--help`.
+    #[test]
+    fn every_argument_is_described() {
+        use clap::CommandFactory;
+        let missing = loam_common::cli::undescribed_args(&Cli::command());
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
 }

@@ -23,8 +23,10 @@ struct Cli {
 enum Command {
     /// Start a satellite and N storage nodes; print `ready`; stop on Ctrl-C/SIGTERM.
     Run {
+        /// Directory of the network (created; kept after it stops).
         #[arg(long)]
         dir: PathBuf,
+        /// Storage nodes to start.
         #[arg(long, default_value_t = 10)]
         nodes: usize,
         /// Redundancy k/repair/success/total.
@@ -44,6 +46,7 @@ enum Command {
         /// Where the network lives (default: a temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Storage nodes to start.
         #[arg(long, default_value_t = 10)]
         nodes: usize,
         /// Size of the generated object, in MiB.
@@ -55,16 +58,22 @@ enum Command {
         /// Training rows generated.
         #[arg(long, default_value_t = 200_000)]
         rows: usize,
+        /// Features per record.
         #[arg(long, default_value_t = 32)]
         features: usize,
+        /// Label classes.
         #[arg(long, default_value_t = 10)]
         classes: usize,
+        /// Width of the hidden layer.
         #[arg(long, default_value_t = 64)]
         hidden: usize,
+        /// Federated averaging rounds.
         #[arg(long, default_value_t = 4)]
         rounds: u32,
+        /// Epochs each task trains locally per round.
         #[arg(long, default_value_t = 4)]
         local_epochs: usize,
+        /// Storage nodes to start.
         #[arg(long, default_value_t = 10)]
         nodes: usize,
         /// Segment size of the dataset (each data row is one task).
@@ -76,6 +85,7 @@ enum Command {
         /// Object size in MiB.
         #[arg(long, default_value_t = 256)]
         size_mib: usize,
+        /// Storage nodes to start.
         #[arg(long, default_value_t = 10)]
         nodes: usize,
         /// Make nodes fsync every piece before acknowledging it, as
@@ -89,6 +99,7 @@ enum Command {
     /// Settle a million orders through the satellite's verification path
     /// and compare with the single-core Ed25519 floor.
     BenchSettle {
+        /// Orders to sign and settle.
         #[arg(long, default_value_t = 1_000_000)]
         orders: usize,
         /// Orders per settlement window (one node's window per call).
@@ -98,6 +109,7 @@ enum Command {
     /// Kill nodes, measure repair (time per segment, bytes moved), kill
     /// more, check every object.
     BenchRepair {
+        /// Storage nodes to start.
         #[arg(long, default_value_t = 10)]
         nodes: usize,
         /// Object sizes in MiB (64 MiB segments).
@@ -554,4 +566,17 @@ async fn node_bytes(net: &ProcessNetwork) -> Vec<f64> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::*;
+
+    /// Every argument of every command, described in `--help`.
+    #[test]
+    fn every_argument_is_described() {
+        use clap::CommandFactory;
+        let missing = loam_common::cli::undescribed_args(&Cli::command());
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
 }

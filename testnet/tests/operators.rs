@@ -130,13 +130,18 @@ fn a_network_from_nothing_following_the_operator_guide() {
         // Check-ins every second, through the environment as documented.
         node_dirs.push(dir);
     }
-    for dir in &node_dirs {
+    // Logs go to files, as under a service manager: plain text (node 0)
+    // or JSON lines (node 1). A misspelled variable is warned about.
+    for (i, dir) in node_dirs.iter().enumerate() {
+        let log = std::fs::File::create(dir.join("node.log")).expect("log");
+        let format = if i == 1 { "json" } else { "text" };
         let child = Command::new(binary("storagenode").expect("binary"))
-            .args(["run", "--dir", s(dir)])
+            .args(["run", "--dir", s(dir), "--log-format", format])
             .env("LOAM_CHECKIN_INTERVAL_SECS", "1")
+            .env("LOAM_ALOCATED_BYTES", "2GB")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start node");
         daemons.0.push(child);
@@ -144,6 +149,51 @@ fn a_network_from_nothing_following_the_operator_guide() {
     // The satellite answers once all three have checked in.
     let st = status(&sat_dir, &["--wait-nodes", "3", "--timeout", "60"]);
     assert_eq!(st["nodes"]["online"], 3, "{st}");
+    let text = std::fs::read_to_string(node_dirs[0].join("node.log")).expect("log");
+    assert!(
+        text.contains("LOAM_ALOCATED_BYTES") && text.contains("did you mean LOAM_ALLOCATED_BYTES"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes in a log file: {text:?}"
+    );
+    let json = std::fs::read_to_string(node_dirs[1].join("node.log")).expect("log");
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "WARN"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("LOAM_ALOCATED_BYTES"))),
+        "{json}"
+    );
+    // /metrics says what runs, and how the process does.
+    let run_info: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(node_dirs[0].join("run/node.json")).expect("run info"),
+    )
+    .expect("json");
+    let metrics_url = run_info["metrics_url"]
+        .as_str()
+        .expect("metrics_url")
+        .to_string();
+    let metrics = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(loam_testnet::http_get(&metrics_url))
+        .expect("metrics");
+    assert!(
+        metrics.contains("loam_build_info{role=\"storagenode\",version=\""),
+        "{metrics}"
+    );
+    for name in [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing");
+    }
 
     let access = ok(run(
         "satellite",
@@ -234,6 +284,13 @@ fn bad_setups_fail_at_setup_with_one_clear_line() {
         "{err}"
     );
 
+    // A size without a unit is almost always a forgotten GB.
+    let dir = tmp.path().join("bare");
+    let out = setup(&dir, &url, "10", &wallet);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no unit") && err.contains("10GB"), "{err}");
+
     // Nothing listens there.
     let dir = tmp.path().join("unreachable");
     let nowhere = format!("{id}@127.0.0.1:{}", free_udp_port());
@@ -268,7 +325,14 @@ fn bad_setups_fail_at_setup_with_one_clear_line() {
     assert!(err.contains("is not HOST:PORT"), "{err}");
 
     // None of them left an identity behind.
-    for name in ["wallet", "big", "unreachable", "wrong-id", "address"] {
+    for name in [
+        "wallet",
+        "big",
+        "bare",
+        "unreachable",
+        "wrong-id",
+        "address",
+    ] {
         assert!(
             !tmp.path().join(name).join("identity.key").exists(),
             "{name} wrote an identity"

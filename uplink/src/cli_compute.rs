@@ -19,8 +19,14 @@ pub enum DatasetCommand {
     /// Upload a CSV (header, numeric features, a label column) as a
     /// dataset: uplink dataset put FILE loam://BUCKET/NAME --label COL
     Put {
+        /// The CSV file: a header line, numeric feature columns and a label
+        /// column; quoted cells and ',', ';', tab or '|' separators.
         file: PathBuf,
+        /// Where the dataset goes, as loam://BUCKET/NAME.
         url: String,
+        /// The CSV's separator (default: found from the header line).
+        #[arg(long, value_parser = parse_delimiter)]
+        delimiter: Option<u8>,
         /// The label column.
         #[arg(long)]
         label: String,
@@ -34,14 +40,17 @@ pub enum DatasetCommand {
     },
     /// Opt a dataset in to compute jobs (on) or out (off).
     Compute {
+        /// on or off.
         #[arg(value_parser = ["on", "off"])]
         state: String,
+        /// The dataset, loam://BUCKET/NAME.
         url: String,
     },
     /// Show a dataset's columns, classes and layout.
     Info {
         /// The dataset, loam://BUCKET/NAME.
         url: String,
+        /// Output format: text or json.
         #[arg(short, long, value_enum, default_value = "text")]
         output: crate::Output,
     },
@@ -90,19 +99,28 @@ pub struct TrainArgs {
 pub enum JobCommand {
     /// List this project's jobs.
     Ls {
+        /// Output format: text (a table), or json (one job per line).
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
     /// A job's round, loss, accuracy, tasks, work and data moved.
     Status {
+        /// The job id, or a unique prefix of it (4 or more hex digits).
         id: String,
+        /// Output format: text or json.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
     /// Stop a job.
-    Cancel { id: String },
+    Cancel {
+        /// The job id, or a unique prefix of it (4 or more hex digits).
+        id: String,
+    },
     /// Follow a job to its end and store its model at the job's --out.
-    Wait { id: String },
+    Wait {
+        /// The job id, or a unique prefix of it (4 or more hex digits).
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -110,21 +128,76 @@ pub enum ModelCommand {
     /// Accuracy and confusion matrix of MODEL (a file or loam:// URL) on a
     /// labelled CSV.
     Eval {
+        /// The model: a local file or loam://BUCKET/KEY.
         model: String,
+        /// A labelled CSV with the model's columns.
         #[arg(long)]
         data: PathBuf,
         /// The label column of the CSV (default: the model's).
         #[arg(long)]
         label: Option<String>,
+        /// The CSV's separator (default: found from the header line).
+        #[arg(long, value_parser = parse_delimiter)]
+        delimiter: Option<u8>,
+        /// Output format: text or json.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
     },
     /// Predicted class of every row of a CSV, as CSV on stdout or --out.
     Predict {
+        /// The model: a local file or loam://BUCKET/KEY.
         model: String,
+        /// A CSV with the model's feature columns (the label column may be
+        /// there or not).
         #[arg(long)]
         data: PathBuf,
+        /// Where to write the predictions (default: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The CSV's separator (default: found from the header line).
+        #[arg(long, value_parser = parse_delimiter)]
+        delimiter: Option<u8>,
     },
+}
+
+/// A `--delimiter` value: one ASCII character, or `tab`.
+fn parse_delimiter(s: &str) -> Result<u8, String> {
+    match s {
+        "tab" | "\\t" | "\t" => Ok(b'\t'),
+        _ if s.len() == 1 && s.is_ascii() && !s.contains(['"', '\n', '\r']) => Ok(s.as_bytes()[0]),
+        _ => Err(format!(
+            "{s:?} is not a separator; give one character (',', ';', '|') or tab"
+        )),
+    }
+}
+
+/// Reads a CSV file and rewrites it in the canonical form datasets use
+/// (see [`loam_compute::dataset::normalize`]); the separator is
+/// `delimiter`, or found from the header line (and said, when it is not
+/// a comma).
+fn read_csv(path: &std::path::Path, delimiter: Option<u8>) -> anyhow::Result<Vec<u8>> {
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let delimiter = match delimiter {
+        Some(d) => d,
+        None => {
+            let d = loam_compute::dataset::sniff_delimiter(&text);
+            if d != b',' {
+                let name = if d == b'\t' {
+                    "tab".to_string()
+                } else {
+                    format!("'{}'", d as char)
+                };
+                eprintln!(
+                    "reading {} as {name}-separated (found in the header line; --delimiter \
+                     overrides)",
+                    path.display()
+                );
+            }
+            d
+        }
+    };
+    loam_compute::dataset::normalize(&text, delimiter)
+        .with_context(|| format!("{} is not a CSV file Loam can read", path.display()))
 }
 
 fn state_name(s: i32) -> &'static str {
@@ -146,6 +219,7 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
         DatasetCommand::Put {
             file,
             url,
+            delimiter,
             label,
             segment_size,
             no_compute,
@@ -154,8 +228,17 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
             if u.key.is_empty() {
                 bail!("{url:?} names no dataset key");
             }
-            let text =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text = read_csv(&file, delimiter)?;
+            let schema = loam_compute::dataset::scan(&text, &label)?;
+            if schema.label_looks_continuous() {
+                eprintln!(
+                    "warning: label column {label:?} has {} distinct numeric values in {} \
+                     records; each value becomes a class of its own. If it is a quantity to \
+                     predict, bin it into a few classes (for example low/medium/high) first.",
+                    schema.classes.len(),
+                    schema.records
+                );
+            }
             let opts = DatasetOptions {
                 label,
                 segment_size,
@@ -463,7 +546,13 @@ async fn load_model(project: Option<&Project>, model: &str) -> anyhow::Result<Mo
 
 pub async fn model(project: Option<&Project>, cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
-        ModelCommand::Eval { model, data, label } => {
+        ModelCommand::Eval {
+            model,
+            data,
+            label,
+            delimiter,
+            output,
+        } => {
             let m = load_model(project, &model).await?;
             let schema = &m.header.schema;
             if let Some(l) = &label
@@ -471,14 +560,25 @@ pub async fn model(project: Option<&Project>, cmd: ModelCommand) -> anyhow::Resu
             {
                 bail!("the model predicts {:?}, not {l:?}", schema.label_name());
             }
-            let text =
-                std::fs::read(&data).with_context(|| format!("cannot read {}", data.display()))?;
+            let text = read_csv(&data, delimiter)?;
             check_header(&text, schema)?;
             let records = loam_compute::dataset::parse_records(&text, schema, true)?;
             if records.is_empty() {
                 bail!("{} has no records", data.display());
             }
             let eval = loam_compute::train::evaluate(&m.header.spec, &m.weights, &records)?;
+            if output == Output::Json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "accuracy": eval.accuracy,
+                        "records": eval.records,
+                        "classes": schema.classes,
+                        "confusion_matrix": eval.matrix,
+                    }))?
+                );
+                return Ok(());
+            }
             println!("accuracy {:.4}", eval.accuracy);
             println!("records {}", eval.records);
             println!("confusion matrix (rows: true class, columns: predicted)");
@@ -503,11 +603,15 @@ pub async fn model(project: Option<&Project>, cmd: ModelCommand) -> anyhow::Resu
                 writeln!(out)?;
             }
         }
-        ModelCommand::Predict { model, data, out } => {
+        ModelCommand::Predict {
+            model,
+            data,
+            out,
+            delimiter,
+        } => {
             let m = load_model(project, &model).await?;
             let schema = m.header.schema.clone();
-            let text =
-                std::fs::read(&data).with_context(|| format!("cannot read {}", data.display()))?;
+            let text = read_csv(&data, delimiter)?;
             let records = predict_records(&text, &schema)?;
             let pred = loam_compute::train::predict(&m.header.spec, &m.weights, &records)?;
             let mut w: Box<dyn Write> = match &out {
@@ -533,12 +637,7 @@ pub async fn model(project: Option<&Project>, cmd: ModelCommand) -> anyhow::Resu
 
 /// The CSV's header must name the model's columns in order.
 fn check_header(text: &[u8], schema: &loam_compute::Schema) -> anyhow::Result<()> {
-    let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
-    let header: Vec<String> = String::from_utf8_lossy(first)
-        .trim_end_matches('\r')
-        .split(',')
-        .map(|c| c.trim().trim_matches('"').to_string())
-        .collect();
+    let header = loam_compute::dataset::header(text)?;
     if header != schema.columns {
         if !header.iter().any(|c| c == schema.label_name()) {
             bail!(
@@ -555,8 +654,8 @@ fn check_header(text: &[u8], schema: &loam_compute::Schema) -> anyhow::Result<()
     Ok(())
 }
 
-/// Records of a CSV for prediction: with the label column (any known
-/// class) or without it.
+/// Records of a (canonical) CSV for prediction: with the label column (any
+/// known class) or without it.
 fn predict_records(
     text: &[u8],
     schema: &loam_compute::Schema,
@@ -564,34 +663,22 @@ fn predict_records(
     if check_header(text, schema).is_ok() {
         return Ok(loam_compute::dataset::parse_records(text, schema, true)?);
     }
-    // No label column: add a placeholder class to every line.
     let features: Vec<&str> = schema.feature_names().collect();
-    let mut with_label = Vec::with_capacity(text.len() + text.len() / 8);
-    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
-        let line = std::str::from_utf8(line)?.trim_end_matches('\r');
-        if line.trim().is_empty() {
-            continue;
-        }
-        let mut cells: Vec<&str> = line.split(',').collect();
-        if i == 0 {
-            let names: Vec<&str> = cells.iter().map(|c| c.trim().trim_matches('"')).collect();
-            if names != features {
-                bail!(
-                    "the data's columns ({}) are not the model's features ({})",
-                    names.join(","),
-                    features.join(",")
-                );
-            }
-        }
-        let fill = if i == 0 {
-            schema.label_name()
-        } else {
-            schema.classes[0].as_str()
-        };
-        cells.insert(schema.label.min(cells.len()), fill);
-        with_label.extend_from_slice(cells.join(",").as_bytes());
-        with_label.push(b'\n');
+    let names = loam_compute::dataset::header(text)?;
+    if names != features {
+        bail!(
+            "the data's columns ({}) are not the model's features ({})",
+            names.join(","),
+            features.join(",")
+        );
     }
+    // No label column: add a placeholder class to every record.
+    let with_label = loam_compute::dataset::insert_column(
+        text,
+        schema.label,
+        schema.label_name(),
+        &schema.classes[0],
+    )?;
     Ok(loam_compute::dataset::parse_records(
         &with_label,
         schema,

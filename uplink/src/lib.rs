@@ -473,6 +473,31 @@ impl Project {
         new_bucket: &str,
         new_key: &str,
     ) -> Result<(), UplinkError> {
+        self.relocate(bucket, key, new_bucket, new_key, false).await
+    }
+
+    /// Copies an object on the satellite (server-side): the copy shares the
+    /// original's pieces, no piece data moves, and each object can be
+    /// deleted without the other losing anything. Keys are rewrapped as in
+    /// [`Project::move_object`]; an object at the new key is replaced.
+    pub async fn copy_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        new_bucket: &str,
+        new_key: &str,
+    ) -> Result<(), UplinkError> {
+        self.relocate(bucket, key, new_bucket, new_key, true).await
+    }
+
+    async fn relocate(
+        &self,
+        bucket: &str,
+        key: &str,
+        new_bucket: &str,
+        new_key: &str,
+        copy: bool,
+    ) -> Result<(), UplinkError> {
         let info = self.object_info(bucket, key).await?;
         self.bucket(new_bucket).await?;
         let begin = match self
@@ -513,8 +538,13 @@ impl Project {
             new_inline_data: reseal(&info.inline_data, "the inline data")?,
             new_segment_keys,
         };
-        match self.call(Req::FinishMoveObject(req)).await? {
-            Resp::FinishMoveObject(_) => Ok(()),
+        let call = if copy {
+            Req::FinishCopyObject(req)
+        } else {
+            Req::FinishMoveObject(req)
+        };
+        match self.call(call).await? {
+            Resp::FinishMoveObject(_) | Resp::FinishCopyObject(_) => Ok(()),
             _ => Err(UplinkError::Unexpected),
         }
     }

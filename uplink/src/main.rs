@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
 use loam_common::access::Access;
+pub(crate) use loam_common::cli::Output;
 use loam_common::{NodeUrl, pb, rpc};
 use loam_uplink::{Item, Progress, Project};
 
@@ -24,26 +25,34 @@ mod recursive;
                   unreachable)."
 )]
 struct Cli {
-    /// Access grant string.
-    #[arg(long, global = true, env = "UPLINK_ACCESS", hide_env_values = true)]
+    /// Access grant string (from `uplink access create` or the satellite's
+    /// operator).
+    #[arg(
+        long,
+        global = true,
+        env = "UPLINK_ACCESS",
+        hide_env_values = true,
+        help_heading = loam_common::cli::GLOBAL
+    )]
     access: Option<String>,
     /// File holding the access grant.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = loam_common::cli::GLOBAL)]
     access_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq)]
-pub(crate) enum Output {
-    Text,
-    Json,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Make a bucket: uplink mb loam://BUCKET
-    Mb { url: String },
+    Mb {
+        /// The new bucket, as loam://BUCKET (3-63 lower-case letters,
+        /// digits, '-' and '.').
+        url: String,
+        /// Output format: text or json.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Remove a bucket: uplink rb loam://BUCKET (it must be empty unless
     /// --force)
     Rb {
@@ -56,17 +65,23 @@ enum Command {
         #[arg(long, default_value_t = 8, value_name = "N")]
         parallelism: usize,
     },
-    /// List buckets, or objects under loam://BUCKET[/PREFIX/]
+    /// List buckets, or objects under loam://BUCKET[/PREFIX/], sorted by
+    /// key; times are UTC
     Ls {
+        /// loam://BUCKET, loam://BUCKET/PREFIX/ or loam://BUCKET/KEY (none:
+        /// list the buckets).
         url: Option<String>,
+        /// List every object under the prefix, not one level of it.
         #[arg(short, long)]
         recursive: bool,
+        /// Output format: text (a table), or json (one object per line).
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
     /// Storage and download usage of the project, per bucket, this month,
     /// with the project's limits
     Usage {
+        /// Output format: text or json.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -97,13 +112,24 @@ enum Command {
         no_progress: bool,
     },
     /// Move (rename) an object on the satellite, without moving its data:
-    /// uplink mv loam://BUCKET/KEY loam://BUCKET2/KEY2
+    /// uplink mv loam://BUCKET/KEY loam://BUCKET2/KEY2, or with -r every
+    /// object under a prefix
     Mv {
-        /// The object, as loam://BUCKET/KEY.
+        /// The object, or with -r the prefix, as loam://BUCKET/KEY.
         source: String,
         /// Where it goes, as loam://BUCKET/KEY (a key ending in '/' keeps
-        /// the source's last path component). An object there is replaced.
+        /// the source's last path component; with -r, the new prefix). An
+        /// object there is replaced.
         destination: String,
+        /// Move every object under the source prefix.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Objects moved at once with -r.
+        #[arg(long, default_value_t = 8, value_name = "N")]
+        parallelism: usize,
+        /// With -r: print what would be moved, move nothing.
+        #[arg(long, requires = "recursive")]
+        dry_run: bool,
     },
     /// Remove an object: uplink rm loam://BUCKET/KEY, or with -r every
     /// object under a prefix
@@ -142,6 +168,13 @@ enum Command {
         #[command(subcommand)]
         command: cli_compute::ModelCommand,
     },
+    /// Print a shell completion script: uplink completion bash >
+    /// /etc/bash_completion.d/uplink (or zsh, fish, elvish, powershell)
+    Completion {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -161,7 +194,11 @@ enum AccessCommand {
         passphrase: Option<String>,
     },
     /// Show which satellite and project an access grant is for.
-    Inspect,
+    Inspect {
+        /// Output format: text or json.
+        #[arg(short, long, value_enum, default_value = "json")]
+        output: Output,
+    },
 }
 
 /// A parsed `loam://bucket/key` URL.
@@ -188,6 +225,29 @@ pub(crate) fn parse_loam(url: &str) -> anyhow::Result<LoamUrl> {
         bucket: bucket.to_string(),
         key: key.to_string(),
     })
+}
+
+impl LoamUrl {
+    /// The URL as it is safe to print.
+    pub(crate) fn display(&self) -> String {
+        format!("loam://{}/{}", self.bucket, escape_key(&self.key))
+    }
+}
+
+/// The source and destination objects of a one-object `mv` or remote
+/// `cp`: a destination key ending in '/' (or none) takes the source's last
+/// path component.
+fn object_pair(source: &str, destination: &str, verb: &str) -> anyhow::Result<(LoamUrl, LoamUrl)> {
+    let src = parse_loam(source)?;
+    let mut dst = parse_loam(destination)?;
+    if src.key.is_empty() || src.key.ends_with('/') {
+        bail!("{source:?} names no object ({verb} without -r takes one object)");
+    }
+    if dst.key.is_empty() || dst.key.ends_with('/') {
+        dst.key
+            .push_str(src.key.rsplit('/').next().unwrap_or(&src.key));
+    }
+    Ok((src, dst))
 }
 
 /// A URL that names a bucket only (`loam://bucket` or `loam://bucket/`).
@@ -263,26 +323,9 @@ fn load_access(cli: &Cli) -> anyhow::Result<Access> {
     Ok(Access::parse(&text)?)
 }
 
+/// An instant as RFC 3339 in UTC: `2026-12-03T05:14:17Z`.
 pub(crate) fn format_time(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // civil-from-days (proleptic Gregorian)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    loam_common::time::format_instant(ms)
 }
 
 fn progress_bar(
@@ -324,6 +367,15 @@ fn progress_bar(
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Completion { shell } = &cli.command {
+        clap_complete::generate(
+            *shell,
+            &mut Cli::command(),
+            "uplink",
+            &mut std::io::stdout(),
+        );
+        return Ok(());
+    }
     if let Command::Access {
         command:
             AccessCommand::Create {
@@ -416,10 +468,13 @@ async fn project_salt(project: &Project) -> anyhow::Result<Vec<u8>> {
 
 async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Mb { url } => {
+        Command::Mb { url, output } => {
             let u = parse_bucket_url(&url)?;
-            project.create_bucket(&u.bucket).await?;
-            println!("Bucket {} created", u.bucket);
+            let bucket = project.create_bucket(&u.bucket).await?;
+            match output {
+                Output::Json => loam_common::cli::print_json_line(&bucket)?,
+                Output::Text => println!("Bucket {} created", u.bucket),
+            }
         }
         Command::Rb {
             url,
@@ -513,9 +568,11 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
             None => {
                 let buckets = project.list_buckets().await?;
                 if output == Output::Json {
-                    println!("{}", serde_json::to_string_pretty(&buckets)?);
+                    for b in &buckets {
+                        loam_common::cli::print_json_line(b)?;
+                    }
                 } else {
-                    println!("{:<20} NAME", "CREATED");
+                    println!("{:<20} NAME", "CREATED (UTC)");
                     for b in buckets {
                         println!("{:<20} {}", format_time(b.created_ms), b.name);
                     }
@@ -569,26 +626,29 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
         Command::Mv {
             source,
             destination,
+            recursive,
+            parallelism,
+            dry_run,
         } => {
-            let src = parse_loam(&source)?;
-            let mut dst = parse_loam(&destination)?;
-            if src.key.is_empty() || src.key.ends_with('/') {
-                bail!("{source:?} names no object (mv moves one object)");
+            if recursive {
+                let batch = recursive::Batch {
+                    parallelism,
+                    dry_run,
+                    show: false,
+                };
+                let how = recursive::Relocate::Move;
+                let (n, _) =
+                    recursive::relocate_all(project, &source, &destination, &batch, how).await?;
+                if !dry_run {
+                    eprintln!("moved {n} objects");
+                }
+            } else {
+                let (src, dst) = object_pair(&source, &destination, "mv")?;
+                project
+                    .move_object(&src.bucket, &src.key, &dst.bucket, &dst.key)
+                    .await?;
+                println!("moved {} to {}", src.display(), dst.display());
             }
-            if dst.key.is_empty() || dst.key.ends_with('/') {
-                dst.key
-                    .push_str(src.key.rsplit('/').next().unwrap_or(&src.key));
-            }
-            project
-                .move_object(&src.bucket, &src.key, &dst.bucket, &dst.key)
-                .await?;
-            println!(
-                "moved loam://{}/{} to loam://{}/{}",
-                src.bucket,
-                escape_key(&src.key),
-                dst.bucket,
-                escape_key(&dst.key)
-            );
         }
         Command::Rm {
             url,
@@ -617,15 +677,23 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Access { command } => match command {
-            AccessCommand::Inspect => {
+            AccessCommand::Inspect { output } => {
                 let a = project.access();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "satellite": a.satellite.to_string(),
-                        "api_key": bs58::encode(&a.api_key).into_string(),
-                    }))?
-                );
+                let satellite = a.satellite.to_string();
+                let api_key = bs58::encode(&a.api_key).into_string();
+                match output {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "satellite": satellite,
+                            "api_key": api_key,
+                        }))?
+                    ),
+                    Output::Text => {
+                        println!("satellite  {satellite}");
+                        println!("api key    {api_key}");
+                    }
+                }
             }
             AccessCommand::Create { .. } => unreachable!("handled before opening the project"),
         },
@@ -633,25 +701,28 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
         Command::Train(args) => cli_compute::train(project, args).await?,
         Command::Job { command } => cli_compute::job(project, command).await?,
         Command::Model { command } => cli_compute::model(Some(project), command).await?,
+        Command::Completion { .. } => unreachable!("handled before opening the project"),
     }
     Ok(())
 }
 
 fn print_items(items: &[Item], output: Output) -> anyhow::Result<()> {
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(items)?);
+        for i in items {
+            loam_common::cli::print_json_line(i)?;
+        }
         return Ok(());
     }
-    println!("{:<4} {:<20} {:>14} KEY", "KIND", "CREATED", "SIZE");
+    println!("{:<4} {:<20} {:>10} KEY", "KIND", "CREATED (UTC)", "SIZE");
     for i in items {
         if i.is_prefix {
-            println!("{:<4} {:<20} {:>14} {}", "PRE", "", "", escape_key(&i.key));
+            println!("{:<4} {:<20} {:>10} {}", "PRE", "", "", escape_key(&i.key));
         } else {
             println!(
-                "{:<4} {:<20} {:>14} {}",
+                "{:<4} {:<20} {:>10} {}",
                 "OBJ",
                 format_time(i.created_ms),
-                i.size,
+                human(i.size),
                 escape_key(&i.key)
             );
         }
@@ -756,9 +827,16 @@ async fn copy(
             }
             n
         }
-        (true, true) => bail!(
-            "copying between two loam:// URLs is not supported yet; download and upload instead"
-        ),
+        (true, true) => {
+            // Server-side: the satellite copies the metadata, the pieces
+            // are shared; nothing is downloaded.
+            let (src, dst) = object_pair(source, destination, "cp")?;
+            project
+                .copy_object(&src.bucket, &src.key, &dst.bucket, &dst.key)
+                .await?;
+            eprintln!("copied {} to {}", src.display(), dst.display());
+            project.stat(&dst.bucket, &dst.key).await?.size
+        }
         (false, false) => bail!("one of source and destination must be a loam:// URL"),
     };
     if show {
@@ -942,5 +1020,32 @@ mod tests {
             .expect_err("key")
             .to_string();
         assert!(e.contains("object key") && e.contains("loam://ab"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::*;
+
+    /// Every argument of every command, described in `--help`.
+    #[test]
+    fn every_argument_is_described() {
+        let missing = loam_common::cli::undescribed_args(&Cli::command());
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    #[test]
+    fn global_options_are_grouped_and_completion_is_generated() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Global options:"), "{help}");
+        let mut script = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "uplink",
+            &mut script,
+        );
+        let script = String::from_utf8(script).expect("UTF-8");
+        assert!(script.contains("complete -F _uplink"), "{script}");
     }
 }

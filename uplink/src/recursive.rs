@@ -139,7 +139,7 @@ pub(crate) async fn copy(
     ) {
         (false, true) => upload_tree(project, Path::new(source), destination, batch).await?,
         (true, false) => download_tree(project, source, Path::new(destination), batch).await?,
-        (true, true) => bail!("cp -r between two loam:// URLs is not supported yet"),
+        (true, true) => relocate_all(project, source, destination, batch, Relocate::Copy).await?,
         (false, false) => bail!("one of source and destination must be a loam:// URL"),
     };
     if !batch.dry_run {
@@ -324,6 +324,72 @@ pub(crate) async fn remove_all(
     })
     .await?;
     Ok(n)
+}
+
+/// Whether [`relocate_all`] moves or copies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Relocate {
+    Move,
+    Copy,
+}
+
+/// `mv -r` and `cp -r` between two `loam://` prefixes: every object under
+/// the source prefix, moved or copied on the satellite (no piece data
+/// moves) to the same relative key under the destination prefix. Returns
+/// the objects and their bytes.
+pub(crate) async fn relocate_all(
+    project: &Project,
+    source: &str,
+    destination: &str,
+    batch: &Batch,
+    how: Relocate,
+) -> anyhow::Result<(usize, u64)> {
+    let (src, dst) = (parse_loam(source)?, parse_loam(destination)?);
+    let (from, to) = (prefix_of(&src.key), prefix_of(&dst.key));
+    if src.bucket == dst.bucket && to.starts_with(&from) {
+        bail!("{destination} lies under {source}; choose a destination outside it");
+    }
+    let items: Vec<Item> = project
+        .list(&src.bucket, &from, true)
+        .await?
+        .into_iter()
+        .filter(|i| !i.is_prefix)
+        .collect();
+    if items.is_empty() {
+        bail!("nothing under {source}");
+    }
+    let (count, bytes) = (items.len(), items.iter().map(|i| i.size).sum::<u64>());
+    let verb = match how {
+        Relocate::Move => "move",
+        Relocate::Copy => "copy",
+    };
+    let target = |key: &str| format!("{to}{}", key.strip_prefix(&from).unwrap_or(key));
+    if batch.dry_run {
+        for item in &items {
+            println!(
+                "would {verb} loam://{}/{} to loam://{}/{}",
+                src.bucket,
+                escape_key(&item.key),
+                dst.bucket,
+                escape_key(&target(&item.key))
+            );
+        }
+        return Ok((count, bytes));
+    }
+    let (sb, db) = (src.bucket.as_str(), dst.bucket.as_str());
+    for_each(items, batch.parallelism, "objects", |item| {
+        let new_key = target(&item.key);
+        async move {
+            let done = match how {
+                Relocate::Move => project.move_object(sb, &item.key, db, &new_key).await,
+                Relocate::Copy => project.copy_object(sb, &item.key, db, &new_key).await,
+            };
+            done.with_context(|| format!("{verb} loam://{sb}/{}", escape_key(&item.key)))?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok((count, bytes))
 }
 
 #[cfg(test)]

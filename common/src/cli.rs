@@ -1,0 +1,76 @@
+//! Command-line conventions shared by the four binaries (`uplink`,
+//! `satellite`, `storagenode`, `testnet`), so that they read alike:
+//! `-o text|json` for anything that prints data, `--log-format` for the
+//! daemons, the same help headings and exit codes.
+
+/// How a command prints its data: `text` for people (tables, SI units,
+/// times in UTC marked `Z`), `json` for programs (one document, or one
+/// object per line for listings).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The format of log lines on stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line per event; coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per event (timestamp, level, target, fields).
+    Json,
+}
+
+/// The heading under which every binary lists its global options.
+pub const GLOBAL: &str = "Global options";
+
+/// Logging options of the daemons.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LogArgs {
+    /// Log line format on stderr: text, or json (one object per line, for
+    /// log collectors). RUST_LOG sets the level (default info).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "LOAM_LOG_FORMAT",
+        help_heading = GLOBAL
+    )]
+    pub log_format: LogFormat,
+}
+
+/// Prints `value` as one line of JSON (for listings: one object per line).
+pub fn print_json_line<T: serde::Serialize>(value: &T) -> Result<(), serde_json::Error> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+/// `command`'s arguments (in every subcommand) that `--help` would show
+/// without a description, as `subcommand path: argument id`.
+pub fn undescribed_args(command: &clap::Command) -> Vec<String> {
+    fn walk(c: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for a in c.get_arguments() {
+            let id = a.get_id().as_str();
+            if a.is_hide_set() || matches!(id, "help" | "version") {
+                continue;
+            }
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                out.push(format!("{path}: {id}"));
+            }
+        }
+        for sub in c.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            walk(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+    let mut out = Vec::new();
+    let mut c = command.clone();
+    c.build();
+    walk(&c, c.get_name(), &mut out);
+    out
+}
