@@ -60,10 +60,16 @@ async fn uplink_cli_against_process_network() -> anyhow::Result<()> {
         listing.contains("PRE") && listing.contains("dir/"),
         "{listing}"
     );
-    let json: serde_json::Value = serde_json::from_str(&ok(uplink(
+    // JSON: one object per line.
+    let lines = ok(uplink(
         &access,
         &["ls", "loam://clitest/dir/", "-o", "json"],
-    )))?;
+    ));
+    let json: Vec<serde_json::Value> = lines
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(json.len(), 1, "{lines}");
     assert_eq!(json[0]["key"], "dir/in.bin");
     assert_eq!(json[0]["size"], 3_000_000);
 

@@ -150,6 +150,94 @@ async fn recursive_copies_moves_and_removals() -> anyhow::Result<()> {
     ok(up(&["rm", "-r", "loam://pp/t/d0"]));
     assert_eq!(keys(&ok(up(&["ls", "-r", "loam://pp/t/"]))).len(), 38);
 
+    // cp between two loam:// URLs copies on the satellite: the copy
+    // outlives its source. cp -r copies a prefix, mv -r moves one, and
+    // what arrives reads back identical.
+    ok(up(&[
+        "cp",
+        "loam://pp/moved/remote",
+        "loam://pp/copies/one",
+    ]));
+    ok(up(&["rm", "loam://pp/moved/remote"]));
+    let back = tmp.path().join("copy-back");
+    ok(up(&[
+        "cp",
+        "loam://pp/copies/one",
+        back.to_str().expect("UTF-8 path"),
+    ]));
+    assert_eq!(std::fs::read(&back)?, std::fs::read(src.join("d2/e2/f02"))?);
+    let d1 = keys(&ok(up(&["ls", "-r", "loam://pp/t/d1/"])));
+    assert_eq!(d1.len(), 19);
+    ok(up(&["cp", "-r", "loam://pp/t/d1/", "loam://pp/copies/d1/"]));
+    let e = fails(up(&[
+        "mv",
+        "-r",
+        "loam://pp/copies/",
+        "loam://pp/copies/d1/x/",
+    ]));
+    assert!(e.contains("lies under"), "{e}");
+    let dry = ok(up(&[
+        "mv",
+        "-r",
+        "--dry-run",
+        "loam://pp/copies/d1/",
+        "loam://pp/renamed/",
+    ]));
+    assert_eq!(
+        dry.lines().filter(|l| l.starts_with("would move")).count(),
+        19
+    );
+    ok(up(&[
+        "mv",
+        "-r",
+        "loam://pp/copies/d1/",
+        "loam://pp/renamed/",
+    ]));
+    assert!(
+        keys(&ok(up(&["ls", "-r", "loam://pp/copies/"])))
+            .iter()
+            .all(|k| !k.starts_with("copies/d1/"))
+    );
+    assert_eq!(keys(&ok(up(&["ls", "-r", "loam://pp/renamed/"]))).len(), 19);
+    let renamed = tmp.path().join("renamed");
+    ok(up(&[
+        "cp",
+        "-r",
+        "loam://pp/renamed/",
+        renamed.to_str().expect("UTF-8 path"),
+    ]));
+    let mut expected = tree(&src.join("d1"));
+    expected.remove("e1/f01");
+    assert_eq!(tree(&renamed), expected);
+    // The originals are still there after their copies moved.
+    assert_eq!(keys(&ok(up(&["ls", "-r", "loam://pp/t/d1/"]))), d1);
+
+    // One output style: JSON lines, times in UTC marked Z, SI sizes.
+    let json = ok(up(&["ls", "-r", "-o", "json", "loam://pp/renamed/"]));
+    let objects: Vec<serde_json::Value> = json
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(objects.len(), 19);
+    assert!(
+        objects
+            .iter()
+            .all(|o| o["key"].as_str().is_some_and(|k| k.starts_with("renamed/")))
+    );
+    let text = ok(up(&["ls", "loam://pp/renamed/e0/"]));
+    assert!(text.starts_with("KIND CREATED (UTC)"), "{text}");
+    let row = text.lines().nth(1).expect("a row");
+    assert!(
+        row.split_whitespace()
+            .nth(1)
+            .is_some_and(|t| t.ends_with('Z')),
+        "{row}"
+    );
+    assert!(row.contains(" kB ") || row.contains(" B "), "{row}");
+    let bucket: serde_json::Value =
+        serde_json::from_str(&ok(up(&["mb", "-o", "json", "loam://pp2"])))?;
+    assert_eq!(bucket["name"], "pp2");
+
     // A key that would escape the target directory is refused before
     // anything is written.
     ok(up(&[
@@ -213,6 +301,124 @@ async fn recursive_copies_moves_and_removals() -> anyhow::Result<()> {
     net.stop().await;
     // With the satellite gone: a network failure.
     assert_eq!(up(&["ls"]).status.code(), Some(5), "network");
+    Ok(())
+}
+
+/// Help, completion and CSV as users write it, through the binaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_completion_and_csv_as_people_write_it() -> anyhow::Result<()> {
+    use support::run;
+    // Global options under their own heading; positional arguments
+    // described.
+    let help = ok(run("uplink", &["cp", "--help"]));
+    assert!(
+        help.contains("Global options:") && help.contains("--access-file"),
+        "{help}"
+    );
+    assert!(
+        help.contains("<SOURCE>") && help.contains("'-' for standard input"),
+        "{help}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(run("uplink", &["completion", shell]));
+        assert!(
+            script.contains("uplink") && script.len() > 1000,
+            "{shell}: {script}"
+        );
+    }
+    let help = ok(run("storagenode", &["run", "--help"]));
+    assert!(
+        help.contains("--log-format") && help.contains("Global options:"),
+        "{help}"
+    );
+
+    let tmp = tempfile::tempdir()?;
+    let net = four_nodes(tmp.path()).await?;
+    let access = net.dir.join("access");
+    let up = |args: &[&str]| uplink(&access, args);
+    ok(up(&["mb", "loam://csv"]));
+    // Semicolons and quoted cells, as spreadsheets export them.
+    let semi = tmp.path().join("semi.csv");
+    let mut text = String::from("\"p0\";\"p1\";\"label\"\r\n");
+    for i in 0..60 {
+        text.push_str(&format!(
+            "{};\"{}\";\"kind {}, {}\"\r\n",
+            i % 7,
+            i % 5,
+            i % 2,
+            i % 3 == 0
+        ));
+    }
+    std::fs::write(&semi, &text)?;
+    let out = up(&[
+        "dataset",
+        "put",
+        semi.to_str().expect("UTF-8"),
+        "loam://csv/semi",
+        "--label",
+        "label",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out);
+    assert!(err.contains("';'-separated"), "{err}");
+    let info: serde_json::Value = serde_json::from_str(&ok(up(&[
+        "dataset",
+        "info",
+        "loam://csv/semi",
+        "-o",
+        "json",
+    ])))?;
+    assert_eq!(info["records"], 60);
+    assert_eq!(info["classes"].as_array().map(Vec::len), Some(4), "{info}");
+    // An explicit delimiter; a wrong one says what it saw.
+    let tabs = tmp.path().join("tabs.tsv");
+    std::fs::write(&tabs, text.replace(';', "\t"))?;
+    ok(up(&[
+        "dataset",
+        "put",
+        tabs.to_str().expect("UTF-8"),
+        "loam://csv/tabs",
+        "--label",
+        "label",
+        "--delimiter",
+        "tab",
+    ]));
+    let e = fails(up(&[
+        "dataset",
+        "put",
+        tabs.to_str().expect("UTF-8"),
+        "loam://csv/bad",
+        "--label",
+        "label",
+        "--delimiter",
+        ",",
+    ]));
+    assert!(
+        e.contains("label column \"label\" is not in the header"),
+        "{e}"
+    );
+    // A numeric target with many values gets a warning with a hint.
+    let target = tmp.path().join("target.csv");
+    let mut text = String::from("x,target\n");
+    for i in 0..442 {
+        text.push_str(&format!("{i},{}\n", 25 + (i * 37) % 299));
+    }
+    std::fs::write(&target, text)?;
+    let out = up(&[
+        "dataset",
+        "put",
+        target.to_str().expect("UTF-8"),
+        "loam://csv/target",
+        "--label",
+        "target",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out);
+    assert!(
+        err.contains("299 distinct numeric values") && err.contains("bin it"),
+        "{err}"
+    );
+    net.stop().await;
     Ok(())
 }
 
