@@ -341,6 +341,10 @@ impl Satellite {
                         async move {
                             let now = loam_common::orders::now_ms();
                             match tokio::task::spawn_blocking(move || {
+                                let expired = metainfo.delete_expired_objects(now)?;
+                                if expired > 0 {
+                                    tracing::info!(objects = expired, "deleted expired objects");
+                                }
                                 metainfo.delete_abandoned_uploads(now)
                             })
                             .await

@@ -884,6 +884,9 @@ impl Metainfo {
         if !req.inline_data.is_empty() && req.segment_count != 0 {
             return Err(MetainfoError::Invalid("inline object with segments"));
         }
+        if req.expires_unix_ms != 0 && req.expires_unix_ms <= now_ms() {
+            return Err(MetainfoError::Invalid("the expiry time has passed already"));
+        }
         if !req.inline_data.is_empty() {
             self.check_storage(project, req.inline_data.len() as u64)?;
         }
@@ -933,6 +936,7 @@ impl Metainfo {
             dataset: req.dataset && req.segment_count > 0,
             compute_enabled: req.dataset && req.compute_enabled && req.segment_count > 0,
             segment_keys: Vec::new(),
+            expires_unix_ms: req.expires_unix_ms,
         };
         let mut key = object_prefix(project, &pending.bucket);
         key.extend_from_slice(&pending.encrypted_key);
@@ -1038,6 +1042,48 @@ impl Metainfo {
         Ok(removed)
     }
 
+    /// Deletes every object whose expiry time has passed at `now_ms`
+    /// (their segments go with the last object using them, and the
+    /// garbage collector then frees the pieces). Returns how many.
+    pub fn delete_expired_objects(&self, now_ms: i64) -> Result<usize, MetainfoError> {
+        let mut removed = 0;
+        let mut start = Vec::new();
+        loop {
+            let batch = self.kv.scan(Table::Objects, b"", &start, 1000)?;
+            let Some((last, _)) = batch.last() else {
+                break;
+            };
+            start = last.clone();
+            start.push(0);
+            let full = batch.len() == 1000;
+            for (key, v) in batch {
+                let rec: pb::ObjectRecord = decode(&v, "object")?;
+                if !expired(&rec, now_ms) {
+                    continue;
+                }
+                let _refs = self.stream_lock.lock().expect("stream lock");
+                // Still the same record (not replaced meanwhile)?
+                if self.kv.get(Table::Objects, &key)?.as_deref() != Some(&v[..]) {
+                    continue;
+                }
+                let mut ops = vec![Op::Delete(Table::Objects, key.clone())];
+                ops.extend(self.stream_ref_ops(&[(&rec, -1)])?);
+                self.kv.write(ops)?;
+                if let Some(project) = key.get(..16).and_then(|p| ProjectId::try_from(p).ok()) {
+                    self.adjust_stored(&project, 0, stored_size(&rec));
+                }
+                removed += 1;
+            }
+            if !full {
+                break;
+            }
+        }
+        if removed > 0 {
+            metrics::counter!("loam_satellite_objects_expired_total").increment(removed as u64);
+        }
+        Ok(removed)
+    }
+
     // ------------------------------------------------------------ download
 
     fn object(
@@ -1053,7 +1099,11 @@ impl Metainfo {
             .kv
             .get(Table::Objects, &key)?
             .ok_or(MetainfoError::ObjectNotFound)?;
-        Ok((key, decode(&v, "object")?))
+        let rec: pb::ObjectRecord = decode(&v, "object")?;
+        if expired(&rec, now_ms()) {
+            return Err(MetainfoError::ObjectNotFound);
+        }
+        Ok((key, rec))
     }
 
     pub fn get_object(
@@ -1473,6 +1523,11 @@ impl Metainfo {
                     continue 'outer;
                 }
                 let rec: pb::ObjectRecord = decode(&v, "object")?;
+                if expired(&rec, now_ms()) {
+                    start = k.clone();
+                    start.push(0);
+                    continue;
+                }
                 let mut item = object_info(k[base.len()..].to_vec(), rec);
                 item.inline_data = Default::default();
                 if !page.push(item) {
@@ -1533,8 +1588,14 @@ impl ListPage {
     }
 }
 
+/// Whether `rec` has expired at `now_ms`.
+fn expired(rec: &pb::ObjectRecord, now_ms: i64) -> bool {
+    rec.expires_unix_ms != 0 && rec.expires_unix_ms <= now_ms
+}
+
 fn object_info(encrypted_key: Vec<u8>, rec: pb::ObjectRecord) -> pb::ObjectInfo {
     pb::ObjectInfo {
+        expires_unix_ms: rec.expires_unix_ms,
         encrypted_key: encrypted_key.into(),
         created_unix_ms: rec.created_unix_ms,
         plain_size: rec.plain_size,
@@ -1911,6 +1972,43 @@ mod tests {
                 root_piece_id: begun.root_piece_id,
             },
         )
+    }
+
+    #[test]
+    fn expired_objects_are_hidden_then_deleted() {
+        let m = metainfo();
+        let project = project_with_bucket(&m, "bkt");
+        put_inline(&m, &project, "bkt", b"keep".to_vec(), &[1; 32]);
+        let stream = m
+            .begin_object(
+                &project,
+                &pb::BeginObjectRequest {
+                    bucket: "bkt".into(),
+                    encrypted_key: b"gone".to_vec().into(),
+                },
+            )
+            .expect("begin")
+            .stream_id;
+        let expires = now_ms() + 60_000;
+        m.commit_object(
+            &project,
+            &pb::CommitObjectRequest {
+                stream_id: stream,
+                plain_size: 16,
+                inline_data: vec![2; 48].into(),
+                expires_unix_ms: expires,
+                ..Default::default()
+            },
+        )
+        .expect("commit");
+        assert_eq!(list_all(&m, &project, "bkt").len(), 2);
+        let stored = m.stored_bytes(&project).expect("stored");
+        // Nothing has expired yet; a minute later one object has.
+        assert_eq!(m.delete_expired_objects(now_ms()).expect("sweep"), 0);
+        assert_eq!(m.delete_expired_objects(expires + 1).expect("sweep"), 1);
+        assert_eq!(list_all(&m, &project, "bkt"), [b"keep".to_vec()]);
+        assert_eq!(m.stored_bytes(&project).expect("stored"), stored - 48);
+        assert_eq!(m.delete_expired_objects(expires + 1).expect("sweep"), 0);
     }
 
     #[test]

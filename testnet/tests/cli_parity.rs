@@ -422,6 +422,117 @@ async fn help_completion_and_csv_as_people_write_it() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// cp --range, --metadata with meta get, and --expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_metadata_and_expiry() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let net = four_nodes(tmp.path()).await?;
+    let access = net.dir.join("access");
+    let up = |args: &[&str]| uplink(&access, args);
+    ok(up(&["mb", "loam://rg"]));
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let file = tmp.path().join("data");
+    std::fs::write(&file, &data)?;
+    let f = file.to_str().expect("UTF-8");
+    ok(up(&[
+        "cp",
+        f,
+        "loam://rg/big",
+        "--metadata",
+        r#"{"camera":"x100","iso":"200"}"#,
+    ]));
+
+    // Ranges: inclusive START-END, START- to the end, to stdout or a file.
+    let range = |r: &str| {
+        let out = up(&["cp", "--range", r, "loam://rg/big", "-"]);
+        assert!(
+            out.status.success(),
+            "{r}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    assert_eq!(range("1000-1999"), &data[1000..2000]);
+    assert_eq!(range("2999990-"), &data[2_999_990..]);
+    assert_eq!(range("0-0"), &data[..1]);
+    let part = tmp.path().join("part");
+    ok(up(&[
+        "cp",
+        "--range",
+        "bytes=5-10",
+        "loam://rg/big",
+        part.to_str().expect("UTF-8"),
+    ]));
+    assert_eq!(std::fs::read(&part)?, &data[5..11]);
+    let e = fails(up(&[
+        "cp",
+        "--range",
+        "3000000-3000001",
+        "loam://rg/big",
+        "-",
+    ]));
+    assert!(e.contains("not within the object's 3000000 bytes"), "{e}");
+    assert_eq!(
+        up(&["cp", "--range", "9-1", "loam://rg/big", "-"])
+            .status
+            .code(),
+        Some(2)
+    );
+
+    // Metadata is the owner's, read back whole or by key.
+    let meta: serde_json::Value = serde_json::from_str(&ok(up(&["meta", "get", "loam://rg/big"])))?;
+    assert_eq!(meta, serde_json::json!({"camera": "x100", "iso": "200"}));
+    assert_eq!(
+        ok(up(&["meta", "get", "loam://rg/big", "iso"])).trim(),
+        "200"
+    );
+    assert_eq!(
+        up(&["meta", "get", "loam://rg/big", "lens"]).status.code(),
+        Some(3)
+    );
+    let out = up(&["cp", f, "loam://rg/x", "--metadata", "[1]"]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("JSON object of strings"), "{e}");
+    // A server-side copy keeps it.
+    ok(up(&["cp", "loam://rg/big", "loam://rg/copy"]));
+    assert_eq!(
+        ok(up(&["meta", "get", "loam://rg/copy", "camera"])).trim(),
+        "x100"
+    );
+
+    // Expiry: a time in the past is refused; an expired object is gone
+    // from listings and reads at once.
+    let e = fails(up(&[
+        "cp",
+        f,
+        "loam://rg/old",
+        "--expires",
+        "2001-01-01T00:00:00Z",
+    ]));
+    assert!(e.contains("expiry time has passed"), "{e}");
+    ok(up(&["cp", f, "loam://rg/later", "--expires", "+1h"]));
+    let listed: serde_json::Value =
+        serde_json::from_str(ok(up(&["ls", "-o", "json", "loam://rg/later"])).trim())?;
+    let in_an_hour = loam_common::orders::now_ms() + 3_600_000;
+    assert!(
+        (listed["expires_ms"].as_i64().expect("expiry") - in_an_hour).abs() < 60_000,
+        "{listed}"
+    );
+    ok(up(&["cp", f, "loam://rg/soon", "--expires", "+2s"]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while up(&["ls", "loam://rg/soon"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still listed after its expiry"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(up(&["cp", "loam://rg/soon", "-"]).status.code(), Some(3));
+    net.stop().await;
+    Ok(())
+}
+
 #[test]
 fn access_create_without_a_passphrase_or_terminal_says_how_to_give_one() {
     let satellite = format!(

@@ -192,6 +192,8 @@ impl Project {
         }
         let meta = ObjectMeta {
             size: text.len() as u64,
+            custom: Default::default(),
+            segment_size: None,
             dataset: Some(DatasetMeta {
                 schema: schema.clone(),
                 records: packed.iter().map(|s| s.records.clone()).collect(),
@@ -204,6 +206,7 @@ impl Project {
             packed.len() as u32,
             Vec::new(),
             opts.compute,
+            0,
         )
         .await?;
         Ok(DatasetInfo {

@@ -92,6 +92,8 @@ pub enum UplinkError {
     Dataset(String),
     #[error("{0}")]
     Job(String),
+    #[error("range {start}-{end} is not within the object's {size} bytes")]
+    Range { start: u64, end: u64, size: u64 },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -151,12 +153,33 @@ pub struct Item {
     pub size: u64,
     pub created_ms: i64,
     pub segments: u32,
+    /// When the satellite deletes the object (absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<i64>,
+}
+
+/// How an object is uploaded, beyond its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct UploadOptions {
+    /// The owner's own key-value pairs, encrypted with the object's
+    /// metadata (the satellite never reads them).
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// When the satellite deletes the object, in Unix milliseconds.
+    pub expires_ms: Option<i64>,
 }
 
 /// Encrypted with the object key and stored at the satellite.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct ObjectMeta {
     pub(crate) size: u64,
+    /// Plaintext bytes of every segment but the last (absent for objects
+    /// uploaded before it was kept, and for datasets, whose segments
+    /// vary): lets a ranged download fetch only the segments it needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) segment_size: Option<u64>,
+    /// The owner's key-value pairs (`cp --metadata`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub(crate) custom: std::collections::BTreeMap<String, String>,
     /// Set for datasets: the schema and per-segment record layout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) dataset: Option<dataset::DatasetMeta>,
@@ -392,6 +415,7 @@ impl Project {
                     size,
                     created_ms: item.created_unix_ms,
                     segments: item.segment_count,
+                    expires_ms: (item.expires_unix_ms > 0).then_some(item.expires_unix_ms),
                 });
             }
             match (resp.more, resp.items.last()) {
@@ -412,7 +436,19 @@ impl Project {
             size: meta.size,
             created_ms: info.created_unix_ms,
             segments: info.segment_count,
+            expires_ms: (info.expires_unix_ms > 0).then_some(info.expires_unix_ms),
         })
+    }
+
+    /// The owner's key-value pairs stored with an object (`cp
+    /// --metadata`), decrypted.
+    pub async fn metadata(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, UplinkError> {
+        let info = self.object_info(bucket, key).await?;
+        Ok(self.decrypt_meta(bucket, key, &info)?.custom)
     }
 
     async fn object_info(&self, bucket: &str, key: &str) -> Result<pb::ObjectInfo, UplinkError> {

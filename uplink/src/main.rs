@@ -110,6 +110,24 @@ enum Command {
         /// Never show a progress bar.
         #[arg(long, conflicts_with = "progress")]
         no_progress: bool,
+        /// Download only bytes START-END (inclusive, from 0), or START- to
+        /// the end: --range 0-1023.
+        #[arg(long, value_name = "START-END", value_parser = parse_range)]
+        range: Option<(u64, Option<u64>)>,
+        /// Upload with the owner's key-value pairs, a JSON object of
+        /// strings: --metadata '{"camera":"x100"}' (encrypted; read them
+        /// with `uplink meta get`).
+        #[arg(long, value_name = "JSON", value_parser = parse_metadata)]
+        metadata: Option<std::collections::BTreeMap<String, String>>,
+        /// Upload an object the satellite deletes at TIME: RFC 3339
+        /// (2027-01-31T00:00:00Z) or from now (+90m, +24h, +7d).
+        #[arg(long, value_name = "TIME", value_parser = parse_expiry)]
+        expires: Option<i64>,
+    },
+    /// The owner's metadata of an object (set with cp --metadata)
+    Meta {
+        #[command(subcommand)]
+        command: MetaCommand,
     },
     /// Move (rename) an object on the satellite, without moving its data:
     /// uplink mv loam://BUCKET/KEY loam://BUCKET2/KEY2, or with -r every
@@ -175,6 +193,64 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Subcommand)]
+enum MetaCommand {
+    /// Print an object's metadata as JSON, or one value with KEY
+    Get {
+        /// The object, as loam://BUCKET/KEY.
+        url: String,
+        /// Print only this entry's value.
+        key: Option<String>,
+    },
+}
+
+/// `--range START-END` (inclusive) or `START-`.
+fn parse_range(s: &str) -> Result<(u64, Option<u64>), String> {
+    let s = s.strip_prefix("bytes=").unwrap_or(s);
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not START-END (e.g. 0-1023) or START-"))?;
+    let start = a
+        .parse::<u64>()
+        .map_err(|_| format!("{a:?} is not a byte offset"))?;
+    let end = match b {
+        "" => None,
+        b => Some(
+            b.parse::<u64>()
+                .map_err(|_| format!("{b:?} is not a byte offset"))?,
+        ),
+    };
+    if end.is_some_and(|e| e < start) {
+        return Err(format!("the range {s} ends before it starts"));
+    }
+    Ok((start, end))
+}
+
+/// `--metadata`: a JSON object whose values are strings.
+fn parse_metadata(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    serde_json::from_str(s).map_err(|e| {
+        format!("metadata must be a JSON object of strings, like '{{\"k\":\"v\"}}': {e}")
+    })
+}
+
+/// `--expires`: RFC 3339, or `+DURATION` from now; Unix milliseconds.
+fn parse_expiry(s: &str) -> Result<i64, String> {
+    let at = if let Some(d) = s.strip_prefix('+') {
+        let d = humantime::parse_duration(d)
+            .map_err(|e| format!("{d:?} is not a duration (90m, 24h, 7d): {e}"))?;
+        std::time::SystemTime::now() + d
+    } else {
+        humantime::parse_rfc3339_weak(s).map_err(|e| {
+            format!("{s:?} is not a time: give RFC 3339 (2027-01-31T00:00:00Z) or +24h ({e})")
+        })?
+    };
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{s} is before 1970"))?
+        .as_millis();
+    i64::try_from(ms).map_err(|_| format!("{s} is too far away"))
 }
 
 #[derive(Subcommand)]
@@ -607,9 +683,25 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
             dry_run,
             progress,
             no_progress,
+            range,
+            metadata,
+            expires,
         } => {
             let show = !no_progress && (progress || std::io::stderr().is_terminal());
-            if recursive {
+            let upload = loam_uplink::UploadOptions {
+                metadata: metadata.unwrap_or_default(),
+                expires_ms: expires,
+            };
+            let download = source.starts_with("loam://") && !destination.starts_with("loam://");
+            if range.is_some() && !download {
+                bail!("--range applies to downloads (loam:// to a file or '-')");
+            }
+            if recursive && (range.is_some() || !upload.metadata.is_empty() || expires.is_some()) {
+                bail!("--range, --metadata and --expires apply to one object, not cp -r");
+            }
+            if let Some((start, end)) = range {
+                download_range(project, &source, &destination, start, end).await?;
+            } else if recursive {
                 let batch = recursive::Batch {
                     parallelism,
                     dry_run,
@@ -620,7 +712,29 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
                 if !source.starts_with("loam://") && Path::new(&source).is_dir() {
                     bail!("{source} is a directory; copy a tree with cp -r");
                 }
-                copy(project, &source, &destination, show).await?;
+                copy(project, &source, &destination, show, &upload).await?;
+            }
+        }
+        Command::Meta {
+            command: MetaCommand::Get { url, key },
+        } => {
+            let u = parse_loam(&url)?;
+            if u.key.is_empty() {
+                bail!("{url:?} names no object");
+            }
+            let meta = project.metadata(&u.bucket, &u.key).await?;
+            match key {
+                Some(k) => match meta.get(&k) {
+                    Some(v) => println!("{v}"),
+                    None => {
+                        return Err(NothingAt {
+                            url: format!("{url} metadata"),
+                            prefix: k,
+                        }
+                        .into());
+                    }
+                },
+                None => println!("{}", serde_json::to_string_pretty(&meta)?),
             }
         }
         Command::Mv {
@@ -730,12 +844,77 @@ fn print_items(items: &[Item], output: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cp --range`: bytes `start..=end` (or to the end) of an object to a
+/// file or stdout.
+async fn download_range(
+    project: &Project,
+    source: &str,
+    destination: &str,
+    start: u64,
+    end: Option<u64>,
+) -> anyhow::Result<()> {
+    let src = parse_loam(source)?;
+    if src.key.is_empty() {
+        bail!("{source:?} names no object");
+    }
+    let size = project.stat(&src.bucket, &src.key).await?.size;
+    // As in HTTP: an end past the object is cut to it, a start past it is
+    // refused.
+    if start >= size {
+        return Err(loam_uplink::UplinkError::Range {
+            start,
+            end: end.unwrap_or(size),
+            size,
+        }
+        .into());
+    }
+    let end = end.map_or(size, |e| e.saturating_add(1).min(size));
+    let range = start..end;
+    if destination == "-" {
+        let mut out = tokio::io::stdout();
+        project
+            .download_range(&src.bucket, &src.key, range, &mut out, None)
+            .await?;
+        return Ok(());
+    }
+    let path = download_path(Path::new(destination), &src.key)?;
+    let tmp = partial_path(&path)?;
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let result = project
+        .download_range(&src.bucket, &src.key, range, &mut file, None)
+        .await;
+    drop(file);
+    match result {
+        Ok(n) => {
+            tokio::fs::rename(&tmp, &path)
+                .await
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("downloaded {n} bytes of {}", src.display());
+            Ok(())
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(e.into())
+        }
+    }
+}
+
 async fn copy(
     project: &Project,
     source: &str,
     destination: &str,
     show: bool,
+    upload: &loam_uplink::UploadOptions,
 ) -> anyhow::Result<()> {
+    if source.starts_with("loam://") && (!upload.metadata.is_empty() || upload.expires_ms.is_some())
+    {
+        bail!(
+            "--metadata and --expires apply to uploads from a file or '-'; a download or \
+             copy keeps the source's"
+        );
+    }
     let started = Instant::now();
     let bytes = match (
         source.starts_with("loam://"),
@@ -762,17 +941,19 @@ async fn copy(
                 // A regular file is read where each stripe is encoded.
                 Some(file) if meta.is_some_and(|m| m.is_file()) => {
                     project
-                        .upload_file(&dst.bucket, &dst.key, file, progress)
+                        .upload_file_with(&dst.bucket, &dst.key, file, progress, upload)
                         .await?
                 }
                 Some(file) => {
+                    let file = PageCacheFile(file);
                     project
-                        .upload(&dst.bucket, &dst.key, PageCacheFile(file), progress)
+                        .upload_with(&dst.bucket, &dst.key, file, progress, upload)
                         .await?
                 }
                 None => {
+                    let stdin = tokio::io::stdin();
                     project
-                        .upload(&dst.bucket, &dst.key, tokio::io::stdin(), progress)
+                        .upload_with(&dst.bucket, &dst.key, stdin, progress, upload)
                         .await?
                 }
             };

@@ -1,6 +1,8 @@
 //! Object upload and download pipelines.
 
 use std::collections::HashMap;
+
+use crate::UploadOptions;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -145,6 +147,22 @@ impl Project {
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
+        self.upload_with(bucket, key, reader, progress, &UploadOptions::default())
+            .await
+    }
+
+    /// [`Project::upload`] with metadata and an expiry time.
+    pub async fn upload_with<R>(
+        &self,
+        bucket: &str,
+        key: &str,
+        reader: R,
+        progress: Option<Progress>,
+        opts: &UploadOptions,
+    ) -> Result<Item, UplinkError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
         let begin = self.begin_object(bucket, key).await?;
         let max_segment = max_segment_of(&begin);
 
@@ -166,7 +184,9 @@ impl Project {
                 }
             }
         });
-        let result = self.upload_segments(bucket, key, begin, rx, progress).await;
+        let result = self
+            .upload_segments(bucket, key, begin, rx, progress, opts)
+            .await;
         let _ = reader_task.await;
         result
     }
@@ -179,6 +199,19 @@ impl Project {
         key: &str,
         file: std::fs::File,
         progress: Option<Progress>,
+    ) -> Result<Item, UplinkError> {
+        self.upload_file_with(bucket, key, file, progress, &UploadOptions::default())
+            .await
+    }
+
+    /// [`Project::upload_file`] with metadata and an expiry time.
+    pub async fn upload_file_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        file: std::fs::File,
+        progress: Option<Progress>,
+        opts: &UploadOptions,
     ) -> Result<Item, UplinkError> {
         let len = file.metadata()?.len();
         let begin = self.begin_object(bucket, key).await?;
@@ -195,7 +228,8 @@ impl Project {
             }));
         }
         drop(tx);
-        self.upload_segments(bucket, key, begin, rx, progress).await
+        self.upload_segments(bucket, key, begin, rx, progress, opts)
+            .await
     }
 
     /// Encodes and uploads the segments `segments` yields, then commits
@@ -207,6 +241,7 @@ impl Project {
         begin: pb::BeginObjectResponse,
         mut segments: mpsc::Receiver<std::io::Result<Plaintext>>,
         progress: Option<Progress>,
+        opts: &UploadOptions,
     ) -> Result<Item, UplinkError> {
         let obj_key = self.object_key(bucket, key);
         let scheme = scheme_of(begin.redundancy.as_ref())?;
@@ -249,6 +284,8 @@ impl Project {
         drop(segments);
         let meta = ObjectMeta {
             size: total,
+            segment_size: Some(max_segment as u64),
+            custom: opts.metadata.clone(),
             dataset: None,
         };
         let created = self
@@ -259,6 +296,7 @@ impl Project {
                 index,
                 inline.unwrap_or_default(),
                 false,
+                opts.expires_ms.unwrap_or(0),
             )
             .await?;
         Ok(Item {
@@ -267,6 +305,7 @@ impl Project {
             size: total,
             created_ms: created,
             segments: index,
+            expires_ms: opts.expires_ms,
         })
     }
 
@@ -290,7 +329,9 @@ impl Project {
         }
     }
 
-    /// Commits an object; `compute` marks a dataset opted in to compute.
+    /// Commits an object; `compute` marks a dataset opted in to compute,
+    /// `expires_ms` (0: never) when the satellite deletes it.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn commit_object(
         &self,
         stream_id: &bytes::Bytes,
@@ -299,6 +340,7 @@ impl Project {
         segments: u32,
         inline: Vec<u8>,
         compute: bool,
+        expires_ms: i64,
     ) -> Result<i64, UplinkError> {
         let meta_bytes = serde_json::to_vec(meta).expect("metadata serializes");
         match self
@@ -310,6 +352,7 @@ impl Project {
                 inline_data: inline.into(),
                 dataset: meta.dataset.is_some(),
                 compute_enabled: compute,
+                expires_unix_ms: expires_ms,
             }))
             .await?
         {
@@ -573,7 +616,29 @@ impl Project {
     where
         W: AsyncWrite + Unpin,
     {
-        self.download_into(bucket, key, StreamSink(writer), progress)
+        self.download_into(bucket, key, StreamSink(writer), progress, None)
+            .await
+    }
+
+    /// Downloads bytes `range` of `bucket/key` into `writer`; returns the
+    /// bytes written. Only the segments that hold the range are fetched.
+    pub async fn download_range<W>(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: std::ops::Range<u64>,
+        writer: &mut W,
+        progress: Option<Progress>,
+    ) -> Result<u64, UplinkError>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        let sink = RangeSink {
+            inner: StreamSink(writer),
+            range: range.clone(),
+            delivered: 0,
+        };
+        self.download_into(bucket, key, sink, progress, Some(range))
             .await
     }
 
@@ -586,19 +651,38 @@ impl Project {
         file: std::fs::File,
         progress: Option<Progress>,
     ) -> Result<u64, UplinkError> {
-        self.download_into(bucket, key, FileSink::new(file), progress)
+        self.download_into(bucket, key, FileSink::new(file), progress, None)
             .await
     }
 
+    /// Downloads into `sink`; with `range`, only the segments holding it
+    /// (when the segment size is known), the sink choosing the bytes.
     async fn download_into(
         &self,
         bucket: &str,
         key: &str,
         mut sink: impl RowSink,
         progress: Option<Progress>,
+        range: Option<std::ops::Range<u64>>,
     ) -> Result<u64, UplinkError> {
         let info = self.object_info(bucket, key).await?;
         let meta = self.decrypt_meta(bucket, key, &info)?;
+        let mut segments = 0..info.segment_count;
+        if let Some(r) = &range {
+            if r.start > r.end || r.end > meta.size {
+                return Err(UplinkError::Range {
+                    start: r.start,
+                    end: r.end,
+                    size: meta.size,
+                });
+            }
+            if let Some(s) = meta.segment_size.filter(|s| *s > 0) {
+                let first = u32::try_from(r.start / s).unwrap_or(u32::MAX);
+                let last = u32::try_from(r.end.div_ceil(s)).unwrap_or(u32::MAX);
+                segments = first.min(info.segment_count)..last.min(info.segment_count);
+            }
+        }
+        let skipped = u64::from(segments.start) * meta.segment_size.unwrap_or(0);
         let obj_key = self.object_key(bucket, key);
         let report = |n: u64| {
             if let Some(p) = &progress {
@@ -619,12 +703,12 @@ impl Project {
         let fetcher = {
             let (this, bucket, enc_key) =
                 (self.clone(), bucket.to_string(), info.encrypted_key.clone());
-            let count = info.segment_count;
+            let count = segments.end;
+            let mut next = segments.start;
             tokio::spawn(async move {
                 let coders: std::sync::Mutex<HashMap<String, Arc<ErasureCoder>>> =
                     Default::default();
                 let mut pending = FuturesOrdered::new();
-                let mut next = 0u32;
                 loop {
                     while next < count && pending.len() < this.config.download_concurrency {
                         pending.push_back(
@@ -642,7 +726,7 @@ impl Project {
                 }
             })
         };
-        let mut written = 0u64;
+        let mut written = skipped;
         let result = async {
             while let Some(segment) = rx.recv().await {
                 let t = Instant::now();
@@ -662,6 +746,15 @@ impl Project {
         fetcher.abort();
         result?;
         sink.finish().await?;
+        if let Some(r) = range {
+            if written < r.end {
+                return Err(UplinkError::Corrupt(format!(
+                    "object ends at byte {written}, its metadata says {}",
+                    meta.size
+                )));
+            }
+            return Ok(r.end - r.start);
+        }
         if written != meta.size {
             return Err(UplinkError::Corrupt(format!(
                 "object has {written} bytes, its metadata says {}",
@@ -895,6 +988,44 @@ impl<W: AsyncWrite + Unpin> RowSink for StreamSink<'_, W> {
 
     async fn finish(&mut self) -> Result<(), UplinkError> {
         Ok(self.0.flush().await?)
+    }
+}
+
+/// The bytes of `range` (object offsets) of whatever is written, passed on
+/// to `inner`; the rest is dropped.
+struct RangeSink<S> {
+    inner: S,
+    range: std::ops::Range<u64>,
+    delivered: u64,
+}
+
+impl<S: RowSink> RowSink for RangeSink<S> {
+    async fn write_rows(&mut self, offset: u64, rows: Vec<Vec<u8>>) -> Result<u64, UplinkError> {
+        let mut at = offset;
+        let mut keep = Vec::new();
+        for mut row in rows {
+            let len = row.len() as u64;
+            let (from, to) = (
+                self.range.start.clamp(at, at + len),
+                self.range.end.clamp(at, at + len),
+            );
+            if from < to {
+                row.truncate((to - at) as usize);
+                row.drain(..(from - at) as usize);
+                keep.push(row);
+            } else {
+                BufferPool::global().give(row);
+            }
+            at += len;
+        }
+        if !keep.is_empty() {
+            self.delivered += self.inner.write_rows(self.delivered, keep).await?;
+        }
+        Ok(at - offset)
+    }
+
+    async fn finish(&mut self) -> Result<(), UplinkError> {
+        self.inner.finish().await
     }
 }
 
