@@ -90,6 +90,8 @@ fn method(req: &Req) -> &'static str {
         Req::BeginMoveObject(_) => "begin_move_object",
         Req::FinishMoveObject(_) => "finish_move_object",
         Req::FinishCopyObject(_) => "finish_copy_object",
+        Req::ListPending(_) => "list_pending",
+        Req::AbortObject(_) => "abort_object",
         Req::CreateApiKey(_) => "create_api_key",
         Req::ListNodes(_) => "list_nodes",
         Req::SetCompute(_) => "set_compute",
@@ -597,6 +599,11 @@ impl Endpoint {
             }
             Req::BeginMoveObject(r) => {
                 Resp::BeginMoveObject(m.begin_move_object(&project, &r).map_err(api)?)
+            }
+            Req::ListPending(r) => Resp::ListPending(m.list_pending(&project, &r).map_err(api)?),
+            Req::AbortObject(r) => {
+                m.abort_object(&project, &r).map_err(api)?;
+                Resp::AbortObject(pb::AbortObjectResponse {})
             }
             Req::FinishCopyObject(r) => {
                 m.finish_copy_object(&project, &r).map_err(api)?;

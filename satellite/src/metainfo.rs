@@ -20,6 +20,9 @@ use crate::overlay::{Overlay, OverlayError};
 /// A project's id.
 pub type ProjectId = [u8; 16];
 
+/// Most pending uploads one `list_pending` answer holds.
+pub const MAX_PENDING_LISTED: usize = 10_000;
+
 /// Longest encrypted object key the satellite stores. Keys are sealed per
 /// path component, so this allows plaintext keys of well over 16 KiB.
 pub const MAX_ENCRYPTED_KEY_LEN: usize = 64 << 10;
@@ -1013,6 +1016,71 @@ impl Metainfo {
         Ok(ops)
     }
 
+    /// The writes that delete a pending upload with every segment it
+    /// committed.
+    fn pending_delete_ops(&self, stream_id: &[u8]) -> Result<Vec<Op>, MetainfoError> {
+        let mut ops = vec![Op::Delete(Table::PendingObjects, stream_id.to_vec())];
+        for table in [Table::PendingSegments, Table::Segments] {
+            ops.extend(
+                self.kv
+                    .scan(table, stream_id, b"", usize::MAX)?
+                    .into_iter()
+                    .map(|(k, _)| Op::Delete(table, k)),
+            );
+        }
+        Ok(ops)
+    }
+
+    /// The project's uploads in `bucket` under an encrypted key prefix
+    /// that were begun and not committed, oldest first (at most
+    /// [`MAX_PENDING_LISTED`]).
+    pub fn list_pending(
+        &self,
+        project: &ProjectId,
+        req: &pb::ListPendingRequest,
+    ) -> Result<pb::ListPendingResponse, MetainfoError> {
+        self.get_bucket(project, &req.bucket)?;
+        let mut items = Vec::new();
+        for (stream_id, v) in self.kv.scan(Table::PendingObjects, b"", b"", usize::MAX)? {
+            let p: pb::PendingObject = decode(&v, "pending object")?;
+            if p.project_id.as_ref() != project
+                || p.bucket != req.bucket
+                || !p.encrypted_key.starts_with(&req.prefix)
+            {
+                continue;
+            }
+            let segments = self
+                .kv
+                .scan(Table::Segments, &stream_id, b"", usize::MAX)?
+                .len() as u32;
+            items.push(pb::PendingInfo {
+                encrypted_key: p.encrypted_key,
+                stream_id: stream_id.into(),
+                created_unix_ms: p.created_unix_ms,
+                segments,
+            });
+        }
+        items.sort_by_key(|i| i.created_unix_ms);
+        let truncated = items.len() > MAX_PENDING_LISTED;
+        items.truncate(MAX_PENDING_LISTED);
+        Ok(pb::ListPendingResponse { items, truncated })
+    }
+
+    /// Abandons one of the project's pending uploads in `bucket`.
+    pub fn abort_object(
+        &self,
+        project: &ProjectId,
+        req: &pb::AbortObjectRequest,
+    ) -> Result<(), MetainfoError> {
+        let p = self.pending(project, &req.stream_id)?;
+        if p.bucket != req.bucket {
+            return Err(MetainfoError::UploadNotFound);
+        }
+        self.kv.write(self.pending_delete_ops(&req.stream_id)?)?;
+        metrics::counter!("loam_satellite_uploads_aborted_total").increment(1);
+        Ok(())
+    }
+
     /// Deletes uploads begun before `now - pending_expiration` and never
     /// committed, with every segment they committed. Returns how many.
     pub fn delete_abandoned_uploads(&self, now_ms: i64) -> Result<usize, MetainfoError> {
@@ -1023,16 +1091,7 @@ impl Metainfo {
             if pending.created_unix_ms > cutoff {
                 continue;
             }
-            let mut ops = vec![Op::Delete(Table::PendingObjects, stream_id.clone())];
-            for table in [Table::PendingSegments, Table::Segments] {
-                ops.extend(
-                    self.kv
-                        .scan(table, &stream_id, b"", usize::MAX)?
-                        .into_iter()
-                        .map(|(k, _)| Op::Delete(table, k)),
-                );
-            }
-            self.kv.write(ops)?;
+            self.kv.write(self.pending_delete_ops(&stream_id)?)?;
             removed += 1;
         }
         if removed > 0 {

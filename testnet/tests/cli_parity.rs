@@ -529,6 +529,47 @@ async fn ranges_metadata_and_expiry() -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert_eq!(up(&["cp", "loam://rg/soon", "-"]).status.code(), Some(3));
+
+    // An upload cut off before its commit is pending: listed with
+    // --pending, abandoned with rm --pending.
+    let mut cut = std::process::Command::new(loam_testnet::process::binary("uplink")?)
+        .arg("--access-file")
+        .arg(&access)
+        .args(["cp", "-", "loam://rg/dir/partial"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = cut.stdin.take().expect("piped");
+        stdin.write_all(&data)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !ok(up(&["ls", "--pending", "loam://rg/dir/"])).contains("dir/partial") {
+            assert!(std::time::Instant::now() < deadline, "upload never began");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        cut.kill()?;
+        cut.wait()?;
+    }
+    let pending = ok(up(&["ls", "--pending", "-o", "json", "loam://rg/"]));
+    let pending: Vec<serde_json::Value> = pending
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0]["key"], "dir/partial");
+    assert_eq!(pending[0]["upload_id"].as_str().map(str::len), Some(32));
+    assert!(fails(up(&["ls", "loam://rg/dir/partial"])).contains("nothing at"));
+    assert_eq!(
+        up(&["rm", "--pending", "loam://rg/dir/other"])
+            .status
+            .code(),
+        Some(3)
+    );
+    let removed = ok(up(&["rm", "--pending", "loam://rg/dir/partial"]));
+    assert!(removed.contains("abandoned upload"), "{removed}");
+    assert!(!ok(up(&["ls", "--pending", "loam://rg/"])).contains("partial"));
     net.stop().await;
     Ok(())
 }

@@ -158,6 +158,17 @@ pub struct Item {
     pub expires_ms: Option<i64>,
 }
 
+/// An upload begun and not committed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingUpload {
+    pub key: String,
+    /// The upload's stream id (hex), which `abort` takes.
+    pub upload_id: String,
+    pub created_ms: i64,
+    /// Segments committed so far.
+    pub segments: u32,
+}
+
 /// How an object is uploaded, beyond its bytes.
 #[derive(Debug, Clone, Default)]
 pub struct UploadOptions {
@@ -424,6 +435,53 @@ impl Project {
             }
         }
         Ok(out)
+    }
+
+    /// Uploads under `prefix` in `bucket` begun and not committed, oldest
+    /// first.
+    pub async fn list_pending(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<PendingUpload>, UplinkError> {
+        self.bucket(bucket).await?;
+        let root = &self.access.root_key;
+        let req = pb::ListPendingRequest {
+            bucket: bucket.to_string(),
+            prefix: encryption::encrypt_prefix(root, bucket, prefix).into(),
+        };
+        let resp = match self.call(Req::ListPending(req)).await? {
+            Resp::ListPending(r) => r,
+            _ => return Err(UplinkError::Unexpected),
+        };
+        resp.items
+            .into_iter()
+            .map(|p| {
+                let key = encryption::decrypt_path(root, bucket, &p.encrypted_key)
+                    .map_err(|_| UplinkError::WrongPassphrase(bucket.to_string()))?;
+                Ok(PendingUpload {
+                    key,
+                    upload_id: hex::encode(&p.stream_id),
+                    created_ms: p.created_unix_ms,
+                    segments: p.segments,
+                })
+            })
+            .collect()
+    }
+
+    /// Abandons a pending upload (see [`Project::list_pending`]): the
+    /// satellite forgets it and the pieces it stored become garbage.
+    pub async fn abort(&self, bucket: &str, upload_id: &str) -> Result<(), UplinkError> {
+        let stream_id = hex::decode(upload_id)
+            .map_err(|_| UplinkError::Job(format!("{upload_id:?} is not an upload id")))?;
+        let req = pb::AbortObjectRequest {
+            bucket: bucket.to_string(),
+            stream_id: stream_id.into(),
+        };
+        match self.call(Req::AbortObject(req)).await? {
+            Resp::AbortObject(_) => Ok(()),
+            _ => Err(UplinkError::Unexpected),
+        }
     }
 
     /// Size and creation time of one object.

@@ -74,6 +74,10 @@ enum Command {
         /// List every object under the prefix, not one level of it.
         #[arg(short, long)]
         recursive: bool,
+        /// List uploads begun and not committed (interrupted or under way)
+        /// instead of objects.
+        #[arg(long)]
+        pending: bool,
         /// Output format: text (a table), or json (one object per line).
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
@@ -163,6 +167,10 @@ enum Command {
         /// With -r: print what would be removed, remove nothing.
         #[arg(long, requires = "recursive")]
         dry_run: bool,
+        /// Abandon the key's uploads begun and not committed (with -r,
+        /// every one under the prefix) instead of removing objects.
+        #[arg(long)]
+        pending: bool,
     },
     /// Create and inspect access grants.
     Access {
@@ -637,9 +645,46 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Ls {
+            url: Some(url),
+            pending: true,
+            output,
+            ..
+        } => {
+            let u = parse_loam(&url)?;
+            let uploads: Vec<_> = project
+                .list_pending(&u.bucket, parent_prefix(&u.key))
+                .await?
+                .into_iter()
+                .filter(|p| p.key.starts_with(&u.key))
+                .collect();
+            if output == Output::Json {
+                for p in &uploads {
+                    loam_common::cli::print_json_line(p)?;
+                }
+            } else {
+                println!(
+                    "{:<20} {:<32} {:>8} KEY",
+                    "STARTED (UTC)", "UPLOAD ID", "SEGMENTS"
+                );
+                for p in &uploads {
+                    println!(
+                        "{:<20} {:<32} {:>8} {}",
+                        format_time(p.created_ms),
+                        p.upload_id,
+                        p.segments,
+                        escape_key(&p.key)
+                    );
+                }
+            }
+        }
+        Command::Ls { pending: true, .. } => {
+            bail!("ls --pending needs a bucket: uplink ls --pending loam://BUCKET[/PREFIX]")
+        }
+        Command::Ls {
             url,
             recursive,
             output,
+            ..
         } => match url {
             None => {
                 let buckets = project.list_buckets().await?;
@@ -769,9 +814,33 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
             recursive,
             parallelism,
             dry_run,
+            pending,
         } => {
             let u = parse_loam(&url)?;
-            if recursive {
+            if pending {
+                let prefix = recursive::prefix_of(&u.key);
+                let uploads: Vec<_> = project
+                    .list_pending(&u.bucket, parent_prefix(&u.key))
+                    .await?
+                    .into_iter()
+                    .filter(|p| p.key == u.key || (recursive && p.key.starts_with(&prefix)))
+                    .collect();
+                if uploads.is_empty() {
+                    return Err(NothingPending { url }.into());
+                }
+                for p in &uploads {
+                    if dry_run {
+                        println!(
+                            "would abandon upload {} of {}",
+                            p.upload_id,
+                            escape_key(&p.key)
+                        );
+                        continue;
+                    }
+                    project.abort(&u.bucket, &p.upload_id).await?;
+                    println!("abandoned upload {} of {}", p.upload_id, escape_key(&p.key));
+                }
+            } else if recursive {
                 let batch = recursive::Batch {
                     parallelism,
                     dry_run,
@@ -1097,11 +1166,25 @@ fn exit_code(e: &anyhow::Error) -> i32 {
                 _ => exit::OTHER,
             };
         }
-        if cause.downcast_ref::<NothingAt>().is_some() {
+        if cause.downcast_ref::<NothingAt>().is_some()
+            || cause.downcast_ref::<NothingPending>().is_some()
+        {
             return exit::NOT_FOUND;
         }
     }
     exit::OTHER
+}
+
+/// The key's directory part: everything up to and including its last '/'.
+fn parent_prefix(key: &str) -> &str {
+    key.rfind('/').map_or("", |i| &key[..=i])
+}
+
+/// `rm --pending` of a URL with no pending upload.
+#[derive(Debug, thiserror::Error)]
+#[error("no pending upload at {url}")]
+pub(crate) struct NothingPending {
+    url: String,
 }
 
 /// `ls` of a URL where there is neither an object nor objects below.

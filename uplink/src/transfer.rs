@@ -239,6 +239,33 @@ impl Project {
         bucket: &str,
         key: &str,
         begin: pb::BeginObjectResponse,
+        segments: mpsc::Receiver<std::io::Result<Plaintext>>,
+        progress: Option<Progress>,
+        opts: &UploadOptions,
+    ) -> Result<Item, UplinkError> {
+        let stream_id = begin.stream_id.clone();
+        let result = self
+            .upload_and_commit(bucket, key, begin, segments, progress, opts)
+            .await;
+        if result.is_err() {
+            // Best effort: a failed upload leaves nothing pending (the
+            // satellite would sweep it later anyway).
+            let req = pb::AbortObjectRequest {
+                bucket: bucket.to_string(),
+                stream_id,
+            };
+            if let Err(e) = self.call(Req::AbortObject(req)).await {
+                tracing::debug!(error = %e, "abandoning the failed upload failed");
+            }
+        }
+        result
+    }
+
+    async fn upload_and_commit(
+        &self,
+        bucket: &str,
+        key: &str,
+        begin: pb::BeginObjectResponse,
         mut segments: mpsc::Receiver<std::io::Result<Plaintext>>,
         progress: Option<Progress>,
         opts: &UploadOptions,
