@@ -32,6 +32,18 @@ pub fn describe(nodes_online: usize) {
         "Objects moved (renamed without moving their data)"
     );
     describe_counter!(
+        "loam_satellite_objects_copied_total",
+        "Objects copied on the satellite (sharing the source's pieces)"
+    );
+    describe_counter!(
+        "loam_satellite_objects_expired_total",
+        "Objects deleted by the expiry chore after their expiry time"
+    );
+    describe_counter!(
+        "loam_satellite_uploads_aborted_total",
+        "Pending uploads abandoned by their owner"
+    );
+    describe_counter!(
         "loam_satellite_rpc_errors_total",
         "Failed requests by method and error code"
     );
@@ -45,6 +57,9 @@ pub fn describe(nodes_online: usize) {
         "loam_satellite_objects_committed_total",
         "loam_satellite_objects_deleted_total",
         "loam_satellite_objects_moved_total",
+        "loam_satellite_objects_copied_total",
+        "loam_satellite_objects_expired_total",
+        "loam_satellite_uploads_aborted_total",
     ] {
         metrics::counter!(name).increment(0);
     }

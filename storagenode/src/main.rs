@@ -405,4 +405,19 @@ mod help_tests {
         let missing = loam_common::cli::undescribed_args(&Cli::command());
         assert!(missing.is_empty(), "arguments without help: {missing:?}");
     }
+
+    /// The shipped systemd unit starts this binary with arguments it
+    /// takes.
+    #[test]
+    fn the_systemd_unit_runs_a_valid_command() {
+        let unit = include_str!("../../deploy/systemd/loam-storagenode.service");
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("ExecStart");
+        let words: Vec<&str> = exec.split_whitespace().collect();
+        assert!(words[0].ends_with("/storagenode"), "{exec}");
+        let cli = Cli::try_parse_from(&words).expect("the unit's command line parses");
+        assert!(matches!(cli.command, Command::Run { .. }));
+    }
 }

@@ -22,7 +22,9 @@ fn documented() -> BTreeSet<String> {
         .skip(1)
         .step_by(2)
         .filter(|s| {
-            (s.starts_with("loam_satellite_") || s.starts_with("loam_storagenode_"))
+            (s.starts_with("loam_satellite_")
+                || s.starts_with("loam_storagenode_")
+                || *s == "loam_build_info")
                 && s.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         })
@@ -49,7 +51,11 @@ fn in_source() -> BTreeSet<String> {
                 continue;
             }
             let text = std::fs::read_to_string(&path).expect("source file");
-            for prefix in ["\"loam_satellite_", "\"loam_storagenode_"] {
+            for prefix in [
+                "\"loam_satellite_",
+                "\"loam_storagenode_",
+                "\"loam_build_info",
+            ] {
                 for (at, _) in text.match_indices(prefix) {
                     let rest = &text[at + 1..];
                     if let Some(end) = rest.find('"') {

@@ -422,12 +422,13 @@ pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
         JobCommand::Ls { output } => {
             let jobs = project.jobs().await?;
             if output == Output::Json {
-                let v: Vec<_> = jobs.iter().map(job_json).collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                for j in &jobs {
+                    loam_common::cli::print_json_line(&job_json(j))?;
+                }
                 return Ok(());
             }
             println!(
-                "{:<32}  {:<9}  {:>7}  {:>8}  CREATED",
+                "{:<32}  {:<9}  {:>7}  {:>8}  CREATED (UTC)",
                 "ID", "STATE", "ROUND", "ACCURACY"
             );
             for j in &jobs {
