@@ -56,6 +56,40 @@ pub struct Snapshot {
     pub earnings: Earnings,
     pub compute: Compute,
     pub notifications: Vec<Notification>,
+    /// The node at a glance: online and reachable per its satellites.
+    pub headline: Headline,
+    /// The satellite the bandwidth and charts are for (`?satellite=ID`;
+    /// None: all of them).
+    pub selected_satellite: Option<String>,
+    /// Each day of this month so far (UTC), oldest first.
+    pub daily: Vec<DayUsage>,
+}
+
+/// Whether the node is doing its job, in one line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Headline {
+    /// Checked in recently with at least one satellite, and none has it
+    /// offline.
+    pub online: bool,
+    /// Every satellite that checked the node could dial it back (None: no
+    /// satellite has checked yet).
+    pub reachable: Option<bool>,
+    pub text: String,
+}
+
+/// One day's traffic (for the selected satellite) and disk use.
+#[derive(Debug, Clone, Serialize)]
+pub struct DayUsage {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    pub ingress_bytes: u64,
+    pub egress_bytes: u64,
+    /// Repair traffic both ways.
+    pub repair_bytes: u64,
+    pub audit_bytes: u64,
+    /// Most space used that day, as noted by the node (None: not running
+    /// that day).
+    pub disk_used_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -193,22 +227,36 @@ impl Dashboard {
         Router::new()
             .route(
                 "/api/sno",
-                get(move || {
+                get(move |uri: axum::http::Uri| {
                     let d = api.clone();
-                    async move { d.respond(|s| json_response(&s)).await }
+                    async move { d.respond(&uri, |s| json_response(&s)).await }
                 }),
             )
             .route(
                 "/",
-                get(move || {
+                get(move |uri: axum::http::Uri| {
                     let d = self.clone();
-                    async move { d.respond(|s| html_response(render(&s))).await }
+                    async move { d.respond(&uri, |s| html_response(render(&s))).await }
                 }),
             )
     }
 
-    async fn respond(self: Arc<Self>, f: impl FnOnce(Snapshot) -> Response) -> Response {
-        match tokio::task::spawn_blocking(move || self.snapshot(now_ms())).await {
+    async fn respond(
+        self: Arc<Self>,
+        uri: &axum::http::Uri,
+        f: impl FnOnce(Snapshot) -> Response,
+    ) -> Response {
+        let selected = uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("satellite="))
+                .filter(|v| {
+                    !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric())
+                })
+                .map(str::to_string)
+        });
+        match tokio::task::spawn_blocking(move || self.snapshot_for(now_ms(), selected.as_deref()))
+            .await
+        {
             Ok(s) => f(s),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         }
@@ -217,7 +265,17 @@ impl Dashboard {
     /// The dashboard's figures at `now`. Reads the database and the ledger
     /// files: call it off the async threads.
     pub fn snapshot(&self, now: i64) -> Snapshot {
+        self.snapshot_for(now, None)
+    }
+
+    /// [`Dashboard::snapshot`] with bandwidth and charts for one satellite
+    /// (by id or a prefix of it; unknown ids select all).
+    pub fn snapshot_for(&self, now: i64, satellite: Option<&str>) -> Snapshot {
         let usage = self.piecestore.db().usage();
+        let today = now.div_euclid(86_400_000);
+        if let Err(e) = self.piecestore.db().note_disk_day(today, usage.used_bytes) {
+            tracing::warn!(error = %e, "noting the day's disk use failed");
+        }
         let allocated = self.piecestore.allocated_bytes();
         let disk = Disk {
             allocated_bytes: allocated,
@@ -239,12 +297,26 @@ impl Dashboard {
             ..Default::default()
         };
         let mut satellites = Vec::new();
+        let selected = satellite.and_then(|want| {
+            self.contact
+                .satellites()
+                .iter()
+                .find(|s| s.id.to_string().starts_with(want))
+                .map(|s| s.id)
+        });
+        let mut selected_total = Bandwidth {
+            month: month.clone(),
+            ..Default::default()
+        };
         let (mut egress_units, mut repair_units, mut storage_units) = (0u64, 0u64, 0u64);
         let mut decimals = 6;
         let held_hours = (now - month_start.max(self.started_ms.min(now))).max(0) as f64 / 3.6e6;
         for (i, sat) in self.contact.satellites().iter().enumerate() {
             let bw = self.bandwidth(&sat.id, &month, from_day, to_day);
             total.add(&bw);
+            if selected.is_none_or(|id| id == sat.id) {
+                selected_total.add(&bw);
+            }
             let standing = standings.get(&sat.id);
             if let Some(rates) = standing.and_then(|s| s.rates.as_ref()) {
                 decimals = rates.token_decimals;
@@ -269,6 +341,7 @@ impl Dashboard {
             ));
         }
         let estimate = egress_units + repair_units + storage_units;
+        let daily = self.daily(from_day, to_day, selected.as_ref());
         let (payouts, ledger_error) = self.payout_history();
         let caps = self.contact.capabilities();
         let stats = self.piecestore.db().compute_stats().unwrap_or_default();
@@ -281,7 +354,11 @@ impl Dashboard {
             uptime_secs: (now - self.started_ms).max(0) / 1000,
             now_unix_ms: now,
             disk,
-            bandwidth: total,
+            bandwidth: if selected.is_some() {
+                selected_total
+            } else {
+                total
+            },
             satellites,
             earnings: Earnings {
                 month,
@@ -305,9 +382,51 @@ impl Dashboard {
                 work_units: stats.work_units,
             },
             notifications: Vec::new(),
+            headline: Headline {
+                online: false,
+                reachable: None,
+                text: String::new(),
+            },
+            selected_satellite: selected.map(|id| id.to_string()),
+            daily,
         };
         snapshot.notifications = notifications(&snapshot, &standings);
+        snapshot.headline = headline(&snapshot.satellites);
         snapshot
+    }
+
+    /// Each day of `[from_day, to_day)`: traffic with `satellite` (all
+    /// when None) and the disk use noted.
+    fn daily(&self, from_day: i64, to_day: i64, satellite: Option<&NodeId>) -> Vec<DayUsage> {
+        let db = self.piecestore.db();
+        let sats: Vec<NodeId> = self
+            .contact
+            .satellites()
+            .iter()
+            .map(|s| s.id)
+            .filter(|id| satellite.is_none_or(|want| want == id))
+            .collect();
+        let disk = db.disk_days(from_day, to_day).unwrap_or_default();
+        (from_day..to_day)
+            .enumerate()
+            .map(|(i, day)| {
+                let get = |action| {
+                    sats.iter()
+                        .map(|s| db.bandwidth(s, action, day, day + 1).unwrap_or(0))
+                        .fold(0u64, u64::saturating_add)
+                };
+                let (y, m, d) = time::civil_from_days(day);
+                DayUsage {
+                    date: format!("{y:04}-{m:02}-{d:02}"),
+                    ingress_bytes: get(PieceAction::Put),
+                    egress_bytes: get(PieceAction::Get),
+                    repair_bytes: get(PieceAction::GetRepair)
+                        .saturating_add(get(PieceAction::PutRepair)),
+                    audit_bytes: get(PieceAction::GetAudit),
+                    disk_used_bytes: disk.get(i).copied().flatten(),
+                }
+            })
+            .collect()
     }
 
     fn bandwidth(&self, sat: &NodeId, month: &str, from_day: i64, to_day: i64) -> Bandwidth {
@@ -636,6 +755,94 @@ fn notifications(
     out
 }
 
+/// Online: some satellite has the node checked in and none has it
+/// offline. Reachable: every satellite that dialled back got through.
+fn headline(sats: &[Satellite]) -> Headline {
+    let checked: Vec<&Satellite> = sats
+        .iter()
+        .filter(|s| s.last_check_in_unix_ms.is_some())
+        .collect();
+    let online = !checked.is_empty() && sats.iter().all(|s| s.status != "offline");
+    let dialled: Vec<bool> = sats.iter().filter_map(|s| s.quic_reachable).collect();
+    let reachable = (!dialled.is_empty()).then(|| dialled.iter().all(|r| *r));
+    let text = match (online, reachable) {
+        (true, Some(true)) => format!(
+            "Online and reachable: {} of {} satellites in contact",
+            checked.len(),
+            sats.len()
+        ),
+        (true, Some(false)) => {
+            "Online, but not reachable: a satellite could not dial this node back; check the \
+             port forwarding and the advertised address"
+                .to_string()
+        }
+        (true, None) => "Online; reachability not checked yet".to_string(),
+        (false, _) if checked.is_empty() => "Not yet in contact with any satellite".to_string(),
+        (false, _) => "Offline: a satellite has not heard from this node recently".to_string(),
+    };
+    Headline {
+        online,
+        reachable,
+        text,
+    }
+}
+
+/// An amount in base units as money: `$1.234567` with the token's
+/// decimals, the same way everywhere on the page.
+fn money(base_units: u64, decimals: u32) -> String {
+    format!("${}", escape(&crate::payouts::amount(base_units, decimals)))
+}
+
+/// A bar chart of `values` (one per day) as inline SVG: no script, no
+/// external file. Each bar has a title with its day and value.
+fn bar_chart(
+    id: &str,
+    title: &str,
+    days: &[DayUsage],
+    values: &[Option<u64>],
+    color: &str,
+) -> String {
+    const W: f64 = 640.0;
+    const H: f64 = 120.0;
+    let max = values.iter().flatten().copied().max().unwrap_or(0).max(1);
+    let n = days.len().max(1) as f64;
+    let slot = W / n;
+    let mut svg = format!(
+        "<figure id=\"{id}\"><figcaption>{title} (peak {peak})</figcaption>\
+         <svg viewBox=\"0 0 {W} {h2}\" width=\"100%\" role=\"img\" aria-label=\"{title}\">\
+         <line x1=\"0\" y1=\"{H}\" x2=\"{W}\" y2=\"{H}\" stroke=\"#999\"/>",
+        title = escape(title),
+        peak = format_bytes(max),
+        h2 = H + 16.0,
+    );
+    for (i, (day, v)) in days.iter().zip(values).enumerate() {
+        let x = i as f64 * slot;
+        if let Some(v) = v {
+            let h = (*v as f64 / max as f64 * (H - 4.0)).max(if *v > 0 { 1.0 } else { 0.0 });
+            let _ = write!(
+                svg,
+                "<rect class=\"day\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{h:.1}\" \
+                 fill=\"{color}\"><title>{date}: {value}</title></rect>",
+                y = H - h,
+                w = (slot * 0.8).max(1.0),
+                date = escape(&day.date),
+                value = format_bytes(*v),
+            );
+        }
+        // The first day, every 5th and the last are labelled.
+        if i == 0 || i + 1 == days.len() || (i + 1) % 5 == 0 {
+            let _ = write!(
+                svg,
+                "<text x=\"{x:.1}\" y=\"{ty}\" font-size=\"10\" fill=\"#555\">{d}</text>",
+                ty = H + 12.0,
+                d = escape(day.date.get(8..).unwrap_or(&day.date)),
+            );
+        }
+    }
+    svg.push_str("</svg></figure>");
+    svg
+}
+
 fn json_response(s: &Snapshot) -> Response {
     match serde_json::to_string_pretty(s) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
@@ -810,6 +1017,40 @@ pub fn render(s: &Snapshot) -> String {
         version = escape(&s.version),
         up = uptime(s.uptime_secs),
     );
+    let hl = &s.headline;
+    let _ = write!(
+        h,
+        "<p id=\"headline\" class=\"headline {cls}\"><strong>{text}</strong></p>",
+        cls = match (hl.online, hl.reachable) {
+            (true, Some(true)) => "good",
+            (true, _) => "warn",
+            (false, _) => "bad",
+        },
+        text = escape(&hl.text),
+    );
+    // The satellite selector: bandwidth and charts for one, or all.
+    h.push_str("<nav id=\"satellite-selector\">Satellite: ");
+    let all_cls = if s.selected_satellite.is_none() {
+        " class=\"selected\""
+    } else {
+        ""
+    };
+    let _ = write!(h, "<a href=\"/\"{all_cls}>all</a>");
+    for sat in &s.satellites {
+        let cls = if s.selected_satellite.as_deref() == Some(sat.id.as_str()) {
+            " class=\"selected\""
+        } else {
+            ""
+        };
+        let _ = write!(
+            h,
+            " · <a href=\"/?satellite={id}\"{cls} title=\"{url}\">{short}</a>",
+            id = escape(&sat.id),
+            url = escape(&sat.url),
+            short = escape(sat.id.get(..12).unwrap_or(&sat.id)),
+        );
+    }
+    h.push_str("</nav>");
     h.push_str("<section id=\"notifications\"><h2>Notifications</h2>");
     if s.notifications.is_empty() {
         h.push_str("<p class=\"ok\">All good: nothing needs your attention.</p>");
@@ -866,7 +1107,7 @@ pub fn render(s: &Snapshot) -> String {
     let b = &s.bandwidth;
     let _ = write!(
         h,
-        "<section id=\"bandwidth\"><h2>Bandwidth this month ({month})</h2><table>\
+        "<section id=\"bandwidth\"><h2>Bandwidth this month ({month}{whose})</h2><table>\
          <tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr>\
          <tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr>\
          <tr><th>{} traffic</th><td>{}</td></tr><tr><th>Total</th><td>{}</td></tr></table></section>",
@@ -882,6 +1123,48 @@ pub fn render(s: &Snapshot) -> String {
         bytes_field("bandwidth.audit_bytes", b.audit_bytes),
         bytes_field("bandwidth.total_bytes", b.total_bytes),
         month = escape(&b.month),
+        whose = s
+            .selected_satellite
+            .as_ref()
+            .map_or(String::new(), |id| format!(
+                ", satellite {}",
+                escape(id.get(..12).unwrap_or(id))
+            )),
+    );
+    let traffic: Vec<Option<u64>> = s
+        .daily
+        .iter()
+        .map(|d| {
+            Some(
+                d.ingress_bytes
+                    .saturating_add(d.egress_bytes)
+                    .saturating_add(d.repair_bytes)
+                    .saturating_add(d.audit_bytes),
+            )
+        })
+        .collect();
+    let disk: Vec<Option<u64>> = s.daily.iter().map(|d| d.disk_used_bytes).collect();
+    let whose = match &s.selected_satellite {
+        Some(id) => format!("satellite {}", id.get(..12).unwrap_or(id)),
+        None => "all satellites".to_string(),
+    };
+    let _ = write!(
+        h,
+        "<section id=\"daily\"><h2>This month, day by day (UTC)</h2>{}{}</section>",
+        bar_chart(
+            "bandwidth-chart",
+            &format!("Bandwidth per day, {whose}"),
+            &s.daily,
+            &traffic,
+            "#2f6f9f"
+        ),
+        bar_chart(
+            "disk-chart",
+            "Disk used per day",
+            &s.daily,
+            &disk,
+            "#3c8d3c"
+        ),
     );
 
     let _ = write!(
@@ -953,11 +1236,11 @@ pub fn render(s: &Snapshot) -> String {
         num_field(
             "earnings.estimate_base_units",
             e.estimate_base_units,
-            format!("${}", escape(&e.estimate))
+            money(e.estimate_base_units, e.decimals)
         ),
-        crate::payouts::amount(e.storage_base_units, e.decimals),
-        crate::payouts::amount(e.egress_base_units, e.decimals),
-        crate::payouts::amount(e.repair_audit_base_units, e.decimals),
+        money(e.storage_base_units, e.decimals),
+        money(e.egress_base_units, e.decimals),
+        money(e.repair_audit_base_units, e.decimals),
         tip("Held back"),
     );
     if e.payouts.is_empty() {
@@ -1060,7 +1343,10 @@ cursor:help}.note{border-left:4px solid #999;padding:.3em .8em;margin:.5em 0;bac
 .bar{height:14px;background:#e8f0e8;border:1px solid #ccc;display:flex;margin:.5em 0}\
 .bar .used{background:#3c8d3c}.bar .trash{background:#c9a227}.st-good{color:#176317}\
 .st-suspended,.st-disqualified,.st-offline{color:#c0392b;font-weight:bold}dt{font-weight:bold}\
-dd{margin:0 0 .6em 1.2em}";
+dd{margin:0 0 .6em 1.2em}.headline{font-size:1.2em;padding:.4em .8em;border-radius:4px}\
+.headline.good{background:#e6f4e6;color:#176317}.headline.warn{background:#fff4e5;color:#8a4b00}\
+.headline.bad{background:#fdecea;color:#c0392b}nav a.selected{font-weight:bold}\
+figure{margin:.5em 0 1em}figcaption{color:#555}";
 
 #[cfg(test)]
 mod tests {
@@ -1215,6 +1501,13 @@ mod tests {
                 work_units: 0.0,
             },
             notifications: Vec::new(),
+            headline: Headline {
+                online: false,
+                reachable: None,
+                text: String::new(),
+            },
+            selected_satellite: None,
+            daily: Vec::new(),
         }
     }
 
@@ -1234,5 +1527,64 @@ mod tests {
                 "{term}"
             );
         }
+    }
+
+    #[test]
+    fn the_headline_says_online_and_reachable_in_one_line() {
+        let mut good = satellite("good", 1.0, 0);
+        good.quic_reachable = Some(true);
+        let h = headline(std::slice::from_ref(&good));
+        assert!(h.online && h.reachable == Some(true), "{h:?}");
+        assert!(h.text.starts_with("Online and reachable"), "{}", h.text);
+        let mut unreachable = good.clone();
+        unreachable.quic_reachable = Some(false);
+        let h = headline(&[good.clone(), unreachable]);
+        assert_eq!(h.reachable, Some(false));
+        assert!(h.text.contains("port forwarding"), "{}", h.text);
+        let offline = satellite("offline", 1.0, 0);
+        assert!(!headline(&[good, offline]).online);
+        let mut never = satellite("not checked in", 1.0, 0);
+        never.last_check_in_unix_ms = None;
+        assert!(headline(&[never]).text.contains("Not yet in contact"));
+    }
+
+    #[test]
+    fn charts_are_drawn_on_the_page_and_money_reads_alike() {
+        let mut s = empty_snapshot();
+        s.daily = (1..=3)
+            .map(|d| DayUsage {
+                date: format!("2026-12-{d:02}"),
+                ingress_bytes: d * 1_000_000,
+                egress_bytes: 0,
+                repair_bytes: 0,
+                audit_bytes: 0,
+                disk_used_bytes: (d != 2).then_some(d * 5_000_000),
+            })
+            .collect();
+        s.earnings.storage_base_units = 1_500_000;
+        let page = render(&s);
+        for id in [
+            "headline",
+            "satellite-selector",
+            "bandwidth-chart",
+            "disk-chart",
+        ] {
+            assert!(page.contains(&format!("id=\"{id}\"")), "{id}");
+        }
+        // Three traffic bars, the tallest the third; a day without a
+        // disk figure draws no disk bar.
+        let chart = |id: &str| {
+            let at = page.find(&format!("id=\"{id}\"")).expect("chart");
+            let end = page[at..].find("</figure>").expect("end") + at;
+            page[at..end].to_string()
+        };
+        assert_eq!(chart("bandwidth-chart").matches("<rect").count(), 3);
+        assert!(chart("bandwidth-chart").contains("2026-12-03: 3.00 MB"));
+        assert_eq!(chart("disk-chart").matches("<rect").count(), 2);
+        assert!(!page.contains("<script"), "no script");
+        assert!(
+            page.contains("(storage $1.5"),
+            "money with its sign: {page}"
+        );
     }
 }

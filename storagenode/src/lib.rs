@@ -322,8 +322,15 @@ impl StorageNode {
                         let db = db.clone();
                         async move {
                             let now = loam_common::orders::now_ms();
-                            if let Err(e) =
-                                tokio::task::spawn_blocking(move || db.prune_serials(now)).await
+                            if let Err(e) = tokio::task::spawn_blocking(move || {
+                                // The day's disk figure for the dashboard.
+                                let used = db.usage().used_bytes;
+                                if let Err(e) = db.note_disk_day(now.div_euclid(86_400_000), used) {
+                                    tracing::warn!(error = %e, "noting the day's disk use failed");
+                                }
+                                db.prune_serials(now)
+                            })
+                            .await
                             {
                                 tracing::warn!(error = %e, "serial pruning failed");
                             }

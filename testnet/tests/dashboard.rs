@@ -1,8 +1,9 @@
 //! The node dashboard in a real browser: headless Chromium (Debian's
 //! `chromium`, installed by `scripts/install-deps`) renders the page of a
 //! node that stored and served data; every figure the page shows equals
-//! the JSON API's, and a screenshot is saved to
-//! `target/test-artifacts/dashboard.png`.
+//! the JSON API's; the headline, the daily bandwidth and disk charts and
+//! the satellite selector are on the rendered page; and a screenshot is
+//! saved to `target/test-artifacts/dashboard.png`.
 
 mod support;
 
@@ -162,6 +163,52 @@ async fn dashboard_in_chromium_shows_the_api_figures() -> anyhow::Result<()> {
             "the page does not show {field}"
         );
     }
+
+    // The headline, the daily charts (today's bars drawn), the satellite
+    // selector and money with its sign, as the browser rendered them.
+    let dom = |url: &str| {
+        let out = chromium(&["--dump-dom", url], &profile);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let all = dom(&format!("{page}/"));
+    assert!(
+        all.contains("Online and reachable"),
+        "headline: {all:.2000}"
+    );
+    let today = loam_common::time::format_instant(loam_common::orders::now_ms());
+    let today = &today[..10];
+    for chart in ["bandwidth-chart", "disk-chart"] {
+        let at = all.find(&format!("id=\"{chart}\"")).expect(chart);
+        let end = all[at..].find("</figure>").expect("figure end") + at;
+        assert!(
+            all[at..end].contains(&format!("<title>{today}: ")),
+            "{chart} has no bar for {today}: {}",
+            &all[at..end]
+        );
+    }
+    assert!(all.contains("(storage $"), "money with its sign");
+    let api: serde_json::Value =
+        serde_json::from_str(&loam_testnet::http_get(&format!("{page}/api/sno")).await?)?;
+    let sat = api["satellites"][0]["id"]
+        .as_str()
+        .expect("satellite id")
+        .to_string();
+    assert!(all.contains(&format!("?satellite={sat}")), "selector links");
+    let one = dom(&format!("{page}/?satellite={sat}"));
+    assert!(
+        one.contains(&format!("Bandwidth per day, satellite {}", &sat[..12])),
+        "{one:.3000}"
+    );
+    let selected: serde_json::Value = serde_json::from_str(
+        &loam_testnet::http_get(&format!("{page}/api/sno?satellite={sat}")).await?,
+    )?;
+    assert_eq!(selected["selected_satellite"], sat.as_str());
+    assert!(selected["daily"].as_array().is_some_and(|d| !d.is_empty()));
 
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
     std::fs::create_dir_all(&shots)?;

@@ -416,6 +416,32 @@ impl NodeDb {
         Ok(())
     }
 
+    /// Notes the space used on `day` (days since the epoch): the day keeps
+    /// the largest figure noted, for the dashboard's daily disk chart.
+    pub fn note_disk_day(&self, day: i64, used_bytes: u64) -> Result<(), DbError> {
+        let key = disk_day_key(day);
+        let meta = self.cf(CF_META);
+        let old = read_u64(self.db.get_cf(meta, &key)?)?;
+        if used_bytes > old {
+            self.db.put_cf(meta, key, used_bytes.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The space noted for each of days `[from_day, to_day)`, None for days
+    /// nothing was noted.
+    pub fn disk_days(&self, from_day: i64, to_day: i64) -> Result<Vec<Option<u64>>, DbError> {
+        let meta = self.cf(CF_META);
+        (from_day..to_day)
+            .map(|day| {
+                self.db
+                    .get_cf(meta, disk_day_key(day))?
+                    .map(|v| read_u64(Some(v)))
+                    .transpose()
+            })
+            .collect()
+    }
+
     /// Bytes transferred for `satellite` under `action` on days
     /// `[from_day, to_day)` (days since the epoch).
     pub fn bandwidth(
@@ -434,6 +460,12 @@ impl NodeDb {
         }
         Ok(total)
     }
+}
+
+fn disk_day_key(day: i64) -> Vec<u8> {
+    let mut k = b"disk_day/".to_vec();
+    k.extend_from_slice(&day.to_be_bytes());
+    k
 }
 
 fn bandwidth_key(satellite: &NodeId, action: PieceAction, day: i64) -> Vec<u8> {
