@@ -74,6 +74,10 @@ enum Command {
         /// The node's data directory.
         #[arg(long, env = "LOAM_DIR", global = true)]
         dir: Option<PathBuf>,
+        /// Output format: text (a table per satellite), or json (one
+        /// paystub per line, amounts in base units).
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: loam_common::cli::Output,
         #[command(subcommand)]
         command: Option<PayoutsCommand>,
     },
@@ -280,7 +284,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("{}", identity.id());
         }
-        Command::Payouts { dir, command } => {
+        Command::Payouts {
+            dir,
+            output,
+            command,
+        } => {
             let dir = dir.context("--dir (or LOAM_DIR) is required")?;
             let identity = Identity::load(&dir.join("identity.key"))?;
             let config = Config::load(&dir)?;
@@ -316,6 +324,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             .await
                             .with_context(|| format!("satellite {}", sat.id.short()))?;
                         let entries = file.verify(&node)?;
+                        if output == loam_common::cli::Output::Json {
+                            for row in loam_storagenode::payouts::history(&entries) {
+                                let mut v = serde_json::to_value(&row)?;
+                                v["satellite"] = sat.id.to_string().into();
+                                loam_common::cli::print_json_line(&v)?;
+                            }
+                            continue;
+                        }
                         println!(
                             "satellite {} ({} entries, verified)",
                             sat.id.short(),

@@ -105,31 +105,71 @@ pub fn amount(base_units: u64, decimals: u32) -> String {
     )
 }
 
+/// One paystub of the history, with what was sent for its period (amounts
+/// in base units of the payout token).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HistoryRow {
+    pub period: String,
+    pub storage_byte_hours: u64,
+    pub egress_bytes: u64,
+    pub gross: u64,
+    pub held: u64,
+    pub paid: u64,
+    pub sent: u64,
+    pub wallet: String,
+    pub disqualified: bool,
+    pub exited: bool,
+    pub held_returned: u64,
+}
+
+/// The history: one row per paystub, with what was sent for it.
+pub fn history(entries: &[pb::LedgerEntry]) -> Vec<HistoryRow> {
+    entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(pb::ledger_entry::Body::Paystub(p)) => Some(p),
+            _ => None,
+        })
+        .map(|p| HistoryRow {
+            period: p.period.clone(),
+            storage_byte_hours: p.storage_byte_hours,
+            egress_bytes: p.egress_bytes,
+            gross: p.gross,
+            held: p.held,
+            paid: p.paid,
+            sent: entries
+                .iter()
+                .filter_map(|e| match &e.body {
+                    Some(pb::ledger_entry::Body::Payment(x)) if x.period == p.period => {
+                        Some(x.amount)
+                    }
+                    _ => None,
+                })
+                .fold(0u64, u64::saturating_add),
+            wallet: p.wallet.clone(),
+            disqualified: p.disqualified,
+            exited: p.exited,
+            held_returned: p.held_returned,
+        })
+        .collect()
+}
+
 /// The history table: one line per paystub, with what was paid for it.
 pub fn history_table(entries: &[pb::LedgerEntry]) -> String {
     let mut out = format!(
         "{:<22} {:>14} {:>14} {:>12} {:>12} {:>12} {:>12}  {}\n",
         "PERIOD", "STORED (GB-h)", "EGRESS (GB)", "GROSS", "HELD", "PAID", "SENT", "ADDRESS"
     );
-    for e in entries {
-        let Some(pb::ledger_entry::Body::Paystub(p)) = &e.body else {
-            continue;
-        };
-        let sent: u64 = entries
-            .iter()
-            .filter_map(|e| match &e.body {
-                Some(pb::ledger_entry::Body::Payment(x)) if x.period == p.period => Some(x.amount),
-                _ => None,
-            })
-            .sum();
-        let mut note = String::new();
-        if p.disqualified {
-            note.push_str(" (disqualified: held amount forfeited)");
+    for p in history(entries) {
+        let note = if p.disqualified {
+            " (disqualified: held amount forfeited)"
         } else if p.exited {
-            note.push_str(" (graceful exit: held amount returned)");
+            " (graceful exit: held amount returned)"
         } else if p.held_returned > 0 {
-            note.push_str(" (held amount partly returned)");
-        }
+            " (held amount partly returned)"
+        } else {
+            ""
+        };
         out.push_str(&format!(
             "{:<22} {:>14.3} {:>14.3} {:>12} {:>12} {:>12} {:>12}  {}{}\n",
             p.period,
@@ -138,7 +178,7 @@ pub fn history_table(entries: &[pb::LedgerEntry]) -> String {
             amount(p.gross, 6),
             amount(p.held, 6),
             amount(p.paid, 6),
-            amount(sent, 6),
+            amount(p.sent, 6),
             if p.wallet.is_empty() {
                 "(none set)"
             } else {

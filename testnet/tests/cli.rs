@@ -504,6 +504,7 @@ async fn settlement_limits_and_payouts_through_the_clis() -> anyhow::Result<()> 
     assert!(paid.status.success());
 
     // Every node's ledger fetches and verifies.
+    let mut paid_rows = 0;
     for p in net.storage_nodes() {
         let dir = p.data_dir.to_str().expect("utf-8");
         let show = run("storagenode", &["payouts", "--dir", dir]);
@@ -512,6 +513,18 @@ async fn settlement_limits_and_payouts_through_the_clis() -> anyhow::Result<()> 
             "{}",
             String::from_utf8_lossy(&show.stderr)
         );
+        // The same history as JSON lines: the paid period with what was
+        // sent for it.
+        let json = run("storagenode", &["payouts", "--dir", dir, "-o", "json"]);
+        assert!(json.status.success());
+        let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        for row in rows.iter().filter(|r| r["period"] == period.as_str()) {
+            assert_eq!(row["sent"], row["paid"], "{row}");
+            paid_rows += 1;
+        }
         let verify = run("storagenode", &["payouts", "verify", "--dir", dir]);
         assert!(
             verify.status.success(),
@@ -519,6 +532,7 @@ async fn settlement_limits_and_payouts_through_the_clis() -> anyhow::Result<()> 
             String::from_utf8_lossy(&verify.stdout)
         );
     }
+    assert!(paid_rows > 0, "no node shows the paid period as JSON");
     net.stop().await;
     Ok(())
 }
