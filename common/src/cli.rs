@@ -74,3 +74,17 @@ pub fn undescribed_args(command: &clap::Command) -> Vec<String> {
     walk(&c, c.get_name(), &mut out);
     out
 }
+
+/// The words of a systemd unit's `ExecStart=` line, checked to start the
+/// binary `name` (for the tests of the units shipped in `deploy/`).
+pub fn unit_exec_start<'a>(unit: &'a str, name: &str) -> Result<Vec<&'a str>, String> {
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .ok_or("the unit has no ExecStart")?;
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    match words.first() {
+        Some(bin) if bin.rsplit('/').next() == Some(name) => Ok(words),
+        _ => Err(format!("ExecStart runs {exec:?}, not {name}")),
+    }
+}

@@ -427,12 +427,7 @@ mod help_tests {
     #[test]
     fn the_systemd_unit_runs_a_valid_command() {
         let unit = include_str!("../../deploy/systemd/loam-storagenode.service");
-        let exec = unit
-            .lines()
-            .find_map(|l| l.strip_prefix("ExecStart="))
-            .expect("ExecStart");
-        let words: Vec<&str> = exec.split_whitespace().collect();
-        assert!(words[0].ends_with("/storagenode"), "{exec}");
+        let words = loam_common::cli::unit_exec_start(unit, "storagenode").expect("ExecStart");
         let cli = Cli::try_parse_from(&words).expect("the unit's command line parses");
         assert!(matches!(cli.command, Command::Run { .. }));
     }

@@ -223,15 +223,7 @@ async fn download_tree(
 ) -> anyhow::Result<(usize, u64)> {
     let src = parse_loam(source)?;
     let prefix = prefix_of(&src.key);
-    let items: Vec<Item> = project
-        .list(&src.bucket, &prefix, true)
-        .await?
-        .into_iter()
-        .filter(|i| !i.is_prefix)
-        .collect();
-    if items.is_empty() {
-        bail!("nothing under {source}");
-    }
+    let items = objects_under(project, &src.bucket, &prefix, source).await?;
     // Every target path is checked before anything is written.
     let mut jobs = Vec::with_capacity(items.len());
     for item in items {
@@ -326,6 +318,26 @@ pub(crate) async fn remove_all(
     Ok(n)
 }
 
+/// Every object under `prefix` (recursively); none is an error naming
+/// `url`.
+async fn objects_under(
+    project: &Project,
+    bucket: &str,
+    prefix: &str,
+    url: &str,
+) -> anyhow::Result<Vec<Item>> {
+    let items: Vec<Item> = project
+        .list(bucket, prefix, true)
+        .await?
+        .into_iter()
+        .filter(|i| !i.is_prefix)
+        .collect();
+    if items.is_empty() {
+        bail!("nothing under {url}");
+    }
+    Ok(items)
+}
+
 /// Whether [`relocate_all`] moves or copies.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Relocate {
@@ -349,15 +361,7 @@ pub(crate) async fn relocate_all(
     if src.bucket == dst.bucket && to.starts_with(&from) {
         bail!("{destination} lies under {source}; choose a destination outside it");
     }
-    let items: Vec<Item> = project
-        .list(&src.bucket, &from, true)
-        .await?
-        .into_iter()
-        .filter(|i| !i.is_prefix)
-        .collect();
-    if items.is_empty() {
-        bail!("nothing under {source}");
-    }
+    let items = objects_under(project, &src.bucket, &from, source).await?;
     let (count, bytes) = (items.len(), items.iter().map(|i| i.size).sum::<u64>());
     let verb = match how {
         Relocate::Move => "move",
