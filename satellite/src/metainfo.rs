@@ -571,15 +571,40 @@ impl Metainfo {
 
     pub fn delete_bucket(&self, project: &ProjectId, name: &str) -> Result<(), MetainfoError> {
         self.get_bucket(project, name)?;
-        if !self
-            .kv
-            .scan(Table::Objects, &object_prefix(project, name), b"", 1)?
-            .is_empty()
-        {
-            return Err(MetainfoError::BucketNotEmpty(name.to_string()));
+        // Objects past their expiry count as gone: they go with the bucket.
+        let _refs = self.stream_lock.lock().expect("stream lock");
+        let now = now_ms();
+        let mut ops = Vec::new();
+        let mut expired = Vec::new();
+        let mut start = Vec::new();
+        loop {
+            let batch =
+                self.kv
+                    .scan(Table::Objects, &object_prefix(project, name), &start, 1000)?;
+            let full = batch.len() == 1000;
+            for (key, v) in batch {
+                let rec: pb::ObjectRecord = decode(&v, "object")?;
+                if !expired_at(&rec, now) {
+                    return Err(MetainfoError::BucketNotEmpty(name.to_string()));
+                }
+                start = key.clone();
+                start.push(0);
+                ops.push(Op::Delete(Table::Objects, key));
+                expired.push(rec);
+            }
+            if !full {
+                break;
+            }
         }
-        self.kv
-            .write(vec![Op::Delete(Table::Buckets, bucket_key(project, name))])?;
+        let refs: Vec<(&pb::ObjectRecord, i64)> = expired.iter().map(|r| (r, -1)).collect();
+        ops.extend(self.stream_ref_ops(&refs)?);
+        ops.push(Op::Delete(Table::Buckets, bucket_key(project, name)));
+        self.kv.write(ops)?;
+        let freed = expired
+            .iter()
+            .map(stored_size)
+            .fold(0u64, u64::saturating_add);
+        self.adjust_stored(project, 0, freed);
         Ok(())
     }
 
@@ -1117,7 +1142,7 @@ impl Metainfo {
             let full = batch.len() == 1000;
             for (key, v) in batch {
                 let rec: pb::ObjectRecord = decode(&v, "object")?;
-                if !expired(&rec, now_ms) {
+                if !expired_at(&rec, now_ms) {
                     continue;
                 }
                 let _refs = self.stream_lock.lock().expect("stream lock");
@@ -1159,7 +1184,7 @@ impl Metainfo {
             .get(Table::Objects, &key)?
             .ok_or(MetainfoError::ObjectNotFound)?;
         let rec: pb::ObjectRecord = decode(&v, "object")?;
-        if expired(&rec, now_ms()) {
+        if expired_at(&rec, now_ms()) {
             return Err(MetainfoError::ObjectNotFound);
         }
         Ok((key, rec))
@@ -1582,7 +1607,7 @@ impl Metainfo {
                     continue 'outer;
                 }
                 let rec: pb::ObjectRecord = decode(&v, "object")?;
-                if expired(&rec, now_ms()) {
+                if expired_at(&rec, now_ms()) {
                     start = k.clone();
                     start.push(0);
                     continue;
@@ -1648,7 +1673,7 @@ impl ListPage {
 }
 
 /// Whether `rec` has expired at `now_ms`.
-fn expired(rec: &pb::ObjectRecord, now_ms: i64) -> bool {
+fn expired_at(rec: &pb::ObjectRecord, now_ms: i64) -> bool {
     rec.expires_unix_ms != 0 && rec.expires_unix_ms <= now_ms
 }
 
@@ -2068,6 +2093,46 @@ mod tests {
         assert_eq!(list_all(&m, &project, "bkt"), [b"keep".to_vec()]);
         assert_eq!(m.stored_bytes(&project).expect("stored"), stored - 48);
         assert_eq!(m.delete_expired_objects(expires + 1).expect("sweep"), 0);
+    }
+
+    #[test]
+    fn a_bucket_holding_only_expired_objects_can_be_removed() {
+        let m = metainfo();
+        let project = project_with_bucket(&m, "bkt");
+        let stream = m
+            .begin_object(
+                &project,
+                &pb::BeginObjectRequest {
+                    bucket: "bkt".into(),
+                    encrypted_key: b"soon".to_vec().into(),
+                },
+            )
+            .expect("begin")
+            .stream_id;
+        m.commit_object(
+            &project,
+            &pb::CommitObjectRequest {
+                stream_id: stream,
+                plain_size: 16,
+                inline_data: vec![2; 48].into(),
+                expires_unix_ms: now_ms() + 50,
+                ..Default::default()
+            },
+        )
+        .expect("commit");
+        assert!(matches!(
+            m.delete_bucket(&project, "bkt"),
+            Err(MetainfoError::BucketNotEmpty(_))
+        ));
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        m.delete_bucket(&project, "bkt")
+            .expect("only expired objects left");
+        assert_eq!(m.stored_bytes(&project).expect("stored"), 0);
+        assert!(
+            m.kv.scan(Table::Objects, b"", b"", 10)
+                .expect("scan")
+                .is_empty()
+        );
     }
 
     #[test]
