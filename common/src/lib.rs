@@ -30,6 +30,7 @@ pub mod encryption;
 pub mod erasure;
 pub mod identity;
 pub mod ledger;
+pub mod macaroon;
 pub mod merkle;
 pub mod orders;
 pub mod rpc;
