@@ -2058,6 +2058,25 @@ mod tests {
         )
     }
 
+    /// Sets an object's expiry time to `at`, as if it had been uploaded so;
+    /// returns the time it had.
+    fn expire_at(m: &Metainfo, project: &ProjectId, bucket: &str, key: &[u8], at: i64) -> i64 {
+        let mut k = object_prefix(project, bucket);
+        k.extend_from_slice(key);
+        let v = m.kv.get(Table::Objects, &k).expect("get").expect("object");
+        let mut rec: pb::ObjectRecord = decode(&v, "object").expect("decode");
+        let had = rec.expires_unix_ms;
+        rec.expires_unix_ms = at;
+        m.kv.put(Table::Objects, k, rec.encode_to_vec())
+            .expect("put");
+        had
+    }
+
+    /// Makes an object's expiry time already past (a commit refuses one).
+    fn expire_now(m: &Metainfo, project: &ProjectId, bucket: &str, key: &[u8]) -> i64 {
+        expire_at(m, project, bucket, key, now_ms() - 1)
+    }
+
     #[test]
     fn expired_objects_are_hidden_then_deleted() {
         let m = metainfo();
@@ -2089,6 +2108,19 @@ mod tests {
         let stored = m.stored_bytes(&project).expect("stored");
         // Nothing has expired yet; a minute later one object has.
         assert_eq!(m.delete_expired_objects(now_ms()).expect("sweep"), 0);
+        // Past its time, before any sweep, an object is neither listed nor
+        // readable.
+        let later = expire_now(&m, &project, "bkt", b"gone");
+        assert_eq!(list_all(&m, &project, "bkt"), [b"keep".to_vec()]);
+        let get = m.get_object(
+            &project,
+            &pb::ObjectRequest {
+                bucket: "bkt".into(),
+                encrypted_key: b"gone".to_vec().into(),
+            },
+        );
+        assert!(matches!(get, Err(MetainfoError::ObjectNotFound)), "{get:?}");
+        expire_at(&m, &project, "bkt", b"gone", later);
         assert_eq!(m.delete_expired_objects(expires + 1).expect("sweep"), 1);
         assert_eq!(list_all(&m, &project, "bkt"), [b"keep".to_vec()]);
         assert_eq!(m.stored_bytes(&project).expect("stored"), stored - 48);
@@ -2115,7 +2147,7 @@ mod tests {
                 stream_id: stream,
                 plain_size: 16,
                 inline_data: vec![2; 48].into(),
-                expires_unix_ms: now_ms() + 50,
+                expires_unix_ms: now_ms() + 60_000,
                 ..Default::default()
             },
         )
@@ -2124,7 +2156,7 @@ mod tests {
             m.delete_bucket(&project, "bkt"),
             Err(MetainfoError::BucketNotEmpty(_))
         ));
-        std::thread::sleep(std::time::Duration::from_millis(60));
+        expire_now(&m, &project, "bkt", b"soon");
         m.delete_bucket(&project, "bkt")
             .expect("only expired objects left");
         assert_eq!(m.stored_bytes(&project).expect("stored"), 0);

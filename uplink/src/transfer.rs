@@ -351,7 +351,10 @@ impl Project {
             .await
             .map_err(|e| not_found_as(e, || UplinkError::BucketNotFound(bucket.to_string())))?
         {
-            Resp::BeginObject(b) => Ok(b),
+            Resp::BeginObject(b) => {
+                tracing::debug!(upload_id = %hex::encode(&b.stream_id), "upload begun");
+                Ok(b)
+            }
             _ => Err(UplinkError::Unexpected),
         }
     }
