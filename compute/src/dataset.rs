@@ -152,19 +152,35 @@ impl Records {
 /// cells trimmed), each with its one-based line number; blank lines are
 /// skipped.
 fn records(text: &[u8]) -> impl Iterator<Item = Result<(usize, csv::StringRecord), DatasetError>> {
-    let reader = csv::ReaderBuilder::new()
+    csv_reader(text, b',')
+        .into_records()
+        .filter_map(|r| match r {
+            Ok(rec) => {
+                let line = rec.position().map_or(0, |p| p.line()) as usize;
+                let blank = rec.iter().all(str::is_empty);
+                (!blank).then_some(Ok((line, rec)))
+            }
+            Err(e) => Some(Err(csv_error(&e))),
+        })
+}
+
+/// A reader of headerless, possibly ragged CSV with trimmed cells.
+fn csv_reader(text: &[u8], delimiter: u8) -> csv::Reader<&[u8]> {
+    csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .trim(csv::Trim::All)
-        .from_reader(text);
-    reader.into_records().filter_map(|r| match r {
-        Ok(rec) => {
-            let line = rec.position().map_or(0, |p| p.line()) as usize;
-            let blank = rec.iter().all(str::is_empty);
-            (!blank).then_some(Ok((line, rec)))
-        }
-        Err(e) => Some(Err(csv_error(&e))),
-    })
+        .delimiter(delimiter)
+        .from_reader(text)
+}
+
+/// A writer of the canonical form: commas, `\n` line ends, quotes only
+/// where needed.
+fn canonical_writer(capacity: usize) -> csv::Writer<Vec<u8>> {
+    csv::WriterBuilder::new()
+        .flexible(true)
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::with_capacity(capacity))
 }
 
 fn csv_error(e: &csv::Error) -> DatasetError {
@@ -213,17 +229,8 @@ pub fn sniff_delimiter(text: &[u8]) -> u8 {
 /// where a cell holds a comma or a quote. Cells spanning lines are refused
 /// (a dataset's rows are cut between lines).
 pub fn normalize(text: &[u8], delimiter: u8) -> Result<Vec<u8>, DatasetError> {
-    let reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .delimiter(delimiter)
-        .from_reader(text);
-    let mut out = csv::WriterBuilder::new()
-        .flexible(true)
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::with_capacity(text.len()));
-    for r in reader.into_records() {
+    let mut out = canonical_writer(text.len());
+    for r in csv_reader(text, delimiter).into_records() {
         let rec = r.map_err(|e| csv_error(&e))?;
         let line = rec.position().map_or(0, |p| p.line());
         if rec.iter().all(str::is_empty) {
@@ -248,10 +255,7 @@ pub fn insert_column(
     name: &str,
     value: &str,
 ) -> Result<Vec<u8>, DatasetError> {
-    let mut out = csv::WriterBuilder::new()
-        .flexible(true)
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::with_capacity(text.len() + text.len() / 8));
+    let mut out = canonical_writer(text.len() + text.len() / 8);
     for (i, r) in records(text).enumerate() {
         let (_, rec) = r?;
         let mut cells: Vec<&str> = rec.iter().collect();

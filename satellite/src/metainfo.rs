@@ -1303,11 +1303,7 @@ impl Metainfo {
                 if obj.segment_keys.is_empty() {
                     // The stream's own keys live in its segment records.
                     for (i, wrapped) in req.new_segment_keys.iter().enumerate() {
-                        let v = self
-                            .kv
-                            .get(Table::Segments, &segment_key(&obj.stream_id, i as u32))?
-                            .ok_or(DbError::Corrupt("missing segment"))?;
-                        let mut seg: pb::SegmentRecord = decode(&v, "segment")?;
+                        let mut seg = self.segment(&obj, i as u32)?;
                         seg.meta.get_or_insert_with(Default::default).encrypted_key =
                             wrapped.clone();
                         ops.push(Op::Put(

@@ -65,10 +65,7 @@ async fn uplink_cli_against_process_network() -> anyhow::Result<()> {
         &access,
         &["ls", "loam://clitest/dir/", "-o", "json"],
     ));
-    let json: Vec<serde_json::Value> = lines
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    let json = support::json_lines(&lines)?;
     assert_eq!(json.len(), 1, "{lines}");
     assert_eq!(json[0]["key"], "dir/in.bin");
     assert_eq!(json[0]["size"], 3_000_000);
@@ -517,10 +514,7 @@ async fn settlement_limits_and_payouts_through_the_clis() -> anyhow::Result<()> 
         // sent for it.
         let json = run("storagenode", &["payouts", "--dir", dir, "-o", "json"]);
         assert!(json.status.success());
-        let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()?;
+        let rows = support::json_lines(&String::from_utf8_lossy(&json.stdout))?;
         for row in rows.iter().filter(|r| r["period"] == period.as_str()) {
             assert_eq!(row["sent"], row["paid"], "{row}");
             paid_rows += 1;

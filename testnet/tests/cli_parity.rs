@@ -214,10 +214,7 @@ async fn recursive_copies_moves_and_removals() -> anyhow::Result<()> {
 
     // One output style: JSON lines, times in UTC marked Z, SI sizes.
     let json = ok(up(&["ls", "-r", "-o", "json", "loam://pp/renamed/"]));
-    let objects: Vec<serde_json::Value> = json
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    let objects = support::json_lines(&json)?;
     assert_eq!(objects.len(), 19);
     assert!(
         objects
@@ -545,10 +542,7 @@ async fn ranges_metadata_and_expiry() -> anyhow::Result<()> {
         cut.wait()?;
     }
     let pending = ok(up(&["ls", "--pending", "-o", "json", "loam://rg/"]));
-    let pending: Vec<serde_json::Value> = pending
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    let pending = support::json_lines(&pending)?;
     assert_eq!(pending.len(), 1, "{pending:?}");
     assert_eq!(pending[0]["key"], "dir/partial");
     assert_eq!(pending[0]["upload_id"].as_str().map(str::len), Some(32));

@@ -926,23 +926,10 @@ async fn download_range(
     if src.key.is_empty() {
         bail!("{source:?} names no object");
     }
-    let size = project.stat(&src.bucket, &src.key).await?.size;
-    // As in HTTP: an end past the object is cut to it, a start past it is
-    // refused.
-    if start >= size {
-        return Err(loam_uplink::UplinkError::Range {
-            start,
-            end: end.unwrap_or(size),
-            size,
-        }
-        .into());
-    }
-    let end = end.map_or(size, |e| e.saturating_add(1).min(size));
-    let range = start..end;
     if destination == "-" {
         let mut out = tokio::io::stdout();
         project
-            .download_range(&src.bucket, &src.key, range, &mut out, None)
+            .download_range(&src.bucket, &src.key, start, end, &mut out, None)
             .await?;
         return Ok(());
     }
@@ -952,7 +939,7 @@ async fn download_range(
         .await
         .with_context(|| format!("cannot create {}", tmp.display()))?;
     let result = project
-        .download_range(&src.bucket, &src.key, range, &mut file, None)
+        .download_range(&src.bucket, &src.key, start, end, &mut file, None)
         .await;
     drop(file);
     match result {

@@ -650,13 +650,16 @@ impl Project {
             .await
     }
 
-    /// Downloads bytes `range` of `bucket/key` into `writer`; returns the
-    /// bytes written. Only the segments that hold the range are fetched.
+    /// Downloads bytes `start..=end` of `bucket/key` (to the end when
+    /// `end` is None) into `writer`; returns the bytes written. As in HTTP,
+    /// an end past the object is cut to it and a start past it is refused.
+    /// Only the segments that hold the range are fetched.
     pub async fn download_range<W>(
         &self,
         bucket: &str,
         key: &str,
-        range: std::ops::Range<u64>,
+        start: u64,
+        end: Option<u64>,
         writer: &mut W,
         progress: Option<Progress>,
     ) -> Result<u64, UplinkError>
@@ -665,10 +668,10 @@ impl Project {
     {
         let sink = RangeSink {
             inner: StreamSink(writer),
-            range: range.clone(),
+            range: 0..0,
             delivered: 0,
         };
-        self.download_into(bucket, key, sink, progress, Some(range))
+        self.download_into(bucket, key, sink, progress, Some((start, end)))
             .await
     }
 
@@ -693,26 +696,34 @@ impl Project {
         key: &str,
         mut sink: impl RowSink,
         progress: Option<Progress>,
-        range: Option<std::ops::Range<u64>>,
+        range: Option<(u64, Option<u64>)>,
     ) -> Result<u64, UplinkError> {
         let info = self.object_info(bucket, key).await?;
         let meta = self.decrypt_meta(bucket, key, &info)?;
         let mut segments = 0..info.segment_count;
-        if let Some(r) = &range {
-            if r.start > r.end || r.end > meta.size {
+        let range = match range {
+            Some((start, end)) if start > end.unwrap_or(u64::MAX) || start >= meta.size => {
                 return Err(UplinkError::Range {
-                    start: r.start,
-                    end: r.end,
+                    start,
+                    end: end.unwrap_or(meta.size),
                     size: meta.size,
                 });
             }
-            if let Some(s) = meta.segment_size.filter(|s| *s > 0) {
-                let first = u32::try_from(r.start / s).unwrap_or(u32::MAX);
-                let last = u32::try_from(r.end.div_ceil(s)).unwrap_or(u32::MAX);
-                segments = first.min(info.segment_count)..last.min(info.segment_count);
+            Some((start, end)) => {
+                let r = start..end.map_or(meta.size, |e| e.saturating_add(1).min(meta.size));
+                sink.set_range(r.clone());
+                Some(r)
             }
+            None => None,
+        };
+        if let Some(r) = &range
+            && let Some(s) = meta.segment_size.filter(|s| *s > 0)
+        {
+            let first = u32::try_from(r.start / s).unwrap_or(u32::MAX);
+            let last = u32::try_from(r.end.div_ceil(s)).unwrap_or(u32::MAX);
+            segments = first.min(info.segment_count)..last.min(info.segment_count);
         }
-        let skipped = u64::from(segments.start) * meta.segment_size.unwrap_or(0);
+        let skipped = u64::from(segments.start).saturating_mul(meta.segment_size.unwrap_or(0));
         let obj_key = self.object_key(bucket, key);
         let report = |n: u64| {
             if let Some(p) = &progress {
@@ -1000,6 +1011,8 @@ trait RowSink {
         rows: Vec<Vec<u8>>,
     ) -> impl Future<Output = Result<u64, UplinkError>>;
     fn finish(&mut self) -> impl Future<Output = Result<(), UplinkError>>;
+    /// The object bytes to keep, for sinks that keep a range.
+    fn set_range(&mut self, _range: std::ops::Range<u64>) {}
 }
 
 /// Any byte stream (stdout, memory): rows one after another.
@@ -1056,6 +1069,10 @@ impl<S: RowSink> RowSink for RangeSink<S> {
 
     async fn finish(&mut self) -> Result<(), UplinkError> {
         self.inner.finish().await
+    }
+
+    fn set_range(&mut self, range: std::ops::Range<u64>) {
+        self.range = range;
     }
 }
 

@@ -92,3 +92,8 @@ pub async fn four_nodes(dir: &Path) -> anyhow::Result<ProcessNetwork> {
     )
     .await
 }
+
+/// One JSON value per line (the `-o json` form of listings).
+pub fn json_lines(text: &str) -> serde_json::Result<Vec<serde_json::Value>> {
+    text.lines().map(serde_json::from_str).collect()
+}
