@@ -48,6 +48,47 @@ pub fn print_json_line<T: serde::Serialize>(value: &T) -> Result<(), serde_json:
     Ok(())
 }
 
+/// Prints a project's API keys (`satellite api-key list`, `uplink
+/// api-key list`): a table, or one JSON object per line.
+pub fn print_api_keys(
+    keys: &[crate::pb::ApiKeyInfo],
+    output: Output,
+) -> Result<(), serde_json::Error> {
+    let id = |k: &crate::pb::ApiKeyInfo| {
+        if k.head.is_empty() {
+            "(legacy)".to_string()
+        } else {
+            crate::macaroon::key_id(&k.head)
+        }
+    };
+    let when = |ms: i64| (ms > 0).then(|| crate::time::format_instant(ms));
+    if output == Output::Json {
+        for k in keys {
+            print_json_line(&serde_json::json!({
+                "id": id(k),
+                "name": k.name,
+                "created": when(k.created_unix_ms),
+                "revoked": when(k.revoked_unix_ms),
+            }))?;
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<16}  {:<20}  {:<20}  NAME",
+        "ID", "CREATED (UTC)", "REVOKED (UTC)"
+    );
+    for k in keys {
+        println!(
+            "{:<16}  {:<20}  {:<20}  {}",
+            id(k),
+            when(k.created_unix_ms).unwrap_or_default(),
+            when(k.revoked_unix_ms).unwrap_or_else(|| "-".into()),
+            k.name
+        );
+    }
+    Ok(())
+}
+
 /// `command`'s arguments (in every subcommand) that `--help` would show
 /// without a description, as `subcommand path: argument id`.
 pub fn undescribed_args(command: &clap::Command) -> Vec<String> {

@@ -4,7 +4,14 @@
 //!
 //! Key hierarchy:
 //! - passphrase → root key (Argon2id, salted per project);
-//! - root key + bucket + path → object key (HMAC-SHA256);
+//! - root key + bucket → the bucket's path key; path key + component →
+//!   the next component's path key, down the path (HMAC-SHA256); each
+//!   component is encrypted under its level's key, and an object's key is
+//!   derived from its parent level's key and its last component, so whoever
+//!   holds the key of `team/` can encrypt, decrypt and open everything
+//!   under it and nothing else (see [`crate::scope`]);
+//! - objects stored before path keys: root key + bucket + path → object key
+//!   ([`legacy_object_key`]), which only the root key opens;
 //! - a random segment key per segment, wrapped (AES-256-GCM) by the object key;
 //! - segment key + row index → row key: data piece `i` is encrypted under its
 //!   own key, so a node can later be handed the key to its piece alone.
@@ -99,8 +106,9 @@ pub fn derive(key: &Key, label: &str, data: &[u8]) -> Key {
     Key(out)
 }
 
-/// Key of one object's content and metadata.
-pub fn object_key(root: &Key, bucket: &str, path: &str) -> Key {
+/// Key of one object's content and metadata, as objects stored before
+/// path-scoped keys have it: derived from the root key alone.
+pub fn legacy_object_key(root: &Key, bucket: &str, path: &str) -> Key {
     let mut data = Vec::with_capacity(bucket.len() + 1 + path.len());
     data.extend_from_slice(bucket.as_bytes());
     data.push(0);
@@ -248,31 +256,53 @@ pub fn verify_bucket_key_check(root: &Key, bucket: &str, check: &[u8]) -> bool {
 
 const KEY_CHECK_PLAINTEXT: &[u8] = b"loam key check v1";
 
+/// The path key of a bucket's top level.
+pub fn bucket_path_key(root: &Key, bucket: &str) -> Key {
+    derive(root, "loam-path", bucket.as_bytes())
+}
+
+/// The path key one level down, below `component`.
+pub fn next_path_key(level: &Key, component: &str) -> Key {
+    derive(level, "loam-path-next", component.as_bytes())
+}
+
+/// Key of one object's content and metadata: from the path key of the
+/// object's parent level and its last component. A prefix key below the
+/// object (`key/`) cannot compute it.
+pub fn object_key_under(parent_level: &Key, last_component: &str) -> Key {
+    derive(parent_level, "loam-object-v2", last_component.as_bytes())
+}
+
 /// Encrypts an object path component by component, so the satellite can
 /// list by (encrypted) prefix without reading names. Deterministic: the
 /// nonce of each component is an HMAC of the component under that level's
 /// key (SIV construction), so equal paths encrypt equally.
 pub fn encrypt_path(root: &Key, bucket: &str, path: &str) -> Vec<u8> {
-    let mut key = derive(root, "loam-path", bucket.as_bytes());
+    encrypt_components(bucket_path_key(root, bucket), path)
+}
+
+/// Encrypts `path` (relative to the level whose key is `level`) component
+/// by component.
+pub fn encrypt_components(mut level: Key, path: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(path.len() * 2 + 32);
     for (i, component) in path.split('/').enumerate() {
         if i > 0 {
             out.push(b'/');
         }
         let mac = hmac::sign(
-            &hmac::Key::new(hmac::HMAC_SHA256, key.as_bytes()),
+            &hmac::Key::new(hmac::HMAC_SHA256, level.as_bytes()),
             component.as_bytes(),
         );
         let nonce: [u8; NONCE_LEN] = mac.as_ref()[..NONCE_LEN]
             .try_into()
             .expect("HMAC-SHA256 is 32 bytes");
-        let sealed = seal_with_nonce(&key, nonce, component.as_bytes());
+        let sealed = seal_with_nonce(&level, nonce, component.as_bytes());
         out.extend_from_slice(
             base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .encode(sealed)
                 .as_bytes(),
         );
-        key = derive(&key, "loam-path-next", component.as_bytes());
+        level = next_path_key(&level, component);
     }
     out
 }
@@ -292,12 +322,16 @@ pub fn encrypt_prefix(root: &Key, bucket: &str, prefix: &str) -> Vec<u8> {
 /// Decrypts a path made by [`encrypt_path`]; a trailing `/` (a collapsed
 /// prefix in a listing) is kept.
 pub fn decrypt_path(root: &Key, bucket: &str, encrypted: &[u8]) -> Result<String, CryptoError> {
+    decrypt_components(bucket_path_key(root, bucket), encrypted)
+}
+
+/// Decrypts a path made by [`encrypt_components`] from the same level.
+pub fn decrypt_components(mut level: Key, encrypted: &[u8]) -> Result<String, CryptoError> {
     let text = std::str::from_utf8(encrypted).map_err(|_| CryptoError::MalformedPath)?;
     let (body, trailing) = match text.strip_suffix('/') {
         Some(b) => (b, true),
         None => (text, false),
     };
-    let mut key = derive(root, "loam-path", bucket.as_bytes());
     let mut out = String::with_capacity(body.len() / 2);
     for (i, component) in body.split('/').enumerate() {
         if i > 0 {
@@ -306,9 +340,9 @@ pub fn decrypt_path(root: &Key, bucket: &str, encrypted: &[u8]) -> Result<String
         let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(component)
             .map_err(|_| CryptoError::MalformedPath)?;
-        let plain = open(&key, &sealed)?;
+        let plain = open(&level, &sealed)?;
         let plain = String::from_utf8(plain).map_err(|_| CryptoError::MalformedPath)?;
-        key = derive(&key, "loam-path-next", plain.as_bytes());
+        level = next_path_key(&level, &plain);
         out.push_str(&plain);
     }
     if trailing {

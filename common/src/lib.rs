@@ -34,6 +34,7 @@ pub mod macaroon;
 pub mod merkle;
 pub mod orders;
 pub mod rpc;
+pub mod scope;
 pub mod sealed;
 pub mod size;
 pub mod telemetry;

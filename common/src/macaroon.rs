@@ -47,7 +47,7 @@ pub enum KeyError {
     NotYetValid(String),
     #[error("this grant expired at {0}")]
     Expired(String),
-    #[error("this grant does not allow {0}")]
+    #[error("this grant {0}")]
     Denied(&'static str),
     #[error("this grant only allows {0}")]
     OutsidePaths(String),
@@ -68,6 +68,17 @@ pub enum Op {
     Delete,
     /// Submit or follow a training job on a dataset.
     Compute,
+    /// Read an object's record (size, encrypted metadata), not its data.
+    Stat,
+    /// Look a bucket up: allowed wherever any path of the key lies in it.
+    Bucket,
+    /// Project-wide figures (usage of every bucket).
+    Usage,
+    /// Manage the project's API keys: only keys that restrict no operation
+    /// and no path (time bounds and nonces aside).
+    Admin,
+    /// The project's name and salt: any key within its time bounds.
+    Info,
 }
 
 impl Op {
@@ -78,6 +89,11 @@ impl Op {
             Op::List => "listings",
             Op::Delete => "deletes",
             Op::Compute => "training",
+            Op::Stat => "reading object details",
+            Op::Bucket => "bucket lookups",
+            Op::Usage => "project usage",
+            Op::Admin => "managing API keys",
+            Op::Info => "project information",
         }
     }
 }
@@ -93,6 +109,24 @@ pub struct Request<'a> {
     pub encrypted_key: &'a [u8],
     pub now_ms: i64,
 }
+
+/// A key's id as people see it: the first 8 bytes of its head, in hex.
+pub fn key_id(head: &[u8]) -> String {
+    hex::encode(&head[..head.len().min(8)])
+}
+
+/// The head prefix a key id (or a prefix of one, at least 8 digits) names.
+pub fn parse_key_id(id: &str) -> Result<Vec<u8>, KeyIdError> {
+    let id = id.trim();
+    if id.len() < 8 || !id.len().is_multiple_of(2) {
+        return Err(KeyIdError(id.to_string()));
+    }
+    hex::decode(id).map_err(|_| KeyIdError(id.to_string()))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a key id (an even number of hex digits, at least 8, from `api-key list`)")]
+pub struct KeyIdError(String);
 
 fn mac(key: &[u8; KEY_BYTES], message: &[u8]) -> [u8; KEY_BYTES] {
     // A fixed context keeps these MACs apart from any other use of the key.
@@ -122,6 +156,17 @@ impl CaveatedKey {
             tail: mac(&secret, &head),
         };
         (key, secret)
+    }
+
+    /// The tail of the unnarrowed key with `head`: revoking it revokes the
+    /// whole key and everything narrowed from it.
+    pub fn root_tail(secret: &[u8; KEY_BYTES], head: &[u8; KEY_BYTES]) -> [u8; KEY_BYTES] {
+        mac(secret, head)
+    }
+
+    /// How many caveats the key carries.
+    pub fn caveat_count(&self) -> usize {
+        self.caveats.len()
     }
 
     /// The public part the satellite finds the secret by.
@@ -228,51 +273,130 @@ fn check_caveat(c: &pb::Caveat, req: &Request<'_>) -> Result<(), KeyError> {
             c.not_after_ms,
         )));
     }
-    if c.compute_only && matches!(req.op, Op::Read | Op::Write | Op::Delete) {
+    if c.compute_only && matches!(req.op, Op::Read | Op::Write | Op::Delete | Op::Usage) {
         return Err(KeyError::ComputeOnly(req.op.name()));
     }
     let denied = match req.op {
         Op::Read => c.disallow_reads,
+        // A compute-only key may see a dataset's record (never its data).
+        Op::Stat => c.disallow_reads && !c.compute_only,
         Op::Write => c.disallow_writes,
-        Op::List => c.disallow_lists,
+        Op::List | Op::Usage => c.disallow_lists,
         Op::Delete => c.disallow_deletes,
         // Training reads nothing out; it needs the data to be readable
         // by the nodes, which a read-only or compute-only key allows.
-        Op::Compute => false,
+        Op::Compute | Op::Bucket | Op::Info => false,
+        Op::Admin => {
+            c.disallow_reads
+                || c.disallow_writes
+                || c.disallow_lists
+                || c.disallow_deletes
+                || c.compute_only
+                || !c.allowed_paths.is_empty()
+        }
     };
     if denied {
-        return Err(KeyError::Denied(req.op.name()));
+        let read_only = c.disallow_writes && c.disallow_deletes && !c.disallow_reads;
+        let write_only = c.disallow_reads && c.disallow_lists && !c.disallow_writes;
+        return Err(KeyError::Denied(match req.op {
+            Op::Write | Op::Delete if read_only => "is read-only",
+            Op::Read | Op::Stat | Op::List if write_only => "is write-only",
+            Op::Read | Op::Stat => "does not allow reads",
+            Op::Write => "does not allow writes",
+            Op::List => "does not allow listings",
+            Op::Delete => "does not allow deletes",
+            Op::Usage => "does not allow reading project usage",
+            Op::Admin => "cannot manage API keys (only a key that restricts nothing can)",
+            Op::Compute | Op::Bucket | Op::Info => "does not allow this",
+        }));
     }
-    if c.allowed_paths.is_empty() {
+    if c.allowed_paths.is_empty() || req.op == Op::Info {
         return Ok(());
     }
-    let inside = c.allowed_paths.iter().any(|p| match req.bucket {
-        Some(b) => {
-            b == p.bucket
-                && (req.encrypted_key.starts_with(&p.encrypted_prefix)
-                    // A listing of a parent of the allowed prefix shows
-                    // the way down to it (the satellite filters the rest).
-                    || (req.op == Op::List && p.encrypted_prefix.starts_with(req.encrypted_key)))
-        }
-        // Bucket-wide requests (listing buckets) pass; the satellite shows
-        // only the allowed buckets.
-        None => req.op == Op::List,
-    });
-    if inside {
+    if req.op == Op::Usage {
+        return Err(KeyError::OutsidePaths(describe_paths(&c.allowed_paths)));
+    }
+    if within_paths(&c.allowed_paths, req.op, req.bucket, req.encrypted_key) {
         Ok(())
     } else {
-        let paths: Vec<String> = c
-            .allowed_paths
-            .iter()
-            .map(|p| {
-                if p.encrypted_prefix.is_empty() {
-                    format!("loam://{}/", p.bucket)
-                } else {
-                    format!("paths under loam://{}/", p.bucket)
-                }
+        Err(KeyError::OutsidePaths(describe_paths(&c.allowed_paths)))
+    }
+}
+
+/// Whether a request at (`bucket`, `key`) falls under one of `paths`.
+fn within_paths(paths: &[pb::AllowedPath], op: Op, bucket: Option<&str>, key: &[u8]) -> bool {
+    paths.iter().any(|p| match bucket {
+        Some(b) if b == p.bucket => {
+            op == Op::Bucket
+                || key.starts_with(&p.encrypted_prefix)
+                // A listing of a parent of the allowed prefix shows the way
+                // down to it (the satellite filters the rest); whole
+                // components only.
+                || (op == Op::List
+                    && (key.is_empty() || key.ends_with(b"/"))
+                    && p.encrypted_prefix.starts_with(key))
+        }
+        Some(_) => false,
+        // Listing buckets passes; the satellite shows only allowed ones.
+        None => op == Op::List,
+    })
+}
+
+fn describe_paths(paths: &[pb::AllowedPath]) -> String {
+    let mut out: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            if p.encrypted_prefix.is_empty() {
+                format!("loam://{}/", p.bucket)
+            } else {
+                format!("one prefix of loam://{}/", p.bucket)
+            }
+        })
+        .collect();
+    out.dedup();
+    out.join(", ")
+}
+
+impl CaveatedKey {
+    /// Whether a listing may show an entry at `encrypted_key` in `bucket`
+    /// (`is_prefix`: a collapsed prefix, shown when it leads to an allowed
+    /// path).
+    pub fn shows(&self, bucket: &str, encrypted_key: &[u8], is_prefix: bool) -> bool {
+        let Ok(caveats) = self.caveats() else {
+            return false;
+        };
+        caveats.iter().all(|c| {
+            c.allowed_paths.is_empty()
+                || c.allowed_paths.iter().any(|p| {
+                    p.bucket == bucket
+                        && (encrypted_key.starts_with(&p.encrypted_prefix)
+                            || (is_prefix && p.encrypted_prefix.starts_with(encrypted_key)))
+                })
+        })
+    }
+
+    /// Whether a bucket listing shows `bucket`.
+    pub fn shows_bucket(&self, bucket: &str) -> bool {
+        self.caveats().is_ok_and(|cs| {
+            cs.iter().all(|c| {
+                c.allowed_paths.is_empty() || c.allowed_paths.iter().any(|p| p.bucket == bucket)
             })
-            .collect();
-        Err(KeyError::OutsidePaths(paths.join(", ")))
+        })
+    }
+
+    /// Whether some caveat makes this key compute-only.
+    pub fn is_compute_only(&self) -> bool {
+        self.caveats()
+            .is_ok_and(|cs| cs.iter().any(|c| c.compute_only))
+    }
+
+    /// Whether `other` is this key or was narrowed from it: same head, and
+    /// this key's caveats are the first of `other`'s. (Both chains still
+    /// need [`Self::verify`].)
+    pub fn is_ancestor_of(&self, other: &CaveatedKey) -> bool {
+        self.head == other.head
+            && self.caveats.len() <= other.caveats.len()
+            && self.caveats.iter().zip(&other.caveats).all(|(a, b)| a == b)
     }
 }
 
@@ -440,6 +564,27 @@ mod tests {
         assert!(e.to_string().starts_with("this grant only allows"), "{e}");
         assert!(team.check(&req(Op::Read, "c", b"team/a")).is_err());
         assert!(team.check(&req(Op::Write, "b", b"")).is_err());
+        assert!(team.check(&req(Op::Bucket, "b", b"")).is_ok());
+        assert!(team.check(&req(Op::Bucket, "c", b"")).is_err());
+        assert!(team.check(&req(Op::Usage, "b", b"")).is_err());
+        assert!(team.check(&req(Op::Admin, "b", b"")).is_err());
+        // A listing shows the way down and what lies under the prefix.
+        assert!(team.shows("b", b"team/", true));
+        assert!(team.shows("b", b"team/a", false));
+        assert!(!team.shows("b", b"other/", true));
+        assert!(!team.shows("b", b"te", false));
+        assert!(team.shows_bucket("b") && !team.shows_bucket("c"));
+        // Compute-only keys see a dataset's record, never its data.
+        let compute = key(pb::Caveat {
+            compute_only: true,
+            disallow_reads: true,
+            ..Default::default()
+        });
+        assert!(compute.check(&req(Op::Stat, "b", b"x")).is_ok());
+        assert!(compute.is_compute_only());
+        // Only an unrestricted key manages keys.
+        assert!(root.check(&req(Op::Admin, "b", b"")).is_ok());
+        assert!(timed.check(&at(1_000_000)).is_ok());
     }
 
     #[test]

@@ -69,15 +69,18 @@ impl AdminClient {
         })
     }
 
+    /// A new API key (named `name`) for `project`, created if new.
     pub async fn create_api_key(
         &self,
         project: &str,
+        name: &str,
     ) -> Result<pb::CreateApiKeyResponse, AdminError> {
         match rpc::satellite(
             &self.conn,
             &[],
             pb::satellite_request::Request::CreateApiKey(pb::CreateApiKeyRequest {
                 project_name: project.to_string(),
+                name: name.to_string(),
             }),
         )
         .await?

@@ -53,10 +53,14 @@ pub enum Table {
     /// How many objects share a stream's segments (server-side copies),
     /// by stream id; absent means one.
     StreamRefs,
+    /// Caveated API keys' secrets and records, by head.
+    KeySecrets,
+    /// Revoked API key tails.
+    Revocations,
 }
 
 impl Table {
-    const ALL: [Table; 23] = [
+    const ALL: [Table; 25] = [
         Table::Nodes,
         Table::Projects,
         Table::ApiKeys,
@@ -80,6 +84,8 @@ impl Table {
         Table::Paystubs,
         Table::Meta,
         Table::StreamRefs,
+        Table::KeySecrets,
+        Table::Revocations,
     ];
 
     fn name(self) -> &'static str {
@@ -107,6 +113,8 @@ impl Table {
             Table::Paystubs => "paystubs",
             Table::Meta => "meta",
             Table::StreamRefs => "stream_refs",
+            Table::KeySecrets => "api_key_secrets",
+            Table::Revocations => "api_key_revocations",
         }
     }
 }

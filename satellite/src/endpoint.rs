@@ -10,6 +10,9 @@ use loam_common::rpc::RemoteError;
 use loam_common::wire::{FrameReader, FrameWriter};
 use loam_common::{NodeId, pb};
 
+use loam_common::macaroon::Op as KeyOp;
+
+use crate::apikeys::Authorized;
 use crate::compute::{Compute, ComputeError};
 use crate::metainfo::{Metainfo, MetainfoError};
 use crate::overlay::Overlay;
@@ -93,6 +96,8 @@ fn method(req: &Req) -> &'static str {
         Req::ListPending(_) => "list_pending",
         Req::AbortObject(_) => "abort_object",
         Req::CreateApiKey(_) => "create_api_key",
+        Req::ListApiKeys(_) => "list_api_keys",
+        Req::RevokeApiKey(_) => "revoke_api_key",
         Req::ListNodes(_) => "list_nodes",
         Req::SetCompute(_) => "set_compute",
         Req::Exit(_) => "exit",
@@ -397,6 +402,91 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Applies the request's API key caveats to what the request touches:
+    /// its bucket and encrypted key, found through the pending upload or
+    /// the job where the request names only those.
+    fn authorize(&self, auth: &Authorized, req: &Req) -> Result<(), RemoteError> {
+        let m = &self.metainfo;
+        let api = |e: MetainfoError| RemoteError::new(e.code(), e.to_string());
+        let job = |e: ComputeError| RemoteError::new(e.code(), e.to_string());
+        if auth.key.is_none() {
+            return Ok(());
+        }
+        let at =
+            |op: KeyOp, bucket: &str, key: &[u8]| auth.check(op, Some(bucket), key).map_err(api);
+        let pending = |stream_id: &[u8]| m.pending_path(&auth.project, stream_id).map_err(api);
+        let job_path = |id: &[u8]| self.compute.job_path(&auth.project, id).map_err(job);
+        match req {
+            Req::ProjectInfo(_) => auth.check(KeyOp::Info, None, b"").map_err(api),
+            Req::CreateBucket(r) => at(KeyOp::Write, &r.name, b""),
+            Req::DeleteBucket(r) => at(KeyOp::Delete, &r.name, b""),
+            Req::GetBucket(r) => at(KeyOp::Bucket, &r.name, b""),
+            Req::ListBuckets(_) | Req::ListJobs(_) => {
+                auth.check(KeyOp::List, None, b"").map_err(api)
+            }
+            Req::BeginObject(r) => at(KeyOp::Write, &r.bucket, &r.encrypted_key),
+            Req::BeginSegment(r) => {
+                let (b, k) = pending(&r.stream_id)?;
+                at(KeyOp::Write, &b, &k)
+            }
+            Req::CommitSegment(r) => {
+                let (b, k) = pending(&r.stream_id)?;
+                at(KeyOp::Write, &b, &k)
+            }
+            Req::CommitObject(r) => {
+                let (b, k) = pending(&r.stream_id)?;
+                at(KeyOp::Write, &b, &k)
+            }
+            Req::AbortObject(r) => {
+                let (b, k) = pending(&r.stream_id)?;
+                at(KeyOp::Write, &b, &k)
+            }
+            Req::GetObject(r) => at(KeyOp::Stat, &r.bucket, &r.encrypted_key),
+            Req::DownloadSegment(r) => at(KeyOp::Read, &r.bucket, &r.encrypted_key),
+            Req::ListObjects(r) => at(KeyOp::List, &r.bucket, &r.prefix),
+            Req::ListPending(r) => at(KeyOp::List, &r.bucket, &r.prefix),
+            Req::DeleteObject(r) => at(KeyOp::Delete, &r.bucket, &r.encrypted_key),
+            Req::BeginMoveObject(r) => at(KeyOp::Read, &r.bucket, &r.encrypted_key),
+            Req::FinishMoveObject(r) => {
+                at(KeyOp::Read, &r.bucket, &r.encrypted_key)?;
+                at(KeyOp::Delete, &r.bucket, &r.encrypted_key)?;
+                at(KeyOp::Write, &r.new_bucket, &r.new_encrypted_key)
+            }
+            Req::FinishCopyObject(r) => {
+                at(KeyOp::Read, &r.bucket, &r.encrypted_key)?;
+                at(KeyOp::Write, &r.new_bucket, &r.new_encrypted_key)
+            }
+            Req::SetCompute(r) => at(KeyOp::Write, &r.bucket, &r.encrypted_key),
+            Req::PlanJob(r) => at(KeyOp::Compute, &r.bucket, &r.encrypted_key),
+            Req::SubmitJob(r) => at(KeyOp::Compute, &r.bucket, &r.encrypted_key),
+            Req::GetJob(r) | Req::CancelJob(r) => {
+                let (b, k) = job_path(&r.job_id)?;
+                at(KeyOp::Compute, &b, &k)
+            }
+            Req::JobWeights(r) => {
+                let (b, k) = job_path(&r.job_id)?;
+                at(KeyOp::Compute, &b, &k)
+            }
+            Req::ProjectUsage(_) => auth.check(KeyOp::Usage, None, b"").map_err(api),
+            Req::CreateApiKey(_) | Req::ListApiKeys(_) => {
+                auth.check(KeyOp::Admin, None, b"").map_err(api)
+            }
+            // Narrowed keys are revoked by their parents (checked there);
+            // whole keys only by a key that restricts nothing.
+            Req::RevokeApiKey(r) if !r.key.is_empty() => Ok(()),
+            Req::RevokeApiKey(_) => auth.check(KeyOp::Admin, None, b"").map_err(api),
+            Req::CheckIn(_)
+            | Req::Info(_)
+            | Req::Status(_)
+            | Req::Exit(_)
+            | Req::ListNodes(_)
+            | Req::Ledger(_)
+            | Req::Payouts(_)
+            | Req::SetProjectLimits(_)
+            | Req::SettleOrders(_) => Ok(()),
+        }
+    }
+
     fn dispatch(&self, peer: NodeId, api_key: &[u8], req: Req) -> Result<Resp, RemoteError> {
         let m = &self.metainfo;
         let now = loam_common::orders::now_ms();
@@ -460,14 +550,32 @@ impl Endpoint {
                     disqualified_unix_ms: node.disqualified_ms.unwrap_or(0),
                 }));
             }
-            Req::CreateApiKey(r) => {
-                admin()?;
-                let (key, project, salt) = m.create_api_key(&r.project_name).map_err(api)?;
+            Req::CreateApiKey(r) if peer == self.own_id => {
+                let (key, project, salt) = m
+                    .create_named_api_key(&r.project_name, &r.name)
+                    .map_err(api)?;
                 return Ok(Resp::CreateApiKey(pb::CreateApiKeyResponse {
                     api_key: key.into(),
                     project_id: project.to_vec().into(),
                     salt: salt.into(),
                 }));
+            }
+            Req::ListApiKeys(r) if peer == self.own_id => {
+                let (project, _) = m
+                    .find_project(&r.project_name)
+                    .map_err(api)?
+                    .ok_or_else(|| api(MetainfoError::ProjectNotFound(r.project_name.clone())))?;
+                return Ok(Resp::ListApiKeys(pb::ListApiKeysResponse {
+                    keys: m.api_keys().list(&project).map_err(api)?,
+                }));
+            }
+            Req::RevokeApiKey(r) if peer == self.own_id => {
+                let (project, _) = m
+                    .find_project(&r.project_name)
+                    .map_err(api)?
+                    .ok_or_else(|| api(MetainfoError::ProjectNotFound(r.project_name.clone())))?;
+                m.api_keys().revoke_head(&project, &r.head).map_err(api)?;
+                return Ok(Resp::RevokeApiKey(pb::RevokeApiKeyResponse {}));
             }
             Req::Ledger(r) => {
                 if self.overlay.get(&peer).is_none() {
@@ -569,7 +677,9 @@ impl Endpoint {
             }
             _ => {}
         }
-        let project = m.authenticate(api_key).map_err(api)?;
+        let auth = m.authenticate(api_key).map_err(api)?;
+        self.authorize(&auth, &req)?;
+        let project = auth.project;
         let resp = match req {
             Req::ProjectInfo(_) => Resp::ProjectInfo(m.project_info(&project).map_err(api)?),
             Req::CreateBucket(r) => Resp::CreateBucket(m.create_bucket(&project, &r).map_err(api)?),
@@ -579,7 +689,12 @@ impl Endpoint {
                 Resp::DeleteBucket(pb::DeleteBucketResponse {})
             }
             Req::ListBuckets(_) => Resp::ListBuckets(pb::ListBucketsResponse {
-                buckets: m.list_buckets(&project).map_err(api)?,
+                buckets: m
+                    .list_buckets(&project)
+                    .map_err(api)?
+                    .into_iter()
+                    .filter(|b| auth.shows_bucket(&b.name))
+                    .collect(),
             }),
             Req::BeginObject(r) => Resp::BeginObject(m.begin_object(&project, &r).map_err(api)?),
             Req::BeginSegment(r) => Resp::BeginSegment(m.begin_segment(&project, &r).map_err(api)?),
@@ -588,11 +703,23 @@ impl Endpoint {
                 Resp::CommitSegment(pb::CommitSegmentResponse {})
             }
             Req::CommitObject(r) => Resp::CommitObject(m.commit_object(&project, &r).map_err(api)?),
-            Req::GetObject(r) => Resp::GetObject(m.get_object(&project, &r).map_err(api)?),
+            Req::GetObject(r) => {
+                let mut info = m.get_object(&project, &r).map_err(api)?;
+                if auth.compute_only() {
+                    // A compute-only key sees a dataset's record, not data.
+                    info.inline_data = Default::default();
+                }
+                Resp::GetObject(info)
+            }
             Req::DownloadSegment(r) => {
                 Resp::DownloadSegment(m.download_segment(&project, &r).map_err(api)?)
             }
-            Req::ListObjects(r) => Resp::ListObjects(m.list_objects(&project, &r).map_err(api)?),
+            Req::ListObjects(r) => Resp::ListObjects(
+                m.list_visible_objects(&project, &r, &|key, is_prefix| {
+                    auth.shows(&r.bucket, key, is_prefix)
+                })
+                .map_err(api)?,
+            ),
             Req::DeleteObject(r) => {
                 m.delete_object(&project, &r).map_err(api)?;
                 Resp::DeleteObject(pb::DeleteObjectResponse {})
@@ -600,7 +727,12 @@ impl Endpoint {
             Req::BeginMoveObject(r) => {
                 Resp::BeginMoveObject(m.begin_move_object(&project, &r).map_err(api)?)
             }
-            Req::ListPending(r) => Resp::ListPending(m.list_pending(&project, &r).map_err(api)?),
+            Req::ListPending(r) => {
+                let mut resp = m.list_pending(&project, &r).map_err(api)?;
+                resp.items
+                    .retain(|p| auth.shows(&r.bucket, &p.encrypted_key, false));
+                Resp::ListPending(resp)
+            }
             Req::AbortObject(r) => {
                 m.abort_object(&project, &r).map_err(api)?;
                 Resp::AbortObject(pb::AbortObjectResponse {})
@@ -620,12 +752,38 @@ impl Endpoint {
             Req::PlanJob(r) => Resp::PlanJob(c.plan(&project, &r).map_err(job)?),
             Req::SubmitJob(r) => Resp::SubmitJob(c.submit(&project, &r).map_err(job)?),
             Req::GetJob(r) => Resp::GetJob(c.job(&project, &r.job_id).map_err(job)?),
-            Req::ListJobs(_) => Resp::ListJobs(pb::ListJobsResponse {
-                jobs: c.list(&project).map_err(job)?,
-            }),
+            Req::ListJobs(_) => {
+                let mut jobs = c.list(&project).map_err(job)?;
+                if auth.key.is_some() {
+                    jobs.retain(|j| {
+                        c.job_path(&project, &j.job_id)
+                            .is_ok_and(|(b, k)| auth.check(KeyOp::Compute, Some(&b), &k).is_ok())
+                    });
+                }
+                Resp::ListJobs(pb::ListJobsResponse { jobs })
+            }
             Req::CancelJob(r) => Resp::CancelJob(c.cancel(&project, &r.job_id).map_err(job)?),
             Req::JobWeights(r) => Resp::JobWeights(c.weights(&project, &r).map_err(job)?),
             Req::ProjectUsage(_) => Resp::ProjectUsage(m.project_usage(&project).map_err(api)?),
+            Req::CreateApiKey(r) => {
+                let (key, salt) = m.create_project_key(&project, &r.name).map_err(api)?;
+                Resp::CreateApiKey(pb::CreateApiKeyResponse {
+                    api_key: key.into(),
+                    project_id: project.to_vec().into(),
+                    salt: salt.into(),
+                })
+            }
+            Req::ListApiKeys(_) => Resp::ListApiKeys(pb::ListApiKeysResponse {
+                keys: m.api_keys().list(&project).map_err(api)?,
+            }),
+            Req::RevokeApiKey(r) => {
+                if r.key.is_empty() {
+                    m.api_keys().revoke_head(&project, &r.head).map_err(api)?;
+                } else {
+                    m.api_keys().revoke(&auth, &r.key).map_err(api)?;
+                }
+                Resp::RevokeApiKey(pb::RevokeApiKeyResponse {})
+            }
             Req::SettleOrders(_) => {
                 return Err(RemoteError::new(
                     pb::ErrorCode::InvalidArgument,
@@ -636,7 +794,6 @@ impl Endpoint {
             | Req::Info(_)
             | Req::Status(_)
             | Req::Exit(_)
-            | Req::CreateApiKey(_)
             | Req::ListNodes(_)
             | Req::Ledger(_)
             | Req::Payouts(_)

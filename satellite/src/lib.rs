@@ -11,6 +11,7 @@
 
 pub mod accounting;
 pub mod admin;
+pub mod apikeys;
 pub mod audit;
 pub mod compute;
 pub mod config;

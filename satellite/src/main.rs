@@ -213,6 +213,32 @@ enum ApiKeyCommand {
         /// Encryption passphrase baked into the printed access grant.
         #[arg(long, env = "LOAM_PASSPHRASE")]
         passphrase: String,
+        /// A name for the key, shown by `api-key list`.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List a project's API keys.
+    List {
+        /// The satellite\'s data directory.
+        #[arg(long, env = "LOAM_DIR")]
+        dir: PathBuf,
+        /// The project's name.
+        #[arg(long)]
+        project: String,
+        /// Output format: text (a table) or json (one object per line).
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Revoke an API key, and every grant made from it, within seconds.
+    Revoke {
+        /// The satellite\'s data directory.
+        #[arg(long, env = "LOAM_DIR")]
+        dir: PathBuf,
+        /// The project's name.
+        #[arg(long)]
+        project: String,
+        /// The key's id (from `api-key list`; a unique prefix will do).
+        id: String,
     },
 }
 
@@ -318,14 +344,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ApiKey {
             command:
+                ApiKeyCommand::List {
+                    dir,
+                    project,
+                    output,
+                },
+        } => {
+            let admin = AdminClient::connect(&dir).await?;
+            let keys = match admin
+                .call(pb::satellite_request::Request::ListApiKeys(
+                    pb::ListApiKeysRequest {
+                        project_name: project,
+                    },
+                ))
+                .await?
+            {
+                pb::satellite_response::Response::ListApiKeys(r) => r.keys,
+                _ => anyhow::bail!("satellite gave an unexpected answer"),
+            };
+            loam_common::cli::print_api_keys(&keys, output)?;
+        }
+        Command::ApiKey {
+            command: ApiKeyCommand::Revoke { dir, project, id },
+        } => {
+            let head = loam_common::macaroon::parse_key_id(&id)?;
+            let admin = AdminClient::connect(&dir).await?;
+            admin
+                .call(pb::satellite_request::Request::RevokeApiKey(
+                    pb::RevokeApiKeyRequest {
+                        key: Default::default(),
+                        head: head.into(),
+                        project_name: project,
+                    },
+                ))
+                .await?;
+            println!("revoked API key {id} and every grant made from it");
+        }
+        Command::ApiKey {
+            command:
                 ApiKeyCommand::Create {
                     dir,
                     project,
                     passphrase,
+                    name,
                 },
         } => {
             let admin = AdminClient::connect(&dir).await?;
-            let key = admin.create_api_key(&project).await?;
+            let key = admin.create_api_key(&project, &name).await?;
             let access = Access::derive(
                 admin.url.clone(),
                 key.api_key.to_vec(),
@@ -337,6 +402,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "API key {} (for `uplink access create` with another passphrase)",
                 bs58::encode(&key.api_key).into_string()
             );
+            if let Ok(k) = loam_common::macaroon::CaveatedKey::from_bytes(&key.api_key) {
+                eprintln!("key id {}", loam_common::macaroon::key_id(k.head()));
+            }
         }
         Command::Payouts { command } => match command {
             PayoutsCommand::Compute { dir, period } => {

@@ -40,6 +40,12 @@ pub const LIST_PAGE_BYTES: usize = 512 << 10;
 pub enum MetainfoError {
     #[error("unknown API key")]
     UnknownApiKey,
+    #[error("{0}")]
+    Key(loam_common::macaroon::KeyError),
+    #[error("only the key a grant was narrowed from (or the project's owner) can revoke it")]
+    NotParentKey,
+    #[error("no such API key in this project")]
+    KeyNotFound,
     #[error("bucket {0:?} not found")]
     BucketNotFound(String),
     #[error("bucket {0:?} already exists")]
@@ -100,6 +106,13 @@ impl MetainfoError {
         use pb::ErrorCode as C;
         match self {
             Self::UnknownApiKey => C::Unauthenticated,
+            Self::Key(
+                loam_common::macaroon::KeyError::Malformed
+                | loam_common::macaroon::KeyError::Invalid
+                | loam_common::macaroon::KeyError::Revoked,
+            ) => C::Unauthenticated,
+            Self::Key(_) | Self::NotParentKey => C::PermissionDenied,
+            Self::KeyNotFound => C::NotFound,
             Self::BucketNotFound(_)
             | Self::ObjectNotFound
             | Self::UploadNotFound
@@ -151,6 +164,8 @@ pub struct Metainfo {
     /// Held while stream reference counts are read and written, so that a
     /// copy and a delete of objects sharing a stream cannot interleave.
     stream_lock: std::sync::Mutex<()>,
+    /// API keys: secrets, verification, revocations.
+    keys: crate::apikeys::ApiKeys,
 }
 
 pub use loam_common::time::{month_of, month_range};
@@ -268,6 +283,7 @@ impl Metainfo {
                 &identity,
                 config.orders.clone(),
             )),
+            keys: crate::apikeys::ApiKeys::new(kv.clone()),
             kv,
             overlay,
             identity,
@@ -461,7 +477,50 @@ impl Metainfo {
         &self,
         name: &str,
     ) -> Result<(Vec<u8>, ProjectId, Vec<u8>), MetainfoError> {
-        let mut found = None;
+        self.create_named_api_key(name, "")
+    }
+
+    /// As [`Self::create_api_key`], with a name for the key.
+    pub fn create_named_api_key(
+        &self,
+        project_name: &str,
+        key_name: &str,
+    ) -> Result<(Vec<u8>, ProjectId, Vec<u8>), MetainfoError> {
+        let (project, salt) = match self.find_project(project_name)? {
+            Some(p) => p,
+            None => {
+                let id: ProjectId = rand::random();
+                let salt: [u8; 16] = rand::random();
+                let rec = pb::ProjectRecord {
+                    version: 1,
+                    name: project_name.to_string(),
+                    salt: salt.to_vec().into(),
+                    created_unix_ms: now_ms(),
+                    storage_limit: self.config.default_storage_limit,
+                    egress_limit: self.config.default_egress_limit,
+                };
+                self.kv
+                    .put(Table::Projects, id.to_vec(), rec.encode_to_vec())?;
+                (id, salt.to_vec())
+            }
+        };
+        let key = self.keys.create(&project, key_name)?;
+        Ok((key.to_bytes(), project, salt))
+    }
+
+    /// A new key for an existing project.
+    pub fn create_project_key(
+        &self,
+        project: &ProjectId,
+        key_name: &str,
+    ) -> Result<(Vec<u8>, Vec<u8>), MetainfoError> {
+        let rec = self.project_record(project)?;
+        let key = self.keys.create(project, key_name)?;
+        Ok((key.to_bytes(), rec.salt.to_vec()))
+    }
+
+    /// The project called `name`: (id, salt).
+    pub fn find_project(&self, name: &str) -> Result<Option<(ProjectId, Vec<u8>)>, MetainfoError> {
         for (k, v) in self.kv.scan(Table::Projects, b"", b"", usize::MAX)? {
             let rec: pb::ProjectRecord = decode(&v, "project")?;
             if rec.name == name {
@@ -469,47 +528,23 @@ impl Metainfo {
                     .as_slice()
                     .try_into()
                     .map_err(|_| DbError::Corrupt("project"))?;
-                found = Some((id, rec.salt.to_vec()));
-                break;
+                return Ok(Some((id, rec.salt.to_vec())));
             }
         }
-        let mut ops = Vec::new();
-        let (project, salt) = match found {
-            Some(p) => p,
-            None => {
-                let id: ProjectId = rand::random();
-                let salt: [u8; 16] = rand::random();
-                let rec = pb::ProjectRecord {
-                    version: 1,
-                    name: name.to_string(),
-                    salt: salt.to_vec().into(),
-                    created_unix_ms: now_ms(),
-                    storage_limit: self.config.default_storage_limit,
-                    egress_limit: self.config.default_egress_limit,
-                };
-                ops.push(Op::Put(Table::Projects, id.to_vec(), rec.encode_to_vec()));
-                (id, salt.to_vec())
-            }
-        };
-        let key: [u8; 32] = rand::random();
-        ops.push(Op::Put(
-            Table::ApiKeys,
-            blake3::hash(&key).as_bytes().to_vec(),
-            project.to_vec(),
-        ));
-        self.kv.write(ops)?;
-        Ok((key.to_vec(), project, salt))
+        Ok(None)
     }
 
-    /// The project an API key belongs to.
-    pub fn authenticate(&self, api_key: &[u8]) -> Result<ProjectId, MetainfoError> {
-        let v = self
-            .kv
-            .get(Table::ApiKeys, blake3::hash(api_key).as_bytes())?
-            .ok_or(MetainfoError::UnknownApiKey)?;
-        v.as_slice()
-            .try_into()
-            .map_err(|_| DbError::Corrupt("api key").into())
+    /// Verifies an API key: its project and the caveats to apply.
+    pub fn authenticate(
+        &self,
+        api_key: &[u8],
+    ) -> Result<crate::apikeys::Authorized, MetainfoError> {
+        self.keys.authenticate(api_key)
+    }
+
+    /// The API keys: creation, listing, revocation.
+    pub fn api_keys(&self) -> &crate::apikeys::ApiKeys {
+        &self.keys
     }
 
     pub fn project_info(
@@ -650,6 +685,16 @@ impl Metainfo {
             max_segment_size: self.config.max_segment_size as i64,
             max_inline_size: self.config.max_inline_size as i64,
         })
+    }
+
+    /// Where a pending upload goes: (bucket, encrypted key).
+    pub fn pending_path(
+        &self,
+        project: &ProjectId,
+        stream_id: &[u8],
+    ) -> Result<(String, Vec<u8>), MetainfoError> {
+        let p = self.pending(project, stream_id)?;
+        Ok((p.bucket, p.encrypted_key.to_vec()))
     }
 
     fn pending(
@@ -1557,6 +1602,18 @@ impl Metainfo {
         project: &ProjectId,
         req: &pb::ListObjectsRequest,
     ) -> Result<pb::ListObjectsResponse, MetainfoError> {
+        self.list_visible_objects(project, req, &|_, _| true)
+    }
+
+    /// As [`Self::list_objects`], showing only the entries `shows` allows
+    /// (encrypted key, whether it is a collapsed prefix): hidden entries
+    /// take no room in the page.
+    pub fn list_visible_objects(
+        &self,
+        project: &ProjectId,
+        req: &pb::ListObjectsRequest,
+        shows: &dyn Fn(&[u8], bool) -> bool,
+    ) -> Result<pb::ListObjectsResponse, MetainfoError> {
         self.get_bucket(project, &req.bucket)?;
         let limit = match req.limit {
             0 => 1000,
@@ -1591,7 +1648,7 @@ impl Metainfo {
                         is_prefix: true,
                         ..Default::default()
                     };
-                    if !page.push(item) {
+                    if shows(&name, true) && !page.push(item) {
                         break 'outer;
                     }
                     // Skip everything under this prefix: '/' + 1 = '0'.
@@ -1603,7 +1660,7 @@ impl Metainfo {
                     continue 'outer;
                 }
                 let rec: pb::ObjectRecord = decode(&v, "object")?;
-                if expired_at(&rec, now_ms()) {
+                if expired_at(&rec, now_ms()) || !shows(&k[base.len()..], false) {
                     start = k.clone();
                     start.push(0);
                     continue;
@@ -1756,7 +1813,7 @@ mod tests {
     /// A project "p" with a bucket called `bucket`.
     fn project_with_bucket(m: &Metainfo, bucket: &str) -> ProjectId {
         let (key, _, _) = m.create_api_key("p").expect("key");
-        let project = m.authenticate(&key).expect("auth");
+        let project = m.authenticate(&key).expect("auth").project;
         m.create_bucket(
             &project,
             &pb::CreateBucketRequest {
@@ -1830,7 +1887,7 @@ mod tests {
     fn listings_page_by_bytes_and_carry_no_inline_data() {
         let m = metainfo();
         let (key, _, _) = m.create_api_key("p").expect("key");
-        let project = m.authenticate(&key).expect("auth");
+        let project = m.authenticate(&key).expect("auth").project;
         for b in ["small", "long"] {
             m.create_bucket(
                 &project,

@@ -424,7 +424,7 @@ impl ProcessNetwork {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let key = admin.create_api_key("testnet").await?;
+        let key = admin.create_api_key("testnet", "testnet").await?;
         let access = Access::derive(sat_url, key.api_key.to_vec(), &opts.passphrase, &key.salt)?;
         loam_common::config::write_private(&dir.join("access"), access.serialize().as_bytes())?;
         let net = Self {

@@ -187,7 +187,12 @@ async fn clear_errors_for_common_mistakes() -> anyhow::Result<()> {
     // Same API key, another passphrase: told so, not "not found".
     let salt = planet
         .satellite
-        .project_info(&planet.satellite.authenticate(&planet.access.api_key)?)?
+        .project_info(
+            &planet
+                .satellite
+                .authenticate(&planet.access.api_key)?
+                .project,
+        )?
         .salt;
     let wrong = Access::derive(
         planet.access.satellite.clone(),

@@ -141,7 +141,7 @@ impl Project {
     }
 
     fn owner_key(&self) -> Key {
-        encryption::derive(&self.access.root_key, "loam-job-note", b"")
+        self.access.keys.own_key("loam-job-note")
     }
 
     /// Uploads `text` (a CSV with a header) as a dataset at `bucket/key`.
@@ -172,7 +172,7 @@ impl Project {
         let row_capacity = (max_segment as usize / k).max(1);
         let packed = dataset::pack(&text, k, row_capacity)
             .map_err(|e| UplinkError::Dataset(e.to_string()))?;
-        let obj_key = self.object_key(bucket, key);
+        let obj_key = self.object_key(bucket, key)?;
         let coder = Arc::new(ErasureCoder::new(scheme));
         for (index, seg) in packed.iter().enumerate() {
             let plain = text[seg.start..seg.start + seg.len()].to_vec();
@@ -229,10 +229,24 @@ impl Project {
         bucket: &str,
         key: &str,
     ) -> Result<(DatasetMeta, bool), UplinkError> {
+        let (d, compute, _) = self.dataset_and_key(bucket, key).await?;
+        Ok((d, compute))
+    }
+
+    /// As [`Self::dataset`], with the key the dataset is sealed under.
+    async fn dataset_and_key(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(DatasetMeta, bool, Key), UplinkError> {
         let info = self.object_info(bucket, key).await?;
         let meta = self.decrypt_meta(bucket, key, &info)?;
         match (meta.dataset, info.dataset) {
-            (Some(d), true) => Ok((d, info.compute_enabled)),
+            (Some(d), true) => Ok((
+                d,
+                info.compute_enabled,
+                self.read_key(bucket, key, &info.encrypted_metadata)?,
+            )),
             _ => Err(UplinkError::Job(format!(
                 "loam://{bucket}/{key} is not a dataset; upload it with `uplink dataset put`"
             ))),
@@ -247,7 +261,7 @@ impl Project {
         enabled: bool,
     ) -> Result<(), UplinkError> {
         self.dataset(bucket, key).await?;
-        let enc = encryption::encrypt_path(&self.access.root_key, bucket, key);
+        let enc = self.encrypt_path(bucket, key)?;
         self.call(Req::SetCompute(pb::SetComputeRequest {
             bucket: bucket.to_string(),
             encrypted_key: enc.into(),
@@ -266,7 +280,7 @@ impl Project {
         key: &str,
         job: &JobRequest,
     ) -> Result<pb::JobInfo, UplinkError> {
-        let (ds, compute) = self.dataset(bucket, key).await?;
+        let (ds, compute, obj_key) = self.dataset_and_key(bucket, key).await?;
         let schema = &ds.schema;
         if let Some(label) = &job.label
             && label != schema.label_name()
@@ -302,7 +316,7 @@ impl Project {
                 "loam://{bucket}/{key} is not opted in to compute; run `uplink dataset compute on loam://{bucket}/{key}`"
             )));
         }
-        let enc = encryption::encrypt_path(&self.access.root_key, bucket, key);
+        let enc = self.encrypt_path(bucket, key)?;
         let plan = match self
             .call(Req::PlanJob(pb::PlanJobRequest {
                 bucket: bucket.to_string(),
@@ -314,7 +328,6 @@ impl Project {
             Resp::PlanJob(p) => p,
             _ => return Err(UplinkError::Unexpected),
         };
-        let obj_key = self.object_key(bucket, key);
         let schema_json = serde_json::to_vec(schema).expect("schema serializes");
         let job_tag: [u8; 16] = rand::random();
         let mut tasks = Vec::with_capacity(plan.tasks.len());

@@ -92,6 +92,10 @@ pub enum UplinkError {
     Dataset(String),
     #[error("{0}")]
     Job(String),
+    #[error(transparent)]
+    Scope(#[from] loam_common::scope::ScopeError),
+    #[error("creating buckets needs the project's root grant; this grant holds keys for {0} only")]
+    NotRoot(String),
     #[error("range {start}-{end} is not within the object's {size} bytes")]
     Range { start: u64, end: u64, size: u64 },
     #[error(transparent)]
@@ -291,12 +295,81 @@ impl Project {
         }
     }
 
+    // ------------------------------------------------------------ API keys
+
+    /// The project's id, name and salt.
+    pub async fn project_info(&self) -> Result<pb::ProjectInfoResponse, UplinkError> {
+        match self
+            .call(Req::ProjectInfo(pb::ProjectInfoRequest {}))
+            .await?
+        {
+            Resp::ProjectInfo(p) => Ok(p),
+            _ => Err(UplinkError::Unexpected),
+        }
+    }
+
+    /// Revokes `grant` and every grant narrowed from it. This project's
+    /// grant must be the one `grant` was narrowed from (or `grant` itself).
+    pub async fn revoke(&self, grant: &Access) -> Result<(), UplinkError> {
+        let req = pb::RevokeApiKeyRequest {
+            key: grant.api_key.clone().into(),
+            ..Default::default()
+        };
+        match self.call(Req::RevokeApiKey(req)).await? {
+            Resp::RevokeApiKey(_) => Ok(()),
+            _ => Err(UplinkError::Unexpected),
+        }
+    }
+
+    /// A new API key for this project (this grant must restrict nothing),
+    /// as a grant with this grant's encryption keys.
+    pub async fn create_api_key(&self, name: &str) -> Result<Access, UplinkError> {
+        let req = pb::CreateApiKeyRequest {
+            name: name.to_string(),
+            ..Default::default()
+        };
+        match self.call(Req::CreateApiKey(req)).await? {
+            Resp::CreateApiKey(r) => Ok(Access {
+                api_key: r.api_key.to_vec(),
+                ..self.access.clone()
+            }),
+            _ => Err(UplinkError::Unexpected),
+        }
+    }
+
+    /// This project's API keys.
+    pub async fn api_keys(&self) -> Result<Vec<pb::ApiKeyInfo>, UplinkError> {
+        match self
+            .call(Req::ListApiKeys(pb::ListApiKeysRequest::default()))
+            .await?
+        {
+            Resp::ListApiKeys(r) => Ok(r.keys),
+            _ => Err(UplinkError::Unexpected),
+        }
+    }
+
+    /// Revokes the whole API key whose id starts with `head`.
+    pub async fn revoke_api_key(&self, head: &[u8]) -> Result<(), UplinkError> {
+        let req = pb::RevokeApiKeyRequest {
+            head: head.to_vec().into(),
+            ..Default::default()
+        };
+        match self.call(Req::RevokeApiKey(req)).await? {
+            Resp::RevokeApiKey(_) => Ok(()),
+            _ => Err(UplinkError::Unexpected),
+        }
+    }
+
     // ------------------------------------------------------------ buckets
 
     pub async fn create_bucket(&self, name: &str) -> Result<Bucket, UplinkError> {
+        let Some(root) = self.access.keys.root() else {
+            let held = self.access.keys.prefixes().unwrap_or_default().join(", ");
+            return Err(UplinkError::NotRoot(held));
+        };
         let req = Req::CreateBucket(pb::CreateBucketRequest {
             name: name.to_string(),
-            key_check: encryption::bucket_key_check(&self.access.root_key, name).into(),
+            key_check: encryption::bucket_key_check(root, name).into(),
         });
         match self.call(req).await {
             Ok(Resp::CreateBucket(r)) => Ok(Bucket {
@@ -321,12 +394,11 @@ impl Project {
             .await
         {
             Ok(Resp::GetBucket(b)) => {
-                if !b.key_check.is_empty()
-                    && !encryption::verify_bucket_key_check(
-                        &self.access.root_key,
-                        name,
-                        &b.key_check,
-                    )
+                // A grant narrowed to prefixes has no root key to check
+                // with; its prefix keys were derived from a checked one.
+                if let Some(root) = self.access.keys.root()
+                    && !b.key_check.is_empty()
+                    && !encryption::verify_bucket_key_check(root, name, &b.key_check)
                 {
                     return Err(UplinkError::WrongPassphrase(name.to_string()));
                 }
@@ -378,8 +450,32 @@ impl Project {
 
     // ------------------------------------------------------------ objects
 
-    fn object_key(&self, bucket: &str, key: &str) -> Key {
-        encryption::object_key(&self.access.root_key, bucket, key)
+    /// The key a new object at `bucket/key` is sealed under.
+    pub(crate) fn object_key(&self, bucket: &str, key: &str) -> Result<Key, UplinkError> {
+        Ok(self.access.keys.object_key(bucket, key)?)
+    }
+
+    /// The key an existing object is sealed under, found by opening its
+    /// metadata: the path-derived key, or for objects stored before path
+    /// keys the root-derived one (which only the root grant holds).
+    pub(crate) fn read_key(
+        &self,
+        bucket: &str,
+        key: &str,
+        encrypted_metadata: &[u8],
+    ) -> Result<Key, UplinkError> {
+        let current = self.object_key(bucket, key)?;
+        if encryption::open(&current, encrypted_metadata).is_ok() {
+            return Ok(current);
+        }
+        match self.access.keys.legacy_object_key(bucket, key) {
+            Some(legacy) if encryption::open(&legacy, encrypted_metadata).is_ok() => Ok(legacy),
+            _ => Ok(current),
+        }
+    }
+
+    pub(crate) fn encrypt_path(&self, bucket: &str, key: &str) -> Result<Vec<u8>, UplinkError> {
+        Ok(self.access.keys.encrypt_path(bucket, key)?)
     }
 
     /// Lists objects under `prefix` (whole path components). Without
@@ -391,8 +487,8 @@ impl Project {
         recursive: bool,
     ) -> Result<Vec<Item>, UplinkError> {
         self.bucket(bucket).await?;
-        let root = &self.access.root_key;
-        let enc_prefix = encryption::encrypt_prefix(root, bucket, prefix);
+        let keys = &self.access.keys;
+        let enc_prefix = keys.encrypt_prefix(bucket, prefix)?;
         let mut cursor = bytes::Bytes::new();
         let mut out = Vec::new();
         loop {
@@ -410,13 +506,15 @@ impl Project {
                 _ => return Err(UplinkError::Unexpected),
             };
             for item in &resp.items {
-                let key = encryption::decrypt_path(root, bucket, &item.encrypted_key)
+                let key = keys
+                    .decrypt_path(bucket, &item.encrypted_key)
                     .map_err(|_| UplinkError::WrongPassphrase(bucket.to_string()))?;
                 let size = if item.is_prefix {
                     0
                 } else {
-                    encryption::open(&self.object_key(bucket, &key), &item.encrypted_metadata)
+                    self.read_key(bucket, &key, &item.encrypted_metadata)
                         .ok()
+                        .and_then(|k| encryption::open(&k, &item.encrypted_metadata).ok())
                         .and_then(|m| serde_json::from_slice::<ObjectMeta>(&m).ok())
                         .map_or(item.plain_size as u64, |m| m.size)
                 };
@@ -445,10 +543,10 @@ impl Project {
         prefix: &str,
     ) -> Result<Vec<PendingUpload>, UplinkError> {
         self.bucket(bucket).await?;
-        let root = &self.access.root_key;
+        let keys = &self.access.keys;
         let req = pb::ListPendingRequest {
             bucket: bucket.to_string(),
-            prefix: encryption::encrypt_prefix(root, bucket, prefix).into(),
+            prefix: keys.encrypt_prefix(bucket, prefix)?.into(),
         };
         let resp = match self.call(Req::ListPending(req)).await? {
             Resp::ListPending(r) => r,
@@ -457,7 +555,8 @@ impl Project {
         resp.items
             .into_iter()
             .map(|p| {
-                let key = encryption::decrypt_path(root, bucket, &p.encrypted_key)
+                let key = keys
+                    .decrypt_path(bucket, &p.encrypted_key)
                     .map_err(|_| UplinkError::WrongPassphrase(bucket.to_string()))?;
                 Ok(PendingUpload {
                     key,
@@ -511,7 +610,7 @@ impl Project {
 
     async fn object_info(&self, bucket: &str, key: &str) -> Result<pb::ObjectInfo, UplinkError> {
         self.bucket(bucket).await?;
-        let enc = encryption::encrypt_path(&self.access.root_key, bucket, key);
+        let enc = self.encrypt_path(bucket, key)?;
         match self
             .call(Req::GetObject(pb::ObjectRequest {
                 bucket: bucket.to_string(),
@@ -533,7 +632,8 @@ impl Project {
         key: &str,
         info: &pb::ObjectInfo,
     ) -> Result<ObjectMeta, UplinkError> {
-        let plain = encryption::open(&self.object_key(bucket, key), &info.encrypted_metadata)
+        let obj_key = self.read_key(bucket, key, &info.encrypted_metadata)?;
+        let plain = encryption::open(&obj_key, &info.encrypted_metadata)
             .map_err(|_| UplinkError::Corrupt("object metadata does not decrypt".into()))?;
         serde_json::from_slice(&plain)
             .map_err(|_| UplinkError::Corrupt("object metadata is malformed".into()))
@@ -541,7 +641,7 @@ impl Project {
 
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), UplinkError> {
         self.bucket(bucket).await?;
-        let enc = encryption::encrypt_path(&self.access.root_key, bucket, key);
+        let enc = self.encrypt_path(bucket, key)?;
         match self
             .call(Req::DeleteObject(pb::ObjectRequest {
                 bucket: bucket.to_string(),
@@ -605,8 +705,8 @@ impl Project {
             _ => return Err(UplinkError::Unexpected),
         };
         let (old, new) = (
-            self.object_key(bucket, key),
-            self.object_key(new_bucket, new_key),
+            self.read_key(bucket, key, &info.encrypted_metadata)?,
+            self.object_key(new_bucket, new_key)?,
         );
         let reseal = |sealed: &[u8], what: &str| -> Result<bytes::Bytes, UplinkError> {
             if sealed.is_empty() {
@@ -626,8 +726,7 @@ impl Project {
             encrypted_key: info.encrypted_key.clone(),
             stream_id: begin.stream_id,
             new_bucket: new_bucket.to_string(),
-            new_encrypted_key: encryption::encrypt_path(&self.access.root_key, new_bucket, new_key)
-                .into(),
+            new_encrypted_key: self.encrypt_path(new_bucket, new_key)?.into(),
             new_encrypted_metadata: reseal(&info.encrypted_metadata, "the metadata")?,
             new_inline_data: reseal(&info.inline_data, "the inline data")?,
             new_segment_keys,

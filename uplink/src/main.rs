@@ -9,11 +9,14 @@ use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use loam_common::access::Access;
 pub(crate) use loam_common::cli::Output;
-use loam_common::{NodeUrl, pb, rpc};
+use loam_common::{pb, rpc};
 use loam_uplink::{Item, Progress, Project};
 
+mod cli_access;
 mod cli_compute;
 mod recursive;
+
+use cli_access::AccessCommand;
 
 #[derive(Parser)]
 #[command(
@@ -25,8 +28,9 @@ mod recursive;
                   unreachable)."
 )]
 struct Cli {
-    /// Access grant string (from `uplink access create` or the satellite's
-    /// operator).
+    /// Access grant (from `uplink access create`, `uplink share` or the
+    /// satellite's operator), or the name of a saved one (`uplink access
+    /// import`). Default: the saved grant chosen with `uplink access use`.
     #[arg(
         long,
         global = true,
@@ -38,6 +42,15 @@ struct Cli {
     /// File holding the access grant.
     #[arg(long, global = true, help_heading = loam_common::cli::GLOBAL)]
     access_file: Option<PathBuf>,
+    /// Directory of the uplink's config (saved grants); default
+    /// ~/.config/loam/uplink.
+    #[arg(
+        long,
+        global = true,
+        env = "UPLINK_CONFIG_DIR",
+        help_heading = loam_common::cli::GLOBAL
+    )]
+    config_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -172,10 +185,18 @@ enum Command {
         #[arg(long)]
         pending: bool,
     },
-    /// Create and inspect access grants.
+    /// Create, inspect, narrow, save and revoke access grants.
     Access {
         #[command(subcommand)]
         command: AccessCommand,
+    },
+    /// Share a prefix: print (or export) a grant narrowed to it, and what
+    /// it allows: uplink share loam://BUCKET/PREFIX/ --readonly
+    Share(cli_access::RestrictArgs),
+    /// Create, list and revoke the project's API keys.
+    ApiKey {
+        #[command(subcommand)]
+        command: cli_access::ApiKeyCommand,
     },
     /// Upload datasets and opt them in to compute.
     Dataset {
@@ -244,7 +265,7 @@ fn parse_metadata(s: &str) -> Result<std::collections::BTreeMap<String, String>,
 }
 
 /// `--expires`: RFC 3339, or `+DURATION` from now; Unix milliseconds.
-fn parse_expiry(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_expiry(s: &str) -> Result<i64, String> {
     let at = if let Some(d) = s.strip_prefix('+') {
         let d = humantime::parse_duration(d)
             .map_err(|e| format!("{d:?} is not a duration (90m, 24h, 7d): {e}"))?;
@@ -259,30 +280,6 @@ fn parse_expiry(s: &str) -> Result<i64, String> {
         .map_err(|_| format!("{s} is before 1970"))?
         .as_millis();
     i64::try_from(ms).map_err(|_| format!("{s} is too far away"))
-}
-
-#[derive(Subcommand)]
-enum AccessCommand {
-    /// Derive an access grant from an API key and a passphrase.
-    Create {
-        /// Satellite as ID@HOST:PORT.
-        #[arg(long)]
-        satellite: NodeUrl,
-        /// The project's API key (base58), from the satellite's operator.
-        #[arg(long)]
-        api_key: String,
-        /// Encryption passphrase. Asked for on the terminal (hidden, twice)
-        /// when not given; keep it: without it nothing stored with the
-        /// grant can be read.
-        #[arg(long, env = "UPLINK_PASSPHRASE", hide_env_values = true)]
-        passphrase: Option<String>,
-    },
-    /// Show which satellite and project an access grant is for.
-    Inspect {
-        /// Output format: text or json.
-        #[arg(short, long, value_enum, default_value = "json")]
-        output: Output,
-    },
 }
 
 /// A parsed `loam://bucket/key` URL.
@@ -398,13 +395,26 @@ pub(crate) fn escape_key(key: &str) -> String {
 }
 
 fn load_access(cli: &Cli) -> anyhow::Result<Access> {
-    let text = match (&cli.access, &cli.access_file) {
-        (Some(a), _) => a.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read access file {}", path.display()))?,
-        (None, None) => bail!("no access grant: pass --access, --access-file or set UPLINK_ACCESS"),
-    };
-    Ok(Access::parse(&text)?)
+    let dir = cli_access::config_dir(cli.config_dir.as_deref());
+    match (&cli.access, &cli.access_file) {
+        (Some(a), _) => cli_access::resolve_grant(a, &dir?),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read access file {}", path.display()))?;
+            Ok(Access::parse(&text)?)
+        }
+        (None, None) => match dir
+            .ok()
+            .map(|d| cli_access::current_grant(&d))
+            .transpose()?
+        {
+            Some(Some(a)) => Ok(a),
+            _ => bail!(
+                "no access grant: pass --access GRANT|NAME or --access-file, set UPLINK_ACCESS, \
+                 or save one with `uplink access import NAME GRANT`"
+            ),
+        },
+    }
 }
 
 /// An instant as RFC 3339 in UTC: `2026-12-03T05:14:17Z`.
@@ -495,6 +505,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             unreachable!("matched above")
         };
         return cli_compute::model(None, command).await;
+    }
+    if let Command::Access { command } = &cli.command {
+        let dir = cli_access::config_dir(cli.config_dir.as_deref())?;
+        if cli_access::offline(command, &dir, || load_access(&cli))? {
+            return Ok(());
+        }
+        match command {
+            AccessCommand::Inspect {
+                grant: Some(g),
+                output,
+            } => {
+                let access = cli_access::resolve_grant(g, &dir)?;
+                let project = Project::open(access.clone())?;
+                let r = cli_access::inspect(&access, Some(&project), *output).await;
+                project.close().await;
+                return r;
+            }
+            AccessCommand::Revoke { grant } => {
+                let child = cli_access::resolve_grant(grant, &dir)?;
+                let project = Project::open(load_access(&cli)?)?;
+                let r = project.revoke(&child).await;
+                project.close().await;
+                r?;
+                println!("revoked: that grant and every grant narrowed from it stop working now");
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    if let Command::Share(args) = &cli.command {
+        return cli_access::share(&load_access(&cli)?, args);
     }
     let access = load_access(&cli)?;
     let project = Project::open(access)?;
@@ -860,26 +901,13 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Access { command } => match command {
-            AccessCommand::Inspect { output } => {
-                let a = project.access();
-                let satellite = a.satellite.to_string();
-                let api_key = bs58::encode(&a.api_key).into_string();
-                match output {
-                    Output::Json => println!(
-                        "{}",
-                        serde_json::to_string_pretty(&serde_json::json!({
-                            "satellite": satellite,
-                            "api_key": api_key,
-                        }))?
-                    ),
-                    Output::Text => {
-                        println!("satellite  {satellite}");
-                        println!("api key    {api_key}");
-                    }
-                }
+            AccessCommand::Inspect { output, .. } => {
+                cli_access::inspect(project.access(), Some(project), output).await?;
             }
-            AccessCommand::Create { .. } => unreachable!("handled before opening the project"),
+            _ => unreachable!("handled before opening the project"),
         },
+        Command::ApiKey { command } => cli_access::api_key(project, command).await?,
+        Command::Share(_) => unreachable!("handled before opening the project"),
         Command::Dataset { command } => cli_compute::dataset(project, command).await?,
         Command::Train(args) => cli_compute::train(project, args).await?,
         Command::Job { command } => cli_compute::job(project, command).await?,
@@ -1136,7 +1164,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
         if let Some(u) = cause.downcast_ref::<U>() {
             return match u {
                 U::BucketNotFound(_) | U::ObjectNotFound(_) => exit::NOT_FOUND,
-                U::WrongPassphrase(_) => exit::PERMISSION,
+                U::WrongPassphrase(_) | U::Scope(_) | U::NotRoot(_) => exit::PERMISSION,
                 U::Satellite(r) => match r.code {
                     C::NotFound => exit::NOT_FOUND,
                     C::Unauthenticated | C::PermissionDenied | C::ResourceExhausted => {

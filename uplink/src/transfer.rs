@@ -270,7 +270,7 @@ impl Project {
         progress: Option<Progress>,
         opts: &UploadOptions,
     ) -> Result<Item, UplinkError> {
-        let obj_key = self.object_key(bucket, key);
+        let obj_key = self.object_key(bucket, key)?;
         let scheme = scheme_of(begin.redundancy.as_ref())?;
         let coder = Arc::new(ErasureCoder::new(scheme));
         let max_segment = max_segment_of(&begin);
@@ -342,7 +342,7 @@ impl Project {
         key: &str,
     ) -> Result<pb::BeginObjectResponse, UplinkError> {
         self.bucket(bucket).await?;
-        let enc_key = encryption::encrypt_path(&self.access.root_key, bucket, key);
+        let enc_key = self.encrypt_path(bucket, key)?;
         match self
             .call(Req::BeginObject(pb::BeginObjectRequest {
                 bucket: bucket.to_string(),
@@ -724,7 +724,7 @@ impl Project {
             segments = first.min(info.segment_count)..last.min(info.segment_count);
         }
         let skipped = u64::from(segments.start).saturating_mul(meta.segment_size.unwrap_or(0));
-        let obj_key = self.object_key(bucket, key);
+        let obj_key = self.read_key(bucket, key, &info.encrypted_metadata)?;
         let report = |n: u64| {
             if let Some(p) = &progress {
                 p(n);

@@ -423,6 +423,20 @@ impl Compute {
         Ok(decode(&v, "job")?)
     }
 
+    /// The dataset a job of `project` trains on: (bucket, encrypted key).
+    pub fn job_path(
+        &self,
+        project: &ProjectId,
+        job_id: &[u8],
+    ) -> Result<(String, Vec<u8>), ComputeError> {
+        let rec = self.record(job_id)?;
+        if rec.project_id.as_ref() != project {
+            return Err(ComputeError::JobNotFound);
+        }
+        let bucket = rec.info.map(|i| i.bucket).unwrap_or_default();
+        Ok((bucket, rec.encrypted_key.to_vec()))
+    }
+
     /// A job of `project`, live state first.
     pub fn job(&self, project: &ProjectId, job_id: &[u8]) -> Result<pb::JobInfo, ComputeError> {
         let rec = self.record(job_id)?;

@@ -1,0 +1,290 @@
+//! API keys: caveated keys (see [`loam_common::macaroon`]) verified on every
+//! request, their secrets, and revocations.
+//!
+//! The satellite keeps, per key, a random secret under the key's public
+//! head ([`Table::KeySecrets`]) — never the key. A request's key is
+//! verified by recomputing its MAC chain from the secret (constant-time
+//! comparison at the end), every tail along the chain is looked up in the
+//! in-memory set of revoked tails (one hash lookup per caveat, whatever the
+//! number of revocations), and then every caveat is applied to what the
+//! request does.
+//!
+//! Keys from before caveats (32 random bytes, stored as their BLAKE3 hash
+//! in [`Table::ApiKeys`]) keep working with every right; they cannot be
+//! narrowed.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use loam_common::macaroon::{CaveatedKey, KEY_BYTES, KeyError, Op, Request};
+use loam_common::orders::now_ms;
+use loam_common::pb;
+use prost::Message;
+
+use crate::db::{DbError, Kv, Table};
+use crate::metainfo::{MetainfoError, ProjectId};
+
+/// Length of a key from before caveats.
+const LEGACY_KEY_BYTES: usize = 32;
+
+/// The verified key of a request: its project, and its caveats to apply.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    pub project: ProjectId,
+    /// `None`: a key from before caveats (unrestricted).
+    pub key: Option<CaveatedKey>,
+}
+
+impl Authorized {
+    /// Whether the key allows `op` at (`bucket`, `encrypted_key`).
+    pub fn check(
+        &self,
+        op: Op,
+        bucket: Option<&str>,
+        encrypted_key: &[u8],
+    ) -> Result<(), MetainfoError> {
+        let Some(key) = &self.key else {
+            return Ok(());
+        };
+        key.check(&Request {
+            op,
+            bucket,
+            encrypted_key,
+            now_ms: now_ms(),
+        })
+        .map_err(MetainfoError::Key)
+    }
+
+    /// Whether a listing may show an entry (see [`CaveatedKey::shows`]).
+    pub fn shows(&self, bucket: &str, encrypted_key: &[u8], is_prefix: bool) -> bool {
+        self.key
+            .as_ref()
+            .is_none_or(|k| k.shows(bucket, encrypted_key, is_prefix))
+    }
+
+    /// Whether a bucket listing may show `bucket`.
+    pub fn shows_bucket(&self, bucket: &str) -> bool {
+        self.key.as_ref().is_none_or(|k| k.shows_bucket(bucket))
+    }
+
+    /// Whether the key may only train.
+    pub fn compute_only(&self) -> bool {
+        self.key.as_ref().is_some_and(|k| k.is_compute_only())
+    }
+}
+
+pub struct ApiKeys {
+    kv: Arc<dyn Kv>,
+    /// Revoked tails; loaded from [`Table::Revocations`] on first use.
+    revoked: RwLock<Option<HashSet<[u8; KEY_BYTES]>>>,
+}
+
+fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M, MetainfoError> {
+    M::decode(bytes).map_err(|_| DbError::Corrupt(what).into())
+}
+
+impl ApiKeys {
+    pub fn new(kv: Arc<dyn Kv>) -> Self {
+        Self {
+            kv,
+            revoked: RwLock::new(None),
+        }
+    }
+
+    fn ensure_loaded(&self) -> Result<(), MetainfoError> {
+        if self.revoked.read().expect("revocations lock").is_some() {
+            return Ok(());
+        }
+        let mut set = HashSet::new();
+        for (tail, _) in self.kv.scan(Table::Revocations, b"", b"", usize::MAX)? {
+            if let Ok(t) = <[u8; KEY_BYTES]>::try_from(tail.as_slice()) {
+                set.insert(t);
+            }
+        }
+        let mut w = self.revoked.write().expect("revocations lock");
+        if w.is_none() {
+            *w = Some(set);
+        }
+        Ok(())
+    }
+
+    /// How many tails are revoked.
+    pub fn revoked_count(&self) -> Result<usize, MetainfoError> {
+        self.ensure_loaded()?;
+        Ok(self
+            .revoked
+            .read()
+            .expect("revocations lock")
+            .as_ref()
+            .map_or(0, |s| s.len()))
+    }
+
+    /// A new key without caveats for `project`, named `name`.
+    pub fn create(&self, project: &ProjectId, name: &str) -> Result<CaveatedKey, MetainfoError> {
+        let (key, secret) = CaveatedKey::generate();
+        let rec = pb::ApiKeyRecord {
+            version: 1,
+            project_id: project.to_vec().into(),
+            secret: secret.to_vec().into(),
+            name: name.to_string(),
+            created_unix_ms: now_ms(),
+        };
+        self.kv
+            .put(Table::KeySecrets, key.head().to_vec(), rec.encode_to_vec())?;
+        Ok(key)
+    }
+
+    fn record(&self, head: &[u8]) -> Result<Option<pb::ApiKeyRecord>, MetainfoError> {
+        self.kv
+            .get(Table::KeySecrets, head)?
+            .map(|v| decode(&v, "api key"))
+            .transpose()
+    }
+
+    fn secret(rec: &pb::ApiKeyRecord) -> Result<([u8; KEY_BYTES], ProjectId), MetainfoError> {
+        let secret = <[u8; KEY_BYTES]>::try_from(rec.secret.as_ref())
+            .map_err(|_| DbError::Corrupt("api key"))?;
+        let project = ProjectId::try_from(rec.project_id.as_ref())
+            .map_err(|_| DbError::Corrupt("api key"))?;
+        Ok((secret, project))
+    }
+
+    /// Verifies `api_key` (its whole chain, and that nothing along it is
+    /// revoked); the caveats are applied by [`Authorized::check`].
+    pub fn authenticate(&self, api_key: &[u8]) -> Result<Authorized, MetainfoError> {
+        if api_key.len() == LEGACY_KEY_BYTES {
+            let v = self
+                .kv
+                .get(Table::ApiKeys, blake3::hash(api_key).as_bytes())?
+                .ok_or(MetainfoError::UnknownApiKey)?;
+            let project = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| DbError::Corrupt("api key"))?;
+            return Ok(Authorized { project, key: None });
+        }
+        let key = CaveatedKey::from_bytes(api_key).map_err(MetainfoError::Key)?;
+        let rec = self
+            .record(key.head())?
+            .ok_or(MetainfoError::Key(KeyError::Invalid))?;
+        let (secret, project) = Self::secret(&rec)?;
+        self.ensure_loaded()?;
+        {
+            let revoked = self.revoked.read().expect("revocations lock");
+            let revoked = revoked.as_ref().expect("loaded above");
+            key.verify(&secret, |t| revoked.contains(t))
+                .map_err(MetainfoError::Key)?;
+        }
+        Ok(Authorized {
+            project,
+            key: Some(key),
+        })
+    }
+
+    /// The keys of `project`, oldest first.
+    pub fn list(&self, project: &ProjectId) -> Result<Vec<pb::ApiKeyInfo>, MetainfoError> {
+        self.ensure_loaded()?;
+        let revoked = self.revoked.read().expect("revocations lock");
+        let revoked = revoked.as_ref().expect("loaded above");
+        let mut out = Vec::new();
+        for (head, v) in self.kv.scan(Table::KeySecrets, b"", b"", usize::MAX)? {
+            let rec: pb::ApiKeyRecord = decode(&v, "api key")?;
+            let (secret, owner) = Self::secret(&rec)?;
+            if &owner != project {
+                continue;
+            }
+            let head_arr = <[u8; KEY_BYTES]>::try_from(head.as_slice())
+                .map_err(|_| DbError::Corrupt("api key"))?;
+            let tail = CaveatedKey::root_tail(&secret, &head_arr);
+            let revoked_unix_ms = if revoked.contains(&tail) {
+                self.kv
+                    .get(Table::Revocations, &tail)?
+                    .map(|v| decode::<pb::RevocationRecord>(&v, "revocation"))
+                    .transpose()?
+                    .map_or(1, |r| r.revoked_unix_ms.max(1))
+            } else {
+                0
+            };
+            out.push(pb::ApiKeyInfo {
+                head: head.into(),
+                name: rec.name,
+                created_unix_ms: rec.created_unix_ms,
+                revoked_unix_ms,
+            });
+        }
+        for (_, v) in self.kv.scan(Table::ApiKeys, b"", b"", usize::MAX)? {
+            if v.as_slice() == project.as_slice() {
+                out.push(pb::ApiKeyInfo {
+                    name: "key from before caveats (cannot be narrowed)".into(),
+                    ..Default::default()
+                });
+            }
+        }
+        out.sort_by_key(|k| k.created_unix_ms);
+        Ok(out)
+    }
+
+    fn revoke_tail(&self, project: &ProjectId, tail: [u8; KEY_BYTES]) -> Result<(), MetainfoError> {
+        self.ensure_loaded()?;
+        let rec = pb::RevocationRecord {
+            project_id: project.to_vec().into(),
+            revoked_unix_ms: now_ms(),
+        };
+        self.kv
+            .put(Table::Revocations, tail.to_vec(), rec.encode_to_vec())?;
+        self.revoked
+            .write()
+            .expect("revocations lock")
+            .get_or_insert_with(HashSet::new)
+            .insert(tail);
+        metrics::counter!("loam_satellite_api_keys_revoked_total").increment(1);
+        Ok(())
+    }
+
+    /// Revokes `target` and every key narrowed from it, on behalf of
+    /// `caller`, which must be `target` or one it was narrowed from.
+    pub fn revoke(&self, caller: &Authorized, target: &[u8]) -> Result<(), MetainfoError> {
+        let target_key = CaveatedKey::from_bytes(target).map_err(MetainfoError::Key)?;
+        let target_auth = match self.authenticate(target) {
+            Ok(a) => a,
+            // Revoking twice is not an error.
+            Err(MetainfoError::Key(KeyError::Revoked)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let is_parent = caller
+            .key
+            .as_ref()
+            .is_some_and(|c| c.is_ancestor_of(&target_key));
+        if target_auth.project != caller.project || !is_parent {
+            return Err(MetainfoError::NotParentKey);
+        }
+        self.revoke_tail(&caller.project, *target_key.tail())
+    }
+
+    /// Revokes the whole key whose head starts with `head` (a unique
+    /// prefix of at least 4 bytes) in `project`.
+    pub fn revoke_head(&self, project: &ProjectId, head: &[u8]) -> Result<(), MetainfoError> {
+        if head.len() < 4 {
+            return Err(MetainfoError::Invalid("a key id is at least 8 hex digits"));
+        }
+        let mut found = Vec::new();
+        for (h, v) in self.kv.scan(Table::KeySecrets, head, b"", usize::MAX)? {
+            let rec: pb::ApiKeyRecord = decode(&v, "api key")?;
+            let (secret, owner) = Self::secret(&rec)?;
+            if &owner == project {
+                found.push((h, secret));
+            }
+        }
+        match found.as_slice() {
+            [(h, secret)] => {
+                let h = <[u8; KEY_BYTES]>::try_from(h.as_slice())
+                    .map_err(|_| DbError::Corrupt("api key"))?;
+                self.revoke_tail(project, CaveatedKey::root_tail(secret, &h))
+            }
+            [] => Err(MetainfoError::KeyNotFound),
+            _ => Err(MetainfoError::Invalid(
+                "the key id matches several keys; give more digits",
+            )),
+        }
+    }
+}
