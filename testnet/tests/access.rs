@@ -743,3 +743,72 @@ async fn a_prefix_grant_cannot_decrypt_outside_its_prefix_even_given_the_data() 
     cooperating.close().await;
     project.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_stored_before_path_keys_stay_readable_by_the_root_grant() {
+    let planet = Planet::start(PlanetConfig::new(5)).await.expect("planet");
+    let project = planet.project().expect("project");
+    project.create_bucket(BUCKET).await.expect("bucket");
+    // An object sealed as uplinks did before path keys: under the key
+    // derived from the root key alone.
+    let legacy = planet
+        .access
+        .keys
+        .legacy_object_key(BUCKET, "old/z")
+        .expect("root grant");
+    let client = Client::new(&planet).await;
+    let key = &planet.access.api_key;
+    let stream_id = match client
+        .call(
+            key,
+            Req::BeginObject(pb::BeginObjectRequest {
+                bucket: BUCKET.into(),
+                encrypted_key: enc(&planet, "old/z"),
+            }),
+        )
+        .await
+    {
+        Ok(Resp::BeginObject(b)) => b.stream_id,
+        other => panic!("{other:?}"),
+    };
+    client
+        .call(
+            key,
+            Req::CommitObject(pb::CommitObjectRequest {
+                stream_id,
+                encrypted_metadata: encryption::seal(&legacy, br#"{"size":5}"#).into(),
+                plain_size: 5,
+                inline_data: encryption::seal(&legacy, b"hello").into(),
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("commit");
+    assert_eq!(
+        project.read_all(BUCKET, "old/z").await.expect("root reads"),
+        b"hello"
+    );
+    assert_eq!(project.stat(BUCKET, "old/z").await.expect("stat").size, 5);
+    // A prefix grant cannot: the old key needs the root key.
+    let old = planet
+        .access
+        .restrict(&Restriction {
+            paths: vec![(BUCKET.into(), "old/".into())],
+            ..Default::default()
+        })
+        .expect("restrict");
+    let holder = Project::open(old).expect("open");
+    assert!(holder.read_all(BUCKET, "old/z").await.is_err());
+    // A move (or server-side copy) by the root grant reseals it under the
+    // path key: then the prefix grant reads it.
+    project
+        .move_object(BUCKET, "old/z", BUCKET, "old/z2")
+        .await
+        .expect("move");
+    assert_eq!(
+        holder.read_all(BUCKET, "old/z2").await.expect("resealed"),
+        b"hello"
+    );
+    holder.close().await;
+    project.close().await;
+}
