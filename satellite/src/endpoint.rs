@@ -425,20 +425,12 @@ impl Endpoint {
                 auth.check(KeyOp::List, None, b"").map_err(api)
             }
             Req::BeginObject(r) => at(KeyOp::Write, &r.bucket, &r.encrypted_key),
-            Req::BeginSegment(r) => {
-                let (b, k) = pending(&r.stream_id)?;
-                at(KeyOp::Write, &b, &k)
-            }
-            Req::CommitSegment(r) => {
-                let (b, k) = pending(&r.stream_id)?;
-                at(KeyOp::Write, &b, &k)
-            }
-            Req::CommitObject(r) => {
-                let (b, k) = pending(&r.stream_id)?;
-                at(KeyOp::Write, &b, &k)
-            }
-            Req::AbortObject(r) => {
-                let (b, k) = pending(&r.stream_id)?;
+            // Uploads in progress are checked where they will land.
+            Req::BeginSegment(pb::BeginSegmentRequest { stream_id, .. })
+            | Req::CommitSegment(pb::CommitSegmentRequest { stream_id, .. })
+            | Req::CommitObject(pb::CommitObjectRequest { stream_id, .. })
+            | Req::AbortObject(pb::AbortObjectRequest { stream_id, .. }) => {
+                let (b, k) = pending(stream_id)?;
                 at(KeyOp::Write, &b, &k)
             }
             Req::GetObject(r) => at(KeyOp::Stat, &r.bucket, &r.encrypted_key),
@@ -459,12 +451,11 @@ impl Endpoint {
             Req::SetCompute(r) => at(KeyOp::Write, &r.bucket, &r.encrypted_key),
             Req::PlanJob(r) => at(KeyOp::Compute, &r.bucket, &r.encrypted_key),
             Req::SubmitJob(r) => at(KeyOp::Compute, &r.bucket, &r.encrypted_key),
-            Req::GetJob(r) | Req::CancelJob(r) => {
-                let (b, k) = job_path(&r.job_id)?;
-                at(KeyOp::Compute, &b, &k)
-            }
-            Req::JobWeights(r) => {
-                let (b, k) = job_path(&r.job_id)?;
+            // Job calls are checked at the job's dataset.
+            Req::GetJob(pb::JobRequest { job_id })
+            | Req::CancelJob(pb::JobRequest { job_id })
+            | Req::JobWeights(pb::JobWeightsRequest { job_id, .. }) => {
+                let (b, k) = job_path(job_id)?;
                 at(KeyOp::Compute, &b, &k)
             }
             Req::ProjectUsage(_) => auth.check(KeyOp::Usage, None, b"").map_err(api),

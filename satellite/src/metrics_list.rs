@@ -44,6 +44,10 @@ pub fn describe(nodes_online: usize) {
         "Pending uploads abandoned by their owner"
     );
     describe_counter!(
+        "loam_satellite_api_keys_revoked_total",
+        "API keys and shared grants revoked"
+    );
+    describe_counter!(
         "loam_satellite_rpc_errors_total",
         "Failed requests by method and error code"
     );
@@ -60,6 +64,7 @@ pub fn describe(nodes_online: usize) {
         "loam_satellite_objects_copied_total",
         "loam_satellite_objects_expired_total",
         "loam_satellite_uploads_aborted_total",
+        "loam_satellite_api_keys_revoked_total",
     ] {
         metrics::counter!(name).increment(0);
     }

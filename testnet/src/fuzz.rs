@@ -395,14 +395,67 @@ pub fn targets() -> Vec<Target> {
                     id: k.satellite.id(),
                     address: "127.0.0.1:7777".into(),
                 };
-                let access =
-                    loam_common::access::Access::derive(url, vec![7; 32], "passphrase", &[1; 16]);
-                access
-                    .map(|a| vec![a.serialize().into_bytes()])
-                    .unwrap_or_default()
+                let (key, _) = loam_common::macaroon::CaveatedKey::generate();
+                let access = loam_common::access::Access::derive(
+                    url,
+                    key.to_bytes(),
+                    "passphrase",
+                    &[1; 16],
+                );
+                let Ok(access) = access else {
+                    return Vec::new();
+                };
+                let narrowed = access.restrict(&loam_common::access::Restriction {
+                    paths: vec![("bucket".into(), "team/".into())],
+                    disallow_writes: true,
+                    ..Default::default()
+                });
+                let mut seeds = vec![access.serialize().into_bytes()];
+                seeds.extend(narrowed.map(|a| a.serialize().into_bytes()));
+                seeds
             },
             run: |_, input| {
-                let _ = loam_common::access::Access::parse(&String::from_utf8_lossy(input));
+                if let Ok(a) = loam_common::access::Access::parse(&String::from_utf8_lossy(input))
+                    && let Ok(caveats) = a.caveats()
+                {
+                    for c in &caveats {
+                        let _ = a.describe_caveat(c);
+                    }
+                    let _ = a.keys.encrypt_path("bucket", "team/x");
+                    let _ = a.keys.decrypt_path("bucket", b"abc/def/");
+                }
+            },
+        },
+        Target {
+            name: "caveated_key",
+            seeds: |_| {
+                let (key, _) = loam_common::macaroon::CaveatedKey::generate();
+                let narrowed = key.restrict(&pb::Caveat {
+                    disallow_reads: true,
+                    allowed_paths: vec![pb::AllowedPath {
+                        bucket: "bucket".into(),
+                        encrypted_prefix: b"abc/".to_vec().into(),
+                    }],
+                    not_after_ms: 1 << 40,
+                    nonce: vec![1; 8].into(),
+                    ..Default::default()
+                });
+                let mut seeds = vec![key.to_bytes()];
+                seeds.extend(narrowed.map(|k| k.to_bytes()));
+                seeds
+            },
+            run: |_, input| {
+                use loam_common::macaroon::{CaveatedKey, Op, Request};
+                if let Ok(k) = CaveatedKey::from_bytes(input) {
+                    let _ = k.verify(&[5; 32], |t| t[0] == 0);
+                    let _ = k.check(&Request {
+                        op: Op::List,
+                        bucket: Some("bucket"),
+                        encrypted_key: b"abc/",
+                        now_ms: 1 << 39,
+                    });
+                    let _ = k.shows("bucket", b"abc/d", false);
+                }
             },
         },
         Target {
