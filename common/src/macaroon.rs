@@ -51,7 +51,7 @@ pub enum KeyError {
     Denied(&'static str),
     #[error("this grant only allows {0}")]
     OutsidePaths(String),
-    #[error("this grant only allows training; {0} is not allowed")]
+    #[error("this grant only allows training, not {0}")]
     ComputeOnly(&'static str),
 }
 
