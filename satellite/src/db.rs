@@ -57,10 +57,12 @@ pub enum Table {
     KeySecrets,
     /// Revoked API key tails.
     Revocations,
+    /// Marketplace listings by id.
+    Listings,
 }
 
 impl Table {
-    const ALL: [Table; 25] = [
+    const ALL: [Table; 26] = [
         Table::Nodes,
         Table::Projects,
         Table::ApiKeys,
@@ -86,6 +88,7 @@ impl Table {
         Table::StreamRefs,
         Table::KeySecrets,
         Table::Revocations,
+        Table::Listings,
     ];
 
     fn name(self) -> &'static str {
@@ -115,6 +118,7 @@ impl Table {
             Table::StreamRefs => "stream_refs",
             Table::KeySecrets => "api_key_secrets",
             Table::Revocations => "api_key_revocations",
+            Table::Listings => "listings",
         }
     }
 }

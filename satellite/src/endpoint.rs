@@ -14,6 +14,7 @@ use loam_common::macaroon::Op as KeyOp;
 
 use crate::apikeys::Authorized;
 use crate::compute::{Compute, ComputeError};
+use crate::market::MarketError;
 use crate::metainfo::{Metainfo, MetainfoError};
 use crate::overlay::Overlay;
 
@@ -98,6 +99,10 @@ fn method(req: &Req) -> &'static str {
         Req::CreateApiKey(_) => "create_api_key",
         Req::ListApiKeys(_) => "list_api_keys",
         Req::RevokeApiKey(_) => "revoke_api_key",
+        Req::PublishListing(_) => "publish_listing",
+        Req::UnpublishListing(_) => "unpublish_listing",
+        Req::ListListings(_) => "list_listings",
+        Req::GetListing(_) => "get_listing",
         Req::ListNodes(_) => "list_nodes",
         Req::SetCompute(_) => "set_compute",
         Req::Exit(_) => "exit",
@@ -409,6 +414,7 @@ impl Endpoint {
         let m = &self.metainfo;
         let api = |e: MetainfoError| RemoteError::new(e.code(), e.to_string());
         let job = |e: ComputeError| RemoteError::new(e.code(), e.to_string());
+        let market = |e: MarketError| RemoteError::new(e.code(), e.to_string());
         if auth.key.is_none() {
             return Ok(());
         }
@@ -417,7 +423,15 @@ impl Endpoint {
         let pending = |stream_id: &[u8]| m.pending_path(&auth.project, stream_id).map_err(api);
         let job_path = |id: &[u8]| self.compute.job_path(&auth.project, id).map_err(job);
         match req {
-            Req::ProjectInfo(_) => auth.check(KeyOp::Info, None, b"").map_err(api),
+            // Listings are public to every valid key.
+            Req::ProjectInfo(_) | Req::ListListings(_) | Req::GetListing(_) => {
+                auth.check(KeyOp::Info, None, b"").map_err(api)
+            }
+            Req::PublishListing(r) => at(KeyOp::Write, &r.bucket, &r.encrypted_key),
+            Req::UnpublishListing(r) => {
+                let rec = m.market().record(&r.id).map_err(market)?;
+                at(KeyOp::Write, &rec.bucket, &rec.encrypted_key)
+            }
             Req::CreateBucket(r) => at(KeyOp::Write, &r.name, b""),
             Req::DeleteBucket(r) => at(KeyOp::Delete, &r.name, b""),
             Req::GetBucket(r) => at(KeyOp::Bucket, &r.name, b""),
@@ -483,6 +497,7 @@ impl Endpoint {
         let now = loam_common::orders::now_ms();
         let api = |e: MetainfoError| RemoteError::new(e.code(), e.to_string());
         let job = |e: ComputeError| RemoteError::new(e.code(), e.to_string());
+        let market = |e: MarketError| RemoteError::new(e.code(), e.to_string());
         let c = &self.compute;
         let admin = || {
             if peer == self.own_id {
@@ -775,6 +790,16 @@ impl Endpoint {
                 }
                 Resp::RevokeApiKey(pb::RevokeApiKeyResponse {})
             }
+            Req::PublishListing(r) => {
+                Resp::PublishListing(m.market().publish(m, &project, &r).map_err(market)?)
+            }
+            Req::UnpublishListing(r) => {
+                Resp::UnpublishListing(m.market().unpublish(&project, &r.id).map_err(market)?)
+            }
+            Req::ListListings(r) => Resp::ListListings(pb::ListListingsResponse {
+                listings: m.market().list(&r).map_err(market)?,
+            }),
+            Req::GetListing(r) => Resp::GetListing(m.market().get(&r.id).map_err(market)?),
             Req::SettleOrders(_) => {
                 return Err(RemoteError::new(
                     pb::ErrorCode::InvalidArgument,

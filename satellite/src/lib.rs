@@ -18,6 +18,7 @@ pub mod config;
 pub mod db;
 pub mod endpoint;
 pub mod gc;
+pub mod market;
 pub mod metainfo;
 pub mod metrics_list;
 pub mod orders;

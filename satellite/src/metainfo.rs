@@ -166,6 +166,8 @@ pub struct Metainfo {
     stream_lock: std::sync::Mutex<()>,
     /// API keys: secrets, verification, revocations.
     keys: crate::apikeys::ApiKeys,
+    /// Marketplace listings.
+    market: crate::market::Market,
 }
 
 pub use loam_common::time::{month_of, month_range};
@@ -284,6 +286,7 @@ impl Metainfo {
                 config.orders.clone(),
             )),
             keys: crate::apikeys::ApiKeys::new(kv.clone()),
+            market: crate::market::Market::new(kv.clone()),
             kv,
             overlay,
             identity,
@@ -545,6 +548,11 @@ impl Metainfo {
     /// The API keys: creation, listing, revocation.
     pub fn api_keys(&self) -> &crate::apikeys::ApiKeys {
         &self.keys
+    }
+
+    /// The marketplace's listings.
+    pub fn market(&self) -> &crate::market::Market {
+        &self.market
     }
 
     pub fn project_info(

@@ -48,6 +48,10 @@ pub fn describe(nodes_online: usize) {
         "API keys and shared grants revoked"
     );
     describe_counter!(
+        "loam_satellite_listings_published_total",
+        "Datasets published on the market"
+    );
+    describe_counter!(
         "loam_satellite_rpc_errors_total",
         "Failed requests by method and error code"
     );
@@ -65,6 +69,7 @@ pub fn describe(nodes_online: usize) {
         "loam_satellite_objects_expired_total",
         "loam_satellite_uploads_aborted_total",
         "loam_satellite_api_keys_revoked_total",
+        "loam_satellite_listings_published_total",
     ] {
         metrics::counter!(name).increment(0);
     }

@@ -46,6 +46,14 @@ pub enum DatasetCommand {
         /// The dataset, loam://BUCKET/NAME.
         url: String,
     },
+    /// Offer a dataset for training by others, as a listing on the
+    /// satellite's market (public facts and terms only, never a record).
+    Publish(crate::cli_market::PublishArgs),
+    /// Take a listing off the market (running jobs finish).
+    Unpublish {
+        /// The listing, market:ID or ID.
+        id: String,
+    },
     /// Show a dataset's columns, classes and layout.
     Info {
         /// The dataset, loam://BUCKET/NAME.
@@ -216,6 +224,8 @@ fn human_bytes(n: u64) -> String {
 
 pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<()> {
     match cmd {
+        DatasetCommand::Publish(args) => crate::cli_market::publish(project, args).await?,
+        DatasetCommand::Unpublish { id } => crate::cli_market::unpublish(project, &id).await?,
         DatasetCommand::Put {
             file,
             url,

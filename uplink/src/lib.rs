@@ -22,6 +22,7 @@ pub mod dataset;
 mod direct;
 pub mod feed;
 pub mod fetch;
+pub mod market;
 pub mod piece;
 pub mod segment;
 mod transfer;

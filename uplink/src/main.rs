@@ -14,6 +14,7 @@ use loam_uplink::{Item, Progress, Project};
 
 mod cli_access;
 mod cli_compute;
+mod cli_market;
 mod recursive;
 
 use cli_access::AccessCommand;
@@ -193,6 +194,11 @@ enum Command {
     /// Share a prefix: print (or export) a grant narrowed to it, and what
     /// it allows: uplink share loam://BUCKET/PREFIX/ --readonly
     Share(cli_access::RestrictArgs),
+    /// Datasets others offer for training: uplink market ls, market show ID
+    Market {
+        #[command(subcommand)]
+        command: cli_market::MarketCommand,
+    },
     /// Create, list and revoke the project's API keys.
     ApiKey {
         #[command(subcommand)]
@@ -907,6 +913,7 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
             _ => unreachable!("handled before opening the project"),
         },
         Command::ApiKey { command } => cli_access::api_key(project, command).await?,
+        Command::Market { command } => cli_market::market(project, command).await?,
         Command::Share(_) => unreachable!("handled before opening the project"),
         Command::Dataset { command } => cli_compute::dataset(project, command).await?,
         Command::Train(args) => cli_compute::train(project, args).await?,

@@ -1,0 +1,277 @@
+//! The data marketplace's listings: datasets their owners offer for
+//! training, as public facts only (title, terms, price, the record count the
+//! satellite counted itself, column and class names unless hidden) — never
+//! a record, a key or an encrypted name.
+
+use std::sync::{Arc, Mutex};
+
+use loam_common::orders::now_ms;
+use loam_common::pb;
+use prost::Message;
+
+use crate::db::{DbError, Kv, Table};
+use crate::metainfo::{Metainfo, MetainfoError, ProjectId};
+
+/// Longest title, license and tag; most tags, columns and classes.
+const MAX_TITLE: usize = 200;
+const MAX_DESCRIPTION: usize = 4_000;
+const MAX_TAG: usize = 40;
+const MAX_TAGS: usize = 16;
+const MAX_NAMES: usize = 10_000;
+const MAX_NAME: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MarketError {
+    #[error("no listing market:{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the object is not a dataset; upload it with `uplink dataset put`")]
+    NotADataset,
+    #[error(
+        "the dataset counts no records (uploaded before records were counted); upload it again \
+         with `uplink dataset put`"
+    )]
+    Uncounted,
+    #[error("this dataset is already published as market:{0}; unpublish it first")]
+    AlreadyPublished(String),
+    #[error("only the listing's owner may change it")]
+    NotOwner,
+    #[error(transparent)]
+    Metainfo(#[from] MetainfoError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl MarketError {
+    pub fn code(&self) -> pb::ErrorCode {
+        use pb::ErrorCode as C;
+        match self {
+            Self::NotFound(_) => C::NotFound,
+            Self::Invalid(_) => C::InvalidArgument,
+            Self::NotADataset | Self::Uncounted => C::FailedPrecondition,
+            Self::AlreadyPublished(_) => C::AlreadyExists,
+            Self::NotOwner => C::PermissionDenied,
+            Self::Metainfo(e) => e.code(),
+            Self::Db(_) => C::Internal,
+        }
+    }
+}
+
+/// A listing id as people see it.
+pub fn listing_id(id: &[u8]) -> String {
+    hex::encode(id)
+}
+
+fn invalid(why: impl Into<String>) -> MarketError {
+    MarketError::Invalid(why.into())
+}
+
+/// Checks the owner's facts and terms of a listing.
+fn validate(l: &pb::Listing) -> Result<(), MarketError> {
+    let title = l.title.trim();
+    if title.is_empty() || title.chars().count() > MAX_TITLE {
+        return Err(invalid(format!(
+            "a listing needs a title of 1 to {MAX_TITLE} characters"
+        )));
+    }
+    if l.description.chars().count() > MAX_DESCRIPTION || l.license.chars().count() > MAX_TITLE {
+        return Err(invalid(format!(
+            "the description is limited to {MAX_DESCRIPTION} characters, the license to {MAX_TITLE}"
+        )));
+    }
+    if l.tags.len() > MAX_TAGS
+        || l.tags
+            .iter()
+            .any(|t| t.trim().is_empty() || t.chars().count() > MAX_TAG)
+    {
+        return Err(invalid(format!(
+            "at most {MAX_TAGS} tags of 1 to {MAX_TAG} characters"
+        )));
+    }
+    if l.columns.len() > MAX_NAMES
+        || l.classes.len() > MAX_NAMES
+        || l.columns
+            .iter()
+            .chain(&l.classes)
+            .chain(std::iter::once(&l.label))
+            .any(|c| c.chars().count() > MAX_NAME)
+    {
+        return Err(invalid("too many or too long column or class names"));
+    }
+    let terms = l.terms.clone().unwrap_or_default();
+    for m in &terms.allowed_models {
+        m.parse::<loam_common::compute::Architecture>()
+            .map_err(|e| invalid(format!("--allow-model {m}: {e}")))?;
+    }
+    if !(0.0..=1.0).contains(&terms.require_verification) {
+        return Err(invalid("--require-verification is a share between 0 and 1"));
+    }
+    if terms.expires_unix_ms != 0 && terms.expires_unix_ms <= now_ms() {
+        return Err(invalid("the listing's --expires is already past"));
+    }
+    Ok(())
+}
+
+fn words_match(l: &pb::Listing, search: &str) -> bool {
+    let text = format!(
+        "{} {} {} {}",
+        l.title,
+        l.description,
+        l.tags.join(" "),
+        l.owner
+    )
+    .to_lowercase();
+    search
+        .split_whitespace()
+        .all(|w| text.contains(&w.to_lowercase()))
+}
+
+/// Whether a listing takes new jobs at `now`.
+pub fn is_open(l: &pb::Listing, now: i64) -> bool {
+    l.unpublished_unix_ms == 0
+        && l.terms
+            .as_ref()
+            .is_none_or(|t| t.expires_unix_ms == 0 || t.expires_unix_ms > now)
+}
+
+pub struct Market {
+    kv: Arc<dyn Kv>,
+    /// Serialises publishing, so one dataset is listed once.
+    lock: Mutex<()>,
+}
+
+impl Market {
+    pub fn new(kv: Arc<dyn Kv>) -> Self {
+        Self {
+            kv,
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn records(&self) -> Result<Vec<pb::ListingRecord>, MarketError> {
+        self.kv
+            .scan(Table::Listings, b"", b"", usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| {
+                pb::ListingRecord::decode(v.as_slice())
+                    .map_err(|_| DbError::Corrupt("listing").into())
+            })
+            .collect()
+    }
+
+    /// A listing's record (the dataset behind it).
+    pub fn record(&self, id: &[u8]) -> Result<pb::ListingRecord, MarketError> {
+        let v = self
+            .kv
+            .get(Table::Listings, id)?
+            .ok_or_else(|| MarketError::NotFound(listing_id(id)))?;
+        pb::ListingRecord::decode(v.as_slice()).map_err(|_| DbError::Corrupt("listing").into())
+    }
+
+    /// Publishes the dataset at (`req.bucket`, `req.encrypted_key`) of
+    /// `project`: the owner's facts, checked, and the record count the
+    /// satellite counts from the committed data rows.
+    pub fn publish(
+        &self,
+        metainfo: &Metainfo,
+        project: &ProjectId,
+        req: &pb::PublishListingRequest,
+    ) -> Result<pb::Listing, MarketError> {
+        let given = req.listing.clone().unwrap_or_default();
+        validate(&given)?;
+        let obj = metainfo.object_record(project, &req.bucket, &req.encrypted_key)?;
+        if !obj.dataset {
+            return Err(MarketError::NotADataset);
+        }
+        let mut records = 0u64;
+        for index in 0..obj.segment_count {
+            let seg = metainfo.segment(&obj, index)?;
+            for r in seg.meta.unwrap_or_default().row_records {
+                records = records
+                    .checked_add(r)
+                    .ok_or(DbError::Overflow("a dataset's record count"))?;
+            }
+        }
+        if records == 0 {
+            return Err(MarketError::Uncounted);
+        }
+        let _guard = self.lock.lock().expect("market lock");
+        if let Some(existing) = self.records()?.into_iter().find(|r| {
+            r.project_id.as_ref() == project
+                && r.bucket == req.bucket
+                && r.encrypted_key == req.encrypted_key
+                && r.listing
+                    .as_ref()
+                    .is_some_and(|l| l.unpublished_unix_ms == 0)
+        }) {
+            let id = existing.listing.map(|l| l.id).unwrap_or_default();
+            return Err(MarketError::AlreadyPublished(listing_id(&id)));
+        }
+        let id: [u8; 8] = rand::random();
+        let listing = pb::Listing {
+            id: id.to_vec().into(),
+            kind: "dataset".into(),
+            owner: metainfo.project_info(project)?.name,
+            title: given.title.trim().to_string(),
+            tags: given.tags.iter().map(|t| t.trim().to_lowercase()).collect(),
+            records,
+            created_unix_ms: now_ms(),
+            unpublished_unix_ms: 0,
+            jobs: 0,
+            last_used_unix_ms: 0,
+            ..given
+        };
+        let rec = pb::ListingRecord {
+            version: 1,
+            listing: Some(listing.clone()),
+            project_id: project.to_vec().into(),
+            bucket: req.bucket.clone(),
+            encrypted_key: req.encrypted_key.clone(),
+        };
+        self.kv
+            .put(Table::Listings, id.to_vec(), rec.encode_to_vec())?;
+        metrics::counter!("loam_satellite_listings_published_total").increment(1);
+        Ok(listing)
+    }
+
+    /// Takes a listing off the market: no new jobs (running ones finish).
+    pub fn unpublish(&self, project: &ProjectId, id: &[u8]) -> Result<pb::Listing, MarketError> {
+        let _guard = self.lock.lock().expect("market lock");
+        let mut rec = self.record(id)?;
+        if rec.project_id.as_ref() != project {
+            return Err(MarketError::NotOwner);
+        }
+        let listing = rec.listing.get_or_insert_with(Default::default);
+        if listing.unpublished_unix_ms == 0 {
+            listing.unpublished_unix_ms = now_ms();
+        }
+        let out = listing.clone();
+        self.kv
+            .put(Table::Listings, id.to_vec(), rec.encode_to_vec())?;
+        Ok(out)
+    }
+
+    /// One listing, published or not.
+    pub fn get(&self, id: &[u8]) -> Result<pb::Listing, MarketError> {
+        Ok(self.record(id)?.listing.unwrap_or_default())
+    }
+
+    /// Open listings (all with `req.all`) matching the tag and words,
+    /// oldest first.
+    pub fn list(&self, req: &pb::ListListingsRequest) -> Result<Vec<pb::Listing>, MarketError> {
+        let now = now_ms();
+        let tag = req.tag.trim().to_lowercase();
+        let mut out: Vec<pb::Listing> = self
+            .records()?
+            .into_iter()
+            .filter_map(|r| r.listing)
+            .filter(|l| req.all || is_open(l, now))
+            .filter(|l| tag.is_empty() || l.tags.contains(&tag))
+            .filter(|l| words_match(l, &req.search))
+            .collect();
+        out.sort_by_key(|l| l.created_unix_ms);
+        Ok(out)
+    }
+}
