@@ -229,3 +229,91 @@ async fn an_owner_publishes_others_find_only_the_owner_unpublishes() {
     consumer.close().await;
     owner.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_satellite_counts_records_and_sets_its_own_facts_whatever_the_owner_claims() {
+    use loam_common::pb::satellite_request::Request as Req;
+    use loam_common::pb::satellite_response::Response as Resp;
+    let planet = Planet::start(PlanetConfig::new(5)).await.expect("planet");
+    let owner = planet.project().expect("project");
+    owner.create_bucket("clinic").await.expect("bucket");
+    let (train, _) = loam_testnet::digits_split();
+    let options = DatasetOptions {
+        label: "label".into(),
+        segment_size: None,
+        compute: true,
+    };
+    owner
+        .upload_dataset("clinic", "digits", train.into_bytes(), &options, None)
+        .await
+        .expect("dataset");
+    owner
+        .upload(
+            "clinic",
+            "plain",
+            std::io::Cursor::new(vec![1u8; 10_000]),
+            None,
+        )
+        .await
+        .expect("upload");
+    let endpoint = loam_common::transport::Endpoint::bind(
+        loam_common::Identity::generate(0, |_| {}),
+        "127.0.0.1:0".parse().expect("literal"),
+        Default::default(),
+    )
+    .expect("bind");
+    let conn = endpoint
+        .connect(
+            planet.satellite_url.id,
+            planet.satellite_url.socket_addr().expect("address"),
+        )
+        .await
+        .expect("connect");
+    let publish = |key: &str, claims: pb::Listing| {
+        Req::PublishListing(pb::PublishListingRequest {
+            bucket: "clinic".into(),
+            encrypted_key: planet
+                .access
+                .keys
+                .encrypt_path("clinic", key)
+                .expect("root key")
+                .into(),
+            listing: Some(claims),
+        })
+    };
+    let claims = pb::Listing {
+        id: vec![0; 8].into(),
+        owner: "somebody famous".into(),
+        title: "Digits".into(),
+        records: 1_000_000_000,
+        jobs: 5_000,
+        created_unix_ms: 1,
+        unpublished_unix_ms: 0,
+        ..Default::default()
+    };
+    let got = match loam_common::rpc::satellite(
+        &conn,
+        &planet.access.api_key,
+        publish("digits", claims.clone()),
+    )
+    .await
+    {
+        Ok(Resp::PublishListing(l)) => l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(got.records, 1437, "the satellite's count, not the claim");
+    assert_eq!(got.owner, "planet");
+    assert_eq!(got.jobs, 0);
+    assert_ne!(got.id.to_vec(), vec![0; 8]);
+    assert!(got.created_unix_ms > 1);
+    // An object that is not a dataset is refused by the satellite too.
+    match loam_common::rpc::satellite(&conn, &planet.access.api_key, publish("plain", claims)).await
+    {
+        Err(loam_common::rpc::CallError::Remote(e)) => {
+            assert_eq!(e.code, pb::ErrorCode::FailedPrecondition);
+            assert!(e.message.contains("not a dataset"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    owner.close().await;
+}
