@@ -214,6 +214,23 @@ impl Planet {
         Ok(Project::open(self.access.clone())?)
     }
 
+    /// A raw QUIC connection to the satellite, for requests an uplink
+    /// would never send (any key bytes, any fields). Keep the endpoint
+    /// while the connection is used.
+    pub async fn satellite_connection(
+        &self,
+    ) -> anyhow::Result<(loam_common::transport::Endpoint, quinn::Connection)> {
+        let endpoint = loam_common::transport::Endpoint::bind(
+            Identity::generate(0, |_| {}),
+            "127.0.0.1:0".parse().expect("literal"),
+            Default::default(),
+        )?;
+        let conn = endpoint
+            .connect(self.satellite_url.id, self.satellite_url.socket_addr()?)
+            .await?;
+        Ok((endpoint, conn))
+    }
+
     /// Stops node `i` (as a crash would: no goodbye to the satellite).
     pub async fn stop_node(&mut self, i: usize) {
         self.nodes[i].stop().await;

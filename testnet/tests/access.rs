@@ -9,7 +9,7 @@ use loam_common::pb;
 use loam_common::pb::satellite_request::Request as Req;
 use loam_common::pb::satellite_response::Response as Resp;
 use loam_common::rpc::{self, CallError};
-use loam_common::transport::{Endpoint, TransportConfig};
+use loam_common::transport::Endpoint;
 use loam_testnet::planet::{Planet, PlanetConfig};
 use loam_uplink::dataset::{DatasetOptions, JobRequest};
 use loam_uplink::{Project, UplinkError};
@@ -25,19 +25,7 @@ struct Client {
 
 impl Client {
     async fn new(planet: &Planet) -> Self {
-        let endpoint = Endpoint::bind(
-            loam_common::Identity::generate(0, |_| {}),
-            "127.0.0.1:0".parse().expect("literal"),
-            TransportConfig::default(),
-        )
-        .expect("bind");
-        let conn = endpoint
-            .connect(
-                planet.satellite_url.id,
-                planet.satellite_url.socket_addr().expect("address"),
-            )
-            .await
-            .expect("connect");
+        let (endpoint, conn) = planet.satellite_connection().await.expect("connect");
         Self {
             _endpoint: endpoint,
             conn,

@@ -34,9 +34,9 @@ fn listing(title: &str) -> ListingOptions {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_owner_publishes_others_find_only_the_owner_unpublishes() {
-    let planet = Planet::start(PlanetConfig::new(5)).await.expect("planet");
+/// The planet's project with the digits training split as the datasets
+/// `clinic/NAME` for each of `names`, and a plain object `clinic/plain`.
+async fn owner_with_digits(planet: &Planet, names: &[&str]) -> Project {
     let owner = planet.project().expect("project");
     owner.create_bucket("clinic").await.expect("bucket");
     let (train, _) = loam_testnet::digits_split();
@@ -45,7 +45,7 @@ async fn an_owner_publishes_others_find_only_the_owner_unpublishes() {
         segment_size: Some(64 << 10),
         compute: true,
     };
-    for key in ["digits", "hidden"] {
+    for key in names {
         owner
             .upload_dataset("clinic", key, train.clone().into_bytes(), &options, None)
             .await
@@ -60,6 +60,13 @@ async fn an_owner_publishes_others_find_only_the_owner_unpublishes() {
         )
         .await
         .expect("upload");
+    owner
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_publishes_others_find_only_the_owner_unpublishes() {
+    let planet = Planet::start(PlanetConfig::new(5)).await.expect("planet");
+    let owner = owner_with_digits(&planet, &["digits", "hidden"]).await;
 
     // Another project on the same satellite.
     let (key, _, salt) = planet
@@ -235,40 +242,8 @@ async fn the_satellite_counts_records_and_sets_its_own_facts_whatever_the_owner_
     use loam_common::pb::satellite_request::Request as Req;
     use loam_common::pb::satellite_response::Response as Resp;
     let planet = Planet::start(PlanetConfig::new(5)).await.expect("planet");
-    let owner = planet.project().expect("project");
-    owner.create_bucket("clinic").await.expect("bucket");
-    let (train, _) = loam_testnet::digits_split();
-    let options = DatasetOptions {
-        label: "label".into(),
-        segment_size: None,
-        compute: true,
-    };
-    owner
-        .upload_dataset("clinic", "digits", train.into_bytes(), &options, None)
-        .await
-        .expect("dataset");
-    owner
-        .upload(
-            "clinic",
-            "plain",
-            std::io::Cursor::new(vec![1u8; 10_000]),
-            None,
-        )
-        .await
-        .expect("upload");
-    let endpoint = loam_common::transport::Endpoint::bind(
-        loam_common::Identity::generate(0, |_| {}),
-        "127.0.0.1:0".parse().expect("literal"),
-        Default::default(),
-    )
-    .expect("bind");
-    let conn = endpoint
-        .connect(
-            planet.satellite_url.id,
-            planet.satellite_url.socket_addr().expect("address"),
-        )
-        .await
-        .expect("connect");
+    let owner = owner_with_digits(&planet, &["digits"]).await;
+    let (_endpoint, conn) = planet.satellite_connection().await.expect("connect");
     let publish = |key: &str, claims: pb::Listing| {
         Req::PublishListing(pb::PublishListingRequest {
             bucket: "clinic".into(),
