@@ -115,11 +115,36 @@ fn show(l: &pb::Listing, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
         Output::Text => {
-            let obj = v.as_object().expect("an object");
-            for (k, val) in obj {
-                let text = match val {
+            // The order people read a listing in.
+            for k in [
+                "id",
+                "title",
+                "owner",
+                "description",
+                "license",
+                "tags",
+                "price_per_1000",
+                "records",
+                "features",
+                "label",
+                "classes",
+                "columns",
+                "terms",
+                "created",
+                "unpublished",
+                "jobs",
+                "last_used",
+            ] {
+                let text = match &v[k] {
+                    serde_json::Value::String(s) if s.is_empty() => "-".into(),
                     serde_json::Value::String(s) => s.clone(),
                     serde_json::Value::Null => "-".into(),
+                    serde_json::Value::Array(a) if a.is_empty() => "-".into(),
+                    serde_json::Value::Array(a) => a
+                        .iter()
+                        .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     other => other.to_string(),
                 };
                 println!("{k:<16} {text}");
