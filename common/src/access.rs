@@ -127,7 +127,9 @@ impl Access {
         if self.api_key.len() == 32 {
             return Ok(Vec::new());
         }
-        Ok(crate::macaroon::CaveatedKey::from_bytes(&self.api_key)?.caveats()?)
+        Ok(crate::macaroon::CaveatedKey::from_bytes(&self.api_key)?
+            .caveats()
+            .to_vec())
     }
 
     /// What one caveat allows, in plain words.

@@ -137,12 +137,23 @@ fn mac(key: &[u8; KEY_BYTES], message: &[u8]) -> [u8; KEY_BYTES] {
 }
 
 /// A caveated API key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CaveatedKey {
     head: [u8; KEY_BYTES],
     caveats: Vec<Vec<u8>>,
+    /// The caveats decoded once, when the key was read or narrowed.
+    decoded: Vec<pb::Caveat>,
     tail: [u8; KEY_BYTES],
 }
+
+/// Keys are equal when their bytes are (the decoded caveats follow them).
+impl PartialEq for CaveatedKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.head == other.head && self.caveats == other.caveats && self.tail == other.tail
+    }
+}
+
+impl Eq for CaveatedKey {}
 
 impl CaveatedKey {
     /// A new key with no caveats, and the secret the satellite keeps for it
@@ -153,6 +164,7 @@ impl CaveatedKey {
         let key = Self {
             head,
             caveats: Vec::new(),
+            decoded: Vec::new(),
             tail: mac(&secret, &head),
         };
         (key, secret)
@@ -162,11 +174,6 @@ impl CaveatedKey {
     /// whole key and everything narrowed from it.
     pub fn root_tail(secret: &[u8; KEY_BYTES], head: &[u8; KEY_BYTES]) -> [u8; KEY_BYTES] {
         mac(secret, head)
-    }
-
-    /// How many caveats the key carries.
-    pub fn caveat_count(&self) -> usize {
-        self.caveats.len()
     }
 
     /// The public part the satellite finds the secret by.
@@ -180,11 +187,8 @@ impl CaveatedKey {
     }
 
     /// The caveats, decoded, in order.
-    pub fn caveats(&self) -> Result<Vec<pb::Caveat>, KeyError> {
-        self.caveats
-            .iter()
-            .map(|c| pb::Caveat::decode(c.as_slice()).map_err(|_| KeyError::Malformed))
-            .collect()
+    pub fn caveats(&self) -> &[pb::Caveat] {
+        &self.decoded
     }
 
     /// This key narrowed by `caveat`: needs no secret and no network.
@@ -199,9 +203,12 @@ impl CaveatedKey {
         let tail = mac(&self.tail, &bytes);
         let mut caveats = self.caveats.clone();
         caveats.push(bytes);
+        let mut decoded = self.decoded.clone();
+        decoded.push(caveat.clone());
         Ok(Self {
             head: self.head,
             caveats,
+            decoded,
             tail,
         })
     }
@@ -231,8 +238,8 @@ impl CaveatedKey {
 
     /// Whether every caveat allows `req` (call after [`Self::verify`]).
     pub fn check(&self, req: &Request<'_>) -> Result<(), KeyError> {
-        for c in self.caveats()? {
-            check_caveat(&c, req)?;
+        for c in &self.decoded {
+            check_caveat(c, req)?;
         }
         Ok(())
     }
@@ -254,9 +261,15 @@ impl CaveatedKey {
         if k.caveats.len() > MAX_CAVEATS || k.caveats.iter().any(|c| c.len() > MAX_CAVEAT_BYTES) {
             return Err(KeyError::Malformed);
         }
+        let decoded = k
+            .caveats
+            .iter()
+            .map(|c| pb::Caveat::decode(c.as_ref()).map_err(|_| KeyError::Malformed))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             head: fixed(&k.head)?,
             caveats: k.caveats.iter().map(|c| c.to_vec()).collect(),
+            decoded,
             tail: fixed(&k.tail)?,
         })
     }
@@ -362,10 +375,7 @@ impl CaveatedKey {
     /// (`is_prefix`: a collapsed prefix, shown when it leads to an allowed
     /// path).
     pub fn shows(&self, bucket: &str, encrypted_key: &[u8], is_prefix: bool) -> bool {
-        let Ok(caveats) = self.caveats() else {
-            return false;
-        };
-        caveats.iter().all(|c| {
+        self.decoded.iter().all(|c| {
             c.allowed_paths.is_empty()
                 || c.allowed_paths.iter().any(|p| {
                     p.bucket == bucket
@@ -377,17 +387,14 @@ impl CaveatedKey {
 
     /// Whether a bucket listing shows `bucket`.
     pub fn shows_bucket(&self, bucket: &str) -> bool {
-        self.caveats().is_ok_and(|cs| {
-            cs.iter().all(|c| {
-                c.allowed_paths.is_empty() || c.allowed_paths.iter().any(|p| p.bucket == bucket)
-            })
+        self.decoded.iter().all(|c| {
+            c.allowed_paths.is_empty() || c.allowed_paths.iter().any(|p| p.bucket == bucket)
         })
     }
 
     /// Whether some caveat makes this key compute-only.
     pub fn is_compute_only(&self) -> bool {
-        self.caveats()
-            .is_ok_and(|cs| cs.iter().any(|c| c.compute_only))
+        self.decoded.iter().any(|c| c.compute_only)
     }
 
     /// Whether `other` is this key or was narrowed from it: same head, and

@@ -465,14 +465,27 @@ impl Project {
         key: &str,
         encrypted_metadata: &[u8],
     ) -> Result<Key, UplinkError> {
+        Ok(self.open_metadata(bucket, key, encrypted_metadata)?.0)
+    }
+
+    /// As [`Self::read_key`], with the metadata it opened (`None` when no
+    /// key held opens it; the key is then the path-derived one).
+    fn open_metadata(
+        &self,
+        bucket: &str,
+        key: &str,
+        encrypted_metadata: &[u8],
+    ) -> Result<(Key, Option<Vec<u8>>), UplinkError> {
         let current = self.object_key(bucket, key)?;
-        if encryption::open(&current, encrypted_metadata).is_ok() {
-            return Ok(current);
+        if let Ok(plain) = encryption::open(&current, encrypted_metadata) {
+            return Ok((current, Some(plain)));
         }
-        match self.access.keys.legacy_object_key(bucket, key) {
-            Some(legacy) if encryption::open(&legacy, encrypted_metadata).is_ok() => Ok(legacy),
-            _ => Ok(current),
+        if let Some(legacy) = self.access.keys.legacy_object_key(bucket, key)
+            && let Ok(plain) = encryption::open(&legacy, encrypted_metadata)
+        {
+            return Ok((legacy, Some(plain)));
         }
+        Ok((current, None))
     }
 
     pub(crate) fn encrypt_path(&self, bucket: &str, key: &str) -> Result<Vec<u8>, UplinkError> {
@@ -513,9 +526,9 @@ impl Project {
                 let size = if item.is_prefix {
                     0
                 } else {
-                    self.read_key(bucket, &key, &item.encrypted_metadata)
+                    self.open_metadata(bucket, &key, &item.encrypted_metadata)
                         .ok()
-                        .and_then(|k| encryption::open(&k, &item.encrypted_metadata).ok())
+                        .and_then(|(_, plain)| plain)
                         .and_then(|m| serde_json::from_slice::<ObjectMeta>(&m).ok())
                         .map_or(item.plain_size as u64, |m| m.size)
                 };
@@ -633,9 +646,10 @@ impl Project {
         key: &str,
         info: &pb::ObjectInfo,
     ) -> Result<ObjectMeta, UplinkError> {
-        let obj_key = self.read_key(bucket, key, &info.encrypted_metadata)?;
-        let plain = encryption::open(&obj_key, &info.encrypted_metadata)
-            .map_err(|_| UplinkError::Corrupt("object metadata does not decrypt".into()))?;
+        let plain = self
+            .open_metadata(bucket, key, &info.encrypted_metadata)?
+            .1
+            .ok_or_else(|| UplinkError::Corrupt("object metadata does not decrypt".into()))?;
         serde_json::from_slice(&plain)
             .map_err(|_| UplinkError::Corrupt("object metadata is malformed".into()))
     }
