@@ -4,6 +4,9 @@
 //! dropped last entry shows too. A node keeps its copy as a text file, one
 //! entry per line, and can check the whole chain offline.
 //!
+//! Data owners are payees too: a project's ledger has the subject
+//! [`project_payee`] of its id, and is kept and checked the same way.
+//!
 //! ```text
 //! loam-ledger v1
 //! satellite <satellite id> <base64 public key>
@@ -20,6 +23,15 @@ use crate::identity::Domain;
 use crate::{Identity, NodeId, PublicKey, pb};
 
 pub const ZERO_HASH: [u8; 32] = [0; 32];
+
+/// The ledger subject of a data owner (a project): a 32-byte id derived
+/// from the project id, which no node id can equal (node ids are hashes of
+/// public keys under another context).
+pub fn project_payee(project_id: &[u8]) -> NodeId {
+    let mut h = blake3::Hasher::new_derive_key("loam 2026 project payee v1");
+    h.update(project_id);
+    NodeId::from_bytes(*h.finalize().as_bytes())
+}
 
 /// The hash an entry's successor names.
 pub fn entry_hash(signed: &pb::SignedLedgerEntry) -> [u8; 32] {

@@ -294,6 +294,10 @@ pub const DOCS: &[(&str, &str)] = &[
     ),
     ("compute.max_rounds", "Most rounds a job may ask for."),
     (
+        "compute.listing_candidates",
+        "Nodes a listing's row keys are sealed to per task at publish (they must last while the owner is away).",
+    ),
+    (
         "orders.window_secs",
         "Length of a settlement window, in seconds.",
     ),
@@ -363,7 +367,8 @@ mod tests {
              [repair]\ninterval_secs = 300.0\nmax_per_run = 1000\n\n\
              [gc]\ninterval_secs = 3600.0\nfalse_positive_rate = 0.1\nmargin_secs = 3600.0\n\n\
              [compute]\nverify_fraction = 0.1\ntolerance = 0.00001\nnorm_factor = 10.0\n\
-             candidates = 6\ntask_timeout_secs = 600.0\nmax_rounds = 1000\n\n\
+             candidates = 6\ntask_timeout_secs = 600.0\nmax_rounds = 1000\n\
+             listing_candidates = 10\n\n\
              [orders]\nwindow_secs = 3600.0\nmax_age_secs = 172800.0\nmax_window_orders = 2000000\n\n\
              [accounting]\ntally_interval_secs = 3600.0\n\n\
              [payouts]\nperiod_secs = 0.0\ntoken_decimals = 6\nstorage_per_tb_month = 1500000\n\

@@ -59,10 +59,14 @@ pub enum Table {
     Revocations,
     /// Marketplace listings by id.
     Listings,
+    /// Charges to projects for their jobs: project, time, job, round.
+    Charges,
+    /// Data fees earned by owners: owner project, time, job, listing.
+    Earnings,
 }
 
 impl Table {
-    const ALL: [Table; 26] = [
+    const ALL: [Table; 28] = [
         Table::Nodes,
         Table::Projects,
         Table::ApiKeys,
@@ -89,6 +93,8 @@ impl Table {
         Table::KeySecrets,
         Table::Revocations,
         Table::Listings,
+        Table::Charges,
+        Table::Earnings,
     ];
 
     fn name(self) -> &'static str {
@@ -119,6 +125,8 @@ impl Table {
             Table::KeySecrets => "api_key_secrets",
             Table::Revocations => "api_key_revocations",
             Table::Listings => "listings",
+            Table::Charges => "charges",
+            Table::Earnings => "earnings",
         }
     }
 }

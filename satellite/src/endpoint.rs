@@ -103,6 +103,12 @@ fn method(req: &Req) -> &'static str {
         Req::UnpublishListing(_) => "unpublish_listing",
         Req::ListListings(_) => "list_listings",
         Req::GetListing(_) => "get_listing",
+        Req::ResealListing(_) => "reseal_listing",
+        Req::ListingUsage(_) => "listing_usage",
+        Req::Earnings(_) => "earnings",
+        Req::SetPayoutAddress(_) => "set_payout_address",
+        Req::Charges(_) => "charges",
+        Req::FetchModel(_) => "fetch_model",
         Req::ListNodes(_) => "list_nodes",
         Req::SetCompute(_) => "set_compute",
         Req::Exit(_) => "exit",
@@ -407,6 +413,66 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Sells one download of a model listing to `project`: charges its
+    /// price (within the project's spending limit), credits the publisher,
+    /// and hands over the listing's read-only grant.
+    fn sell_model(
+        &self,
+        project: &crate::metainfo::ProjectId,
+        id: &[u8],
+    ) -> Result<pb::FetchModelResponse, RemoteError> {
+        let m = &self.metainfo;
+        let api = |e: MetainfoError| RemoteError::new(e.code(), e.to_string());
+        let market = |e: MarketError| RemoteError::new(e.code(), e.to_string());
+        let now = loam_common::orders::now_ms();
+        let listing = m.market().get(id).map_err(market)?;
+        crate::market::for_sale(&listing, now).map_err(market)?;
+        let price = listing.price_per_download;
+        let limit = m.project_record(project).map_err(api)?.spend_limit;
+        if limit > 0 {
+            let used = self
+                .compute
+                .month_charges(project)
+                .map_err(|e| RemoteError::new(e.code(), e.to_string()))?;
+            if used.saturating_add(price) > limit {
+                return Err(RemoteError::new(
+                    pb::ErrorCode::ResourceExhausted,
+                    format!(
+                        "this download costs {price} base units and the project has {} of its \
+                         monthly spending limit of {limit} left",
+                        limit.saturating_sub(used)
+                    ),
+                ));
+            }
+        }
+        let rec = m.market().sell_model(id, now).map_err(market)?;
+        let download: [u8; 16] = rand::random();
+        let charge = pb::ChargeRecord {
+            job_id: download.to_vec().into(),
+            round: 0,
+            unix_ms: now,
+            data: vec![pb::DataFee {
+                listing_id: id.to_vec().into(),
+                owner_project: rec.project_id.clone(),
+                sample_epochs: 0,
+                amount: price,
+                downloads: 1,
+            }],
+            total: price,
+            ..Default::default()
+        };
+        self.payouts
+            .kv()
+            .write(crate::charges::record_ops(project, &charge))
+            .map_err(|e| api(e.into()))?;
+        Ok(pb::FetchModelResponse {
+            grant: rec.model_grant,
+            bucket: rec.bucket,
+            key: rec.model_key,
+            charged: price,
+        })
+    }
+
     /// Applies the request's API key caveats to what the request touches:
     /// its bucket and encrypted key, found through the pending upload or
     /// the job where the request names only those.
@@ -428,10 +494,21 @@ impl Endpoint {
                 auth.check(KeyOp::Info, None, b"").map_err(api)
             }
             Req::PublishListing(r) => at(KeyOp::Write, &r.bucket, &r.encrypted_key),
-            Req::UnpublishListing(r) => {
+            Req::UnpublishListing(r) | Req::ListingUsage(r) => {
                 let rec = m.market().record(&r.id).map_err(market)?;
+                if rec.project_id.as_ref() != auth.project {
+                    // Answered as not the owner by the call itself.
+                    return Ok(());
+                }
                 at(KeyOp::Write, &rec.bucket, &rec.encrypted_key)
             }
+            Req::ResealListing(r) => at(KeyOp::Write, &r.bucket, &r.encrypted_key),
+            // Money of the whole project: for keys that restrict nothing
+            // project-wide.
+            Req::Earnings(_) | Req::Charges(_) => auth.check(KeyOp::Usage, None, b"").map_err(api),
+            // Buying spends the project's money, like starting a job.
+            Req::FetchModel(_) => auth.check(KeyOp::Compute, None, b"").map_err(api),
+            Req::SetPayoutAddress(_) => auth.check(KeyOp::Admin, None, b"").map_err(api),
             Req::CreateBucket(r) => at(KeyOp::Write, &r.name, b""),
             Req::DeleteBucket(r) => at(KeyOp::Delete, &r.name, b""),
             Req::GetBucket(r) => at(KeyOp::Bucket, &r.name, b""),
@@ -464,14 +541,18 @@ impl Endpoint {
             }
             Req::SetCompute(r) => at(KeyOp::Write, &r.bucket, &r.encrypted_key),
             Req::PlanJob(r) => at(KeyOp::Compute, &r.bucket, &r.encrypted_key),
+            // A job on listings touches no path of the project.
+            Req::SubmitJob(r) if !r.listings.is_empty() => {
+                auth.check(KeyOp::Compute, None, b"").map_err(api)
+            }
             Req::SubmitJob(r) => at(KeyOp::Compute, &r.bucket, &r.encrypted_key),
             // Job calls are checked at the job's dataset.
             Req::GetJob(pb::JobRequest { job_id })
             | Req::CancelJob(pb::JobRequest { job_id })
-            | Req::JobWeights(pb::JobWeightsRequest { job_id, .. }) => {
-                let (b, k) = job_path(job_id)?;
-                at(KeyOp::Compute, &b, &k)
-            }
+            | Req::JobWeights(pb::JobWeightsRequest { job_id, .. }) => match job_path(job_id)? {
+                Some((b, k)) => at(KeyOp::Compute, &b, &k),
+                None => auth.check(KeyOp::Compute, None, b"").map_err(api),
+            },
             Req::ProjectUsage(_) => auth.check(KeyOp::Usage, None, b"").map_err(api),
             Req::CreateApiKey(_) | Req::ListApiKeys(_) => {
                 auth.check(KeyOp::Admin, None, b"").map_err(api)
@@ -638,13 +719,9 @@ impl Endpoint {
             }
             Req::SetProjectLimits(r) => {
                 admin()?;
-                let (storage_limit, egress_limit) = m
-                    .set_project_limits(&r.project_name, r.storage_limit, r.egress_limit)
-                    .map_err(api)?;
-                return Ok(Resp::SetProjectLimits(pb::SetProjectLimitsResponse {
-                    storage_limit,
-                    egress_limit,
-                }));
+                return Ok(Resp::SetProjectLimits(
+                    m.set_project_limits(&r.project_name, &r).map_err(api)?,
+                ));
             }
             Req::ListNodes(_) => {
                 admin()?;
@@ -761,9 +838,10 @@ impl Endpoint {
             Req::ListJobs(_) => {
                 let mut jobs = c.list(&project).map_err(job)?;
                 if auth.key.is_some() {
-                    jobs.retain(|j| {
-                        c.job_path(&project, &j.job_id)
-                            .is_ok_and(|(b, k)| auth.check(KeyOp::Compute, Some(&b), &k).is_ok())
+                    jobs.retain(|j| match c.job_path(&project, &j.job_id) {
+                        Ok(Some((b, k))) => auth.check(KeyOp::Compute, Some(&b), &k).is_ok(),
+                        Ok(None) => auth.check(KeyOp::Compute, None, b"").is_ok(),
+                        Err(_) => false,
                     });
                 }
                 Resp::ListJobs(pb::ListJobsResponse { jobs })
@@ -790,16 +868,68 @@ impl Endpoint {
                 }
                 Resp::RevokeApiKey(pb::RevokeApiKeyResponse {})
             }
+            Req::PublishListing(r) if r.listing.as_ref().is_some_and(|l| l.kind == "model") => {
+                Resp::PublishListing(m.market().publish_model(m, &project, &r).map_err(market)?)
+            }
             Req::PublishListing(r) => {
                 Resp::PublishListing(m.market().publish(m, &project, &r).map_err(market)?)
             }
+            Req::FetchModel(r) => Resp::FetchModel(self.sell_model(&project, &r.id)?),
             Req::UnpublishListing(r) => {
                 Resp::UnpublishListing(m.market().unpublish(&project, &r.id).map_err(market)?)
             }
             Req::ListListings(r) => Resp::ListListings(pb::ListListingsResponse {
                 listings: m.market().list(&r).map_err(market)?,
             }),
-            Req::GetListing(r) => Resp::GetListing(m.market().get(&r.id).map_err(market)?),
+            Req::GetListing(r) => {
+                let rec = m.market().record(&r.id).map_err(market)?;
+                let mut l = rec.listing.unwrap_or_default();
+                l.fewest_key_holders_online = c.key_holders_online(&rec.tasks);
+                Resp::GetListing(l)
+            }
+            Req::ResealListing(r) => {
+                Resp::ResealListing(m.market().reseal(m, &project, &r).map_err(market)?)
+            }
+            Req::ListingUsage(r) => {
+                let rec = m.market().record(&r.id).map_err(market)?;
+                if rec.project_id.as_ref() != project {
+                    return Err(market(MarketError::NotOwner));
+                }
+                let (_, per) = crate::charges::owner_earned(self.payouts.kv(), &project, 0)
+                    .map_err(|e| api(e.into()))?;
+                let e = per.get(r.id.as_ref()).copied().unwrap_or_default();
+                let mut l = rec.listing.unwrap_or_default();
+                l.fewest_key_holders_online = c.key_holders_online(&rec.tasks);
+                Resp::ListingUsage(pb::ListingUsageResponse {
+                    jobs: l.jobs,
+                    listing: Some(l),
+                    sample_epochs: e.sample_epochs,
+                    earned: e.amount,
+                })
+            }
+            Req::Earnings(_) => Resp::Earnings(
+                self.payouts
+                    .owner_earnings(&project)
+                    .map_err(|e| RemoteError::new(e.code(), e.to_string()))?,
+            ),
+            Req::SetPayoutAddress(r) => Resp::SetPayoutAddress(pb::SetPayoutAddressResponse {
+                address: m.set_payout_address(&project, &r.address).map_err(api)?,
+            }),
+            Req::Charges(_) => {
+                let db = |e: crate::db::DbError| api(e.into());
+                let charges =
+                    crate::charges::project_charges(self.payouts.kv(), &project, 0).map_err(db)?;
+                let total = charges
+                    .iter()
+                    .try_fold(0u64, |a, c| a.checked_add(c.total))
+                    .ok_or_else(|| db(crate::db::DbError::Overflow("a project's charges")))?;
+                Resp::Charges(pb::ChargesResponse {
+                    charges,
+                    total,
+                    month_total: c.month_charges(&project).map_err(job)?,
+                    spend_limit: m.project_record(&project).map_err(api)?.spend_limit,
+                })
+            }
             Req::SettleOrders(_) => {
                 return Err(RemoteError::new(
                     pb::ErrorCode::InvalidArgument,

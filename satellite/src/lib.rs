@@ -13,6 +13,7 @@ pub mod accounting;
 pub mod admin;
 pub mod apikeys;
 pub mod audit;
+pub mod charges;
 pub mod compute;
 pub mod config;
 pub mod db;
@@ -201,6 +202,7 @@ impl Satellite {
             config.audit.online_interval_secs.max(0.1),
         )));
         compute.set_reputation(reputation.clone());
+        compute.set_rates(compute::Rates::from(&config.payouts));
         let gc = Arc::new(gc::Gc::new(
             metainfo.clone(),
             overlay.clone(),

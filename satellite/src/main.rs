@@ -166,10 +166,25 @@ enum ProjectCommand {
         /// Monthly download (egress) limit with a unit (0 = unlimited).
         #[arg(long, value_parser = parse_bytes)]
         egress: Option<u64>,
+        /// Most the project may be charged per month for its jobs (data
+        /// fees, compute, egress), in the payout token's base units
+        /// (0 = unlimited).
+        #[arg(long)]
+        spend: Option<u64>,
         /// Output format: text or json.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
+}
+
+/// A payout line's payee as people read it: a node id, or owner:PROJECT.
+fn payee_name(l: &pb::PayoutLine) -> String {
+    match &l.paystub {
+        Some(p) if p.payee_kind == "owner" => format!("owner:{}", p.payee_name),
+        _ => NodeId::try_from(l.node_id.as_ref())
+            .map(|i| i.to_string())
+            .unwrap_or_default(),
+    }
 }
 
 fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -412,15 +427,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("period {}: {} paystubs", r.period, r.lines.len());
                 println!(
                     "{:<46} {:>12} {:>10} {:>12} {:>12} {:>12}  ADDRESS",
-                    "NODE ID", "GROSS", "HELD %", "HELD", "RETURNED", "PAID"
+                    "PAYEE (NODE ID, or owner:PROJECT)",
+                    "GROSS",
+                    "HELD %",
+                    "HELD",
+                    "RETURNED",
+                    "PAID"
                 );
                 for l in &r.lines {
                     let p = l.paystub.clone().unwrap_or_default();
                     println!(
                         "{:<46} {:>12} {:>10} {:>12} {:>12} {:>12}  {}{}",
-                        NodeId::try_from(l.node_id.as_ref())
-                            .map(|i| i.to_string())
-                            .unwrap_or_default(),
+                        payee_name(l),
                         p.gross,
                         p.held_percent,
                         p.held,
@@ -448,33 +466,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 format,
             } => {
                 let r = payouts(&dir, pb::payouts_request::Action::Show, &period, "").await?;
-                let lines: Vec<(String, String, u64)> = r
+                // (payee id, address, amount, who: "node" or "owner:NAME")
+                let lines: Vec<(String, String, u64, String)> = r
                     .lines
                     .iter()
                     .filter_map(|l| {
                         let p = l.paystub.as_ref()?;
                         let id = NodeId::try_from(l.node_id.as_ref()).ok()?.to_string();
-                        (p.paid > 0).then(|| (id, p.wallet.clone(), p.paid))
+                        let who = if p.payee_kind == "owner" {
+                            format!("owner:{}", p.payee_name)
+                        } else {
+                            "node".to_string()
+                        };
+                        (p.paid > 0).then(|| (id, p.wallet.clone(), p.paid, who))
                     })
                     .collect();
                 let missing = lines.iter().filter(|l| l.1.is_empty()).count();
                 if missing > 0 {
                     eprintln!(
-                        "warning: {missing} node(s) have no payout address; their lines have an empty address"
+                        "warning: {missing} payee(s) have no payout address; their lines have an empty address"
                     );
                 }
                 match format {
                     ExportFormat::Csv => {
-                        println!("address,amount,node_id");
-                        for (id, wallet, amount) in &lines {
-                            println!("{wallet},{amount},{id}");
+                        println!("address,amount,node_id,payee");
+                        for (id, wallet, amount, who) in &lines {
+                            println!("{wallet},{amount},{id},{who}");
                         }
                     }
                     ExportFormat::Json => {
                         let v: Vec<serde_json::Value> = lines
                             .iter()
-                            .map(|(id, wallet, amount)| {
-                                serde_json::json!({"address": wallet, "amount": amount.to_string(), "node_id": id})
+                            .map(|(id, wallet, amount, who)| {
+                                serde_json::json!({"address": wallet, "amount": amount.to_string(), "node_id": id, "payee": who})
                             })
                             .collect();
                         println!(
@@ -513,6 +537,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     project,
                     storage,
                     egress,
+                    spend,
                     output,
                 },
         } => {
@@ -523,6 +548,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         project_name: project.clone(),
                         storage_limit: storage,
                         egress_limit: egress,
+                        spend_limit: spend,
                     },
                 ))
                 .await?
@@ -536,6 +562,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "project": project,
                         "storage_limit": r.storage_limit,
                         "egress_limit": r.egress_limit,
+                        "spend_limit": r.spend_limit,
                     })
                 );
                 return Ok(());
@@ -548,9 +575,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             println!(
-                "project {project}: storage limit {}, monthly egress limit {}",
+                "project {project}: storage limit {}, monthly egress limit {}, monthly spending \
+                 limit {}",
                 show(r.storage_limit),
-                show(r.egress_limit)
+                show(r.egress_limit),
+                if r.spend_limit == 0 {
+                    "unlimited".to_string()
+                } else {
+                    format!("{} base units", r.spend_limit)
+                }
             );
         }
         Command::Status {

@@ -38,6 +38,8 @@ pub enum MarketError {
     AlreadyPublished(String),
     #[error("only the listing's owner may change it")]
     NotOwner,
+    #[error("{0}")]
+    Closed(String),
     #[error(transparent)]
     Metainfo(#[from] MetainfoError),
     #[error(transparent)]
@@ -53,6 +55,7 @@ impl MarketError {
             Self::NotADataset | Self::Uncounted => C::FailedPrecondition,
             Self::AlreadyPublished(_) => C::AlreadyExists,
             Self::NotOwner => C::PermissionDenied,
+            Self::Closed(_) => C::FailedPrecondition,
             Self::Metainfo(e) => e.code(),
             Self::Db(_) => C::Internal,
         }
@@ -100,6 +103,20 @@ fn validate(l: &pb::Listing) -> Result<(), MarketError> {
     {
         return Err(invalid("too many or too long column or class names"));
     }
+    let features = l.features as usize;
+    if features == 0
+        || l.feature_mean.len() != features
+        || l.feature_std.len() != features
+        || l.feature_mean.iter().any(|m| !m.is_finite())
+        || l.feature_std.iter().any(|s| !s.is_finite() || *s <= 0.0)
+        || l.columns_digest.len() != 32
+        || l.classes.is_empty()
+    {
+        return Err(invalid(
+            "a listing carries its features' means and standard deviations, the digest of its \
+             columns and its classes",
+        ));
+    }
     let terms = l.terms.clone().unwrap_or_default();
     for m in &terms.allowed_models {
         m.parse::<loam_common::compute::Architecture>()
@@ -136,6 +153,23 @@ pub fn is_open(l: &pb::Listing, now: i64) -> bool {
             .is_none_or(|t| t.expires_unix_ms == 0 || t.expires_unix_ms > now)
 }
 
+/// Refuses a listing that is not a model open for sale at `now`.
+pub fn for_sale(l: &pb::Listing, now: i64) -> Result<(), MarketError> {
+    if l.kind != "model" {
+        return Err(invalid(format!(
+            "market:{} is a dataset listing: train on it with `uplink train`",
+            listing_id(&l.id)
+        )));
+    }
+    if !is_open(l, now) {
+        return Err(MarketError::Closed(format!(
+            "market:{} is unpublished or expired: it sells no more downloads",
+            listing_id(&l.id)
+        )));
+    }
+    Ok(())
+}
+
 pub struct Market {
     kv: Arc<dyn Kv>,
     /// Serialises publishing, so one dataset is listed once.
@@ -159,6 +193,23 @@ impl Market {
                     .map_err(|_| DbError::Corrupt("listing").into())
             })
             .collect()
+    }
+
+    /// The open listing of `project`'s object at (`bucket`, `key`).
+    fn open_listing_of(
+        &self,
+        project: &ProjectId,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<Option<pb::ListingRecord>, MarketError> {
+        Ok(self.records()?.into_iter().find(|r| {
+            r.project_id.as_ref() == project
+                && r.bucket == bucket
+                && r.encrypted_key == key
+                && r.listing
+                    .as_ref()
+                    .is_some_and(|l| l.unpublished_unix_ms == 0)
+        }))
     }
 
     /// A listing's record (the dataset behind it).
@@ -185,27 +236,28 @@ impl Market {
         if !obj.dataset {
             return Err(MarketError::NotADataset);
         }
-        let mut records = 0u64;
-        for index in 0..obj.segment_count {
-            let seg = metainfo.segment(&obj, index)?;
-            for r in seg.meta.unwrap_or_default().row_records {
-                records = records
-                    .checked_add(r)
-                    .ok_or(DbError::Overflow("a dataset's record count"))?;
-            }
-        }
+        let rows = crate::compute::data_rows(metainfo, &obj).map_err(|_| MarketError::Uncounted)?;
+        let records = rows
+            .iter()
+            .try_fold(0u64, |acc, r| acc.checked_add(r.1))
+            .ok_or(DbError::Overflow("a dataset's record count"))?;
         if records == 0 {
             return Err(MarketError::Uncounted);
         }
+        crate::compute::check_task_keys(&rows, &req.tasks)
+            .map_err(|e| invalid(format!("the listing's sealed keys: {e}")))?;
+        if req.key_tag.len() != 16 {
+            return Err(invalid("the listing's keys carry no 16-byte tag"));
+        }
+        let mut terms = given.terms.clone().unwrap_or_default();
+        terms.allowed_models = terms
+            .allowed_models
+            .iter()
+            .filter_map(|m| m.parse::<loam_common::compute::Architecture>().ok())
+            .map(|a| a.to_string())
+            .collect();
         let _guard = self.lock.lock().expect("market lock");
-        if let Some(existing) = self.records()?.into_iter().find(|r| {
-            r.project_id.as_ref() == project
-                && r.bucket == req.bucket
-                && r.encrypted_key == req.encrypted_key
-                && r.listing
-                    .as_ref()
-                    .is_some_and(|l| l.unpublished_unix_ms == 0)
-        }) {
+        if let Some(existing) = self.open_listing_of(project, &req.bucket, &req.encrypted_key)? {
             let id = existing.listing.map(|l| l.id).unwrap_or_default();
             return Err(MarketError::AlreadyPublished(listing_id(&id)));
         }
@@ -221,6 +273,9 @@ impl Market {
             unpublished_unix_ms: 0,
             jobs: 0,
             last_used_unix_ms: 0,
+            tasks: rows.len() as u32,
+            keys_sealed_unix_ms: now_ms(),
+            terms: Some(terms),
             ..given
         };
         let rec = pb::ListingRecord {
@@ -229,11 +284,94 @@ impl Market {
             project_id: project.to_vec().into(),
             bucket: req.bucket.clone(),
             encrypted_key: req.encrypted_key.clone(),
+            tasks: req.tasks.clone(),
+            row_records: rows.iter().map(|r| r.1).collect(),
+            key_tag: req.key_tag.clone(),
+            ..Default::default()
         };
         self.kv
             .put(Table::Listings, id.to_vec(), rec.encode_to_vec())?;
         metrics::counter!("loam_satellite_listings_published_total").increment(1);
         Ok(listing)
+    }
+
+    /// Publishes the model object at (`req.bucket`, `req.encrypted_key`):
+    /// its public facts, and the read-only grant each buyer receives (the
+    /// satellite can read the model with it too: a model listing is public
+    /// to the satellite and to every buyer).
+    pub fn publish_model(
+        &self,
+        metainfo: &Metainfo,
+        project: &ProjectId,
+        req: &pb::PublishListingRequest,
+    ) -> Result<pb::Listing, MarketError> {
+        const MAX_GRANT: usize = 16_384;
+        let given = req.listing.clone().unwrap_or_default();
+        validate(&given)?;
+        if req.model_grant.is_empty()
+            || req.model_grant.len() > MAX_GRANT
+            || req.model_key.is_empty()
+            || req.model_key.len() > 1024
+        {
+            return Err(invalid(
+                "a model listing carries its buyers' grant and the model's path",
+            ));
+        }
+        given
+            .model
+            .parse::<loam_common::compute::Architecture>()
+            .map_err(|e| invalid(format!("the model: {e}")))?;
+        metainfo.object_record(project, &req.bucket, &req.encrypted_key)?;
+        let _guard = self.lock.lock().expect("market lock");
+        if let Some(existing) = self.open_listing_of(project, &req.bucket, &req.encrypted_key)? {
+            let id = existing.listing.map(|l| l.id).unwrap_or_default();
+            return Err(MarketError::AlreadyPublished(listing_id(&id)));
+        }
+        let id: [u8; 8] = rand::random();
+        let now = now_ms();
+        let listing = pb::Listing {
+            id: id.to_vec().into(),
+            kind: "model".into(),
+            owner: metainfo.project_info(project)?.name,
+            title: given.title.trim().to_string(),
+            tags: given.tags.iter().map(|t| t.trim().to_lowercase()).collect(),
+            created_unix_ms: now,
+            unpublished_unix_ms: 0,
+            jobs: 0,
+            downloads: 0,
+            last_used_unix_ms: 0,
+            tasks: 0,
+            keys_sealed_unix_ms: 0,
+            price_per_1000: 0,
+            ..given
+        };
+        let rec = pb::ListingRecord {
+            version: 1,
+            listing: Some(listing.clone()),
+            project_id: project.to_vec().into(),
+            bucket: req.bucket.clone(),
+            encrypted_key: req.encrypted_key.clone(),
+            model_grant: req.model_grant.clone(),
+            model_key: req.model_key.clone(),
+            ..Default::default()
+        };
+        self.kv
+            .put(Table::Listings, id.to_vec(), rec.encode_to_vec())?;
+        metrics::counter!("loam_satellite_listings_published_total").increment(1);
+        Ok(listing)
+    }
+
+    /// A model listing open for sale, counted as downloaded once more.
+    pub fn sell_model(&self, id: &[u8], now: i64) -> Result<pb::ListingRecord, MarketError> {
+        let _guard = self.lock.lock().expect("market lock");
+        let mut rec = self.record(id)?;
+        let listing = rec.listing.get_or_insert_with(Default::default);
+        for_sale(listing, now)?;
+        listing.downloads = listing.downloads.saturating_add(1);
+        listing.last_used_unix_ms = now;
+        self.kv
+            .put(Table::Listings, id.to_vec(), rec.encode_to_vec())?;
+        Ok(rec)
     }
 
     /// Takes a listing off the market: no new jobs (running ones finish).
@@ -251,6 +389,62 @@ impl Market {
         self.kv
             .put(Table::Listings, id.to_vec(), rec.encode_to_vec())?;
         Ok(out)
+    }
+
+    /// Replaces a listing's sealed keys with ones the owner sealed again
+    /// (to the nodes a fresh plan names).
+    pub fn reseal(
+        &self,
+        metainfo: &Metainfo,
+        project: &ProjectId,
+        req: &pb::ResealListingRequest,
+    ) -> Result<pb::Listing, MarketError> {
+        let _guard = self.lock.lock().expect("market lock");
+        let mut rec = self
+            .open_listing_of(project, &req.bucket, &req.encrypted_key)?
+            .ok_or_else(|| invalid("the dataset is not published; run `uplink dataset publish`"))?;
+        let id = rec
+            .listing
+            .as_ref()
+            .map(|l| l.id.to_vec())
+            .unwrap_or_default();
+        let obj = metainfo.object_record(project, &rec.bucket, &rec.encrypted_key)?;
+        let rows = crate::compute::data_rows(metainfo, &obj).map_err(|_| MarketError::Uncounted)?;
+        crate::compute::check_task_keys(&rows, &req.tasks)
+            .map_err(|e| invalid(format!("the listing's sealed keys: {e}")))?;
+        if req.key_tag.len() != 16 {
+            return Err(invalid("the listing's keys carry no 16-byte tag"));
+        }
+        rec.tasks = req.tasks.clone();
+        rec.key_tag = req.key_tag.clone();
+        rec.row_records = rows.iter().map(|r| r.1).collect();
+        let listing = rec.listing.get_or_insert_with(Default::default);
+        listing.keys_sealed_unix_ms = now_ms();
+        listing.tasks = rows.len() as u32;
+        let out = listing.clone();
+        self.kv.put(Table::Listings, id, rec.encode_to_vec())?;
+        Ok(out)
+    }
+
+    /// Counts a job submitted on a listing.
+    pub fn record_job(&self, id: &[u8], now: i64) -> Result<(), MarketError> {
+        let _guard = self.lock.lock().expect("market lock");
+        let mut rec = self.record(id)?;
+        let listing = rec.listing.get_or_insert_with(Default::default);
+        listing.jobs = listing.jobs.saturating_add(1);
+        listing.last_used_unix_ms = now;
+        self.kv
+            .put(Table::Listings, id.to_vec(), rec.encode_to_vec())?;
+        Ok(())
+    }
+
+    /// Listings of `project`, published or not.
+    pub fn owned(&self, project: &ProjectId) -> Result<Vec<pb::ListingRecord>, MarketError> {
+        Ok(self
+            .records()?
+            .into_iter()
+            .filter(|r| r.project_id.as_ref() == project)
+            .collect())
     }
 
     /// One listing, published or not.

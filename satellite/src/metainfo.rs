@@ -304,7 +304,7 @@ impl Metainfo {
 
     // ------------------------------------------------------ usage, limits
 
-    fn project_record(&self, project: &ProjectId) -> Result<pb::ProjectRecord, MetainfoError> {
+    pub fn project_record(&self, project: &ProjectId) -> Result<pb::ProjectRecord, MetainfoError> {
         let v = self
             .kv
             .get(Table::Projects, project)?
@@ -386,28 +386,57 @@ impl Metainfo {
             .map_or(0, u64::from_be_bytes))
     }
 
-    /// Sets a project's limits (None: unchanged; 0: unlimited).
+    /// Sets a project's limits (None: unchanged; 0: unlimited); returns
+    /// them as they now stand.
     pub fn set_project_limits(
         &self,
         name: &str,
-        storage: Option<u64>,
-        egress: Option<u64>,
-    ) -> Result<(u64, u64), MetainfoError> {
+        req: &pb::SetProjectLimitsRequest,
+    ) -> Result<pb::SetProjectLimitsResponse, MetainfoError> {
         for (k, v) in self.kv.scan(Table::Projects, b"", b"", usize::MAX)? {
             let mut rec: pb::ProjectRecord = decode(&v, "project")?;
             if rec.name == name {
-                if let Some(s) = storage {
+                if let Some(s) = req.storage_limit {
                     rec.storage_limit = s;
                 }
-                if let Some(e) = egress {
+                if let Some(e) = req.egress_limit {
                     rec.egress_limit = e;
                 }
-                let limits = (rec.storage_limit, rec.egress_limit);
+                if let Some(m) = req.spend_limit {
+                    rec.spend_limit = m;
+                }
+                let limits = pb::SetProjectLimitsResponse {
+                    storage_limit: rec.storage_limit,
+                    egress_limit: rec.egress_limit,
+                    spend_limit: rec.spend_limit,
+                };
                 self.kv.put(Table::Projects, k, rec.encode_to_vec())?;
                 return Ok(limits);
             }
         }
         Err(MetainfoError::ProjectNotFound(name.to_string()))
+    }
+
+    /// Sets where a project's data-owner earnings are paid.
+    pub fn set_payout_address(
+        &self,
+        project: &ProjectId,
+        address: &str,
+    ) -> Result<String, MetainfoError> {
+        let address = address.trim();
+        if address.is_empty()
+            || address.len() > 200
+            || address.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(MetainfoError::Invalid(
+                "a payout address is 1 to 200 characters without spaces",
+            ));
+        }
+        let mut rec = self.project_record(project)?;
+        rec.payout_address = address.to_string();
+        self.kv
+            .put(Table::Projects, project.to_vec(), rec.encode_to_vec())?;
+        Ok(rec.payout_address)
     }
 
     /// What a project stores and downloads, per bucket, this month.
@@ -501,6 +530,7 @@ impl Metainfo {
                     created_unix_ms: now_ms(),
                     storage_limit: self.config.default_storage_limit,
                     egress_limit: self.config.default_egress_limit,
+                    ..Default::default()
                 };
                 self.kv
                     .put(Table::Projects, id.to_vec(), rec.encode_to_vec())?;
@@ -2394,8 +2424,14 @@ mod tests {
 
         // The storage limit counts those bytes: a second segment of the
         // same size no longer fits a limit of three pieces' worth.
-        m.set_project_limits("p", Some(3 * piece as u64), None)
-            .expect("limits");
+        m.set_project_limits(
+            "p",
+            &pb::SetProjectLimitsRequest {
+                storage_limit: Some(3 * piece as u64),
+                ..Default::default()
+            },
+        )
+        .expect("limits");
         let next = begin(b"next");
         let e = commit_segment(&m, &project, &nodes, &next, 0, piece, 1);
         assert!(

@@ -87,6 +87,8 @@ pub enum PayoutError {
     Ledger(#[from] ledger::LedgerError),
     #[error("an amount in the payouts of period {0} does not fit in 64 bits; nothing was recorded")]
     Overflow(String),
+    #[error("{0}")]
+    Lookup(String),
 }
 
 impl PayoutError {
@@ -96,7 +98,9 @@ impl PayoutError {
             Self::Open(_) | Self::Settling(..) | Self::NotComputed(_) | Self::AlreadyPaid(_) => {
                 pb::ErrorCode::FailedPrecondition
             }
-            Self::Db(_) | Self::Ledger(_) | Self::Overflow(_) => pb::ErrorCode::Internal,
+            Self::Db(_) | Self::Ledger(_) | Self::Overflow(_) | Self::Lookup(_) => {
+                pb::ErrorCode::Internal
+            }
         }
     }
 }
@@ -284,6 +288,7 @@ impl PayoutConfig {
             disqualified: s.disqualified,
             exited: s.exited,
             paid,
+            ..Default::default()
         })
     }
 }
@@ -352,6 +357,60 @@ impl Payouts {
         &self.config
     }
 
+    /// The database, for the charge and earning records it also holds.
+    pub fn kv(&self) -> &Arc<dyn Kv> {
+        &self.kv
+    }
+
+    /// A data owner's ledger, what it earned since its last paystub, and
+    /// what each of its listings earned.
+    pub fn owner_earnings(
+        &self,
+        project: &metainfo::ProjectId,
+    ) -> Result<pb::EarningsResponse, PayoutError> {
+        let payee = ledger::project_payee(project);
+        let ledger = self.ledger_response(&payee, 0)?;
+        let mut paid_until = 0;
+        for e in &ledger.entries {
+            if let Ok(pb::LedgerEntry {
+                body: Some(pb::ledger_entry::Body::Paystub(p)),
+                ..
+            }) = pb::LedgerEntry::decode(e.entry.as_ref())
+            {
+                paid_until = paid_until.max(p.period_end_unix_ms);
+            }
+        }
+        let (unpaid, per) = crate::charges::owner_earned(&self.kv, project, paid_until)?;
+        let mut listings = Vec::new();
+        for rec in self
+            .metainfo
+            .market()
+            .owned(project)
+            .map_err(|e| PayoutError::Lookup(e.to_string()))?
+        {
+            let l = rec.listing.unwrap_or_default();
+            let e = per.get(l.id.as_ref()).copied().unwrap_or_default();
+            listings.push(pb::ListingUsageResponse {
+                jobs: l.jobs,
+                listing: Some(l),
+                sample_epochs: e.sample_epochs,
+                earned: e.amount,
+            });
+        }
+        let address = self
+            .metainfo
+            .project_record(project)
+            .map_err(|e| PayoutError::Lookup(e.to_string()))?
+            .payout_address;
+        Ok(pb::EarningsResponse {
+            payee_id: payee.as_bytes().to_vec().into(),
+            payout_address: address,
+            ledger: Some(ledger),
+            unpaid: unpaid.amount,
+            listings,
+        })
+    }
+
     /// A node's ledger from `since` on.
     pub fn ledger(&self, node: &NodeId, since: u64) -> Result<Vec<pb::SignedLedgerEntry>, DbError> {
         self.kv
@@ -406,6 +465,32 @@ impl Payouts {
             entry.encode_to_vec(),
         ));
         tails.insert(*node, entry);
+        Ok(())
+    }
+
+    /// Appends `stub` to `payee`'s ledger and stores it as the period's
+    /// paystub (in `ops`, written together).
+    fn issue(
+        &self,
+        period: &Period,
+        payee: NodeId,
+        stub: pb::Paystub,
+        ops: &mut Vec<Op>,
+        tails: &mut std::collections::HashMap<NodeId, pb::SignedLedgerEntry>,
+        out: &mut Vec<(NodeId, pb::Paystub)>,
+    ) -> Result<(), PayoutError> {
+        self.append(
+            &payee,
+            pb::ledger_entry::Body::Paystub(stub.clone()),
+            ops,
+            tails,
+        )?;
+        ops.push(Op::Put(
+            Table::Paystubs,
+            paystub_key(period, &payee),
+            stub.encode_to_vec(),
+        ));
+        out.push((payee, stub));
         Ok(())
     }
 
@@ -506,24 +591,41 @@ impl Payouts {
             }
             let usage = self.usage(&node.id, period)?;
             let standing = self.standing(&node, period)?;
-            let stub = self
+            let mut stub = self
                 .config
                 .paystub(period, &node.wallet, &usage, standing)?;
+            stub.payee_kind = "node".into();
             if stub.gross == 0 && stub.held_returned == 0 && stub.held_forfeited == 0 {
                 continue;
             }
-            self.append(
-                &node.id,
-                pb::ledger_entry::Body::Paystub(stub.clone()),
-                &mut ops,
-                &mut tails,
-            )?;
-            ops.push(Op::Put(
-                Table::Paystubs,
-                paystub_key(period, &node.id),
-                stub.encode_to_vec(),
-            ));
-            out.push((node.id, stub));
+            self.issue(period, node.id, stub, &mut ops, &mut tails, &mut out)?;
+        }
+        // Data owners: their listings' fees, all paid (nothing held back:
+        // an owner stores nothing and can vanish with nothing owed).
+        for (owner, earned) in crate::charges::owners_earned(&self.kv, period.start, period.end)? {
+            if earned.amount == 0 && earned.sample_epochs == 0 {
+                continue;
+            }
+            let payee = ledger::project_payee(&owner);
+            let project = self
+                .metainfo
+                .project_record(&owner)
+                .map_err(|e| PayoutError::Lookup(e.to_string()))?;
+            let stub = pb::Paystub {
+                period: period.name.clone(),
+                period_start_unix_ms: period.start,
+                period_end_unix_ms: period.end,
+                wallet: project.payout_address,
+                data_sample_epochs: earned.sample_epochs,
+                data_amount: earned.amount,
+                gross: earned.amount,
+                paid: earned.amount,
+                age_periods: 1,
+                payee_kind: "owner".into(),
+                payee_name: project.name,
+                ..Default::default()
+            };
+            self.issue(period, payee, stub, &mut ops, &mut tails, &mut out)?;
         }
         // An empty period still counts as computed.
         ops.push(Op::Put(

@@ -312,14 +312,39 @@ impl Trainer {
                 "the task key is for another piece".into(),
             ));
         }
-        let schema: Schema = serde_json::from_slice(&secret.schema)
+        // A key sealed at publish names its listing's key tag, and is only
+        // used for a job on that listing (the satellite presents the tag);
+        // a key sealed for one job carries none.
+        if secret.key_tag != req.key_tag {
+            return Err(TaskError::Refused(
+                "the task key was sealed for another job or listing".into(),
+            ));
+        }
+        let mut schema: Schema = serde_json::from_slice(&secret.schema)
             .ok()
             .filter(|s: &Schema| s.validate().is_ok())
             .ok_or_else(|| TaskError::Bad("schema".into()))?;
+        // A job across listings scales every dataset's features alike.
+        if !req.scaling_mean.is_empty() || !req.scaling_std.is_empty() {
+            let n = schema.mean.len();
+            if req.scaling_mean.len() != n
+                || req.scaling_std.len() != n
+                || req.scaling_mean.iter().any(|m| !m.is_finite())
+                || req.scaling_std.iter().any(|s| !s.is_finite() || *s <= 0.0)
+            {
+                return Err(TaskError::Bad("the job's feature scaling".into()));
+            }
+            schema.mean = req.scaling_mean.clone();
+            schema.std = req.scaling_std.clone();
+        }
         if schema.features() != spec.inputs || schema.classes.len() != spec.classes {
             return Err(TaskError::Bad("the model does not fit the dataset".into()));
         }
-        let cache_key = (secret.job_id.to_vec(), req.segment, req.row);
+        let cache_key = (
+            [req.job_id.as_ref(), secret.key_tag.as_ref()].concat(),
+            req.segment,
+            req.row,
+        );
         let cached = self.cache.lock().expect("cache lock").get(&cache_key);
         let (records, fetched) = match cached {
             Some(r) => (r, 0),

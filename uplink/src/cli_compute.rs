@@ -54,6 +54,20 @@ pub enum DatasetCommand {
         /// The listing, market:ID or ID.
         id: String,
     },
+    /// Seal a published dataset's row keys again, to the computing nodes
+    /// online now (after nodes left or pieces were repaired elsewhere).
+    Reseal {
+        /// The published dataset, loam://BUCKET/NAME.
+        url: String,
+    },
+    /// What one of your listings earned: jobs, sample-epochs, fees.
+    Usage {
+        /// The listing, market:ID or ID.
+        id: String,
+        /// Output format: text or json.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: crate::Output,
+    },
     /// Show a dataset's columns, classes and layout.
     Info {
         /// The dataset, loam://BUCKET/NAME.
@@ -66,8 +80,10 @@ pub enum DatasetCommand {
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// The dataset, loam://BUCKET/NAME.
-    url: String,
+    /// The dataset, loam://BUCKET/NAME; or one or more listings others
+    /// published, market:ID (with the same columns and label).
+    #[arg(required = true, num_args = 1..)]
+    datasets: Vec<String>,
     /// Registry model: logistic or mlp.
     #[arg(long, default_value = "mlp")]
     model: String,
@@ -133,10 +149,11 @@ pub enum JobCommand {
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
-    /// Accuracy and confusion matrix of MODEL (a file or loam:// URL) on a
-    /// labelled CSV.
+    /// Accuracy and confusion matrix of MODEL (a file, a loam:// URL or a
+    /// model listing market:ID) on a labelled CSV.
     Eval {
-        /// The model: a local file or loam://BUCKET/KEY.
+        /// The model: a local file, loam://BUCKET/KEY, or market:ID (one
+        /// paid download).
         model: String,
         /// A labelled CSV with the model's columns.
         #[arg(long)]
@@ -153,7 +170,8 @@ pub enum ModelCommand {
     },
     /// Predicted class of every row of a CSV, as CSV on stdout or --out.
     Predict {
-        /// The model: a local file or loam://BUCKET/KEY.
+        /// The model: a local file, loam://BUCKET/KEY, or market:ID (one
+        /// paid download).
         model: String,
         /// A CSV with the model's feature columns (the label column may be
         /// there or not).
@@ -166,6 +184,9 @@ pub enum ModelCommand {
         #[arg(long, value_parser = parse_delimiter)]
         delimiter: Option<u8>,
     },
+    /// Offer a model for others to evaluate and predict with, paid per
+    /// download: uplink model publish loam://BUCKET/KEY --title T --price P
+    Publish(crate::cli_market::ModelPublishArgs),
 }
 
 /// A `--delimiter` value: one ASCII character, or `tab`.
@@ -226,6 +247,10 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
     match cmd {
         DatasetCommand::Publish(args) => crate::cli_market::publish(project, args).await?,
         DatasetCommand::Unpublish { id } => crate::cli_market::unpublish(project, &id).await?,
+        DatasetCommand::Reseal { url } => crate::cli_market::reseal(project, &url).await?,
+        DatasetCommand::Usage { id, output } => {
+            crate::cli_market::usage(project, &id, output).await?
+        }
         DatasetCommand::Put {
             file,
             url,
@@ -310,7 +335,19 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
 }
 
 pub async fn train(project: &Project, a: TrainArgs) -> anyhow::Result<()> {
-    let u = parse_loam(&a.url)?;
+    let market = a
+        .datasets
+        .iter()
+        .filter(|d| d.starts_with("market:"))
+        .count();
+    if market != 0 && market != a.datasets.len() {
+        bail!(
+            "train either your own dataset (loam://BUCKET/NAME) or listings (market:ID), not both"
+        );
+    }
+    if market == 0 && a.datasets.len() != 1 {
+        bail!("train one dataset of your own at a time (or several listings, market:ID)");
+    }
     let out = parse_loam(&a.out)?;
     if out.key.is_empty() {
         bail!("--out {:?} names no key", a.out);
@@ -329,7 +366,17 @@ pub async fn train(project: &Project, a: TrainArgs) -> anyhow::Result<()> {
         out: (out.bucket.clone(), out.key.clone()),
         label: a.label,
     };
-    let info = project.submit_job(&u.bucket, &u.key, &job).await?;
+    let info = if market > 0 {
+        let ids = a
+            .datasets
+            .iter()
+            .map(|d| loam_uplink::market::parse_listing_id(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        project.submit_market_job(&ids, &job).await?
+    } else {
+        let u = parse_loam(&a.datasets[0])?;
+        project.submit_job(&u.bucket, &u.key, &job).await?
+    };
     let id = hex::encode(&info.job_id);
     println!(
         "Job {id} submitted: {} tasks per round, {} rounds",
@@ -417,6 +464,10 @@ fn job_json(j: &pb::JobInfo) -> serde_json::Value {
         "verify_bytes_fetched": j.verify_bytes_fetched,
         "weight_bytes": j.weight_bytes,
         "weight_bytes_per_round": j.weight_bytes / u64::from(j.round.max(1)),
+        "listings": j.listings.iter().map(|l| format!("market:{}", hex::encode(l))).collect::<Vec<_>>(),
+        "data_fees": j.data_fees,
+        "compute_charged": j.compute_charged,
+        "egress_charged": j.egress_charged,
         "history": j.history.iter().map(|r| serde_json::json!({
             "round": r.round, "loss": r.loss, "accuracy": r.accuracy,
             "samples": r.samples, "tasks_accepted": r.tasks_accepted,
@@ -540,8 +591,9 @@ pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
 pub fn model_needs_access(cmd: &ModelCommand) -> bool {
     let m = match cmd {
         ModelCommand::Eval { model, .. } | ModelCommand::Predict { model, .. } => model,
+        ModelCommand::Publish(_) => return true,
     };
-    m.starts_with("loam://")
+    m.starts_with("loam://") || m.starts_with("market:")
 }
 
 async fn load_model(project: Option<&Project>, model: &str) -> anyhow::Result<ModelFile> {
@@ -550,6 +602,12 @@ async fn load_model(project: Option<&Project>, model: &str) -> anyhow::Result<Mo
             let u = parse_loam(model)?;
             p.read_all(&u.bucket, &u.key).await?
         }
+        Some(p) if model.starts_with("market:") => {
+            let id = loam_uplink::market::parse_listing_id(model)?;
+            let (bytes, charged) = p.fetch_model(&id).await?;
+            eprintln!("bought one download of {model} for {charged} base units");
+            bytes
+        }
         _ => std::fs::read(model).with_context(|| format!("cannot read model {model}"))?,
     };
     Ok(ModelFile::from_bytes(&bytes)?)
@@ -557,6 +615,10 @@ async fn load_model(project: Option<&Project>, model: &str) -> anyhow::Result<Mo
 
 pub async fn model(project: Option<&Project>, cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
+        ModelCommand::Publish(args) => {
+            let project = project.context("publishing needs an access grant")?;
+            crate::cli_market::publish_model(project, args).await?;
+        }
         ModelCommand::Eval {
             model,
             data,

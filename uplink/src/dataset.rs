@@ -77,6 +77,23 @@ pub struct JobRequest {
     pub label: Option<String>,
 }
 
+impl JobRequest {
+    /// The registry model this job asks for, sized to `schema`, with its
+    /// hyperparameters checked.
+    fn spec_for(&self, schema: &Schema) -> Result<ModelSpec, UplinkError> {
+        let job = |e: loam_common::compute::SpecError| UplinkError::Job(e.to_string());
+        let spec = ModelSpec::new(
+            self.architecture.parse().map_err(job)?,
+            self.hidden.clone(),
+            schema.features(),
+            schema.classes.len(),
+        )
+        .map_err(job)?;
+        self.params.validate().map_err(job)?;
+        Ok(spec)
+    }
+}
+
 /// What the uplink seals inside a job for itself: where the model goes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct OwnerNote {
@@ -84,6 +101,21 @@ struct OwnerNote {
     out_key: String,
     dataset_bucket: String,
     dataset_key: String,
+    /// A job on listings: the model's schema (pooled from the listings'
+    /// public facts) and the listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schema: Option<Schema>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    listings: Vec<String>,
+}
+
+/// What a sealed row key is good for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum KeyBinding {
+    /// One job (the uplink's own tag for it).
+    Job([u8; 16]),
+    /// Any job on a listing, by the listing's key tag.
+    Listing([u8; 16]),
 }
 
 fn job_error(e: UplinkError) -> UplinkError {
@@ -234,7 +266,7 @@ impl Project {
     }
 
     /// As [`Self::dataset`], with the key the dataset is sealed under.
-    async fn dataset_and_key(
+    pub(crate) async fn dataset_and_key(
         &self,
         bucket: &str,
         key: &str,
@@ -297,30 +329,66 @@ impl Project {
                 )
             }));
         }
-        let architecture = job
-            .architecture
-            .parse()
-            .map_err(|e: loam_common::compute::SpecError| UplinkError::Job(e.to_string()))?;
-        let spec = ModelSpec::new(
-            architecture,
-            job.hidden.clone(),
-            schema.features(),
-            schema.classes.len(),
-        )
-        .map_err(|e| UplinkError::Job(e.to_string()))?;
-        job.params
-            .validate()
-            .map_err(|e| UplinkError::Job(e.to_string()))?;
+        let spec = job.spec_for(schema)?;
         if !compute {
             return Err(UplinkError::Job(format!(
                 "loam://{bucket}/{key} is not opted in to compute; run `uplink dataset compute on loam://{bucket}/{key}`"
             )));
         }
+        let job_tag: [u8; 16] = rand::random();
+        let (enc, tasks) = self
+            .seal_dataset_keys(bucket, key, &ds, &obj_key, KeyBinding::Job(job_tag), false)
+            .await?;
+        let note = OwnerNote {
+            out_bucket: job.out.0.clone(),
+            out_key: job.out.1.clone(),
+            dataset_bucket: bucket.to_string(),
+            dataset_key: key.to_string(),
+            schema: None,
+            listings: Vec::new(),
+        };
+        let note = encryption::seal(
+            &self.owner_key(),
+            &serde_json::to_vec(&note).expect("note serializes"),
+        );
+        match self
+            .call(Req::SubmitJob(pb::SubmitJobRequest {
+                bucket: bucket.to_string(),
+                encrypted_key: enc.into(),
+                spec: Some((&spec).into()),
+                params: Some((&job.params).into()),
+                rounds: job.rounds,
+                tasks,
+                owner_note: note.into(),
+                verify_fraction: job.verify_fraction.unwrap_or(-1.0),
+                ..Default::default()
+            }))
+            .await
+            .map_err(job_error)?
+        {
+            Resp::SubmitJob(info) => Ok(info),
+            _ => Err(UplinkError::Unexpected),
+        }
+    }
+
+    /// Plans tasks on the dataset at `bucket/key` and seals each data
+    /// row's key, with the schema, to every candidate node of its task;
+    /// returns the encrypted key and the sealed keys.
+    pub(crate) async fn seal_dataset_keys(
+        &self,
+        bucket: &str,
+        key: &str,
+        ds: &DatasetMeta,
+        obj_key: &Key,
+        binding: KeyBinding,
+        listing: bool,
+    ) -> Result<(Vec<u8>, Vec<pb::TaskKeys>), UplinkError> {
         let enc = self.encrypt_path(bucket, key)?;
         let plan = match self
             .call(Req::PlanJob(pb::PlanJobRequest {
                 bucket: bucket.to_string(),
                 encrypted_key: enc.clone().into(),
+                listing,
             }))
             .await
             .map_err(job_error)?
@@ -328,18 +396,21 @@ impl Project {
             Resp::PlanJob(p) => p,
             _ => return Err(UplinkError::Unexpected),
         };
-        let schema_json = serde_json::to_vec(schema).expect("schema serializes");
-        let job_tag: [u8; 16] = rand::random();
+        let schema_json = serde_json::to_vec(&ds.schema).expect("schema serializes");
         let mut tasks = Vec::with_capacity(plan.tasks.len());
         for t in &plan.tasks {
             let meta = plan
                 .segments
                 .get(t.segment as usize)
                 .ok_or(UplinkError::Unexpected)?;
-            let seg_key = encryption::open(&obj_key, &meta.encrypted_key)
+            let seg_key = encryption::open(obj_key, &meta.encrypted_key)
                 .ok()
                 .and_then(|k| Key::try_from(k.as_slice()).ok())
                 .ok_or_else(|| UplinkError::Corrupt("segment key does not decrypt".into()))?;
+            let (job_id, key_tag) = match binding {
+                KeyBinding::Job(tag) => (tag.to_vec(), Vec::new()),
+                KeyBinding::Listing(tag) => (Vec::new(), tag.to_vec()),
+            };
             let secret = pb::TaskSecret {
                 row_key: encryption::row_key(&seg_key, t.row)
                     .as_bytes()
@@ -348,7 +419,8 @@ impl Project {
                 schema: schema_json.clone().into(),
                 skip_header: t.segment == 0 && t.row == 0,
                 row_size: meta.row_sizes.get(t.row as usize).copied().unwrap_or(0),
-                job_id: job_tag.to_vec().into(),
+                job_id: job_id.into(),
+                key_tag: key_tag.into(),
                 segment: t.segment,
                 row: t.row,
             }
@@ -375,11 +447,42 @@ impl Project {
                 keys,
             });
         }
+        Ok((enc, tasks))
+    }
+
+    /// Submits a job on listings (`market:ID`s): the model's schema comes
+    /// from the listings' public facts (their feature scaling pooled,
+    /// weighted by records); the keys are the ones the owners sealed at
+    /// publish, so this uplink never holds one.
+    pub async fn submit_market_job(
+        &self,
+        listings: &[Vec<u8>],
+        job: &JobRequest,
+    ) -> Result<pb::JobInfo, UplinkError> {
+        let mut found = Vec::with_capacity(listings.len());
+        for id in listings {
+            found.push(self.listing(id).await.map_err(job_error)?);
+        }
+        let schema = crate::market::pooled_schema(&found)?;
+        if let Some(label) = &job.label
+            && label != schema.label_name()
+        {
+            return Err(UplinkError::Job(format!(
+                "the listings' label column is {:?}, not {label:?}",
+                schema.label_name()
+            )));
+        }
+        let spec = job.spec_for(&schema)?;
         let note = OwnerNote {
             out_bucket: job.out.0.clone(),
             out_key: job.out.1.clone(),
-            dataset_bucket: bucket.to_string(),
-            dataset_key: key.to_string(),
+            dataset_bucket: String::new(),
+            dataset_key: String::new(),
+            listings: listings
+                .iter()
+                .map(|l| format!("market:{}", hex::encode(l)))
+                .collect(),
+            schema: Some(schema.clone()),
         };
         let note = encryption::seal(
             &self.owner_key(),
@@ -387,14 +490,15 @@ impl Project {
         );
         match self
             .call(Req::SubmitJob(pb::SubmitJobRequest {
-                bucket: bucket.to_string(),
-                encrypted_key: enc.into(),
                 spec: Some((&spec).into()),
                 params: Some((&job.params).into()),
                 rounds: job.rounds,
-                tasks,
                 owner_note: note.into(),
                 verify_fraction: job.verify_fraction.unwrap_or(-1.0),
+                listings: listings.iter().map(|l| l.clone().into()).collect(),
+                scaling_mean: schema.mean.clone(),
+                scaling_std: schema.std.clone(),
+                ..Default::default()
             }))
             .await
             .map_err(job_error)?
@@ -468,10 +572,9 @@ impl Project {
         Some((note.out_bucket, note.out_key))
     }
 
-    fn job_dataset(&self, job: &pb::JobInfo) -> Option<(String, String)> {
+    fn job_note(&self, job: &pb::JobInfo) -> Option<OwnerNote> {
         let plain = encryption::open(&self.owner_key(), &job.owner_note).ok()?;
-        let note: OwnerNote = serde_json::from_slice(&plain).ok()?;
-        Some((note.dataset_bucket, note.dataset_key))
+        serde_json::from_slice(&plain).ok()
     }
 
     /// The model of a job as it stands (final once the job is done).
@@ -481,19 +584,30 @@ impl Project {
             .as_ref()
             .and_then(|s| ModelSpec::try_from(s).ok())
             .ok_or(UplinkError::Unexpected)?;
-        let (bucket, key) = self
-            .job_dataset(job)
+        let note = self
+            .job_note(job)
             .ok_or_else(|| UplinkError::Job("the job was submitted with another access".into()))?;
-        let (ds, _) = self.dataset(&bucket, &key).await?;
+        let (schema, source) = match note.schema {
+            Some(schema) => (schema, note.listings.join(" ")),
+            None => {
+                let (ds, _) = self
+                    .dataset(&note.dataset_bucket, &note.dataset_key)
+                    .await?;
+                (
+                    ds.schema,
+                    format!("loam://{}/{}", note.dataset_bucket, note.dataset_key),
+                )
+            }
+        };
         let weights = self.job_weights(&job.job_id).await?;
         let last = job.history.last();
         Ok(ModelFile {
             header: ModelHeader {
                 spec,
-                schema: ds.schema,
+                schema,
                 trained: serde_json::json!({
                     "job": hex::encode(&job.job_id),
-                    "dataset": format!("loam://{bucket}/{key}"),
+                    "dataset": source,
                     "rounds": job.round,
                     "params": job.params.as_ref().map(|p| serde_json::json!({
                         "learning_rate": p.learning_rate,

@@ -199,6 +199,31 @@ enum Command {
         #[command(subcommand)]
         command: cli_market::MarketCommand,
     },
+    /// What this project earned as a data owner, with its verified
+    /// payout ledger: uplink earnings [-o json] [--save FILE]
+    Earnings {
+        #[command(subcommand)]
+        command: Option<cli_market::EarningsCommand>,
+        /// Save the signed ledger to FILE (check it later with `uplink
+        /// earnings verify FILE`).
+        #[arg(long)]
+        save: Option<std::path::PathBuf>,
+        /// Output format: text or json.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Where this project's data-owner earnings are paid.
+    PayoutAddress {
+        #[command(subcommand)]
+        command: cli_market::PayoutAddressCommand,
+    },
+    /// What this project was charged for its jobs: data fees, compute,
+    /// egress.
+    Charges {
+        /// Output format: text or json.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Create, list and revoke the project's API keys.
     ApiKey {
         #[command(subcommand)]
@@ -914,6 +939,13 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
         },
         Command::ApiKey { command } => cli_access::api_key(project, command).await?,
         Command::Market { command } => cli_market::market(project, command).await?,
+        Command::Earnings {
+            command,
+            save,
+            output,
+        } => cli_market::earnings(project, command, save, output).await?,
+        Command::PayoutAddress { command } => cli_market::payout_address(project, command).await?,
+        Command::Charges { output } => cli_market::charges(project, output).await?,
         Command::Share(_) => unreachable!("handled before opening the project"),
         Command::Dataset { command } => cli_compute::dataset(project, command).await?,
         Command::Train(args) => cli_compute::train(project, args).await?,

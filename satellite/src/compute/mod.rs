@@ -58,6 +58,9 @@ pub struct ComputeConfig {
     pub task_timeout_secs: f64,
     /// Most rounds a job may ask for. Default 1000.
     pub max_rounds: u32,
+    /// Nodes a listing's keys are sealed to per task at publish: more than
+    /// for a job, since they must last while the owner is away. Default 10.
+    pub listing_candidates: usize,
 }
 
 impl Default for ComputeConfig {
@@ -69,6 +72,7 @@ impl Default for ComputeConfig {
             candidates: 6,
             task_timeout_secs: 600.0,
             max_rounds: 1000,
+            listing_candidates: 10,
         }
     }
 }
@@ -88,6 +92,11 @@ pub enum ComputeError {
     BadJob(String),
     #[error("job not found")]
     JobNotFound,
+    /// A listing's terms or state refuse the job (one line, naming it).
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    SpendLimit(String),
 }
 
 impl ComputeError {
@@ -100,6 +109,8 @@ impl ComputeError {
             Self::NoNode { .. } => C::Unavailable,
             Self::BadJob(_) => C::InvalidArgument,
             Self::JobNotFound => C::NotFound,
+            Self::Refused(_) => C::FailedPrecondition,
+            Self::SpendLimit(_) => C::ResourceExhausted,
         }
     }
 }
@@ -111,6 +122,67 @@ impl From<cc::SpecError> for ComputeError {
 }
 
 type JobId = [u8; 16];
+
+/// A data row of a dataset: (segment, row), with the records it holds.
+pub type DataRow = ((u32, u32), u64);
+
+/// The non-empty data rows of a dataset with their committed record
+/// counts: the tasks every job on it must have.
+pub fn data_rows(
+    metainfo: &Metainfo,
+    obj: &pb::ObjectRecord,
+) -> Result<Vec<DataRow>, ComputeError> {
+    let mut out = Vec::new();
+    for s in 0..obj.segment_count {
+        let meta = metainfo.segment(obj, s)?.meta.unwrap_or_default();
+        if meta.row_records.len() != meta.row_sizes.len() {
+            return Err(ComputeError::BadJob(
+                "the dataset has no record counts (uploaded by an older uplink); upload it again"
+                    .into(),
+            ));
+        }
+        for (row, &size) in meta.row_sizes.iter().enumerate() {
+            if size > 0 {
+                out.push(((s, row as u32), meta.row_records[row]));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The sum of record counts, checked.
+fn record_count(counts: impl IntoIterator<Item = u64>) -> Result<u64, ComputeError> {
+    counts
+        .into_iter()
+        .try_fold(0u64, u64::checked_add)
+        .ok_or_else(|| DbError::Overflow("a dataset's record count").into())
+}
+
+/// Checks that `tasks` are exactly the dataset's `rows`, each with keys
+/// for valid node ids.
+pub fn check_task_keys(rows: &[DataRow], tasks: &[pb::TaskKeys]) -> Result<(), ComputeError> {
+    let want: HashSet<(u32, u32)> = rows.iter().map(|r| r.0).collect();
+    let mut got = HashSet::new();
+    for t in tasks {
+        if t.keys.is_empty()
+            || t.keys
+                .iter()
+                .any(|k| NodeId::try_from(k.node_id.as_ref()).is_err())
+        {
+            return Err(ComputeError::BadJob(format!(
+                "task (segment {}, row {}) has no usable keys",
+                t.segment, t.row
+            )));
+        }
+        got.insert((t.segment, t.row));
+    }
+    if got != want || got.len() != tasks.len() {
+        return Err(ComputeError::BadJob(
+            "the tasks do not match the dataset's rows; plan the job again".into(),
+        ));
+    }
+    Ok(())
+}
 
 /// How long connecting to a node for a task may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -142,6 +214,27 @@ pub struct Compute {
     shutdown: CancellationToken,
     /// Failed verifications count as failed audits.
     reputation: std::sync::OnceLock<Arc<crate::audit::Reputation>>,
+    /// What projects are charged for compute and egress.
+    rates: std::sync::OnceLock<Rates>,
+}
+
+/// Charge rates, from the satellite's payout rates: a project pays for the
+/// compute and egress of its jobs what the nodes are paid for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rates {
+    /// Base units per work unit.
+    pub per_work_unit: u64,
+    /// Base units per TB of piece bytes fetched.
+    pub egress_per_tb: u64,
+}
+
+impl From<&crate::payouts::PayoutConfig> for Rates {
+    fn from(c: &crate::payouts::PayoutConfig) -> Self {
+        Self {
+            per_work_unit: c.per_work_unit,
+            egress_per_tb: c.egress_per_tb,
+        }
+    }
 }
 
 impl Compute {
@@ -165,7 +258,20 @@ impl Compute {
             changes: tokio::sync::watch::channel(0).0,
             shutdown,
             reputation: std::sync::OnceLock::new(),
+            rates: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the rates jobs are charged at (the payout rates).
+    pub fn set_rates(&self, rates: Rates) {
+        let _ = self.rates.set(rates);
+    }
+
+    fn rates(&self) -> Rates {
+        self.rates
+            .get()
+            .copied()
+            .unwrap_or_else(|| Rates::from(&crate::payouts::PayoutConfig::default()))
     }
 
     /// Lets failed verifications count against nodes' reputation.
@@ -212,6 +318,11 @@ impl Compute {
     ) -> Result<pb::PlanJobResponse, ComputeError> {
         let obj = self.dataset(project, &req.bucket, &req.encrypted_key)?;
         let nodes = self.compute_nodes(now_ms());
+        let want = if req.listing {
+            self.config.listing_candidates
+        } else {
+            self.config.candidates
+        };
         let mut resp = pb::PlanJobResponse::default();
         for s in 0..obj.segment_count {
             let seg = self.metainfo.segment(&obj, s)?;
@@ -221,7 +332,7 @@ impl Compute {
                     continue;
                 }
                 let row = row as u32;
-                let candidates = self.candidates(&seg, row, &nodes);
+                let candidates = self.candidates(&seg, row, &nodes, want);
                 if candidates.is_empty() {
                     return Err(ComputeError::NoNode {
                         segment: s,
@@ -253,9 +364,33 @@ impl Compute {
         Ok(resp)
     }
 
+    /// The fewest nodes online and offering compute that hold a key to one
+    /// task of `tasks` (0 when a task can run nowhere without the owner).
+    pub fn key_holders_online(&self, tasks: &[pb::TaskKeys]) -> u32 {
+        let online: HashSet<NodeId> = self.compute_nodes(now_ms()).iter().map(|n| n.id).collect();
+        tasks
+            .iter()
+            .map(|t| {
+                t.keys
+                    .iter()
+                    .filter(|k| {
+                        NodeId::try_from(k.node_id.as_ref()).is_ok_and(|id| online.contains(&id))
+                    })
+                    .count() as u32
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
     /// The holder of data row `row` if it computes, then other compute
     /// nodes: those holding other pieces of the segment first.
-    fn candidates(&self, seg: &pb::SegmentRecord, row: u32, nodes: &[Node]) -> Vec<Node> {
+    fn candidates(
+        &self,
+        seg: &pb::SegmentRecord,
+        row: u32,
+        nodes: &[Node],
+        want: usize,
+    ) -> Vec<Node> {
         let holder = holder_of(seg, row);
         let holds: HashSet<NodeId> = seg
             .pieces
@@ -276,13 +411,14 @@ impl Compute {
         rest.sort_by_key(|n| !holds.contains(&n.id));
         out.extend(
             rest.into_iter()
-                .take(self.config.candidates.saturating_sub(out.len()))
+                .take(want.saturating_sub(out.len()))
                 .cloned(),
         );
         out
     }
 
-    /// Stores a job and starts it.
+    /// Stores a job and starts it: on the submitter's own dataset, or on
+    /// listings (`req.listings`) under each listing's terms.
     pub fn submit(
         self: &Arc<Self>,
         project: &ProjectId,
@@ -304,52 +440,45 @@ impl Compute {
                 self.config.max_rounds
             )));
         }
-        let verify_fraction = if req.verify_fraction < 0.0 {
-            self.config.verify_fraction
-        } else if req.verify_fraction <= 1.0 {
-            req.verify_fraction
-        } else {
+        if !(req.verify_fraction < 0.0 || req.verify_fraction <= 1.0) {
             return Err(ComputeError::BadJob(
                 "verify fraction must be in 0..=1".into(),
             ));
+        }
+        // Per dataset, the records the satellite counted: what the job can
+        // cost at most.
+        let (mut record, records) = if req.listings.is_empty() {
+            let obj = self.dataset(project, &req.bucket, &req.encrypted_key)?;
+            let rows = data_rows(&self.metainfo, &obj)?;
+            check_task_keys(&rows, &req.tasks)?;
+            let record = pb::JobRecord {
+                version: 1,
+                // Provisional: where job_datasets finds the bucket.
+                info: Some(pb::JobInfo {
+                    bucket: req.bucket.clone(),
+                    ..Default::default()
+                }),
+                project_id: project.to_vec().into(),
+                encrypted_key: req.encrypted_key.clone(),
+                tasks: req.tasks.clone(),
+                verify_fraction: if req.verify_fraction < 0.0 {
+                    self.config.verify_fraction
+                } else {
+                    req.verify_fraction
+                },
+                ..Default::default()
+            };
+            (record, vec![record_count(rows.iter().map(|r| r.1))?])
+        } else {
+            let (record, records) = self.market_job(req, &spec)?;
+            let record = pb::JobRecord {
+                project_id: project.to_vec().into(),
+                ..record
+            };
+            (record, records)
         };
-        let obj = self.dataset(project, &req.bucket, &req.encrypted_key)?;
-        // The tasks must be exactly the dataset's non-empty rows.
-        let mut want = HashSet::new();
-        for s in 0..obj.segment_count {
-            let meta = self.metainfo.segment(&obj, s)?.meta.unwrap_or_default();
-            if meta.row_records.len() != meta.row_sizes.len() {
-                return Err(ComputeError::BadJob(
-                    "the dataset has no record counts (uploaded by an older uplink); upload it \
-                     again"
-                        .into(),
-                ));
-            }
-            for (row, &size) in meta.row_sizes.iter().enumerate() {
-                if size > 0 {
-                    want.insert((s, row as u32));
-                }
-            }
-        }
-        let mut got = HashSet::new();
-        for t in &req.tasks {
-            if t.keys.is_empty()
-                || t.keys
-                    .iter()
-                    .any(|k| NodeId::try_from(k.node_id.as_ref()).is_err())
-            {
-                return Err(ComputeError::BadJob(format!(
-                    "task (segment {}, row {}) has no usable keys",
-                    t.segment, t.row
-                )));
-            }
-            got.insert((t.segment, t.row));
-        }
-        if got != want || got.len() != req.tasks.len() {
-            return Err(ComputeError::BadJob(
-                "the tasks do not match the dataset's rows; plan the job again".into(),
-            ));
-        }
+        let datasets = job_datasets(&record);
+        self.check_spend(project, &datasets, &records, &spec, &params, req.rounds)?;
         let job_id: JobId = rand::random();
         let info = pb::JobInfo {
             job_id: job_id.to_vec().into(),
@@ -357,20 +486,14 @@ impl Compute {
             spec: Some((&spec).into()),
             params: Some((&params).into()),
             rounds: req.rounds,
-            tasks_total: req.tasks.len() as u32,
+            tasks_total: datasets.iter().map(|d| d.tasks.len() as u32).sum(),
             created_unix_ms: now_ms(),
             owner_note: req.owner_note.clone(),
             bucket: req.bucket.clone(),
+            listings: req.listings.clone(),
             ..Default::default()
         };
-        let record = pb::JobRecord {
-            version: 1,
-            info: Some(info.clone()),
-            project_id: project.to_vec().into(),
-            encrypted_key: req.encrypted_key.clone(),
-            tasks: req.tasks.clone(),
-            verify_fraction,
-        };
+        record.info = Some(info.clone());
         self.kv.write(vec![
             crate::db::Op::Put(Table::Jobs, job_id.to_vec(), record.encode_to_vec()),
             crate::db::Op::Put(
@@ -379,9 +502,266 @@ impl Compute {
                 cc::weights_to_bytes(&spec.init_weights(params.seed)),
             ),
         ])?;
+        for id in &req.listings {
+            if let Err(e) = self.metainfo.market().record_job(id, info.created_unix_ms) {
+                tracing::warn!(listing = hex::encode(id), error = %e, "cannot count a listing's job");
+            }
+        }
         metrics::counter!("loam_satellite_jobs_submitted_total").increment(1);
         self.start(job_id, record);
         Ok(info)
+    }
+
+    /// The record of a job on listings, every listing's terms checked:
+    /// each refusal is one line naming the listing.
+    fn market_job(
+        &self,
+        req: &pb::SubmitJobRequest,
+        spec: &ModelSpec,
+    ) -> Result<(pb::JobRecord, Vec<u64>), ComputeError> {
+        const MAX_LISTINGS: usize = 64;
+        if !req.bucket.is_empty() || !req.encrypted_key.is_empty() || !req.tasks.is_empty() {
+            return Err(ComputeError::BadJob(
+                "a job on listings names no dataset and carries no keys of its own".into(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        if req.listings.len() > MAX_LISTINGS || !req.listings.iter().all(|l| seen.insert(l)) {
+            return Err(ComputeError::BadJob(format!(
+                "a job names 1 to {MAX_LISTINGS} different listings"
+            )));
+        }
+        let now = now_ms();
+        let refuse = |id: &[u8], why: String| {
+            ComputeError::Refused(format!("listing market:{}: {why}", hex::encode(id)))
+        };
+        let mut datasets = Vec::new();
+        let mut records = Vec::new();
+        let mut first: Option<pb::Listing> = None;
+        let mut required_verify = 0.0f64;
+        for id in &req.listings {
+            let rec = self.metainfo.market().record(id).map_err(|e| match e {
+                crate::market::MarketError::NotFound(_) => {
+                    refuse(id, "no such listing (see `uplink market ls`)".into())
+                }
+                e => ComputeError::BadJob(e.to_string()),
+            })?;
+            let l = rec.listing.clone().unwrap_or_default();
+            if l.kind != "dataset" {
+                return Err(refuse(
+                    id,
+                    "a model listing: evaluate it with `uplink model eval`, train on datasets"
+                        .into(),
+                ));
+            }
+            let terms = l.terms.clone().unwrap_or_default();
+            if l.unpublished_unix_ms != 0 {
+                return Err(refuse(
+                    id,
+                    format!(
+                        "unpublished by its owner at {}; it takes no new jobs",
+                        loam_common::time::format_instant(l.unpublished_unix_ms)
+                    ),
+                ));
+            }
+            if terms.expires_unix_ms != 0 && terms.expires_unix_ms <= now {
+                return Err(refuse(
+                    id,
+                    format!(
+                        "expired at {}; it takes no new jobs",
+                        loam_common::time::format_instant(terms.expires_unix_ms)
+                    ),
+                ));
+            }
+            let arch = spec.architecture.to_string();
+            if !terms.allowed_models.is_empty() && !terms.allowed_models.contains(&arch) {
+                return Err(refuse(
+                    id,
+                    format!(
+                        "its terms allow only {} models, not {arch}",
+                        terms.allowed_models.join(",")
+                    ),
+                ));
+            }
+            if terms.max_rounds != 0 && req.rounds > terms.max_rounds {
+                return Err(refuse(
+                    id,
+                    format!(
+                        "its terms allow at most {} rounds; this job asks for {}",
+                        terms.max_rounds, req.rounds
+                    ),
+                ));
+            }
+            if terms.min_records_per_task != 0
+                && let Some(fewest) = rec.row_records.iter().copied().min()
+                && fewest < terms.min_records_per_task
+            {
+                return Err(refuse(
+                    id,
+                    format!(
+                        "its terms ask for at least {} records per task, and one of its data \
+                         pieces holds {fewest}",
+                        terms.min_records_per_task
+                    ),
+                ));
+            }
+            if req.verify_fraction >= 0.0 && req.verify_fraction < terms.require_verification {
+                return Err(refuse(
+                    id,
+                    format!(
+                        "its terms ask for at least {} of tasks re-executed for verification; \
+                         this job asks for {}",
+                        terms.require_verification, req.verify_fraction
+                    ),
+                ));
+            }
+            required_verify = required_verify.max(terms.require_verification);
+            if let Some(f) = &first {
+                if l.columns_digest != f.columns_digest || l.label != f.label {
+                    return Err(refuse(
+                        id,
+                        format!(
+                            "its feature columns or label differ from market:{}'s; a job \
+                             across listings needs the same columns",
+                            hex::encode(&f.id)
+                        ),
+                    ));
+                }
+                if l.classes != f.classes {
+                    return Err(refuse(
+                        id,
+                        format!(
+                            "its classes ({}) differ from market:{}'s ({})",
+                            l.classes.join(","),
+                            hex::encode(&f.id),
+                            f.classes.join(",")
+                        ),
+                    ));
+                }
+            }
+            if spec.inputs != l.features as usize || spec.classes != l.classes.len() {
+                return Err(refuse(
+                    id,
+                    format!(
+                        "the model takes {} features and {} classes; the listing has {} and {}",
+                        spec.inputs,
+                        spec.classes,
+                        l.features,
+                        l.classes.len()
+                    ),
+                ));
+            }
+            let project = ProjectId::try_from(rec.project_id.as_ref())
+                .map_err(|_| DbError::Corrupt("listing's project"))?;
+            self.dataset(&project, &rec.bucket, &rec.encrypted_key)
+                .map_err(|e| refuse(id, format!("its dataset cannot be used: {e}")))?;
+            if rec.tasks.is_empty() {
+                return Err(refuse(
+                    id,
+                    "its owner sealed no keys to computing nodes; the owner must run `uplink \
+                     dataset reseal` on it"
+                        .into(),
+                ));
+            }
+            records.push(record_count(rec.row_records.iter().copied())?);
+            datasets.push(pb::JobDataset {
+                listing_id: id.clone(),
+                project_id: rec.project_id.clone(),
+                bucket: rec.bucket.clone(),
+                encrypted_key: rec.encrypted_key.clone(),
+                tasks: rec.tasks.clone(),
+                key_tag: rec.key_tag.clone(),
+                price_per_1000: l.price_per_1000,
+                terms: Some(terms),
+                ..Default::default()
+            });
+            first.get_or_insert(l);
+        }
+        let features = spec.inputs;
+        let scaling_ok = req.scaling_mean.len() == features
+            && req.scaling_std.len() == features
+            && req.scaling_mean.iter().all(|m| m.is_finite())
+            && req.scaling_std.iter().all(|s| s.is_finite() && *s > 0.0);
+        if !scaling_ok {
+            return Err(ComputeError::BadJob(format!(
+                "a job on listings carries the feature scaling: {features} means and {features} \
+                 positive standard deviations"
+            )));
+        }
+        let record = pb::JobRecord {
+            version: 1,
+            verify_fraction: if req.verify_fraction < 0.0 {
+                self.config.verify_fraction.max(required_verify)
+            } else {
+                req.verify_fraction
+            },
+            datasets,
+            scaling_mean: req.scaling_mean.clone(),
+            scaling_std: req.scaling_std.clone(),
+            ..Default::default()
+        };
+        Ok((record, records))
+    }
+
+    /// The most a job can cost its project: every task accepted in every
+    /// round (data fees and compute; egress only happens when pieces are
+    /// rebuilt, and is checked round by round).
+    fn max_cost(
+        &self,
+        datasets: &[pb::JobDataset],
+        records: &[u64],
+        spec: &ModelSpec,
+        params: &TrainParams,
+        rounds: u32,
+    ) -> u64 {
+        let rates = self.rates();
+        let mut total = 0u128;
+        for (d, &records) in datasets.iter().zip(records) {
+            let se = u128::from(records) * params.local_epochs as u128 * u128::from(rounds);
+            let micro = work_micro_units(spec.params(), u64::try_from(se).unwrap_or(u64::MAX))
+                .map_or(u128::MAX, u128::from);
+            total = total
+                .saturating_add((se * u128::from(d.price_per_1000)).div_ceil(1000))
+                .saturating_add(
+                    (micro.saturating_mul(u128::from(rates.per_work_unit))).div_ceil(1_000_000),
+                );
+        }
+        u64::try_from(total).unwrap_or(u64::MAX)
+    }
+
+    /// Refuses a job that could take the project past its monthly spending
+    /// limit.
+    fn check_spend(
+        &self,
+        project: &ProjectId,
+        datasets: &[pb::JobDataset],
+        records: &[u64],
+        spec: &ModelSpec,
+        params: &TrainParams,
+        rounds: u32,
+    ) -> Result<(), ComputeError> {
+        let limit = self.metainfo.project_record(project)?.spend_limit;
+        if limit == 0 {
+            return Ok(());
+        }
+        let used = self.month_charges(project)?;
+        let cost = self.max_cost(datasets, records, spec, params, rounds);
+        if used.saturating_add(cost) > limit {
+            return Err(ComputeError::SpendLimit(format!(
+                "this job may cost up to {cost} base units and the project has {} of its \
+                 monthly spending limit of {limit} left; use fewer rounds or ask the satellite \
+                 operator to raise the limit",
+                limit.saturating_sub(used)
+            )));
+        }
+        Ok(())
+    }
+
+    /// What the project was charged this month.
+    pub fn month_charges(&self, project: &ProjectId) -> Result<u64, ComputeError> {
+        let month = crate::metainfo::month_of(now_ms());
+        let (from, _) = crate::metainfo::month_range(&month).unwrap_or((0, i64::MAX));
+        Ok(crate::charges::project_total(&self.kv, project, from)?)
     }
 
     /// Restarts the jobs that were running when the satellite stopped, from
@@ -423,18 +803,23 @@ impl Compute {
         Ok(decode(&v, "job")?)
     }
 
-    /// The dataset a job of `project` trains on: (bucket, encrypted key).
+    /// The dataset a job of `project` trains on in the project: (bucket,
+    /// encrypted key); `None` for a job on listings, which touches no path
+    /// of the project.
     pub fn job_path(
         &self,
         project: &ProjectId,
         job_id: &[u8],
-    ) -> Result<(String, Vec<u8>), ComputeError> {
+    ) -> Result<Option<(String, Vec<u8>)>, ComputeError> {
         let rec = self.record(job_id)?;
         if rec.project_id.as_ref() != project {
             return Err(ComputeError::JobNotFound);
         }
+        if !rec.datasets.is_empty() {
+            return Ok(None);
+        }
         let bucket = rec.info.map(|i| i.bucket).unwrap_or_default();
-        Ok((bucket, rec.encrypted_key.to_vec()))
+        Ok(Some((bucket, rec.encrypted_key.to_vec())))
     }
 
     /// A job of `project`, live state first.
@@ -621,14 +1006,30 @@ impl Compute {
             .and_then(|b| cc::weights_from_bytes(&b))
             .filter(|w| w.len() == spec.params())
             .ok_or("stored job has no weights")?;
+        let datasets = job_datasets(record);
         for round in info.round..info.rounds {
-            let obj = self
-                .metainfo
-                .object_record(&project, &info.bucket, &record.encrypted_key)
-                .map_err(|e| format!("the dataset is gone: {e}"))?;
-            if !obj.compute_enabled {
-                return Err("the dataset was opted out of compute".into());
+            let mut objs = Vec::with_capacity(datasets.len());
+            for d in &datasets {
+                let owner = ProjectId::try_from(d.project_id.as_ref())
+                    .map_err(|_| "stored job has a bad dataset project")?;
+                let whose = if d.listing_id.is_empty() {
+                    "the dataset".to_string()
+                } else {
+                    format!(
+                        "the dataset of listing market:{}",
+                        hex::encode(&d.listing_id)
+                    )
+                };
+                let obj = self
+                    .metainfo
+                    .object_record(&owner, &d.bucket, &d.encrypted_key)
+                    .map_err(|e| format!("{whose} is gone: {e}"))?;
+                if !obj.compute_enabled {
+                    return Err(format!("{whose} was opted out of compute"));
+                }
+                objs.push(obj);
             }
+            self.check_round_spend(&project)?;
             let t0 = Instant::now();
             let ctx = RoundCtx {
                 job_id: *job_id,
@@ -636,7 +1037,8 @@ impl Compute {
                 spec: &spec,
                 params: &params,
                 weights: &weights,
-                obj: &obj,
+                objs: &objs,
+                datasets: &datasets,
                 record,
             };
             let (outcome, sent_bytes, max_train_ms) = self.run_round(&ctx, cancel).await?;
@@ -651,6 +1053,25 @@ impl Compute {
                 sent_bytes,
                 max_train_ms,
             )?;
+        }
+        Ok(())
+    }
+
+    /// Stops a job whose project has reached its monthly spending limit.
+    fn check_round_spend(&self, project: &ProjectId) -> Result<(), String> {
+        let limit = self
+            .metainfo
+            .project_record(project)
+            .map_err(|e| e.to_string())?
+            .spend_limit;
+        if limit == 0 {
+            return Ok(());
+        }
+        let used = self.month_charges(project).map_err(|e| e.to_string())?;
+        if used >= limit {
+            return Err(format!(
+                "the project reached its monthly spending limit ({used} of {limit} base units)"
+            ));
         }
         Ok(())
     }
@@ -705,6 +1126,7 @@ impl Compute {
                 .sum::<f64>()
                 / samples.max(1) as f64) as f32
         };
+        let (charge, charge_ops) = self.charge_round(job_id, record, spec, &kept, round)?;
         let mut units = 0.0;
         for (node, s) in &outcome.credited {
             let micro = work_micro_units(spec.params(), *s).ok_or("work units overflow")?;
@@ -754,19 +1176,104 @@ impl Compute {
         info.verification_failures += outcome.verification_failures.len() as u64;
         info.tasks_verified += outcome.verified_tasks as u64;
         info.tasks_running = 0;
-        self.kv
-            .write(vec![
-                crate::db::Op::Put(
-                    Table::JobWeights,
-                    job_id.to_vec(),
-                    cc::weights_to_bytes(&new),
-                ),
-                crate::db::Op::Put(Table::Jobs, job_id.to_vec(), record.encode_to_vec()),
-            ])
-            .map_err(db)?;
+        let data_fees: u64 = charge.data.iter().map(|d| d.amount).sum();
+        info.data_fees = info.data_fees.saturating_add(data_fees);
+        info.compute_charged = info.compute_charged.saturating_add(charge.compute_amount);
+        info.egress_charged = info.egress_charged.saturating_add(charge.egress_amount);
+        let mut ops = vec![
+            crate::db::Op::Put(
+                Table::JobWeights,
+                job_id.to_vec(),
+                cc::weights_to_bytes(&new),
+            ),
+            crate::db::Op::Put(Table::Jobs, job_id.to_vec(), record.encode_to_vec()),
+        ];
+        ops.extend(charge_ops);
+        self.kv.write(ops).map_err(db)?;
         self.publish(job_id, record.info.as_ref().expect("set above"));
         metrics::counter!("loam_satellite_compute_rounds_total").increment(1);
         Ok(new)
+    }
+
+    /// What one round costs the job's project: per listing, the data fee
+    /// of its accepted tasks' sample-epochs; the compute of the accepted
+    /// runs; the piece bytes they fetched. Verification runs and rejected
+    /// tasks are not charged. Updates the job's carried remainders and
+    /// returns the charge with the writes that record it.
+    fn charge_round(
+        &self,
+        job_id: &JobId,
+        record: &mut pb::JobRecord,
+        spec: &ModelSpec,
+        kept: &[(scheduler::TaskId, NodeId, Output)],
+        round: u32,
+    ) -> Result<(pb::ChargeRecord, Vec<crate::db::Op>), String> {
+        let db = |e: DbError| e.to_string();
+        let rates = self.rates();
+        let mut micro = 0u64;
+        let mut fetched = 0u64;
+        for (_, _, out) in kept {
+            micro = work_micro_units(spec.params(), out.samples)
+                .and_then(|m| micro.checked_add(m))
+                .ok_or("work units overflow")?;
+            fetched = fetched.saturating_add(out.bytes_fetched);
+        }
+        let (compute_amount, carry) =
+            crate::charges::carried(record.compute_carry, micro, rates.per_work_unit, 1_000_000)
+                .map_err(db)?;
+        record.compute_carry = carry;
+        let (egress_amount, carry) = crate::charges::carried(
+            record.egress_carry,
+            fetched,
+            rates.egress_per_tb,
+            1_000_000_000_000,
+        )
+        .map_err(db)?;
+        record.egress_carry = carry;
+        let mut charge = pb::ChargeRecord {
+            job_id: job_id.to_vec().into(),
+            round: round + 1,
+            unix_ms: now_ms(),
+            work_micro_units: micro,
+            compute_amount,
+            egress_bytes: fetched,
+            egress_amount,
+            ..Default::default()
+        };
+        for (d, ds) in record.datasets.iter_mut().enumerate() {
+            let se = kept
+                .iter()
+                .filter(|k| k.0.0 == d as u32)
+                .try_fold(0u64, |acc, k| acc.checked_add(k.2.samples))
+                .ok_or("sample-epochs overflow")?;
+            if se == 0 || ds.listing_id.is_empty() {
+                continue;
+            }
+            let (fee, carry) =
+                crate::charges::carried(ds.fee_carry, se, ds.price_per_1000, 1000).map_err(db)?;
+            ds.fee_carry = carry;
+            ds.sample_epochs = ds
+                .sample_epochs
+                .checked_add(se)
+                .ok_or("sample-epochs overflow")?;
+            ds.fees = ds.fees.checked_add(fee).ok_or("fees overflow")?;
+            charge.data.push(pb::DataFee {
+                listing_id: ds.listing_id.clone(),
+                owner_project: ds.project_id.clone(),
+                sample_epochs: se,
+                amount: fee,
+                downloads: 0,
+            });
+        }
+        charge.total = charge
+            .data
+            .iter()
+            .map(|d| d.amount)
+            .chain([compute_amount, egress_amount])
+            .try_fold(0u64, u64::checked_add)
+            .ok_or("charges overflow")?;
+        let ops = crate::charges::record_ops(&record.project_id, &charge);
+        Ok((charge, ops))
     }
 
     fn node_view(&self, now: i64) -> NodeView {
@@ -827,26 +1334,30 @@ impl Compute {
         // What each task is worth, from the records the dataset's segments
         // hold: a node's own count is only checked against it.
         let mut expected: HashMap<scheduler::TaskId, u64> = HashMap::new();
-        for t in &ctx.record.tasks {
-            let seg = self
-                .metainfo
-                .segment(ctx.obj, t.segment)
-                .map_err(|e| e.to_string())?;
-            expected.insert(
-                (t.segment, t.row),
-                task_samples(&seg, t.row, ctx.params.local_epochs)
-                    .map_err(|e| format!("segment {}: {e}", t.segment))?,
-            );
-            plans.push(TaskPlan {
-                id: (t.segment, t.row),
-                holder: holder_of(&seg, t.row),
-                candidates: t
-                    .keys
-                    .iter()
-                    .filter_map(|k| NodeId::try_from(k.node_id.as_ref()).ok())
-                    .collect(),
-            });
+        for (d, (ds, obj)) in ctx.datasets.iter().zip(ctx.objs).enumerate() {
+            let d = d as u32;
+            for t in &ds.tasks {
+                let seg = self
+                    .metainfo
+                    .segment(obj, t.segment)
+                    .map_err(|e| e.to_string())?;
+                expected.insert(
+                    (d, t.segment, t.row),
+                    task_samples(&seg, t.row, ctx.params.local_epochs)
+                        .map_err(|e| format!("segment {}: {e}", t.segment))?,
+                );
+                plans.push(TaskPlan {
+                    id: (d, t.segment, t.row),
+                    holder: holder_of(&seg, t.row),
+                    candidates: t
+                        .keys
+                        .iter()
+                        .filter_map(|k| NodeId::try_from(k.node_id.as_ref()).ok())
+                        .collect(),
+                });
+            }
         }
+        let task_count = plans.len();
         // Which tasks are re-executed, and by whom, is drawn from the
         // satellite's own randomness: the job's seed is sent to every node,
         // so anything derived from it would tell a node whether its task
@@ -900,7 +1411,7 @@ impl Compute {
                     "{} of {} tasks wait for a node: none that holds or may rebuild their data \
                      has a free compute slot ({} compute nodes online, {} free slots)",
                     round.open(),
-                    ctx.record.tasks.len(),
+                    task_count,
                     online,
                     free_before
                 )
@@ -998,11 +1509,13 @@ impl Compute {
         weights: &[u8],
     ) -> Result<Output, String> {
         let node = self.overlay.get(&a.node).ok_or("node unknown")?;
-        let keys = ctx
-            .record
+        let (d, segment, row) = a.task;
+        let ds = ctx.datasets.get(d as usize).ok_or("task unknown")?;
+        let obj = ctx.objs.get(d as usize).ok_or("task unknown")?;
+        let keys = ds
             .tasks
             .iter()
-            .find(|t| (t.segment, t.row) == a.task)
+            .find(|t| (t.segment, t.row) == (segment, row))
             .ok_or("task unknown")?;
         let sealed = keys
             .keys
@@ -1013,14 +1526,17 @@ impl Compute {
             .clone();
         let seg = self
             .metainfo
-            .segment(ctx.obj, a.task.0)
+            .segment(obj, segment)
             .map_err(|e| e.to_string())?;
         let meta = seg.meta.clone().unwrap_or_default();
         let mut req = pb::TrainRequest {
             job_id: ctx.job_id.to_vec().into(),
             round: ctx.round,
-            segment: a.task.0,
-            row: a.task.1,
+            segment,
+            row,
+            key_tag: ds.key_tag.clone(),
+            scaling_mean: ctx.record.scaling_mean.clone(),
+            scaling_std: ctx.record.scaling_std.clone(),
             spec: Some(ctx.spec.into()),
             params: Some(ctx.params.into()),
             weights_len: weights.len() as u64,
@@ -1042,7 +1558,7 @@ impl Compute {
             req.piece_private_key = limits.piece_private_key;
         } else {
             let root = PieceId::try_from(seg.root_piece_id.as_ref()).map_err(|_| "bad segment")?;
-            req.piece_id = PieceId::derive(&root, &a.node, a.task.1)
+            req.piece_id = PieceId::derive(&root, &a.node, row)
                 .as_bytes()
                 .to_vec()
                 .into();
@@ -1104,8 +1620,29 @@ struct RoundCtx<'a> {
     spec: &'a ModelSpec,
     params: &'a TrainParams,
     weights: &'a [f32],
-    obj: &'a pb::ObjectRecord,
+    /// Per dataset of the job, its object as of this round.
+    objs: &'a [pb::ObjectRecord],
+    datasets: &'a [pb::JobDataset],
     record: &'a pb::JobRecord,
+}
+
+/// The datasets a job trains on: its listings, or the submitter's own
+/// dataset (kept in the record's own fields by jobs of any version).
+fn job_datasets(rec: &pb::JobRecord) -> Vec<pb::JobDataset> {
+    if !rec.datasets.is_empty() {
+        return rec.datasets.clone();
+    }
+    vec![pb::JobDataset {
+        project_id: rec.project_id.clone(),
+        bucket: rec
+            .info
+            .as_ref()
+            .map(|i| i.bucket.clone())
+            .unwrap_or_default(),
+        encrypted_key: rec.encrypted_key.clone(),
+        tasks: rec.tasks.clone(),
+        ..Default::default()
+    }]
 }
 
 /// Samples a task on data row `row` of `seg` trains on: the row's records

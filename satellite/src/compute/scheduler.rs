@@ -20,8 +20,9 @@ use loam_common::NodeId;
 use loam_common::compute::weights_match;
 use rand::seq::SliceRandom;
 
-/// A task: data row `row` of segment `segment`.
-pub type TaskId = (u32, u32);
+/// A task: data row `row` of segment `segment` of the job's dataset
+/// `dataset`: (dataset, segment, row).
+pub type TaskId = (u32, u32, u32);
 
 /// Why a task runs on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -472,12 +473,12 @@ mod tests {
         let n: Vec<NodeId> = (0..4).map(|_| node()).collect();
         let plans = vec![
             TaskPlan {
-                id: (0, 0),
+                id: (0, 0, 0),
                 holder: Some(n[0]),
                 candidates: vec![n[0], n[2], n[3]],
             },
             TaskPlan {
-                id: (0, 1),
+                id: (0, 0, 1),
                 holder: Some(n[0]),
                 candidates: vec![n[0], n[2], n[3]],
             },
@@ -488,11 +489,11 @@ mod tests {
         // One slot on the holder: the second task waits instead of moving.
         assert_eq!(a.len(), 1);
         assert_eq!((a[0].node, a[0].rebuild), (n[0], false));
-        round.on_result((0, 0), n[0], Purpose::Train, Ok(out(1.0)));
+        round.on_result((0, 0, 0), n[0], Purpose::Train, Ok(out(1.0)));
         let a = round.assign(&mut view(&n, 1));
         assert_eq!(a.len(), 1);
-        assert_eq!((a[0].task, a[0].node), ((0, 1), n[0]));
-        round.on_result((0, 1), n[0], Purpose::Train, Ok(out(2.0)));
+        assert_eq!((a[0].task, a[0].node), ((0, 0, 1), n[0]));
+        round.on_result((0, 0, 1), n[0], Purpose::Train, Ok(out(2.0)));
         assert!(round.is_complete());
         let o = round.finish();
         assert_eq!(o.accepted.len(), 2);
@@ -504,7 +505,7 @@ mod tests {
     fn a_lost_holder_moves_its_task_to_a_rebuilder() {
         let n: Vec<NodeId> = (0..3).map(|_| node()).collect();
         let plans = vec![TaskPlan {
-            id: (0, 0),
+            id: (0, 0, 0),
             holder: Some(n[0]),
             candidates: vec![n[0], n[1], n[2]],
         }];
@@ -517,8 +518,8 @@ mod tests {
         assert_eq!(a.len(), 1);
         assert_eq!((a[0].node, a[0].rebuild), (n[1], true));
         // A late answer from the lost node is ignored.
-        round.on_result((0, 0), n[0], Purpose::Train, Ok(out(9.0)));
-        round.on_result((0, 0), n[1], Purpose::Train, Ok(out(1.0)));
+        round.on_result((0, 0, 0), n[0], Purpose::Train, Ok(out(9.0)));
+        round.on_result((0, 0, 0), n[1], Purpose::Train, Ok(out(1.0)));
         let o = round.finish();
         assert_eq!(o.accepted[0].1, n[1]);
         assert_eq!(o.failed_runs, vec![n[0]]);
@@ -528,7 +529,7 @@ mod tests {
     fn an_offline_holder_is_skipped_from_the_start() {
         let n: Vec<NodeId> = (0..3).map(|_| node()).collect();
         let plans = vec![TaskPlan {
-            id: (1, 2),
+            id: (0, 1, 2),
             holder: Some(n[0]),
             candidates: vec![n[0], n[1]],
         }];
@@ -541,26 +542,26 @@ mod tests {
     fn verification_outvotes_a_wrong_node() {
         let n: Vec<NodeId> = (0..4).map(|_| node()).collect();
         let plans = vec![TaskPlan {
-            id: (0, 0),
+            id: (0, 0, 0),
             holder: Some(n[0]),
             candidates: vec![n[0], n[1], n[2], n[3]],
         }];
         let mut round = Round::new(plans, &[true], 1e-6);
         let a = round.assign(&mut view(&n, 1));
         assert_eq!(a[0].purpose, Purpose::Train);
-        round.on_result((0, 0), n[0], Purpose::Train, Ok(out(5.0))); // wrong
+        round.on_result((0, 0, 0), n[0], Purpose::Train, Ok(out(5.0))); // wrong
         let a = round.assign(&mut view(&n, 1));
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].purpose, Purpose::Verify);
         assert_eq!(a[0].exclude, Some(n[0]));
         assert!(a[0].rebuild);
         let verifier = a[0].node;
-        round.on_result((0, 0), verifier, Purpose::Verify, Ok(out(1.0)));
+        round.on_result((0, 0, 0), verifier, Purpose::Verify, Ok(out(1.0)));
         let a = round.assign(&mut view(&n, 1));
         assert_eq!(a[0].purpose, Purpose::TieBreak);
         let third = a[0].node;
         assert!(third != n[0] && third != verifier);
-        round.on_result((0, 0), third, Purpose::TieBreak, Ok(out(1.0)));
+        round.on_result((0, 0, 0), third, Purpose::TieBreak, Ok(out(1.0)));
         assert!(round.is_complete());
         let o = round.finish();
         assert_eq!(o.verification_failures, vec![n[0]]);
@@ -576,15 +577,15 @@ mod tests {
     fn matching_verification_accepts_and_pays_both() {
         let n: Vec<NodeId> = (0..2).map(|_| node()).collect();
         let plans = vec![TaskPlan {
-            id: (0, 0),
+            id: (0, 0, 0),
             holder: Some(n[0]),
             candidates: vec![n[0], n[1]],
         }];
         let mut round = Round::new(plans, &[true], 0.0);
         round.assign(&mut view(&n, 1));
-        round.on_result((0, 0), n[0], Purpose::Train, Ok(out(1.0)));
+        round.on_result((0, 0, 0), n[0], Purpose::Train, Ok(out(1.0)));
         let a = round.assign(&mut view(&n, 1));
-        round.on_result((0, 0), a[0].node, Purpose::Verify, Ok(out(1.0)));
+        round.on_result((0, 0, 0), a[0].node, Purpose::Verify, Ok(out(1.0)));
         let o = round.finish();
         assert_eq!(o.credited.len(), 2);
         assert!(o.verification_failures.is_empty());
@@ -595,12 +596,12 @@ mod tests {
         let n: Vec<NodeId> = (0..2).map(|_| node()).collect();
         let plans = vec![
             TaskPlan {
-                id: (0, 0),
+                id: (0, 0, 0),
                 holder: None,
                 candidates: vec![n[0]],
             },
             TaskPlan {
-                id: (0, 1),
+                id: (0, 0, 1),
                 holder: Some(n[1]),
                 candidates: vec![n[1]],
             },
@@ -608,8 +609,8 @@ mod tests {
         let mut round = Round::new(plans, &[false, true], 0.0);
         let a = round.assign(&mut view(&n, 1));
         assert_eq!(a.len(), 2);
-        round.on_result((0, 0), n[0], Purpose::Train, Err("boom".into()));
-        round.on_result((0, 1), n[1], Purpose::Train, Ok(out(1.0)));
+        round.on_result((0, 0, 0), n[0], Purpose::Train, Err("boom".into()));
+        round.on_result((0, 0, 1), n[1], Purpose::Train, Ok(out(1.0)));
         assert!(round.assign(&mut view(&n, 1)).is_empty());
         assert!(round.is_complete());
         let o = round.finish();
