@@ -271,10 +271,12 @@ async fn request(w: &World, name: &str) -> Req {
         "plan job" => Req::PlanJob(pb::PlanJobRequest {
             bucket: BUCKET.into(),
             encrypted_key: enc(p, "team/ds"),
+            ..Default::default()
         }),
         "plan job outside" => Req::PlanJob(pb::PlanJobRequest {
             bucket: BUCKET.into(),
             encrypted_key: enc(p, "other/ds"),
+            ..Default::default()
         }),
         "submit job" => Req::SubmitJob(pb::SubmitJobRequest {
             bucket: BUCKET.into(),
@@ -295,6 +297,28 @@ async fn request(w: &World, name: &str) -> Req {
             job_id: w.other_job.clone().into(),
         }),
         "list jobs" => Req::ListJobs(pb::ListJobsRequest {}),
+        "submit market job" => Req::SubmitJob(pb::SubmitJobRequest {
+            listings: vec![vec![0xab; 8].into()],
+            ..Default::default()
+        }),
+        "reseal listing" => Req::ResealListing(pb::ResealListingRequest {
+            bucket: BUCKET.into(),
+            encrypted_key: enc(p, "team/ds"),
+            ..Default::default()
+        }),
+        "reseal listing outside" => Req::ResealListing(pb::ResealListingRequest {
+            bucket: BUCKET.into(),
+            encrypted_key: enc(p, "other/ds"),
+            ..Default::default()
+        }),
+        "earnings" => Req::Earnings(pb::EarningsRequest {}),
+        "fetch model" => Req::FetchModel(pb::ListingRequest {
+            id: vec![0xab; 8].into(),
+        }),
+        "charges" => Req::Charges(pb::ChargesRequest {}),
+        "set payout address" => Req::SetPayoutAddress(pb::SetPayoutAddressRequest {
+            address: "0xowner".into(),
+        }),
         "project usage" => Req::ProjectUsage(pb::ProjectUsageRequest {}),
         "create api key" => Req::CreateApiKey(pb::CreateApiKeyRequest::default()),
         "list api keys" => Req::ListApiKeys(pb::ListApiKeysRequest::default()),
@@ -342,6 +366,13 @@ const TABLE: &[(&str, &str)] = &[
     ("job weights", "NRWLDPC"),
     ("cancel job outside", "NRWLDC"),
     ("list jobs", "NRWDPC"),
+    ("submit market job", "NRWLDC"),
+    ("reseal listing", "NRLDP"),
+    ("reseal listing outside", "NRLD"),
+    ("earnings", "NRWD"),
+    ("fetch model", "NRWLDC"),
+    ("charges", "NRWD"),
+    ("set payout address", "N"),
     ("project usage", "NRWD"),
     ("create api key", "N"),
     ("list api keys", "N"),

@@ -244,16 +244,54 @@ async fn the_satellite_counts_records_and_sets_its_own_facts_whatever_the_owner_
     let planet = Planet::start(PlanetConfig::new(5)).await.expect("planet");
     let owner = owner_with_digits(&planet, &["digits"]).await;
     let (_endpoint, conn) = planet.satellite_connection().await.expect("connect");
-    let publish = |key: &str, claims: pb::Listing| {
+    let path = |key: &str| -> bytes::Bytes {
+        planet
+            .access
+            .keys
+            .encrypt_path("clinic", key)
+            .expect("root key")
+            .into()
+    };
+    // Keys for every data row (their sealed bytes are opaque to the
+    // satellite), from a plan as the uplink makes one.
+    let plan = match loam_common::rpc::satellite(
+        &conn,
+        &planet.access.api_key,
+        Req::PlanJob(pb::PlanJobRequest {
+            bucket: "clinic".into(),
+            encrypted_key: path("digits"),
+            listing: true,
+        }),
+    )
+    .await
+    {
+        Ok(Resp::PlanJob(p)) => p,
+        other => panic!("{other:?}"),
+    };
+    let tasks: Vec<pb::TaskKeys> = plan
+        .tasks
+        .iter()
+        .map(|t| pb::TaskKeys {
+            segment: t.segment,
+            row: t.row,
+            keys: t
+                .candidates
+                .iter()
+                .map(|c| pb::SealedTaskKey {
+                    node_id: c.node_id.clone(),
+                    sealed: vec![7u8; 80].into(),
+                })
+                .collect(),
+        })
+        .collect();
+    let publish = |key: &str, claims: pb::Listing, tasks: Vec<pb::TaskKeys>| {
         Req::PublishListing(pb::PublishListingRequest {
             bucket: "clinic".into(),
-            encrypted_key: planet
-                .access
-                .keys
-                .encrypt_path("clinic", key)
-                .expect("root key")
-                .into(),
+            encrypted_key: path(key),
             listing: Some(claims),
+            tasks,
+            key_tag: vec![1; 16].into(),
+            ..Default::default()
         })
     };
     let claims = pb::Listing {
@@ -264,12 +302,31 @@ async fn the_satellite_counts_records_and_sets_its_own_facts_whatever_the_owner_
         jobs: 5_000,
         created_unix_ms: 1,
         unpublished_unix_ms: 0,
+        features: 64,
+        feature_mean: vec![0.0; 64],
+        feature_std: vec![1.0; 64],
+        columns_digest: vec![9; 32].into(),
+        classes: (0..10).map(|c| c.to_string()).collect(),
         ..Default::default()
     };
+    // Keys that leave a data row out are refused: a job would stall on it.
+    match loam_common::rpc::satellite(
+        &conn,
+        &planet.access.api_key,
+        publish("digits", claims.clone(), tasks[1..].to_vec()),
+    )
+    .await
+    {
+        Err(loam_common::rpc::CallError::Remote(e)) => {
+            assert_eq!(e.code, pb::ErrorCode::InvalidArgument);
+            assert!(e.message.contains("sealed keys"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
     let got = match loam_common::rpc::satellite(
         &conn,
         &planet.access.api_key,
-        publish("digits", claims.clone()),
+        publish("digits", claims.clone(), tasks.clone()),
     )
     .await
     {
@@ -282,7 +339,12 @@ async fn the_satellite_counts_records_and_sets_its_own_facts_whatever_the_owner_
     assert_ne!(got.id.to_vec(), vec![0; 8]);
     assert!(got.created_unix_ms > 1);
     // An object that is not a dataset is refused by the satellite too.
-    match loam_common::rpc::satellite(&conn, &planet.access.api_key, publish("plain", claims)).await
+    match loam_common::rpc::satellite(
+        &conn,
+        &planet.access.api_key,
+        publish("plain", claims, tasks),
+    )
+    .await
     {
         Err(loam_common::rpc::CallError::Remote(e)) => {
             assert_eq!(e.code, pb::ErrorCode::FailedPrecondition);
