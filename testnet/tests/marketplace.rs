@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use loam_common::NodeId;
 use loam_common::access::Access;
 use loam_common::compute::{TrainParams, work_micro_units};
 use loam_common::pb;
@@ -715,24 +716,38 @@ async fn market_jobs_finish_with_the_owner_offline_after_a_node_dies_or_a_piece_
         .sum();
     assert!(charged_bytes > 0 && charged_bytes <= done.dataset_bytes_fetched);
 
-    // Pieces repaired to other nodes, then a new job: still no owner.
+    // Pieces repaired to other nodes, then a new job: still no owner. The
+    // dead holder's pieces are repaired before another holder dies, as the
+    // repair checker would, so that no segment loses more pieces than its
+    // scheme tolerates.
     planet
         .satellite_overlay
         .wait_offline(&planet.nodes[holder].id)
         .await;
-    let more: Vec<usize> = (0..planet.nodes.len())
-        .filter(|&i| i != holder)
-        .take(2)
-        .collect();
-    for &i in &more {
-        planet.stop_node(i).await;
+    let mut repaired = planet.repair.run_once().await.repaired;
+    let mut dead = vec![holder];
+    while repaired == 0 && dead.len() < 4 {
+        // Another node holding a piece of the first segment dies.
+        let segments = planet.satellite.segments().expect("segments");
+        let next = segments[0]
+            .1
+            .pieces
+            .iter()
+            .filter_map(|p| {
+                let id = NodeId::try_from(p.node_id.as_ref()).ok()?;
+                planet.nodes.iter().position(|n| n.id == id)
+            })
+            .find(|i| !dead.contains(i))
+            .expect("a live holder");
+        planet.stop_node(next).await;
         planet
             .satellite_overlay
-            .wait_offline(&planet.nodes[i].id)
+            .wait_offline(&planet.nodes[next].id)
             .await;
+        dead.push(next);
+        repaired += planet.repair.run_once().await.repaired;
     }
-    let stats = planet.repair.run_once().await;
-    assert!(stats.repaired > 0, "{stats:?}");
+    assert!(repaired > 0, "pieces of the dead holders were repaired");
     let info = consumer
         .submit_market_job(std::slice::from_ref(&id), &job(5))
         .await
