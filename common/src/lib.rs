@@ -28,6 +28,7 @@ pub mod config;
 pub mod direct;
 pub mod encryption;
 pub mod erasure;
+pub mod federated;
 pub mod identity;
 pub mod ledger;
 pub mod macaroon;
