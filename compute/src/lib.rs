@@ -8,6 +8,7 @@
 //! burn.
 
 pub mod dataset;
+pub mod federate;
 pub mod model;
 pub mod train;
 
