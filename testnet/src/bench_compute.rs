@@ -220,6 +220,7 @@ pub async fn run(b: &ComputeBench, dir: &std::path::Path) -> anyhow::Result<Comp
                     verify_fraction: Some(0.0),
                     out: ("bench".into(), "model".into()),
                     label: None,
+                    aggregation: Default::default(),
                 },
             )
             .await?;

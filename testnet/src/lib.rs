@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod bench_compute;
 pub mod bench_keys;
+pub mod bench_learning;
 pub mod bench_repair;
 pub mod bench_settle;
 pub mod fuzz;

@@ -80,6 +80,54 @@ enum Command {
         #[arg(long, default_value_t = 8 << 20)]
         segment_size: u64,
     },
+    /// Federated against centralized training on skewed splits of a CSV
+    /// file, every server algorithm, and aggregation rules against
+    /// Byzantine tasks.
+    BenchLearning {
+        /// The CSV file (with a header line).
+        #[arg(long, default_value = "data/digits.csv")]
+        data: std::path::PathBuf,
+        /// The label column.
+        #[arg(long, default_value = "label")]
+        label: String,
+        /// Share of the records held out for testing.
+        #[arg(long, default_value_t = 0.2)]
+        test_share: f64,
+        /// Data pieces (tasks per round).
+        #[arg(long, default_value_t = 8)]
+        pieces: usize,
+        /// Widths of the hidden layers.
+        #[arg(long, value_delimiter = ',', default_value = "64")]
+        hidden: Vec<usize>,
+        /// Federated rounds.
+        #[arg(long, default_value_t = loam_common::compute::DEFAULT_ROUNDS)]
+        rounds: u32,
+        /// Epochs each task trains locally per round.
+        #[arg(long, default_value_t = loam_common::compute::TrainParams::default().local_epochs)]
+        local_epochs: usize,
+        /// Local learning rate.
+        #[arg(long, default_value_t = loam_common::compute::TrainParams::default().learning_rate)]
+        lr: f64,
+        /// Local batch size.
+        #[arg(long, default_value_t = loam_common::compute::TrainParams::default().batch)]
+        batch: usize,
+        /// Skews to measure: file-order, sorted, one-class, dirichlet:ALPHA.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "file-order,sorted,dirichlet:0.1"
+        )]
+        skews: Vec<loam_compute::federate::Skew>,
+        /// Leave out the scikit-learn baseline (it needs a Python venv).
+        #[arg(long)]
+        no_sklearn: bool,
+        /// Server learning rate for every algorithm (default: each one's own).
+        #[arg(long)]
+        server_lr: Option<f64>,
+        /// Server momentum (FedAvgM) or first-moment decay (FedAdam).
+        #[arg(long)]
+        momentum: Option<f64>,
+    },
     /// Measure the client pipeline, bare QUIC, upload and download.
     Bench {
         /// Object size in MiB.
@@ -295,6 +343,42 @@ async fn main() -> anyhow::Result<()> {
                     .await?;
             report.print();
         }
+        Command::BenchLearning {
+            data,
+            label,
+            test_share,
+            pieces,
+            hidden,
+            rounds,
+            local_epochs,
+            lr,
+            batch,
+            skews,
+            no_sklearn,
+            server_lr,
+            momentum,
+        } => {
+            let report =
+                loam_testnet::bench_learning::run(&loam_testnet::bench_learning::LearningBench {
+                    data,
+                    label,
+                    test_share,
+                    pieces,
+                    hidden,
+                    rounds,
+                    params: loam_common::compute::TrainParams {
+                        learning_rate: lr,
+                        batch,
+                        local_epochs,
+                        seed: 1,
+                    },
+                    skews,
+                    no_sklearn,
+                    server_lr,
+                    momentum,
+                })?;
+            print!("{report}");
+        }
         Command::BenchCompute {
             rows,
             features,
@@ -503,6 +587,7 @@ async fn train_digits(project: &Project) -> anyhow::Result<()> {
                 verify_fraction: None,
                 out: ("demo".into(), "models/digits-mlp".into()),
                 label: None,
+                aggregation: Default::default(),
             },
         )
         .await?;
