@@ -79,6 +79,7 @@ fn job_request(out: &str) -> JobRequest {
         verify_fraction: Some(0.0),
         out: (BUCKET.into(), out.into()),
         label: None,
+        aggregation: Default::default(),
     }
 }
 

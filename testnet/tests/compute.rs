@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use loam_common::compute::TrainParams;
+use loam_common::federated::{Algorithm, Choice, Rule};
 use loam_common::pb;
 use loam_compute::ModelFile;
 use loam_storagenode::adversary::Lies;
@@ -34,6 +35,7 @@ fn job(rounds: u32, verify: f64) -> JobRequest {
         verify_fraction: Some(verify),
         out: ("digits".into(), "models/m".into()),
         label: None,
+        aggregation: Default::default(),
     }
 }
 
@@ -216,6 +218,11 @@ async fn malformed_jobs_fail_at_submission() {
     );
 
     let mut bad = job(2, 0.0);
+    bad.aggregation.clip = Some(0.5);
+    let e = err(project.submit_job("digits", "train", &bad).await);
+    assert!(e.contains("clip factor"), "{e}");
+
+    let mut bad = job(2, 0.0);
     bad.params.learning_rate = -1.0;
     let e = err(project.submit_job("digits", "train", &bad).await);
     assert!(e.contains("learning rate"), "{e}");
@@ -358,5 +365,58 @@ async fn inflated_sample_counts_are_caught_and_not_paid() {
         assert_eq!(s.verification_failures, 0, "honest node blamed");
     }
     assert!(accuracy(&project, &done, &test).await > 0.8);
+    planet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chosen_aggregation_is_kept_and_the_same_job_gives_the_same_weights() {
+    let (planet, project, test) = setup(PlanetConfig::new(6)).await;
+    // The default: server momentum over the records-weighted mean.
+    let info = project
+        .submit_job("digits", "train", &job(1, 0.0))
+        .await
+        .expect("submit");
+    let chosen =
+        |i: &pb::JobInfo| Choice::try_from(&i.aggregation.expect("an aggregation")).expect("valid");
+    assert_eq!(chosen(&info).algorithm, Algorithm::FedAvgM);
+    assert_eq!(chosen(&info).rule, Rule::Mean);
+    let done = wait_done(&planet, &info.job_id).await;
+    assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
+
+    // Adam on the server, multi-Krum with clipping: kept as asked, and
+    // two runs of the same job settle to the same bits.
+    let mut robust = job(4, 0.0);
+    robust.aggregation = Choice {
+        algorithm: Algorithm::FedAdam,
+        rule: Rule::Krum,
+        clip: Some(3.0),
+    };
+    let mut weights = Vec::new();
+    for _ in 0..2 {
+        let info = project
+            .submit_job("digits", "train", &robust)
+            .await
+            .expect("submit");
+        assert_eq!(chosen(&info), robust.aggregation);
+        let done = wait_done(&planet, &info.job_id).await;
+        assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
+        assert_eq!(done.history.len(), 4);
+        let model = project.job_model(&done).await.expect("model");
+        weights.push(model.weights);
+    }
+    assert!(
+        weights[0] == weights[1],
+        "the same job and seed give bit-identical weights"
+    );
+    let model = ModelFile {
+        header: project.job_model(&done).await.expect("model").header,
+        weights: weights.pop().expect("weights"),
+    };
+    let records =
+        loam_compute::dataset::parse_records(&test, &model.header.schema, true).expect("test set");
+    let acc = loam_compute::train::evaluate(&model.header.spec, &model.weights, &records)
+        .expect("eval")
+        .accuracy;
+    assert!(acc > 0.5, "fedadam with krum learns: {acc}");
     planet.shutdown().await;
 }

@@ -88,6 +88,7 @@ fn job(rounds: u32) -> JobRequest {
         verify_fraction: None,
         out: ("lab".into(), "models/digits".into()),
         label: Some("label".into()),
+        aggregation: Default::default(),
     }
 }
 

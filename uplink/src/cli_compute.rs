@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use loam_common::compute::{DEFAULT_ROUNDS, TrainParams};
+use loam_common::federated::{Algorithm, Choice, Rule};
 use loam_common::pb;
 use loam_compute::ModelFile;
 use loam_uplink::Project;
@@ -114,6 +115,19 @@ pub struct TrainArgs {
     /// The label column (checked against the dataset's).
     #[arg(long)]
     label: Option<String>,
+    /// How the satellite turns each round's averaged update into new
+    /// weights: fedavg (as is), fedavgm (with server momentum, the
+    /// default: best on skewed data in docs/compute.md) or fedadam.
+    #[arg(long, default_value_t = Algorithm::default())]
+    algorithm: Algorithm,
+    /// How task updates are combined: mean (weighted by records), or a
+    /// rule robust to a minority of bad tasks: median, trimmed-mean, krum.
+    #[arg(long, default_value_t = Rule::default())]
+    aggregation: Rule,
+    /// Shorten updates longer than this many times the round's median
+    /// update (1 to 1000; default: no clipping).
+    #[arg(long)]
+    clip: Option<f64>,
     /// Follow the job round by round and store the model when it is done.
     #[arg(long)]
     wait: bool,
@@ -365,6 +379,11 @@ pub async fn train(project: &Project, a: TrainArgs) -> anyhow::Result<()> {
         verify_fraction: a.verify,
         out: (out.bucket.clone(), out.key.clone()),
         label: a.label,
+        aggregation: Choice {
+            algorithm: a.algorithm,
+            rule: a.aggregation,
+            clip: a.clip,
+        },
     };
     let info = if market > 0 {
         let ids = a
@@ -529,6 +548,19 @@ pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
                 );
             }
             println!("round               {}/{}", j.round, j.rounds);
+            if let Some(c) = j
+                .aggregation
+                .as_ref()
+                .and_then(|a| Choice::try_from(a).ok())
+            {
+                println!(
+                    "aggregation         {}, {}{}",
+                    c.algorithm,
+                    c.rule,
+                    c.clip
+                        .map_or(String::new(), |f| format!(", clip at {f}× the median"))
+                );
+            }
             println!(
                 "loss                {}",
                 last.map_or("-".into(), |r| format!("{:.4}", r.loss))

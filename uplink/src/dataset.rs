@@ -75,6 +75,8 @@ pub struct JobRequest {
     pub out: (String, String),
     /// If set, the dataset's label column must be this one.
     pub label: Option<String>,
+    /// How the satellite settles each round.
+    pub aggregation: loam_common::federated::Choice,
 }
 
 impl JobRequest {
@@ -90,6 +92,9 @@ impl JobRequest {
         )
         .map_err(job)?;
         self.params.validate().map_err(job)?;
+        // The satellite checks it too; refusing here saves planning.
+        loam_common::federated::Choice::try_from(&pb::Aggregation::from(&self.aggregation))
+            .map_err(UplinkError::Job)?;
         Ok(spec)
     }
 }
@@ -361,6 +366,7 @@ impl Project {
                 tasks,
                 owner_note: note.into(),
                 verify_fraction: job.verify_fraction.unwrap_or(-1.0),
+                aggregation: Some((&job.aggregation).into()),
                 ..Default::default()
             }))
             .await
@@ -498,6 +504,7 @@ impl Project {
                 listings: listings.iter().map(|l| l.clone().into()).collect(),
                 scaling_mean: schema.mean.clone(),
                 scaling_std: schema.std.clone(),
+                aggregation: Some((&job.aggregation).into()),
                 ..Default::default()
             }))
             .await

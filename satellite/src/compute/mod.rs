@@ -20,9 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use loam_common::compute::{
-    self as cc, ModelSpec, TrainParams, federated_average, norm_screen, work_micro_units,
-};
+use loam_common::compute::{self as cc, ModelSpec, TrainParams, work_micro_units};
+use loam_common::federated::{self, Choice, ServerState, Settings, Update, Verdict};
 use loam_common::orders::{PieceAction, PieceId, now_ms};
 use loam_common::transport::Endpoint as QuicEndpoint;
 use loam_common::wire::{Frame, FrameReader, FrameWriter, MAX_DATA_FRAME_LEN};
@@ -445,6 +444,10 @@ impl Compute {
                 "verify fraction must be in 0..=1".into(),
             ));
         }
+        let aggregation = match &req.aggregation {
+            Some(a) => Choice::try_from(a).map_err(ComputeError::BadJob)?,
+            None => Choice::default(),
+        };
         // Per dataset, the records the satellite counted: what the job can
         // cost at most.
         let (mut record, records) = if req.listings.is_empty() {
@@ -491,6 +494,7 @@ impl Compute {
             owner_note: req.owner_note.clone(),
             bucket: req.bucket.clone(),
             listings: req.listings.clone(),
+            aggregation: Some((&aggregation).into()),
             ..Default::default()
         };
         record.info = Some(info.clone());
@@ -1006,6 +1010,18 @@ impl Compute {
             .and_then(|b| cc::weights_from_bytes(&b))
             .filter(|w| w.len() == spec.params())
             .ok_or("stored job has no weights")?;
+        // A job stored before there was a choice has none: plain FedAvg.
+        let settings = Choice::try_from(&info.aggregation.unwrap_or_default())?
+            .settings(self.config.norm_factor);
+        let state_key = server_state_key(job_id);
+        let mut state = match self
+            .kv
+            .get(Table::JobWeights, &state_key)
+            .map_err(|e| e.to_string())?
+        {
+            Some(b) => ServerState::from_bytes(&b).ok_or("stored job has a bad server state")?,
+            None => ServerState::default(),
+        };
         let datasets = job_datasets(record);
         for round in info.round..info.rounds {
             let mut objs = Vec::with_capacity(datasets.len());
@@ -1046,7 +1062,7 @@ impl Compute {
                 job_id,
                 record,
                 &spec,
-                &weights,
+                (&weights, &settings, &mut state),
                 outcome,
                 round,
                 t0,
@@ -1076,14 +1092,16 @@ impl Compute {
         Ok(())
     }
 
-    /// Screens, averages and accounts one round; returns the new weights.
+    /// Settles one round (see [`loam_common::federated::settle`]) and
+    /// accounts it; returns the new weights. The server optimizer's state
+    /// is written with the weights.
     #[allow(clippy::too_many_arguments)]
     fn settle_round(
         &self,
         job_id: &JobId,
         record: &mut pb::JobRecord,
         spec: &ModelSpec,
-        old: &[f32],
+        (old, settings, state): (&[f32], &Settings, &mut ServerState),
         mut outcome: scheduler::RoundOutcome,
         round: u32,
         t0: Instant,
@@ -1091,30 +1109,42 @@ impl Compute {
         max_train_ms: i64,
     ) -> Result<Vec<f32>, String> {
         let db = |e: DbError| e.to_string();
-        // Robust check: updates far larger than the round's median are
-        // discarded and count against their node.
-        let updates: Vec<&[f32]> = outcome.accepted.iter().map(|a| &a.2.weights[..]).collect();
-        let keep = norm_screen(old, &updates, self.config.norm_factor);
+        // In task order, whatever order the results came in: the same job
+        // settles to the same bits.
+        outcome.accepted.sort_by_key(|a| a.0);
+        let updates: Vec<Update<'_>> = outcome
+            .accepted
+            .iter()
+            .map(|a| Update {
+                weights: &a.2.weights,
+                samples: a.2.samples,
+            })
+            .collect();
+        let settled = federated::settle(old, &updates, settings, state)
+            .map_err(|e| format!("round {}: {e}", round + 1))?;
+        let new = settled.weights;
+        // Refused updates count against their node and are not paid;
+        // updates a robust rule outvoted are paid (an honest update can be
+        // the odd one out) but not averaged.
         let mut rejected = 0u32;
         let mut kept = Vec::new();
-        for (ok, (task, node, out)) in keep.into_iter().zip(outcome.accepted.drain(..)) {
-            if ok {
-                kept.push((task, node, out));
-            } else {
-                rejected += 1;
-                tracing::warn!(job = hex::encode(job_id), node = %node.short(), ?task, "update rejected by the norm check");
-                outcome.verification_failures.push(node);
-                outcome.credited.retain(|c| c.0 != node);
+        for (verdict, (task, node, out)) in
+            settled.verdicts.into_iter().zip(outcome.accepted.drain(..))
+        {
+            match verdict {
+                Verdict::Refused(why) => {
+                    rejected += 1;
+                    tracing::warn!(job = hex::encode(job_id), node = %node.short(), ?task, %why, "update refused");
+                    outcome.verification_failures.push(node);
+                    outcome.credited.retain(|c| c.0 != node);
+                }
+                Verdict::Outvoted => {
+                    tracing::info!(job = hex::encode(job_id), node = %node.short(), ?task, "update outvoted by the aggregation rule");
+                    kept.push((task, node, out));
+                }
+                Verdict::Used | Verdict::Clipped => kept.push((task, node, out)),
             }
         }
-        if kept.is_empty() {
-            return Err(format!(
-                "round {}: no task produced an accepted update",
-                round + 1
-            ));
-        }
-        let new = federated_average(kept.iter().map(|(_, _, o)| (&o.weights[..], o.samples)))
-            .ok_or("updates have different sizes")?;
         let samples = kept
             .iter()
             .try_fold(0u64, |acc, k| acc.checked_add(k.2.samples))
@@ -1185,6 +1215,11 @@ impl Compute {
                 Table::JobWeights,
                 job_id.to_vec(),
                 cc::weights_to_bytes(&new),
+            ),
+            crate::db::Op::Put(
+                Table::JobWeights,
+                server_state_key(job_id),
+                state.to_bytes(),
             ),
             crate::db::Op::Put(Table::Jobs, job_id.to_vec(), record.encode_to_vec()),
         ];
@@ -1607,6 +1642,11 @@ impl Drop for Slots<'_> {
             self.compute.set_busy(node, -(n as isize));
         }
     }
+}
+
+/// Where a job's server optimizer state is kept, beside its weights.
+fn server_state_key(job_id: &JobId) -> Vec<u8> {
+    [&job_id[..], b"/server-state"].concat()
 }
 
 fn current_or_default(rec: Option<pb::JobRecord>) -> pb::JobInfo {
