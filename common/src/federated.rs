@@ -25,6 +25,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// An update shorter than this share of the global weights' norm passes
+/// the screen whatever the round's median.
+pub const SCREEN_FLOOR: f64 = 0.01;
+
 /// How the server turns the round's combined update into new weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Algorithm {
@@ -424,13 +428,24 @@ pub fn settle(
     // Below three updates a median says little: nothing is screened.
     if sorted.len() >= 3 {
         let median = sorted[sorted.len() / 2].max(1e-12);
+        // Near convergence the median update is tiny and honest updates
+        // differ from it by large factors: an update that moves the
+        // weights by under SCREEN_FLOOR of their length is never refused.
+        let floor = SCREEN_FLOOR
+            * old
+                .iter()
+                .map(|&x| f64::from(x).powi(2))
+                .sum::<f64>()
+                .sqrt();
+        let bound = (settings.screen_factor * median).max(floor);
         for ((d, n), verdict) in deltas.iter_mut().zip(&norms).zip(&mut verdicts) {
             let (Some(delta), Some(n)) = (d.as_mut(), *n) else {
                 continue;
             };
-            if n > settings.screen_factor * median {
+            if n > bound {
                 *verdict = Verdict::Refused(format!(
-                    "update norm {n:.3} is over {} times the round's median {median:.3}",
+                    "update norm {n:.3} is over {} times the round's median {median:.3} \
+                     and over {SCREEN_FLOOR} of the weights' norm",
                     settings.screen_factor
                 ));
                 *d = None;
@@ -707,6 +722,24 @@ mod tests {
             settle_all(&old, &ws, &Settings::new(Algorithm::FedAvg, Rule::Krum)).expect("krum");
         assert_eq!(krum.verdicts[3], Verdict::Outvoted);
         assert!(krum.verdicts[..3].iter().all(Verdict::counted));
+    }
+
+    #[test]
+    fn near_convergence_small_updates_are_not_refused() {
+        // Weights of norm 10; the round's updates are tiny, one is 20 times
+        // the median but moves the weights by under 1 %.
+        let old = vec![10.0f32, 0.0];
+        let ws = vec![
+            vec![10.001f32, 0.0],
+            vec![10.0, 0.001],
+            vec![10.001, 0.0],
+            vec![10.0, 0.02],
+            vec![10.5, 0.0],
+        ];
+        let out =
+            settle_all(&old, &ws, &Settings::new(Algorithm::FedAvg, Rule::Mean)).expect("settle");
+        let counted: Vec<bool> = out.verdicts.iter().map(Verdict::counted).collect();
+        assert_eq!(counted, [true, true, true, true, false]);
     }
 
     #[test]

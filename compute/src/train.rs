@@ -151,12 +151,31 @@ pub fn predict(
     Ok(out)
 }
 
-/// Accuracy and confusion matrix (`matrix[true][predicted]`).
+/// Precision, recall and F1 of one class.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ClassMetrics {
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    /// Records of this class.
+    pub support: u64,
+}
+
+/// How a model does on labelled records.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {
     pub accuracy: f64,
+    /// `matrix[true][predicted]`.
     pub matrix: Vec<Vec<u64>>,
     pub records: usize,
+    /// Per class, in class order. A class never predicted has precision 0,
+    /// one with no records recall 0 (as scikit-learn reports them).
+    pub per_class: Vec<ClassMetrics>,
+    /// Unweighted mean of the classes' F1 (classes with records only).
+    pub macro_f1: f64,
+    /// Mean cross-entropy of the true class, probabilities clipped to
+    /// [1e-15, 1] (as scikit-learn's log_loss).
+    pub log_loss: f64,
 }
 
 pub fn evaluate(
@@ -164,21 +183,94 @@ pub fn evaluate(
     weights: &[f32],
     records: &Records,
 ) -> Result<Evaluation, ComputeError> {
-    let pred = predict(spec, weights, records)?;
+    let device = crate::Backend::Cpu.device();
+    let net = build(spec, weights, &device)?;
     let mut matrix = vec![vec![0u64; spec.classes]; spec.classes];
-    let mut hits = 0;
-    for (&p, &t) in pred.iter().zip(&records.labels) {
-        if let Some(cell) = matrix
-            .get_mut(t as usize)
-            .and_then(|r| r.get_mut(p as usize))
-        {
-            *cell += 1;
+    let (mut hits, mut loss) = (0u64, 0f64);
+    let all: Vec<usize> = (0..records.len()).collect();
+    for idx in all.chunks(4096) {
+        let (x, _) = batch_tensors(records, idx, &device);
+        let probs = burn::tensor::activation::softmax(net.forward(x), 1).into_data();
+        let probs = probs
+            .as_slice::<f32>()
+            .map_err(|e| ComputeError::BadModel(format!("probabilities: {e:?}")))?;
+        for (row, &i) in probs.chunks_exact(spec.classes).zip(idx) {
+            let t = records.labels[i] as usize;
+            let p = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+                .map_or(0, |(c, _)| c);
+            if let Some(cell) = matrix.get_mut(t).and_then(|r| r.get_mut(p)) {
+                *cell += 1;
+            }
+            hits += u64::from(p == t);
+            let pt = row.get(t).copied().unwrap_or(0.0);
+            loss -= f64::from(pt).clamp(1e-15, 1.0).ln();
         }
-        hits += u64::from(p == t);
     }
+    let n = records.len().max(1) as f64;
+    let per_class: Vec<ClassMetrics> = (0..spec.classes)
+        .map(|c| {
+            let tp = matrix[c][c] as f64;
+            let support: u64 = matrix[c].iter().sum();
+            let predicted: u64 = matrix.iter().map(|r| r[c]).sum();
+            let ratio = |a: f64, b: u64| if b == 0 { 0.0 } else { a / b as f64 };
+            let (precision, recall) = (ratio(tp, predicted), ratio(tp, support));
+            let f1 = if precision + recall == 0.0 {
+                0.0
+            } else {
+                2.0 * precision * recall / (precision + recall)
+            };
+            ClassMetrics {
+                precision,
+                recall,
+                f1,
+                support,
+            }
+        })
+        .collect();
+    let present: Vec<&ClassMetrics> = per_class.iter().filter(|m| m.support > 0).collect();
+    let macro_f1 = present.iter().map(|m| m.f1).sum::<f64>() / present.len().max(1) as f64;
     Ok(Evaluation {
-        accuracy: hits as f64 / records.len().max(1) as f64,
+        accuracy: hits as f64 / n,
         matrix,
         records: records.len(),
+        per_class,
+        macro_f1,
+        log_loss: loss / n,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Architecture;
+
+    #[test]
+    fn evaluation_reports_what_scikit_learn_would() {
+        // Logistic regression on one feature: logits (x, -x).
+        let spec = ModelSpec::new(Architecture::Logistic, vec![], 1, 2).expect("spec");
+        let weights = [1.0f32, -1.0, 0.0, 0.0];
+        let records = Records {
+            features: vec![1.0, 1.0, -1.0, -1.0],
+            labels: vec![0, 1, 1, 1],
+            width: 1,
+        };
+        let e = evaluate(&spec, &weights, &records).expect("eval");
+        assert_eq!(e.matrix, [[1, 0], [1, 2]]);
+        assert_eq!(e.accuracy, 0.75);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-4;
+        assert!(close(e.per_class[0].precision, 0.5) && close(e.per_class[0].recall, 1.0));
+        assert!(close(e.per_class[1].precision, 1.0) && close(e.per_class[1].recall, 2.0 / 3.0));
+        assert!(close(e.per_class[0].f1, 2.0 / 3.0) && close(e.per_class[1].f1, 0.8));
+        assert_eq!((e.per_class[0].support, e.per_class[1].support), (1, 3));
+        assert!(close(e.macro_f1, (2.0 / 3.0 + 0.8) / 2.0), "{}", e.macro_f1);
+        // -ln softmax: three rows at 0.1269, one at 2.1269.
+        assert!(
+            close(e.log_loss, (3.0 * 0.126_928 + 2.126_928) / 4.0),
+            "{}",
+            e.log_loss
+        );
+    }
 }

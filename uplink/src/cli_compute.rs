@@ -677,16 +677,28 @@ pub async fn model(project: Option<&Project>, cmd: ModelCommand) -> anyhow::Resu
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
                         "accuracy": eval.accuracy,
+                        "macro_f1": eval.macro_f1,
+                        "log_loss": eval.log_loss,
                         "records": eval.records,
                         "classes": schema.classes,
+                        "per_class": schema.classes.iter().zip(&eval.per_class).map(|(c, m)| {
+                            serde_json::json!({
+                                "class": c,
+                                "precision": m.precision,
+                                "recall": m.recall,
+                                "f1": m.f1,
+                                "support": m.support,
+                            })
+                        }).collect::<Vec<_>>(),
                         "confusion_matrix": eval.matrix,
                     }))?
                 );
                 return Ok(());
             }
             println!("accuracy {:.4}", eval.accuracy);
+            println!("macro F1 {:.4}", eval.macro_f1);
+            println!("log loss {:.4}", eval.log_loss);
             println!("records {}", eval.records);
-            println!("confusion matrix (rows: true class, columns: predicted)");
             let w = schema
                 .classes
                 .iter()
@@ -695,6 +707,22 @@ pub async fn model(project: Option<&Project>, cmd: ModelCommand) -> anyhow::Resu
                 .unwrap_or(1)
                 .max(5);
             let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "\n{:>w$} {:>9} {:>9} {:>9} {:>9}",
+                "class", "precision", "recall", "f1", "records"
+            )?;
+            for (c, m) in schema.classes.iter().zip(&eval.per_class) {
+                writeln!(
+                    out,
+                    "{c:>w$} {:>9.4} {:>9.4} {:>9.4} {:>9}",
+                    m.precision, m.recall, m.f1, m.support
+                )?;
+            }
+            writeln!(
+                out,
+                "\nconfusion matrix (rows: true class, columns: predicted)"
+            )?;
             write!(out, "{:>w$}", "")?;
             for c in &schema.classes {
                 write!(out, " {c:>w$}")?;
