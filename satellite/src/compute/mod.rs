@@ -6,9 +6,10 @@
 //! ([`Compute::submit`]) stores the job and starts its driver. The driver
 //! runs round after round: the [`scheduler::Round`] core places one task
 //! per data piece on the node that holds it, the driver sends the global
-//! weights there ([`pb::TrainRequest`]), collects the trained weights,
-//! screens them, and averages them weighted by samples. The satellite sees
-//! weights, never data or keys.
+//! weights there ([`pb::TrainRequest`]), collects the trained weights and
+//! settles the round with the job's aggregation
+//! ([`loam_common::federated::settle`]). The satellite sees weights, never
+//! data or keys.
 //!
 //! Accounting hooks for later subsystems: every node's accepted work units
 //! and failed verifications are kept in [`Table::ComputeNodes`].
