@@ -140,8 +140,106 @@ impl ModelSpec {
     }
 }
 
-/// Rounds of a job when the user gives none.
+/// Rounds of a job when the user gives a fixed count but no number.
 pub const DEFAULT_ROUNDS: u32 = 10;
+/// Most rounds of a job whose rounds are chosen by validation (`--rounds
+/// auto`, the default).
+pub const AUTO_MAX_ROUNDS: u32 = 100;
+/// Rounds without a better validation loss after which an automatic job
+/// stops (and keeps the best weights).
+pub const DEFAULT_PATIENCE: u32 = 8;
+
+/// How many rounds a job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rounds {
+    /// Until the validation loss has not improved for
+    /// [`DEFAULT_PATIENCE`] rounds, at most [`AUTO_MAX_ROUNDS`]; the job
+    /// keeps the best weights.
+    #[default]
+    Auto,
+    /// Exactly this many.
+    Fixed(u32),
+}
+
+impl Rounds {
+    /// The most rounds, and the patience (0: none) a job is submitted with.
+    pub fn cap_and_patience(self) -> (u32, u32) {
+        match self {
+            Rounds::Auto => (AUTO_MAX_ROUNDS, DEFAULT_PATIENCE),
+            Rounds::Fixed(n) => (n, 0),
+        }
+    }
+}
+
+impl std::str::FromStr for Rounds {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        if s == "auto" {
+            return Ok(Rounds::Auto);
+        }
+        match s.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(Rounds::Fixed(n)),
+            _ => Err(SpecError::BadParams(format!(
+                "rounds {s:?} is neither \"auto\" nor a positive count"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Rounds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rounds::Auto => f.write_str("auto"),
+            Rounds::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// The optimizer of local training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// Plain stochastic gradient descent. The default: a task's steps stay
+    /// proportional to its gradients, so tasks that see only a few classes
+    /// pull the model apart far less than with Adam (see docs/compute.md).
+    #[default]
+    Sgd,
+    /// Adam, restarted every round (jobs stored before there was a
+    /// choice train with it).
+    Adam,
+}
+
+impl Optimizer {
+    /// The local learning rate when the user gives none.
+    pub fn default_learning_rate(self) -> f64 {
+        match self {
+            Optimizer::Sgd => 0.1,
+            Optimizer::Adam => 0.005,
+        }
+    }
+}
+
+impl std::str::FromStr for Optimizer {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        match s {
+            "sgd" => Ok(Optimizer::Sgd),
+            "adam" => Ok(Optimizer::Adam),
+            _ => Err(SpecError::BadParams(format!(
+                "unknown optimizer {s:?} (sgd or adam)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Optimizer::Sgd => "sgd",
+            Optimizer::Adam => "adam",
+        })
+    }
+}
 
 /// Hyperparameters of local training.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -150,17 +248,71 @@ pub struct TrainParams {
     pub batch: usize,
     pub local_epochs: usize,
     pub seed: u64,
+    pub optimizer: Optimizer,
+    /// Percent of each task's records held out on the node for validation
+    /// (never trained on, never sent anywhere); 0 keeps none.
+    pub validation: u32,
+    /// FedProx's proximal weight `mu`: the loss gains `mu/2 · |w - w0|²`
+    /// for the weights `w0` the task started from; 0 adds nothing.
+    pub proximal: f64,
 }
 
 impl Default for TrainParams {
     fn default() -> Self {
         Self {
-            learning_rate: 0.005,
+            learning_rate: Optimizer::default().default_learning_rate(),
             batch: 32,
             local_epochs: 2,
             seed: 1,
+            optimizer: Optimizer::default(),
+            validation: 10,
+            proximal: 0.0,
         }
     }
+}
+
+/// Most records a task holds out for validation, in percent.
+pub const MAX_VALIDATION: u32 = 50;
+
+/// SplitMix64's finaliser: a cheap, well-mixed 64-bit hash.
+pub fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Which of a task's `n` records are held out for validation: record `i`
+/// when a hash of the job's seed, the task's stream and `i` falls in the
+/// first `percent` of a hundred buckets. The same for every round of the
+/// job and for every party (the satellite counts them without seeing the
+/// records). Nothing is held out when that would leave no record to
+/// train on.
+pub fn validation_rows(n: usize, percent: u32, seed: u64, stream: u64) -> Vec<bool> {
+    let percent = u64::from(percent.min(MAX_VALIDATION));
+    let key = mix64(mix64(seed ^ 0x7661_6c69_6461_7465) ^ stream);
+    let held: Vec<bool> = (0..n as u64)
+        .map(|i| mix64(key ^ i) % 100 < percent)
+        .collect();
+    if held.iter().all(|&h| h) {
+        vec![false; n]
+    } else {
+        held
+    }
+}
+
+/// How many of a task's `n` records [`validation_rows`] holds out.
+pub fn validation_count(n: usize, percent: u32, seed: u64, stream: u64) -> usize {
+    validation_rows(n, percent, seed, stream)
+        .iter()
+        .filter(|&&h| h)
+        .count()
+}
+
+/// The stream (identity) of the task on data row `row` of `segment`: it
+/// seeds the task's batch order and validation split.
+pub fn task_stream(segment: u32, row: u32) -> u64 {
+    (u64::from(segment) << 32) | u64::from(row)
 }
 
 impl TrainParams {
@@ -178,6 +330,18 @@ impl TrainParams {
             return Err(SpecError::BadParams(format!(
                 "batch size {} is not in 1..=65536",
                 self.batch
+            )));
+        }
+        if !(self.proximal.is_finite() && (0.0..=10.0).contains(&self.proximal)) {
+            return Err(SpecError::BadParams(format!(
+                "proximal weight {} is not in [0, 10]",
+                self.proximal
+            )));
+        }
+        if self.validation > MAX_VALIDATION {
+            return Err(SpecError::BadParams(format!(
+                "validation share {}% is more than {MAX_VALIDATION}%",
+                self.validation
             )));
         }
         if !(1..=1000).contains(&self.local_epochs) {
@@ -305,6 +469,12 @@ impl From<&TrainParams> for crate::pb::TrainParams {
             batch: p.batch as u32,
             local_epochs: p.local_epochs as u32,
             seed: p.seed,
+            optimizer: match p.optimizer {
+                Optimizer::Adam => 0,
+                Optimizer::Sgd => 1,
+            },
+            validation_percent: p.validation,
+            proximal: p.proximal,
         }
     }
 }
@@ -318,6 +488,16 @@ impl TryFrom<&crate::pb::TrainParams> for TrainParams {
             batch: p.batch as usize,
             local_epochs: p.local_epochs as usize,
             seed: p.seed,
+            // 0: a job from before there was a choice, trained with Adam.
+            optimizer: match p.optimizer {
+                0 => Optimizer::Adam,
+                1 => Optimizer::Sgd,
+                other => {
+                    return Err(SpecError::BadParams(format!("unknown optimizer {other}")));
+                }
+            },
+            validation: p.validation_percent,
+            proximal: p.proximal,
         };
         params.validate()?;
         Ok(params)

@@ -34,21 +34,52 @@ pub const SCREEN_FLOOR: f64 = 0.01;
 pub enum Algorithm {
     /// New weights = old + combined update (McMahan et al. 2017).
     FedAvg,
-    /// Server momentum over the combined updates (Hsu et al. 2019).
+    /// Server momentum over the combined updates (Hsu et al. 2019). The
+    /// default on the network (see docs/compute.md).
     #[default]
     FedAvgM,
     /// Adam over the combined updates (Reddi et al. 2021).
     FedAdam,
+    /// FedAvg's server step; each task's loss gains a proximal term
+    /// `mu/2 · |w - w_global|²` ([`FEDPROX_MU`]) that holds it near the
+    /// global weights (Li et al. 2020).
+    FedProx,
+    /// Control variates correct each task's drift (Karimireddy et al.
+    /// 2020): every local gradient gets `c - c_i`, the satellite's
+    /// estimate of the mean gradient minus the task's own ([`Drift`]);
+    /// the server steps with momentum 0.5. The closest to centralized
+    /// training when pieces hold one class or a few (docs/compute.md has
+    /// the table); runs in the learning benchmark, not yet on the network.
+    Scaffold,
+}
+
+/// FedProx's proximal weight.
+pub const FEDPROX_MU: f64 = 0.01;
+
+/// The server step an algorithm takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Plain,
+    Momentum,
+    Adam,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 3] = [Algorithm::FedAvg, Algorithm::FedAvgM, Algorithm::FedAdam];
+    pub const ALL: [Algorithm; 5] = [
+        Algorithm::FedAvg,
+        Algorithm::FedAvgM,
+        Algorithm::FedAdam,
+        Algorithm::FedProx,
+        Algorithm::Scaffold,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::FedAvg => "fedavg",
             Algorithm::FedAvgM => "fedavgm",
             Algorithm::FedAdam => "fedadam",
+            Algorithm::FedProx => "fedprox",
+            Algorithm::Scaffold => "scaffold",
         }
     }
 
@@ -57,6 +88,8 @@ impl Algorithm {
             Algorithm::FedAvg => 1,
             Algorithm::FedAvgM => 2,
             Algorithm::FedAdam => 3,
+            Algorithm::FedProx => 4,
+            Algorithm::Scaffold => 5,
         }
     }
 
@@ -66,7 +99,31 @@ impl Algorithm {
             0 | 1 => Some(Algorithm::FedAvg),
             2 => Some(Algorithm::FedAvgM),
             3 => Some(Algorithm::FedAdam),
+            4 => Some(Algorithm::FedProx),
+            5 => Some(Algorithm::Scaffold),
             _ => None,
+        }
+    }
+
+    /// Whether tasks get a drift correction ([`Drift`]).
+    pub fn corrects_drift(self) -> bool {
+        self == Algorithm::Scaffold
+    }
+
+    /// The proximal weight tasks train with.
+    pub fn proximal(self) -> f64 {
+        if self == Algorithm::FedProx {
+            FEDPROX_MU
+        } else {
+            0.0
+        }
+    }
+
+    fn step(self) -> Step {
+        match self {
+            Algorithm::FedAvg | Algorithm::FedProx => Step::Plain,
+            Algorithm::FedAvgM | Algorithm::Scaffold => Step::Momentum,
+            Algorithm::FedAdam => Step::Adam,
         }
     }
 }
@@ -83,7 +140,9 @@ impl FromStr for Algorithm {
         Self::ALL
             .into_iter()
             .find(|a| a.name() == s)
-            .ok_or_else(|| format!("unknown algorithm {s:?} (fedavg, fedavgm or fedadam)"))
+            .ok_or_else(|| {
+                format!("unknown algorithm {s:?} (fedavg, fedavgm, fedadam, fedprox or scaffold)")
+            })
     }
 }
 
@@ -232,8 +291,9 @@ impl Settings {
     /// docs/compute.md chose.
     pub fn new(algorithm: Algorithm, rule: Rule) -> Self {
         let (server_lr, beta1) = match algorithm {
-            Algorithm::FedAvg => (1.0, 0.0),
-            Algorithm::FedAvgM => (1.0, 0.9),
+            Algorithm::FedAvg | Algorithm::FedProx => (1.0, 0.0),
+            Algorithm::FedAvgM => (1.0, 0.7),
+            Algorithm::Scaffold => (1.0, 0.5),
             Algorithm::FedAdam => (0.01, 0.9),
         };
         Self {
@@ -585,13 +645,13 @@ fn step(
         }
     };
     state.steps = state.steps.saturating_add(1);
-    let out = match s.algorithm {
-        Algorithm::FedAvg => old
+    let out = match s.algorithm.step() {
+        Step::Plain => old
             .iter()
             .zip(delta)
             .map(|(&o, d)| (f64::from(o) + s.server_lr * d) as f32)
             .collect(),
-        Algorithm::FedAvgM => {
+        Step::Momentum => {
             fresh(&mut state.m)?;
             old.iter()
                 .zip(delta)
@@ -603,7 +663,7 @@ fn step(
                 })
                 .collect()
         }
-        Algorithm::FedAdam => {
+        Step::Adam => {
             fresh(&mut state.m)?;
             fresh(&mut state.v)?;
             old.iter()
@@ -620,6 +680,173 @@ fn step(
         }
     };
     Ok(out)
+}
+
+/// SCAFFOLD's control variates: `c`, the estimate of the mean gradient,
+/// and per task `c_i`, the estimate of its own. A task trains with
+/// `c - c_i` added to every gradient; after it returns weights `y_i` from
+/// global weights `x` in `K` steps of learning rate `lr`, its variate
+/// becomes `c_i - c + (x - y_i) / (K · lr)` ("option II" of the paper,
+/// computed by the satellite from what it sent and got back, so a node
+/// reports nothing), and `c` moves by the record-weighted mean of the
+/// changes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Drift {
+    pub c: Vec<f32>,
+    pub tasks: std::collections::BTreeMap<u64, Vec<f32>>,
+}
+
+/// One task's share of a round for [`Drift::update`].
+#[derive(Debug, Clone, Copy)]
+pub struct DriftResult<'a> {
+    /// The task's identity (any stable number).
+    pub task: u64,
+    pub weights: &'a [f32],
+    /// Optimizer steps it took.
+    pub steps: u64,
+    /// Its share of the job's records.
+    pub share: f64,
+}
+
+impl Drift {
+    /// What task `task` adds to its gradients: `c - c_i`; `None` while
+    /// both are zero (the first round).
+    pub fn correction(&self, task: u64) -> Option<Vec<f32>> {
+        if self.c.is_empty() {
+            return None;
+        }
+        Some(match self.tasks.get(&task) {
+            Some(ci) => self.c.iter().zip(ci).map(|(c, ci)| c - ci).collect(),
+            None => self.c.clone(),
+        })
+    }
+
+    /// Moves the variates after a round settled from `old` weights; only
+    /// the results the round used should be given.
+    pub fn update(&mut self, old: &[f32], results: &[DriftResult<'_>], lr: f64) {
+        let n = old.len();
+        if !lr.is_finite() || lr <= 0.0 {
+            return;
+        }
+        if self.c.len() != n {
+            self.c = vec![0.0; n];
+            self.tasks.clear();
+        }
+        let mut delta = vec![0f64; n];
+        for r in results {
+            if r.steps == 0 || r.weights.len() != n {
+                continue;
+            }
+            let scale = 1.0 / (r.steps as f64 * lr);
+            let ci = self.tasks.entry(r.task).or_insert_with(|| vec![0.0; n]);
+            for j in 0..n {
+                let new = f64::from(ci[j]) - f64::from(self.c[j])
+                    + (f64::from(old[j]) - f64::from(r.weights[j])) * scale;
+                delta[j] += (new - f64::from(ci[j])) * r.share;
+                ci[j] = new as f32;
+            }
+        }
+        for (c, d) in self.c.iter_mut().zip(delta) {
+            *c = (f64::from(*c) + d) as f32;
+        }
+    }
+
+    /// `c`, then each task (id, variate), as little-endian u32 lengths,
+    /// u64 ids and f32s.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let n = self.c.len();
+        let mut out = Vec::with_capacity(8 + 4 * n * (1 + self.tasks.len()) + 8 * self.tasks.len());
+        out.extend_from_slice(&(n as u32).to_le_bytes());
+        out.extend_from_slice(&(self.tasks.len() as u32).to_le_bytes());
+        out.extend(self.c.iter().flat_map(|x| x.to_le_bytes()));
+        for (id, ci) in &self.tasks {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend(ci.iter().flat_map(|x| x.to_le_bytes()));
+        }
+        out
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let (n, rest) = b.split_first_chunk::<4>()?;
+        let (t, mut rest) = rest.split_first_chunk::<4>()?;
+        let (n, t) = (
+            u32::from_le_bytes(*n) as usize,
+            u32::from_le_bytes(*t) as usize,
+        );
+        let floats = |rest: &mut &[u8]| -> Option<Vec<f32>> {
+            let bytes = rest.get(..n.checked_mul(4)?)?;
+            *rest = &rest[bytes.len()..];
+            Some(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            )
+        };
+        let c = floats(&mut rest)?;
+        let mut tasks = std::collections::BTreeMap::new();
+        for _ in 0..t {
+            let (id, r) = rest.split_first_chunk::<8>()?;
+            rest = r;
+            tasks.insert(u64::from_le_bytes(*id), floats(&mut rest)?);
+        }
+        rest.is_empty().then_some(Self { c, tasks })
+    }
+}
+
+/// The validation of one round's starting weights, summed over its tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ValidationSum {
+    loss_sum: f64,
+    pub correct: u64,
+    pub records: u64,
+}
+
+impl ValidationSum {
+    /// Adds one task's figures (mean loss over `records` held-out records).
+    pub fn add(&mut self, loss: f32, correct: u64, records: u64) {
+        self.loss_sum += f64::from(loss) * records as f64;
+        self.correct = self.correct.saturating_add(correct);
+        self.records = self.records.saturating_add(records);
+    }
+
+    /// Mean cross-entropy over every held-out record; `None` without any.
+    pub fn loss(&self) -> Option<f64> {
+        (self.records > 0).then(|| self.loss_sum / self.records as f64)
+    }
+
+    pub fn accuracy(&self) -> Option<f64> {
+        (self.records > 0).then(|| self.correct as f64 / self.records as f64)
+    }
+}
+
+/// Where early stopping stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EarlyStop {
+    /// Rounds trained into the best weights so far, with their loss.
+    pub best: Option<(u32, f64)>,
+    /// Whether the job should stop now and keep the best weights.
+    pub stop: bool,
+}
+
+/// Early stopping over a job's validation losses: `losses[r]` is the loss
+/// of the weights after `r` rounds (`None` where no task held records
+/// out). The best loss is the lowest one that beats the previous best by
+/// more than 0.1%; the job stops once `patience` rounds have passed
+/// without one. `patience` 0 never stops.
+pub fn early_stop(losses: &[Option<f64>], patience: u32) -> EarlyStop {
+    let mut best: Option<(u32, f64)> = None;
+    for (r, loss) in losses.iter().enumerate() {
+        let Some(l) = loss.filter(|l| l.is_finite()) else {
+            continue;
+        };
+        if best.is_none_or(|(_, b)| l < b - 1e-3 * b.abs()) {
+            best = Some((r as u32, l));
+        }
+    }
+    let stop = patience > 0
+        && best.is_some_and(|(r, _)| losses.len() as u64 > u64::from(r) + u64::from(patience));
+    EarlyStop { best, stop }
 }
 
 #[cfg(test)]
@@ -857,5 +1084,82 @@ mod tests {
             ..Default::default()
         };
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn early_stopping_waits_for_patience_and_keeps_the_best() {
+        let l = |v: &[f64]| v.iter().map(|&x| Some(x)).collect::<Vec<_>>();
+        // Improving: never stops.
+        let e = early_stop(&l(&[2.0, 1.5, 1.0, 0.8]), 2);
+        assert_eq!(
+            e,
+            EarlyStop {
+                best: Some((3, 0.8)),
+                stop: false
+            }
+        );
+        // Best after 1 round, then two rounds no better: stops with patience 2.
+        let e = early_stop(&l(&[2.0, 1.0, 1.2, 1.1]), 2);
+        assert_eq!(
+            e,
+            EarlyStop {
+                best: Some((1, 1.0)),
+                stop: true
+            }
+        );
+        assert!(!early_stop(&l(&[2.0, 1.0, 1.2, 1.1]), 3).stop);
+        assert!(!early_stop(&l(&[2.0, 1.0, 1.2, 1.1]), 0).stop);
+        // A gain under 0.1% is no improvement.
+        let e = early_stop(&l(&[1.0, 0.9999, 0.9998]), 2);
+        assert_eq!(
+            e,
+            EarlyStop {
+                best: Some((0, 1.0)),
+                stop: true
+            }
+        );
+        // Rounds without validation neither improve nor count as best.
+        let e = early_stop(&[None, Some(1.0), None, Some(f64::NAN)], 5);
+        assert_eq!(e.best, Some((1, 1.0)));
+        assert_eq!(
+            early_stop(&[None, None], 1),
+            EarlyStop {
+                best: None,
+                stop: false
+            }
+        );
+        let mut v = ValidationSum::default();
+        assert_eq!(v.loss(), None);
+        v.add(1.0, 3, 4);
+        v.add(2.0, 0, 1);
+        assert_eq!(v.loss(), Some(6.0 / 5.0));
+        assert_eq!(v.accuracy(), Some(0.6));
+    }
+
+    #[test]
+    fn control_variates_follow_the_tasks_mean_drift() {
+        let mut d = Drift::default();
+        assert_eq!(d.correction(1), None);
+        let old = [0.0f32, 0.0];
+        // Task 1 moved by (-1, 0) in 2 steps of lr 0.5: its gradient
+        // estimate is (1, 0); task 2's is (0, 1); equal shares.
+        let (y1, y2) = ([-1.0f32, 0.0], [0.0f32, -1.0]);
+        let r = |task, weights| DriftResult {
+            task,
+            weights,
+            steps: 2,
+            share: 0.5,
+        };
+        d.update(&old, &[r(1, &y1), r(2, &y2)], 0.5);
+        assert_eq!(d.c, [0.5, 0.5]);
+        assert_eq!(d.tasks[&1], [1.0, 0.0]);
+        assert_eq!(d.correction(1), Some(vec![-0.5, 0.5]));
+        assert_eq!(d.correction(2), Some(vec![0.5, -0.5]));
+        // A task never seen gets c.
+        assert_eq!(d.correction(3), Some(vec![0.5, 0.5]));
+        let back = Drift::from_bytes(&d.to_bytes()).expect("bytes");
+        assert_eq!(back, d);
+        assert_eq!(Drift::from_bytes(&d.to_bytes()[1..]), None);
+        assert_eq!(Drift::from_bytes(&[]), None);
     }
 }

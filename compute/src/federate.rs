@@ -1,13 +1,15 @@
 //! Federated training without a network: skewed splits of a dataset over
 //! pieces, rounds of local training settled by the same core the satellite
-//! uses ([`loam_common::federated`]), Byzantine tasks, and the centralized
+//! uses ([`loam_common::federated`]), Byzantine tasks; with one piece, the centralized
 //! baseline. The learning benchmark and the tests that choose the defaults
 //! run on it.
 
 use std::fmt;
 use std::str::FromStr;
 
-use loam_common::federated::{self, ServerState, Settings, Update};
+use loam_common::federated::{
+    self, Drift, DriftResult, ServerState, Settings, Update, ValidationSum, early_stop,
+};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Gamma};
@@ -15,7 +17,7 @@ use rand_distr::{Distribution, Gamma};
 use crate::ComputeError;
 use crate::dataset::Records;
 use crate::model::ModelSpec;
-use crate::train::{TrainParams, evaluate, train};
+use crate::train::{TrainParams, evaluate, train_corrected};
 
 /// How records are spread over the pieces of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -166,6 +168,12 @@ pub fn subset(records: &Records, idx: &[usize]) -> Records {
     out
 }
 
+/// Optimizer steps of a task that trained `samples` sample-epochs.
+pub fn local_steps(samples: u64, params: &TrainParams) -> u64 {
+    let epochs = params.local_epochs.max(1) as u64;
+    (samples / epochs).div_ceil(params.batch.max(1) as u64) * epochs
+}
+
 /// How a Byzantine task corrupts its update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attack {
@@ -195,7 +203,11 @@ pub struct Federation {
     pub spec: ModelSpec,
     pub params: TrainParams,
     pub settings: Settings,
+    /// Rounds, or the most rounds when `patience` is set.
     pub rounds: u32,
+    /// Stop after this many rounds without a better validation loss and
+    /// keep the best weights, as the satellite does; 0 runs every round.
+    pub patience: u32,
     /// The first `byzantine` pieces corrupt their updates every round.
     pub byzantine: usize,
     pub attack: Attack,
@@ -206,9 +218,18 @@ pub struct Federation {
 /// What a federated run produced.
 #[derive(Debug, Clone)]
 pub struct FederatedRun {
+    /// The final weights: the best by validation when the run stopped
+    /// early, else the last.
     pub weights: Vec<f32>,
+    /// Test accuracy of the final weights.
+    pub final_accuracy: f64,
     /// Test accuracy after each round.
     pub accuracy: Vec<f64>,
+    /// Validation loss of the weights after `r` rounds, at `r`.
+    pub validation: Vec<Option<f64>>,
+    /// Rounds run, and rounds trained into the final weights.
+    pub rounds_run: u32,
+    pub final_round: u32,
     /// Updates the settlement refused or outvoted, over all rounds.
     pub left_out: usize,
 }
@@ -227,27 +248,59 @@ impl Federation {
         let mut weights = self.spec.init_weights(self.params.seed);
         let mut state = ServerState::default();
         let mut accuracy = Vec::with_capacity(self.rounds as usize);
+        let mut validation = Vec::with_capacity(self.rounds as usize);
+        let mut best_weights = weights.clone();
+        let mut stopped = None;
         let mut left_out = 0;
         let mut rng = rand::rngs::StdRng::seed_from_u64(self.params.seed ^ 0x5eed);
+        let mut drift = Drift::default();
+        let scaffold = self.settings.algorithm.corrects_drift();
+        let params = TrainParams {
+            proximal: self.settings.algorithm.proximal(),
+            ..self.params
+        };
+        let total: usize = parts.iter().map(Records::len).sum();
         for round in 0..self.rounds {
             let mut outs = Vec::with_capacity(parts.len());
+            let mut ids = Vec::with_capacity(parts.len());
             for (i, part) in parts.iter().enumerate() {
                 if part.is_empty() {
                     continue;
                 }
-                let mut o = train(
+                let corr = if scaffold {
+                    drift.correction(i as u64)
+                } else {
+                    None
+                };
+                let mut o = train_corrected(
                     &self.spec,
                     &weights,
                     part,
-                    &self.params,
+                    &params,
                     round,
                     i as u64,
                     crate::Backend::Cpu,
+                    corr.as_deref(),
                 )?;
                 if i < self.byzantine {
                     self.corrupt(&weights, &mut o.weights, &mut rng);
                 }
                 outs.push(o);
+                ids.push(i);
+            }
+            let mut val = ValidationSum::default();
+            for o in &outs {
+                let v = o.validation;
+                val.add(v.loss, v.correct, v.records);
+            }
+            validation.push(val.loss());
+            let stop = early_stop(&validation, self.patience);
+            if stop.best.is_some_and(|(r, _)| r == round) {
+                best_weights.clone_from(&weights);
+            }
+            if stop.stop {
+                stopped = stop.best.map(|(r, _)| r);
+                break;
             }
             let updates: Vec<Update<'_>> = outs
                 .iter()
@@ -259,12 +312,37 @@ impl Federation {
             let s = federated::settle(&weights, &updates, &self.settings, &mut state)
                 .map_err(|e| ComputeError::BadModel(format!("round {}: {e}", round + 1)))?;
             left_out += s.verdicts.iter().filter(|v| !v.counted()).count();
+            if scaffold {
+                let used: Vec<DriftResult<'_>> = outs
+                    .iter()
+                    .zip(&ids)
+                    .zip(&s.verdicts)
+                    .filter(|(_, v)| v.counted())
+                    .map(|((o, &i), _)| DriftResult {
+                        task: i as u64,
+                        weights: &o.weights,
+                        steps: local_steps(o.samples, &params),
+                        share: parts[i].len() as f64 / total as f64,
+                    })
+                    .collect();
+                drift.update(&weights, &used, params.learning_rate);
+            }
             weights = s.weights;
             accuracy.push(evaluate(&self.spec, &weights, test)?.accuracy);
         }
+        let rounds_run = accuracy.len() as u32;
+        let (weights, final_round) = match stopped {
+            Some(r) => (best_weights, r),
+            None => (weights, rounds_run),
+        };
+        let final_accuracy = evaluate(&self.spec, &weights, test)?.accuracy;
         Ok(FederatedRun {
             weights,
+            final_accuracy,
             accuracy,
+            validation,
+            rounds_run,
+            final_round,
             left_out,
         })
     }
@@ -290,30 +368,6 @@ impl Federation {
             }
         }
     }
-}
-
-/// The centralized baseline: the same model and optimizer trained on all of
-/// `train_rows` for `epochs` epochs.
-pub fn centralized(
-    spec: &ModelSpec,
-    params: &TrainParams,
-    train_rows: &Records,
-    epochs: usize,
-) -> Result<Vec<f32>, ComputeError> {
-    let p = TrainParams {
-        local_epochs: epochs,
-        ..*params
-    };
-    Ok(train(
-        spec,
-        &spec.init_weights(params.seed),
-        train_rows,
-        &p,
-        0,
-        0,
-        crate::Backend::Cpu,
-    )?
-    .weights)
 }
 
 #[cfg(test)]

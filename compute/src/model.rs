@@ -54,6 +54,43 @@ impl Net {
         x
     }
 
+    /// Half the squared distance of the parameters to `anchor`'s (the
+    /// proximal term of FedProx).
+    pub fn half_distance(&self, anchor: &Net) -> Tensor<1> {
+        let mut total: Option<Tensor<1>> = None;
+        for (l, a) in self.layers.iter().zip(&anchor.layers) {
+            let mut t = (l.weight.val() - a.weight.val().detach())
+                .powf_scalar(2.0)
+                .sum();
+            if let (Some(b), Some(ab)) = (&l.bias, &a.bias) {
+                t = t + (b.val() - ab.val().detach()).powf_scalar(2.0).sum();
+            }
+            total = Some(match total {
+                Some(x) => x + t,
+                None => t,
+            });
+        }
+        total.expect("a model has layers") * 0.5
+    }
+
+    /// The dot product of the parameters with `other`'s (held constant):
+    /// added to the loss, it adds `other` to every gradient (SCAFFOLD's
+    /// drift correction).
+    pub fn dot(&self, other: &Net) -> Tensor<1> {
+        let mut total: Option<Tensor<1>> = None;
+        for (l, a) in self.layers.iter().zip(&other.layers) {
+            let mut t = (l.weight.val() * a.weight.val().detach()).sum();
+            if let (Some(b), Some(ab)) = (&l.bias, &a.bias) {
+                t = t + (b.val() * ab.val().detach()).sum();
+            }
+            total = Some(match total {
+                Some(x) => x + t,
+                None => t,
+            });
+        }
+        total.expect("a model has layers")
+    }
+
     /// The parameters as one flat vector, layer by layer (weight, then
     /// bias).
     pub fn flatten(&self) -> Vec<f32> {

@@ -7,7 +7,7 @@
 //! elsewhere and compare the weights.
 
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -16,6 +16,7 @@ use crate::ComputeError;
 use crate::dataset::Records;
 use crate::model::{ModelSpec, build};
 pub use loam_common::compute::TrainParams;
+use loam_common::compute::{Optimizer, mix64, validation_rows};
 
 /// What one local training run returns.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,22 +27,27 @@ pub struct TrainOutput {
     /// Mean cross-entropy and accuracy over the last epoch.
     pub loss: f32,
     pub accuracy: f32,
+    /// The weights the task started from on its held-out records.
+    pub validation: Validation,
+}
+
+/// How given weights do on a task's held-out records.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Validation {
+    /// Mean cross-entropy (0 when nothing is held out).
+    pub loss: f32,
+    /// Records predicted right.
+    pub correct: u64,
+    /// Records held out.
+    pub records: u64,
 }
 
 /// Mixes the job seed with the round and the task's identity into the seed
 /// of its batch order.
 pub fn stream_seed(seed: u64, round: u32, stream: u64) -> u64 {
-    let mut h = blake3_like(seed);
-    h = blake3_like(h ^ u64::from(round).rotate_left(32));
-    blake3_like(h ^ stream)
-}
-
-/// SplitMix64 finaliser: a cheap, well-mixed 64-bit hash.
-fn blake3_like(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    let mut h = mix64(seed);
+    h = mix64(h ^ u64::from(round).rotate_left(32));
+    mix64(h ^ stream)
 }
 
 fn batch_tensors(records: &Records, idx: &[usize], device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
@@ -58,8 +64,10 @@ fn batch_tensors(records: &Records, idx: &[usize], device: &Device) -> (Tensor<2
 }
 
 /// Trains `spec` from `weights` on `records` for `params.local_epochs`
-/// epochs of Adam. `round` and `stream` (the task's identity) seed the
-/// batch order.
+/// epochs of the chosen optimizer, after measuring `weights` on the
+/// records held out for validation ([`validation_rows`]), which it does
+/// not train on. `round` and `stream` (the task's identity) seed the batch
+/// order; `stream` also chooses the held-out records.
 pub fn train(
     spec: &ModelSpec,
     weights: &[f32],
@@ -68,6 +76,21 @@ pub fn train(
     round: u32,
     stream: u64,
     backend: crate::Backend,
+) -> Result<TrainOutput, ComputeError> {
+    train_corrected(spec, weights, records, params, round, stream, backend, None)
+}
+
+/// [`train`], with `correction` added to every gradient (SCAFFOLD).
+#[allow(clippy::too_many_arguments)]
+pub fn train_corrected(
+    spec: &ModelSpec,
+    weights: &[f32],
+    records: &Records,
+    params: &TrainParams,
+    round: u32,
+    stream: u64,
+    backend: crate::Backend,
+    correction: Option<&[f32]>,
 ) -> Result<TrainOutput, ComputeError> {
     params.validate()?;
     if records.width != spec.inputs {
@@ -84,18 +107,32 @@ pub fn train(
     }
     let device = backend.device().autodiff();
     let mut net = build(spec, weights, &device)?;
-    if records.is_empty() {
+    let held = validation_rows(records.len(), params.validation, params.seed, stream);
+    let pick =
+        |want: bool| -> Vec<usize> { (0..records.len()).filter(|&i| held[i] == want).collect() };
+    let (train_idx, val_idx) = (pick(false), pick(true));
+    let validation = validate(&net, records, &val_idx, &device);
+    if train_idx.is_empty() {
         return Ok(TrainOutput {
             weights: weights.to_vec(),
             samples: 0,
             loss: 0.0,
             accuracy: 0.0,
+            validation,
         });
     }
-    let mut optim = AdamConfig::new().init();
+    let mut optim = match params.optimizer {
+        Optimizer::Adam => AdamConfig::new().init(),
+        Optimizer::Sgd => SgdConfig::new().init(),
+    };
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mu = params.proximal as f32;
+    let anchor = (mu > 0.0)
+        .then(|| build(spec, weights, &device))
+        .transpose()?;
+    let correction = correction.map(|c| build(spec, c, &device)).transpose()?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(stream_seed(params.seed, round, stream));
-    let mut order: Vec<usize> = (0..records.len()).collect();
+    let mut order = train_idx;
     let (mut loss_sum, mut correct) = (0f64, 0u64);
     for epoch in 0..params.local_epochs {
         order.shuffle(&mut rng);
@@ -115,22 +152,64 @@ pub fn train(
                     .into_scalar::<i64>();
                 correct += hits.max(0) as u64;
             }
-            let loss = loss_fn.forward(logits, y);
+            let mut loss = loss_fn.forward(logits, y);
             if last {
                 loss_sum +=
                     f64::from(loss.clone().detach().into_scalar::<f32>()) * idx.len() as f64;
+            }
+            if let Some(a) = &anchor {
+                loss = loss + net.half_distance(a) * mu;
+            }
+            if let Some(c) = &correction {
+                loss = loss + net.dot(c);
             }
             let grads = GradientsParams::from_grads(loss.backward(), &net);
             net = optim.step(params.learning_rate, net, grads);
         }
     }
-    let n = records.len() as f64;
+    let n = order.len() as f64;
     Ok(TrainOutput {
         weights: net.flatten(),
-        samples: (records.len() * params.local_epochs) as u64,
+        samples: (order.len() * params.local_epochs) as u64,
         loss: (loss_sum / n) as f32,
         accuracy: (correct as f64 / n) as f32,
+        validation,
     })
+}
+
+/// Mean cross-entropy and hits of `net` on the records at `idx`.
+fn validate(
+    net: &crate::model::Net,
+    records: &Records,
+    idx: &[usize],
+    device: &Device,
+) -> Validation {
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let (mut loss_sum, mut correct) = (0f64, 0u64);
+    for chunk in idx.chunks(1024) {
+        let (x, y) = batch_tensors(records, chunk, device);
+        let logits = net.forward(x).detach();
+        let hits = logits
+            .clone()
+            .argmax(1)
+            .reshape([chunk.len()])
+            .equal(y.clone())
+            .int()
+            .sum()
+            .into_scalar::<i64>();
+        correct += hits.max(0) as u64;
+        let loss = loss_fn.forward(logits, y).into_scalar::<f32>();
+        loss_sum += f64::from(loss) * chunk.len() as f64;
+    }
+    Validation {
+        loss: if idx.is_empty() {
+            0.0
+        } else {
+            (loss_sum / idx.len() as f64) as f32
+        },
+        correct,
+        records: idx.len() as u64,
+    }
 }
 
 /// Predicted class of every record.

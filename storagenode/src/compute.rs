@@ -365,7 +365,7 @@ impl Trainer {
             .await
             .map_err(|_| TaskError::Refused("shutting down".into()))?;
         let t0 = Instant::now();
-        let stream = (u64::from(req.segment) << 32) | u64::from(req.row);
+        let stream = loam_common::compute::task_stream(req.segment, req.row);
         let backend = self.config.backend;
         let round = req.round;
         let out = tokio::task::spawn_blocking(move || {
@@ -387,6 +387,9 @@ impl Trainer {
                 weights_len: bytes.len() as u64,
                 piece_bytes_fetched: fetched,
                 train_ms: t0.elapsed().as_millis() as i64,
+                val_loss: out.validation.loss,
+                val_correct: out.validation.correct,
+                val_records: out.validation.records,
             },
             bytes,
         ))

@@ -216,6 +216,7 @@ pub async fn run(b: &ComputeBench, dir: &std::path::Path) -> anyhow::Result<Comp
                     architecture: "mlp".into(),
                     hidden: vec![b.hidden],
                     rounds: b.rounds,
+                    patience: 0,
                     params,
                     verify_fraction: Some(0.0),
                     out: ("bench".into(), "model".into()),

@@ -18,12 +18,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use loam_common::compute::{Architecture, ModelSpec, TrainParams};
+use loam_common::compute::{Architecture, ModelSpec, Rounds, TrainParams};
 use loam_common::federated::{Algorithm, Rule, Settings};
 use loam_compute::Records;
 use loam_compute::dataset::{parse_records, scan};
-use loam_compute::federate::{Attack, Federation, Skew, centralized, deal, subset};
-use loam_compute::train::evaluate;
+use loam_compute::federate::{Attack, Federation, Skew, deal, subset};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
@@ -37,7 +36,7 @@ pub struct LearningBench {
     /// Data pieces (tasks per round).
     pub pieces: usize,
     pub hidden: Vec<usize>,
-    pub rounds: u32,
+    pub rounds: Rounds,
     pub params: TrainParams,
     pub skews: Vec<Skew>,
     /// Skip the scikit-learn baseline (no Python venv).
@@ -82,7 +81,8 @@ pub fn run(b: &LearningBench) -> anyhow::Result<String> {
     let _ = writeln!(
         out,
         "bench-learning: {} ({} train / {} test records, {} features, {} classes), \
-         mlp hidden {:?}, {} pieces, {} rounds × {} local epochs, lr {}, batch {}",
+         mlp hidden {:?}, {} pieces, rounds {} × {} local epochs, {} lr {}, batch {}, \
+         {}% of each task held out for validation",
         b.data.display(),
         train.len(),
         test.len(),
@@ -92,28 +92,47 @@ pub fn run(b: &LearningBench) -> anyhow::Result<String> {
         b.pieces,
         b.rounds,
         b.params.local_epochs,
+        b.params.optimizer,
         b.params.learning_rate,
-        b.params.batch
+        b.params.batch,
+        b.params.validation,
     );
 
-    // Centralized baselines on the same train rows.
-    let epochs = (b.rounds as usize * b.params.local_epochs).max(1);
-    let central_w = centralized(&spec, &b.params, &train, epochs)?;
-    let central = evaluate(&spec, &central_w, &test)?.accuracy;
+    // Centralized baselines on the same train rows: burn as one task
+    // holding every row, epoch by epoch, stopped by the same validation
+    // rule (or after as many epochs as the federated tasks train).
+    let (cap, patience) = b.rounds.cap_and_patience();
+    let one_piece = vec![(0..train.len()).collect::<Vec<_>>()];
+    let central_run = Federation {
+        params: TrainParams {
+            local_epochs: 1,
+            ..b.params
+        },
+        settings: Settings::new(Algorithm::FedAvg, Rule::Mean),
+        rounds: cap.saturating_mul(b.params.local_epochs as u32),
+        patience,
+        ..federation(&spec, b, Settings::default())
+    }
+    .run(&train, &one_piece, &test)?;
+    let central = central_run.final_accuracy;
     let sklearn = if b.no_sklearn {
         None
     } else {
         Some(sklearn_baseline(&train, &test, &b.hidden, b.params.seed)?)
     };
-    let _ = writeln!(out, "\ncentralized burn ({epochs} epochs)  {central:.4}");
+    let _ = writeln!(
+        out,
+        "\ncentralized burn ({} epochs, best after {})  {central:.4}",
+        central_run.rounds_run, central_run.final_round
+    );
     if let Some(s) = sklearn {
-        let _ = writeln!(out, "centralized scikit-learn MLP    {s:.4}");
+        let _ = writeln!(out, "centralized scikit-learn MLP             {s:.4}");
     }
 
     // Every algorithm on every skew.
     let _ = writeln!(
         out,
-        "\nfederated test accuracy (gap to centralized burn{}):",
+        "\nfederated test accuracy, rounds run (gap to centralized burn{}):",
         if sklearn.is_some() {
             " / scikit-learn"
         } else {
@@ -123,7 +142,7 @@ pub fn run(b: &LearningBench) -> anyhow::Result<String> {
     let _ = write!(out, "{:<16}", "skew");
     for a in Algorithm::ALL {
         let mark = if a == Algorithm::default() { "*" } else { "" };
-        let _ = write!(out, "{:>26}", format!("{a}{mark}"));
+        let _ = write!(out, "{:>30}", format!("{a}{mark}"));
     }
     let _ = writeln!(out);
     let mut worst_default_gap = f64::NEG_INFINITY;
@@ -132,15 +151,16 @@ pub fn run(b: &LearningBench) -> anyhow::Result<String> {
         let _ = write!(out, "{:<16}", skew.to_string());
         for a in Algorithm::ALL {
             let fed = federation(&spec, b, Settings::new(a, Rule::Mean));
-            let acc = *fed
-                .run(&train, &pieces, &test)?
-                .accuracy
-                .last()
-                .unwrap_or(&0.0);
+            let run = fed.run(&train, &pieces, &test)?;
+            let acc = run.final_accuracy;
             let gap_b = (central - acc) * 100.0;
             let cell = match sklearn {
-                Some(s) => format!("{acc:.4} ({gap_b:+.1}/{:+.1})", (s - acc) * 100.0),
-                None => format!("{acc:.4} ({gap_b:+.1})"),
+                Some(s) => format!(
+                    "{acc:.4} r{} ({gap_b:+.1}/{:+.1})",
+                    run.rounds_run,
+                    (s - acc) * 100.0
+                ),
+                None => format!("{acc:.4} r{} ({gap_b:+.1})", run.rounds_run),
             };
             if a == Algorithm::default() {
                 worst_default_gap = worst_default_gap.max(gap_b);
@@ -148,7 +168,7 @@ pub fn run(b: &LearningBench) -> anyhow::Result<String> {
                     worst_default_gap = worst_default_gap.max((s - acc) * 100.0);
                 }
             }
-            let _ = write!(out, "{cell:>26}");
+            let _ = write!(out, "{cell:>30}");
         }
         let _ = writeln!(out);
     }
@@ -179,21 +199,13 @@ pub fn run(b: &LearningBench) -> anyhow::Result<String> {
     let _ = writeln!(out);
     for rule in Rule::ALL {
         let mut fed = federation(&spec, b, Settings::new(Algorithm::default(), rule));
-        let clean = *fed
-            .run(&train, &pieces, &test)?
-            .accuracy
-            .last()
-            .unwrap_or(&0.0);
+        let clean = fed.run(&train, &pieces, &test)?.final_accuracy;
         let _ = write!(out, "{:<14}{clean:>10.4}", rule.to_string());
         for (_, attack, factor) in attacks {
             fed.byzantine = byz_pieces / 4;
             fed.attack = attack;
             fed.attack_factor = factor;
-            let acc = *fed
-                .run(&train, &pieces, &test)?
-                .accuracy
-                .last()
-                .unwrap_or(&0.0);
+            let acc = fed.run(&train, &pieces, &test)?.final_accuracy;
             let _ = write!(
                 out,
                 "{:>16}",
@@ -212,11 +224,13 @@ fn federation(spec: &ModelSpec, b: &LearningBench, mut settings: Settings) -> Fe
     if let Some(m) = b.momentum {
         settings.beta1 = m;
     }
+    let (rounds, patience) = b.rounds.cap_and_patience();
     Federation {
         spec: spec.clone(),
         params: b.params,
         settings,
-        rounds: b.rounds,
+        rounds,
+        patience,
         byzantine: 0,
         attack: Attack::SignFlip,
         attack_factor: 1.0,

@@ -99,15 +99,19 @@ enum Command {
         /// Widths of the hidden layers.
         #[arg(long, value_delimiter = ',', default_value = "64")]
         hidden: Vec<usize>,
-        /// Federated rounds.
-        #[arg(long, default_value_t = loam_common::compute::DEFAULT_ROUNDS)]
-        rounds: u32,
+        /// Federated rounds: "auto" (stop when validation stops improving,
+        /// as jobs do by default) or a count.
+        #[arg(long, default_value_t = loam_common::compute::Rounds::Auto)]
+        rounds: loam_common::compute::Rounds,
         /// Epochs each task trains locally per round.
         #[arg(long, default_value_t = loam_common::compute::TrainParams::default().local_epochs)]
         local_epochs: usize,
-        /// Local learning rate.
-        #[arg(long, default_value_t = loam_common::compute::TrainParams::default().learning_rate)]
-        lr: f64,
+        /// Local optimizer: sgd or adam.
+        #[arg(long, default_value_t = loam_common::compute::Optimizer::default())]
+        optimizer: loam_common::compute::Optimizer,
+        /// Local learning rate (default: the optimizer's).
+        #[arg(long)]
+        lr: Option<f64>,
         /// Local batch size.
         #[arg(long, default_value_t = loam_common::compute::TrainParams::default().batch)]
         batch: usize,
@@ -351,6 +355,7 @@ async fn main() -> anyhow::Result<()> {
             hidden,
             rounds,
             local_epochs,
+            optimizer,
             lr,
             batch,
             skews,
@@ -367,10 +372,11 @@ async fn main() -> anyhow::Result<()> {
                     hidden,
                     rounds,
                     params: loam_common::compute::TrainParams {
-                        learning_rate: lr,
+                        learning_rate: lr.unwrap_or(optimizer.default_learning_rate()),
                         batch,
                         local_epochs,
-                        seed: 1,
+                        optimizer,
+                        ..Default::default()
                     },
                     skews,
                     no_sklearn,
@@ -583,6 +589,7 @@ async fn train_digits(project: &Project) -> anyhow::Result<()> {
                 architecture: "mlp".into(),
                 hidden: vec![64],
                 rounds: loam_common::compute::DEFAULT_ROUNDS,
+                patience: 0,
                 params: Default::default(),
                 verify_fraction: None,
                 out: ("demo".into(), "models/digits-mlp".into()),

@@ -75,6 +75,7 @@ fn job_request(out: &str) -> JobRequest {
         architecture: "mlp".into(),
         hidden: vec![8],
         rounds: 1,
+        patience: 0,
         params: Default::default(),
         verify_fraction: Some(0.0),
         out: (BUCKET.into(), out.into()),

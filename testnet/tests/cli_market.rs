@@ -100,6 +100,9 @@ async fn a_listing_is_trained_on_paid_for_and_a_model_bought_from_the_cli() -> a
             "mlp",
             "--rounds",
             "6",
+            // Every record trained on, so that the fees are records × epochs.
+            "--validation",
+            "0",
             "--verify",
             "0",
             "--out",

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use loam_common::compute::{DEFAULT_ROUNDS, TrainParams};
+use loam_common::compute::{Optimizer, Rounds, TrainParams};
 use loam_common::federated::{Algorithm, Choice, Rule};
 use loam_common::pb;
 use loam_compute::ModelFile;
@@ -91,15 +91,24 @@ pub struct TrainArgs {
     /// Hidden layer widths (repeat or comma-separate for several layers).
     #[arg(long, value_delimiter = ',', default_value = "64")]
     hidden: Vec<usize>,
-    /// Federated averaging rounds.
-    #[arg(long, default_value_t = DEFAULT_ROUNDS)]
-    rounds: u32,
+    /// Federated rounds: "auto" stops when the validation loss has not
+    /// improved for 8 rounds (at most 100) and keeps the best weights; a
+    /// number runs exactly that many.
+    #[arg(long, default_value_t = Rounds::Auto)]
+    rounds: Rounds,
+    /// Percent of each task's records the nodes hold out for validation
+    /// (0 to 50; "auto" rounds need some).
+    #[arg(long, default_value_t = TrainParams::default().validation)]
+    validation: u32,
     /// Epochs each task trains locally per round.
     #[arg(long, default_value_t = TrainParams::default().local_epochs)]
     local_epochs: usize,
-    /// Adam learning rate.
-    #[arg(long, default_value_t = TrainParams::default().learning_rate)]
-    lr: f64,
+    /// Local optimizer: sgd (the default; see docs/compute.md) or adam.
+    #[arg(long, default_value_t = Optimizer::default())]
+    optimizer: Optimizer,
+    /// Local learning rate (default: 0.1 for sgd, 0.005 for adam).
+    #[arg(long)]
+    lr: Option<f64>,
     /// Batch size.
     #[arg(long, default_value_t = TrainParams::default().batch)]
     batch: usize,
@@ -117,7 +126,8 @@ pub struct TrainArgs {
     label: Option<String>,
     /// How the satellite turns each round's averaged update into new
     /// weights: fedavg (as is), fedavgm (with server momentum, the
-    /// default: best on skewed data in docs/compute.md) or fedadam.
+    /// default), fedadam, or fedprox (tasks held near the global weights).
+    /// See docs/compute.md for the measurements.
     #[arg(long, default_value_t = Algorithm::default())]
     algorithm: Algorithm,
     /// How task updates are combined: mean (weighted by records), or a
@@ -366,15 +376,26 @@ pub async fn train(project: &Project, a: TrainArgs) -> anyhow::Result<()> {
     if out.key.is_empty() {
         bail!("--out {:?} names no key", a.out);
     }
+    if a.algorithm.corrects_drift() {
+        bail!(
+            "scaffold runs in `testnet bench-learning` only: the network does not send \
+             drift corrections to nodes yet (use fedavgm, the default)"
+        );
+    }
+    let (rounds, patience) = a.rounds.cap_and_patience();
     let job = JobRequest {
         architecture: a.model,
         hidden: a.hidden,
-        rounds: a.rounds,
+        rounds,
+        patience,
         params: TrainParams {
-            learning_rate: a.lr,
+            learning_rate: a.lr.unwrap_or(a.optimizer.default_learning_rate()),
             batch: a.batch,
             local_epochs: a.local_epochs,
             seed: a.seed,
+            optimizer: a.optimizer,
+            validation: a.validation,
+            proximal: a.algorithm.proximal(),
         },
         verify_fraction: a.verify,
         out: (out.bucket.clone(), out.key.clone()),
@@ -412,6 +433,20 @@ pub async fn train(project: &Project, a: TrainArgs) -> anyhow::Result<()> {
     }
 }
 
+/// How the weights a round started from did on the held-out records.
+fn validation_text(r: &pb::RoundInfo) -> String {
+    if r.val_records == 0 {
+        String::new()
+    } else {
+        format!(
+            "  validation (after round {}) loss {:.4} accuracy {:.4}",
+            r.round.saturating_sub(1),
+            r.val_loss,
+            r.val_accuracy
+        )
+    }
+}
+
 /// Follows a job round by round; stores the model when it is done.
 async fn wait(project: &Project, id: &[u8]) -> anyhow::Result<()> {
     let mut shown = 0usize;
@@ -420,11 +455,12 @@ async fn wait(project: &Project, id: &[u8]) -> anyhow::Result<()> {
         let info = project.job(id).await?;
         for r in info.history.iter().skip(shown) {
             println!(
-                "round {}/{}  loss {:.4}  accuracy {:.4}  tasks {}/{}  {:.2}s (coordination {:.2}s)",
+                "round {}/{}  loss {:.4}  accuracy {:.4}{}  tasks {}/{}  {:.2}s (coordination {:.2}s)",
                 r.round,
                 info.rounds,
                 r.loss,
                 r.accuracy,
+                validation_text(r),
                 r.tasks_accepted,
                 info.tasks_total,
                 r.duration_ms as f64 / 1000.0,
@@ -468,6 +504,9 @@ fn job_json(j: &pb::JobInfo) -> serde_json::Value {
         "error": j.error,
         "round": j.round,
         "rounds": j.rounds,
+        "patience": j.patience,
+        "best_round": j.best_round,
+        "stopped_early": (!j.stopped_early.is_empty()).then_some(&j.stopped_early),
         "loss": j.history.last().map(|r| r.loss),
         "accuracy": j.history.last().map(|r| r.accuracy),
         "tasks_total": j.tasks_total,
@@ -489,6 +528,10 @@ fn job_json(j: &pb::JobInfo) -> serde_json::Value {
         "egress_charged": j.egress_charged,
         "history": j.history.iter().map(|r| serde_json::json!({
             "round": r.round, "loss": r.loss, "accuracy": r.accuracy,
+            "validation": (r.val_records > 0).then(|| serde_json::json!({
+                "after_round": r.round.saturating_sub(1), "loss": r.val_loss,
+                "accuracy": r.val_accuracy, "records": r.val_records,
+            })),
             "samples": r.samples, "tasks_accepted": r.tasks_accepted,
             "tasks_rejected": r.tasks_rejected, "weight_bytes": r.weight_bytes,
             "duration_ms": r.duration_ms, "coordination_ms": r.coordination_ms,
@@ -547,7 +590,55 @@ pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
                     s.architecture, s.hidden, s.inputs, s.classes
                 );
             }
-            println!("round               {}/{}", j.round, j.rounds);
+            println!(
+                "round               {}/{}{}",
+                j.round,
+                j.rounds,
+                if j.patience > 0 {
+                    format!(
+                        " (auto: stops after {} rounds without a better validation loss)",
+                        j.patience
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            if let Some(p) = j.params.as_ref() {
+                println!(
+                    "local training      {} lr {}, batch {}, {} epochs, {}% held out for validation{}",
+                    if p.optimizer == 0 { "adam" } else { "sgd" },
+                    p.learning_rate,
+                    p.batch,
+                    p.local_epochs,
+                    p.validation_percent,
+                    if p.proximal > 0.0 {
+                        format!(", proximal {}", p.proximal)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            if j.history.iter().any(|r| r.val_records > 0) {
+                println!(
+                    "best weights        after round {}{}",
+                    j.best_round,
+                    if j.stopped_early.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", j.stopped_early)
+                    }
+                );
+                println!("validation curve    (weights after each round, on the held-out records)");
+                for r in j.history.iter().filter(|r| r.val_records > 0) {
+                    println!(
+                        "  round {:>3}  loss {:.4}  accuracy {:.4}  ({} records)",
+                        r.round.saturating_sub(1),
+                        r.val_loss,
+                        r.val_accuracy,
+                        r.val_records
+                    );
+                }
+            }
             if let Some(c) = j
                 .aggregation
                 .as_ref()

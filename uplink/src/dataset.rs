@@ -66,7 +66,11 @@ pub struct DatasetInfo {
 pub struct JobRequest {
     pub architecture: String,
     pub hidden: Vec<usize>,
+    /// Rounds, or the most rounds when `patience` is set.
     pub rounds: u32,
+    /// Stop after this many rounds without a better validation loss and
+    /// keep the best weights; 0 runs exactly `rounds`.
+    pub patience: u32,
     pub params: TrainParams,
     /// Share of tasks re-executed for verification; `None` for the
     /// satellite's default.
@@ -363,6 +367,7 @@ impl Project {
                 spec: Some((&spec).into()),
                 params: Some((&job.params).into()),
                 rounds: job.rounds,
+                patience: job.patience,
                 tasks,
                 owner_note: note.into(),
                 verify_fraction: job.verify_fraction.unwrap_or(-1.0),
@@ -499,6 +504,7 @@ impl Project {
                 spec: Some((&spec).into()),
                 params: Some((&job.params).into()),
                 rounds: job.rounds,
+                patience: job.patience,
                 owner_note: note.into(),
                 verify_fraction: job.verify_fraction.unwrap_or(-1.0),
                 listings: listings.iter().map(|l| l.clone().into()).collect(),

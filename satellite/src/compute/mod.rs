@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use loam_common::compute::{self as cc, ModelSpec, TrainParams, work_micro_units};
-use loam_common::federated::{self, Choice, ServerState, Settings, Update, Verdict};
+use loam_common::federated::{
+    self, Choice, ServerState, Settings, Update, ValidationSum, Verdict, early_stop,
+};
 use loam_common::orders::{PieceAction, PieceId, now_ms};
 use loam_common::transport::Endpoint as QuicEndpoint;
 use loam_common::wire::{Frame, FrameReader, FrameWriter, MAX_DATA_FRAME_LEN};
@@ -424,6 +426,14 @@ impl Compute {
         project: &ProjectId,
         req: &pb::SubmitJobRequest,
     ) -> Result<pb::JobInfo, ComputeError> {
+        // A job that stops by validation asks for its most rounds: the
+        // satellite's limit (and a listing's terms, below) lower it
+        // instead of refusing it.
+        let mut req = req.clone();
+        if req.patience > 0 {
+            req.rounds = req.rounds.min(self.config.max_rounds);
+        }
+        let req = &mut req;
         let spec = ModelSpec::try_from(
             req.spec
                 .as_ref()
@@ -440,6 +450,16 @@ impl Compute {
                 self.config.max_rounds
             )));
         }
+        if req.patience > MAX_PATIENCE {
+            return Err(ComputeError::BadJob(format!(
+                "patience must be 0..={MAX_PATIENCE} rounds"
+            )));
+        }
+        if req.patience > 0 && params.validation == 0 {
+            return Err(ComputeError::BadJob(
+                "a job that stops by validation must hold records out for it".into(),
+            ));
+        }
         if !(req.verify_fraction < 0.0 || req.verify_fraction <= 1.0) {
             return Err(ComputeError::BadJob(
                 "verify fraction must be in 0..=1".into(),
@@ -449,6 +469,11 @@ impl Compute {
             Some(a) => Choice::try_from(a).map_err(ComputeError::BadJob)?,
             None => Choice::default(),
         };
+        if aggregation.algorithm.corrects_drift() {
+            return Err(ComputeError::BadJob(
+                "scaffold is not run on the network yet (nodes get no drift corrections)".into(),
+            ));
+        }
         // Per dataset, the records the satellite counted: what the job can
         // cost at most.
         let (mut record, records) = if req.listings.is_empty() {
@@ -490,6 +515,7 @@ impl Compute {
             spec: Some((&spec).into()),
             params: Some((&params).into()),
             rounds: req.rounds,
+            patience: req.patience,
             tasks_total: datasets.iter().map(|d| d.tasks.len() as u32).sum(),
             created_unix_ms: now_ms(),
             owner_note: req.owner_note.clone(),
@@ -521,7 +547,7 @@ impl Compute {
     /// each refusal is one line naming the listing.
     fn market_job(
         &self,
-        req: &pb::SubmitJobRequest,
+        req: &mut pb::SubmitJobRequest,
         spec: &ModelSpec,
     ) -> Result<(pb::JobRecord, Vec<u64>), ComputeError> {
         const MAX_LISTINGS: usize = 64;
@@ -587,6 +613,9 @@ impl Compute {
                         terms.allowed_models.join(",")
                     ),
                 ));
+            }
+            if terms.max_rounds != 0 && req.patience > 0 {
+                req.rounds = req.rounds.min(terms.max_rounds);
             }
             if terms.max_rounds != 0 && req.rounds > terms.max_rounds {
                 return Err(refuse(
@@ -1059,7 +1088,8 @@ impl Compute {
                 record,
             };
             let (outcome, sent_bytes, max_train_ms) = self.run_round(&ctx, cancel).await?;
-            weights = self.settle_round(
+            let stop;
+            (weights, stop) = self.settle_round(
                 job_id,
                 record,
                 &spec,
@@ -1070,6 +1100,9 @@ impl Compute {
                 sent_bytes,
                 max_train_ms,
             )?;
+            if stop {
+                break;
+            }
         }
         Ok(())
     }
@@ -1094,8 +1127,9 @@ impl Compute {
     }
 
     /// Settles one round (see [`loam_common::federated::settle`]) and
-    /// accounts it; returns the new weights. The server optimizer's state
-    /// is written with the weights.
+    /// accounts it; returns the new weights, and whether the job stops
+    /// early (its weights are then the best by validation). The server
+    /// optimizer's state is written with the weights.
     #[allow(clippy::too_many_arguments)]
     fn settle_round(
         &self,
@@ -1108,7 +1142,7 @@ impl Compute {
         t0: Instant,
         sent_bytes: u64,
         max_train_ms: i64,
-    ) -> Result<Vec<f32>, String> {
+    ) -> Result<(Vec<f32>, bool), String> {
         let db = |e: DbError| e.to_string();
         // In task order, whatever order the results came in: the same job
         // settles to the same bits.
@@ -1182,9 +1216,19 @@ impl Compute {
         for node in &outcome.failed_runs {
             self.account(*node, |st| st.tasks_failed += 1).map_err(db)?;
         }
+        // The weights this round started from, as the tasks' held-out
+        // records judge them (every task that trained, outvoted or not:
+        // they all measured the same weights).
+        let mut val = ValidationSum::default();
+        for (_, _, o) in &kept {
+            val.add(o.val_loss, o.val_correct, o.val_records);
+        }
         let duration_ms = t0.elapsed().as_millis() as i64;
         let info = record.info.get_or_insert_with(Default::default);
         info.history.push(pb::RoundInfo {
+            val_loss: val.loss().unwrap_or(0.0) as f32,
+            val_accuracy: val.accuracy().unwrap_or(0.0) as f32,
+            val_records: val.records,
             round: round + 1,
             loss: mean(|o| o.loss),
             accuracy: mean(|o| o.accuracy),
@@ -1211,7 +1255,44 @@ impl Compute {
         info.data_fees = info.data_fees.saturating_add(data_fees);
         info.compute_charged = info.compute_charged.saturating_add(charge.compute_amount);
         info.egress_charged = info.egress_charged.saturating_add(charge.egress_amount);
-        let mut ops = vec![
+        // Early stopping on the validation curve: the weights after
+        // `history[r].round - 1` rounds were judged in entry `r`.
+        let losses: Vec<Option<f64>> = info
+            .history
+            .iter()
+            .map(|h| (h.val_records > 0).then_some(f64::from(h.val_loss)))
+            .collect();
+        let early = early_stop(&losses, info.patience);
+        let mut ops = Vec::new();
+        if let Some((best, _)) = early.best {
+            if best == round && info.patience > 0 {
+                ops.push(crate::db::Op::Put(
+                    Table::JobWeights,
+                    best_weights_key(job_id),
+                    cc::weights_to_bytes(old),
+                ));
+            }
+            info.best_round = best;
+        }
+        let mut new = new;
+        if early.stop {
+            let best = early.best.map_or(0, |b| b.0);
+            new = if best == round {
+                old.to_vec()
+            } else {
+                self.kv
+                    .get(Table::JobWeights, &best_weights_key(job_id))
+                    .map_err(db)?
+                    .and_then(|b| cc::weights_from_bytes(&b))
+                    .filter(|w| w.len() == old.len())
+                    .ok_or("the job's best weights are missing")?
+            };
+            info.stopped_early = format!(
+                "validation loss did not improve for {} rounds; kept the weights after round {best}",
+                info.patience
+            );
+        }
+        ops.extend([
             crate::db::Op::Put(
                 Table::JobWeights,
                 job_id.to_vec(),
@@ -1223,12 +1304,12 @@ impl Compute {
                 state.to_bytes(),
             ),
             crate::db::Op::Put(Table::Jobs, job_id.to_vec(), record.encode_to_vec()),
-        ];
+        ]);
         ops.extend(charge_ops);
         self.kv.write(ops).map_err(db)?;
         self.publish(job_id, record.info.as_ref().expect("set above"));
         metrics::counter!("loam_satellite_compute_rounds_total").increment(1);
-        Ok(new)
+        Ok((new, early.stop))
     }
 
     /// What one round costs the job's project: per listing, the data fee
@@ -1369,7 +1450,7 @@ impl Compute {
         let mut plans = Vec::new();
         // What each task is worth, from the records the dataset's segments
         // hold: a node's own count is only checked against it.
-        let mut expected: HashMap<scheduler::TaskId, u64> = HashMap::new();
+        let mut expected: HashMap<scheduler::TaskId, (u64, u64)> = HashMap::new();
         for (d, (ds, obj)) in ctx.datasets.iter().zip(ctx.objs).enumerate() {
             let d = d as u32;
             for t in &ds.tasks {
@@ -1379,7 +1460,7 @@ impl Compute {
                     .map_err(|e| e.to_string())?;
                 expected.insert(
                     (d, t.segment, t.row),
-                    task_samples(&seg, t.row, ctx.params.local_epochs)
+                    task_samples(&seg, t.segment, t.row, ctx.params)
                         .map_err(|e| format!("segment {}: {e}", t.segment))?,
                 );
                 plans.push(TaskPlan {
@@ -1460,12 +1541,22 @@ impl Compute {
             tokio::select! {
                 Some((a, r)) = inflight.next() => {
                     slots.release(a.node);
-                    let want = expected.get(&a.task).copied().unwrap_or(0);
+                    let (want, want_val) = expected.get(&a.task).copied().unwrap_or((0, 0));
                     let r = match r {
                         Ok(o) if o.samples != want => {
                             tracing::warn!(node = %a.node.short(), task = ?a.task, reported = o.samples, expected = want, "node misreported the samples of a task");
                             self.record_misreport(a.node);
                             Err(format!("reported {} samples, the task has {want}", o.samples))
+                        }
+                        Ok(o) if o.val_records != want_val
+                            || o.val_correct > o.val_records
+                            || !(o.val_loss.is_finite() && o.val_loss >= 0.0) => {
+                            tracing::warn!(node = %a.node.short(), task = ?a.task, records = o.val_records, correct = o.val_correct, loss = o.val_loss, expected = want_val, "node misreported the validation of a task");
+                            self.record_misreport(a.node);
+                            Err(format!(
+                                "reported {} of {} held-out records right (loss {}), the task holds out {want_val}",
+                                o.val_correct, o.val_records, o.val_loss
+                            ))
                         }
                         r => r,
                     };
@@ -1646,6 +1737,14 @@ impl Drop for Slots<'_> {
 }
 
 /// Where a job's server optimizer state is kept, beside its weights.
+/// Most rounds a job may wait for a better validation loss.
+pub const MAX_PATIENCE: u32 = 100;
+
+/// Where a job that stops by validation keeps its best weights so far.
+fn best_weights_key(job_id: &JobId) -> Vec<u8> {
+    [job_id.as_slice(), b"/best"].concat()
+}
+
 fn server_state_key(job_id: &JobId) -> Vec<u8> {
     [&job_id[..], b"/server-state"].concat()
 }
@@ -1686,17 +1785,32 @@ fn job_datasets(rec: &pb::JobRecord) -> Vec<pb::JobDataset> {
     }]
 }
 
-/// Samples a task on data row `row` of `seg` trains on: the row's records
-/// (as committed with the segment) times the local epochs.
-fn task_samples(seg: &pb::SegmentRecord, row: u32, epochs: usize) -> Result<u64, String> {
+/// Samples a task on data row `row` of `seg` trains on, and the records
+/// it holds out for validation: from the row's records (as committed with
+/// the segment), the job's validation share and seed, and the local
+/// epochs.
+fn task_samples(
+    seg: &pb::SegmentRecord,
+    segment: u32,
+    row: u32,
+    params: &TrainParams,
+) -> Result<(u64, u64), String> {
     let meta = seg.meta.as_ref().ok_or("no segment metadata")?;
     let records =
         meta.row_records.get(row as usize).copied().ok_or(
             "the dataset has no record counts (uploaded by an older uplink); upload it again",
         )?;
-    records
-        .checked_mul(epochs as u64)
-        .ok_or_else(|| "sample count overflows".to_string())
+    let n = usize::try_from(records).map_err(|_| "record count overflows")?;
+    let held = cc::validation_count(
+        n,
+        params.validation,
+        params.seed,
+        cc::task_stream(segment, row),
+    ) as u64;
+    let samples = (records - held)
+        .checked_mul(params.local_epochs as u64)
+        .ok_or("sample count overflows")?;
+    Ok((samples, held))
 }
 
 /// The node holding data piece `row` of a segment.
@@ -1759,6 +1873,9 @@ async fn exchange(
         samples: ok.samples,
         loss: ok.loss,
         accuracy: ok.accuracy,
+        val_loss: ok.val_loss,
+        val_correct: ok.val_correct,
+        val_records: ok.val_records,
         bytes_fetched: ok.piece_bytes_fetched,
         train_ms: ok.train_ms,
     })

@@ -69,6 +69,10 @@ pub struct Output {
     pub samples: u64,
     pub loss: f32,
     pub accuracy: f32,
+    /// The starting weights on the task's held-out records.
+    pub val_loss: f32,
+    pub val_correct: u64,
+    pub val_records: u64,
     pub bytes_fetched: u64,
     pub train_ms: i64,
 }
@@ -362,7 +366,14 @@ impl Round {
             return;
         }
         let tol = self.tolerance;
-        let agree = |a: &Output, b: &Output| weights_match(&a.weights, &b.weights, tol);
+        // Two runs agree on the weights they trained and on how the
+        // starting weights did on the held-out records (which early
+        // stopping believes).
+        let agree = |a: &Output, b: &Output| {
+            weights_match(&a.weights, &b.weights, tol)
+                && (a.val_correct, a.val_records) == (b.val_correct, b.val_records)
+                && (a.val_loss - b.val_loss).abs() <= tol * (1.0 + a.val_loss.abs())
+        };
         match t.results.len() {
             1 if !t.verify => t.status = Status::Accepted(0),
             1 => {}
@@ -456,6 +467,9 @@ mod tests {
             samples: 10,
             loss: 1.0,
             accuracy: 0.5,
+            val_loss: 0.0,
+            val_correct: 0,
+            val_records: 0,
             bytes_fetched: 0,
             train_ms: 1,
         }
