@@ -141,16 +141,7 @@ pub fn train_corrected(
             let (x, y) = batch_tensors(records, idx, &device);
             let logits = net.forward(x);
             if last {
-                let hits = logits
-                    .clone()
-                    .detach()
-                    .argmax(1)
-                    .reshape([idx.len()])
-                    .equal(y.clone())
-                    .int()
-                    .sum()
-                    .into_scalar::<i64>();
-                correct += hits.max(0) as u64;
+                correct += hits(logits.clone().detach(), &y, idx.len());
             }
             let mut loss = loss_fn.forward(logits, y);
             if last {
@@ -177,6 +168,18 @@ pub fn train_corrected(
     })
 }
 
+/// Rows of `logits` whose largest entry is at the label in `y`.
+fn hits(logits: Tensor<2>, y: &Tensor<1, Int>, rows: usize) -> u64 {
+    let n = logits
+        .argmax(1)
+        .reshape([rows])
+        .equal(y.clone())
+        .int()
+        .sum()
+        .into_scalar::<i64>();
+    n.max(0) as u64
+}
+
 /// Mean cross-entropy and hits of `net` on the records at `idx`.
 fn validate(
     net: &crate::model::Net,
@@ -189,15 +192,7 @@ fn validate(
     for chunk in idx.chunks(1024) {
         let (x, y) = batch_tensors(records, chunk, device);
         let logits = net.forward(x).detach();
-        let hits = logits
-            .clone()
-            .argmax(1)
-            .reshape([chunk.len()])
-            .equal(y.clone())
-            .int()
-            .sum()
-            .into_scalar::<i64>();
-        correct += hits.max(0) as u64;
+        correct += hits(logits.clone(), &y, chunk.len());
         let loss = loss_fn.forward(logits, y).into_scalar::<f32>();
         loss_sum += f64::from(loss) * chunk.len() as f64;
     }

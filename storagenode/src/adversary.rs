@@ -15,6 +15,9 @@ use loam_common::pb;
 /// Alters the weights a node returns.
 pub type WeightsHook = Arc<dyn Fn(&mut [f32]) + Send + Sync>;
 
+/// Alters a training result (its validation figures, say) before it is sent.
+pub type ResultHook = Arc<dyn Fn(&mut pb::TrainResult) + Send + Sync>;
+
 /// Wraps the node's piece store (tests inject disk faults with it: a full
 /// disk, I/O errors).
 pub type BlobsHook = Arc<
@@ -28,6 +31,8 @@ pub struct Lies {
     pub weights: Option<WeightsHook>,
     /// Reported as the sample count of every task.
     pub samples: Option<u64>,
+    /// Applied to every training result (after `samples`).
+    pub result: Option<ResultHook>,
     /// Sent as the answer to every audit instead of the leaf and proof.
     pub audit_error: Option<pb::ErrorCode>,
     /// Advertised as free disk at check-in instead of what the node has.
@@ -47,6 +52,7 @@ impl Lies {
     pub fn is_honest(&self) -> bool {
         self.weights.is_none()
             && self.samples.is_none()
+            && self.result.is_none()
             && self.audit_error.is_none()
             && self.free_disk.is_none()
             && self.compute.is_none()
@@ -60,6 +66,7 @@ impl std::fmt::Debug for Lies {
         f.debug_struct("Lies")
             .field("weights", &self.weights.is_some())
             .field("samples", &self.samples)
+            .field("result", &self.result.is_some())
             .field("audit_error", &self.audit_error)
             .field("free_disk", &self.free_disk)
             .field("compute", &self.compute)

@@ -379,20 +379,21 @@ impl Trainer {
             hook(&mut weights);
         }
         let bytes = weights_to_bytes(&weights);
-        Ok((
-            pb::TrainResult {
-                samples: self.lies.samples.unwrap_or(out.samples),
-                loss: out.loss,
-                accuracy: out.accuracy,
-                weights_len: bytes.len() as u64,
-                piece_bytes_fetched: fetched,
-                train_ms: t0.elapsed().as_millis() as i64,
-                val_loss: out.validation.loss,
-                val_correct: out.validation.correct,
-                val_records: out.validation.records,
-            },
-            bytes,
-        ))
+        let mut result = pb::TrainResult {
+            samples: self.lies.samples.unwrap_or(out.samples),
+            loss: out.loss,
+            accuracy: out.accuracy,
+            weights_len: bytes.len() as u64,
+            piece_bytes_fetched: fetched,
+            train_ms: t0.elapsed().as_millis() as i64,
+            val_loss: out.validation.loss,
+            val_correct: out.validation.correct,
+            val_records: out.validation.records,
+        };
+        if let Some(hook) = &self.lies.result {
+            hook(&mut result);
+        }
+        Ok((result, bytes))
     }
 
     /// The task's records: from the local piece, or rebuilt from others.

@@ -487,3 +487,86 @@ async fn rounds_auto_stops_by_validation_and_keeps_the_best_weights() {
     assert!(acc >= 0.9, "accuracy {acc}");
     planet.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lies_about_validation_are_caught_and_not_believed() {
+    // Validation decides when a job stops and which weights it keeps: a
+    // node must not steer it. One claims more held-out records than its
+    // task has (caught by the satellite's own count); another claims every
+    // held-out record right with the true count (caught by re-execution).
+    let (mut planet, project, _test) = setup(PlanetConfig::new(6)).await;
+    let inflate = planet.holder_of_row(0).expect("holder of row 0");
+    planet
+        .restart_node_lying(
+            inflate,
+            Lies {
+                result: Some(Arc::new(|r: &mut pb::TrainResult| {
+                    r.val_records += 1000;
+                    r.val_correct = r.val_records;
+                })),
+                ..Lies::default()
+            },
+        )
+        .await
+        .expect("restart");
+    let inflate_id = planet.nodes[inflate].id;
+    let info = project
+        .submit_job("digits", "train", &job(2, 0.0))
+        .await
+        .expect("submit");
+    let done = wait_done(&planet, &info.job_id).await;
+    assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
+    let held = done.history[0].val_records;
+    assert!((100..200).contains(&held), "{held}: the lie never counted");
+    let stats = planet.compute.node_stats().expect("stats");
+    let s = stats.get(&inflate_id).cloned().unwrap_or_default();
+    assert!(
+        s.tasks_accepted == 0 && s.verification_failures > 0,
+        "{s:?}"
+    );
+
+    // The flatterer: re-executed tasks disagree with it, and it loses.
+    let flatter = (0..planet.nodes.len())
+        .find(|&i| i != inflate)
+        .expect("another node");
+    planet
+        .restart_node_lying(
+            flatter,
+            Lies {
+                result: Some(Arc::new(|r: &mut pb::TrainResult| {
+                    r.val_correct = r.val_records;
+                    r.val_loss = 0.0;
+                })),
+                ..Lies::default()
+            },
+        )
+        .await
+        .expect("restart");
+    let flatter_id = planet.nodes[flatter].id;
+    let before = planet
+        .compute
+        .node_stats()
+        .expect("stats")
+        .get(&flatter_id)
+        .cloned()
+        .unwrap_or_default();
+    let info = project
+        .submit_job("digits", "train", &job(2, 1.0))
+        .await
+        .expect("submit");
+    let done = wait_done(&planet, &info.job_id).await;
+    assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
+    assert!(done.history.iter().all(|r| r.val_accuracy < 1.0));
+    let after = planet
+        .compute
+        .node_stats()
+        .expect("stats")
+        .get(&flatter_id)
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        after.tasks_accepted, before.tasks_accepted,
+        "a flattering result is never accepted"
+    );
+    planet.shutdown().await;
+}

@@ -369,11 +369,7 @@ impl Round {
         // Two runs agree on the weights they trained and on how the
         // starting weights did on the held-out records (which early
         // stopping believes).
-        let agree = |a: &Output, b: &Output| {
-            weights_match(&a.weights, &b.weights, tol)
-                && (a.val_correct, a.val_records) == (b.val_correct, b.val_records)
-                && (a.val_loss - b.val_loss).abs() <= tol * (1.0 + a.val_loss.abs())
-        };
+        let agree = |a: &Output, b: &Output| agree(a, b, tol);
         match t.results.len() {
             1 if !t.verify => t.status = Status::Accepted(0),
             1 => {}
@@ -435,7 +431,7 @@ impl Round {
                         continue;
                     };
                     for (n, _, out) in &t.results {
-                        if weights_match(&out.weights, &chosen.weights, tol) {
+                        if agree(out, &chosen, tol) {
                             self.outcome.credited.push((*n, out.samples));
                         }
                     }
@@ -450,6 +446,15 @@ impl Round {
         }
         self.outcome
     }
+}
+
+/// Whether two runs of a task agree: on the weights they trained and on
+/// how the starting weights did on the held-out records (which early
+/// stopping believes). Only runs that agree with the accepted one are paid.
+fn agree(a: &Output, b: &Output, tol: f32) -> bool {
+    weights_match(&a.weights, &b.weights, tol)
+        && (a.val_correct, a.val_records) == (b.val_correct, b.val_records)
+        && (a.val_loss - b.val_loss).abs() <= tol * (1.0 + a.val_loss.abs())
 }
 
 #[cfg(test)]
