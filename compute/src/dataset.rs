@@ -56,6 +56,10 @@ pub enum DatasetError {
     UnknownLabel(String),
     #[error("the schema is inconsistent")]
     BadSchema,
+    #[error(
+        "the stored records do not match their recorded order ({found} lines, {expected} expected)"
+    )]
+    BadShuffle { found: u64, expected: u64 },
 }
 
 /// What a dataset's rows mean: the columns, which one is the label, its
@@ -441,6 +445,98 @@ impl PackedSegment {
     }
 }
 
+/// How a dataset's records were reordered at upload, kept (encrypted) with
+/// the dataset so that a download puts them back: every line after the
+/// header that ends in a newline moved to a place drawn from `seed`.
+///
+/// A file sorted by label would otherwise give each data piece, and so each
+/// training task, one or two classes; shuffled, every task sees the whole
+/// distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shuffle {
+    pub seed: u64,
+    /// Lines moved.
+    pub lines: u64,
+}
+
+/// The lines of `text` a shuffle moves, and where the fixed head (blank
+/// lines and the header) ends. An unterminated last line stays last.
+fn movable_lines(text: &[u8]) -> (usize, Vec<std::ops::Range<usize>>) {
+    let mut head = None;
+    let mut lines = Vec::new();
+    let mut pos = 0;
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        let range = pos..pos + line.len();
+        pos = range.end;
+        if head.is_none() {
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                head = Some(range.end);
+            }
+        } else if line.ends_with(b"\n") {
+            lines.push(range);
+        }
+    }
+    (head.unwrap_or(text.len()), lines)
+}
+
+/// A permutation of `0..n` drawn from `seed` (Fisher–Yates over a
+/// fixed generator, so that it never changes between releases).
+fn permutation(seed: u64, n: usize) -> Vec<usize> {
+    use loam_common::compute::mix64;
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut state = mix64(seed ^ 0x7368_7566_666c_6521);
+    for i in (1..n).rev() {
+        state = mix64(state);
+        let j = ((u128::from(state) * (i as u128 + 1)) >> 64) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// `text` with its records in an order drawn from `seed`; the header (and
+/// anything before it) stays first. [`unshuffle_records`] undoes it.
+pub fn shuffle_records(text: &[u8], seed: u64) -> (Vec<u8>, Shuffle) {
+    let (head, lines) = movable_lines(text);
+    let mut out = Vec::with_capacity(text.len());
+    out.extend_from_slice(&text[..head]);
+    for i in permutation(seed, lines.len()) {
+        out.extend_from_slice(&text[lines[i].clone()]);
+    }
+    let tail = lines.last().map_or(head, |r| r.end);
+    out.extend_from_slice(&text[tail..]);
+    let shuffle = Shuffle {
+        seed,
+        lines: lines.len() as u64,
+    };
+    (out, shuffle)
+}
+
+/// The original bytes of a dataset stored by [`shuffle_records`].
+pub fn unshuffle_records(stored: &[u8], shuffle: &Shuffle) -> Result<Vec<u8>, DatasetError> {
+    let (head, lines) = movable_lines(stored);
+    if lines.len() as u64 != shuffle.lines {
+        return Err(DatasetError::BadShuffle {
+            found: lines.len() as u64,
+            expected: shuffle.lines,
+        });
+    }
+    let mut slots = vec![0..0; lines.len()];
+    for (stored_at, original_at) in permutation(shuffle.seed, lines.len())
+        .into_iter()
+        .enumerate()
+    {
+        slots[original_at] = lines[stored_at].clone();
+    }
+    let mut out = Vec::with_capacity(stored.len());
+    out.extend_from_slice(&stored[..head]);
+    for r in slots {
+        out.extend_from_slice(&stored[r]);
+    }
+    let tail = lines.last().map_or(head, |r| r.end);
+    out.extend_from_slice(&stored[tail..]);
+    Ok(out)
+}
+
 /// Splits a CSV file into segments of `k` rows of at most `row_capacity`
 /// bytes, each row holding whole lines, and together covering the file
 /// exactly. Rows are balanced: a file smaller than a segment is spread
@@ -657,6 +753,71 @@ mod tests {
             small[0].records.iter().all(|&r| r > 100),
             "{:?}",
             small[0].records
+        );
+    }
+
+    #[test]
+    fn shuffled_records_come_back_byte_for_byte() {
+        let cases: &[&[u8]] = &[
+            CSV,
+            b"",
+            b"a,label\n",
+            b"a,label",
+            b"\n\na,label\n1,x\n2,y",
+            b"a,label\r\n1,x\r\n\r\n2,y\r\n3,z\r\n4,x",
+        ];
+        for &text in cases {
+            for seed in [0, 1, 42, u64::MAX] {
+                let (stored, shuffle) = shuffle_records(text, seed);
+                assert_eq!(stored.len(), text.len());
+                assert_eq!(
+                    unshuffle_records(&stored, &shuffle).expect("unshuffle"),
+                    text,
+                    "{:?} seed {seed}",
+                    String::from_utf8_lossy(text)
+                );
+                assert_eq!(scan(&stored, "label").ok(), scan(text, "label").ok());
+            }
+        }
+    }
+
+    #[test]
+    fn shuffling_spreads_a_sorted_file() {
+        let mut text = b"x,label\n".to_vec();
+        for i in 0..1000 {
+            text.extend_from_slice(format!("{i},{}\n", i / 100).as_bytes());
+        }
+        let (stored, shuffle) = shuffle_records(&text, 7);
+        assert_eq!(shuffle.lines, 1000);
+        assert!(stored.starts_with(b"x,label\n"));
+        // The first tenth of the stored records holds most classes, where
+        // the file's first tenth holds one.
+        let first: BTreeSet<&[u8]> = stored
+            .split(|&b| b == b'\n')
+            .skip(1)
+            .take(100)
+            .filter_map(|l| l.split(|&b| b == b',').nth(1))
+            .collect();
+        assert!(first.len() >= 8, "{first:?}");
+        // Another seed, another order; the same seed, the same.
+        assert_ne!(shuffle_records(&text, 8).0, stored);
+        assert_eq!(shuffle_records(&text, 7).0, stored);
+        // A wrong seed gives other bytes, a wrong count an error.
+        let wrong = Shuffle { seed: 8, ..shuffle };
+        assert_ne!(
+            unshuffle_records(&stored, &wrong).expect("same count"),
+            text
+        );
+        let short = Shuffle {
+            lines: 999,
+            ..shuffle
+        };
+        assert_eq!(
+            unshuffle_records(&stored, &short),
+            Err(DatasetError::BadShuffle {
+                found: 1000,
+                expected: 999
+            })
         );
     }
 }

@@ -22,9 +22,11 @@ use crate::train::{TrainParams, evaluate, train_corrected};
 /// How records are spread over the pieces of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Skew {
-    /// In the order given, cut into equal runs (what `dataset put` does).
+    /// In the order given, cut into equal runs (what `dataset put` does
+    /// with `--shuffle-records false`; shuffled, any file is dealt so).
     FileOrder,
-    /// Sorted by label, then cut: each piece holds one to a few classes.
+    /// Sorted by label, then cut: each piece holds one to a few classes
+    /// (a sorted file put with `--shuffle-records false`).
     Sorted,
     /// Each class's records shared among the pieces in proportions drawn
     /// from a symmetric Dirichlet(alpha) (Hsu et al. 2019): small alpha,

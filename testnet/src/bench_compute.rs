@@ -201,6 +201,7 @@ pub async fn run(b: &ComputeBench, dir: &std::path::Path) -> anyhow::Result<Comp
                     label: "label".into(),
                     segment_size: Some(b.segment_size),
                     compute: true,
+                    shuffle: None,
                 },
                 None,
             )

@@ -569,6 +569,7 @@ async fn train_digits(project: &Project) -> anyhow::Result<()> {
                 label: "label".into(),
                 segment_size: None,
                 compute: true,
+                shuffle: Some(0x6c6f_616d),
             },
             None,
         )

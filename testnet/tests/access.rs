@@ -107,6 +107,7 @@ async fn world() -> World {
         label: "label".into(),
         segment_size: None,
         compute: true,
+        shuffle: None,
     };
     let mut jobs = Vec::new();
     for dir in ["team", "other"] {

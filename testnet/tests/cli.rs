@@ -192,7 +192,16 @@ async fn training_survives_kill_9_of_a_holder() -> anyhow::Result<()> {
             "65536",
         ],
     ));
-    assert!(put.contains("1437 records"), "{put}");
+    assert!(put.contains("1437 records (shuffled)"), "{put}");
+    // Stored shuffled, the records come back in the file's order.
+    let back = train_path.with_extension("back");
+    ok(uplink(
+        &access,
+        &["cp", "loam://mlab/digits", back.to_str().expect("path")],
+    ));
+    assert_eq!(std::fs::read(&back)?, std::fs::read(&train_path)?);
+    let info = ok(uplink(&access, &["dataset", "info", "loam://mlab/digits"]));
+    assert!(info.contains("records shuffled"), "{info}");
 
     let mut child = Command::new(binary("uplink")?)
         .arg("--access-file")

@@ -44,6 +44,7 @@ async fn owner_with_digits(planet: &Planet, names: &[&str]) -> Project {
         label: "label".into(),
         segment_size: Some(64 << 10),
         compute: true,
+        shuffle: None,
     };
     for key in names {
         owner

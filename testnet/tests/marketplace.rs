@@ -54,6 +54,7 @@ fn dataset_options() -> DatasetOptions {
         label: "label".into(),
         segment_size: Some(32 << 10),
         compute: true,
+        shuffle: None,
     }
 }
 

@@ -38,6 +38,16 @@ pub enum DatasetCommand {
         /// Do not opt the dataset in to compute yet.
         #[arg(long)]
         no_compute: bool,
+        /// Store the records in a shuffled order, so that every training
+        /// task sees a fair sample even of a file sorted by label. The order
+        /// is kept (encrypted) with the dataset: `uplink cp` and `cat` return
+        /// the file as uploaded (whole, through memory). `--shuffle-records
+        /// false` keeps the file's order.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        shuffle_records: bool,
+        /// The seed of the shuffled order (default: drawn at random).
+        #[arg(long)]
+        shuffle_seed: Option<u64>,
     },
     /// Opt a dataset in to compute jobs (on) or out (off).
     Compute {
@@ -282,6 +292,8 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
             label,
             segment_size,
             no_compute,
+            shuffle_records,
+            shuffle_seed,
         } => {
             let u = parse_loam(&url)?;
             if u.key.is_empty() {
@@ -302,15 +314,21 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
                 label,
                 segment_size,
                 compute: !no_compute,
+                shuffle: shuffle_records.then(|| shuffle_seed.unwrap_or_else(rand::random)),
             };
             let info = project
                 .upload_dataset(&u.bucket, &u.key, text, &opts, None)
                 .await?;
             println!(
-                "Dataset loam://{}/{}: {} records, {} features, {} classes, {} ({} segments, {} training tasks), compute {}",
+                "Dataset loam://{}/{}: {} records ({}), {} features, {} classes, {} ({} segments, {} training tasks), compute {}",
                 u.bucket,
                 u.key,
                 info.records,
+                if opts.shuffle.is_some() {
+                    "shuffled"
+                } else {
+                    "in file order"
+                },
                 info.features,
                 info.classes.len(),
                 human_bytes(info.size),
@@ -343,6 +361,7 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
                         "segments": ds.records.len(),
                         "tasks": tasks,
                         "compute": compute,
+                        "shuffled": ds.shuffle.is_some(),
                     }))?
                 );
                 return Ok(());
@@ -352,6 +371,14 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
             println!("classes   {}", s.classes.join(","));
             println!("features  {}", s.features());
             println!("segments  {} ({tasks} tasks)", ds.records.len());
+            println!(
+                "order     {}",
+                if ds.shuffle.is_some() {
+                    "records shuffled (downloads restore the file's order)"
+                } else {
+                    "as in the file"
+                }
+            );
             println!("compute   {}", if compute { "on" } else { "off" });
         }
     }

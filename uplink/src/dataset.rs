@@ -32,6 +32,9 @@ pub struct DatasetMeta {
     pub schema: Schema,
     /// Per segment, records in each data row.
     pub records: Vec<Vec<usize>>,
+    /// How the records were reordered when stored (downloads undo it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shuffle: Option<dataset::Shuffle>,
 }
 
 /// How to upload a dataset.
@@ -44,6 +47,11 @@ pub struct DatasetOptions {
     pub segment_size: Option<u64>,
     /// Opt the dataset in to compute jobs now.
     pub compute: bool,
+    /// Store the records in an order drawn from this seed, so that every
+    /// data piece (every training task) holds a fair sample of the file
+    /// even when it is sorted by label; downloads return the original
+    /// bytes. `None` keeps the file's order.
+    pub shuffle: Option<u64>,
 }
 
 impl DatasetOptions {
@@ -194,10 +202,16 @@ impl Project {
         opts: &DatasetOptions,
         progress: Option<Progress>,
     ) -> Result<DatasetInfo, UplinkError> {
-        let label = opts.label.clone();
-        let (text, schema) = tokio::task::spawn_blocking(move || {
+        let (label, seed) = (opts.label.clone(), opts.shuffle);
+        let (text, schema, shuffle) = tokio::task::spawn_blocking(move || {
             let schema = dataset::scan(&text, &label);
-            (text, schema)
+            match seed {
+                Some(seed) if schema.is_ok() => {
+                    let (stored, shuffle) = dataset::shuffle_records(&text, seed);
+                    (stored, schema, Some(shuffle))
+                }
+                _ => (text, schema, None),
+            }
         })
         .await
         .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?;
@@ -238,6 +252,7 @@ impl Project {
             dataset: Some(DatasetMeta {
                 schema: schema.clone(),
                 records: packed.iter().map(|s| s.records.clone()).collect(),
+                shuffle,
             }),
         };
         self.commit_object(

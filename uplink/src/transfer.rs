@@ -700,6 +700,9 @@ impl Project {
     ) -> Result<u64, UplinkError> {
         let info = self.object_info(bucket, key).await?;
         let meta = self.decrypt_meta(bucket, key, &info)?;
+        // A dataset stored with its records shuffled comes back whole, in
+        // memory (as it went up), and in its original order.
+        let shuffle = meta.dataset.as_ref().and_then(|d| d.shuffle);
         let mut segments = 0..info.segment_count;
         let range = match range {
             Some((start, end)) if start > end.unwrap_or(u64::MAX) || start >= meta.size => {
@@ -716,7 +719,13 @@ impl Project {
             }
             None => None,
         };
+        let mut sink = Unshuffle {
+            inner: sink,
+            shuffle,
+            stored: Vec::new(),
+        };
         if let Some(r) = &range
+            && shuffle.is_none()
             && let Some(s) = meta.segment_size.filter(|s| *s > 0)
         {
             let first = u32::try_from(r.start / s).unwrap_or(u32::MAX);
@@ -1013,6 +1022,48 @@ trait RowSink {
     fn finish(&mut self) -> impl Future<Output = Result<(), UplinkError>>;
     /// The object bytes to keep, for sinks that keep a range.
     fn set_range(&mut self, _range: std::ops::Range<u64>) {}
+}
+
+/// Passes rows through, or, for a dataset stored with its records
+/// shuffled, gathers the whole object and passes it on in its original
+/// order when it is complete.
+struct Unshuffle<S> {
+    inner: S,
+    shuffle: Option<loam_compute::dataset::Shuffle>,
+    stored: Vec<u8>,
+}
+
+impl<S: RowSink> RowSink for Unshuffle<S> {
+    async fn write_rows(&mut self, offset: u64, rows: Vec<Vec<u8>>) -> Result<u64, UplinkError> {
+        if self.shuffle.is_none() {
+            return self.inner.write_rows(offset, rows).await;
+        }
+        let mut n = 0;
+        for row in rows {
+            self.stored.extend_from_slice(&row);
+            n += row.len() as u64;
+            BufferPool::global().give(row);
+        }
+        Ok(n)
+    }
+
+    async fn finish(&mut self) -> Result<(), UplinkError> {
+        if let Some(shuffle) = self.shuffle.take() {
+            let stored = std::mem::take(&mut self.stored);
+            let original = tokio::task::spawn_blocking(move || {
+                loam_compute::dataset::unshuffle_records(&stored, &shuffle)
+            })
+            .await
+            .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?
+            .map_err(|e| UplinkError::Corrupt(e.to_string()))?;
+            self.inner.write_rows(0, vec![original]).await?;
+        }
+        self.inner.finish().await
+    }
+
+    fn set_range(&mut self, range: std::ops::Range<u64>) {
+        self.inner.set_range(range);
+    }
 }
 
 /// Any byte stream (stdout, memory): rows one after another.
