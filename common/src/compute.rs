@@ -309,6 +309,13 @@ pub fn validation_count(n: usize, percent: u32, seed: u64, stream: u64) -> usize
         .count()
 }
 
+/// Optimizer steps of a task that trained `samples` sample-epochs (whole
+/// batches and a last, shorter one, every local epoch).
+pub fn local_steps(samples: u64, params: &TrainParams) -> u64 {
+    let epochs = params.local_epochs.max(1) as u64;
+    (samples / epochs).div_ceil(params.batch.max(1) as u64) * epochs
+}
+
 /// The stream (identity) of the task on data row `row` of `segment`: it
 /// seeds the task's batch order and validation split.
 pub fn task_stream(segment: u32, row: u32) -> u64 {

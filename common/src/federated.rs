@@ -34,9 +34,7 @@ pub const SCREEN_FLOOR: f64 = 0.01;
 pub enum Algorithm {
     /// New weights = old + combined update (McMahan et al. 2017).
     FedAvg,
-    /// Server momentum over the combined updates (Hsu et al. 2019). The
-    /// default on the network (see docs/compute.md).
-    #[default]
+    /// Server momentum over the combined updates (Hsu et al. 2019).
     FedAvgM,
     /// Adam over the combined updates (Reddi et al. 2021).
     FedAdam,
@@ -48,8 +46,9 @@ pub enum Algorithm {
     /// 2020): every local gradient gets `c - c_i`, the satellite's
     /// estimate of the mean gradient minus the task's own ([`Drift`]);
     /// the server steps with momentum 0.5. The closest to centralized
-    /// training when pieces hold one class or a few (docs/compute.md has
-    /// the table); runs in the learning benchmark, not yet on the network.
+    /// training when pieces hold one class or a few, and the default
+    /// (docs/compute.md has the table).
+    #[default]
     Scaffold,
 }
 
@@ -410,7 +409,13 @@ pub enum Verdict {
     /// Left out by the combining rule (multi-Krum), not held against the
     /// node: an honest update can be the odd one out.
     Outvoted,
-    /// Refused as malformed or far out of range: held against the node.
+    /// Left out by the norm screen, as far longer than the round's others.
+    /// Not held against the node: honest updates spike too (a task whose
+    /// drift correction overshot, say); re-execution, not a statistic, is
+    /// what proves a node wrong.
+    Screened(String),
+    /// Refused as malformed (wrong length, not finite, no samples): held
+    /// against the node.
     Refused(String),
 }
 
@@ -503,7 +508,7 @@ pub fn settle(
                 continue;
             };
             if n > bound {
-                *verdict = Verdict::Refused(format!(
+                *verdict = Verdict::Screened(format!(
                     "update norm {n:.3} is over {} times the round's median {median:.3} \
                      and over {SCREEN_FLOOR} of the weights' norm",
                     settings.screen_factor
@@ -524,31 +529,12 @@ pub fn settle(
         return Err(SettleError::NothingAccepted);
     }
     let get = |i: usize| deltas[i].as_deref().expect("live");
-    let combined = match settings.rule {
-        Rule::Mean => weighted_mean(live.iter().map(|&i| (get(i), updates[i].samples))),
-        Rule::Median => coordinate_wise(&live, old.len(), &get, |v| {
-            let n = v.len();
-            if n % 2 == 1 {
-                v[n / 2]
-            } else {
-                (v[n / 2 - 1] + v[n / 2]) / 2.0
-            }
-        }),
-        Rule::TrimmedMean => coordinate_wise(&live, old.len(), &get, |v| {
-            let cut = v.len() / 4;
-            let kept = &v[cut..v.len() - cut];
-            kept.iter().sum::<f64>() / kept.len() as f64
-        }),
-        Rule::Krum => {
-            let chosen = multi_krum(&live, &get);
-            for &i in &live {
-                if !chosen.contains(&i) {
-                    verdicts[i] = Verdict::Outvoted;
-                }
-            }
-            weighted_mean(chosen.iter().map(|&i| (get(i), updates[i].samples)))
-        }
-    };
+    let (combined, outvoted) = combine(settings.rule, &live, old.len(), &get, |i| {
+        updates[i].samples as f64
+    });
+    for i in outvoted {
+        verdicts[i] = Verdict::Outvoted;
+    }
     let weights = step(old, &combined, settings, state)?;
     Ok(Settlement { weights, verdicts })
 }
@@ -557,20 +543,64 @@ fn norm(d: &[f64]) -> f64 {
     d.iter().map(|x| x * x).sum::<f64>().sqrt()
 }
 
-fn weighted_mean<'a>(items: impl Iterator<Item = (&'a [f64], u64)>) -> Vec<f64> {
+/// The vectors `get(i)` of `live` combined by `rule` (means weighted by
+/// `weight`), and those multi-Krum outvoted.
+fn combine<'a>(
+    rule: Rule,
+    live: &[usize],
+    len: usize,
+    get: &impl Fn(usize) -> &'a [f64],
+    weight: impl Fn(usize) -> f64,
+) -> (Vec<f64>, Vec<usize>) {
+    let mean = |chosen: &[usize]| weighted_mean(chosen.iter().map(|&i| (get(i), weight(i))));
+    match rule {
+        Rule::Mean => (mean(live), Vec::new()),
+        Rule::Median => {
+            let median = coordinate_wise(live, len, get, |v| {
+                let n = v.len();
+                if n % 2 == 1 {
+                    v[n / 2]
+                } else {
+                    (v[n / 2 - 1] + v[n / 2]) / 2.0
+                }
+            });
+            (median, Vec::new())
+        }
+        Rule::TrimmedMean => {
+            let trimmed = coordinate_wise(live, len, get, |v| {
+                let cut = v.len() / 4;
+                let kept = &v[cut..v.len() - cut];
+                kept.iter().sum::<f64>() / kept.len() as f64
+            });
+            (trimmed, Vec::new())
+        }
+        Rule::Krum => {
+            let chosen = multi_krum(live, get);
+            let outvoted = live
+                .iter()
+                .copied()
+                .filter(|i| !chosen.contains(i))
+                .collect();
+            (mean(&chosen), outvoted)
+        }
+    }
+}
+
+fn weighted_mean<'a>(items: impl Iterator<Item = (&'a [f64], f64)>) -> Vec<f64> {
     let mut sum: Vec<f64> = Vec::new();
     let mut total = 0f64;
-    for (d, samples) in items {
+    for (d, w) in items {
         if sum.is_empty() {
             sum = vec![0.0; d.len()];
         }
-        let s = samples as f64;
         for (acc, x) in sum.iter_mut().zip(d) {
-            *acc += x * s;
+            *acc += x * w;
         }
-        total += s;
+        total += w;
     }
-    sum.iter_mut().for_each(|x| *x /= total.max(1.0));
+    if total > 0.0 {
+        sum.iter_mut().for_each(|x| *x /= total);
+    }
     sum
 }
 
@@ -688,8 +718,9 @@ fn step(
 /// global weights `x` in `K` steps of learning rate `lr`, its variate
 /// becomes `c_i - c + (x - y_i) / (K · lr)` ("option II" of the paper,
 /// computed by the satellite from what it sent and got back, so a node
-/// reports nothing), and `c` moves by the record-weighted mean of the
-/// changes.
+/// reports nothing), and `c` moves by the changes combined with the job's
+/// [`Rule`] (a Byzantine task must not steer everyone's correction),
+/// scaled by the share of the job's records that took part.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Drift {
     pub c: Vec<f32>,
@@ -721,9 +752,10 @@ impl Drift {
         })
     }
 
-    /// Moves the variates after a round settled from `old` weights; only
-    /// the results the round used should be given.
-    pub fn update(&mut self, old: &[f32], results: &[DriftResult<'_>], lr: f64) {
+    /// Moves the variates after a round settled from `old` weights by
+    /// `rule`; only the results the round used should be given (multi-Krum's
+    /// chosen ones, whose changes are then averaged).
+    pub fn update(&mut self, old: &[f32], results: &[DriftResult<'_>], lr: f64, rule: Rule) {
         let n = old.len();
         if !lr.is_finite() || lr <= 0.0 {
             return;
@@ -732,23 +764,40 @@ impl Drift {
             self.c = vec![0.0; n];
             self.tasks.clear();
         }
-        let mut delta = vec![0f64; n];
+        let mut changes: Vec<(Vec<f64>, f64)> = Vec::with_capacity(results.len());
         for r in results {
-            if r.steps == 0 || r.weights.len() != n {
+            if r.steps == 0 || r.weights.len() != n || !(r.share.is_finite() && r.share > 0.0) {
                 continue;
             }
             let scale = 1.0 / (r.steps as f64 * lr);
             let ci = self.tasks.entry(r.task).or_insert_with(|| vec![0.0; n]);
+            let mut change = vec![0f64; n];
             for j in 0..n {
                 let new = f64::from(ci[j]) - f64::from(self.c[j])
                     + (f64::from(old[j]) - f64::from(r.weights[j])) * scale;
-                delta[j] += (new - f64::from(ci[j])) * r.share;
+                change[j] = new - f64::from(ci[j]);
                 ci[j] = new as f32;
             }
+            changes.push((change, r.share));
         }
-        for (c, d) in self.c.iter_mut().zip(delta) {
-            *c = (f64::from(*c) + d) as f32;
+        if changes.is_empty() {
+            return;
         }
+        let live: Vec<usize> = (0..changes.len()).collect();
+        let rule = if rule == Rule::Krum { Rule::Mean } else { rule };
+        let (combined, _) = combine(rule, &live, n, &|i| &changes[i].0, |i| changes[i].1);
+        let took_part: f64 = changes.iter().map(|c| c.1).sum::<f64>().min(1.0);
+        for (c, d) in self.c.iter_mut().zip(combined) {
+            *c = (f64::from(*c) + d * took_part) as f32;
+        }
+    }
+
+    /// What the variates of `tasks` tasks of a model of `params` weights
+    /// take (in memory and stored), at most.
+    pub fn bytes_for(tasks: usize, params: usize) -> u64 {
+        (tasks as u64)
+            .saturating_add(1)
+            .saturating_mul((params as u64).saturating_mul(4).saturating_add(8))
     }
 
     /// `c`, then each task (id, variate), as little-endian u32 lengths,
@@ -904,6 +953,9 @@ mod tests {
             settle_all(&old, &ws, &Settings::new(Algorithm::FedAvg, Rule::Mean)).expect("settle");
         let counted: Vec<bool> = out.verdicts.iter().map(Verdict::counted).collect();
         assert_eq!(counted, [true, true, true, false, false, false]);
+        assert!(matches!(out.verdicts[3], Verdict::Screened(_)));
+        assert!(matches!(out.verdicts[4], Verdict::Refused(_)));
+        assert!(matches!(out.verdicts[5], Verdict::Refused(_)));
         assert!(
             out.weights.iter().all(|w| w.abs() < 0.05),
             "{:?}",
@@ -1150,7 +1202,7 @@ mod tests {
             steps: 2,
             share: 0.5,
         };
-        d.update(&old, &[r(1, &y1), r(2, &y2)], 0.5);
+        d.update(&old, &[r(1, &y1), r(2, &y2)], 0.5, Rule::Mean);
         assert_eq!(d.c, [0.5, 0.5]);
         assert_eq!(d.tasks[&1], [1.0, 0.0]);
         assert_eq!(d.correction(1), Some(vec![-0.5, 0.5]));
@@ -1161,5 +1213,36 @@ mod tests {
         assert_eq!(back, d);
         assert_eq!(Drift::from_bytes(&d.to_bytes()[1..]), None);
         assert_eq!(Drift::from_bytes(&[]), None);
+    }
+
+    #[test]
+    fn a_byzantine_task_cannot_steer_the_control_variate_under_a_robust_rule() {
+        // Three tasks estimate the gradient (1, 0); a fourth returns weights
+        // that claim (-1000, 1000).
+        let old = [0.0f32, 0.0];
+        let honest = [-1.0f32, 0.0];
+        let liar = [1000.0f32, -1000.0];
+        let r = |task, weights| DriftResult {
+            task,
+            weights,
+            steps: 1,
+            share: 0.25,
+        };
+        let results = [r(1, &honest), r(2, &honest), r(3, &honest), r(4, &liar)];
+        let mut mean = Drift::default();
+        mean.update(&old, &results, 1.0, Rule::Mean);
+        assert!(mean.c[0] < -100.0, "{:?}", mean.c);
+        for rule in [Rule::Median, Rule::TrimmedMean] {
+            let mut d = Drift::default();
+            d.update(&old, &results, 1.0, rule);
+            assert_eq!(d.c, [1.0, 0.0], "{rule}");
+            // The liar's own variate is its business: only its correction
+            // is off.
+            assert_eq!(d.correction(1), Some(vec![0.0, 0.0]));
+        }
+        // Half the job's records took part: c moves half as far.
+        let mut half = Drift::default();
+        half.update(&old, &results[..2], 1.0, Rule::Median);
+        assert_eq!(half.c, [0.5, 0.0]);
     }
 }

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use loam_common::compute::local_steps;
 use loam_common::federated::{
     self, Drift, DriftResult, ServerState, Settings, Update, ValidationSum, early_stop,
 };
@@ -170,12 +171,6 @@ pub fn subset(records: &Records, idx: &[usize]) -> Records {
     out
 }
 
-/// Optimizer steps of a task that trained `samples` sample-epochs.
-pub fn local_steps(samples: u64, params: &TrainParams) -> u64 {
-    let epochs = params.local_epochs.max(1) as u64;
-    (samples / epochs).div_ceil(params.batch.max(1) as u64) * epochs
-}
-
 /// How a Byzantine task corrupts its update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attack {
@@ -327,7 +322,7 @@ impl Federation {
                         share: parts[i].len() as f64 / total as f64,
                     })
                     .collect();
-                drift.update(&weights, &used, params.learning_rate);
+                drift.update(&weights, &used, params.learning_rate, self.settings.rule);
             }
             weights = s.weights;
             accuracy.push(evaluate(&self.spec, &weights, test)?.accuracy);

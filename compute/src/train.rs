@@ -347,4 +347,46 @@ mod tests {
             e.log_loss
         );
     }
+
+    #[test]
+    fn corrected_training_is_bit_identical_across_threads() {
+        use loam_common::compute::mix64;
+        let spec = ModelSpec::new(Architecture::Mlp, vec![64], 64, 10).expect("spec");
+        let n = 180;
+        let records = Records {
+            features: (0..n * 64)
+                .map(|i| (mix64(i as u64) % 17) as f32 / 4.0 - 2.0)
+                .collect(),
+            labels: (0..n).map(|i| (mix64(i as u64 ^ 99) % 10) as u32).collect(),
+            width: 64,
+        };
+        let params = TrainParams::default();
+        let weights = spec.init_weights(7);
+        let correction: Vec<f32> = (0..weights.len())
+            .map(|i| ((mix64(i as u64 ^ 5) % 1000) as f32 - 500.0) * 1e-4)
+            .collect();
+        let run = || {
+            train_corrected(
+                &spec,
+                &weights,
+                &records,
+                &params,
+                3,
+                11,
+                crate::Backend::Cpu,
+                Some(&correction),
+            )
+            .expect("train")
+            .weights
+        };
+        let first = run();
+        for _ in 0..20 {
+            let (a, b) = std::thread::scope(|s| {
+                let a = s.spawn(run);
+                let b = s.spawn(run);
+                (a.join().expect("a"), b.join().expect("b"))
+            });
+            assert!(a == first && b == first);
+        }
+    }
 }

@@ -298,6 +298,10 @@ pub const DOCS: &[(&str, &str)] = &[
         "Nodes a listing's row keys are sealed to per task at publish (they must last while the owner is away).",
     ),
     (
+        "compute.max_drift_mib",
+        "Most MiB of SCAFFOLD control variates a job may keep (one per task, each as large as the model).",
+    ),
+    (
         "orders.window_secs",
         "Length of a settlement window, in seconds.",
     ),
@@ -368,7 +372,7 @@ mod tests {
              [gc]\ninterval_secs = 3600.0\nfalse_positive_rate = 0.1\nmargin_secs = 3600.0\n\n\
              [compute]\nverify_fraction = 0.1\ntolerance = 0.00001\nnorm_factor = 10.0\n\
              candidates = 6\ntask_timeout_secs = 600.0\nmax_rounds = 1000\n\
-             listing_candidates = 10\n\n\
+             listing_candidates = 10\nmax_drift_mib = 512\n\n\
              [orders]\nwindow_secs = 3600.0\nmax_age_secs = 172800.0\nmax_window_orders = 2000000\n\n\
              [accounting]\ntally_interval_secs = 3600.0\n\n\
              [payouts]\nperiod_secs = 0.0\ntoken_decimals = 6\nstorage_per_tb_month = 1500000\n\

@@ -295,14 +295,17 @@ impl Trainer {
                 req.weights_len
             )));
         }
-        let mut buf = Vec::with_capacity(want);
-        while buf.len() < want {
-            match reader.next().await? {
-                Some(Frame::Data(d)) if buf.len() + d.len() <= want => buf.extend_from_slice(&d),
-                _ => return Err(TaskError::Bad("weights cut short".into())),
+        let weights = read_floats(reader, want, "weights").await?;
+        // A SCAFFOLD task's drift correction follows: one value per weight.
+        let correction = match req.correction_len {
+            0 => None,
+            n if n as usize == want => Some(read_floats(reader, want, "drift correction").await?),
+            n => {
+                return Err(TaskError::Bad(format!(
+                    "{n} bytes of drift correction for a model of {want}"
+                )));
             }
-        }
-        let weights = weights_from_bytes(&buf).ok_or_else(|| TaskError::Bad("weights".into()))?;
+        };
         let secret = sealed::open(self.identity.key(), &req.sealed_key)
             .ok()
             .and_then(|p| pb::TaskSecret::decode(p.as_slice()).ok())
@@ -369,7 +372,16 @@ impl Trainer {
         let backend = self.config.backend;
         let round = req.round;
         let out = tokio::task::spawn_blocking(move || {
-            loam_compute::train::train(&spec, &weights, &records, &params, round, stream, backend)
+            loam_compute::train::train_corrected(
+                &spec,
+                &weights,
+                &records,
+                &params,
+                round,
+                stream,
+                backend,
+                correction.as_deref(),
+            )
         })
         .await
         .map_err(|e| TaskError::Train(e.to_string()))?
@@ -487,4 +499,23 @@ impl Trainer {
         .map_err(|e| TaskError::Train(e.to_string()))??;
         Ok((piece, fetched))
     }
+}
+
+/// `len` bytes of little-endian f32s from data frames: finite numbers
+/// only.
+async fn read_floats(
+    reader: &mut FrameReader,
+    len: usize,
+    what: &str,
+) -> Result<Vec<f32>, TaskError> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        match reader.next().await? {
+            Some(Frame::Data(d)) if buf.len() + d.len() <= len => buf.extend_from_slice(&d),
+            _ => return Err(TaskError::Bad(format!("{what} cut short"))),
+        }
+    }
+    weights_from_bytes(&buf)
+        .filter(|v| v.iter().all(|x| x.is_finite()))
+        .ok_or_else(|| TaskError::Bad(format!("{what} are not finite numbers")))
 }

@@ -135,9 +135,11 @@ pub struct TrainArgs {
     #[arg(long)]
     label: Option<String>,
     /// How the satellite turns each round's averaged update into new
-    /// weights: fedavg (as is), fedavgm (with server momentum, the
-    /// default), fedadam, or fedprox (tasks held near the global weights).
-    /// See docs/compute.md for the measurements.
+    /// weights: scaffold (the default: each task's gradients corrected for
+    /// its drift from the others, for data pieces that hold a few classes
+    /// each), fedavg (as is), fedavgm (with server momentum), fedadam, or
+    /// fedprox (tasks held near the global weights). See docs/compute.md
+    /// for the measurements.
     #[arg(long, default_value_t = Algorithm::default())]
     algorithm: Algorithm,
     /// How task updates are combined: mean (weighted by records), or a
@@ -402,12 +404,6 @@ pub async fn train(project: &Project, a: TrainArgs) -> anyhow::Result<()> {
     let out = parse_loam(&a.out)?;
     if out.key.is_empty() {
         bail!("--out {:?} names no key", a.out);
-    }
-    if a.algorithm.corrects_drift() {
-        bail!(
-            "scaffold runs in `testnet bench-learning` only: the network does not send \
-             drift corrections to nodes yet (use fedavgm, the default)"
-        );
     }
     let (rounds, patience) = a.rounds.cap_and_patience();
     let job = JobRequest {

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use loam_common::compute::{self as cc, ModelSpec, TrainParams, work_micro_units};
 use loam_common::federated::{
-    self, Choice, ServerState, Settings, Update, ValidationSum, Verdict, early_stop,
+    self, Choice, Drift, DriftResult, ServerState, Settings, Update, ValidationSum, Verdict,
+    early_stop,
 };
 use loam_common::orders::{PieceAction, PieceId, now_ms};
 use loam_common::transport::Endpoint as QuicEndpoint;
@@ -63,6 +64,9 @@ pub struct ComputeConfig {
     /// Nodes a listing's keys are sealed to per task at publish: more than
     /// for a job, since they must last while the owner is away. Default 10.
     pub listing_candidates: usize,
+    /// Most MiB of SCAFFOLD control variates a job may keep (one per task
+    /// and one for the job, each as large as the model). Default 512.
+    pub max_drift_mib: u64,
 }
 
 impl Default for ComputeConfig {
@@ -75,6 +79,7 @@ impl Default for ComputeConfig {
             task_timeout_secs: 600.0,
             max_rounds: 1000,
             listing_candidates: 10,
+            max_drift_mib: 512,
         }
     }
 }
@@ -469,11 +474,6 @@ impl Compute {
             Some(a) => Choice::try_from(a).map_err(ComputeError::BadJob)?,
             None => Choice::default(),
         };
-        if aggregation.algorithm.corrects_drift() {
-            return Err(ComputeError::BadJob(
-                "scaffold is not run on the network yet (nodes get no drift corrections)".into(),
-            ));
-        }
         // Per dataset, the records the satellite counted: what the job can
         // cost at most.
         let (mut record, records) = if req.listings.is_empty() {
@@ -507,6 +507,19 @@ impl Compute {
             (record, records)
         };
         let datasets = job_datasets(&record);
+        if aggregation.algorithm.corrects_drift() {
+            let tasks: usize = datasets.iter().map(|d| d.tasks.len()).sum();
+            let bytes = Drift::bytes_for(tasks, spec.params());
+            if bytes > self.config.max_drift_mib << 20 {
+                return Err(ComputeError::BadJob(format!(
+                    "scaffold keeps a correction as large as the model for each of the job's \
+                     {tasks} tasks: {} MiB, over this satellite's {} MiB; use --algorithm \
+                     fedavgm, a smaller model, or larger segments",
+                    bytes >> 20,
+                    self.config.max_drift_mib
+                )));
+            }
+        }
         self.check_spend(project, &datasets, &records, &spec, &params, req.rounds)?;
         let job_id: JobId = rand::random();
         let info = pb::JobInfo {
@@ -1003,10 +1016,21 @@ impl Compute {
         }
         info.finished_unix_ms = now_ms();
         let state = info.state;
-        if let Err(e) = self
-            .kv
-            .put(Table::Jobs, job_id.to_vec(), record.encode_to_vec())
-        {
+        // The round-to-round state (server optimizer, best weights, control
+        // variates) goes with the job's end; the weights stay.
+        let mut ops = vec![crate::db::Op::Put(
+            Table::Jobs,
+            job_id.to_vec(),
+            record.encode_to_vec(),
+        )];
+        for key in [
+            server_state_key(&job_id),
+            best_weights_key(&job_id),
+            drift_key(&job_id),
+        ] {
+            ops.push(crate::db::Op::Delete(Table::JobWeights, key));
+        }
+        if let Err(e) = self.kv.write(ops) {
             tracing::error!(error = %e, "cannot store the job's end");
         }
         metrics::counter!("loam_satellite_jobs_finished_total", "state" => pb::JobState::try_from(state).map_or("unknown", |s| s.as_str_name())).increment(1);
@@ -1052,6 +1076,21 @@ impl Compute {
             Some(b) => ServerState::from_bytes(&b).ok_or("stored job has a bad server state")?,
             None => ServerState::default(),
         };
+        // SCAFFOLD's control variates, kept beside the weights.
+        let mut drift = if settings.algorithm.corrects_drift() {
+            match self
+                .kv
+                .get(Table::JobWeights, &drift_key(job_id))
+                .map_err(|e| e.to_string())?
+            {
+                Some(b) => {
+                    Some(Drift::from_bytes(&b).ok_or("stored job has bad control variates")?)
+                }
+                None => Some(Drift::default()),
+            }
+        } else {
+            None
+        };
         let datasets = job_datasets(record);
         for round in info.round..info.rounds {
             let mut objs = Vec::with_capacity(datasets.len());
@@ -1083,6 +1122,7 @@ impl Compute {
                 spec: &spec,
                 params: &params,
                 weights: &weights,
+                drift: drift.as_ref(),
                 objs: &objs,
                 datasets: &datasets,
                 record,
@@ -1093,7 +1133,7 @@ impl Compute {
                 job_id,
                 record,
                 &spec,
-                (&weights, &settings, &mut state),
+                (&weights, &settings, &mut state, drift.as_mut()),
                 outcome,
                 round,
                 t0,
@@ -1136,7 +1176,7 @@ impl Compute {
         job_id: &JobId,
         record: &mut pb::JobRecord,
         spec: &ModelSpec,
-        (old, settings, state): (&[f32], &Settings, &mut ServerState),
+        (old, settings, state, drift): (&[f32], &Settings, &mut ServerState, Option<&mut Drift>),
         mut outcome: scheduler::RoundOutcome,
         round: u32,
         t0: Instant,
@@ -1158,11 +1198,14 @@ impl Compute {
         let settled = federated::settle(old, &updates, settings, state)
             .map_err(|e| format!("round {}: {e}", round + 1))?;
         let new = settled.weights;
-        // Refused updates count against their node and are not paid;
-        // updates a robust rule outvoted are paid (an honest update can be
-        // the odd one out) but not averaged.
+        // Refused (malformed) updates count against their node and are not
+        // paid; updates a robust rule outvoted or the norm screen left out
+        // are paid (an honest update can be the odd one out, or spike) but
+        // not averaged: re-execution is what proves a node wrong.
         let mut rejected = 0u32;
         let mut kept = Vec::new();
+        let mut counted = Vec::new();
+        let mut drift_bytes = None;
         for (verdict, (task, node, out)) in
             settled.verdicts.into_iter().zip(outcome.accepted.drain(..))
         {
@@ -1176,14 +1219,53 @@ impl Compute {
                 Verdict::Outvoted => {
                     tracing::info!(job = hex::encode(job_id), node = %node.short(), ?task, "update outvoted by the aggregation rule");
                     kept.push((task, node, out));
+                    counted.push(false);
                 }
-                Verdict::Used | Verdict::Clipped => kept.push((task, node, out)),
+                Verdict::Screened(why) => {
+                    tracing::info!(job = hex::encode(job_id), node = %node.short(), ?task, %why, "update left out by the norm screen");
+                    kept.push((task, node, out));
+                    counted.push(false);
+                }
+                Verdict::Used | Verdict::Clipped => {
+                    kept.push((task, node, out));
+                    counted.push(true);
+                }
             }
         }
         let samples = kept
             .iter()
             .try_fold(0u64, |acc, k| acc.checked_add(k.2.samples))
             .ok_or("sample counts overflow")?;
+        if let Some(drift) = drift {
+            // The variates of the tasks whose updates went into the new
+            // weights move; `c` by their share of the job (a round some
+            // tasks missed moves it less).
+            let tasks_total = record
+                .info
+                .as_ref()
+                .map_or(0, |i| i.tasks_total)
+                .max(kept.len() as u32);
+            let params = record
+                .info
+                .as_ref()
+                .and_then(|i| i.params.as_ref())
+                .and_then(|p| TrainParams::try_from(p).ok())
+                .ok_or("stored job has bad hyperparameters")?;
+            let used: Vec<DriftResult<'_>> = kept
+                .iter()
+                .zip(&counted)
+                .filter(|(_, c)| **c)
+                .map(|((task, _, out), _)| DriftResult {
+                    task: drift_task(*task),
+                    weights: &out.weights,
+                    steps: cc::local_steps(out.samples, &params),
+                    share: out.samples as f64 / samples.max(1) as f64 * kept.len() as f64
+                        / f64::from(tasks_total.max(1)),
+                })
+                .collect();
+            drift.update(old, &used, params.learning_rate, settings.rule);
+            drift_bytes = Some(drift.to_bytes());
+        }
         let mean = |f: fn(&Output) -> f32| {
             (kept
                 .iter()
@@ -1305,6 +1387,9 @@ impl Compute {
             ),
             crate::db::Op::Put(Table::Jobs, job_id.to_vec(), record.encode_to_vec()),
         ]);
+        if let Some(b) = drift_bytes {
+            ops.push(crate::db::Op::Put(Table::JobWeights, drift_key(job_id), b));
+        }
         ops.extend(charge_ops);
         self.kv.write(ops).map_err(db)?;
         self.publish(job_id, record.info.as_ref().expect("set above"));
@@ -1487,6 +1572,15 @@ impl Compute {
         let mut round =
             Round::new(plans, &verify, self.config.tolerance as f32).with_seed(rng.r#gen());
         let weight_bytes = cc::weights_to_bytes(ctx.weights);
+        // Each task's drift correction (none in a SCAFFOLD job's first
+        // round); a verifying run gets the same as the run it checks.
+        let corrections: HashMap<scheduler::TaskId, Vec<u8>> = match ctx.drift {
+            Some(drift) => expected
+                .keys()
+                .filter_map(|&t| Some((t, cc::weights_to_bytes(&drift.correction(drift_task(t))?))))
+                .collect(),
+            None => HashMap::new(),
+        };
         let mut sent = 0u64;
         // Training time per node this round: the busiest node's total is
         // the round's critical path; the rest of the round is coordination.
@@ -1507,12 +1601,13 @@ impl Compute {
             let online = view.online.len();
             for a in round.assign(&mut view) {
                 slots.take(a.node);
-                sent += 2 * weight_bytes.len() as u64;
+                let correction = corrections.get(&a.task).map(Vec::as_slice);
+                sent += 2 * weight_bytes.len() as u64 + correction.map_or(0, |c| c.len() as u64);
                 let wb = &weight_bytes;
                 inflight.push(async move {
                     let r = tokio::time::timeout(
                         Duration::from_secs_f64(self.config.task_timeout_secs.max(1.0)),
-                        self.run_task(ctx, &a, wb),
+                        self.run_task(ctx, &a, wb, correction),
                     )
                     .await
                     .unwrap_or_else(|_| Err("task timed out".into()));
@@ -1634,6 +1729,7 @@ impl Compute {
         ctx: &RoundCtx<'_>,
         a: &Assignment,
         weights: &[u8],
+        correction: Option<&[u8]>,
     ) -> Result<Output, String> {
         let node = self.overlay.get(&a.node).ok_or("node unknown")?;
         let (d, segment, row) = a.task;
@@ -1667,6 +1763,7 @@ impl Compute {
             spec: Some(ctx.spec.into()),
             params: Some(ctx.params.into()),
             weights_len: weights.len() as u64,
+            correction_len: correction.map_or(0, |c| c.len() as u64),
             sealed_key: sealed,
             redundancy: seg.redundancy,
             piece_size: meta.piece_size,
@@ -1698,7 +1795,7 @@ impl Compute {
             .await
             .map_err(|_| "connecting timed out".to_string())?
             .map_err(|e| e.to_string())?;
-        let result = exchange(&conn, &req, weights).await;
+        let result = exchange(&conn, &req, weights, correction.unwrap_or_default()).await;
         if result.is_err() {
             self.endpoint.forget(&a.node);
         }
@@ -1749,6 +1846,17 @@ fn server_state_key(job_id: &JobId) -> Vec<u8> {
     [&job_id[..], b"/server-state"].concat()
 }
 
+/// Where a SCAFFOLD job keeps its control variates.
+fn drift_key(job_id: &JobId) -> Vec<u8> {
+    [&job_id[..], b"/drift"].concat()
+}
+
+/// A task's key among a job's control variates: dataset, segment and row
+/// side by side (rows are fewer than 2^16, datasets of a job too).
+fn drift_task((d, segment, row): scheduler::TaskId) -> u64 {
+    (u64::from(d) << 48) | (u64::from(segment) << 16) | u64::from(row & 0xffff)
+}
+
 fn current_or_default(rec: Option<pb::JobRecord>) -> pb::JobInfo {
     rec.and_then(|r| r.info).unwrap_or_default()
 }
@@ -1760,6 +1868,8 @@ struct RoundCtx<'a> {
     spec: &'a ModelSpec,
     params: &'a TrainParams,
     weights: &'a [f32],
+    /// A SCAFFOLD job's control variates.
+    drift: Option<&'a Drift>,
     /// Per dataset of the job, its object as of this round.
     objs: &'a [pb::ObjectRecord],
     datasets: &'a [pb::JobDataset],
@@ -1826,6 +1936,7 @@ async fn exchange(
     conn: &quinn::Connection,
     req: &pb::TrainRequest,
     weights: &[u8],
+    correction: &[u8],
 ) -> Result<Output, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
     let (send, recv) = conn.open_bi().await.map_err(|e| s(&e))?;
@@ -1836,7 +1947,10 @@ async fn exchange(
         })
         .await
         .map_err(|e| s(&e))?;
-    for chunk in weights.chunks(MAX_DATA_FRAME_LEN) {
+    for chunk in weights
+        .chunks(MAX_DATA_FRAME_LEN)
+        .chain(correction.chunks(MAX_DATA_FRAME_LEN))
+    {
         writer
             .data(bytes::Bytes::copy_from_slice(chunk))
             .await
