@@ -41,6 +41,17 @@ fn job(rounds: u32, verify: f64) -> JobRequest {
     }
 }
 
+/// What the satellite holds of one node's compute record (zeros if none).
+fn stats_of(planet: &Planet, id: &loam_common::NodeId) -> pb::ComputeStats {
+    planet
+        .compute
+        .node_stats()
+        .expect("stats")
+        .get(id)
+        .cloned()
+        .unwrap_or_default()
+}
+
 async fn wait_done(planet: &Planet, id: &[u8]) -> pb::JobInfo {
     planet
         .compute
@@ -367,7 +378,7 @@ async fn inflated_sample_counts_are_caught_and_not_paid() {
     );
     assert_eq!(done.samples, 3 * (1437 - held) * epochs);
     let stats = planet.compute.node_stats().expect("stats");
-    let lied = stats.get(&liar_id).cloned().unwrap_or_default();
+    let lied = stats_of(&planet, &liar_id);
     assert!(
         lied.tasks_accepted == 0 && lied.work_units == 0.0,
         "{lied:?}"
@@ -529,8 +540,7 @@ async fn lies_about_validation_are_caught_and_not_believed() {
     assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
     let held = done.history[0].val_records;
     assert!((100..200).contains(&held), "{held}: the lie never counted");
-    let stats = planet.compute.node_stats().expect("stats");
-    let s = stats.get(&inflate_id).cloned().unwrap_or_default();
+    let s = stats_of(&planet, &inflate_id);
     assert!(
         s.tasks_accepted == 0 && s.verification_failures > 0,
         "{s:?}"
@@ -554,13 +564,7 @@ async fn lies_about_validation_are_caught_and_not_believed() {
         .await
         .expect("restart");
     let flatter_id = planet.nodes[flatter].id;
-    let before = planet
-        .compute
-        .node_stats()
-        .expect("stats")
-        .get(&flatter_id)
-        .cloned()
-        .unwrap_or_default();
+    let before = stats_of(&planet, &flatter_id);
     let info = project
         .submit_job("digits", "train", &job(2, 1.0))
         .await
@@ -568,13 +572,7 @@ async fn lies_about_validation_are_caught_and_not_believed() {
     let done = wait_done(&planet, &info.job_id).await;
     assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
     assert!(done.history.iter().all(|r| r.val_accuracy < 1.0));
-    let after = planet
-        .compute
-        .node_stats()
-        .expect("stats")
-        .get(&flatter_id)
-        .cloned()
-        .unwrap_or_default();
+    let after = stats_of(&planet, &flatter_id);
     assert_eq!(
         after.tasks_accepted, before.tasks_accepted,
         "a flattering result is never accepted"
