@@ -17,7 +17,7 @@ use loam_common::erasure::{ErasureCoder, RedundancyScheme};
 use loam_common::orders::{PieceAction, PieceId, now_ms};
 use loam_common::transport::Endpoint as QuicEndpoint;
 use loam_common::{KeyPair, NodeId, pb};
-use loam_uplink::feed::PieceFeed;
+use loam_piece_transfer::feed::PieceFeed;
 use serde::{Deserialize, Serialize};
 
 use crate::metainfo::Metainfo;
@@ -355,7 +355,7 @@ impl Repair {
         let piece_key =
             KeyPair::try_from(limits.piece_private_key.as_ref()).map_err(|_| "bad piece key")?;
         let piece_size = meta.piece_size.max(0) as u64;
-        let mut pieces = loam_uplink::fetch_pieces(
+        let mut pieces = loam_piece_transfer::fetch_pieces(
             &self.endpoint,
             Duration::from_secs(5),
             Duration::from_millis(750),
@@ -423,7 +423,7 @@ impl Repair {
             };
             let (endpoint, put_key) = (&self.endpoint, &put_key);
             uploads.push(async move {
-                let r = loam_uplink::piece::upload(
+                let r = loam_piece_transfer::piece::upload(
                     endpoint,
                     &limit,
                     put_key,

@@ -473,7 +473,7 @@ impl Trainer {
         if !(0..=1 << 30).contains(&req.piece_size) || req.row as usize >= scheme.k() {
             return Err(TaskError::Bad("piece size or row".into()));
         }
-        let mut pieces = loam_uplink::fetch_pieces(
+        let mut pieces = loam_piece_transfer::fetch_pieces(
             &self.endpoint,
             Duration::from_secs(5),
             Duration::from_millis(750),

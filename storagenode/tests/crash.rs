@@ -13,10 +13,10 @@ use loam_common::config::DocumentedConfig;
 use loam_common::orders::{OrderLimit, PieceAction, PieceId, SerialNumber, now_ms};
 use loam_common::transport::{Endpoint, TransportConfig};
 use loam_common::{Identity, KeyPair, NodeId, pb};
+use loam_piece_transfer::feed::PieceFeed;
+use loam_piece_transfer::piece::{self, PieceError};
 use loam_satellite::Satellite;
 use loam_storagenode::{Config, RunInfo};
-use loam_uplink::feed::PieceFeed;
-use loam_uplink::piece::{self, PieceError};
 use rand::{RngCore, SeedableRng};
 use tokio_util::sync::CancellationToken;
 

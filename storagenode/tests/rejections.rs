@@ -13,9 +13,9 @@ use loam_common::rpc::RemoteError;
 use loam_common::transport::{Endpoint, TransportConfig};
 use loam_common::wire::{FrameReader, FrameWriter};
 use loam_common::{Identity, KeyPair, NodeId, NodeUrl, pb};
+use loam_piece_transfer::feed::PieceFeed;
+use loam_piece_transfer::piece::{self, PieceError};
 use loam_storagenode::{Config, StorageNode};
-use loam_uplink::feed::PieceFeed;
-use loam_uplink::piece::{self, PieceError};
 use tokio_util::sync::CancellationToken;
 
 struct Harness {

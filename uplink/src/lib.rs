@@ -20,13 +20,9 @@
 
 pub mod dataset;
 mod direct;
-pub mod feed;
-pub mod fetch;
 pub mod market;
-pub mod piece;
-pub mod segment;
 mod transfer;
-pub use transfer::fetch_pieces;
+pub use loam_piece_transfer::{FetchError, feed, fetch, fetch_pieces, piece, segment};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -101,6 +97,16 @@ pub enum UplinkError {
     Range { start: u64, end: u64, size: u64 },
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl From<FetchError> for UplinkError {
+    fn from(e: FetchError) -> Self {
+        UplinkError::DownloadFailed {
+            got: e.got,
+            needed: e.needed,
+            last_error: e.last_error,
+        }
+    }
 }
 
 /// Tunables of the uplink.

@@ -19,7 +19,6 @@ use tokio::sync::mpsc;
 
 use crate::direct::BlockWriter;
 use crate::feed::{FeedItem, Pacer, PieceFeed};
-use crate::fetch::{FetchPlan, FetchStatus};
 use crate::segment;
 use crate::{Item, ObjectMeta, Project, UplinkError, not_found_as, piece};
 
@@ -915,7 +914,7 @@ impl Project {
         piece_key: &KeyPair,
         verify_all: bool,
     ) -> Result<Vec<Option<Vec<u8>>>, UplinkError> {
-        fetch_pieces(
+        loam_piece_transfer::fetch_pieces(
             &self.endpoint,
             self.config.dial_timeout,
             self.config.hedge_after,
@@ -926,87 +925,7 @@ impl Project {
             verify_all,
         )
         .await
-    }
-}
-
-/// Fetches `k` pieces of a segment from the nodes of `limits`, data pieces first (no decoding needed), starting
-/// another piece whenever one fails or stalls.
-#[allow(clippy::too_many_arguments)]
-pub async fn fetch_pieces(
-    endpoint: &loam_common::transport::Endpoint,
-    dial_timeout: std::time::Duration,
-    hedge_after: std::time::Duration,
-    limits: &[pb::AddressedOrderLimit],
-    scheme: RedundancyScheme,
-    piece_size: u64,
-    piece_key: &KeyPair,
-    verify_all: bool,
-) -> Result<Vec<Option<Vec<u8>>>, UplinkError> {
-    let k = scheme.k();
-    let mut candidates: Vec<&pb::AddressedOrderLimit> = limits
-        .iter()
-        .filter(|l| (l.piece_num as usize) < scheme.total())
-        .collect();
-    candidates.sort_by_key(|l| l.piece_num);
-    let mut plan = FetchPlan::new(candidates.len(), k, hedge_after);
-    let mut pieces: Vec<Option<Vec<u8>>> = vec![None; scheme.total()];
-    let mut last_error = String::from("not enough pieces are on nodes that are online");
-    let mut inflight = FuturesUnordered::new();
-    let mut counters: HashMap<usize, Arc<AtomicU64>> = HashMap::new();
-    let mut tick = tokio::time::interval(hedge_after / 3);
-    loop {
-        while let Some(c) = plan.poll_start(Instant::now()) {
-            let counter = Arc::new(AtomicU64::new(0));
-            counters.insert(c, counter.clone());
-            let limit = candidates[c];
-            inflight.push(async move {
-                let r = piece::download(
-                    endpoint,
-                    limit,
-                    piece_key,
-                    piece_size,
-                    dial_timeout,
-                    counter,
-                    verify_all || limit.piece_num as usize >= k,
-                )
-                .await;
-                (c, r)
-            });
-        }
-        match plan.status() {
-            FetchStatus::Complete => return Ok(pieces),
-            FetchStatus::Failed => {
-                return Err(UplinkError::DownloadFailed {
-                    got: pieces.iter().flatten().count(),
-                    needed: k,
-                    last_error,
-                });
-            }
-            FetchStatus::Running => {}
-        }
-        tokio::select! {
-            Some((c, result)) = inflight.next() => {
-                counters.remove(&c);
-                match result {
-                    Ok(data) => {
-                        pieces[candidates[c].piece_num as usize] = Some(data);
-                        plan.handle_done(c);
-                    }
-                    Err(e) => {
-                        tracing::debug!(piece = candidates[c].piece_num, error = %e, "piece download failed");
-                        last_error = e.to_string();
-                        plan.handle_failed(c);
-                    }
-                }
-            }
-            _ = tick.tick() => {
-                let now = Instant::now();
-                for (c, counter) in &counters {
-                    plan.handle_progress(*c, counter.load(Ordering::Relaxed), now);
-                }
-                plan.handle_tick(now);
-            }
-        }
+        .map_err(UplinkError::from)
     }
 }
 

@@ -35,7 +35,7 @@ fn threads(work_items: usize) -> usize {
 }
 
 /// Runs `f` on disjoint chunks of `items`, one scoped thread per chunk.
-pub(crate) fn par_chunks<T: Send>(items: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
+pub fn par_chunks<T: Send>(items: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
     let n = threads(items.len());
     let per = items.len().div_ceil(n).max(1);
     std::thread::scope(|s| {
