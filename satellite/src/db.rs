@@ -59,6 +59,8 @@ pub enum Table {
     Revocations,
     /// Marketplace listings by id.
     Listings,
+    /// Project ids by project name (the index `find_project` reads).
+    ProjectNames,
     /// Charges to projects for their jobs: project, time, job, round.
     Charges,
     /// Data fees earned by owners: owner project, time, job, listing.
@@ -66,7 +68,7 @@ pub enum Table {
 }
 
 impl Table {
-    const ALL: [Table; 28] = [
+    const ALL: [Table; 29] = [
         Table::Nodes,
         Table::Projects,
         Table::ApiKeys,
@@ -95,6 +97,7 @@ impl Table {
         Table::Listings,
         Table::Charges,
         Table::Earnings,
+        Table::ProjectNames,
     ];
 
     fn name(self) -> &'static str {
@@ -127,6 +130,7 @@ impl Table {
             Table::Listings => "listings",
             Table::Charges => "charges",
             Table::Earnings => "earnings",
+            Table::ProjectNames => "project_names",
         }
     }
 }

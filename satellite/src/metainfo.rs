@@ -164,6 +164,8 @@ pub struct Metainfo {
     /// Held while stream reference counts are read and written, so that a
     /// copy and a delete of objects sharing a stream cannot interleave.
     stream_lock: std::sync::Mutex<()>,
+    /// Whether the project name index is known to be built.
+    project_names_indexed: std::sync::atomic::AtomicBool,
     /// API keys: secrets, verification, revocations.
     keys: crate::apikeys::ApiKeys,
     /// Marketplace listings.
@@ -295,6 +297,7 @@ impl Metainfo {
             live_storage: std::sync::Mutex::new(std::collections::HashMap::new()),
             egress_lock: std::sync::Mutex::new(()),
             stream_lock: std::sync::Mutex::new(()),
+            project_names_indexed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -393,28 +396,26 @@ impl Metainfo {
         name: &str,
         req: &pb::SetProjectLimitsRequest,
     ) -> Result<pb::SetProjectLimitsResponse, MetainfoError> {
-        for (k, v) in self.kv.scan(Table::Projects, b"", b"", usize::MAX)? {
-            let mut rec: pb::ProjectRecord = decode(&v, "project")?;
-            if rec.name == name {
-                if let Some(s) = req.storage_limit {
-                    rec.storage_limit = s;
-                }
-                if let Some(e) = req.egress_limit {
-                    rec.egress_limit = e;
-                }
-                if let Some(m) = req.spend_limit {
-                    rec.spend_limit = m;
-                }
-                let limits = pb::SetProjectLimitsResponse {
-                    storage_limit: rec.storage_limit,
-                    egress_limit: rec.egress_limit,
-                    spend_limit: rec.spend_limit,
-                };
-                self.kv.put(Table::Projects, k, rec.encode_to_vec())?;
-                return Ok(limits);
-            }
+        let (id, _) = self
+            .find_project(name)?
+            .ok_or_else(|| MetainfoError::ProjectNotFound(name.to_string()))?;
+        let mut rec = self.project_record(&id)?;
+        if let Some(s) = req.storage_limit {
+            rec.storage_limit = s;
         }
-        Err(MetainfoError::ProjectNotFound(name.to_string()))
+        if let Some(e) = req.egress_limit {
+            rec.egress_limit = e;
+        }
+        if let Some(m) = req.spend_limit {
+            rec.spend_limit = m;
+        }
+        self.kv
+            .put(Table::Projects, id.to_vec(), rec.encode_to_vec())?;
+        Ok(pb::SetProjectLimitsResponse {
+            storage_limit: rec.storage_limit,
+            egress_limit: rec.egress_limit,
+            spend_limit: rec.spend_limit,
+        })
     }
 
     /// Sets where a project's data-owner earnings are paid.
@@ -532,8 +533,14 @@ impl Metainfo {
                     egress_limit: self.config.default_egress_limit,
                     ..Default::default()
                 };
-                self.kv
-                    .put(Table::Projects, id.to_vec(), rec.encode_to_vec())?;
+                self.kv.write(vec![
+                    Op::Put(Table::Projects, id.to_vec(), rec.encode_to_vec()),
+                    Op::Put(
+                        Table::ProjectNames,
+                        project_name.as_bytes().to_vec(),
+                        id.to_vec(),
+                    ),
+                ])?;
                 (id, salt.to_vec())
             }
         };
@@ -552,19 +559,53 @@ impl Metainfo {
         Ok((key.to_bytes(), rec.salt.to_vec()))
     }
 
-    /// The project called `name`: (id, salt).
+    /// The project called `name`: (id, salt), from the name index.
     pub fn find_project(&self, name: &str) -> Result<Option<(ProjectId, Vec<u8>)>, MetainfoError> {
-        for (k, v) in self.kv.scan(Table::Projects, b"", b"", usize::MAX)? {
-            let rec: pb::ProjectRecord = decode(&v, "project")?;
-            if rec.name == name {
-                let id: ProjectId = k
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| DbError::Corrupt("project"))?;
-                return Ok(Some((id, rec.salt.to_vec())));
-            }
+        self.index_project_names()?;
+        let Some(id) = self.kv.get(Table::ProjectNames, name.as_bytes())? else {
+            return Ok(None);
+        };
+        let id: ProjectId = id
+            .as_slice()
+            .try_into()
+            .map_err(|_| DbError::Corrupt("project name index"))?;
+        let rec = self.project_record(&id)?;
+        if rec.name != name {
+            return Err(DbError::Corrupt("project name index").into());
         }
-        Ok(None)
+        Ok(Some((id, rec.salt.to_vec())))
+    }
+
+    /// Builds the project name index of a database from before it, once
+    /// (a marker in `Meta` says it is done).
+    fn index_project_names(&self) -> Result<(), MetainfoError> {
+        const MARKER: &[u8] = b"project-names-indexed";
+        if self
+            .project_names_indexed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        if self.kv.get(Table::Meta, MARKER)?.is_none() {
+            let mut after: Vec<u8> = Vec::new();
+            loop {
+                let page = self.kv.scan(Table::Projects, b"", &after, 1000)?;
+                let Some((last, _)) = page.last() else { break };
+                // The next page starts just after the last key.
+                after.clone_from(last);
+                after.push(0);
+                let mut ops = Vec::with_capacity(page.len());
+                for (k, v) in page {
+                    let rec: pb::ProjectRecord = decode(&v, "project")?;
+                    ops.push(Op::Put(Table::ProjectNames, rec.name.into_bytes(), k));
+                }
+                self.kv.write(ops)?;
+            }
+            self.kv.put(Table::Meta, MARKER.to_vec(), vec![1])?;
+        }
+        self.project_names_indexed
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     /// Verifies an API key: its project and the caveats to apply.
@@ -1817,6 +1858,66 @@ mod tests {
                 default_egress_limit: 0,
             },
         )
+    }
+
+    #[test]
+    fn projects_are_found_by_name_through_an_index_built_once_for_old_databases() {
+        let m = metainfo();
+        let (_, a, _) = m.create_api_key("alpha").expect("alpha");
+        let (_, again, _) = m.create_api_key("alpha").expect("alpha again");
+        assert_eq!(a, again, "one project per name");
+        let (_, b, _) = m.create_api_key("beta").expect("beta");
+        assert_eq!(m.find_project("beta").expect("find").map(|p| p.0), Some(b));
+        assert_eq!(m.find_project("gamma").expect("find"), None);
+        let limits = pb::SetProjectLimitsRequest {
+            storage_limit: Some(7),
+            ..Default::default()
+        };
+        assert_eq!(
+            m.set_project_limits("alpha", &limits)
+                .expect("limits")
+                .storage_limit,
+            7
+        );
+        assert_eq!(m.project_record(&a).expect("record").storage_limit, 7);
+        assert!(matches!(
+            m.set_project_limits("gamma", &limits),
+            Err(MetainfoError::ProjectNotFound(_))
+        ));
+
+        // A database from before the index: 2 500 projects (three pages)
+        // without their names, no marker. The first lookup indexes them all.
+        let old = metainfo();
+        let mut ids = Vec::new();
+        for i in 0..2500 {
+            let id: ProjectId = rand::random();
+            let rec = pb::ProjectRecord {
+                version: 1,
+                name: format!("p{i}"),
+                ..Default::default()
+            };
+            old.kv
+                .put(Table::Projects, id.to_vec(), rec.encode_to_vec())
+                .expect("put");
+            ids.push(id);
+        }
+        assert_eq!(
+            old.find_project("p1999").expect("find").map(|p| p.0),
+            Some(ids[1999])
+        );
+        assert_eq!(
+            old.kv
+                .scan(Table::ProjectNames, b"", b"", usize::MAX)
+                .expect("scan")
+                .len(),
+            2500
+        );
+        assert!(
+            old.kv
+                .get(Table::Meta, b"project-names-indexed")
+                .expect("get")
+                .is_some()
+        );
     }
 
     #[test]
