@@ -77,6 +77,14 @@ pub struct ApiKeys {
     kv: Arc<dyn Kv>,
     /// Revoked tails; loaded from [`Table::Revocations`] on first use.
     revoked: RwLock<Option<HashSet<[u8; KEY_BYTES]>>>,
+    /// Set once the project-to-keys index is known to be built.
+    indexed: std::sync::OnceLock<()>,
+}
+
+/// Where a key sits in [`Table::ProjectKeys`]: caveated keys by head (kind
+/// 1), keys from before caveats by the key (kind 0).
+fn project_key(project: &[u8], kind: u8, id: &[u8]) -> Vec<u8> {
+    [project, &[kind], id].concat()
 }
 
 fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M, MetainfoError> {
@@ -88,6 +96,7 @@ impl ApiKeys {
         Self {
             kv,
             revoked: RwLock::new(None),
+            indexed: std::sync::OnceLock::new(),
         }
     }
 
@@ -105,6 +114,35 @@ impl ApiKeys {
         if w.is_none() {
             *w = Some(set);
         }
+        Ok(())
+    }
+
+    /// Builds the project-to-keys index of a database from before it, once.
+    fn index(&self) -> Result<(), MetainfoError> {
+        if self.indexed.get().is_some() {
+            return Ok(());
+        }
+        crate::db::index_once(&*self.kv, "project-keys", Table::KeySecrets, |head, v| {
+            let rec = pb::ApiKeyRecord::decode(v).map_err(|_| DbError::Corrupt("api key"))?;
+            Ok(Some(crate::db::Op::Put(
+                Table::ProjectKeys,
+                project_key(&rec.project_id, 1, head),
+                Vec::new(),
+            )))
+        })?;
+        crate::db::index_once(
+            &*self.kv,
+            "project-legacy-keys",
+            Table::ApiKeys,
+            |key, project| {
+                Ok(Some(crate::db::Op::Put(
+                    Table::ProjectKeys,
+                    project_key(project, 0, key),
+                    Vec::new(),
+                )))
+            },
+        )?;
+        let _ = self.indexed.set(());
         Ok(())
     }
 
@@ -129,8 +167,14 @@ impl ApiKeys {
             name: name.to_string(),
             created_unix_ms: now_ms(),
         };
-        self.kv
-            .put(Table::KeySecrets, key.head().to_vec(), rec.encode_to_vec())?;
+        self.kv.write(vec![
+            crate::db::Op::Put(Table::KeySecrets, key.head().to_vec(), rec.encode_to_vec()),
+            crate::db::Op::Put(
+                Table::ProjectKeys,
+                project_key(project, 1, key.head()),
+                Vec::new(),
+            ),
+        ])?;
         Ok(key)
     }
 
@@ -186,15 +230,33 @@ impl ApiKeys {
         self.ensure_loaded()?;
         let revoked = self.revoked.read().expect("revocations lock");
         let revoked = revoked.as_ref().expect("loaded above");
+        self.index()?;
+        let mut entries = Vec::new();
+        crate::db::for_each_page(&*self.kv, Table::ProjectKeys, project, |page| {
+            entries.extend(page.into_iter().map(|(k, _)| k[project.len()..].to_vec()));
+            Ok(())
+        })?;
         let mut out = Vec::new();
-        for (head, v) in self.kv.scan(Table::KeySecrets, b"", b"", usize::MAX)? {
-            let rec: pb::ApiKeyRecord = decode(&v, "api key")?;
-            let (secret, owner) = Self::secret(&rec)?;
-            if &owner != project {
+        for entry in entries {
+            let Some((&kind, head)) = entry.split_first() else {
+                continue;
+            };
+            if kind == 0 {
+                out.push(pb::ApiKeyInfo {
+                    name: "key from before caveats (cannot be narrowed)".into(),
+                    ..Default::default()
+                });
                 continue;
             }
-            let head_arr = <[u8; KEY_BYTES]>::try_from(head.as_slice())
-                .map_err(|_| DbError::Corrupt("api key"))?;
+            let Some(rec) = self.record(head)? else {
+                continue;
+            };
+            let (secret, owner) = Self::secret(&rec)?;
+            if &owner != project {
+                return Err(DbError::Corrupt("project key index").into());
+            }
+            let head_arr =
+                <[u8; KEY_BYTES]>::try_from(head).map_err(|_| DbError::Corrupt("api key"))?;
             let tail = CaveatedKey::root_tail(&secret, &head_arr);
             let revoked_unix_ms = if revoked.contains(&tail) {
                 self.kv
@@ -206,19 +268,11 @@ impl ApiKeys {
                 0
             };
             out.push(pb::ApiKeyInfo {
-                head: head.into(),
+                head: head.to_vec().into(),
                 name: rec.name,
                 created_unix_ms: rec.created_unix_ms,
                 revoked_unix_ms,
             });
-        }
-        for (_, v) in self.kv.scan(Table::ApiKeys, b"", b"", usize::MAX)? {
-            if v.as_slice() == project.as_slice() {
-                out.push(pb::ApiKeyInfo {
-                    name: "key from before caveats (cannot be narrowed)".into(),
-                    ..Default::default()
-                });
-            }
         }
         out.sort_by_key(|k| k.created_unix_ms);
         Ok(out)
@@ -286,5 +340,49 @@ impl ApiKeys {
                 "the key id matches several keys; give more digits",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_project_lists_its_own_keys_through_the_index_also_in_an_old_database() {
+        let kv: Arc<dyn Kv> = Arc::new(crate::db::MemKv::default());
+        let (a, b): (ProjectId, ProjectId) = ([1; 16], [2; 16]);
+        // Keys stored before the index: a caveated one and one from before
+        // caveats, for project a.
+        let secret = [7u8; KEY_BYTES];
+        let rec = pb::ApiKeyRecord {
+            version: 1,
+            project_id: a.to_vec().into(),
+            secret: secret.to_vec().into(),
+            name: "old".into(),
+            created_unix_ms: 1,
+        };
+        kv.put(Table::KeySecrets, vec![9; KEY_BYTES], rec.encode_to_vec())
+            .expect("put");
+        kv.put(Table::ApiKeys, vec![3; 32], a.to_vec())
+            .expect("put");
+        let keys = ApiKeys::new(kv.clone());
+        keys.create(&a, "new").expect("create");
+        keys.create(&b, "other").expect("create");
+        let names = |p: &ProjectId| -> Vec<String> {
+            let mut n: Vec<String> = keys
+                .list(p)
+                .expect("list")
+                .into_iter()
+                .map(|k| k.name)
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(
+            names(&a),
+            ["key from before caveats (cannot be narrowed)", "new", "old"]
+        );
+        assert_eq!(names(&b), ["other"]);
+        assert_eq!(names(&[3; 16]), Vec::<String>::new());
     }
 }

@@ -61,6 +61,11 @@ pub enum Table {
     Listings,
     /// Project ids by project name (the index `find_project` reads).
     ProjectNames,
+    /// A project's jobs: project id, job id -> nothing.
+    ProjectJobs,
+    /// A project's API keys: project id, 1, head (caveated keys) or
+    /// project id, 0, key (keys from before caveats) -> nothing.
+    ProjectKeys,
     /// Charges to projects for their jobs: project, time, job, round.
     Charges,
     /// Data fees earned by owners: owner project, time, job, listing.
@@ -68,7 +73,7 @@ pub enum Table {
 }
 
 impl Table {
-    const ALL: [Table; 29] = [
+    const ALL: [Table; 31] = [
         Table::Nodes,
         Table::Projects,
         Table::ApiKeys,
@@ -98,6 +103,8 @@ impl Table {
         Table::Charges,
         Table::Earnings,
         Table::ProjectNames,
+        Table::ProjectJobs,
+        Table::ProjectKeys,
     ];
 
     fn name(self) -> &'static str {
@@ -131,6 +138,8 @@ impl Table {
             Table::Charges => "charges",
             Table::Earnings => "earnings",
             Table::ProjectNames => "project_names",
+            Table::ProjectJobs => "project_jobs",
+            Table::ProjectKeys => "project_keys",
         }
     }
 }
@@ -153,6 +162,58 @@ pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 pub enum Op {
     Put(Table, Vec<u8>, Vec<u8>),
     Delete(Table, Vec<u8>),
+}
+
+/// Pairs a paged walk reads at a time.
+pub const PAGE: usize = 1000;
+
+/// Calls `f` with every pair of `table` under `prefix`, [`PAGE`] pairs at a
+/// time, so that memory stays bounded whatever the table's size.
+pub fn for_each_page(
+    kv: &dyn Kv,
+    table: Table,
+    prefix: &[u8],
+    mut f: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), DbError>,
+) -> Result<(), DbError> {
+    let mut start: Vec<u8> = Vec::new();
+    loop {
+        let page = kv.scan(table, prefix, &start, PAGE)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(());
+        };
+        // The next page starts just after the last key.
+        start.clone_from(last);
+        start.push(0);
+        let full = page.len() == PAGE;
+        f(page)?;
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// Builds an index over `table` once per database (one created before the
+/// index existed): `entry` makes the index write for each pair; a marker in
+/// [`Table::Meta`] records that it is done. New records write their index
+/// entries themselves, in the same batch.
+pub fn index_once(
+    kv: &dyn Kv,
+    marker: &str,
+    table: Table,
+    entry: impl Fn(&[u8], &[u8]) -> Result<Option<Op>, DbError>,
+) -> Result<(), DbError> {
+    let marker = format!("index:{marker}");
+    if kv.get(Table::Meta, marker.as_bytes())?.is_some() {
+        return Ok(());
+    }
+    for_each_page(kv, table, b"", |page| {
+        let mut ops = Vec::with_capacity(page.len());
+        for (k, v) in &page {
+            ops.extend(entry(k, v)?);
+        }
+        kv.write(ops)
+    })?;
+    kv.put(Table::Meta, marker.into_bytes(), vec![1])
 }
 
 /// The storage boundary of the satellite.

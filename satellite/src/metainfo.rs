@@ -576,33 +576,22 @@ impl Metainfo {
         Ok(Some((id, rec.salt.to_vec())))
     }
 
-    /// Builds the project name index of a database from before it, once
-    /// (a marker in `Meta` says it is done).
+    /// Builds the project name index of a database from before it, once.
     fn index_project_names(&self) -> Result<(), MetainfoError> {
-        const MARKER: &[u8] = b"project-names-indexed";
         if self
             .project_names_indexed
             .load(std::sync::atomic::Ordering::Acquire)
         {
             return Ok(());
         }
-        if self.kv.get(Table::Meta, MARKER)?.is_none() {
-            let mut after: Vec<u8> = Vec::new();
-            loop {
-                let page = self.kv.scan(Table::Projects, b"", &after, 1000)?;
-                let Some((last, _)) = page.last() else { break };
-                // The next page starts just after the last key.
-                after.clone_from(last);
-                after.push(0);
-                let mut ops = Vec::with_capacity(page.len());
-                for (k, v) in page {
-                    let rec: pb::ProjectRecord = decode(&v, "project")?;
-                    ops.push(Op::Put(Table::ProjectNames, rec.name.into_bytes(), k));
-                }
-                self.kv.write(ops)?;
-            }
-            self.kv.put(Table::Meta, MARKER.to_vec(), vec![1])?;
-        }
+        crate::db::index_once(&*self.kv, "project-names", Table::Projects, |k, v| {
+            let rec = pb::ProjectRecord::decode(v).map_err(|_| DbError::Corrupt("project"))?;
+            Ok(Some(Op::Put(
+                Table::ProjectNames,
+                rec.name.into_bytes(),
+                k.to_vec(),
+            )))
+        })?;
         self.project_names_indexed
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
@@ -1914,7 +1903,7 @@ mod tests {
         );
         assert!(
             old.kv
-                .get(Table::Meta, b"project-names-indexed")
+                .get(Table::Meta, b"index:project-names")
                 .expect("get")
                 .is_some()
         );

@@ -223,6 +223,8 @@ pub struct Compute {
     reputation: std::sync::OnceLock<Arc<crate::audit::Reputation>>,
     /// What projects are charged for compute and egress.
     rates: std::sync::OnceLock<Rates>,
+    /// Set once the project-to-jobs index is known to be built.
+    jobs_indexed: std::sync::OnceLock<()>,
 }
 
 /// Charge rates, from the satellite's payout rates: a project pays for the
@@ -266,6 +268,7 @@ impl Compute {
             shutdown,
             reputation: std::sync::OnceLock::new(),
             rates: std::sync::OnceLock::new(),
+            jobs_indexed: std::sync::OnceLock::new(),
         }
     }
 
@@ -540,6 +543,11 @@ impl Compute {
         record.info = Some(info.clone());
         self.kv.write(vec![
             crate::db::Op::Put(Table::Jobs, job_id.to_vec(), record.encode_to_vec()),
+            crate::db::Op::Put(
+                Table::ProjectJobs,
+                [project.as_slice(), job_id.as_slice()].concat(),
+                Vec::new(),
+            ),
             crate::db::Op::Put(
                 Table::JobWeights,
                 job_id.to_vec(),
@@ -883,23 +891,50 @@ impl Compute {
         Ok(rec.info.unwrap_or_default())
     }
 
-    /// Jobs running now, and jobs ever submitted.
+    /// Jobs running now, and jobs ever submitted (counted a page of index
+    /// keys at a time, never loading the jobs).
     pub fn job_counts(&self) -> Result<(u64, u64), ComputeError> {
-        let total = self.kv.scan(Table::Jobs, b"", b"", usize::MAX)?.len() as u64;
+        self.index_jobs()?;
+        let mut total = 0u64;
+        crate::db::for_each_page(&*self.kv, Table::ProjectJobs, b"", |page| {
+            total += page.len() as u64;
+            Ok(())
+        })?;
         let running = self.live.lock().expect("jobs lock").len() as u64;
         Ok((running, total))
     }
 
+    /// A project's jobs, oldest first, through the project's job index.
     pub fn list(&self, project: &ProjectId) -> Result<Vec<pb::JobInfo>, ComputeError> {
-        let mut out = Vec::new();
-        for (k, v) in self.kv.scan(Table::Jobs, b"", b"", usize::MAX)? {
-            let rec: pb::JobRecord = decode(&v, "job")?;
-            if rec.project_id.as_ref() == project {
-                out.push(self.job(project, &k)?);
-            }
-        }
+        self.index_jobs()?;
+        let mut ids = Vec::new();
+        crate::db::for_each_page(&*self.kv, Table::ProjectJobs, project, |page| {
+            ids.extend(page.into_iter().map(|(k, _)| k[project.len()..].to_vec()));
+            Ok(())
+        })?;
+        let mut out = ids
+            .iter()
+            .map(|id| self.job(project, id))
+            .collect::<Result<Vec<_>, _>>()?;
         out.sort_by_key(|j| j.created_unix_ms);
         Ok(out)
+    }
+
+    /// Builds the project-to-jobs index of a database from before it, once.
+    fn index_jobs(&self) -> Result<(), ComputeError> {
+        if self.jobs_indexed.get().is_some() {
+            return Ok(());
+        }
+        crate::db::index_once(&*self.kv, "project-jobs", Table::Jobs, |k, v| {
+            let rec = pb::JobRecord::decode(v).map_err(|_| DbError::Corrupt("job"))?;
+            Ok(Some(crate::db::Op::Put(
+                Table::ProjectJobs,
+                [rec.project_id.as_ref(), k].concat(),
+                Vec::new(),
+            )))
+        })?;
+        let _ = self.jobs_indexed.set(());
+        Ok(())
     }
 
     pub fn cancel(&self, project: &ProjectId, job_id: &[u8]) -> Result<pb::JobInfo, ComputeError> {
