@@ -86,34 +86,39 @@ impl Accounting {
         };
         let elapsed = (now - last) as u128;
         let mut per_node: HashMap<NodeId, u128> = HashMap::new();
-        let segments = self.metainfo.segments().map_err(|e| match e {
-            crate::metainfo::MetainfoError::Db(d) => d,
-            _ => DbError::Corrupt("segment"),
-        })?;
-        for (_, seg) in &segments {
-            let size = seg.meta.as_ref().map_or(0, |m| m.piece_size.max(0) as u128);
-            for p in &seg.pieces {
-                if let Ok(node) = NodeId::try_from(p.node_id.as_ref()) {
-                    *per_node.entry(node).or_default() += size;
+        self.metainfo
+            .for_each_segment(|_, seg| {
+                let size = seg.meta.as_ref().map_or(0, |m| m.piece_size.max(0) as u128);
+                for p in &seg.pieces {
+                    if let Ok(node) = NodeId::try_from(p.node_id.as_ref()) {
+                        *per_node.entry(node).or_default() += size;
+                    }
                 }
-            }
-        }
+            })
+            .map_err(|e| match e {
+                crate::metainfo::MetainfoError::Db(d) => d,
+                _ => DbError::Corrupt("segment"),
+            })?;
         let mut per_bucket: HashMap<(ProjectId, String), u128> = HashMap::new();
-        for (k, v) in self.kv.scan(Table::Objects, b"", b"", usize::MAX)? {
-            let Some(end) = k.get(16..).and_then(|r| r.iter().position(|b| *b == 0)) else {
-                continue;
-            };
-            let Ok(project) = ProjectId::try_from(&k[..16]) else {
-                continue;
-            };
-            let Ok(rec) = <loam_common::pb::ObjectRecord as prost::Message>::decode(v.as_slice())
-            else {
-                continue;
-            };
-            let bucket = String::from_utf8_lossy(&k[16..16 + end]).into_owned();
-            *per_bucket.entry((project, bucket)).or_default() +=
-                u128::from(crate::metainfo::stored_size(&rec));
-        }
+        crate::db::for_each_page(&*self.kv, Table::Objects, b"", |page| {
+            for (k, v) in page {
+                let Some(end) = k.get(16..).and_then(|r| r.iter().position(|b| *b == 0)) else {
+                    continue;
+                };
+                let Ok(project) = ProjectId::try_from(&k[..16]) else {
+                    continue;
+                };
+                let Ok(rec) =
+                    <loam_common::pb::ObjectRecord as prost::Message>::decode(v.as_slice())
+                else {
+                    continue;
+                };
+                let bucket = String::from_utf8_lossy(&k[16..16 + end]).into_owned();
+                *per_bucket.entry((project, bucket)).or_default() +=
+                    u128::from(crate::metainfo::stored_size(&rec));
+            }
+            Ok(())
+        })?;
         let stats = TallyStats {
             nodes: per_node.len(),
             buckets: per_bucket.len(),

@@ -449,47 +449,51 @@ impl Auditor {
 
     /// One cycle: returns (successes, failures, offline).
     pub async fn run_once(&self) -> (usize, usize, usize) {
+        // Reservoir sampling per node over one pass of the segments, a
+        // page at a time.
         let metainfo = self.metainfo.clone();
-        let Ok(Ok(segments)) = tokio::task::spawn_blocking(move || metainfo.segments()).await
-        else {
-            return (0, 0, 0);
-        };
-        // Reservoir sampling per node over one pass of the segments.
         let k = self.config.per_node.max(1);
-        let mut seen: HashMap<NodeId, usize> = HashMap::new();
-        let mut reservoirs: HashMap<NodeId, Vec<Sample>> = HashMap::new();
-        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
-        for (_, seg) in &segments {
-            let Ok(root) = PieceId::try_from(seg.root_piece_id.as_ref()) else {
-                continue;
-            };
-            let size = seg.meta.as_ref().map_or(0, |m| m.piece_size.max(0) as u64);
-            for p in &seg.pieces {
-                let (Ok(node), Ok(hash)) = (
-                    NodeId::try_from(p.node_id.as_ref()),
-                    <[u8; 32]>::try_from(p.hash.as_ref()),
-                ) else {
-                    continue;
+        let sampled = tokio::task::spawn_blocking(move || {
+            let mut seen: HashMap<NodeId, usize> = HashMap::new();
+            let mut reservoirs: HashMap<NodeId, Vec<Sample>> = HashMap::new();
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+            metainfo.for_each_segment(|_, seg| {
+                let Ok(root) = PieceId::try_from(seg.root_piece_id.as_ref()) else {
+                    return;
                 };
-                let sample = Sample {
-                    piece_id: PieceId::derive(&root, &node, p.piece_num),
-                    root: hash,
-                    size,
-                    leaf: None,
-                };
-                let n = seen.entry(node).or_insert(0);
-                *n += 1;
-                let r = reservoirs.entry(node).or_default();
-                if r.len() < k {
-                    r.push(sample);
-                } else {
-                    let j = rng.gen_range(0..*n);
-                    if j < k {
-                        r[j] = sample;
+                let size = seg.meta.as_ref().map_or(0, |m| m.piece_size.max(0) as u64);
+                for p in &seg.pieces {
+                    let (Ok(node), Ok(hash)) = (
+                        NodeId::try_from(p.node_id.as_ref()),
+                        <[u8; 32]>::try_from(p.hash.as_ref()),
+                    ) else {
+                        continue;
+                    };
+                    let sample = Sample {
+                        piece_id: PieceId::derive(&root, &node, p.piece_num),
+                        root: hash,
+                        size,
+                        leaf: None,
+                    };
+                    let n = seen.entry(node).or_insert(0);
+                    *n += 1;
+                    let r = reservoirs.entry(node).or_default();
+                    if r.len() < k {
+                        r.push(sample);
+                    } else {
+                        let j = rng.gen_range(0..*n);
+                        if j < k {
+                            r[j] = sample;
+                        }
                     }
                 }
-            }
-        }
+            })?;
+            Ok::<_, crate::metainfo::MetainfoError>(reservoirs)
+        })
+        .await;
+        let Ok(Ok(mut reservoirs)) = sampled else {
+            return (0, 0, 0);
+        };
         let now = now_ms();
         let mut audits = Vec::new();
         for node in self.overlay.list() {

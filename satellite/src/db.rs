@@ -393,6 +393,48 @@ mod tests {
             Some(b"5".to_vec())
         );
         assert_eq!(kv.get(Table::Buckets, b"p/a").expect("get"), None);
+
+        // Paged walks: every key under the prefix once, in order, across
+        // page boundaries (keys that extend others included), nothing else.
+        let mut ops = Vec::new();
+        for i in 0..2 * PAGE + 7 {
+            ops.push(Op::Put(
+                Table::Nodes,
+                format!("n/{i:05}").into_bytes(),
+                vec![],
+            ));
+        }
+        ops.push(Op::Put(Table::Nodes, b"n/00010x".to_vec(), vec![]));
+        ops.push(Op::Put(Table::Nodes, b"o/1".to_vec(), vec![]));
+        kv.write(ops).expect("batch");
+        let mut seen = Vec::new();
+        for_each_page(kv, Table::Nodes, b"n/", |page| {
+            assert!(page.len() <= PAGE);
+            seen.extend(page.into_iter().map(|(k, _)| k));
+            Ok(())
+        })
+        .expect("walk");
+        assert_eq!(seen.len(), 2 * PAGE + 8);
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+        assert!(seen.iter().all(|k| k.starts_with(b"n/")));
+
+        // An index is built once: a second call writes nothing.
+        let built = |kv: &dyn Kv| {
+            index_once(kv, "test", Table::Nodes, |k, _| {
+                Ok(Some(Op::Put(Table::Buckets, k.to_vec(), vec![1])))
+            })
+        };
+        built(kv).expect("index");
+        assert_eq!(
+            kv.scan(Table::Buckets, b"n/", b"", usize::MAX)
+                .expect("scan")
+                .len(),
+            2 * PAGE + 8
+        );
+        kv.write(vec![Op::Delete(Table::Buckets, b"n/00000".to_vec())])
+            .expect("delete");
+        built(kv).expect("index again");
+        assert_eq!(kv.get(Table::Buckets, b"n/00000").expect("get"), None);
     }
 
     #[test]

@@ -363,16 +363,14 @@ impl Endpoint {
             st.nodes_vetted += u64::from(n.vetted);
             st.nodes_suspended += u64::from(n.suspended_ms.is_some());
         }
-        for (_, seg) in self
-            .metainfo
-            .segments()
-            .map_err(|e| internal(e.to_string()))?
-        {
-            st.segments += 1;
-            let meta = seg.meta.unwrap_or_default();
-            st.stored_bytes += meta.plain_size.max(0) as u64;
-            st.piece_bytes += meta.piece_size.max(0) as u64 * seg.pieces.len() as u64;
-        }
+        self.metainfo
+            .for_each_segment(|_, seg| {
+                st.segments += 1;
+                let meta = seg.meta.unwrap_or_default();
+                st.stored_bytes += meta.plain_size.max(0) as u64;
+                st.piece_bytes += meta.piece_size.max(0) as u64 * seg.pieces.len() as u64;
+            })
+            .map_err(|e| internal(e.to_string()))?;
         let repair = self.repair.summary();
         st.repair_checked_unix_ms = repair.checked_ms;
         st.repair_queue = repair.queue as u64;
@@ -726,13 +724,12 @@ impl Endpoint {
             Req::ListNodes(_) => {
                 admin()?;
                 let stats = c.node_stats().map_err(job)?;
-                let mut pieces: std::collections::HashMap<NodeId, u64> = Default::default();
-                if self.repair.pieces_held(&self.own_id).is_none() {
+                let pieces = if self.repair.pieces_held(&self.own_id).is_none() {
                     // Before the first checker run: count them here, once.
-                    for (node, _) in m.piece_placements().map_err(api)? {
-                        *pieces.entry(node).or_insert(0) += 1;
-                    }
-                }
+                    m.pieces_per_node().map_err(api)?
+                } else {
+                    Default::default()
+                };
                 let nodes = self
                     .overlay
                     .list()

@@ -10,12 +10,12 @@
 //! taken before both reads (less a margin for clock skew), and nodes keep
 //! every piece created after it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use loam_common::bloom::BloomFilter;
-use loam_common::orders::{PieceId, now_ms};
+use loam_common::orders::now_ms;
 use loam_common::transport::Endpoint as QuicEndpoint;
 use loam_common::wire::{FrameReader, FrameWriter, MAX_DATA_FRAME_LEN};
 use loam_common::{NodeId, pb};
@@ -87,34 +87,60 @@ impl Gc {
     /// One cycle over every online node.
     pub async fn run_once(&self) -> GcStats {
         let cutoff = now_ms() - (self.config.margin_secs.max(0.0) * 1000.0) as i64;
-        let metainfo = self.metainfo.clone();
-        let placements =
-            match tokio::task::spawn_blocking(move || metainfo.piece_placements()).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "gc: cannot read placements");
-                    return GcStats::default();
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "gc: placement scan panicked");
-                    return GcStats::default();
-                }
-            };
-        let mut by_node: HashMap<NodeId, Vec<PieceId>> = HashMap::new();
-        for (node, piece) in placements {
-            by_node.entry(node).or_default().push(piece);
-        }
         let now = now_ms();
+        let online: Vec<_> = self
+            .overlay
+            .list()
+            .into_iter()
+            .filter(|n| self.overlay.is_online(n, now))
+            .collect();
+        let ids: HashSet<NodeId> = online.iter().map(|n| n.id).collect();
+        let metainfo = self.metainfo.clone();
+        let fpr = self.config.false_positive_rate;
+        // Two passes over the placements, a page at a time: count each
+        // online node's pieces to size its filter, then fill the filters.
+        // Memory is the filters' bits, not a list of every piece. A piece
+        // placed between the passes lands in a filter sized without it,
+        // which only raises its false positives (keeps more), never drops
+        // a live piece.
+        let built = tokio::task::spawn_blocking(move || {
+            let mut counts: HashMap<NodeId, usize> = HashMap::new();
+            metainfo.for_each_placement(|node, _| {
+                if ids.contains(&node) {
+                    *counts.entry(node).or_insert(0) += 1;
+                }
+            })?;
+            let mut filters: HashMap<NodeId, BloomFilter> = ids
+                .iter()
+                .map(|id| {
+                    let n = counts.get(id).copied().unwrap_or(0);
+                    (*id, BloomFilter::new(n, fpr))
+                })
+                .collect();
+            metainfo.for_each_placement(|node, piece| {
+                if let Some(f) = filters.get_mut(&node) {
+                    f.insert(&piece);
+                }
+            })?;
+            Ok::<_, crate::metainfo::MetainfoError>(filters)
+        })
+        .await;
+        let mut filters = match built {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "gc: cannot read placements");
+                return GcStats::default();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "gc: placement scan panicked");
+                return GcStats::default();
+            }
+        };
         let mut stats = GcStats::default();
-        for node in self.overlay.list() {
-            if !self.overlay.is_online(&node, now) {
+        for node in online {
+            let Some(filter) = filters.remove(&node.id) else {
                 continue;
-            }
-            let pieces = by_node.remove(&node.id).unwrap_or_default();
-            let mut filter = BloomFilter::new(pieces.len(), self.config.false_positive_rate);
-            for p in &pieces {
-                filter.insert(p);
-            }
+            };
             stats.nodes += 1;
             match self.retain(&node.id, &node.address, &filter, cutoff).await {
                 Ok(r) => {

@@ -1560,13 +1560,36 @@ impl Metainfo {
         }
     }
 
-    /// Every committed segment with its key.
+    /// Calls `f` with every committed segment and its key, a page at a
+    /// time: the one segment loop the chores (checker, audit sampling,
+    /// tally) and `satellite status` walk, in memory bounded whatever the
+    /// number of segments.
+    pub fn for_each_segment(
+        &self,
+        mut f: impl FnMut(Vec<u8>, pb::SegmentRecord),
+    ) -> Result<(), MetainfoError> {
+        crate::db::for_each_page(&*self.kv, Table::Segments, b"", |page| {
+            for (k, v) in page {
+                match pb::SegmentRecord::decode(v.as_slice()) {
+                    Ok(seg) => f(k, seg),
+                    // One bad record must not stop every chore.
+                    Err(_) => tracing::error!(
+                        key = hex::encode(&k),
+                        "a segment record does not decode; skipped"
+                    ),
+                }
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Every committed segment with its key (tests; chores use
+    /// [`Self::for_each_segment`]).
     pub fn segments(&self) -> Result<Vec<(Vec<u8>, pb::SegmentRecord)>, MetainfoError> {
-        self.kv
-            .scan(Table::Segments, b"", b"", usize::MAX)?
-            .into_iter()
-            .map(|(k, v)| Ok((k, decode(&v, "segment")?)))
-            .collect()
+        let mut out = Vec::new();
+        self.for_each_segment(|k, seg| out.push((k, seg)))?;
+        Ok(out)
     }
 
     /// Replaces a segment's pieces if the segment is still `old` (it may
@@ -1591,32 +1614,53 @@ impl Metainfo {
         Ok(true)
     }
 
-    /// Every (node, piece) the metadata places: pending segments first,
-    /// then committed ones (see `gc` for why that order).
-    pub fn piece_placements(&self) -> Result<Vec<(NodeId, PieceId)>, MetainfoError> {
-        let mut out = Vec::new();
-        for (_, v) in self.kv.scan(Table::PendingSegments, b"", b"", usize::MAX)? {
-            let p: pb::PendingSegment = decode(&v, "pending segment")?;
-            let Ok(root) = PieceId::try_from(p.root_piece_id.as_ref()) else {
-                continue;
-            };
-            for (node, num) in p.node_ids.iter().zip(&p.piece_nums) {
-                if let Ok(node) = NodeId::try_from(node.as_ref()) {
-                    out.push((node, PieceId::derive(&root, &node, *num)));
+    /// Calls `f` with every (node, piece) the metadata places, pending
+    /// segments first, then committed ones (see `gc` for why that order),
+    /// a page at a time.
+    pub fn for_each_placement(
+        &self,
+        mut f: impl FnMut(NodeId, PieceId),
+    ) -> Result<(), MetainfoError> {
+        crate::db::for_each_page(&*self.kv, Table::PendingSegments, b"", |page| {
+            for (_, v) in page {
+                let Ok(p) = pb::PendingSegment::decode(v.as_slice()) else {
+                    return Err(DbError::Corrupt("pending segment"));
+                };
+                let Ok(root) = PieceId::try_from(p.root_piece_id.as_ref()) else {
+                    continue;
+                };
+                for (node, num) in p.node_ids.iter().zip(&p.piece_nums) {
+                    if let Ok(node) = NodeId::try_from(node.as_ref()) {
+                        f(node, PieceId::derive(&root, &node, *num));
+                    }
                 }
             }
-        }
-        for (_, v) in self.kv.scan(Table::Segments, b"", b"", usize::MAX)? {
-            let seg: pb::SegmentRecord = decode(&v, "segment")?;
+            Ok(())
+        })?;
+        self.for_each_segment(|_, seg| {
             let Ok(root) = PieceId::try_from(seg.root_piece_id.as_ref()) else {
-                continue;
+                return;
             };
             for p in &seg.pieces {
                 if let Ok(node) = NodeId::try_from(p.node_id.as_ref()) {
-                    out.push((node, PieceId::derive(&root, &node, p.piece_num)));
+                    f(node, PieceId::derive(&root, &node, p.piece_num));
                 }
             }
-        }
+        })
+    }
+
+    /// Every (node, piece) the metadata places (tests; chores use
+    /// [`Self::for_each_placement`]).
+    pub fn piece_placements(&self) -> Result<Vec<(NodeId, PieceId)>, MetainfoError> {
+        let mut out = Vec::new();
+        self.for_each_placement(|node, piece| out.push((node, piece)))?;
+        Ok(out)
+    }
+
+    /// Pieces held per node.
+    pub fn pieces_per_node(&self) -> Result<std::collections::HashMap<NodeId, u64>, MetainfoError> {
+        let mut out: std::collections::HashMap<NodeId, u64> = Default::default();
+        self.for_each_placement(|node, _| *out.entry(node).or_insert(0) += 1)?;
         Ok(out)
     }
 

@@ -207,18 +207,6 @@ impl Repair {
     /// Checker then repairer, once.
     pub async fn run_once(&self) -> RepairStats {
         let mut stats = RepairStats::default();
-        let metainfo = self.metainfo.clone();
-        let segments = match tokio::task::spawn_blocking(move || metainfo.segments()).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "checker: cannot read segments");
-                return stats;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "checker panicked");
-                return stats;
-            }
-        };
         let healthy_nodes = self.healthy_nodes();
         let exiting: HashSet<NodeId> = self
             .overlay
@@ -231,42 +219,63 @@ impl Repair {
             })
             .map(|n| n.id)
             .collect();
-        let mut queue = Vec::new();
-        let mut counts: HashMap<NodeId, u64> = HashMap::new();
-        for (key, record) in segments {
-            stats.segments += 1;
-            for p in &record.pieces {
-                if let Ok(n) = NodeId::try_from(p.node_id.as_ref()) {
-                    *counts.entry(n).or_insert(0) += 1;
+        // The checker: one pass over the segments, a page at a time,
+        // keeping only those that need repair.
+        let metainfo = self.metainfo.clone();
+        let exiting_nodes = exiting.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let mut segments = 0usize;
+            let mut queue = Vec::new();
+            let mut counts: HashMap<NodeId, u64> = HashMap::new();
+            metainfo.for_each_segment(|key, record| {
+                segments += 1;
+                for p in &record.pieces {
+                    if let Ok(n) = NodeId::try_from(p.node_id.as_ref()) {
+                        *counts.entry(n).or_insert(0) += 1;
+                    }
                 }
-            }
-            let Some(scheme) = record
-                .redundancy
-                .as_ref()
-                .and_then(|r| RedundancyScheme::try_from(r).ok())
-            else {
-                continue;
-            };
-            let healthy = record
-                .pieces
-                .iter()
-                .filter(|p| {
-                    NodeId::try_from(p.node_id.as_ref()).is_ok_and(|n| healthy_nodes.contains(&n))
-                })
-                .count();
-            // Pieces of exiting nodes move whatever the segment's health.
-            let on_exiting = record
-                .pieces
-                .iter()
-                .any(|p| NodeId::try_from(p.node_id.as_ref()).is_ok_and(|n| exiting.contains(&n)));
-            if healthy <= scheme.repair() || on_exiting {
-                queue.push(Queued {
-                    key,
-                    record,
-                    healthy,
+                let Some(scheme) = record
+                    .redundancy
+                    .as_ref()
+                    .and_then(|r| RedundancyScheme::try_from(r).ok())
+                else {
+                    return;
+                };
+                let healthy = record
+                    .pieces
+                    .iter()
+                    .filter(|p| {
+                        NodeId::try_from(p.node_id.as_ref())
+                            .is_ok_and(|n| healthy_nodes.contains(&n))
+                    })
+                    .count();
+                // Pieces of exiting nodes move whatever the segment's health.
+                let on_exiting = record.pieces.iter().any(|p| {
+                    NodeId::try_from(p.node_id.as_ref()).is_ok_and(|n| exiting_nodes.contains(&n))
                 });
+                if healthy <= scheme.repair() || on_exiting {
+                    queue.push(Queued {
+                        key,
+                        record,
+                        healthy,
+                    });
+                }
+            })?;
+            Ok::<_, crate::metainfo::MetainfoError>((segments, queue, counts))
+        })
+        .await;
+        let (segments, mut queue, counts) = match checked {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "checker: cannot read segments");
+                return stats;
             }
-        }
+            Err(e) => {
+                tracing::warn!(error = %e, "checker panicked");
+                return stats;
+            }
+        };
+        stats.segments = segments;
         *self.piece_counts.write().expect("piece counts lock") = Some(counts);
         stats.below_threshold = queue.len();
         metrics::gauge!("loam_satellite_segments_below_repair_threshold").set(queue.len() as f64);
@@ -302,10 +311,9 @@ impl Repair {
         }
         // Exits with nothing left to move are complete.
         if !exiting.is_empty()
-            && let Ok(placements) = self.metainfo.piece_placements()
+            && let Ok(holding) = self.metainfo.pieces_per_node()
         {
-            let holding: HashSet<NodeId> = placements.into_iter().map(|(n, _)| n).collect();
-            for n in exiting.iter().filter(|n| !holding.contains(n)) {
+            for n in exiting.iter().filter(|n| !holding.contains_key(n)) {
                 if let Err(e) = self.overlay.finish_exit(n, now_ms()) {
                     tracing::warn!(error = %e, "cannot record a finished exit");
                 }
