@@ -66,6 +66,8 @@ pub enum Table {
     /// A project's API keys: project id, 1, head (caveated keys) or
     /// project id, 0, key (keys from before caveats) -> nothing.
     ProjectKeys,
+    /// A project's uploads in progress: project id, stream id -> nothing.
+    ProjectPending,
     /// Charges to projects for their jobs: project, time, job, round.
     Charges,
     /// Data fees earned by owners: owner project, time, job, listing.
@@ -73,7 +75,7 @@ pub enum Table {
 }
 
 impl Table {
-    const ALL: [Table; 31] = [
+    const ALL: [Table; 32] = [
         Table::Nodes,
         Table::Projects,
         Table::ApiKeys,
@@ -105,6 +107,7 @@ impl Table {
         Table::ProjectNames,
         Table::ProjectJobs,
         Table::ProjectKeys,
+        Table::ProjectPending,
     ];
 
     fn name(self) -> &'static str {
@@ -140,6 +143,7 @@ impl Table {
             Table::ProjectNames => "project_names",
             Table::ProjectJobs => "project_jobs",
             Table::ProjectKeys => "project_keys",
+            Table::ProjectPending => "project_pending",
         }
     }
 }

@@ -166,6 +166,8 @@ pub struct Metainfo {
     stream_lock: std::sync::Mutex<()>,
     /// Whether the project name index is known to be built.
     project_names_indexed: std::sync::atomic::AtomicBool,
+    /// Set once the project-to-uploads index is known to be built.
+    pending_indexed: std::sync::OnceLock<()>,
     /// API keys: secrets, verification, revocations.
     keys: crate::apikeys::ApiKeys,
     /// Marketplace listings.
@@ -298,6 +300,7 @@ impl Metainfo {
             egress_lock: std::sync::Mutex::new(()),
             stream_lock: std::sync::Mutex::new(()),
             project_names_indexed: std::sync::atomic::AtomicBool::new(false),
+            pending_indexed: std::sync::OnceLock::new(),
         }
     }
 
@@ -742,11 +745,18 @@ impl Metainfo {
             created_unix_ms: now_ms(),
             redundancy: Some(self.config.redundancy.into()),
         };
-        self.kv.put(
-            Table::PendingObjects,
-            stream_id.to_vec(),
-            pending.encode_to_vec(),
-        )?;
+        self.kv.write(vec![
+            Op::Put(
+                Table::PendingObjects,
+                stream_id.to_vec(),
+                pending.encode_to_vec(),
+            ),
+            Op::Put(
+                Table::ProjectPending,
+                [project.as_slice(), &stream_id].concat(),
+                Vec::new(),
+            ),
+        ])?;
         Ok(pb::BeginObjectResponse {
             stream_id: stream_id.to_vec().into(),
             redundancy: Some(self.config.redundancy.into()),
@@ -1083,6 +1093,10 @@ impl Metainfo {
         key.extend_from_slice(&pending.encrypted_key);
         let mut ops = vec![
             Op::Delete(Table::PendingObjects, req.stream_id.to_vec()),
+            Op::Delete(
+                Table::ProjectPending,
+                [project.as_slice(), &req.stream_id].concat(),
+            ),
             Op::Put(Table::Objects, key.clone(), record.encode_to_vec()),
         ];
         // An object written over replaces the old one and its segments.
@@ -1156,8 +1170,15 @@ impl Metainfo {
 
     /// The writes that delete a pending upload with every segment it
     /// committed.
-    fn pending_delete_ops(&self, stream_id: &[u8]) -> Result<Vec<Op>, MetainfoError> {
-        let mut ops = vec![Op::Delete(Table::PendingObjects, stream_id.to_vec())];
+    fn pending_delete_ops(
+        &self,
+        project: &[u8],
+        stream_id: &[u8],
+    ) -> Result<Vec<Op>, MetainfoError> {
+        let mut ops = vec![
+            Op::Delete(Table::PendingObjects, stream_id.to_vec()),
+            Op::Delete(Table::ProjectPending, [project, stream_id].concat()),
+        ];
         for table in [Table::PendingSegments, Table::Segments] {
             ops.extend(
                 self.kv
@@ -1178,8 +1199,17 @@ impl Metainfo {
         req: &pb::ListPendingRequest,
     ) -> Result<pb::ListPendingResponse, MetainfoError> {
         self.get_bucket(project, &req.bucket)?;
+        self.index_pending()?;
+        let mut streams = Vec::new();
+        crate::db::for_each_page(&*self.kv, Table::ProjectPending, project, |page| {
+            streams.extend(page.into_iter().map(|(k, _)| k[project.len()..].to_vec()));
+            Ok(())
+        })?;
         let mut items = Vec::new();
-        for (stream_id, v) in self.kv.scan(Table::PendingObjects, b"", b"", usize::MAX)? {
+        for stream_id in streams {
+            let Some(v) = self.kv.get(Table::PendingObjects, &stream_id)? else {
+                continue;
+            };
             let p: pb::PendingObject = decode(&v, "pending object")?;
             if p.project_id.as_ref() != project
                 || p.bucket != req.bucket
@@ -1187,10 +1217,11 @@ impl Metainfo {
             {
                 continue;
             }
-            let segments = self
-                .kv
-                .scan(Table::Segments, &stream_id, b"", usize::MAX)?
-                .len() as u32;
+            let mut segments = 0u32;
+            crate::db::for_each_page(&*self.kv, Table::Segments, &stream_id, |page| {
+                segments += page.len() as u32;
+                Ok(())
+            })?;
             items.push(pb::PendingInfo {
                 encrypted_key: p.encrypted_key,
                 stream_id: stream_id.into(),
@@ -1204,6 +1235,30 @@ impl Metainfo {
         Ok(pb::ListPendingResponse { items, truncated })
     }
 
+    /// Builds the project-to-uploads index of a database from before it,
+    /// once.
+    fn index_pending(&self) -> Result<(), MetainfoError> {
+        if self.pending_indexed.get().is_some() {
+            return Ok(());
+        }
+        crate::db::index_once(
+            &*self.kv,
+            "project-pending",
+            Table::PendingObjects,
+            |k, v| {
+                let p =
+                    pb::PendingObject::decode(v).map_err(|_| DbError::Corrupt("pending object"))?;
+                Ok(Some(Op::Put(
+                    Table::ProjectPending,
+                    [p.project_id.as_ref(), k].concat(),
+                    Vec::new(),
+                )))
+            },
+        )?;
+        let _ = self.pending_indexed.set(());
+        Ok(())
+    }
+
     /// Abandons one of the project's pending uploads in `bucket`.
     pub fn abort_object(
         &self,
@@ -1214,7 +1269,8 @@ impl Metainfo {
         if p.bucket != req.bucket {
             return Err(MetainfoError::UploadNotFound);
         }
-        self.kv.write(self.pending_delete_ops(&req.stream_id)?)?;
+        self.kv
+            .write(self.pending_delete_ops(project, &req.stream_id)?)?;
         metrics::counter!("loam_satellite_uploads_aborted_total").increment(1);
         Ok(())
     }
@@ -1223,13 +1279,23 @@ impl Metainfo {
     /// committed, with every segment they committed. Returns how many.
     pub fn delete_abandoned_uploads(&self, now_ms: i64) -> Result<usize, MetainfoError> {
         let cutoff = now_ms - self.config.pending_expiration.as_millis() as i64;
-        let mut removed = 0;
-        for (stream_id, v) in self.kv.scan(Table::PendingObjects, b"", b"", usize::MAX)? {
-            let pending: pb::PendingObject = decode(&v, "pending object")?;
-            if pending.created_unix_ms > cutoff {
-                continue;
+        // Expired uploads are found a page at a time, and deleted after the
+        // walk (deleting while walking would shift the pages).
+        let mut expired = Vec::new();
+        crate::db::for_each_page(&*self.kv, Table::PendingObjects, b"", |page| {
+            for (stream_id, v) in page {
+                let pending = pb::PendingObject::decode(v.as_slice())
+                    .map_err(|_| DbError::Corrupt("pending object"))?;
+                if pending.created_unix_ms <= cutoff {
+                    expired.push((pending.project_id.to_vec(), stream_id));
+                }
             }
-            self.kv.write(self.pending_delete_ops(&stream_id)?)?;
+            Ok(())
+        })?;
+        let mut removed = 0;
+        for (project, stream_id) in expired {
+            self.kv
+                .write(self.pending_delete_ops(&project, &stream_id)?)?;
             removed += 1;
         }
         if removed > 0 {
@@ -1967,10 +2033,30 @@ mod tests {
             )
             .expect("begin");
         let now = now_ms();
+        let listed = |m: &Metainfo| {
+            m.list_pending(
+                &project,
+                &pb::ListPendingRequest {
+                    bucket: "bkt".into(),
+                    ..Default::default()
+                },
+            )
+            .expect("list")
+            .items
+            .len()
+        };
+        assert_eq!(listed(&m), 1);
         assert_eq!(m.delete_abandoned_uploads(now).expect("sweep"), 0);
         assert_eq!(
             m.delete_abandoned_uploads(now + 3_600_001).expect("sweep"),
             1
+        );
+        // Gone from the project's index too.
+        assert_eq!(listed(&m), 0);
+        assert!(
+            m.kv.scan(Table::ProjectPending, b"", b"", 10)
+                .expect("scan")
+                .is_empty()
         );
         let commit = m.commit_object(
             &project,
