@@ -418,6 +418,22 @@ struct Sample {
     leaf: Option<u64>,
 }
 
+/// What an audit of each of a segment's pieces checks: (node, piece id,
+/// Merkle root the node signed, piece size). Pieces with a malformed node
+/// id or hash are left out.
+pub(crate) fn auditable_pieces(
+    seg: &pb::SegmentRecord,
+) -> impl Iterator<Item = (NodeId, PieceId, [u8; 32], u64)> + '_ {
+    let root = PieceId::try_from(seg.root_piece_id.as_ref()).ok();
+    let size = seg.meta.as_ref().map_or(0, |m| m.piece_size.max(0) as u64);
+    seg.pieces.iter().filter_map(move |p| {
+        let root = root.as_ref()?;
+        let node = NodeId::try_from(p.node_id.as_ref()).ok()?;
+        let hash = <[u8; 32]>::try_from(p.hash.as_ref()).ok()?;
+        Some((node, PieceId::derive(root, &node, p.piece_num), hash, size))
+    })
+}
+
 pub struct Auditor {
     metainfo: Arc<Metainfo>,
     overlay: Arc<Overlay>,
@@ -458,19 +474,9 @@ impl Auditor {
             let mut reservoirs: HashMap<NodeId, Vec<Sample>> = HashMap::new();
             let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
             metainfo.for_each_segment(|_, seg| {
-                let Ok(root) = PieceId::try_from(seg.root_piece_id.as_ref()) else {
-                    return;
-                };
-                let size = seg.meta.as_ref().map_or(0, |m| m.piece_size.max(0) as u64);
-                for p in &seg.pieces {
-                    let (Ok(node), Ok(hash)) = (
-                        NodeId::try_from(p.node_id.as_ref()),
-                        <[u8; 32]>::try_from(p.hash.as_ref()),
-                    ) else {
-                        continue;
-                    };
+                for (node, piece_id, hash, size) in auditable_pieces(&seg) {
                     let sample = Sample {
-                        piece_id: PieceId::derive(&root, &node, p.piece_num),
+                        piece_id,
                         root: hash,
                         size,
                         leaf: None,

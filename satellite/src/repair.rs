@@ -126,17 +126,7 @@ impl Repair {
         let Some((auditor, reputation)) = self.exit_checks.get() else {
             return;
         };
-        let Ok(root) = PieceId::try_from(seg.root_piece_id.as_ref()) else {
-            return;
-        };
-        let size = seg.meta.as_ref().map_or(0, |m| m.piece_size.max(0) as u64);
-        for p in &seg.pieces {
-            let (Ok(node), Ok(hash)) = (
-                NodeId::try_from(p.node_id.as_ref()),
-                <[u8; 32]>::try_from(p.hash.as_ref()),
-            ) else {
-                continue;
-            };
+        for (node, piece_id, hash, size) in crate::audit::auditable_pieces(seg) {
             if !exiting.contains(&node) {
                 continue;
             }
@@ -146,7 +136,6 @@ impl Repair {
             if info.disqualified_ms.is_some() {
                 continue;
             }
-            let piece_id = PieceId::derive(&root, &node, p.piece_num);
             let outcome = auditor
                 .challenge(&node, &info.address, piece_id, hash, size)
                 .await;
