@@ -78,7 +78,7 @@ pub struct ApiKeys {
     /// Revoked tails; loaded from [`Table::Revocations`] on first use.
     revoked: RwLock<Option<HashSet<[u8; KEY_BYTES]>>>,
     /// Set once the project-to-keys index is known to be built.
-    indexed: std::sync::OnceLock<()>,
+    indexed: crate::db::Built,
 }
 
 /// Where a key sits in [`Table::ProjectKeys`]: caveated keys by head (kind
@@ -96,7 +96,7 @@ impl ApiKeys {
         Self {
             kv,
             revoked: RwLock::new(None),
-            indexed: std::sync::OnceLock::new(),
+            indexed: Default::default(),
         }
     }
 
@@ -119,9 +119,10 @@ impl ApiKeys {
 
     /// Builds the project-to-keys index of a database from before it, once.
     fn index(&self) -> Result<(), MetainfoError> {
-        if self.indexed.get().is_some() {
-            return Ok(());
-        }
+        Ok(self.indexed.ensure(|| self.build_index())?)
+    }
+
+    fn build_index(&self) -> Result<(), DbError> {
         crate::db::index_once(&*self.kv, "project-keys", Table::KeySecrets, |head, v| {
             let rec = pb::ApiKeyRecord::decode(v).map_err(|_| DbError::Corrupt("api key"))?;
             Ok(Some(crate::db::Op::Put(
@@ -141,9 +142,7 @@ impl ApiKeys {
                     Vec::new(),
                 )))
             },
-        )?;
-        let _ = self.indexed.set(());
-        Ok(())
+        )
     }
 
     /// How many tails are revoked.

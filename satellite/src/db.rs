@@ -196,6 +196,22 @@ pub fn for_each_page(
     }
 }
 
+/// Remembers in this process that an index [`index_once`] builds is there,
+/// so that only its first use asks the database.
+#[derive(Debug, Default)]
+pub struct Built(std::sync::OnceLock<()>);
+
+impl Built {
+    /// Runs `build` unless it already succeeded in this process.
+    pub fn ensure<E>(&self, build: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
+        if self.0.get().is_none() {
+            build()?;
+            let _ = self.0.set(());
+        }
+        Ok(())
+    }
+}
+
 /// Builds an index over `table` once per database (one created before the
 /// index existed): `entry` makes the index write for each pair; a marker in
 /// [`Table::Meta`] records that it is done. New records write their index

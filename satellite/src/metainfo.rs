@@ -165,9 +165,9 @@ pub struct Metainfo {
     /// copy and a delete of objects sharing a stream cannot interleave.
     stream_lock: std::sync::Mutex<()>,
     /// Whether the project name index is known to be built.
-    project_names_indexed: std::sync::atomic::AtomicBool,
+    project_names_indexed: crate::db::Built,
     /// Set once the project-to-uploads index is known to be built.
-    pending_indexed: std::sync::OnceLock<()>,
+    pending_indexed: crate::db::Built,
     /// API keys: secrets, verification, revocations.
     keys: crate::apikeys::ApiKeys,
     /// Marketplace listings.
@@ -299,8 +299,8 @@ impl Metainfo {
             live_storage: std::sync::Mutex::new(std::collections::HashMap::new()),
             egress_lock: std::sync::Mutex::new(()),
             stream_lock: std::sync::Mutex::new(()),
-            project_names_indexed: std::sync::atomic::AtomicBool::new(false),
-            pending_indexed: std::sync::OnceLock::new(),
+            project_names_indexed: Default::default(),
+            pending_indexed: Default::default(),
         }
     }
 
@@ -581,22 +581,16 @@ impl Metainfo {
 
     /// Builds the project name index of a database from before it, once.
     fn index_project_names(&self) -> Result<(), MetainfoError> {
-        if self
-            .project_names_indexed
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            return Ok(());
-        }
-        crate::db::index_once(&*self.kv, "project-names", Table::Projects, |k, v| {
-            let rec = pb::ProjectRecord::decode(v).map_err(|_| DbError::Corrupt("project"))?;
-            Ok(Some(Op::Put(
-                Table::ProjectNames,
-                rec.name.into_bytes(),
-                k.to_vec(),
-            )))
+        self.project_names_indexed.ensure(|| {
+            crate::db::index_once(&*self.kv, "project-names", Table::Projects, |k, v| {
+                let rec = pb::ProjectRecord::decode(v).map_err(|_| DbError::Corrupt("project"))?;
+                Ok(Some(Op::Put(
+                    Table::ProjectNames,
+                    rec.name.into_bytes(),
+                    k.to_vec(),
+                )))
+            })
         })?;
-        self.project_names_indexed
-            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -1238,24 +1232,22 @@ impl Metainfo {
     /// Builds the project-to-uploads index of a database from before it,
     /// once.
     fn index_pending(&self) -> Result<(), MetainfoError> {
-        if self.pending_indexed.get().is_some() {
-            return Ok(());
-        }
-        crate::db::index_once(
-            &*self.kv,
-            "project-pending",
-            Table::PendingObjects,
-            |k, v| {
-                let p =
-                    pb::PendingObject::decode(v).map_err(|_| DbError::Corrupt("pending object"))?;
-                Ok(Some(Op::Put(
-                    Table::ProjectPending,
-                    [p.project_id.as_ref(), k].concat(),
-                    Vec::new(),
-                )))
-            },
-        )?;
-        let _ = self.pending_indexed.set(());
+        self.pending_indexed.ensure(|| {
+            crate::db::index_once(
+                &*self.kv,
+                "project-pending",
+                Table::PendingObjects,
+                |k, v| {
+                    let p = pb::PendingObject::decode(v)
+                        .map_err(|_| DbError::Corrupt("pending object"))?;
+                    Ok(Some(Op::Put(
+                        Table::ProjectPending,
+                        [p.project_id.as_ref(), k].concat(),
+                        Vec::new(),
+                    )))
+                },
+            )
+        })?;
         Ok(())
     }
 

@@ -224,7 +224,7 @@ pub struct Compute {
     /// What projects are charged for compute and egress.
     rates: std::sync::OnceLock<Rates>,
     /// Set once the project-to-jobs index is known to be built.
-    jobs_indexed: std::sync::OnceLock<()>,
+    jobs_indexed: crate::db::Built,
 }
 
 /// Charge rates, from the satellite's payout rates: a project pays for the
@@ -268,7 +268,7 @@ impl Compute {
             shutdown,
             reputation: std::sync::OnceLock::new(),
             rates: std::sync::OnceLock::new(),
-            jobs_indexed: std::sync::OnceLock::new(),
+            jobs_indexed: Default::default(),
         }
     }
 
@@ -922,18 +922,16 @@ impl Compute {
 
     /// Builds the project-to-jobs index of a database from before it, once.
     fn index_jobs(&self) -> Result<(), ComputeError> {
-        if self.jobs_indexed.get().is_some() {
-            return Ok(());
-        }
-        crate::db::index_once(&*self.kv, "project-jobs", Table::Jobs, |k, v| {
-            let rec = pb::JobRecord::decode(v).map_err(|_| DbError::Corrupt("job"))?;
-            Ok(Some(crate::db::Op::Put(
-                Table::ProjectJobs,
-                [rec.project_id.as_ref(), k].concat(),
-                Vec::new(),
-            )))
+        self.jobs_indexed.ensure(|| {
+            crate::db::index_once(&*self.kv, "project-jobs", Table::Jobs, |k, v| {
+                let rec = pb::JobRecord::decode(v).map_err(|_| DbError::Corrupt("job"))?;
+                Ok(Some(crate::db::Op::Put(
+                    Table::ProjectJobs,
+                    [rec.project_id.as_ref(), k].concat(),
+                    Vec::new(),
+                )))
+            })
         })?;
-        let _ = self.jobs_indexed.set(());
         Ok(())
     }
 
@@ -1168,7 +1166,12 @@ impl Compute {
                 job_id,
                 record,
                 &spec,
-                (&weights, &settings, &mut state, drift.as_mut()),
+                (
+                    &weights,
+                    &settings,
+                    &mut state,
+                    drift.as_mut().map(|d| (d, &params)),
+                ),
                 outcome,
                 round,
                 t0,
@@ -1211,7 +1214,12 @@ impl Compute {
         job_id: &JobId,
         record: &mut pb::JobRecord,
         spec: &ModelSpec,
-        (old, settings, state, drift): (&[f32], &Settings, &mut ServerState, Option<&mut Drift>),
+        (old, settings, state, drift): (
+            &[f32],
+            &Settings,
+            &mut ServerState,
+            Option<(&mut Drift, &TrainParams)>,
+        ),
         mut outcome: scheduler::RoundOutcome,
         round: u32,
         t0: Instant,
@@ -1271,7 +1279,7 @@ impl Compute {
             .iter()
             .try_fold(0u64, |acc, k| acc.checked_add(k.2.samples))
             .ok_or("sample counts overflow")?;
-        if let Some(drift) = drift {
+        if let Some((drift, params)) = drift {
             // The variates of the tasks whose updates went into the new
             // weights move; `c` by their share of the job (a round some
             // tasks missed moves it less).
@@ -1280,12 +1288,6 @@ impl Compute {
                 .as_ref()
                 .map_or(0, |i| i.tasks_total)
                 .max(kept.len() as u32);
-            let params = record
-                .info
-                .as_ref()
-                .and_then(|i| i.params.as_ref())
-                .and_then(|p| TrainParams::try_from(p).ok())
-                .ok_or("stored job has bad hyperparameters")?;
             let used: Vec<DriftResult<'_>> = kept
                 .iter()
                 .zip(&counted)
@@ -1293,7 +1295,7 @@ impl Compute {
                 .map(|((task, _, out), _)| DriftResult {
                     task: drift_task(*task),
                     weights: &out.weights,
-                    steps: cc::local_steps(out.samples, &params),
+                    steps: cc::local_steps(out.samples, params),
                     share: out.samples as f64 / samples.max(1) as f64 * kept.len() as f64
                         / f64::from(tasks_total.max(1)),
                 })

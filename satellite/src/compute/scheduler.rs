@@ -366,15 +366,11 @@ impl Round {
             return;
         }
         let tol = self.tolerance;
-        // Two runs agree on the weights they trained and on how the
-        // starting weights did on the held-out records (which early
-        // stopping believes).
-        let agree = |a: &Output, b: &Output| agree(a, b, tol);
         match t.results.len() {
             1 if !t.verify => t.status = Status::Accepted(0),
             1 => {}
             2 => {
-                if agree(&t.results[0].2, &t.results[1].2) {
+                if agree(&t.results[0].2, &t.results[1].2, tol) {
                     t.verified = true;
                     t.status = Status::Accepted(0);
                 }
@@ -382,7 +378,10 @@ impl Round {
             _ => {
                 let r = &t.results;
                 let pairs = [(0, 1, 2), (0, 2, 1), (1, 2, 0)];
-                match pairs.iter().find(|(a, b, _)| agree(&r[*a].2, &r[*b].2)) {
+                match pairs
+                    .iter()
+                    .find(|(a, b, _)| agree(&r[*a].2, &r[*b].2, tol))
+                {
                     Some(&(a, _, odd)) => {
                         self.outcome.verification_failures.push(r[odd].0);
                         t.verified = true;
