@@ -316,24 +316,41 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
         _ => std::path::PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
+    // Each writer gets its own temporary name, created afresh (never a
+    // leftover with looser permissions): two processes writing the same
+    // file (a node's chore and its operator's CLI) must not remove or
+    // rename each other's half-written copy. The last rename wins whole.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let (tmp, mut file) = loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.{n}.tmp", std::process::id()));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(mode);
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        match options.open(&tmp) {
+            Ok(file) => break (std::path::PathBuf::from(tmp), file),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            drop(file);
+            std::fs::rename(&tmp, path)
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    #[cfg(not(unix))]
-    let _ = mode;
-    // A leftover temporary file may have looser permissions: start afresh.
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = options.open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
     std::fs::File::open(&parent)?.sync_all()
 }
 
@@ -347,16 +364,51 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sub").join("secret");
-        // A stale temporary file with loose permissions is not reused.
+        // A stale temporary file with loose permissions under the name the
+        // next write would pick is not reused.
         std::fs::create_dir_all(dir.path().join("sub")).expect("dir");
-        let tmp = dir.path().join("sub").join("secret.tmp");
-        std::fs::write(&tmp, "old").expect("stale");
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        for n in 0..64 {
+            let tmp = dir
+                .path()
+                .join("sub")
+                .join(format!("secret.{}.{n}.tmp", std::process::id()));
+            std::fs::write(&tmp, "old").expect("stale");
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        }
         write_private(&path, b"key").expect("write");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
         assert_eq!(std::fs::read(&path).expect("read"), b"key");
-        assert!(!tmp.exists());
+    }
+
+    /// Two writers of one file (a node's chore and the operator's CLI) never
+    /// fail each other, and the file is always one writer's whole content.
+    #[test]
+    fn concurrent_writers_of_one_file_all_succeed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger");
+        std::thread::scope(|s| {
+            for t in 0..8u8 {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        write_atomic(path, &[t; 4096]).expect("no writer fails another");
+                    }
+                });
+            }
+        });
+        let bytes = std::fs::read(&path).expect("read");
+        assert_eq!(bytes.len(), 4096);
+        assert!(bytes.iter().all(|b| *b == bytes[0]), "torn file");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from("ledger")],
+            "temporaries left"
+        );
     }
 
     #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -522,7 +522,11 @@ async fn settlement_limits_and_payouts_through_the_clis() -> anyhow::Result<()> 
         // The same history as JSON lines: the paid period with what was
         // sent for it.
         let json = run("storagenode", &["payouts", "--dir", dir, "-o", "json"]);
-        assert!(json.status.success());
+        assert!(
+            json.status.success(),
+            "{}",
+            String::from_utf8_lossy(&json.stderr)
+        );
         let rows = support::json_lines(&String::from_utf8_lossy(&json.stdout))?;
         for row in rows.iter().filter(|r| r["period"] == period.as_str()) {
             assert_eq!(row["sent"], row["paid"], "{row}");
