@@ -56,6 +56,10 @@ pub struct Config {
     /// acknowledged commit survives power loss, not only a crash of the
     /// process. Default true (test networks turn it off for speed).
     pub sync_writes: bool,
+    /// The metadata database: empty for RocksDB in the data directory
+    /// (`DIR/db`), or a `postgres://user@host:port/db` address that several
+    /// satellite processes share. Default empty.
+    pub database: String,
     /// Audits and reputation (`[audit]`): interval, beta-model parameters.
     pub audit: crate::audit::AuditConfig,
     /// Repair (`[repair]`): checker interval, segments per run.
@@ -91,6 +95,7 @@ impl Default for Config {
             default_egress_limit: 0,
             minimum_node_version: String::new(),
             sync_writes: true,
+            database: String::new(),
             audit: Default::default(),
             repair: Default::default(),
             gc: Default::default(),
@@ -170,6 +175,10 @@ pub const DOCS: &[(&str, &str)] = &[
     (
         "sync_writes",
         "Sync every metadata write before answering: acknowledged commits survive power loss.",
+    ),
+    (
+        "database",
+        "Metadata database: empty for RocksDB in DIR/db, or a postgres://user@host:port/db address several satellite processes share.",
     ),
     (
         "audit",
@@ -361,7 +370,7 @@ mod tests {
              redundancy = \"29/35/80/110\"\nmax_segment_size = 67108864\nmax_inline_size = 4096\n\
              min_difficulty = 24\nonline_window_secs = 14400.0\ndistinct_subnets = true\nnew_node_fraction = 0.05\n\
              order_expiration_secs = 86400.0\npending_expiration_secs = 86400.0\n\
-             default_storage_limit = 0\ndefault_egress_limit = 0\nminimum_node_version = \"\"\nsync_writes = true\n\n\
+             default_storage_limit = 0\ndefault_egress_limit = 0\nminimum_node_version = \"\"\nsync_writes = true\ndatabase = \"\"\n\n\
              [audit]\ninterval_secs = 60.0\nper_node = 1\nlambda = 0.999\nweight = 1.0\n\
              initial_alpha = 1000.0\ndq_threshold = 0.96\nvetting_audits = 100\n\
              max_reverifies = 3\nanswer_timeout_secs = 30.0\nunknown_lambda = 0.95\n\

@@ -1,9 +1,12 @@
 //! The satellite's metadata store.
 //!
 //! Tables are column families of a small key-value trait, [`Kv`], so the
-//! same typed tables run on embedded RocksDB (the default) or in memory
-//! (tests), and a distributed SQL backend can implement the trait for a
-//! satellite that outgrows one machine.
+//! same typed tables run on embedded RocksDB (the default), in memory
+//! (tests), or on PostgreSQL ([`crate::pg`]) shared by several satellite
+//! processes. A batch may carry expectations ([`Op::Expect`]) and then
+//! applies only if they all still hold: [`transact`] builds optimistic
+//! read-modify-write transactions on that, which stay correct when another
+//! process writes the same rows.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -75,7 +78,7 @@ pub enum Table {
 }
 
 impl Table {
-    const ALL: [Table; 32] = [
+    pub(crate) const ALL: [Table; 32] = [
         Table::Nodes,
         Table::Projects,
         Table::ApiKeys,
@@ -110,7 +113,7 @@ impl Table {
         Table::ProjectPending,
     ];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Table::Nodes => "nodes",
             Table::Projects => "projects",
@@ -157,15 +160,124 @@ pub enum DbError {
     Corrupt(&'static str),
     #[error("{0} would overflow; refused")]
     Overflow(&'static str),
+    /// A batch's expectation no longer held: another writer got there
+    /// first. [`transact`] retries on it.
+    #[error("a concurrent write changed what this one read; try again")]
+    Conflict,
+    #[error("database: {0}")]
+    Backend(String),
 }
 
 /// Key-value pairs returned by a scan.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// One change in an atomic batch.
+#[derive(Clone, Debug)]
 pub enum Op {
     Put(Table, Vec<u8>, Vec<u8>),
     Delete(Table, Vec<u8>),
+    /// The batch applies only if the key holds this value (`None`: is
+    /// absent) when it commits; otherwise nothing is written and the write
+    /// fails with [`DbError::Conflict`]. Checked against the state before
+    /// the batch, whatever its position in it.
+    Expect(Table, Vec<u8>, Option<Vec<u8>>),
+}
+
+/// A key's expected value (`None`: absent).
+pub(crate) type Expectation = (Table, Vec<u8>, Option<Vec<u8>>);
+/// Each key's final value after a batch (`None`: deleted).
+pub(crate) type Changes = BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>;
+
+/// Collapses a batch into its expectations and its final change per key
+/// (a later op on a key wins; `None` deletes), for backends that apply
+/// batches as sets.
+pub(crate) fn split_batch(ops: Vec<Op>) -> (Vec<Expectation>, Changes) {
+    let mut expects = Vec::new();
+    let mut changes = BTreeMap::new();
+    for op in ops {
+        match op {
+            Op::Put(t, k, v) => {
+                changes.insert((t, k), Some(v));
+            }
+            Op::Delete(t, k) => {
+                changes.insert((t, k), None);
+            }
+            Op::Expect(t, k, v) => expects.push((t, k, v)),
+        }
+    }
+    (expects, changes)
+}
+
+/// An optimistic transaction: what it reads is recorded and expected to be
+/// unchanged when its writes commit.
+pub struct Txn<'a> {
+    kv: &'a dyn Kv,
+    expects: Vec<Op>,
+    ops: Vec<Op>,
+}
+
+impl Txn<'_> {
+    /// Reads a key; the commit fails (and [`transact`] retries) if another
+    /// writer changes it first. Reads see the database, not this
+    /// transaction's own writes.
+    pub fn get(&mut self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
+        let value = self.kv.get(table, key)?;
+        self.expects
+            .push(Op::Expect(table, key.to_vec(), value.clone()));
+        Ok(value)
+    }
+
+    pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(Op::Put(table, key, value));
+    }
+
+    pub fn delete(&mut self, table: Table, key: Vec<u8>) {
+        self.ops.push(Op::Delete(table, key));
+    }
+
+    /// Adds ready-made ops to the commit.
+    pub fn extend(&mut self, ops: impl IntoIterator<Item = Op>) {
+        self.ops.extend(ops);
+    }
+}
+
+/// Tries a transaction this many times before giving up on contention.
+const TRANSACT_ATTEMPTS: u32 = 32;
+
+/// Runs `f` as an optimistic transaction: its reads through [`Txn::get`]
+/// become expectations of its writes, and when another writer (a task, or
+/// another satellite process on the same database) changed one of them
+/// first, `f` runs again on fresh reads. `f` must not have effects outside
+/// the transaction (it may run several times).
+pub fn transact<T, E: From<DbError>>(
+    kv: &dyn Kv,
+    mut f: impl FnMut(&mut Txn<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    let mut attempt = 0;
+    loop {
+        let mut txn = Txn {
+            kv,
+            expects: Vec::new(),
+            ops: Vec::new(),
+        };
+        let out = f(&mut txn)?;
+        if txn.ops.is_empty() {
+            return Ok(out);
+        }
+        let mut ops = txn.expects;
+        ops.append(&mut txn.ops);
+        match kv.write(ops) {
+            Ok(()) => return Ok(out),
+            Err(DbError::Conflict) if attempt + 1 < TRANSACT_ATTEMPTS => {
+                attempt += 1;
+                // Back off a little, more each time, so that writers that
+                // collided do not collide again in lock step.
+                let jitter = rand::random::<u64>() % (50 * u64::from(attempt));
+                std::thread::sleep(std::time::Duration::from_micros(jitter));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Pairs a paged walk reads at a time.
@@ -194,6 +306,36 @@ pub fn for_each_page(
             return Ok(());
         }
     }
+}
+
+/// Copies every table of `from` into `to`, a page at a time; `to` must be
+/// empty (a half-filled target is refused rather than merged). Calls
+/// `progress` with each table's name and row count. Returns the rows
+/// copied.
+pub fn copy_all(
+    from: &dyn Kv,
+    to: &dyn Kv,
+    mut progress: impl FnMut(&str, u64),
+) -> Result<u64, DbError> {
+    for t in Table::ALL {
+        if !to.scan(t, b"", b"", 1)?.is_empty() {
+            return Err(DbError::Backend(format!(
+                "the target database already has rows in table {}; copy into an empty one",
+                t.name()
+            )));
+        }
+    }
+    let mut total = 0u64;
+    for t in Table::ALL {
+        let mut rows = 0u64;
+        for_each_page(from, t, b"", |page| {
+            rows += page.len() as u64;
+            to.write(page.into_iter().map(|(k, v)| Op::Put(t, k, v)).collect())
+        })?;
+        progress(t.name(), rows);
+        total += rows;
+    }
+    Ok(total)
 }
 
 /// Remembers in this process that an index [`index_once`] builds is there,
@@ -261,6 +403,9 @@ pub struct RocksKv {
     db: DB,
     /// Whether every write is synced to disk before it returns.
     sync: bool,
+    /// Plain batches share it; a batch with expectations holds it alone
+    /// from its checks to its write (only one process opens a RocksDB).
+    writes: RwLock<()>,
 }
 
 impl RocksKv {
@@ -282,6 +427,7 @@ impl RocksKv {
         Ok(Self {
             db: DB::open_cf_descriptors(&opts, path, cfs)?,
             sync,
+            writes: RwLock::new(()),
         })
     }
 
@@ -298,11 +444,23 @@ impl Kv for RocksKv {
     }
 
     fn write(&self, ops: Vec<Op>) -> Result<(), DbError> {
+        let checked = ops.iter().any(|op| matches!(op, Op::Expect(..)));
+        let (_shared, _alone);
+        if checked {
+            _alone = self.writes.write().expect("write lock");
+        } else {
+            _shared = self.writes.read().expect("write lock");
+        }
         let mut batch = WriteBatch::default();
         for op in ops {
             match op {
                 Op::Put(t, k, v) => batch.put_cf(self.cf(t), k, v),
                 Op::Delete(t, k) => batch.delete_cf(self.cf(t), k),
+                Op::Expect(t, k, v) => {
+                    if self.db.get_cf(self.cf(t), &k)? != v {
+                        return Err(DbError::Conflict);
+                    }
+                }
             }
         }
         let mut opts = rocksdb::WriteOptions::default();
@@ -353,13 +511,19 @@ impl Kv for MemKv {
 
     fn write(&self, ops: Vec<Op>) -> Result<(), DbError> {
         let mut t = self.tables.write().expect("lock");
-        for op in ops {
-            match op {
-                Op::Put(tb, k, v) => {
-                    t.insert((tb, k), v);
+        let (expects, changes) = split_batch(ops);
+        for (tb, k, v) in expects {
+            if t.get(&(tb, k)) != v.as_ref() {
+                return Err(DbError::Conflict);
+            }
+        }
+        for (key, v) in changes {
+            match v {
+                Some(v) => {
+                    t.insert(key, v);
                 }
-                Op::Delete(tb, k) => {
-                    t.remove(&(tb, k));
+                None => {
+                    t.remove(&key);
                 }
             }
         }
@@ -455,6 +619,92 @@ mod tests {
             .expect("delete");
         built(kv).expect("index again");
         assert_eq!(kv.get(Table::Buckets, b"n/00000").expect("get"), None);
+
+        // Expectations: a batch applies whole when they hold, not at all
+        // when one does not.
+        kv.write(vec![
+            Op::Expect(Table::Meta, b"e".to_vec(), None),
+            Op::Put(Table::Meta, b"e".to_vec(), b"1".to_vec()),
+            Op::Put(Table::Meta, b"f".to_vec(), b"1".to_vec()),
+        ])
+        .expect("absent as expected");
+        let stale = kv.write(vec![
+            Op::Expect(Table::Meta, b"e".to_vec(), None),
+            Op::Put(Table::Meta, b"e".to_vec(), b"2".to_vec()),
+            Op::Delete(Table::Meta, b"f".to_vec()),
+        ]);
+        assert!(matches!(stale, Err(DbError::Conflict)), "{stale:?}");
+        assert_eq!(kv.get(Table::Meta, b"e").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(kv.get(Table::Meta, b"f").expect("get"), Some(b"1".to_vec()));
+        let wrong = kv.write(vec![
+            Op::Expect(Table::Meta, b"e".to_vec(), Some(b"0".to_vec())),
+            Op::Put(Table::Meta, b"g".to_vec(), vec![]),
+        ]);
+        assert!(matches!(wrong, Err(DbError::Conflict)), "{wrong:?}");
+        assert_eq!(kv.get(Table::Meta, b"g").expect("get"), None);
+        // Within one batch the last change to a key wins.
+        kv.write(vec![
+            Op::Expect(Table::Meta, b"e".to_vec(), Some(b"1".to_vec())),
+            Op::Put(Table::Meta, b"e".to_vec(), b"3".to_vec()),
+            Op::Delete(Table::Meta, b"e".to_vec()),
+            Op::Put(Table::Meta, b"h".to_vec(), b"1".to_vec()),
+            Op::Put(Table::Meta, b"h".to_vec(), b"2".to_vec()),
+        ])
+        .expect("holds");
+        assert_eq!(kv.get(Table::Meta, b"e").expect("get"), None);
+        assert_eq!(kv.get(Table::Meta, b"h").expect("get"), Some(b"2".to_vec()));
+        // Keys at the top of the byte range and empty values scan right.
+        kv.write(vec![
+            Op::Put(Table::Listings, vec![0xff, 0xff], vec![]),
+            Op::Put(Table::Listings, vec![0xff, 0xff, 0], b"x".to_vec()),
+            Op::Put(Table::Listings, vec![0xfe], vec![]),
+        ])
+        .expect("batch");
+        let top = kv.scan(Table::Listings, &[0xff], b"", 10).expect("scan");
+        assert_eq!(
+            top,
+            vec![
+                (vec![0xff, 0xff], vec![]),
+                (vec![0xff, 0xff, 0], b"x".to_vec())
+            ]
+        );
+    }
+
+    /// Writers that all increment one counter through [`transact`] lose no
+    /// increment, whether they share a handle (threads of one process) or
+    /// each has its own (processes on one database).
+    fn no_lost_updates(handles: &[&dyn Kv]) {
+        const WRITERS: usize = 8;
+        const EACH: u64 = 25;
+        std::thread::scope(|s| {
+            for w in 0..WRITERS {
+                let kv = handles[w % handles.len()];
+                s.spawn(move || {
+                    for _ in 0..EACH {
+                        transact(kv, |txn| {
+                            let n = txn
+                                .get(Table::Meta, b"counter")?
+                                .map_or(0, |v| u64::from_be_bytes(v.try_into().expect("8 bytes")));
+                            txn.put(
+                                Table::Meta,
+                                b"counter".to_vec(),
+                                (n + 1).to_be_bytes().to_vec(),
+                            );
+                            Ok::<_, DbError>(())
+                        })
+                        .expect("commits in the end");
+                    }
+                });
+            }
+        });
+        let n = handles[0]
+            .get(Table::Meta, b"counter")
+            .expect("get")
+            .expect("set");
+        assert_eq!(
+            u64::from_be_bytes(n.try_into().expect("8 bytes")),
+            WRITERS as u64 * EACH
+        );
     }
 
     #[test]
@@ -465,6 +715,49 @@ mod tests {
     #[test]
     fn rocksdb_backend() {
         let dir = tempfile::tempdir().expect("tmp");
-        exercise(&RocksKv::open(dir.path()).expect("open"));
+        let kv = RocksKv::open_with(dir.path(), false).expect("open");
+        exercise(&kv);
+        no_lost_updates(&[&kv]);
+    }
+
+    #[test]
+    fn memory_backend_transactions() {
+        no_lost_updates(&[&MemKv::default()]);
+    }
+
+    /// The same suite on a throwaway PostgreSQL server; two handles on one
+    /// database stand for two satellite processes.
+    #[test]
+    fn postgres_backend() {
+        let cluster = crate::pg::Cluster::start(None).expect("PostgreSQL starts");
+        let url = cluster.create_database("conformance").expect("database");
+        let a = crate::pg::PgKv::connect(&url).expect("connect");
+        exercise(&a);
+        let b = crate::pg::PgKv::connect(&url).expect("a second process connects");
+        no_lost_updates(&[&a, &b]);
+        // Migrating again is a no-op.
+        drop(crate::pg::PgKv::connect(&url).expect("again"));
+        // A RocksDB satellite's tables copy over whole, into an empty
+        // database only.
+        let dir = tempfile::tempdir().expect("tmp");
+        let rocks = RocksKv::open_with(dir.path(), false).expect("open");
+        exercise(&rocks);
+        let copy_url = cluster.create_database("copy").expect("database");
+        let copy = crate::pg::PgKv::connect(&copy_url).expect("connect");
+        let mut tables = 0;
+        let rows = copy_all(&rocks, &copy, |_, _| tables += 1).expect("copy");
+        assert_eq!(tables, Table::ALL.len());
+        for t in Table::ALL {
+            assert_eq!(
+                rocks.scan(t, b"", b"", usize::MAX).expect("scan"),
+                copy.scan(t, b"", b"", usize::MAX).expect("scan"),
+                "{t:?}"
+            );
+        }
+        assert!(rows > 2 * PAGE as u64);
+        assert!(matches!(
+            copy_all(&rocks, &copy, |_, _| {}),
+            Err(DbError::Backend(_))
+        ));
     }
 }

@@ -25,6 +25,7 @@ pub mod metrics_list;
 pub mod orders;
 pub mod overlay;
 pub mod payouts;
+pub mod pg;
 pub mod repair;
 
 use std::net::SocketAddr;
@@ -125,14 +126,33 @@ pub struct Satellite {
     dir: PathBuf,
 }
 
+/// The database `config` names: RocksDB under `dir` when it names none.
+pub fn open_database(dir: &Path, config: &Config) -> Result<Arc<dyn Kv>, db::DbError> {
+    let url = config.database.trim();
+    if url.is_empty() {
+        return Ok(Arc::new(RocksKv::open_with(
+            &dir.join("db"),
+            config.sync_writes,
+        )?));
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(db::DbError::Backend(format!(
+            "database {url:?} is not a postgres:// address (leave it empty for RocksDB in {})",
+            dir.join("db").display()
+        )));
+    }
+    Ok(Arc::new(pg::PgKv::connect(url)?))
+}
+
 impl Satellite {
-    /// Opens the database under `dir` (RocksDB) and binds the sockets.
+    /// Opens the database (RocksDB under `dir`, or the PostgreSQL database
+    /// `config.database` names) and binds the sockets.
     pub async fn new(
         dir: &Path,
         identity: Identity,
         config: Config,
     ) -> Result<Self, SatelliteError> {
-        let kv: Arc<dyn Kv> = Arc::new(RocksKv::open_with(&dir.join("db"), config.sync_writes)?);
+        let kv = open_database(dir, &config)?;
         Self::with_kv(dir, identity, config, kv).await
     }
 

@@ -63,6 +63,16 @@ enum Command {
         /// The satellite\'s data directory.
         #[arg(long, env = "LOAM_DIR")]
         dir: PathBuf,
+        /// Metadata database: a postgres://user@host:port/db address that
+        /// several satellite processes may share (default: config.toml\'s
+        /// `database`, empty for RocksDB in DIR/db).
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// The metadata database.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
     },
     /// API keys of projects.
     ApiKey {
@@ -100,6 +110,20 @@ enum Command {
     Project {
         #[command(subcommand)]
         command: ProjectCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Copy a stopped satellite\'s RocksDB tables (DIR/db) into an empty
+    /// PostgreSQL database; then run with `--database URL`.
+    Migrate {
+        /// The satellite\'s data directory (the satellite must be stopped).
+        #[arg(long)]
+        from: PathBuf,
+        /// The postgres://user@host:port/db address to copy into.
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -340,9 +364,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("{}", identity.id());
         }
-        Command::Run { dir } => {
+        Command::Db {
+            command: DbCommand::Migrate { from, to },
+        } => {
+            let source =
+                loam_satellite::db::RocksKv::open(&from.join("db")).with_context(|| {
+                    format!(
+                        "cannot open {} (is the satellite still running?)",
+                        from.join("db").display()
+                    )
+                })?;
+            let target = loam_satellite::pg::PgKv::connect(&to)?;
+            let copied = loam_satellite::db::copy_all(&source, &target, |table, rows| {
+                eprintln!("{table}: {rows} rows");
+            })?;
+            println!(
+                "copied {copied} rows into {to}; start the satellite with `satellite run --dir {} --database {to}`",
+                from.display()
+            );
+        }
+        Command::Run { dir, database } => {
             let identity = Identity::load(&dir.join("identity.key"))?;
-            let config = Config::load(&dir)?.with_env(std::env::vars())?;
+            let mut config = Config::load(&dir)?.with_env(std::env::vars())?;
+            if let Some(url) = database {
+                config.database = url;
+            }
             let sat = Satellite::new(&dir, identity, config).await?;
             sat.write_run_info()
                 .context("cannot write run/satellite.json")?;

@@ -13,7 +13,7 @@
 //! can no longer be settled (`max_age_secs`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use loam_common::encryption::{self, Key};
 use loam_common::identity::{Domain, verify_batch};
@@ -22,7 +22,7 @@ use loam_common::{Identity, NodeId, PublicKey, pb};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{DbError, Kv, Op, Table};
+use crate::db::{self, DbError, Kv, Op, Table};
 use crate::metainfo::ProjectId;
 
 /// The `[orders]` table of the satellite's config.
@@ -115,8 +115,6 @@ pub struct Orders {
     public_key: PublicKey,
     seal_key: Key,
     config: OrdersConfig,
-    /// Serialises the check-and-write of window markers and rollups.
-    commit: Mutex<()>,
 }
 
 /// Per-node bandwidth of one action over a time range.
@@ -161,7 +159,6 @@ impl Orders {
             public_key: identity.public(),
             seal_key,
             config,
-            commit: Mutex::new(()),
         }
     }
 
@@ -575,50 +572,54 @@ impl Settlement<'_> {
         }
         let mut resp = pb::SettleOrdersResponse::default();
         let marker = window_key(&node, window_start);
-        let _guard = orders.commit.lock().expect("settlement lock");
-        if orders.kv.get(Table::SettledWindows, &marker)?.is_some() {
+        // One transaction: the window marker read absent and the rollups
+        // read are expected unchanged at commit, so the same window sent to
+        // two satellite processes at once is paid once.
+        let settled = db::transact(orders.kv.as_ref(), |txn| {
+            if txn.get(Table::SettledWindows, &marker)?.is_some() {
+                return Ok::<_, SettleError>(false);
+            }
+            for action in PieceAction::ALL {
+                let bytes = by_action.of(action);
+                if bytes == 0 {
+                    continue;
+                }
+                let key = rollup_key(&node, window_start, action);
+                let old = u64_value(txn.get(Table::BandwidthRollups, &key)?);
+                let new = old.checked_add(bytes).ok_or_else(overflow)?;
+                txn.put(Table::BandwidthRollups, key, new.to_be_bytes().to_vec());
+            }
+            for ((project, bucket, action), bytes) in &by_bucket {
+                let key = bucket_rollup_key(project, window_start, bucket, *action);
+                let old = u64_value(txn.get(Table::BucketBandwidth, &key)?);
+                let new = old.checked_add(*bytes).ok_or_else(overflow)?;
+                txn.put(Table::BucketBandwidth, key, new.to_be_bytes().to_vec());
+            }
+            txn.put(
+                Table::SettledWindows,
+                marker.clone(),
+                pb::SettledWindow {
+                    settled_unix_ms: now_ms,
+                    orders: best.len() as u64,
+                    bytes: total,
+                }
+                .encode_to_vec(),
+            );
+            Ok(true)
+        })?;
+        if !settled {
             resp.status = Status::AlreadySettled as i32;
             return Ok(resp);
         }
-        let mut ops = Vec::new();
         for action in PieceAction::ALL {
             let bytes = by_action.of(action);
             if bytes == 0 {
                 continue;
             }
-            let key = rollup_key(&node, window_start, action);
-            let old = u64_value(orders.kv.get(Table::BandwidthRollups, &key)?);
-            let new = old.checked_add(bytes).ok_or_else(overflow)?;
-            ops.push(Op::Put(
-                Table::BandwidthRollups,
-                key,
-                new.to_be_bytes().to_vec(),
-            ));
             resp.bytes_by_action.insert(action.code(), bytes);
             metrics::counter!("loam_satellite_settled_bytes_total", "action" => action.as_str())
                 .increment(bytes);
         }
-        for ((project, bucket, action), bytes) in by_bucket {
-            let key = bucket_rollup_key(&project, window_start, &bucket, action);
-            let old = u64_value(orders.kv.get(Table::BucketBandwidth, &key)?);
-            let new = old.checked_add(bytes).ok_or_else(overflow)?;
-            ops.push(Op::Put(
-                Table::BucketBandwidth,
-                key,
-                new.to_be_bytes().to_vec(),
-            ));
-        }
-        ops.push(Op::Put(
-            Table::SettledWindows,
-            marker,
-            pb::SettledWindow {
-                settled_unix_ms: now_ms,
-                orders: best.len() as u64,
-                bytes: total,
-            }
-            .encode_to_vec(),
-        ));
-        orders.kv.write(ops)?;
         resp.status = Status::Accepted as i32;
         resp.orders_accepted = best.len() as u64;
         resp.orders_rejected = rejections.values().sum();
@@ -752,6 +753,36 @@ mod tests {
         );
         f.settle(&batch[..2]);
         assert_eq!(f.settled(), want);
+    }
+
+    /// A node sending one window to two satellite processes on one
+    /// database at the same moment, many times over, is paid for it once.
+    #[test]
+    fn a_window_sent_to_two_processes_at_once_counts_once() {
+        let f = fixture();
+        let kv = f.orders.kv.clone();
+        let second = Orders::new(kv, &f.sat, OrdersConfig::default());
+        let batch = vec![
+            f.order(PieceAction::Get, 1000, 900),
+            f.order(PieceAction::Put, 5000, 4000),
+        ];
+        let accepted = std::sync::atomic::AtomicU32::new(0);
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let orders = if i % 2 == 0 { &f.orders } else { &second };
+                let (batch, accepted, node, window) = (&batch, &accepted, f.node, f.window);
+                s.spawn(move || {
+                    let r = orders
+                        .settle(node, window, batch, now_ms())
+                        .expect("settle");
+                    if r.status == pb::settle_orders_response::Status::Accepted as i32 {
+                        accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        assert_eq!(accepted.into_inner(), 1);
+        assert_eq!((f.settled().get, f.settled().put), (900, 4000));
     }
 
     #[test]

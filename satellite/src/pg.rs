@@ -1,0 +1,646 @@
+//! PostgreSQL as the satellite's database, shared by several satellite
+//! processes.
+//!
+//! Each [`Table`] is a SQL table `kv_<name> (k BYTEA PRIMARY KEY, v BYTEA)`;
+//! a batch is one SERIALIZABLE transaction (its [`Op::Expect`]s read first,
+//! then one upsert and one delete per table), retried when the database
+//! reports a serialization failure. The SQL stays within what CockroachDB
+//! and YugabyteDB also accept: `ON CONFLICT`, `UNNEST`, `= ANY`, no
+//! extensions.
+//!
+//! [`Kv`] is synchronous (the services call it as they call RocksDB), so
+//! the connection pool lives on a small runtime of its own and each call
+//! waits for its answer: that works from any thread, inside or outside
+//! another runtime.
+//!
+//! The schema is versioned: [`PgKv::connect`] applies the migrations this
+//! build knows and refuses a database that a newer satellite migrated.
+//!
+//! [`Cluster`] starts a throwaway PostgreSQL server (tests, `testnet run
+//! --database postgres`).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::IsolationLevel;
+use tokio_postgres::error::SqlState;
+
+use crate::db::{DbError, Expectation, Kv, Op, Pairs, Table, split_batch};
+
+/// Connections each satellite process keeps to the database.
+const POOL_SIZE: usize = 16;
+/// Times a batch is tried again after a serialization failure.
+const RETRIES: u32 = 16;
+
+/// The schema, one entry per version, applied in order. Never edit a
+/// released entry: add one.
+fn migrations() -> Vec<(i64, String)> {
+    let tables: String = Table::ALL
+        .iter()
+        .map(|t| {
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (k BYTEA PRIMARY KEY, v BYTEA NOT NULL);\n",
+                sql_table(*t)
+            )
+        })
+        .collect();
+    vec![(1, tables)]
+}
+
+/// The newest schema version this build knows.
+pub fn schema_version() -> i64 {
+    migrations().last().map_or(0, |(v, _)| *v)
+}
+
+fn sql_table(t: Table) -> String {
+    format!("kv_{}", t.name())
+}
+
+/// The satellite's tables on PostgreSQL.
+pub struct PgKv {
+    pool: Pool,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for PgKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgKv").finish_non_exhaustive()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> DbError {
+    DbError::Backend(e.to_string())
+}
+
+/// Whether a failed statement is worth running again: the database gave
+/// up on it to keep transactions serializable, or two collided on a lock.
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == SqlState::T_R_DEADLOCK_DETECTED
+            || *c == SqlState::UNIQUE_VIOLATION
+    )
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+impl PgKv {
+    /// Connects to `url` (`postgres://user@host:port/db`), creates or
+    /// upgrades the schema, and refuses a schema newer than this build.
+    pub fn connect(url: &str) -> Result<Self, DbError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| DbError::Backend(format!("bad database address {url:?}: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("loam-postgres")
+            .enable_all()
+            .build()
+            .map_err(backend)?;
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = {
+            let _enter = runtime.enter();
+            Pool::builder(manager)
+                .max_size(POOL_SIZE)
+                .build()
+                .map_err(backend)?
+        };
+        let kv = Self {
+            pool,
+            runtime: Some(runtime),
+        };
+        let pool = kv.pool.clone();
+        kv.call(async move { migrate(&pool).await })?;
+        Ok(kv)
+    }
+
+    /// Runs `fut` on the pool's runtime and waits for it.
+    fn call<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T, DbError>> + Send + 'static,
+    ) -> Result<T, DbError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.runtime
+            .as_ref()
+            .expect("runtime lives until drop")
+            .spawn(async move {
+                let _ = tx.send(fut.await);
+            });
+        rx.recv()
+            .map_err(|_| DbError::Backend("the database task ended without an answer".into()))?
+    }
+}
+
+impl Drop for PgKv {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, DbError> {
+    pool.get().await.map_err(|e| {
+        DbError::Backend(match e {
+            deadpool_postgres::PoolError::Backend(e) => {
+                format!("cannot connect to the database: {}", describe(&e))
+            }
+            e => format!("cannot connect to the database: {e}"),
+        })
+    })
+}
+
+async fn migrate(pool: &Pool) -> Result<(), DbError> {
+    let mut c = client(pool).await?;
+    let mut attempt = 0;
+    loop {
+        match migrate_once(&mut c).await {
+            Ok(()) => return Ok(()),
+            // Two processes starting at once race to create the tables.
+            Err(MigrateError::Db(e)) if retryable(&e) && attempt < RETRIES => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+            }
+            Err(MigrateError::Db(e)) => {
+                return Err(DbError::Backend(format!(
+                    "schema migration failed: {}",
+                    describe(&e)
+                )));
+            }
+            Err(MigrateError::Newer(v)) => {
+                return Err(DbError::Backend(format!(
+                    "the database's schema is version {v}, newer than this satellite knows ({}); \
+                     run a satellite at least as new as the one that migrated it",
+                    schema_version()
+                )));
+            }
+        }
+    }
+}
+
+enum MigrateError {
+    Db(tokio_postgres::Error),
+    Newer(i64),
+}
+
+impl From<tokio_postgres::Error> for MigrateError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
+async fn migrate_once(c: &mut deadpool_postgres::Object) -> Result<(), MigrateError> {
+    c.batch_execute(
+        "CREATE TABLE IF NOT EXISTS loam_schema \
+         (version BIGINT PRIMARY KEY, applied_unix_ms BIGINT NOT NULL)",
+    )
+    .await?;
+    let tx = c
+        .build_transaction()
+        .isolation_level(IsolationLevel::Serializable)
+        .start()
+        .await?;
+    let current: i64 = tx
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM loam_schema", &[])
+        .await?
+        .get(0);
+    if current > schema_version() {
+        return Err(MigrateError::Newer(current));
+    }
+    for (version, sql) in migrations() {
+        if version <= current {
+            continue;
+        }
+        tx.batch_execute(&sql).await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        tx.execute(
+            "INSERT INTO loam_schema (version, applied_unix_ms) VALUES ($1, $2)",
+            &[&version, &now],
+        )
+        .await?;
+        tracing::info!(version, "database schema migrated");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The first key after every key that starts with `prefix`, if any.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+impl Kv for PgKv {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
+        let pool = self.pool.clone();
+        let key = key.to_vec();
+        self.call(async move {
+            let c = client(&pool).await?;
+            let sql = format!("SELECT v FROM {} WHERE k = $1", sql_table(table));
+            let stmt = c
+                .prepare_cached(&sql)
+                .await
+                .map_err(|e| backend(describe(&e)))?;
+            let row = c
+                .query_opt(&stmt, &[&key])
+                .await
+                .map_err(|e| backend(describe(&e)))?;
+            Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+        })
+    }
+
+    fn write(&self, ops: Vec<Op>) -> Result<(), DbError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let pool = self.pool.clone();
+        self.call(async move {
+            let (expects, changes) = split_batch(ops);
+            // One upsert and one delete per table.
+            let mut puts = Puts::new();
+            let mut deletes = Deletes::new();
+            for ((t, k), v) in changes {
+                match v {
+                    Some(v) => {
+                        let e = puts.entry(t).or_default();
+                        e.0.push(k);
+                        e.1.push(v);
+                    }
+                    None => deletes.entry(t).or_default().push(k),
+                }
+            }
+            let mut c = client(&pool).await?;
+            let mut attempt = 0;
+            loop {
+                match write_once(&mut c, &expects, &puts, &deletes).await {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => return Err(DbError::Conflict),
+                    Err(e) if retryable(&e) => {
+                        if attempt >= RETRIES {
+                            return Err(DbError::Conflict);
+                        }
+                        attempt += 1;
+                        let jitter = rand::random::<u64>() % (200 * u64::from(attempt));
+                        tokio::time::sleep(Duration::from_micros(jitter)).await;
+                    }
+                    Err(e) => return Err(backend(describe(&e))),
+                }
+            }
+        })
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Pairs, DbError> {
+        let pool = self.pool.clone();
+        let from = if start > prefix { start } else { prefix }.to_vec();
+        let end = prefix_end(prefix);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(async move {
+            let c = client(&pool).await?;
+            let rows = match end {
+                Some(end) => {
+                    let sql = format!(
+                        "SELECT k, v FROM {} WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3",
+                        sql_table(table)
+                    );
+                    let stmt = c
+                        .prepare_cached(&sql)
+                        .await
+                        .map_err(|e| backend(describe(&e)))?;
+                    c.query(&stmt, &[&from, &end, &limit]).await
+                }
+                None => {
+                    let sql = format!(
+                        "SELECT k, v FROM {} WHERE k >= $1 ORDER BY k LIMIT $2",
+                        sql_table(table)
+                    );
+                    let stmt = c
+                        .prepare_cached(&sql)
+                        .await
+                        .map_err(|e| backend(describe(&e)))?;
+                    c.query(&stmt, &[&from, &limit]).await
+                }
+            }
+            .map_err(|e| backend(describe(&e)))?;
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
+                .collect())
+        })
+    }
+}
+
+type Puts = std::collections::BTreeMap<Table, (Vec<Vec<u8>>, Vec<Vec<u8>>)>;
+type Deletes = std::collections::BTreeMap<Table, Vec<Vec<u8>>>;
+
+/// One try of a batch: `Ok(false)` when an expectation did not hold.
+async fn write_once(
+    c: &mut deadpool_postgres::Object,
+    expects: &[Expectation],
+    puts: &Puts,
+    deletes: &Deletes,
+) -> Result<bool, tokio_postgres::Error> {
+    let tx = c
+        .build_transaction()
+        .isolation_level(IsolationLevel::Serializable)
+        .start()
+        .await?;
+    for (t, k, want) in expects {
+        let sql = format!("SELECT v FROM {} WHERE k = $1", sql_table(*t));
+        let stmt = tx.prepare_cached(&sql).await?;
+        let have: Option<Vec<u8>> = tx.query_opt(&stmt, &[k]).await?.map(|r| r.get(0));
+        if have != *want {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+    }
+    for (t, (keys, values)) in puts {
+        let sql = format!(
+            "INSERT INTO {} (k, v) SELECT * FROM UNNEST($1::BYTEA[], $2::BYTEA[]) \
+             ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+            sql_table(*t)
+        );
+        let stmt = tx.prepare_cached(&sql).await?;
+        tx.execute(&stmt, &[keys, values]).await?;
+    }
+    for (t, keys) in deletes {
+        let sql = format!("DELETE FROM {} WHERE k = ANY($1)", sql_table(*t));
+        let stmt = tx.prepare_cached(&sql).await?;
+        tx.execute(&stmt, &[keys]).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// A throwaway PostgreSQL server on 127.0.0.1 for tests and test networks:
+/// `initdb` into a fresh directory, started with `pg_ctl` on a free port,
+/// stopped and deleted on drop. Durability settings are off (it is thrown
+/// away; a killed satellite loses nothing, a killed server is not tested).
+/// As root, the server runs as the `postgres` user (PostgreSQL refuses
+/// root) from a directory under the system's temporary directory.
+#[derive(Debug)]
+pub struct Cluster {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    as_postgres: bool,
+    _dir: tempfile::TempDir,
+}
+
+/// The user the server runs as.
+const CLUSTER_USER: &str = "loam";
+
+impl Cluster {
+    /// Starts a server; `parent` is where its directory goes (the system's
+    /// temporary directory when `None`, or as root).
+    pub fn start(parent: Option<&Path>) -> anyhow::Result<Self> {
+        let bin = server_binaries()?;
+        let as_postgres = is_root();
+        let dir = match parent {
+            Some(p) if !as_postgres => tempfile::Builder::new().prefix("postgres").tempdir_in(p),
+            _ => tempfile::Builder::new().prefix("loam-postgres").tempdir(),
+        }
+        .context("cannot create the database directory")?;
+        if as_postgres {
+            let (uid, gid) = postgres_user()?;
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .context("cannot hand the database directory to the postgres user")?;
+        }
+        let data = dir.path().join("data");
+        let mut cluster = Self {
+            bin,
+            data,
+            port: 0,
+            as_postgres,
+            _dir: dir,
+        };
+        cluster.run(
+            "initdb",
+            &[
+                "-D".as_ref(),
+                cluster.data.as_os_str(),
+                "-U".as_ref(),
+                CLUSTER_USER.as_ref(),
+                "-A".as_ref(),
+                "trust".as_ref(),
+                "-E".as_ref(),
+                "UTF8".as_ref(),
+                "--locale=C".as_ref(),
+                "--no-sync".as_ref(),
+            ],
+        )?;
+        let mut last = None;
+        for _ in 0..5 {
+            cluster.port = free_port()?;
+            let conf = format!(
+                "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = ''\n\
+                 fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
+                 max_connections = 300\nshared_buffers = 128MB\n",
+                cluster.port
+            );
+            cluster.write_conf(&conf)?;
+            let log = cluster.data.join("server.log");
+            match cluster.run(
+                "pg_ctl",
+                &[
+                    "-D".as_ref(),
+                    cluster.data.as_os_str(),
+                    "-l".as_ref(),
+                    log.as_os_str(),
+                    "-w".as_ref(),
+                    "-t".as_ref(),
+                    "60".as_ref(),
+                    "start".as_ref(),
+                ],
+            ) {
+                Ok(()) => return Ok(cluster),
+                // Most likely the port was taken between choosing and
+                // binding it: choose another.
+                Err(e) => {
+                    let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                    last = Some(e.context(tail.lines().last().unwrap_or("").to_string()));
+                }
+            }
+        }
+        Err(last
+            .expect("tried")
+            .context("the PostgreSQL server did not start"))
+    }
+
+    /// `postgres://` address of database `db` (made by [`Self::create_database`]).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://{CLUSTER_USER}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Creates an empty database and returns its address.
+    pub fn create_database(&self, db: &str) -> anyhow::Result<String> {
+        let port = self.port.to_string();
+        self.run(
+            "createdb",
+            &[
+                "-h".as_ref(),
+                "127.0.0.1".as_ref(),
+                "-p".as_ref(),
+                port.as_ref(),
+                "-U".as_ref(),
+                CLUSTER_USER.as_ref(),
+                db.as_ref(),
+            ],
+        )?;
+        Ok(self.url(db))
+    }
+
+    fn write_conf(&self, extra: &str) -> anyhow::Result<()> {
+        let path = self.data.join("postgresql.auto.conf");
+        std::fs::write(&path, extra).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    fn run(&self, tool: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+        let exe = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(std::env::temp_dir())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {}", exe.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{tool} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                self.data.as_os_str(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "stop".as_ref(),
+            ],
+        );
+    }
+}
+
+/// Where `initdb` and `pg_ctl` are: `LOAM_PG_BIN`, else the newest
+/// `/usr/lib/postgresql/<version>/bin` (Debian's layout), else `PATH`.
+fn server_binaries() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("LOAM_PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    if let Some((_, bin)) = found.pop() {
+        return Ok(bin);
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        if dir.join("initdb").exists() && dir.join("pg_ctl").exists() {
+            return Ok(dir);
+        }
+    }
+    anyhow::bail!(
+        "PostgreSQL's server programs (initdb, pg_ctl) were not found: install Debian's \
+         `postgresql` package (scripts/install-deps --test does) or set LOAM_PG_BIN"
+    )
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user.
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// The `postgres` user's uid and gid from /etc/passwd.
+fn postgres_user() -> anyhow::Result<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").context("cannot read /etc/passwd")?;
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"postgres") && f.len() > 3)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+                .flatten()
+        })
+        .context(
+            "running as root, the PostgreSQL server needs the `postgres` user \
+             (Debian's postgresql package creates it)",
+        )
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}
