@@ -397,7 +397,10 @@ impl fmt::Debug for Identity {
     }
 }
 
-/// A peer's address pinned to its id: `ID@host:port`.
+/// A peer's address pinned to its id: `ID@host:port`, or
+/// `ID@host:port,host:port,...` for a peer served by several processes
+/// that share its identity (a satellite on a shared database): clients try
+/// them all and keep the first that answers.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct NodeUrl {
     pub id: NodeId,
@@ -414,16 +417,48 @@ pub enum NodeUrlError {
 }
 
 impl NodeUrl {
-    /// Resolves the address (host names included) to a socket address.
-    pub fn socket_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        use std::net::ToSocketAddrs;
-        self.address.to_socket_addrs()?.next().ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{} resolves to nothing", self.address),
-            )
-        })
+    /// Each `host:port` the peer is served at, in the order given.
+    pub fn addresses(&self) -> impl Iterator<Item = &str> {
+        self.address
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
     }
+
+    /// Resolves the first address (host names included).
+    pub fn socket_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        let first = self.addresses().next().unwrap_or_default();
+        resolve(first)
+    }
+
+    /// Resolves every address; those that resolve to nothing are left
+    /// out, and it fails only when none resolves.
+    pub fn socket_addrs(&self) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        let mut out = Vec::new();
+        let mut last = None;
+        for a in self.addresses() {
+            match resolve(a) {
+                Ok(addr) => out.push(addr),
+                Err(e) => last = Some(e),
+            }
+        }
+        if out.is_empty() {
+            return Err(last.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address")
+            }));
+        }
+        Ok(out)
+    }
+}
+
+fn resolve(address: &str) -> std::io::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    address.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{address:?} resolves to nothing"),
+        )
+    })
 }
 
 impl fmt::Display for NodeUrl {
@@ -439,10 +474,12 @@ impl FromStr for NodeUrl {
         let (id, address) = s
             .split_once('@')
             .ok_or_else(|| NodeUrlError::Format(s.to_string()))?;
-        if address
-            .rsplit_once(':')
-            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-        {
+        let bad = |a: &str| {
+            a.trim()
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        };
+        if address.split(',').any(bad) {
             return Err(NodeUrlError::Format(s.to_string()));
         }
         let id = id.parse().map_err(|source| NodeUrlError::Id {
@@ -473,6 +510,24 @@ impl<'de> serde::Deserialize<'de> for NodeUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_may_list_several_addresses() {
+        let id = Identity::generate(0, |_| {}).id();
+        let url: NodeUrl = format!("{id}@127.0.0.1:7000, 127.0.0.1:7001")
+            .parse()
+            .expect("two addresses");
+        assert_eq!(
+            url.addresses().collect::<Vec<_>>(),
+            ["127.0.0.1:7000", "127.0.0.1:7001"]
+        );
+        assert_eq!(url.socket_addrs().expect("resolve").len(), 2);
+        assert_eq!(url.socket_addr().expect("first").port(), 7000);
+        assert_eq!(url.to_string().parse::<NodeUrl>().expect("round trip"), url);
+        for bad in ["127.0.0.1:7000,", "127.0.0.1:7000,nohost", ",127.0.0.1:1"] {
+            assert!(format!("{id}@{bad}").parse::<NodeUrl>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn difficulty_counts_trailing_zero_bits() {

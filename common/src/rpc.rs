@@ -75,6 +75,22 @@ impl CallError {
             _ => None,
         }
     }
+
+    /// Whether the connection under the call failed (closed, reset, timed
+    /// out), as opposed to the peer answering wrongly or refusing: a fresh
+    /// connection may succeed.
+    pub fn connection_lost(&self) -> bool {
+        matches!(
+            self,
+            Self::Transport(_)
+                | Self::Wire(
+                    WireError::Connection(_)
+                        | WireError::Read(_)
+                        | WireError::Write(_)
+                        | WireError::Closed(_)
+                )
+        )
+    }
 }
 
 impl From<quinn::ConnectionError> for CallError {

@@ -161,6 +161,11 @@ pub enum TransportError {
     },
     #[error("peer presented no usable Ed25519 certificate")]
     NoPeerIdentity,
+    #[error("cannot resolve {address}: {source}")]
+    Resolve {
+        address: String,
+        source: std::io::Error,
+    },
 }
 
 /// A QUIC endpoint speaking Loam's protocol with one identity.
@@ -269,6 +274,31 @@ impl Endpoint {
         self.connect_pinned(Some(id), addr).await
     }
 
+    /// Connects to the peer `url` names, at every address it lists at once:
+    /// the first to complete a handshake is kept, so a peer served by
+    /// several processes (a satellite on a shared database) stays
+    /// reachable while one of them is down, at no more than one
+    /// handshake's time. Fails with the last address's error when none
+    /// answers.
+    pub async fn connect_url(
+        &self,
+        url: &crate::NodeUrl,
+    ) -> Result<quinn::Connection, TransportError> {
+        let addrs = url
+            .socket_addrs()
+            .map_err(|source| TransportError::Resolve {
+                address: url.address.clone(),
+                source,
+            })?;
+        if let [addr] = addrs.as_slice() {
+            return self.connect(url.id, *addr).await;
+        }
+        let tries = addrs
+            .into_iter()
+            .map(|addr| Box::pin(self.connect(url.id, addr)));
+        futures::future::select_ok(tries).await.map(|(c, _)| c)
+    }
+
     /// Connects to `addr` whatever its key, to learn who answers there
     /// ([`peer_id`]): how setup tells a wrong satellite id from an
     /// unreachable address. Nothing sent over it is trusted.
@@ -324,6 +354,25 @@ impl Endpoint {
             .lock()
             .expect("pool lock")
             .insert(id, conn.clone());
+        Ok(conn)
+    }
+
+    /// Like [`Endpoint::connect_url`], reusing an open connection to the
+    /// peer at any of its addresses.
+    pub async fn dial_url(
+        &self,
+        url: &crate::NodeUrl,
+    ) -> Result<quinn::Connection, TransportError> {
+        if let Some(conn) = self.pool.lock().expect("pool lock").get(&url.id)
+            && conn.close_reason().is_none()
+        {
+            return Ok(conn.clone());
+        }
+        let conn = self.connect_url(url).await?;
+        self.pool
+            .lock()
+            .expect("pool lock")
+            .insert(url.id, conn.clone());
         Ok(conn)
     }
 

@@ -8,7 +8,7 @@
 //! scheduler accepted ([`add_work`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use loam_common::NodeId;
@@ -209,22 +209,25 @@ pub fn bucket_byte_ms(
     Ok(out)
 }
 
-/// Serialises read-modify-writes of compute rollups.
-static WORK_LOCK: Mutex<()> = Mutex::new(());
-
 /// Records `micro_units` (work units × 10⁶) accepted from `node` at `t`.
 pub fn add_work(kv: &Arc<dyn Kv>, node: &NodeId, t: i64, micro_units: u64) -> Result<(), DbError> {
     let mut key = node.as_bytes().to_vec();
     key.extend_from_slice(&t.to_be_bytes());
-    let _guard = WORK_LOCK.lock().expect("work lock");
-    let old = kv
-        .get(Table::ComputeRollups, &key)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map_or(0, u64::from_be_bytes);
-    let new = old
-        .checked_add(micro_units)
-        .ok_or(DbError::Overflow("compute rollup"))?;
-    kv.put(Table::ComputeRollups, key, new.to_be_bytes().to_vec())
+    crate::db::transact(kv.as_ref(), |txn| {
+        let old = txn
+            .get(Table::ComputeRollups, &key)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let new = old
+            .checked_add(micro_units)
+            .ok_or(DbError::Overflow("compute rollup"))?;
+        txn.put(
+            Table::ComputeRollups,
+            key.clone(),
+            new.to_be_bytes().to_vec(),
+        );
+        Ok(())
+    })
 }
 
 /// Micro work units accepted from `node` in `[from, to)`.

@@ -261,9 +261,6 @@ pub struct Reputation {
     kv: Arc<dyn Kv>,
     overlay: Arc<Overlay>,
     config: AuditConfig,
-    /// Serialises read-modify-write of reputation records: several audit
-    /// workers (and compute) may report on one node at once.
-    lock: std::sync::Mutex<()>,
 }
 
 impl Reputation {
@@ -272,7 +269,6 @@ impl Reputation {
             kv,
             overlay,
             config,
-            lock: std::sync::Mutex::new(()),
         }
     }
 
@@ -281,12 +277,17 @@ impl Reputation {
             Some(v) => {
                 pb::Reputation::decode(v.as_slice()).map_err(|_| DbError::Corrupt("reputation"))
             }
-            None => Ok(pb::Reputation {
-                audit_alpha: self.config.initial_alpha,
-                unknown_alpha: 1.0,
-                online_score: 1.0,
-                ..Default::default()
-            }),
+            None => Ok(self.initial()),
+        }
+    }
+
+    /// A node's record before its first audit.
+    fn initial(&self) -> pb::Reputation {
+        pb::Reputation {
+            audit_alpha: self.config.initial_alpha,
+            unknown_alpha: 1.0,
+            online_score: 1.0,
+            ..Default::default()
         }
     }
 
@@ -324,18 +325,27 @@ impl Reputation {
         &self,
         node: &NodeId,
         now_ms: i64,
-        f: impl FnOnce(&AuditConfig, pb::Reputation) -> pb::Reputation,
+        mut f: impl FnMut(&AuditConfig, pb::Reputation) -> pb::Reputation,
     ) -> Result<pb::Reputation, DbError> {
-        let _guard = self.lock.lock().expect("reputation lock");
-        let r = self.get(node)?;
-        let mut r = f(&self.config, r);
-        self.settle(node, &mut r, now_ms)?;
-        self.kv.put(
-            Table::Reputation,
-            node.as_bytes().to_vec(),
-            r.encode_to_vec(),
-        )?;
-        Ok(r)
+        // One transaction on the record (audits and compute verification
+        // in several satellite processes may score one node at once); the
+        // overlay changes that follow are idempotent, so a retry repeats
+        // them harmlessly.
+        crate::db::transact(self.kv.as_ref(), |txn| {
+            let r = match txn.get(Table::Reputation, node.as_bytes())? {
+                Some(v) => pb::Reputation::decode(v.as_slice())
+                    .map_err(|_| DbError::Corrupt("reputation"))?,
+                None => self.initial(),
+            };
+            let mut r = f(&self.config, r);
+            self.settle(node, &mut r, now_ms)?;
+            txn.put(
+                Table::Reputation,
+                node.as_bytes().to_vec(),
+                r.encode_to_vec(),
+            );
+            Ok(r)
+        })
     }
 
     /// Applies what the scores in `r` imply to the overlay.
@@ -383,7 +393,11 @@ impl Reputation {
                             .increment(1);
                         Outcome::Failure
                     } else {
-                        let base = r.pending.clone().or(challenge).unwrap_or_default();
+                        let base = r
+                            .pending
+                            .clone()
+                            .or_else(|| challenge.clone())
+                            .unwrap_or_default();
                         r.pending = Some(pb::PendingAudit { attempts, ..base });
                         outcome
                     }

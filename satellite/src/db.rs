@@ -396,6 +396,12 @@ pub trait Kv: Send + Sync + 'static {
     fn put(&self, table: Table, key: Vec<u8>, value: Vec<u8>) -> Result<(), DbError> {
         self.write(vec![Op::Put(table, key, value)])
     }
+
+    /// Whether other processes may write this database too (then what a
+    /// process caches must be reloaded now and then).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// RocksDB with one column family per table.

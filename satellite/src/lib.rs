@@ -19,6 +19,7 @@ pub mod config;
 pub mod db;
 pub mod endpoint;
 pub mod gc;
+pub mod lease;
 pub mod market;
 pub mod metainfo;
 pub mod metrics_list;
@@ -58,10 +59,13 @@ pub enum SatelliteError {
     },
 }
 
-/// Runs `work` on `service` every time `cycle` fires, until `cancel`.
+/// Runs `work` on `service` every time `cycle` fires, until `cancel`, in
+/// one satellite process at a time: a run starts only while this process
+/// holds the chore's lease (`name`), which it renews while it works.
 fn spawn_chore<S, F, Fut>(
     cycle: &Arc<Cycle>,
     cancel: &CancellationToken,
+    (leases, name): (&Arc<lease::Leases>, &'static str),
     service: &Arc<S>,
     work: F,
 ) -> tokio::task::JoinHandle<()>
@@ -71,7 +75,44 @@ where
     Fut: std::future::Future<Output = ()> + Send,
 {
     let (cycle, cancel, service) = (cycle.clone(), cancel.clone(), service.clone());
-    tokio::spawn(async move { cycle.run(cancel, || work(service.clone())).await })
+    let leases = leases.clone();
+    let work = Arc::new(work);
+    let ttl = lease::chore_ttl(cycle.interval());
+    tokio::spawn(async move {
+        cycle
+            .run(cancel, || {
+                let (leases, service, work) = (leases.clone(), service.clone(), work.clone());
+                async move {
+                    match leases.hold(name, ttl, loam_common::orders::now_ms()) {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(e) => {
+                            tracing::warn!(chore = name, error = %e, "cannot take the chore's lease");
+                            return;
+                        }
+                    }
+                    let renew = {
+                        let leases = leases.clone();
+                        tokio::spawn(async move {
+                            loop {
+                                tokio::time::sleep(ttl / 3).await;
+                                if let Err(e) =
+                                    leases.hold(name, ttl, loam_common::orders::now_ms())
+                                {
+                                    tracing::warn!(chore = name, error = %e, "cannot renew the chore's lease");
+                                }
+                            }
+                        })
+                    };
+                    work(service).await;
+                    renew.abort();
+                }
+            })
+            .await;
+        if let Err(e) = leases.release(name) {
+            tracing::debug!(chore = name, error = %e, "chore lease not released");
+        }
+    })
 }
 
 /// Where a running satellite can be reached, written to `DIR/run/satellite.json`.
@@ -123,6 +164,8 @@ pub struct Satellite {
     /// Chore deleting uploads that were never committed.
     pub abandoned_uploads: Arc<Cycle>,
     http: tokio::net::TcpListener,
+    /// The database, for the chore leases.
+    kv: Arc<dyn Kv>,
     dir: PathBuf,
 }
 
@@ -275,6 +318,7 @@ impl Satellite {
             payouts,
             abandoned_uploads,
             http,
+            kv,
             dir: dir.to_path_buf(),
         })
     }
@@ -352,64 +396,98 @@ impl Satellite {
         let router = telemetry::metrics_router("satellite")
             .route("/health", axum::routing::get(|| async { "ok" }));
         let http_task = tokio::spawn(telemetry::serve_http(self.http, router, cancel.clone()));
-        let sweeper = {
-            let (cycle, metainfo, cancel) = (
-                self.abandoned_uploads.clone(),
-                self.metainfo.clone(),
-                cancel.clone(),
-            );
+        let leases = Arc::new(lease::Leases::new(self.kv.clone()));
+        let sweeper = spawn_chore(
+            &self.abandoned_uploads,
+            &cancel,
+            (&leases, "abandoned-uploads"),
+            &self.metainfo,
+            |metainfo| async move {
+                let now = loam_common::orders::now_ms();
+                match tokio::task::spawn_blocking(move || {
+                    let expired = metainfo.delete_expired_objects(now)?;
+                    if expired > 0 {
+                        tracing::info!(objects = expired, "deleted expired objects");
+                    }
+                    metainfo.delete_abandoned_uploads(now)
+                })
+                .await
+                {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::info!(uploads = n, "deleted abandoned uploads"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "abandoned-upload sweep failed"),
+                    Err(e) => tracing::warn!(error = %e, "abandoned-upload sweep panicked"),
+                }
+            },
+        );
+        // Jobs whose driver stopped (here, or in another process on the
+        // same database) are picked up again once their lease lapses; the
+        // node table is reloaded when other processes write it too.
+        let background = {
+            let (compute, overlay, cancel) =
+                (self.compute.clone(), self.overlay.clone(), cancel.clone());
+            let shared = self.kv.shared();
             tokio::spawn(async move {
-                cycle
-                    .run(cancel, || {
-                        let metainfo = metainfo.clone();
-                        async move {
-                            let now = loam_common::orders::now_ms();
-                            match tokio::task::spawn_blocking(move || {
-                                let expired = metainfo.delete_expired_objects(now)?;
-                                if expired > 0 {
-                                    tracing::info!(objects = expired, "deleted expired objects");
-                                }
-                                metainfo.delete_abandoned_uploads(now)
-                            })
-                            .await
-                            {
+                let mut jobs = tokio::time::interval(compute::JOB_LEASE / 3);
+                let mut nodes = tokio::time::interval(overlay::REFRESH_INTERVAL);
+                jobs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                nodes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = jobs.tick() => {
+                            let compute = compute.clone();
+                            match tokio::task::spawn_blocking(move || compute.resume_jobs()).await {
                                 Ok(Ok(0)) => {}
-                                Ok(Ok(n)) => {
-                                    tracing::info!(uploads = n, "deleted abandoned uploads")
-                                }
-                                Ok(Err(e)) => {
-                                    tracing::warn!(error = %e, "abandoned-upload sweep failed")
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "abandoned-upload sweep panicked")
-                                }
+                                Ok(Ok(n)) => tracing::info!(jobs = n, "took over compute jobs"),
+                                Ok(Err(e)) => tracing::warn!(error = %e, "cannot resume compute jobs"),
+                                Err(e) => tracing::warn!(error = %e, "job resumption panicked"),
                             }
                         }
-                    })
-                    .await
+                        _ = nodes.tick(), if shared => {
+                            let overlay = overlay.clone();
+                            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || overlay.refresh()).await {
+                                tracing::warn!(error = %e, "cannot reload the node table");
+                            }
+                        }
+                    }
+                }
             })
         };
-        let gc_task = spawn_chore(&self.gc_cycle, &cancel, &self.gc, |gc| async move {
-            let s = gc.run_once().await;
-            if s.trashed > 0 || s.failed > 0 {
-                tracing::info!(
-                    nodes = s.nodes,
-                    failed = s.failed,
-                    trashed = s.trashed,
-                    bytes = s.trashed_bytes,
-                    "garbage collection"
-                );
-            }
-        });
-        let audit_task = spawn_chore(&self.audit_cycle, &cancel, &self.auditor, |a| async move {
-            let (ok, failed, offline) = a.run_once().await;
-            if failed > 0 {
-                tracing::info!(ok, failed, offline, "audits");
-            }
-        });
+        let gc_task = spawn_chore(
+            &self.gc_cycle,
+            &cancel,
+            (&leases, "gc"),
+            &self.gc,
+            |gc| async move {
+                let s = gc.run_once().await;
+                if s.trashed > 0 || s.failed > 0 {
+                    tracing::info!(
+                        nodes = s.nodes,
+                        failed = s.failed,
+                        trashed = s.trashed,
+                        bytes = s.trashed_bytes,
+                        "garbage collection"
+                    );
+                }
+            },
+        );
+        let audit_task = spawn_chore(
+            &self.audit_cycle,
+            &cancel,
+            (&leases, "audit"),
+            &self.auditor,
+            |a| async move {
+                let (ok, failed, offline) = a.run_once().await;
+                if failed > 0 {
+                    tracing::info!(ok, failed, offline, "audits");
+                }
+            },
+        );
         let online_task = spawn_chore(
             &self.online_cycle,
             &cancel,
+            (&leases, "online"),
             &self.reputation,
             |r| async move {
                 let now = loam_common::orders::now_ms();
@@ -423,6 +501,7 @@ impl Satellite {
         let tally_task = spawn_chore(
             &self.tally_cycle,
             &cancel,
+            (&leases, "tally"),
             &self.accounting,
             |a| async move {
                 if let Err(e) = tokio::task::spawn_blocking(move || a.run_once()).await {
@@ -430,18 +509,24 @@ impl Satellite {
                 }
             },
         );
-        let repair_task = spawn_chore(&self.repair_cycle, &cancel, &self.repair, |r| async move {
-            let s = r.run_once().await;
-            if s.below_threshold > 0 {
-                tracing::info!(
-                    segments = s.segments,
-                    below = s.below_threshold,
-                    repaired = s.repaired,
-                    failed = s.failed,
-                    "repair"
-                );
-            }
-        });
+        let repair_task = spawn_chore(
+            &self.repair_cycle,
+            &cancel,
+            (&leases, "repair"),
+            &self.repair,
+            |r| async move {
+                let s = r.run_once().await;
+                if s.below_threshold > 0 {
+                    tracing::info!(
+                        segments = s.segments,
+                        below = s.below_threshold,
+                        repaired = s.repaired,
+                        failed = s.failed,
+                        "repair"
+                    );
+                }
+            },
+        );
         let quic = self.endpoint.clone();
         loop {
             tokio::select! {
@@ -478,7 +563,8 @@ impl Satellite {
             repair_task,
             audit_task,
             online_task,
-            tally_task
+            tally_task,
+            background
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), quic.wait_idle()).await;
         Ok(())

@@ -129,6 +129,7 @@ impl MetainfoError {
             | Self::KeyTooLong { .. } => C::InvalidArgument,
             Self::Overlay(OverlayError::TooFewNodes { .. }) => C::Unavailable,
             Self::Overlay(_) => C::InvalidArgument,
+            Self::Db(DbError::Conflict) => C::Unavailable,
             Self::Db(_) => C::Internal,
         }
     }
@@ -147,20 +148,24 @@ pub struct MetainfoConfig {
     pub default_egress_limit: u64,
 }
 
+/// How stale a project's stored-bytes figure may get on a database several
+/// satellite processes share (each sees only its own commits between
+/// scans): storage limits may be overrun by what the other processes
+/// commit in this time.
+pub const SHARED_USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Metainfo {
     kv: Arc<dyn Kv>,
     overlay: Arc<Overlay>,
     identity: Identity,
     config: MetainfoConfig,
-    /// Serialises read-modify-write of segment records (repair).
-    segment_lock: std::sync::Mutex<()>,
     /// Settlement, and the billing metadata sealed into order limits.
     orders: Arc<crate::orders::Orders>,
     /// Live stored bytes per project (filled by a scan on first use, then
-    /// kept up to date by commits and deletes), for storage limits.
-    live_storage: std::sync::Mutex<std::collections::HashMap<ProjectId, u64>>,
-    /// Serialises egress-limit read-modify-writes.
-    egress_lock: std::sync::Mutex<()>,
+    /// kept up to date by commits and deletes), for storage limits, with
+    /// when it was scanned: on a database other processes write too, a
+    /// figure older than [`SHARED_USAGE_TTL`] is scanned again.
+    live_storage: std::sync::Mutex<std::collections::HashMap<ProjectId, (u64, std::time::Instant)>>,
     /// Held while stream reference counts are read and written, so that a
     /// copy and a delete of objects sharing a stream cannot interleave.
     stream_lock: std::sync::Mutex<()>,
@@ -295,9 +300,7 @@ impl Metainfo {
             overlay,
             identity,
             config,
-            segment_lock: std::sync::Mutex::new(()),
             live_storage: std::sync::Mutex::new(std::collections::HashMap::new()),
-            egress_lock: std::sync::Mutex::new(()),
             stream_lock: std::sync::Mutex::new(()),
             project_names_indexed: Default::default(),
             pending_indexed: Default::default(),
@@ -320,18 +323,24 @@ impl Metainfo {
 
     /// Bytes the project stores (the plain size of its objects).
     pub fn stored_bytes(&self, project: &ProjectId) -> Result<u64, MetainfoError> {
-        if let Some(v) = self.live_storage.lock().expect("usage lock").get(project) {
+        if let Some((v, at)) = self.live_storage.lock().expect("usage lock").get(project)
+            && (!self.kv.shared() || at.elapsed() < SHARED_USAGE_TTL)
+        {
             return Ok(*v);
         }
         let mut total = 0u64;
-        for (_, v) in self.kv.scan(Table::Objects, project, b"", usize::MAX)? {
-            let rec: pb::ObjectRecord = decode(&v, "object")?;
-            total = total.saturating_add(stored_size(&rec));
-        }
+        crate::db::for_each_page(&*self.kv, Table::Objects, project, |page| {
+            for (_, v) in page {
+                let rec: pb::ObjectRecord = pb::ObjectRecord::decode(v.as_slice())
+                    .map_err(|_| DbError::Corrupt("object"))?;
+                total = total.saturating_add(stored_size(&rec));
+            }
+            Ok(())
+        })?;
         self.live_storage
             .lock()
             .expect("usage lock")
-            .insert(*project, total);
+            .insert(*project, (total, std::time::Instant::now()));
         Ok(total)
     }
 
@@ -342,7 +351,7 @@ impl Metainfo {
             .expect("usage lock")
             .get_mut(project)
         {
-            *v = v.saturating_add(add).saturating_sub(remove);
+            v.0 = v.0.saturating_add(add).saturating_sub(remove);
         }
     }
 
@@ -366,19 +375,28 @@ impl Metainfo {
         let month = month_of(now_ms());
         let mut key = project.to_vec();
         key.extend_from_slice(month.as_bytes());
-        let _guard = self.egress_lock.lock().expect("egress lock");
-        let used = self
-            .kv
-            .get(Table::ProjectEgress, &key)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map_or(0, u64::from_be_bytes);
-        let total = used.saturating_add(bytes);
-        if limit > 0 && total > limit {
-            return Err(MetainfoError::EgressLimit { used, limit, month });
-        }
-        self.kv
-            .put(Table::ProjectEgress, key, total.to_be_bytes().to_vec())?;
-        Ok(())
+        // One transaction: downloads through several satellite processes
+        // add up, none is lost to a concurrent write.
+        crate::db::transact(self.kv.as_ref(), |txn| {
+            let used = txn
+                .get(Table::ProjectEgress, &key)?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map_or(0, u64::from_be_bytes);
+            let total = used.saturating_add(bytes);
+            if limit > 0 && total > limit {
+                return Err(MetainfoError::EgressLimit {
+                    used,
+                    limit,
+                    month: month.clone(),
+                });
+            }
+            txn.put(
+                Table::ProjectEgress,
+                key.clone(),
+                total.to_be_bytes().to_vec(),
+            );
+            Ok(())
+        })
     }
 
     /// Download bytes allowed to the project in `month` (`YYYY-MM`).
@@ -689,6 +707,7 @@ impl Metainfo {
                 }
                 start = key.clone();
                 start.push(0);
+                ops.push(Op::Expect(Table::Objects, key.clone(), Some(v)));
                 ops.push(Op::Delete(Table::Objects, key));
                 expired.push(rec);
             }
@@ -1085,7 +1104,13 @@ impl Metainfo {
         };
         let mut key = object_prefix(project, &pending.bucket);
         key.extend_from_slice(&pending.encrypted_key);
+        let pending_raw = self.kv.get(Table::PendingObjects, &req.stream_id)?;
+        if pending_raw.is_none() {
+            return Err(MetainfoError::UploadNotFound);
+        }
         let mut ops = vec![
+            // Committed once, however many processes are asked at once.
+            Op::Expect(Table::PendingObjects, req.stream_id.to_vec(), pending_raw),
             Op::Delete(Table::PendingObjects, req.stream_id.to_vec()),
             Op::Delete(
                 Table::ProjectPending,
@@ -1096,7 +1121,9 @@ impl Metainfo {
         // An object written over replaces the old one and its segments.
         let mut replaced = 0;
         let _refs = self.stream_lock.lock().expect("stream lock");
-        if let Some(old) = self.kv.get(Table::Objects, &key)? {
+        let old_raw = self.kv.get(Table::Objects, &key)?;
+        ops.push(Op::Expect(Table::Objects, key.clone(), old_raw.clone()));
+        if let Some(old) = old_raw {
             let old: pb::ObjectRecord = decode(&old, "object")?;
             replaced = stored_size(&old);
             ops.extend(self.stream_ref_ops(&[(&old, -1)])?);
@@ -1130,7 +1157,11 @@ impl Metainfo {
         }
         let mut ops = Vec::new();
         for (stream, delta) in deltas.into_iter().filter(|(_, d)| *d != 0) {
-            let current = match self.kv.get(Table::StreamRefs, stream)? {
+            let raw = self.kv.get(Table::StreamRefs, stream)?;
+            // Another satellite process changing the count meanwhile
+            // fails this batch whole (DbError::Conflict).
+            ops.push(Op::Expect(Table::StreamRefs, stream.to_vec(), raw.clone()));
+            let current = match raw {
                 Some(v) => u64::from_le_bytes(
                     v.as_slice()
                         .try_into()
@@ -1317,13 +1348,17 @@ impl Metainfo {
                     continue;
                 }
                 let _refs = self.stream_lock.lock().expect("stream lock");
-                // Still the same record (not replaced meanwhile)?
-                if self.kv.get(Table::Objects, &key)?.as_deref() != Some(&v[..]) {
-                    continue;
-                }
-                let mut ops = vec![Op::Delete(Table::Objects, key.clone())];
+                // Only if still the same record (not replaced meanwhile).
+                let mut ops = vec![
+                    Op::Expect(Table::Objects, key.clone(), Some(v.clone())),
+                    Op::Delete(Table::Objects, key.clone()),
+                ];
                 ops.extend(self.stream_ref_ops(&[(&rec, -1)])?);
-                self.kv.write(ops)?;
+                match self.kv.write(ops) {
+                    Ok(()) => {}
+                    Err(DbError::Conflict) => continue,
+                    Err(e) => return Err(e.into()),
+                }
                 if let Some(project) = key.get(..16).and_then(|p| ProjectId::try_from(p).ok()) {
                     self.adjust_stored(&project, 0, stored_size(&rec));
                 }
@@ -1430,6 +1465,7 @@ impl Metainfo {
     ) -> Result<(), MetainfoError> {
         let _refs = self.stream_lock.lock().expect("stream lock");
         let (old_key, mut obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
+        let source_raw = self.kv.get(Table::Objects, &old_key)?;
         if obj.stream_id != req.stream_id {
             return Err(MetainfoError::Invalid(
                 "the object was replaced meanwhile; try again",
@@ -1467,7 +1503,7 @@ impl Metainfo {
             ));
         }
         let size = stored_size(&obj);
-        let mut ops = Vec::new();
+        let mut ops = vec![Op::Expect(Table::Objects, old_key.clone(), source_raw)];
         match how {
             Relocation::Move => {
                 ops.push(Op::Delete(Table::Objects, old_key));
@@ -1499,7 +1535,9 @@ impl Metainfo {
             refs.push((&obj, 1));
         }
         let mut replaced = 0;
-        let old = match self.kv.get(Table::Objects, &new_key)? {
+        let old_raw = self.kv.get(Table::Objects, &new_key)?;
+        ops.push(Op::Expect(Table::Objects, new_key.clone(), old_raw.clone()));
+        let old = match old_raw {
             Some(v) => Some(decode::<pb::ObjectRecord>(&v, "object")?),
             None => None,
         };
@@ -1658,18 +1696,18 @@ impl Metainfo {
         old: &pb::SegmentRecord,
         pieces: Vec<pb::StoredPieceRef>,
     ) -> Result<bool, MetainfoError> {
-        let _guard = self.segment_lock.lock().expect("segment lock");
-        let Some(current) = self.kv.get(Table::Segments, key)? else {
-            return Ok(false);
-        };
-        if current != old.encode_to_vec() {
-            return Ok(false);
-        }
         let mut new = old.clone();
         new.pieces = pieces;
-        self.kv
-            .put(Table::Segments, key.to_vec(), new.encode_to_vec())?;
-        Ok(true)
+        // Written only over exactly `old`: not over a deletion, a newer
+        // repair, or anything another satellite process wrote meanwhile.
+        match self.kv.write(vec![
+            Op::Expect(Table::Segments, key.to_vec(), Some(old.encode_to_vec())),
+            Op::Put(Table::Segments, key.to_vec(), new.encode_to_vec()),
+        ]) {
+            Ok(()) => Ok(true),
+            Err(DbError::Conflict) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Calls `f` with every (node, piece) the metadata places, pending
@@ -1754,7 +1792,11 @@ impl Metainfo {
     ) -> Result<(), MetainfoError> {
         let _refs = self.stream_lock.lock().expect("stream lock");
         let (key, obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
-        let mut ops = vec![Op::Delete(Table::Objects, key)];
+        let raw = self.kv.get(Table::Objects, &key)?;
+        let mut ops = vec![
+            Op::Expect(Table::Objects, key.clone(), raw),
+            Op::Delete(Table::Objects, key),
+        ];
         ops.extend(self.stream_ref_ops(&[(&obj, -1)])?);
         self.kv.write(ops)?;
         self.adjust_stored(project, 0, stored_size(&obj));

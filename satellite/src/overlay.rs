@@ -1,5 +1,12 @@
 //! The overlay: every storage node the satellite knows, from check-ins, and
 //! node selection for uploads.
+//!
+//! The database is the truth; each process keeps a copy of the node table
+//! in memory for selection. Every change reads the node's record from the
+//! database in a transaction, so that a disqualification written by one
+//! satellite process is not undone by a check-in another one records; a
+//! process sharing its database with others reloads its copy every
+//! [`REFRESH_INTERVAL`] ([`Overlay::refresh`]).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +17,11 @@ use loam_common::{NodeId, PublicKey, pb};
 use prost::Message;
 use rand::seq::SliceRandom;
 
-use crate::db::{DbError, Kv, Table};
+use crate::db::{self, DbError, Kv, Table};
+
+/// How often a process that shares its database reloads the node table
+/// (check-ins and standing changes recorded by the other processes).
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the satellite knows of one node.
 #[derive(Clone, Debug)]
@@ -157,18 +168,61 @@ pub struct Overlay {
 
 impl Overlay {
     pub fn open(kv: Arc<dyn Kv>, config: OverlayConfig) -> Result<Self, DbError> {
-        let mut nodes = HashMap::new();
-        for (_, v) in kv.scan(Table::Nodes, b"", b"", usize::MAX)? {
-            let rec = pb::NodeRecord::decode(v.as_slice()).map_err(|_| DbError::Corrupt("node"))?;
-            let node = Node::from_record(&rec)?;
-            nodes.insert(node.id, node);
-        }
-        Ok(Self {
+        let overlay = Self {
             kv,
             config,
-            nodes: RwLock::new(nodes),
+            nodes: RwLock::new(HashMap::new()),
             checkins: tokio::sync::watch::channel(0).0,
-        })
+        };
+        overlay.refresh()?;
+        Ok(overlay)
+    }
+
+    /// Reloads the node table from the database, a page at a time, and
+    /// wakes whoever awaits a check-in.
+    pub fn refresh(&self) -> Result<(), DbError> {
+        let mut nodes = HashMap::new();
+        db::for_each_page(self.kv.as_ref(), Table::Nodes, b"", |page| {
+            for (_, v) in page {
+                let node = decode_node(&v)?;
+                nodes.insert(node.id, node);
+            }
+            Ok(())
+        })?;
+        *self.nodes.write().expect("overlay lock") = nodes;
+        self.checkins.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Changes node `id`'s record in one transaction on what the database
+    /// holds (not this process's copy): `change` returns whether it changed
+    /// anything. Returns the node as it now is, `None` if unknown.
+    fn modify(
+        &self,
+        id: &NodeId,
+        mut change: impl FnMut(&mut Node) -> bool,
+    ) -> Result<Option<Node>, DbError> {
+        let node = db::transact(self.kv.as_ref(), |txn| {
+            let Some(v) = txn.get(Table::Nodes, id.as_bytes())? else {
+                return Ok::<_, DbError>(None);
+            };
+            let mut node = decode_node(&v)?;
+            if change(&mut node) {
+                txn.put(
+                    Table::Nodes,
+                    id.as_bytes().to_vec(),
+                    node.to_record().encode_to_vec(),
+                );
+            }
+            Ok(Some(node))
+        })?;
+        if let Some(n) = &node {
+            self.nodes
+                .write()
+                .expect("overlay lock")
+                .insert(*id, n.clone());
+        }
+        Ok(node)
     }
 
     pub fn config(&self) -> &OverlayConfig {
@@ -224,39 +278,48 @@ impl Overlay {
                 .parse::<loam_common::wallet::Wallet>()?
                 .to_checksummed()
         };
-        let previous = self.nodes.read().expect("overlay lock").get(&peer).cloned();
-        let created_ms = previous.as_ref().map_or(now_ms, |n| n.created_ms);
-        let disqualified_ms = previous.as_ref().and_then(|n| n.disqualified_ms);
-        let exit_started_ms = previous.as_ref().and_then(|n| n.exit_started_ms);
-        let exit_finished_ms = previous.as_ref().and_then(|n| n.exit_finished_ms);
-        let vetted = previous.as_ref().is_some_and(|n| n.vetted);
-        let suspended_ms = previous.as_ref().and_then(|n| n.suspended_ms);
-        let observed_ip = observed.or(previous.as_ref().and_then(|n| n.observed_ip));
-        let unreachable = !reachable;
-        let free_disk = req.free_disk.clamp(0, MAX_CLAIMED_FREE_DISK);
-        let node = Node {
-            id: peer,
-            public_key: key,
-            address: req.address.clone(),
-            free_disk,
-            version: req.version.clone(),
-            last_seen_ms: now_ms,
-            created_ms,
-            capabilities: bounded_capabilities(req.capabilities.unwrap_or_default()),
-            disqualified_ms,
-            exit_started_ms,
-            exit_finished_ms,
-            vetted,
-            suspended_ms,
-            wallet,
-            observed_ip,
-            unreachable,
-        };
-        self.kv.put(
-            Table::Nodes,
-            peer.as_bytes().to_vec(),
-            node.to_record().encode_to_vec(),
-        )?;
+        // What the node says is taken as its check-in; its standing
+        // (disqualified, exiting, vetted, suspended) is what the database
+        // holds, whichever process wrote it.
+        let node = db::transact(self.kv.as_ref(), |txn| {
+            let previous = txn
+                .get(Table::Nodes, peer.as_bytes())?
+                .map(|v| decode_node(&v))
+                .transpose()?;
+            let created_ms = previous.as_ref().map_or(now_ms, |n| n.created_ms);
+            let disqualified_ms = previous.as_ref().and_then(|n| n.disqualified_ms);
+            let exit_started_ms = previous.as_ref().and_then(|n| n.exit_started_ms);
+            let exit_finished_ms = previous.as_ref().and_then(|n| n.exit_finished_ms);
+            let vetted = previous.as_ref().is_some_and(|n| n.vetted);
+            let suspended_ms = previous.as_ref().and_then(|n| n.suspended_ms);
+            let observed_ip = observed.or(previous.as_ref().and_then(|n| n.observed_ip));
+            let unreachable = !reachable;
+            let free_disk = req.free_disk.clamp(0, MAX_CLAIMED_FREE_DISK);
+            let node = Node {
+                id: peer,
+                public_key: key,
+                address: req.address.clone(),
+                free_disk,
+                version: req.version.clone(),
+                last_seen_ms: now_ms,
+                created_ms,
+                capabilities: bounded_capabilities(req.capabilities.unwrap_or_default()),
+                disqualified_ms,
+                exit_started_ms,
+                exit_finished_ms,
+                vetted,
+                suspended_ms,
+                wallet: wallet.clone(),
+                observed_ip,
+                unreachable,
+            };
+            txn.put(
+                Table::Nodes,
+                peer.as_bytes().to_vec(),
+                node.to_record().encode_to_vec(),
+            );
+            Ok::<_, DbError>(node)
+        })?;
         self.nodes
             .write()
             .expect("overlay lock")
@@ -323,57 +386,40 @@ impl Overlay {
 
     /// Records a suspension (`since_ms` > 0) or its end (0).
     pub fn set_suspended(&self, id: &NodeId, since_ms: i64) -> Result<(), DbError> {
-        let mut nodes = self.nodes.write().expect("overlay lock");
-        let Some(node) = nodes.get_mut(id) else {
-            return Ok(());
-        };
         let want = (since_ms > 0).then_some(since_ms);
-        if node.suspended_ms != want {
-            match (node.suspended_ms, want) {
-                (None, Some(_)) => tracing::warn!(node = %id.short(), "node suspended"),
-                (Some(_), None) => tracing::info!(node = %id.short(), "node suspension lifted"),
-                _ => {}
-            }
+        let mut was = None;
+        self.modify(id, |node| {
+            was = Some(node.suspended_ms);
+            let changed = node.suspended_ms != want;
             node.suspended_ms = want;
-            self.kv.put(
-                Table::Nodes,
-                id.as_bytes().to_vec(),
-                node.to_record().encode_to_vec(),
-            )?;
+            changed
+        })?;
+        match (was, want) {
+            (Some(None), Some(_)) => tracing::warn!(node = %id.short(), "node suspended"),
+            (Some(Some(_)), None) => tracing::info!(node = %id.short(), "node suspension lifted"),
+            _ => {}
         }
         Ok(())
     }
 
     /// Marks a node vetted (it passed the vetting audits).
     pub fn set_vetted(&self, id: &NodeId) -> Result<(), DbError> {
-        let mut nodes = self.nodes.write().expect("overlay lock");
-        let Some(node) = nodes.get_mut(id) else {
-            return Ok(());
-        };
-        if !node.vetted {
-            node.vetted = true;
-            self.kv.put(
-                Table::Nodes,
-                id.as_bytes().to_vec(),
-                node.to_record().encode_to_vec(),
-            )?;
-        }
+        self.modify(id, |node| !std::mem::replace(&mut node.vetted, true))?;
         Ok(())
     }
 
     /// Starts (or reports) a graceful exit; returns (started, finished).
     pub fn begin_exit(&self, id: &NodeId, now_ms: i64) -> Result<(i64, Option<i64>), DbError> {
-        let mut nodes = self.nodes.write().expect("overlay lock");
-        let Some(node) = nodes.get_mut(id) else {
+        let mut started = false;
+        let node = self.modify(id, |node| {
+            started = node.exit_started_ms.is_none();
+            node.exit_started_ms.get_or_insert(now_ms);
+            started
+        })?;
+        let Some(node) = node else {
             return Ok((0, None));
         };
-        if node.exit_started_ms.is_none() {
-            node.exit_started_ms = Some(now_ms);
-            self.kv.put(
-                Table::Nodes,
-                id.as_bytes().to_vec(),
-                node.to_record().encode_to_vec(),
-            )?;
+        if started {
             tracing::info!(node = %id.short(), "graceful exit started");
         }
         Ok((
@@ -384,22 +430,19 @@ impl Overlay {
 
     /// Marks a graceful exit complete.
     pub fn finish_exit(&self, id: &NodeId, now_ms: i64) -> Result<(), DbError> {
-        let mut nodes = self.nodes.write().expect("overlay lock");
-        let Some(node) = nodes.get_mut(id) else {
-            return Ok(());
-        };
-        // A node disqualified during its exit (it failed to produce its
-        // pieces) never finishes it: its held amount is forfeited.
-        if node.exit_started_ms.is_some()
-            && node.exit_finished_ms.is_none()
-            && node.disqualified_ms.is_none()
-        {
-            node.exit_finished_ms = Some(now_ms);
-            self.kv.put(
-                Table::Nodes,
-                id.as_bytes().to_vec(),
-                node.to_record().encode_to_vec(),
-            )?;
+        let mut finished = false;
+        self.modify(id, |node| {
+            // A node disqualified during its exit (it failed to produce its
+            // pieces) never finishes it: its held amount is forfeited.
+            finished = node.exit_started_ms.is_some()
+                && node.exit_finished_ms.is_none()
+                && node.disqualified_ms.is_none();
+            if finished {
+                node.exit_finished_ms = Some(now_ms);
+            }
+            finished
+        })?;
+        if finished {
             tracing::info!(node = %id.short(), "graceful exit finished");
         }
         Ok(())
@@ -407,21 +450,16 @@ impl Overlay {
 
     /// Disqualifies a node for good.
     pub fn disqualify(&self, id: &NodeId, now_ms: i64) -> Result<(), DbError> {
-        let mut nodes = self.nodes.write().expect("overlay lock");
-        let Some(node) = nodes.get_mut(id) else {
-            return Ok(());
-        };
-        if node.disqualified_ms.is_some() {
-            return Ok(());
+        let mut newly = false;
+        self.modify(id, |node| {
+            newly = node.disqualified_ms.is_none();
+            node.disqualified_ms.get_or_insert(now_ms);
+            newly
+        })?;
+        if newly {
+            metrics::counter!("loam_satellite_nodes_disqualified_total").increment(1);
+            tracing::warn!(node = %id.short(), "node disqualified");
         }
-        node.disqualified_ms = Some(now_ms);
-        self.kv.put(
-            Table::Nodes,
-            id.as_bytes().to_vec(),
-            node.to_record().encode_to_vec(),
-        )?;
-        metrics::counter!("loam_satellite_nodes_disqualified_total").increment(1);
-        tracing::warn!(node = %id.short(), "node disqualified");
         Ok(())
     }
 
@@ -516,6 +554,11 @@ impl Overlay {
         }
         Ok(chosen)
     }
+}
+
+fn decode_node(v: &[u8]) -> Result<Node, DbError> {
+    let rec = pb::NodeRecord::decode(v).map_err(|_| DbError::Corrupt("node"))?;
+    Node::from_record(&rec)
 }
 
 /// Most CPU cores, GPUs and concurrent training tasks a node may claim.

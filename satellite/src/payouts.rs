@@ -319,7 +319,9 @@ pub struct Payouts {
     overlay: Arc<Overlay>,
     metainfo: Arc<Metainfo>,
     config: PayoutConfig,
-    /// Serialises ledger appends.
+    /// Serialises this process's ledger appends (fewer retries); two
+    /// processes cannot fork a chain because each append expects its
+    /// sequence number to be free.
     ledger_lock: Mutex<()>,
 }
 
@@ -459,6 +461,10 @@ impl Payouts {
         let seq = pb::LedgerEntry::decode(entry.entry.as_ref())
             .map_err(|_| DbError::Corrupt("ledger entry"))?
             .seq;
+        // No other writer (another satellite process) may have appended
+        // this sequence number first: the batch then fails whole and the
+        // chain never forks.
+        ops.push(Op::Expect(Table::Ledger, ledger_key(node, seq), None));
         ops.push(Op::Put(
             Table::Ledger,
             ledger_key(node, seq),

@@ -263,6 +263,10 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl Kv for PgKv {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
         let pool = self.pool.clone();
         let key = key.to_vec();

@@ -33,6 +33,9 @@ pub enum ContactError {
 
 /// How long connecting to a satellite may take.
 const DIAL_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a check-in may go unanswered before it is tried again on a
+/// fresh connection (see [`Contact::check_in`]).
+const CHECK_IN_HEDGE: Duration = Duration::from_secs(3);
 
 /// Below this much free space on the piece file system a node reports
 /// itself unhealthy: it can no longer take even a small piece.
@@ -221,14 +224,25 @@ impl Contact {
     }
 
     async fn check_in(&self, sat: &NodeUrl) -> Result<(), ContactError> {
-        let addr = sat.socket_addr().map_err(|source| ContactError::Resolve {
-            address: sat.address.clone(),
-            source,
-        })?;
-        let conn = tokio::time::timeout(DIAL_DEADLINE, self.endpoint.dial(sat.id, addr))
+        let conn = tokio::time::timeout(DIAL_DEADLINE, self.endpoint.dial_url(sat))
             .await
             .map_err(|_| ContactError::Call(CallError::Deadline(DIAL_DEADLINE)))??;
-        let result = self.check_in_on(sat, &conn).await;
+        let result = match tokio::time::timeout(CHECK_IN_HEDGE, self.check_in_on(sat, &conn)).await
+        {
+            Ok(result) => result,
+            // No answer yet: the connection may lead to a satellite process
+            // that died (nothing tells a QUIC client so until its idle
+            // timeout). Check in again on a fresh connection to whichever
+            // of the satellite's addresses answers; a check-in is
+            // idempotent, so the first one finishing late does no harm.
+            Err(_) => {
+                self.endpoint.forget(&sat.id);
+                let fresh = tokio::time::timeout(DIAL_DEADLINE, self.endpoint.dial_url(sat))
+                    .await
+                    .map_err(|_| ContactError::Call(CallError::Deadline(DIAL_DEADLINE)))??;
+                self.check_in_on(sat, &fresh).await
+            }
+        };
         if result.is_err() {
             // A satellite that restarted left this connection dead: the
             // next check-in dials afresh instead of waiting for the idle

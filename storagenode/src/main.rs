@@ -156,7 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             for sat in sats {
                 loop {
-                    let conn = endpoint.connect(sat.id, sat.socket_addr()?).await?;
+                    let conn = endpoint.connect_url(sat).await?;
                     let resp = loam_common::rpc::satellite(
                         &conn,
                         &[],

@@ -127,10 +127,7 @@ impl Settler {
         if windows.is_empty() {
             return Ok(());
         }
-        let addr = sat.socket_addr().map_err(|e| {
-            CallError::Remote(RemoteError::new(pb::ErrorCode::Unavailable, e.to_string()))
-        })?;
-        let conn = self.endpoint.dial(sat.id, addr).await?;
+        let conn = self.endpoint.dial_url(sat).await?;
         for (start, entries) in windows {
             stats.orders_sent += entries.len();
             match settle_window(&conn, start, &entries).await {

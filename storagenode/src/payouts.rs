@@ -39,7 +39,7 @@ pub async fn fetch(
 ) -> anyhow::Result<LedgerFile> {
     let local = read(dir, &sat.id)?;
     let since = local.as_ref().map_or(0, |l| l.entries.len() as u64);
-    let conn = endpoint.connect(sat.id, sat.socket_addr()?).await?;
+    let conn = endpoint.connect_url(sat).await?;
     let resp = loam_common::rpc::satellite(
         &conn,
         &[],

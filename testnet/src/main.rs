@@ -40,6 +40,16 @@ enum Command {
         /// one disk).
         #[arg(long)]
         sync_writes: bool,
+        /// The satellite's database: `postgres` starts a throwaway
+        /// PostgreSQL server (Debian's postgresql package) for this
+        /// network, a postgres://user@host:port/db address uses that one;
+        /// default RocksDB in the satellite's directory.
+        #[arg(long)]
+        database: Option<String>,
+        /// Satellite processes, sharing the database (needs --database)
+        /// and the satellite's identity; clients get every address.
+        #[arg(long, default_value_t = 1)]
+        satellites: usize,
     },
     /// Start a fresh network, store and fetch a file, show what happened, stop.
     Demo {
@@ -290,6 +300,8 @@ async fn main() -> anyhow::Result<()> {
             redundancy,
             checkin_interval,
             sync_writes,
+            database,
+            satellites,
         } => {
             let opts = NetworkOptions {
                 nodes,
@@ -297,12 +309,19 @@ async fn main() -> anyhow::Result<()> {
                 sync_writes,
                 checkin_interval_secs: checkin_interval,
                 online_window_secs: (checkin_interval * 5.0).max(5.0),
+                database,
+                satellites,
                 ..Default::default()
             };
             let net = ProcessNetwork::start(&dir, &opts).await?;
+            let db = match net.satellite_config.database.as_str() {
+                "" => "RocksDB".to_string(),
+                url => format!("PostgreSQL at {url}"),
+            };
             println!(
-                "ready: satellite {} and {nodes} storage nodes",
-                net.access.satellite
+                "ready: satellite {} ({satellites} process{}, {db}) and {nodes} storage nodes",
+                net.access.satellite,
+                if satellites == 1 { "" } else { "es" }
             );
             println!("access grant in {}", net.dir.join("access").display());
             println!("processes in {}", net.dir.join("network.json").display());

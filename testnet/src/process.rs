@@ -1,6 +1,7 @@
-//! A whole network as separate OS processes on 127.0.0.1: one satellite and
-//! N storage nodes started from the real binaries, so a test can `kill -9`
-//! any of them.
+//! A whole network as separate OS processes on 127.0.0.1: a satellite (one
+//! process, or several sharing a PostgreSQL database and the satellite's
+//! identity) and N storage nodes started from the real binaries, so a test
+//! can `kill -9` any of them.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -43,6 +44,13 @@ pub struct NetworkOptions {
     /// The satellite then listens on every address of the caller's
     /// namespace, not only loopback.
     pub isolated: Vec<usize>,
+    /// The satellite's database: `None` for RocksDB in its directory,
+    /// `Some("postgres")` for a throwaway PostgreSQL server this network
+    /// starts (and stops), or a `postgres://` address.
+    pub database: Option<String>,
+    /// Satellite processes sharing the database and identity (more than
+    /// one needs PostgreSQL). Clients get every address and fail over.
+    pub satellites: usize,
 }
 
 impl Default for NetworkOptions {
@@ -57,6 +65,8 @@ impl Default for NetworkOptions {
             chore_interval_secs: 5.0,
             sync_writes: false,
             isolated: Vec::new(),
+            database: None,
+            satellites: 1,
         }
     }
 }
@@ -164,6 +174,9 @@ pub struct ProcessNetwork {
     /// The configuration the satellite was started with.
     pub satellite_config: loam_satellite::Config,
     children: Vec<Child>,
+    /// The PostgreSQL server this network started, if any (stopped after
+    /// every process).
+    database: Option<loam_satellite::pg::Cluster>,
 }
 
 /// Sleeps until the wall-clock instant `t_ms` (Unix milliseconds).
@@ -268,7 +281,29 @@ impl ProcessNetwork {
         if !sat_dir.join("identity.key").exists() {
             Identity::generate(0, |_| {}).save(&sat_dir.join("identity.key"))?;
         }
+        if opts.satellites == 0 {
+            bail!("a network needs at least one satellite process");
+        }
+        let (cluster, database) = match opts.database.as_deref() {
+            None | Some("") | Some("rocksdb") => (None, String::new()),
+            Some("postgres") | Some("postgresql") => {
+                let cluster = loam_satellite::pg::Cluster::start(None)
+                    .context("cannot start a PostgreSQL server for the satellite")?;
+                let url = cluster.create_database("loam")?;
+                (Some(cluster), url)
+            }
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                (None, url.to_string())
+            }
+            Some(other) => bail!(
+                "--database {other:?}: expected postgres (a throwaway server), a postgres:// address, or nothing for RocksDB"
+            ),
+        };
+        if opts.satellites > 1 && database.is_empty() {
+            bail!("several satellite processes share one database: add --database postgres");
+        }
         let sat_config = loam_satellite::Config {
+            database: database.clone(),
             listen: if opts.isolated.is_empty() {
                 "127.0.0.1:0".parse()?
             } else {
@@ -317,21 +352,40 @@ impl ProcessNetwork {
 
         let mut children = Vec::new();
         let mut processes = Vec::new();
-        let (sat, info) = start_satellite(&sat_dir).await?;
-        // Reached on loopback, whatever it listens on.
-        let sat_address = std::net::SocketAddr::from(([127, 0, 0, 1], info.address.port()));
-        processes.push(ProcessInfo {
-            role: "satellite",
-            node_id: info.node_id,
-            address: sat_address.to_string(),
-            pid: info.pid,
-            data_dir: sat_dir.clone(),
-            metrics_url: info.metrics_url.clone(),
-        });
-        children.push(sat);
+        // Satellite processes: the first in `satellite/`, the others in
+        // `satellite-<i>/` with the same identity and settings, all on the
+        // one database.
+        let mut sat_addresses = Vec::new();
+        let mut info = None;
+        for i in 0..opts.satellites {
+            let this_dir = if i == 0 {
+                sat_dir.clone()
+            } else {
+                let d = dir.join(format!("satellite-{i}"));
+                std::fs::create_dir_all(&d)?;
+                std::fs::copy(sat_dir.join("identity.key"), d.join("identity.key"))?;
+                sat_config.save(&d)?;
+                d
+            };
+            let (sat, this) = start_satellite(&this_dir).await?;
+            // Reached on loopback, whatever it listens on.
+            let address = std::net::SocketAddr::from(([127, 0, 0, 1], this.address.port()));
+            processes.push(ProcessInfo {
+                role: "satellite",
+                node_id: this.node_id,
+                address: address.to_string(),
+                pid: this.pid,
+                data_dir: this_dir,
+                metrics_url: this.metrics_url.clone(),
+            });
+            children.push(sat);
+            sat_addresses.push(address.to_string());
+            info.get_or_insert(this);
+        }
+        let info = info.expect("at least one satellite");
         let sat_url = loam_common::NodeUrl {
             id: info.node_id,
-            address: sat_address.to_string(),
+            address: sat_addresses.join(","),
         };
 
         let node_bin = binary("storagenode")?;
@@ -348,6 +402,9 @@ impl ProcessNetwork {
             }
             let isolated = opts.isolated.contains(&i);
             let (listen, satellite) = if isolated {
+                if opts.satellites > 1 {
+                    bail!("isolated nodes with several satellite processes are not supported");
+                }
                 let (hub, node) = veth_addresses(i)?;
                 let url = loam_common::NodeUrl {
                     id: info.node_id,
@@ -433,6 +490,7 @@ impl ProcessNetwork {
             processes,
             satellite_config: sat_config,
             children,
+            database: cluster,
         };
         std::fs::write(
             dir.join("network.json"),
@@ -501,9 +559,20 @@ impl ProcessNetwork {
         ])
     }
 
-    /// Kills the satellite with SIGKILL, as a crash or a pulled plug would.
+    /// Kills the satellite with SIGKILL, as a crash or a pulled plug would
+    /// (its first process, when there are several).
     pub fn kill_satellite(&self) -> anyhow::Result<()> {
-        let sat = &self.processes[0];
+        self.kill_satellite_process(0)
+    }
+
+    /// Kills satellite process `i` with SIGKILL.
+    pub fn kill_satellite_process(&self, i: usize) -> anyhow::Result<()> {
+        let sat = self
+            .processes
+            .iter()
+            .filter(|p| p.role == "satellite")
+            .nth(i)
+            .with_context(|| format!("there is no satellite process {i}"))?;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(sat.pid as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -548,6 +617,12 @@ impl ProcessNetwork {
             {
                 let _ = child.kill().await;
             }
+        }
+        // The database goes last, once no satellite uses it.
+        if let Some(cluster) = self.database.take() {
+            tokio::task::spawn_blocking(move || drop(cluster))
+                .await
+                .ok();
         }
     }
 }

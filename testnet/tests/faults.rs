@@ -95,9 +95,11 @@ async fn a_satellite_killed_during_1000_commits_loses_none_it_acknowledged() -> 
     let errors = errors.lock().expect("lock").clone();
     let failed = OBJECTS - acked.len();
     assert_eq!(errors.len(), failed);
+    // The kill came mid-run. Commits in flight then either failed or
+    // went through on the uplink's one retry on a fresh connection.
     assert!(
-        failed > 0,
-        "the kill came while commits were in flight, so some failed"
+        acked_before_kill.len() < OBJECTS,
+        "the kill came after the last commit"
     );
     // The restarted satellite ended its predecessor's connections with a
     // stateless reset: the uplink learnt at once, not at its deadline.
@@ -132,7 +134,7 @@ async fn a_satellite_killed_during_1000_commits_loses_none_it_acknowledged() -> 
         "{} commits acknowledged before the kill, {} in the first pass, {failed} failed ({}) and were retried; 0 lost",
         acked_before_kill.len(),
         acked.len(),
-        errors[0]
+        errors.first().map_or("none", String::as_str)
     );
     net.stop().await;
     Ok(())

@@ -225,13 +225,22 @@ impl Project {
     pub fn open_with(access: Access, config: UplinkConfig) -> Result<Self, UplinkError> {
         let identity = Identity::generate(0, |_| {});
         let local: SocketAddr = "0.0.0.0:0".parse().expect("literal");
-        let endpoint =
-            Endpoint::bind(identity, local, TransportConfig::default()).map_err(|source| {
-                UplinkError::SatelliteUnreachable {
-                    address: "local socket".into(),
-                    source,
-                }
-            })?;
+        // Frequent keep-alives and a short idle timeout: a satellite
+        // process that died (kill -9, a lost machine) is noticed in seconds
+        // and the next call goes to another of its addresses, instead of
+        // waiting out the 30-second default. A client has few connections,
+        // so the pings cost nothing that matters.
+        let transport = TransportConfig {
+            keep_alive_interval: Duration::from_secs(2),
+            max_idle_timeout: Duration::from_secs(8),
+            ..TransportConfig::default()
+        };
+        let endpoint = Endpoint::bind(identity, local, transport).map_err(|source| {
+            UplinkError::SatelliteUnreachable {
+                address: "local socket".into(),
+                source,
+            }
+        })?;
         Ok(Self {
             access,
             endpoint,
@@ -256,36 +265,39 @@ impl Project {
             address: url.address.clone(),
             source,
         };
-        let addr = url.socket_addr().map_err(|e| {
-            unreachable(TransportError::Bind {
-                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                source: e,
-            })
-        })?;
-        let conn = tokio::time::timeout(
-            self.config.dial_timeout,
-            self.endpoint.connect(url.id, addr),
-        )
-        .await
-        .map_err(|_| {
-            unreachable(TransportError::Tls(format!(
-                "no answer within {:?}",
-                self.config.dial_timeout
-            )))
-        })?
-        .map_err(unreachable)?;
+        let conn = tokio::time::timeout(self.config.dial_timeout, self.endpoint.connect_url(url))
+            .await
+            .map_err(|_| {
+                unreachable(TransportError::Tls(format!(
+                    "no answer within {:?}",
+                    self.config.dial_timeout
+                )))
+            })?
+            .map_err(unreachable)?;
         *guard = Some(conn.clone());
         Ok(conn)
     }
 
     async fn call(&self, req: Req) -> Result<Resp, UplinkError> {
-        let conn = self.satellite().await?;
-        match rpc::satellite(&conn, &self.access.api_key, req).await {
-            Ok(r) => Ok(r),
-            Err(CallError::Remote(e)) => Err(UplinkError::Satellite(e)),
-            Err(e) => {
-                *self.satellite.lock().await = None;
-                Err(UplinkError::Call(e))
+        let mut retried = false;
+        loop {
+            let conn = self.satellite().await?;
+            match rpc::satellite(&conn, &self.access.api_key, req.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(CallError::Remote(e)) => return Err(UplinkError::Satellite(e)),
+                Err(e) => {
+                    *self.satellite.lock().await = None;
+                    // The connection died (a satellite process stopped or
+                    // restarted): one more try on a fresh connection, to
+                    // whichever of its addresses answers. A request the
+                    // dead process did apply and the retry repeats fails
+                    // or finds it done; none is applied twice silently.
+                    if retried || !e.connection_lost() {
+                        return Err(UplinkError::Call(e));
+                    }
+                    retried = true;
+                    tracing::debug!(error = %e, "satellite connection lost; retrying once");
+                }
             }
         }
     }

@@ -607,9 +607,7 @@ async fn project_salt(project: &Project) -> anyhow::Result<Vec<u8>> {
         "0.0.0.0:0".parse().expect("literal"),
         Default::default(),
     )?;
-    let conn = endpoint
-        .connect(access.satellite.id, access.satellite.socket_addr()?)
-        .await?;
+    let conn = endpoint.connect_url(&access.satellite).await?;
     match rpc::satellite(
         &conn,
         &access.api_key,

@@ -201,7 +201,35 @@ fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M, D
 /// A running job: how to stop it and its latest state.
 struct Live {
     cancel: CancellationToken,
+    /// Fired when this process lost the job's lease (another process
+    /// drives it now): the driver stops without ending the job.
+    lost: CancellationToken,
     info: pb::JobInfo,
+    /// The job's record as this driver last wrote (or read) it: a round
+    /// commits only if the database still holds exactly that, so a driver
+    /// that lost its lease without noticing cannot commit (or charge) a
+    /// round over its successor's.
+    written: Vec<u8>,
+}
+
+/// How long a job driver's lease lasts; the driver renews it at a third of
+/// that, and a job whose driver died is resumed elsewhere once it lapses.
+pub const JOB_LEASE: Duration = Duration::from_secs(15);
+
+fn job_lease(job_id: &JobId) -> String {
+    format!("job:{}", hex::encode(job_id))
+}
+
+/// [`Table::Meta`] key marking a job as running (the jobs any process
+/// may have to resume), and its prefix.
+const RUNNING: &[u8] = b"running-job:";
+fn running_key(job_id: &[u8]) -> Vec<u8> {
+    [RUNNING, job_id].concat()
+}
+
+/// [`Table::Meta`] key of a cancellation asked for at any process.
+fn cancel_key(job_id: &[u8]) -> Vec<u8> {
+    [b"cancel-job:".as_slice(), job_id].concat()
 }
 
 pub struct Compute {
@@ -225,6 +253,10 @@ pub struct Compute {
     rates: std::sync::OnceLock<Rates>,
     /// Set once the project-to-jobs index is known to be built.
     jobs_indexed: crate::db::Built,
+    /// Set once the running-jobs index is known to be built.
+    running_indexed: crate::db::Built,
+    /// Job driver leases: one process drives a job at a time.
+    leases: crate::lease::Leases,
 }
 
 /// Charge rates, from the satellite's payout rates: a project pays for the
@@ -256,7 +288,7 @@ impl Compute {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            kv,
+            kv: kv.clone(),
             metainfo,
             overlay,
             endpoint,
@@ -269,6 +301,8 @@ impl Compute {
             reputation: std::sync::OnceLock::new(),
             rates: std::sync::OnceLock::new(),
             jobs_indexed: Default::default(),
+            running_indexed: Default::default(),
+            leases: crate::lease::Leases::new(kv),
         }
     }
 
@@ -542,6 +576,7 @@ impl Compute {
         };
         record.info = Some(info.clone());
         self.kv.write(vec![
+            crate::db::Op::Expect(Table::Jobs, job_id.to_vec(), None),
             crate::db::Op::Put(Table::Jobs, job_id.to_vec(), record.encode_to_vec()),
             crate::db::Op::Put(
                 Table::ProjectJobs,
@@ -553,14 +588,18 @@ impl Compute {
                 job_id.to_vec(),
                 cc::weights_to_bytes(&spec.init_weights(params.seed)),
             ),
+            crate::db::Op::Put(Table::Meta, running_key(&job_id), Vec::new()),
         ])?;
+        // A new id: nobody else holds its lease.
+        self.leases.hold(&job_lease(&job_id), JOB_LEASE, now_ms())?;
         for id in &req.listings {
             if let Err(e) = self.metainfo.market().record_job(id, info.created_unix_ms) {
                 tracing::warn!(listing = hex::encode(id), error = %e, "cannot count a listing's job");
             }
         }
         metrics::counter!("loam_satellite_jobs_submitted_total").increment(1);
-        self.start(job_id, record);
+        let written = record.encode_to_vec();
+        self.start(job_id, record, written);
         Ok(info)
     }
 
@@ -819,35 +858,109 @@ impl Compute {
         Ok(crate::charges::project_total(&self.kv, project, from)?)
     }
 
-    /// Restarts the jobs that were running when the satellite stopped, from
-    /// their last finished round.
+    /// Starts driving, from its last finished round, every running job that
+    /// no process drives: those running when the satellite stopped, and
+    /// those whose driver (another satellite process on the same database)
+    /// died and let its lease lapse. Called at start and every third of
+    /// [`JOB_LEASE`].
     pub fn resume_jobs(self: &Arc<Self>) -> Result<usize, ComputeError> {
+        self.running_indexed.ensure(|| {
+            crate::db::index_once(&*self.kv, "running-jobs", Table::Jobs, |k, v| {
+                let rec = pb::JobRecord::decode(v).map_err(|_| DbError::Corrupt("job"))?;
+                let running = rec
+                    .info
+                    .is_some_and(|i| i.state == pb::JobState::JobRunning as i32);
+                Ok(running.then(|| crate::db::Op::Put(Table::Meta, running_key(k), Vec::new())))
+            })
+        })?;
+        let mut ids = Vec::new();
+        crate::db::for_each_page(&*self.kv, Table::Meta, RUNNING, |page| {
+            ids.extend(
+                page.into_iter()
+                    .filter_map(|(k, _)| JobId::try_from(&k[RUNNING.len()..]).ok()),
+            );
+            Ok(())
+        })?;
         let mut n = 0;
-        for (k, v) in self.kv.scan(Table::Jobs, b"", b"", usize::MAX)? {
-            let rec: pb::JobRecord = decode(&v, "job")?;
+        for id in ids {
+            if self.live.lock().expect("jobs lock").contains_key(&id) {
+                continue;
+            }
+            if !self.leases.hold(&job_lease(&id), JOB_LEASE, now_ms())? {
+                continue;
+            }
+            let raw = self
+                .kv
+                .get(Table::Jobs, &id)?
+                .ok_or(ComputeError::JobNotFound)?;
+            let rec: pb::JobRecord = decode(&raw, "job")?;
             let running = rec
                 .info
                 .as_ref()
                 .is_some_and(|i| i.state == pb::JobState::JobRunning as i32);
-            if let (true, Ok(id)) = (running, JobId::try_from(k.as_slice())) {
-                self.start(id, rec);
-                n += 1;
+            if !running {
+                // Ended between the index and the record.
+                self.kv
+                    .write(vec![crate::db::Op::Delete(Table::Meta, running_key(&id))])?;
+                self.leases.release(&job_lease(&id))?;
+                continue;
             }
+            self.start(id, rec, raw);
+            n += 1;
         }
         Ok(n)
     }
 
-    fn start(self: &Arc<Self>, job_id: JobId, record: pb::JobRecord) {
+    /// Drives a job this process holds the lease of.
+    fn start(self: &Arc<Self>, job_id: JobId, record: pb::JobRecord, written: Vec<u8>) {
         let cancel = self.shutdown.child_token();
+        let lost = CancellationToken::new();
         self.live.lock().expect("jobs lock").insert(
             job_id,
             Live {
                 cancel: cancel.clone(),
+                lost: lost.clone(),
                 info: record.info.clone().unwrap_or_default(),
+                written,
             },
         );
+        // Renews the lease while the job runs, and hears of a cancellation
+        // asked for at another process.
+        let keeper = {
+            let (this, cancel, lost) = (self.clone(), cancel.clone(), lost.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(JOB_LEASE / 3) => {}
+                    }
+                    match this.leases.hold(&job_lease(&job_id), JOB_LEASE, now_ms()) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(
+                                job = hex::encode(job_id),
+                                "another satellite process took this job over"
+                            );
+                            lost.cancel();
+                            cancel.cancel();
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = hex::encode(job_id), error = %e, "cannot renew the job's lease")
+                        }
+                    }
+                    if let Ok(Some(_)) = this.kv.get(Table::Meta, &cancel_key(&job_id)) {
+                        cancel.cancel();
+                        return;
+                    }
+                }
+            })
+        };
         let this = self.clone();
-        tokio::spawn(async move { this.drive(job_id, record, cancel).await });
+        tokio::spawn(async move {
+            this.drive(job_id, record, cancel, lost).await;
+            keeper.abort();
+        });
     }
 
     fn record(&self, job_id: &[u8]) -> Result<pb::JobRecord, ComputeError> {
@@ -937,6 +1050,10 @@ impl Compute {
 
     pub fn cancel(&self, project: &ProjectId, job_id: &[u8]) -> Result<pb::JobInfo, ComputeError> {
         let info = self.job(project, job_id)?;
+        if info.state == pb::JobState::JobRunning as i32 {
+            // Heard by the driver wherever it runs.
+            self.kv.put(Table::Meta, cancel_key(job_id), vec![1])?;
+        }
         if let Ok(id) = JobId::try_from(job_id)
             && let Some(l) = self.live.lock().expect("jobs lock").get(&id)
         {
@@ -1026,15 +1143,20 @@ impl Compute {
         job_id: JobId,
         mut record: pb::JobRecord,
         cancel: CancellationToken,
+        lost: CancellationToken,
     ) {
         let result = self.run_job(&job_id, &mut record, &cancel).await;
         let info = record.info.get_or_insert_with(Default::default);
         info.tasks_running = 0;
         match result {
             Ok(()) => info.state = pb::JobState::JobDone as i32,
-            Err(_) if self.shutdown.is_cancelled() => {
-                // Left running in the database: resumed at the next start.
+            Err(_) if self.shutdown.is_cancelled() || lost.is_cancelled() => {
+                // Left running in the database: resumed at the next start,
+                // or driven on by the process that holds its lease now.
                 self.live.lock().expect("jobs lock").remove(&job_id);
+                if !lost.is_cancelled() {
+                    let _ = self.leases.release(&job_lease(&job_id));
+                }
                 return;
             }
             Err(e) if cancel.is_cancelled() => {
@@ -1051,11 +1173,16 @@ impl Compute {
         let state = info.state;
         // The round-to-round state (server optimizer, best weights, control
         // variates) goes with the job's end; the weights stay.
-        let mut ops = vec![crate::db::Op::Put(
-            Table::Jobs,
-            job_id.to_vec(),
-            record.encode_to_vec(),
-        )];
+        let last = self
+            .live
+            .lock()
+            .expect("jobs lock")
+            .get(&job_id)
+            .map(|l| l.written.clone());
+        let mut ops = vec![
+            crate::db::Op::Expect(Table::Jobs, job_id.to_vec(), last),
+            crate::db::Op::Put(Table::Jobs, job_id.to_vec(), record.encode_to_vec()),
+        ];
         for key in [
             server_state_key(&job_id),
             best_weights_key(&job_id),
@@ -1063,8 +1190,18 @@ impl Compute {
         ] {
             ops.push(crate::db::Op::Delete(Table::JobWeights, key));
         }
-        if let Err(e) = self.kv.write(ops) {
-            tracing::error!(error = %e, "cannot store the job's end");
+        ops.push(crate::db::Op::Delete(Table::Meta, running_key(&job_id)));
+        ops.push(crate::db::Op::Delete(Table::Meta, cancel_key(&job_id)));
+        match self.kv.write(ops) {
+            Ok(()) => {}
+            Err(DbError::Conflict) => tracing::warn!(
+                job = hex::encode(job_id),
+                "the job's end was not stored: another satellite process drives it now"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot store the job's end"),
+        }
+        if let Err(e) = self.leases.release(&job_lease(&job_id)) {
+            tracing::warn!(error = %e, "cannot release the job's lease");
         }
         metrics::counter!("loam_satellite_jobs_finished_total", "state" => pb::JobState::try_from(state).map_or("unknown", |s| s.as_str_name())).increment(1);
         self.live.lock().expect("jobs lock").remove(&job_id);
@@ -1422,13 +1559,38 @@ impl Compute {
                 server_state_key(job_id),
                 state.to_bytes(),
             ),
-            crate::db::Op::Put(Table::Jobs, job_id.to_vec(), record.encode_to_vec()),
+        ]);
+        let written = record.encode_to_vec();
+        let last = self
+            .live
+            .lock()
+            .expect("jobs lock")
+            .get(job_id)
+            .map(|l| l.written.clone());
+        ops.extend([
+            crate::db::Op::Expect(Table::Jobs, job_id.to_vec(), last),
+            crate::db::Op::Put(Table::Jobs, job_id.to_vec(), written.clone()),
         ]);
         if let Some(b) = drift_bytes {
             ops.push(crate::db::Op::Put(Table::JobWeights, drift_key(job_id), b));
         }
         ops.extend(charge_ops);
-        self.kv.write(ops).map_err(db)?;
+        match self.kv.write(ops) {
+            Ok(()) => {}
+            Err(DbError::Conflict) => {
+                // Someone else committed a round of this job: this driver
+                // is stale. It stops; the job goes on where it is driven.
+                if let Some(l) = self.live.lock().expect("jobs lock").get(job_id) {
+                    l.lost.cancel();
+                    l.cancel.cancel();
+                }
+                return Err("another satellite process drives this job now".into());
+            }
+            Err(e) => return Err(db(e)),
+        }
+        if let Some(l) = self.live.lock().expect("jobs lock").get_mut(job_id) {
+            l.written = written;
+        }
         self.publish(job_id, record.info.as_ref().expect("set above"));
         metrics::counter!("loam_satellite_compute_rounds_total").increment(1);
         Ok((new, early.stop))
