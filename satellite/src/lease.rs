@@ -5,7 +5,9 @@
 //! process id (random, fresh at each start) and when it lapses. Taking or
 //! renewing one is a [`db::transact`]ion, so two processes never both hold
 //! it; a holder that dies stops renewing, and another takes the lease once
-//! it lapses. With one process (RocksDB) every lease is simply always held.
+//! it lapses. On a database no other process writes (RocksDB) every lease
+//! is simply held, without a write: a restarted satellite does not wait for
+//! its dead predecessor's leases to lapse.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +44,9 @@ impl Holder {
 pub struct Leases {
     kv: Arc<dyn Kv>,
     process: [u8; 16],
+    /// Whether other processes share the database (else no lease is
+    /// written).
+    shared: bool,
 }
 
 fn key(name: &str) -> Vec<u8> {
@@ -50,9 +55,20 @@ fn key(name: &str) -> Vec<u8> {
 
 impl Leases {
     pub fn new(kv: Arc<dyn Kv>) -> Self {
+        let shared = kv.shared();
         Self {
             kv,
             process: rand::random(),
+            shared,
+        }
+    }
+
+    /// Leases written to the database even if no other process shares it
+    /// (tests of the lease logic on a local database).
+    pub fn always_written(kv: Arc<dyn Kv>) -> Self {
+        Self {
+            shared: true,
+            ..Self::new(kv)
         }
     }
 
@@ -64,6 +80,9 @@ impl Leases {
     /// Takes lease `name` for `ttl` from `now_ms`, or renews it if this
     /// process holds it; `false` while another process holds it unlapsed.
     pub fn hold(&self, name: &str, ttl: Duration, now_ms: i64) -> Result<bool, DbError> {
+        if !self.shared {
+            return Ok(true);
+        }
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         db::transact(self.kv.as_ref(), |txn| {
             if let Some(v) = txn.get(Table::Meta, &key(name))? {
@@ -84,6 +103,9 @@ impl Leases {
     /// Gives lease `name` up if this process holds it (at shutdown), so
     /// another process need not wait for it to lapse.
     pub fn release(&self, name: &str) -> Result<(), DbError> {
+        if !self.shared {
+            return Ok(());
+        }
         db::transact(self.kv.as_ref(), |txn| {
             if let Some(v) = txn.get(Table::Meta, &key(name))?
                 && Holder::decode(&v)?.process == self.process
@@ -103,11 +125,11 @@ impl Leases {
     }
 }
 
-/// How long a chore's lease lasts: three of its intervals, at least 10 s;
-/// the holder renews it at a third of that while it works.
-pub fn chore_ttl(interval: Duration) -> Duration {
-    (interval * 3).max(Duration::from_secs(10))
-}
+/// How long a chore's lease lasts. Every process tries to take or renew
+/// each chore's lease at a third of this, whatever the chore's interval, so
+/// a dead holder's chores move within this time (and run at the new
+/// holder's next tick).
+pub const CHORE_LEASE: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {
@@ -117,7 +139,10 @@ mod tests {
     #[test]
     fn one_holder_at_a_time_and_a_lapsed_lease_moves() {
         let kv: Arc<dyn Kv> = Arc::new(MemKv::default());
-        let (a, b) = (Leases::new(kv.clone()), Leases::new(kv));
+        let (a, b) = (
+            Leases::always_written(kv.clone()),
+            Leases::always_written(kv),
+        );
         let ttl = Duration::from_secs(10);
         assert!(a.hold("gc", ttl, 1_000).expect("take"));
         assert!(!b.hold("gc", ttl, 2_000).expect("held by a"));
@@ -141,7 +166,7 @@ mod tests {
     #[test]
     fn many_contenders_one_winner() {
         let kv: Arc<dyn Kv> = Arc::new(MemKv::default());
-        let contenders: Vec<Leases> = (0..8).map(|_| Leases::new(kv.clone())).collect();
+        let contenders: Vec<Leases> = (0..8).map(|_| Leases::always_written(kv.clone())).collect();
         let won = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             for l in &contenders {
@@ -156,5 +181,15 @@ mod tests {
             }
         });
         assert_eq!(won.into_inner(), 1);
+    }
+
+    #[test]
+    fn an_unshared_database_needs_no_lease() {
+        let kv: Arc<dyn Kv> = Arc::new(MemKv::default());
+        let (a, b) = (Leases::new(kv.clone()), Leases::new(kv));
+        assert!(a.hold("gc", Duration::from_secs(10), 1_000).expect("hold"));
+        // A restarted process (a new holder) runs its chores at once.
+        assert!(b.hold("gc", Duration::from_secs(10), 1_001).expect("hold"));
+        assert_eq!(a.holder("gc").expect("read"), None);
     }
 }

@@ -76,39 +76,61 @@ where
 {
     let (cycle, cancel, service) = (cycle.clone(), cancel.clone(), service.clone());
     let leases = leases.clone();
-    let work = Arc::new(work);
-    let ttl = lease::chore_ttl(cycle.interval());
+    let ttl = lease::CHORE_LEASE;
+    // Whether this process holds the chore's lease, kept up to date by a
+    // keeper that takes or renews it every third of its term.
+    let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keeper = {
+        let (leases, held, cancel) = (leases.clone(), held.clone(), cancel.clone());
+        let cycle = cycle.clone();
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let leases2 = leases.clone();
+                let now = loam_common::orders::now_ms();
+                let got = tokio::task::spawn_blocking(move || leases2.hold(name, ttl, now)).await;
+                let got = match got {
+                    Ok(Ok(got)) => got,
+                    Ok(Err(e)) => {
+                        tracing::warn!(chore = name, error = %e, "cannot take or renew the chore's lease");
+                        false
+                    }
+                    Err(_) => false,
+                };
+                let had = held.swap(got, std::sync::atomic::Ordering::SeqCst);
+                if got && !had && !std::mem::take(&mut first) {
+                    // Taken over (or first held): run now rather than at
+                    // this process's next tick, which may be an interval away.
+                    cycle.trigger();
+                }
+                first = false;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(ttl / 3) => {}
+                }
+            }
+        })
+    };
     tokio::spawn(async move {
         cycle
             .run(cancel, || {
-                let (leases, service, work) = (leases.clone(), service.clone(), work.clone());
+                let (leases, service, held) = (leases.clone(), service.clone(), held.clone());
+                let work = &work;
                 async move {
-                    match leases.hold(name, ttl, loam_common::orders::now_ms()) {
-                        Ok(true) => {}
-                        Ok(false) => return,
-                        Err(e) => {
-                            tracing::warn!(chore = name, error = %e, "cannot take the chore's lease");
-                            return;
-                        }
+                    // The first tick may come before the keeper's first
+                    // try: ask once here too.
+                    let now = loam_common::orders::now_ms();
+                    if !held.load(std::sync::atomic::Ordering::SeqCst) {
+                        let got = leases.hold(name, ttl, now).unwrap_or(false);
+                        held.store(got, std::sync::atomic::Ordering::SeqCst);
                     }
-                    let renew = {
-                        let leases = leases.clone();
-                        tokio::spawn(async move {
-                            loop {
-                                tokio::time::sleep(ttl / 3).await;
-                                if let Err(e) =
-                                    leases.hold(name, ttl, loam_common::orders::now_ms())
-                                {
-                                    tracing::warn!(chore = name, error = %e, "cannot renew the chore's lease");
-                                }
-                            }
-                        })
-                    };
-                    work(service).await;
-                    renew.abort();
+                    if held.load(std::sync::atomic::Ordering::SeqCst) {
+                        work(service).await;
+                    }
                 }
             })
             .await;
+        keeper.abort();
         if let Err(e) = leases.release(name) {
             tracing::debug!(chore = name, error = %e, "chore lease not released");
         }

@@ -294,11 +294,30 @@ enum NodesCommand {
     },
 }
 
-#[tokio::main]
-async fn main() {
+/// Worker threads of the satellite's runtime: at least this many, more on
+/// a machine with more cores. Database calls block the thread that makes
+/// them (a RocksDB read, or a round trip to PostgreSQL), so requests waiting
+/// on the database must not starve the others of threads.
+const MIN_WORKER_THREADS: usize = 16;
+
+fn main() {
     let cli = Cli::parse();
     telemetry::init_logging_as("info", cli.log.log_format);
-    if let Err(e) = run(cli).await {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(MIN_WORKER_THREADS);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("satellite: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
         eprintln!("satellite: {e:#}");
         std::process::exit(1);
     }

@@ -212,6 +212,7 @@ impl Repair {
         // keeping only those that need repair.
         let metainfo = self.metainfo.clone();
         let exiting_nodes = exiting.clone();
+        let pass = std::time::Instant::now();
         let checked = tokio::task::spawn_blocking(move || {
             let mut segments = 0usize;
             let mut queue = Vec::new();
@@ -265,6 +266,8 @@ impl Repair {
             }
         };
         stats.segments = segments;
+        metrics::gauge!("loam_satellite_checker_pass_seconds").set(pass.elapsed().as_secs_f64());
+        metrics::gauge!("loam_satellite_checker_segments").set(segments as f64);
         *self.piece_counts.write().expect("piece counts lock") = Some(counts);
         stats.below_threshold = queue.len();
         metrics::gauge!("loam_satellite_segments_below_repair_threshold").set(queue.len() as f64);

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod bench_compute;
 pub mod bench_keys;
 pub mod bench_learning;
+pub mod bench_metadata;
 pub mod bench_repair;
 pub mod bench_settle;
 pub mod fuzz;
@@ -34,6 +35,15 @@ pub fn digits_split() -> (String, String) {
         dst.push('\n');
     }
     (train, test)
+}
+
+/// The satellite database tests and test networks use unless told:
+/// `LOAM_TEST_DATABASE=postgres` runs the whole suite with the satellite on
+/// a throwaway PostgreSQL server (`None`: RocksDB).
+pub fn test_database() -> Option<String> {
+    std::env::var("LOAM_TEST_DATABASE")
+        .ok()
+        .filter(|v| !v.is_empty() && v != "rocksdb")
 }
 
 /// A payout address for test node `i`: deterministic, EIP-55 checksummed.

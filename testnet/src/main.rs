@@ -44,11 +44,11 @@ enum Command {
         /// PostgreSQL server (Debian's postgresql package) for this
         /// network, a postgres://user@host:port/db address uses that one;
         /// default RocksDB in the satellite's directory.
-        #[arg(long)]
+        #[arg(long, env = "LOAM_TESTNET_DATABASE")]
         database: Option<String>,
         /// Satellite processes, sharing the database (needs --database)
         /// and the satellite's identity; clients get every address.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, env = "LOAM_TESTNET_SATELLITES")]
         satellites: usize,
     },
     /// Start a fresh network, store and fetch a file, show what happened, stop.
@@ -181,6 +181,29 @@ enum Command {
     },
     /// Kill nodes, measure repair (time per segment, bytes moved), kill
     /// more, check every object.
+    /// The satellite's metadata under load: commits/s, ls of 1 000-key
+    /// prefixes, one checker pass, satellite memory as objects grow; on
+    /// RocksDB and on PostgreSQL with one and two satellite processes.
+    BenchMetadata {
+        /// Objects committed per configuration (and segments the checker
+        /// passes over).
+        #[arg(long, default_value_t = 1_000_000)]
+        objects: usize,
+        /// Commits in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Prefix listings timed.
+        #[arg(long, default_value_t = 200)]
+        ls_samples: usize,
+        /// Configurations: rocksdb, postgres (one process), postgres-2 (two
+        /// processes on one database).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "rocksdb,postgres,postgres-2"
+        )]
+        configs: Vec<String>,
+    },
     BenchRepair {
         /// Storage nodes to start.
         #[arg(long, default_value_t = 10)]
@@ -353,6 +376,38 @@ async fn main() -> anyhow::Result<()> {
             })
             .await??;
             report.print();
+        }
+        Command::BenchMetadata {
+            objects,
+            concurrency,
+            ls_samples,
+            configs,
+        } => {
+            let dir = tempfile::tempdir()?;
+            let mut all = Vec::new();
+            for c in &configs {
+                let (database, satellites) = match c.as_str() {
+                    "rocksdb" => (None, 1),
+                    "postgres" => (Some("postgres".to_string()), 1),
+                    "postgres-2" => (Some("postgres".to_string()), 2),
+                    other => anyhow::bail!(
+                        "unknown configuration {other:?}: rocksdb, postgres or postgres-2"
+                    ),
+                };
+                all.push(
+                    loam_testnet::bench_metadata::run_one(
+                        dir.path(),
+                        c,
+                        database,
+                        satellites,
+                        objects,
+                        concurrency,
+                        ls_samples,
+                    )
+                    .await?,
+                );
+            }
+            print!("{}", loam_testnet::bench_metadata::report(&all));
         }
         Command::BenchRepair {
             nodes,

@@ -97,6 +97,9 @@ pub struct Planet {
     pub access: Access,
     cancel: CancellationToken,
     sat_task: JoinHandle<()>,
+    /// The PostgreSQL server of a satellite on PostgreSQL
+    /// ([`crate::test_database`]); after the satellite in drop order.
+    _db: Option<loam_satellite::pg::Cluster>,
     _dir: tempfile::TempDir,
 }
 
@@ -118,6 +121,16 @@ impl Planet {
         if let Some(hook) = &config.reconfigure_satellite {
             hook(&mut sat_config);
         }
+        let db = match crate::test_database().as_deref() {
+            Some("postgres") => {
+                let cluster =
+                    tokio::task::spawn_blocking(|| loam_satellite::pg::Cluster::start(None))
+                        .await??;
+                sat_config.database = cluster.create_database("planet")?;
+                Some(cluster)
+            }
+            _ => None,
+        };
         let sat_dir = dir.path().join("satellite");
         std::fs::create_dir_all(&sat_dir)?;
         let sat = Satellite::new(&sat_dir, sat_identity.clone(), sat_config).await?;
@@ -205,6 +218,7 @@ impl Planet {
             access,
             cancel,
             sat_task,
+            _db: db,
             _dir: dir,
         })
     }

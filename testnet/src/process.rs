@@ -65,7 +65,7 @@ impl Default for NetworkOptions {
             chore_interval_secs: 5.0,
             sync_writes: false,
             isolated: Vec::new(),
-            database: None,
+            database: crate::test_database(),
             satellites: 1,
         }
     }

@@ -230,6 +230,10 @@ async fn partition_of_four_nodes() -> anyhow::Result<()> {
             // No repair or audits while it runs: what is stored is what
             // the uploads committed.
             chore_interval_secs: 3600.0,
+            // RocksDB whatever LOAM_TEST_DATABASE says: the segments are
+            // read from it afterwards, and inside the test's own user
+            // namespace there is no `postgres` user to run a server as.
+            database: None,
             ..Default::default()
         },
     )
