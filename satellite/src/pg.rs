@@ -338,29 +338,20 @@ impl Kv for PgKv {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.call(async move {
             let c = client(&pool).await?;
-            let rows = match end {
-                Some(end) => {
-                    let sql = format!(
-                        "SELECT k, v FROM {} WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3",
-                        sql_table(table)
-                    );
-                    let stmt = c
-                        .prepare_cached(&sql)
-                        .await
-                        .map_err(|e| backend(describe(&e)))?;
-                    c.query(&stmt, &[&from, &end, &limit]).await
-                }
-                None => {
-                    let sql = format!(
-                        "SELECT k, v FROM {} WHERE k >= $1 ORDER BY k LIMIT $2",
-                        sql_table(table)
-                    );
-                    let stmt = c
-                        .prepare_cached(&sql)
-                        .await
-                        .map_err(|e| backend(describe(&e)))?;
-                    c.query(&stmt, &[&from, &limit]).await
-                }
+            // Without an upper bound when the prefix has no successor
+            // (empty, or all 0xff bytes).
+            let bound = if end.is_some() { "AND k < $3 " } else { "" };
+            let sql = format!(
+                "SELECT k, v FROM {} WHERE k >= $1 {bound}ORDER BY k LIMIT $2",
+                sql_table(table)
+            );
+            let stmt = c
+                .prepare_cached(&sql)
+                .await
+                .map_err(|e| backend(describe(&e)))?;
+            let rows = match &end {
+                Some(end) => c.query(&stmt, &[&from, &limit, end]).await,
+                None => c.query(&stmt, &[&from, &limit]).await,
             }
             .map_err(|e| backend(describe(&e)))?;
             Ok(rows
