@@ -212,6 +212,14 @@ struct Live {
     written: Vec<u8>,
 }
 
+/// Pauses before a round in which no task got through is tried again
+/// (then it fails the job).
+const ROUND_RETRY_PAUSES: [Duration; 3] = [
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+    Duration::from_secs(20),
+];
+
 /// How long a job driver's lease lasts; the driver renews it at a third of
 /// that, and a job whose driver died is resumed elsewhere once it lapses.
 pub const JOB_LEASE: Duration = Duration::from_secs(15);
@@ -1297,7 +1305,26 @@ impl Compute {
                 datasets: &datasets,
                 record,
             };
-            let (outcome, sent_bytes, max_train_ms) = self.run_round(&ctx, cancel).await?;
+            let (mut outcome, mut sent_bytes, mut max_train_ms) =
+                self.run_round(&ctx, cancel).await?;
+            // A round in which no task got through (every holder briefly
+            // offline, a satellite process failing over) is tried again a
+            // few times, after a pause, before it fails the job.
+            for pause in ROUND_RETRY_PAUSES {
+                if !outcome.accepted.is_empty() {
+                    break;
+                }
+                tracing::info!(
+                    job = hex::encode(job_id),
+                    round = round + 1,
+                    "no task of the round got through; trying the round again in {pause:?}"
+                );
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err("cancelled".into()),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                (outcome, sent_bytes, max_train_ms) = self.run_round(&ctx, cancel).await?;
+            }
             let stop;
             (weights, stop) = self.settle_round(
                 job_id,
