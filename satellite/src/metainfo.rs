@@ -793,6 +793,15 @@ impl Metainfo {
         project: &ProjectId,
         stream_id: &[u8],
     ) -> Result<pb::PendingObject, MetainfoError> {
+        Ok(self.pending_raw(project, stream_id)?.0)
+    }
+
+    /// [`Self::pending`] with the stored bytes.
+    fn pending_raw(
+        &self,
+        project: &ProjectId,
+        stream_id: &[u8],
+    ) -> Result<(pb::PendingObject, Vec<u8>), MetainfoError> {
         let v = self
             .kv
             .get(Table::PendingObjects, stream_id)?
@@ -801,7 +810,7 @@ impl Metainfo {
         if p.project_id.as_ref() != project {
             return Err(MetainfoError::UploadNotFound);
         }
-        Ok(p)
+        Ok((p, v))
     }
 
     /// A signed order limit (for the repairer and the auditor).
@@ -1035,7 +1044,7 @@ impl Metainfo {
         project: &ProjectId,
         req: &pb::CommitObjectRequest,
     ) -> Result<pb::CommitObjectResponse, MetainfoError> {
-        let pending = self.pending(project, &req.stream_id)?;
+        let (pending, pending_raw) = self.pending_raw(project, &req.stream_id)?;
         if req.inline_data.len() as u64 > self.config.max_inline_size + 64 {
             return Err(MetainfoError::InlineTooLarge {
                 size: req.inline_data.len(),
@@ -1104,13 +1113,13 @@ impl Metainfo {
         };
         let mut key = object_prefix(project, &pending.bucket);
         key.extend_from_slice(&pending.encrypted_key);
-        let pending_raw = self.kv.get(Table::PendingObjects, &req.stream_id)?;
-        if pending_raw.is_none() {
-            return Err(MetainfoError::UploadNotFound);
-        }
         let mut ops = vec![
             // Committed once, however many processes are asked at once.
-            Op::Expect(Table::PendingObjects, req.stream_id.to_vec(), pending_raw),
+            Op::Expect(
+                Table::PendingObjects,
+                req.stream_id.to_vec(),
+                Some(pending_raw),
+            ),
             Op::Delete(Table::PendingObjects, req.stream_id.to_vec()),
             Op::Delete(
                 Table::ProjectPending,
@@ -1382,6 +1391,18 @@ impl Metainfo {
         bucket: &str,
         encrypted_key: &[u8],
     ) -> Result<(Vec<u8>, pb::ObjectRecord), MetainfoError> {
+        let (key, rec, _) = self.object_raw(project, bucket, encrypted_key)?;
+        Ok((key, rec))
+    }
+
+    /// [`Self::object`] with the stored bytes, for a write that expects
+    /// the record unchanged.
+    fn object_raw(
+        &self,
+        project: &ProjectId,
+        bucket: &str,
+        encrypted_key: &[u8],
+    ) -> Result<(Vec<u8>, pb::ObjectRecord, Vec<u8>), MetainfoError> {
         self.get_bucket(project, bucket)?;
         let mut key = object_prefix(project, bucket);
         key.extend_from_slice(encrypted_key);
@@ -1393,7 +1414,7 @@ impl Metainfo {
         if expired_at(&rec, now_ms()) {
             return Err(MetainfoError::ObjectNotFound);
         }
-        Ok((key, rec))
+        Ok((key, rec, v))
     }
 
     pub fn get_object(
@@ -1464,8 +1485,8 @@ impl Metainfo {
         how: Relocation,
     ) -> Result<(), MetainfoError> {
         let _refs = self.stream_lock.lock().expect("stream lock");
-        let (old_key, mut obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
-        let source_raw = self.kv.get(Table::Objects, &old_key)?;
+        let (old_key, mut obj, source_raw) =
+            self.object_raw(project, &req.bucket, &req.encrypted_key)?;
         if obj.stream_id != req.stream_id {
             return Err(MetainfoError::Invalid(
                 "the object was replaced meanwhile; try again",
@@ -1503,7 +1524,11 @@ impl Metainfo {
             ));
         }
         let size = stored_size(&obj);
-        let mut ops = vec![Op::Expect(Table::Objects, old_key.clone(), source_raw)];
+        let mut ops = vec![Op::Expect(
+            Table::Objects,
+            old_key.clone(),
+            Some(source_raw),
+        )];
         match how {
             Relocation::Move => {
                 ops.push(Op::Delete(Table::Objects, old_key));
@@ -1791,10 +1816,9 @@ impl Metainfo {
         req: &pb::ObjectRequest,
     ) -> Result<(), MetainfoError> {
         let _refs = self.stream_lock.lock().expect("stream lock");
-        let (key, obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
-        let raw = self.kv.get(Table::Objects, &key)?;
+        let (key, obj, raw) = self.object_raw(project, &req.bucket, &req.encrypted_key)?;
         let mut ops = vec![
-            Op::Expect(Table::Objects, key.clone(), raw),
+            Op::Expect(Table::Objects, key.clone(), Some(raw)),
             Op::Delete(Table::Objects, key),
         ];
         ops.extend(self.stream_ref_ops(&[(&obj, -1)])?);

@@ -160,19 +160,10 @@ async fn two_satellite_processes_on_postgres_survive_kill_9_of_one() -> anyhow::
     assert!(lost.is_empty(), "acknowledged uploads lost: {lost:#?}");
 
     // The job finishes (driven on by the surviving process if the dead one
-    // drove it, once its lease lapsed).
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let status = loop {
-        let out = uplink(&access, &["job", "status", &job, "-o", "json"]);
-        if out.status.success() {
-            let s: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-            if s["state"] != "running" {
-                break s;
-            }
-        }
-        assert!(Instant::now() < deadline, "the job did not finish");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    // drove it, once its lease lapsed): `job wait` follows it to its end.
+    ok(uplink(&access, &["job", "wait", &job]));
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(uplink(&access, &["job", "status", &job, "-o", "json"])))?;
     assert_eq!(status["state"], "done", "{status}");
 
     // Chores run on in the surviving process: a storage node dies, and its
