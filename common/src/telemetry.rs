@@ -27,6 +27,9 @@ const FINE_BUCKETS: &[f64] = &[
 /// `_seconds` suffix rule).
 const FINE_HISTOGRAMS: &[&str] = &["loam_satellite_repair_duration_seconds"];
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -42,6 +45,18 @@ pub fn prometheus() -> PrometheusHandle {
             }
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
+            // Histogram samples wait in memory until they are folded into
+            // their buckets; without this a daemon nobody scrapes would
+            // grow by every request it serves.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_INTERVAL);
+                        upkeep.run_upkeep();
+                    }
+                });
             // Another recorder may already be installed (tests); ours then
             // renders nothing, which is harmless.
             let _ = metrics::set_global_recorder(recorder);

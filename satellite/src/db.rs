@@ -270,9 +270,11 @@ pub fn transact<T, E: From<DbError>>(
             Ok(()) => return Ok(out),
             Err(DbError::Conflict) if attempt + 1 < TRANSACT_ATTEMPTS => {
                 attempt += 1;
-                // Back off a little, more each time, so that writers that
-                // collided do not collide again in lock step.
-                let jitter = rand::random::<u64>() % (50 * u64::from(attempt));
+                // Back off a random while, doubling its bound each time (to
+                // 50 ms), so that writers that collided do not collide again
+                // in lock step and none is starved by the others.
+                let bound = (100u64 << attempt.min(9)).min(50_000);
+                let jitter = rand::random::<u64>() % bound;
                 std::thread::sleep(std::time::Duration::from_micros(jitter));
             }
             Err(e) => return Err(e.into()),
@@ -402,11 +404,23 @@ pub trait Kv: Send + Sync + 'static {
     fn shared(&self) -> bool {
         false
     }
+
+    /// Bytes the database holds in this process's memory, by kind (an
+    /// embedded database's write buffers, table readers, cache).
+    fn memory(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
+
+/// Bytes one table's write buffer holds before it is flushed.
+const WRITE_BUFFER_BYTES: usize = 8 << 20;
+/// Bytes of data blocks the RocksDB tables keep cached, all together.
+const BLOCK_CACHE_BYTES: usize = 32 << 20;
 
 /// RocksDB with one column family per table.
 pub struct RocksKv {
     db: DB,
+    cache: rocksdb::Cache,
     /// Whether every write is synced to disk before it returns.
     sync: bool,
     /// Plain batches share it; a batch with expectations holds it alone
@@ -427,11 +441,24 @@ impl RocksKv {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = Table::ALL
-            .iter()
-            .map(|t| ColumnFamilyDescriptor::new(t.name(), Options::default()));
+        // Memory stays bounded whatever the data grows to: small write
+        // buffers per table (the busy ones fill theirs; idle ones hold
+        // nothing) and one block cache shared by every table. (Index
+        // blocks stay outside the cache: inside a cache this small they
+        // are evicted by data blocks and writes slow to a fifth.)
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES)?;
+        let cfs = Table::ALL.iter().map(|t| {
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            let mut o = Options::default();
+            o.set_write_buffer_size(WRITE_BUFFER_BYTES);
+            o.set_max_write_buffer_number(3);
+            o.set_block_based_table_factory(&table);
+            ColumnFamilyDescriptor::new(t.name(), o)
+        });
         Ok(Self {
             db: DB::open_cf_descriptors(&opts, path, cfs)?,
+            cache,
             sync,
             writes: RwLock::new(()),
         })
@@ -445,6 +472,25 @@ impl RocksKv {
 }
 
 impl Kv for RocksKv {
+    fn memory(&self) -> Vec<(&'static str, u64)> {
+        let sum = |property: &str| -> u64 {
+            Table::ALL
+                .iter()
+                .filter_map(|t| {
+                    self.db
+                        .property_int_value_cf(self.cf(*t), property)
+                        .ok()
+                        .flatten()
+                })
+                .sum()
+        };
+        vec![
+            ("write_buffers", sum("rocksdb.cur-size-all-mem-tables")),
+            ("table_readers", sum("rocksdb.estimate-table-readers-mem")),
+            ("block_cache", self.cache.get_usage() as u64),
+        ]
+    }
+
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
         Ok(self.db.get_cf(self.cf(table), key)?)
     }

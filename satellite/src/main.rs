@@ -300,7 +300,27 @@ enum NodesCommand {
 /// on the database must not starve the others of threads.
 const MIN_WORKER_THREADS: usize = 16;
 
+/// glibc's malloc arenas the process may use. By default it makes up to
+/// eight per core, and with the satellite's many threads each arena keeps
+/// its own freed memory: resident memory then climbs with the data served
+/// (measured: 58 MiB at 100 000 objects, 116 MiB at 1 000 000) where four
+/// keep it near flat at the same throughput.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_ARENAS: libc::c_int = 4;
+
+/// Sets [`MALLOC_ARENAS`]; called first thing, before any thread starts.
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of the allocator, and no other
+    // thread exists yet to be allocating.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+    }
+}
+
 fn main() {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     telemetry::init_logging_as("info", cli.log.log_format);
     let threads = std::thread::available_parallelism()

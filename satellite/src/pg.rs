@@ -27,6 +27,7 @@ use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::IsolationLevel;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 
 use crate::db::{DbError, Expectation, Kv, Op, Pairs, Table, split_batch};
 
@@ -57,6 +58,17 @@ pub fn schema_version() -> i64 {
 
 fn sql_table(t: Table) -> String {
     format!("kv_{}", t.name())
+}
+
+/// Counts one statement sent (`loam_satellite_db_statements_total`), by
+/// table and kind: what a request costs in round trips.
+fn count(table: Table, statement: &'static str) {
+    metrics::counter!(
+        "loam_satellite_db_statements_total",
+        "table" => table.name(),
+        "statement" => statement
+    )
+    .increment(1);
 }
 
 /// The satellite's tables on PostgreSQL.
@@ -272,6 +284,7 @@ impl Kv for PgKv {
         let key = key.to_vec();
         self.call(async move {
             let c = client(&pool).await?;
+            count(table, "get");
             let sql = format!("SELECT v FROM {} WHERE k = $1", sql_table(table));
             let stmt = c
                 .prepare_cached(&sql)
@@ -338,6 +351,7 @@ impl Kv for PgKv {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.call(async move {
             let c = client(&pool).await?;
+            count(table, "scan");
             // Without an upper bound when the prefix has no successor
             // (empty, or all 0xff bytes).
             let bound = if end.is_some() { "AND k < $3 " } else { "" };
@@ -377,29 +391,55 @@ async fn write_once(
         .isolation_level(IsolationLevel::Serializable)
         .start()
         .await?;
-    for (t, k, want) in expects {
+    // The expectations are read pipelined: one round trip for all of them.
+    let mut reads = Vec::with_capacity(expects.len());
+    for (t, _, _) in expects {
+        count(*t, "expect");
         let sql = format!("SELECT v FROM {} WHERE k = $1", sql_table(*t));
-        let stmt = tx.prepare_cached(&sql).await?;
-        let have: Option<Vec<u8>> = tx.query_opt(&stmt, &[k]).await?.map(|r| r.get(0));
-        if have != *want {
-            tx.rollback().await?;
-            return Ok(false);
-        }
+        reads.push(tx.prepare_cached(&sql).await?);
     }
-    for (t, (keys, values)) in puts {
+    let keys: Vec<[&(dyn ToSql + Sync); 1]> = expects.iter().map(|(_, k, _)| [k as _]).collect();
+    let have = futures::future::try_join_all(
+        reads
+            .iter()
+            .zip(&keys)
+            .map(|(stmt, k)| tx.query_opt(stmt, &k[..])),
+    )
+    .await?;
+    let held = have
+        .into_iter()
+        .zip(expects)
+        .all(|(row, (_, _, want))| row.map(|r| r.get::<_, Vec<u8>>(0)) == *want);
+    if !held {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    // Then every upsert and delete, pipelined too.
+    let mut changes = Vec::new();
+    for t in puts.keys() {
+        count(*t, "put");
         let sql = format!(
             "INSERT INTO {} (k, v) SELECT * FROM UNNEST($1::BYTEA[], $2::BYTEA[]) \
              ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
             sql_table(*t)
         );
-        let stmt = tx.prepare_cached(&sql).await?;
-        tx.execute(&stmt, &[keys, values]).await?;
+        changes.push(tx.prepare_cached(&sql).await?);
     }
-    for (t, keys) in deletes {
+    for t in deletes.keys() {
+        count(*t, "delete");
         let sql = format!("DELETE FROM {} WHERE k = ANY($1)", sql_table(*t));
-        let stmt = tx.prepare_cached(&sql).await?;
-        tx.execute(&stmt, &[keys]).await?;
+        changes.push(tx.prepare_cached(&sql).await?);
     }
+    let params: Vec<Vec<&(dyn ToSql + Sync)>> = puts
+        .values()
+        .map(|(keys, values)| vec![keys as _, values as _])
+        .chain(deletes.values().map(|keys| vec![keys as _]))
+        .collect();
+    let runs = changes
+        .iter()
+        .zip(&params)
+        .map(|(stmt, p)| tx.execute(stmt, p.as_slice()));
+    futures::future::try_join_all(runs).await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -34,6 +34,33 @@ pub struct Figures {
     pub ls_p99_ms: f64,
     /// Segments, seconds and the checking process's peak RSS in MiB.
     pub checker: Option<(u64, f64, f64)>,
+    /// Database statements per commit (PostgreSQL only), by table and kind,
+    /// most first.
+    pub statements: Vec<(String, f64)>,
+}
+
+/// `loam_satellite_db_statements_total` summed over the satellite
+/// processes, by its labels.
+async fn statements(
+    net: &ProcessNetwork,
+) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    const NAME: &str = "loam_satellite_db_statements_total{";
+    let mut all = std::collections::BTreeMap::new();
+    for p in net.processes.iter().filter(|p| p.role == "satellite") {
+        let text = crate::http_get(&p.metrics_url).await?;
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(NAME) else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            if let Ok(v) = value.trim().parse::<f64>() {
+                *all.entry(labels.to_string()).or_default() += v;
+            }
+        }
+    }
+    Ok(all)
 }
 
 /// Keys per listed prefix.
@@ -103,6 +130,7 @@ pub async fn run_one(
     projects[0].create_bucket("meta").await?;
 
     let checkpoint = (objects / 10).max(1);
+    let before = statements(&net).await?;
     let started = Instant::now();
     let mut done = 0usize;
     let mut commits = futures::stream::iter(0..objects)
@@ -131,14 +159,45 @@ pub async fn run_one(
                 .map(memory)
                 .fold((0.0, 0.0), |a, m| (a.0 + m.0, a.1 + m.1));
             fig.rss.push((done, rss, peak));
+            let mut database = String::new();
+            if let Some(p) = net.processes.iter().find(|p| p.role == "satellite") {
+                let text = crate::http_get(&p.metrics_url).await.unwrap_or_default();
+                for line in text.lines() {
+                    if let Some(rest) =
+                        line.strip_prefix("loam_satellite_database_memory_bytes{kind=\"")
+                        && let Some((kind, value)) = rest.split_once("\"} ")
+                        && let Ok(v) = value.trim().parse::<f64>()
+                    {
+                        database.push_str(&format!(", {kind} {:.0} MiB", v / 1048576.0));
+                    }
+                }
+            }
             eprintln!(
-                "{name}: {done} objects, {:.0} commits/s so far, satellite RSS {rss:.0} MiB (peak {peak:.0})",
+                "{name}: {done} objects, {:.0} commits/s so far, satellite RSS {rss:.0} MiB (peak {peak:.0}){database}",
                 done as f64 / started.elapsed().as_secs_f64()
             );
         }
     }
     drop(commits);
     fig.commits_per_sec = objects as f64 / started.elapsed().as_secs_f64();
+    let after = statements(&net).await?;
+    fig.statements = after
+        .into_iter()
+        .map(|(labels, n)| {
+            let per = (n - before.get(&labels).copied().unwrap_or(0.0)) / objects as f64;
+            (labels, per)
+        })
+        // What a commit costs, not the background's odd statement.
+        .filter(|(_, per)| *per >= 0.005)
+        .collect();
+    fig.statements.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if !fig.statements.is_empty() {
+        let total: f64 = fig.statements.iter().map(|s| s.1).sum();
+        eprintln!("{name}: {total:.1} database statements per commit:");
+        for (labels, per) in &fig.statements {
+            eprintln!("  {per:6.2}  {labels}");
+        }
+    }
 
     // ls of whole 1 000-key prefixes, spread over the key space.
     let groups = objects.div_ceil(GROUP).max(1);
@@ -263,7 +322,7 @@ fn seed_segments(
 pub fn report(all: &[Figures]) -> String {
     let mut out = String::new();
     out.push_str(
-        "configuration      objects   commits/s  ls 1000 keys p50 / p99 ms   RSS MiB at each tenth (peak)   checker pass: segments, s, peak RSS MiB\n",
+        "configuration      objects   commits/s  statements/commit  ls 1000 keys p50 / p99 ms   RSS MiB at each tenth (peak)   checker pass: segments, s, peak RSS MiB\n",
     );
     for f in all {
         let rss: Vec<String> = f
@@ -275,11 +334,17 @@ pub fn report(all: &[Figures]) -> String {
             "runs in one process (see postgres)".to_string(),
             |(n, s, p)| format!("{n} segments, {s:.2} s, {p:.0} MiB"),
         );
+        let statements = if f.statements.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.1}", f.statements.iter().map(|s| s.1).sum::<f64>())
+        };
         out.push_str(&format!(
-            "{:<18} {:>8} {:>10.0}  {:>10.1} / {:<10.1}   {}   {}\n",
+            "{:<18} {:>8} {:>10.0}  {:>17}  {:>10.1} / {:<10.1}   {}   {}\n",
             f.name,
             f.objects,
             f.commits_per_sec,
+            statements,
             f.ls_p50_ms,
             f.ls_p99_ms,
             rss.join(", "),
