@@ -59,6 +59,21 @@ pub enum SatelliteError {
     },
 }
 
+/// A chore running in this process.
+struct Chore {
+    task: tokio::task::JoinHandle<()>,
+    control: ChoreControl,
+}
+
+/// What `POST /api/chores/{name}` needs of a chore: its cycle, and whether
+/// this process holds its lease (runs it) now.
+#[derive(Clone)]
+struct ChoreControl {
+    name: &'static str,
+    cycle: Arc<Cycle>,
+    held: tokio::sync::watch::Receiver<bool>,
+}
+
 /// Runs `work` on `service` every time `cycle` fires, until `cancel`, in
 /// one satellite process at a time: a run starts only while this process
 /// holds the chore's lease (`name`), which it renews while it works.
@@ -68,7 +83,7 @@ fn spawn_chore<S, F, Fut>(
     (leases, name): (&Arc<lease::Leases>, &'static str),
     service: &Arc<S>,
     work: F,
-) -> tokio::task::JoinHandle<()>
+) -> Chore
 where
     S: Send + Sync + 'static,
     F: Fn(Arc<S>) -> Fut + Send + Sync + 'static,
@@ -79,7 +94,9 @@ where
     let ttl = lease::CHORE_LEASE;
     // Whether this process holds the chore's lease, kept up to date by a
     // keeper that takes or renews it every third of its term.
-    let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let held = Arc::new(tokio::sync::watch::Sender::new(false));
+    let chore_cycle = cycle.clone();
+    let held_rx = held.subscribe();
     let keeper = {
         let (leases, held, cancel) = (leases.clone(), held.clone(), cancel.clone());
         let cycle = cycle.clone();
@@ -97,7 +114,7 @@ where
                     }
                     Err(_) => false,
                 };
-                let had = held.swap(got, std::sync::atomic::Ordering::SeqCst);
+                let had = held.send_replace(got);
                 if got && !had && !std::mem::take(&mut first) {
                     // Taken over (or first held): run now rather than at
                     // this process's next tick, which may be an interval away.
@@ -111,7 +128,7 @@ where
             }
         })
     };
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         cycle
             .run(cancel, || {
                 let (leases, service, held) = (leases.clone(), service.clone(), held.clone());
@@ -120,11 +137,11 @@ where
                     // The first tick may come before the keeper's first
                     // try: ask once here too.
                     let now = loam_common::orders::now_ms();
-                    if !held.load(std::sync::atomic::Ordering::SeqCst) {
+                    if !*held.borrow() {
                         let got = leases.hold(name, ttl, now).unwrap_or(false);
-                        held.store(got, std::sync::atomic::Ordering::SeqCst);
+                        held.send_replace(got);
                     }
-                    if held.load(std::sync::atomic::Ordering::SeqCst) {
+                    if *held.borrow() {
                         work(service).await;
                     }
                 }
@@ -134,7 +151,62 @@ where
         if let Err(e) = leases.release(name) {
             tracing::debug!(chore = name, error = %e, "chore lease not released");
         }
-    })
+    });
+    Chore {
+        task,
+        control: ChoreControl {
+            name,
+            cycle: chore_cycle,
+            held: held_rx,
+        },
+    }
+}
+
+/// Longest a `POST /api/chores/...` waits, for the lease and for the run.
+const RUN_NOW_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `POST /api/chores/{name}`: runs a chore now in this process, the same
+/// work it does every interval, and answers once a run that began after
+/// the request is over (an operator's "repair now", and how tests wait for
+/// a chore's effect instead of polling for it). With several processes on
+/// one database only the holder of the chore's lease runs it: the request
+/// waits until this process holds it (another process's lapses when that
+/// process dies).
+async fn run_chore_now(
+    chores: Arc<Vec<ChoreControl>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    let Some(chore) = chores.iter().find(|c| c.name == name) else {
+        let names: Vec<&str> = chores.iter().map(|c| c.name).collect();
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no chore {name:?}; chores: {}\n", names.join(", ")),
+        );
+    };
+    let mut held = chore.held.clone();
+    let run = async {
+        if held.wait_for(|h| *h).await.is_err() {
+            return Err("the satellite is stopping");
+        }
+        chore.cycle.trigger_wait().await;
+        Ok(())
+    };
+    match tokio::time::timeout(RUN_NOW_TIMEOUT, run).await {
+        Ok(Ok(())) => (StatusCode::OK, "done\n".into()),
+        Ok(Err(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        Err(_) if !*held.borrow() => (
+            StatusCode::CONFLICT,
+            format!("another satellite process holds the {name} lease; ask that one\n"),
+        ),
+        Err(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the {name} chore did not finish within {} s\n",
+                RUN_NOW_TIMEOUT.as_secs()
+            ),
+        ),
+    }
 }
 
 /// Where a running satellite can be reached, written to `DIR/run/satellite.json`.
@@ -415,9 +487,6 @@ impl Satellite {
             Err(e) => tracing::warn!(error = %e, "cannot resume compute jobs"),
         }
         crate::metrics_list::describe(self.overlay.online_count(loam_common::orders::now_ms()));
-        let router = telemetry::metrics_router("satellite")
-            .route("/health", axum::routing::get(|| async { "ok" }));
-        let http_task = tokio::spawn(telemetry::serve_http(self.http, router, cancel.clone()));
         let leases = Arc::new(lease::Leases::new(self.kv.clone()));
         let sweeper = spawn_chore(
             &self.abandoned_uploads,
@@ -449,6 +518,7 @@ impl Satellite {
             let (compute, overlay, cancel) =
                 (self.compute.clone(), self.overlay.clone(), cancel.clone());
             let shared = self.kv.shared();
+            let kv = self.kv.clone();
             tokio::spawn(async move {
                 let mut jobs = tokio::time::interval(compute::JOB_LEASE / 3);
                 let mut nodes = tokio::time::interval(overlay::REFRESH_INTERVAL);
@@ -458,6 +528,10 @@ impl Satellite {
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         _ = jobs.tick() => {
+                            for (kind, bytes) in kv.memory() {
+                                metrics::gauge!("loam_satellite_database_memory_bytes", "kind" => kind)
+                                    .set(bytes as f64);
+                            }
                             let compute = compute.clone();
                             match tokio::task::spawn_blocking(move || compute.resume_jobs()).await {
                                 Ok(Ok(0)) => {}
@@ -549,6 +623,23 @@ impl Satellite {
                 }
             },
         );
+        let chores = [
+            sweeper,
+            gc_task,
+            audit_task,
+            online_task,
+            tally_task,
+            repair_task,
+        ];
+        let runnable = Arc::new(chores.iter().map(|c| c.control.clone()).collect::<Vec<_>>());
+        let chore_routes = axum::Router::new().route(
+            "/api/chores/{name}",
+            axum::routing::post(move |name| run_chore_now(runnable.clone(), name)),
+        );
+        let router = telemetry::metrics_router("satellite")
+            .route("/health", axum::routing::get(|| async { "ok" }))
+            .merge(telemetry::same_origin_only(chore_routes, Vec::new()));
+        let http_task = tokio::spawn(telemetry::serve_http(self.http, router, cancel.clone()));
         let quic = self.endpoint.clone();
         loop {
             tokio::select! {
@@ -578,16 +669,10 @@ impl Satellite {
         }
         self.compute_stop.cancel();
         quic.close();
-        let _ = tokio::join!(
-            http_task,
-            sweeper,
-            gc_task,
-            repair_task,
-            audit_task,
-            online_task,
-            tally_task,
-            background
-        );
+        for chore in chores {
+            let _ = chore.task.await;
+        }
+        let _ = tokio::join!(http_task, background);
         let _ = tokio::time::timeout(Duration::from_secs(2), quic.wait_idle()).await;
         Ok(())
     }

@@ -7,6 +7,14 @@ pub fn describe(nodes_online: usize) {
     loam_common::telemetry::prometheus();
     describe_counter!("loam_satellite_checkins_total", "Node check-ins accepted");
     describe_gauge!(
+        "loam_satellite_database_memory_bytes",
+        "Memory an embedded database holds in this process, by kind (write_buffers, table_readers, block_cache)"
+    );
+    describe_counter!(
+        "loam_satellite_db_statements_total",
+        "Statements sent to a PostgreSQL database, by table and statement (get, scan, expect, put, delete)"
+    );
+    describe_gauge!(
         "loam_satellite_nodes_online",
         "Nodes that checked in within the online window"
     );

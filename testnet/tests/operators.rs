@@ -230,6 +230,39 @@ fn a_network_from_nothing_following_the_operator_guide() {
     assert_eq!(st["storage"]["stored_bytes"], 3_000_000, "{st}");
     let table = ok(run("satellite", &["status", "--dir", s(&sat_dir)]));
     assert!(table.contains("3 online of 3"), "{table}");
+
+    // An operator runs a satellite chore now, and hears when it is done.
+    let sat_info: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(sat_dir.join("run/satellite.json")).expect("run info"),
+    )
+    .expect("json");
+    let chores = sat_info["metrics_url"]
+        .as_str()
+        .expect("metrics_url")
+        .replace("/metrics", "/api/chores");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let audits = |rt: &tokio::runtime::Runtime| {
+        let page = rt
+            .block_on(loam_testnet::http_get(&format!(
+                "{}/metrics",
+                chores.trim_end_matches("/api/chores")
+            )))
+            .expect("metrics");
+        loam_testnet::metric_value(&page, "loam_satellite_audits_total")
+    };
+    let before = audits(&rt);
+    let done = rt
+        .block_on(loam_testnet::http_post(&format!("{chores}/audit")))
+        .expect("run the audit chore");
+    assert_eq!(done.trim(), "done");
+    assert!(audits(&rt) > before, "the audit run audited nothing");
+    let unknown = rt
+        .block_on(loam_testnet::http_post(&format!("{chores}/nothing")))
+        .expect_err("no such chore");
+    assert!(
+        unknown.to_string().contains("404") && unknown.to_string().contains("repair"),
+        "{unknown}"
+    );
 }
 
 #[test]
