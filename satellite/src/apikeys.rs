@@ -4,17 +4,25 @@
 //! The satellite keeps, per key, a random secret under the key's public
 //! head ([`Table::KeySecrets`]) — never the key. A request's key is
 //! verified by recomputing its MAC chain from the secret (constant-time
-//! comparison at the end), every tail along the chain is looked up in the
-//! in-memory set of revoked tails (one hash lookup per caveat, whatever the
-//! number of revocations), and then every caveat is applied to what the
+//! comparison at the end), every tail along the chain is looked up in
+//! [`Table::Revocations`], and then every caveat is applied to what the
 //! request does.
+//!
+//! A process remembers what it looked up ([`Remembered`]): secrets are
+//! written once and never change, and a revoked tail stays revoked, so both
+//! are kept; that a tail is *not* revoked is trusted for
+//! [`REVOCATION_TTL`] when other processes share the database (a
+//! revocation made by another process takes effect here within that
+//! time), and until this process revokes it otherwise. A busy uplink's
+//! requests then cost no database reads for its key.
 //!
 //! Keys from before caveats (32 random bytes, stored as their BLAKE3 hash
 //! in [`Table::ApiKeys`]) keep working with every right; they cannot be
 //! narrowed.
 
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use loam_common::macaroon::{CaveatedKey, KEY_BYTES, KeyError, Op, Request};
 use loam_common::orders::now_ms;
@@ -73,10 +81,28 @@ impl Authorized {
     }
 }
 
+/// How long a process trusts that a tail is not revoked when other
+/// processes share the database.
+pub const REVOCATION_TTL: Duration = Duration::from_secs(5);
+
+/// Entries a process remembers of keys and of revocations, each; past it
+/// it starts over.
+const REMEMBERED: usize = 100_000;
+
+/// What this process looked up of keys and revocations.
+#[derive(Default)]
+struct Remembered {
+    /// Key head to its secret and project.
+    secrets: HashMap<[u8; KEY_BYTES], ([u8; KEY_BYTES], ProjectId)>,
+    /// Tail to `None` when revoked, or when it was found not revoked.
+    tails: HashMap<[u8; KEY_BYTES], Option<Instant>>,
+}
+
 pub struct ApiKeys {
     kv: Arc<dyn Kv>,
-    /// Revoked tails; loaded from [`Table::Revocations`] on first use.
-    revoked: RwLock<Option<HashSet<[u8; KEY_BYTES]>>>,
+    remembered: Mutex<Remembered>,
+    /// [`REVOCATION_TTL`], or none when only this process writes.
+    revocation_ttl: Option<Duration>,
     /// Set once the project-to-keys index is known to be built.
     indexed: crate::db::Built,
 }
@@ -94,27 +120,56 @@ fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M, M
 impl ApiKeys {
     pub fn new(kv: Arc<dyn Kv>) -> Self {
         Self {
+            revocation_ttl: kv.shared().then_some(REVOCATION_TTL),
             kv,
-            revoked: RwLock::new(None),
+            remembered: Default::default(),
             indexed: Default::default(),
         }
     }
 
-    fn ensure_loaded(&self) -> Result<(), MetainfoError> {
-        if self.revoked.read().expect("revocations lock").is_some() {
-            return Ok(());
-        }
-        let mut set = HashSet::new();
-        for (tail, _) in self.kv.scan(Table::Revocations, b"", b"", usize::MAX)? {
-            if let Ok(t) = <[u8; KEY_BYTES]>::try_from(tail.as_slice()) {
-                set.insert(t);
+    fn remembered(&self) -> std::sync::MutexGuard<'_, Remembered> {
+        // The map holds no invariant a panicking holder could break.
+        self.remembered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `tail` is revoked: remembered, or read and remembered.
+    fn is_revoked(&self, tail: &[u8; KEY_BYTES]) -> Result<bool, MetainfoError> {
+        match self.remembered().tails.get(tail) {
+            Some(None) => return Ok(true),
+            Some(Some(at)) if self.revocation_ttl.is_none_or(|ttl| at.elapsed() < ttl) => {
+                return Ok(false);
             }
+            _ => {}
         }
-        let mut w = self.revoked.write().expect("revocations lock");
-        if w.is_none() {
-            *w = Some(set);
+        let revoked = self.kv.get(Table::Revocations, tail)?.is_some();
+        let mut r = self.remembered();
+        if r.tails.len() >= REMEMBERED {
+            r.tails.clear();
         }
-        Ok(())
+        r.tails.insert(*tail, (!revoked).then(Instant::now));
+        Ok(revoked)
+    }
+
+    /// The secret and project of the key with `head`, if there is one.
+    fn secret_of(
+        &self,
+        head: &[u8; KEY_BYTES],
+    ) -> Result<Option<([u8; KEY_BYTES], ProjectId)>, MetainfoError> {
+        if let Some(found) = self.remembered().secrets.get(head) {
+            return Ok(Some(*found));
+        }
+        let Some(rec) = self.record(head)? else {
+            return Ok(None);
+        };
+        let found = Self::secret(&rec)?;
+        let mut r = self.remembered();
+        if r.secrets.len() >= REMEMBERED {
+            r.secrets.clear();
+        }
+        r.secrets.insert(*head, found);
+        Ok(Some(found))
     }
 
     /// Builds the project-to-keys index of a database from before it, once.
@@ -147,13 +202,12 @@ impl ApiKeys {
 
     /// How many tails are revoked.
     pub fn revoked_count(&self) -> Result<usize, MetainfoError> {
-        self.ensure_loaded()?;
-        Ok(self
-            .revoked
-            .read()
-            .expect("revocations lock")
-            .as_ref()
-            .map_or(0, |s| s.len()))
+        let mut n = 0;
+        crate::db::for_each_page(&*self.kv, Table::Revocations, b"", |page| {
+            n += page.len();
+            Ok(())
+        })?;
+        Ok(n)
     }
 
     /// A new key without caveats for `project`, named `name`.
@@ -207,17 +261,22 @@ impl ApiKeys {
             return Ok(Authorized { project, key: None });
         }
         let key = CaveatedKey::from_bytes(api_key).map_err(MetainfoError::Key)?;
-        let rec = self
-            .record(key.head())?
+        let (secret, project) = self
+            .secret_of(key.head())?
             .ok_or(MetainfoError::Key(KeyError::Invalid))?;
-        let (secret, project) = Self::secret(&rec)?;
-        self.ensure_loaded()?;
-        {
-            let revoked = self.revoked.read().expect("revocations lock");
-            let revoked = revoked.as_ref().expect("loaded above");
-            key.verify(&secret, |t| revoked.contains(t))
-                .map_err(MetainfoError::Key)?;
+        // A tail that cannot be looked up counts as revoked, and the
+        // lookup's error is what the request gets.
+        let failed = std::cell::Cell::new(None);
+        let verified = key.verify(&secret, |t| {
+            self.is_revoked(t).unwrap_or_else(|e| {
+                failed.set(Some(e));
+                true
+            })
+        });
+        if let Some(e) = failed.into_inner() {
+            return Err(e);
         }
+        verified.map_err(MetainfoError::Key)?;
         Ok(Authorized {
             project,
             key: Some(key),
@@ -226,9 +285,6 @@ impl ApiKeys {
 
     /// The keys of `project`, oldest first.
     pub fn list(&self, project: &ProjectId) -> Result<Vec<pb::ApiKeyInfo>, MetainfoError> {
-        self.ensure_loaded()?;
-        let revoked = self.revoked.read().expect("revocations lock");
-        let revoked = revoked.as_ref().expect("loaded above");
         self.index()?;
         let mut entries = Vec::new();
         crate::db::for_each_page(&*self.kv, Table::ProjectKeys, project, |page| {
@@ -257,15 +313,12 @@ impl ApiKeys {
             let head_arr =
                 <[u8; KEY_BYTES]>::try_from(head).map_err(|_| DbError::Corrupt("api key"))?;
             let tail = CaveatedKey::root_tail(&secret, &head_arr);
-            let revoked_unix_ms = if revoked.contains(&tail) {
-                self.kv
-                    .get(Table::Revocations, &tail)?
-                    .map(|v| decode::<pb::RevocationRecord>(&v, "revocation"))
-                    .transpose()?
-                    .map_or(1, |r| r.revoked_unix_ms.max(1))
-            } else {
-                0
-            };
+            let revoked_unix_ms = self
+                .kv
+                .get(Table::Revocations, &tail)?
+                .map(|v| decode::<pb::RevocationRecord>(&v, "revocation"))
+                .transpose()?
+                .map_or(0, |r| r.revoked_unix_ms.max(1));
             out.push(pb::ApiKeyInfo {
                 head: head.to_vec().into(),
                 name: rec.name,
@@ -278,18 +331,13 @@ impl ApiKeys {
     }
 
     fn revoke_tail(&self, project: &ProjectId, tail: [u8; KEY_BYTES]) -> Result<(), MetainfoError> {
-        self.ensure_loaded()?;
         let rec = pb::RevocationRecord {
             project_id: project.to_vec().into(),
             revoked_unix_ms: now_ms(),
         };
         self.kv
             .put(Table::Revocations, tail.to_vec(), rec.encode_to_vec())?;
-        self.revoked
-            .write()
-            .expect("revocations lock")
-            .get_or_insert_with(HashSet::new)
-            .insert(tail);
+        self.remembered().tails.insert(tail, None);
         metrics::counter!("loam_satellite_api_keys_revoked_total").increment(1);
         Ok(())
     }
@@ -321,6 +369,7 @@ impl ApiKeys {
             return Err(MetainfoError::Invalid("a key id is at least 8 hex digits"));
         }
         let mut found = Vec::new();
+        // Only the keys whose head starts so: a handful at most.
         for (h, v) in self.kv.scan(Table::KeySecrets, head, b"", usize::MAX)? {
             let rec: pb::ApiKeyRecord = decode(&v, "api key")?;
             let (secret, owner) = Self::secret(&rec)?;
@@ -383,5 +432,76 @@ mod tests {
         );
         assert_eq!(names(&b), ["other"]);
         assert_eq!(names(&[3; 16]), Vec::<String>::new());
+    }
+
+    /// A database other processes write too.
+    struct Shared(Arc<dyn Kv>);
+
+    impl Kv for Shared {
+        fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
+            self.0.get(table, key)
+        }
+        fn write(&self, ops: Vec<crate::db::Op>) -> Result<(), DbError> {
+            self.0.write(ops)
+        }
+        fn scan(
+            &self,
+            table: Table,
+            prefix: &[u8],
+            start: &[u8],
+            limit: usize,
+        ) -> Result<crate::db::Pairs, DbError> {
+            self.0.scan(table, prefix, start, limit)
+        }
+        fn shared(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_revocation_in_one_process_is_heard_by_another_that_remembered_the_key() {
+        let kv: Arc<dyn Kv> = Arc::new(Shared(Arc::new(crate::db::MemKv::default())));
+        let (a, mut b) = (ApiKeys::new(kv.clone()), ApiKeys::new(kv.clone()));
+        assert_eq!(b.revocation_ttl, Some(REVOCATION_TTL));
+        let project: ProjectId = [5; 16];
+        let root = a.create(&project, "root").expect("create");
+        let child = root
+            .restrict(&pb::Caveat {
+                disallow_deletes: true,
+                ..Default::default()
+            })
+            .expect("restrict");
+        // Both processes verify the keys and remember what they read.
+        for keys in [&a, &b] {
+            for k in [&root, &child] {
+                assert_eq!(
+                    keys.authenticate(&k.to_bytes()).expect("valid").project,
+                    project
+                );
+            }
+        }
+        // Within its time, b still trusts what it read...
+        let by_root = a.authenticate(&root.to_bytes()).expect("root");
+        a.revoke(&by_root, &child.to_bytes()).expect("revoke");
+        assert!(matches!(
+            a.authenticate(&child.to_bytes()),
+            Err(MetainfoError::Key(KeyError::Revoked))
+        ));
+        assert!(b.authenticate(&child.to_bytes()).is_ok());
+        // ...and once it has passed, b reads the revocation.
+        b.revocation_ttl = Some(Duration::ZERO);
+        assert!(matches!(
+            b.authenticate(&child.to_bytes()),
+            Err(MetainfoError::Key(KeyError::Revoked))
+        ));
+        assert!(b.authenticate(&root.to_bytes()).is_ok());
+        assert_eq!(b.revoked_count().expect("count"), 1);
+        // A key never seen is refused, and not remembered as anything.
+        let (stranger, _) = CaveatedKey::generate();
+        assert!(b.authenticate(&stranger.to_bytes()).is_err());
+        assert!(!b.remembered().secrets.contains_key(stranger.head()));
+        // On a database only this process writes, nothing expires.
+        let alone = ApiKeys::new(Arc::new(crate::db::MemKv::default()));
+        assert_eq!(alone.revocation_ttl, None);
     }
 }
