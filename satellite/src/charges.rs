@@ -159,18 +159,22 @@ pub fn owners_earned(
     to: i64,
 ) -> Result<BTreeMap<ProjectId, Earned>, DbError> {
     let mut out: BTreeMap<ProjectId, Earned> = BTreeMap::new();
-    for (k, v) in kv.scan(Table::Earnings, b"", b"", usize::MAX)? {
-        let t = time_of(&k).ok_or(DbError::Corrupt("data fee key"))?;
-        if t < from || t >= to {
-            continue;
+    crate::db::for_each_page(&**kv, Table::Earnings, b"", |page| {
+        for (k, v) in page {
+            let t = time_of(&k).ok_or(DbError::Corrupt("data fee key"))?;
+            if t < from || t >= to {
+                continue;
+            }
+            let owner = k
+                .get(..16)
+                .and_then(|b| ProjectId::try_from(b).ok())
+                .ok_or(DbError::Corrupt("data fee key"))?;
+            let fee =
+                pb::DataFee::decode(v.as_slice()).map_err(|_| DbError::Corrupt("data fee"))?;
+            out.entry(owner).or_default().add(&fee)?;
         }
-        let owner = k
-            .get(..16)
-            .and_then(|b| ProjectId::try_from(b).ok())
-            .ok_or(DbError::Corrupt("data fee key"))?;
-        let fee = pb::DataFee::decode(v.as_slice()).map_err(|_| DbError::Corrupt("data fee"))?;
-        out.entry(owner).or_default().add(&fee)?;
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 

@@ -3,13 +3,13 @@
 //! satellite counted itself, column and class names unless hidden) — never
 //! a record, a key or an encrypted name.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use loam_common::orders::now_ms;
 use loam_common::pb;
 use prost::Message;
 
-use crate::db::{DbError, Kv, Table};
+use crate::db::{DbError, Kv, Op, Table, Txn};
 use crate::metainfo::{Metainfo, MetainfoError, ProjectId};
 
 /// Longest title, license and tag; most tags, columns and classes.
@@ -170,46 +170,87 @@ pub fn for_sale(l: &pb::Listing, now: i64) -> Result<(), MarketError> {
     Ok(())
 }
 
+/// Every change to a listing is a transaction on its record (and on the
+/// index of open listings), so several satellite processes can serve the
+/// market at once: one object is listed once, no count is lost.
 pub struct Market {
     kv: Arc<dyn Kv>,
-    /// Serialises publishing, so one dataset is listed once.
-    lock: Mutex<()>,
+    /// Set once the index of open listings is known to be built.
+    indexed: crate::db::Built,
+}
+
+/// Where the open listing of an object is found ([`Table::Meta`], value:
+/// the listing's id).
+fn open_key(project: &[u8], bucket: &str, key: &[u8]) -> Vec<u8> {
+    [
+        b"listing-of:".as_slice(),
+        project,
+        bucket.as_bytes(),
+        &[0],
+        key,
+    ]
+    .concat()
+}
+
+fn decode_record(v: &[u8]) -> Result<pb::ListingRecord, DbError> {
+    pb::ListingRecord::decode(v).map_err(|_| DbError::Corrupt("listing"))
+}
+
+fn is_published(rec: &pb::ListingRecord) -> bool {
+    rec.listing
+        .as_ref()
+        .is_some_and(|l| l.unpublished_unix_ms == 0)
 }
 
 impl Market {
     pub fn new(kv: Arc<dyn Kv>) -> Self {
         Self {
             kv,
-            lock: Mutex::new(()),
+            indexed: Default::default(),
         }
     }
 
-    fn records(&self) -> Result<Vec<pb::ListingRecord>, MarketError> {
-        self.kv
-            .scan(Table::Listings, b"", b"", usize::MAX)?
-            .into_iter()
-            .map(|(_, v)| {
-                pb::ListingRecord::decode(v.as_slice())
-                    .map_err(|_| DbError::Corrupt("listing").into())
-            })
-            .collect()
+    /// Calls `f` with every listing, a page at a time.
+    fn for_each_record(&self, mut f: impl FnMut(pb::ListingRecord)) -> Result<(), MarketError> {
+        crate::db::for_each_page(&*self.kv, Table::Listings, b"", |page| {
+            for (_, v) in page {
+                f(decode_record(&v)?);
+            }
+            Ok(())
+        })?;
+        Ok(())
     }
 
-    /// The open listing of `project`'s object at (`bucket`, `key`).
+    /// Builds the index of open listings of a database from before it,
+    /// once.
+    fn index(&self) -> Result<(), MarketError> {
+        self.indexed.ensure(|| {
+            crate::db::index_once(&*self.kv, "listings-open", Table::Listings, |id, v| {
+                let rec = decode_record(v)?;
+                Ok(is_published(&rec).then(|| {
+                    Op::Put(
+                        Table::Meta,
+                        open_key(&rec.project_id, &rec.bucket, &rec.encrypted_key),
+                        id.to_vec(),
+                    )
+                }))
+            })
+        })?;
+        Ok(())
+    }
+
+    /// The id of the open listing of `project`'s object at (`bucket`,
+    /// `key`), read in `txn` (a listing published meanwhile makes it run
+    /// again).
     fn open_listing_of(
         &self,
+        txn: &mut Txn<'_>,
         project: &ProjectId,
         bucket: &str,
         key: &[u8],
-    ) -> Result<Option<pb::ListingRecord>, MarketError> {
-        Ok(self.records()?.into_iter().find(|r| {
-            r.project_id.as_ref() == project
-                && r.bucket == bucket
-                && r.encrypted_key == key
-                && r.listing
-                    .as_ref()
-                    .is_some_and(|l| l.unpublished_unix_ms == 0)
-        }))
+    ) -> Result<Option<Vec<u8>>, MarketError> {
+        self.index()?;
+        Ok(txn.get(Table::Meta, &open_key(project, bucket, key))?)
     }
 
     /// A listing's record (the dataset behind it).
@@ -218,7 +259,54 @@ impl Market {
             .kv
             .get(Table::Listings, id)?
             .ok_or_else(|| MarketError::NotFound(listing_id(id)))?;
-        pb::ListingRecord::decode(v.as_slice()).map_err(|_| DbError::Corrupt("listing").into())
+        Ok(decode_record(&v)?)
+    }
+
+    /// A listing's record read in `txn`.
+    fn record_in(txn: &mut Txn<'_>, id: &[u8]) -> Result<pb::ListingRecord, MarketError> {
+        let v = txn
+            .get(Table::Listings, id)?
+            .ok_or_else(|| MarketError::NotFound(listing_id(id)))?;
+        Ok(decode_record(&v)?)
+    }
+
+    /// Lists `rec` (a new listing `id`) unless its object is listed
+    /// already.
+    fn list_new(
+        &self,
+        id: &[u8],
+        rec: &pb::ListingRecord,
+        project: &ProjectId,
+    ) -> Result<(), MarketError> {
+        crate::db::transact(&*self.kv, |txn| {
+            if let Some(existing) =
+                self.open_listing_of(txn, project, &rec.bucket, &rec.encrypted_key)?
+            {
+                return Err(MarketError::AlreadyPublished(listing_id(&existing)));
+            }
+            txn.put(Table::Listings, id.to_vec(), rec.encode_to_vec());
+            txn.put(
+                Table::Meta,
+                open_key(project, &rec.bucket, &rec.encrypted_key),
+                id.to_vec(),
+            );
+            Ok(())
+        })
+    }
+
+    /// Changes listing `id` with `f` in one transaction; returns what `f`
+    /// returns.
+    fn change<T>(
+        &self,
+        id: &[u8],
+        mut f: impl FnMut(&mut pb::ListingRecord) -> Result<T, MarketError>,
+    ) -> Result<T, MarketError> {
+        crate::db::transact(&*self.kv, |txn| {
+            let mut rec = Self::record_in(txn, id)?;
+            let out = f(&mut rec)?;
+            txn.put(Table::Listings, id.to_vec(), rec.encode_to_vec());
+            Ok(out)
+        })
     }
 
     /// Publishes the dataset at (`req.bucket`, `req.encrypted_key`) of
@@ -256,11 +344,6 @@ impl Market {
             .filter_map(|m| m.parse::<loam_common::compute::Architecture>().ok())
             .map(|a| a.to_string())
             .collect();
-        let _guard = self.lock.lock().expect("market lock");
-        if let Some(existing) = self.open_listing_of(project, &req.bucket, &req.encrypted_key)? {
-            let id = existing.listing.map(|l| l.id).unwrap_or_default();
-            return Err(MarketError::AlreadyPublished(listing_id(&id)));
-        }
         let id: [u8; 8] = rand::random();
         let listing = pb::Listing {
             id: id.to_vec().into(),
@@ -289,8 +372,7 @@ impl Market {
             key_tag: req.key_tag.clone(),
             ..Default::default()
         };
-        self.kv
-            .put(Table::Listings, id.to_vec(), rec.encode_to_vec())?;
+        self.list_new(&id, &rec, project)?;
         metrics::counter!("loam_satellite_listings_published_total").increment(1);
         Ok(listing)
     }
@@ -322,11 +404,6 @@ impl Market {
             .parse::<loam_common::compute::Architecture>()
             .map_err(|e| invalid(format!("the model: {e}")))?;
         metainfo.object_record(project, &req.bucket, &req.encrypted_key)?;
-        let _guard = self.lock.lock().expect("market lock");
-        if let Some(existing) = self.open_listing_of(project, &req.bucket, &req.encrypted_key)? {
-            let id = existing.listing.map(|l| l.id).unwrap_or_default();
-            return Err(MarketError::AlreadyPublished(listing_id(&id)));
-        }
         let id: [u8; 8] = rand::random();
         let now = now_ms();
         let listing = pb::Listing {
@@ -355,40 +432,42 @@ impl Market {
             model_key: req.model_key.clone(),
             ..Default::default()
         };
-        self.kv
-            .put(Table::Listings, id.to_vec(), rec.encode_to_vec())?;
+        self.list_new(&id, &rec, project)?;
         metrics::counter!("loam_satellite_listings_published_total").increment(1);
         Ok(listing)
     }
 
     /// A model listing open for sale, counted as downloaded once more.
     pub fn sell_model(&self, id: &[u8], now: i64) -> Result<pb::ListingRecord, MarketError> {
-        let _guard = self.lock.lock().expect("market lock");
-        let mut rec = self.record(id)?;
-        let listing = rec.listing.get_or_insert_with(Default::default);
-        for_sale(listing, now)?;
-        listing.downloads = listing.downloads.saturating_add(1);
-        listing.last_used_unix_ms = now;
-        self.kv
-            .put(Table::Listings, id.to_vec(), rec.encode_to_vec())?;
-        Ok(rec)
+        self.change(id, |rec| {
+            let listing = rec.listing.get_or_insert_with(Default::default);
+            for_sale(listing, now)?;
+            listing.downloads = listing.downloads.saturating_add(1);
+            listing.last_used_unix_ms = now;
+            Ok(rec.clone())
+        })
     }
 
     /// Takes a listing off the market: no new jobs (running ones finish).
     pub fn unpublish(&self, project: &ProjectId, id: &[u8]) -> Result<pb::Listing, MarketError> {
-        let _guard = self.lock.lock().expect("market lock");
-        let mut rec = self.record(id)?;
-        if rec.project_id.as_ref() != project {
-            return Err(MarketError::NotOwner);
-        }
-        let listing = rec.listing.get_or_insert_with(Default::default);
-        if listing.unpublished_unix_ms == 0 {
-            listing.unpublished_unix_ms = now_ms();
-        }
-        let out = listing.clone();
-        self.kv
-            .put(Table::Listings, id.to_vec(), rec.encode_to_vec())?;
-        Ok(out)
+        self.index()?;
+        crate::db::transact(&*self.kv, |txn| {
+            let mut rec = Self::record_in(txn, id)?;
+            if rec.project_id.as_ref() != project {
+                return Err(MarketError::NotOwner);
+            }
+            let open = open_key(project, &rec.bucket, &rec.encrypted_key);
+            if txn.get(Table::Meta, &open)?.as_deref() == Some(id) {
+                txn.delete(Table::Meta, open);
+            }
+            let listing = rec.listing.get_or_insert_with(Default::default);
+            if listing.unpublished_unix_ms == 0 {
+                listing.unpublished_unix_ms = now_ms();
+            }
+            let out = listing.clone();
+            txn.put(Table::Listings, id.to_vec(), rec.encode_to_vec());
+            Ok(out)
+        })
     }
 
     /// Replaces a listing's sealed keys with ones the owner sealed again
@@ -399,52 +478,56 @@ impl Market {
         project: &ProjectId,
         req: &pb::ResealListingRequest,
     ) -> Result<pb::Listing, MarketError> {
-        let _guard = self.lock.lock().expect("market lock");
-        let mut rec = self
-            .open_listing_of(project, &req.bucket, &req.encrypted_key)?
-            .ok_or_else(|| invalid("the dataset is not published; run `uplink dataset publish`"))?;
-        let id = rec
-            .listing
-            .as_ref()
-            .map(|l| l.id.to_vec())
-            .unwrap_or_default();
-        let obj = metainfo.object_record(project, &rec.bucket, &rec.encrypted_key)?;
+        let not_published =
+            || invalid("the dataset is not published; run `uplink dataset publish`");
+        self.index()?;
+        let open = open_key(project, &req.bucket, &req.encrypted_key);
+        if self.kv.get(Table::Meta, &open)?.is_none() {
+            return Err(not_published());
+        }
+        let obj = metainfo.object_record(project, &req.bucket, &req.encrypted_key)?;
         let rows = crate::compute::data_rows(metainfo, &obj).map_err(|_| MarketError::Uncounted)?;
         crate::compute::check_task_keys(&rows, &req.tasks)
             .map_err(|e| invalid(format!("the listing's sealed keys: {e}")))?;
         if req.key_tag.len() != 16 {
             return Err(invalid("the listing's keys carry no 16-byte tag"));
         }
-        rec.tasks = req.tasks.clone();
-        rec.key_tag = req.key_tag.clone();
-        rec.row_records = rows.iter().map(|r| r.1).collect();
-        let listing = rec.listing.get_or_insert_with(Default::default);
-        listing.keys_sealed_unix_ms = now_ms();
-        listing.tasks = rows.len() as u32;
-        let out = listing.clone();
-        self.kv.put(Table::Listings, id, rec.encode_to_vec())?;
-        Ok(out)
+        crate::db::transact(&*self.kv, |txn| {
+            let id = self
+                .open_listing_of(txn, project, &req.bucket, &req.encrypted_key)?
+                .ok_or_else(not_published)?;
+            let mut rec = Self::record_in(txn, &id)?;
+            rec.tasks = req.tasks.clone();
+            rec.key_tag = req.key_tag.clone();
+            rec.row_records = rows.iter().map(|r| r.1).collect();
+            let listing = rec.listing.get_or_insert_with(Default::default);
+            listing.keys_sealed_unix_ms = now_ms();
+            listing.tasks = rows.len() as u32;
+            let out = listing.clone();
+            txn.put(Table::Listings, id, rec.encode_to_vec());
+            Ok(out)
+        })
     }
 
     /// Counts a job submitted on a listing.
     pub fn record_job(&self, id: &[u8], now: i64) -> Result<(), MarketError> {
-        let _guard = self.lock.lock().expect("market lock");
-        let mut rec = self.record(id)?;
-        let listing = rec.listing.get_or_insert_with(Default::default);
-        listing.jobs = listing.jobs.saturating_add(1);
-        listing.last_used_unix_ms = now;
-        self.kv
-            .put(Table::Listings, id.to_vec(), rec.encode_to_vec())?;
-        Ok(())
+        self.change(id, |rec| {
+            let listing = rec.listing.get_or_insert_with(Default::default);
+            listing.jobs = listing.jobs.saturating_add(1);
+            listing.last_used_unix_ms = now;
+            Ok(())
+        })
     }
 
     /// Listings of `project`, published or not.
     pub fn owned(&self, project: &ProjectId) -> Result<Vec<pb::ListingRecord>, MarketError> {
-        Ok(self
-            .records()?
-            .into_iter()
-            .filter(|r| r.project_id.as_ref() == project)
-            .collect())
+        let mut out = Vec::new();
+        self.for_each_record(|r| {
+            if r.project_id.as_ref() == project {
+                out.push(r);
+            }
+        })?;
+        Ok(out)
     }
 
     /// One listing, published or not.
@@ -457,15 +540,104 @@ impl Market {
     pub fn list(&self, req: &pb::ListListingsRequest) -> Result<Vec<pb::Listing>, MarketError> {
         let now = now_ms();
         let tag = req.tag.trim().to_lowercase();
-        let mut out: Vec<pb::Listing> = self
-            .records()?
-            .into_iter()
-            .filter_map(|r| r.listing)
-            .filter(|l| req.all || is_open(l, now))
-            .filter(|l| tag.is_empty() || l.tags.contains(&tag))
-            .filter(|l| words_match(l, &req.search))
-            .collect();
+        let mut out: Vec<pb::Listing> = Vec::new();
+        self.for_each_record(|r| {
+            out.extend(
+                r.listing
+                    .filter(|l| req.all || is_open(l, now))
+                    .filter(|l| tag.is_empty() || l.tags.contains(&tag))
+                    .filter(|l| words_match(l, &req.search)),
+            );
+        })?;
         out.sort_by_key(|l| l.created_unix_ms);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(
+        id: u8,
+        kind: &str,
+        project: ProjectId,
+        key: &[u8],
+        open: bool,
+    ) -> pb::ListingRecord {
+        pb::ListingRecord {
+            version: 1,
+            listing: Some(pb::Listing {
+                id: vec![id; 8].into(),
+                kind: kind.into(),
+                unpublished_unix_ms: if open { 0 } else { 1 },
+                ..Default::default()
+            }),
+            project_id: project.to_vec().into(),
+            bucket: "b".into(),
+            encrypted_key: key.to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn counts_from_many_processes_are_not_lost() {
+        let kv: Arc<dyn Kv> = Arc::new(crate::db::MemKv::default());
+        let rec = listing(1, "model", [3; 16], b"m", true);
+        kv.put(Table::Listings, vec![1; 8], rec.encode_to_vec())
+            .expect("put");
+        // Four "processes", each its own Market on the one database.
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let market = Market::new(kv.clone());
+                s.spawn(move || {
+                    for i in 0..50 {
+                        market.record_job(&[1; 8], i).expect("job");
+                        market.sell_model(&[1; 8], i).expect("sale");
+                    }
+                });
+            }
+        });
+        let got = Market::new(kv).get(&[1; 8]).expect("listing");
+        assert_eq!((got.jobs, got.downloads), (200, 200));
+    }
+
+    #[test]
+    fn open_listings_of_an_old_database_are_found_through_an_index_built_once() {
+        let kv: Arc<dyn Kv> = Arc::new(crate::db::MemKv::default());
+        let project = [4; 16];
+        // Stored before the index: one open listing, one unpublished.
+        for rec in [
+            listing(1, "dataset", project, b"open", true),
+            listing(2, "dataset", project, b"closed", false),
+        ] {
+            let id = rec.listing.as_ref().expect("listing").id.to_vec();
+            kv.put(Table::Listings, id, rec.encode_to_vec())
+                .expect("put");
+        }
+        let market = Market::new(kv.clone());
+        let open_of = |key: &[u8]| {
+            crate::db::transact(&*kv, |txn| market.open_listing_of(txn, &project, "b", key))
+                .expect("read")
+        };
+        assert_eq!(open_of(b"open"), Some(vec![1; 8]));
+        assert_eq!(open_of(b"closed"), None);
+        // Only the owner unpublishes; then the object is free to list again.
+        assert!(matches!(
+            market.unpublish(&[9; 16], &[1; 8]),
+            Err(MarketError::NotOwner)
+        ));
+        market.unpublish(&project, &[1; 8]).expect("unpublish");
+        assert_eq!(open_of(b"open"), None);
+        let again = listing(3, "dataset", project, b"open", true);
+        market
+            .list_new(&[3; 8], &again, &project)
+            .expect("list again");
+        assert_eq!(open_of(b"open"), Some(vec![3; 8]));
+        assert!(matches!(
+            market.list_new(&[4; 8], &again, &project),
+            Err(MarketError::AlreadyPublished(_))
+        ));
+        assert_eq!(market.owned(&project).expect("owned").len(), 3);
     }
 }

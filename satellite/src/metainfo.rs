@@ -244,6 +244,51 @@ fn segment_bytes(meta: &pb::SegmentMeta, k: usize) -> Result<u64, MetainfoError>
         .ok_or(MetainfoError::Invalid("segment size out of range"))
 }
 
+/// Where the receipt of a committed upload is kept ([`Table::Meta`]),
+/// under the upload's stream id, until the pending-upload expiry has
+/// passed.
+const RECEIPT_PREFIX: &[u8] = b"committed:";
+
+fn receipt_key(stream_id: &[u8]) -> Vec<u8> {
+    [RECEIPT_PREFIX, stream_id].concat()
+}
+
+/// What a commit leaves behind for the same commit asked again.
+#[derive(Debug, Clone, PartialEq)]
+struct Receipt {
+    project: ProjectId,
+    created_unix_ms: i64,
+    bucket: String,
+    encrypted_key: Vec<u8>,
+}
+
+impl Receipt {
+    /// project (16 bytes), commit time (8, big-endian), bucket, 0, key.
+    fn encode(&self) -> Vec<u8> {
+        [
+            self.project.as_slice(),
+            &self.created_unix_ms.to_be_bytes(),
+            self.bucket.as_bytes(),
+            &[0],
+            &self.encrypted_key,
+        ]
+        .concat()
+    }
+
+    fn decode(v: &[u8]) -> Result<Self, DbError> {
+        let corrupt = || DbError::Corrupt("commit receipt");
+        let (project, rest) = v.split_first_chunk::<16>().ok_or_else(corrupt)?;
+        let (created, rest) = rest.split_first_chunk::<8>().ok_or_else(corrupt)?;
+        let end = rest.iter().position(|b| *b == 0).ok_or_else(corrupt)?;
+        Ok(Self {
+            project: *project,
+            created_unix_ms: i64::from_be_bytes(*created),
+            bucket: String::from_utf8(rest[..end].to_vec()).map_err(|_| corrupt())?,
+            encrypted_key: rest[end + 1..].to_vec(),
+        })
+    }
+}
+
 /// The redundancy an upload was begun with.
 fn pending_scheme(pending: &pb::PendingObject) -> Result<RedundancyScheme, DbError> {
     pending
@@ -483,22 +528,26 @@ impl Metainfo {
                 )
             })
             .collect();
-        for (k, v) in self.kv.scan(Table::Objects, project, b"", usize::MAX)? {
-            let rec: pb::ObjectRecord = decode(&v, "object")?;
-            let Some(end) = k[16..].iter().position(|b| *b == 0) else {
-                continue;
-            };
-            let name = String::from_utf8_lossy(&k[16..16 + end]).into_owned();
-            let b = buckets
-                .entry(name.clone())
-                .or_insert_with(|| pb::BucketUsage {
-                    name,
-                    ..Default::default()
-                });
-            b.stored_bytes = b.stored_bytes.saturating_add(stored_size(&rec));
-            b.objects += 1;
-            b.segments += u64::from(rec.segment_count);
-        }
+        crate::db::for_each_page(&*self.kv, Table::Objects, project, |page| {
+            for (k, v) in page {
+                let rec = pb::ObjectRecord::decode(v.as_slice())
+                    .map_err(|_| DbError::Corrupt("object"))?;
+                let Some(end) = k[16..].iter().position(|b| *b == 0) else {
+                    continue;
+                };
+                let name = String::from_utf8_lossy(&k[16..16 + end]).into_owned();
+                let b = buckets
+                    .entry(name.clone())
+                    .or_insert_with(|| pb::BucketUsage {
+                        name,
+                        ..Default::default()
+                    });
+                b.stored_bytes = b.stored_bytes.saturating_add(stored_size(&rec));
+                b.objects += 1;
+                b.segments += u64::from(rec.segment_count);
+            }
+            Ok(())
+        })?;
         for (name, bw) in self.orders.bucket_bandwidth(project, from, to)? {
             if let Some(b) = buckets.get_mut(&name) {
                 b.egress_bytes += bw.get;
@@ -663,11 +712,46 @@ impl Metainfo {
             version: 1,
             created_unix_ms: created,
             key_check: req.key_check.clone(),
+            deleting: false,
         };
-        self.kv.put(Table::Buckets, key, rec.encode_to_vec())?;
+        // Created once, however many processes are asked at once.
+        let created_here = self.kv.write(vec![
+            Op::Expect(Table::Buckets, key.clone(), None),
+            Op::Put(Table::Buckets, key, rec.encode_to_vec()),
+        ]);
+        match created_here {
+            Err(DbError::Conflict) => return Err(MetainfoError::BucketExists(req.name.clone())),
+            other => other?,
+        }
         Ok(pb::CreateBucketResponse {
             created_unix_ms: created,
         })
+    }
+
+    /// A bucket's record and its stored bytes (for expectations), also
+    /// while it is being deleted.
+    fn bucket_raw(
+        &self,
+        project: &ProjectId,
+        name: &str,
+    ) -> Result<(pb::BucketRecord, Vec<u8>), MetainfoError> {
+        let v = self
+            .kv
+            .get(Table::Buckets, &bucket_key(project, name))?
+            .ok_or_else(|| MetainfoError::BucketNotFound(name.to_string()))?;
+        Ok((decode(&v, "bucket")?, v))
+    }
+
+    /// A bucket objects may go into: its stored bytes, for the write that
+    /// puts them there to expect (a bucket deleted or being deleted
+    /// meanwhile makes that write fail rather than leave objects in no
+    /// bucket).
+    fn open_bucket(&self, project: &ProjectId, name: &str) -> Result<Vec<u8>, MetainfoError> {
+        let (rec, raw) = self.bucket_raw(project, name)?;
+        if rec.deleting {
+            return Err(MetainfoError::BucketNotFound(name.to_string()));
+        }
+        Ok(raw)
     }
 
     pub fn get_bucket(
@@ -675,11 +759,10 @@ impl Metainfo {
         project: &ProjectId,
         name: &str,
     ) -> Result<pb::BucketInfo, MetainfoError> {
-        let v = self
-            .kv
-            .get(Table::Buckets, &bucket_key(project, name))?
-            .ok_or_else(|| MetainfoError::BucketNotFound(name.to_string()))?;
-        let rec: pb::BucketRecord = decode(&v, "bucket")?;
+        let (rec, _) = self.bucket_raw(project, name)?;
+        if rec.deleting {
+            return Err(MetainfoError::BucketNotFound(name.to_string()));
+        }
         Ok(pb::BucketInfo {
             name: name.to_string(),
             created_unix_ms: rec.created_unix_ms,
@@ -687,9 +770,46 @@ impl Metainfo {
         })
     }
 
+    /// Deletes an empty bucket (objects past their expiry count as gone:
+    /// they go with it). The bucket is marked first, so that no upload
+    /// commits and no object moves into it while its objects are checked
+    /// (in this process or another); the mark is taken off again when
+    /// objects are left, and a deletion cut short (a process killed) is
+    /// finished by asking again.
     pub fn delete_bucket(&self, project: &ProjectId, name: &str) -> Result<(), MetainfoError> {
-        self.get_bucket(project, name)?;
-        // Objects past their expiry count as gone: they go with the bucket.
+        let key = bucket_key(project, name);
+        let (rec, raw) = self.bucket_raw(project, name)?;
+        let marked = pb::BucketRecord {
+            deleting: true,
+            ..rec.clone()
+        }
+        .encode_to_vec();
+        if !rec.deleting {
+            self.kv.write(vec![
+                Op::Expect(Table::Buckets, key.clone(), Some(raw)),
+                Op::Put(Table::Buckets, key.clone(), marked.clone()),
+            ])?;
+        }
+        let deleted = self.delete_marked_bucket(project, name, &marked);
+        if matches!(deleted, Err(MetainfoError::BucketNotEmpty(_))) {
+            let open = pb::BucketRecord {
+                deleting: false,
+                ..rec
+            };
+            self.kv.write(vec![
+                Op::Expect(Table::Buckets, key.clone(), Some(marked)),
+                Op::Put(Table::Buckets, key, open.encode_to_vec()),
+            ])?;
+        }
+        deleted
+    }
+
+    fn delete_marked_bucket(
+        &self,
+        project: &ProjectId,
+        name: &str,
+        marked: &[u8],
+    ) -> Result<(), MetainfoError> {
         let _refs = self.stream_lock.lock().expect("stream lock");
         let now = now_ms();
         let mut ops = Vec::new();
@@ -717,7 +837,13 @@ impl Metainfo {
         }
         let refs: Vec<(&pb::ObjectRecord, i64)> = expired.iter().map(|r| (r, -1)).collect();
         ops.extend(self.stream_ref_ops(&refs)?);
-        ops.push(Op::Delete(Table::Buckets, bucket_key(project, name)));
+        let key = bucket_key(project, name);
+        ops.push(Op::Expect(
+            Table::Buckets,
+            key.clone(),
+            Some(marked.to_vec()),
+        ));
+        ops.push(Op::Delete(Table::Buckets, key));
         self.kv.write(ops)?;
         let freed = expired
             .iter()
@@ -731,6 +857,9 @@ impl Metainfo {
         let mut out = Vec::new();
         for (k, v) in self.kv.scan(Table::Buckets, project, b"", usize::MAX)? {
             let rec: pb::BucketRecord = decode(&v, "bucket")?;
+            if rec.deleting {
+                continue;
+            }
             out.push(pb::BucketInfo {
                 name: String::from_utf8_lossy(&k[16..]).into_owned(),
                 created_unix_ms: rec.created_unix_ms,
@@ -778,14 +907,22 @@ impl Metainfo {
         })
     }
 
-    /// Where a pending upload goes: (bucket, encrypted key).
+    /// Where a pending upload goes: (bucket, encrypted key); for one
+    /// committed within the pending-upload expiry, where it went (a commit
+    /// asked again is checked against the same caveats).
     pub fn pending_path(
         &self,
         project: &ProjectId,
         stream_id: &[u8],
     ) -> Result<(String, Vec<u8>), MetainfoError> {
-        let p = self.pending(project, stream_id)?;
-        Ok((p.bucket, p.encrypted_key.to_vec()))
+        match self.pending(project, stream_id) {
+            Ok(p) => Ok((p.bucket, p.encrypted_key.to_vec())),
+            Err(MetainfoError::UploadNotFound) => match self.commit_receipt(project, stream_id)? {
+                Some(r) => Ok((r.bucket, r.encrypted_key)),
+                None => Err(MetainfoError::UploadNotFound),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     fn pending(
@@ -1044,7 +1181,20 @@ impl Metainfo {
         project: &ProjectId,
         req: &pb::CommitObjectRequest,
     ) -> Result<pb::CommitObjectResponse, MetainfoError> {
-        let (pending, pending_raw) = self.pending_raw(project, &req.stream_id)?;
+        let (pending, pending_raw) = match self.pending_raw(project, &req.stream_id) {
+            Ok(found) => found,
+            // Asked again after the answer was lost (the process that
+            // committed it died first): the same answer.
+            Err(MetainfoError::UploadNotFound) => {
+                return match self.commit_receipt(project, &req.stream_id)? {
+                    Some(r) => Ok(pb::CommitObjectResponse {
+                        created_unix_ms: r.created_unix_ms,
+                    }),
+                    None => Err(MetainfoError::UploadNotFound),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         if req.inline_data.len() as u64 > self.config.max_inline_size + 64 {
             return Err(MetainfoError::InlineTooLarge {
                 size: req.inline_data.len(),
@@ -1111,9 +1261,17 @@ impl Metainfo {
             segment_keys: Vec::new(),
             expires_unix_ms: req.expires_unix_ms,
         };
+        let bucket = self.open_bucket(project, &pending.bucket)?;
         let mut key = object_prefix(project, &pending.bucket);
         key.extend_from_slice(&pending.encrypted_key);
         let mut ops = vec![
+            // Into a bucket that is still there (not deleted or being
+            // deleted since the upload began).
+            Op::Expect(
+                Table::Buckets,
+                bucket_key(project, &pending.bucket),
+                Some(bucket),
+            ),
             // Committed once, however many processes are asked at once.
             Op::Expect(
                 Table::PendingObjects,
@@ -1126,6 +1284,17 @@ impl Metainfo {
                 [project.as_slice(), &req.stream_id].concat(),
             ),
             Op::Put(Table::Objects, key.clone(), record.encode_to_vec()),
+            Op::Put(
+                Table::Meta,
+                receipt_key(&req.stream_id),
+                Receipt {
+                    project: *project,
+                    created_unix_ms: created,
+                    bucket: pending.bucket.clone(),
+                    encrypted_key: pending.encrypted_key.to_vec(),
+                }
+                .encode(),
+            ),
         ];
         // An object written over replaces the old one and its segments.
         let mut replaced = 0;
@@ -1307,10 +1476,41 @@ impl Metainfo {
         Ok(())
     }
 
+    /// The receipt of `project`'s commit of the upload `stream_id`, if it
+    /// committed it within the pending-upload expiry.
+    fn commit_receipt(
+        &self,
+        project: &ProjectId,
+        stream_id: &[u8],
+    ) -> Result<Option<Receipt>, MetainfoError> {
+        let Some(v) = self.kv.get(Table::Meta, &receipt_key(stream_id))? else {
+            return Ok(None);
+        };
+        let receipt = Receipt::decode(&v)?;
+        Ok((&receipt.project == project).then_some(receipt))
+    }
+
     /// Deletes uploads begun before `now - pending_expiration` and never
-    /// committed, with every segment they committed. Returns how many.
+    /// committed, with every segment they committed, and the receipts of
+    /// uploads committed before then. Returns how many uploads.
     pub fn delete_abandoned_uploads(&self, now_ms: i64) -> Result<usize, MetainfoError> {
         let cutoff = now_ms - self.config.pending_expiration.as_millis() as i64;
+        let mut old_receipts = Vec::new();
+        crate::db::for_each_page(&*self.kv, Table::Meta, RECEIPT_PREFIX, |page| {
+            for (k, v) in page {
+                // One that does not parse is of no use either.
+                if Receipt::decode(&v)
+                    .ok()
+                    .is_none_or(|r| r.created_unix_ms <= cutoff)
+                {
+                    old_receipts.push(Op::Delete(Table::Meta, k));
+                }
+            }
+            Ok(())
+        })?;
+        for ops in old_receipts.chunks(crate::db::PAGE) {
+            self.kv.write(ops.to_vec())?;
+        }
         // Expired uploads are found a page at a time, and deleted after the
         // walk (deleting while walking would shift the pages).
         let mut expired = Vec::new();
@@ -1497,7 +1697,7 @@ impl Metainfo {
                 "datasets cannot be moved or copied; upload the dataset again under the new name",
             ));
         }
-        self.get_bucket(project, &req.new_bucket)?;
+        let target_bucket = self.open_bucket(project, &req.new_bucket)?;
         check_object_key(&req.new_encrypted_key)?;
         if req.new_encrypted_metadata.len() > MAX_ENCRYPTED_METADATA_LEN {
             return Err(MetainfoError::Invalid("encrypted metadata too large"));
@@ -1524,11 +1724,14 @@ impl Metainfo {
             ));
         }
         let size = stored_size(&obj);
-        let mut ops = vec![Op::Expect(
-            Table::Objects,
-            old_key.clone(),
-            Some(source_raw),
-        )];
+        let mut ops = vec![
+            Op::Expect(Table::Objects, old_key.clone(), Some(source_raw)),
+            Op::Expect(
+                Table::Buckets,
+                bucket_key(project, &req.new_bucket),
+                Some(target_bucket),
+            ),
+        ];
         match how {
             Relocation::Move => {
                 ops.push(Op::Delete(Table::Objects, old_key));
@@ -2124,6 +2327,167 @@ mod tests {
             },
         );
         assert!(matches!(commit, Err(MetainfoError::UploadNotFound)));
+    }
+
+    #[test]
+    fn nothing_lands_in_a_bucket_deleted_or_being_deleted_after_the_upload_began() {
+        let m = metainfo();
+        let project = project_with_bucket(&m, "bkt");
+        let begin = |key: &[u8]| {
+            m.begin_object(
+                &project,
+                &pb::BeginObjectRequest {
+                    bucket: "bkt".into(),
+                    encrypted_key: key.to_vec().into(),
+                },
+            )
+            .expect("begin")
+        };
+        let commit = |stream_id: bytes::Bytes| {
+            m.commit_object(
+                &project,
+                &pb::CommitObjectRequest {
+                    stream_id,
+                    inline_data: b"data".to_vec().into(),
+                    plain_size: 4,
+                    ..Default::default()
+                },
+            )
+        };
+        // An upload begun, the (empty) bucket deleted, then the commit.
+        let begun = begin(b"late");
+        m.delete_bucket(&project, "bkt").expect("delete");
+        assert!(matches!(
+            commit(begun.stream_id),
+            Err(MetainfoError::BucketNotFound(_))
+        ));
+        assert!(
+            m.kv.scan(Table::Objects, &project, b"", 10)
+                .expect("scan")
+                .is_empty()
+        );
+        assert!(m.list_buckets(&project).expect("list").is_empty());
+
+        // A deletion that finds objects leaves the bucket as it was.
+        let create = |name: &str| {
+            m.create_bucket(
+                &project,
+                &pb::CreateBucketRequest {
+                    name: name.into(),
+                    key_check: Default::default(),
+                },
+            )
+        };
+        create("bkt").expect("create again");
+        assert!(matches!(create("bkt"), Err(MetainfoError::BucketExists(_))));
+        put_inline(&m, &project, "bkt", b"kept".to_vec(), b"data");
+        let pending = begin(b"pending");
+        assert!(matches!(
+            m.delete_bucket(&project, "bkt"),
+            Err(MetainfoError::BucketNotEmpty(_))
+        ));
+        commit(pending.stream_id).expect("commit after a refused deletion");
+        assert_eq!(m.list_buckets(&project).expect("list").len(), 1);
+
+        // A deletion cut short after marking the bucket: it is gone for
+        // uploads and listings, and asking again finishes it.
+        m.delete_object(
+            &project,
+            &pb::ObjectRequest {
+                bucket: "bkt".into(),
+                encrypted_key: b"kept".to_vec().into(),
+            },
+        )
+        .expect("delete");
+        m.delete_object(
+            &project,
+            &pb::ObjectRequest {
+                bucket: "bkt".into(),
+                encrypted_key: b"pending".to_vec().into(),
+            },
+        )
+        .expect("delete");
+        let (rec, _) = m.bucket_raw(&project, "bkt").expect("bucket");
+        let marked = pb::BucketRecord {
+            deleting: true,
+            ..rec
+        };
+        m.kv.put(
+            Table::Buckets,
+            bucket_key(&project, "bkt"),
+            marked.encode_to_vec(),
+        )
+        .expect("mark");
+        let begun = m.begin_object(
+            &project,
+            &pb::BeginObjectRequest {
+                bucket: "bkt".into(),
+                encrypted_key: b"x".to_vec().into(),
+            },
+        );
+        assert!(matches!(begun, Err(MetainfoError::BucketNotFound(_))));
+        assert!(m.list_buckets(&project).expect("list").is_empty());
+        m.delete_bucket(&project, "bkt")
+            .expect("finish the deletion");
+        assert!(
+            m.kv.get(Table::Buckets, &bucket_key(&project, "bkt"))
+                .expect("get")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_commit_asked_again_gets_the_same_answer_until_the_receipt_expires() {
+        let m = metainfo();
+        let project = project_with_bucket(&m, "bkt");
+        let begun = m
+            .begin_object(
+                &project,
+                &pb::BeginObjectRequest {
+                    bucket: "bkt".into(),
+                    encrypted_key: b"k".to_vec().into(),
+                },
+            )
+            .expect("begin");
+        let req = pb::CommitObjectRequest {
+            stream_id: begun.stream_id,
+            inline_data: b"data".to_vec().into(),
+            plain_size: 4,
+            ..Default::default()
+        };
+        let first = m.commit_object(&project, &req).expect("commit");
+        // The answer was lost and the uplink asks again (another process).
+        let again = m.commit_object(&project, &req).expect("asked again");
+        assert_eq!(again.created_unix_ms, first.created_unix_ms);
+        // The request's caveats are checked against where it went.
+        assert_eq!(
+            m.pending_path(&project, &req.stream_id).expect("path"),
+            ("bkt".to_string(), b"k".to_vec())
+        );
+        // Stored once: one object, counted once.
+        assert_eq!(list_all(&m, &project, "bkt"), vec![b"k".to_vec()]);
+        assert_eq!(m.stored_bytes(&project).expect("stored"), 4);
+        // Another project cannot use the receipt.
+        let other: ProjectId = [9; 16];
+        assert!(matches!(
+            m.commit_object(&other, &req),
+            Err(MetainfoError::UploadNotFound)
+        ));
+        // Receipts go with the pending-upload expiry; the object stays.
+        let now = now_ms();
+        m.delete_abandoned_uploads(now).expect("sweep");
+        assert!(m.commit_object(&project, &req).is_ok());
+        m.delete_abandoned_uploads(now + 3_600_001).expect("sweep");
+        assert!(matches!(
+            m.commit_object(&project, &req),
+            Err(MetainfoError::UploadNotFound)
+        ));
+        assert!(
+            m.kv.scan(Table::Meta, RECEIPT_PREFIX, b"", 10)
+                .expect("scan")
+                .is_empty()
+        );
+        assert_eq!(list_all(&m, &project, "bkt"), vec![b"k".to_vec()]);
     }
 
     /// A project "p" with a bucket called `bucket`.

@@ -422,17 +422,26 @@ impl Orders {
     /// Forgets window markers too old to be settled again anyway.
     pub fn prune_windows(&self, now_ms: i64) -> Result<usize, DbError> {
         let horizon = now_ms - self.max_age_ms() - self.window_ms();
-        let mut ops = Vec::new();
-        for (k, _) in self.kv.scan(Table::SettledWindows, b"", b"", usize::MAX)? {
-            if k.len() == 40 && i64::from_be_bytes(k[32..40].try_into().expect("8 bytes")) < horizon
-            {
-                ops.push(Op::Delete(Table::SettledWindows, k));
+        let mut n = 0;
+        // A page's old markers are deleted before the next page is read
+        // (the walk resumes after the page's last key either way).
+        crate::db::for_each_page(&*self.kv, Table::SettledWindows, b"", |page| {
+            let ops: Vec<Op> = page
+                .into_iter()
+                .filter(|(k, _)| {
+                    k.get(32..40)
+                        .and_then(|t| <[u8; 8]>::try_from(t).ok())
+                        .is_some_and(|t| k.len() == 40 && i64::from_be_bytes(t) < horizon)
+                })
+                .map(|(k, _)| Op::Delete(Table::SettledWindows, k))
+                .collect();
+            n += ops.len();
+            if ops.is_empty() {
+                Ok(())
+            } else {
+                self.kv.write(ops)
             }
-        }
-        let n = ops.len();
-        if n > 0 {
-            self.kv.write(ops)?;
-        }
+        })?;
         Ok(n)
     }
 }

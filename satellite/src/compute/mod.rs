@@ -1092,12 +1092,16 @@ impl Compute {
     /// Compute accounting of every node that ran tasks.
     pub fn node_stats(&self) -> Result<HashMap<NodeId, pb::ComputeStats>, ComputeError> {
         let mut out = HashMap::new();
-        for (k, v) in self.kv.scan(Table::ComputeNodes, b"", b"", usize::MAX)? {
-            let rec: pb::ComputeRecord = decode(&v, "compute record")?;
-            if let Ok(id) = NodeId::try_from(k.as_slice()) {
-                out.insert(id, rec.stats.unwrap_or_default());
+        crate::db::for_each_page(&*self.kv, Table::ComputeNodes, b"", |page| {
+            for (k, v) in page {
+                let rec = pb::ComputeRecord::decode(v.as_slice())
+                    .map_err(|_| DbError::Corrupt("compute record"))?;
+                if let Ok(id) = NodeId::try_from(k.as_slice()) {
+                    out.insert(id, rec.stats.unwrap_or_default());
+                }
             }
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
