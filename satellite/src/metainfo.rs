@@ -2284,15 +2284,7 @@ mod tests {
     fn abandoned_uploads_are_deleted_after_expiry() {
         let m = metainfo();
         let project = project_with_bucket(&m, "bkt");
-        let begun = m
-            .begin_object(
-                &project,
-                &pb::BeginObjectRequest {
-                    bucket: "bkt".into(),
-                    encrypted_key: b"k".to_vec().into(),
-                },
-            )
-            .expect("begin");
+        let begun = begin(&m, &project, "bkt", b"k").expect("begin");
         let now = now_ms();
         let listed = |m: &Metainfo| {
             m.list_pending(
@@ -2333,16 +2325,7 @@ mod tests {
     fn nothing_lands_in_a_bucket_deleted_or_being_deleted_after_the_upload_began() {
         let m = metainfo();
         let project = project_with_bucket(&m, "bkt");
-        let begin = |key: &[u8]| {
-            m.begin_object(
-                &project,
-                &pb::BeginObjectRequest {
-                    bucket: "bkt".into(),
-                    encrypted_key: key.to_vec().into(),
-                },
-            )
-            .expect("begin")
-        };
+        let start = |key: &[u8]| begin(&m, &project, "bkt", key).expect("begin");
         let commit = |stream_id: bytes::Bytes| {
             m.commit_object(
                 &project,
@@ -2355,7 +2338,7 @@ mod tests {
             )
         };
         // An upload begun, the (empty) bucket deleted, then the commit.
-        let begun = begin(b"late");
+        let begun = start(b"late");
         m.delete_bucket(&project, "bkt").expect("delete");
         assert!(matches!(
             commit(begun.stream_id),
@@ -2381,7 +2364,7 @@ mod tests {
         create("bkt").expect("create again");
         assert!(matches!(create("bkt"), Err(MetainfoError::BucketExists(_))));
         put_inline(&m, &project, "bkt", b"kept".to_vec(), b"data");
-        let pending = begin(b"pending");
+        let pending = start(b"pending");
         assert!(matches!(
             m.delete_bucket(&project, "bkt"),
             Err(MetainfoError::BucketNotEmpty(_))
@@ -2418,13 +2401,7 @@ mod tests {
             marked.encode_to_vec(),
         )
         .expect("mark");
-        let begun = m.begin_object(
-            &project,
-            &pb::BeginObjectRequest {
-                bucket: "bkt".into(),
-                encrypted_key: b"x".to_vec().into(),
-            },
-        );
+        let begun = begin(&m, &project, "bkt", b"x");
         assert!(matches!(begun, Err(MetainfoError::BucketNotFound(_))));
         assert!(m.list_buckets(&project).expect("list").is_empty());
         m.delete_bucket(&project, "bkt")
@@ -2440,15 +2417,7 @@ mod tests {
     fn a_commit_asked_again_gets_the_same_answer_until_the_receipt_expires() {
         let m = metainfo();
         let project = project_with_bucket(&m, "bkt");
-        let begun = m
-            .begin_object(
-                &project,
-                &pb::BeginObjectRequest {
-                    bucket: "bkt".into(),
-                    encrypted_key: b"k".to_vec().into(),
-                },
-            )
-            .expect("begin");
+        let begun = begin(&m, &project, "bkt", b"k").expect("begin");
         let req = pb::CommitObjectRequest {
             stream_id: begun.stream_id,
             inline_data: b"data".to_vec().into(),
@@ -2488,6 +2457,22 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(list_all(&m, &project, "bkt"), vec![b"k".to_vec()]);
+    }
+
+    /// Begins an upload of `key` into `bucket`.
+    fn begin(
+        m: &Metainfo,
+        project: &ProjectId,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<pb::BeginObjectResponse, MetainfoError> {
+        m.begin_object(
+            project,
+            &pb::BeginObjectRequest {
+                bucket: bucket.into(),
+                encrypted_key: key.to_vec().into(),
+            },
+        )
     }
 
     /// A project "p" with a bucket called `bucket`.
@@ -2688,15 +2673,7 @@ mod tests {
             },
         );
         assert!(matches!(long, Err(MetainfoError::KeyTooLong { .. })));
-        let begun = m
-            .begin_object(
-                &project,
-                &pb::BeginObjectRequest {
-                    bucket: "bkt".into(),
-                    encrypted_key: b"k".to_vec().into(),
-                },
-            )
-            .expect("begin");
+        let begun = begin(&m, &project, "bkt", b"k").expect("begin");
         let commit = m.commit_object(
             &project,
             &pb::CommitObjectRequest {
@@ -2815,14 +2792,7 @@ mod tests {
         let m = metainfo();
         let project = project_with_bucket(&m, "bkt");
         put_inline(&m, &project, "bkt", b"keep".to_vec(), &[1; 32]);
-        let stream = m
-            .begin_object(
-                &project,
-                &pb::BeginObjectRequest {
-                    bucket: "bkt".into(),
-                    encrypted_key: b"gone".to_vec().into(),
-                },
-            )
+        let stream = begin(&m, &project, "bkt", b"gone")
             .expect("begin")
             .stream_id;
         let expires = now_ms() + 60_000;
@@ -2864,14 +2834,7 @@ mod tests {
     fn a_bucket_holding_only_expired_objects_can_be_removed() {
         let m = metainfo();
         let project = project_with_bucket(&m, "bkt");
-        let stream = m
-            .begin_object(
-                &project,
-                &pb::BeginObjectRequest {
-                    bucket: "bkt".into(),
-                    encrypted_key: b"soon".to_vec().into(),
-                },
-            )
+        let stream = begin(&m, &project, "bkt", b"soon")
             .expect("begin")
             .stream_id;
         m.commit_object(
@@ -2905,14 +2868,7 @@ mod tests {
         let m = metainfo();
         let nodes = fake_nodes(&m, 5);
         let project = project_with_bucket(&m, "bkt");
-        let stream = m
-            .begin_object(
-                &project,
-                &pb::BeginObjectRequest {
-                    bucket: "bkt".into(),
-                    encrypted_key: b"orig".to_vec().into(),
-                },
-            )
+        let stream = begin(&m, &project, "bkt", b"orig")
             .expect("begin")
             .stream_id;
         let piece = 100_000i64;
@@ -3002,22 +2958,12 @@ mod tests {
         let m = metainfo();
         let nodes = fake_nodes(&m, 5);
         let project = project_with_bucket(&m, "bkt");
-        let begin = |k: &[u8]| {
-            m.begin_object(
-                &project,
-                &pb::BeginObjectRequest {
-                    bucket: "bkt".into(),
-                    encrypted_key: k.to_vec().into(),
-                },
-            )
-            .expect("begin")
-            .stream_id
-        };
+        let start = |k: &[u8]| begin(&m, &project, "bkt", k).expect("begin").stream_id;
         let piece = 100_000i64;
         let row = loam_common::encryption::plain_len(piece as usize).expect("row") as i64;
 
         // A segment cannot claim more plaintext than its pieces hold.
-        let stream = begin(b"big");
+        let stream = start(b"big");
         let e = commit_segment(&m, &project, &nodes, &stream, 0, piece, 2 * row + 1);
         assert!(matches!(e, Err(MetainfoError::Invalid(_))), "{e:?}");
 
@@ -3035,7 +2981,7 @@ mod tests {
         );
         assert!(matches!(e, Err(MetainfoError::Invalid(_))), "{e:?}");
         // Nor inline data smaller than it claims.
-        let inline = begin(b"inline");
+        let inline = start(b"inline");
         let e = m.commit_object(
             &project,
             &pb::CommitObjectRequest {
@@ -3074,7 +3020,7 @@ mod tests {
             },
         )
         .expect("limits");
-        let next = begin(b"next");
+        let next = start(b"next");
         let e = commit_segment(&m, &project, &nodes, &next, 0, piece, 1);
         assert!(
             matches!(e, Err(MetainfoError::StorageLimit { .. })),
