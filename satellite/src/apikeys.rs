@@ -434,33 +434,9 @@ mod tests {
         assert_eq!(names(&[3; 16]), Vec::<String>::new());
     }
 
-    /// A database other processes write too.
-    struct Shared(Arc<dyn Kv>);
-
-    impl Kv for Shared {
-        fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
-            self.0.get(table, key)
-        }
-        fn write(&self, ops: Vec<crate::db::Op>) -> Result<(), DbError> {
-            self.0.write(ops)
-        }
-        fn scan(
-            &self,
-            table: Table,
-            prefix: &[u8],
-            start: &[u8],
-            limit: usize,
-        ) -> Result<crate::db::Pairs, DbError> {
-            self.0.scan(table, prefix, start, limit)
-        }
-        fn shared(&self) -> bool {
-            true
-        }
-    }
-
     #[test]
     fn a_revocation_in_one_process_is_heard_by_another_that_remembered_the_key() {
-        let kv: Arc<dyn Kv> = Arc::new(Shared(Arc::new(crate::db::MemKv::default())));
+        let kv: Arc<dyn Kv> = Arc::new(crate::db::MemKv::shared());
         let (a, mut b) = (ApiKeys::new(kv.clone()), ApiKeys::new(kv.clone()));
         assert_eq!(b.revocation_ttl, Some(REVOCATION_TTL));
         let project: ProjectId = [5; 16];

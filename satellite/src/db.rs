@@ -549,9 +549,26 @@ type MemTables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
 #[derive(Default)]
 pub struct MemKv {
     tables: RwLock<MemTables>,
+    /// Whether it stands for a database other processes write too.
+    shared: bool,
+}
+
+impl MemKv {
+    /// One that reports itself shared ([`Kv::shared`]), for tests of what
+    /// processes on one database must re-read.
+    pub fn shared() -> Self {
+        Self {
+            shared: true,
+            ..Default::default()
+        }
+    }
 }
 
 impl Kv for MemKv {
+    fn shared(&self) -> bool {
+        self.shared
+    }
+
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
         Ok(self
             .tables

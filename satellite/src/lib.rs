@@ -209,6 +209,36 @@ async fn run_chore_now(
     }
 }
 
+/// `GET /api/nodes/{id}/offline`: answers once the node no longer counts
+/// as online here (one online window after its last check-in, later if it
+/// checks in again): how an operator or a test waits for a dead node to
+/// be treated as gone, instead of guessing a time.
+async fn wait_node_offline(
+    overlay: Arc<Overlay>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    let Ok(id) = id.parse::<NodeId>() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a node id\n"),
+        );
+    };
+    if overlay.get(&id).is_none() {
+        return (StatusCode::NOT_FOUND, format!("no node {id}\n"));
+    }
+    match tokio::time::timeout(RUN_NOW_TIMEOUT, overlay.wait_offline(&id)).await {
+        Ok(()) => (StatusCode::OK, "offline\n".into()),
+        Err(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "node {id} still online after {} s\n",
+                RUN_NOW_TIMEOUT.as_secs()
+            ),
+        ),
+    }
+}
+
 /// Where a running satellite can be reached, written to `DIR/run/satellite.json`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunInfo {
@@ -636,8 +666,13 @@ impl Satellite {
             "/api/chores/{name}",
             axum::routing::post(move |name| run_chore_now(runnable.clone(), name)),
         );
+        let overlay = self.overlay.clone();
         let router = telemetry::metrics_router("satellite")
             .route("/health", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/api/nodes/{id}/offline",
+                axum::routing::get(move |id| wait_node_offline(overlay.clone(), id)),
+            )
             .merge(telemetry::same_origin_only(chore_routes, Vec::new()));
         let http_task = tokio::spawn(telemetry::serve_http(self.http, router, cancel.clone()));
         let quic = self.endpoint.clone();

@@ -10,7 +10,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use futures::StreamExt;
 use loam_testnet::process::{NetworkOptions, ProcessNetwork};
@@ -175,15 +174,13 @@ async fn two_satellite_processes_on_postgres_survive_kill_9_of_one() -> anyhow::
         ))
     };
     let repaired_before = repaired().await?;
-    net.kill_storage_node(0)?;
-    // The node counts as offline one online window after its last
-    // check-in (which came before the kill), once the survivor has
-    // reloaded the node table (every second on a shared database).
-    tokio::time::sleep(
-        Duration::from_secs_f64(options.online_window_secs)
-            + loam_satellite::overlay::REFRESH_INTERVAL * 2,
-    )
-    .await;
+    let dead = net.kill_storage_node(0)?;
+    // The survivor answers once it counts the node offline (one online
+    // window after its last check-in).
+    let offline = survivor
+        .metrics_url
+        .replace("/metrics", &format!("/api/nodes/{dead}/offline"));
+    loam_testnet::http_get(&offline).await?;
     // One repair pass run now in the survivor: the request waits for the
     // repair lease (the dead process may have held it) and for the pass.
     let run_repair = survivor
