@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::{DbError, Kv, Op, Table};
 use crate::metainfo::{Metainfo, ProjectId};
+use crate::satellitedb::metabase::ObjectScope;
 
 /// The `[accounting]` table of the satellite's config.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -100,25 +101,13 @@ impl Accounting {
                 _ => DbError::Corrupt("segment"),
             })?;
         let mut per_bucket: HashMap<(ProjectId, String), u128> = HashMap::new();
-        crate::db::for_each_page(&*self.kv, Table::Objects, b"", |page| {
-            for (k, v) in page {
-                let Some(end) = k.get(16..).and_then(|r| r.iter().position(|b| *b == 0)) else {
-                    continue;
-                };
-                let Ok(project) = ProjectId::try_from(&k[..16]) else {
-                    continue;
-                };
-                let Ok(rec) =
-                    <loam_common::pb::ObjectRecord as prost::Message>::decode(v.as_slice())
-                else {
-                    continue;
-                };
-                let bucket = String::from_utf8_lossy(&k[16..16 + end]).into_owned();
-                *per_bucket.entry((project, bucket)).or_default() +=
+        self.metainfo
+            .metabase()
+            .for_each_object(ObjectScope::All, |at, rec| {
+                *per_bucket.entry((at.project, at.bucket)).or_default() +=
                     u128::from(crate::metainfo::stored_size(&rec));
-            }
-            Ok(())
-        })?;
+                Ok::<_, DbError>(std::ops::ControlFlow::Continue(()))
+            })?;
         let stats = TallyStats {
             nodes: per_node.len(),
             buckets: per_bucket.len(),

@@ -242,7 +242,17 @@ impl Txn<'_> {
 }
 
 /// Tries a transaction this many times before giving up on contention.
-const TRANSACT_ATTEMPTS: u32 = 32;
+pub(crate) const TRANSACT_ATTEMPTS: u32 = 32;
+
+/// Pauses before try `attempt` (1, 2, ...) of a write that collided: a
+/// random while whose bound doubles each time (to 50 ms), so that writers
+/// that collided do not collide again in lock step and none is starved by
+/// the others.
+pub(crate) fn back_off(attempt: u32) {
+    let bound = (100u64 << attempt.min(9)).min(50_000);
+    let jitter = rand::random::<u64>() % bound;
+    std::thread::sleep(std::time::Duration::from_micros(jitter));
+}
 
 /// Runs `f` as an optimistic transaction: its reads through [`Txn::get`]
 /// become expectations of its writes, and when another writer (a task, or
@@ -270,12 +280,7 @@ pub fn transact<T, E: From<DbError>>(
             Ok(()) => return Ok(out),
             Err(DbError::Conflict) if attempt + 1 < TRANSACT_ATTEMPTS => {
                 attempt += 1;
-                // Back off a random while, doubling its bound each time (to
-                // 50 ms), so that writers that collided do not collide again
-                // in lock step and none is starved by the others.
-                let bound = (100u64 << attempt.min(9)).min(50_000);
-                let jitter = rand::random::<u64>() % bound;
-                std::thread::sleep(std::time::Duration::from_micros(jitter));
+                back_off(attempt);
             }
             Err(e) => return Err(e.into()),
         }

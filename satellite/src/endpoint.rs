@@ -366,7 +366,7 @@ impl Endpoint {
         self.metainfo
             .for_each_segment(|_, seg| {
                 st.segments += 1;
-                let meta = seg.meta.unwrap_or_default();
+                let meta = seg.meta.clone().unwrap_or_default();
                 st.stored_bytes += meta.plain_size.max(0) as u64;
                 st.piece_bytes += meta.piece_size.max(0) as u64 * seg.pieces.len() as u64;
             })

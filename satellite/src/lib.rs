@@ -28,6 +28,7 @@ pub mod overlay;
 pub mod payouts;
 pub mod pg;
 pub mod repair;
+pub mod satellitedb;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@
 //! which piece. Upload is begin-object → (begin-segment → commit-segment)*
 //! → commit-object; an object becomes visible only at commit.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,10 @@ use prost::Message;
 
 use crate::db::{DbError, Kv, Op, Table};
 use crate::overlay::{Overlay, OverlayError};
+use crate::satellitedb::Stored;
+use crate::satellitedb::metabase::{
+    Batch, Metabase, ObjectLocation, ObjectScope, Receipt, SegmentPosition,
+};
 
 /// A project's id.
 pub type ProjectId = [u8; 16];
@@ -156,6 +161,8 @@ pub const SHARED_USAGE_TTL: std::time::Duration = std::time::Duration::from_secs
 
 pub struct Metainfo {
     kv: Arc<dyn Kv>,
+    /// Buckets, objects, uploads, segments.
+    metabase: Metabase,
     overlay: Arc<Overlay>,
     identity: Identity,
     config: MetainfoConfig,
@@ -166,13 +173,8 @@ pub struct Metainfo {
     /// when it was scanned: on a database other processes write too, a
     /// figure older than [`SHARED_USAGE_TTL`] is scanned again.
     live_storage: std::sync::Mutex<std::collections::HashMap<ProjectId, (u64, std::time::Instant)>>,
-    /// Held while stream reference counts are read and written, so that a
-    /// copy and a delete of objects sharing a stream cannot interleave.
-    stream_lock: std::sync::Mutex<()>,
     /// Whether the project name index is known to be built.
     project_names_indexed: crate::db::Built,
-    /// Set once the project-to-uploads index is known to be built.
-    pending_indexed: crate::db::Built,
     /// API keys: secrets, verification, revocations.
     keys: crate::apikeys::ApiKeys,
     /// Marketplace listings.
@@ -181,6 +183,24 @@ pub struct Metainfo {
 
 pub use loam_common::time::{month_of, month_range};
 
+/// Runs `f` again while it fails because another writer changed what it
+/// read ([`DbError::Conflict`]), pausing a random, growing while between
+/// tries; `f` reads afresh each time.
+fn retry_conflicts<T>(mut f: impl FnMut() -> Result<T, MetainfoError>) -> Result<T, MetainfoError> {
+    let mut attempt = 0;
+    loop {
+        match f() {
+            Err(MetainfoError::Db(DbError::Conflict))
+                if attempt + 1 < crate::db::TRANSACT_ATTEMPTS =>
+            {
+                attempt += 1;
+                crate::db::back_off(attempt);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// What [`Metainfo::relocate`] does with the source object.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Relocation {
@@ -188,18 +208,6 @@ enum Relocation {
     Move,
     /// The source stays; both share the stream.
     Copy,
-}
-
-fn bucket_key(project: &ProjectId, name: &str) -> Vec<u8> {
-    let mut k = project.to_vec();
-    k.extend_from_slice(name.as_bytes());
-    k
-}
-
-fn object_prefix(project: &ProjectId, bucket: &str) -> Vec<u8> {
-    let mut k = bucket_key(project, bucket);
-    k.push(0);
-    k
 }
 
 /// An encrypted object key a client may store: not empty, at most
@@ -215,12 +223,6 @@ fn check_object_key(key: &[u8]) -> Result<(), MetainfoError> {
         });
     }
     Ok(())
-}
-
-fn segment_key(stream: &[u8], index: u32) -> Vec<u8> {
-    let mut k = stream.to_vec();
-    k.extend_from_slice(&index.to_be_bytes());
-    k
 }
 
 /// Bytes an object occupies for storage limits and billing: what the
@@ -242,51 +244,6 @@ fn segment_bytes(meta: &pb::SegmentMeta, k: usize) -> Result<u64, MetainfoError>
         .ok()
         .and_then(|p| p.checked_mul(k as u64))
         .ok_or(MetainfoError::Invalid("segment size out of range"))
-}
-
-/// Where the receipt of a committed upload is kept ([`Table::Meta`]),
-/// under the upload's stream id, until the pending-upload expiry has
-/// passed.
-const RECEIPT_PREFIX: &[u8] = b"committed:";
-
-fn receipt_key(stream_id: &[u8]) -> Vec<u8> {
-    [RECEIPT_PREFIX, stream_id].concat()
-}
-
-/// What a commit leaves behind for the same commit asked again.
-#[derive(Debug, Clone, PartialEq)]
-struct Receipt {
-    project: ProjectId,
-    created_unix_ms: i64,
-    bucket: String,
-    encrypted_key: Vec<u8>,
-}
-
-impl Receipt {
-    /// project (16 bytes), commit time (8, big-endian), bucket, 0, key.
-    fn encode(&self) -> Vec<u8> {
-        [
-            self.project.as_slice(),
-            &self.created_unix_ms.to_be_bytes(),
-            self.bucket.as_bytes(),
-            &[0],
-            &self.encrypted_key,
-        ]
-        .concat()
-    }
-
-    fn decode(v: &[u8]) -> Result<Self, DbError> {
-        let corrupt = || DbError::Corrupt("commit receipt");
-        let (project, rest) = v.split_first_chunk::<16>().ok_or_else(corrupt)?;
-        let (created, rest) = rest.split_first_chunk::<8>().ok_or_else(corrupt)?;
-        let end = rest.iter().position(|b| *b == 0).ok_or_else(corrupt)?;
-        Ok(Self {
-            project: *project,
-            created_unix_ms: i64::from_be_bytes(*created),
-            bucket: String::from_utf8(rest[..end].to_vec()).map_err(|_| corrupt())?,
-            encrypted_key: rest[end + 1..].to_vec(),
-        })
-    }
 }
 
 /// The redundancy an upload was begun with.
@@ -341,15 +298,19 @@ impl Metainfo {
             )),
             keys: crate::apikeys::ApiKeys::new(kv.clone()),
             market: crate::market::Market::new(kv.clone()),
+            metabase: Metabase::new(kv.clone()),
             kv,
             overlay,
             identity,
             config,
             live_storage: std::sync::Mutex::new(std::collections::HashMap::new()),
-            stream_lock: std::sync::Mutex::new(()),
             project_names_indexed: Default::default(),
-            pending_indexed: Default::default(),
         }
+    }
+
+    /// Buckets, objects, uploads and segments as stored.
+    pub fn metabase(&self) -> &Metabase {
+        &self.metabase
     }
 
     pub fn orders(&self) -> &Arc<crate::orders::Orders> {
@@ -374,14 +335,11 @@ impl Metainfo {
             return Ok(*v);
         }
         let mut total = 0u64;
-        crate::db::for_each_page(&*self.kv, Table::Objects, project, |page| {
-            for (_, v) in page {
-                let rec: pb::ObjectRecord = pb::ObjectRecord::decode(v.as_slice())
-                    .map_err(|_| DbError::Corrupt("object"))?;
+        self.metabase
+            .for_each_object(ObjectScope::Project(project), |_, rec| {
                 total = total.saturating_add(stored_size(&rec));
-            }
-            Ok(())
-        })?;
+                Ok::<_, DbError>(ControlFlow::Continue(()))
+            })?;
         self.live_storage
             .lock()
             .expect("usage lock")
@@ -528,26 +486,19 @@ impl Metainfo {
                 )
             })
             .collect();
-        crate::db::for_each_page(&*self.kv, Table::Objects, project, |page| {
-            for (k, v) in page {
-                let rec = pb::ObjectRecord::decode(v.as_slice())
-                    .map_err(|_| DbError::Corrupt("object"))?;
-                let Some(end) = k[16..].iter().position(|b| *b == 0) else {
-                    continue;
-                };
-                let name = String::from_utf8_lossy(&k[16..16 + end]).into_owned();
+        self.metabase
+            .for_each_object(ObjectScope::Project(project), |at, rec| {
                 let b = buckets
-                    .entry(name.clone())
+                    .entry(at.bucket.clone())
                     .or_insert_with(|| pb::BucketUsage {
-                        name,
+                        name: at.bucket,
                         ..Default::default()
                     });
                 b.stored_bytes = b.stored_bytes.saturating_add(stored_size(&rec));
                 b.objects += 1;
                 b.segments += u64::from(rec.segment_count);
-            }
-            Ok(())
-        })?;
+                Ok::<_, DbError>(ControlFlow::Continue(()))
+            })?;
         for (name, bw) in self.orders.bucket_bandwidth(project, from, to)? {
             if let Some(b) = buckets.get_mut(&name) {
                 b.egress_bytes += bw.get;
@@ -703,10 +654,6 @@ impl Metainfo {
         req: &pb::CreateBucketRequest,
     ) -> Result<pb::CreateBucketResponse, MetainfoError> {
         validate_bucket_name(&req.name)?;
-        let key = bucket_key(project, &req.name);
-        if self.kv.get(Table::Buckets, &key)?.is_some() {
-            return Err(MetainfoError::BucketExists(req.name.clone()));
-        }
         let created = now_ms();
         let rec = pb::BucketRecord {
             version: 1,
@@ -715,43 +662,38 @@ impl Metainfo {
             deleting: false,
         };
         // Created once, however many processes are asked at once.
-        let created_here = self.kv.write(vec![
-            Op::Expect(Table::Buckets, key.clone(), None),
-            Op::Put(Table::Buckets, key, rec.encode_to_vec()),
-        ]);
-        match created_here {
-            Err(DbError::Conflict) => return Err(MetainfoError::BucketExists(req.name.clone())),
-            other => other?,
+        if !self.metabase.create_bucket(project, &req.name, &rec)? {
+            return Err(MetainfoError::BucketExists(req.name.clone()));
         }
         Ok(pb::CreateBucketResponse {
             created_unix_ms: created,
         })
     }
 
-    /// A bucket's record and its stored bytes (for expectations), also
-    /// while it is being deleted.
-    fn bucket_raw(
+    /// A bucket's record, also while it is being deleted.
+    fn bucket_record(
         &self,
         project: &ProjectId,
         name: &str,
-    ) -> Result<(pb::BucketRecord, Vec<u8>), MetainfoError> {
-        let v = self
-            .kv
-            .get(Table::Buckets, &bucket_key(project, name))?
-            .ok_or_else(|| MetainfoError::BucketNotFound(name.to_string()))?;
-        Ok((decode(&v, "bucket")?, v))
+    ) -> Result<Stored<pb::BucketRecord>, MetainfoError> {
+        self.metabase
+            .bucket(project, name)?
+            .ok_or_else(|| MetainfoError::BucketNotFound(name.to_string()))
     }
 
-    /// A bucket objects may go into: its stored bytes, for the write that
-    /// puts them there to expect (a bucket deleted or being deleted
-    /// meanwhile makes that write fail rather than leave objects in no
-    /// bucket).
-    fn open_bucket(&self, project: &ProjectId, name: &str) -> Result<Vec<u8>, MetainfoError> {
-        let (rec, raw) = self.bucket_raw(project, name)?;
+    /// A bucket objects may go into, for the write that puts them there to
+    /// expect (a bucket deleted or being deleted meanwhile makes that write
+    /// fail rather than leave objects in no bucket).
+    fn open_bucket(
+        &self,
+        project: &ProjectId,
+        name: &str,
+    ) -> Result<Stored<pb::BucketRecord>, MetainfoError> {
+        let rec = self.bucket_record(project, name)?;
         if rec.deleting {
             return Err(MetainfoError::BucketNotFound(name.to_string()));
         }
-        Ok(raw)
+        Ok(rec)
     }
 
     pub fn get_bucket(
@@ -759,10 +701,7 @@ impl Metainfo {
         project: &ProjectId,
         name: &str,
     ) -> Result<pb::BucketInfo, MetainfoError> {
-        let (rec, _) = self.bucket_raw(project, name)?;
-        if rec.deleting {
-            return Err(MetainfoError::BucketNotFound(name.to_string()));
-        }
+        let rec = self.open_bucket(project, name)?.into_inner();
         Ok(pb::BucketInfo {
             name: name.to_string(),
             created_unix_ms: rec.created_unix_ms,
@@ -777,29 +716,36 @@ impl Metainfo {
     /// objects are left, and a deletion cut short (a process killed) is
     /// finished by asking again.
     pub fn delete_bucket(&self, project: &ProjectId, name: &str) -> Result<(), MetainfoError> {
-        let key = bucket_key(project, name);
-        let (rec, raw) = self.bucket_raw(project, name)?;
-        let marked = pb::BucketRecord {
-            deleting: true,
-            ..rec.clone()
-        }
-        .encode_to_vec();
-        if !rec.deleting {
-            self.kv.write(vec![
-                Op::Expect(Table::Buckets, key.clone(), Some(raw)),
-                Op::Put(Table::Buckets, key.clone(), marked.clone()),
-            ])?;
-        }
-        let deleted = self.delete_marked_bucket(project, name, &marked);
+        let read = self.bucket_record(project, name)?;
+        let marked = if read.deleting {
+            read
+        } else {
+            let mut batch = Batch::new();
+            batch.expect_bucket(project, name, Some(&read));
+            batch.put_bucket(
+                project,
+                name,
+                &pb::BucketRecord {
+                    deleting: true,
+                    ..(*read).clone()
+                },
+            );
+            self.metabase.write(batch)?;
+            self.bucket_record(project, name)?
+        };
+        let deleted = retry_conflicts(|| self.delete_marked_bucket(project, name, &marked));
         if matches!(deleted, Err(MetainfoError::BucketNotEmpty(_))) {
-            let open = pb::BucketRecord {
-                deleting: false,
-                ..rec
-            };
-            self.kv.write(vec![
-                Op::Expect(Table::Buckets, key.clone(), Some(marked)),
-                Op::Put(Table::Buckets, key, open.encode_to_vec()),
-            ])?;
+            let mut batch = Batch::new();
+            batch.expect_bucket(project, name, Some(&marked));
+            batch.put_bucket(
+                project,
+                name,
+                &pb::BucketRecord {
+                    deleting: false,
+                    ..(*marked).clone()
+                },
+            );
+            self.metabase.write(batch)?;
         }
         deleted
     }
@@ -808,43 +754,31 @@ impl Metainfo {
         &self,
         project: &ProjectId,
         name: &str,
-        marked: &[u8],
+        marked: &Stored<pb::BucketRecord>,
     ) -> Result<(), MetainfoError> {
-        let _refs = self.stream_lock.lock().expect("stream lock");
         let now = now_ms();
-        let mut ops = Vec::new();
+        let mut batch = Batch::new();
         let mut expired = Vec::new();
-        let mut start = Vec::new();
-        loop {
-            let batch =
-                self.kv
-                    .scan(Table::Objects, &object_prefix(project, name), &start, 1000)?;
-            let full = batch.len() == 1000;
-            for (key, v) in batch {
-                let rec: pb::ObjectRecord = decode(&v, "object")?;
+        let mut left = false;
+        self.metabase
+            .for_each_object(ObjectScope::Bucket(project, name), |at, rec| {
                 if !expired_at(&rec, now) {
-                    return Err(MetainfoError::BucketNotEmpty(name.to_string()));
+                    left = true;
+                    return Ok::<_, DbError>(ControlFlow::Break(()));
                 }
-                start = key.clone();
-                start.push(0);
-                ops.push(Op::Expect(Table::Objects, key.clone(), Some(v)));
-                ops.push(Op::Delete(Table::Objects, key));
-                expired.push(rec);
-            }
-            if !full {
-                break;
-            }
+                batch.expect_object(&at, Some(&rec));
+                batch.delete_object(&at);
+                expired.push(rec.into_inner());
+                Ok(ControlFlow::Continue(()))
+            })?;
+        if left {
+            return Err(MetainfoError::BucketNotEmpty(name.to_string()));
         }
         let refs: Vec<(&pb::ObjectRecord, i64)> = expired.iter().map(|r| (r, -1)).collect();
-        ops.extend(self.stream_ref_ops(&refs)?);
-        let key = bucket_key(project, name);
-        ops.push(Op::Expect(
-            Table::Buckets,
-            key.clone(),
-            Some(marked.to_vec()),
-        ));
-        ops.push(Op::Delete(Table::Buckets, key));
-        self.kv.write(ops)?;
+        self.metabase.change_stream_refs(&refs, &mut batch)?;
+        batch.expect_bucket(project, name, Some(marked));
+        batch.delete_bucket(project, name);
+        self.metabase.write(batch)?;
         let freed = expired
             .iter()
             .map(stored_size)
@@ -855,17 +789,16 @@ impl Metainfo {
 
     pub fn list_buckets(&self, project: &ProjectId) -> Result<Vec<pb::BucketInfo>, MetainfoError> {
         let mut out = Vec::new();
-        for (k, v) in self.kv.scan(Table::Buckets, project, b"", usize::MAX)? {
-            let rec: pb::BucketRecord = decode(&v, "bucket")?;
-            if rec.deleting {
-                continue;
+        self.metabase.for_each_bucket(project, |name, rec| {
+            if !rec.deleting {
+                out.push(pb::BucketInfo {
+                    name,
+                    created_unix_ms: rec.created_unix_ms,
+                    key_check: rec.key_check,
+                });
             }
-            out.push(pb::BucketInfo {
-                name: String::from_utf8_lossy(&k[16..]).into_owned(),
-                created_unix_ms: rec.created_unix_ms,
-                key_check: rec.key_check,
-            });
-        }
+            Ok::<_, DbError>(())
+        })?;
         Ok(out)
     }
 
@@ -887,18 +820,9 @@ impl Metainfo {
             created_unix_ms: now_ms(),
             redundancy: Some(self.config.redundancy.into()),
         };
-        self.kv.write(vec![
-            Op::Put(
-                Table::PendingObjects,
-                stream_id.to_vec(),
-                pending.encode_to_vec(),
-            ),
-            Op::Put(
-                Table::ProjectPending,
-                [project.as_slice(), &stream_id].concat(),
-                Vec::new(),
-            ),
-        ])?;
+        let mut batch = Batch::new();
+        batch.put_pending(&stream_id, &pending);
+        self.metabase.write(batch)?;
         Ok(pb::BeginObjectResponse {
             stream_id: stream_id.to_vec().into(),
             redundancy: Some(self.config.redundancy.into()),
@@ -916,7 +840,10 @@ impl Metainfo {
         stream_id: &[u8],
     ) -> Result<(String, Vec<u8>), MetainfoError> {
         match self.pending(project, stream_id) {
-            Ok(p) => Ok((p.bucket, p.encrypted_key.to_vec())),
+            Ok(p) => {
+                let p = p.into_inner();
+                Ok((p.bucket, p.encrypted_key.to_vec()))
+            }
             Err(MetainfoError::UploadNotFound) => match self.commit_receipt(project, stream_id)? {
                 Some(r) => Ok((r.bucket, r.encrypted_key)),
                 None => Err(MetainfoError::UploadNotFound),
@@ -925,29 +852,16 @@ impl Metainfo {
         }
     }
 
+    /// One of the project's uploads in progress.
     fn pending(
         &self,
         project: &ProjectId,
         stream_id: &[u8],
-    ) -> Result<pb::PendingObject, MetainfoError> {
-        Ok(self.pending_raw(project, stream_id)?.0)
-    }
-
-    /// [`Self::pending`] with the stored bytes.
-    fn pending_raw(
-        &self,
-        project: &ProjectId,
-        stream_id: &[u8],
-    ) -> Result<(pb::PendingObject, Vec<u8>), MetainfoError> {
-        let v = self
-            .kv
-            .get(Table::PendingObjects, stream_id)?
-            .ok_or(MetainfoError::UploadNotFound)?;
-        let p: pb::PendingObject = decode(&v, "pending object")?;
-        if p.project_id.as_ref() != project {
-            return Err(MetainfoError::UploadNotFound);
+    ) -> Result<Stored<pb::PendingObject>, MetainfoError> {
+        match self.metabase.pending(stream_id)? {
+            Some(p) if p.project_id.as_ref() == project => Ok(p),
+            _ => Err(MetainfoError::UploadNotFound),
         }
-        Ok((p, v))
     }
 
     /// A signed order limit (for the repairer and the auditor).
@@ -1041,11 +955,9 @@ impl Metainfo {
             record.node_ids.push(node.id.as_bytes().to_vec().into());
             record.piece_nums.push(num);
         }
-        self.kv.put(
-            Table::PendingSegments,
-            segment_key(&req.stream_id, req.index),
-            record.encode_to_vec(),
-        )?;
+        let mut batch = Batch::new();
+        batch.put_pending_segment(&SegmentPosition::new(&req.stream_id, req.index), &record);
+        self.metabase.write(batch)?;
         Ok(pb::BeginSegmentResponse {
             limits,
             piece_private_key: piece_key.seed().to_vec().into(),
@@ -1060,12 +972,11 @@ impl Metainfo {
     ) -> Result<(), MetainfoError> {
         let pending = self.pending(project, &req.stream_id)?;
         let scheme = pending_scheme(&pending)?;
-        let seg_key = segment_key(&req.stream_id, req.index);
-        let v = self
-            .kv
-            .get(Table::PendingSegments, &seg_key)?
+        let at = SegmentPosition::new(&req.stream_id, req.index);
+        let begun = self
+            .metabase
+            .pending_segment(&at)?
             .ok_or(MetainfoError::SegmentNotBegun(req.index))?;
-        let begun: pb::PendingSegment = decode(&v, "pending segment")?;
         let root = PieceId::try_from(begun.root_piece_id.as_ref())
             .map_err(|_| DbError::Corrupt("pending segment"))?;
         let meta = req
@@ -1168,10 +1079,10 @@ impl Metainfo {
             redundancy: Some(scheme.into()),
             created_unix_ms: now_ms(),
         };
-        self.kv.write(vec![
-            Op::Delete(Table::PendingSegments, seg_key.clone()),
-            Op::Put(Table::Segments, seg_key, record.encode_to_vec()),
-        ])?;
+        let mut batch = Batch::new();
+        batch.delete_pending_segment(&at);
+        batch.put_segment(&at, &record);
+        self.metabase.write(batch)?;
         metrics::counter!("loam_satellite_segments_committed_total").increment(1);
         Ok(())
     }
@@ -1181,7 +1092,7 @@ impl Metainfo {
         project: &ProjectId,
         req: &pb::CommitObjectRequest,
     ) -> Result<pb::CommitObjectResponse, MetainfoError> {
-        let (pending, pending_raw) = match self.pending_raw(project, &req.stream_id) {
+        let pending = match self.pending(project, &req.stream_id) {
             Ok(found) => found,
             // Asked again after the answer was lost (the process that
             // committed it died first): the same answer.
@@ -1217,13 +1128,11 @@ impl Metainfo {
         // billed for is what the satellite verified them to occupy.
         let (mut plain, mut stored) = (0u64, req.inline_data.len() as u64);
         for i in 0..req.segment_count {
-            let seg: pb::SegmentRecord = match self
-                .kv
-                .get(Table::Segments, &segment_key(&req.stream_id, i))?
-            {
-                Some(v) => decode(&v, "segment")?,
-                None => return Err(MetainfoError::SegmentNotBegun(i)),
-            };
+            let seg = self
+                .metabase
+                .segment(&SegmentPosition::new(&req.stream_id, i))?
+                .ok_or(MetainfoError::SegmentNotBegun(i))?
+                .into_inner();
             let meta = seg.meta.unwrap_or_default();
             let k = seg
                 .redundancy
@@ -1261,136 +1170,52 @@ impl Metainfo {
             segment_keys: Vec::new(),
             expires_unix_ms: req.expires_unix_ms,
         };
-        let bucket = self.open_bucket(project, &pending.bucket)?;
-        let mut key = object_prefix(project, &pending.bucket);
-        key.extend_from_slice(&pending.encrypted_key);
-        let mut ops = vec![
+        let at = ObjectLocation::new(project, &pending.bucket, &pending.encrypted_key);
+        let receipt = Receipt {
+            project: *project,
+            created_unix_ms: created,
+            bucket: pending.bucket.clone(),
+            encrypted_key: pending.encrypted_key.to_vec(),
+        };
+        let replaced = retry_conflicts(|| {
+            let mut batch = Batch::new();
             // Into a bucket that is still there (not deleted or being
             // deleted since the upload began).
-            Op::Expect(
-                Table::Buckets,
-                bucket_key(project, &pending.bucket),
-                Some(bucket),
-            ),
-            // Committed once, however many processes are asked at once.
-            Op::Expect(
-                Table::PendingObjects,
-                req.stream_id.to_vec(),
-                Some(pending_raw),
-            ),
-            Op::Delete(Table::PendingObjects, req.stream_id.to_vec()),
-            Op::Delete(
-                Table::ProjectPending,
-                [project.as_slice(), &req.stream_id].concat(),
-            ),
-            Op::Put(Table::Objects, key.clone(), record.encode_to_vec()),
-            Op::Put(
-                Table::Meta,
-                receipt_key(&req.stream_id),
-                Receipt {
-                    project: *project,
-                    created_unix_ms: created,
-                    bucket: pending.bucket.clone(),
-                    encrypted_key: pending.encrypted_key.to_vec(),
-                }
-                .encode(),
-            ),
-        ];
-        // An object written over replaces the old one and its segments.
-        let mut replaced = 0;
-        let _refs = self.stream_lock.lock().expect("stream lock");
-        let old_raw = self.kv.get(Table::Objects, &key)?;
-        ops.push(Op::Expect(Table::Objects, key.clone(), old_raw.clone()));
-        if let Some(old) = old_raw {
-            let old: pb::ObjectRecord = decode(&old, "object")?;
-            replaced = stored_size(&old);
-            ops.extend(self.stream_ref_ops(&[(&old, -1)])?);
-        }
-        self.kv.write(ops)?;
+            let bucket = self.open_bucket(project, &pending.bucket)?;
+            batch.expect_bucket(project, &pending.bucket, Some(&bucket));
+            // Committed once, however many processes are asked at once:
+            // a commit that lost the race finds the receipt on its retry.
+            let Some(still) = self.metabase.pending(&req.stream_id)? else {
+                return Ok(None);
+            };
+            batch.expect_pending(&req.stream_id, &still);
+            batch.delete_pending(project, &req.stream_id);
+            batch.put_object(&at, &record);
+            batch.put_receipt(&req.stream_id, &receipt);
+            // An object written over replaces the old one and its segments.
+            let old = self.metabase.object(&at)?;
+            batch.expect_object(&at, old.as_ref());
+            let mut replaced = 0;
+            if let Some(old) = &old {
+                replaced = stored_size(old);
+                self.metabase.change_stream_refs(&[(old, -1)], &mut batch)?;
+            }
+            self.metabase.write(batch)?;
+            Ok(Some(replaced))
+        })?;
+        let Some(replaced) = replaced else {
+            return match self.commit_receipt(project, &req.stream_id)? {
+                Some(r) => Ok(pb::CommitObjectResponse {
+                    created_unix_ms: r.created_unix_ms,
+                }),
+                None => Err(MetainfoError::UploadNotFound),
+            };
+        };
         self.adjust_stored(project, stored, replaced);
         metrics::counter!("loam_satellite_objects_committed_total").increment(1);
         Ok(pb::CommitObjectResponse {
             created_unix_ms: created,
         })
-    }
-
-    /// The writes that apply reference changes to the streams of
-    /// `changes` (+1: a copy now shares it; -1: an object that used it is
-    /// gone). A stream nobody uses any more loses its segments, and with
-    /// them the pieces' place in the garbage collector's keep list. Call
-    /// with `stream_lock` held and write the ops before releasing it.
-    fn stream_ref_ops(
-        &self,
-        changes: &[(&pb::ObjectRecord, i64)],
-    ) -> Result<Vec<Op>, MetainfoError> {
-        let mut deltas: Vec<(&[u8], i64)> = Vec::new();
-        for (obj, delta) in changes {
-            if obj.segment_count == 0 {
-                continue;
-            }
-            match deltas.iter_mut().find(|(s, _)| *s == &obj.stream_id[..]) {
-                Some((_, d)) => *d += delta,
-                None => deltas.push((&obj.stream_id, *delta)),
-            }
-        }
-        let mut ops = Vec::new();
-        for (stream, delta) in deltas.into_iter().filter(|(_, d)| *d != 0) {
-            let raw = self.kv.get(Table::StreamRefs, stream)?;
-            // Another satellite process changing the count meanwhile
-            // fails this batch whole (DbError::Conflict).
-            ops.push(Op::Expect(Table::StreamRefs, stream.to_vec(), raw.clone()));
-            let current = match raw {
-                Some(v) => u64::from_le_bytes(
-                    v.as_slice()
-                        .try_into()
-                        .map_err(|_| DbError::Corrupt("stream reference count"))?,
-                ),
-                None => 1,
-            };
-            let count = i128::from(current) + i128::from(delta);
-            if count <= 0 {
-                ops.push(Op::Delete(Table::StreamRefs, stream.to_vec()));
-                ops.extend(
-                    self.kv
-                        .scan(Table::Segments, stream, b"", usize::MAX)?
-                        .into_iter()
-                        .map(|(k, _)| Op::Delete(Table::Segments, k)),
-                );
-            } else if count == 1 {
-                ops.push(Op::Delete(Table::StreamRefs, stream.to_vec()));
-            } else {
-                let count =
-                    u64::try_from(count).map_err(|_| DbError::Overflow("stream references"))?;
-                ops.push(Op::Put(
-                    Table::StreamRefs,
-                    stream.to_vec(),
-                    count.to_le_bytes().to_vec(),
-                ));
-            }
-        }
-        Ok(ops)
-    }
-
-    /// The writes that delete a pending upload with every segment it
-    /// committed.
-    fn pending_delete_ops(
-        &self,
-        project: &[u8],
-        stream_id: &[u8],
-    ) -> Result<Vec<Op>, MetainfoError> {
-        let mut ops = vec![
-            Op::Delete(Table::PendingObjects, stream_id.to_vec()),
-            Op::Delete(Table::ProjectPending, [project, stream_id].concat()),
-        ];
-        for table in [Table::PendingSegments, Table::Segments] {
-            ops.extend(
-                self.kv
-                    .scan(table, stream_id, b"", usize::MAX)?
-                    .into_iter()
-                    .map(|(k, _)| Op::Delete(table, k)),
-            );
-        }
-        Ok(ops)
     }
 
     /// The project's uploads in `bucket` under an encrypted key prefix
@@ -1402,62 +1227,29 @@ impl Metainfo {
         req: &pb::ListPendingRequest,
     ) -> Result<pb::ListPendingResponse, MetainfoError> {
         self.get_bucket(project, &req.bucket)?;
-        self.index_pending()?;
-        let mut streams = Vec::new();
-        crate::db::for_each_page(&*self.kv, Table::ProjectPending, project, |page| {
-            streams.extend(page.into_iter().map(|(k, _)| k[project.len()..].to_vec()));
-            Ok(())
-        })?;
         let mut items = Vec::new();
-        for stream_id in streams {
-            let Some(v) = self.kv.get(Table::PendingObjects, &stream_id)? else {
+        for stream_id in self.metabase.project_uploads(project)? {
+            let Some(p) = self.metabase.pending(&stream_id)? else {
                 continue;
             };
-            let p: pb::PendingObject = decode(&v, "pending object")?;
+            let p = p.into_inner();
             if p.project_id.as_ref() != project
                 || p.bucket != req.bucket
                 || !p.encrypted_key.starts_with(&req.prefix)
             {
                 continue;
             }
-            let mut segments = 0u32;
-            crate::db::for_each_page(&*self.kv, Table::Segments, &stream_id, |page| {
-                segments += page.len() as u32;
-                Ok(())
-            })?;
             items.push(pb::PendingInfo {
                 encrypted_key: p.encrypted_key,
+                segments: self.metabase.segment_count(&stream_id)?,
                 stream_id: stream_id.into(),
                 created_unix_ms: p.created_unix_ms,
-                segments,
             });
         }
         items.sort_by_key(|i| i.created_unix_ms);
         let truncated = items.len() > MAX_PENDING_LISTED;
         items.truncate(MAX_PENDING_LISTED);
         Ok(pb::ListPendingResponse { items, truncated })
-    }
-
-    /// Builds the project-to-uploads index of a database from before it,
-    /// once.
-    fn index_pending(&self) -> Result<(), MetainfoError> {
-        self.pending_indexed.ensure(|| {
-            crate::db::index_once(
-                &*self.kv,
-                "project-pending",
-                Table::PendingObjects,
-                |k, v| {
-                    let p = pb::PendingObject::decode(v)
-                        .map_err(|_| DbError::Corrupt("pending object"))?;
-                    Ok(Some(Op::Put(
-                        Table::ProjectPending,
-                        [p.project_id.as_ref(), k].concat(),
-                        Vec::new(),
-                    )))
-                },
-            )
-        })?;
-        Ok(())
     }
 
     /// Abandons one of the project's pending uploads in `bucket`.
@@ -1470,8 +1262,10 @@ impl Metainfo {
         if p.bucket != req.bucket {
             return Err(MetainfoError::UploadNotFound);
         }
-        self.kv
-            .write(self.pending_delete_ops(project, &req.stream_id)?)?;
+        let mut batch = Batch::new();
+        self.metabase
+            .delete_upload(project, &req.stream_id, &mut batch)?;
+        self.metabase.write(batch)?;
         metrics::counter!("loam_satellite_uploads_aborted_total").increment(1);
         Ok(())
     }
@@ -1483,11 +1277,10 @@ impl Metainfo {
         project: &ProjectId,
         stream_id: &[u8],
     ) -> Result<Option<Receipt>, MetainfoError> {
-        let Some(v) = self.kv.get(Table::Meta, &receipt_key(stream_id))? else {
-            return Ok(None);
-        };
-        let receipt = Receipt::decode(&v)?;
-        Ok((&receipt.project == project).then_some(receipt))
+        Ok(self
+            .metabase
+            .receipt(stream_id)?
+            .filter(|r| &r.project == project))
     }
 
     /// Deletes uploads begun before `now - pending_expiration` and never
@@ -1495,39 +1288,22 @@ impl Metainfo {
     /// uploads committed before then. Returns how many uploads.
     pub fn delete_abandoned_uploads(&self, now_ms: i64) -> Result<usize, MetainfoError> {
         let cutoff = now_ms - self.config.pending_expiration.as_millis() as i64;
-        let mut old_receipts = Vec::new();
-        crate::db::for_each_page(&*self.kv, Table::Meta, RECEIPT_PREFIX, |page| {
-            for (k, v) in page {
-                // One that does not parse is of no use either.
-                if Receipt::decode(&v)
-                    .ok()
-                    .is_none_or(|r| r.created_unix_ms <= cutoff)
-                {
-                    old_receipts.push(Op::Delete(Table::Meta, k));
-                }
-            }
-            Ok(())
-        })?;
-        for ops in old_receipts.chunks(crate::db::PAGE) {
-            self.kv.write(ops.to_vec())?;
-        }
+        self.metabase.delete_receipts_until(cutoff)?;
         // Expired uploads are found a page at a time, and deleted after the
         // walk (deleting while walking would shift the pages).
         let mut expired = Vec::new();
-        crate::db::for_each_page(&*self.kv, Table::PendingObjects, b"", |page| {
-            for (stream_id, v) in page {
-                let pending = pb::PendingObject::decode(v.as_slice())
-                    .map_err(|_| DbError::Corrupt("pending object"))?;
-                if pending.created_unix_ms <= cutoff {
-                    expired.push((pending.project_id.to_vec(), stream_id));
-                }
+        self.metabase.for_each_pending(|stream_id, pending| {
+            if pending.created_unix_ms <= cutoff {
+                expired.push((pending.project_id.to_vec(), stream_id));
             }
-            Ok(())
+            Ok::<_, DbError>(())
         })?;
         let mut removed = 0;
         for (project, stream_id) in expired {
-            self.kv
-                .write(self.pending_delete_ops(&project, &stream_id)?)?;
+            let mut batch = Batch::new();
+            self.metabase
+                .delete_upload(&project, &stream_id, &mut batch)?;
+            self.metabase.write(batch)?;
             removed += 1;
         }
         if removed > 0 {
@@ -1542,41 +1318,27 @@ impl Metainfo {
     /// garbage collector then frees the pieces). Returns how many.
     pub fn delete_expired_objects(&self, now_ms: i64) -> Result<usize, MetainfoError> {
         let mut removed = 0;
-        let mut start = Vec::new();
-        loop {
-            let batch = self.kv.scan(Table::Objects, b"", &start, 1000)?;
-            let Some((last, _)) = batch.last() else {
-                break;
-            };
-            start = last.clone();
-            start.push(0);
-            let full = batch.len() == 1000;
-            for (key, v) in batch {
-                let rec: pb::ObjectRecord = decode(&v, "object")?;
-                if !expired_at(&rec, now_ms) {
-                    continue;
-                }
-                let _refs = self.stream_lock.lock().expect("stream lock");
-                // Only if still the same record (not replaced meanwhile).
-                let mut ops = vec![
-                    Op::Expect(Table::Objects, key.clone(), Some(v.clone())),
-                    Op::Delete(Table::Objects, key.clone()),
-                ];
-                ops.extend(self.stream_ref_ops(&[(&rec, -1)])?);
-                match self.kv.write(ops) {
-                    Ok(()) => {}
-                    Err(DbError::Conflict) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-                if let Some(project) = key.get(..16).and_then(|p| ProjectId::try_from(p).ok()) {
-                    self.adjust_stored(&project, 0, stored_size(&rec));
-                }
-                removed += 1;
+        self.metabase.for_each_object(ObjectScope::All, |at, rec| {
+            if !expired_at(&rec, now_ms) {
+                return Ok(ControlFlow::Continue(()));
             }
-            if !full {
-                break;
+            // Only if still the same record (not replaced meanwhile).
+            let mut batch = Batch::new();
+            batch.expect_object(&at, Some(&rec));
+            batch.delete_object(&at);
+            self.metabase
+                .change_stream_refs(&[(&rec, -1)], &mut batch)?;
+            match self.metabase.write(batch) {
+                Ok(()) => {
+                    self.adjust_stored(&at.project, 0, stored_size(&rec));
+                    removed += 1;
+                }
+                // Replaced or deleted meanwhile: the next pass sees it.
+                Err(DbError::Conflict) => {}
+                Err(e) => return Err(e),
             }
-        }
+            Ok(ControlFlow::Continue(()))
+        })?;
         if removed > 0 {
             metrics::counter!("loam_satellite_objects_expired_total").increment(removed as u64);
         }
@@ -1585,36 +1347,23 @@ impl Metainfo {
 
     // ------------------------------------------------------------ download
 
+    /// A live object (not past its expiry) of a bucket that is there.
     fn object(
         &self,
         project: &ProjectId,
         bucket: &str,
         encrypted_key: &[u8],
-    ) -> Result<(Vec<u8>, pb::ObjectRecord), MetainfoError> {
-        let (key, rec, _) = self.object_raw(project, bucket, encrypted_key)?;
-        Ok((key, rec))
-    }
-
-    /// [`Self::object`] with the stored bytes, for a write that expects
-    /// the record unchanged.
-    fn object_raw(
-        &self,
-        project: &ProjectId,
-        bucket: &str,
-        encrypted_key: &[u8],
-    ) -> Result<(Vec<u8>, pb::ObjectRecord, Vec<u8>), MetainfoError> {
+    ) -> Result<(ObjectLocation, Stored<pb::ObjectRecord>), MetainfoError> {
         self.get_bucket(project, bucket)?;
-        let mut key = object_prefix(project, bucket);
-        key.extend_from_slice(encrypted_key);
-        let v = self
-            .kv
-            .get(Table::Objects, &key)?
+        let at = ObjectLocation::new(project, bucket, encrypted_key);
+        let rec = self
+            .metabase
+            .object(&at)?
             .ok_or(MetainfoError::ObjectNotFound)?;
-        let rec: pb::ObjectRecord = decode(&v, "object")?;
         if expired_at(&rec, now_ms()) {
             return Err(MetainfoError::ObjectNotFound);
         }
-        Ok((key, rec, v))
+        Ok((at, rec))
     }
 
     pub fn get_object(
@@ -1623,7 +1372,7 @@ impl Metainfo {
         req: &pb::ObjectRequest,
     ) -> Result<pb::ObjectInfo, MetainfoError> {
         let (_, rec) = self.object(project, &req.bucket, &req.encrypted_key)?;
-        Ok(object_info(req.encrypted_key.to_vec(), rec))
+        Ok(object_info(req.encrypted_key.to_vec(), rec.into_inner()))
     }
 
     /// First half of a move: the wrapped content key of each segment.
@@ -1633,6 +1382,7 @@ impl Metainfo {
         req: &pb::ObjectRequest,
     ) -> Result<pb::BeginMoveObjectResponse, MetainfoError> {
         let (_, obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
+        let obj = obj.into_inner();
         if obj.dataset {
             return Err(MetainfoError::Invalid(
                 "datasets cannot be moved; upload the dataset again under the new name",
@@ -1658,7 +1408,7 @@ impl Metainfo {
         project: &ProjectId,
         req: &pb::FinishMoveObjectRequest,
     ) -> Result<(), MetainfoError> {
-        self.relocate(project, req, Relocation::Move)?;
+        retry_conflicts(|| self.relocate(project, req, Relocation::Move))?;
         metrics::counter!("loam_satellite_objects_moved_total").increment(1);
         Ok(())
     }
@@ -1673,7 +1423,7 @@ impl Metainfo {
         project: &ProjectId,
         req: &pb::FinishMoveObjectRequest,
     ) -> Result<(), MetainfoError> {
-        self.relocate(project, req, Relocation::Copy)?;
+        retry_conflicts(|| self.relocate(project, req, Relocation::Copy))?;
         metrics::counter!("loam_satellite_objects_copied_total").increment(1);
         Ok(())
     }
@@ -1684,9 +1434,8 @@ impl Metainfo {
         req: &pb::FinishMoveObjectRequest,
         how: Relocation,
     ) -> Result<(), MetainfoError> {
-        let _refs = self.stream_lock.lock().expect("stream lock");
-        let (old_key, mut obj, source_raw) =
-            self.object_raw(project, &req.bucket, &req.encrypted_key)?;
+        let (source, source_rec) = self.object(project, &req.bucket, &req.encrypted_key)?;
+        let mut obj = (*source_rec).clone();
         if obj.stream_id != req.stream_id {
             return Err(MetainfoError::Invalid(
                 "the object was replaced meanwhile; try again",
@@ -1716,36 +1465,32 @@ impl Metainfo {
                 "a move or copy needs one rewrapped key per segment",
             ));
         }
-        let mut new_key = object_prefix(project, &req.new_bucket);
-        new_key.extend_from_slice(&req.new_encrypted_key);
-        if new_key == old_key {
+        let target = ObjectLocation::new(project, &req.new_bucket, &req.new_encrypted_key);
+        if target == source {
             return Err(MetainfoError::Invalid(
                 "source and destination are the same",
             ));
         }
         let size = stored_size(&obj);
-        let mut ops = vec![
-            Op::Expect(Table::Objects, old_key.clone(), Some(source_raw)),
-            Op::Expect(
-                Table::Buckets,
-                bucket_key(project, &req.new_bucket),
-                Some(target_bucket),
-            ),
-        ];
+        let mut batch = Batch::new();
+        batch.expect_object(&source, Some(&source_rec));
+        batch.expect_bucket(project, &req.new_bucket, Some(&target_bucket));
         match how {
             Relocation::Move => {
-                ops.push(Op::Delete(Table::Objects, old_key));
+                batch.delete_object(&source);
                 if obj.segment_keys.is_empty() {
                     // The stream's own keys live in its segment records.
                     for (i, wrapped) in req.new_segment_keys.iter().enumerate() {
-                        let mut seg = self.segment(&obj, i as u32)?;
-                        seg.meta.get_or_insert_with(Default::default).encrypted_key =
+                        let at = SegmentPosition::new(&obj.stream_id, i as u32);
+                        let seg = self
+                            .metabase
+                            .segment(&at)?
+                            .ok_or(DbError::Corrupt("missing segment"))?;
+                        let mut new = (*seg).clone();
+                        new.meta.get_or_insert_with(Default::default).encrypted_key =
                             wrapped.clone();
-                        ops.push(Op::Put(
-                            Table::Segments,
-                            segment_key(&obj.stream_id, i as u32),
-                            seg.encode_to_vec(),
-                        ));
+                        batch.expect_segment(&at, &seg);
+                        batch.put_segment(&at, &new);
                     }
                 } else {
                     obj.segment_keys = req.new_segment_keys.clone();
@@ -1763,21 +1508,17 @@ impl Metainfo {
             refs.push((&obj, 1));
         }
         let mut replaced = 0;
-        let old_raw = self.kv.get(Table::Objects, &new_key)?;
-        ops.push(Op::Expect(Table::Objects, new_key.clone(), old_raw.clone()));
-        let old = match old_raw {
-            Some(v) => Some(decode::<pb::ObjectRecord>(&v, "object")?),
-            None => None,
-        };
+        let old = self.metabase.object(&target)?;
+        batch.expect_object(&target, old.as_ref());
         if let Some(old) = &old {
             replaced = stored_size(old);
             refs.push((old, -1));
         }
-        ops.extend(self.stream_ref_ops(&refs)?);
+        self.metabase.change_stream_refs(&refs, &mut batch)?;
         obj.encrypted_metadata = req.new_encrypted_metadata.clone();
         obj.inline_data = req.new_inline_data.clone();
-        ops.push(Op::Put(Table::Objects, new_key, obj.encode_to_vec()));
-        self.kv.write(ops)?;
+        batch.put_object(&target, &obj);
+        self.metabase.write(batch)?;
         let added = if how == Relocation::Copy { size } else { 0 };
         self.adjust_stored(project, added, replaced);
         Ok(())
@@ -1810,11 +1551,11 @@ impl Metainfo {
         if index >= obj.segment_count {
             return Err(MetainfoError::Invalid("segment index beyond the object"));
         }
-        let v = self
-            .kv
-            .get(Table::Segments, &segment_key(&obj.stream_id, index))?
-            .ok_or(DbError::Corrupt("missing segment"))?;
-        let mut seg: pb::SegmentRecord = decode(&v, "segment")?;
+        let mut seg = self
+            .metabase
+            .segment(&SegmentPosition::new(&obj.stream_id, index))?
+            .ok_or(DbError::Corrupt("missing segment"))?
+            .into_inner();
         // A copy reads the shared segment under its own wrapped key.
         if let Some(key) = obj.segment_keys.get(index as usize) {
             seg.meta.get_or_insert_with(Default::default).encrypted_key = key.clone();
@@ -1884,58 +1625,39 @@ impl Metainfo {
         }
     }
 
-    /// Calls `f` with every committed segment and its key, a page at a
-    /// time: the one segment loop the chores (checker, audit sampling,
+    /// Calls `f` with every committed segment and its position, a page at
+    /// a time: the one segment loop the chores (checker, audit sampling,
     /// tally) and `satellite status` walk, in memory bounded whatever the
     /// number of segments.
     pub fn for_each_segment(
         &self,
-        mut f: impl FnMut(Vec<u8>, pb::SegmentRecord),
+        mut f: impl FnMut(SegmentPosition, Stored<pb::SegmentRecord>),
     ) -> Result<(), MetainfoError> {
-        crate::db::for_each_page(&*self.kv, Table::Segments, b"", |page| {
-            for (k, v) in page {
-                match pb::SegmentRecord::decode(v.as_slice()) {
-                    Ok(seg) => f(k, seg),
-                    // One bad record must not stop every chore.
-                    Err(_) => tracing::error!(
-                        key = hex::encode(&k),
-                        "a segment record does not decode; skipped"
-                    ),
-                }
-            }
-            Ok(())
+        self.metabase.for_each_segment(|at, seg| {
+            f(at, seg);
+            Ok::<_, DbError>(())
         })?;
         Ok(())
     }
 
-    /// Every committed segment with its key (tests; chores use
+    /// Every committed segment with its position (tests; chores use
     /// [`Self::for_each_segment`]).
-    pub fn segments(&self) -> Result<Vec<(Vec<u8>, pb::SegmentRecord)>, MetainfoError> {
+    pub fn segments(&self) -> Result<Vec<(SegmentPosition, pb::SegmentRecord)>, MetainfoError> {
         let mut out = Vec::new();
-        self.for_each_segment(|k, seg| out.push((k, seg)))?;
+        self.for_each_segment(|at, seg| out.push((at, seg.into_inner())))?;
         Ok(out)
     }
 
-    /// Replaces a segment's pieces if the segment is still `old` (it may
-    /// have been deleted or repaired meanwhile). Returns whether it did.
+    /// Replaces a segment's pieces if the segment is still what was read
+    /// (it may have been deleted or repaired meanwhile). Returns whether it
+    /// did.
     pub fn replace_segment_pieces(
         &self,
-        key: &[u8],
-        old: &pb::SegmentRecord,
+        at: &SegmentPosition,
+        read: &Stored<pb::SegmentRecord>,
         pieces: Vec<pb::StoredPieceRef>,
     ) -> Result<bool, MetainfoError> {
-        let mut new = old.clone();
-        new.pieces = pieces;
-        // Written only over exactly `old`: not over a deletion, a newer
-        // repair, or anything another satellite process wrote meanwhile.
-        match self.kv.write(vec![
-            Op::Expect(Table::Segments, key.to_vec(), Some(old.encode_to_vec())),
-            Op::Put(Table::Segments, key.to_vec(), new.encode_to_vec()),
-        ]) {
-            Ok(()) => Ok(true),
-            Err(DbError::Conflict) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.metabase.replace_segment_pieces(at, read, pieces)?)
     }
 
     /// Calls `f` with every (node, piece) the metadata places, pending
@@ -1945,21 +1667,15 @@ impl Metainfo {
         &self,
         mut f: impl FnMut(NodeId, PieceId),
     ) -> Result<(), MetainfoError> {
-        crate::db::for_each_page(&*self.kv, Table::PendingSegments, b"", |page| {
-            for (_, v) in page {
-                let Ok(p) = pb::PendingSegment::decode(v.as_slice()) else {
-                    return Err(DbError::Corrupt("pending segment"));
-                };
-                let Ok(root) = PieceId::try_from(p.root_piece_id.as_ref()) else {
-                    continue;
-                };
+        self.metabase.for_each_pending_segment(|p| {
+            if let Ok(root) = PieceId::try_from(p.root_piece_id.as_ref()) {
                 for (node, num) in p.node_ids.iter().zip(&p.piece_nums) {
                     if let Ok(node) = NodeId::try_from(node.as_ref()) {
                         f(node, PieceId::derive(&root, &node, *num));
                     }
                 }
             }
-            Ok(())
+            Ok::<_, DbError>(())
         })?;
         self.for_each_segment(|_, seg| {
             let Ok(root) = PieceId::try_from(seg.root_piece_id.as_ref()) else {
@@ -1995,7 +1711,7 @@ impl Metainfo {
         bucket: &str,
         encrypted_key: &[u8],
     ) -> Result<pb::ObjectRecord, MetainfoError> {
-        Ok(self.object(project, bucket, encrypted_key)?.1)
+        Ok(self.object(project, bucket, encrypted_key)?.1.into_inner())
     }
 
     /// Opts a dataset in to compute jobs, or out.
@@ -2004,13 +1720,20 @@ impl Metainfo {
         project: &ProjectId,
         req: &pb::SetComputeRequest,
     ) -> Result<(), MetainfoError> {
-        let (key, mut obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
-        if !obj.dataset {
-            return Err(MetainfoError::NotADataset);
-        }
-        obj.compute_enabled = req.enabled;
-        self.kv.put(Table::Objects, key, obj.encode_to_vec())?;
-        Ok(())
+        retry_conflicts(|| {
+            let (at, read) = self.object(project, &req.bucket, &req.encrypted_key)?;
+            if !read.dataset {
+                return Err(MetainfoError::NotADataset);
+            }
+            let mut obj = (*read).clone();
+            obj.compute_enabled = req.enabled;
+            // Only over the record read: not over an object that replaced
+            // it meanwhile.
+            let mut batch = Batch::new();
+            batch.expect_object(&at, Some(&read));
+            batch.put_object(&at, &obj);
+            Ok(self.metabase.write(batch)?)
+        })
     }
 
     pub fn delete_object(
@@ -2018,15 +1741,17 @@ impl Metainfo {
         project: &ProjectId,
         req: &pb::ObjectRequest,
     ) -> Result<(), MetainfoError> {
-        let _refs = self.stream_lock.lock().expect("stream lock");
-        let (key, obj, raw) = self.object_raw(project, &req.bucket, &req.encrypted_key)?;
-        let mut ops = vec![
-            Op::Expect(Table::Objects, key.clone(), Some(raw)),
-            Op::Delete(Table::Objects, key),
-        ];
-        ops.extend(self.stream_ref_ops(&[(&obj, -1)])?);
-        self.kv.write(ops)?;
-        self.adjust_stored(project, 0, stored_size(&obj));
+        let size = retry_conflicts(|| {
+            let (at, obj) = self.object(project, &req.bucket, &req.encrypted_key)?;
+            let mut batch = Batch::new();
+            batch.expect_object(&at, Some(&obj));
+            batch.delete_object(&at);
+            self.metabase
+                .change_stream_refs(&[(&obj, -1)], &mut batch)?;
+            self.metabase.write(batch)?;
+            Ok(stored_size(&obj))
+        })?;
+        self.adjust_stored(project, 0, size);
         metrics::counter!("loam_satellite_objects_deleted_total").increment(1);
         Ok(())
     }
@@ -2058,11 +1783,8 @@ impl Metainfo {
             0 => 1000,
             n => n.min(10_000) as usize,
         };
-        let base = object_prefix(project, &req.bucket);
-        let mut prefix = base.clone();
-        prefix.extend_from_slice(&req.prefix);
-        let mut start = base.clone();
-        start.extend_from_slice(&req.cursor);
+        // Keys from here on are relative to the bucket.
+        let mut start = req.cursor.to_vec();
         if req.cursor.ends_with(b"/") {
             // after everything under a collapsed prefix
             if let Some(last) = start.last_mut() {
@@ -2071,12 +1793,17 @@ impl Metainfo {
         } else if !req.cursor.is_empty() {
             start.push(0); // strictly after the cursor
         }
+        if start.as_slice() < req.prefix.as_ref() {
+            start = req.prefix.to_vec();
+        }
         let mut page = ListPage::new(limit);
         'outer: loop {
-            let batch = self.kv.scan(Table::Objects, &prefix, &start, limit + 1)?;
+            let batch =
+                self.metabase
+                    .objects_page(project, &req.bucket, &req.prefix, &start, limit + 1)?;
             let exhausted = batch.len() <= limit;
-            for (k, v) in batch {
-                let rel = &k[prefix.len()..];
+            for (k, rec) in batch {
+                let rel = &k[req.prefix.len()..];
                 if !req.recursive
                     && let Some(pos) = rel.iter().position(|b| *b == b'/')
                 {
@@ -2091,26 +1818,22 @@ impl Metainfo {
                         break 'outer;
                     }
                     // Skip everything under this prefix: '/' + 1 = '0'.
-                    start = base.clone();
-                    start.extend_from_slice(&name);
+                    start = name;
                     if let Some(last) = start.last_mut() {
                         *last = b'/' + 1;
                     }
                     continue 'outer;
                 }
-                let rec: pb::ObjectRecord = decode(&v, "object")?;
-                if expired_at(&rec, now_ms()) || !shows(&k[base.len()..], false) {
-                    start = k.clone();
-                    start.push(0);
+                start = k.clone();
+                start.push(0);
+                if expired_at(&rec, now_ms()) || !shows(&k, false) {
                     continue;
                 }
-                let mut item = object_info(k[base.len()..].to_vec(), rec);
+                let mut item = object_info(k, rec.into_inner());
                 item.inline_data = Default::default();
                 if !page.push(item) {
                     break 'outer;
                 }
-                start = k.clone();
-                start.push(0);
             }
             if exhausted {
                 break;
@@ -2390,27 +2113,23 @@ mod tests {
             },
         )
         .expect("delete");
-        let (rec, _) = m.bucket_raw(&project, "bkt").expect("bucket");
-        let marked = pb::BucketRecord {
-            deleting: true,
-            ..rec
-        };
-        m.kv.put(
-            Table::Buckets,
-            bucket_key(&project, "bkt"),
-            marked.encode_to_vec(),
-        )
-        .expect("mark");
+        let rec = m.bucket_record(&project, "bkt").expect("bucket");
+        let mut batch = Batch::new();
+        batch.put_bucket(
+            &project,
+            "bkt",
+            &pb::BucketRecord {
+                deleting: true,
+                ..rec.into_inner()
+            },
+        );
+        m.metabase.write(batch).expect("mark");
         let begun = begin(&m, &project, "bkt", b"x");
         assert!(matches!(begun, Err(MetainfoError::BucketNotFound(_))));
         assert!(m.list_buckets(&project).expect("list").is_empty());
         m.delete_bucket(&project, "bkt")
             .expect("finish the deletion");
-        assert!(
-            m.kv.get(Table::Buckets, &bucket_key(&project, "bkt"))
-                .expect("get")
-                .is_none()
-        );
+        assert!(m.metabase.bucket(&project, "bkt").expect("get").is_none());
     }
 
     #[test]
@@ -2451,11 +2170,7 @@ mod tests {
             m.commit_object(&project, &req),
             Err(MetainfoError::UploadNotFound)
         ));
-        assert!(
-            m.kv.scan(Table::Meta, RECEIPT_PREFIX, b"", 10)
-                .expect("scan")
-                .is_empty()
-        );
+        assert!(m.metabase.receipt(&req.stream_id).expect("read").is_none());
         assert_eq!(list_all(&m, &project, "bkt"), vec![b"k".to_vec()]);
     }
 
@@ -2771,14 +2486,18 @@ mod tests {
     /// Sets an object's expiry time to `at`, as if it had been uploaded so;
     /// returns the time it had.
     fn expire_at(m: &Metainfo, project: &ProjectId, bucket: &str, key: &[u8], at: i64) -> i64 {
-        let mut k = object_prefix(project, bucket);
-        k.extend_from_slice(key);
-        let v = m.kv.get(Table::Objects, &k).expect("get").expect("object");
-        let mut rec: pb::ObjectRecord = decode(&v, "object").expect("decode");
+        let at_key = ObjectLocation::new(project, bucket, key);
+        let mut rec = m
+            .metabase
+            .object(&at_key)
+            .expect("get")
+            .expect("object")
+            .into_inner();
         let had = rec.expires_unix_ms;
         rec.expires_unix_ms = at;
-        m.kv.put(Table::Objects, k, rec.encode_to_vec())
-            .expect("put");
+        let mut batch = Batch::new();
+        batch.put_object(&at_key, &rec);
+        m.metabase.write(batch).expect("put");
         had
     }
 

@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::metainfo::Metainfo;
 use crate::overlay::Overlay;
+use crate::satellitedb::Stored;
+use crate::satellitedb::metabase::SegmentPosition;
 
 /// The `[repair]` table of the satellite's config.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -84,8 +86,8 @@ pub const EXIT_FAILURE_SHARE: f64 = 0.1;
 
 /// A segment the checker queued.
 struct Queued {
-    key: Vec<u8>,
-    record: pb::SegmentRecord,
+    key: SegmentPosition,
+    record: Stored<pb::SegmentRecord>,
     healthy: usize,
 }
 
@@ -458,9 +460,15 @@ impl Repair {
         let mut new_pieces: Vec<pb::StoredPieceRef> = healthy.into_iter().cloned().collect();
         new_pieces.extend(added);
         new_pieces.sort_by_key(|p| p.piece_num);
-        self.metainfo
+        let replaced = self
+            .metainfo
             .replace_segment_pieces(&q.key, seg, new_pieces)
             .map_err(|e| e.to_string())?;
+        if !replaced {
+            // Deleted, or changed by another repair, meanwhile: the pieces
+            // uploaded now are garbage the collector frees.
+            tracing::info!(segment = %q.key, "segment changed during its repair; result dropped");
+        }
         Ok((downloaded + uploaded, meta.plain_size.max(0) as u64))
     }
 }

@@ -10,14 +10,15 @@
 //! satellite itself, with the process's peak memory.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
 use loam_common::pb;
-use loam_satellite::db::{Kv, Op, Table};
+use loam_satellite::db::Kv;
+use loam_satellite::satellitedb::metabase::{Batch, Metabase, SegmentPosition};
 use loam_uplink::Project;
-use prost::Message;
 
 use crate::process::{NetworkOptions, ProcessNetwork};
 
@@ -234,12 +235,12 @@ pub async fn run_one(
         let url = net.satellite_config.database.clone();
         let sat_dir = net.processes[0].data_dir.clone();
         net.kill_satellite()?;
-        let kv: Box<dyn Kv> = if url.is_empty() {
+        let kv: Arc<dyn Kv> = if url.is_empty() {
             // The killed process's lock on the database goes with it.
             let mut tries = 0;
             loop {
                 match loam_satellite::db::RocksKv::open_with(&sat_dir.join("db"), false) {
-                    Ok(kv) => break Box::new(kv),
+                    Ok(kv) => break Arc::new(kv),
                     Err(_) if tries < 50 => {
                         tries += 1;
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -248,11 +249,12 @@ pub async fn run_one(
                 }
             }
         } else {
-            Box::new(loam_satellite::pg::PgKv::connect(&url)?)
+            Arc::new(loam_satellite::pg::PgKv::connect(&url)?)
         };
-        let seeded =
-            tokio::task::spawn_blocking(move || seed_segments(&*kv, &nodes, scheme, objects))
-                .await??;
+        let seeded = tokio::task::spawn_blocking(move || {
+            seed_segments(Metabase::new(kv), &nodes, scheme, objects)
+        })
+        .await??;
         net.restart_satellite().await?;
         let metrics_url = net.processes[0].metrics_url.clone();
         let deadline = Instant::now() + Duration::from_secs(3600);
@@ -273,7 +275,7 @@ pub async fn run_one(
 
 /// Writes `count` one-segment streams whose four pieces are on `nodes`.
 fn seed_segments(
-    kv: &dyn Kv,
+    metabase: Metabase,
     nodes: &[Vec<u8>],
     scheme: loam_common::erasure::RedundancyScheme,
     count: usize,
@@ -281,38 +283,34 @@ fn seed_segments(
     let now = loam_common::orders::now_ms();
     let mut written = 0u64;
     for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
-        let ops = chunk
-            .iter()
-            .map(|_| {
-                let stream: [u8; 16] = rand::random();
-                let mut key = stream.to_vec();
-                key.extend_from_slice(&0u32.to_be_bytes());
-                let root: [u8; 32] = rand::random();
-                let record = pb::SegmentRecord {
-                    version: 1,
-                    meta: Some(pb::SegmentMeta {
-                        plain_size: 1 << 20,
-                        piece_size: 1 << 19,
-                        ..Default::default()
-                    }),
-                    root_piece_id: root.to_vec().into(),
-                    pieces: nodes
-                        .iter()
-                        .take(scheme.total())
-                        .enumerate()
-                        .map(|(n, id)| pb::StoredPieceRef {
-                            piece_num: n as u32,
-                            node_id: id.clone().into(),
-                            hash: vec![0; 32].into(),
-                        })
-                        .collect(),
-                    redundancy: Some(scheme.into()),
-                    created_unix_ms: now,
-                };
-                Op::Put(Table::Segments, key, record.encode_to_vec())
-            })
-            .collect();
-        kv.write(ops)?;
+        let mut batch = Batch::new();
+        for _ in chunk {
+            let stream: [u8; 16] = rand::random();
+            let root: [u8; 32] = rand::random();
+            let record = pb::SegmentRecord {
+                version: 1,
+                meta: Some(pb::SegmentMeta {
+                    plain_size: 1 << 20,
+                    piece_size: 1 << 19,
+                    ..Default::default()
+                }),
+                root_piece_id: root.to_vec().into(),
+                pieces: nodes
+                    .iter()
+                    .take(scheme.total())
+                    .enumerate()
+                    .map(|(n, id)| pb::StoredPieceRef {
+                        piece_num: n as u32,
+                        node_id: id.clone().into(),
+                        hash: vec![0; 32].into(),
+                    })
+                    .collect(),
+                redundancy: Some(scheme.into()),
+                created_unix_ms: now,
+            };
+            batch.put_segment(&SegmentPosition::new(&stream, 0), &record);
+        }
+        metabase.write(batch)?;
         written += chunk.len() as u64;
     }
     Ok(written)

@@ -1,0 +1,60 @@
+//! Typed stores over the satellite's database.
+//!
+//! Services speak in records and locations; how those are keyed and
+//! encoded in the backend's tables ([`crate::db::Kv`]: memory, RocksDB,
+//! PostgreSQL) is decided here alone. A record read for a later write comes
+//! as [`Stored`], which remembers the bytes it was read as, so that the
+//! write can land only over exactly that record (another process's change
+//! meanwhile fails it with [`DbError::Conflict`], and the caller reads
+//! again).
+
+pub mod metabase;
+
+use crate::db::DbError;
+
+/// A record as read from the database, with the bytes it was stored as:
+/// what a conditional write expects to be still there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored<T> {
+    value: T,
+    raw: Vec<u8>,
+}
+
+impl<T> Stored<T> {
+    pub(crate) fn new(value: T, raw: Vec<u8>) -> Self {
+        Self { value, raw }
+    }
+
+    /// The record.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+
+    pub(crate) fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+}
+
+impl<T> std::ops::Deref for Stored<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// Decodes a protobuf record, naming it if it does not decode.
+pub(crate) fn decode<M: prost::Message + Default>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<M, DbError> {
+    M::decode(bytes).map_err(|_| DbError::Corrupt(what))
+}
+
+/// Decodes a stored protobuf record, keeping its bytes.
+pub(crate) fn stored<M: prost::Message + Default>(
+    raw: Vec<u8>,
+    what: &'static str,
+) -> Result<Stored<M>, DbError> {
+    Ok(Stored::new(decode(&raw, what)?, raw))
+}
