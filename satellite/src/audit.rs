@@ -42,11 +42,10 @@ use loam_common::orders::{Order, OrderLimit, PieceAction, PieceId, now_ms};
 use loam_common::transport::Endpoint as QuicEndpoint;
 use loam_common::wire::{FrameReader, FrameWriter};
 use loam_common::{KeyPair, NodeId, pb};
-use prost::Message;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{DbError, Kv, Table};
+use crate::db::{DbError, Kv};
 use crate::metainfo::Metainfo;
 use crate::overlay::Overlay;
 
@@ -258,7 +257,7 @@ impl AuditConfig {
 
 /// Per-node reputation in the satellite's database.
 pub struct Reputation {
-    kv: Arc<dyn Kv>,
+    store: crate::satellitedb::nodes::NodeStore,
     overlay: Arc<Overlay>,
     config: AuditConfig,
 }
@@ -266,19 +265,17 @@ pub struct Reputation {
 impl Reputation {
     pub fn new(kv: Arc<dyn Kv>, overlay: Arc<Overlay>, config: AuditConfig) -> Self {
         Self {
-            kv,
+            store: crate::satellitedb::nodes::NodeStore::new(kv),
             overlay,
             config,
         }
     }
 
     pub fn get(&self, node: &NodeId) -> Result<pb::Reputation, DbError> {
-        match self.kv.get(Table::Reputation, node.as_bytes())? {
-            Some(v) => {
-                pb::Reputation::decode(v.as_slice()).map_err(|_| DbError::Corrupt("reputation"))
-            }
-            None => Ok(self.initial()),
-        }
+        Ok(self
+            .store
+            .reputation(node)?
+            .unwrap_or_else(|| self.initial()))
     }
 
     /// A node's record before its first audit.
@@ -331,19 +328,9 @@ impl Reputation {
         // in several satellite processes may score one node at once); the
         // overlay changes that follow are idempotent, so a retry repeats
         // them harmlessly.
-        crate::db::transact(self.kv.as_ref(), |txn| {
-            let r = match txn.get(Table::Reputation, node.as_bytes())? {
-                Some(v) => pb::Reputation::decode(v.as_slice())
-                    .map_err(|_| DbError::Corrupt("reputation"))?,
-                None => self.initial(),
-            };
-            let mut r = f(&self.config, r);
+        self.store.update_reputation(node, |stored| {
+            let mut r = f(&self.config, stored.unwrap_or_else(|| self.initial()));
             self.settle(node, &mut r, now_ms)?;
-            txn.put(
-                Table::Reputation,
-                node.as_bytes().to_vec(),
-                r.encode_to_vec(),
-            );
             Ok(r)
         })
     }

@@ -14,10 +14,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use loam_common::{NodeId, PublicKey, pb};
-use prost::Message;
 use rand::seq::SliceRandom;
 
-use crate::db::{self, DbError, Kv, Table};
+use crate::db::{DbError, Kv};
+use crate::satellitedb::nodes::NodeStore;
 
 /// How often a process that shares its database reloads the node table
 /// (check-ins and standing changes recorded by the other processes).
@@ -83,53 +83,6 @@ impl Node {
                 .map_or(self.address.clone(), |(h, _)| h.to_string()),
         }
     }
-
-    fn to_record(&self) -> pb::NodeRecord {
-        pb::NodeRecord {
-            version: 1,
-            public_key: self.public_key.as_bytes().to_vec().into(),
-            address: self.address.clone(),
-            free_disk: self.free_disk,
-            node_version: self.version.clone(),
-            last_seen_unix_ms: self.last_seen_ms,
-            capabilities: Some(self.capabilities),
-            created_unix_ms: self.created_ms,
-            disqualified_unix_ms: self.disqualified_ms.unwrap_or(0),
-            exit_started_unix_ms: self.exit_started_ms.unwrap_or(0),
-            exit_finished_unix_ms: self.exit_finished_ms.unwrap_or(0),
-            vetted: self.vetted,
-            suspended_unix_ms: self.suspended_ms.unwrap_or(0),
-            wallet: self.wallet.clone(),
-            observed_ip: self
-                .observed_ip
-                .map(|ip| ip.to_string())
-                .unwrap_or_default(),
-            unreachable: self.unreachable,
-        }
-    }
-
-    fn from_record(r: &pb::NodeRecord) -> Result<Self, DbError> {
-        let public_key =
-            PublicKey::try_from(r.public_key.as_ref()).map_err(|_| DbError::Corrupt("node"))?;
-        Ok(Self {
-            id: public_key.node_id(),
-            public_key,
-            address: r.address.clone(),
-            free_disk: r.free_disk,
-            version: r.node_version.clone(),
-            last_seen_ms: r.last_seen_unix_ms,
-            created_ms: r.created_unix_ms,
-            capabilities: r.capabilities.unwrap_or_default(),
-            disqualified_ms: (r.disqualified_unix_ms > 0).then_some(r.disqualified_unix_ms),
-            exit_started_ms: (r.exit_started_unix_ms > 0).then_some(r.exit_started_unix_ms),
-            exit_finished_ms: (r.exit_finished_unix_ms > 0).then_some(r.exit_finished_unix_ms),
-            vetted: r.vetted,
-            suspended_ms: (r.suspended_unix_ms > 0).then_some(r.suspended_unix_ms),
-            wallet: r.wallet.clone(),
-            observed_ip: r.observed_ip.parse().ok(),
-            unreachable: r.unreachable,
-        })
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -159,7 +112,7 @@ pub enum OverlayError {
 }
 
 pub struct Overlay {
-    kv: Arc<dyn Kv>,
+    store: NodeStore,
     config: OverlayConfig,
     nodes: RwLock<HashMap<NodeId, Node>>,
     /// Bumped on every accepted check-in, so callers can await one.
@@ -169,7 +122,7 @@ pub struct Overlay {
 impl Overlay {
     pub fn open(kv: Arc<dyn Kv>, config: OverlayConfig) -> Result<Self, DbError> {
         let overlay = Self {
-            kv,
+            store: NodeStore::new(kv),
             config,
             nodes: RwLock::new(HashMap::new()),
             checkins: tokio::sync::watch::channel(0).0,
@@ -182,12 +135,9 @@ impl Overlay {
     /// wakes whoever awaits a check-in.
     pub fn refresh(&self) -> Result<(), DbError> {
         let mut nodes = HashMap::new();
-        db::for_each_page(self.kv.as_ref(), Table::Nodes, b"", |page| {
-            for (_, v) in page {
-                let node = decode_node(&v)?;
-                nodes.insert(node.id, node);
-            }
-            Ok(())
+        self.store.for_each_node(|node| {
+            nodes.insert(node.id, node);
+            Ok::<_, DbError>(())
         })?;
         *self.nodes.write().expect("overlay lock") = nodes;
         self.checkins.send_modify(|n| *n += 1);
@@ -202,19 +152,12 @@ impl Overlay {
         id: &NodeId,
         mut change: impl FnMut(&mut Node) -> bool,
     ) -> Result<Option<Node>, DbError> {
-        let node = db::transact(self.kv.as_ref(), |txn| {
-            let Some(v) = txn.get(Table::Nodes, id.as_bytes())? else {
-                return Ok::<_, DbError>(None);
+        let node = self.store.update(id, |stored| {
+            let Some(mut node) = stored else {
+                return Ok::<_, DbError>((None, None));
             };
-            let mut node = decode_node(&v)?;
-            if change(&mut node) {
-                txn.put(
-                    Table::Nodes,
-                    id.as_bytes().to_vec(),
-                    node.to_record().encode_to_vec(),
-                );
-            }
-            Ok(Some(node))
+            let changed = change(&mut node);
+            Ok((changed.then(|| node.clone()), Some(node)))
         })?;
         if let Some(n) = &node {
             self.nodes
@@ -281,11 +224,7 @@ impl Overlay {
         // What the node says is taken as its check-in; its standing
         // (disqualified, exiting, vetted, suspended) is what the database
         // holds, whichever process wrote it.
-        let node = db::transact(self.kv.as_ref(), |txn| {
-            let previous = txn
-                .get(Table::Nodes, peer.as_bytes())?
-                .map(|v| decode_node(&v))
-                .transpose()?;
+        let node = self.store.update(&peer, |previous| {
             let created_ms = previous.as_ref().map_or(now_ms, |n| n.created_ms);
             let disqualified_ms = previous.as_ref().and_then(|n| n.disqualified_ms);
             let exit_started_ms = previous.as_ref().and_then(|n| n.exit_started_ms);
@@ -313,12 +252,7 @@ impl Overlay {
                 observed_ip,
                 unreachable,
             };
-            txn.put(
-                Table::Nodes,
-                peer.as_bytes().to_vec(),
-                node.to_record().encode_to_vec(),
-            );
-            Ok::<_, DbError>(node)
+            Ok::<_, DbError>((Some(node.clone()), node))
         })?;
         self.nodes
             .write()
@@ -554,11 +488,6 @@ impl Overlay {
         }
         Ok(chosen)
     }
-}
-
-fn decode_node(v: &[u8]) -> Result<Node, DbError> {
-    let rec = pb::NodeRecord::decode(v).map_err(|_| DbError::Corrupt("node"))?;
-    Node::from_record(&rec)
 }
 
 /// Most CPU cores, GPUs and concurrent training tasks a node may claim.

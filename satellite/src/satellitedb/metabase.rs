@@ -21,7 +21,7 @@ use std::sync::Arc;
 use loam_common::pb;
 use prost::Message;
 
-use super::{Stored, decode, stored};
+use super::{Stored, decode, stored, walk};
 use crate::db::{Built, DbError, Kv, Op, PAGE, Table};
 use crate::metainfo::ProjectId;
 
@@ -149,35 +149,6 @@ fn bucket_prefix(project: &ProjectId, name: &str) -> Vec<u8> {
 
 fn project_upload_key(project: &[u8], stream: &[u8]) -> Vec<u8> {
     [project, stream].concat()
-}
-
-/// Walks the pairs of `table` under `prefix` from `start` (inclusive;
-/// empty: from the prefix) in key order, a page at a time, until `f`
-/// breaks. `f` may write: the walk goes on after the last key it saw.
-fn walk<E: From<DbError>>(
-    kv: &dyn Kv,
-    table: Table,
-    prefix: &[u8],
-    start: &[u8],
-    mut f: impl FnMut(Vec<u8>, Vec<u8>) -> Result<ControlFlow<()>, E>,
-) -> Result<(), E> {
-    let mut start = start.to_vec();
-    loop {
-        let page = kv.scan(table, prefix, &start, PAGE)?;
-        let full = page.len() == PAGE;
-        if let Some((last, _)) = page.last() {
-            start.clone_from(last);
-            start.push(0);
-        }
-        for (k, v) in page {
-            if f(k, v)?.is_break() {
-                return Ok(());
-            }
-        }
-        if !full {
-            return Ok(());
-        }
-    }
 }
 
 /// Typed changes to the metabase, applied whole or not at all by

@@ -9,8 +9,11 @@
 //! again).
 
 pub mod metabase;
+pub mod nodes;
 
-use crate::db::DbError;
+use std::ops::ControlFlow;
+
+use crate::db::{DbError, Kv, PAGE, Table};
 
 /// A record as read from the database, with the bytes it was stored as:
 /// what a conditional write expects to be still there.
@@ -57,4 +60,33 @@ pub(crate) fn stored<M: prost::Message + Default>(
     what: &'static str,
 ) -> Result<Stored<M>, DbError> {
     Ok(Stored::new(decode(&raw, what)?, raw))
+}
+
+/// Walks the pairs of `table` under `prefix` from `start` (inclusive;
+/// empty: from the prefix) in key order, a page at a time, until `f`
+/// breaks. `f` may write: the walk goes on after the last key it saw.
+pub(crate) fn walk<E: From<DbError>>(
+    kv: &dyn Kv,
+    table: Table,
+    prefix: &[u8],
+    start: &[u8],
+    mut f: impl FnMut(Vec<u8>, Vec<u8>) -> Result<ControlFlow<()>, E>,
+) -> Result<(), E> {
+    let mut start = start.to_vec();
+    loop {
+        let page = kv.scan(table, prefix, &start, PAGE)?;
+        let full = page.len() == PAGE;
+        if let Some((last, _)) = page.last() {
+            start.clone_from(last);
+            start.push(0);
+        }
+        for (k, v) in page {
+            if f(k, v)?.is_break() {
+                return Ok(());
+            }
+        }
+        if !full {
+            return Ok(());
+        }
+    }
 }
