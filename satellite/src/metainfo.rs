@@ -15,12 +15,13 @@ use loam_common::orders::{OrderLimit, PieceAction, PieceHash, PieceId, SerialNum
 use loam_common::{Identity, KeyPair, NodeId, pb};
 use prost::Message;
 
-use crate::db::{DbError, Kv, Op, Table};
+use crate::db::{DbError, Kv};
 use crate::overlay::{Overlay, OverlayError};
 use crate::satellitedb::Stored;
 use crate::satellitedb::metabase::{
     Batch, Metabase, ObjectLocation, ObjectScope, Receipt, SegmentPosition,
 };
+use crate::satellitedb::projects::ProjectStore;
 
 /// A project's id.
 pub type ProjectId = [u8; 16];
@@ -173,8 +174,8 @@ pub struct Metainfo {
     /// when it was scanned: on a database other processes write too, a
     /// figure older than [`SHARED_USAGE_TTL`] is scanned again.
     live_storage: std::sync::Mutex<std::collections::HashMap<ProjectId, (u64, std::time::Instant)>>,
-    /// Whether the project name index is known to be built.
-    project_names_indexed: crate::db::Built,
+    /// Projects, their names and egress.
+    projects: ProjectStore,
     /// API keys: secrets, verification, revocations.
     keys: crate::apikeys::ApiKeys,
     /// Marketplace listings.
@@ -255,10 +256,6 @@ fn pending_scheme(pending: &pb::PendingObject) -> Result<RedundancyScheme, DbErr
         .ok_or(DbError::Corrupt("pending redundancy"))
 }
 
-fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M, MetainfoError> {
-    M::decode(bytes).map_err(|_| MetainfoError::Db(DbError::Corrupt(what)))
-}
-
 /// S3-style bucket names: 3-63 of `a-z 0-9 . -`, starting and ending alphanumeric.
 pub fn validate_bucket_name(name: &str) -> Result<(), MetainfoError> {
     let bad = |why| {
@@ -299,12 +296,12 @@ impl Metainfo {
             keys: crate::apikeys::ApiKeys::new(kv.clone()),
             market: crate::market::Market::new(kv.clone()),
             metabase: Metabase::new(kv.clone()),
+            projects: ProjectStore::new(kv.clone()),
             kv,
             overlay,
             identity,
             config,
             live_storage: std::sync::Mutex::new(std::collections::HashMap::new()),
-            project_names_indexed: Default::default(),
         }
     }
 
@@ -320,11 +317,10 @@ impl Metainfo {
     // ------------------------------------------------------ usage, limits
 
     pub fn project_record(&self, project: &ProjectId) -> Result<pb::ProjectRecord, MetainfoError> {
-        let v = self
-            .kv
-            .get(Table::Projects, project)?
-            .ok_or(DbError::Corrupt("project of an API key"))?;
-        decode(&v, "project")
+        Ok(self
+            .projects
+            .project(project)?
+            .ok_or(DbError::Corrupt("project of an API key"))?)
     }
 
     /// Bytes the project stores (the plain size of its objects).
@@ -376,15 +372,9 @@ impl Metainfo {
     fn charge_egress(&self, project: &ProjectId, bytes: u64) -> Result<(), MetainfoError> {
         let limit = self.project_record(project)?.egress_limit;
         let month = month_of(now_ms());
-        let mut key = project.to_vec();
-        key.extend_from_slice(month.as_bytes());
         // One transaction: downloads through several satellite processes
         // add up, none is lost to a concurrent write.
-        crate::db::transact(self.kv.as_ref(), |txn| {
-            let used = txn
-                .get(Table::ProjectEgress, &key)?
-                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-                .map_or(0, u64::from_be_bytes);
+        self.projects.update_egress(project, &month, |used| {
             let total = used.saturating_add(bytes);
             if limit > 0 && total > limit {
                 return Err(MetainfoError::EgressLimit {
@@ -393,24 +383,14 @@ impl Metainfo {
                     month: month.clone(),
                 });
             }
-            txn.put(
-                Table::ProjectEgress,
-                key.clone(),
-                total.to_be_bytes().to_vec(),
-            );
-            Ok(())
-        })
+            Ok(total)
+        })?;
+        Ok(())
     }
 
     /// Download bytes allowed to the project in `month` (`YYYY-MM`).
     pub fn egress_used(&self, project: &ProjectId, month: &str) -> Result<u64, MetainfoError> {
-        let mut key = project.to_vec();
-        key.extend_from_slice(month.as_bytes());
-        Ok(self
-            .kv
-            .get(Table::ProjectEgress, &key)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map_or(0, u64::from_be_bytes))
+        Ok(self.projects.egress(project, month)?)
     }
 
     /// Sets a project's limits (None: unchanged; 0: unlimited); returns
@@ -423,18 +403,21 @@ impl Metainfo {
         let (id, _) = self
             .find_project(name)?
             .ok_or_else(|| MetainfoError::ProjectNotFound(name.to_string()))?;
-        let mut rec = self.project_record(&id)?;
-        if let Some(s) = req.storage_limit {
-            rec.storage_limit = s;
-        }
-        if let Some(e) = req.egress_limit {
-            rec.egress_limit = e;
-        }
-        if let Some(m) = req.spend_limit {
-            rec.spend_limit = m;
-        }
-        self.kv
-            .put(Table::Projects, id.to_vec(), rec.encode_to_vec())?;
+        let rec = self
+            .projects
+            .update(&id, |mut rec| {
+                if let Some(s) = req.storage_limit {
+                    rec.storage_limit = s;
+                }
+                if let Some(e) = req.egress_limit {
+                    rec.egress_limit = e;
+                }
+                if let Some(m) = req.spend_limit {
+                    rec.spend_limit = m;
+                }
+                Ok::<_, DbError>(rec)
+            })?
+            .ok_or_else(|| MetainfoError::ProjectNotFound(name.to_string()))?;
         Ok(pb::SetProjectLimitsResponse {
             storage_limit: rec.storage_limit,
             egress_limit: rec.egress_limit,
@@ -457,10 +440,13 @@ impl Metainfo {
                 "a payout address is 1 to 200 characters without spaces",
             ));
         }
-        let mut rec = self.project_record(project)?;
-        rec.payout_address = address.to_string();
-        self.kv
-            .put(Table::Projects, project.to_vec(), rec.encode_to_vec())?;
+        let rec = self
+            .projects
+            .update(project, |mut rec| {
+                rec.payout_address = address.to_string();
+                Ok::<_, DbError>(rec)
+            })?
+            .ok_or(DbError::Corrupt("project of an API key"))?;
         Ok(rec.payout_address)
     }
 
@@ -540,29 +526,25 @@ impl Metainfo {
         project_name: &str,
         key_name: &str,
     ) -> Result<(Vec<u8>, ProjectId, Vec<u8>), MetainfoError> {
-        let (project, salt) = match self.find_project(project_name)? {
-            Some(p) => p,
-            None => {
-                let id: ProjectId = rand::random();
-                let salt: [u8; 16] = rand::random();
-                let rec = pb::ProjectRecord {
-                    version: 1,
-                    name: project_name.to_string(),
-                    salt: salt.to_vec().into(),
-                    created_unix_ms: now_ms(),
-                    storage_limit: self.config.default_storage_limit,
-                    egress_limit: self.config.default_egress_limit,
-                    ..Default::default()
-                };
-                self.kv.write(vec![
-                    Op::Put(Table::Projects, id.to_vec(), rec.encode_to_vec()),
-                    Op::Put(
-                        Table::ProjectNames,
-                        project_name.as_bytes().to_vec(),
-                        id.to_vec(),
-                    ),
-                ])?;
-                (id, salt.to_vec())
+        let (project, salt) = loop {
+            if let Some(p) = self.find_project(project_name)? {
+                break p;
+            }
+            let id: ProjectId = rand::random();
+            let salt: [u8; 16] = rand::random();
+            let rec = pb::ProjectRecord {
+                version: 1,
+                name: project_name.to_string(),
+                salt: salt.to_vec().into(),
+                created_unix_ms: now_ms(),
+                storage_limit: self.config.default_storage_limit,
+                egress_limit: self.config.default_egress_limit,
+                ..Default::default()
+            };
+            // Created once, however many processes are asked at once: one
+            // that lost the race finds the winner's project.
+            if self.projects.create(&id, &rec)? {
+                break (id, salt.to_vec());
             }
         };
         let key = self.keys.create(&project, key_name)?;
@@ -582,34 +564,10 @@ impl Metainfo {
 
     /// The project called `name`: (id, salt), from the name index.
     pub fn find_project(&self, name: &str) -> Result<Option<(ProjectId, Vec<u8>)>, MetainfoError> {
-        self.index_project_names()?;
-        let Some(id) = self.kv.get(Table::ProjectNames, name.as_bytes())? else {
-            return Ok(None);
-        };
-        let id: ProjectId = id
-            .as_slice()
-            .try_into()
-            .map_err(|_| DbError::Corrupt("project name index"))?;
-        let rec = self.project_record(&id)?;
-        if rec.name != name {
-            return Err(DbError::Corrupt("project name index").into());
-        }
-        Ok(Some((id, rec.salt.to_vec())))
-    }
-
-    /// Builds the project name index of a database from before it, once.
-    fn index_project_names(&self) -> Result<(), MetainfoError> {
-        self.project_names_indexed.ensure(|| {
-            crate::db::index_once(&*self.kv, "project-names", Table::Projects, |k, v| {
-                let rec = pb::ProjectRecord::decode(v).map_err(|_| DbError::Corrupt("project"))?;
-                Ok(Some(Op::Put(
-                    Table::ProjectNames,
-                    rec.name.into_bytes(),
-                    k.to_vec(),
-                )))
-            })
-        })?;
-        Ok(())
+        Ok(self
+            .projects
+            .find(name)?
+            .map(|(id, rec)| (id, rec.salt.to_vec())))
     }
 
     /// Verifies an API key: its project and the caveats to apply.
@@ -634,11 +592,10 @@ impl Metainfo {
         &self,
         project: &ProjectId,
     ) -> Result<pb::ProjectInfoResponse, MetainfoError> {
-        let v = self
-            .kv
-            .get(Table::Projects, project)?
+        let rec = self
+            .projects
+            .project(project)?
             .ok_or(MetainfoError::UnknownApiKey)?;
-        let rec: pb::ProjectRecord = decode(&v, "project")?;
         Ok(pb::ProjectInfoResponse {
             project_id: project.to_vec().into(),
             salt: rec.salt,
@@ -1911,9 +1868,14 @@ fn object_info(encrypted_key: Vec<u8>, rec: pb::ObjectRecord) -> pb::ObjectInfo 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::Table;
 
     fn metainfo() -> Metainfo {
-        let kv: Arc<dyn Kv> = Arc::new(crate::db::MemKv::default());
+        metainfo_on(Arc::new(crate::db::MemKv::default()))
+    }
+
+    /// A Metainfo on `kv` (several on one database: several processes).
+    fn metainfo_on(kv: Arc<dyn Kv>) -> Metainfo {
         let overlay = Arc::new(
             Overlay::open(
                 kv.clone(),
@@ -1941,6 +1903,47 @@ mod tests {
                 default_egress_limit: 0,
             },
         )
+    }
+
+    #[test]
+    fn a_project_asked_for_by_many_processes_at_once_is_created_once() {
+        let kv: Arc<dyn Kv> = Arc::new(crate::db::MemKv::shared());
+        let processes: Vec<Metainfo> = (0..4).map(|_| metainfo_on(kv.clone())).collect();
+        let ids: Vec<ProjectId> = std::thread::scope(|s| {
+            let asks: Vec<_> = processes
+                .iter()
+                .map(|m| s.spawn(move || m.create_api_key("team").expect("key").1))
+                .collect();
+            asks.into_iter().map(|a| a.join().expect("ask")).collect()
+        });
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        let projects = kv.scan(Table::Projects, b"", b"", 10).expect("scan");
+        assert_eq!(projects.len(), 1, "no orphan project behind a lost race");
+        // Limits and the payout address set at once in two processes both
+        // stay.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for n in 1..=20u64 {
+                    let req = pb::SetProjectLimitsRequest {
+                        storage_limit: Some(n),
+                        ..Default::default()
+                    };
+                    processes[0]
+                        .set_project_limits("team", &req)
+                        .expect("limits");
+                }
+            });
+            s.spawn(|| {
+                for n in 0..20 {
+                    processes[1]
+                        .set_payout_address(&ids[0], &format!("wallet-{n}"))
+                        .expect("address");
+                }
+            });
+        });
+        let rec = processes[2].project_record(&ids[0]).expect("record");
+        assert_eq!(rec.storage_limit, 20);
+        assert_eq!(rec.payout_address, "wallet-19");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod metabase;
 pub mod nodes;
+pub mod projects;
 
 use std::ops::ControlFlow;
 
