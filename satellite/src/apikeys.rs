@@ -27,10 +27,10 @@ use std::time::{Duration, Instant};
 use loam_common::macaroon::{CaveatedKey, KEY_BYTES, KeyError, Op, Request};
 use loam_common::orders::now_ms;
 use loam_common::pb;
-use prost::Message;
 
-use crate::db::{DbError, Kv, Table};
+use crate::db::{DbError, Kv};
 use crate::metainfo::{MetainfoError, ProjectId};
+use crate::satellitedb::keys::{KeyStore, ProjectKey};
 
 /// Length of a key from before caveats.
 const LEGACY_KEY_BYTES: usize = 32;
@@ -99,31 +99,18 @@ struct Remembered {
 }
 
 pub struct ApiKeys {
-    kv: Arc<dyn Kv>,
+    store: KeyStore,
     remembered: Mutex<Remembered>,
     /// [`REVOCATION_TTL`], or none when only this process writes.
     revocation_ttl: Option<Duration>,
-    /// Set once the project-to-keys index is known to be built.
-    indexed: crate::db::Built,
-}
-
-/// Where a key sits in [`Table::ProjectKeys`]: caveated keys by head (kind
-/// 1), keys from before caveats by the key (kind 0).
-fn project_key(project: &[u8], kind: u8, id: &[u8]) -> Vec<u8> {
-    [project, &[kind], id].concat()
-}
-
-fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M, MetainfoError> {
-    M::decode(bytes).map_err(|_| DbError::Corrupt(what).into())
 }
 
 impl ApiKeys {
     pub fn new(kv: Arc<dyn Kv>) -> Self {
         Self {
             revocation_ttl: kv.shared().then_some(REVOCATION_TTL),
-            kv,
+            store: KeyStore::new(kv),
             remembered: Default::default(),
-            indexed: Default::default(),
         }
     }
 
@@ -143,7 +130,7 @@ impl ApiKeys {
             }
             _ => {}
         }
-        let revoked = self.kv.get(Table::Revocations, tail)?.is_some();
+        let revoked = self.store.is_revoked(tail)?;
         let mut r = self.remembered();
         if r.tails.len() >= REMEMBERED {
             r.tails.clear();
@@ -172,42 +159,9 @@ impl ApiKeys {
         Ok(Some(found))
     }
 
-    /// Builds the project-to-keys index of a database from before it, once.
-    fn index(&self) -> Result<(), MetainfoError> {
-        Ok(self.indexed.ensure(|| self.build_index())?)
-    }
-
-    fn build_index(&self) -> Result<(), DbError> {
-        crate::db::index_once(&*self.kv, "project-keys", Table::KeySecrets, |head, v| {
-            let rec = pb::ApiKeyRecord::decode(v).map_err(|_| DbError::Corrupt("api key"))?;
-            Ok(Some(crate::db::Op::Put(
-                Table::ProjectKeys,
-                project_key(&rec.project_id, 1, head),
-                Vec::new(),
-            )))
-        })?;
-        crate::db::index_once(
-            &*self.kv,
-            "project-legacy-keys",
-            Table::ApiKeys,
-            |key, project| {
-                Ok(Some(crate::db::Op::Put(
-                    Table::ProjectKeys,
-                    project_key(project, 0, key),
-                    Vec::new(),
-                )))
-            },
-        )
-    }
-
     /// How many tails are revoked.
     pub fn revoked_count(&self) -> Result<usize, MetainfoError> {
-        let mut n = 0;
-        crate::db::for_each_page(&*self.kv, Table::Revocations, b"", |page| {
-            n += page.len();
-            Ok(())
-        })?;
-        Ok(n)
+        Ok(self.store.revoked_count()?)
     }
 
     /// A new key without caveats for `project`, named `name`.
@@ -220,22 +174,12 @@ impl ApiKeys {
             name: name.to_string(),
             created_unix_ms: now_ms(),
         };
-        self.kv.write(vec![
-            crate::db::Op::Put(Table::KeySecrets, key.head().to_vec(), rec.encode_to_vec()),
-            crate::db::Op::Put(
-                Table::ProjectKeys,
-                project_key(project, 1, key.head()),
-                Vec::new(),
-            ),
-        ])?;
+        self.store.create(key.head(), &rec)?;
         Ok(key)
     }
 
     fn record(&self, head: &[u8]) -> Result<Option<pb::ApiKeyRecord>, MetainfoError> {
-        self.kv
-            .get(Table::KeySecrets, head)?
-            .map(|v| decode(&v, "api key"))
-            .transpose()
+        Ok(self.store.key(head)?)
     }
 
     fn secret(rec: &pb::ApiKeyRecord) -> Result<([u8; KEY_BYTES], ProjectId), MetainfoError> {
@@ -250,14 +194,10 @@ impl ApiKeys {
     /// revoked); the caveats are applied by [`Authorized::check`].
     pub fn authenticate(&self, api_key: &[u8]) -> Result<Authorized, MetainfoError> {
         if api_key.len() == LEGACY_KEY_BYTES {
-            let v = self
-                .kv
-                .get(Table::ApiKeys, blake3::hash(api_key).as_bytes())?
+            let project = self
+                .store
+                .legacy_project(blake3::hash(api_key).as_bytes())?
                 .ok_or(MetainfoError::UnknownApiKey)?;
-            let project = v
-                .as_slice()
-                .try_into()
-                .map_err(|_| DbError::Corrupt("api key"))?;
             return Ok(Authorized { project, key: None });
         }
         let key = CaveatedKey::from_bytes(api_key).map_err(MetainfoError::Key)?;
@@ -285,39 +225,29 @@ impl ApiKeys {
 
     /// The keys of `project`, oldest first.
     pub fn list(&self, project: &ProjectId) -> Result<Vec<pb::ApiKeyInfo>, MetainfoError> {
-        self.index()?;
-        let mut entries = Vec::new();
-        crate::db::for_each_page(&*self.kv, Table::ProjectKeys, project, |page| {
-            entries.extend(page.into_iter().map(|(k, _)| k[project.len()..].to_vec()));
-            Ok(())
-        })?;
         let mut out = Vec::new();
-        for entry in entries {
-            let Some((&kind, head)) = entry.split_first() else {
-                continue;
+        for entry in self.store.project_keys(project)? {
+            let head = match entry {
+                ProjectKey::Caveated(head) => head,
+                ProjectKey::Legacy(_) => {
+                    out.push(pb::ApiKeyInfo {
+                        name: "key from before caveats (cannot be narrowed)".into(),
+                        ..Default::default()
+                    });
+                    continue;
+                }
             };
-            if kind == 0 {
-                out.push(pb::ApiKeyInfo {
-                    name: "key from before caveats (cannot be narrowed)".into(),
-                    ..Default::default()
-                });
-                continue;
-            }
-            let Some(rec) = self.record(head)? else {
+            let Some(rec) = self.record(&head)? else {
                 continue;
             };
             let (secret, owner) = Self::secret(&rec)?;
             if &owner != project {
                 return Err(DbError::Corrupt("project key index").into());
             }
-            let head_arr =
-                <[u8; KEY_BYTES]>::try_from(head).map_err(|_| DbError::Corrupt("api key"))?;
-            let tail = CaveatedKey::root_tail(&secret, &head_arr);
+            let tail = CaveatedKey::root_tail(&secret, &head);
             let revoked_unix_ms = self
-                .kv
-                .get(Table::Revocations, &tail)?
-                .map(|v| decode::<pb::RevocationRecord>(&v, "revocation"))
-                .transpose()?
+                .store
+                .revocation(&tail)?
                 .map_or(0, |r| r.revoked_unix_ms.max(1));
             out.push(pb::ApiKeyInfo {
                 head: head.to_vec().into(),
@@ -335,8 +265,7 @@ impl ApiKeys {
             project_id: project.to_vec().into(),
             revoked_unix_ms: now_ms(),
         };
-        self.kv
-            .put(Table::Revocations, tail.to_vec(), rec.encode_to_vec())?;
+        self.store.revoke(&tail, &rec)?;
         self.remembered().tails.insert(tail, None);
         metrics::counter!("loam_satellite_api_keys_revoked_total").increment(1);
         Ok(())
@@ -370,19 +299,14 @@ impl ApiKeys {
         }
         let mut found = Vec::new();
         // Only the keys whose head starts so: a handful at most.
-        for (h, v) in self.kv.scan(Table::KeySecrets, head, b"", usize::MAX)? {
-            let rec: pb::ApiKeyRecord = decode(&v, "api key")?;
+        for (h, rec) in self.store.keys_with_head_prefix(head, usize::MAX)? {
             let (secret, owner) = Self::secret(&rec)?;
             if &owner == project {
                 found.push((h, secret));
             }
         }
         match found.as_slice() {
-            [(h, secret)] => {
-                let h = <[u8; KEY_BYTES]>::try_from(h.as_slice())
-                    .map_err(|_| DbError::Corrupt("api key"))?;
-                self.revoke_tail(project, CaveatedKey::root_tail(secret, &h))
-            }
+            [(h, secret)] => self.revoke_tail(project, CaveatedKey::root_tail(secret, h)),
             [] => Err(MetainfoError::KeyNotFound),
             _ => Err(MetainfoError::Invalid(
                 "the key id matches several keys; give more digits",
@@ -393,7 +317,10 @@ impl ApiKeys {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
+    use crate::db::Table;
 
     #[test]
     fn a_project_lists_its_own_keys_through_the_index_also_in_an_old_database() {

@@ -8,6 +8,7 @@
 //! meanwhile fails it with [`DbError::Conflict`], and the caller reads
 //! again).
 
+pub mod keys;
 pub mod metabase;
 pub mod nodes;
 pub mod projects;
