@@ -23,7 +23,7 @@ impl NodeId {
         Self(*blake3::hash(key.as_bytes()).as_bytes())
     }
 
-    pub fn from_bytes(bytes: [u8; NODE_ID_LEN]) -> Self {
+    pub const fn from_bytes(bytes: [u8; NODE_ID_LEN]) -> Self {
         Self(bytes)
     }
 

@@ -490,7 +490,7 @@ impl Metainfo {
                 b.egress_bytes += bw.get;
             }
         }
-        for (name, byte_ms) in crate::accounting::bucket_byte_ms(&self.kv, project, from, to)? {
+        for (name, byte_ms) in self.orders.accounting().bucket_byte_ms(project, from, to)? {
             if let Some(b) = buckets.get_mut(&name) {
                 b.byte_hours = b
                     .byte_hours

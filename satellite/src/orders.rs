@@ -22,8 +22,9 @@ use loam_common::{Identity, NodeId, PublicKey, pb};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{self, DbError, Kv, Op, Table};
+use crate::db::{DbError, Kv};
 use crate::metainfo::ProjectId;
+use crate::satellitedb::accounting::{AccountingStore, BucketBytes};
 
 /// The `[orders]` table of the satellite's config.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -110,7 +111,7 @@ struct Candidate<'a> {
 const VERIFY_CHUNK: usize = 64;
 
 pub struct Orders {
-    kv: Arc<dyn Kv>,
+    store: AccountingStore,
     id: NodeId,
     public_key: PublicKey,
     seal_key: Key,
@@ -142,11 +143,6 @@ impl Bandwidth {
     }
 }
 
-fn u64_value(v: Option<Vec<u8>>) -> u64 {
-    v.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map_or(0, u64::from_be_bytes)
-}
-
 impl Orders {
     pub fn new(kv: Arc<dyn Kv>, identity: &Identity, config: OrdersConfig) -> Self {
         let seal_key = Key::from_bytes(blake3::derive_key(
@@ -154,12 +150,17 @@ impl Orders {
             &identity.key().seed(),
         ));
         Self {
-            kv,
+            store: AccountingStore::new(kv),
             id: identity.id(),
             public_key: identity.public(),
             seal_key,
             config,
         }
+    }
+
+    /// Settled bandwidth, storage tallies and compute work as stored.
+    pub fn accounting(&self) -> &AccountingStore {
+        &self.store
     }
 
     pub fn window_ms(&self) -> i64 {
@@ -239,8 +240,7 @@ impl Orders {
                 .increment(1);
             return Ok(Err(resp));
         }
-        let marker = window_key(&node, window_start);
-        if self.kv.get(Table::SettledWindows, &marker)?.is_some() {
+        if self.store.window_settled(&node, window_start)? {
             resp.status = Status::AlreadySettled as i32;
             metrics::counter!("loam_satellite_settlement_windows_total", "result" => "already_settled")
                 .increment(1);
@@ -368,20 +368,12 @@ impl Orders {
     /// Settled bandwidth of `node` in windows starting in `[from, to)`.
     pub fn node_bandwidth(&self, node: &NodeId, from: i64, to: i64) -> Result<Bandwidth, DbError> {
         let mut out = Bandwidth::default();
-        let start = rollup_key(node, from.max(0), PieceAction::Put);
-        for (k, v) in self
-            .kv
-            .scan(Table::BandwidthRollups, node.as_bytes(), &start, usize::MAX)?
-        {
-            let Some((window, action)) = parse_rollup_key(&k) else {
-                continue;
-            };
-            if window >= to {
-                break;
-            }
-            out.add(action, u64_value(Some(v)))
-                .ok_or(DbError::Overflow("node bandwidth"))?;
-        }
+        self.store
+            .for_each_node_bandwidth(node, from, to, |_, action, bytes| {
+                out.add(action, bytes)
+                    .ok_or(DbError::Overflow("node bandwidth"))?;
+                Ok(())
+            })?;
         Ok(out)
     }
 
@@ -394,54 +386,21 @@ impl Orders {
         to: i64,
     ) -> Result<HashMap<String, Bandwidth>, DbError> {
         let mut out: HashMap<String, Bandwidth> = HashMap::new();
-        let mut start = project.to_vec();
-        start.extend_from_slice(&from.max(0).to_be_bytes());
-        for (k, v) in self
-            .kv
-            .scan(Table::BucketBandwidth, project, &start, usize::MAX)?
-        {
-            if k.len() < 16 + 8 + 1 {
-                continue;
-            }
-            let window = i64::from_be_bytes(k[16..24].try_into().expect("8 bytes"));
-            if window >= to {
-                break;
-            }
-            let Ok(action) = PieceAction::try_from(i32::from(k[k.len() - 1])) else {
-                continue;
-            };
-            let bucket = String::from_utf8_lossy(&k[24..k.len() - 1]).into_owned();
-            out.entry(bucket)
-                .or_default()
-                .add(action, u64_value(Some(v)))
-                .ok_or(DbError::Overflow("bucket bandwidth"))?;
-        }
+        self.store
+            .for_each_bucket_bandwidth(project, from, to, |_, bucket, action, bytes| {
+                out.entry(bucket.to_string())
+                    .or_default()
+                    .add(action, bytes)
+                    .ok_or(DbError::Overflow("bucket bandwidth"))?;
+                Ok(())
+            })?;
         Ok(out)
     }
 
     /// Forgets window markers too old to be settled again anyway.
     pub fn prune_windows(&self, now_ms: i64) -> Result<usize, DbError> {
         let horizon = now_ms - self.max_age_ms() - self.window_ms();
-        let mut n = 0;
-        // A page's old markers are deleted before the next page is read
-        // (the walk resumes after the page's last key either way).
-        crate::db::for_each_page(&*self.kv, Table::SettledWindows, b"", |page| {
-            let ops: Vec<Op> = page
-                .into_iter()
-                .filter(|(k, _)| {
-                    k.get(32..40)
-                        .and_then(|t| <[u8; 8]>::try_from(t).ok())
-                        .is_some_and(|t| k.len() == 40 && i64::from_be_bytes(t) < horizon)
-                })
-                .map(|(k, _)| Op::Delete(Table::SettledWindows, k))
-                .collect();
-            n += ops.len();
-            if ops.is_empty() {
-                Ok(())
-            } else {
-                self.kv.write(ops)
-            }
-        })?;
+        let n = self.store.prune_settled_windows(horizon)?;
         Ok(n)
     }
 }
@@ -456,39 +415,6 @@ impl Bandwidth {
             PieceAction::PutRepair => self.put_repair,
         }
     }
-}
-
-fn window_key(node: &NodeId, window: i64) -> Vec<u8> {
-    let mut k = node.as_bytes().to_vec();
-    k.extend_from_slice(&window.to_be_bytes());
-    k
-}
-
-fn rollup_key(node: &NodeId, window: i64, action: PieceAction) -> Vec<u8> {
-    let mut k = window_key(node, window);
-    k.push(action.code() as u8);
-    k
-}
-
-fn parse_rollup_key(k: &[u8]) -> Option<(i64, PieceAction)> {
-    if k.len() != 41 {
-        return None;
-    }
-    let window = i64::from_be_bytes(k[32..40].try_into().ok()?);
-    Some((window, PieceAction::try_from(i32::from(k[40])).ok()?))
-}
-
-fn bucket_rollup_key(
-    project: &ProjectId,
-    window: i64,
-    bucket: &str,
-    action: PieceAction,
-) -> Vec<u8> {
-    let mut k = project.to_vec();
-    k.extend_from_slice(&window.to_be_bytes());
-    k.extend_from_slice(bucket.as_bytes());
-    k.push(action.code() as u8);
-    k
 }
 
 /// What settlement keeps of the best order of one serial.
@@ -580,42 +506,35 @@ impl Settlement<'_> {
             }
         }
         let mut resp = pb::SettleOrdersResponse::default();
-        let marker = window_key(&node, window_start);
         // One transaction: the window marker read absent and the rollups
         // read are expected unchanged at commit, so the same window sent to
         // two satellite processes at once is paid once.
-        let settled = db::transact(orders.kv.as_ref(), |txn| {
-            if txn.get(Table::SettledWindows, &marker)?.is_some() {
-                return Ok::<_, SettleError>(false);
-            }
-            for action in PieceAction::ALL {
-                let bytes = by_action.of(action);
-                if bytes == 0 {
-                    continue;
-                }
-                let key = rollup_key(&node, window_start, action);
-                let old = u64_value(txn.get(Table::BandwidthRollups, &key)?);
-                let new = old.checked_add(bytes).ok_or_else(overflow)?;
-                txn.put(Table::BandwidthRollups, key, new.to_be_bytes().to_vec());
-            }
-            for ((project, bucket, action), bytes) in &by_bucket {
-                let key = bucket_rollup_key(project, window_start, bucket, *action);
-                let old = u64_value(txn.get(Table::BucketBandwidth, &key)?);
-                let new = old.checked_add(*bytes).ok_or_else(overflow)?;
-                txn.put(Table::BucketBandwidth, key, new.to_be_bytes().to_vec());
-            }
-            txn.put(
-                Table::SettledWindows,
-                marker.clone(),
-                pb::SettledWindow {
-                    settled_unix_ms: now_ms,
-                    orders: best.len() as u64,
-                    bytes: total,
-                }
-                .encode_to_vec(),
-            );
-            Ok(true)
-        })?;
+        let by_action_list: Vec<(PieceAction, u64)> = PieceAction::ALL
+            .iter()
+            .map(|a| (*a, by_action.of(*a)))
+            .collect();
+        let by_bucket_list: Vec<BucketBytes<'_>> = by_bucket
+            .iter()
+            .map(|((project, bucket, action), bytes)| BucketBytes {
+                project,
+                bucket,
+                action: *action,
+                bytes: *bytes,
+            })
+            .collect();
+        // One transaction: the same window sent to two satellite processes
+        // at once is paid once.
+        let settled = orders.store.settle_window(
+            &node,
+            window_start,
+            &by_action_list,
+            &by_bucket_list,
+            &pb::SettledWindow {
+                settled_unix_ms: now_ms,
+                orders: best.len() as u64,
+                bytes: total,
+            },
+        )?;
         if !settled {
             resp.status = Status::AlreadySettled as i32;
             return Ok(resp);
@@ -659,6 +578,7 @@ mod tests {
     struct Fixture {
         sat: Identity,
         orders: Orders,
+        kv: Arc<dyn Kv>,
         node: NodeId,
         window: i64,
     }
@@ -666,9 +586,10 @@ mod tests {
     fn fixture() -> Fixture {
         let sat = Identity::generate(0, |_| {});
         let kv: Arc<dyn Kv> = Arc::new(MemKv::default());
-        let orders = Orders::new(kv, &sat, OrdersConfig::default());
+        let orders = Orders::new(kv.clone(), &sat, OrdersConfig::default());
         let window = orders.window_of(now_ms() - orders.window_ms());
         Fixture {
+            kv,
             node: Identity::generate(0, |_| {}).id(),
             sat,
             orders,
@@ -769,7 +690,7 @@ mod tests {
     #[test]
     fn a_window_sent_to_two_processes_at_once_counts_once() {
         let f = fixture();
-        let kv = f.orders.kv.clone();
+        let kv = f.kv.clone();
         let second = Orders::new(kv, &f.sat, OrdersConfig::default());
         let batch = vec![
             f.order(PieceAction::Get, 1000, 900),

@@ -16,7 +16,6 @@ use loam_common::{Identity, NodeId, pb};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::accounting;
 use crate::db::{DbError, Kv, Op, Table};
 use crate::metainfo::{self, Metainfo};
 use crate::overlay::{Node, Overlay};
@@ -520,7 +519,8 @@ impl Payouts {
             .metainfo
             .orders()
             .node_bandwidth(node, period.start, period.end)?;
-        let byte_ms = accounting::node_byte_ms(&self.kv, node, period.start, period.end)?;
+        let stored = self.metainfo.orders().accounting();
+        let byte_ms = stored.node_byte_ms(node, period.start, period.end)?;
         Ok(Usage {
             byte_hours: u64::try_from(byte_ms / 3_600_000)
                 .map_err(|_| DbError::Overflow("storage byte-hours"))?,
@@ -528,7 +528,7 @@ impl Payouts {
             repair_egress: bw.get_repair,
             audit_egress: bw.get_audit,
             ingress: bw.put + bw.put_repair,
-            work_micro_units: accounting::node_work(&self.kv, node, period.start, period.end)?,
+            work_micro_units: stored.node_work(node, period.start, period.end)?,
         })
     }
 

@@ -1484,7 +1484,10 @@ impl Compute {
             let micro = work_micro_units(spec.params(), *s).ok_or("work units overflow")?;
             let u = micro as f64 / 1e6;
             units += u;
-            crate::accounting::add_work(&self.kv, node, loam_common::orders::now_ms(), micro)
+            self.metainfo
+                .orders()
+                .accounting()
+                .add_work(node, loam_common::orders::now_ms(), micro)
                 .map_err(db)?;
             self.account(*node, |st| {
                 st.work_units += u;

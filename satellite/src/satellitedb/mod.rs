@@ -8,6 +8,7 @@
 //! meanwhile fails it with [`DbError::Conflict`], and the caller reads
 //! again).
 
+pub mod accounting;
 pub mod keys;
 pub mod metabase;
 pub mod nodes;
