@@ -8,7 +8,7 @@
 //! amount is `floor(quantity × rate / unit)` in 128-bit integers, so the
 //! figures are exact and the export sums to the paystubs.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use loam_common::ledger;
 use loam_common::orders::now_ms;
@@ -16,9 +16,10 @@ use loam_common::{Identity, NodeId, pb};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{DbError, Kv, Op, Table};
+use crate::db::{DbError, Kv};
 use crate::metainfo::{self, Metainfo};
 use crate::overlay::{Node, Overlay};
+use crate::satellitedb::payouts::{PayoutBatch, PayoutStore, entry_seq};
 
 /// The `[payouts]` table of the satellite's config.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -318,22 +319,8 @@ pub struct Payouts {
     overlay: Arc<Overlay>,
     metainfo: Arc<Metainfo>,
     config: PayoutConfig,
-    /// Serialises this process's ledger appends (fewer retries); two
-    /// processes cannot fork a chain because each append expects its
-    /// sequence number to be free.
-    ledger_lock: Mutex<()>,
-}
-
-fn ledger_key(node: &NodeId, seq: u64) -> Vec<u8> {
-    let mut k = node.as_bytes().to_vec();
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn paystub_key(period: &Period, node: &NodeId) -> Vec<u8> {
-    let mut k = period.start.to_be_bytes().to_vec();
-    k.extend_from_slice(node.as_bytes());
-    k
+    /// Ledgers, paystubs and period markers.
+    store: PayoutStore,
 }
 
 impl Payouts {
@@ -345,12 +332,12 @@ impl Payouts {
         config: PayoutConfig,
     ) -> Self {
         Self {
+            store: PayoutStore::new(kv.clone()),
             kv,
             identity,
             overlay,
             metainfo,
             config,
-            ledger_lock: Mutex::new(()),
         }
     }
 
@@ -412,34 +399,29 @@ impl Payouts {
         })
     }
 
-    /// A node's ledger from `since` on.
-    pub fn ledger(&self, node: &NodeId, since: u64) -> Result<Vec<pb::SignedLedgerEntry>, DbError> {
-        self.kv
-            .scan(
-                Table::Ledger,
-                node.as_bytes(),
-                &ledger_key(node, since),
-                usize::MAX,
-            )?
-            .into_iter()
-            .map(|(_, v)| {
-                pb::SignedLedgerEntry::decode(v.as_slice())
-                    .map_err(|_| DbError::Corrupt("ledger entry"))
-            })
-            .collect()
-    }
-
-    /// The ledger from `since` and the signed head of the whole chain.
+    /// The ledger from `since` and the signed head of the whole chain (as
+    /// it stood at its last entry read; entries are never changed).
     pub fn ledger_response(
         &self,
         node: &NodeId,
         since: u64,
     ) -> Result<pb::LedgerResponse, PayoutError> {
-        let _guard = self.ledger_lock.lock().expect("ledger lock");
-        let all = self.ledger(node, 0)?;
-        let head = ledger::sign_head(&self.identity, node, all.last(), all.len() as u64, now_ms());
+        let tail = self.store.tail(node)?;
+        let mut entries = Vec::new();
+        let count = match &tail {
+            Some(t) => {
+                let last = entry_seq(t)?;
+                self.store.for_each_entry(node, since, last, |e| {
+                    entries.push(e);
+                    Ok(())
+                })?;
+                last + 1
+            }
+            None => 0,
+        };
+        let head = ledger::sign_head(&self.identity, node, tail.as_ref(), count, now_ms());
         Ok(pb::LedgerResponse {
-            entries: all.into_iter().skip(since as usize).collect(),
+            entries,
             head: Some(head),
             satellite_public_key: self.identity.public().as_bytes().to_vec().into(),
         })
@@ -449,26 +431,17 @@ impl Payouts {
         &self,
         node: &NodeId,
         body: pb::ledger_entry::Body,
-        ops: &mut Vec<Op>,
+        batch: &mut PayoutBatch,
         tails: &mut std::collections::HashMap<NodeId, pb::SignedLedgerEntry>,
     ) -> Result<(), PayoutError> {
         let prev = match tails.get(node) {
             Some(p) => Some(p.clone()),
-            None => self.ledger(node, 0)?.pop(),
+            None => self.store.tail(node)?,
         };
         let entry = ledger::append(&self.identity, node, prev.as_ref(), body, now_ms())?;
-        let seq = pb::LedgerEntry::decode(entry.entry.as_ref())
-            .map_err(|_| DbError::Corrupt("ledger entry"))?
-            .seq;
-        // No other writer (another satellite process) may have appended
-        // this sequence number first: the batch then fails whole and the
-        // chain never forks.
-        ops.push(Op::Expect(Table::Ledger, ledger_key(node, seq), None));
-        ops.push(Op::Put(
-            Table::Ledger,
-            ledger_key(node, seq),
-            entry.encode_to_vec(),
-        ));
+        // Written only where its sequence number is free: another process
+        // appending first fails the batch whole and the chain never forks.
+        batch.append(node, entry_seq(&entry)?, &entry);
         tails.insert(*node, entry);
         Ok(())
     }
@@ -480,21 +453,17 @@ impl Payouts {
         period: &Period,
         payee: NodeId,
         stub: pb::Paystub,
-        ops: &mut Vec<Op>,
+        batch: &mut PayoutBatch,
         tails: &mut std::collections::HashMap<NodeId, pb::SignedLedgerEntry>,
         out: &mut Vec<(NodeId, pb::Paystub)>,
     ) -> Result<(), PayoutError> {
         self.append(
             &payee,
             pb::ledger_entry::Body::Paystub(stub.clone()),
-            ops,
+            batch,
             tails,
         )?;
-        ops.push(Op::Put(
-            Table::Paystubs,
-            paystub_key(period, &payee),
-            stub.encode_to_vec(),
-        ));
+        batch.put_paystub(period.start, &payee, &stub);
         out.push((payee, stub));
         Ok(())
     }
@@ -502,14 +471,15 @@ impl Payouts {
     /// Held back from `node` so far and not yet returned or forfeited.
     fn held_balance(&self, node: &NodeId) -> Result<u64, DbError> {
         let mut balance: u64 = 0;
-        for e in self.ledger(node, 0)? {
+        self.store.for_each_entry(node, 0, u64::MAX, |e| {
             let Ok(e) = pb::LedgerEntry::decode(e.entry.as_ref()) else {
                 return Err(DbError::Corrupt("ledger entry"));
             };
             if let Some(pb::ledger_entry::Body::Paystub(p)) = e.body {
                 balance = (balance + p.held).saturating_sub(p.held_returned + p.held_forfeited);
             }
-        }
+            Ok(())
+        })?;
         Ok(balance)
     }
 
@@ -546,24 +516,7 @@ impl Payouts {
 
     /// The paystubs of `period` (computed earlier), by node.
     pub fn paystubs(&self, period: &Period) -> Result<Vec<(NodeId, pb::Paystub)>, DbError> {
-        self.kv
-            .scan(
-                Table::Paystubs,
-                &period.start.to_be_bytes(),
-                b"",
-                usize::MAX,
-            )?
-            .into_iter()
-            .map(|(k, v)| {
-                let node = k
-                    .get(8..)
-                    .and_then(|b| NodeId::try_from(b).ok())
-                    .ok_or(DbError::Corrupt("paystub key"))?;
-                let p =
-                    pb::Paystub::decode(v.as_slice()).map_err(|_| DbError::Corrupt("paystub"))?;
-                Ok((node, p))
-            })
-            .collect()
+        self.store.paystubs(period.start)
     }
 
     /// Computes the paystubs of an ended period and appends them to the
@@ -583,12 +536,10 @@ impl Payouts {
                 format_instant(ready),
             ));
         }
-        let _guard = self.ledger_lock.lock().expect("ledger lock");
-        let existing = self.paystubs(period)?;
-        if !existing.is_empty() {
-            return Ok(existing);
+        if self.is_computed(period)? {
+            return Ok(self.paystubs(period)?);
         }
-        let mut ops = Vec::new();
+        let mut batch = PayoutBatch::new();
         let mut tails = std::collections::HashMap::new();
         let mut out = Vec::new();
         for node in self.overlay.list() {
@@ -604,7 +555,7 @@ impl Payouts {
             if stub.gross == 0 && stub.held_returned == 0 && stub.held_forfeited == 0 {
                 continue;
             }
-            self.issue(period, node.id, stub, &mut ops, &mut tails, &mut out)?;
+            self.issue(period, node.id, stub, &mut batch, &mut tails, &mut out)?;
         }
         // Data owners: their listings' fees, all paid (nothing held back:
         // an owner stores nothing and can vanish with nothing owed).
@@ -631,24 +582,24 @@ impl Payouts {
                 payee_name: project.name,
                 ..Default::default()
             };
-            self.issue(period, payee, stub, &mut ops, &mut tails, &mut out)?;
+            self.issue(period, payee, stub, &mut batch, &mut tails, &mut out)?;
         }
-        // An empty period still counts as computed.
-        ops.push(Op::Put(
-            Table::Meta,
-            format!("computed:{}", period.start).into_bytes(),
-            now.to_be_bytes().to_vec(),
-        ));
-        self.kv.write(ops)?;
+        // An empty period still counts as computed; computed once, however
+        // many processes are asked at once (the others find its paystubs).
+        batch.mark_computed(period.start, now);
+        match self.store.write(batch) {
+            Ok(()) => {}
+            Err(DbError::Conflict) if self.is_computed(period)? => {
+                return Ok(self.paystubs(period)?);
+            }
+            Err(e) => return Err(e.into()),
+        }
         metrics::counter!("loam_satellite_paystubs_total").increment(out.len() as u64);
         Ok(out)
     }
 
     pub fn is_computed(&self, period: &Period) -> Result<bool, DbError> {
-        Ok(self
-            .kv
-            .get(Table::Meta, format!("computed:{}", period.start).as_bytes())?
-            .is_some())
+        self.store.is_computed(period.start)
     }
 
     /// Records that the period's payouts were sent (one payment entry per
@@ -657,12 +608,10 @@ impl Payouts {
         if !self.is_computed(period)? {
             return Err(PayoutError::NotComputed(period.name.clone()));
         }
-        let marker = format!("paid:{}", period.start).into_bytes();
-        let _guard = self.ledger_lock.lock().expect("ledger lock");
-        if self.kv.get(Table::Meta, &marker)?.is_some() {
+        if self.store.is_paid(period.start)? {
             return Err(PayoutError::AlreadyPaid(period.name.clone()));
         }
-        let mut ops = Vec::new();
+        let mut batch = PayoutBatch::new();
         let mut tails = std::collections::HashMap::new();
         let mut n = 0;
         for (node, stub) in self.paystubs(period)? {
@@ -677,14 +626,20 @@ impl Payouts {
                     amount: stub.paid,
                     reference: reference.to_string(),
                 }),
-                &mut ops,
+                &mut batch,
                 &mut tails,
             )?;
             n += 1;
         }
-        ops.push(Op::Put(Table::Meta, marker, reference.as_bytes().to_vec()));
-        self.kv.write(ops)?;
-        Ok(n)
+        // Paid once, however many processes are asked at once.
+        batch.mark_paid(period.start, reference);
+        match self.store.write(batch) {
+            Ok(()) => Ok(n),
+            Err(DbError::Conflict) if self.store.is_paid(period.start)? => {
+                Err(PayoutError::AlreadyPaid(period.name.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod accounting;
 pub mod keys;
 pub mod metabase;
 pub mod nodes;
+pub mod payouts;
 pub mod projects;
 
 use std::ops::ControlFlow;
