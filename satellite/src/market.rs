@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use loam_common::orders::now_ms;
 use loam_common::pb;
-use prost::Message;
 
-use crate::db::{DbError, Kv, Op, Table, Txn};
+use crate::db::{DbError, Kv};
 use crate::metainfo::{Metainfo, MetainfoError, ProjectId};
+use crate::satellitedb::listings::ListingStore;
 
 /// Longest title, license and tag; most tags, columns and classes.
 const MAX_TITLE: usize = 200;
@@ -174,124 +174,29 @@ pub fn for_sale(l: &pb::Listing, now: i64) -> Result<(), MarketError> {
 /// index of open listings), so several satellite processes can serve the
 /// market at once: one object is listed once, no count is lost.
 pub struct Market {
-    kv: Arc<dyn Kv>,
-    /// Set once the index of open listings is known to be built.
-    indexed: crate::db::Built,
-}
-
-/// Where the open listing of an object is found ([`Table::Meta`], value:
-/// the listing's id).
-fn open_key(project: &[u8], bucket: &str, key: &[u8]) -> Vec<u8> {
-    [
-        b"listing-of:".as_slice(),
-        project,
-        bucket.as_bytes(),
-        &[0],
-        key,
-    ]
-    .concat()
-}
-
-fn decode_record(v: &[u8]) -> Result<pb::ListingRecord, DbError> {
-    pb::ListingRecord::decode(v).map_err(|_| DbError::Corrupt("listing"))
-}
-
-fn is_published(rec: &pb::ListingRecord) -> bool {
-    rec.listing
-        .as_ref()
-        .is_some_and(|l| l.unpublished_unix_ms == 0)
+    store: ListingStore,
 }
 
 impl Market {
     pub fn new(kv: Arc<dyn Kv>) -> Self {
         Self {
-            kv,
-            indexed: Default::default(),
+            store: ListingStore::new(kv),
         }
-    }
-
-    /// Calls `f` with every listing, a page at a time.
-    fn for_each_record(&self, mut f: impl FnMut(pb::ListingRecord)) -> Result<(), MarketError> {
-        crate::db::for_each_page(&*self.kv, Table::Listings, b"", |page| {
-            for (_, v) in page {
-                f(decode_record(&v)?);
-            }
-            Ok(())
-        })?;
-        Ok(())
-    }
-
-    /// Builds the index of open listings of a database from before it,
-    /// once.
-    fn index(&self) -> Result<(), MarketError> {
-        self.indexed.ensure(|| {
-            crate::db::index_once(&*self.kv, "listings-open", Table::Listings, |id, v| {
-                let rec = decode_record(v)?;
-                Ok(is_published(&rec).then(|| {
-                    Op::Put(
-                        Table::Meta,
-                        open_key(&rec.project_id, &rec.bucket, &rec.encrypted_key),
-                        id.to_vec(),
-                    )
-                }))
-            })
-        })?;
-        Ok(())
-    }
-
-    /// The id of the open listing of `project`'s object at (`bucket`,
-    /// `key`), read in `txn` (a listing published meanwhile makes it run
-    /// again).
-    fn open_listing_of(
-        &self,
-        txn: &mut Txn<'_>,
-        project: &ProjectId,
-        bucket: &str,
-        key: &[u8],
-    ) -> Result<Option<Vec<u8>>, MarketError> {
-        self.index()?;
-        Ok(txn.get(Table::Meta, &open_key(project, bucket, key))?)
     }
 
     /// A listing's record (the dataset behind it).
     pub fn record(&self, id: &[u8]) -> Result<pb::ListingRecord, MarketError> {
-        let v = self
-            .kv
-            .get(Table::Listings, id)?
-            .ok_or_else(|| MarketError::NotFound(listing_id(id)))?;
-        Ok(decode_record(&v)?)
-    }
-
-    /// A listing's record read in `txn`.
-    fn record_in(txn: &mut Txn<'_>, id: &[u8]) -> Result<pb::ListingRecord, MarketError> {
-        let v = txn
-            .get(Table::Listings, id)?
-            .ok_or_else(|| MarketError::NotFound(listing_id(id)))?;
-        Ok(decode_record(&v)?)
+        self.store
+            .listing(id)?
+            .ok_or_else(|| MarketError::NotFound(listing_id(id)))
     }
 
     /// Lists `rec` (a new listing `id`) unless its object is listed
     /// already.
-    fn list_new(
-        &self,
-        id: &[u8],
-        rec: &pb::ListingRecord,
-        project: &ProjectId,
-    ) -> Result<(), MarketError> {
-        crate::db::transact(&*self.kv, |txn| {
-            if let Some(existing) =
-                self.open_listing_of(txn, project, &rec.bucket, &rec.encrypted_key)?
-            {
-                return Err(MarketError::AlreadyPublished(listing_id(&existing)));
-            }
-            txn.put(Table::Listings, id.to_vec(), rec.encode_to_vec());
-            txn.put(
-                Table::Meta,
-                open_key(project, &rec.bucket, &rec.encrypted_key),
-                id.to_vec(),
-            );
-            Ok(())
-        })
+    fn list_new(&self, id: &[u8], rec: &pb::ListingRecord) -> Result<(), MarketError> {
+        self.store
+            .create(id, rec)?
+            .map_err(|existing| MarketError::AlreadyPublished(listing_id(&existing)))
     }
 
     /// Changes listing `id` with `f` in one transaction; returns what `f`
@@ -299,14 +204,11 @@ impl Market {
     fn change<T>(
         &self,
         id: &[u8],
-        mut f: impl FnMut(&mut pb::ListingRecord) -> Result<T, MarketError>,
+        f: impl FnMut(&mut pb::ListingRecord) -> Result<T, MarketError>,
     ) -> Result<T, MarketError> {
-        crate::db::transact(&*self.kv, |txn| {
-            let mut rec = Self::record_in(txn, id)?;
-            let out = f(&mut rec)?;
-            txn.put(Table::Listings, id.to_vec(), rec.encode_to_vec());
-            Ok(out)
-        })
+        self.store
+            .update(id, f)?
+            .ok_or_else(|| MarketError::NotFound(listing_id(id)))
     }
 
     /// Publishes the dataset at (`req.bucket`, `req.encrypted_key`) of
@@ -372,7 +274,7 @@ impl Market {
             key_tag: req.key_tag.clone(),
             ..Default::default()
         };
-        self.list_new(&id, &rec, project)?;
+        self.list_new(&id, &rec)?;
         metrics::counter!("loam_satellite_listings_published_total").increment(1);
         Ok(listing)
     }
@@ -432,7 +334,7 @@ impl Market {
             model_key: req.model_key.clone(),
             ..Default::default()
         };
-        self.list_new(&id, &rec, project)?;
+        self.list_new(&id, &rec)?;
         metrics::counter!("loam_satellite_listings_published_total").increment(1);
         Ok(listing)
     }
@@ -450,23 +352,17 @@ impl Market {
 
     /// Takes a listing off the market: no new jobs (running ones finish).
     pub fn unpublish(&self, project: &ProjectId, id: &[u8]) -> Result<pb::Listing, MarketError> {
-        self.index()?;
-        crate::db::transact(&*self.kv, |txn| {
-            let mut rec = Self::record_in(txn, id)?;
+        // Off the market, the listing leaves the open index in the same
+        // transaction.
+        self.change(id, |rec| {
             if rec.project_id.as_ref() != project {
                 return Err(MarketError::NotOwner);
-            }
-            let open = open_key(project, &rec.bucket, &rec.encrypted_key);
-            if txn.get(Table::Meta, &open)?.as_deref() == Some(id) {
-                txn.delete(Table::Meta, open);
             }
             let listing = rec.listing.get_or_insert_with(Default::default);
             if listing.unpublished_unix_ms == 0 {
                 listing.unpublished_unix_ms = now_ms();
             }
-            let out = listing.clone();
-            txn.put(Table::Listings, id.to_vec(), rec.encode_to_vec());
-            Ok(out)
+            Ok(listing.clone())
         })
     }
 
@@ -480,9 +376,11 @@ impl Market {
     ) -> Result<pb::Listing, MarketError> {
         let not_published =
             || invalid("the dataset is not published; run `uplink dataset publish`");
-        self.index()?;
-        let open = open_key(project, &req.bucket, &req.encrypted_key);
-        if self.kv.get(Table::Meta, &open)?.is_none() {
+        if self
+            .store
+            .open_listing(project, &req.bucket, &req.encrypted_key)?
+            .is_none()
+        {
             return Err(not_published());
         }
         let obj = metainfo.object_record(project, &req.bucket, &req.encrypted_key)?;
@@ -492,21 +390,17 @@ impl Market {
         if req.key_tag.len() != 16 {
             return Err(invalid("the listing's keys carry no 16-byte tag"));
         }
-        crate::db::transact(&*self.kv, |txn| {
-            let id = self
-                .open_listing_of(txn, project, &req.bucket, &req.encrypted_key)?
-                .ok_or_else(not_published)?;
-            let mut rec = Self::record_in(txn, &id)?;
-            rec.tasks = req.tasks.clone();
-            rec.key_tag = req.key_tag.clone();
-            rec.row_records = rows.iter().map(|r| r.1).collect();
-            let listing = rec.listing.get_or_insert_with(Default::default);
-            listing.keys_sealed_unix_ms = now_ms();
-            listing.tasks = rows.len() as u32;
-            let out = listing.clone();
-            txn.put(Table::Listings, id, rec.encode_to_vec());
-            Ok(out)
-        })
+        self.store
+            .update_open(project, &req.bucket, &req.encrypted_key, |rec| {
+                rec.tasks = req.tasks.clone();
+                rec.key_tag = req.key_tag.clone();
+                rec.row_records = rows.iter().map(|r| r.1).collect();
+                let listing = rec.listing.get_or_insert_with(Default::default);
+                listing.keys_sealed_unix_ms = now_ms();
+                listing.tasks = rows.len() as u32;
+                Ok::<_, MarketError>(listing.clone())
+            })?
+            .ok_or_else(not_published)
     }
 
     /// Counts a job submitted on a listing.
@@ -521,13 +415,7 @@ impl Market {
 
     /// Listings of `project`, published or not.
     pub fn owned(&self, project: &ProjectId) -> Result<Vec<pb::ListingRecord>, MarketError> {
-        let mut out = Vec::new();
-        self.for_each_record(|r| {
-            if r.project_id.as_ref() == project {
-                out.push(r);
-            }
-        })?;
-        Ok(out)
+        Ok(self.store.owned(project)?)
     }
 
     /// One listing, published or not.
@@ -541,13 +429,14 @@ impl Market {
         let now = now_ms();
         let tag = req.tag.trim().to_lowercase();
         let mut out: Vec<pb::Listing> = Vec::new();
-        self.for_each_record(|r| {
+        self.store.for_each(|r| {
             out.extend(
                 r.listing
                     .filter(|l| req.all || is_open(l, now))
                     .filter(|l| tag.is_empty() || l.tags.contains(&tag))
                     .filter(|l| words_match(l, &req.search)),
             );
+            Ok::<_, MarketError>(())
         })?;
         out.sort_by_key(|l| l.created_unix_ms);
         Ok(out)
@@ -556,7 +445,10 @@ impl Market {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
+    use crate::db::Table;
 
     fn listing(
         id: u8,
@@ -616,10 +508,7 @@ mod tests {
                 .expect("put");
         }
         let market = Market::new(kv.clone());
-        let open_of = |key: &[u8]| {
-            crate::db::transact(&*kv, |txn| market.open_listing_of(txn, &project, "b", key))
-                .expect("read")
-        };
+        let open_of = |key: &[u8]| market.store.open_listing(&project, "b", key).expect("read");
         assert_eq!(open_of(b"open"), Some(vec![1; 8]));
         assert_eq!(open_of(b"closed"), None);
         // Only the owner unpublishes; then the object is free to list again.
@@ -630,12 +519,10 @@ mod tests {
         market.unpublish(&project, &[1; 8]).expect("unpublish");
         assert_eq!(open_of(b"open"), None);
         let again = listing(3, "dataset", project, b"open", true);
-        market
-            .list_new(&[3; 8], &again, &project)
-            .expect("list again");
+        market.list_new(&[3; 8], &again).expect("list again");
         assert_eq!(open_of(b"open"), Some(vec![3; 8]));
         assert!(matches!(
-            market.list_new(&[4; 8], &again, &project),
+            market.list_new(&[4; 8], &again),
             Err(MarketError::AlreadyPublished(_))
         ));
         assert_eq!(market.owned(&project).expect("owned").len(), 3);

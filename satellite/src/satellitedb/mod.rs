@@ -10,6 +10,7 @@
 
 pub mod accounting;
 pub mod keys;
+pub mod listings;
 pub mod metabase;
 pub mod nodes;
 pub mod payouts;
