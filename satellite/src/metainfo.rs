@@ -1134,6 +1134,9 @@ impl Metainfo {
             bucket: pending.bucket.clone(),
             encrypted_key: pending.encrypted_key.to_vec(),
         };
+        // The first try writes over the upload as read above; a retry
+        // reads it again.
+        let mut read = Some(pending.clone());
         let replaced = retry_conflicts(|| {
             let mut batch = Batch::new();
             // Into a bucket that is still there (not deleted or being
@@ -1142,8 +1145,12 @@ impl Metainfo {
             batch.expect_bucket(project, &pending.bucket, Some(&bucket));
             // Committed once, however many processes are asked at once:
             // a commit that lost the race finds the receipt on its retry.
-            let Some(still) = self.metabase.pending(&req.stream_id)? else {
-                return Ok(None);
+            let still = match read.take() {
+                Some(p) => p,
+                None => match self.metabase.pending(&req.stream_id)? {
+                    Some(p) => p,
+                    None => return Ok(None),
+                },
             };
             batch.expect_pending(&req.stream_id, &still);
             batch.delete_pending(project, &req.stream_id);

@@ -21,7 +21,7 @@ use loam_common::orders::PieceAction;
 use loam_common::{NodeId, pb};
 use prost::Message;
 
-use super::walk;
+use super::{delete_where, walk};
 use crate::db::{DbError, Kv, Op, Table, transact};
 use crate::metainfo::ProjectId;
 
@@ -221,21 +221,9 @@ impl AccountingStore {
     /// `before`, deleting a page at a time behind the walk. Returns how
     /// many.
     pub fn prune_settled_windows(&self, before: i64) -> Result<usize, DbError> {
-        let (mut old, mut n) = (Vec::new(), 0);
-        walk(&*self.kv, Table::SettledWindows, b"", b"", |k, _| {
-            if k.len() == 40 && time_at(&k, 32).is_some_and(|t| t < before) {
-                old.push(Op::Delete(Table::SettledWindows, k));
-                n += 1;
-            }
-            if old.len() >= crate::db::PAGE {
-                self.kv.write(std::mem::take(&mut old))?;
-            }
-            Ok::<_, DbError>(ControlFlow::Continue(()))
-        })?;
-        if !old.is_empty() {
-            self.kv.write(old)?;
-        }
-        Ok(n)
+        delete_where(&*self.kv, Table::SettledWindows, b"", |k, _| {
+            k.len() == 40 && time_at(k, 32).is_some_and(|t| t < before)
+        })
     }
 
     // ----------------------------------------------------------- storage
@@ -378,7 +366,7 @@ impl AccountingStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{MemKv, RocksKv};
+    use crate::satellitedb::backends;
 
     const NODE: NodeId = NodeId::from_bytes([4; 32]);
     const OTHER: NodeId = NodeId::from_bytes([5; 32]);
@@ -553,21 +541,17 @@ mod tests {
 
     #[test]
     fn memory_backend() {
-        let kv: Arc<dyn Kv> = Arc::new(MemKv::default());
+        let kv = backends::memory();
         conformance(|| kv.clone());
     }
 
     #[test]
     fn rocksdb_backend() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let kv: Arc<dyn Kv> = Arc::new(RocksKv::open_with(dir.path(), false).expect("open"));
-        conformance(|| kv.clone());
+        backends::rocksdb(|kv| conformance(|| kv.clone()));
     }
 
     #[test]
     fn postgres_backend() {
-        let cluster = crate::pg::Cluster::start(None).expect("PostgreSQL starts");
-        let url = cluster.create_database("accounting").expect("database");
-        conformance(|| Arc::new(crate::pg::PgKv::connect(&url).expect("connect")));
+        backends::postgres(|connect| conformance(connect));
     }
 }

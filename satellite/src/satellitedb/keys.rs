@@ -191,7 +191,7 @@ impl KeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{MemKv, RocksKv};
+    use crate::satellitedb::backends;
 
     fn record(project: &ProjectId, name: &str) -> pb::ApiKeyRecord {
         pb::ApiKeyRecord {
@@ -274,21 +274,16 @@ mod tests {
 
     #[test]
     fn memory_backend() {
-        conformance(Arc::new(MemKv::default()));
+        conformance(backends::memory());
     }
 
     #[test]
     fn rocksdb_backend() {
-        let dir = tempfile::tempdir().expect("tmp");
-        conformance(Arc::new(
-            RocksKv::open_with(dir.path(), false).expect("open"),
-        ));
+        backends::rocksdb(conformance);
     }
 
     #[test]
     fn postgres_backend() {
-        let cluster = crate::pg::Cluster::start(None).expect("PostgreSQL starts");
-        let url = cluster.create_database("keys").expect("database");
-        conformance(Arc::new(crate::pg::PgKv::connect(&url).expect("connect")));
+        backends::postgres(|connect| conformance(connect()));
     }
 }

@@ -216,7 +216,7 @@ impl ListingStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{MemKv, RocksKv};
+    use crate::satellitedb::backends;
 
     fn record(project: ProjectId, key: &[u8], open: bool) -> pb::ListingRecord {
         pb::ListingRecord {
@@ -344,21 +344,16 @@ mod tests {
 
     #[test]
     fn memory_backend() {
-        conformance(Arc::new(MemKv::default()));
+        conformance(backends::memory());
     }
 
     #[test]
     fn rocksdb_backend() {
-        let dir = tempfile::tempdir().expect("tmp");
-        conformance(Arc::new(
-            RocksKv::open_with(dir.path(), false).expect("open"),
-        ));
+        backends::rocksdb(conformance);
     }
 
     #[test]
     fn postgres_backend() {
-        let cluster = crate::pg::Cluster::start(None).expect("PostgreSQL starts");
-        let url = cluster.create_database("listings").expect("database");
-        conformance(Arc::new(crate::pg::PgKv::connect(&url).expect("connect")));
+        backends::postgres(|connect| conformance(connect()));
     }
 }

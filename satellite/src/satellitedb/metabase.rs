@@ -21,8 +21,8 @@ use std::sync::Arc;
 use loam_common::pb;
 use prost::Message;
 
-use super::{Stored, decode, stored, walk};
-use crate::db::{Built, DbError, Kv, Op, PAGE, Table};
+use super::{Stored, decode, delete_where, stored, walk};
+use crate::db::{Built, DbError, Kv, Op, Table};
 use crate::metainfo::ProjectId;
 
 /// Where an object is: its project, bucket and encrypted key.
@@ -652,26 +652,12 @@ impl Metabase {
     /// Deletes the receipts of commits at or before `cutoff_ms` (and any
     /// that do not parse); returns how many.
     pub fn delete_receipts_until(&self, cutoff_ms: i64) -> Result<usize, DbError> {
-        let (mut old, mut n) = (Vec::new(), 0);
-        // Deleted a page at a time behind the walk (it goes on after the
-        // last key it read).
-        walk(&*self.kv, Table::Meta, RECEIPT_PREFIX, b"", |k, v| {
-            if Receipt::decode(&v)
+        delete_where(&*self.kv, Table::Meta, RECEIPT_PREFIX, |_, v| {
+            // One that does not parse is of no use either.
+            Receipt::decode(v)
                 .ok()
                 .is_none_or(|r| r.created_unix_ms <= cutoff_ms)
-            {
-                old.push(Op::Delete(Table::Meta, k));
-                n += 1;
-            }
-            if old.len() >= PAGE {
-                self.kv.write(std::mem::take(&mut old))?;
-            }
-            Ok::<_, DbError>(ControlFlow::Continue(()))
-        })?;
-        if !old.is_empty() {
-            self.kv.write(old)?;
-        }
-        Ok(n)
+        })
     }
 }
 
@@ -690,7 +676,7 @@ pub enum ObjectScope<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{MemKv, RocksKv};
+    use crate::satellitedb::backends;
 
     const P: ProjectId = [1; 16];
     const Q: ProjectId = [2; 16];
@@ -864,7 +850,7 @@ mod tests {
     /// More objects than a page, deleted while they are walked (as the
     /// expiry sweep does).
     fn paged_walk_that_deletes(m: &Metabase) {
-        let n = PAGE * 2 + 7;
+        let n = crate::db::PAGE * 2 + 7;
         for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
             put(m, |b| {
                 for i in chunk {
@@ -1071,21 +1057,16 @@ mod tests {
 
     #[test]
     fn memory_backend() {
-        conformance(Arc::new(MemKv::default()));
+        conformance(backends::memory());
     }
 
     #[test]
     fn rocksdb_backend() {
-        let dir = tempfile::tempdir().expect("tmp");
-        conformance(Arc::new(
-            RocksKv::open_with(dir.path(), false).expect("open"),
-        ));
+        backends::rocksdb(conformance);
     }
 
     #[test]
     fn postgres_backend() {
-        let cluster = crate::pg::Cluster::start(None).expect("PostgreSQL starts");
-        let url = cluster.create_database("metabase").expect("database");
-        conformance(Arc::new(crate::pg::PgKv::connect(&url).expect("connect")));
+        backends::postgres(|connect| conformance(connect()));
     }
 }

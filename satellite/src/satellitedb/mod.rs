@@ -95,3 +95,57 @@ pub(crate) fn walk<E: From<DbError>>(
         }
     }
 }
+
+/// Deletes the rows of `table` under `prefix` that `old` picks, a page at
+/// a time behind the walk (which goes on after the last key it read).
+/// Returns how many.
+pub(crate) fn delete_where(
+    kv: &dyn Kv,
+    table: Table,
+    prefix: &[u8],
+    mut old: impl FnMut(&[u8], &[u8]) -> bool,
+) -> Result<usize, DbError> {
+    let (mut ops, mut n) = (Vec::new(), 0);
+    walk(kv, table, prefix, b"", |k, v| {
+        if old(&k, &v) {
+            ops.push(crate::db::Op::Delete(table, k));
+            n += 1;
+        }
+        if ops.len() >= PAGE {
+            kv.write(std::mem::take(&mut ops))?;
+        }
+        Ok::<_, DbError>(ControlFlow::Continue(()))
+    })?;
+    if !ops.is_empty() {
+        kv.write(ops)?;
+    }
+    Ok(n)
+}
+
+/// The backends every store's conformance suite runs on.
+#[cfg(test)]
+pub(crate) mod backends {
+    use std::sync::Arc;
+
+    use crate::db::{Kv, MemKv, RocksKv};
+
+    pub fn memory() -> Arc<dyn Kv> {
+        Arc::new(MemKv::default())
+    }
+
+    /// Runs `suite` on a fresh RocksDB in a temporary directory.
+    pub fn rocksdb(suite: impl FnOnce(Arc<dyn Kv>)) {
+        let dir = tempfile::tempdir().expect("tmp");
+        suite(Arc::new(
+            RocksKv::open_with(dir.path(), false).expect("open"),
+        ));
+    }
+
+    /// Runs `suite` on a throwaway PostgreSQL server, with a way to open
+    /// another connection to the same database (another process).
+    pub fn postgres(suite: impl FnOnce(&dyn Fn() -> Arc<dyn Kv>)) {
+        let cluster = crate::pg::Cluster::start(None).expect("PostgreSQL starts");
+        let url = cluster.create_database("conformance").expect("database");
+        suite(&|| Arc::new(crate::pg::PgKv::connect(&url).expect("connect")));
+    }
+}

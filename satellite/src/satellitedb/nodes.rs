@@ -152,7 +152,7 @@ fn decode_node(v: &[u8]) -> Result<Node, DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{MemKv, RocksKv};
+    use crate::satellitedb::backends;
 
     fn node(free_disk: i64) -> Node {
         let key = loam_common::KeyPair::generate().public();
@@ -257,23 +257,19 @@ mod tests {
 
     #[test]
     fn memory_backend() {
-        let kv: Arc<dyn Kv> = Arc::new(MemKv::default());
+        let kv = backends::memory();
         conformance(&[NodeStore::new(kv.clone()), NodeStore::new(kv)]);
     }
 
     #[test]
     fn rocksdb_backend() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let kv: Arc<dyn Kv> = Arc::new(RocksKv::open_with(dir.path(), false).expect("open"));
-        conformance(&[NodeStore::new(kv.clone()), NodeStore::new(kv)]);
+        backends::rocksdb(|kv| conformance(&[NodeStore::new(kv.clone()), NodeStore::new(kv)]));
     }
 
     #[test]
     fn postgres_backend() {
-        let cluster = crate::pg::Cluster::start(None).expect("PostgreSQL starts");
-        let url = cluster.create_database("nodes").expect("database");
-        let connect =
-            || -> Arc<dyn Kv> { Arc::new(crate::pg::PgKv::connect(&url).expect("connect")) };
-        conformance(&[NodeStore::new(connect()), NodeStore::new(connect())]);
+        backends::postgres(|connect| {
+            conformance(&[NodeStore::new(connect()), NodeStore::new(connect())])
+        });
     }
 }

@@ -190,7 +190,7 @@ mod tests {
     use loam_common::ledger;
 
     use super::*;
-    use crate::db::{MemKv, RocksKv};
+    use crate::satellitedb::backends;
 
     fn payment(amount: u64) -> pb::ledger_entry::Body {
         pb::ledger_entry::Body::Payment(pb::Payment {
@@ -304,38 +304,27 @@ mod tests {
         assert!(b.is_paid(1000).expect("read"));
     }
 
-    #[test]
-    fn memory_backend() {
-        let kv: Arc<dyn Kv> = Arc::new(MemKv::default());
+    fn run(kv: Arc<dyn Kv>, other: Arc<dyn Kv>) {
         conformance(
             &PayoutStore::new(kv.clone()),
-            &PayoutStore::new(kv.clone()),
+            &PayoutStore::new(other),
             &*kv,
         );
+    }
+
+    #[test]
+    fn memory_backend() {
+        let kv = backends::memory();
+        run(kv.clone(), kv);
     }
 
     #[test]
     fn rocksdb_backend() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let kv: Arc<dyn Kv> = Arc::new(RocksKv::open_with(dir.path(), false).expect("open"));
-        conformance(
-            &PayoutStore::new(kv.clone()),
-            &PayoutStore::new(kv.clone()),
-            &*kv,
-        );
+        backends::rocksdb(|kv| run(kv.clone(), kv));
     }
 
     #[test]
     fn postgres_backend() {
-        let cluster = crate::pg::Cluster::start(None).expect("PostgreSQL starts");
-        let url = cluster.create_database("payouts").expect("database");
-        let connect =
-            || -> Arc<dyn Kv> { Arc::new(crate::pg::PgKv::connect(&url).expect("connect")) };
-        let kv = connect();
-        conformance(
-            &PayoutStore::new(connect()),
-            &PayoutStore::new(connect()),
-            &*kv,
-        );
+        backends::postgres(|connect| run(connect(), connect()));
     }
 }

@@ -151,7 +151,7 @@ impl ProjectStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{MemKv, RocksKv};
+    use crate::satellitedb::backends;
 
     fn record(name: &str) -> pb::ProjectRecord {
         pb::ProjectRecord {
@@ -225,32 +225,24 @@ mod tests {
         assert_eq!(store.find("old").expect("find").expect("found").0, [7; 16]);
     }
 
+    fn run(connect: &dyn Fn() -> Arc<dyn Kv>, old: Arc<dyn Kv>) {
+        conformance(&ProjectStore::new(connect()), &ProjectStore::new(connect()));
+        old_database(old);
+    }
+
     #[test]
     fn memory_backend() {
-        let kv: Arc<dyn Kv> = Arc::new(MemKv::default());
-        conformance(&ProjectStore::new(kv.clone()), &ProjectStore::new(kv));
-        old_database(Arc::new(MemKv::default()));
+        let kv = backends::memory();
+        run(&|| kv.clone(), backends::memory());
     }
 
     #[test]
     fn rocksdb_backend() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let kv: Arc<dyn Kv> = Arc::new(RocksKv::open_with(dir.path(), false).expect("open"));
-        conformance(&ProjectStore::new(kv.clone()), &ProjectStore::new(kv));
-        let dir = tempfile::tempdir().expect("tmp");
-        old_database(Arc::new(
-            RocksKv::open_with(dir.path(), false).expect("open"),
-        ));
+        backends::rocksdb(|kv| backends::rocksdb(|old| run(&|| kv.clone(), old)));
     }
 
     #[test]
     fn postgres_backend() {
-        let cluster = crate::pg::Cluster::start(None).expect("PostgreSQL starts");
-        let url = cluster.create_database("projects").expect("database");
-        let connect =
-            || -> Arc<dyn Kv> { Arc::new(crate::pg::PgKv::connect(&url).expect("connect")) };
-        conformance(&ProjectStore::new(connect()), &ProjectStore::new(connect()));
-        let old = cluster.create_database("old").expect("database");
-        old_database(Arc::new(crate::pg::PgKv::connect(&old).expect("connect")));
+        backends::postgres(|connect| backends::postgres(|old| run(connect, old())));
     }
 }
