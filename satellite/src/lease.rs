@@ -135,13 +135,14 @@ pub const CHORE_LEASE: Duration = Duration::from_secs(30);
 mod tests {
     use super::*;
     use crate::db::MemKv;
+    use crate::satellitedb::backends;
 
-    #[test]
-    fn one_holder_at_a_time_and_a_lapsed_lease_moves() {
-        let kv: Arc<dyn Kv> = Arc::new(MemKv::default());
+    /// One holder at a time, a lapsed lease moves, many contenders get one
+    /// winner: `connect` opens the database again (another process).
+    fn conformance(connect: &dyn Fn() -> Arc<dyn Kv>) {
         let (a, b) = (
-            Leases::always_written(kv.clone()),
-            Leases::always_written(kv),
+            Leases::always_written(connect()),
+            Leases::always_written(connect()),
         );
         let ttl = Duration::from_secs(10);
         assert!(a.hold("gc", ttl, 1_000).expect("take"));
@@ -161,12 +162,8 @@ mod tests {
         );
         b.release("gc").expect("release");
         assert!(a.hold("gc", ttl, 15_002).expect("free"));
-    }
 
-    #[test]
-    fn many_contenders_one_winner() {
-        let kv: Arc<dyn Kv> = Arc::new(MemKv::default());
-        let contenders: Vec<Leases> = (0..8).map(|_| Leases::always_written(kv.clone())).collect();
+        let contenders: Vec<Leases> = (0..8).map(|_| Leases::always_written(connect())).collect();
         let won = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             for l in &contenders {
@@ -181,6 +178,22 @@ mod tests {
             }
         });
         assert_eq!(won.into_inner(), 1);
+    }
+
+    #[test]
+    fn memory_backend() {
+        let kv = backends::memory();
+        conformance(&|| kv.clone());
+    }
+
+    #[test]
+    fn rocksdb_backend() {
+        backends::rocksdb(|kv| conformance(&|| kv.clone()));
+    }
+
+    #[test]
+    fn postgres_backend() {
+        backends::postgres(conformance);
     }
 
     #[test]
