@@ -677,32 +677,13 @@ impl Metainfo {
         let marked = if read.deleting {
             read
         } else {
-            let mut batch = Batch::new();
-            batch.expect_bucket(project, name, Some(&read));
-            batch.put_bucket(
-                project,
-                name,
-                &pb::BucketRecord {
-                    deleting: true,
-                    ..(*read).clone()
-                },
-            );
-            self.metabase.write(batch)?;
-            self.bucket_record(project, name)?
+            self.metabase
+                .mark_bucket_deleting(project, name, &read, true)?
         };
         let deleted = retry_conflicts(|| self.delete_marked_bucket(project, name, &marked));
         if matches!(deleted, Err(MetainfoError::BucketNotEmpty(_))) {
-            let mut batch = Batch::new();
-            batch.expect_bucket(project, name, Some(&marked));
-            batch.put_bucket(
-                project,
-                name,
-                &pb::BucketRecord {
-                    deleting: false,
-                    ..(*marked).clone()
-                },
-            );
-            self.metabase.write(batch)?;
+            self.metabase
+                .mark_bucket_deleting(project, name, &marked, false)?;
         }
         deleted
     }
@@ -1610,18 +1591,6 @@ impl Metainfo {
         let mut out = Vec::new();
         self.for_each_segment(|at, seg| out.push((at, seg.into_inner())))?;
         Ok(out)
-    }
-
-    /// Replaces a segment's pieces if the segment is still what was read
-    /// (it may have been deleted or repaired meanwhile). Returns whether it
-    /// did.
-    pub fn replace_segment_pieces(
-        &self,
-        at: &SegmentPosition,
-        read: &Stored<pb::SegmentRecord>,
-        pieces: Vec<pb::StoredPieceRef>,
-    ) -> Result<bool, MetainfoError> {
-        Ok(self.metabase.replace_segment_pieces(at, read, pieces)?)
     }
 
     /// Calls `f` with every (node, piece) the metadata places, pending

@@ -462,6 +462,7 @@ impl Repair {
         new_pieces.sort_by_key(|p| p.piece_num);
         let replaced = self
             .metainfo
+            .metabase()
             .replace_segment_pieces(&q.key, seg, new_pieces)
             .map_err(|e| e.to_string())?;
         if !replaced {

@@ -273,23 +273,37 @@ impl AccountingStore {
         self.kv.write(ops)
     }
 
+    /// The sum of the values (read by `value`) of `owner`'s rows of `table`
+    /// in `[from, to)`, checked.
+    fn sum_period(
+        &self,
+        table: Table,
+        owner: &[u8],
+        from: i64,
+        to: i64,
+        value: fn(&[u8]) -> u128,
+        what: &'static str,
+    ) -> Result<u128, DbError> {
+        let mut total = 0u128;
+        walk_period(&*self.kv, table, owner, from, to, |_, _, v| {
+            total = total
+                .checked_add(value(&v))
+                .ok_or(DbError::Overflow(what))?;
+            Ok(())
+        })?;
+        Ok(total)
+    }
+
     /// Byte-milliseconds `node` stored in tallies taken in `[from, to)`.
     pub fn node_byte_ms(&self, node: &NodeId, from: i64, to: i64) -> Result<u128, DbError> {
-        let mut total = 0u128;
-        walk_period(
-            &*self.kv,
+        self.sum_period(
             Table::StorageRollups,
             node.as_bytes(),
             from,
             to,
-            |_, _, v| {
-                total = total
-                    .checked_add(u128_value(&v))
-                    .ok_or(DbError::Overflow("storage"))?;
-                Ok(())
-            },
-        )?;
-        Ok(total)
+            u128_value,
+            "storage",
+        )
     }
 
     /// Byte-milliseconds per bucket of `project` in tallies taken in
@@ -343,21 +357,15 @@ impl AccountingStore {
 
     /// Micro work units accepted from `node` in `[from, to)`.
     pub fn node_work(&self, node: &NodeId, from: i64, to: i64) -> Result<u64, DbError> {
-        let mut total = 0u64;
-        walk_period(
-            &*self.kv,
+        let total = self.sum_period(
             Table::ComputeRollups,
             node.as_bytes(),
             from,
             to,
-            |_, _, v| {
-                total = total
-                    .checked_add(u64_value(&v))
-                    .ok_or(DbError::Overflow("compute work"))?;
-                Ok(())
-            },
+            |v| u128::from(u64_value(v)),
+            "compute work",
         )?;
-        Ok(total)
+        u64::try_from(total).map_err(|_| DbError::Overflow("compute work"))
     }
 }
 

@@ -191,7 +191,6 @@ impl KeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::satellitedb::backends;
 
     fn record(project: &ProjectId, name: &str) -> pb::ApiKeyRecord {
         pb::ApiKeyRecord {
@@ -272,18 +271,5 @@ mod tests {
         assert_eq!(store.revoked_count().expect("count"), 1);
     }
 
-    #[test]
-    fn memory_backend() {
-        conformance(backends::memory());
-    }
-
-    #[test]
-    fn rocksdb_backend() {
-        backends::rocksdb(conformance);
-    }
-
-    #[test]
-    fn postgres_backend() {
-        backends::postgres(|connect| conformance(connect()));
-    }
+    crate::satellitedb::on_every_backend!(conformance);
 }

@@ -216,7 +216,6 @@ impl ListingStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::satellitedb::backends;
 
     fn record(project: ProjectId, key: &[u8], open: bool) -> pb::ListingRecord {
         pb::ListingRecord {
@@ -342,18 +341,5 @@ mod tests {
         assert_eq!(all, 5);
     }
 
-    #[test]
-    fn memory_backend() {
-        conformance(backends::memory());
-    }
-
-    #[test]
-    fn rocksdb_backend() {
-        backends::rocksdb(conformance);
-    }
-
-    #[test]
-    fn postgres_backend() {
-        backends::postgres(|connect| conformance(connect()));
-    }
+    crate::satellitedb::on_every_backend!(conformance);
 }

@@ -134,6 +134,18 @@ impl Receipt {
 
 const RECEIPT_PREFIX: &[u8] = b"committed:";
 
+/// A stored stream reference count; absent: the one object that committed
+/// the stream.
+fn ref_count(raw: Option<&[u8]>) -> Result<u64, DbError> {
+    match raw {
+        Some(v) => Ok(u64::from_le_bytes(
+            v.try_into()
+                .map_err(|_| DbError::Corrupt("stream reference count"))?,
+        )),
+        None => Ok(1),
+    }
+}
+
 fn receipt_key(stream: &[u8]) -> Vec<u8> {
     [RECEIPT_PREFIX, stream].concat()
 }
@@ -336,6 +348,31 @@ impl Metabase {
             Err(DbError::Conflict) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Sets or clears a bucket's `deleting` mark, only over the record as
+    /// `read`; returns the record as now stored.
+    pub fn mark_bucket_deleting(
+        &self,
+        project: &ProjectId,
+        name: &str,
+        read: &Stored<pb::BucketRecord>,
+        deleting: bool,
+    ) -> Result<Stored<pb::BucketRecord>, DbError> {
+        let marked = pb::BucketRecord {
+            deleting,
+            ..(**read).clone()
+        };
+        let raw = marked.encode_to_vec();
+        let mut batch = Batch::new();
+        batch.expect_bucket(project, name, Some(read));
+        batch.ops.push(Op::Put(
+            Table::Buckets,
+            bucket_key(project, name),
+            raw.clone(),
+        ));
+        self.write(batch)?;
+        Ok(Stored::new(marked, raw))
     }
 
     /// Calls `f` with each of the project's buckets (name, record) in name
@@ -588,19 +625,11 @@ impl Metabase {
         }
         for (stream, delta) in deltas.into_iter().filter(|(_, d)| *d != 0) {
             let raw = self.kv.get(Table::StreamRefs, stream)?;
+            let current = ref_count(raw.as_deref())?;
             // Another process changing the count meanwhile fails the batch.
             batch
                 .ops
-                .push(Op::Expect(Table::StreamRefs, stream.to_vec(), raw.clone()));
-            let current = match raw {
-                Some(v) => u64::from_le_bytes(
-                    v.as_slice()
-                        .try_into()
-                        .map_err(|_| DbError::Corrupt("stream reference count"))?,
-                ),
-                // Absent: the one object that committed it.
-                None => 1,
-            };
+                .push(Op::Expect(Table::StreamRefs, stream.to_vec(), raw));
             let count = i128::from(current) + i128::from(delta);
             if count <= 0 {
                 batch
@@ -629,14 +658,7 @@ impl Metabase {
 
     /// How many objects share `stream` (one when never copied).
     pub fn stream_refs(&self, stream: &[u8]) -> Result<u64, DbError> {
-        match self.kv.get(Table::StreamRefs, stream)? {
-            Some(v) => Ok(u64::from_le_bytes(
-                v.as_slice()
-                    .try_into()
-                    .map_err(|_| DbError::Corrupt("stream reference count"))?,
-            )),
-            None => Ok(1),
-        }
+        ref_count(self.kv.get(Table::StreamRefs, stream)?.as_deref())
     }
 
     // ----------------------------------------------------------- receipts
@@ -676,7 +698,6 @@ pub enum ObjectScope<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::satellitedb::backends;
 
     const P: ProjectId = [1; 16];
     const Q: ProjectId = [2; 16];
@@ -1055,18 +1076,5 @@ mod tests {
         receipts(&m);
     }
 
-    #[test]
-    fn memory_backend() {
-        conformance(backends::memory());
-    }
-
-    #[test]
-    fn rocksdb_backend() {
-        backends::rocksdb(conformance);
-    }
-
-    #[test]
-    fn postgres_backend() {
-        backends::postgres(|connect| conformance(connect()));
-    }
+    crate::satellitedb::on_every_backend!(conformance);
 }

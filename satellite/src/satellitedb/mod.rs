@@ -122,6 +122,30 @@ pub(crate) fn delete_where(
     Ok(n)
 }
 
+/// Declares the tests `memory_backend`, `rocksdb_backend` and
+/// `postgres_backend` that run `suite` (taking the database) on each.
+#[cfg(test)]
+macro_rules! on_every_backend {
+    ($suite:path) => {
+        #[test]
+        fn memory_backend() {
+            $suite(crate::satellitedb::backends::memory());
+        }
+
+        #[test]
+        fn rocksdb_backend() {
+            crate::satellitedb::backends::rocksdb($suite);
+        }
+
+        #[test]
+        fn postgres_backend() {
+            crate::satellitedb::backends::postgres(|connect| $suite(connect()));
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use on_every_backend;
+
 /// The backends every store's conformance suite runs on.
 #[cfg(test)]
 pub(crate) mod backends {
