@@ -460,8 +460,8 @@ impl Endpoint {
             ..Default::default()
         };
         self.payouts
-            .kv()
-            .write(crate::charges::record_ops(project, &charge))
+            .charges()
+            .record(project, &charge)
             .map_err(|e| api(e.into()))?;
         Ok(pb::FetchModelResponse {
             grant: rec.model_grant,
@@ -892,7 +892,10 @@ impl Endpoint {
                 if rec.project_id.as_ref() != project {
                     return Err(market(MarketError::NotOwner));
                 }
-                let (_, per) = crate::charges::owner_earned(self.payouts.kv(), &project, 0)
+                let (_, per) = self
+                    .payouts
+                    .charges()
+                    .owner_earned(&project, 0)
                     .map_err(|e| api(e.into()))?;
                 let e = per.get(r.id.as_ref()).copied().unwrap_or_default();
                 let mut l = rec.listing.unwrap_or_default();
@@ -914,8 +917,11 @@ impl Endpoint {
             }),
             Req::Charges(_) => {
                 let db = |e: crate::db::DbError| api(e.into());
-                let charges =
-                    crate::charges::project_charges(self.payouts.kv(), &project, 0).map_err(db)?;
+                let charges = self
+                    .payouts
+                    .charges()
+                    .project_charges(&project, 0)
+                    .map_err(db)?;
                 let total = charges
                     .iter()
                     .try_fold(0u64, |a, c| a.checked_add(c.total))

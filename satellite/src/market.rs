@@ -184,6 +184,11 @@ impl Market {
         }
     }
 
+    /// The listings as stored (for operators' tools and tests).
+    pub fn listings(&self) -> &ListingStore {
+        &self.store
+    }
+
     /// A listing's record (the dataset behind it).
     pub fn record(&self, id: &[u8]) -> Result<pb::ListingRecord, MarketError> {
         self.store

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::db::{DbError, Kv};
 use crate::metainfo::{self, Metainfo};
 use crate::overlay::{Node, Overlay};
+use crate::satellitedb::charges::ChargeStore;
 use crate::satellitedb::payouts::{PayoutBatch, PayoutStore, entry_seq};
 
 /// The `[payouts]` table of the satellite's config.
@@ -314,13 +315,14 @@ fn parse_instant(s: &str) -> Option<i64> {
 }
 
 pub struct Payouts {
-    kv: Arc<dyn Kv>,
     identity: Identity,
     overlay: Arc<Overlay>,
     metainfo: Arc<Metainfo>,
     config: PayoutConfig,
     /// Ledgers, paystubs and period markers.
     store: PayoutStore,
+    /// The owners' data fees (and the projects' charges beside them).
+    charges: ChargeStore,
 }
 
 impl Payouts {
@@ -333,7 +335,7 @@ impl Payouts {
     ) -> Self {
         Self {
             store: PayoutStore::new(kv.clone()),
-            kv,
+            charges: ChargeStore::new(kv),
             identity,
             overlay,
             metainfo,
@@ -345,9 +347,9 @@ impl Payouts {
         &self.config
     }
 
-    /// The database, for the charge and earning records it also holds.
-    pub fn kv(&self) -> &Arc<dyn Kv> {
-        &self.kv
+    /// Projects' charges and owners' earnings.
+    pub fn charges(&self) -> &ChargeStore {
+        &self.charges
     }
 
     /// A data owner's ledger, what it earned since its last paystub, and
@@ -368,7 +370,7 @@ impl Payouts {
                 paid_until = paid_until.max(p.period_end_unix_ms);
             }
         }
-        let (unpaid, per) = crate::charges::owner_earned(&self.kv, project, paid_until)?;
+        let (unpaid, per) = self.charges.owner_earned(project, paid_until)?;
         let mut listings = Vec::new();
         for rec in self
             .metainfo
@@ -559,7 +561,7 @@ impl Payouts {
         }
         // Data owners: their listings' fees, all paid (nothing held back:
         // an owner stores nothing and can vanish with nothing owed).
-        for (owner, earned) in crate::charges::owners_earned(&self.kv, period.start, period.end)? {
+        for (owner, earned) in self.charges.owners_earned(period.start, period.end)? {
             if earned.amount == 0 && earned.sample_epochs == 0 {
                 continue;
             }

@@ -629,15 +629,20 @@ async fn jobs_that_break_a_listings_terms_are_refused_at_submission() {
     // Expired: the hour is moved into the past in the satellite's own
     // record of the listing, as if it had gone by.
     {
-        use loam_satellite::db::Table;
-        let kv = planet.payouts.kv();
-        let mut rec = planet.satellite.market().record(&soon).expect("listing");
-        let listing = rec.listing.as_mut().expect("listing facts");
-        let terms = listing.terms.as_mut().expect("terms");
-        assert_eq!(terms.expires_unix_ms, expires);
-        terms.expires_unix_ms = loam_common::orders::now_ms() - 1;
-        kv.put(Table::Listings, soon.clone(), rec.encode_to_vec())
-            .expect("record");
+        let market = planet.satellite.market();
+        let rec = market.record(&soon).expect("listing");
+        let terms = rec.listing.as_ref().and_then(|l| l.terms.as_ref());
+        assert_eq!(terms.expect("terms").expires_unix_ms, expires);
+        market
+            .listings()
+            .update(&soon, |rec| {
+                let listing = rec.listing.as_mut().expect("listing facts");
+                listing.terms.as_mut().expect("terms").expires_unix_ms =
+                    loam_common::orders::now_ms() - 1;
+                Ok::<_, loam_satellite::db::DbError>(())
+            })
+            .expect("record")
+            .expect("listed");
     }
     refused(
         consumer

@@ -12,7 +12,7 @@
 //! data or keys.
 //!
 //! Accounting hooks for later subsystems: every node's accepted work units
-//! and failed verifications are kept in [`Table::ComputeNodes`].
+//! and failed verifications are kept by [`JobStore`].
 
 pub mod scheduler;
 
@@ -30,13 +30,13 @@ use loam_common::orders::{PieceAction, PieceId, now_ms};
 use loam_common::transport::Endpoint as QuicEndpoint;
 use loam_common::wire::{Frame, FrameReader, FrameWriter, MAX_DATA_FRAME_LEN};
 use loam_common::{NodeId, pb};
-use prost::Message;
+
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{DbError, Kv, Table};
+use crate::db::{DbError, Kv};
 use crate::metainfo::{Metainfo, MetainfoError, ProjectId};
 use crate::overlay::{Node, Overlay};
 use scheduler::{Assignment, NodeView, Output, Round, TaskPlan};
@@ -128,7 +128,7 @@ impl From<cc::SpecError> for ComputeError {
     }
 }
 
-type JobId = [u8; 16];
+use crate::satellitedb::jobs::{FinishedRound, JobId, JobStore};
 
 /// A data row of a dataset: (segment, row), with the records it holds.
 pub type DataRow = ((u32, u32), u64);
@@ -194,10 +194,6 @@ pub fn check_task_keys(rows: &[DataRow], tasks: &[pb::TaskKeys]) -> Result<(), C
 /// How long connecting to a node for a task may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M, DbError> {
-    M::decode(bytes).map_err(|_| DbError::Corrupt(what))
-}
-
 /// A running job: how to stop it and its latest state.
 struct Live {
     cancel: CancellationToken,
@@ -228,20 +224,11 @@ fn job_lease(job_id: &JobId) -> String {
     format!("job:{}", hex::encode(job_id))
 }
 
-/// [`Table::Meta`] key marking a job as running (the jobs any process
-/// may have to resume), and its prefix.
-const RUNNING: &[u8] = b"running-job:";
-fn running_key(job_id: &[u8]) -> Vec<u8> {
-    [RUNNING, job_id].concat()
-}
-
-/// [`Table::Meta`] key of a cancellation asked for at any process.
-fn cancel_key(job_id: &[u8]) -> Vec<u8> {
-    [b"cancel-job:".as_slice(), job_id].concat()
-}
-
 pub struct Compute {
-    kv: Arc<dyn Kv>,
+    /// Jobs, their weights and round state, compute nodes' counters.
+    jobs: JobStore,
+    /// What projects are charged (written with each round).
+    charges: crate::satellitedb::charges::ChargeStore,
     metainfo: Arc<Metainfo>,
     overlay: Arc<Overlay>,
     endpoint: QuicEndpoint,
@@ -259,10 +246,6 @@ pub struct Compute {
     reputation: std::sync::OnceLock<Arc<crate::audit::Reputation>>,
     /// What projects are charged for compute and egress.
     rates: std::sync::OnceLock<Rates>,
-    /// Set once the project-to-jobs index is known to be built.
-    jobs_indexed: crate::db::Built,
-    /// Set once the running-jobs index is known to be built.
-    running_indexed: crate::db::Built,
     /// Job driver leases: one process drives a job at a time.
     leases: crate::lease::Leases,
 }
@@ -296,7 +279,8 @@ impl Compute {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            kv: kv.clone(),
+            jobs: JobStore::new(kv.clone()),
+            charges: crate::satellitedb::charges::ChargeStore::new(kv.clone()),
             metainfo,
             overlay,
             endpoint,
@@ -308,8 +292,6 @@ impl Compute {
             shutdown,
             reputation: std::sync::OnceLock::new(),
             rates: std::sync::OnceLock::new(),
-            jobs_indexed: Default::default(),
-            running_indexed: Default::default(),
             leases: crate::lease::Leases::new(kv),
         }
     }
@@ -583,21 +565,11 @@ impl Compute {
             ..Default::default()
         };
         record.info = Some(info.clone());
-        self.kv.write(vec![
-            crate::db::Op::Expect(Table::Jobs, job_id.to_vec(), None),
-            crate::db::Op::Put(Table::Jobs, job_id.to_vec(), record.encode_to_vec()),
-            crate::db::Op::Put(
-                Table::ProjectJobs,
-                [project.as_slice(), job_id.as_slice()].concat(),
-                Vec::new(),
-            ),
-            crate::db::Op::Put(
-                Table::JobWeights,
-                job_id.to_vec(),
-                cc::weights_to_bytes(&spec.init_weights(params.seed)),
-            ),
-            crate::db::Op::Put(Table::Meta, running_key(&job_id), Vec::new()),
-        ])?;
+        let written = self.jobs.create(
+            &job_id,
+            &record,
+            cc::weights_to_bytes(&spec.init_weights(params.seed)),
+        )?;
         // A new id: nobody else holds its lease.
         self.leases.hold(&job_lease(&job_id), JOB_LEASE, now_ms())?;
         for id in &req.listings {
@@ -606,7 +578,6 @@ impl Compute {
             }
         }
         metrics::counter!("loam_satellite_jobs_submitted_total").increment(1);
-        let written = record.encode_to_vec();
         self.start(job_id, record, written);
         Ok(info)
     }
@@ -863,7 +834,7 @@ impl Compute {
     pub fn month_charges(&self, project: &ProjectId) -> Result<u64, ComputeError> {
         let month = crate::metainfo::month_of(now_ms());
         let (from, _) = crate::metainfo::month_range(&month).unwrap_or((0, i64::MAX));
-        Ok(crate::charges::project_total(&self.kv, project, from)?)
+        Ok(self.charges.project_total(project, from)?)
     }
 
     /// Starts driving, from its last finished round, every running job that
@@ -872,48 +843,31 @@ impl Compute {
     /// died and let its lease lapse. Called at start and every third of
     /// [`JOB_LEASE`].
     pub fn resume_jobs(self: &Arc<Self>) -> Result<usize, ComputeError> {
-        self.running_indexed.ensure(|| {
-            crate::db::index_once(&*self.kv, "running-jobs", Table::Jobs, |k, v| {
-                let rec = pb::JobRecord::decode(v).map_err(|_| DbError::Corrupt("job"))?;
-                let running = rec
-                    .info
-                    .is_some_and(|i| i.state == pb::JobState::JobRunning as i32);
-                Ok(running.then(|| crate::db::Op::Put(Table::Meta, running_key(k), Vec::new())))
-            })
-        })?;
-        let mut ids = Vec::new();
-        crate::db::for_each_page(&*self.kv, Table::Meta, RUNNING, |page| {
-            ids.extend(
-                page.into_iter()
-                    .filter_map(|(k, _)| JobId::try_from(&k[RUNNING.len()..]).ok()),
-            );
-            Ok(())
-        })?;
         let mut n = 0;
-        for id in ids {
+        for id in self.jobs.running()? {
             if self.live.lock().expect("jobs lock").contains_key(&id) {
                 continue;
             }
             if !self.leases.hold(&job_lease(&id), JOB_LEASE, now_ms())? {
                 continue;
             }
-            let raw = self
-                .kv
-                .get(Table::Jobs, &id)?
-                .ok_or(ComputeError::JobNotFound)?;
-            let rec: pb::JobRecord = decode(&raw, "job")?;
-            let running = rec
-                .info
-                .as_ref()
-                .is_some_and(|i| i.state == pb::JobState::JobRunning as i32);
-            if !running {
+            let rec = self.jobs.job(&id)?;
+            let running = rec.as_ref().is_some_and(|r| {
+                r.info
+                    .as_ref()
+                    .is_some_and(|i| i.state == pb::JobState::JobRunning as i32)
+            });
+            let Some(rec) = rec.filter(|_| running) else {
                 // Ended between the index and the record.
-                self.kv
-                    .write(vec![crate::db::Op::Delete(Table::Meta, running_key(&id))])?;
+                match self.jobs.forget_running(&id) {
+                    Ok(()) | Err(DbError::Conflict) => {}
+                    Err(e) => return Err(e.into()),
+                }
                 self.leases.release(&job_lease(&id))?;
                 continue;
-            }
-            self.start(id, rec, raw);
+            };
+            let raw = rec.raw().to_vec();
+            self.start(id, rec.into_inner(), raw);
             n += 1;
         }
         Ok(n)
@@ -957,7 +911,7 @@ impl Compute {
                             tracing::warn!(job = hex::encode(job_id), error = %e, "cannot renew the job's lease")
                         }
                     }
-                    if let Ok(Some(_)) = this.kv.get(Table::Meta, &cancel_key(&job_id)) {
+                    if let Ok(true) = this.jobs.cancel_asked(&job_id) {
                         cancel.cancel();
                         return;
                     }
@@ -972,11 +926,11 @@ impl Compute {
     }
 
     fn record(&self, job_id: &[u8]) -> Result<pb::JobRecord, ComputeError> {
-        let v = self
-            .kv
-            .get(Table::Jobs, job_id)?
-            .ok_or(ComputeError::JobNotFound)?;
-        Ok(decode(&v, "job")?)
+        Ok(self
+            .jobs
+            .job(job_id)?
+            .ok_or(ComputeError::JobNotFound)?
+            .into_inner())
     }
 
     /// The dataset a job of `project` trains on in the project: (bucket,
@@ -1015,25 +969,16 @@ impl Compute {
     /// Jobs running now, and jobs ever submitted (counted a page of index
     /// keys at a time, never loading the jobs).
     pub fn job_counts(&self) -> Result<(u64, u64), ComputeError> {
-        self.index_jobs()?;
-        let mut total = 0u64;
-        crate::db::for_each_page(&*self.kv, Table::ProjectJobs, b"", |page| {
-            total += page.len() as u64;
-            Ok(())
-        })?;
+        let total = self.jobs.count()?;
         let running = self.live.lock().expect("jobs lock").len() as u64;
         Ok((running, total))
     }
 
     /// A project's jobs, oldest first, through the project's job index.
     pub fn list(&self, project: &ProjectId) -> Result<Vec<pb::JobInfo>, ComputeError> {
-        self.index_jobs()?;
-        let mut ids = Vec::new();
-        crate::db::for_each_page(&*self.kv, Table::ProjectJobs, project, |page| {
-            ids.extend(page.into_iter().map(|(k, _)| k[project.len()..].to_vec()));
-            Ok(())
-        })?;
-        let mut out = ids
+        let mut out = self
+            .jobs
+            .of_project(project)?
             .iter()
             .map(|id| self.job(project, id))
             .collect::<Result<Vec<_>, _>>()?;
@@ -1041,26 +986,11 @@ impl Compute {
         Ok(out)
     }
 
-    /// Builds the project-to-jobs index of a database from before it, once.
-    fn index_jobs(&self) -> Result<(), ComputeError> {
-        self.jobs_indexed.ensure(|| {
-            crate::db::index_once(&*self.kv, "project-jobs", Table::Jobs, |k, v| {
-                let rec = pb::JobRecord::decode(v).map_err(|_| DbError::Corrupt("job"))?;
-                Ok(Some(crate::db::Op::Put(
-                    Table::ProjectJobs,
-                    [rec.project_id.as_ref(), k].concat(),
-                    Vec::new(),
-                )))
-            })
-        })?;
-        Ok(())
-    }
-
     pub fn cancel(&self, project: &ProjectId, job_id: &[u8]) -> Result<pb::JobInfo, ComputeError> {
         let info = self.job(project, job_id)?;
         if info.state == pb::JobState::JobRunning as i32 {
             // Heard by the driver wherever it runs.
-            self.kv.put(Table::Meta, cancel_key(job_id), vec![1])?;
+            self.jobs.ask_cancel(job_id)?;
         }
         if let Ok(id) = JobId::try_from(job_id)
             && let Some(l) = self.live.lock().expect("jobs lock").get(&id)
@@ -1078,8 +1008,8 @@ impl Compute {
     ) -> Result<pb::JobWeightsResponse, ComputeError> {
         self.job(project, &req.job_id)?;
         let w = self
-            .kv
-            .get(Table::JobWeights, &req.job_id)?
+            .jobs
+            .weights(&req.job_id)?
             .ok_or(ComputeError::JobNotFound)?;
         let start = (req.offset as usize).min(w.len());
         let end = (start + (512 << 10)).min(w.len());
@@ -1091,28 +1021,7 @@ impl Compute {
 
     /// Compute accounting of every node that ran tasks.
     pub fn node_stats(&self) -> Result<HashMap<NodeId, pb::ComputeStats>, ComputeError> {
-        let mut out = HashMap::new();
-        crate::db::for_each_page(&*self.kv, Table::ComputeNodes, b"", |page| {
-            for (k, v) in page {
-                let rec = pb::ComputeRecord::decode(v.as_slice())
-                    .map_err(|_| DbError::Corrupt("compute record"))?;
-                if let Ok(id) = NodeId::try_from(k.as_slice()) {
-                    out.insert(id, rec.stats.unwrap_or_default());
-                }
-            }
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    fn account(&self, node: NodeId, f: impl FnOnce(&mut pb::ComputeStats)) -> Result<(), DbError> {
-        let key = node.as_bytes().to_vec();
-        let mut rec: pb::ComputeRecord = match self.kv.get(Table::ComputeNodes, &key)? {
-            Some(v) => decode(&v, "compute record")?,
-            None => pb::ComputeRecord::default(),
-        };
-        f(rec.stats.get_or_insert_with(Default::default));
-        self.kv.put(Table::ComputeNodes, key, rec.encode_to_vec())
+        Ok(self.jobs.node_stats()?)
     }
 
     fn publish(&self, job_id: &JobId, info: &pb::JobInfo) {
@@ -1191,20 +1100,7 @@ impl Compute {
             .expect("jobs lock")
             .get(&job_id)
             .map(|l| l.written.clone());
-        let mut ops = vec![
-            crate::db::Op::Expect(Table::Jobs, job_id.to_vec(), last),
-            crate::db::Op::Put(Table::Jobs, job_id.to_vec(), record.encode_to_vec()),
-        ];
-        for key in [
-            server_state_key(&job_id),
-            best_weights_key(&job_id),
-            drift_key(&job_id),
-        ] {
-            ops.push(crate::db::Op::Delete(Table::JobWeights, key));
-        }
-        ops.push(crate::db::Op::Delete(Table::Meta, running_key(&job_id)));
-        ops.push(crate::db::Op::Delete(Table::Meta, cancel_key(&job_id)));
-        match self.kv.write(ops) {
+        match self.jobs.finish(&job_id, last.as_deref(), &record) {
             Ok(()) => {}
             Err(DbError::Conflict) => tracing::warn!(
                 job = hex::encode(job_id),
@@ -1240,8 +1136,8 @@ impl Compute {
         let project = ProjectId::try_from(record.project_id.as_ref())
             .map_err(|_| "stored job has a bad project")?;
         let mut weights = self
-            .kv
-            .get(Table::JobWeights, job_id)
+            .jobs
+            .weights(job_id)
             .map_err(|e| e.to_string())?
             .and_then(|b| cc::weights_from_bytes(&b))
             .filter(|w| w.len() == spec.params())
@@ -1249,22 +1145,14 @@ impl Compute {
         // A job stored before there was a choice has none: plain FedAvg.
         let settings = Choice::try_from(&info.aggregation.unwrap_or_default())?
             .settings(self.config.norm_factor);
-        let state_key = server_state_key(job_id);
-        let mut state = match self
-            .kv
-            .get(Table::JobWeights, &state_key)
-            .map_err(|e| e.to_string())?
-        {
+        let stored = self.jobs.round_state(job_id).map_err(|e| e.to_string())?;
+        let mut state = match stored.server_state {
             Some(b) => ServerState::from_bytes(&b).ok_or("stored job has a bad server state")?,
             None => ServerState::default(),
         };
         // SCAFFOLD's control variates, kept beside the weights.
         let mut drift = if settings.algorithm.corrects_drift() {
-            match self
-                .kv
-                .get(Table::JobWeights, &drift_key(job_id))
-                .map_err(|e| e.to_string())?
-            {
+            match stored.drift {
                 Some(b) => {
                     Some(Drift::from_bytes(&b).ok_or("stored job has bad control variates")?)
                 }
@@ -1478,7 +1366,7 @@ impl Compute {
                 .sum::<f64>()
                 / samples.max(1) as f64) as f32
         };
-        let (charge, charge_ops) = self.charge_round(job_id, record, spec, &kept, round)?;
+        let charge = self.charge_round(job_id, record, spec, &kept, round)?;
         let mut units = 0.0;
         for (node, s) in &outcome.credited {
             let micro = work_micro_units(spec.params(), *s).ok_or("work units overflow")?;
@@ -1489,22 +1377,26 @@ impl Compute {
                 .accounting()
                 .add_work(node, loam_common::orders::now_ms(), micro)
                 .map_err(db)?;
-            self.account(*node, |st| {
-                st.work_units += u;
-                st.tasks_accepted += 1;
-            })
-            .map_err(db)?;
+            self.jobs
+                .account(node, |st| {
+                    st.work_units += u;
+                    st.tasks_accepted += 1;
+                })
+                .map_err(db)?;
         }
         for node in &outcome.verification_failures {
             metrics::counter!("loam_satellite_compute_verification_failures_total").increment(1);
-            self.account(*node, |st| st.verification_failures += 1)
+            self.jobs
+                .account(node, |st| st.verification_failures += 1)
                 .map_err(db)?;
             if let Some(r) = self.reputation.get() {
                 r.record(node, crate::audit::Outcome::Failure).map_err(db)?;
             }
         }
         for node in &outcome.failed_runs {
-            self.account(*node, |st| st.tasks_failed += 1).map_err(db)?;
+            self.jobs
+                .account(node, |st| st.tasks_failed += 1)
+                .map_err(db)?;
         }
         // The weights this round started from, as the tasks' held-out
         // records judge them (every task that trained, outvoted or not:
@@ -1553,14 +1445,10 @@ impl Compute {
             .map(|h| (h.val_records > 0).then_some(f64::from(h.val_loss)))
             .collect();
         let early = early_stop(&losses, info.patience);
-        let mut ops = Vec::new();
+        let mut best_weights = None;
         if let Some((best, _)) = early.best {
             if best == round && info.patience > 0 {
-                ops.push(crate::db::Op::Put(
-                    Table::JobWeights,
-                    best_weights_key(job_id),
-                    cc::weights_to_bytes(old),
-                ));
+                best_weights = Some(cc::weights_to_bytes(old));
             }
             info.best_round = best;
         }
@@ -1570,8 +1458,8 @@ impl Compute {
             new = if best == round {
                 old.to_vec()
             } else {
-                self.kv
-                    .get(Table::JobWeights, &best_weights_key(job_id))
+                self.jobs
+                    .best_weights(job_id)
                     .map_err(db)?
                     .and_then(|b| cc::weights_from_bytes(&b))
                     .filter(|w| w.len() == old.len())
@@ -1582,35 +1470,24 @@ impl Compute {
                 info.patience
             );
         }
-        ops.extend([
-            crate::db::Op::Put(
-                Table::JobWeights,
-                job_id.to_vec(),
-                cc::weights_to_bytes(&new),
-            ),
-            crate::db::Op::Put(
-                Table::JobWeights,
-                server_state_key(job_id),
-                state.to_bytes(),
-            ),
-        ]);
-        let written = record.encode_to_vec();
         let last = self
             .live
             .lock()
             .expect("jobs lock")
             .get(job_id)
             .map(|l| l.written.clone());
-        ops.extend([
-            crate::db::Op::Expect(Table::Jobs, job_id.to_vec(), last),
-            crate::db::Op::Put(Table::Jobs, job_id.to_vec(), written.clone()),
-        ]);
-        if let Some(b) = drift_bytes {
-            ops.push(crate::db::Op::Put(Table::JobWeights, drift_key(job_id), b));
-        }
-        ops.extend(charge_ops);
-        match self.kv.write(ops) {
-            Ok(()) => {}
+        let round_left = FinishedRound {
+            weights: cc::weights_to_bytes(&new),
+            server_state: state.to_bytes(),
+            drift: drift_bytes,
+            best: best_weights,
+            charge: Some(&charge),
+        };
+        let written = match self
+            .jobs
+            .commit_round(job_id, last.as_deref(), record, round_left)
+        {
+            Ok(written) => written,
             Err(DbError::Conflict) => {
                 // Someone else committed a round of this job: this driver
                 // is stale. It stops; the job goes on where it is driven.
@@ -1621,7 +1498,7 @@ impl Compute {
                 return Err("another satellite process drives this job now".into());
             }
             Err(e) => return Err(db(e)),
-        }
+        };
         if let Some(l) = self.live.lock().expect("jobs lock").get_mut(job_id) {
             l.written = written;
         }
@@ -1642,7 +1519,7 @@ impl Compute {
         spec: &ModelSpec,
         kept: &[(scheduler::TaskId, NodeId, Output)],
         round: u32,
-    ) -> Result<(pb::ChargeRecord, Vec<crate::db::Op>), String> {
+    ) -> Result<pb::ChargeRecord, String> {
         let db = |e: DbError| e.to_string();
         let rates = self.rates();
         let mut micro = 0u64;
@@ -1707,8 +1584,7 @@ impl Compute {
             .chain([compute_amount, egress_amount])
             .try_fold(0u64, u64::checked_add)
             .ok_or("charges overflow")?;
-        let ops = crate::charges::record_ops(&record.project_id, &charge);
-        Ok((charge, ops))
+        Ok(charge)
     }
 
     fn node_view(&self, now: i64) -> NodeView {
@@ -1737,7 +1613,7 @@ impl Compute {
     /// be false: a failed verification, with what that costs.
     fn record_misreport(&self, node: NodeId) {
         metrics::counter!("loam_satellite_compute_verification_failures_total").increment(1);
-        if let Err(e) = self.account(node, |st| st.verification_failures += 1) {
+        if let Err(e) = self.jobs.account(&node, |st| st.verification_failures += 1) {
             tracing::error!(error = %e, "cannot account a verification failure");
         }
         if let Some(r) = self.reputation.get()
@@ -2069,20 +1945,6 @@ impl Drop for Slots<'_> {
 /// Where a job's server optimizer state is kept, beside its weights.
 /// Most rounds a job may wait for a better validation loss.
 pub const MAX_PATIENCE: u32 = 100;
-
-/// Where a job that stops by validation keeps its best weights so far.
-fn best_weights_key(job_id: &JobId) -> Vec<u8> {
-    [job_id.as_slice(), b"/best"].concat()
-}
-
-fn server_state_key(job_id: &JobId) -> Vec<u8> {
-    [&job_id[..], b"/server-state"].concat()
-}
-
-/// Where a SCAFFOLD job keeps its control variates.
-fn drift_key(job_id: &JobId) -> Vec<u8> {
-    [&job_id[..], b"/drift"].concat()
-}
 
 /// A task's key among a job's control variates: dataset, segment and row
 /// side by side (rows are fewer than 2^16, datasets of a job too).

@@ -9,6 +9,8 @@
 //! again).
 
 pub mod accounting;
+pub mod charges;
+pub mod jobs;
 pub mod keys;
 pub mod listings;
 pub mod metabase;
