@@ -716,6 +716,24 @@ mod tests {
         ]);
         assert!(matches!(wrong, Err(DbError::Conflict)), "{wrong:?}");
         assert_eq!(kv.get(Table::Meta, b"g").expect("get"), None);
+        // A key expected absent and not written stays absent; two
+        // expectations of one key that differ never hold.
+        kv.write(vec![
+            Op::Expect(Table::Meta, b"absent".to_vec(), None),
+            Op::Expect(Table::Meta, b"e".to_vec(), Some(b"1".to_vec())),
+            Op::Put(Table::Meta, b"g".to_vec(), vec![]),
+        ])
+        .expect("holds");
+        assert_eq!(kv.get(Table::Meta, b"absent").expect("get"), None);
+        let both = kv.write(vec![
+            Op::Expect(Table::Meta, b"e".to_vec(), Some(b"1".to_vec())),
+            Op::Expect(Table::Meta, b"e".to_vec(), None),
+            Op::Delete(Table::Meta, b"g".to_vec()),
+        ]);
+        assert!(matches!(both, Err(DbError::Conflict)), "{both:?}");
+        assert_eq!(kv.get(Table::Meta, b"g").expect("get"), Some(vec![]));
+        kv.write(vec![Op::Delete(Table::Meta, b"g".to_vec())])
+            .expect("delete");
         // Within one batch the last change to a key wins.
         kv.write(vec![
             Op::Expect(Table::Meta, b"e".to_vec(), Some(b"1".to_vec())),
@@ -781,9 +799,56 @@ mod tests {
         );
     }
 
+    /// Two batches that each expect absent what the other writes (write
+    /// skew), started together over and over: never both apply. Also with
+    /// the expectation on a row that is there and only read.
+    fn no_write_skew(a: &dyn Kv, b: &dyn Kv) {
+        const ROUNDS: usize = 40;
+        for round in 0..ROUNDS {
+            let key = |name: &str| format!("skew/{round}/{name}").into_bytes();
+            let shared = round % 2 == 1;
+            if shared {
+                a.put(Table::Meta, key("base"), b"1".to_vec()).expect("put");
+            }
+            let start = std::sync::Barrier::new(2);
+            let applied = std::thread::scope(|s| {
+                let one = |kv: &'static str, me: &'static str, other: &'static str| {
+                    let (start, key) = (&start, &key);
+                    let kv: &dyn Kv = if kv == "a" { a } else { b };
+                    move || {
+                        let mut ops = vec![
+                            Op::Expect(Table::Meta, key(other), None),
+                            Op::Put(Table::Meta, key(me), vec![1]),
+                        ];
+                        if shared {
+                            ops.push(Op::Expect(Table::Meta, key("base"), Some(b"1".to_vec())));
+                        }
+                        start.wait();
+                        match kv.write(ops) {
+                            Ok(()) => 1,
+                            Err(DbError::Conflict) => 0,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                };
+                let x = s.spawn(one("a", "x", "y"));
+                let y = s.spawn(one("b", "y", "x"));
+                x.join().expect("x") + y.join().expect("y")
+            });
+            let written = [key("x"), key("y")]
+                .iter()
+                .filter(|k| a.get(Table::Meta, k).expect("get").is_some())
+                .count();
+            assert!(applied <= 1, "round {round}: both batches applied");
+            assert_eq!(written, applied, "round {round}");
+        }
+    }
+
     #[test]
     fn memory_backend() {
         exercise(&MemKv::default());
+        let kv = MemKv::default();
+        no_write_skew(&kv, &kv);
     }
 
     #[test]
@@ -792,6 +857,7 @@ mod tests {
         let kv = RocksKv::open_with(dir.path(), false).expect("open");
         exercise(&kv);
         no_lost_updates(&[&kv]);
+        no_write_skew(&kv, &kv);
     }
 
     #[test]
@@ -809,6 +875,7 @@ mod tests {
         exercise(&a);
         let b = crate::pg::PgKv::connect(&url).expect("a second process connects");
         no_lost_updates(&[&a, &b]);
+        no_write_skew(&a, &b);
         // Migrating again is a no-op.
         drop(crate::pg::PgKv::connect(&url).expect("again"));
         // A RocksDB satellite's tables copy over whole, into an empty

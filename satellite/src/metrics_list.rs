@@ -12,7 +12,11 @@ pub fn describe(nodes_online: usize) {
     );
     describe_counter!(
         "loam_satellite_db_statements_total",
-        "Statements sent to a PostgreSQL database, by table and statement (get, scan, expect, put, delete)"
+        "Statements sent to a PostgreSQL database, by table and statement (get, scan, expect, create, guard, put, delete)"
+    );
+    describe_counter!(
+        "loam_satellite_db_retries_total",
+        "PostgreSQL transactions tried again after a deadlock or serialization failure"
     );
     describe_gauge!(
         "loam_satellite_nodes_online",

@@ -2,11 +2,12 @@
 //! processes.
 //!
 //! Each [`Table`] is a SQL table `kv_<name> (k BYTEA PRIMARY KEY, v BYTEA)`;
-//! a batch is one SERIALIZABLE transaction (its [`Op::Expect`]s read first,
-//! then one upsert and one delete per table), retried when the database
-//! reports a serialization failure. The SQL stays within what CockroachDB
-//! and YugabyteDB also accept: `ON CONFLICT`, `UNNEST`, `= ANY`, no
-//! extensions.
+//! a batch is one READ COMMITTED transaction that locks the rows it
+//! expects (its [`Op::Expect`]s) before its writes and commits only if they
+//! held, in one pipelined round trip (see [`Plan`]); it is tried again when
+//! the database reports a deadlock or a serialization failure. The SQL
+//! stays within what CockroachDB and YugabyteDB also accept: `ON
+//! CONFLICT`, `UNNEST`, `= ANY`, `FOR UPDATE` / `FOR SHARE`, no extensions.
 //!
 //! [`Kv`] is synchronous (the services call it as they call RocksDB), so
 //! the connection pool lives on a small runtime of its own and each call
@@ -19,6 +20,7 @@
 //! [`Cluster`] starts a throwaway PostgreSQL server (tests, `testnet run
 //! --database postgres`).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,7 +31,7 @@ use tokio_postgres::IsolationLevel;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
-use crate::db::{DbError, Expectation, Kv, Op, Pairs, Table, split_batch};
+use crate::db::{DbError, Kv, Op, Pairs, Table, split_batch};
 
 /// Connections each satellite process keeps to the database.
 const POOL_SIZE: usize = 16;
@@ -304,24 +306,11 @@ impl Kv for PgKv {
         }
         let pool = self.pool.clone();
         self.call(async move {
-            let (expects, changes) = split_batch(ops);
-            // One upsert and one delete per table.
-            let mut puts = Puts::new();
-            let mut deletes = Deletes::new();
-            for ((t, k), v) in changes {
-                match v {
-                    Some(v) => {
-                        let e = puts.entry(t).or_default();
-                        e.0.push(k);
-                        e.1.push(v);
-                    }
-                    None => deletes.entry(t).or_default().push(k),
-                }
-            }
+            let plan = Plan::new(ops);
             let mut c = client(&pool).await?;
             let mut attempt = 0;
             loop {
-                match write_once(&mut c, &expects, &puts, &deletes).await {
+                match plan.try_once(&mut c).await {
                     Ok(true) => return Ok(()),
                     Ok(false) => return Err(DbError::Conflict),
                     Err(e) if retryable(&e) => {
@@ -329,6 +318,7 @@ impl Kv for PgKv {
                             return Err(DbError::Conflict);
                         }
                         attempt += 1;
+                        metrics::counter!("loam_satellite_db_retries_total").increment(1);
                         let jitter = rand::random::<u64>() % (200 * u64::from(attempt));
                         tokio::time::sleep(Duration::from_micros(jitter)).await;
                     }
@@ -376,72 +366,202 @@ impl Kv for PgKv {
     }
 }
 
-type Puts = std::collections::BTreeMap<Table, (Vec<Vec<u8>>, Vec<Vec<u8>>)>;
-type Deletes = std::collections::BTreeMap<Table, Vec<Vec<u8>>>;
+/// Keys and values by table.
+type Rows = BTreeMap<Table, (Vec<Vec<u8>>, Vec<Vec<u8>>)>;
 
-/// One try of a batch: `Ok(false)` when an expectation did not hold.
-async fn write_once(
-    c: &mut deadpool_postgres::Object,
-    expects: &[Expectation],
-    puts: &Puts,
-    deletes: &Deletes,
-) -> Result<bool, tokio_postgres::Error> {
-    let tx = c
-        .build_transaction()
-        .isolation_level(IsolationLevel::Serializable)
-        .start()
-        .await?;
-    // The expectations are read pipelined: one round trip for all of them.
-    let mut reads = Vec::with_capacity(expects.len());
-    for (t, _, _) in expects {
-        count(*t, "expect");
-        let sql = format!("SELECT v FROM {} WHERE k = $1", sql_table(*t));
-        reads.push(tx.prepare_cached(&sql).await?);
+/// What one batch does in PostgreSQL, worked out once and tried until it
+/// commits.
+///
+/// A batch runs as one READ COMMITTED transaction that locks what it
+/// expects before it writes, so that no other batch can change those rows
+/// between the check and the commit (two-phase locking on exactly the
+/// batch's keys, rather than SERIALIZABLE's predicate locks, which
+/// conflict whenever two batches touch the same index page: every commit
+/// into one bucket did):
+/// - a row expected present is read `FOR UPDATE` when the batch writes
+///   it, `FOR SHARE` when it only expects it (a bucket: commits into it
+///   share it, its deletion waits for them); a writer that got there
+///   first makes the read wait and then see what it wrote;
+/// - a row expected absent that the batch puts is inserted with `ON
+///   CONFLICT DO NOTHING`: a row there, or one another transaction is
+///   inserting and then commits, makes it insert nothing, which fails the
+///   expectation;
+/// - a row expected absent that the batch does not put is held the same
+///   way by an empty row the transaction inserts and deletes again, so
+///   that nobody creates it meanwhile.
+///
+/// Expectations are taken in key order, and every statement of a try goes
+/// in one pipelined round trip; the try commits only if every expectation
+/// held, and rolls back otherwise.
+struct Plan {
+    /// Expected present: table, key, value, and whether the batch writes
+    /// the row; in key order.
+    held: Vec<(Table, Vec<u8>, Vec<u8>, bool)>,
+    /// Expected absent and put: inserted only if still absent.
+    creates: Rows,
+    /// Expected absent and not put: guarded for the transaction.
+    guards: BTreeMap<Table, Vec<Vec<u8>>>,
+    /// Two expectations of one key that differ: the batch cannot apply.
+    contradictory: bool,
+    upserts: Rows,
+    deletes: BTreeMap<Table, Vec<Vec<u8>>>,
+}
+
+impl Plan {
+    fn new(ops: Vec<Op>) -> Self {
+        let (expects, mut changes) = split_batch(ops);
+        let mut wanted: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
+        let mut contradictory = false;
+        for (t, k, v) in expects {
+            match wanted.entry((t, k)) {
+                std::collections::btree_map::Entry::Occupied(e) => {
+                    contradictory |= *e.get() != v;
+                }
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(v);
+                }
+            }
+        }
+        let mut plan = Plan {
+            held: Vec::new(),
+            creates: Rows::new(),
+            guards: BTreeMap::new(),
+            contradictory,
+            upserts: Rows::new(),
+            deletes: BTreeMap::new(),
+        };
+        for ((t, k), want) in wanted {
+            match want {
+                Some(v) => {
+                    let writes = changes.contains_key(&(t, k.clone()));
+                    plan.held.push((t, k, v, writes));
+                }
+                None => match changes.remove(&(t, k.clone())) {
+                    Some(Some(v)) => {
+                        let e = plan.creates.entry(t).or_default();
+                        e.0.push(k);
+                        e.1.push(v);
+                    }
+                    // Expected absent and deleted: the delete has nothing
+                    // to do, the guard goes with it.
+                    Some(None) | None => plan.guards.entry(t).or_default().push(k),
+                },
+            }
+        }
+        for ((t, k), v) in changes {
+            match v {
+                Some(v) => {
+                    let e = plan.upserts.entry(t).or_default();
+                    e.0.push(k);
+                    e.1.push(v);
+                }
+                None => plan.deletes.entry(t).or_default().push(k),
+            }
+        }
+        plan
     }
-    let keys: Vec<[&(dyn ToSql + Sync); 1]> = expects.iter().map(|(_, k, _)| [k as _]).collect();
-    let have = futures::future::try_join_all(
-        reads
+
+    /// One try: `Ok(false)` when an expectation did not hold.
+    async fn try_once(
+        &self,
+        c: &mut deadpool_postgres::Object,
+    ) -> Result<bool, tokio_postgres::Error> {
+        if self.contradictory {
+            return Ok(false);
+        }
+        let tx = c
+            .build_transaction()
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .start()
+            .await?;
+        // Every statement, in the order it runs, with what it must return
+        // for the batch's expectations to hold.
+        let mut stmts = Vec::new();
+        let mut params: Vec<Vec<&(dyn ToSql + Sync)>> = Vec::new();
+        let mut checks: Vec<Check<'_>> = Vec::new();
+        for (t, k, v, writes) in &self.held {
+            count(*t, "expect");
+            let lock = if *writes { "UPDATE" } else { "SHARE" };
+            let sql = format!("SELECT v FROM {} WHERE k = $1 FOR {lock}", sql_table(*t));
+            stmts.push(tx.prepare_cached(&sql).await?);
+            params.push(vec![k as _]);
+            checks.push(Check::Value(v));
+        }
+        let insert = |t: Table| {
+            format!(
+                "INSERT INTO {} (k, v) SELECT * FROM UNNEST($1::BYTEA[], $2::BYTEA[]) \
+                 ON CONFLICT (k) DO NOTHING RETURNING k",
+                sql_table(t)
+            )
+        };
+        for (t, (keys, values)) in &self.creates {
+            count(*t, "create");
+            stmts.push(tx.prepare_cached(&insert(*t)).await?);
+            params.push(vec![keys as _, values as _]);
+            checks.push(Check::Rows(keys.len()));
+        }
+        let empties: BTreeMap<Table, Vec<Vec<u8>>> = self
+            .guards
             .iter()
-            .zip(&keys)
-            .map(|(stmt, k)| tx.query_opt(stmt, &k[..])),
-    )
-    .await?;
-    let held = have
-        .into_iter()
-        .zip(expects)
-        .all(|(row, (_, _, want))| row.map(|r| r.get::<_, Vec<u8>>(0)) == *want);
-    if !held {
-        tx.rollback().await?;
-        return Ok(false);
+            .map(|(t, keys)| (*t, vec![Vec::new(); keys.len()]))
+            .collect();
+        for (t, keys) in &self.guards {
+            count(*t, "guard");
+            stmts.push(tx.prepare_cached(&insert(*t)).await?);
+            params.push(vec![keys as _, &empties[t] as _]);
+            checks.push(Check::Rows(keys.len()));
+        }
+        for (t, (keys, values)) in &self.upserts {
+            count(*t, "put");
+            let sql = format!(
+                "INSERT INTO {} (k, v) SELECT * FROM UNNEST($1::BYTEA[], $2::BYTEA[]) \
+                 ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+                sql_table(*t)
+            );
+            stmts.push(tx.prepare_cached(&sql).await?);
+            params.push(vec![keys as _, values as _]);
+            checks.push(Check::None);
+        }
+        let delete = |t: Table| format!("DELETE FROM {} WHERE k = ANY($1)", sql_table(t));
+        for (t, keys) in self.deletes.iter().chain(&self.guards) {
+            count(*t, "delete");
+            stmts.push(tx.prepare_cached(&delete(*t)).await?);
+            params.push(vec![keys as _]);
+            checks.push(Check::None);
+        }
+        let results = futures::future::try_join_all(
+            stmts
+                .iter()
+                .zip(&params)
+                .map(|(stmt, p)| tx.query(stmt, p.as_slice())),
+        )
+        .await?;
+        let held = results
+            .iter()
+            .zip(&checks)
+            .all(|(rows, check)| match check {
+                Check::Value(want) => {
+                    rows.first().map(|r| r.get::<_, &[u8]>(0)) == Some(want.as_slice())
+                }
+                Check::Rows(n) => rows.len() == *n,
+                Check::None => true,
+            });
+        if held {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(held)
     }
-    // Then every upsert and delete, pipelined too.
-    let mut changes = Vec::new();
-    for t in puts.keys() {
-        count(*t, "put");
-        let sql = format!(
-            "INSERT INTO {} (k, v) SELECT * FROM UNNEST($1::BYTEA[], $2::BYTEA[]) \
-             ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
-            sql_table(*t)
-        );
-        changes.push(tx.prepare_cached(&sql).await?);
-    }
-    for t in deletes.keys() {
-        count(*t, "delete");
-        let sql = format!("DELETE FROM {} WHERE k = ANY($1)", sql_table(*t));
-        changes.push(tx.prepare_cached(&sql).await?);
-    }
-    let params: Vec<Vec<&(dyn ToSql + Sync)>> = puts
-        .values()
-        .map(|(keys, values)| vec![keys as _, values as _])
-        .chain(deletes.values().map(|keys| vec![keys as _]))
-        .collect();
-    let runs = changes
-        .iter()
-        .zip(&params)
-        .map(|(stmt, p)| tx.execute(stmt, p.as_slice()));
-    futures::future::try_join_all(runs).await?;
-    tx.commit().await?;
-    Ok(true)
+}
+
+/// What a statement of a batch must return.
+enum Check<'a> {
+    /// The expected row's value.
+    Value(&'a Vec<u8>),
+    /// One row for each key it inserts.
+    Rows(usize),
+    None,
 }
 
 /// A throwaway PostgreSQL server on 127.0.0.1 for tests and test networks:
@@ -507,7 +627,7 @@ impl Cluster {
             let conf = format!(
                 "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = ''\n\
                  fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-                 max_connections = 300\nshared_buffers = 128MB\n",
+                 max_connections = 300\nshared_buffers = 128MB\ndeadlock_timeout = 100ms\n",
                 cluster.port
             );
             cluster.write_conf(&conf)?;
