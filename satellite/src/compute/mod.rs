@@ -16,7 +16,7 @@
 
 pub mod scheduler;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -128,7 +128,7 @@ impl From<cc::SpecError> for ComputeError {
     }
 }
 
-use crate::satellitedb::jobs::{FinishedRound, JobId, JobStore};
+use crate::satellitedb::jobs::{FinishedRound, JobId, JobStore, NodeCredit};
 
 /// A data row of a dataset: (segment, row), with the records it holds.
 pub type DataRow = ((u32, u32), u64);
@@ -1367,36 +1367,28 @@ impl Compute {
                 / samples.max(1) as f64) as f32
         };
         let charge = self.charge_round(job_id, record, spec, &kept, round)?;
+        // Credited with the round's commit (none if this driver is stale).
+        let mut credits: BTreeMap<NodeId, NodeCredit> = BTreeMap::new();
         let mut units = 0.0;
         for (node, s) in &outcome.credited {
             let micro = work_micro_units(spec.params(), *s).ok_or("work units overflow")?;
-            let u = micro as f64 / 1e6;
-            units += u;
-            self.metainfo
-                .orders()
-                .accounting()
-                .add_work(node, loam_common::orders::now_ms(), micro)
-                .map_err(db)?;
-            self.jobs
-                .account(node, |st| {
-                    st.work_units += u;
-                    st.tasks_accepted += 1;
-                })
-                .map_err(db)?;
+            units += micro as f64 / 1e6;
+            let c = credits.entry(*node).or_default();
+            c.micro_units = c
+                .micro_units
+                .checked_add(micro)
+                .ok_or("work units overflow")?;
+            c.tasks_accepted += 1;
         }
         for node in &outcome.verification_failures {
             metrics::counter!("loam_satellite_compute_verification_failures_total").increment(1);
-            self.jobs
-                .account(node, |st| st.verification_failures += 1)
-                .map_err(db)?;
+            credits.entry(*node).or_default().verification_failures += 1;
             if let Some(r) = self.reputation.get() {
                 r.record(node, crate::audit::Outcome::Failure).map_err(db)?;
             }
         }
         for node in &outcome.failed_runs {
-            self.jobs
-                .account(node, |st| st.tasks_failed += 1)
-                .map_err(db)?;
+            credits.entry(*node).or_default().tasks_failed += 1;
         }
         // The weights this round started from, as the tasks' held-out
         // records judge them (every task that trained, outvoted or not:
@@ -1482,6 +1474,8 @@ impl Compute {
             drift: drift_bytes,
             best: best_weights,
             charge: Some(&charge),
+            credits,
+            at_ms: now_ms(),
         };
         let written = match self
             .jobs

@@ -22,7 +22,7 @@ use loam_common::{NodeId, pb};
 use prost::Message;
 
 use super::{delete_where, walk};
-use crate::db::{DbError, Kv, Op, Table, transact};
+use crate::db::{DbError, Kv, Op, Table, Txn, transact};
 use crate::metainfo::ProjectId;
 
 const LAST_TALLY: &[u8] = b"last_tally_unix_ms";
@@ -338,20 +338,8 @@ impl AccountingStore {
 
     /// Adds `micro_units` (work units × 10⁶) accepted from `node` at `t`.
     pub fn add_work(&self, node: &NodeId, t: i64, micro_units: u64) -> Result<(), DbError> {
-        let key = window_key(node, t);
         transact(self.kv.as_ref(), |txn| {
-            let old = txn
-                .get(Table::ComputeRollups, &key)?
-                .map_or(0, |v| u64_value(&v));
-            let new = old
-                .checked_add(micro_units)
-                .ok_or(DbError::Overflow("compute rollup"))?;
-            txn.put(
-                Table::ComputeRollups,
-                key.clone(),
-                new.to_be_bytes().to_vec(),
-            );
-            Ok(())
+            add_work_in(txn, node, t, micro_units)
         })
     }
 
@@ -371,6 +359,25 @@ impl AccountingStore {
 
 /// One suite for accounting on every backend; two stores on one database
 /// stand for two satellite processes.
+/// [`AccountingStore::add_work`] inside the caller's transaction, so that
+/// a credit lands with what it pays for (a job's round) or not at all.
+pub(crate) fn add_work_in(
+    txn: &mut Txn<'_>,
+    node: &NodeId,
+    t: i64,
+    micro_units: u64,
+) -> Result<(), DbError> {
+    let key = window_key(node, t);
+    let old = txn
+        .get(Table::ComputeRollups, &key)?
+        .map_or(0, |v| u64_value(&v));
+    let new = old
+        .checked_add(micro_units)
+        .ok_or(DbError::Overflow("compute rollup"))?;
+    txn.put(Table::ComputeRollups, key, new.to_be_bytes().to_vec());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

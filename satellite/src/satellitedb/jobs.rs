@@ -20,15 +20,16 @@
 //! (protobuf [`pb::ComputeRecord`]); charges as
 //! [`super::charges`] lays them out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use loam_common::{NodeId, pb};
 use prost::Message;
 
+use super::accounting::add_work_in;
 use super::{Stored, decode, stored, walk};
-use crate::db::{Built, DbError, Kv, Op, Table, index_once, transact};
+use crate::db::{Built, DbError, Kv, Op, Table, Txn, index_once, transact};
 
 /// A job's id.
 pub type JobId = [u8; 16];
@@ -61,6 +62,16 @@ fn is_running(rec: &pb::JobRecord) -> bool {
         .is_some_and(|i| i.state == pb::JobState::JobRunning as i32)
 }
 
+/// What a round did for one compute node: credited with the round.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct NodeCredit {
+    /// Accepted work, work units × 10⁶ (what payouts pay).
+    pub micro_units: u64,
+    pub tasks_accepted: u64,
+    pub verification_failures: u64,
+    pub tasks_failed: u64,
+}
+
 /// What a finished round leaves behind, written with the job's record.
 #[derive(Debug, Default)]
 pub struct FinishedRound<'a> {
@@ -74,6 +85,9 @@ pub struct FinishedRound<'a> {
     pub best: Option<Vec<u8>>,
     /// What the round cost the job's project.
     pub charge: Option<&'a pb::ChargeRecord>,
+    /// What each node did, and when (the work's accounting time).
+    pub credits: BTreeMap<NodeId, NodeCredit>,
+    pub at_ms: i64,
 }
 
 /// A job's round-to-round state as stored (`None`: none yet).
@@ -235,8 +249,9 @@ impl JobStore {
 
     /// Stores a finished round over `last` (the record this driver last
     /// wrote; `None`: none, which never matches a stored job): the job's
-    /// record, what the round leaves and what it charged, in one batch.
-    /// Returns the record's new bytes.
+    /// record, what the round leaves, what it charged and what it credits
+    /// each node (work for payouts, counters), in one transaction: a stale
+    /// driver neither commits nor credits. Returns the record's new bytes.
     pub fn commit_round(
         &self,
         job: &JobId,
@@ -245,22 +260,40 @@ impl JobStore {
         round: FinishedRound<'_>,
     ) -> Result<Vec<u8>, DbError> {
         let written = record.encode_to_vec();
-        let mut ops = vec![
-            Op::Expect(Table::Jobs, job.to_vec(), last.map(<[u8]>::to_vec)),
-            Op::Put(Table::Jobs, job.to_vec(), written.clone()),
-            Op::Put(Table::JobWeights, job.to_vec(), round.weights),
-            Op::Put(Table::JobWeights, server_state_key(job), round.server_state),
-        ];
-        if let Some(d) = round.drift {
-            ops.push(Op::Put(Table::JobWeights, drift_key(job), d));
-        }
-        if let Some(b) = round.best {
-            ops.push(Op::Put(Table::JobWeights, best_key(job), b));
-        }
-        if let Some(c) = round.charge {
-            ops.extend(super::charges::charge_ops(&record.project_id, c));
-        }
-        self.kv.write(ops)?;
+        transact(self.kv.as_ref(), |txn| {
+            // Read in the transaction: a successor's round fails it whole.
+            if txn.get(Table::Jobs, job)?.as_deref() != last {
+                return Err(DbError::Conflict);
+            }
+            for (node, credit) in &round.credits {
+                if credit.micro_units > 0 {
+                    add_work_in(txn, node, round.at_ms, credit.micro_units)?;
+                }
+                account_in(txn, node, |st| {
+                    st.work_units += credit.micro_units as f64 / 1e6;
+                    st.tasks_accepted += credit.tasks_accepted;
+                    st.verification_failures += credit.verification_failures;
+                    st.tasks_failed += credit.tasks_failed;
+                })?;
+            }
+            txn.put(Table::Jobs, job.to_vec(), written.clone());
+            txn.put(Table::JobWeights, job.to_vec(), round.weights.clone());
+            txn.put(
+                Table::JobWeights,
+                server_state_key(job),
+                round.server_state.clone(),
+            );
+            if let Some(d) = &round.drift {
+                txn.put(Table::JobWeights, drift_key(job), d.clone());
+            }
+            if let Some(b) = &round.best {
+                txn.put(Table::JobWeights, best_key(job), b.clone());
+            }
+            if let Some(c) = round.charge {
+                txn.extend(super::charges::charge_ops(&record.project_id, c));
+            }
+            Ok(())
+        })?;
         Ok(written)
     }
 
@@ -307,20 +340,27 @@ impl JobStore {
         node: &NodeId,
         change: impl Fn(&mut pb::ComputeStats),
     ) -> Result<(), DbError> {
-        transact(self.kv.as_ref(), |txn| {
-            let mut rec: pb::ComputeRecord = match txn.get(Table::ComputeNodes, node.as_bytes())? {
-                Some(v) => decode(&v, "compute record")?,
-                None => pb::ComputeRecord::default(),
-            };
-            change(rec.stats.get_or_insert_with(Default::default));
-            txn.put(
-                Table::ComputeNodes,
-                node.as_bytes().to_vec(),
-                rec.encode_to_vec(),
-            );
-            Ok::<_, DbError>(())
-        })
+        transact(self.kv.as_ref(), |txn| account_in(txn, node, &change))
     }
+}
+
+/// Changes a node's counters inside the caller's transaction.
+fn account_in(
+    txn: &mut Txn<'_>,
+    node: &NodeId,
+    change: impl Fn(&mut pb::ComputeStats),
+) -> Result<(), DbError> {
+    let mut rec: pb::ComputeRecord = match txn.get(Table::ComputeNodes, node.as_bytes())? {
+        Some(v) => decode(&v, "compute record")?,
+        None => pb::ComputeRecord::default(),
+    };
+    change(rec.stats.get_or_insert_with(Default::default));
+    txn.put(
+        Table::ComputeNodes,
+        node.as_bytes().to_vec(),
+        rec.encode_to_vec(),
+    );
+    Ok(())
 }
 
 /// One suite for jobs and compute nodes on every backend; two stores on
@@ -381,6 +421,17 @@ mod tests {
             drift: Some(vec![w, w, w]),
             best: best.then(|| vec![w; 4]),
             charge: Some(&charge),
+            credits: [(
+                NodeId::from_bytes([7; 32]),
+                NodeCredit {
+                    micro_units: 2_500_000,
+                    tasks_accepted: 2,
+                    verification_failures: 1,
+                    tasks_failed: 0,
+                },
+            )]
+            .into(),
+            at_ms: 1_000,
         };
         let stale = last.clone();
         last = a
@@ -407,6 +458,15 @@ mod tests {
             7,
             "the round's charge, once"
         );
+        // The nodes' credits too: the stale driver's attempts credit nothing.
+        let worker = NodeId::from_bytes([7; 32]);
+        let work = crate::satellitedb::accounting::AccountingStore::new(kv.clone())
+            .node_work(&worker, 0, i64::MAX)
+            .expect("work");
+        assert_eq!(work, 2_500_000);
+        let stats = a.node_stats().expect("stats")[&worker];
+        assert_eq!((stats.tasks_accepted, stats.verification_failures), (2, 1));
+        assert!((stats.work_units - 2.5).abs() < 1e-9);
 
         // Cancellation asked at one process is seen at the other.
         assert!(!a.cancel_asked(&job).expect("read"));
