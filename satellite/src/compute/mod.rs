@@ -30,7 +30,6 @@ use loam_common::orders::{PieceAction, PieceId, now_ms};
 use loam_common::transport::Endpoint as QuicEndpoint;
 use loam_common::wire::{Frame, FrameReader, FrameWriter, MAX_DATA_FRAME_LEN};
 use loam_common::{NodeId, pb};
-
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -128,7 +127,7 @@ impl From<cc::SpecError> for ComputeError {
     }
 }
 
-use crate::satellitedb::jobs::{FinishedRound, JobId, JobStore, NodeCredit};
+use crate::satellitedb::jobs::{FinishedRound, JobId, JobStore, NodeCredit, is_running};
 
 /// A data row of a dataset: (segment, row), with the records it holds.
 pub type DataRow = ((u32, u32), u64);
@@ -851,20 +850,17 @@ impl Compute {
             if !self.leases.hold(&job_lease(&id), JOB_LEASE, now_ms())? {
                 continue;
             }
-            let rec = self.jobs.job(&id)?;
-            let running = rec.as_ref().is_some_and(|r| {
-                r.info
-                    .as_ref()
-                    .is_some_and(|i| i.state == pb::JobState::JobRunning as i32)
-            });
-            let Some(rec) = rec.filter(|_| running) else {
-                // Ended between the index and the record.
-                match self.jobs.forget_running(&id) {
-                    Ok(()) | Err(DbError::Conflict) => {}
-                    Err(e) => return Err(e.into()),
+            let rec = match self.jobs.job(&id)? {
+                Some(rec) if is_running(&rec) => rec,
+                ended => {
+                    // Ended between the index and the record.
+                    match self.jobs.forget_running(&id, ended.as_ref()) {
+                        Ok(()) | Err(DbError::Conflict) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    self.leases.release(&job_lease(&id))?;
+                    continue;
                 }
-                self.leases.release(&job_lease(&id))?;
-                continue;
             };
             let raw = rec.raw().to_vec();
             self.start(id, rec.into_inner(), raw);

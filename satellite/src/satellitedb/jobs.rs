@@ -56,7 +56,8 @@ fn drift_key(job: &[u8]) -> Vec<u8> {
     [job, b"/drift"].concat()
 }
 
-fn is_running(rec: &pb::JobRecord) -> bool {
+/// Whether a job's record says it is running.
+pub fn is_running(rec: &pb::JobRecord) -> bool {
     rec.info
         .as_ref()
         .is_some_and(|i| i.state == pb::JobState::JobRunning as i32)
@@ -168,20 +169,26 @@ impl JobStore {
         Ok(ids)
     }
 
-    /// Takes a job found ended off the running index.
-    pub fn forget_running(&self, job: &JobId) -> Result<(), DbError> {
-        let Some(rec) = self.job(job)? else {
-            return self
-                .kv
-                .write(vec![Op::Delete(Table::Meta, running_key(job))]);
-        };
-        if is_running(&rec) {
-            return Err(DbError::Conflict);
+    /// Takes a job found ended off the running index, given its record as
+    /// just read (`None`: gone). Fails with [`DbError::Conflict`] if the
+    /// record says it runs, or changed since.
+    pub fn forget_running(
+        &self,
+        job: &JobId,
+        seen: Option<&Stored<pb::JobRecord>>,
+    ) -> Result<(), DbError> {
+        let mut ops = vec![Op::Delete(Table::Meta, running_key(job))];
+        if let Some(rec) = seen {
+            if is_running(rec) {
+                return Err(DbError::Conflict);
+            }
+            ops.push(Op::Expect(
+                Table::Jobs,
+                job.to_vec(),
+                Some(rec.raw().to_vec()),
+            ));
         }
-        self.kv.write(vec![
-            Op::Expect(Table::Jobs, job.to_vec(), Some(rec.raw().to_vec())),
-            Op::Delete(Table::Meta, running_key(job)),
-        ])
+        self.kv.write(ops)
     }
 
     /// Asks whichever process drives `job` to cancel it.
@@ -271,9 +278,11 @@ impl JobStore {
                 }
                 account_in(txn, node, |st| {
                     st.work_units += credit.micro_units as f64 / 1e6;
-                    st.tasks_accepted += credit.tasks_accepted;
-                    st.verification_failures += credit.verification_failures;
-                    st.tasks_failed += credit.tasks_failed;
+                    st.tasks_accepted = st.tasks_accepted.saturating_add(credit.tasks_accepted);
+                    st.verification_failures = st
+                        .verification_failures
+                        .saturating_add(credit.verification_failures);
+                    st.tasks_failed = st.tasks_failed.saturating_add(credit.tasks_failed);
                 })?;
             }
             txn.put(Table::Jobs, job.to_vec(), written.clone());
@@ -474,7 +483,11 @@ mod tests {
         assert!(a.cancel_asked(&job).expect("read"));
 
         // A running job is not taken off the index; an ended one ends once.
-        assert!(matches!(a.forget_running(&job), Err(DbError::Conflict)));
+        let seen = a.job(&job).expect("read");
+        assert!(matches!(
+            a.forget_running(&job, seen.as_ref()),
+            Err(DbError::Conflict)
+        ));
         let ended = record(1, pb::JobState::JobCancelled, 1);
         assert!(matches!(
             b.finish(&job, Some(&stale), &ended),
@@ -492,7 +505,8 @@ mod tests {
         kv.put(Table::Meta, running_key(&other), Vec::new())
             .expect("put");
         assert_eq!(a.running().expect("running"), vec![other]);
-        a.forget_running(&other).expect("forget");
+        let seen = a.job(&other).expect("read");
+        a.forget_running(&other, seen.as_ref()).expect("forget");
         assert!(a.running().expect("running").is_empty());
 
         // Counters from both "processes" at once: none lost.
