@@ -319,8 +319,42 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// How often the satellite hands memory freed inside malloc's arenas back
+/// to the operating system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Starts a thread that calls glibc's `malloc_trim` every [`TRIM_EVERY`].
+/// glibc gives back only the free memory at the top of an arena by itself;
+/// what the database's flushes and compactions free in the middle stays
+/// resident until trimmed (measured at 1 000 000 objects: 101 MiB resident
+/// without, 91 MiB with, at the same commit rate).
+#[allow(unsafe_code)]
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let spawned = std::thread::Builder::new()
+            .name("malloc-trim".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(TRIM_EVERY);
+                    // SAFETY: malloc_trim only returns free pages of the
+                    // allocator's own arenas to the kernel; it takes the
+                    // arenas' locks like any allocation does.
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("warning: no thread to return freed memory: {e}");
+        }
+    }
+}
+
 fn main() {
     limit_malloc_arenas();
+    return_freed_memory();
     let cli = Cli::parse();
     telemetry::init_logging_as("info", cli.log.log_format);
     let threads = std::thread::available_parallelism()

@@ -179,8 +179,6 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         per_window: usize,
     },
-    /// Kill nodes, measure repair (time per segment, bytes moved), kill
-    /// more, check every object.
     /// The satellite's metadata under load: commits/s, ls of 1 000-key
     /// prefixes, one checker pass, satellite memory as objects grow; on
     /// RocksDB and on PostgreSQL with one and two satellite processes.
@@ -204,6 +202,8 @@ enum Command {
         )]
         configs: Vec<String>,
     },
+    /// Kill nodes, measure repair (time per segment, bytes moved), kill
+    /// more, check every object.
     BenchRepair {
         /// Storage nodes to start.
         #[arg(long, default_value_t = 10)]
