@@ -72,6 +72,8 @@ pub enum UplinkError {
         needed: usize,
         last_error: String,
     },
+    #[error("upload refused before its commit: {0}")]
+    Refused(String),
     #[error("object data is corrupt or was encrypted with another key: {0}")]
     Corrupt(String),
     #[error("satellite at {address} is unreachable: {source}")]
@@ -167,6 +169,9 @@ pub struct Item {
     /// When the satellite deletes the object (absent: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<i64>,
+    /// The owner's key-value pairs (`cp --metadata`), decrypted.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// An upload begun and not committed.
@@ -186,8 +191,29 @@ pub struct UploadOptions {
     /// The owner's own key-value pairs, encrypted with the object's
     /// metadata (the satellite never reads them).
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// Pairs known only once every byte is read (a digest of the content),
+    /// asked for after the last byte and before the commit; they join
+    /// `metadata`, replacing equal keys. An error refuses the upload
+    /// ([`UplinkError::Refused`]): nothing is committed.
+    pub late_metadata: Option<LateMetadata>,
     /// When the satellite deletes the object, in Unix milliseconds.
     pub expires_ms: Option<i64>,
+}
+
+/// Metadata computed when an upload's stream has ended (see
+/// [`UploadOptions::late_metadata`]).
+#[derive(Clone)]
+pub struct LateMetadata(
+    #[allow(clippy::type_complexity)]
+    pub  std::sync::Arc<
+        dyn Fn() -> Result<std::collections::BTreeMap<String, String>, String> + Send + Sync,
+    >,
+);
+
+impl std::fmt::Debug for LateMetadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LateMetadata(..)")
+    }
 }
 
 /// Encrypted with the object key and stored at the satellite.
@@ -541,14 +567,18 @@ impl Project {
                 let key = keys
                     .decrypt_path(bucket, &item.encrypted_key)
                     .map_err(|_| UplinkError::WrongPassphrase(bucket.to_string()))?;
-                let size = if item.is_prefix {
-                    0
+                let meta = if item.is_prefix {
+                    None
                 } else {
                     self.open_metadata(bucket, &key, &item.encrypted_metadata)
                         .ok()
                         .and_then(|(_, plain)| plain)
                         .and_then(|m| serde_json::from_slice::<ObjectMeta>(&m).ok())
-                        .map_or(item.plain_size as u64, |m| m.size)
+                };
+                let (size, metadata) = match meta {
+                    Some(m) => (m.size, m.custom),
+                    None if item.is_prefix => (0, Default::default()),
+                    None => (item.plain_size as u64, Default::default()),
                 };
                 out.push(Item {
                     key,
@@ -557,6 +587,7 @@ impl Project {
                     created_ms: item.created_unix_ms,
                     segments: item.segment_count,
                     expires_ms: (item.expires_unix_ms > 0).then_some(item.expires_unix_ms),
+                    metadata,
                 });
             }
             match (resp.more, resp.items.last()) {
@@ -616,6 +647,7 @@ impl Project {
     }
 
     /// Size and creation time of one object.
+    /// Size, creation time and the owner's key-value pairs of one object.
     pub async fn stat(&self, bucket: &str, key: &str) -> Result<Item, UplinkError> {
         let info = self.object_info(bucket, key).await?;
         let meta = self.decrypt_meta(bucket, key, &info)?;
@@ -626,6 +658,7 @@ impl Project {
             created_ms: info.created_unix_ms,
             segments: info.segment_count,
             expires_ms: (info.expires_unix_ms > 0).then_some(info.expires_unix_ms),
+            metadata: meta.custom,
         })
     }
 

@@ -806,6 +806,7 @@ async fn execute(project: &Project, command: Command) -> anyhow::Result<()> {
             let upload = loam_uplink::UploadOptions {
                 metadata: metadata.unwrap_or_default(),
                 expires_ms: expires,
+                ..Default::default()
             };
             let download = source.starts_with("loam://") && !destination.starts_with("loam://");
             if range.is_some() && !download {

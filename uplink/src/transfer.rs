@@ -308,10 +308,14 @@ impl Project {
             }
         }
         drop(segments);
+        let mut custom = opts.metadata.clone();
+        if let Some(late) = &opts.late_metadata {
+            custom.extend((late.0)().map_err(UplinkError::Refused)?);
+        }
         let meta = ObjectMeta {
             size: total,
             segment_size: Some(max_segment as u64),
-            custom: opts.metadata.clone(),
+            custom,
             dataset: None,
         };
         let created = self
@@ -332,6 +336,7 @@ impl Project {
             created_ms: created,
             segments: index,
             expires_ms: opts.expires_ms,
+            metadata: meta.custom,
         })
     }
 

@@ -1,0 +1,871 @@
+//! The S3 operations, on an uplink [`Project`] per credential.
+//!
+//! What S3 keeps beside an object's bytes (content type, ETag, the other
+//! standard headers) is stored with the owner's metadata under keys that
+//! start with `s3:`, which no `x-amz-meta-` header can produce; like all
+//! object metadata it is encrypted and the satellite never reads it. The
+//! owner's own pairs are the `x-amz-meta-*` headers, and `uplink cp
+//! --metadata` pairs show up as such.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use futures::{StreamExt, TryStreamExt};
+use loam_uplink::{Item, LateMetadata, Project, UplinkError, UploadOptions};
+use md5::{Digest, Md5};
+use s3s::dto::*;
+use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
+use tokio::io::AsyncRead;
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use crate::credentials::Credentials;
+use crate::listing::{self, Query};
+
+/// Metadata keys the gateway keeps for S3's own headers.
+const ETAG: &str = "s3:etag";
+const CONTENT_TYPE: &str = "s3:content-type";
+const HEADERS: [(&str, &str); 5] = [
+    ("s3:cache-control", "cache-control"),
+    ("s3:content-disposition", "content-disposition"),
+    ("s3:content-encoding", "content-encoding"),
+    ("s3:content-language", "content-language"),
+    ("s3:expires", "expires"),
+];
+
+/// Bytes buffered between a download and the HTTP response.
+const DOWNLOAD_PIPE_BYTES: usize = 1 << 20;
+
+/// An S3 endpoint in front of the uplinks of its credentials.
+pub struct Gateway {
+    credentials: Arc<Credentials>,
+    /// One project per access key id, opened on first use (clones share
+    /// the connection to the satellite).
+    projects: Mutex<HashMap<String, Project>>,
+}
+
+impl Gateway {
+    pub fn new(credentials: Arc<Credentials>) -> Self {
+        Self {
+            credentials,
+            projects: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn project<T>(&self, req: &S3Request<T>) -> S3Result<Project> {
+        let Some(creds) = &req.credentials else {
+            return Err(s3_error!(
+                AccessDenied,
+                "anonymous requests are not served; sign with a gateway credential"
+            ));
+        };
+        let id = &creds.access_key;
+        let mut projects = self.projects.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = projects.get(id) {
+            return Ok(p.clone());
+        }
+        let Some((_, access)) = self.credentials.get(id) else {
+            return Err(s3_error!(InvalidAccessKeyId));
+        };
+        let project = Project::open(access.clone()).map_err(internal)?;
+        projects.insert(id.clone(), project.clone());
+        Ok(project)
+    }
+}
+
+/// The S3 error for an uplink error.
+fn s3_err(e: UplinkError) -> S3Error {
+    use loam_common::pb::ErrorCode;
+    match e {
+        UplinkError::BucketNotFound(b) => s3_error!(NoSuchBucket, "bucket {b:?} does not exist"),
+        UplinkError::BucketExists(b) => {
+            s3_error!(BucketAlreadyOwnedByYou, "bucket {b:?} already exists")
+        }
+        UplinkError::BucketNotEmpty(b) => s3_error!(BucketNotEmpty, "bucket {b:?} is not empty"),
+        UplinkError::ObjectNotFound(k) => s3_error!(NoSuchKey, "no object {k:?}"),
+        UplinkError::NotRoot(_) | UplinkError::Scope(_) | UplinkError::WrongPassphrase(_) => {
+            s3_error!(AccessDenied, "{e}")
+        }
+        UplinkError::Range { .. } => s3_error!(InvalidRange, "{e}"),
+        UplinkError::TooFewNodes(_) => s3_error!(ServiceUnavailable, "{e}"),
+        UplinkError::Satellite(ref r) => match r.code {
+            ErrorCode::PermissionDenied | ErrorCode::Unauthenticated => {
+                s3_error!(AccessDenied, "{}", r.message)
+            }
+            ErrorCode::NotFound => s3_error!(NoSuchKey, "{}", r.message),
+            ErrorCode::InvalidArgument => s3_error!(InvalidArgument, "{}", r.message),
+            ErrorCode::ResourceExhausted => s3_error!(ServiceUnavailable, "{}", r.message),
+            ErrorCode::Unavailable => s3_error!(ServiceUnavailable, "{}", r.message),
+            _ => internal(e),
+        },
+        UplinkError::SatelliteUnreachable { .. } | UplinkError::Call(_) => {
+            s3_error!(ServiceUnavailable, "{e}")
+        }
+        other => internal(other),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> S3Error {
+    S3Error::with_message(S3ErrorCode::InternalError, e.to_string())
+}
+
+/// S3's answer to a part number an object does not have (416).
+fn invalid_part_number(n: i32) -> S3Error {
+    let mut e = S3Error::with_message(
+        S3ErrorCode::Custom("InvalidPartNumber".into()),
+        format!("the object has one part; part {n} does not exist"),
+    );
+    e.set_status_code(axum::http::StatusCode::RANGE_NOT_SATISFIABLE);
+    e
+}
+
+fn timestamp(ms: i64) -> Timestamp {
+    Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+/// Seconds since the epoch, as HTTP dates carry.
+fn seconds(t: &Timestamp) -> i64 {
+    time::OffsetDateTime::from(t.clone()).unix_timestamp()
+}
+
+/// The object's ETag: the MD5 the gateway stored; for objects uploaded
+/// otherwise (no MD5 known), an opaque tag in the multipart form (`-1`)
+/// that clients do not take for a digest.
+fn etag_of(item: &Item) -> String {
+    match item.metadata.get(ETAG) {
+        Some(e) => e.clone(),
+        None => {
+            let h = blake3::hash(
+                format!("{}\0{}\0{}", item.key, item.created_ms, item.size).as_bytes(),
+            );
+            format!("{}-1", hex::encode(&h.as_bytes()[..16]))
+        }
+    }
+}
+
+fn user_metadata(item: &Item) -> Option<Metadata> {
+    let m: Metadata = item
+        .metadata
+        .iter()
+        .filter(|(k, _)| !k.starts_with("s3:"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    (!m.is_empty()).then_some(m)
+}
+
+/// Whether a conditional GET or HEAD is answered 412 or 304 (RFC 9110 order,
+/// as S3: If-Match, then If-Unmodified-Since, If-None-Match,
+/// If-Modified-Since).
+fn check_conditions(
+    etag: &str,
+    modified: &Timestamp,
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+    if_modified_since: Option<&Timestamp>,
+    if_unmodified_since: Option<&Timestamp>,
+) -> S3Result<()> {
+    let matches = |c: &ETagCondition| match c {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(e) => e.value() == etag,
+    };
+    let modified = seconds(modified);
+    if let Some(c) = if_match {
+        if !matches(c) {
+            return Err(s3_error!(PreconditionFailed));
+        }
+    } else if let Some(t) = if_unmodified_since
+        && modified > seconds(t)
+    {
+        return Err(s3_error!(PreconditionFailed));
+    }
+    if let Some(c) = if_none_match {
+        if matches(c) {
+            return Err(s3_error!(NotModified));
+        }
+    } else if let Some(t) = if_modified_since
+        && modified <= seconds(t)
+    {
+        return Err(s3_error!(NotModified));
+    }
+    Ok(())
+}
+
+/// A reader that digests what passes through it.
+struct Md5Reader<R> {
+    inner: R,
+    md5: Arc<Mutex<Md5>>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Md5Reader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &r {
+            self.md5
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .update(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+/// Uploads `body` as `bucket/key` with `metadata` and S3's headers kept,
+/// its MD5 as ETag; checks `content_md5` (base64, as the header) before
+/// the commit. Returns the ETag and the stored object.
+async fn put(
+    project: &Project,
+    bucket: &str,
+    key: &str,
+    body: impl AsyncRead + Send + Unpin + 'static,
+    mut metadata: BTreeMap<String, String>,
+    content_md5: Option<String>,
+) -> S3Result<(String, Item)> {
+    let md5 = Arc::new(Mutex::new(Md5::new()));
+    let reader = Md5Reader {
+        inner: body,
+        md5: md5.clone(),
+    };
+    metadata.retain(|k, _| k != ETAG);
+    let mismatch = Arc::new(Mutex::new(false));
+    let late = {
+        let mismatch = mismatch.clone();
+        LateMetadata(Arc::new(move || {
+            let digest = md5
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .finalize();
+            if let Some(expected) = &content_md5 {
+                use base64::Engine;
+                let sent = base64::engine::general_purpose::STANDARD.encode(digest);
+                if &sent != expected {
+                    *mismatch.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                    return Err("Content-MD5 does not match the body".into());
+                }
+            }
+            Ok(BTreeMap::from([(ETAG.to_string(), hex::encode(digest))]))
+        }))
+    };
+    let opts = UploadOptions {
+        metadata,
+        late_metadata: Some(late),
+        ..Default::default()
+    };
+    match project.upload_with(bucket, key, reader, None, &opts).await {
+        Ok(item) => Ok((etag_of(&item), item)),
+        Err(_) if *mismatch.lock().unwrap_or_else(|e| e.into_inner()) => Err(s3_error!(
+            BadDigest,
+            "the Content-MD5 you specified did not match what was received"
+        )),
+        Err(e) => Err(s3_err(e)),
+    }
+}
+
+/// The metadata an upload keeps from a request's headers.
+#[allow(clippy::too_many_arguments)]
+fn stored_metadata(
+    user: Option<Metadata>,
+    content_type: Option<String>,
+    cache_control: Option<String>,
+    content_disposition: Option<String>,
+    content_encoding: Option<String>,
+    content_language: Option<String>,
+    expires: Option<&Timestamp>,
+) -> S3Result<BTreeMap<String, String>> {
+    let mut m: BTreeMap<String, String> = user.unwrap_or_default().into_iter().collect();
+    if let Some(bad) = m.keys().find(|k| k.starts_with("s3:")) {
+        return Err(s3_error!(
+            InvalidArgument,
+            "metadata key {bad:?} is reserved"
+        ));
+    }
+    let expires = expires.map(|t| {
+        let mut out = Vec::new();
+        let _ = t.format(TimestampFormat::HttpDate, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    for (k, v) in [
+        (CONTENT_TYPE, content_type),
+        (HEADERS[0].0, cache_control),
+        (HEADERS[1].0, content_disposition),
+        (HEADERS[2].0, content_encoding),
+        (HEADERS[3].0, content_language),
+        (HEADERS[4].0, expires),
+    ] {
+        if let Some(v) = v {
+            m.insert(k.to_string(), v);
+        }
+    }
+    Ok(m)
+}
+
+fn header(item: &Item, key: &str) -> Option<String> {
+    item.metadata.get(key).cloned()
+}
+
+fn expires_of(item: &Item) -> Option<Timestamp> {
+    item.metadata
+        .get(HEADERS[4].0)
+        .and_then(|v| Timestamp::parse(TimestampFormat::HttpDate, v).ok())
+}
+
+/// Percent-encodes what a listing returns when the client asked for
+/// `encoding-type=url` (everything but unreserved characters and `/`).
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Lists what `q` asks of `bucket`: the whole-component level under the
+/// prefix, non-recursively when the delimiter is `/` (the satellite then
+/// collapses deeper keys), cut into a page here.
+async fn list_page(
+    project: &Project,
+    bucket: &str,
+    q: &Query<'_>,
+) -> S3Result<listing::Page<Item>> {
+    let recursive = q.delimiter != Some("/");
+    let items = project
+        .list(bucket, listing::level_of(q.prefix), recursive)
+        .await
+        .map_err(s3_err)?;
+    Ok(listing::page(items, |i| i.key.as_str(), q))
+}
+
+fn max_keys(n: Option<i32>) -> S3Result<usize> {
+    match n {
+        None => Ok(listing::MAX_KEYS),
+        Some(n) if n < 0 => Err(s3_error!(InvalidArgument, "max-keys must not be negative")),
+        Some(n) => Ok(n as usize),
+    }
+}
+
+fn object_of(item: &Item, encode: bool) -> Object {
+    Object {
+        key: Some(if encode {
+            url_encode(&item.key)
+        } else {
+            item.key.clone()
+        }),
+        size: Some(item.size as i64),
+        last_modified: Some(timestamp(item.created_ms)),
+        e_tag: Some(ETag::Strong(etag_of(item))),
+        storage_class: Some(ObjectStorageClass::from_static(
+            ObjectStorageClass::STANDARD,
+        )),
+        ..Default::default()
+    }
+}
+
+fn encoding_url(e: Option<&EncodingType>) -> bool {
+    e.is_some_and(|e| e.as_str() == EncodingType::URL)
+}
+
+#[async_trait::async_trait]
+impl S3 for Gateway {
+    async fn list_buckets(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let project = self.project(&req)?;
+        let buckets = project.list_buckets().await.map_err(s3_err)?;
+        let buckets = buckets
+            .into_iter()
+            .filter(|b| {
+                req.input
+                    .prefix
+                    .as_deref()
+                    .is_none_or(|p| b.name.starts_with(p))
+            })
+            .map(|b| Bucket {
+                name: Some(b.name),
+                creation_date: Some(timestamp(b.created_ms)),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(buckets),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let project = self.project(&req)?;
+        project
+            .create_bucket(&req.input.bucket)
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Response::new(CreateBucketOutput {
+            location: Some(format!("/{}", req.input.bucket)),
+        }))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        let project = self.project(&req)?;
+        project.bucket(&req.input.bucket).await.map_err(s3_err)?;
+        Ok(S3Response::new(HeadBucketOutput::default()))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        let project = self.project(&req)?;
+        project
+            .delete_bucket(&req.input.bucket)
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Response::new(DeleteBucketOutput {}))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        let project = self.project(&req)?;
+        project.bucket(&req.input.bucket).await.map_err(s3_err)?;
+        Ok(S3Response::new(GetBucketLocationOutput::default()))
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let project = self.project(&req)?;
+        let i = req.input;
+        if i.if_match.is_some() || i.if_none_match.is_some() {
+            return Err(s3_error!(
+                NotImplemented,
+                "conditional writes (If-Match / If-None-Match on PUT) are not supported"
+            ));
+        }
+        let metadata = stored_metadata(
+            i.metadata,
+            i.content_type,
+            i.cache_control,
+            i.content_disposition,
+            i.content_encoding,
+            i.content_language,
+            i.expires.as_ref(),
+        )?;
+        let (etag, item) = match i.body {
+            Some(body) => {
+                let reader = StreamReader::new(body.map_err(std::io::Error::other));
+                put(&project, &i.bucket, &i.key, reader, metadata, i.content_md5).await?
+            }
+            None => {
+                put(
+                    &project,
+                    &i.bucket,
+                    &i.key,
+                    tokio::io::empty(),
+                    metadata,
+                    i.content_md5,
+                )
+                .await?
+            }
+        };
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(ETag::Strong(etag)),
+            size: Some(item.size as i64),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let project = self.project(&req)?;
+        let i = req.input;
+        let item = project.stat(&i.bucket, &i.key).await.map_err(s3_err)?;
+        let etag = etag_of(&item);
+        let modified = timestamp(item.created_ms);
+        check_conditions(
+            &etag,
+            &modified,
+            i.if_match.as_ref(),
+            i.if_none_match.as_ref(),
+            i.if_modified_since.as_ref(),
+            i.if_unmodified_since.as_ref(),
+        )?;
+        let size = item.size;
+        if let Some(n) = i.part_number
+            && n != 1
+        {
+            return Err(invalid_part_number(n));
+        }
+        let range = match &i.range {
+            Some(r) => Some(r.check(size).map_err(|_| {
+                s3_error!(
+                    InvalidRange,
+                    "the range is not satisfiable for an object of {size} bytes"
+                )
+            })?),
+            None => None,
+        };
+        let (start, len) = match &range {
+            Some(r) => (r.start, r.end - r.start),
+            None => (0, size),
+        };
+        let (mut writer, reader) = tokio::io::duplex(DOWNLOAD_PIPE_BYTES);
+        let (bucket, key) = (i.bucket.clone(), i.key.clone());
+        let ranged = range.is_some();
+        let download = tokio::spawn(async move {
+            let r = if len == 0 {
+                Ok(0)
+            } else if ranged {
+                project
+                    .download_range(
+                        &bucket,
+                        &key,
+                        start,
+                        Some(start + len - 1),
+                        &mut writer,
+                        None,
+                    )
+                    .await
+            } else {
+                project.download(&bucket, &key, &mut writer, None).await
+            };
+            if let Err(e) = &r {
+                tracing::warn!(bucket, key, error = %e, "download through the gateway failed");
+            }
+            r
+        });
+        // The body ends in an error (the connection is cut short) when the
+        // download fails midway, so a client never takes a partial body
+        // for the object.
+        let tail = futures::stream::once(async move {
+            match download.await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(Err(std::io::Error::other(e.to_string()))),
+                Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
+            }
+        })
+        .filter_map(futures::future::ready);
+        let body = ReaderStream::with_capacity(reader, 64 << 10).chain(tail);
+        let content_range = range
+            .as_ref()
+            .map(|r| format!("bytes {}-{}/{size}", r.start, r.end.saturating_sub(1)));
+        let output = GetObjectOutput {
+            body: Some(StreamingBlob::wrap::<_, std::io::Error>(body)),
+            content_length: Some(len as i64),
+            content_range,
+            accept_ranges: Some("bytes".into()),
+            e_tag: Some(ETag::Strong(etag)),
+            last_modified: Some(modified),
+            content_type: header(&item, CONTENT_TYPE),
+            cache_control: header(&item, HEADERS[0].0),
+            content_disposition: header(&item, HEADERS[1].0),
+            content_encoding: header(&item, HEADERS[2].0),
+            content_language: header(&item, HEADERS[3].0),
+            expires: expires_of(&item),
+            metadata: user_metadata(&item),
+            parts_count: i.part_number.map(|_| 1),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let project = self.project(&req)?;
+        let i = req.input;
+        let item = project.stat(&i.bucket, &i.key).await.map_err(s3_err)?;
+        let etag = etag_of(&item);
+        let modified = timestamp(item.created_ms);
+        check_conditions(
+            &etag,
+            &modified,
+            i.if_match.as_ref(),
+            i.if_none_match.as_ref(),
+            i.if_modified_since.as_ref(),
+            i.if_unmodified_since.as_ref(),
+        )?;
+        if let Some(n) = i.part_number
+            && n != 1
+        {
+            return Err(invalid_part_number(n));
+        }
+        Ok(S3Response::new(HeadObjectOutput {
+            content_length: Some(item.size as i64),
+            accept_ranges: Some("bytes".into()),
+            e_tag: Some(ETag::Strong(etag)),
+            last_modified: Some(modified),
+            content_type: header(&item, CONTENT_TYPE),
+            cache_control: header(&item, HEADERS[0].0),
+            content_disposition: header(&item, HEADERS[1].0),
+            content_encoding: header(&item, HEADERS[2].0),
+            content_language: header(&item, HEADERS[3].0),
+            expires: expires_of(&item),
+            metadata: user_metadata(&item),
+            parts_count: i.part_number.map(|_| 1),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let project = self.project(&req)?;
+        match project.delete(&req.input.bucket, &req.input.key).await {
+            // S3 answers a delete of a missing key as done.
+            Ok(()) | Err(UplinkError::ObjectNotFound(_)) => {}
+            Err(e) => return Err(s3_err(e)),
+        }
+        Ok(S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let project = self.project(&req)?;
+        let i = req.input;
+        project.bucket(&i.bucket).await.map_err(s3_err)?;
+        let quiet = i.delete.quiet.unwrap_or(false);
+        let results = futures::stream::iter(i.delete.objects)
+            .map(|o| {
+                let project = &project;
+                let bucket = &i.bucket;
+                async move {
+                    let r = match project.delete(bucket, &o.key).await {
+                        Ok(()) | Err(UplinkError::ObjectNotFound(_)) => Ok(()),
+                        Err(e) => Err(s3_err(e)),
+                    };
+                    (o.key, r)
+                }
+            })
+            .buffered(8)
+            .collect::<Vec<_>>()
+            .await;
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for (key, r) in results {
+            match r {
+                Ok(()) if quiet => {}
+                Ok(()) => deleted.push(DeletedObject {
+                    key: Some(key),
+                    ..Default::default()
+                }),
+                Err(e) => errors.push(Error {
+                    code: Some(e.code().as_str().to_string()),
+                    key: Some(key),
+                    message: e.message().map(str::to_string),
+                    ..Default::default()
+                }),
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: (!errors.is_empty()).then_some(errors),
+            ..Default::default()
+        }))
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let project = self.project(&req)?;
+        let i = req.input;
+        let CopySource::Bucket {
+            bucket: src_bucket,
+            key: src_key,
+            version_id,
+        } = &i.copy_source
+        else {
+            return Err(s3_error!(
+                NotImplemented,
+                "copies from access points are not supported"
+            ));
+        };
+        if version_id.is_some() {
+            return Err(s3_error!(NotImplemented, "versioning is not supported"));
+        }
+        let source = project.stat(src_bucket, src_key).await.map_err(s3_err)?;
+        let source_etag = etag_of(&source);
+        check_conditions(
+            &source_etag,
+            &timestamp(source.created_ms),
+            i.copy_source_if_match.as_ref(),
+            i.copy_source_if_none_match.as_ref(),
+            i.copy_source_if_modified_since.as_ref(),
+            i.copy_source_if_unmodified_since.as_ref(),
+        )
+        .map_err(|e| {
+            // A copy's failed condition is always 412.
+            if *e.code() == S3ErrorCode::NotModified {
+                s3_error!(PreconditionFailed)
+            } else {
+                e
+            }
+        })?;
+        let replace = i
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        let (etag, modified_ms) = if replace {
+            // New metadata: the bytes go through the gateway (the
+            // satellite-side copy keeps the sealed metadata as it is).
+            let metadata = stored_metadata(
+                i.metadata,
+                i.content_type,
+                i.cache_control,
+                i.content_disposition,
+                i.content_encoding,
+                i.content_language,
+                i.expires.as_ref(),
+            )?;
+            let (mut writer, reader) = tokio::io::duplex(DOWNLOAD_PIPE_BYTES);
+            let (p, b, k) = (project.clone(), src_bucket.to_string(), src_key.to_string());
+            let download = tokio::spawn(async move { p.download(&b, &k, &mut writer, None).await });
+            let uploaded = put(&project, &i.bucket, &i.key, reader, metadata, None).await;
+            match download.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(s3_err(e)),
+                Err(e) => return Err(internal(e)),
+            }
+            let (etag, item) = uploaded?;
+            (etag, item.created_ms)
+        } else {
+            if src_bucket.as_ref() == i.bucket && src_key.as_ref() == i.key {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata"
+                ));
+            }
+            project
+                .copy_object(src_bucket, src_key, &i.bucket, &i.key)
+                .await
+                .map_err(s3_err)?;
+            let copied = project.stat(&i.bucket, &i.key).await.map_err(s3_err)?;
+            (source_etag, copied.created_ms)
+        };
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(ETag::Strong(etag)),
+                last_modified: Some(timestamp(modified_ms)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let project = self.project(&req)?;
+        let i = req.input;
+        let prefix = i.prefix.clone().unwrap_or_default();
+        let q = Query {
+            prefix: &prefix,
+            delimiter: i.delimiter.as_deref(),
+            after: i.marker.as_deref().filter(|m| !m.is_empty()),
+            max_keys: max_keys(i.max_keys)?,
+        };
+        let page = list_page(&project, &i.bucket, &q).await?;
+        let encode = encoding_url(i.encoding_type.as_ref());
+        let enc = |s: &str| {
+            if encode { url_encode(s) } else { s.to_string() }
+        };
+        // NextMarker is returned only with a delimiter (without one,
+        // clients continue after the last key), as S3.
+        let next_marker = (page.truncated && q.delimiter.is_some_and(|d| !d.is_empty()))
+            .then(|| page.last.as_deref().map(enc))
+            .flatten();
+        Ok(S3Response::new(ListObjectsOutput {
+            name: Some(i.bucket.clone()),
+            prefix: Some(enc(&prefix)),
+            marker: i.marker.as_deref().map(enc),
+            delimiter: i.delimiter.as_deref().map(enc),
+            max_keys: Some(q.max_keys.min(listing::MAX_KEYS) as i32),
+            is_truncated: Some(page.truncated),
+            next_marker,
+            contents: Some(page.objects().map(|o| object_of(o, encode)).collect()),
+            common_prefixes: Some(
+                page.prefixes()
+                    .map(|p| CommonPrefix {
+                        prefix: Some(enc(p)),
+                    })
+                    .collect(),
+            ),
+            encoding_type: i.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let project = self.project(&req)?;
+        let i = req.input;
+        let prefix = i.prefix.clone().unwrap_or_default();
+        let after = match &i.continuation_token {
+            Some(t) => Some(listing::after_token(t).ok_or_else(|| {
+                s3_error!(InvalidArgument, "the continuation token is not valid")
+            })?),
+            None => i.start_after.clone().filter(|s| !s.is_empty()),
+        };
+        let q = Query {
+            prefix: &prefix,
+            delimiter: i.delimiter.as_deref(),
+            after: after.as_deref(),
+            max_keys: max_keys(i.max_keys)?,
+        };
+        let page = list_page(&project, &i.bucket, &q).await?;
+        let encode = encoding_url(i.encoding_type.as_ref());
+        let enc = |s: &str| {
+            if encode { url_encode(s) } else { s.to_string() }
+        };
+        let next = page
+            .truncated
+            .then(|| page.last.as_deref().map(listing::token_after))
+            .flatten();
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(i.bucket.clone()),
+            prefix: Some(enc(&prefix)),
+            delimiter: i.delimiter.as_deref().map(enc),
+            max_keys: Some(q.max_keys.min(listing::MAX_KEYS) as i32),
+            key_count: Some(page.entries.len() as i32),
+            continuation_token: i.continuation_token,
+            next_continuation_token: next,
+            start_after: i.start_after.as_deref().map(enc),
+            is_truncated: Some(page.truncated),
+            contents: Some(page.objects().map(|o| object_of(o, encode)).collect()),
+            common_prefixes: Some(
+                page.prefixes()
+                    .map(|p| CommonPrefix {
+                        prefix: Some(enc(p)),
+                    })
+                    .collect(),
+            ),
+            encoding_type: i.encoding_type,
+            ..Default::default()
+        }))
+    }
+}
