@@ -110,8 +110,19 @@ fn main() -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(&address)
                     .await
                     .with_context(|| format!("listening on {address}"))?;
-                let server = loam_gateway::Server::start(listener, creds)?;
-                // The line tools wait for: the address actually bound.
+                let keyring = loam_gateway::Keyring::new(creds, Some(dir.clone()));
+                let server = loam_gateway::Server::start(listener, keyring)?;
+                // What tools wait for: the address actually bound.
+                let run = loam_gateway::RunInfo {
+                    address: server.address,
+                    pid: std::process::id(),
+                };
+                // Whole or not at all: written aside, then renamed.
+                let run_file = dir.join(loam_gateway::RUN_FILE);
+                let tmp = dir.join(format!("{}.tmp", loam_gateway::RUN_FILE));
+                std::fs::write(&tmp, serde_json::to_vec(&run)?)
+                    .and_then(|()| std::fs::rename(&tmp, &run_file))
+                    .with_context(|| format!("writing {}", run_file.display()))?;
                 println!("gateway listening on http://{}", server.address);
                 tokio::select! {
                     r = server.wait() => r,

@@ -19,7 +19,7 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use tokio::io::AsyncRead;
 use tokio_util::io::{ReaderStream, StreamReader};
 
-use crate::credentials::Credentials;
+use crate::Keyring;
 use crate::listing::{self, Query};
 
 /// Metadata keys the gateway keeps for S3's own headers.
@@ -38,16 +38,16 @@ const DOWNLOAD_PIPE_BYTES: usize = 1 << 20;
 
 /// An S3 endpoint in front of the uplinks of its credentials.
 pub struct Gateway {
-    credentials: Arc<Credentials>,
+    keyring: Arc<Keyring>,
     /// One project per access key id, opened on first use (clones share
     /// the connection to the satellite).
     projects: Mutex<HashMap<String, Project>>,
 }
 
 impl Gateway {
-    pub fn new(credentials: Arc<Credentials>) -> Self {
+    pub fn new(keyring: Arc<Keyring>) -> Self {
         Self {
-            credentials,
+            keyring,
             projects: Mutex::new(HashMap::new()),
         }
     }
@@ -64,10 +64,10 @@ impl Gateway {
         if let Some(p) = projects.get(id) {
             return Ok(p.clone());
         }
-        let Some((_, access)) = self.credentials.get(id) else {
+        let Some((_, access)) = self.keyring.lookup(id) else {
             return Err(s3_error!(InvalidAccessKeyId));
         };
-        let project = Project::open(access.clone()).map_err(internal)?;
+        let project = Project::open(access).map_err(internal)?;
         projects.insert(id.clone(), project.clone());
         Ok(project)
     }

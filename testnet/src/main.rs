@@ -334,6 +334,7 @@ async fn main() -> anyhow::Result<()> {
                 online_window_secs: (checkin_interval * 5.0).max(5.0),
                 database,
                 satellites,
+                gateway: true,
                 ..Default::default()
             };
             let net = ProcessNetwork::start(&dir, &opts).await?;
@@ -348,6 +349,13 @@ async fn main() -> anyhow::Result<()> {
             );
             println!("access grant in {}", net.dir.join("access").display());
             println!("processes in {}", net.dir.join("network.json").display());
+            if let Some(s3) = &net.s3 {
+                println!(
+                    "S3 gateway at {} (credentials in {})",
+                    s3.endpoint,
+                    net.dir.join("s3.json").display()
+                );
+            }
             println!(
                 "try: uplink --access-file {} mb loam://demo",
                 net.dir.join("access").display()

@@ -51,6 +51,19 @@ pub struct NetworkOptions {
     /// Satellite processes sharing the database and identity (more than
     /// one needs PostgreSQL). Clients get every address and fail over.
     pub satellites: usize,
+    /// Also start an S3 gateway with a credential for the network's grant
+    /// (`DIR/s3.json`).
+    pub gateway: bool,
+}
+
+/// The S3 gateway of a network, as `DIR/s3.json` gives it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct S3Endpoint {
+    pub endpoint: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub region: String,
+    pub pid: u32,
 }
 
 impl Default for NetworkOptions {
@@ -67,6 +80,7 @@ impl Default for NetworkOptions {
             isolated: Vec::new(),
             database: crate::test_database(),
             satellites: 1,
+            gateway: false,
         }
     }
 }
@@ -171,6 +185,8 @@ pub struct ProcessNetwork {
     pub dir: PathBuf,
     pub access: Access,
     pub processes: Vec<ProcessInfo>,
+    /// The S3 gateway, when started.
+    pub s3: Option<S3Endpoint>,
     /// The configuration the satellite was started with.
     pub satellite_config: loam_satellite::Config,
     children: Vec<Child>,
@@ -233,6 +249,59 @@ async fn start_satellite(sat_dir: &Path) -> anyhow::Result<(Child, loam_satellit
     )?;
     let info = serde_json::from_slice(&wait_for_file(&run_file, &mut child, &log).await?)?;
     Ok((child, info))
+}
+
+/// Makes a gateway credential for `access` in `DIR/gateway`, starts the
+/// gateway on a free loopback port, waits for it to listen, and writes
+/// `DIR/s3.json`.
+async fn start_gateway(dir: &Path, access: &Access) -> anyhow::Result<(Child, S3Endpoint)> {
+    let gw_dir = dir.join("gateway");
+    std::fs::create_dir_all(&gw_dir)?;
+    let bin = binary("gateway")?;
+    let setup = Command::new(&bin)
+        .args(["--config-dir", path_str(&gw_dir)?, "setup", "--json"])
+        .env("LOAM_ACCESS", access.serialize())
+        .output()
+        .await
+        .context("cannot run gateway setup")?;
+    if !setup.status.success() {
+        bail!(
+            "gateway setup failed: {}",
+            String::from_utf8_lossy(&setup.stderr).trim()
+        );
+    }
+    #[derive(serde::Deserialize)]
+    struct Made {
+        access_key_id: String,
+        secret_access_key: String,
+    }
+    let made: Made =
+        serde_json::from_slice(&setup.stdout).context("gateway setup printed no credential")?;
+    let run_file = gw_dir.join(loam_gateway::RUN_FILE);
+    let _ = std::fs::remove_file(&run_file);
+    let log = gw_dir.join("gateway.log");
+    let mut child = spawn(
+        &bin,
+        &[
+            "--config-dir",
+            path_str(&gw_dir)?,
+            "run",
+            "--address",
+            "127.0.0.1:0",
+        ],
+        &log,
+    )?;
+    let run: loam_gateway::RunInfo =
+        serde_json::from_slice(&wait_for_file(&run_file, &mut child, &log).await?)?;
+    let s3 = S3Endpoint {
+        endpoint: format!("http://{}", run.address),
+        access_key_id: made.access_key_id,
+        secret_access_key: made.secret_access_key,
+        region: loam_gateway::REGION.to_string(),
+        pid: run.pid,
+    };
+    loam_common::config::write_private(&dir.join("s3.json"), &serde_json::to_vec_pretty(&s3)?)?;
+    Ok((child, s3))
 }
 
 fn spawn(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
@@ -484,10 +553,18 @@ impl ProcessNetwork {
         let key = admin.create_api_key("testnet", "testnet").await?;
         let access = Access::derive(sat_url, key.api_key.to_vec(), &opts.passphrase, &key.salt)?;
         loam_common::config::write_private(&dir.join("access"), access.serialize().as_bytes())?;
+        let s3 = if opts.gateway {
+            let (child, s3) = start_gateway(&dir, &access).await?;
+            children.push(child);
+            Some(s3)
+        } else {
+            None
+        };
         let net = Self {
             dir: dir.clone(),
             access,
             processes,
+            s3,
             satellite_config: sat_config,
             children,
             database: cluster,
