@@ -120,3 +120,243 @@ async fn boto3_suite_passes_against_the_gateway() {
     assert!(out.status.success(), "boto3 suite failed:\n{text}");
     assert!(text.contains(" passed"), "{text}");
 }
+
+/// Runs a command line tool with `envs` (and none of the caller's own AWS
+/// or rclone settings, such as a CA bundle), returning its stdout; panics
+/// with its output when it fails.
+fn tool(program: &str, args: &[&str], envs: &[(&str, String)]) -> String {
+    let mut cmd = Command::new(program);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") || k.starts_with("RCLONE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{program} not runnable ({e}); run scripts/install-deps --test")
+        });
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A tree of files: nested directories, names with spaces and non-ASCII,
+/// sizes from empty to 1.5 MiB.
+fn make_tree(root: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for (i, name) in [
+        "a.txt",
+        "empty",
+        "docs/readme.md",
+        "docs/guide/intro.md",
+        "images/photo 1.jpg",
+        "images/ünïcode.png",
+        "deep/1/2/3/4/leaf.bin",
+        "big.bin",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = root.join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        let len = match *name {
+            "empty" => 0,
+            "big.bin" => 1536 * 1024,
+            _ => 1000 * (i + 1) + 7,
+        };
+        let body: Vec<u8> = (0..len).map(|j| (j * 13 + i * 101) as u8).collect();
+        std::fs::write(&path, body).expect("write");
+        names.push(name.to_string());
+    }
+    names.sort();
+    names
+}
+
+/// Every file under `root`, relative, with its bytes.
+fn read_tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).expect("under root");
+                out.insert(
+                    rel.to_string_lossy().into_owned(),
+                    std::fs::read(&p).expect("read"),
+                );
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_cli_rclone_and_s3cmd_work_unchanged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = ProcessNetwork::start(
+        &dir.path().join("net"),
+        &NetworkOptions {
+            nodes: 4,
+            redundancy: "2/3/4/4".parse().expect("scheme"),
+            gateway: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("network");
+    let s3 = net.s3.clone().expect("gateway");
+    let tree = dir.path().join("tree");
+    let names = make_tree(&tree);
+    let want = read_tree(&tree);
+
+    // The AWS CLI, told nothing but the endpoint and the credential.
+    let aws_env = [
+        ("AWS_ACCESS_KEY_ID", s3.access_key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_access_key.clone()),
+        ("AWS_DEFAULT_REGION", s3.region.clone()),
+        (
+            "AWS_CONFIG_FILE",
+            dir.path().join("aws-config").display().to_string(),
+        ),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.path().join("aws-credentials").display().to_string(),
+        ),
+    ];
+    let aws = |args: &[&str]| {
+        let mut all = vec!["--endpoint-url", s3.endpoint.as_str()];
+        all.extend_from_slice(args);
+        tool("aws", &all, &aws_env)
+    };
+    aws(&["s3", "mb", "s3://cli"]);
+    aws(&["s3", "sync", tree.to_str().expect("utf-8"), "s3://cli/tree"]);
+    let listed = aws(&["s3", "ls", "--recursive", "s3://cli/tree/"]);
+    for name in &names {
+        assert!(
+            listed.contains(&format!("tree/{name}")),
+            "{name} not in:\n{listed}"
+        );
+    }
+    let top = aws(&["s3", "ls", "s3://cli/tree/"]);
+    assert!(
+        top.contains("PRE docs/") && top.contains("PRE images/"),
+        "{top}"
+    );
+    // A second sync has nothing to do.
+    let again = aws(&["s3", "sync", tree.to_str().expect("utf-8"), "s3://cli/tree"]);
+    assert!(!again.contains("upload:"), "{again}");
+    let back = dir.path().join("aws-back");
+    aws(&["s3", "sync", "s3://cli/tree", back.to_str().expect("utf-8")]);
+    assert_eq!(read_tree(&back), want);
+    let range = dir.path().join("range.out");
+    aws(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        "cli",
+        "--key",
+        "tree/big.bin",
+        "--range",
+        "bytes=1000-1999",
+        range.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(
+        std::fs::read(&range).expect("range"),
+        want["big.bin"][1000..2000]
+    );
+    aws(&[
+        "s3api",
+        "copy-object",
+        "--bucket",
+        "cli",
+        "--key",
+        "copied.bin",
+        "--copy-source",
+        "cli/tree/big.bin",
+    ]);
+    let copied = dir.path().join("copied.bin");
+    aws(&[
+        "s3",
+        "cp",
+        "s3://cli/copied.bin",
+        copied.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(std::fs::read(&copied).expect("copy"), want["big.bin"]);
+
+    // rclone, configured through its environment.
+    let rclone_env = [
+        (
+            "RCLONE_CONFIG",
+            dir.path().join("rclone.conf").display().to_string(),
+        ),
+        ("RCLONE_CONFIG_LOAM_TYPE", "s3".to_string()),
+        ("RCLONE_CONFIG_LOAM_PROVIDER", "Other".to_string()),
+        ("RCLONE_CONFIG_LOAM_ACCESS_KEY_ID", s3.access_key_id.clone()),
+        (
+            "RCLONE_CONFIG_LOAM_SECRET_ACCESS_KEY",
+            s3.secret_access_key.clone(),
+        ),
+        ("RCLONE_CONFIG_LOAM_ENDPOINT", s3.endpoint.clone()),
+        ("RCLONE_CONFIG_LOAM_REGION", s3.region.clone()),
+    ];
+    let src = tree.to_str().expect("utf-8");
+    tool("rclone", &["mkdir", "loam:rclone"], &rclone_env);
+    tool("rclone", &["copy", src, "loam:rclone/tree"], &rclone_env);
+    let lsf = tool(
+        "rclone",
+        &["lsf", "-R", "--files-only", "loam:rclone/tree"],
+        &rclone_env,
+    );
+    let mut got: Vec<&str> = lsf.lines().collect();
+    got.sort();
+    assert_eq!(got, names.iter().map(String::as_str).collect::<Vec<_>>());
+    // check compares sizes and MD5s (the gateway's ETags).
+    tool("rclone", &["check", src, "loam:rclone/tree"], &rclone_env);
+    std::fs::remove_file(tree.join("a.txt")).expect("rm");
+    tool("rclone", &["sync", src, "loam:rclone/tree"], &rclone_env);
+    let lsf = tool(
+        "rclone",
+        &["lsf", "-R", "--files-only", "loam:rclone/tree"],
+        &rclone_env,
+    );
+    assert!(!lsf.lines().any(|l| l == "a.txt"), "{lsf}");
+    tool("rclone", &["check", src, "loam:rclone/tree"], &rclone_env);
+
+    // s3cmd, from a config file of its own.
+    let host = s3.endpoint.trim_start_matches("http://").to_string();
+    let cfg = dir.path().join("s3cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[default]\naccess_key = {}\nsecret_key = {}\nhost_base = {host}\nhost_bucket = {host}\nuse_https = False\nbucket_location = {}\n",
+            s3.access_key_id, s3.secret_access_key, s3.region
+        ),
+    )
+    .expect("s3cfg");
+    let s3cmd = |args: &[&str]| {
+        let mut all = vec!["-c", cfg.to_str().expect("utf-8")];
+        all.extend_from_slice(args);
+        tool("s3cmd", &all, &[])
+    };
+    s3cmd(&["mb", "s3://s3cmd"]);
+    let file = tree.join("big.bin");
+    s3cmd(&["put", file.to_str().expect("utf-8"), "s3://s3cmd/big.bin"]);
+    let ls = s3cmd(&["ls", "s3://s3cmd"]);
+    assert!(ls.contains("s3://s3cmd/big.bin"), "{ls}");
+    let got = dir.path().join("s3cmd.out");
+    s3cmd(&["get", "s3://s3cmd/big.bin", got.to_str().expect("utf-8")]);
+    assert_eq!(std::fs::read(&got).expect("get"), want["big.bin"]);
+    s3cmd(&["del", "s3://s3cmd/big.bin"]);
+    s3cmd(&["rb", "s3://s3cmd"]);
+    net.stop().await;
+}
