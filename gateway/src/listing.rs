@@ -349,6 +349,140 @@ mod tests {
         assert_eq!(after_token("aGVsbG8"), None);
     }
 
+    /// 10 000 keys: `d0`..`d9` / `s0`..`s9` / `f00`..`f99`.
+    fn ten_thousand() -> Vec<String> {
+        let mut keys = Vec::new();
+        for d in 0..10 {
+            for s in 0..10 {
+                for f in 0..100 {
+                    keys.push(format!("d{d}/s{s}/f{f:02}"));
+                }
+            }
+        }
+        // Given in an order unlike the sorted one, as the satellite's
+        // encrypted order is.
+        keys.reverse();
+        keys.rotate_left(3333);
+        keys
+    }
+
+    /// Every page of a listing, as (entries, truncated).
+    fn all_pages(q: &Query<'_>) -> Vec<(Vec<String>, bool)> {
+        let mut pages = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let p = page(
+                ten_thousand(),
+                |s| s,
+                &Query {
+                    after: after.as_deref(),
+                    ..q.clone()
+                },
+            );
+            pages.push((keys(&p), p.truncated));
+            if !p.truncated {
+                return pages;
+            }
+            after = p.last.clone();
+        }
+    }
+
+    #[test]
+    fn ten_thousand_keys_page_as_s3_specifies() {
+        // No delimiter, 1000 a page: ten full pages in byte order.
+        let pages = all_pages(&Query {
+            max_keys: 1000,
+            ..Default::default()
+        });
+        assert_eq!(pages.len(), 10);
+        for (i, (entries, truncated)) in pages.iter().enumerate() {
+            assert_eq!(entries.len(), 1000);
+            assert_eq!(entries[0], format!("d{i}/s0/f00"));
+            assert_eq!(entries[999], format!("d{i}/s9/f99"));
+            assert_eq!(*truncated, i < 9);
+        }
+        // The default (and most) a page holds is 1000, whatever is asked.
+        let p = page(
+            ten_thousand(),
+            |s| s,
+            &Query {
+                max_keys: 5000,
+                ..Default::default()
+            },
+        );
+        assert_eq!(p.entries.len(), 1000);
+        // "/" at the top: the ten first-level prefixes, one page.
+        let pages = all_pages(&Query {
+            delimiter: Some("/"),
+            max_keys: 1000,
+            ..Default::default()
+        });
+        let tops: Vec<String> = (0..10).map(|d| format!("d{d}/*")).collect();
+        assert_eq!(pages, vec![(tops, false)]);
+        // "/" under d3/, pages of 4: prefixes s0..s9 in pages 4, 4, 2.
+        let pages = all_pages(&Query {
+            prefix: "d3/",
+            delimiter: Some("/"),
+            max_keys: 4,
+            ..Default::default()
+        });
+        let sub = |r: std::ops::Range<u32>| -> Vec<String> {
+            r.map(|s| format!("d3/s{s}/*")).collect()
+        };
+        assert_eq!(
+            pages,
+            vec![(sub(0..4), true), (sub(4..8), true), (sub(8..10), false)]
+        );
+        // One level down, 100 keys in pages of 30: 30, 30, 30, 10.
+        let pages = all_pages(&Query {
+            prefix: "d3/s4/",
+            delimiter: Some("/"),
+            max_keys: 30,
+            ..Default::default()
+        });
+        let files = |r: std::ops::Range<u32>| -> Vec<String> {
+            r.map(|f| format!("d3/s4/f{f:02}")).collect()
+        };
+        assert_eq!(
+            pages,
+            vec![
+                (files(0..30), true),
+                (files(30..60), true),
+                (files(60..90), true),
+                (files(90..100), false)
+            ]
+        );
+        // A delimiter that is not "/": "s" groups each d<i>/ at "d<i>/s".
+        let pages = all_pages(&Query {
+            delimiter: Some("s"),
+            max_keys: 3,
+            ..Default::default()
+        });
+        let groups: Vec<Vec<String>> = pages.iter().map(|(e, _)| e.clone()).collect();
+        assert_eq!(groups.len(), 4);
+        assert_eq!(groups[0], ["d0/s*", "d1/s*", "d2/s*"]);
+        assert_eq!(groups[3], ["d9/s*"]);
+        // "/f9" groups the last ten files of each directory: under d0/s0/,
+        // f00..f89 and then the one prefix "d0/s0/f9".
+        let pages = all_pages(&Query {
+            prefix: "d0/s0/",
+            delimiter: Some("f9"),
+            max_keys: 1000,
+            ..Default::default()
+        });
+        let mut want: Vec<String> = (0..90).map(|f| format!("d0/s0/f{f:02}")).collect();
+        want.push("d0/s0/f9*".into());
+        assert_eq!(pages, vec![(want, false)]);
+        // A prefix cut mid-component: "d1/s1" holds s1 only.
+        let pages = all_pages(&Query {
+            prefix: "d1/s1",
+            delimiter: Some("/"),
+            max_keys: 1000,
+            ..Default::default()
+        });
+        assert_eq!(pages, vec![(vec!["d1/s1/*".to_string()], false)]);
+    }
+
     #[test]
     fn levels_are_whole_components() {
         assert_eq!(level_of(""), "");
