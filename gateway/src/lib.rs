@@ -30,45 +30,85 @@ pub struct RunInfo {
 }
 
 /// The credentials a running gateway serves: those of its config
-/// directory, read again when a request names an id it does not know (so
-/// `gateway setup` and `gateway remove` take effect without a restart), at
-/// most once a second.
+/// directory, read again when the file changes (so `gateway setup` and
+/// `gateway remove` take effect without a restart; the file's time is
+/// looked at most once a second).
 pub struct Keyring {
     dir: Option<PathBuf>,
-    inner: RwLock<(Arc<Credentials>, Instant)>,
+    reload_every: Duration,
+    inner: RwLock<Loaded>,
 }
 
-/// The least time between two reads of the credentials file.
+struct Loaded {
+    credentials: Arc<Credentials>,
+    /// The file's modification time when read.
+    modified: Option<std::time::SystemTime>,
+    checked: Instant,
+}
+
+/// The least time between two looks at the credentials file.
 const RELOAD_EVERY: Duration = Duration::from_secs(1);
 
+fn modified(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(dir.join(credentials::FILE))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
 impl Keyring {
-    /// `credentials`, read again from `dir` (when given) on a miss.
+    /// `credentials`, as read from `dir` (when given; followed from then
+    /// on).
     pub fn new(credentials: Credentials, dir: Option<PathBuf>) -> Self {
+        let modified = dir.as_deref().and_then(modified);
         Self {
             dir,
-            inner: RwLock::new((Arc::new(credentials), Instant::now())),
+            reload_every: RELOAD_EVERY,
+            inner: RwLock::new(Loaded {
+                credentials: Arc::new(credentials),
+                modified,
+                checked: Instant::now(),
+            }),
         }
     }
 
-    /// The credentials, reread first if `id` is not among them.
+    /// The credential with access key id `id`, if there is one.
     pub fn lookup(
         &self,
         id: &str,
     ) -> Option<(credentials::Credential, loam_common::access::Access)> {
-        let current = self.inner.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(found) = current.0.get(id) {
-            return Some(found.clone());
-        }
-        let dir = self.dir.as_ref()?;
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        if inner.1.elapsed() >= RELOAD_EVERY {
-            inner.1 = Instant::now();
-            match Credentials::load(dir) {
-                Ok(c) => inner.0 = Arc::new(c),
-                Err(e) => tracing::warn!(error = %e, "cannot reread the credentials"),
+        self.refresh();
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.credentials.get(id).cloned()
+    }
+
+    /// Rereads the file if it changed since it was read.
+    fn refresh(&self) {
+        let Some(dir) = &self.dir else {
+            return;
+        };
+        {
+            let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+            if inner.checked.elapsed() < self.reload_every {
+                return;
             }
         }
-        inner.0.get(id).cloned()
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if inner.checked.elapsed() < self.reload_every {
+            return;
+        }
+        inner.checked = Instant::now();
+        let now = modified(dir);
+        if now == inner.modified {
+            return;
+        }
+        match Credentials::load(dir) {
+            Ok(c) => {
+                inner.credentials = Arc::new(c);
+                inner.modified = now;
+            }
+            // Keep serving what was read; say why the change is not taken.
+            Err(e) => tracing::warn!(error = %e, "cannot reread the credentials"),
+        }
     }
 }
 
@@ -124,5 +164,51 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A grant for a made-up satellite (nothing is dialled).
+    fn grant(n: u8) -> String {
+        let access = loam_common::access::Access::derive(
+            loam_common::NodeUrl {
+                id: loam_common::identity::Identity::generate(0, |_| {}).id(),
+                address: "127.0.0.1:1".into(),
+            },
+            vec![n; 32],
+            "passphrase",
+            b"sixteen byte salt",
+        )
+        .expect("derive");
+        access.serialize()
+    }
+
+    #[test]
+    fn credentials_set_up_or_removed_while_running_take_effect() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut file = Credentials::default();
+        let first = file.add(&grant(1)).expect("add");
+        file.save(dir.path()).expect("save");
+        let mut keyring = Keyring::new(
+            Credentials::load(dir.path()).expect("load"),
+            Some(dir.path().to_path_buf()),
+        );
+        keyring.reload_every = Duration::ZERO;
+        assert!(keyring.lookup(&first.access_key_id).is_some());
+        let second = file.add(&grant(2)).expect("add");
+        file.save(dir.path()).expect("save");
+        let found = keyring
+            .lookup(&second.access_key_id)
+            .expect("new credential");
+        assert_eq!(found.0.secret_access_key, second.secret_access_key);
+        assert!(file.remove(&first.access_key_id));
+        file.save(dir.path()).expect("save");
+        assert!(keyring.lookup(&first.access_key_id).is_none());
+        // A file broken by hand keeps what was read.
+        std::fs::write(dir.path().join(credentials::FILE), "{").expect("write");
+        assert!(keyring.lookup(&second.access_key_id).is_some());
     }
 }

@@ -426,9 +426,8 @@ mod tests {
             max_keys: 4,
             ..Default::default()
         });
-        let sub = |r: std::ops::Range<u32>| -> Vec<String> {
-            r.map(|s| format!("d3/s{s}/*")).collect()
-        };
+        let sub =
+            |r: std::ops::Range<u32>| -> Vec<String> { r.map(|s| format!("d3/s{s}/*")).collect() };
         assert_eq!(
             pages,
             vec![(sub(0..4), true), (sub(4..8), true), (sub(8..10), false)]

@@ -8,6 +8,7 @@
 //! --metadata` pairs show up as such.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -216,7 +217,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for Md5Reader<R> {
 
 /// Uploads `body` as `bucket/key` with `metadata` and S3's headers kept,
 /// its MD5 as ETag; checks `content_md5` (base64, as the header) before
-/// the commit. Returns the ETag and the stored object.
+/// the commit, and, when given, that `whole` was set by then (the body's
+/// producer read its source to the end). Returns the ETag and the stored
+/// object.
 async fn put(
     project: &Project,
     bucket: &str,
@@ -224,6 +227,7 @@ async fn put(
     body: impl AsyncRead + Send + Unpin + 'static,
     mut metadata: BTreeMap<String, String>,
     content_md5: Option<String>,
+    whole: Option<Arc<AtomicBool>>,
 ) -> S3Result<(String, Item)> {
     let md5 = Arc::new(Mutex::new(Md5::new()));
     let reader = Md5Reader {
@@ -235,6 +239,9 @@ async fn put(
     let late = {
         let mismatch = mismatch.clone();
         LateMetadata(Arc::new(move || {
+            if whole.as_ref().is_some_and(|w| !w.load(Ordering::Acquire)) {
+                return Err("the source ended before its last byte".into());
+            }
             let digest = md5
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -469,7 +476,16 @@ impl S3 for Gateway {
         let (etag, item) = match i.body {
             Some(body) => {
                 let reader = StreamReader::new(body.map_err(std::io::Error::other));
-                put(&project, &i.bucket, &i.key, reader, metadata, i.content_md5).await?
+                put(
+                    &project,
+                    &i.bucket,
+                    &i.key,
+                    reader,
+                    metadata,
+                    i.content_md5,
+                    None,
+                )
+                .await?
             }
             None => {
                 put(
@@ -479,6 +495,7 @@ impl S3 for Gateway {
                     tokio::io::empty(),
                     metadata,
                     i.content_md5,
+                    None,
                 )
                 .await?
             }
@@ -741,15 +758,34 @@ impl S3 for Gateway {
             )?;
             let (mut writer, reader) = tokio::io::duplex(DOWNLOAD_PIPE_BYTES);
             let (p, b, k) = (project.clone(), src_bucket.to_string(), src_key.to_string());
-            let download = tokio::spawn(async move { p.download(&b, &k, &mut writer, None).await });
-            let uploaded = put(&project, &i.bucket, &i.key, reader, metadata, None).await;
-            match download.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(s3_err(e)),
-                Err(e) => return Err(internal(e)),
+            // Set before the pipe closes (the writer is dropped after it),
+            // so the upload commits only a source read to its end.
+            let whole = Arc::new(AtomicBool::new(false));
+            let done = whole.clone();
+            let download = tokio::spawn(async move {
+                let r = p.download(&b, &k, &mut writer, None).await;
+                if r.is_ok() {
+                    done.store(true, Ordering::Release);
+                }
+                r
+            });
+            let uploaded = put(
+                &project,
+                &i.bucket,
+                &i.key,
+                reader,
+                metadata,
+                None,
+                Some(whole),
+            )
+            .await;
+            let downloaded = download.await;
+            match (uploaded, downloaded) {
+                (Ok((etag, item)), _) => (etag, item.created_ms),
+                // The source's failure is why the upload stopped.
+                (Err(_), Ok(Err(e))) => return Err(s3_err(e)),
+                (Err(e), _) => return Err(e),
             }
-            let (etag, item) = uploaded?;
-            (etag, item.created_ms)
         } else {
             if src_bucket.as_ref() == i.bucket && src_key.as_ref() == i.key {
                 return Err(s3_error!(
