@@ -191,6 +191,36 @@ fn check_conditions(
     Ok(())
 }
 
+/// What a GET or HEAD asks of the object before it is read.
+struct ReadConditions<'a> {
+    if_match: Option<&'a ETagCondition>,
+    if_none_match: Option<&'a ETagCondition>,
+    if_modified_since: Option<&'a Timestamp>,
+    if_unmodified_since: Option<&'a Timestamp>,
+    part_number: Option<i32>,
+}
+
+/// Checks a GET's or HEAD's conditions and part number against `item`;
+/// gives its ETag and modification time.
+fn check_read(item: &Item, c: ReadConditions<'_>) -> S3Result<(String, Timestamp)> {
+    let etag = etag_of(item);
+    let modified = timestamp(item.created_ms);
+    check_conditions(
+        &etag,
+        &modified,
+        c.if_match,
+        c.if_none_match,
+        c.if_modified_since,
+        c.if_unmodified_since,
+    )?;
+    if let Some(n) = c.part_number
+        && n != 1
+    {
+        return Err(invalid_part_number(n));
+    }
+    Ok((etag, modified))
+}
+
 /// A reader that digests what passes through it.
 struct Md5Reader<R> {
     inner: R,
@@ -514,22 +544,17 @@ impl S3 for Gateway {
         let project = self.project(&req)?;
         let i = req.input;
         let item = project.stat(&i.bucket, &i.key).await.map_err(s3_err)?;
-        let etag = etag_of(&item);
-        let modified = timestamp(item.created_ms);
-        check_conditions(
-            &etag,
-            &modified,
-            i.if_match.as_ref(),
-            i.if_none_match.as_ref(),
-            i.if_modified_since.as_ref(),
-            i.if_unmodified_since.as_ref(),
+        let (etag, modified) = check_read(
+            &item,
+            ReadConditions {
+                if_match: i.if_match.as_ref(),
+                if_none_match: i.if_none_match.as_ref(),
+                if_modified_since: i.if_modified_since.as_ref(),
+                if_unmodified_since: i.if_unmodified_since.as_ref(),
+                part_number: i.part_number,
+            },
         )?;
         let size = item.size;
-        if let Some(n) = i.part_number
-            && n != 1
-        {
-            return Err(invalid_part_number(n));
-        }
         let range = match &i.range {
             Some(r) => Some(r.check(size).map_err(|_| {
                 s3_error!(
@@ -610,21 +635,16 @@ impl S3 for Gateway {
         let project = self.project(&req)?;
         let i = req.input;
         let item = project.stat(&i.bucket, &i.key).await.map_err(s3_err)?;
-        let etag = etag_of(&item);
-        let modified = timestamp(item.created_ms);
-        check_conditions(
-            &etag,
-            &modified,
-            i.if_match.as_ref(),
-            i.if_none_match.as_ref(),
-            i.if_modified_since.as_ref(),
-            i.if_unmodified_since.as_ref(),
+        let (etag, modified) = check_read(
+            &item,
+            ReadConditions {
+                if_match: i.if_match.as_ref(),
+                if_none_match: i.if_none_match.as_ref(),
+                if_modified_since: i.if_modified_since.as_ref(),
+                if_unmodified_since: i.if_unmodified_since.as_ref(),
+                part_number: i.part_number,
+            },
         )?;
-        if let Some(n) = i.part_number
-            && n != 1
-        {
-            return Err(invalid_part_number(n));
-        }
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(item.size as i64),
             accept_ranges: Some("bytes".into()),

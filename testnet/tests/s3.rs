@@ -59,11 +59,10 @@ fn credential(net: &ProcessNetwork, access: &Access, out: &Path) {
     std::fs::write(out, serde_json::to_vec(&endpoint).expect("json")).expect("write");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn boto3_suite_passes_against_the_gateway() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let net = ProcessNetwork::start(
-        dir.path(),
+/// Four nodes (any two rebuild a segment) and a gateway.
+async fn network_with_gateway(dir: &Path) -> ProcessNetwork {
+    ProcessNetwork::start(
+        dir,
         &NetworkOptions {
             nodes: 4,
             redundancy: "2/3/4/4".parse().expect("scheme"),
@@ -72,7 +71,13 @@ async fn boto3_suite_passes_against_the_gateway() {
         },
     )
     .await
-    .expect("network");
+    .expect("network")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn boto3_suite_passes_against_the_gateway() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = network_with_gateway(dir.path()).await;
     let s3_json = net.dir.join("s3.json");
     let written: S3Endpoint =
         serde_json::from_slice(&std::fs::read(&s3_json).expect("s3.json")).expect("s3.json");
@@ -203,17 +208,7 @@ fn read_tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn aws_cli_rclone_and_s3cmd_work_unchanged() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let net = ProcessNetwork::start(
-        &dir.path().join("net"),
-        &NetworkOptions {
-            nodes: 4,
-            redundancy: "2/3/4/4".parse().expect("scheme"),
-            gateway: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("network");
+    let net = network_with_gateway(&dir.path().join("net")).await;
     let s3 = net.s3.clone().expect("gateway");
     let tree = dir.path().join("tree");
     let names = make_tree(&tree);

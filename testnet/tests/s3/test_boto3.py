@@ -14,16 +14,22 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 
-def client_from(path):
+def client_from(path, secret=None, key_id=None, signature=None):
+    """A client for the credential in the s3.json at `path` (its secret or
+    id replaced when given)."""
     with open(path) as f:
         s3 = json.load(f)
     return boto3.client(
         "s3",
         endpoint_url=s3["endpoint"],
-        aws_access_key_id=s3["access_key_id"],
-        aws_secret_access_key=s3["secret_access_key"],
+        aws_access_key_id=key_id or s3["access_key_id"],
+        aws_secret_access_key=secret or s3["secret_access_key"],
         region_name=s3["region"],
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        config=Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 1},
+            signature_version=signature,
+        ),
     )
 
 
@@ -279,16 +285,7 @@ def http(method, url, body=None):
 
 @pytest.mark.parametrize("signature", ["s3v4", "s3"])
 def test_presigned_get_and_put(bucket, signature):
-    with open(os.environ["LOAM_S3_JSON"]) as f:
-        s3 = json.load(f)
-    signer = boto3.client(
-        "s3",
-        endpoint_url=s3["endpoint"],
-        aws_access_key_id=s3["access_key_id"],
-        aws_secret_access_key=s3["secret_access_key"],
-        region_name=s3["region"],
-        config=Config(s3={"addressing_style": "path"}, signature_version=signature),
-    )
+    signer = client_from(os.environ["LOAM_S3_JSON"], signature=signature)
     key = f"pre/{signature}"
     url = signer.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=300)
     assert http("PUT", url, b"presigned body")[0] == 200
@@ -312,27 +309,11 @@ def test_unsupported_features_say_not_implemented(s3, bucket):
 
 
 def test_wrong_secret_is_refused(bucket):
-    with open(os.environ["LOAM_S3_JSON"]) as f:
-        s3 = json.load(f)
-    bad = boto3.client(
-        "s3",
-        endpoint_url=s3["endpoint"],
-        aws_access_key_id=s3["access_key_id"],
-        aws_secret_access_key="x" * 40,
-        region_name=s3["region"],
-        config=Config(retries={"max_attempts": 1}),
-    )
+    bad = client_from(os.environ["LOAM_S3_JSON"], secret="x" * 40)
     with pytest.raises(ClientError) as e:
         bad.list_buckets()
     assert code(e) == "SignatureDoesNotMatch"
-    unknown = boto3.client(
-        "s3",
-        endpoint_url=s3["endpoint"],
-        aws_access_key_id="LOAMUNKNOWNUNKNOWN00",
-        aws_secret_access_key=s3["secret_access_key"],
-        region_name=s3["region"],
-        config=Config(retries={"max_attempts": 1}),
-    )
+    unknown = client_from(os.environ["LOAM_S3_JSON"], key_id="LOAMUNKNOWNUNKNOWN00")
     with pytest.raises(ClientError) as e:
         unknown.list_buckets()
     assert code(e) == "InvalidAccessKeyId"
