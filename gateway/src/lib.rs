@@ -125,6 +125,36 @@ impl S3Auth for Auth {
     }
 }
 
+/// Closes the connection after answering a request that asked
+/// `Expect: 100-continue` without having read its body: an empty body, or
+/// an error answered before the body was wanted. Such an answer comes
+/// without a `100 Continue`, and botocore (the AWS CLI, boto3) keeps that
+/// early answer's status on the connection and misreads the next response
+/// on it as garbage, retrying only after its read timeout (60 s). A fresh
+/// connection carries no such state.
+async fn close_after_early_answer(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::header;
+    let expects = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let empty = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0");
+    let mut response = next.run(req).await;
+    if expects && (empty || !response.status().is_success()) {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
 /// A running gateway.
 pub struct Server {
     pub address: SocketAddr,
@@ -140,16 +170,18 @@ impl Server {
         let mut builder = S3ServiceBuilder::new(s3::Gateway::new(keyring.clone()));
         builder.set_auth(Auth(keyring));
         let service = builder.build();
-        let app = axum::Router::new().fallback_service(axum::error_handling::HandleError::new(
-            service,
-            |e: s3s::HttpError| async move {
-                tracing::warn!(error = ?e, "S3 request failed below the S3 layer");
-                (
-                    axum::http::StatusCode::BAD_REQUEST,
-                    "malformed HTTP request".to_string(),
-                )
-            },
-        ));
+        let app = axum::Router::new()
+            .fallback_service(axum::error_handling::HandleError::new(
+                service,
+                |e: s3s::HttpError| async move {
+                    tracing::warn!(error = ?e, "S3 request failed below the S3 layer");
+                    (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        "malformed HTTP request".to_string(),
+                    )
+                },
+            ))
+            .layer(axum::middleware::from_fn(close_after_early_answer));
         let task = tokio::spawn(async move { axum::serve(listener, app).await });
         Ok(Self { address, task })
     }

@@ -227,9 +227,17 @@ async fn aws_cli_rclone_and_s3cmd_work_unchanged() {
             "AWS_SHARED_CREDENTIALS_FILE",
             dir.path().join("aws-credentials").display().to_string(),
         ),
+        // No retries: a response the CLI cannot read fails the test
+        // instead of costing a read timeout and passing on the retry.
+        ("AWS_MAX_ATTEMPTS", "1".to_string()),
     ];
     let aws = |args: &[&str]| {
-        let mut all = vec!["--endpoint-url", s3.endpoint.as_str()];
+        let mut all = vec![
+            "--cli-read-timeout",
+            "30",
+            "--endpoint-url",
+            s3.endpoint.as_str(),
+        ];
         all.extend_from_slice(args);
         tool("aws", &all, &aws_env)
     };
