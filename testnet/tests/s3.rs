@@ -130,7 +130,14 @@ async fn boto3_suite_passes_against_the_gateway() {
 /// or rclone settings, such as a CA bundle), returning its stdout; panics
 /// with its output when it fails.
 fn tool(program: &str, args: &[&str], envs: &[(&str, String)]) -> String {
-    let mut cmd = Command::new(program);
+    // The Debian package scripts/install-deps installed, before whatever
+    // else the path holds (another AWS CLI, say).
+    let debian = Path::new("/usr/bin").join(program);
+    let mut cmd = if debian.exists() {
+        Command::new(debian)
+    } else {
+        Command::new(program)
+    };
     for (k, _) in std::env::vars() {
         if k.starts_with("AWS_") || k.starts_with("RCLONE_") {
             cmd.env_remove(k);
