@@ -167,10 +167,7 @@ pub fn access_key_id(grant: &str) -> String {
 /// A random secret access key: 40 characters, 240 bits.
 fn new_secret() -> String {
     let bytes: [u8; 30] = rand::random();
-    base64::engine::general_purpose::STANDARD
-        .encode(bytes)
-        .replace('/', "-")
-        .replace('+', "_")
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 #[cfg(test)]

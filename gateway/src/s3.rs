@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
 use loam_uplink::{Item, LateMetadata, Project, UplinkError, UploadOptions};
@@ -120,8 +119,14 @@ fn invalid_part_number(n: i32) -> S3Error {
     e
 }
 
+/// A time in Unix milliseconds (from the satellite) as S3 gives it; one out
+/// of the representable years reads as the epoch rather than panicking.
 fn timestamp(ms: i64) -> Timestamp {
-    Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+    let nanos = i128::from(ms) * 1_000_000;
+    Timestamp::from(
+        time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+    )
 }
 
 /// Seconds since the epoch, as HTTP dates carry.
@@ -265,7 +270,7 @@ async fn put(
         md5: md5.clone(),
     };
     metadata.retain(|k, _| k != ETAG);
-    let mismatch = Arc::new(Mutex::new(false));
+    let mismatch = Arc::new(AtomicBool::new(false));
     let late = {
         let mismatch = mismatch.clone();
         LateMetadata(Arc::new(move || {
@@ -281,7 +286,7 @@ async fn put(
                 use base64::Engine;
                 let sent = base64::engine::general_purpose::STANDARD.encode(digest);
                 if &sent != expected {
-                    *mismatch.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                    mismatch.store(true, Ordering::Release);
                     return Err("Content-MD5 does not match the body".into());
                 }
             }
@@ -295,7 +300,7 @@ async fn put(
     };
     match project.upload_with(bucket, key, reader, None, &opts).await {
         Ok(item) => Ok((etag_of(&item), item)),
-        Err(_) if *mismatch.lock().unwrap_or_else(|e| e.into_inner()) => Err(s3_error!(
+        Err(_) if mismatch.load(Ordering::Acquire) => Err(s3_error!(
             BadDigest,
             "the Content-MD5 you specified did not match what was received"
         )),
@@ -923,5 +928,17 @@ impl S3 for Gateway {
             encoding_type: i.encoding_type,
             ..Default::default()
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_out_of_range_do_not_panic() {
+        assert_eq!(seconds(&timestamp(1_500)), 1);
+        assert_eq!(seconds(&timestamp(i64::MAX)), 0);
+        assert_eq!(seconds(&timestamp(i64::MIN)), 0);
     }
 }

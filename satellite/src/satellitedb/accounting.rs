@@ -357,8 +357,6 @@ impl AccountingStore {
     }
 }
 
-/// One suite for accounting on every backend; two stores on one database
-/// stand for two satellite processes.
 /// [`AccountingStore::add_work`] inside the caller's transaction, so that
 /// a credit lands with what it pays for (a job's round) or not at all.
 pub(crate) fn add_work_in(
@@ -378,6 +376,8 @@ pub(crate) fn add_work_in(
     Ok(())
 }
 
+/// One suite for accounting on every backend; two stores on one database
+/// stand for two satellite processes.
 #[cfg(test)]
 mod tests {
     use super::*;
