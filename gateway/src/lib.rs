@@ -4,6 +4,7 @@
 
 pub mod credentials;
 pub mod listing;
+pub mod multipart;
 pub mod s3;
 
 use std::net::SocketAddr;

@@ -21,9 +21,10 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::Keyring;
 use crate::listing::{self, Query};
+use crate::multipart;
 
 /// Metadata keys the gateway keeps for S3's own headers.
-const ETAG: &str = "s3:etag";
+pub(crate) const ETAG: &str = "s3:etag";
 const CONTENT_TYPE: &str = "s3:content-type";
 const HEADERS: [(&str, &str); 5] = [
     ("s3:cache-control", "cache-control"),
@@ -34,7 +35,7 @@ const HEADERS: [(&str, &str); 5] = [
 ];
 
 /// Bytes buffered between a download and the HTTP response.
-const DOWNLOAD_PIPE_BYTES: usize = 1 << 20;
+pub(crate) const DOWNLOAD_PIPE_BYTES: usize = 1 << 20;
 
 /// An S3 endpoint in front of the uplinks of its credentials.
 pub struct Gateway {
@@ -74,7 +75,7 @@ impl Gateway {
 }
 
 /// The S3 error for an uplink error.
-fn s3_err(e: UplinkError) -> S3Error {
+pub(crate) fn s3_err(e: UplinkError) -> S3Error {
     use loam_common::pb::ErrorCode;
     match e {
         UplinkError::BucketNotFound(b) => s3_error!(NoSuchBucket, "bucket {b:?} does not exist"),
@@ -87,6 +88,11 @@ fn s3_err(e: UplinkError) -> S3Error {
             s3_error!(AccessDenied, "{e}")
         }
         UplinkError::Range { .. } => s3_error!(InvalidRange, "{e}"),
+        UplinkError::UploadNotFound(_) => s3_error!(
+            NoSuchUpload,
+            "The specified multipart upload does not exist. The upload ID might be invalid, or the multipart upload might have been aborted or completed."
+        ),
+        UplinkError::InvalidPart(_) => s3_error!(InvalidPart, "{e}"),
         UplinkError::TooFewNodes(_) => s3_error!(ServiceUnavailable, "{e}"),
         UplinkError::Satellite(ref r) => match r.code {
             ErrorCode::PermissionDenied | ErrorCode::Unauthenticated => {
@@ -110,10 +116,10 @@ fn internal(e: impl std::fmt::Display) -> S3Error {
 }
 
 /// S3's answer to a part number an object does not have (416).
-fn invalid_part_number(n: i32) -> S3Error {
+fn invalid_part_number(n: i32, parts: usize) -> S3Error {
     let mut e = S3Error::with_message(
         S3ErrorCode::Custom("InvalidPartNumber".into()),
-        format!("the object has one part; part {n} does not exist"),
+        format!("the object has {parts} part(s); part {n} does not exist"),
     );
     e.set_status_code(axum::http::StatusCode::RANGE_NOT_SATISFIABLE);
     e
@@ -121,7 +127,7 @@ fn invalid_part_number(n: i32) -> S3Error {
 
 /// A time in Unix milliseconds (from the satellite) as S3 gives it; one out
 /// of the representable years reads as the epoch rather than panicking.
-fn timestamp(ms: i64) -> Timestamp {
+pub(crate) fn timestamp(ms: i64) -> Timestamp {
     let nanos = i128::from(ms) * 1_000_000;
     Timestamp::from(
         time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
@@ -137,7 +143,7 @@ fn seconds(t: &Timestamp) -> i64 {
 /// The object's ETag: the MD5 the gateway stored; for objects uploaded
 /// otherwise (no MD5 known), an opaque tag in the multipart form (`-1`)
 /// that clients do not take for a digest.
-fn etag_of(item: &Item) -> String {
+pub(crate) fn etag_of(item: &Item) -> String {
     match item.metadata.get(ETAG) {
         Some(e) => e.clone(),
         None => {
@@ -162,7 +168,7 @@ fn user_metadata(item: &Item) -> Option<Metadata> {
 /// Whether a conditional GET or HEAD is answered 412 or 304 (RFC 9110 order,
 /// as S3: If-Match, then If-Unmodified-Since, If-None-Match,
 /// If-Modified-Since).
-fn check_conditions(
+pub(crate) fn check_conditions(
     etag: &str,
     modified: &Timestamp,
     if_match: Option<&ETagCondition>,
@@ -205,9 +211,17 @@ struct ReadConditions<'a> {
     part_number: Option<i32>,
 }
 
-/// Checks a GET's or HEAD's conditions and part number against `item`;
-/// gives its ETag and modification time.
-fn check_read(item: &Item, c: ReadConditions<'_>) -> S3Result<(String, Timestamp)> {
+/// What a GET or HEAD reads, once its conditions hold.
+struct Read {
+    etag: String,
+    modified: Timestamp,
+    /// With a part number: the part's start and length, and how many
+    /// parts the object has (one unless uploaded in parts).
+    part: Option<((u64, u64), usize)>,
+}
+
+/// Checks a GET's or HEAD's conditions and part number against `item`.
+fn check_read(item: &Item, c: ReadConditions<'_>) -> S3Result<Read> {
     let etag = etag_of(item);
     let modified = timestamp(item.created_ms);
     check_conditions(
@@ -218,18 +232,55 @@ fn check_read(item: &Item, c: ReadConditions<'_>) -> S3Result<(String, Timestamp
         c.if_modified_since,
         c.if_unmodified_since,
     )?;
-    if let Some(n) = c.part_number
-        && n != 1
-    {
-        return Err(invalid_part_number(n));
+    let part = match c.part_number {
+        None => None,
+        Some(n) => {
+            let sizes = match item.parts.is_empty() {
+                true => vec![item.size],
+                false => item.parts.clone(),
+            };
+            let range = u32::try_from(n)
+                .ok()
+                .and_then(|n| crate::multipart::part_range(&sizes, n))
+                .ok_or_else(|| invalid_part_number(n, sizes.len()))?;
+            Some((range, sizes.len()))
+        }
+    };
+    Ok(Read {
+        etag,
+        modified,
+        part,
+    })
+}
+
+/// The bucket and key a copy reads.
+pub(crate) fn copy_source_of(source: &CopySource) -> S3Result<(String, String)> {
+    match source {
+        CopySource::Bucket {
+            version_id: Some(_),
+            ..
+        } => Err(s3_error!(NotImplemented, "versioning is not supported")),
+        CopySource::Bucket { bucket, key, .. } => Ok((bucket.to_string(), key.to_string())),
+        _ => Err(s3_error!(
+            NotImplemented,
+            "copies from access points are not supported"
+        )),
     }
-    Ok((etag, modified))
+}
+
+/// A copy's failed source condition is always 412.
+pub(crate) fn copy_condition(e: S3Error) -> S3Error {
+    if *e.code() == S3ErrorCode::NotModified {
+        s3_error!(PreconditionFailed)
+    } else {
+        e
+    }
 }
 
 /// A reader that digests what passes through it.
-struct Md5Reader<R> {
-    inner: R,
-    md5: Arc<Mutex<Md5>>,
+pub(crate) struct Md5Reader<R> {
+    pub(crate) inner: R,
+    pub(crate) md5: Arc<Mutex<Md5>>,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Md5Reader<R> {
@@ -310,7 +361,7 @@ async fn put(
 
 /// The metadata an upload keeps from a request's headers.
 #[allow(clippy::too_many_arguments)]
-fn stored_metadata(
+pub(crate) fn stored_metadata(
     user: Option<Metadata>,
     content_type: Option<String>,
     cache_control: Option<String>,
@@ -358,7 +409,7 @@ fn expires_of(item: &Item) -> Option<Timestamp> {
 
 /// Percent-encodes what a listing returns when the client asked for
 /// `encoding-type=url` (everything but unreserved characters and `/`).
-fn url_encode(s: &str) -> String {
+pub(crate) fn url_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
@@ -411,7 +462,7 @@ fn object_of(item: &Item, encode: bool) -> Object {
     }
 }
 
-fn encoding_url(e: Option<&EncodingType>) -> bool {
+pub(crate) fn encoding_url(e: Option<&EncodingType>) -> bool {
     e.is_some_and(|e| e.as_str() == EncodingType::URL)
 }
 
@@ -549,7 +600,11 @@ impl S3 for Gateway {
         let project = self.project(&req)?;
         let i = req.input;
         let item = project.stat(&i.bucket, &i.key).await.map_err(s3_err)?;
-        let (etag, modified) = check_read(
+        let Read {
+            etag,
+            modified,
+            part,
+        } = check_read(
             &item,
             ReadConditions {
                 if_match: i.if_match.as_ref(),
@@ -560,14 +615,18 @@ impl S3 for Gateway {
             },
         )?;
         let size = item.size;
-        let range = match &i.range {
-            Some(r) => Some(r.check(size).map_err(|_| {
+        let range = match (&i.range, part) {
+            // A part of an object uploaded in parts is read as a range.
+            (_, Some(((start, len), n))) if n > 1 || !item.parts.is_empty() => {
+                Some(start..start + len)
+            }
+            (Some(r), _) => Some(r.check(size).map_err(|_| {
                 s3_error!(
                     InvalidRange,
                     "the range is not satisfiable for an object of {size} bytes"
                 )
             })?),
-            None => None,
+            (None, _) => None,
         };
         let (start, len) = match &range {
             Some(r) => (r.start, r.end - r.start),
@@ -627,7 +686,7 @@ impl S3 for Gateway {
             content_language: header(&item, HEADERS[3].0),
             expires: expires_of(&item),
             metadata: user_metadata(&item),
-            parts_count: i.part_number.map(|_| 1),
+            parts_count: part.map(|(_, n)| n as i32),
             ..Default::default()
         };
         Ok(S3Response::new(output))
@@ -640,7 +699,11 @@ impl S3 for Gateway {
         let project = self.project(&req)?;
         let i = req.input;
         let item = project.stat(&i.bucket, &i.key).await.map_err(s3_err)?;
-        let (etag, modified) = check_read(
+        let Read {
+            etag,
+            modified,
+            part,
+        } = check_read(
             &item,
             ReadConditions {
                 if_match: i.if_match.as_ref(),
@@ -651,7 +714,7 @@ impl S3 for Gateway {
             },
         )?;
         Ok(S3Response::new(HeadObjectOutput {
-            content_length: Some(item.size as i64),
+            content_length: Some(part.map_or(item.size, |((_, len), _)| len) as i64),
             accept_ranges: Some("bytes".into()),
             e_tag: Some(ETag::Strong(etag)),
             last_modified: Some(modified),
@@ -662,7 +725,7 @@ impl S3 for Gateway {
             content_language: header(&item, HEADERS[3].0),
             expires: expires_of(&item),
             metadata: user_metadata(&item),
-            parts_count: i.part_number.map(|_| 1),
+            parts_count: part.map(|(_, n)| n as i32),
             ..Default::default()
         }))
     }
@@ -733,20 +796,8 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let project = self.project(&req)?;
         let i = req.input;
-        let CopySource::Bucket {
-            bucket: src_bucket,
-            key: src_key,
-            version_id,
-        } = &i.copy_source
-        else {
-            return Err(s3_error!(
-                NotImplemented,
-                "copies from access points are not supported"
-            ));
-        };
-        if version_id.is_some() {
-            return Err(s3_error!(NotImplemented, "versioning is not supported"));
-        }
+        let (src_bucket, src_key) = copy_source_of(&i.copy_source)?;
+        let (src_bucket, src_key) = (src_bucket.as_str(), src_key.as_str());
         let source = project.stat(src_bucket, src_key).await.map_err(s3_err)?;
         let source_etag = etag_of(&source);
         check_conditions(
@@ -757,14 +808,7 @@ impl S3 for Gateway {
             i.copy_source_if_modified_since.as_ref(),
             i.copy_source_if_unmodified_since.as_ref(),
         )
-        .map_err(|e| {
-            // A copy's failed condition is always 412.
-            if *e.code() == S3ErrorCode::NotModified {
-                s3_error!(PreconditionFailed)
-            } else {
-                e
-            }
-        })?;
+        .map_err(copy_condition)?;
         let replace = i
             .metadata_directive
             .as_ref()
@@ -812,7 +856,7 @@ impl S3 for Gateway {
                 (Err(e), _) => return Err(e),
             }
         } else {
-            if src_bucket.as_ref() == i.bucket && src_key.as_ref() == i.key {
+            if src_bucket == i.bucket && src_key == i.key {
                 return Err(s3_error!(
                     InvalidRequest,
                     "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata"
@@ -833,6 +877,74 @@ impl S3 for Gateway {
             }),
             ..Default::default()
         }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let project = self.project(&req)?;
+        Ok(S3Response::new(
+            multipart::create(project, req.input).await?,
+        ))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let project = self.project(&req)?;
+        Ok(S3Response::new(
+            multipart::upload_part(project, req.input).await?,
+        ))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let project = self.project(&req)?;
+        Ok(S3Response::new(
+            multipart::upload_part_copy(project, req.input).await?,
+        ))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let project = self.project(&req)?;
+        Ok(S3Response::new(
+            multipart::complete(project, req.input).await?,
+        ))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let project = self.project(&req)?;
+        Ok(S3Response::new(multipart::abort(project, req.input).await?))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let project = self.project(&req)?;
+        Ok(S3Response::new(
+            multipart::list_parts(project, req.input).await?,
+        ))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let project = self.project(&req)?;
+        Ok(S3Response::new(
+            multipart::list_uploads(project, req.input).await?,
+        ))
     }
 
     async fn list_objects(

@@ -96,6 +96,7 @@ fn method(req: &Req) -> &'static str {
         Req::FinishCopyObject(_) => "finish_copy_object",
         Req::ListPending(_) => "list_pending",
         Req::AbortObject(_) => "abort_object",
+        Req::ListUploadSegments(_) => "list_upload_segments",
         Req::CreateApiKey(_) => "create_api_key",
         Req::ListApiKeys(_) => "list_api_keys",
         Req::RevokeApiKey(_) => "revoke_api_key",
@@ -522,6 +523,10 @@ impl Endpoint {
                 let (b, k) = pending(stream_id)?;
                 at(KeyOp::Write, &b, &k)
             }
+            Req::ListUploadSegments(r) => {
+                let (b, k) = pending(&r.stream_id)?;
+                at(KeyOp::List, &b, &k)
+            }
             Req::GetObject(r) => at(KeyOp::Stat, &r.bucket, &r.encrypted_key),
             Req::DownloadSegment(r) => at(KeyOp::Read, &r.bucket, &r.encrypted_key),
             Req::ListObjects(r) => at(KeyOp::List, &r.bucket, &r.prefix),
@@ -816,6 +821,9 @@ impl Endpoint {
             Req::AbortObject(r) => {
                 m.abort_object(&project, &r).map_err(api)?;
                 Resp::AbortObject(pb::AbortObjectResponse {})
+            }
+            Req::ListUploadSegments(r) => {
+                Resp::ListUploadSegments(m.list_upload_segments(&project, &r).map_err(api)?)
             }
             Req::FinishCopyObject(r) => {
                 m.finish_copy_object(&project, &r).map_err(api)?;

@@ -36,6 +36,12 @@ pub const MAX_ENCRYPTED_KEY_LEN: usize = 64 << 10;
 /// Largest encrypted object metadata the satellite stores.
 pub const MAX_ENCRYPTED_METADATA_LEN: usize = 64 << 10;
 
+/// Largest sealed part record a multipart segment carries.
+pub const MAX_PART_INFO_LEN: usize = 1 << 10;
+
+/// Most segments one `list_upload_segments` answer holds.
+pub const MAX_UPLOAD_SEGMENTS_LISTED: usize = 1000;
+
 /// Bytes of items one listing page carries at most (encoded). Together
 /// with the key and metadata limits this keeps every listing reply well
 /// under the wire's message cap, whatever the keys look like.
@@ -749,6 +755,14 @@ impl Metainfo {
     ) -> Result<pb::BeginObjectResponse, MetainfoError> {
         self.get_bucket(project, &req.bucket)?;
         check_object_key(&req.encrypted_key)?;
+        if req.encrypted_metadata.len() > MAX_ENCRYPTED_METADATA_LEN {
+            return Err(MetainfoError::Invalid("object metadata too large"));
+        }
+        if !req.multipart && !req.encrypted_metadata.is_empty() {
+            return Err(MetainfoError::Invalid(
+                "metadata is given when a multipart upload begins, or at the commit",
+            ));
+        }
         let stream_id: [u8; 16] = rand::random();
         let pending = pb::PendingObject {
             version: 1,
@@ -757,6 +771,8 @@ impl Metainfo {
             encrypted_key: req.encrypted_key.clone(),
             created_unix_ms: now_ms(),
             redundancy: Some(self.config.redundancy.into()),
+            multipart: req.multipart,
+            encrypted_metadata: req.encrypted_metadata.clone(),
         };
         let mut batch = Batch::new();
         batch.put_pending(&stream_id, &pending);
@@ -960,6 +976,16 @@ impl Metainfo {
         } else if !meta.row_records.is_empty() {
             return Err(MetainfoError::Invalid("record counts without dataset rows"));
         }
+        if !meta.encrypted_part_info.is_empty() {
+            if !pending.multipart {
+                return Err(MetainfoError::Invalid(
+                    "part records belong to multipart uploads",
+                ));
+            }
+            if meta.encrypted_part_info.len() > MAX_PART_INFO_LEN {
+                return Err(MetainfoError::Invalid("part record too large"));
+            }
+        }
         let mut pieces = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for p in &req.pieces {
@@ -1064,13 +1090,18 @@ impl Metainfo {
         }
         // The object's size must be what its parts hold, and what it is
         // billed for is what the satellite verified them to occupy.
+        let positions = self.commit_positions(&pending, req)?;
         let (mut plain, mut stored) = (0u64, req.inline_data.len() as u64);
-        for i in 0..req.segment_count {
+        let mut segments = Vec::new();
+        for &i in &positions {
             let seg = self
                 .metabase
                 .segment(&SegmentPosition::new(&req.stream_id, i))?
-                .ok_or(MetainfoError::SegmentNotBegun(i))?
-                .into_inner();
+                .ok_or(MetainfoError::SegmentNotBegun(i))?;
+            if pending.multipart {
+                segments.push(seg.clone());
+            }
+            let seg = seg.into_inner();
             let meta = seg.meta.unwrap_or_default();
             let k = seg
                 .redundancy
@@ -1118,6 +1149,7 @@ impl Metainfo {
         // The first try writes over the upload as read above; a retry
         // reads it again.
         let mut read = Some(pending.clone());
+        let mut attempt = 0;
         let replaced = retry_conflicts(|| {
             let mut batch = Batch::new();
             // Into a bucket that is still there (not deleted or being
@@ -1145,6 +1177,13 @@ impl Metainfo {
                 replaced = stored_size(old);
                 self.metabase.change_stream_refs(&[(old, -1)], &mut batch)?;
             }
+            if pending.multipart {
+                if attempt > 0 {
+                    segments = self.reread_segments(&req.stream_id, &positions)?;
+                }
+                self.renumber_parts(&req.stream_id, &positions, &segments, &mut batch)?;
+            }
+            attempt += 1;
             self.metabase.write(batch)?;
             Ok(Some(replaced))
         })?;
@@ -1160,6 +1199,133 @@ impl Metainfo {
         metrics::counter!("loam_satellite_objects_committed_total").increment(1);
         Ok(pb::CommitObjectResponse {
             created_unix_ms: created,
+        })
+    }
+
+    /// The positions of the segments a commit makes the object of, in
+    /// order: 0..n, or for a multipart upload the ones the commit names.
+    fn commit_positions(
+        &self,
+        pending: &pb::PendingObject,
+        req: &pb::CommitObjectRequest,
+    ) -> Result<Vec<u32>, MetainfoError> {
+        if !pending.multipart {
+            if !req.segment_positions.is_empty() {
+                return Err(MetainfoError::Invalid(
+                    "segment positions are for multipart uploads",
+                ));
+            }
+            return Ok((0..req.segment_count).collect());
+        }
+        if req.segment_positions.len() != req.segment_count as usize {
+            return Err(MetainfoError::Invalid(
+                "a multipart commit names each of its segments' positions",
+            ));
+        }
+        if req.segment_positions.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(MetainfoError::Invalid(
+                "segment positions must be in increasing order",
+            ));
+        }
+        Ok(req.segment_positions.clone())
+    }
+
+    fn reread_segments(
+        &self,
+        stream: &[u8],
+        positions: &[u32],
+    ) -> Result<Vec<Stored<pb::SegmentRecord>>, MetainfoError> {
+        positions
+            .iter()
+            .map(|&i| {
+                self.metabase
+                    .segment(&SegmentPosition::new(stream, i))?
+                    .ok_or(MetainfoError::SegmentNotBegun(i))
+            })
+            .collect()
+    }
+
+    /// Adds to `batch` what a multipart commit does to the upload's
+    /// segments: `segments` (read at `positions`) move to 0..n without
+    /// their part records, and every other segment the upload began or
+    /// committed goes (parts left out, parts uploaded again).
+    fn renumber_parts(
+        &self,
+        stream: &[u8],
+        positions: &[u32],
+        segments: &[Stored<pb::SegmentRecord>],
+        batch: &mut Batch,
+    ) -> Result<(), MetainfoError> {
+        let n = positions.len() as u32;
+        let mut from = 0u32;
+        loop {
+            let page = self.metabase.stream_segments(stream, from, 1000)?;
+            let Some(&(last, _)) = page.last() else {
+                break;
+            };
+            for (at, _) in &page {
+                if *at >= n {
+                    batch.delete_segment(&SegmentPosition::new(stream, *at));
+                }
+            }
+            match last.checked_add(1) {
+                Some(next) if page.len() == 1000 => from = next,
+                _ => break,
+            }
+        }
+        for at in self.metabase.pending_segment_positions(stream)? {
+            batch.delete_pending_segment(&SegmentPosition::new(stream, at));
+        }
+        for (i, (&at, seg)) in positions.iter().zip(segments).enumerate() {
+            batch.expect_segment(&SegmentPosition::new(stream, at), seg);
+            let mut rec = seg.clone().into_inner();
+            if let Some(meta) = &mut rec.meta {
+                meta.encrypted_part_info = Default::default();
+            }
+            batch.put_segment(&SegmentPosition::new(stream, i as u32), &rec);
+        }
+        Ok(())
+    }
+
+    /// The committed segments of one of the project's uploads in progress
+    /// (a page from `req.cursor` on), with what the upload began with.
+    pub fn list_upload_segments(
+        &self,
+        project: &ProjectId,
+        req: &pb::ListUploadSegmentsRequest,
+    ) -> Result<pb::ListUploadSegmentsResponse, MetainfoError> {
+        let p = self.pending(project, &req.stream_id)?.into_inner();
+        if p.bucket != req.bucket {
+            return Err(MetainfoError::UploadNotFound);
+        }
+        let limit = (req.limit as usize).clamp(1, MAX_UPLOAD_SEGMENTS_LISTED);
+        let mut page = self
+            .metabase
+            .stream_segments(&req.stream_id, req.cursor, limit + 1)?;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let items = page
+            .into_iter()
+            .map(|(position, seg)| {
+                let seg = seg.into_inner();
+                let meta = seg.meta.unwrap_or_default();
+                pb::UploadSegment {
+                    position,
+                    plain_size: meta.plain_size,
+                    encrypted_part_info: meta.encrypted_part_info,
+                    created_unix_ms: seg.created_unix_ms,
+                }
+            })
+            .collect();
+        Ok(pb::ListUploadSegmentsResponse {
+            items,
+            more,
+            encrypted_key: p.encrypted_key,
+            encrypted_metadata: p.encrypted_metadata,
+            multipart: p.multipart,
+            created_unix_ms: p.created_unix_ms,
+            redundancy: p.redundancy,
+            max_segment_size: self.config.max_segment_size as i64,
         })
     }
 
@@ -1185,6 +1351,7 @@ impl Metainfo {
                 continue;
             }
             items.push(pb::PendingInfo {
+                multipart: p.multipart,
                 encrypted_key: p.encrypted_key,
                 segments: self.metabase.segment_count(&stream_id)?,
                 stream_id: stream_id.into(),
@@ -2165,6 +2332,7 @@ mod tests {
             &pb::BeginObjectRequest {
                 bucket: bucket.into(),
                 encrypted_key: key.to_vec().into(),
+                ..Default::default()
             },
         )
     }
@@ -2192,6 +2360,7 @@ mod tests {
                 &pb::BeginObjectRequest {
                     bucket: bucket.into(),
                     encrypted_key: key.into(),
+                    ..Default::default()
                 },
             )
             .expect("begin");
@@ -2364,6 +2533,7 @@ mod tests {
             &pb::BeginObjectRequest {
                 bucket: "bkt".into(),
                 encrypted_key: vec![b'a'; MAX_ENCRYPTED_KEY_LEN + 1].into(),
+                ..Default::default()
             },
         );
         assert!(matches!(long, Err(MetainfoError::KeyTooLong { .. })));
@@ -2413,6 +2583,30 @@ mod tests {
         piece_size: i64,
         plain_size: i64,
     ) -> Result<(), MetainfoError> {
+        commit_part_segment(
+            m,
+            project,
+            nodes,
+            stream_id,
+            index,
+            piece_size,
+            plain_size,
+            &[],
+        )
+    }
+
+    /// [`commit_segment`] carrying a (sealed, here opaque) part record.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_part_segment(
+        m: &Metainfo,
+        project: &ProjectId,
+        nodes: &[KeyPair],
+        stream_id: &bytes::Bytes,
+        index: u32,
+        piece_size: i64,
+        plain_size: i64,
+        part_info: &[u8],
+    ) -> Result<(), MetainfoError> {
         let begun = m.begin_segment(
             project,
             &pb::BeginSegmentRequest {
@@ -2455,11 +2649,212 @@ mod tests {
                 meta: Some(pb::SegmentMeta {
                     plain_size,
                     piece_size,
+                    encrypted_part_info: part_info.to_vec().into(),
                     ..Default::default()
                 }),
                 root_piece_id: begun.root_piece_id,
             },
         )
+    }
+
+    #[test]
+    fn a_multipart_commit_keeps_the_named_segments_in_order_and_drops_the_rest() {
+        let m = metainfo();
+        let nodes = fake_nodes(&m, 5);
+        let project = project_with_bucket(&m, "bkt");
+        let multipart = |key: &[u8]| {
+            m.begin_object(
+                &project,
+                &pb::BeginObjectRequest {
+                    bucket: "bkt".into(),
+                    encrypted_key: key.to_vec().into(),
+                    multipart: true,
+                    encrypted_metadata: vec![5; 40].into(),
+                },
+            )
+            .expect("begin")
+            .stream_id
+        };
+        let stream = multipart(b"mp");
+        let at = |part: u32, i: u32| part << 16 | i;
+        let piece = 100_000i64;
+        // Parts uploaded out of order, one begun and never committed.
+        commit_part_segment(&m, &project, &nodes, &stream, at(2, 0), piece, 20, b"two")
+            .expect("part 2");
+        commit_part_segment(&m, &project, &nodes, &stream, at(1, 0), piece, 10, b"one")
+            .expect("part 1");
+        commit_part_segment(&m, &project, &nodes, &stream, at(3, 0), piece, 30, b"three")
+            .expect("part 3");
+        m.begin_segment(
+            &project,
+            &pb::BeginSegmentRequest {
+                stream_id: stream.clone(),
+                index: at(4, 0),
+                piece_size: piece,
+            },
+        )
+        .expect("begin part 4");
+        let before = m.piece_placements().expect("placements").len();
+
+        // The upload lists its segments in position order, with what it
+        // began with; a page at a time.
+        let list = |cursor, limit| {
+            m.list_upload_segments(
+                &project,
+                &pb::ListUploadSegmentsRequest {
+                    bucket: "bkt".into(),
+                    stream_id: stream.clone(),
+                    cursor,
+                    limit,
+                },
+            )
+        };
+        let all = list(0, 10).expect("list");
+        let positions: Vec<u32> = all.items.iter().map(|s| s.position).collect();
+        assert_eq!(positions, vec![at(1, 0), at(2, 0), at(3, 0)]);
+        assert_eq!(all.items[0].encrypted_part_info.as_ref(), b"one");
+        assert_eq!(all.encrypted_metadata.as_ref(), &[5; 40][..]);
+        assert!(all.multipart && !all.more);
+        let page = list(at(1, 1), 1).expect("page");
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.items[0].position, at(2, 0));
+        assert!(page.more);
+        // Only in its own bucket.
+        let elsewhere = m.list_upload_segments(
+            &project,
+            &pb::ListUploadSegmentsRequest {
+                bucket: "other".into(),
+                stream_id: stream.clone(),
+                ..Default::default()
+            },
+        );
+        assert!(matches!(elsewhere, Err(MetainfoError::UploadNotFound)));
+
+        let commit = |positions: Vec<u32>, count: u32, size: i64| {
+            m.commit_object(
+                &project,
+                &pb::CommitObjectRequest {
+                    stream_id: stream.clone(),
+                    plain_size: size,
+                    segment_count: count,
+                    segment_positions: positions,
+                    ..Default::default()
+                },
+            )
+        };
+        // Refused: out of order, repeated, a count that differs, none
+        // named, one never committed, a size the segments do not hold.
+        for (positions, count, size) in [
+            (vec![at(2, 0), at(1, 0)], 2, 30),
+            (vec![at(1, 0), at(1, 0)], 2, 20),
+            (vec![at(1, 0), at(2, 0)], 3, 30),
+            (vec![], 2, 30),
+            (vec![at(1, 0), at(5, 0)], 2, 30),
+            (vec![at(1, 0), at(2, 0)], 2, 31),
+        ] {
+            assert!(
+                commit(positions.clone(), count, size).is_err(),
+                "{positions:?} {count} {size}"
+            );
+        }
+        commit(vec![at(1, 0), at(2, 0)], 2, 30).expect("commit");
+
+        // The object's segments are 0 and 1, in the order named, without
+        // their part records; part 3 and the begun part 4 are gone.
+        let segs = m
+            .metabase
+            .stream_segments(&stream, 0, 10)
+            .expect("segments");
+        let got: Vec<(u32, i64, bool)> = segs
+            .into_iter()
+            .map(|(i, s)| {
+                let meta = s.into_inner().meta.unwrap_or_default();
+                (i, meta.plain_size, meta.encrypted_part_info.is_empty())
+            })
+            .collect();
+        assert_eq!(got, vec![(0, 10, true), (1, 20, true)]);
+        assert!(
+            m.metabase
+                .pending_segment_positions(&stream)
+                .expect("pending")
+                .is_empty()
+        );
+        let per_segment = before / 4;
+        assert_eq!(
+            m.piece_placements().expect("placements").len(),
+            before - 2 * per_segment
+        );
+        let info = m
+            .get_object(
+                &project,
+                &pb::ObjectRequest {
+                    bucket: "bkt".into(),
+                    encrypted_key: b"mp".to_vec().into(),
+                },
+            )
+            .expect("object");
+        assert_eq!((info.plain_size, info.segment_count), (30, 2));
+    }
+
+    #[test]
+    fn part_records_and_positions_belong_to_multipart_uploads() {
+        let m = metainfo();
+        let nodes = fake_nodes(&m, 5);
+        let project = project_with_bucket(&m, "bkt");
+        let plain = begin(&m, &project, "bkt", b"plain")
+            .expect("begin")
+            .stream_id;
+        let piece = 100_000i64;
+        // A part record on an ordinary upload, or one too large.
+        let e = commit_part_segment(&m, &project, &nodes, &plain, 0, piece, 10, b"rec");
+        assert!(matches!(e, Err(MetainfoError::Invalid(_))), "{e:?}");
+        commit_segment(&m, &project, &nodes, &plain, 0, piece, 10).expect("segment");
+        // Positions on an ordinary upload.
+        let e = m.commit_object(
+            &project,
+            &pb::CommitObjectRequest {
+                stream_id: plain.clone(),
+                plain_size: 10,
+                segment_count: 1,
+                segment_positions: vec![0],
+                ..Default::default()
+            },
+        );
+        assert!(matches!(e, Err(MetainfoError::Invalid(_))), "{e:?}");
+        // Metadata at the beginning of an ordinary upload.
+        let e = m.begin_object(
+            &project,
+            &pb::BeginObjectRequest {
+                bucket: "bkt".into(),
+                encrypted_key: b"x".to_vec().into(),
+                encrypted_metadata: vec![1; 8].into(),
+                ..Default::default()
+            },
+        );
+        assert!(matches!(e, Err(MetainfoError::Invalid(_))), "{e:?}");
+        let mp = m
+            .begin_object(
+                &project,
+                &pb::BeginObjectRequest {
+                    bucket: "bkt".into(),
+                    encrypted_key: b"mp".to_vec().into(),
+                    multipart: true,
+                    ..Default::default()
+                },
+            )
+            .expect("begin")
+            .stream_id;
+        let e = commit_part_segment(
+            &m,
+            &project,
+            &nodes,
+            &mp,
+            1 << 16,
+            piece,
+            10,
+            &[0; MAX_PART_INFO_LEN + 1],
+        );
+        assert!(matches!(e, Err(MetainfoError::Invalid(_))), "{e:?}");
     }
 
     /// Sets an object's expiry time to `at`, as if it had been uploaded so;

@@ -126,6 +126,8 @@ fn sample_requests() -> Vec<Vec<u8>> {
             request: Some(R::BeginObject(pb::BeginObjectRequest {
                 bucket: "photos".into(),
                 encrypted_key: b"a2V5/b3RoZXI".to_vec().into(),
+                multipart: true,
+                encrypted_metadata: vec![7; 40].into(),
             })),
         }
         .encode_to_vec(),

@@ -54,6 +54,8 @@ pub struct NetworkOptions {
     /// Also start an S3 gateway with a credential for the network's grant
     /// (`DIR/s3.json`).
     pub gateway: bool,
+    /// The satellite's largest segment (its default when None).
+    pub max_segment_size: Option<u64>,
 }
 
 /// The S3 gateway of a network, as `DIR/s3.json` gives it.
@@ -81,6 +83,7 @@ impl Default for NetworkOptions {
             database: crate::test_database(),
             satellites: 1,
             gateway: false,
+            max_segment_size: None,
         }
     }
 }
@@ -415,6 +418,9 @@ impl ProcessNetwork {
                 settle_delay_secs: 5.0 * opts.chore_interval_secs,
                 ..Default::default()
             },
+            max_segment_size: opts
+                .max_segment_size
+                .unwrap_or(loam_satellite::Config::default().max_segment_size),
             ..Default::default()
         };
         sat_config.save(&sat_dir)?;

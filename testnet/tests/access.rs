@@ -151,6 +151,7 @@ impl World {
                 Req::BeginObject(pb::BeginObjectRequest {
                     bucket: BUCKET.into(),
                     encrypted_key: enc(&self.planet, path),
+                    ..Default::default()
                 }),
             )
             .await
@@ -203,10 +204,12 @@ async fn request(w: &World, name: &str) -> Req {
         "begin object" => Req::BeginObject(pb::BeginObjectRequest {
             bucket: BUCKET.into(),
             encrypted_key: enc(p, "team/new"),
+            ..Default::default()
         }),
         "begin object outside" => Req::BeginObject(pb::BeginObjectRequest {
             bucket: BUCKET.into(),
             encrypted_key: enc(p, "other/new"),
+            ..Default::default()
         }),
         "begin segment" => Req::BeginSegment(pb::BeginSegmentRequest {
             stream_id: w.pending("team/p").await,
@@ -254,6 +257,16 @@ async fn request(w: &World, name: &str) -> Req {
         }),
         "list objects above" => Req::ListObjects(pb::ListObjectsRequest {
             bucket: BUCKET.into(),
+            ..Default::default()
+        }),
+        "list upload segments" => Req::ListUploadSegments(pb::ListUploadSegmentsRequest {
+            bucket: BUCKET.into(),
+            stream_id: w.pending("team/p").await,
+            ..Default::default()
+        }),
+        "list upload segments outside" => Req::ListUploadSegments(pb::ListUploadSegmentsRequest {
+            bucket: BUCKET.into(),
+            stream_id: w.pending("other/p").await,
             ..Default::default()
         }),
         "list pending" => Req::ListPending(pb::ListPendingRequest {
@@ -354,6 +367,8 @@ const TABLE: &[(&str, &str)] = &[
     ("list objects outside", "NRWDC"),
     ("list objects above", "NRWDPC"),
     ("list pending", "NRWDPC"),
+    ("list upload segments", "NRWDPC"),
+    ("list upload segments outside", "NRWDC"),
     ("delete object", "NRWLP"),
     ("delete object outside", "NRWL"),
     ("begin move", "NWLDP"),
@@ -786,6 +801,7 @@ async fn objects_stored_before_path_keys_stay_readable_by_the_root_grant() {
             Req::BeginObject(pb::BeginObjectRequest {
                 bucket: BUCKET.into(),
                 encrypted_key: enc(&planet, "old/z"),
+                ..Default::default()
             }),
         )
         .await

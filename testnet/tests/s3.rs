@@ -59,14 +59,16 @@ fn credential(net: &ProcessNetwork, access: &Access, out: &Path) {
     std::fs::write(out, serde_json::to_vec(&endpoint).expect("json")).expect("write");
 }
 
-/// Four nodes (any two rebuild a segment) and a gateway.
-async fn network_with_gateway(dir: &Path) -> ProcessNetwork {
+/// Four nodes (any two rebuild a segment) and a gateway; segments of at
+/// most `max_segment_size` bytes when given.
+async fn network_with_gateway(dir: &Path, max_segment_size: Option<u64>) -> ProcessNetwork {
     ProcessNetwork::start(
         dir,
         &NetworkOptions {
             nodes: 4,
             redundancy: "2/3/4/4".parse().expect("scheme"),
             gateway: true,
+            max_segment_size,
             ..Default::default()
         },
     )
@@ -77,7 +79,8 @@ async fn network_with_gateway(dir: &Path) -> ProcessNetwork {
 #[tokio::test(flavor = "multi_thread")]
 async fn boto3_suite_passes_against_the_gateway() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let net = network_with_gateway(dir.path()).await;
+    // Segments of 2 MiB: a part of 5 MiB or more spans several.
+    let net = network_with_gateway(dir.path(), Some(2 << 20)).await;
     let s3_json = net.dir.join("s3.json");
     let written: S3Endpoint =
         serde_json::from_slice(&std::fs::read(&s3_json).expect("s3.json")).expect("s3.json");
@@ -215,7 +218,7 @@ fn read_tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn aws_cli_rclone_and_s3cmd_work_unchanged() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let net = network_with_gateway(&dir.path().join("net")).await;
+    let net = network_with_gateway(&dir.path().join("net"), None).await;
     let s3 = net.s3.clone().expect("gateway");
     let tree = dir.path().join("tree");
     let names = make_tree(&tree);
@@ -302,6 +305,51 @@ async fn aws_cli_rclone_and_s3cmd_work_unchanged() {
         copied.to_str().expect("utf-8"),
     ]);
     assert_eq!(std::fs::read(&copied).expect("copy"), want["big.bin"]);
+
+    // 300 MiB both ways: the CLI uploads it in 8 MiB parts (multipart) and
+    // reads it back in ranged GETs.
+    let large = dir.path().join("large.bin");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&large).expect("create"));
+        let mut block = vec![0u8; 1 << 20];
+        for i in 0..300u32 {
+            for (j, b) in block.iter_mut().enumerate() {
+                *b = (j as u32)
+                    .wrapping_mul(31)
+                    .wrapping_add(i.wrapping_mul(977)) as u8;
+            }
+            block[..4].copy_from_slice(&i.to_be_bytes());
+            f.write_all(&block).expect("write");
+        }
+    }
+    let large_path = large.to_str().expect("utf-8");
+    aws(&["s3", "cp", large_path, "s3://cli/large.bin"]);
+    let head = aws(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "cli",
+        "--key",
+        "large.bin",
+    ]);
+    assert!(
+        head.contains("-38\\\"") && head.contains("314572800"),
+        "300 MiB in 38 parts of 8 MiB:\n{head}"
+    );
+    let large_back = dir.path().join("large.back");
+    aws(&[
+        "s3",
+        "cp",
+        "s3://cli/large.bin",
+        large_back.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        std::fs::read(&large).expect("read") == std::fs::read(&large_back).expect("read back"),
+        "300 MiB came back different"
+    );
+    std::fs::remove_file(&large).expect("rm");
+    std::fs::remove_file(&large_back).expect("rm");
 
     // rclone, configured through its environment.
     let rclone_env = [

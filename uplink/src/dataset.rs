@@ -240,6 +240,7 @@ impl Project {
                     sizes: seg.rows.clone(),
                     records: seg.records.clone(),
                 }),
+                None,
                 &obj_key,
                 progress.clone(),
             )
@@ -249,6 +250,7 @@ impl Project {
             size: text.len() as u64,
             custom: Default::default(),
             segment_size: None,
+            parts: None,
             dataset: Some(DatasetMeta {
                 schema: schema.clone(),
                 records: packed.iter().map(|s| s.records.clone()).collect(),
@@ -263,6 +265,7 @@ impl Project {
             Vec::new(),
             opts.compute,
             0,
+            Vec::new(),
         )
         .await?;
         Ok(DatasetInfo {

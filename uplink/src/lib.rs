@@ -21,6 +21,7 @@
 pub mod dataset;
 mod direct;
 pub mod market;
+pub mod multipart;
 mod transfer;
 pub use loam_piece_transfer::{FetchError, feed, fetch, fetch_pieces, piece, segment};
 
@@ -95,6 +96,10 @@ pub enum UplinkError {
     Scope(#[from] loam_common::scope::ScopeError),
     #[error("creating buckets needs the project's root grant; this grant holds keys for {0} only")]
     NotRoot(String),
+    #[error("no multipart upload {0:?} of this key is in progress")]
+    UploadNotFound(String),
+    #[error("invalid part: {0}")]
+    InvalidPart(String),
     #[error("range {start}-{end} is not within the object's {size} bytes")]
     Range { start: u64, end: u64, size: u64 },
     #[error(transparent)]
@@ -172,6 +177,10 @@ pub struct Item {
     /// The owner's key-value pairs (`cp --metadata`), decrypted.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// Objects uploaded in parts: each part's size, in order (empty
+    /// otherwise, and in listings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<u64>,
 }
 
 /// An upload begun and not committed.
@@ -183,6 +192,9 @@ pub struct PendingUpload {
     pub created_ms: i64,
     /// Segments committed so far.
     pub segments: u32,
+    /// Begun with [`Project::begin_multipart`].
+    #[serde(default)]
+    pub multipart: bool,
 }
 
 /// How an object is uploaded, beyond its bytes.
@@ -225,6 +237,10 @@ pub(crate) struct ObjectMeta {
     /// vary): lets a ranged download fetch only the segments it needs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) segment_size: Option<u64>,
+    /// Objects uploaded in parts: how their segments lie (see
+    /// [`multipart::PartRun`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) parts: Option<Vec<multipart::PartRun>>,
     /// The owner's key-value pairs (`cp --metadata`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub(crate) custom: std::collections::BTreeMap<String, String>,
@@ -588,6 +604,7 @@ impl Project {
                     segments: item.segment_count,
                     expires_ms: (item.expires_unix_ms > 0).then_some(item.expires_unix_ms),
                     metadata,
+                    parts: Vec::new(),
                 });
             }
             match (resp.more, resp.items.last()) {
@@ -626,6 +643,7 @@ impl Project {
                     upload_id: hex::encode(&p.stream_id),
                     created_ms: p.created_unix_ms,
                     segments: p.segments,
+                    multipart: p.multipart,
                 })
             })
             .collect()
@@ -658,6 +676,11 @@ impl Project {
             created_ms: info.created_unix_ms,
             segments: info.segment_count,
             expires_ms: (info.expires_unix_ms > 0).then_some(info.expires_unix_ms),
+            parts: meta
+                .parts
+                .as_deref()
+                .map(multipart::part_sizes)
+                .unwrap_or_default(),
             metadata: meta.custom,
         })
     }
@@ -818,7 +841,7 @@ impl Project {
 }
 
 /// Turns a satellite NOT_FOUND into the caller's specific error.
-fn not_found_as(e: UplinkError, f: impl FnOnce() -> UplinkError) -> UplinkError {
+pub(crate) fn not_found_as(e: UplinkError, f: impl FnOnce() -> UplinkError) -> UplinkError {
     match e {
         UplinkError::Satellite(r) if r.code == pb::ErrorCode::NotFound => f(),
         UplinkError::Satellite(r) if r.code == pb::ErrorCode::Unavailable => {

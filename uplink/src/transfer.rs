@@ -27,7 +27,7 @@ pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// Sanity limits on what a satellite may claim before buffers are sized
 /// from it.
-const MAX_SEGMENT_SIZE: i64 = 1 << 30;
+pub(crate) const MAX_SEGMENT_SIZE: i64 = 1 << 30;
 const MAX_PIECE_SIZE: i64 = 1 << 30;
 
 /// Stripes the encoder may run ahead of the fastest piece upload.
@@ -101,7 +101,10 @@ impl Plaintext {
 /// Overhead of [`encryption::seal`] on inline data.
 const SEAL_OVERHEAD: usize = 28;
 
-async fn read_full<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> std::io::Result<Vec<u8>> {
+pub(crate) async fn read_full<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> std::io::Result<Vec<u8>> {
     let mut buf = BufferPool::global().take(max);
     while buf.len() < max {
         let n = (&mut *r)
@@ -120,7 +123,7 @@ fn max_segment_of(begin: &pb::BeginObjectResponse) -> usize {
     begin.max_segment_size.clamp(1, MAX_SEGMENT_SIZE) as usize
 }
 
-fn scheme_of(r: Option<&pb::RedundancyScheme>) -> Result<RedundancyScheme, UplinkError> {
+pub(crate) fn scheme_of(r: Option<&pb::RedundancyScheme>) -> Result<RedundancyScheme, UplinkError> {
     r.and_then(|r| RedundancyScheme::try_from(r).ok())
         .ok_or(UplinkError::Unexpected)
 }
@@ -296,7 +299,7 @@ impl Project {
                         reading = false;
                         continue;
                     }
-                    inflight.push(self.upload_segment(coder.clone(), &begin.stream_id, index, buf, None, &obj_key, progress.clone()));
+                    inflight.push(self.upload_segment(coder.clone(), &begin.stream_id, index, buf, None, None, &obj_key, progress.clone()));
                     index += 1;
                 }
                 r = inflight.next(), if !inflight.is_empty() => {
@@ -315,6 +318,7 @@ impl Project {
         let meta = ObjectMeta {
             size: total,
             segment_size: Some(max_segment as u64),
+            parts: None,
             custom,
             dataset: None,
         };
@@ -327,6 +331,7 @@ impl Project {
                 inline.unwrap_or_default(),
                 false,
                 opts.expires_ms.unwrap_or(0),
+                Vec::new(),
             )
             .await?;
         Ok(Item {
@@ -337,6 +342,7 @@ impl Project {
             segments: index,
             expires_ms: opts.expires_ms,
             metadata: meta.custom,
+            parts: Vec::new(),
         })
     }
 
@@ -351,6 +357,7 @@ impl Project {
             .call(Req::BeginObject(pb::BeginObjectRequest {
                 bucket: bucket.to_string(),
                 encrypted_key: enc_key.into(),
+                ..Default::default()
             }))
             .await
             .map_err(|e| not_found_as(e, || UplinkError::BucketNotFound(bucket.to_string())))?
@@ -375,6 +382,7 @@ impl Project {
         inline: Vec<u8>,
         compute: bool,
         expires_ms: i64,
+        positions: Vec<u32>,
     ) -> Result<i64, UplinkError> {
         let meta_bytes = serde_json::to_vec(meta).expect("metadata serializes");
         match self
@@ -387,6 +395,7 @@ impl Project {
                 dataset: meta.dataset.is_some(),
                 compute_enabled: compute,
                 expires_unix_ms: expires_ms,
+                segment_positions: positions,
             }))
             .await?
         {
@@ -403,6 +412,7 @@ impl Project {
         index: u32,
         plain: Plaintext,
         rows: Option<RowLayout>,
+        part_info: Option<bytes::Bytes>,
         obj_key: &Key,
         progress: Option<Progress>,
     ) -> Result<(), UplinkError> {
@@ -619,6 +629,7 @@ impl Project {
             piece_size: piece_size as i64,
             row_sizes,
             row_records,
+            encrypted_part_info: part_info.unwrap_or_default(),
         };
         self.call(Req::CommitSegment(pb::CommitSegmentRequest {
             stream_id: stream_id.clone(),
@@ -728,15 +739,36 @@ impl Project {
             shuffle,
             stored: Vec::new(),
         };
+        // An object uploaded in parts has segments of several sizes,
+        // encrypted under their parts' positions: its metadata says where
+        // each lies.
+        let spans = match &meta.parts {
+            Some(runs) => Some(Arc::new(crate::multipart::spans(
+                runs,
+                info.segment_count,
+                meta.size,
+            )?)),
+            None => None,
+        };
         if let Some(r) = &range
             && shuffle.is_none()
-            && let Some(s) = meta.segment_size.filter(|s| *s > 0)
         {
-            let first = u32::try_from(r.start / s).unwrap_or(u32::MAX);
-            let last = u32::try_from(r.end.div_ceil(s)).unwrap_or(u32::MAX);
-            segments = first.min(info.segment_count)..last.min(info.segment_count);
+            if let Some(spans) = &spans {
+                let first = spans.partition_point(|s| s.offset + s.len <= r.start);
+                let last = spans.partition_point(|s| s.offset < r.end).max(first);
+                segments = first as u32..last as u32;
+            } else if let Some(s) = meta.segment_size.filter(|s| *s > 0) {
+                let first = u32::try_from(r.start / s).unwrap_or(u32::MAX);
+                let last = u32::try_from(r.end.div_ceil(s)).unwrap_or(u32::MAX);
+                segments = first.min(info.segment_count)..last.min(info.segment_count);
+            }
         }
-        let skipped = u64::from(segments.start).saturating_mul(meta.segment_size.unwrap_or(0));
+        let skipped = match &spans {
+            Some(spans) => spans
+                .get(segments.start as usize)
+                .map_or(meta.size, |s| s.offset),
+            None => u64::from(segments.start).saturating_mul(meta.segment_size.unwrap_or(0)),
+        };
         let obj_key = self.read_key(bucket, key, &info.encrypted_metadata)?;
         let report = |n: u64| {
             if let Some(p) = &progress {
@@ -765,9 +797,21 @@ impl Project {
                 let mut pending = FuturesOrdered::new();
                 loop {
                     while next < count && pending.len() < this.config.download_concurrency {
-                        pending.push_back(
-                            this.download_segment(&bucket, &enc_key, next, &obj_key, &coders),
-                        );
+                        let span = spans.as_ref().and_then(|s| s.get(next as usize)).copied();
+                        let cipher = span.map_or(next, |s| s.cipher);
+                        let fetch = this
+                            .download_segment(&bucket, &enc_key, next, cipher, &obj_key, &coders);
+                        pending.push_back(async move {
+                            let rows = fetch.await?;
+                            let got: u64 = rows.iter().map(|r| r.len() as u64).sum();
+                            match span {
+                                Some(s) if s.len != got => Err(UplinkError::Corrupt(format!(
+                                    "segment {next} holds {got} bytes, the object's parts say {}",
+                                    s.len
+                                ))),
+                                _ => Ok(rows),
+                            }
+                        });
                         next += 1;
                     }
                     let Some(segment) = pending.next().await else {
@@ -823,6 +867,7 @@ impl Project {
         bucket: &str,
         enc_key: &bytes::Bytes,
         index: u32,
+        cipher_index: u32,
         obj_key: &Key,
         coders: &std::sync::Mutex<HashMap<String, Arc<ErasureCoder>>>,
     ) -> Result<Vec<Vec<u8>>, UplinkError> {
@@ -883,7 +928,7 @@ impl Project {
                 segment::decode(
                     &coder,
                     &seg_key,
-                    index,
+                    cipher_index,
                     plain_size,
                     &meta.row_sizes,
                     &mut pieces,

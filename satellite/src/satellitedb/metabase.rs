@@ -270,6 +270,10 @@ impl Batch {
             .push(Op::Put(Table::Segments, at.encode(), rec.encode_to_vec()));
     }
 
+    pub fn delete_segment(&mut self, at: &SegmentPosition) {
+        self.ops.push(Op::Delete(Table::Segments, at.encode()));
+    }
+
     pub fn expect_segment(&mut self, at: &SegmentPosition, read: &Stored<pb::SegmentRecord>) {
         self.ops.push(Op::Expect(
             Table::Segments,
@@ -551,6 +555,42 @@ impl Metabase {
             .get(Table::Segments, &at.encode())?
             .map(|v| stored(v, "segment"))
             .transpose()
+    }
+
+    /// Up to `limit` committed segments of `stream` from position `from`
+    /// on, in position order.
+    pub fn stream_segments(
+        &self,
+        stream: &[u8],
+        from: u32,
+        limit: usize,
+    ) -> Result<Vec<(u32, Stored<pb::SegmentRecord>)>, DbError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let start = SegmentPosition::new(stream, from).encode();
+        walk(&*self.kv, Table::Segments, stream, &start, |k, v| {
+            let at = SegmentPosition::decode(&k).ok_or(DbError::Corrupt("segment key"))?;
+            out.push((at.index, stored(v, "segment")?));
+            Ok::<_, DbError>(if out.len() >= limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// The positions of `stream`'s segments begun and not committed.
+    pub fn pending_segment_positions(&self, stream: &[u8]) -> Result<Vec<u32>, DbError> {
+        let mut out = Vec::new();
+        walk(&*self.kv, Table::PendingSegments, stream, b"", |k, _| {
+            let at = SegmentPosition::decode(&k).ok_or(DbError::Corrupt("segment key"))?;
+            out.push(at.index);
+            Ok::<_, DbError>(ControlFlow::Continue(()))
+        })?;
+        Ok(out)
     }
 
     /// How many segments of `stream` are committed.

@@ -329,6 +329,9 @@ def test_a_read_only_credential_cannot_write_or_delete(s3, bucket):
     with pytest.raises(ClientError) as e:
         ro.delete_object(Bucket=bucket, Key="ro/k")
     assert code(e) == "AccessDenied"
+    with pytest.raises(ClientError) as e:
+        ro.create_multipart_upload(Bucket=bucket, Key="ro/parts")
+    assert code(e) == "AccessDenied"
     assert s3.get_object(Bucket=bucket, Key="ro/k")["Body"].read() == b"read me"
 
 
@@ -349,3 +352,253 @@ def test_a_prefix_credential_cannot_list_or_read_outside_its_prefix(s3):
     with pytest.raises(ClientError) as e:
         scoped.put_object(Bucket="scoped", Key="theirs/new", Body=b"n")
     assert code(e) == "AccessDenied"
+
+
+MiB = 1024 * 1024
+
+
+def md5_etag(data):
+    return '"%s"' % hashlib.md5(data).hexdigest()
+
+
+def multipart_etag(parts):
+    digests = b"".join(hashlib.md5(p).digest() for p in parts)
+    return '"%s-%d"' % (hashlib.md5(digests).hexdigest(), len(parts))
+
+
+def test_multipart_upload_list_and_complete(s3, bucket):
+    key = "mp/object"
+    up = s3.create_multipart_upload(
+        Bucket=bucket, Key=key, ContentType="application/x-parts", Metadata={"owner": "mp"}
+    )
+    uid = up["UploadId"]
+    # Parts span several segments (the network's are 2 MiB) and end
+    # mid-segment; they go up out of order.
+    data = {
+        1: bytes([1]) * (5 * MiB) + os.urandom(1000),
+        2: os.urandom(6 * MiB + 17),
+        3: b"tail" * 1000,
+    }
+    etags = {}
+    for n in [3, 1, 2]:
+        r = s3.upload_part(Bucket=bucket, Key=key, UploadId=uid, PartNumber=n, Body=data[n])
+        assert r["ETag"] == md5_etag(data[n])
+        etags[n] = r["ETag"]
+    # Part 2 again, shorter (fewer segments): the new one replaces it.
+    data[2] = b"\x07" * (5 * MiB + 1)
+    etags[2] = s3.upload_part(
+        Bucket=bucket, Key=key, UploadId=uid, PartNumber=2, Body=data[2]
+    )["ETag"]
+    assert etags[2] == md5_etag(data[2])
+    # A part that will be left out.
+    s3.upload_part(Bucket=bucket, Key=key, UploadId=uid, PartNumber=4, Body=b"left out")
+
+    listed = s3.list_parts(Bucket=bucket, Key=key, UploadId=uid)
+    assert [(p["PartNumber"], p["Size"], p["ETag"]) for p in listed["Parts"]] == [
+        (1, len(data[1]), etags[1]),
+        (2, len(data[2]), etags[2]),
+        (3, len(data[3]), etags[3]),
+        (4, 8, md5_etag(b"left out")),
+    ]
+    page = s3.list_parts(Bucket=bucket, Key=key, UploadId=uid, MaxParts=2)
+    assert [p["PartNumber"] for p in page["Parts"]] == [1, 2]
+    assert page["IsTruncated"] and page["NextPartNumberMarker"] == 2
+    rest = s3.list_parts(Bucket=bucket, Key=key, UploadId=uid, PartNumberMarker=2)
+    assert [p["PartNumber"] for p in rest["Parts"]] == [3, 4]
+    assert not rest["IsTruncated"]
+    uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix="mp/")
+    assert [(u["Key"], u["UploadId"]) for u in uploads["Uploads"]] == [(key, uid)]
+    # A plain PUT in flight is not a multipart upload; another key's are
+    # not listed under this prefix.
+    assert not s3.list_multipart_uploads(Bucket=bucket, Prefix="other/").get("Uploads")
+
+    def complete(parts):
+        return s3.complete_multipart_upload(
+            Bucket=bucket,
+            Key=key,
+            UploadId=uid,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]},
+        )
+
+    with pytest.raises(ClientError) as e:
+        complete([(1, etags[1]), (2, etags[1]), (3, etags[3])])
+    assert code(e) == "InvalidPart"
+    with pytest.raises(ClientError) as e:
+        complete([(1, etags[1]), (5, etags[3])])
+    assert code(e) == "InvalidPart"
+    with pytest.raises(ClientError) as e:
+        complete([(2, etags[2]), (1, etags[1])])
+    assert code(e) == "InvalidPartOrder"
+    with pytest.raises(ClientError) as e:
+        complete([(1, etags[1]), (3, etags[3]), (4, md5_etag(b"left out"))])
+    assert code(e) == "EntityTooSmall"
+
+    done = complete([(n, etags[n]) for n in (1, 2, 3)])
+    parts = [data[1], data[2], data[3]]
+    whole = b"".join(parts)
+    assert done["ETag"] == multipart_etag(parts)
+
+    got = s3.get_object(Bucket=bucket, Key=key)
+    assert got["Body"].read() == whole
+    assert got["ETag"] == multipart_etag(parts)
+    assert got["ContentType"] == "application/x-parts"
+    assert got["Metadata"] == {"owner": "mp"}
+    # Ranges across segment and part boundaries.
+    p1 = len(data[1])
+    for a, b in [(0, 9), (2 * MiB - 3, 2 * MiB + 2), (p1 - 10, p1 + 10), (p1 - 1, len(whole) - 1), (len(whole) - 5, len(whole) - 1)]:
+        r = s3.get_object(Bucket=bucket, Key=key, Range="bytes=%d-%d" % (a, b))
+        assert r["Body"].read() == whole[a : b + 1], (a, b)
+    # Parts by number.
+    for n in (1, 2, 3):
+        r = s3.get_object(Bucket=bucket, Key=key, PartNumber=n)
+        assert r["Body"].read() == parts[n - 1]
+        assert r["PartsCount"] == 3
+    assert s3.head_object(Bucket=bucket, Key=key, PartNumber=2)["ContentLength"] == len(data[2])
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket=bucket, Key=key, PartNumber=4)
+    assert status(e) == 416
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="mp/object")["Contents"]
+    assert [(o["Key"], o["Size"], o["ETag"]) for o in listed] == [(key, len(whole), multipart_etag(parts))]
+
+    # The upload is over.
+    assert not s3.list_multipart_uploads(Bucket=bucket, Prefix="mp/").get("Uploads")
+    with pytest.raises(ClientError) as e:
+        s3.upload_part(Bucket=bucket, Key=key, UploadId=uid, PartNumber=5, Body=b"late")
+    assert code(e) == "NoSuchUpload"
+
+
+def test_upload_part_copy_abort_and_empty_parts(s3, bucket):
+    src = bytes(range(256)) * (24 * 1024)  # 6 MiB
+    s3.put_object(Bucket=bucket, Key="mp/src", Body=src)
+    key = "mp/copied"
+    uid = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    whole = s3.upload_part_copy(
+        Bucket=bucket, Key=key, UploadId=uid, PartNumber=1, CopySource={"Bucket": bucket, "Key": "mp/src"}
+    )
+    assert whole["CopyPartResult"]["ETag"] == md5_etag(src)
+    ranged = s3.upload_part_copy(
+        Bucket=bucket,
+        Key=key,
+        UploadId=uid,
+        PartNumber=2,
+        CopySource={"Bucket": bucket, "Key": "mp/src"},
+        CopySourceRange="bytes=100-1099",
+    )
+    assert ranged["CopyPartResult"]["ETag"] == md5_etag(src[100:1100])
+    with pytest.raises(ClientError) as e:
+        s3.upload_part_copy(
+            Bucket=bucket,
+            Key=key,
+            UploadId=uid,
+            PartNumber=3,
+            CopySource={"Bucket": bucket, "Key": "mp/src"},
+            CopySourceRange="bytes=0-%d" % len(src),
+        )
+    assert code(e) == "InvalidRange"
+    with pytest.raises(ClientError) as e:
+        s3.upload_part_copy(
+            Bucket=bucket, Key=key, UploadId=uid, PartNumber=3, CopySource={"Bucket": bucket, "Key": "mp/missing"}
+        )
+    assert code(e) == "NoSuchKey"
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key=key,
+        UploadId=uid,
+        MultipartUpload={
+            "Parts": [
+                {"PartNumber": 1, "ETag": whole["CopyPartResult"]["ETag"]},
+                {"PartNumber": 2, "ETag": ranged["CopyPartResult"]["ETag"]},
+            ]
+        },
+    )
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == src + src[100:1100]
+
+    # A part whose body does not match its Content-MD5 is refused.
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="mp/aborted")["UploadId"]
+    with pytest.raises(ClientError) as e:
+        s3.upload_part(
+            Bucket=bucket,
+            Key="mp/aborted",
+            UploadId=uid,
+            PartNumber=1,
+            Body=b"body",
+            ContentMD5=base64.b64encode(hashlib.md5(b"other").digest()).decode(),
+        )
+    assert code(e) == "BadDigest"
+    assert not s3.list_parts(Bucket=bucket, Key="mp/aborted", UploadId=uid).get("Parts")
+    s3.upload_part(Bucket=bucket, Key="mp/aborted", UploadId=uid, PartNumber=1, Body=b"body")
+    # An upload id answers only for its own key.
+    for call in (
+        lambda: s3.list_parts(Bucket=bucket, Key="mp/other", UploadId=uid),
+        lambda: s3.abort_multipart_upload(Bucket=bucket, Key="mp/other", UploadId=uid),
+        lambda: s3.list_parts(Bucket=bucket, Key="mp/aborted", UploadId="00" * 16),
+        lambda: s3.list_parts(Bucket=bucket, Key="mp/aborted", UploadId="not hex"),
+    ):
+        with pytest.raises(ClientError) as e:
+            call()
+        assert code(e) == "NoSuchUpload"
+    with pytest.raises(ClientError) as e:
+        s3.upload_part(Bucket=bucket, Key="mp/aborted", UploadId=uid, PartNumber=10001, Body=b"x")
+    assert code(e) == "InvalidArgument"
+    s3.abort_multipart_upload(Bucket=bucket, Key="mp/aborted", UploadId=uid)
+    for call in (
+        lambda: s3.list_parts(Bucket=bucket, Key="mp/aborted", UploadId=uid),
+        lambda: s3.upload_part(Bucket=bucket, Key="mp/aborted", UploadId=uid, PartNumber=2, Body=b"x"),
+        lambda: s3.complete_multipart_upload(
+            Bucket=bucket,
+            Key="mp/aborted",
+            UploadId=uid,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": md5_etag(b"body")}]},
+        ),
+    ):
+        with pytest.raises(ClientError) as e:
+            call()
+        assert code(e) == "NoSuchUpload"
+    with pytest.raises(ClientError) as e:
+        s3.head_object(Bucket=bucket, Key="mp/aborted")
+    assert status(e) == 404
+
+    # An object of one empty part.
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="mp/empty")["UploadId"]
+    etag = s3.upload_part(Bucket=bucket, Key="mp/empty", UploadId=uid, PartNumber=1, Body=b"")["ETag"]
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="mp/empty",
+        UploadId=uid,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
+    )
+    got = s3.get_object(Bucket=bucket, Key="mp/empty")
+    assert got["Body"].read() == b""
+    assert got["ETag"] == multipart_etag([b""])
+
+
+def test_multipart_uploads_are_listed_with_markers_and_delimiters(s3, bucket):
+    ids = {}
+    for key in ["ul/a", "ul/b", "ul/b", "ul/dir/c", "ul/dir/d"]:
+        ids.setdefault(key, []).append(s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"])
+    everything = s3.list_multipart_uploads(Bucket=bucket, Prefix="ul/")["Uploads"]
+    assert [u["Key"] for u in everything] == ["ul/a", "ul/b", "ul/b", "ul/dir/c", "ul/dir/d"]
+    assert [u["UploadId"] for u in everything if u["Key"] == "ul/b"] == ids["ul/b"]
+    top = s3.list_multipart_uploads(Bucket=bucket, Prefix="ul/", Delimiter="/")
+    assert [u["Key"] for u in top["Uploads"]] == ["ul/a", "ul/b", "ul/b"]
+    assert [p["Prefix"] for p in top["CommonPrefixes"]] == ["ul/dir/"]
+    first = s3.list_multipart_uploads(Bucket=bucket, Prefix="ul/", MaxUploads=2)
+    assert [u["Key"] for u in first["Uploads"]] == ["ul/a", "ul/b"]
+    assert first["IsTruncated"]
+    after = s3.list_multipart_uploads(
+        Bucket=bucket,
+        Prefix="ul/",
+        KeyMarker=first["NextKeyMarker"],
+        UploadIdMarker=first["NextUploadIdMarker"],
+    )
+    assert [(u["Key"], u["UploadId"]) for u in after["Uploads"]] == [
+        ("ul/b", ids["ul/b"][1]),
+        ("ul/dir/c", ids["ul/dir/c"][0]),
+        ("ul/dir/d", ids["ul/dir/d"][0]),
+    ]
+    past_b = s3.list_multipart_uploads(Bucket=bucket, Prefix="ul/", KeyMarker="ul/b")
+    assert [u["Key"] for u in past_b["Uploads"]] == ["ul/dir/c", "ul/dir/d"]
+    for key, uploads in ids.items():
+        for uid in uploads:
+            s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=uid)
+    assert not s3.list_multipart_uploads(Bucket=bucket, Prefix="ul/").get("Uploads")
