@@ -7,21 +7,19 @@
 //! the next part, list the parts, complete or abort.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
-use futures::TryStreamExt;
 use loam_uplink::Project;
 use loam_uplink::multipart::{MAX_PART_NUMBER, Part as StoredPart};
 use md5::{Digest, Md5};
 use s3s::dto::*;
 use s3s::{S3Result, s3_error};
 use tokio::io::AsyncRead;
-use tokio_util::io::StreamReader;
 
 use crate::s3::{
-    DOWNLOAD_PIPE_BYTES, ETAG, Md5Reader, check_conditions, copy_source_of, etag_of, s3_err,
-    stored_metadata, timestamp,
+    BodyDigest, DOWNLOAD_PIPE_BYTES, ETAG, body_reader, check_conditions, copy_source_of, etag_of,
+    s3_err, stored_metadata, timestamp,
 };
 
 /// Smallest part S3 takes, but for the last.
@@ -56,44 +54,16 @@ async fn put_part(
     content_md5: Option<String>,
     whole: Option<Arc<AtomicBool>>,
 ) -> S3Result<StoredPart> {
-    let md5 = Arc::new(Mutex::new(Md5::new()));
-    let reader = Md5Reader {
-        inner: body,
-        md5: md5.clone(),
+    let digest = Arc::new(BodyDigest::new(content_md5, whole));
+    let reader = digest.reader(body);
+    let finish = {
+        let digest = digest.clone();
+        move || digest.finish()
     };
-    let mismatch = Arc::new(AtomicBool::new(false));
-    let digest = {
-        let mismatch = mismatch.clone();
-        move || {
-            if whole.as_ref().is_some_and(|w| !w.load(Ordering::Acquire)) {
-                return Err("the source ended before its last byte".to_string());
-            }
-            let digest = md5
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-                .finalize();
-            if let Some(expected) = &content_md5 {
-                use base64::Engine;
-                if base64::engine::general_purpose::STANDARD.encode(digest) != *expected {
-                    mismatch.store(true, Ordering::Release);
-                    return Err("Content-MD5 does not match the body".to_string());
-                }
-            }
-            Ok(hex::encode(digest))
-        }
-    };
-    match project
-        .upload_part(bucket, key, upload_id, number, reader, digest, None)
+    project
+        .upload_part(bucket, key, upload_id, number, reader, finish, None)
         .await
-    {
-        Ok(part) => Ok(part),
-        Err(_) if mismatch.load(Ordering::Acquire) => Err(s3_error!(
-            BadDigest,
-            "the Content-MD5 you specified did not match what was received"
-        )),
-        Err(e) => Err(s3_err(e)),
-    }
+        .map_err(|e| digest.error_of(e))
 }
 
 pub async fn create(
@@ -123,35 +93,17 @@ pub async fn create(
 
 pub async fn upload_part(project: Project, i: UploadPartInput) -> S3Result<UploadPartOutput> {
     let number = part_number(i.part_number)?;
-    let part = match i.body {
-        Some(body) => {
-            let reader = StreamReader::new(body.map_err(std::io::Error::other));
-            put_part(
-                &project,
-                &i.bucket,
-                &i.key,
-                &i.upload_id,
-                number,
-                reader,
-                i.content_md5,
-                None,
-            )
-            .await?
-        }
-        None => {
-            put_part(
-                &project,
-                &i.bucket,
-                &i.key,
-                &i.upload_id,
-                number,
-                tokio::io::empty(),
-                i.content_md5,
-                None,
-            )
-            .await?
-        }
-    };
+    let part = put_part(
+        &project,
+        &i.bucket,
+        &i.key,
+        &i.upload_id,
+        number,
+        body_reader(i.body),
+        i.content_md5,
+        None,
+    )
+    .await?;
     Ok(UploadPartOutput {
         e_tag: Some(ETag::Strong(part.digest)),
         ..Default::default()

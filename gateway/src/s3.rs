@@ -277,10 +277,89 @@ pub(crate) fn copy_condition(e: S3Error) -> S3Error {
     }
 }
 
+/// The MD5 of a body as it streams, checked against the Content-MD5 the
+/// client sent and, for a copy, against its source having been read to
+/// the end.
+pub(crate) struct BodyDigest {
+    md5: Arc<Mutex<Md5>>,
+    /// Base64, as the header carries it.
+    content_md5: Option<String>,
+    whole: Option<Arc<AtomicBool>>,
+    mismatch: AtomicBool,
+}
+
+impl BodyDigest {
+    pub(crate) fn new(content_md5: Option<String>, whole: Option<Arc<AtomicBool>>) -> Self {
+        Self {
+            md5: Arc::new(Mutex::new(Md5::new())),
+            content_md5,
+            whole,
+            mismatch: AtomicBool::new(false),
+        }
+    }
+
+    /// `body`, digested as it is read.
+    pub(crate) fn reader<R>(&self, body: R) -> Md5Reader<R> {
+        Md5Reader {
+            inner: body,
+            md5: self.md5.clone(),
+        }
+    }
+
+    /// The body's MD5 (hex) once it is read to its end; an error (a digest
+    /// that differs from the Content-MD5, a source cut short) refuses the
+    /// upload.
+    pub(crate) fn finish(&self) -> Result<String, String> {
+        if self
+            .whole
+            .as_ref()
+            .is_some_and(|w| !w.load(Ordering::Acquire))
+        {
+            return Err("the source ended before its last byte".into());
+        }
+        let digest = self
+            .md5
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .finalize();
+        if let Some(expected) = &self.content_md5 {
+            use base64::Engine;
+            if base64::engine::general_purpose::STANDARD.encode(digest) != *expected {
+                self.mismatch.store(true, Ordering::Release);
+                return Err("Content-MD5 does not match the body".into());
+            }
+        }
+        Ok(hex::encode(digest))
+    }
+
+    /// The S3 error for an upload of the body that failed with `e`.
+    pub(crate) fn error_of(&self, e: UplinkError) -> S3Error {
+        if self.mismatch.load(Ordering::Acquire) {
+            s3_error!(
+                BadDigest,
+                "the Content-MD5 you specified did not match what was received"
+            )
+        } else {
+            s3_err(e)
+        }
+    }
+}
+
+/// A request's body as a reader (empty when it has none).
+pub(crate) fn body_reader(
+    body: Option<StreamingBlob>,
+) -> Box<dyn AsyncRead + Send + Unpin + 'static> {
+    match body {
+        Some(body) => Box::new(StreamReader::new(body.map_err(std::io::Error::other))),
+        None => Box::new(tokio::io::empty()),
+    }
+}
+
 /// A reader that digests what passes through it.
 pub(crate) struct Md5Reader<R> {
-    pub(crate) inner: R,
-    pub(crate) md5: Arc<Mutex<Md5>>,
+    inner: R,
+    md5: Arc<Mutex<Md5>>,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Md5Reader<R> {
@@ -315,33 +394,13 @@ async fn put(
     content_md5: Option<String>,
     whole: Option<Arc<AtomicBool>>,
 ) -> S3Result<(String, Item)> {
-    let md5 = Arc::new(Mutex::new(Md5::new()));
-    let reader = Md5Reader {
-        inner: body,
-        md5: md5.clone(),
-    };
+    let digest = Arc::new(BodyDigest::new(content_md5, whole));
+    let reader = digest.reader(body);
     metadata.retain(|k, _| k != ETAG);
-    let mismatch = Arc::new(AtomicBool::new(false));
     let late = {
-        let mismatch = mismatch.clone();
+        let digest = digest.clone();
         LateMetadata(Arc::new(move || {
-            if whole.as_ref().is_some_and(|w| !w.load(Ordering::Acquire)) {
-                return Err("the source ended before its last byte".into());
-            }
-            let digest = md5
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-                .finalize();
-            if let Some(expected) = &content_md5 {
-                use base64::Engine;
-                let sent = base64::engine::general_purpose::STANDARD.encode(digest);
-                if &sent != expected {
-                    mismatch.store(true, Ordering::Release);
-                    return Err("Content-MD5 does not match the body".into());
-                }
-            }
-            Ok(BTreeMap::from([(ETAG.to_string(), hex::encode(digest))]))
+            Ok(BTreeMap::from([(ETAG.to_string(), digest.finish()?)]))
         }))
     };
     let opts = UploadOptions {
@@ -351,11 +410,7 @@ async fn put(
     };
     match project.upload_with(bucket, key, reader, None, &opts).await {
         Ok(item) => Ok((etag_of(&item), item)),
-        Err(_) if mismatch.load(Ordering::Acquire) => Err(s3_error!(
-            BadDigest,
-            "the Content-MD5 you specified did not match what was received"
-        )),
-        Err(e) => Err(s3_err(e)),
+        Err(e) => Err(digest.error_of(e)),
     }
 }
 
@@ -559,33 +614,16 @@ impl S3 for Gateway {
             i.content_language,
             i.expires.as_ref(),
         )?;
-        let (etag, item) = match i.body {
-            Some(body) => {
-                let reader = StreamReader::new(body.map_err(std::io::Error::other));
-                put(
-                    &project,
-                    &i.bucket,
-                    &i.key,
-                    reader,
-                    metadata,
-                    i.content_md5,
-                    None,
-                )
-                .await?
-            }
-            None => {
-                put(
-                    &project,
-                    &i.bucket,
-                    &i.key,
-                    tokio::io::empty(),
-                    metadata,
-                    i.content_md5,
-                    None,
-                )
-                .await?
-            }
-        };
+        let (etag, item) = put(
+            &project,
+            &i.bucket,
+            &i.key,
+            body_reader(i.body),
+            metadata,
+            i.content_md5,
+            None,
+        )
+        .await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
             size: Some(item.size as i64),
