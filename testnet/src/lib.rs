@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod bench_compute;
+pub mod bench_gateway;
 pub mod bench_keys;
 pub mod bench_learning;
 pub mod bench_metadata;

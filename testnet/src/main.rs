@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use loam_common::erasure::RedundancyScheme;
 use loam_testnet::process::{NetworkOptions, ProcessNetwork};
@@ -201,6 +202,35 @@ enum Command {
             default_value = "rocksdb,postgres,postgres-2"
         )]
         configs: Vec<String>,
+    },
+    /// One object up and down through the S3 gateway with the AWS CLI and
+    /// boto3, against `uplink cp` of it in the same run, with the gateway's
+    /// peak memory (needs the clients scripts/install-deps --test installs).
+    BenchGateway {
+        /// Object size in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+        /// Storage nodes to start.
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// Rounds of each transfer; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Clients to measure (uplink is the baseline the ratios need).
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "uplink,aws,boto3"
+        )]
+        clients: Vec<loam_testnet::bench_gateway::Client>,
+        /// The satellite's largest segment in MiB (64 when not given).
+        #[arg(long)]
+        segment_mib: Option<u64>,
+        /// Where the source file, downloads and network go (a temporary
+        /// directory when not given; a 5 GiB run needs about 4x the size).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Kill nodes, measure repair (time per segment, bytes moved), kill
     /// more, check every object.
@@ -416,6 +446,32 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             print!("{}", loam_testnet::bench_metadata::report(&all));
+        }
+        Command::BenchGateway {
+            size_mib,
+            nodes,
+            rounds,
+            clients,
+            segment_mib,
+            dir,
+        } => {
+            let tmp = tempfile::tempdir_in(dir.as_deref().unwrap_or(&std::env::temp_dir()))?;
+            let report = loam_testnet::bench_gateway::run(
+                &loam_testnet::bench_gateway::GatewayBench {
+                    size: size_mib
+                        .checked_mul(1 << 20)
+                        .context("--size-mib is too large")?,
+                    nodes,
+                    rounds,
+                    clients,
+                    max_segment_size: segment_mib
+                        .map(|m| m.checked_mul(1 << 20).context("--segment-mib is too large"))
+                        .transpose()?,
+                },
+                tmp.path(),
+            )
+            .await?;
+            report.print();
         }
         Command::BenchRepair {
             nodes,
