@@ -4,6 +4,7 @@
 
 pub mod credentials;
 pub mod listing;
+pub mod metrics;
 pub mod multipart;
 pub mod s3;
 
@@ -28,6 +29,17 @@ pub const RUN_FILE: &str = "run.json";
 pub struct RunInfo {
     pub address: SocketAddr,
     pub pid: u32,
+    /// Where `/metrics` and `/health` are served, when they are.
+    #[serde(default)]
+    pub metrics_address: Option<SocketAddr>,
+}
+
+/// The gateway's own HTTP side (kept off the S3 port, where `/metrics`
+/// would be a bucket): Prometheus metrics at `/metrics`, `ok` at `/health`.
+pub fn http_router() -> axum::Router {
+    metrics::describe();
+    loam_common::telemetry::metrics_router("gateway")
+        .route("/health", axum::routing::get(|| async { "ok" }))
 }
 
 /// The credentials a running gateway serves: those of its config
@@ -182,7 +194,8 @@ impl Server {
                     )
                 },
             ))
-            .layer(axum::middleware::from_fn(close_after_early_answer));
+            .layer(axum::middleware::from_fn(close_after_early_answer))
+            .layer(axum::middleware::from_fn(metrics::record));
         let task = tokio::spawn(async move { axum::serve(listener, app).await });
         Ok(Self { address, task })
     }

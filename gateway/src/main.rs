@@ -45,6 +45,10 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7777")]
         address: String,
+        /// Address of the gateway's own HTTP side: Prometheus metrics at
+        /// /metrics, a health check at /health.
+        #[arg(long, default_value = "127.0.0.1:7778")]
+        metrics_address: String,
     },
 }
 
@@ -97,7 +101,10 @@ fn main() -> anyhow::Result<()> {
             }
             creds.save(&dir)?;
         }
-        Command::Run { address } => {
+        Command::Run {
+            address,
+            metrics_address,
+        } => {
             let creds = Credentials::load(&dir)?;
             if creds.is_empty() {
                 bail!(
@@ -112,10 +119,20 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("listening on {address}"))?;
                 let keyring = loam_gateway::Keyring::new(creds, Some(dir.clone()));
                 let server = loam_gateway::Server::start(listener, keyring)?;
+                let http = tokio::net::TcpListener::bind(&metrics_address)
+                    .await
+                    .with_context(|| format!("listening on {metrics_address} for metrics"))?;
+                let metrics_address = Some(http.local_addr()?);
+                tokio::spawn(loam_common::telemetry::serve_http(
+                    http,
+                    loam_gateway::http_router(),
+                    tokio_util::sync::CancellationToken::new(),
+                ));
                 // What tools wait for: the address actually bound.
                 let run = loam_gateway::RunInfo {
                     address: server.address,
                     pid: std::process::id(),
+                    metrics_address,
                 };
                 // Whole or not at all: written aside, then renamed.
                 let run_file = dir.join(loam_gateway::RUN_FILE);
@@ -123,7 +140,11 @@ fn main() -> anyhow::Result<()> {
                 std::fs::write(&tmp, serde_json::to_vec(&run)?)
                     .and_then(|()| std::fs::rename(&tmp, &run_file))
                     .with_context(|| format!("writing {}", run_file.display()))?;
-                println!("gateway listening on http://{}", server.address);
+                println!(
+                    "gateway listening on http://{} (metrics at http://{}/metrics)",
+                    server.address,
+                    metrics_address.map_or(String::new(), |a| a.to_string())
+                );
                 tokio::select! {
                     r = server.wait() => r,
                     _ = tokio::signal::ctrl_c() => Ok(()),

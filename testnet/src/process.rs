@@ -66,6 +66,9 @@ pub struct S3Endpoint {
     pub secret_access_key: String,
     pub region: String,
     pub pid: u32,
+    /// The gateway's Prometheus metrics.
+    #[serde(default)]
+    pub metrics_url: Option<String>,
 }
 
 impl Default for NetworkOptions {
@@ -291,6 +294,8 @@ async fn start_gateway(dir: &Path, access: &Access) -> anyhow::Result<(Child, S3
             "run",
             "--address",
             "127.0.0.1:0",
+            "--metrics-address",
+            "127.0.0.1:0",
         ],
         &log,
     )?;
@@ -302,6 +307,7 @@ async fn start_gateway(dir: &Path, access: &Access) -> anyhow::Result<(Child, S3
         secret_access_key: made.secret_access_key,
         region: loam_gateway::REGION.to_string(),
         pid: run.pid,
+        metrics_url: run.metrics_address.map(|a| format!("http://{a}/metrics")),
     };
     loam_common::config::write_private(&dir.join("s3.json"), &serde_json::to_vec_pretty(&s3)?)?;
     Ok((child, s3))

@@ -24,6 +24,7 @@ fn documented() -> BTreeSet<String> {
         .filter(|s| {
             (s.starts_with("loam_satellite_")
                 || s.starts_with("loam_storagenode_")
+                || s.starts_with("loam_gateway_")
                 || *s == "loam_build_info")
                 && s.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -36,10 +37,15 @@ fn documented() -> BTreeSet<String> {
 /// daemons' sources: metric names are literals, wherever they are used.
 fn in_source() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    let mut stack: Vec<PathBuf> = ["common/src", "satellite/src", "storagenode/src"]
-        .iter()
-        .map(|d| workspace().join(d))
-        .collect();
+    let mut stack: Vec<PathBuf> = [
+        "common/src",
+        "satellite/src",
+        "storagenode/src",
+        "gateway/src",
+    ]
+    .iter()
+    .map(|d| workspace().join(d))
+    .collect();
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).expect("source dir").flatten() {
             let path = entry.path();
@@ -54,6 +60,7 @@ fn in_source() -> BTreeSet<String> {
             for prefix in [
                 "\"loam_satellite_",
                 "\"loam_storagenode_",
+                "\"loam_gateway_",
                 "\"loam_build_info",
             ] {
                 for (at, _) in text.match_indices(prefix) {

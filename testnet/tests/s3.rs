@@ -124,9 +124,28 @@ async fn boto3_suite_passes_against_the_gateway() {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{text}");
+    // The gateway counted what the suite did, by operation and status.
+    let metrics_url = written.metrics_url.clone().expect("metrics url");
+    let exposition = loam_testnet::http_get(&metrics_url).await;
+    let health = loam_testnet::http_get(&metrics_url.replace("/metrics", "/health")).await;
     net.stop().await;
     assert!(out.status.success(), "boto3 suite failed:\n{text}");
     assert!(text.contains(" passed"), "{text}");
+    let exposition = exposition.expect("gateway metrics");
+    for series in [
+        r#"loam_gateway_requests_total{operation="PutObject",status="200"}"#,
+        r#"loam_gateway_requests_total{operation="CompleteMultipartUpload",status="200"}"#,
+        r#"loam_gateway_requests_total{operation="GetObject",status="404"}"#,
+        r#"loam_gateway_requests_total{operation="PutObject",status="403"}"#,
+        "loam_gateway_received_bytes_total ",
+        "loam_gateway_request_duration_seconds_bucket{operation=\"UploadPart\"",
+    ] {
+        assert!(
+            exposition.contains(series),
+            "{series} not in:\n{exposition}"
+        );
+    }
+    assert_eq!(health.expect("health").trim(), "ok");
 }
 
 /// Runs a command line tool with `envs` (and none of the caller's own AWS
