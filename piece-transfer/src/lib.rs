@@ -53,13 +53,46 @@ pub async fn fetch_pieces(
     piece_key: &KeyPair,
     verify_all: bool,
 ) -> Result<Vec<Option<Vec<u8>>>, FetchError> {
+    let all: Vec<usize> = (0..scheme.total()).collect();
+    fetch_chosen(
+        endpoint,
+        dial_timeout,
+        hedge_after,
+        limits,
+        scheme,
+        &all,
+        scheme.k(),
+        piece_size,
+        piece_key,
+        verify_all,
+    )
+    .await
+}
+
+/// Fetches `need` of the pieces numbered in `chosen` (data pieces first),
+/// as [`fetch_pieces`] does for any `k`: a range read takes exactly the
+/// data pieces that hold its rows.
+#[allow(clippy::too_many_arguments)]
+pub async fn fetch_chosen(
+    endpoint: &loam_common::transport::Endpoint,
+    dial_timeout: std::time::Duration,
+    hedge_after: std::time::Duration,
+    limits: &[pb::AddressedOrderLimit],
+    scheme: RedundancyScheme,
+    chosen: &[usize],
+    need: usize,
+    piece_size: u64,
+    piece_key: &KeyPair,
+    verify_all: bool,
+) -> Result<Vec<Option<Vec<u8>>>, FetchError> {
     let k = scheme.k();
     let mut candidates: Vec<&pb::AddressedOrderLimit> = limits
         .iter()
         .filter(|l| (l.piece_num as usize) < scheme.total())
+        .filter(|l| chosen.contains(&(l.piece_num as usize)))
         .collect();
     candidates.sort_by_key(|l| l.piece_num);
-    let mut plan = FetchPlan::new(candidates.len(), k, hedge_after);
+    let mut plan = FetchPlan::new(candidates.len(), need, hedge_after);
     let mut pieces: Vec<Option<Vec<u8>>> = vec![None; scheme.total()];
     let mut last_error = String::from("not enough pieces are on nodes that are online");
     let mut inflight = FuturesUnordered::new();
@@ -89,7 +122,7 @@ pub async fn fetch_pieces(
             FetchStatus::Failed => {
                 return Err(FetchError {
                     got: pieces.iter().flatten().count(),
-                    needed: k,
+                    needed: need,
                     last_error,
                 });
             }

@@ -343,6 +343,52 @@ pub fn decode(
     pieces: &mut [Option<Vec<u8>>],
 ) -> Result<Vec<Vec<u8>>, DecodeError> {
     let k = coder.scheme().k();
+    check_row_sizes(k, plain_size, row_sizes)?;
+    coder.reconstruct_data(pieces)?;
+    let all: Vec<usize> = (0..k).collect();
+    decrypt_rows(key, segment_index, plain_size, row_sizes, k, &all, pieces)
+}
+
+/// The rows `wanted` (ascending data piece numbers) of a segment, from
+/// those data pieces alone: what a range inside the segment needs.
+pub fn decode_rows(
+    k: usize,
+    key: &Key,
+    segment_index: u32,
+    plain_size: usize,
+    row_sizes: &[i64],
+    wanted: &[usize],
+    pieces: &mut [Option<Vec<u8>>],
+) -> Result<Vec<Vec<u8>>, DecodeError> {
+    check_row_sizes(k, plain_size, row_sizes)?;
+    if wanted.windows(2).any(|w| w[0] >= w[1]) || wanted.iter().any(|&i| i >= k) {
+        return Err(DecodeError::Inconsistent);
+    }
+    decrypt_rows(key, segment_index, plain_size, row_sizes, k, wanted, pieces)
+}
+
+/// Where each of a segment's `k` data rows lies in its plaintext.
+pub fn row_spans(
+    k: usize,
+    plain_size: usize,
+    row_sizes: &[i64],
+) -> Result<Vec<std::ops::Range<u64>>, DecodeError> {
+    check_row_sizes(k, plain_size, row_sizes)?;
+    let row = row_len(plain_size, k);
+    let mut at = 0u64;
+    Ok((0..k)
+        .map(|i| {
+            let len = match row_sizes.get(i) {
+                Some(&r) => r as u64,
+                None => (row as u64).min(plain_size as u64 - at),
+            };
+            at += len;
+            at - len..at
+        })
+        .collect())
+}
+
+fn check_row_sizes(k: usize, plain_size: usize, row_sizes: &[i64]) -> Result<(), DecodeError> {
     if !row_sizes.is_empty()
         && (row_sizes.len() != k
             || row_sizes.iter().any(|&r| r < 0)
@@ -350,25 +396,43 @@ pub fn decode(
     {
         return Err(DecodeError::Inconsistent);
     }
-    coder.reconstruct_data(pieces)?;
+    Ok(())
+}
+
+/// Decrypts the data rows `wanted` (ascending) and cuts each to its length.
+fn decrypt_rows(
+    key: &Key,
+    segment_index: u32,
+    plain_size: usize,
+    row_sizes: &[i64],
+    k: usize,
+    wanted: &[usize],
+    pieces: &mut [Option<Vec<u8>>],
+) -> Result<Vec<Vec<u8>>, DecodeError> {
+    let spans = row_spans(k, plain_size, row_sizes)?;
     let row = row_len(plain_size, k);
-    let mut rows = Vec::with_capacity(k);
-    let mut left = plain_size;
-    for (i, piece) in pieces.iter_mut().take(k).enumerate() {
-        let mut piece = piece.take().ok_or(DecodeError::Inconsistent)?;
+    let mut rows = Vec::with_capacity(wanted.len());
+    for &i in wanted {
+        let mut piece = pieces
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or(DecodeError::Inconsistent)?;
         let n = encryption::decrypt_row(
             &encryption::row_key(key, i as u32),
             segment_index,
             &mut piece,
         )?;
-        let keep = match row_sizes.get(i) {
-            Some(&r) if r as usize <= n => r as usize,
-            Some(_) => return Err(DecodeError::Inconsistent),
-            None if n == row => n.min(left),
-            None => return Err(DecodeError::Inconsistent),
+        let keep = (spans[i].end - spans[i].start) as usize;
+        // Rows of an even split are padded to the row length; rows of
+        // given sizes to the longest.
+        let whole = match row_sizes.is_empty() {
+            true => n == row,
+            false => keep <= n,
         };
+        if !whole {
+            return Err(DecodeError::Inconsistent);
+        }
         piece.truncate(keep);
-        left -= piece.len();
         rows.push(piece);
     }
     let pool = BufferPool::global();
@@ -381,6 +445,50 @@ pub fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chosen_rows_decode_from_their_data_pieces_alone() {
+        let coder = ErasureCoder::new("4/6/8/10".parse().expect("scheme"));
+        // An even split (rows of 2 501 bytes, the last 2 497) and given
+        // row sizes (one empty).
+        let plain: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        for rows in [None, Some(vec![3_000usize, 0, 4_500, 2_500])] {
+            let enc = encode_rows(&coder, 5, &plain, rows.as_deref()).expect("encode");
+            let sizes: Vec<i64> = rows.iter().flatten().map(|&r| r as i64).collect();
+            let spans = row_spans(4, plain.len(), &sizes).expect("spans");
+            assert_eq!(spans.len(), 4);
+            assert_eq!(spans[3].end, plain.len() as u64);
+            for wanted in [vec![0], vec![1, 2], vec![3], vec![0, 3]] {
+                // Only the wanted data pieces; no parity, no others.
+                let mut pieces: Vec<Option<Vec<u8>>> = (0..10)
+                    .map(|i| wanted.contains(&i).then(|| enc.pieces[i].to_vec()))
+                    .collect();
+                let got = decode_rows(4, &enc.key, 5, plain.len(), &sizes, &wanted, &mut pieces)
+                    .expect("decode");
+                for (row, &i) in got.iter().zip(&wanted) {
+                    let span = &spans[i];
+                    assert!(
+                        row[..] == plain[span.start as usize..span.end as usize],
+                        "row {i}"
+                    );
+                }
+            }
+            // A row whose piece was not fetched, rows out of order, a row
+            // past k, the wrong segment index: refused, not guessed.
+            let mut only_0: Vec<Option<Vec<u8>>> = (0..10)
+                .map(|i| (i == 0).then(|| enc.pieces[0].to_vec()))
+                .collect();
+            assert!(decode_rows(4, &enc.key, 5, plain.len(), &sizes, &[1], &mut only_0).is_err());
+            assert!(
+                decode_rows(4, &enc.key, 5, plain.len(), &sizes, &[2, 1], &mut only_0).is_err()
+            );
+            assert!(decode_rows(4, &enc.key, 5, plain.len(), &sizes, &[4], &mut only_0).is_err());
+            let mut row_0: Vec<Option<Vec<u8>>> = (0..10)
+                .map(|i| (i == 0).then(|| enc.pieces[0].to_vec()))
+                .collect();
+            assert!(decode_rows(4, &enc.key, 6, plain.len(), &sizes, &[0], &mut row_0).is_err());
+        }
+    }
 
     #[test]
     fn segment_round_trips_from_any_k_pieces() {

@@ -66,6 +66,11 @@ pub struct ClientFigures {
     /// CPU seconds each transfer took, summed over its rounds.
     pub up_cpu: Cpu,
     pub down_cpu: Cpu,
+    /// Downloads through the gateway of the object `uplink cp` wrote in
+    /// the same round (its segments are the satellite's full size, not the
+    /// client's part size).
+    pub down_uplink_written_mbps: Vec<f64>,
+    pub down_uplink_written_peak_rss: Vec<u64>,
 }
 
 /// CPU seconds, by who spent them.
@@ -174,6 +179,24 @@ impl GatewayReport {
                 format!("({}; {})", runs(&c.up_mbps), runs(&c.down_mbps)),
             );
         }
+        for c in self
+            .clients
+            .iter()
+            .filter(|c| !c.down_uplink_written_mbps.is_empty())
+        {
+            println!(
+                "{:<38} {:8.1} MB/s   (runs: {}), gateway peak {:.0} MiB",
+                format!("{} down, uplink cp's object", c.client.label()),
+                median(&c.down_uplink_written_mbps),
+                runs(&c.down_uplink_written_mbps),
+                mib(c
+                    .down_uplink_written_peak_rss
+                    .iter()
+                    .copied()
+                    .max()
+                    .unwrap_or(0)),
+            );
+        }
         println!(
             "CPU seconds per GiB moved (client + gateway + nodes + satellite = total; the machine has {} cores):",
             std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -207,7 +230,12 @@ impl GatewayReport {
         let peak = self
             .clients
             .iter()
-            .flat_map(|c| c.up_peak_rss.iter().chain(&c.down_peak_rss))
+            .flat_map(|c| {
+                c.up_peak_rss
+                    .iter()
+                    .chain(&c.down_peak_rss)
+                    .chain(&c.down_uplink_written_peak_rss)
+            })
             .copied()
             .max();
         if let Some(peak) = peak {
@@ -510,6 +538,18 @@ pub async fn run(bench: &GatewayBench, dir: &Path) -> anyhow::Result<GatewayRepo
     })
 }
 
+/// Checks a download against the source.
+fn verify(path: &Path, want: blake3::Hash, size: u64, client: Client) -> anyhow::Result<()> {
+    let (got, len) = hash_file(path)?;
+    if got != want || len != size {
+        bail!(
+            "{} downloaded {len} bytes that differ from the {size} uploaded",
+            client.label()
+        );
+    }
+    Ok(())
+}
+
 type Measured = (Option<u64>, bool, Vec<ClientFigures>);
 
 async fn measure(
@@ -540,8 +580,13 @@ async fn measure(
             down_peak_rss: Vec::new(),
             up_cpu: Cpu::default(),
             down_cpu: Cpu::default(),
+            down_uplink_written_mbps: Vec::new(),
+            down_uplink_written_peak_rss: Vec::new(),
         })
         .collect();
+    // uplink cp first: the gateway's clients also read what it wrote.
+    figures.sort_by_key(|f| f.client != Client::Uplink);
+    let with_uplink = bench.clients.contains(&Client::Uplink);
     for round in 0..bench.rounds.max(1) {
         for f in &mut figures {
             let key = format!("{:?}-{round}", f.client).to_lowercase();
@@ -578,14 +623,7 @@ async fn measure(
                     f.up_mbps.push(speed);
                 } else {
                     f.down_mbps.push(speed);
-                    let (got, len) = hash_file(back)?;
-                    if got != want || len != bench.size {
-                        bail!(
-                            "{} downloaded {len} bytes that differ from the {} uploaded",
-                            f.client.label(),
-                            bench.size
-                        );
-                    }
+                    verify(back, want, bench.size, f.client)?;
                 }
                 if let (true, Some(p)) = (via_gateway, peak) {
                     if up {
@@ -595,7 +633,32 @@ async fn measure(
                     }
                 }
             }
-            clients.remove(&key).await?;
+            if via_gateway && with_uplink {
+                let _ = std::fs::remove_file(back);
+                let written = format!("uplink-{round}");
+                per_transfer_peaks &= reset_peak(s3.pid);
+                let secs = clients.transfer(f.client, false, &written, back).await?;
+                let speed = mbps(bench.size, secs);
+                let peak = proc_memory(s3.pid, "VmHWM:");
+                verify(back, want, bench.size, f.client)?;
+                println!(
+                    "round {}: {} down of the uplink cp object {speed:.1} MB/s ({secs:.1} s){}",
+                    round + 1,
+                    f.client.label(),
+                    peak.map_or(String::new(), |p| format!(
+                        ", gateway peak {:.0} MiB",
+                        mib(p)
+                    ))
+                );
+                f.down_uplink_written_mbps.push(speed);
+                f.down_uplink_written_peak_rss.extend(peak);
+            }
+            if !(f.client == Client::Uplink && bench.clients.len() > 1) {
+                clients.remove(&key).await?;
+            }
+        }
+        if with_uplink && bench.clients.len() > 1 {
+            clients.remove(&format!("uplink-{round}")).await?;
         }
     }
     let _ = std::fs::remove_file(back);

@@ -309,3 +309,96 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_fetch_only_the_rows_they_need() -> anyhow::Result<()> {
+    let mut config = PlanetConfig::new(5);
+    config.reconfigure_satellite = Some(Box::new(small_segments));
+    let mut planet = Planet::start(config).await?;
+    let project = Project::open_with(
+        planet.access.clone(),
+        loam_uplink::UplinkConfig {
+            dial_timeout: std::time::Duration::from_millis(500),
+            hedge_after: std::time::Duration::from_millis(200),
+            ..Default::default()
+        },
+    )?;
+    project.create_bucket("ranges").await?;
+    let range = |key: &'static str, start: u64, end: u64| {
+        let project = &project;
+        async move {
+            let mut out = Vec::new();
+            project
+                .download_range("ranges", key, start, Some(end), &mut out, None)
+                .await
+                .map(|_| out)
+        }
+    };
+
+    // Three segments of at most 256 KiB, two rows each (2-of-5): ranges
+    // inside a row, across rows, across segments, the first and last byte.
+    let long = random_bytes(700_000, 7);
+    project
+        .upload("ranges", "long", std::io::Cursor::new(long.clone()), None)
+        .await?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let mut cases = vec![
+        (0, 0),
+        (699_999, 699_999),
+        (0, 699_999),
+        (131_071, 131_072),
+        (262_143, 262_144),
+        (200_000, 400_000),
+        (140_000, 150_000),
+    ];
+    for _ in 0..20 {
+        let a = u64::from(rng.next_u32()) % 700_000;
+        let b = a + u64::from(rng.next_u32()) % (700_000 - a);
+        cases.push((a, b));
+    }
+    for (a, b) in cases {
+        let got = range("long", a, b).await?;
+        assert!(
+            got == long[a as usize..=b as usize],
+            "range {a}..={b}: {} bytes back",
+            got.len()
+        );
+    }
+
+    // One segment of two rows; only the node holding row 0 stays up. A
+    // range inside row 0 needs no other piece; one that touches row 1
+    // cannot be served (one piece of the two any decode needs).
+    // (The only object then: `holder_of_row` looks at the first segment.)
+    project.delete("ranges", "long").await?;
+    let short = random_bytes(200_000, 9);
+    project
+        .upload("ranges", "short", std::io::Cursor::new(short.clone()), None)
+        .await?;
+    let keep = planet
+        .holder_of_row(0)
+        .expect("a node holds row 0 of the segment");
+    for i in 0..planet.nodes.len() {
+        if i != keep {
+            planet.stop_node(i).await;
+        }
+    }
+    let mut out = Vec::new();
+    project
+        .download_range("ranges", "short", 10, Some(1009), &mut out, None)
+        .await?;
+    assert!(
+        out == short[10..1010],
+        "row 0 alone serves a range inside it"
+    );
+    for (a, b) in [(150_000, 150_099), (99_990, 100_009)] {
+        let mut out = Vec::new();
+        let err = project
+            .download_range("ranges", "short", a, Some(b), &mut out, None)
+            .await
+            .expect_err("row 1's piece is gone and so is every parity piece");
+        assert!(err.to_string().contains("pieces"), "{err}");
+    }
+    assert!(download(&project, "ranges", "short").await.is_err());
+    planet.shutdown().await;
+    Ok(())
+}

@@ -785,7 +785,26 @@ impl Project {
         }
         // Fetching runs in its own task so that it keeps going while this
         // one is busy writing rows out.
-        let (tx, mut rx) = mpsc::channel::<Result<Vec<Vec<u8>>, UplinkError>>(1);
+        let (tx, mut rx) = mpsc::channel::<Result<(u64, Vec<Vec<u8>>), UplinkError>>(1);
+        // Where each segment starts in the object, when the object says.
+        let segment_start = {
+            let (spans, size) = (spans.clone(), meta.segment_size.filter(|s| *s > 0));
+            move |i: u32| match (&spans, size) {
+                (Some(spans), _) => spans.get(i as usize).map(|s| s.offset),
+                (None, Some(size)) => u64::from(i).checked_mul(size),
+                (None, None) => None,
+            }
+        };
+        // The part of a segment a range needs, relative to the segment's
+        // start (None: all of it, or not known).
+        let within = {
+            let range = range.clone().filter(|_| shuffle.is_none());
+            move |i: u32| {
+                let r = range.as_ref()?;
+                let start = segment_start(i)?;
+                Some(r.start.saturating_sub(start)..r.end.saturating_sub(start))
+            }
+        };
         let fetcher = {
             let (this, bucket, enc_key) =
                 (self.clone(), bucket.to_string(), info.encrypted_key.clone());
@@ -799,17 +818,25 @@ impl Project {
                     while next < count && pending.len() < this.config.download_concurrency {
                         let span = spans.as_ref().and_then(|s| s.get(next as usize)).copied();
                         let cipher = span.map_or(next, |s| s.cipher);
-                        let fetch = this
-                            .download_segment(&bucket, &enc_key, next, cipher, &obj_key, &coders);
+                        let fetch = this.download_segment(
+                            &bucket,
+                            &enc_key,
+                            next,
+                            cipher,
+                            &obj_key,
+                            &coders,
+                            within(next),
+                        );
                         pending.push_back(async move {
-                            let rows = fetch.await?;
-                            let got: u64 = rows.iter().map(|r| r.len() as u64).sum();
+                            let got = fetch.await?;
                             match span {
-                                Some(s) if s.len != got => Err(UplinkError::Corrupt(format!(
-                                    "segment {next} holds {got} bytes, the object's parts say {}",
-                                    s.len
-                                ))),
-                                _ => Ok(rows),
+                                Some(s) if s.len != got.plain_size => {
+                                    Err(UplinkError::Corrupt(format!(
+                                        "segment {next} holds {} bytes, the object's parts say {}",
+                                        got.plain_size, s.len
+                                    )))
+                                }
+                                _ => Ok((got.offset, got.rows)),
                             }
                         });
                         next += 1;
@@ -827,8 +854,11 @@ impl Project {
         let mut written = skipped;
         let result = async {
             while let Some(segment) = rx.recv().await {
+                let (offset, rows) = segment?;
+                // Rows a range did not need were left out at the start.
+                written += offset;
                 let t = Instant::now();
-                let n = sink.write_rows(written, segment?).await?;
+                let n = sink.write_rows(written, rows).await?;
                 tracing::debug!(
                     bytes = n,
                     write_ms = t.elapsed().as_millis() as u64,
@@ -862,6 +892,11 @@ impl Project {
         Ok(written)
     }
 
+    /// Fetches and decodes a segment: all its rows, or when `want` (a
+    /// range relative to the segment's start) leaves some out, only the
+    /// data pieces of the rows it needs (all of them again should one of
+    /// those nodes fail).
+    #[allow(clippy::too_many_arguments)]
     async fn download_segment(
         &self,
         bucket: &str,
@@ -870,7 +905,8 @@ impl Project {
         cipher_index: u32,
         obj_key: &Key,
         coders: &std::sync::Mutex<HashMap<String, Arc<ErasureCoder>>>,
-    ) -> Result<Vec<Vec<u8>>, UplinkError> {
+        want: Option<std::ops::Range<u64>>,
+    ) -> Result<SegmentRows, UplinkError> {
         // Data pieces are covered by the rows' AEAD tags, so the first try
         // skips hashing them; if a row then fails to decrypt, the second try
         // checks every piece against its committed hash and so routes
@@ -913,29 +949,81 @@ impl Project {
             let piece_key = KeyPair::try_from(resp.piece_private_key.as_ref())
                 .map_err(|_| UplinkError::Unexpected)?;
             let asked = t0.elapsed();
-            let mut pieces = self
-                .fetch_pieces(
+            let plain_size = meta.plain_size.max(0) as usize;
+            let k = scheme.k();
+            // The data rows the wanted bytes lie in, when not all of them.
+            let rows_wanted: Option<Vec<usize>> = match (&want, strict) {
+                (Some(w), false) => segment::row_spans(k, plain_size, &meta.row_sizes)
+                    .ok()
+                    .map(|spans| {
+                        (0..k)
+                            .filter(|&i| spans[i].start < w.end && w.start < spans[i].end)
+                            .collect::<Vec<_>>()
+                    })
+                    .filter(|rows| !rows.is_empty() && rows.len() < k),
+                _ => None,
+            };
+            let piece_size = meta.piece_size.max(0) as u64;
+            let chosen = match &rows_wanted {
+                Some(rows) => loam_piece_transfer::fetch_chosen(
+                    &self.endpoint,
+                    self.config.dial_timeout,
+                    self.config.hedge_after,
                     &resp.limits,
                     scheme,
-                    meta.piece_size.max(0) as u64,
+                    rows,
+                    rows.len(),
+                    piece_size,
                     &piece_key,
-                    strict,
+                    false,
                 )
-                .await?;
-            let plain_size = meta.plain_size.max(0) as usize;
+                .await
+                .inspect_err(|e| {
+                    tracing::debug!(segment = index, error = %e, "rows of a range unavailable; fetching the segment")
+                })
+                .ok(),
+                None => None,
+            };
+            let (mut pieces, rows_wanted) = match chosen {
+                Some(pieces) => (pieces, rows_wanted),
+                None => (
+                    self.fetch_pieces(&resp.limits, scheme, piece_size, &piece_key, strict)
+                        .await?,
+                    None,
+                ),
+            };
             let fetched = t0.elapsed();
-            let decoded = tokio::task::spawn_blocking(move || {
-                segment::decode(
+            let row_sizes = meta.row_sizes.clone();
+            let first_row = rows_wanted.as_ref().and_then(|r| r.first().copied());
+            let decoded = tokio::task::spawn_blocking(move || match rows_wanted {
+                Some(rows) => segment::decode_rows(
+                    k,
+                    &seg_key,
+                    cipher_index,
+                    plain_size,
+                    &row_sizes,
+                    &rows,
+                    &mut pieces,
+                ),
+                None => segment::decode(
                     &coder,
                     &seg_key,
                     cipher_index,
                     plain_size,
-                    &meta.row_sizes,
+                    &row_sizes,
                     &mut pieces,
-                )
+                ),
             })
             .await
             .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?;
+            let offset = match first_row {
+                Some(i) => {
+                    segment::row_spans(k, plain_size, &meta.row_sizes)
+                        .map_err(|e| UplinkError::Corrupt(e.to_string()))?[i]
+                        .start
+                }
+                None => 0,
+            };
             match decoded {
                 Ok(rows) => {
                     tracing::debug!(
@@ -945,7 +1033,11 @@ impl Project {
                         decode_ms = (t0.elapsed() - fetched).as_millis() as u64,
                         "segment fetched"
                     );
-                    return Ok(rows);
+                    return Ok(SegmentRows {
+                        offset,
+                        rows,
+                        plain_size: plain_size as u64,
+                    });
                 }
                 Err(segment::DecodeError::Crypto(e)) if !strict => {
                     tracing::warn!(segment = index, error = %e, "segment failed to decrypt; fetching again with every piece verified");
@@ -977,6 +1069,14 @@ impl Project {
         .await
         .map_err(UplinkError::from)
     }
+}
+
+/// What a segment's download gives: its rows from the one at `offset` in
+/// the segment on, and the size of the whole segment.
+struct SegmentRows {
+    offset: u64,
+    rows: Vec<Vec<u8>>,
+    plain_size: u64,
 }
 
 /// Where a download's rows go, in order; `offset` is where the first row
