@@ -392,7 +392,10 @@ fn check_row_sizes(k: usize, plain_size: usize, row_sizes: &[i64]) -> Result<(),
     if !row_sizes.is_empty()
         && (row_sizes.len() != k
             || row_sizes.iter().any(|&r| r < 0)
-            || row_sizes.iter().sum::<i64>() != plain_size as i64)
+            || row_sizes
+                .iter()
+                .try_fold(0i64, |sum, &r| sum.checked_add(r))
+                != i64::try_from(plain_size).ok())
     {
         return Err(DecodeError::Inconsistent);
     }
@@ -487,6 +490,9 @@ mod tests {
                 .map(|i| (i == 0).then(|| enc.pieces[0].to_vec()))
                 .collect();
             assert!(decode_rows(4, &enc.key, 6, plain.len(), &sizes, &[0], &mut row_0).is_err());
+            // Row sizes that overflow to the right sum are refused.
+            let wrapping = [i64::MAX, i64::MAX, 2, plain.len() as i64];
+            assert!(row_spans(4, plain.len(), &wrapping).is_err());
         }
     }
 

@@ -236,11 +236,12 @@ async fn too_few_nodes_is_reported() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn downloads_survive_missing_nodes() -> anyhow::Result<()> {
+/// Five nodes (2-of-5), small segments, and a client that gives up on a
+/// node quickly (for tests that stop nodes).
+async fn five_nodes_quick_to_give_up() -> anyhow::Result<(Planet, Project)> {
     let mut config = PlanetConfig::new(5);
     config.reconfigure_satellite = Some(Box::new(small_segments));
-    let mut planet = Planet::start(config).await?;
+    let planet = Planet::start(config).await?;
     let project = Project::open_with(
         planet.access.clone(),
         loam_uplink::UplinkConfig {
@@ -249,6 +250,12 @@ async fn downloads_survive_missing_nodes() -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
+    Ok((planet, project))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_survive_missing_nodes() -> anyhow::Result<()> {
+    let (mut planet, project) = five_nodes_quick_to_give_up().await?;
     project.create_bucket("keep").await?;
     let data = random_bytes(700_000, 4);
     project
@@ -312,17 +319,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranges_fetch_only_the_rows_they_need() -> anyhow::Result<()> {
-    let mut config = PlanetConfig::new(5);
-    config.reconfigure_satellite = Some(Box::new(small_segments));
-    let mut planet = Planet::start(config).await?;
-    let project = Project::open_with(
-        planet.access.clone(),
-        loam_uplink::UplinkConfig {
-            dial_timeout: std::time::Duration::from_millis(500),
-            hedge_after: std::time::Duration::from_millis(200),
-            ..Default::default()
-        },
-    )?;
+    let (mut planet, project) = five_nodes_quick_to_give_up().await?;
     project.create_bucket("ranges").await?;
     let range = |key: &'static str, start: u64, end: u64| {
         let project = &project;
