@@ -122,7 +122,7 @@ fn main() -> anyhow::Result<()> {
                 let http = tokio::net::TcpListener::bind(&metrics_address)
                     .await
                     .with_context(|| format!("listening on {metrics_address} for metrics"))?;
-                let metrics_address = Some(http.local_addr()?);
+                let metrics_address = http.local_addr()?;
                 tokio::spawn(loam_common::telemetry::serve_http(
                     http,
                     loam_gateway::http_router(),
@@ -132,7 +132,7 @@ fn main() -> anyhow::Result<()> {
                 let run = loam_gateway::RunInfo {
                     address: server.address,
                     pid: std::process::id(),
-                    metrics_address,
+                    metrics_address: Some(metrics_address),
                 };
                 // Whole or not at all: written aside, then renamed.
                 let run_file = dir.join(loam_gateway::RUN_FILE);
@@ -141,9 +141,8 @@ fn main() -> anyhow::Result<()> {
                     .and_then(|()| std::fs::rename(&tmp, &run_file))
                     .with_context(|| format!("writing {}", run_file.display()))?;
                 println!(
-                    "gateway listening on http://{} (metrics at http://{}/metrics)",
+                    "gateway listening on http://{} (metrics at http://{metrics_address}/metrics)",
                     server.address,
-                    metrics_address.map_or(String::new(), |a| a.to_string())
                 );
                 tokio::select! {
                     r = server.wait() => r,

@@ -80,6 +80,23 @@ fn declared_length(headers: &HeaderMap) -> u64 {
         .unwrap_or(0)
 }
 
+/// One request in `loam_gateway_requests_in_flight`, until dropped.
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn enter() -> Self {
+        let gauge = gauge!("loam_gateway_requests_in_flight");
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 /// Middleware: counts and times every request.
 pub async fn record(request: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -90,10 +107,11 @@ pub async fn record(request: Request, next: Next) -> Response {
         request.headers(),
     );
     let received = declared_length(request.headers());
-    let in_flight = gauge!("loam_gateway_requests_in_flight");
-    in_flight.increment(1.0);
-    let response = next.run(request).await;
-    in_flight.decrement(1.0);
+    let response = {
+        // Dropped with the request too (a client that hangs up).
+        let _in_flight = InFlight::enter();
+        next.run(request).await
+    };
     let status = response.status();
     histogram!("loam_gateway_request_duration_seconds", "operation" => op)
         .record(started.elapsed().as_secs_f64());

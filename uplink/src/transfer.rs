@@ -951,17 +951,21 @@ impl Project {
             let asked = t0.elapsed();
             let plain_size = meta.plain_size.max(0) as usize;
             let k = scheme.k();
-            // The data rows the wanted bytes lie in, when not all of them.
-            let rows_wanted: Option<Vec<usize>> = match (&want, strict) {
+            // The data rows the wanted bytes lie in, when not all of them,
+            // and where the first of them starts in the segment.
+            let (rows_wanted, rows_offset) = match (&want, strict) {
                 (Some(w), false) => segment::row_spans(k, plain_size, &meta.row_sizes)
                     .ok()
                     .map(|spans| {
-                        (0..k)
+                        let rows: Vec<usize> = (0..k)
                             .filter(|&i| spans[i].start < w.end && w.start < spans[i].end)
-                            .collect::<Vec<_>>()
+                            .collect();
+                        let offset = rows.first().map_or(0, |&i| spans[i].start);
+                        (rows, offset)
                     })
-                    .filter(|rows| !rows.is_empty() && rows.len() < k),
-                _ => None,
+                    .filter(|(rows, _)| !rows.is_empty() && rows.len() < k)
+                    .map_or((None, 0), |(rows, offset)| (Some(rows), offset)),
+                _ => (None, 0),
             };
             let piece_size = meta.piece_size.max(0) as u64;
             let chosen = match &rows_wanted {
@@ -984,17 +988,17 @@ impl Project {
                 .ok(),
                 None => None,
             };
-            let (mut pieces, rows_wanted) = match chosen {
-                Some(pieces) => (pieces, rows_wanted),
+            let (mut pieces, rows_wanted, offset) = match chosen {
+                Some(pieces) => (pieces, rows_wanted, rows_offset),
                 None => (
                     self.fetch_pieces(&resp.limits, scheme, piece_size, &piece_key, strict)
                         .await?,
                     None,
+                    0,
                 ),
             };
             let fetched = t0.elapsed();
             let row_sizes = meta.row_sizes.clone();
-            let first_row = rows_wanted.as_ref().and_then(|r| r.first().copied());
             let decoded = tokio::task::spawn_blocking(move || match rows_wanted {
                 Some(rows) => segment::decode_rows(
                     k,
@@ -1016,14 +1020,6 @@ impl Project {
             })
             .await
             .map_err(|e| UplinkError::Io(std::io::Error::other(e)))?;
-            let offset = match first_row {
-                Some(i) => {
-                    segment::row_spans(k, plain_size, &meta.row_sizes)
-                        .map_err(|e| UplinkError::Corrupt(e.to_string()))?[i]
-                        .start
-                }
-                None => 0,
-            };
             match decoded {
                 Ok(rows) => {
                     tracing::debug!(
