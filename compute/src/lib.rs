@@ -8,7 +8,9 @@
 //! burn.
 
 pub mod dataset;
+pub mod export;
 pub mod federate;
+pub mod gpu;
 pub mod model;
 pub mod train;
 
@@ -58,7 +60,12 @@ impl Backend {
     pub fn device(self) -> Device {
         match self {
             #[cfg(feature = "wgpu")]
-            Self::Gpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+            Self::Gpu => Device::wgpu(match crate::gpu::detected() {
+                // Only a software adapter found (Mesa's lavapipe, in CI):
+                // ask for it by kind, as the default asks for a GPU.
+                Some(a) if a.software => burn::tensor::DeviceKind::Cpu,
+                _ => burn::tensor::DeviceKind::DefaultDevice,
+            }),
             #[allow(deprecated)] // ndarray is the deterministic CPU backend the design asks for
             _ => Device::ndarray(),
         }

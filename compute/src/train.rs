@@ -207,22 +207,47 @@ fn validate(
     }
 }
 
-/// Predicted class of every record.
+/// The class probabilities (softmax of the logits) of every record,
+/// row-major: `classes` values per record.
+pub fn probabilities(
+    spec: &ModelSpec,
+    weights: &[f32],
+    records: &Records,
+) -> Result<Vec<f32>, ComputeError> {
+    let device = crate::Backend::Cpu.device();
+    let net = build(spec, weights, &device)?;
+    let mut out = Vec::with_capacity(records.len() * spec.classes);
+    let all: Vec<usize> = (0..records.len()).collect();
+    for idx in all.chunks(4096) {
+        let (x, _) = batch_tensors(records, idx, &device);
+        let probs = burn::tensor::activation::softmax(net.forward(x), 1).into_data();
+        let probs = probs
+            .as_slice::<f32>()
+            .map_err(|e| ComputeError::BadModel(format!("probabilities: {e:?}")))?;
+        out.extend_from_slice(probs);
+    }
+    Ok(out)
+}
+
+/// Predicted class of every record: the most probable, the first of
+/// equals.
 pub fn predict(
     spec: &ModelSpec,
     weights: &[f32],
     records: &Records,
 ) -> Result<Vec<u32>, ComputeError> {
-    let device = crate::Backend::Cpu.device();
-    let net = build(spec, weights, &device)?;
-    let mut out = Vec::with_capacity(records.len());
-    let all: Vec<usize> = (0..records.len()).collect();
-    for idx in all.chunks(4096) {
-        let (x, _) = batch_tensors(records, idx, &device);
-        let pred = net.forward(x).argmax(1).reshape([idx.len()]).into_data();
-        out.extend(pred.iter::<i64>().map(|c| c.max(0) as u32));
-    }
-    Ok(out)
+    let probs = probabilities(spec, weights, records)?;
+    Ok(probs
+        .chunks_exact(spec.classes)
+        .map(|row| most_probable(row) as u32)
+        .collect())
+}
+
+fn most_probable(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+        .map_or(0, |(c, _)| c)
 }
 
 /// Precision, recall and F1 of one class.
@@ -257,31 +282,18 @@ pub fn evaluate(
     weights: &[f32],
     records: &Records,
 ) -> Result<Evaluation, ComputeError> {
-    let device = crate::Backend::Cpu.device();
-    let net = build(spec, weights, &device)?;
+    let probs = probabilities(spec, weights, records)?;
     let mut matrix = vec![vec![0u64; spec.classes]; spec.classes];
     let (mut hits, mut loss) = (0u64, 0f64);
-    let all: Vec<usize> = (0..records.len()).collect();
-    for idx in all.chunks(4096) {
-        let (x, _) = batch_tensors(records, idx, &device);
-        let probs = burn::tensor::activation::softmax(net.forward(x), 1).into_data();
-        let probs = probs
-            .as_slice::<f32>()
-            .map_err(|e| ComputeError::BadModel(format!("probabilities: {e:?}")))?;
-        for (row, &i) in probs.chunks_exact(spec.classes).zip(idx) {
-            let t = records.labels[i] as usize;
-            let p = row
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
-                .map_or(0, |(c, _)| c);
-            if let Some(cell) = matrix.get_mut(t).and_then(|r| r.get_mut(p)) {
-                *cell += 1;
-            }
-            hits += u64::from(p == t);
-            let pt = row.get(t).copied().unwrap_or(0.0);
-            loss -= f64::from(pt).clamp(1e-15, 1.0).ln();
+    for (row, &t) in probs.chunks_exact(spec.classes).zip(&records.labels) {
+        let t = t as usize;
+        let p = most_probable(row);
+        if let Some(cell) = matrix.get_mut(t).and_then(|r| r.get_mut(p)) {
+            *cell += 1;
         }
+        hits += u64::from(p == t);
+        let pt = row.get(t).copied().unwrap_or(0.0);
+        loss -= f64::from(pt).clamp(1e-15, 1.0).ln();
     }
     let n = records.len().max(1) as f64;
     let per_class: Vec<ClassMetrics> = (0..spec.classes)

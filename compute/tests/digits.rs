@@ -119,3 +119,55 @@ fn federated_average_of_four_shards_learns_digits() {
     eprintln!("federated accuracy {:.4}", eval.accuracy);
     assert!(eval.accuracy >= 0.93, "accuracy {}", eval.accuracy);
 }
+
+#[cfg(feature = "wgpu")]
+/// Accuracy on the test split after `rounds` epochs of central training on
+/// `backend`, and the weights after the first.
+fn central_run(backend: Backend, rounds: u32) -> (f64, Vec<f32>) {
+    let (schema, train_set, test_set) = split();
+    let spec = ModelSpec::new(Architecture::Mlp, vec![64], schema.features(), 10).expect("spec");
+    let params = TrainParams {
+        local_epochs: 1,
+        ..TrainParams::default()
+    };
+    let mut w = spec.init_weights(params.seed);
+    let mut first = Vec::new();
+    for round in 0..rounds {
+        w = train::train(&spec, &w, &train_set, &params, round, 0, backend)
+            .expect("train")
+            .weights;
+        if round == 0 {
+            first = w.clone();
+        }
+    }
+    let eval = train::evaluate(&spec, &w, &test_set).expect("eval");
+    (eval.accuracy, first)
+}
+
+/// The wgpu path trains: on a machine without a GPU, on Mesa's software
+/// Vulkan driver (lavapipe), which `scripts/install-deps --test` installs.
+/// GPU kernels sum in another order than ndarray's, so the weights are
+/// close rather than equal, and the accuracy within one point.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_training_matches_the_cpu() {
+    let adapters = loam_compute::gpu::adapters();
+    eprintln!("adapters: {adapters:?}");
+    assert!(
+        !adapters.is_empty(),
+        "no wgpu adapter: install Mesa's Vulkan driver (scripts/install-deps --test)"
+    );
+    let (cpu, cpu_first) = central_run(Backend::Cpu, 10);
+    let (gpu, gpu_first) = central_run(Backend::Gpu, 10);
+    let drift = cpu_first
+        .iter()
+        .zip(&gpu_first)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!(
+        "accuracy cpu {cpu:.4} gpu {gpu:.4}; largest weight difference after one epoch {drift:e}"
+    );
+    assert!(cpu >= 0.95, "cpu accuracy {cpu}");
+    assert!((cpu - gpu).abs() <= 0.01, "cpu {cpu} gpu {gpu}");
+    assert!(drift < 1e-3, "weights after one epoch differ by {drift}");
+}

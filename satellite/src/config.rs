@@ -290,6 +290,10 @@ pub const DOCS: &[(&str, &str)] = &[
         "Largest relative weight difference two runs of one task may have and still agree.",
     ),
     (
+        "compute.gpu_tolerance",
+        "The same for GPU jobs (--device gpu), whose kernels are not bit-reproducible.",
+    ),
+    (
         "compute.norm_factor",
         "An update whose norm is more than this many times the round's median is rejected.",
     ),
@@ -379,7 +383,7 @@ mod tests {
              online_min_observations = 100\noffline_review_secs = 2592000.0\n\n\
              [repair]\ninterval_secs = 300.0\nmax_per_run = 1000\n\n\
              [gc]\ninterval_secs = 3600.0\nfalse_positive_rate = 0.1\nmargin_secs = 3600.0\n\n\
-             [compute]\nverify_fraction = 0.1\ntolerance = 0.00001\nnorm_factor = 10.0\n\
+             [compute]\nverify_fraction = 0.1\ntolerance = 0.00001\ngpu_tolerance = 0.001\nnorm_factor = 10.0\n\
              candidates = 6\ntask_timeout_secs = 600.0\nmax_rounds = 1000\n\
              listing_candidates = 10\nmax_drift_mib = 512\n\n\
              [orders]\nwindow_secs = 3600.0\nmax_age_secs = 172800.0\nmax_window_orders = 2000000\n\n\

@@ -889,7 +889,7 @@ impl Endpoint {
             Req::GetListing(r) => {
                 let rec = m.market().record(&r.id).map_err(market)?;
                 let mut l = rec.listing.unwrap_or_default();
-                l.fewest_key_holders_online = c.key_holders_online(&rec.tasks);
+                l.fewest_key_holders_online = c.key_holders_online(&rec.tasks, pb::Device::Cpu);
                 Resp::GetListing(l)
             }
             Req::ResealListing(r) => {
@@ -907,7 +907,7 @@ impl Endpoint {
                     .map_err(|e| api(e.into()))?;
                 let e = per.get(r.id.as_ref()).copied().unwrap_or_default();
                 let mut l = rec.listing.unwrap_or_default();
-                l.fewest_key_holders_online = c.key_holders_online(&rec.tasks);
+                l.fewest_key_holders_online = c.key_holders_online(&rec.tasks, pb::Device::Cpu);
                 Resp::ListingUsage(pb::ListingUsageResponse {
                     jobs: l.jobs,
                     listing: Some(l),

@@ -242,7 +242,7 @@ impl Overlay {
                 version: req.version.clone(),
                 last_seen_ms: now_ms,
                 created_ms,
-                capabilities: bounded_capabilities(req.capabilities.unwrap_or_default()),
+                capabilities: bounded_capabilities(req.capabilities.clone().unwrap_or_default()),
                 disqualified_ms,
                 exit_started_ms,
                 exit_finished_ms,
@@ -499,6 +499,8 @@ pub const MAX_CLAIMED_GPUS: u32 = 16;
 pub const MAX_CLAIMED_TASKS: u32 = 16;
 /// 4 TiB of memory.
 pub const MAX_CLAIMED_MEMORY: u64 = 4 << 40;
+/// A GPU's name, kind and API are kept to this many bytes.
+pub const MAX_ADAPTER_TEXT: usize = 128;
 /// 1 PB of free disk: more than one node could hold.
 pub const MAX_CLAIMED_FREE_DISK: i64 = 1_000_000_000_000_000;
 
@@ -508,6 +510,19 @@ pub fn bounded_capabilities(mut c: pb::NodeCapabilities) -> pb::NodeCapabilities
     c.gpus = c.gpus.min(MAX_CLAIMED_GPUS);
     c.max_tasks = c.max_tasks.min(MAX_CLAIMED_TASKS);
     c.memory_bytes = c.memory_bytes.min(MAX_CLAIMED_MEMORY);
+    if let Some(a) = &mut c.adapter {
+        for text in [&mut a.name, &mut a.kind, &mut a.api] {
+            if text.len() > MAX_ADAPTER_TEXT {
+                let mut end = MAX_ADAPTER_TEXT;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+            }
+        }
+        a.memory_bytes = a.memory_bytes.min(MAX_CLAIMED_MEMORY);
+        a.max_buffer_bytes = a.max_buffer_bytes.min(MAX_CLAIMED_MEMORY);
+    }
     c
 }
 
@@ -634,6 +649,13 @@ mod tests {
                 max_tasks: 1_000,
                 memory_bytes: u64::MAX,
                 compute_enabled: true,
+                adapter: Some(pb::GpuAdapter {
+                    name: "é".repeat(1 << 20),
+                    kind: "discrete".into(),
+                    memory_bytes: u64::MAX,
+                    max_buffer_bytes: u64::MAX,
+                    ..Default::default()
+                }),
             }),
             ..Default::default()
         };
@@ -655,6 +677,13 @@ mod tests {
                 n.capabilities.max_tasks
             ),
             (MAX_CLAIMED_CORES, MAX_CLAIMED_GPUS, MAX_CLAIMED_TASKS)
+        );
+        let adapter = n.capabilities.adapter.as_ref().expect("adapter kept");
+        assert_eq!(adapter.name, "é".repeat(MAX_ADAPTER_TEXT / 2));
+        assert_eq!(adapter.kind, "discrete");
+        assert_eq!(
+            (adapter.memory_bytes, adapter.max_buffer_bytes),
+            (MAX_CLAIMED_MEMORY, MAX_CLAIMED_MEMORY)
         );
         assert!(!overlay.is_selectable(&n, now), "not reachable: no pieces");
         let n = overlay

@@ -39,6 +39,9 @@ pub struct Lies {
     pub free_disk: Option<i64>,
     /// Advertised as CPU cores and GPUs at check-in.
     pub compute: Option<(u32, u32)>,
+    /// Advertised as the node's GPU at check-in (whatever it has); the
+    /// node then takes GPU jobs and trains them on what its build has.
+    pub adapter: Option<pb::GpuAdapter>,
     /// Not a lie but a fault: wraps the piece store, so tests can make
     /// the disk fill up or fail.
     pub blobs: Option<BlobsHook>,
@@ -56,6 +59,7 @@ impl Lies {
             && self.audit_error.is_none()
             && self.free_disk.is_none()
             && self.compute.is_none()
+            && self.adapter.is_none()
             && self.blobs.is_none()
             && self.durability.is_none()
     }
@@ -70,6 +74,7 @@ impl std::fmt::Debug for Lies {
             .field("audit_error", &self.audit_error)
             .field("free_disk", &self.free_disk)
             .field("compute", &self.compute)
+            .field("adapter", &self.adapter)
             .field("blobs", &self.blobs.is_some())
             .field("durability", &self.durability.is_some())
             .finish()

@@ -37,14 +37,17 @@ pub struct ComputeConfig {
     pub max_tasks: u32,
     /// Cores announced to satellites; 0 means every core. Default 0.
     pub cores: u32,
-    /// GPUs announced to satellites (only by a build with a GPU backend
-    /// feature; others announce none). Default 0.
+    /// GPUs announced to satellites besides the one adapter described
+    /// (only when a GPU is offered; 0 announces the one). Default 0.
     pub gpus: u32,
     /// Memory announced to satellites for training, in MiB; 0 means the
     /// machine's physical memory. Default 0.
     pub memory_mib: u64,
-    /// `cpu` (burn's ndarray backend, deterministic) or `gpu` (wgpu; needs
-    /// a build with the `wgpu` feature). Default `cpu`.
+    /// `gpu` offers the node's GPU (the adapter a build with the `wgpu`
+    /// feature finds; `storagenode setup` sets it where there is a
+    /// hardware one) to jobs that ask for one; `cpu` offers none. Jobs
+    /// that do not ask for a GPU train on the CPU either way (burn's
+    /// ndarray backend, deterministic). Default `cpu`.
     pub backend: Backend,
     /// Memory for parsed records kept between rounds, in MiB. Default 512.
     pub cache_mib: u64,
@@ -72,30 +75,55 @@ impl ComputeConfig {
             self.cores
         };
         let memory_bytes = match self.memory_mib {
-            0 => physical_memory().unwrap_or(0),
+            0 => loam_compute::gpu::system_memory().unwrap_or(0),
             mib => mib.saturating_mul(1 << 20),
         };
-        let gpus = if Backend::Gpu.available() {
-            self.gpus
-        } else {
-            0
-        };
+        let adapter = self.offered_gpu().map(adapter_message);
         pb::NodeCapabilities {
             cpu_cores: cores,
             memory_bytes,
-            gpus,
-            compute_enabled: self.enabled && self.backend.available(),
+            gpus: if adapter.is_some() {
+                self.gpus.max(1)
+            } else {
+                0
+            },
+            compute_enabled: self.enabled,
             max_tasks: if self.enabled { self.max_tasks } else { 0 },
+            adapter,
         }
+    }
+
+    /// The GPU this node offers: the best adapter its build finds, when
+    /// the operator chose `backend = "gpu"`.
+    pub fn offered_gpu(&self) -> Option<&'static loam_compute::gpu::Adapter> {
+        if !self.enabled || self.backend != Backend::Gpu {
+            return None;
+        }
+        let found = loam_compute::gpu::detected();
+        if found.is_none() {
+            tracing::warn!(
+                "backend = \"gpu\" but this build finds no GPU adapter{}; offering the CPU only",
+                if Backend::Gpu.available() {
+                    ""
+                } else {
+                    " (it was built without the wgpu feature)"
+                }
+            );
+        }
+        found
     }
 }
 
-/// The machine's physical memory (Linux `/proc/meminfo`), if known.
-fn physical_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+/// An adapter as it is advertised at check-in.
+pub fn adapter_message(a: &loam_compute::gpu::Adapter) -> pb::GpuAdapter {
+    pb::GpuAdapter {
+        name: a.name.clone(),
+        kind: a.kind.clone(),
+        api: a.api.clone(),
+        software: a.software,
+        memory_bytes: a.memory_bytes.unwrap_or(0),
+        max_buffer_bytes: a.max_buffer_bytes,
+    }
 }
 
 pub use crate::adversary::WeightsHook;
@@ -369,7 +397,7 @@ impl Trainer {
             .map_err(|_| TaskError::Refused("shutting down".into()))?;
         let t0 = Instant::now();
         let stream = loam_common::compute::task_stream(req.segment, req.row);
-        let backend = self.config.backend;
+        let backend = self.backend(&req)?;
         let round = req.round;
         let out = tokio::task::spawn_blocking(move || {
             loam_compute::train::train_corrected(
@@ -406,6 +434,23 @@ impl Trainer {
             hook(&mut result);
         }
         Ok((result, bytes))
+    }
+
+    /// Where a task trains: a GPU job on the GPU this node offers (it
+    /// refuses one it cannot run), everything else on the CPU.
+    fn backend(&self, req: &pb::TrainRequest) -> Result<Backend, TaskError> {
+        match pb::Device::try_from(req.device) {
+            Ok(pb::Device::Cpu) => Ok(Backend::Cpu),
+            Ok(pb::Device::Gpu)
+                if self.config.offered_gpu().is_some() || self.lies.adapter.is_some() =>
+            {
+                Ok(Backend::Gpu)
+            }
+            Ok(pb::Device::Gpu) => Err(TaskError::Refused(
+                "this node offers no GPU for GPU jobs".into(),
+            )),
+            Err(_) => Err(TaskError::Bad(format!("unknown device {}", req.device))),
+        }
     }
 
     /// The task's records: from the local piece, or rebuilt from others.

@@ -143,7 +143,7 @@ pub const DOCS: &[(&str, &str)] = &[
     ),
     (
         "compute.gpus",
-        "GPUs announced to satellites (only builds with a GPU backend announce any).",
+        "GPUs announced besides the adapter offered (only when one is offered).",
     ),
     (
         "compute.memory_mib",
@@ -151,7 +151,7 @@ pub const DOCS: &[(&str, &str)] = &[
     ),
     (
         "compute.backend",
-        "\"cpu\" (burn's ndarray backend, deterministic) or \"gpu\" (needs the wgpu build).",
+        "\"gpu\" offers the GPU a wgpu build finds to GPU jobs (setup sets it for a hardware one); \"cpu\" offers none.",
     ),
     (
         "compute.cache_mib",

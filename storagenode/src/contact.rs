@@ -110,6 +110,10 @@ impl Contact {
             self.capabilities.max_tasks = u32::MAX;
             self.capabilities.memory_bytes = u64::MAX;
         }
+        if let Some(adapter) = &lies.adapter {
+            self.capabilities.adapter = Some(adapter.clone());
+            self.capabilities.gpus = self.capabilities.gpus.max(1);
+        }
         self
     }
 
@@ -124,7 +128,7 @@ impl Contact {
 
     /// What this node announces for compute.
     pub fn capabilities(&self) -> pb::NodeCapabilities {
-        self.capabilities
+        self.capabilities.clone()
     }
 
     /// What each satellite last reported (absent: never checked in).
@@ -267,7 +271,7 @@ impl Contact {
                 .free_disk_lie
                 .unwrap_or(self.piecestore.free_bytes() as i64),
             version: loam_common::VERSION.to_string(),
-            capabilities: Some(self.capabilities),
+            capabilities: Some(self.capabilities.clone()),
             public_key: self.endpoint.identity().public().as_bytes().to_vec().into(),
             wallet: self.wallet.clone(),
         };

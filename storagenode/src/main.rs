@@ -275,6 +275,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(e) = email {
                 config.email = e;
             }
+            offer_gpu(&mut config.compute);
             config.save(&dir)?;
             eprintln!(
                 "node {} set up in {}; start it with `storagenode run --dir {}`",
@@ -408,6 +409,32 @@ fn generate_identity(difficulty: u32) -> Identity {
     });
     bar.finish_and_clear();
     identity
+}
+
+/// Finds the machine's GPU, says what it found, and offers a hardware one
+/// to GPU jobs (`compute.backend = "gpu"`).
+fn offer_gpu(compute: &mut loam_storagenode::compute::ComputeConfig) {
+    use loam_compute::Backend;
+    match loam_compute::gpu::detected() {
+        Some(a) if !a.software => {
+            compute.backend = Backend::Gpu;
+            eprintln!(
+                "GPU: {}; offered to GPU jobs (compute.backend = \"gpu\")",
+                a.describe()
+            );
+        }
+        Some(a) => eprintln!(
+            "GPU: only a software adapter, {}; not offered (set compute.backend = \"gpu\" to offer it anyway)",
+            a.describe()
+        ),
+        None if Backend::Gpu.available() => {
+            eprintln!("GPU: none found; the node trains on its CPU")
+        }
+        None => eprintln!(
+            "GPU: this build has no GPU support (build with --features loam-compute/wgpu); \
+             the node trains on its CPU"
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -223,6 +223,7 @@ pub async fn run(b: &ComputeBench, dir: &std::path::Path) -> anyhow::Result<Comp
                     out: ("bench".into(), "model".into()),
                     label: None,
                     aggregation: Default::default(),
+                    device: Default::default(),
                 },
             )
             .await?;

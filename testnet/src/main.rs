@@ -734,6 +734,7 @@ async fn train_digits(project: &Project) -> anyhow::Result<()> {
                 out: ("demo".into(), "models/digits-mlp".into()),
                 label: None,
                 aggregation: Default::default(),
+                device: Default::default(),
             },
         )
         .await?;

@@ -81,6 +81,7 @@ fn job_request(out: &str) -> JobRequest {
         out: (BUCKET.into(), out.into()),
         label: None,
         aggregation: Default::default(),
+        device: Default::default(),
     }
 }
 

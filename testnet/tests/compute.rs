@@ -38,6 +38,7 @@ fn job(rounds: u32, verify: f64) -> JobRequest {
         out: ("digits".into(), "models/m".into()),
         label: None,
         aggregation: Default::default(),
+        device: Default::default(),
     }
 }
 
@@ -715,5 +716,94 @@ async fn scaffold_is_refused_when_its_variates_would_not_fit() {
         .expect("fedavgm needs no variates");
     let done = wait_done(&planet, &info.job_id).await;
     assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
+    planet.shutdown().await;
+}
+
+/// An adapter as a node with a GPU advertises it.
+fn gpu() -> pb::GpuAdapter {
+    pb::GpuAdapter {
+        name: "Test GPU".into(),
+        kind: "discrete".into(),
+        api: "Vulkan".into(),
+        software: false,
+        memory_bytes: 8 << 30,
+        max_buffer_bytes: 2 << 30,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_jobs_run_only_on_nodes_that_offer_a_gpu() {
+    let (mut planet, project, test) = setup(PlanetConfig::new(6)).await;
+    let gpu_job = JobRequest {
+        device: pb::Device::Gpu,
+        ..job(3, 1.0)
+    };
+    // No node offers a GPU: refused at submission, with what to do.
+    let e = project
+        .submit_job("digits", "train", &gpu_job)
+        .await
+        .expect_err("no GPU online");
+    assert!(e.to_string().contains("no online node offers a GPU"), "{e}");
+    // Three nodes (data holders or not) offer one.
+    let offering: Vec<loam_common::NodeId> = (0..3).map(|i| planet.nodes[i].id).collect();
+    for i in 0..3 {
+        planet
+            .restart_node_lying(
+                i,
+                Lies {
+                    adapter: Some(gpu()),
+                    ..Lies::default()
+                },
+            )
+            .await
+            .expect("restart");
+    }
+    let info = project
+        .submit_job("digits", "train", &gpu_job)
+        .await
+        .expect("submit");
+    assert_eq!(info.device, pb::Device::Gpu as i32);
+    let done = wait_done(&planet, &info.job_id).await;
+    assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
+    assert_eq!(done.tasks_done, 3 * u64::from(done.tasks_total));
+    // Every task, and every re-execution, ran on a node offering a GPU
+    // (rebuilding the piece where it does not hold it).
+    assert!(done.tasks_verified > 0);
+    assert_eq!(done.verification_failures, 0);
+    assert!(done.dataset_bytes_fetched > 0, "pieces moved to GPU nodes");
+    for n in &planet.nodes {
+        let s = stats_of(&planet, &n.id);
+        if offering.contains(&n.id) {
+            continue;
+        }
+        assert_eq!(
+            (s.tasks_accepted, s.tasks_failed, s.work_units),
+            (0, 0, 0.0),
+            "a node without a GPU got GPU tasks"
+        );
+    }
+    let busy: u64 = offering
+        .iter()
+        .map(|id| stats_of(&planet, id).tasks_accepted)
+        .sum();
+    assert!(
+        busy >= 3 * u64::from(done.tasks_total),
+        "{busy} tasks credited"
+    );
+    // Three rounds: it learned (chance is 0.1), not the benchmark.
+    let acc = accuracy(&project, &done, &test).await;
+    assert!(acc >= 0.5, "accuracy {acc}");
+
+    // A CPU job still runs everywhere it can, GPU nodes included.
+    let info = project
+        .submit_job("digits", "train", &job(1, 0.0))
+        .await
+        .expect("submit");
+    let done = wait_done(&planet, &info.job_id).await;
+    assert_eq!(done.state, pb::JobState::JobDone as i32, "{}", done.error);
+    assert_eq!(
+        done.dataset_bytes_fetched, 0,
+        "CPU tasks run on the holders"
+    );
     planet.shutdown().await;
 }

@@ -262,6 +262,7 @@ async fn the_satellite_counts_records_and_sets_its_own_facts_whatever_the_owner_
             bucket: "clinic".into(),
             encrypted_key: path("digits"),
             listing: true,
+            device: pb::Device::Cpu as i32,
         }),
     )
     .await

@@ -95,6 +95,7 @@ fn job(rounds: u32) -> JobRequest {
         out: ("lab".into(), "models/digits".into()),
         label: Some("label".into()),
         aggregation: Default::default(),
+        device: Default::default(),
     }
 }
 

@@ -150,6 +150,12 @@ pub struct TrainArgs {
     /// update (1 to 1000; default: no clipping).
     #[arg(long)]
     clip: Option<f64>,
+    /// Where the tasks train: cpu (burn's ndarray backend on any compute
+    /// node, verified bit for bit) or gpu (only nodes that offer a GPU;
+    /// verified within the satellite's GPU tolerance). A GPU job is
+    /// refused when no such node is online.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
     /// Follow the job round by round and store the model when it is done.
     #[arg(long)]
     wait: bool,
@@ -219,6 +225,24 @@ pub enum ModelCommand {
         /// The CSV's separator (default: found from the header line).
         #[arg(long, value_parser = parse_delimiter)]
         delimiter: Option<u8>,
+        /// Also print each class's probability (a `p_CLASS` column per
+        /// class), as the model computes it in 32-bit floats.
+        #[arg(long)]
+        probabilities: bool,
+    },
+    /// Write MODEL in a format other tools read: uplink model export MODEL
+    /// --format safetensors --out m.safetensors (PyTorch nn.Linear layout;
+    /// sizes, columns, classes and scaling in its metadata).
+    Export {
+        /// The model: a local file, loam://BUCKET/KEY, or market:ID (one
+        /// paid download).
+        model: String,
+        /// The format to write (safetensors: PyTorch, NumPy, JAX, ...).
+        #[arg(long, value_enum, default_value = "safetensors")]
+        format: ExportFormat,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Offer a model for others to evaluate and predict with, paid per
     /// download: uplink model publish loam://BUCKET/KEY --title T --price P
@@ -428,6 +452,7 @@ pub async fn train(project: &Project, a: TrainArgs) -> anyhow::Result<()> {
             rule: a.aggregation,
             clip: a.clip,
         },
+        device: a.device.into(),
     };
     let info = if market > 0 {
         let ids = a
@@ -520,6 +545,14 @@ async fn wait(project: &Project, id: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn device_name(wire: i32) -> &'static str {
+    match pb::Device::try_from(wire) {
+        Ok(pb::Device::Gpu) => "gpu",
+        Ok(pb::Device::Cpu) => "cpu",
+        Err(_) => "unknown",
+    }
+}
+
 fn job_json(j: &pb::JobInfo) -> serde_json::Value {
     serde_json::json!({
         "id": hex::encode(&j.job_id),
@@ -528,6 +561,7 @@ fn job_json(j: &pb::JobInfo) -> serde_json::Value {
         "round": j.round,
         "rounds": j.rounds,
         "patience": j.patience,
+        "device": device_name(j.device),
         "best_round": j.best_round,
         "stopped_early": (!j.stopped_early.is_empty()).then_some(&j.stopped_early),
         "loss": j.history.last().map(|r| r.loss),
@@ -613,6 +647,7 @@ pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
                     s.architecture, s.hidden, s.inputs, s.classes
                 );
             }
+            println!("device              {}", device_name(j.device));
             println!(
                 "round               {}/{}{}",
                 j.round,
@@ -733,10 +768,35 @@ pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `uplink train --device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Gpu,
+}
+
+impl From<DeviceArg> for pb::Device {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Cpu => Self::Cpu,
+            DeviceArg::Gpu => Self::Gpu,
+        }
+    }
+}
+
+/// The formats `uplink model export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// safetensors (Hugging Face): loads in PyTorch, NumPy, JAX, ...
+    Safetensors,
+}
+
 /// Whether a model command needs the network (a loam:// model).
 pub fn model_needs_access(cmd: &ModelCommand) -> bool {
     let m = match cmd {
-        ModelCommand::Eval { model, .. } | ModelCommand::Predict { model, .. } => model,
+        ModelCommand::Eval { model, .. }
+        | ModelCommand::Predict { model, .. }
+        | ModelCommand::Export { model, .. } => model,
         ModelCommand::Publish(_) => return true,
     };
     m.starts_with("loam://") || m.starts_with("market:")
@@ -756,7 +816,14 @@ async fn load_model(project: Option<&Project>, model: &str) -> anyhow::Result<Mo
         }
         _ => std::fs::read(model).with_context(|| format!("cannot read model {model}"))?,
     };
-    Ok(ModelFile::from_bytes(&bytes)?)
+    // Models exported as safetensors load too (their metadata carries
+    // what the Loam header would).
+    if bytes.starts_with(b"LOAMMDL1") {
+        Ok(ModelFile::from_bytes(&bytes)?)
+    } else {
+        loam_compute::export::from_safetensors(&bytes)
+            .with_context(|| format!("{model} is neither a Loam model nor an exported one"))
+    }
 }
 
 pub async fn model(project: Option<&Project>, cmd: ModelCommand) -> anyhow::Result<()> {
@@ -855,12 +922,18 @@ pub async fn model(project: Option<&Project>, cmd: ModelCommand) -> anyhow::Resu
             data,
             out,
             delimiter,
+            probabilities,
         } => {
             let m = load_model(project, &model).await?;
             let schema = m.header.schema.clone();
             let text = read_csv(&data, delimiter)?;
             let records = predict_records(&text, &schema)?;
             let pred = loam_compute::train::predict(&m.header.spec, &m.weights, &records)?;
+            let probs = if probabilities {
+                loam_compute::train::probabilities(&m.header.spec, &m.weights, &records)?
+            } else {
+                Vec::new()
+            };
             let mut w: Box<dyn Write> = match &out {
                 Some(p) => Box::new(std::io::BufWriter::new(
                     std::fs::File::create(p)
@@ -868,15 +941,57 @@ pub async fn model(project: Option<&Project>, cmd: ModelCommand) -> anyhow::Resu
                 )),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
-            writeln!(w, "row,predicted_{}", schema.label_name())?;
-            for (i, p) in pred.iter().enumerate() {
-                writeln!(
-                    w,
-                    "{i},{}",
-                    schema.classes.get(*p as usize).map_or("?", String::as_str)
-                )?;
+            let mut csv = csv::Writer::from_writer(&mut w);
+            let mut head = vec![
+                "row".to_string(),
+                format!("predicted_{}", schema.label_name()),
+            ];
+            if probabilities {
+                head.extend(schema.classes.iter().map(|c| format!("p_{c}")));
             }
+            csv.write_record(&head)?;
+            let classes = schema.classes.len();
+            for (i, p) in pred.iter().enumerate() {
+                let mut row = vec![
+                    i.to_string(),
+                    schema
+                        .classes
+                        .get(*p as usize)
+                        .map_or("?", String::as_str)
+                        .to_string(),
+                ];
+                // f32's Display is the shortest text that reads back as the
+                // same value.
+                if let Some(ps) = probs.get(i * classes..(i + 1) * classes) {
+                    row.extend(ps.iter().map(f32::to_string));
+                }
+                csv.write_record(&row)?;
+            }
+            csv.flush()?;
+            drop(csv);
             w.flush()?;
+        }
+        ModelCommand::Export { model, format, out } => {
+            let m = load_model(project, &model).await?;
+            let bytes = match format {
+                ExportFormat::Safetensors => loam_compute::export::to_safetensors(&m)?,
+            };
+            loam_common::config::write_atomic(&out, &bytes)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!(
+                "wrote {} ({} {}, {} parameters, {} bytes)",
+                out.display(),
+                m.header.spec.architecture,
+                m.header
+                    .spec
+                    .widths()
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join("-"),
+                m.header.spec.params(),
+                bytes.len()
+            );
         }
     }
     Ok(())

@@ -89,6 +89,8 @@ pub struct JobRequest {
     pub label: Option<String>,
     /// How the satellite settles each round.
     pub aggregation: loam_common::federated::Choice,
+    /// Where the tasks train: GPU jobs go only to nodes that offer a GPU.
+    pub device: pb::Device,
 }
 
 impl JobRequest {
@@ -364,7 +366,15 @@ impl Project {
         }
         let job_tag: [u8; 16] = rand::random();
         let (enc, tasks) = self
-            .seal_dataset_keys(bucket, key, &ds, &obj_key, KeyBinding::Job(job_tag), false)
+            .seal_dataset_keys(
+                bucket,
+                key,
+                &ds,
+                &obj_key,
+                KeyBinding::Job(job_tag),
+                false,
+                job.device,
+            )
             .await?;
         let note = OwnerNote {
             out_bucket: job.out.0.clone(),
@@ -390,6 +400,7 @@ impl Project {
                 owner_note: note.into(),
                 verify_fraction: job.verify_fraction.unwrap_or(-1.0),
                 aggregation: Some((&job.aggregation).into()),
+                device: job.device as i32,
                 ..Default::default()
             }))
             .await
@@ -403,6 +414,7 @@ impl Project {
     /// Plans tasks on the dataset at `bucket/key` and seals each data
     /// row's key, with the schema, to every candidate node of its task;
     /// returns the encrypted key and the sealed keys.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn seal_dataset_keys(
         &self,
         bucket: &str,
@@ -411,6 +423,7 @@ impl Project {
         obj_key: &Key,
         binding: KeyBinding,
         listing: bool,
+        device: pb::Device,
     ) -> Result<(Vec<u8>, Vec<pb::TaskKeys>), UplinkError> {
         let enc = self.encrypt_path(bucket, key)?;
         let plan = match self
@@ -418,6 +431,7 @@ impl Project {
                 bucket: bucket.to_string(),
                 encrypted_key: enc.clone().into(),
                 listing,
+                device: device as i32,
             }))
             .await
             .map_err(job_error)?
@@ -529,6 +543,7 @@ impl Project {
                 scaling_mean: schema.mean.clone(),
                 scaling_std: schema.std.clone(),
                 aggregation: Some((&job.aggregation).into()),
+                device: job.device as i32,
                 ..Default::default()
             }))
             .await

@@ -164,7 +164,15 @@ impl Project {
         };
         let tag: [u8; 16] = rand::random();
         let (enc, tasks) = self
-            .seal_dataset_keys(bucket, key, &ds, &obj_key, KeyBinding::Listing(tag), true)
+            .seal_dataset_keys(
+                bucket,
+                key,
+                &ds,
+                &obj_key,
+                KeyBinding::Listing(tag),
+                true,
+                pb::Device::Cpu,
+            )
             .await?;
         let req = pb::PublishListingRequest {
             bucket: bucket.to_string(),
@@ -283,7 +291,15 @@ impl Project {
         let (ds, _, obj_key) = self.dataset_and_key(bucket, key).await?;
         let tag: [u8; 16] = rand::random();
         let (enc, tasks) = self
-            .seal_dataset_keys(bucket, key, &ds, &obj_key, KeyBinding::Listing(tag), true)
+            .seal_dataset_keys(
+                bucket,
+                key,
+                &ds,
+                &obj_key,
+                KeyBinding::Listing(tag),
+                true,
+                pb::Device::Cpu,
+            )
             .await?;
         let req = pb::ResealListingRequest {
             bucket: bucket.to_string(),

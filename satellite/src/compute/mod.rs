@@ -50,6 +50,10 @@ pub struct ComputeConfig {
     /// Largest relative weight difference two runs of one task may have
     /// and still agree. Default 1e-5.
     pub tolerance: f64,
+    /// The same for GPU jobs (`--device gpu`): GPU kernels sum in an
+    /// order of their own, so two GPUs (or two runs on one) differ in the
+    /// last bits and more after many steps. Default 1e-3.
+    pub gpu_tolerance: f64,
     /// An update whose norm is more than this many times the round's
     /// median is rejected. Default 10.
     pub norm_factor: f64,
@@ -73,6 +77,7 @@ impl Default for ComputeConfig {
         Self {
             verify_fraction: 0.1,
             tolerance: 1e-5,
+            gpu_tolerance: 1e-3,
             norm_factor: 10.0,
             candidates: 6,
             task_timeout_secs: 600.0,
@@ -96,6 +101,10 @@ pub enum ComputeError {
     NoNode { segment: u32, row: u32, why: String },
     #[error("bad job: {0}")]
     BadJob(String),
+    #[error(
+        "no online node offers a GPU (--device gpu); train on the CPU (--device cpu) or wait for GPU nodes"
+    )]
+    NoGpu,
     #[error("job not found")]
     JobNotFound,
     /// A listing's terms or state refuse the job (one line, naming it).
@@ -112,7 +121,7 @@ impl ComputeError {
             Self::Metainfo(e) => e.code(),
             Self::Db(_) => C::Internal,
             Self::NotOptedIn => C::FailedPrecondition,
-            Self::NoNode { .. } => C::Unavailable,
+            Self::NoNode { .. } | Self::NoGpu => C::Unavailable,
             Self::BadJob(_) => C::InvalidArgument,
             Self::JobNotFound => C::NotFound,
             Self::Refused(_) => C::FailedPrecondition,
@@ -312,8 +321,9 @@ impl Compute {
         let _ = self.reputation.set(reputation);
     }
 
-    /// Online nodes in good standing (not suspended) that offer compute.
-    fn compute_nodes(&self, now: i64) -> Vec<Node> {
+    /// Online nodes in good standing (not suspended) that offer compute,
+    /// and a GPU for a GPU job.
+    fn compute_nodes(&self, now: i64, device: pb::Device) -> Vec<Node> {
         self.overlay
             .list()
             .into_iter()
@@ -321,6 +331,7 @@ impl Compute {
                 self.overlay.is_selectable(n, now)
                     && n.capabilities.compute_enabled
                     && n.capabilities.max_tasks > 0
+                    && (device == pb::Device::Cpu || n.capabilities.adapter.is_some())
             })
             .collect()
     }
@@ -350,7 +361,11 @@ impl Compute {
         req: &pb::PlanJobRequest,
     ) -> Result<pb::PlanJobResponse, ComputeError> {
         let obj = self.dataset(project, &req.bucket, &req.encrypted_key)?;
-        let nodes = self.compute_nodes(now_ms());
+        let device = device_of(req.device)?;
+        let nodes = self.compute_nodes(now_ms(), device);
+        if nodes.is_empty() && device == pb::Device::Gpu {
+            return Err(ComputeError::NoGpu);
+        }
         let want = if req.listing {
             self.config.listing_candidates
         } else {
@@ -399,8 +414,12 @@ impl Compute {
 
     /// The fewest nodes online and offering compute that hold a key to one
     /// task of `tasks` (0 when a task can run nowhere without the owner).
-    pub fn key_holders_online(&self, tasks: &[pb::TaskKeys]) -> u32 {
-        let online: HashSet<NodeId> = self.compute_nodes(now_ms()).iter().map(|n| n.id).collect();
+    pub fn key_holders_online(&self, tasks: &[pb::TaskKeys], device: pb::Device) -> u32 {
+        let online: HashSet<NodeId> = self
+            .compute_nodes(now_ms(), device)
+            .iter()
+            .map(|n| n.id)
+            .collect();
         tasks
             .iter()
             .map(|t| {
@@ -500,6 +519,7 @@ impl Compute {
             Some(a) => Choice::try_from(a).map_err(ComputeError::BadJob)?,
             None => Choice::default(),
         };
+        let device = device_of(req.device)?;
         // Per dataset, the records the satellite counted: what the job can
         // cost at most.
         let (mut record, records) = if req.listings.is_empty() {
@@ -533,6 +553,17 @@ impl Compute {
             (record, records)
         };
         let datasets = job_datasets(&record);
+        if device == pb::Device::Gpu {
+            if self.compute_nodes(now_ms(), device).is_empty() {
+                return Err(ComputeError::NoGpu);
+            }
+            let tasks: Vec<pb::TaskKeys> = datasets.iter().flat_map(|d| d.tasks.clone()).collect();
+            if self.key_holders_online(&tasks, device) == 0 {
+                return Err(ComputeError::BadJob(
+                    "a task's keys are sealed to no online node that offers a GPU".into(),
+                ));
+            }
+        }
         if aggregation.algorithm.corrects_drift() {
             let tasks: usize = datasets.iter().map(|d| d.tasks.len()).sum();
             let bytes = Drift::bytes_for(tasks, spec.params());
@@ -555,6 +586,7 @@ impl Compute {
             params: Some((&params).into()),
             rounds: req.rounds,
             patience: req.patience,
+            device: device as i32,
             tasks_total: datasets.iter().map(|d| d.tasks.len() as u32).sum(),
             created_unix_ms: now_ms(),
             owner_note: req.owner_note.clone(),
@@ -1577,11 +1609,11 @@ impl Compute {
         Ok(charge)
     }
 
-    fn node_view(&self, now: i64) -> NodeView {
+    fn node_view(&self, now: i64, device: pb::Device) -> NodeView {
         let busy = self.busy.lock().expect("busy lock");
         let mut failed = self.failed.lock().expect("failed lock");
         let mut view = NodeView::default();
-        for n in self.compute_nodes(now) {
+        for n in self.compute_nodes(now, device) {
             match failed.get(&n.id) {
                 Some(&seen) if n.last_seen_ms <= seen => continue,
                 Some(_) => {
@@ -1668,8 +1700,12 @@ impl Compute {
             .iter()
             .map(|_| rng.gen_bool(ctx.record.verify_fraction.clamp(0.0, 1.0)))
             .collect();
-        let mut round =
-            Round::new(plans, &verify, self.config.tolerance as f32).with_seed(rng.r#gen());
+        let device = job_device(ctx.record);
+        let tolerance = match device {
+            pb::Device::Cpu => self.config.tolerance,
+            pb::Device::Gpu => self.config.gpu_tolerance,
+        };
+        let mut round = Round::new(plans, &verify, tolerance as f32).with_seed(rng.r#gen());
         let weight_bytes = cc::weights_to_bytes(ctx.weights);
         // Each task's drift correction (none in a SCAFFOLD job's first
         // round); a verifying run gets the same as the run it checks.
@@ -1695,7 +1731,7 @@ impl Compute {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             let now = now_ms();
-            let mut view = self.node_view(now);
+            let mut view = self.node_view(now, device);
             let free_before: usize = view.free_slots.values().sum();
             let online = view.online.len();
             for a in round.assign(&mut view) {
@@ -1765,7 +1801,7 @@ impl Compute {
                 }
                 _ = tick.tick() => {
                     // Nodes that stopped checking in lose their tasks.
-                    let view = self.node_view(now_ms());
+                    let view = self.node_view(now_ms(), device);
                     let gone: Vec<NodeId> = self
                         .busy
                         .lock()
@@ -1867,6 +1903,7 @@ impl Compute {
             redundancy: seg.redundancy,
             piece_size: meta.piece_size,
             purpose: a.purpose.wire(),
+            device: job_device(ctx.record) as i32,
             ..Default::default()
         };
         if a.rebuild {
@@ -1959,6 +1996,19 @@ struct RoundCtx<'a> {
     objs: &'a [pb::ObjectRecord],
     datasets: &'a [pb::JobDataset],
     record: &'a pb::JobRecord,
+}
+
+/// A device as the wire names it.
+fn device_of(wire: i32) -> Result<pb::Device, ComputeError> {
+    pb::Device::try_from(wire).map_err(|_| ComputeError::BadJob(format!("unknown device {wire}")))
+}
+
+/// Where a job's tasks train (CPU for jobs from before there was a choice).
+fn job_device(rec: &pb::JobRecord) -> pb::Device {
+    rec.info
+        .as_ref()
+        .and_then(|i| pb::Device::try_from(i.device).ok())
+        .unwrap_or(pb::Device::Cpu)
 }
 
 /// The datasets a job trains on: its listings, or the submitter's own

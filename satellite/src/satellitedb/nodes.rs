@@ -109,7 +109,7 @@ fn node_record(n: &Node) -> pb::NodeRecord {
         free_disk: n.free_disk,
         node_version: n.version.clone(),
         last_seen_unix_ms: n.last_seen_ms,
-        capabilities: Some(n.capabilities),
+        capabilities: Some(n.capabilities.clone()),
         created_unix_ms: n.created_ms,
         disqualified_unix_ms: n.disqualified_ms.unwrap_or(0),
         exit_started_unix_ms: n.exit_started_ms.unwrap_or(0),
