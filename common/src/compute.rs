@@ -55,6 +55,52 @@ impl std::fmt::Display for Architecture {
     }
 }
 
+/// What a model predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// One of the label's classes (softmax output, cross-entropy loss).
+    #[default]
+    Classification,
+    /// A number (one output, squared-error loss on the standardized
+    /// label).
+    Regression,
+}
+
+impl Task {
+    pub fn is_regression(self) -> bool {
+        self == Self::Regression
+    }
+
+    /// For serde's `skip_serializing_if`.
+    pub fn is_classification(&self) -> bool {
+        *self == Self::Classification
+    }
+}
+
+impl std::str::FromStr for Task {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "classification" | "" => Ok(Self::Classification),
+            "regression" => Ok(Self::Regression),
+            other => Err(SpecError::BadModel(format!(
+                "unknown task {other:?} (classification or regression)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Classification => "classification",
+            Self::Regression => "regression",
+        })
+    }
+}
+
 /// One model of the registry with its sizes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelSpec {
@@ -62,17 +108,35 @@ pub struct ModelSpec {
     /// Widths of the hidden layers (empty for logistic regression).
     pub hidden: Vec<usize>,
     pub inputs: usize,
+    /// Outputs: the classes of a classifier, 1 for regression.
     pub classes: usize,
+    #[serde(default, skip_serializing_if = "Task::is_classification")]
+    pub task: Task,
 }
 
 impl ModelSpec {
-    /// Checks sizes; `hidden` is ignored for logistic regression.
+    /// A classifier; checks sizes; `hidden` is ignored for logistic
+    /// regression.
     pub fn new(
         architecture: Architecture,
         hidden: Vec<usize>,
         inputs: usize,
         classes: usize,
     ) -> Result<Self, SpecError> {
+        Self::for_task(architecture, hidden, inputs, classes, Task::Classification)
+    }
+
+    /// A model of `task`: `outputs` is the number of classes of a
+    /// classifier and must be 1 for regression (`logistic` is then
+    /// linear regression).
+    pub fn for_task(
+        architecture: Architecture,
+        hidden: Vec<usize>,
+        inputs: usize,
+        outputs: usize,
+        task: Task,
+    ) -> Result<Self, SpecError> {
+        let classes = outputs;
         let hidden = match architecture {
             Architecture::Logistic => Vec::new(),
             Architecture::Mlp if hidden.is_empty() => {
@@ -87,16 +151,25 @@ impl ModelSpec {
                 "hidden layers must be 1..={MAX_LAYERS} layers of 1..={MAX_WIDTH} units"
             )));
         }
-        if inputs == 0 || classes < 2 {
-            return Err(SpecError::BadModel(format!(
-                "a classifier needs at least one feature and two classes (got {inputs} features, {classes} classes)"
-            )));
+        match task {
+            Task::Classification if inputs == 0 || classes < 2 => {
+                return Err(SpecError::BadModel(format!(
+                    "a classifier needs at least one feature and two classes (got {inputs} features, {classes} classes)"
+                )));
+            }
+            Task::Regression if inputs == 0 || classes != 1 => {
+                return Err(SpecError::BadModel(format!(
+                    "a regression model needs at least one feature and one output (got {inputs} features, {classes} outputs)"
+                )));
+            }
+            _ => {}
         }
         let spec = Self {
             architecture,
             hidden,
             inputs,
             classes,
+            task,
         };
         if spec.params() > MAX_PARAMS {
             return Err(SpecError::BadModel(format!(
@@ -212,9 +285,17 @@ pub enum Optimizer {
 impl Optimizer {
     /// The local learning rate when the user gives none.
     pub fn default_learning_rate(self) -> f64 {
-        match self {
-            Optimizer::Sgd => 0.1,
-            Optimizer::Adam => 0.005,
+        self.default_learning_rate_for(Task::Classification)
+    }
+
+    /// [`Self::default_learning_rate`] for `task`: squared-error gradients
+    /// grow with the residual (cross-entropy's are bounded), so plain SGD
+    /// takes smaller steps on regression.
+    pub fn default_learning_rate_for(self, task: Task) -> f64 {
+        match (self, task) {
+            (Optimizer::Sgd, Task::Classification) => 0.1,
+            (Optimizer::Sgd, Task::Regression) => 0.01,
+            (Optimizer::Adam, _) => 0.005,
         }
     }
 }
@@ -452,6 +533,10 @@ impl From<&ModelSpec> for crate::pb::ModelSpec {
             hidden: s.hidden.iter().map(|&h| h as u32).collect(),
             inputs: s.inputs as u32,
             classes: s.classes as u32,
+            task: match s.task {
+                Task::Classification => String::new(),
+                task => task.to_string(),
+            },
         }
     }
 }
@@ -460,11 +545,12 @@ impl TryFrom<&crate::pb::ModelSpec> for ModelSpec {
     type Error = SpecError;
 
     fn try_from(p: &crate::pb::ModelSpec) -> Result<Self, Self::Error> {
-        ModelSpec::new(
+        ModelSpec::for_task(
             p.architecture.parse()?,
             p.hidden.iter().map(|&h| h as usize).collect(),
             p.inputs as usize,
             p.classes as usize,
+            p.task.parse()?,
         )
     }
 }

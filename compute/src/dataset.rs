@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use loam_common::compute::Task;
 use serde::{Deserialize, Serialize};
 
 /// Most classes a label column may have.
@@ -52,6 +53,8 @@ pub enum DatasetError {
     NoRecords,
     #[error("line {line} is {len} bytes, longer than a whole row of {row} bytes")]
     RecordTooLong { line: usize, len: usize, row: usize },
+    #[error("line {line}: the label {cell:?} is not a number (a regression label must be)")]
+    LabelNotNumeric { line: usize, cell: String },
     #[error("label {0:?} is not one of the dataset's classes")]
     UnknownLabel(String),
     #[error("the schema is inconsistent")]
@@ -78,6 +81,26 @@ pub struct Schema {
     pub std: Vec<f32>,
     /// Records in the dataset.
     pub records: u64,
+    /// What the label is: classes, or a number (then `classes` is empty
+    /// and the label is scaled by `target_mean` and `target_std`).
+    #[serde(default, skip_serializing_if = "Task::is_classification")]
+    pub task: Task,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub target_mean: f32,
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub target_std: f32,
+}
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
+}
+
+fn is_one(v: &f32) -> bool {
+    *v == 1.0
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 impl Schema {
@@ -91,8 +114,11 @@ impl Schema {
         if self.label >= n
             || self.mean.len() != n - 1
             || self.std.len() != n - 1
-            || self.classes.is_empty()
             || self.classes.len() > MAX_CLASSES
+            || self.classes.is_empty() != self.task.is_regression()
+            || !self.target_mean.is_finite()
+            || !self.target_std.is_finite()
+            || self.target_std <= 0.0
             || self.std.iter().any(|s| !s.is_finite() || *s == 0.0)
             || self.mean.iter().any(|m| !m.is_finite())
         {
@@ -106,6 +132,9 @@ impl Schema {
     /// and more than one per 20 records). Classification then treats each
     /// value as a class of its own, which is rarely what was meant.
     pub fn label_looks_continuous(&self) -> bool {
+        if self.task.is_regression() {
+            return false;
+        }
         let n = self.classes.len() as u64;
         n > 20
             && n.saturating_mul(20) > self.records
@@ -114,6 +143,19 @@ impl Schema {
 
     pub fn features(&self) -> usize {
         self.columns.len().saturating_sub(1)
+    }
+
+    /// Outputs of a model of this data: its classes, or 1 for regression.
+    pub fn outputs(&self) -> usize {
+        match self.task {
+            Task::Classification => self.classes.len(),
+            Task::Regression => 1,
+        }
+    }
+
+    /// A model output back in the label's units (regression).
+    pub fn unscale_target(&self, v: f32) -> f64 {
+        f64::from(v) * f64::from(self.target_std) + f64::from(self.target_mean)
     }
 
     pub fn label_name(&self) -> &str {
@@ -130,21 +172,25 @@ impl Schema {
     }
 }
 
-/// Scaled features and class indices, row-major.
+/// Scaled features, row-major, and their class indices (classification)
+/// or scaled label values (regression).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Records {
     pub features: Vec<f32>,
     pub labels: Vec<u32>,
     pub width: usize,
+    /// The standardized label of each record, for regression (then
+    /// `labels` is empty).
+    pub targets: Vec<f32>,
 }
 
 impl Records {
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.labels.len().max(self.targets.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.len() == 0
     }
 
     pub fn row(&self, i: usize) -> &[f32] {
@@ -282,8 +328,15 @@ fn parse_number(s: &str) -> Option<f64> {
     s.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
-/// One pass over a whole CSV file: validates it and builds its [`Schema`].
+/// One pass over a whole CSV file: validates it and builds the [`Schema`]
+/// of a classification dataset.
 pub fn scan(text: &[u8], label: &str) -> Result<Schema, DatasetError> {
+    scan_for(text, label, Task::Classification)
+}
+
+/// [`scan`] for `task`: a regression label must be a number in every
+/// record, and its mean and standard deviation scale it.
+pub fn scan_for(text: &[u8], label: &str, task: Task) -> Result<Schema, DatasetError> {
     let mut it = records(text);
     let (_, header) = it.next().ok_or(DatasetError::Empty)??;
     let columns: Vec<String> = header.iter().map(str::to_string).collect();
@@ -301,6 +354,7 @@ pub fn scan(text: &[u8], label: &str) -> Result<Schema, DatasetError> {
     let mut sum = vec![0f64; width];
     let mut sumsq = vec![0f64; width];
     let mut classes = BTreeSet::new();
+    let (mut label_sum, mut label_sumsq) = (0f64, 0f64);
     let mut records = 0u64;
     for r in it {
         let (line, row) = r?;
@@ -313,6 +367,15 @@ pub fn scan(text: &[u8], label: &str) -> Result<Schema, DatasetError> {
         }
         let mut f = 0;
         for (c, value) in row.iter().enumerate() {
+            if c == label_at && task.is_regression() {
+                let v = parse_number(value).ok_or_else(|| DatasetError::LabelNotNumeric {
+                    line,
+                    cell: value.to_string(),
+                })?;
+                label_sum += v;
+                label_sumsq += v * v;
+                continue;
+            }
             if c == label_at {
                 if !classes.contains(value) {
                     if classes.len() >= MAX_CLASSES {
@@ -337,17 +400,17 @@ pub fn scan(text: &[u8], label: &str) -> Result<Schema, DatasetError> {
         return Err(DatasetError::NoRecords);
     }
     let n = records as f64;
-    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
-    let std = sum
-        .iter()
-        .zip(&sumsq)
-        .map(|(s, q)| {
-            let var = (q / n - (s / n) * (s / n)).max(0.0);
-            let sd = var.sqrt();
-            // A constant column carries no information; leave it centred.
-            if sd < 1e-9 { 1.0 } else { sd as f32 }
-        })
-        .collect();
+    let moments = |s: f64, q: f64| {
+        let var = (q / n - (s / n) * (s / n)).max(0.0);
+        let sd = var.sqrt();
+        // A constant column carries no information; leave it centred.
+        ((s / n) as f32, if sd < 1e-9 { 1.0 } else { sd as f32 })
+    };
+    let (mean, std) = sum.iter().zip(&sumsq).map(|(&s, &q)| moments(s, q)).unzip();
+    let (target_mean, target_std) = match task {
+        Task::Regression => moments(label_sum, label_sumsq),
+        Task::Classification => (0.0, 1.0),
+    };
     Ok(Schema {
         columns,
         label: label_at,
@@ -355,6 +418,9 @@ pub fn scan(text: &[u8], label: &str) -> Result<Schema, DatasetError> {
         mean,
         std,
         records,
+        task,
+        target_mean,
+        target_std,
     })
 }
 
@@ -405,6 +471,16 @@ pub fn parse_records(
         }
         let mut f = 0;
         for (c, value) in row.iter().enumerate() {
+            if c == schema.label && schema.task.is_regression() {
+                let v = parse_number(value).ok_or_else(|| DatasetError::LabelNotNumeric {
+                    line,
+                    cell: value.to_string(),
+                })?;
+                out.targets.push(
+                    ((v - f64::from(schema.target_mean)) / f64::from(schema.target_std)) as f32,
+                );
+                continue;
+            }
             if c == schema.label {
                 let class = class_of
                     .get(value)
@@ -612,6 +688,62 @@ pub fn pack(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regression_labels_are_numbers_scaled_by_their_moments() {
+        let text = b"a,y\n1,10\n2,20\n3,30\n4,40\n";
+        let s = scan_for(text, "y", Task::Regression).expect("scan");
+        assert!(s.classes.is_empty() && s.task == Task::Regression);
+        assert_eq!(s.outputs(), 1);
+        assert_eq!(s.target_mean, 25.0);
+        let sd = 125f32.sqrt();
+        assert!((s.target_std - sd).abs() < 1e-5, "{}", s.target_std);
+        s.validate().expect("valid");
+        let r = parse_records(text, &s, true).expect("records");
+        assert!(r.labels.is_empty() && r.len() == 4);
+        for (t, want) in r.targets.iter().zip([10.0, 20.0, 30.0, 40.0]) {
+            assert!((s.unscale_target(*t) - want).abs() < 1e-4);
+        }
+        // The schema survives JSON (it travels sealed to the nodes).
+        let back: Schema =
+            serde_json::from_str(&serde_json::to_string(&s).expect("json")).expect("parse");
+        assert_eq!(back, s);
+        // A classification schema's JSON has none of the new fields.
+        let c = scan(text, "y").expect("scan");
+        let json = serde_json::to_string(&c).expect("json");
+        assert!(!json.contains("task") && !json.contains("target"), "{json}");
+        assert_eq!(c.classes.len(), 4);
+    }
+
+    #[test]
+    fn regression_refuses_what_is_not_a_number() {
+        assert_eq!(
+            scan_for(b"a,y\n1,2.5\n2,high\n", "y", Task::Regression),
+            Err(DatasetError::LabelNotNumeric {
+                line: 3,
+                cell: "high".into()
+            })
+        );
+        assert!(matches!(
+            scan_for(b"a,y\n1,inf\n", "y", Task::Regression),
+            Err(DatasetError::LabelNotNumeric { .. })
+        ));
+        // A schema claiming both classes and regression, or a bad scale.
+        let mut s = scan_for(b"a,y\n1,2\n3,4\n", "y", Task::Regression).expect("scan");
+        s.classes.push("x".into());
+        assert_eq!(s.validate(), Err(DatasetError::BadSchema));
+        s.classes.clear();
+        s.target_std = 0.0;
+        assert_eq!(s.validate(), Err(DatasetError::BadSchema));
+        s.target_std = f32::NAN;
+        assert_eq!(s.validate(), Err(DatasetError::BadSchema));
+        // Records whose label is not a number, read by a node.
+        s.target_std = 1.0;
+        assert!(matches!(
+            parse_records(b"a,y\n1,abc\n", &s, true),
+            Err(DatasetError::LabelNotNumeric { .. })
+        ));
+    }
 
     const CSV: &[u8] = b"a,b,label\n1,2,x\n3,4,y\r\n\n5,6,x\n";
 

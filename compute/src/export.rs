@@ -6,7 +6,8 @@
 //! `layers.i.bias`, `[out]`, both `F32`. The forward pass is
 //! `x = relu(x @ W.T + b)` for every layer but the last, whose output
 //! is the logits (softmax gives the probabilities `model predict
-//! --probabilities` prints). The metadata carries what a user needs to
+//! --probabilities` prints), or for a regression model the one output,
+//! in standardized units (`* target_std + target_mean` of the schema). The metadata carries what a user needs to
 //! feed it the same inputs: the architecture and sizes (`loam.spec`), the
 //! columns, label, classes and feature scaling (`loam.schema`: each
 //! feature is `(value - mean) / std`), and the training provenance
@@ -27,6 +28,9 @@ pub const FORWARD_KEY: &str = "loam.forward";
 
 const FORWARD: &str = "for each layer i: x = x @ layers.i.weight.T + layers.i.bias, \
      then relu except after the last layer; the result is the logits (softmax for probabilities); \
+     inputs are the schema's feature columns in order, each scaled as (value - mean) / std";
+const FORWARD_REGRESSION: &str = "for each layer i: x = x @ layers.i.weight.T + layers.i.bias, \
+     then relu except after the last layer; the prediction is the single output * target_std + target_mean; \
      inputs are the schema's feature columns in order, each scaled as (value - mean) / std";
 
 /// Named tensors as (name, shape, little-endian bytes).
@@ -88,7 +92,15 @@ pub fn to_safetensors(model: &ModelFile) -> Result<Vec<u8>, ComputeError> {
         (SPEC_KEY.to_string(), to_json(spec)?),
         (SCHEMA_KEY.to_string(), to_json(&model.header.schema)?),
         (TRAINED_KEY.to_string(), to_json(&model.header.trained)?),
-        (FORWARD_KEY.to_string(), FORWARD.to_string()),
+        (
+            FORWARD_KEY.to_string(),
+            if spec.task.is_regression() {
+                FORWARD_REGRESSION
+            } else {
+                FORWARD
+            }
+            .to_string(),
+        ),
     ]);
     safetensors::tensor::serialize(views, Some(metadata))
         .map_err(|e| bad(format!("safetensors: {e}")))
@@ -118,10 +130,20 @@ pub fn from_safetensors(bytes: &[u8]) -> Result<ModelFile, ComputeError> {
         None => serde_json::Value::Null,
     };
     schema.validate()?;
-    let spec = ModelSpec::new(spec.architecture, spec.hidden, spec.inputs, spec.classes)?;
-    if spec.inputs != schema.features() || spec.classes != schema.classes.len() {
-        return Err(bad("model sizes do not match its schema"));
-    }
+    let spec = ModelSpec::for_task(
+        spec.architecture,
+        spec.hidden,
+        spec.inputs,
+        spec.classes,
+        spec.task,
+    )?;
+    let header = ModelHeader {
+        spec,
+        schema,
+        trained,
+    };
+    header.fits()?;
+    let spec = &header.spec;
     let tensors =
         SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not safetensors: {e}")))?;
     let widths = spec.widths();
@@ -161,14 +183,7 @@ pub fn from_safetensors(bytes: &[u8]) -> Result<ModelFile, ComputeError> {
     if weights.iter().any(|w| !w.is_finite()) {
         return Err(bad("weights that are not finite numbers"));
     }
-    Ok(ModelFile {
-        header: ModelHeader {
-            spec,
-            schema,
-            trained,
-        },
-        weights,
-    })
+    Ok(ModelFile { header, weights })
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, ComputeError> {
@@ -192,6 +207,9 @@ mod tests {
                     mean: vec![0.5, -1.0],
                     std: vec![2.0, 1.0],
                     records: 10,
+                    task: Default::default(),
+                    target_mean: 0.0,
+                    target_std: 1.0,
                 },
                 trained: serde_json::json!({"rounds": 3}),
             },
@@ -217,6 +235,37 @@ mod tests {
         assert_eq!(w0, [-1.0, -0.25, -0.75, 0.0, -0.5, 0.25]);
         assert_eq!(t.tensor("layers.1.weight").expect("w1").shape(), [2, 3]);
         assert_eq!(t.tensor("layers.1.bias").expect("b1").shape(), [2]);
+    }
+
+    #[test]
+    fn regression_models_export_with_their_label_scaling() {
+        use loam_common::compute::Task;
+        let text = b"a,b,y\n1,2,10\n3,5,30\n4,1,20\n";
+        let schema = crate::dataset::scan_for(text, "y", Task::Regression).expect("scan");
+        let spec =
+            ModelSpec::for_task(Architecture::Mlp, vec![3], 2, 1, Task::Regression).expect("spec");
+        let m = ModelFile {
+            header: ModelHeader {
+                spec: spec.clone(),
+                schema,
+                trained: serde_json::Value::Null,
+            },
+            weights: spec.init_weights(4),
+        };
+        let bytes = to_safetensors(&m).expect("export");
+        assert_eq!(from_safetensors(&bytes).expect("import"), m);
+        let (_, meta) = SafeTensors::read_metadata(&bytes).expect("metadata");
+        let info = meta.metadata().as_ref().expect("info");
+        assert!(info[FORWARD_KEY].contains("target_std"));
+        assert!(info[SCHEMA_KEY].contains("\"task\":\"regression\""));
+        assert!(info[SPEC_KEY].contains("\"task\":\"regression\""));
+        // A model file whose task disagrees with its schema is refused.
+        let mut other = m.clone();
+        other.header.schema.task = Task::Classification;
+        other.header.schema.classes = vec!["a".into(), "b".into()];
+        assert!(from_safetensors(&to_safetensors(&other).expect("export")).is_err());
+        assert!(ModelFile::from_bytes(&m.to_bytes().expect("bytes")).is_ok());
+        assert!(ModelFile::from_bytes(&other.to_bytes().expect("bytes")).is_err());
     }
 
     #[test]

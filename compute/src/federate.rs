@@ -162,11 +162,25 @@ pub fn subset(records: &Records, idx: &[usize]) -> Records {
     let mut out = Records {
         width: records.width,
         features: Vec::with_capacity(idx.len() * records.width),
-        labels: Vec::with_capacity(idx.len()),
+        labels: Vec::with_capacity(if records.labels.is_empty() {
+            0
+        } else {
+            idx.len()
+        }),
+        targets: Vec::with_capacity(if records.targets.is_empty() {
+            0
+        } else {
+            idx.len()
+        }),
     };
     for &i in idx {
         out.features.extend_from_slice(records.row(i));
-        out.labels.push(records.labels[i]);
+        if let Some(&l) = records.labels.get(i) {
+            out.labels.push(l);
+        }
+        if let Some(&t) = records.targets.get(i) {
+            out.targets.push(t);
+        }
     }
     out
 }

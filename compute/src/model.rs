@@ -153,6 +153,21 @@ pub struct ModelHeader {
     pub trained: serde_json::Value,
 }
 
+impl ModelHeader {
+    /// Whether the model's sizes and task are those of its schema.
+    pub fn fits(&self) -> Result<(), ComputeError> {
+        if self.spec.inputs != self.schema.features()
+            || self.spec.classes != self.schema.outputs()
+            || self.spec.task != self.schema.task
+        {
+            return Err(ComputeError::ModelFile(
+                "model sizes do not match its schema".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A trained model: `LOAMMDL1`, the header length (u32, little endian), the
 /// header (JSON), then the burn record of the weights.
 #[derive(Debug, Clone, PartialEq)]
@@ -194,15 +209,14 @@ impl ModelFile {
         let header: ModelHeader = serde_json::from_slice(&rest[..len])
             .map_err(|e| ComputeError::ModelFile(format!("header: {e}")))?;
         header.schema.validate()?;
-        let spec = ModelSpec::new(
+        let spec = ModelSpec::for_task(
             header.spec.architecture,
             header.spec.hidden.clone(),
             header.spec.inputs,
             header.spec.classes,
+            header.spec.task,
         )?;
-        if spec.inputs != header.schema.features() || spec.classes != header.schema.classes.len() {
-            return Err(bad("model sizes do not match its schema"));
-        }
+        header.fits()?;
         let record =
             ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(rest[len..].to_vec()))
                 .map_err(|e| ComputeError::ModelFile(format!("burn record: {e:?}")))?;

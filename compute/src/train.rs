@@ -50,17 +50,55 @@ pub fn stream_seed(seed: u64, round: u32, stream: u64) -> u64 {
     mix64(h ^ stream)
 }
 
-fn batch_tensors(records: &Records, idx: &[usize], device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
+/// What a batch's outputs are compared with.
+enum Target {
+    /// Class indices `[batch]` (cross-entropy).
+    Classes(Tensor<1, Int>),
+    /// Standardized label values `[batch, 1]` (squared error).
+    Values(Tensor<2>),
+}
+
+fn batch_tensors(records: &Records, idx: &[usize], device: &Device) -> (Tensor<2>, Target) {
     let d = records.width;
     let mut xs = Vec::with_capacity(idx.len() * d);
-    let mut ys = Vec::with_capacity(idx.len());
     for &i in idx {
         xs.extend_from_slice(records.row(i));
-        ys.push(i64::from(records.labels[i]));
     }
     let x = Tensor::<2>::from_data(TensorData::new(xs, [idx.len(), d]), device);
-    let y = Tensor::<1, Int>::from_data(TensorData::new(ys, [idx.len()]), device);
+    let y = if records.targets.is_empty() {
+        let ys: Vec<i64> = idx.iter().map(|&i| i64::from(records.labels[i])).collect();
+        Target::Classes(Tensor::from_data(TensorData::new(ys, [idx.len()]), device))
+    } else {
+        let ys: Vec<f32> = idx.iter().map(|&i| records.targets[i]).collect();
+        Target::Values(Tensor::from_data(
+            TensorData::new(ys, [idx.len(), 1]),
+            device,
+        ))
+    };
     (x, y)
+}
+
+/// The loss of `out` against `y` (mean over the batch) and, for classes,
+/// the records predicted right.
+fn loss_of(
+    out: Tensor<2>,
+    y: Target,
+    rows: usize,
+    count_hits: bool,
+    device: &Device,
+) -> (Tensor<1>, u64) {
+    match y {
+        Target::Classes(y) => {
+            let hit = if count_hits {
+                hits(out.clone().detach(), &y, rows)
+            } else {
+                0
+            };
+            let loss = CrossEntropyLossConfig::new().init(device).forward(out, y);
+            (loss, hit)
+        }
+        Target::Values(y) => ((out - y).square().mean(), 0),
+    }
 }
 
 /// Trains `spec` from `weights` on `records` for `params.local_epochs`
@@ -99,12 +137,7 @@ pub fn train_corrected(
             records.width, spec.inputs
         )));
     }
-    if let Some(&bad) = records.labels.iter().find(|&&l| l as usize >= spec.classes) {
-        return Err(ComputeError::BadModel(format!(
-            "class {bad} is beyond the model's {} classes",
-            spec.classes
-        )));
-    }
+    check_records(spec, records)?;
     let device = backend.device().autodiff();
     let mut net = build(spec, weights, &device)?;
     let held = validation_rows(records.len(), params.validation, params.seed, stream);
@@ -125,7 +158,6 @@ pub fn train_corrected(
         Optimizer::Adam => AdamConfig::new().init(),
         Optimizer::Sgd => SgdConfig::new().init(),
     };
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mu = params.proximal as f32;
     let anchor = (mu > 0.0)
         .then(|| build(spec, weights, &device))
@@ -139,11 +171,8 @@ pub fn train_corrected(
         let last = epoch + 1 == params.local_epochs;
         for idx in order.chunks(params.batch) {
             let (x, y) = batch_tensors(records, idx, &device);
-            let logits = net.forward(x);
-            if last {
-                correct += hits(logits.clone().detach(), &y, idx.len());
-            }
-            let mut loss = loss_fn.forward(logits, y);
+            let (mut loss, hit) = loss_of(net.forward(x), y, idx.len(), last, &device);
+            correct += hit;
             if last {
                 loss_sum +=
                     f64::from(loss.clone().detach().into_scalar::<f32>()) * idx.len() as f64;
@@ -168,6 +197,25 @@ pub fn train_corrected(
     })
 }
 
+/// Refuses records that do not fit `spec`: the other task, or a class
+/// beyond its outputs.
+fn check_records(spec: &ModelSpec, records: &Records) -> Result<(), ComputeError> {
+    let regression = !records.targets.is_empty();
+    if regression != spec.task.is_regression() && !records.is_empty() {
+        return Err(ComputeError::BadModel(format!(
+            "a {} model cannot learn records of the other task",
+            spec.task
+        )));
+    }
+    if let Some(&bad) = records.labels.iter().find(|&&l| l as usize >= spec.classes) {
+        return Err(ComputeError::BadModel(format!(
+            "class {bad} is beyond the model's {} classes",
+            spec.classes
+        )));
+    }
+    Ok(())
+}
+
 /// Rows of `logits` whose largest entry is at the label in `y`.
 fn hits(logits: Tensor<2>, y: &Tensor<1, Int>, rows: usize) -> u64 {
     let n = logits
@@ -180,21 +228,20 @@ fn hits(logits: Tensor<2>, y: &Tensor<1, Int>, rows: usize) -> u64 {
     n.max(0) as u64
 }
 
-/// Mean cross-entropy and hits of `net` on the records at `idx`.
+/// Mean loss (cross-entropy, or squared error of the standardized label)
+/// and hits (classification) of `net` on the records at `idx`.
 fn validate(
     net: &crate::model::Net,
     records: &Records,
     idx: &[usize],
     device: &Device,
 ) -> Validation {
-    let loss_fn = CrossEntropyLossConfig::new().init(device);
     let (mut loss_sum, mut correct) = (0f64, 0u64);
     for chunk in idx.chunks(1024) {
         let (x, y) = batch_tensors(records, chunk, device);
-        let logits = net.forward(x).detach();
-        correct += hits(logits.clone(), &y, chunk.len());
-        let loss = loss_fn.forward(logits, y).into_scalar::<f32>();
-        loss_sum += f64::from(loss) * chunk.len() as f64;
+        let (loss, hit) = loss_of(net.forward(x).detach(), y, chunk.len(), true, device);
+        correct += hit;
+        loss_sum += f64::from(loss.into_scalar::<f32>()) * chunk.len() as f64;
     }
     Validation {
         loss: if idx.is_empty() {
@@ -214,19 +261,123 @@ pub fn probabilities(
     weights: &[f32],
     records: &Records,
 ) -> Result<Vec<f32>, ComputeError> {
+    if spec.task.is_regression() {
+        return Err(ComputeError::BadModel(
+            "a regression model predicts values, not class probabilities".into(),
+        ));
+    }
+    outputs(spec, weights, records, true)
+}
+
+/// The model's outputs for every record, row-major, through softmax when
+/// `softmax`.
+fn outputs(
+    spec: &ModelSpec,
+    weights: &[f32],
+    records: &Records,
+    softmax: bool,
+) -> Result<Vec<f32>, ComputeError> {
+    if records.width != spec.inputs {
+        return Err(ComputeError::BadModel(format!(
+            "records have {} features, the model {}",
+            records.width, spec.inputs
+        )));
+    }
     let device = crate::Backend::Cpu.device();
     let net = build(spec, weights, &device)?;
     let mut out = Vec::with_capacity(records.len() * spec.classes);
-    let all: Vec<usize> = (0..records.len()).collect();
-    for idx in all.chunks(4096) {
-        let (x, _) = batch_tensors(records, idx, &device);
-        let probs = burn::tensor::activation::softmax(net.forward(x), 1).into_data();
-        let probs = probs
+    for first in (0..records.len()).step_by(4096) {
+        let rows = 4096.min(records.len() - first);
+        let mut xs = Vec::with_capacity(rows * records.width);
+        for i in first..first + rows {
+            xs.extend_from_slice(records.row(i));
+        }
+        let x = Tensor::<2>::from_data(TensorData::new(xs, [rows, records.width]), &device);
+        let mut y = net.forward(x);
+        if softmax {
+            y = burn::tensor::activation::softmax(y, 1);
+        }
+        let data = y.into_data();
+        let values = data
             .as_slice::<f32>()
-            .map_err(|e| ComputeError::BadModel(format!("probabilities: {e:?}")))?;
-        out.extend_from_slice(probs);
+            .map_err(|e| ComputeError::BadModel(format!("outputs: {e:?}")))?;
+        out.extend_from_slice(values);
     }
     Ok(out)
+}
+
+/// A regression model's prediction for every record, in the label's
+/// units.
+pub fn predict_values(
+    spec: &ModelSpec,
+    weights: &[f32],
+    records: &Records,
+    schema: &crate::Schema,
+) -> Result<Vec<f64>, ComputeError> {
+    if !spec.task.is_regression() {
+        return Err(ComputeError::BadModel(
+            "a classifier predicts classes, not values".into(),
+        ));
+    }
+    let out = outputs(spec, weights, records, false)?;
+    Ok(out.into_iter().map(|v| schema.unscale_target(v)).collect())
+}
+
+/// How a regression model does on labelled records, in the label's units
+/// (as scikit-learn's `mean_absolute_error`, `root_mean_squared_error`
+/// and `r2_score`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct RegressionEvaluation {
+    pub records: usize,
+    pub mae: f64,
+    pub rmse: f64,
+    /// 1 − residual sum of squares / total sum of squares about the
+    /// records' own mean. For a constant label: 1 when predicted exactly,
+    /// else 0 (as scikit-learn reports it).
+    pub r2: f64,
+}
+
+/// [`RegressionEvaluation`] of `predicted` against `truth`.
+pub fn regression_metrics(predicted: &[f64], truth: &[f64]) -> RegressionEvaluation {
+    let n = truth.len().min(predicted.len());
+    let nf = n.max(1) as f64;
+    let mean = truth[..n].iter().sum::<f64>() / nf;
+    let (mut abs, mut sq, mut tot) = (0f64, 0f64, 0f64);
+    for (p, t) in predicted.iter().zip(truth) {
+        abs += (p - t).abs();
+        sq += (p - t) * (p - t);
+        tot += (t - mean) * (t - mean);
+    }
+    let r2 = if tot > 0.0 {
+        1.0 - sq / tot
+    } else if sq == 0.0 {
+        1.0
+    } else {
+        0.0
+    };
+    RegressionEvaluation {
+        records: n,
+        mae: abs / nf,
+        rmse: (sq / nf).sqrt(),
+        r2,
+    }
+}
+
+/// [`regression_metrics`] of a regression model on labelled records.
+pub fn evaluate_regression(
+    spec: &ModelSpec,
+    weights: &[f32],
+    records: &Records,
+    schema: &crate::Schema,
+) -> Result<RegressionEvaluation, ComputeError> {
+    check_records(spec, records)?;
+    let predicted = predict_values(spec, weights, records, schema)?;
+    let truth: Vec<f64> = records
+        .targets
+        .iter()
+        .map(|&t| schema.unscale_target(t))
+        .collect();
+    Ok(regression_metrics(&predicted, &truth))
 }
 
 /// Predicted class of every record: the most probable, the first of
@@ -282,6 +433,7 @@ pub fn evaluate(
     weights: &[f32],
     records: &Records,
 ) -> Result<Evaluation, ComputeError> {
+    check_records(spec, records)?;
     let probs = probabilities(spec, weights, records)?;
     let mut matrix = vec![vec![0u64; spec.classes]; spec.classes];
     let (mut hits, mut loss) = (0u64, 0f64);
@@ -342,6 +494,7 @@ mod tests {
             features: vec![1.0, 1.0, -1.0, -1.0],
             labels: vec![0, 1, 1, 1],
             width: 1,
+            targets: vec![],
         };
         let e = evaluate(&spec, &weights, &records).expect("eval");
         assert_eq!(e.matrix, [[1, 0], [1, 2]]);
@@ -361,6 +514,93 @@ mod tests {
     }
 
     #[test]
+    fn regression_metrics_are_scikit_learns() {
+        // sklearn: mean_absolute_error 0.5, root_mean_squared_error
+        // 0.6124, r2_score 0.9486 for these.
+        let truth = [3.0, -0.5, 2.0, 7.0];
+        let predicted = [2.5, 0.0, 2.0, 8.0];
+        let e = regression_metrics(&predicted, &truth);
+        assert_eq!(e.records, 4);
+        assert!((e.mae - 0.5).abs() < 1e-12);
+        assert!((e.rmse - 0.375f64.sqrt()).abs() < 1e-12);
+        assert!((e.r2 - 0.948_608_137).abs() < 1e-6, "{}", e.r2);
+        // A constant label: 1 when predicted exactly, else 0.
+        assert_eq!(regression_metrics(&[2.0, 2.0], &[2.0, 2.0]).r2, 1.0);
+        assert_eq!(regression_metrics(&[2.0, 3.0], &[2.0, 2.0]).r2, 0.0);
+    }
+
+    #[test]
+    fn regression_trains_on_squared_error_and_refuses_the_other_task() {
+        use crate::dataset::{parse_records, scan_for};
+        use loam_common::compute::Task;
+        // y = 3a - 2b + 5, exactly.
+        let mut text = String::from("a,b,y\n");
+        for i in 0..200u64 {
+            let a = (i % 17) as f64 / 4.0;
+            let b = (i % 7) as f64 - 3.0;
+            text.push_str(&format!("{a},{b},{}\n", 3.0 * a - 2.0 * b + 5.0));
+        }
+        let schema = scan_for(text.as_bytes(), "y", Task::Regression).expect("scan");
+        let records = parse_records(text.as_bytes(), &schema, true).expect("records");
+        let spec = ModelSpec::for_task(Architecture::Logistic, vec![], 2, 1, Task::Regression)
+            .expect("spec");
+        let params = TrainParams {
+            learning_rate: 0.05,
+            local_epochs: 60,
+            validation: 0,
+            ..TrainParams::default()
+        };
+        let out = train(
+            &spec,
+            &spec.init_weights(1),
+            &records,
+            &params,
+            0,
+            0,
+            crate::Backend::Cpu,
+        )
+        .expect("train");
+        assert!(out.loss < 1e-3, "{}", out.loss);
+        let e = evaluate_regression(&spec, &out.weights, &records, &schema).expect("eval");
+        assert!(e.r2 > 0.999, "{e:?}");
+        // The held-out loss is squared error, with no hits.
+        let params = TrainParams {
+            validation: 20,
+            ..params
+        };
+        let v = train(
+            &spec,
+            &out.weights,
+            &records,
+            &params,
+            0,
+            0,
+            crate::Backend::Cpu,
+        )
+        .expect("train")
+        .validation;
+        assert!(v.records > 0 && v.correct == 0 && v.loss < 1e-3, "{v:?}");
+        // A classifier cannot take these records, nor a regression model
+        // a classifier's, nor a classifier's calls.
+        let classifier = ModelSpec::new(Architecture::Logistic, vec![], 2, 2).expect("spec");
+        let run = |s: &ModelSpec, r: &Records| {
+            train(s, &s.init_weights(1), r, &params, 0, 0, crate::Backend::Cpu)
+        };
+        assert!(run(&classifier, &records).is_err());
+        let classes = Records {
+            features: records.features.clone(),
+            labels: vec![0; records.len()],
+            width: 2,
+            targets: vec![],
+        };
+        assert!(run(&spec, &classes).is_err());
+        assert!(probabilities(&spec, &out.weights, &records).is_err());
+        assert!(
+            predict_values(&classifier, &classifier.init_weights(1), &records, &schema).is_err()
+        );
+    }
+
+    #[test]
     fn corrected_training_is_bit_identical_across_threads() {
         use loam_common::compute::mix64;
         let spec = ModelSpec::new(Architecture::Mlp, vec![64], 64, 10).expect("spec");
@@ -371,6 +611,7 @@ mod tests {
                 .collect(),
             labels: (0..n).map(|i| (mix64(i as u64 ^ 99) % 10) as u32).collect(),
             width: 64,
+            targets: vec![],
         };
         let params = TrainParams::default();
         let weights = spec.init_weights(7);

@@ -98,6 +98,7 @@ fn federated_average_of_four_shards_learns_digits() {
                 features: train_set.features[a * train_set.width..b * train_set.width].to_vec(),
                 labels: train_set.labels[a..b].to_vec(),
                 width: train_set.width,
+                targets: vec![],
             }
         })
         .collect();

@@ -1,12 +1,14 @@
-"""Class probabilities from a model exported by
+"""Predictions from a model exported by
 `uplink model export MODEL --format safetensors --out m.safetensors`,
 with NumPy alone (pip install safetensors numpy).
 
     python3 predict_safetensors.py m.safetensors data.csv > predictions.csv
 
-The CSV needs the model's feature columns (the label column may be there);
-the output is `row,predicted_LABEL,p_CLASS...`, as
-`uplink model predict --probabilities` prints it.
+The CSV needs the model's feature columns (the label column may be there).
+For a classifier the output is `row,predicted_LABEL,p_CLASS...`, as
+`uplink model predict --probabilities` prints it; for a regression model
+(`"task": "regression"` in its schema) it is `row,predicted_LABEL`, as
+`uplink model predict` prints it.
 """
 
 import csv
@@ -28,12 +30,17 @@ def load(path):
     return schema, weights
 
 
-def probabilities(weights, x):
+def forward(weights, x):
     # Same layout as torch.nn.Linear: y = x @ W.T + b, ReLU between layers.
     for i, (w, b) in enumerate(weights):
         x = x @ w.T + b
         if i < len(weights) - 1:
             x = np.maximum(x, 0.0)
+    return x
+
+
+def probabilities(weights, x):
+    x = forward(weights, x)
     x = x - x.max(axis=1, keepdims=True)
     e = np.exp(x)
     return e / e.sum(axis=1, keepdims=True)
@@ -51,12 +58,20 @@ def features(schema, path):
 
 def main():
     schema, weights = load(sys.argv[1])
-    p = probabilities([(w.astype(np.float64), b.astype(np.float64)) for w, b in weights],
-                      features(schema, sys.argv[2]))
-    classes = schema["classes"]
+    weights = [(w.astype(np.float64), b.astype(np.float64)) for w, b in weights]
+    x = features(schema, sys.argv[2])
     out = csv.writer(sys.stdout, lineterminator="\n")
-    out.writerow(["row", "predicted_" + schema["columns"][schema["label"]]]
-                 + ["p_" + c for c in classes])
+    predicted = "predicted_" + schema["columns"][schema["label"]]
+    if schema.get("task") == "regression":
+        # The model predicts the standardized label.
+        y = forward(weights, x)[:, 0] * schema["target_std"] + schema.get("target_mean", 0.0)
+        out.writerow(["row", predicted])
+        for i, v in enumerate(y):
+            out.writerow([i, repr(float(v))])
+        return
+    p = probabilities(weights, x)
+    classes = schema["classes"]
+    out.writerow(["row", predicted] + ["p_" + c for c in classes])
     for i, row in enumerate(p):
         out.writerow([i, classes[int(row.argmax())]] + [repr(float(v)) for v in row])
 

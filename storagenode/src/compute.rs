@@ -368,7 +368,10 @@ impl Trainer {
             schema.mean = req.scaling_mean.clone();
             schema.std = req.scaling_std.clone();
         }
-        if schema.features() != spec.inputs || schema.classes.len() != spec.classes {
+        if schema.features() != spec.inputs
+            || schema.outputs() != spec.classes
+            || schema.task != spec.task
+        {
             return Err(TaskError::Bad("the model does not fit the dataset".into()));
         }
         let cache_key = (

@@ -199,6 +199,7 @@ pub async fn run(b: &ComputeBench, dir: &std::path::Path) -> anyhow::Result<Comp
                 train.clone(),
                 &DatasetOptions {
                     label: "label".into(),
+                    task: Default::default(),
                     segment_size: Some(b.segment_size),
                     compute: true,
                     shuffle: None,

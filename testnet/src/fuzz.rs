@@ -230,6 +230,7 @@ pub fn targets() -> Vec<Target> {
                     inputs: 64,
                     hidden: vec![64],
                     classes: 10,
+                    task: Default::default(),
                 };
                 vec![
                     pb::ModelSpec::from(&spec).encode_to_vec(),
@@ -499,6 +500,7 @@ pub fn targets() -> Vec<Target> {
                     inputs: 4,
                     hidden: vec![3],
                     classes: 2,
+                    task: Default::default(),
                 };
                 let schema =
                     loam_compute::dataset::scan(b"a,b,c,d,label\n1,2,3,4,x\n5,6,7,8,y\n", "label")

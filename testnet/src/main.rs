@@ -705,6 +705,7 @@ async fn train_digits(project: &Project) -> anyhow::Result<()> {
             train.into_bytes(),
             &DatasetOptions {
                 label: "label".into(),
+                task: Default::default(),
                 segment_size: None,
                 compute: true,
                 shuffle: Some(0x6c6f_616d),

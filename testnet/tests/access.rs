@@ -106,6 +106,7 @@ async fn world() -> World {
     let (train, _) = loam_testnet::digits_split();
     let options = DatasetOptions {
         label: "label".into(),
+        task: Default::default(),
         segment_size: None,
         compute: true,
         shuffle: None,

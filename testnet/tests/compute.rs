@@ -20,6 +20,7 @@ fn digits() -> (Vec<u8>, Vec<u8>) {
 fn options() -> DatasetOptions {
     DatasetOptions {
         label: "label".into(),
+        task: Default::default(),
         // Several segments: 8 tasks with 2 data rows per segment.
         segment_size: Some(56 << 10),
         compute: true,

@@ -146,7 +146,79 @@ fn safetensors_export_reproduces_predictions_in_python() -> anyhow::Result<()> {
         disagreements <= 1,
         "{disagreements} rows predicted differently"
     );
+
+    // A regression model: the snippet un-scales the one output.
+    let reg_model = tmp.path().join("r.loam");
+    std::fs::write(&reg_model, diabetes_model().to_bytes()?)?;
+    let reg_exported = tmp.path().join("r.safetensors");
+    ok(uplink()
+        .args(["model", "export"])
+        .arg(&reg_model)
+        .args(["--format", "safetensors", "--out"])
+        .arg(&reg_exported)
+        .output()?);
+    let diabetes = repo("data/diabetes.csv");
+    let values = |text: &str| -> Vec<f64> {
+        text.lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(1).expect("value").parse().expect("number"))
+            .collect()
+    };
+    let ours = ok(uplink()
+        .args(["model", "predict"])
+        .arg(&reg_model)
+        .arg("--data")
+        .arg(&diabetes)
+        .output()?);
+    assert!(ours.starts_with("row,predicted_progression\n"), "{ours}");
+    let theirs = ok(Command::new(&python)
+        .arg(repo("docs/examples/predict_safetensors.py"))
+        .arg(&reg_exported)
+        .arg(&diabetes)
+        .output()?);
+    let (ours, theirs) = (values(&ours), values(&theirs));
+    assert_eq!((ours.len(), theirs.len()), (442, 442));
+    let worst = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs() / a.abs().max(1.0))
+        .fold(0f64, f64::max);
+    eprintln!("largest relative regression difference {worst:e}");
+    assert!(worst <= 1e-5, "predictions differ by {worst}");
     Ok(())
+}
+
+/// A small regression MLP trained on the shipped diabetes data.
+fn diabetes_model() -> ModelFile {
+    use loam_common::compute::Task;
+    let text = std::fs::read(repo("data/diabetes.csv")).expect("data/diabetes.csv");
+    let schema = dataset::scan_for(&text, "progression", Task::Regression).expect("scan");
+    let records = dataset::parse_records(&text, &schema, true).expect("records");
+    let spec =
+        ModelSpec::for_task(Architecture::Mlp, vec![16], 10, 1, Task::Regression).expect("spec");
+    let params = TrainParams {
+        learning_rate: 0.01,
+        local_epochs: 5,
+        ..TrainParams::default()
+    };
+    let out = train::train(
+        &spec,
+        &spec.init_weights(params.seed),
+        &records,
+        &params,
+        0,
+        0,
+        loam_compute::Backend::Cpu,
+    )
+    .expect("train");
+    ModelFile {
+        header: ModelHeader {
+            spec,
+            schema,
+            trained: serde_json::json!({"epochs": 5}),
+        },
+        weights: out.weights,
+    }
 }
 
 #[test]

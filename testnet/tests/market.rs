@@ -42,6 +42,7 @@ async fn owner_with_digits(planet: &Planet, names: &[&str]) -> Project {
     let (train, _) = loam_testnet::digits_split();
     let options = DatasetOptions {
         label: "label".into(),
+        task: Default::default(),
         segment_size: Some(64 << 10),
         compute: true,
         shuffle: None,

@@ -52,6 +52,7 @@ fn digits_dealt(n: usize) -> (Vec<String>, String) {
 fn dataset_options() -> DatasetOptions {
     DatasetOptions {
         label: "label".into(),
+        task: Default::default(),
         segment_size: Some(32 << 10),
         compute: true,
         shuffle: None,

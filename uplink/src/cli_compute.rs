@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use loam_common::compute::{Optimizer, Rounds, TrainParams};
+use loam_common::compute::{Optimizer, Rounds, Task, TrainParams};
 use loam_common::federated::{Algorithm, Choice, Rule};
 use loam_common::pb;
 use loam_compute::ModelFile;
@@ -31,6 +31,11 @@ pub enum DatasetCommand {
         /// The label column.
         #[arg(long)]
         label: String,
+        /// What the label is: classification (each distinct value a class)
+        /// or regression (a number to predict; models are trained on squared
+        /// error and `model eval` reports MAE, RMSE and R²).
+        #[arg(long, value_enum, default_value = "classification")]
+        task: TaskArg,
         /// Largest segment in bytes (each data row of a segment is one
         /// training task). Default 16 MiB.
         #[arg(long)]
@@ -95,17 +100,19 @@ pub struct TrainArgs {
     /// published, market:ID (with the same columns and label).
     #[arg(required = true, num_args = 1..)]
     datasets: Vec<String>,
-    /// Registry model: logistic or mlp.
-    #[arg(long, default_value = "mlp")]
-    model: String,
+    /// Registry model: logistic (linear for a regression dataset) or mlp.
+    /// Default: mlp for classification, linear for regression.
+    #[arg(long)]
+    model: Option<String>,
     /// Hidden layer widths (repeat or comma-separate for several layers).
     #[arg(long, value_delimiter = ',', default_value = "64")]
     hidden: Vec<usize>,
     /// Federated rounds: "auto" stops when the validation loss has not
     /// improved for 8 rounds (at most 100) and keeps the best weights; a
-    /// number runs exactly that many.
-    #[arg(long, default_value_t = Rounds::Auto)]
-    rounds: Rounds,
+    /// number runs exactly that many. Default: auto for classification,
+    /// 100 for regression (see docs/compute.md).
+    #[arg(long)]
+    rounds: Option<Rounds>,
     /// Percent of each task's records the nodes hold out for validation
     /// (0 to 50; "auto" rounds need some).
     #[arg(long, default_value_t = TrainParams::default().validation)]
@@ -116,7 +123,8 @@ pub struct TrainArgs {
     /// Local optimizer: sgd (the default; see docs/compute.md) or adam.
     #[arg(long, default_value_t = Optimizer::default())]
     optimizer: Optimizer,
-    /// Local learning rate (default: 0.1 for sgd, 0.005 for adam).
+    /// Local learning rate (default: 0.1 for sgd, 0.01 for sgd on a
+    /// regression dataset, 0.005 for adam).
     #[arg(long)]
     lr: Option<f64>,
     /// Batch size.
@@ -316,6 +324,7 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
             url,
             delimiter,
             label,
+            task,
             segment_size,
             no_compute,
             shuffle_records,
@@ -326,18 +335,20 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
                 bail!("{url:?} names no dataset key");
             }
             let text = read_csv(&file, delimiter)?;
-            let schema = loam_compute::dataset::scan(&text, &label)?;
+            let task = Task::from(task);
+            let schema = loam_compute::dataset::scan_for(&text, &label, task)?;
             if schema.label_looks_continuous() {
                 eprintln!(
                     "warning: label column {label:?} has {} distinct numeric values in {} \
                      records; each value becomes a class of its own. If it is a quantity to \
-                     predict, bin it into a few classes (for example low/medium/high) first.",
+                     predict, upload it with --task regression (or bin it into a few classes).",
                     schema.classes.len(),
                     schema.records
                 );
             }
             let opts = DatasetOptions {
                 label,
+                task,
                 segment_size,
                 compute: !no_compute,
                 shuffle: shuffle_records.then(|| shuffle_seed.unwrap_or_else(rand::random)),
@@ -346,7 +357,7 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
                 .upload_dataset(&u.bucket, &u.key, text, &opts, None)
                 .await?;
             println!(
-                "Dataset loam://{}/{}: {} records ({}), {} features, {} classes, {} ({} segments, {} training tasks), compute {}",
+                "Dataset loam://{}/{}: {} records ({}), {} features, {}, {} ({} segments, {} training tasks), compute {}",
                 u.bucket,
                 u.key,
                 info.records,
@@ -356,7 +367,10 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
                     "in file order"
                 },
                 info.features,
-                info.classes.len(),
+                match info.task {
+                    Task::Classification => format!("{} classes", info.classes.len()),
+                    Task::Regression => "a numeric label (regression)".to_string(),
+                },
                 human_bytes(info.size),
                 info.segments,
                 info.tasks,
@@ -381,7 +395,12 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
                         "url": url,
                         "records": s.records,
                         "label": s.label_name(),
+                        "task": s.task,
                         "classes": s.classes,
+                        "label_mean": s.task.is_regression().then_some(s.target_mean),
+                        "label_std": s.task.is_regression().then_some(s.target_std),
+                        "feature_mean": s.mean,
+                        "feature_std": s.std,
                         "features": s.features(),
                         "columns": s.columns,
                         "segments": ds.records.len(),
@@ -394,7 +413,13 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
             }
             println!("records   {}", s.records);
             println!("label     {}", s.label_name());
-            println!("classes   {}", s.classes.join(","));
+            match s.task {
+                Task::Classification => println!("classes   {}", s.classes.join(",")),
+                Task::Regression => println!(
+                    "task      regression (label mean {}, std {})",
+                    s.target_mean, s.target_std
+                ),
+            }
             println!("features  {}", s.features());
             println!("segments  {} ({tasks} tasks)", ds.records.len());
             println!(
@@ -429,14 +454,25 @@ pub async fn train(project: &Project, a: TrainArgs) -> anyhow::Result<()> {
     if out.key.is_empty() {
         bail!("--out {:?} names no key", a.out);
     }
-    let (rounds, patience) = a.rounds.cap_and_patience();
+    // Defaults that depend on the task need the dataset's description
+    // (listings are classification datasets).
+    let task = if market == 0 && (a.model.is_none() || a.rounds.is_none() || a.lr.is_none()) {
+        let u = parse_loam(&a.datasets[0])?;
+        project.dataset(&u.bucket, &u.key).await?.0.schema.task
+    } else {
+        Task::Classification
+    };
+    let defaults = TaskDefaults::of(task);
+    let (rounds, patience) = a.rounds.unwrap_or(defaults.rounds).cap_and_patience();
     let job = JobRequest {
-        architecture: a.model,
+        architecture: a.model.unwrap_or_else(|| defaults.model.to_string()),
         hidden: a.hidden,
         rounds,
         patience,
         params: TrainParams {
-            learning_rate: a.lr.unwrap_or(a.optimizer.default_learning_rate()),
+            learning_rate: a
+                .lr
+                .unwrap_or_else(|| a.optimizer.default_learning_rate_for(task)),
             batch: a.batch,
             local_epochs: a.local_epochs,
             seed: a.seed,
@@ -481,16 +517,42 @@ pub async fn train(project: &Project, a: TrainArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Whether a job trains a regression model.
+fn is_regression(j: &pb::JobInfo) -> bool {
+    j.spec.as_ref().is_some_and(|s| s.task == "regression")
+}
+
+/// A round's training accuracy; nothing for regression, whose loss says
+/// it all.
+fn accuracy_text(j: &pb::JobInfo, r: &pb::RoundInfo) -> String {
+    if is_regression(j) {
+        String::new()
+    } else {
+        format!("  accuracy {:.4}", r.accuracy)
+    }
+}
+
+/// The held-out score of a round: accuracy, or for regression R² as
+/// 1 − the mean squared error of the label standardized over the dataset
+/// (close to the held-out records' own R²).
+fn val_score(j: &pb::JobInfo, r: &pb::RoundInfo) -> String {
+    if is_regression(j) {
+        format!("R² ≈ {:.4}", 1.0 - f64::from(r.val_loss))
+    } else {
+        format!("accuracy {:.4}", r.val_accuracy)
+    }
+}
+
 /// How the weights a round started from did on the held-out records.
-fn validation_text(r: &pb::RoundInfo) -> String {
+fn validation_text(j: &pb::JobInfo, r: &pb::RoundInfo) -> String {
     if r.val_records == 0 {
         String::new()
     } else {
         format!(
-            "  validation (after round {}) loss {:.4} accuracy {:.4}",
+            "  validation (after round {}) loss {:.4} {}",
             r.round.saturating_sub(1),
             r.val_loss,
-            r.val_accuracy
+            val_score(j, r)
         )
     }
 }
@@ -503,12 +565,12 @@ async fn wait(project: &Project, id: &[u8]) -> anyhow::Result<()> {
         let info = project.job(id).await?;
         for r in info.history.iter().skip(shown) {
             println!(
-                "round {}/{}  loss {:.4}  accuracy {:.4}{}  tasks {}/{}  {:.2}s (coordination {:.2}s)",
+                "round {}/{}  loss {:.4}{}{}  tasks {}/{}  {:.2}s (coordination {:.2}s)",
                 r.round,
                 info.rounds,
                 r.loss,
-                r.accuracy,
-                validation_text(r),
+                accuracy_text(&info, r),
+                validation_text(&info, r),
                 r.tasks_accepted,
                 info.tasks_total,
                 r.duration_ms as f64 / 1000.0,
@@ -619,7 +681,15 @@ pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
                     format!("{}/{}", j.round, j.rounds),
                     j.history
                         .last()
-                        .map_or("-".into(), |r| format!("{:.4}", r.accuracy)),
+                        .map_or("-".into(), |r| if is_regression(j) {
+                            if r.val_records == 0 {
+                                "-".to_string()
+                            } else {
+                                format!("R²≈{:.3}", 1.0 - f64::from(r.val_loss))
+                            }
+                        } else {
+                            format!("{:.4}", r.accuracy)
+                        }),
                     crate::format_time(j.created_unix_ms)
                 );
             }
@@ -643,8 +713,15 @@ pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
             );
             if let Some(s) = &j.spec {
                 println!(
-                    "model               {} hidden {:?}, {} inputs, {} classes",
-                    s.architecture, s.hidden, s.inputs, s.classes
+                    "model               {} hidden {:?}, {} inputs, {}",
+                    s.architecture,
+                    s.hidden,
+                    s.inputs,
+                    if s.task.is_empty() {
+                        format!("{} classes", s.classes)
+                    } else {
+                        format!("{} ({} output)", s.task, s.classes)
+                    }
                 );
             }
             println!("device              {}", device_name(j.device));
@@ -689,10 +766,10 @@ pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
                 println!("validation curve    (weights after each round, on the held-out records)");
                 for r in j.history.iter().filter(|r| r.val_records > 0) {
                     println!(
-                        "  round {:>3}  loss {:.4}  accuracy {:.4}  ({} records)",
+                        "  round {:>3}  loss {:.4}  {}  ({} records)",
                         r.round.saturating_sub(1),
                         r.val_loss,
-                        r.val_accuracy,
+                        val_score(&j, r),
                         r.val_records
                     );
                 }
@@ -714,13 +791,15 @@ pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
                 "loss                {}",
                 last.map_or("-".into(), |r| format!("{:.4}", r.loss))
             );
-            println!(
-                "accuracy            {}",
-                last.map_or("-".into(), |r| format!(
-                    "{:.4} (training, last round)",
-                    r.accuracy
-                ))
-            );
+            if !is_regression(&j) {
+                println!(
+                    "accuracy            {}",
+                    last.map_or("-".into(), |r| format!(
+                        "{:.4} (training, last round)",
+                        r.accuracy
+                    ))
+                );
+            }
             println!(
                 "tasks               {} per round: {} running, {} done, {} failed",
                 j.tasks_total, j.tasks_running, j.tasks_done, j.tasks_failed
@@ -766,6 +845,47 @@ pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
         JobCommand::Wait { id } => wait(project, &project.resolve_job_id(&id).await?).await?,
     }
     Ok(())
+}
+
+/// What `uplink train` does when the user does not say.
+struct TaskDefaults {
+    model: &'static str,
+    rounds: Rounds,
+}
+
+impl TaskDefaults {
+    fn of(task: Task) -> Self {
+        match task {
+            Task::Classification => Self {
+                model: "mlp",
+                rounds: Rounds::Auto,
+            },
+            // A linear model, run for a fixed number of rounds: on small
+            // tabular sets the MLP does no better, and the held-out squared
+            // error is too noisy for `auto` to stop at the right round
+            // (docs/compute.md has the measurements).
+            Task::Regression => Self {
+                model: "linear",
+                rounds: Rounds::Fixed(100),
+            },
+        }
+    }
+}
+
+/// `uplink dataset put --task`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaskArg {
+    Classification,
+    Regression,
+}
+
+impl From<TaskArg> for Task {
+    fn from(t: TaskArg) -> Self {
+        match t {
+            TaskArg::Classification => Self::Classification,
+            TaskArg::Regression => Self::Regression,
+        }
+    }
 }
 
 /// `uplink train --device`.
@@ -852,6 +972,23 @@ pub async fn model(project: Option<&Project>, cmd: ModelCommand) -> anyhow::Resu
             if records.is_empty() {
                 bail!("{} has no records", data.display());
             }
+            if schema.task.is_regression() {
+                let e = loam_compute::train::evaluate_regression(
+                    &m.header.spec,
+                    &m.weights,
+                    &records,
+                    schema,
+                )?;
+                if output == Output::Json {
+                    println!("{}", serde_json::to_string_pretty(&e)?);
+                } else {
+                    println!("R²   {:.4}", e.r2);
+                    println!("MAE  {:.4}", e.mae);
+                    println!("RMSE {:.4}", e.rmse);
+                    println!("records {}", e.records);
+                }
+                return Ok(());
+            }
             let eval = loam_compute::train::evaluate(&m.header.spec, &m.weights, &records)?;
             if output == Output::Json {
                 println!(
@@ -928,7 +1065,19 @@ pub async fn model(project: Option<&Project>, cmd: ModelCommand) -> anyhow::Resu
             let schema = m.header.schema.clone();
             let text = read_csv(&data, delimiter)?;
             let records = predict_records(&text, &schema)?;
-            let pred = loam_compute::train::predict(&m.header.spec, &m.weights, &records)?;
+            if schema.task.is_regression() && probabilities {
+                bail!("--probabilities is for classifiers; this model predicts a number");
+            }
+            let values = if schema.task.is_regression() {
+                loam_compute::train::predict_values(&m.header.spec, &m.weights, &records, &schema)?
+            } else {
+                Vec::new()
+            };
+            let pred = if schema.task.is_regression() {
+                Vec::new()
+            } else {
+                loam_compute::train::predict(&m.header.spec, &m.weights, &records)?
+            };
             let probs = if probabilities {
                 loam_compute::train::probabilities(&m.header.spec, &m.weights, &records)?
             } else {
@@ -950,6 +1099,9 @@ pub async fn model(project: Option<&Project>, cmd: ModelCommand) -> anyhow::Resu
                 head.extend(schema.classes.iter().map(|c| format!("p_{c}")));
             }
             csv.write_record(&head)?;
+            for (i, v) in values.iter().enumerate() {
+                csv.write_record([i.to_string(), v.to_string()])?;
+            }
             let classes = schema.classes.len();
             for (i, p) in pred.iter().enumerate() {
                 let mut row = vec![
@@ -1034,13 +1186,10 @@ fn predict_records(
             features.join(",")
         );
     }
-    // No label column: add a placeholder class to every record.
-    let with_label = loam_compute::dataset::insert_column(
-        text,
-        schema.label,
-        schema.label_name(),
-        &schema.classes[0],
-    )?;
+    // No label column: add a placeholder class (or value) to every record.
+    let placeholder = schema.classes.first().map_or("0", String::as_str);
+    let with_label =
+        loam_compute::dataset::insert_column(text, schema.label, schema.label_name(), placeholder)?;
     Ok(loam_compute::dataset::parse_records(
         &with_label,
         schema,

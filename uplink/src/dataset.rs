@@ -42,6 +42,8 @@ pub struct DatasetMeta {
 pub struct DatasetOptions {
     /// The label column.
     pub label: String,
+    /// Classes, or a number to predict (regression).
+    pub task: loam_common::compute::Task,
     /// Largest segment; smaller segments mean more, smaller tasks. `None`
     /// takes [`DatasetOptions::DEFAULT_SEGMENT`] (capped by the satellite).
     pub segment_size: Option<u64>,
@@ -64,6 +66,7 @@ pub struct DatasetInfo {
     pub records: u64,
     pub features: usize,
     pub classes: Vec<String>,
+    pub task: loam_common::compute::Task,
     pub segments: usize,
     pub tasks: usize,
     pub size: u64,
@@ -98,11 +101,12 @@ impl JobRequest {
     /// hyperparameters checked.
     fn spec_for(&self, schema: &Schema) -> Result<ModelSpec, UplinkError> {
         let job = |e: loam_common::compute::SpecError| UplinkError::Job(e.to_string());
-        let spec = ModelSpec::new(
+        let spec = ModelSpec::for_task(
             self.architecture.parse().map_err(job)?,
             self.hidden.clone(),
             schema.features(),
-            schema.classes.len(),
+            schema.outputs(),
+            schema.task,
         )
         .map_err(job)?;
         self.params.validate().map_err(job)?;
@@ -204,9 +208,9 @@ impl Project {
         opts: &DatasetOptions,
         progress: Option<Progress>,
     ) -> Result<DatasetInfo, UplinkError> {
-        let (label, seed) = (opts.label.clone(), opts.shuffle);
+        let (label, seed, task) = (opts.label.clone(), opts.shuffle, opts.task);
         let (text, schema, shuffle) = tokio::task::spawn_blocking(move || {
-            let schema = dataset::scan(&text, &label);
+            let schema = dataset::scan_for(&text, &label, task);
             match seed {
                 Some(seed) if schema.is_ok() => {
                     let (stored, shuffle) = dataset::shuffle_records(&text, seed);
@@ -274,6 +278,7 @@ impl Project {
             records: schema.records,
             features: schema.features(),
             classes: schema.classes.clone(),
+            task: schema.task,
             segments: packed.len(),
             tasks: packed
                 .iter()

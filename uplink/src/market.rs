@@ -118,6 +118,9 @@ pub fn pooled_schema(listings: &[pb::Listing]) -> Result<Schema, UplinkError> {
         mean,
         std,
         records,
+        task: Default::default(),
+        target_mean: 0.0,
+        target_std: 1.0,
     };
     schema
         .validate()
@@ -142,6 +145,11 @@ impl Project {
             )));
         }
         let schema = &ds.schema;
+        if schema.task.is_regression() {
+            return Err(UplinkError::Job(format!(
+                "loam://{bucket}/{key} has a numeric (regression) label; the market lists classification datasets only"
+            )));
+        }
         let listing = pb::Listing {
             title: opts.title.clone(),
             description: opts.description.clone(),
