@@ -21,7 +21,9 @@ pub enum DatasetCommand {
     /// dataset: uplink dataset put FILE loam://BUCKET/NAME --label COL
     Put {
         /// The CSV file: a header line, numeric feature columns and a label
-        /// column; quoted cells and ',', ';', tab or '|' separators.
+        /// column; quoted cells and ',', ';', tab or '|' separators. Or a
+        /// Parquet file of flat numeric columns and a label column (stored
+        /// as the same CSV).
         file: PathBuf,
         /// Where the dataset goes, as loam://BUCKET/NAME.
         url: String,
@@ -205,7 +207,7 @@ pub enum ModelCommand {
         /// The model: a local file, loam://BUCKET/KEY, or market:ID (one
         /// paid download).
         model: String,
-        /// A labelled CSV with the model's columns.
+        /// A labelled CSV (or Parquet) file with the model's columns.
         #[arg(long)]
         data: PathBuf,
         /// The label column of the CSV (default: the model's).
@@ -223,7 +225,7 @@ pub enum ModelCommand {
         /// The model: a local file, loam://BUCKET/KEY, or market:ID (one
         /// paid download).
         model: String,
-        /// A CSV with the model's feature columns (the label column may be
+        /// A CSV (or Parquet) file with the model's feature columns (the label column may be
         /// there or not).
         #[arg(long)]
         data: PathBuf,
@@ -272,8 +274,19 @@ fn parse_delimiter(s: &str) -> Result<u8, String> {
 /// (see [`loam_compute::dataset::normalize`]); the separator is
 /// `delimiter`, or found from the header line (and said, when it is not
 /// a comma).
+/// A CSV file in canonical form, or a Parquet file as the same CSV.
 fn read_csv(path: &std::path::Path, delimiter: Option<u8>) -> anyhow::Result<Vec<u8>> {
     let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if loam_uplink::tabular::is_parquet(&text) {
+        if delimiter.is_some() {
+            bail!(
+                "--delimiter is for CSV files; {} is Parquet",
+                path.display()
+            );
+        }
+        return loam_uplink::tabular::parquet_to_csv(text)
+            .with_context(|| format!("cannot read {} as a dataset", path.display()));
+    }
     let delimiter = match delimiter {
         Some(d) => d,
         None => {

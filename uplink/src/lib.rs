@@ -22,6 +22,7 @@ pub mod dataset;
 mod direct;
 pub mod market;
 pub mod multipart;
+pub mod tabular;
 mod transfer;
 pub use loam_piece_transfer::{FetchError, feed, fetch, fetch_pieces, piece, segment};
 
