@@ -9,6 +9,8 @@
 
 mod support;
 
+use loam_testnet::split_every_fifth;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -110,18 +112,6 @@ fn columns_of(csv: &str, label: &str) -> Vec<(String, Column)> {
         .collect()
 }
 
-fn split(text: &str) -> (String, String) {
-    let mut lines = text.lines();
-    let header = lines.next().expect("header");
-    let (mut train, mut test) = (format!("{header}\n"), format!("{header}\n"));
-    for (i, l) in lines.enumerate() {
-        let dst = if i % 5 == 0 { &mut test } else { &mut train };
-        dst.push_str(l);
-        dst.push('\n');
-    }
-    (train, test)
-}
-
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
@@ -131,7 +121,7 @@ async fn parquet_and_csv_give_the_same_dataset_and_model() -> anyhow::Result<()>
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let digits = include_str!("../../data/digits.csv");
-    let (train, test) = split(digits);
+    let (train, test) = split_every_fifth(digits);
     for (name, text) in [("train", &train), ("test", &test)] {
         std::fs::write(dir.join(format!("{name}.csv")), text)?;
         write_parquet(

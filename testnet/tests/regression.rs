@@ -10,24 +10,12 @@
 
 mod support;
 
+use loam_testnet::split_every_fifth;
+
 use loam_testnet::process::{NetworkOptions, ProcessNetwork};
 use support::{fails, ok, uplink};
 
 const DIABETES: &str = include_str!("../../data/diabetes.csv");
-
-/// (train, test) CSV texts: test = every row whose zero-based data row
-/// index is divisible by 5, as for digits.
-fn split(text: &str) -> (String, String) {
-    let mut lines = text.lines();
-    let header = lines.next().expect("header");
-    let (mut train, mut test) = (format!("{header}\n"), format!("{header}\n"));
-    for (i, l) in lines.enumerate() {
-        let dst = if i % 5 == 0 { &mut test } else { &mut train };
-        dst.push_str(l);
-        dst.push('\n');
-    }
-    (train, test)
-}
 
 /// Features (with a leading 1 for the intercept) and labels of a CSV whose
 /// last column is the label.
@@ -94,7 +82,7 @@ fn r2(predicted: &[f64], truth: &[f64]) -> f64 {
 
 #[test]
 fn least_squares_matches_scikit_learn() {
-    let (train, test) = split(DIABETES);
+    let (train, test) = split_every_fifth(DIABETES);
     let (x, y) = rows(&train);
     let (tx, ty) = rows(&test);
     assert_eq!((x.len(), tx.len()), (353, 89));
@@ -111,7 +99,7 @@ fn least_squares_matches_scikit_learn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn federated_regression_is_within_two_points_of_least_squares() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let (train, test) = split(DIABETES);
+    let (train, test) = split_every_fifth(DIABETES);
     let (train_path, test_path) = (tmp.path().join("train.csv"), tmp.path().join("test.csv"));
     std::fs::write(&train_path, &train)?;
     std::fs::write(&test_path, &test)?;
