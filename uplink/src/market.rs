@@ -129,6 +129,30 @@ pub fn pooled_schema(listings: &[pb::Listing]) -> Result<Schema, UplinkError> {
 }
 
 impl Project {
+    /// Seals a published dataset's row keys under a fresh listing tag
+    /// (valid for any job on the listing; listings train on the CPU).
+    async fn seal_listing_keys(
+        &self,
+        bucket: &str,
+        key: &str,
+        ds: &crate::dataset::DatasetMeta,
+        obj_key: &loam_common::encryption::Key,
+    ) -> Result<([u8; 16], Vec<u8>, Vec<pb::TaskKeys>), UplinkError> {
+        let tag: [u8; 16] = rand::random();
+        let (enc, tasks) = self
+            .seal_dataset_keys(
+                bucket,
+                key,
+                ds,
+                obj_key,
+                KeyBinding::Listing(tag),
+                true,
+                pb::Device::Cpu,
+            )
+            .await?;
+        Ok((tag, enc, tasks))
+    }
+
     /// Publishes the dataset at `bucket/key` as a listing. The column and
     /// class names come from the dataset's (encrypted) description, which
     /// only the owner can read; the record count is the satellite's own.
@@ -170,18 +194,7 @@ impl Project {
             columns_digest: columns_digest(schema).into(),
             ..Default::default()
         };
-        let tag: [u8; 16] = rand::random();
-        let (enc, tasks) = self
-            .seal_dataset_keys(
-                bucket,
-                key,
-                &ds,
-                &obj_key,
-                KeyBinding::Listing(tag),
-                true,
-                pb::Device::Cpu,
-            )
-            .await?;
+        let (tag, enc, tasks) = self.seal_listing_keys(bucket, key, &ds, &obj_key).await?;
         let req = pb::PublishListingRequest {
             bucket: bucket.to_string(),
             encrypted_key: enc.into(),
@@ -297,18 +310,7 @@ impl Project {
         key: &str,
     ) -> Result<pb::Listing, UplinkError> {
         let (ds, _, obj_key) = self.dataset_and_key(bucket, key).await?;
-        let tag: [u8; 16] = rand::random();
-        let (enc, tasks) = self
-            .seal_dataset_keys(
-                bucket,
-                key,
-                &ds,
-                &obj_key,
-                KeyBinding::Listing(tag),
-                true,
-                pb::Device::Cpu,
-            )
-            .await?;
+        let (tag, enc, tasks) = self.seal_listing_keys(bucket, key, &ds, &obj_key).await?;
         let req = pb::ResealListingRequest {
             bucket: bucket.to_string(),
             encrypted_key: enc.into(),

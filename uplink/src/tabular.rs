@@ -39,6 +39,16 @@ pub fn is_parquet(bytes: &[u8]) -> bool {
 
 /// The canonical CSV text of a Parquet file's records.
 pub fn parquet_to_csv(bytes: Vec<u8>) -> Result<Vec<u8>, TabularError> {
+    // The decoder trusts lengths inside the file; a malformed one must be
+    // an error, not a crash of the CLI.
+    std::panic::catch_unwind(move || convert(bytes)).unwrap_or_else(|_| {
+        Err(TabularError::Parquet(
+            "the file is malformed (its decoder gave up)".into(),
+        ))
+    })
+}
+
+fn convert(bytes: Vec<u8>) -> Result<Vec<u8>, TabularError> {
     let reader = SerializedFileReader::new(Bytes::from(bytes))
         .map_err(|e| TabularError::Parquet(e.to_string()))?;
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
