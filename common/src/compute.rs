@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SpecError {
-    #[error("unknown model {0:?} (the registry has: logistic, mlp)")]
+    #[error("unknown model {0:?} (the registry has: logistic, mlp, cnn)")]
     UnknownModel(String),
     #[error("bad model: {0}")]
     BadModel(String),
@@ -20,9 +20,19 @@ pub enum SpecError {
 
 /// Most parameters a registry model may have (64 Mi, 256 MiB of weights).
 pub const MAX_PARAMS: usize = 64 << 20;
+/// Most multiply-adds of one record's forward pass (4 Gi).
+pub const MAX_WORK_PER_RECORD: usize = 1 << 32;
 /// Most hidden layers, and the widest one.
 pub const MAX_LAYERS: usize = 8;
 pub const MAX_WIDTH: usize = 1 << 14;
+/// Most conv-pool blocks of a CNN, and the most channels of one.
+pub const MAX_CONV_BLOCKS: usize = 4;
+pub const MAX_CHANNELS: usize = 256;
+/// Largest side of an image input, and most channels of one.
+pub const MAX_IMAGE_SIDE: usize = 1024;
+pub const MAX_IMAGE_CHANNELS: usize = 4;
+/// Kernel size of a CNN's convolutions (3×3, padded to keep the size).
+pub const CONV_KERNEL: usize = 3;
 
 /// The architectures in the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +42,9 @@ pub enum Architecture {
     Logistic,
     /// Fully connected layers with ReLU between them.
     Mlp,
+    /// Conv-pool blocks (3×3 convolution, ReLU, 2×2 max pooling) over an
+    /// image input, then fully connected layers as an MLP's.
+    Cnn,
 }
 
 impl std::str::FromStr for Architecture {
@@ -41,6 +54,7 @@ impl std::str::FromStr for Architecture {
         match s {
             "logistic" | "logreg" | "linear" => Ok(Self::Logistic),
             "mlp" => Ok(Self::Mlp),
+            "cnn" => Ok(Self::Cnn),
             other => Err(SpecError::UnknownModel(other.to_string())),
         }
     }
@@ -51,6 +65,7 @@ impl std::fmt::Display for Architecture {
         f.write_str(match self {
             Self::Logistic => "logistic",
             Self::Mlp => "mlp",
+            Self::Cnn => "cnn",
         })
     }
 }
@@ -101,6 +116,72 @@ impl std::fmt::Display for Task {
     }
 }
 
+/// The shape of an image input: each record's features are its pixels,
+/// channel by channel and row by row within a channel (the `C×H×W` order
+/// PyTorch uses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageShape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ImageShape {
+    /// Checks the sides and channels against the limits.
+    pub fn new(height: usize, width: usize, channels: usize) -> Result<Self, SpecError> {
+        if !(1..=MAX_IMAGE_SIDE).contains(&height)
+            || !(1..=MAX_IMAGE_SIDE).contains(&width)
+            || !(1..=MAX_IMAGE_CHANNELS).contains(&channels)
+        {
+            return Err(SpecError::BadModel(format!(
+                "image shape {height}x{width}x{channels}: sides must be 1..={MAX_IMAGE_SIDE} and channels 1..={MAX_IMAGE_CHANNELS}"
+            )));
+        }
+        Ok(Self {
+            channels,
+            height,
+            width,
+        })
+    }
+
+    /// Pixels of one image (features of one record).
+    pub fn pixels(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+}
+
+impl std::str::FromStr for ImageShape {
+    type Err = SpecError;
+
+    /// `HxW` (one channel) or `HxWxC`.
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let bad = || {
+            SpecError::BadModel(format!(
+                "image shape {s:?} is not HxW or HxWxC (e.g. 28x28, 32x32x3)"
+            ))
+        };
+        let parts: Vec<usize> = s
+            .split(['x', 'X', '×'])
+            .map(|p| p.trim().parse::<usize>().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        match parts[..] {
+            [h, w] => Self::new(h, w, 1),
+            [h, w, c] => Self::new(h, w, c),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for ImageShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.height, self.width)?;
+        if self.channels != 1 {
+            write!(f, "x{}", self.channels)?;
+        }
+        Ok(())
+    }
+}
+
 /// One model of the registry with its sizes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelSpec {
@@ -112,6 +193,12 @@ pub struct ModelSpec {
     pub classes: usize,
     #[serde(default, skip_serializing_if = "Task::is_classification")]
     pub task: Task,
+    /// A CNN's input image (its pixels are the `inputs` features).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageShape>,
+    /// Output channels of a CNN's conv-pool blocks, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conv: Vec<usize>,
 }
 
 impl ModelSpec {
@@ -138,6 +225,12 @@ impl ModelSpec {
     ) -> Result<Self, SpecError> {
         let classes = outputs;
         let hidden = match architecture {
+            Architecture::Cnn => {
+                return Err(SpecError::BadModel(
+                    "a CNN needs an image input (give the data set's image shape, e.g. --image-shape 28x28)"
+                        .into(),
+                ));
+            }
             Architecture::Logistic => Vec::new(),
             Architecture::Mlp if hidden.is_empty() => {
                 return Err(SpecError::BadModel(
@@ -164,37 +257,183 @@ impl ModelSpec {
             }
             _ => {}
         }
-        let spec = Self {
+        Self {
             architecture,
             hidden,
             inputs,
             classes,
             task,
-        };
+            image: None,
+            conv: Vec::new(),
+        }
+        .checked()
+    }
+
+    /// A CNN over `image`: conv-pool blocks with `conv` output channels,
+    /// then fully connected `hidden` layers (none: the blocks' output goes
+    /// straight to the output layer).
+    pub fn cnn(
+        image: ImageShape,
+        conv: Vec<usize>,
+        hidden: Vec<usize>,
+        outputs: usize,
+        task: Task,
+    ) -> Result<Self, SpecError> {
+        let image = ImageShape::new(image.height, image.width, image.channels)?;
+        if conv.is_empty()
+            || conv.len() > MAX_CONV_BLOCKS
+            || conv.iter().any(|&c| c == 0 || c > MAX_CHANNELS)
+        {
+            return Err(SpecError::BadModel(format!(
+                "a CNN needs 1..={MAX_CONV_BLOCKS} conv-pool blocks of 1..={MAX_CHANNELS} channels (--conv 8,16)"
+            )));
+        }
+        if image.height >> conv.len() == 0 || image.width >> conv.len() == 0 {
+            return Err(SpecError::BadModel(format!(
+                "a {image} image is too small for {} conv-pool blocks (each halves its sides)",
+                conv.len()
+            )));
+        }
+        if hidden.len() > MAX_LAYERS || hidden.iter().any(|&w| w == 0 || w > MAX_WIDTH) {
+            return Err(SpecError::BadModel(format!(
+                "hidden layers must be 0..={MAX_LAYERS} layers of 1..={MAX_WIDTH} units"
+            )));
+        }
+        let wanted = if task.is_regression() { 1 } else { 2 };
+        if (task.is_regression() && outputs != 1) || outputs < wanted {
+            return Err(SpecError::BadModel(format!(
+                "a {task} CNN cannot have {outputs} outputs"
+            )));
+        }
+        Self {
+            architecture: Architecture::Cnn,
+            hidden,
+            inputs: image.pixels(),
+            classes: outputs,
+            task,
+            image: Some(image),
+            conv,
+        }
+        .checked()
+    }
+
+    /// The same spec checked as [`Self::for_task`] or [`Self::cnn`] check
+    /// a new one: for a spec that came from elsewhere (a file, the wire).
+    pub fn rebuilt(&self) -> Result<Self, SpecError> {
+        if self.architecture != Architecture::Cnn {
+            if self.image.is_some() || !self.conv.is_empty() {
+                return Err(SpecError::BadModel(format!(
+                    "a {} model has no image input or conv blocks",
+                    self.architecture
+                )));
+            }
+            return Self::for_task(
+                self.architecture,
+                self.hidden.clone(),
+                self.inputs,
+                self.classes,
+                self.task,
+            );
+        }
+        let image = self.image.ok_or_else(|| {
+            SpecError::BadModel("a CNN without the shape of its input image".into())
+        })?;
+        let spec = Self::cnn(
+            image,
+            self.conv.clone(),
+            self.hidden.clone(),
+            self.classes,
+            self.task,
+        )?;
+        if spec.inputs != self.inputs {
+            return Err(SpecError::BadModel(format!(
+                "{} inputs is not the {} pixels of a {image} image",
+                self.inputs, spec.inputs
+            )));
+        }
+        Ok(spec)
+    }
+
+    /// `self` if its parameters are within [`MAX_PARAMS`].
+    fn checked(self) -> Result<Self, SpecError> {
+        let spec = self;
         if spec.params() > MAX_PARAMS {
             return Err(SpecError::BadModel(format!(
                 "{} parameters is more than the limit of {MAX_PARAMS}",
                 spec.params()
             )));
         }
+        if spec.work_per_record() > MAX_WORK_PER_RECORD {
+            return Err(SpecError::BadModel(format!(
+                "{} multiply-adds per record is more than the limit of {MAX_WORK_PER_RECORD}",
+                spec.work_per_record()
+            )));
+        }
         Ok(spec)
     }
 
+    /// Widths of the fully connected layers, from their input (the
+    /// features, or a CNN's last block flattened) to the outputs.
     pub fn widths(&self) -> Vec<usize> {
-        let mut w = vec![self.inputs];
+        let mut w = vec![self.dense_inputs()];
         w.extend(&self.hidden);
         w.push(self.classes);
         w
     }
 
-    /// Number of parameters (the length of the flat weight vector).
-    pub fn params(&self) -> usize {
-        self.widths().windows(2).map(|p| p[0] * p[1] + p[1]).sum()
+    /// The conv-pool blocks as (input channels, output channels, height,
+    /// width of the convolution's input and output); none for a dense
+    /// model.
+    pub fn conv_blocks(&self) -> Vec<ConvBlock> {
+        let Some(image) = self.image else {
+            return Vec::new();
+        };
+        let (mut c, mut h, mut w) = (image.channels, image.height, image.width);
+        let mut blocks = Vec::with_capacity(self.conv.len());
+        for &out in &self.conv {
+            blocks.push(ConvBlock {
+                inputs: c,
+                outputs: out,
+                height: h,
+                width: w,
+            });
+            (c, h, w) = (out, h / 2, w / 2);
+        }
+        blocks
     }
 
-    /// Multiply-adds of one forward pass of one record.
-    pub fn flops_per_record(&self) -> u64 {
-        self.widths().windows(2).map(|p| (p[0] * p[1]) as u64).sum()
+    /// Inputs of the first fully connected layer.
+    fn dense_inputs(&self) -> usize {
+        match (self.image, self.conv_blocks().last()) {
+            (Some(_), Some(b)) => b.outputs * (b.height / 2) * (b.width / 2),
+            _ => self.inputs,
+        }
+    }
+
+    /// Number of parameters (the length of the flat weight vector): each
+    /// conv block's kernel `[out, in, 3, 3]` and bias, then each dense
+    /// layer's weight and bias.
+    pub fn params(&self) -> usize {
+        self.sum_over_layers(|b| b.kernel_len() + b.outputs)
+    }
+
+    /// `conv(block)` summed over the conv blocks, plus the weights and
+    /// biases of the dense layers.
+    fn sum_over_layers(&self, conv: impl Fn(&ConvBlock) -> usize) -> usize {
+        let conv: usize = self.conv_blocks().iter().map(conv).sum();
+        conv + self
+            .widths()
+            .windows(2)
+            .map(|p| p[0] * p[1] + p[1])
+            .sum::<usize>()
+    }
+
+    /// Multiply-adds of one forward pass of one record (a bias counts as
+    /// one): what a record costs to train, and so what a node is paid
+    /// for. A dense model's equals its parameter count; a convolution's
+    /// kernel is applied at every pixel.
+    pub fn work_per_record(&self) -> usize {
+        self.sum_over_layers(|b| (b.kernel_len() + b.outputs) * b.height * b.width)
     }
 
     /// Initial weights: uniform in ±1/√fan_in (the usual Kaiming-uniform
@@ -203,13 +442,42 @@ impl ModelSpec {
     pub fn init_weights(&self, seed: u64) -> Vec<f32> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut out = Vec::with_capacity(self.params());
-        for p in self.widths().windows(2) {
-            let bound = 1.0 / (p[0] as f32).sqrt();
-            for _ in 0..p[0] * p[1] + p[1] {
+        let conv = self.conv_blocks().into_iter().map(|b| {
+            (
+                b.inputs * CONV_KERNEL * CONV_KERNEL,
+                b.kernel_len() + b.outputs,
+            )
+        });
+        let dense = self
+            .widths()
+            .windows(2)
+            .map(|p| (p[0], p[0] * p[1] + p[1]))
+            .collect::<Vec<_>>();
+        for (fan_in, len) in conv.chain(dense) {
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            for _ in 0..len {
                 out.push(rng.gen_range(-bound..bound));
             }
         }
         out
+    }
+}
+
+/// One conv-pool block of a CNN: a 3×3 convolution (padded, so the output
+/// is `height × width` too), ReLU, then 2×2 max pooling (halving the
+/// sides, rounding down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvBlock {
+    pub inputs: usize,
+    pub outputs: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ConvBlock {
+    /// Weights of the kernel, `[outputs, inputs, 3, 3]`.
+    pub fn kernel_len(&self) -> usize {
+        self.outputs * self.inputs * CONV_KERNEL * CONV_KERNEL
     }
 }
 
@@ -444,17 +712,18 @@ impl TrainParams {
 
 /// Work units of a training task: one unit is 10^9 multiply-adds, counting
 /// a training step as three forward passes (forward, and the two products
-/// of the backward pass). Paid per unit, not per second, so a slow node
-/// earns no more than a fast one.
-pub fn work_units(params: usize, samples: u64) -> f64 {
-    3.0 * params as f64 * samples as f64 / 1e9
+/// of the backward pass), of a model doing `work_per_record`
+/// ([`ModelSpec::work_per_record`]) per forward pass. Paid per unit, not
+/// per second, so a slow node earns no more than a fast one.
+pub fn work_units(work_per_record: usize, samples: u64) -> f64 {
+    3.0 * work_per_record as f64 * samples as f64 / 1e9
 }
 
 /// Work of a training task in micro-units (units × 10⁶), in exact integer
 /// arithmetic: what pays a node. `None` if it does not fit a `u64`.
-pub fn work_micro_units(params: usize, samples: u64) -> Option<u64> {
+pub fn work_micro_units(work_per_record: usize, samples: u64) -> Option<u64> {
     let micro = 3u128
-        .checked_mul(params as u128)?
+        .checked_mul(work_per_record as u128)?
         .checked_mul(u128::from(samples))?
         / 1000;
     u64::try_from(micro).ok()
@@ -537,6 +806,10 @@ impl From<&ModelSpec> for crate::pb::ModelSpec {
                 Task::Classification => String::new(),
                 task => task.to_string(),
             },
+            image_channels: s.image.map_or(0, |i| i.channels as u32),
+            image_height: s.image.map_or(0, |i| i.height as u32),
+            image_width: s.image.map_or(0, |i| i.width as u32),
+            conv: s.conv.iter().map(|&c| c as u32).collect(),
         }
     }
 }
@@ -545,13 +818,21 @@ impl TryFrom<&crate::pb::ModelSpec> for ModelSpec {
     type Error = SpecError;
 
     fn try_from(p: &crate::pb::ModelSpec) -> Result<Self, Self::Error> {
-        ModelSpec::for_task(
-            p.architecture.parse()?,
-            p.hidden.iter().map(|&h| h as usize).collect(),
-            p.inputs as usize,
-            p.classes as usize,
-            p.task.parse()?,
-        )
+        let image = (p.image_channels, p.image_height, p.image_width) != (0, 0, 0);
+        ModelSpec {
+            architecture: p.architecture.parse()?,
+            hidden: p.hidden.iter().map(|&h| h as usize).collect(),
+            inputs: p.inputs as usize,
+            classes: p.classes as usize,
+            task: p.task.parse()?,
+            image: image.then_some(ImageShape {
+                channels: p.image_channels as usize,
+                height: p.image_height as usize,
+                width: p.image_width as usize,
+            }),
+            conv: p.conv.iter().map(|&c| c as usize).collect(),
+        }
+        .rebuilt()
     }
 }
 
@@ -617,6 +898,83 @@ mod tests {
             "cnn9".parse::<Architecture>(),
             Err(SpecError::UnknownModel("cnn9".into()))
         );
+    }
+
+    #[test]
+    fn cnn_specs_count_their_blocks_and_refuse_what_does_not_fit() {
+        let image: ImageShape = "28x28".parse().expect("shape");
+        assert_eq!(image.pixels(), 784);
+        assert_eq!(
+            "32x30x3".parse::<ImageShape>().expect("rgb").to_string(),
+            "32x30x3"
+        );
+        for bad in ["28", "28x", "0x28", "28x28x5", "2000x2", "axb", "1x2x3x4"] {
+            assert!(bad.parse::<ImageShape>().is_err(), "{bad}");
+        }
+        let s =
+            ModelSpec::cnn(image, vec![8, 16], vec![64], 10, Task::Classification).expect("spec");
+        assert_eq!(s.inputs, 784);
+        // 1→8 at 28×28, pool to 14×14; 8→16, pool to 7×7; 784 → 64 → 10.
+        assert_eq!(s.widths(), vec![16 * 7 * 7, 64, 10]);
+        let conv = (8 * 9 + 8) + (16 * 8 * 9 + 16);
+        assert_eq!(s.params(), conv + 784 * 64 + 64 + 64 * 10 + 10);
+        assert_eq!(
+            s.work_per_record(),
+            (8 * 9 + 8) * 784 + (16 * 8 * 9 + 16) * 196 + 784 * 64 + 64 + 64 * 10 + 10
+        );
+        assert_eq!(s.init_weights(3).len(), s.params());
+        // A dense model's work is its parameter count, as before CNNs.
+        let m = ModelSpec::new(Architecture::Mlp, vec![64], 64, 10).expect("mlp");
+        assert_eq!(m.work_per_record(), m.params());
+        // Odd sides round down; an image too small for its blocks is refused.
+        let odd = ModelSpec::cnn(
+            "5x7".parse().expect("shape"),
+            vec![2],
+            vec![],
+            2,
+            Task::Classification,
+        )
+        .expect("odd");
+        assert_eq!(odd.widths(), vec![2 * 2 * 3, 2]);
+        for (conv, hidden, outputs) in [
+            (vec![8; 5], vec![64], 10),
+            (vec![], vec![64], 10),
+            (vec![0], vec![64], 10),
+            (vec![512], vec![64], 10),
+            (vec![8, 8, 8, 8], vec![64], 10),
+            (vec![8], vec![64], 1),
+        ] {
+            let small: ImageShape = if conv.len() == 4 {
+                "8x8".parse()
+            } else {
+                image.to_string().parse()
+            }
+            .expect("shape");
+            assert!(
+                ModelSpec::cnn(small, conv.clone(), hidden, outputs, Task::Classification).is_err(),
+                "{conv:?}"
+            );
+        }
+        assert!(ModelSpec::new(Architecture::Cnn, vec![64], 784, 10).is_err());
+        // Through the wire: kept whole, and a spec whose inputs are not the
+        // image's pixels, or a dense model with an image, is refused.
+        let wire = crate::pb::ModelSpec::from(&s);
+        assert_eq!(ModelSpec::try_from(&wire).expect("back"), s);
+        let mut lying = wire.clone();
+        lying.inputs = 100;
+        assert!(ModelSpec::try_from(&lying).is_err());
+        let mut dense = crate::pb::ModelSpec::from(&m);
+        dense.conv = vec![4];
+        assert!(ModelSpec::try_from(&dense).is_err());
+        let mut huge = wire;
+        (huge.image_height, huge.image_width, huge.conv) = (1024, 1024, vec![256, 256, 256, 256]);
+        huge.inputs = 1 << 20;
+        assert!(
+            ModelSpec::try_from(&huge).is_err(),
+            "more work per record than allowed"
+        );
+        // The JSON of a dense spec is unchanged.
+        assert!(!serde_json::to_string(&m).expect("json").contains("conv"));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use loam_common::compute::Task;
+use loam_common::compute::{ImageShape, Task};
 use serde::{Deserialize, Serialize};
 
 /// Most classes a label column may have.
@@ -59,6 +59,12 @@ pub enum DatasetError {
     UnknownLabel(String),
     #[error("the schema is inconsistent")]
     BadSchema,
+    #[error("a {shape} image has {pixels} pixels, but the records have {features} features")]
+    ImageSize {
+        shape: ImageShape,
+        pixels: usize,
+        features: usize,
+    },
     #[error(
         "the stored records do not match their recorded order ({found} lines, {expected} expected)"
     )]
@@ -89,6 +95,11 @@ pub struct Schema {
     pub target_mean: f32,
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub target_std: f32,
+    /// Set when the features are the pixels of an image of this shape
+    /// (`dataset put --images` or `--image-shape`): CNNs take it as
+    /// their input, and every pixel of a channel shares one mean and std.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageShape>,
 }
 
 fn is_zero(v: &f32) -> bool {
@@ -121,6 +132,7 @@ impl Schema {
             || self.target_std <= 0.0
             || self.std.iter().any(|s| !s.is_finite() || *s == 0.0)
             || self.mean.iter().any(|m| !m.is_finite())
+            || self.image.is_some_and(|i| i.pixels() != n - 1)
         {
             return Err(DatasetError::BadSchema);
         }
@@ -337,6 +349,19 @@ pub fn scan(text: &[u8], label: &str) -> Result<Schema, DatasetError> {
 /// [`scan`] for `task`: a regression label must be a number in every
 /// record, and its mean and standard deviation scale it.
 pub fn scan_for(text: &[u8], label: &str, task: Task) -> Result<Schema, DatasetError> {
+    scan_with(text, label, task, None)
+}
+
+/// [`scan_for`] of records whose features are the pixels of `image`
+/// (when given): their count must be its pixels, and each channel is
+/// scaled by the mean and standard deviation of all its pixels, which
+/// keeps the image's contrast where per-pixel scaling would not.
+pub fn scan_with(
+    text: &[u8],
+    label: &str,
+    task: Task,
+    image: Option<ImageShape>,
+) -> Result<Schema, DatasetError> {
     let mut it = records(text);
     let (_, header) = it.next().ok_or(DatasetError::Empty)??;
     let columns: Vec<String> = header.iter().map(str::to_string).collect();
@@ -399,7 +424,30 @@ pub fn scan_for(text: &[u8], label: &str, task: Task) -> Result<Schema, DatasetE
     if records == 0 {
         return Err(DatasetError::NoRecords);
     }
+    if let Some(shape) = image
+        && shape.pixels() != width
+    {
+        return Err(DatasetError::ImageSize {
+            shape,
+            pixels: shape.pixels(),
+            features: width,
+        });
+    }
     let n = records as f64;
+    if let Some(shape) = image {
+        // Pool the moments of each channel's pixels.
+        let plane = shape.height * shape.width;
+        for c in 0..shape.channels {
+            let range = c * plane..(c + 1) * plane;
+            let (s, q) = (
+                sum[range.clone()].iter().sum::<f64>(),
+                sumsq[range.clone()].iter().sum::<f64>(),
+            );
+            let per = plane as f64;
+            sum[range.clone()].fill(s / per);
+            sumsq[range].fill(q / per);
+        }
+    }
     let moments = |s: f64, q: f64| {
         let var = (q / n - (s / n) * (s / n)).max(0.0);
         let sd = var.sqrt();
@@ -421,6 +469,7 @@ pub fn scan_for(text: &[u8], label: &str, task: Task) -> Result<Schema, DatasetE
         task,
         target_mean,
         target_std,
+        image,
     })
 }
 

@@ -12,6 +12,13 @@
 //! columns, label, classes and feature scaling (`loam.schema`: each
 //! feature is `(value - mean) / std`), and the training provenance
 //! (`loam.trained`), all as JSON strings.
+//!
+//! A CNN's conv-pool blocks come first, as `convs.i.weight`, `[out, in,
+//! 3, 3]` (PyTorch's `nn.Conv2d` layout, padding 1), and `convs.i.bias`:
+//! the features are reshaped to the image (`[C, H, W]` of `image` in
+//! `loam.spec`), and each block is `max_pool2d(relu(conv2d(x)), 2)`; the
+//! result is flattened in `C, H, W` order and goes through the
+//! `layers.i` as above.
 
 use std::collections::HashMap;
 
@@ -29,6 +36,9 @@ pub const FORWARD_KEY: &str = "loam.forward";
 const FORWARD: &str = "for each layer i: x = x @ layers.i.weight.T + layers.i.bias, \
      then relu except after the last layer; the result is the logits (softmax for probabilities); \
      inputs are the schema's feature columns in order, each scaled as (value - mean) / std";
+const FORWARD_CNN: &str = "reshape the scaled features to [batch, C, H, W] (image in loam.spec); \
+     for each block i: x = max_pool2d(relu(conv2d(x, convs.i.weight, convs.i.bias, padding=1)), 2) (floor); \
+     flatten to [batch, C*H*W]; then ";
 const FORWARD_REGRESSION: &str = "for each layer i: x = x @ layers.i.weight.T + layers.i.bias, \
      then relu except after the last layer; the prediction is the single output * target_std + target_mean; \
      inputs are the schema's feature columns in order, each scaled as (value - mean) / std";
@@ -41,6 +51,17 @@ fn tensor_names(layer: usize) -> (String, String) {
         format!("layers.{layer}.weight"),
         format!("layers.{layer}.bias"),
     )
+}
+
+fn conv_names(block: usize) -> (String, String) {
+    (
+        format!("convs.{block}.weight"),
+        format!("convs.{block}.bias"),
+    )
+}
+
+fn le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 fn bad(m: impl Into<String>) -> ComputeError {
@@ -56,10 +77,27 @@ pub fn to_safetensors(model: &ModelFile) -> Result<Vec<u8>, ComputeError> {
             got: model.weights.len(),
         });
     }
-    // The flat vector holds, layer by layer, burn's `[in, out]` weight and
-    // then the bias; PyTorch's layout is the transpose.
+    // The flat vector holds each conv block's kernel (burn's layout is
+    // PyTorch's) and bias, then, layer by layer, burn's `[in, out]` weight
+    // and the bias; PyTorch's layout is the transpose.
     let mut buffers: Buffers = Vec::new();
     let mut at = 0;
+    for (i, b) in spec.conv_blocks().iter().enumerate() {
+        let (wn, bn) = conv_names(i);
+        let k = loam_common::compute::CONV_KERNEL;
+        buffers.push((
+            wn,
+            vec![b.outputs, b.inputs, k, k],
+            le_bytes(&model.weights[at..at + b.kernel_len()]),
+        ));
+        at += b.kernel_len();
+        buffers.push((
+            bn,
+            vec![b.outputs],
+            le_bytes(&model.weights[at..at + b.outputs]),
+        ));
+        at += b.outputs;
+    }
     for (layer, pair) in spec.widths().windows(2).enumerate() {
         let (inputs, outputs) = (pair[0], pair[1]);
         let w = &model.weights[at..at + inputs * outputs];
@@ -70,10 +108,7 @@ pub fn to_safetensors(model: &ModelFile) -> Result<Vec<u8>, ComputeError> {
             }
         }
         at += inputs * outputs;
-        let b: Vec<u8> = model.weights[at..at + outputs]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+        let b = le_bytes(&model.weights[at..at + outputs]);
         at += outputs;
         let (wn, bn) = tensor_names(layer);
         buffers.push((wn, vec![outputs, inputs], t));
@@ -94,12 +129,19 @@ pub fn to_safetensors(model: &ModelFile) -> Result<Vec<u8>, ComputeError> {
         (TRAINED_KEY.to_string(), to_json(&model.header.trained)?),
         (
             FORWARD_KEY.to_string(),
-            if spec.task.is_regression() {
-                FORWARD_REGRESSION
-            } else {
-                FORWARD
-            }
-            .to_string(),
+            format!(
+                "{}{}",
+                if spec.image.is_some() {
+                    FORWARD_CNN
+                } else {
+                    ""
+                },
+                if spec.task.is_regression() {
+                    FORWARD_REGRESSION
+                } else {
+                    FORWARD
+                }
+            ),
         ),
     ]);
     safetensors::tensor::serialize(views, Some(metadata))
@@ -130,13 +172,7 @@ pub fn from_safetensors(bytes: &[u8]) -> Result<ModelFile, ComputeError> {
         None => serde_json::Value::Null,
     };
     schema.validate()?;
-    let spec = ModelSpec::for_task(
-        spec.architecture,
-        spec.hidden,
-        spec.inputs,
-        spec.classes,
-        spec.task,
-    )?;
+    let spec = spec.rebuilt()?;
     let header = ModelHeader {
         spec,
         schema,
@@ -147,11 +183,12 @@ pub fn from_safetensors(bytes: &[u8]) -> Result<ModelFile, ComputeError> {
     let tensors =
         SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not safetensors: {e}")))?;
     let widths = spec.widths();
-    if tensors.len() != 2 * (widths.len() - 1) {
+    let blocks = spec.conv_blocks();
+    let expected = 2 * (blocks.len() + widths.len() - 1);
+    if tensors.len() != expected {
         return Err(bad(format!(
-            "{} tensors, the model has {}",
+            "{} tensors, the model has {expected}",
             tensors.len(),
-            2 * (widths.len() - 1)
         )));
     }
     let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>, ComputeError> {
@@ -171,6 +208,12 @@ pub fn from_safetensors(bytes: &[u8]) -> Result<ModelFile, ComputeError> {
             .collect())
     };
     let mut weights = Vec::with_capacity(spec.params());
+    for (i, b) in blocks.iter().enumerate() {
+        let (wn, bn) = conv_names(i);
+        let k = loam_common::compute::CONV_KERNEL;
+        weights.extend(read(&wn, &[b.outputs, b.inputs, k, k])?);
+        weights.extend(read(&bn, &[b.outputs])?);
+    }
     for (layer, pair) in widths.windows(2).enumerate() {
         let (inputs, outputs) = (pair[0], pair[1]);
         let (wn, bn) = tensor_names(layer);
@@ -210,6 +253,7 @@ mod tests {
                     task: Default::default(),
                     target_mean: 0.0,
                     target_std: 1.0,
+                    image: None,
                 },
                 trained: serde_json::json!({"rounds": 3}),
             },

@@ -4,14 +4,17 @@
 //! end of a job.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::MaxPool2dConfig;
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Tensor, TensorData, activation};
 use serde::{Deserialize, Serialize};
 
 use crate::ComputeError;
 use crate::dataset::Schema;
-pub use loam_common::compute::{Architecture, ModelSpec};
+use loam_common::compute::CONV_KERNEL;
+pub use loam_common::compute::{Architecture, ImageShape, ModelSpec};
 
 /// The burn module of `spec` with the given flat weights.
 pub fn build(spec: &ModelSpec, weights: &[f32], device: &Device) -> Result<Net, ComputeError> {
@@ -21,12 +24,25 @@ pub fn build(spec: &ModelSpec, weights: &[f32], device: &Device) -> Result<Net, 
             got: weights.len(),
         });
     }
+    let convs = spec
+        .conv_blocks()
+        .iter()
+        .map(|b| {
+            Conv2dConfig::new([b.inputs, b.outputs], [CONV_KERNEL, CONV_KERNEL])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
+        })
+        .collect();
     let layers = spec
         .widths()
         .windows(2)
         .map(|p| LinearConfig::new(p[0], p[1]).init(device))
         .collect();
-    let net = Net { layers };
+    let net = Net {
+        convs,
+        layers,
+        image: spec.image,
+    };
     Ok(net.map(&mut Loader {
         weights,
         at: 0,
@@ -34,17 +50,32 @@ pub fn build(spec: &ModelSpec, weights: &[f32], device: &Device) -> Result<Net, 
     }))
 }
 
-/// A registry model as a burn module.
+/// A registry model as a burn module: a CNN's conv-pool blocks (none for
+/// a dense model), then the fully connected layers. Its parameters are
+/// visited in that order, each layer's weight before its bias: the order
+/// of the flat weight vector.
 #[derive(Module, Debug)]
 pub struct Net {
+    convs: Vec<Conv2d>,
     layers: Vec<Linear>,
+    #[module(skip)]
+    image: Option<ImageShape>,
 }
 
 impl Net {
     /// Logits `[batch, classes]` for `x` `[batch, inputs]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let last = self.layers.len().saturating_sub(1);
         let mut x = x;
+        if let Some(image) = self.image {
+            let batch = x.dims()[0];
+            let mut m: Tensor<4> = x.reshape([batch, image.channels, image.height, image.width]);
+            let pool = MaxPool2dConfig::new([2, 2]).init();
+            for conv in &self.convs {
+                m = pool.forward(activation::relu(conv.forward(m)));
+            }
+            x = m.flatten(1, 3);
+        }
+        let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x);
             if i < last {
@@ -57,38 +88,52 @@ impl Net {
     /// Half the squared distance of the parameters to `anchor`'s (the
     /// proximal term of FedProx).
     pub fn half_distance(&self, anchor: &Net) -> Tensor<1> {
-        let mut total: Option<Tensor<1>> = None;
-        for (l, a) in self.layers.iter().zip(&anchor.layers) {
-            let mut t = (l.weight.val() - a.weight.val().detach())
-                .powf_scalar(2.0)
-                .sum();
-            if let (Some(b), Some(ab)) = (&l.bias, &a.bias) {
-                t = t + (b.val() - ab.val().detach()).powf_scalar(2.0).sum();
-            }
-            total = Some(match total {
-                Some(x) => x + t,
-                None => t,
-            });
-        }
-        total.expect("a model has layers") * 0.5
+        self.pairwise_sum(
+            anchor,
+            |a, b| (a - b).powf_scalar(2.0).sum(),
+            |a, b| (a - b).powf_scalar(2.0).sum(),
+            |a, b| (a - b).powf_scalar(2.0).sum(),
+        ) * 0.5
     }
 
     /// The dot product of the parameters with `other`'s (held constant):
     /// added to the loss, it adds `other` to every gradient (SCAFFOLD's
     /// drift correction).
     pub fn dot(&self, other: &Net) -> Tensor<1> {
-        let mut total: Option<Tensor<1>> = None;
-        for (l, a) in self.layers.iter().zip(&other.layers) {
-            let mut t = (l.weight.val() * a.weight.val().detach()).sum();
-            if let (Some(b), Some(ab)) = (&l.bias, &a.bias) {
-                t = t + (b.val() * ab.val().detach()).sum();
+        self.pairwise_sum(
+            other,
+            |a, b| (a * b).sum(),
+            |a, b| (a * b).sum(),
+            |a, b| (a * b).sum(),
+        )
+    }
+
+    /// The sum over every parameter tensor of `f(own, other's detached)`
+    /// (one closure per tensor rank: conv kernels, dense weights, biases).
+    fn pairwise_sum(
+        &self,
+        other: &Net,
+        f4: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<1>,
+        f2: impl Fn(Tensor<2>, Tensor<2>) -> Tensor<1>,
+        f1: impl Fn(Tensor<1>, Tensor<1>) -> Tensor<1>,
+    ) -> Tensor<1> {
+        let mut terms = Vec::new();
+        for (c, o) in self.convs.iter().zip(&other.convs) {
+            terms.push(f4(c.weight.val(), o.weight.val().detach()));
+            if let (Some(b), Some(ob)) = (&c.bias, &o.bias) {
+                terms.push(f1(b.val(), ob.val().detach()));
             }
-            total = Some(match total {
-                Some(x) => x + t,
-                None => t,
-            });
         }
-        total.expect("a model has layers")
+        for (l, o) in self.layers.iter().zip(&other.layers) {
+            terms.push(f2(l.weight.val(), o.weight.val().detach()));
+            if let (Some(b), Some(ob)) = (&l.bias, &o.bias) {
+                terms.push(f1(b.val(), ob.val().detach()));
+            }
+        }
+        terms
+            .into_iter()
+            .reduce(|a, b| a + b)
+            .expect("a model has layers")
     }
 
     /// The parameters as one flat vector, layer by layer (weight, then
@@ -209,13 +254,7 @@ impl ModelFile {
         let header: ModelHeader = serde_json::from_slice(&rest[..len])
             .map_err(|e| ComputeError::ModelFile(format!("header: {e}")))?;
         header.schema.validate()?;
-        let spec = ModelSpec::for_task(
-            header.spec.architecture,
-            header.spec.hidden.clone(),
-            header.spec.inputs,
-            header.spec.classes,
-            header.spec.task,
-        )?;
+        let spec = header.spec.rebuilt()?;
         header.fits()?;
         let record =
             ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(rest[len..].to_vec()))

@@ -28,37 +28,41 @@ fn split() -> (Schema, Records, Records) {
     (schema, train, test)
 }
 
+/// `rounds` epochs of central training on the CPU, checking that the first
+/// gives the same weights when run again; the weights and the evaluation
+/// on `test_set`.
+fn deterministic_central_run(
+    spec: &ModelSpec,
+    train_set: &Records,
+    test_set: &Records,
+    rounds: u32,
+) -> (Vec<f32>, train::Evaluation) {
+    let params = TrainParams {
+        local_epochs: 1,
+        ..TrainParams::default()
+    };
+    let initial = spec.init_weights(params.seed);
+    let once = |w: &[f32], round| {
+        train::train(spec, w, train_set, &params, round, 0, Backend::Cpu)
+            .expect("train")
+            .weights
+    };
+    let first = once(&initial, 0);
+    assert_eq!(once(&initial, 0), first, "same task, same weights");
+    let mut w = first;
+    for round in 1..rounds {
+        w = once(&w, round);
+    }
+    let eval = train::evaluate(spec, &w, test_set).expect("eval");
+    (w, eval)
+}
+
 #[test]
 fn central_mlp_learns_digits_and_is_deterministic() {
     let (schema, train_set, test_set) = split();
     assert_eq!(train_set.len() + test_set.len(), 1797);
     let spec = ModelSpec::new(Architecture::Mlp, vec![64], schema.features(), 10).expect("spec");
-    let params = TrainParams {
-        local_epochs: 1,
-        ..TrainParams::default()
-    };
-    let mut w = spec.init_weights(params.seed);
-    let mut first_round = None;
-    for round in 0..20 {
-        let out =
-            train::train(&spec, &w, &train_set, &params, round, 0, Backend::Cpu).expect("train");
-        if round == 0 {
-            first_round = Some(out.weights.clone());
-        }
-        w = out.weights;
-    }
-    let again = train::train(
-        &spec,
-        &spec.init_weights(params.seed),
-        &train_set,
-        &params,
-        0,
-        0,
-        Backend::Cpu,
-    )
-    .expect("train");
-    assert_eq!(Some(again.weights), first_round, "same task, same weights");
-    let eval = train::evaluate(&spec, &w, &test_set).expect("eval");
+    let (w, eval) = deterministic_central_run(&spec, &train_set, &test_set, 20);
     eprintln!("central accuracy {:.4}", eval.accuracy);
     assert!(eval.accuracy >= 0.95, "accuracy {}", eval.accuracy);
     assert_eq!(
@@ -171,4 +175,49 @@ fn wgpu_training_matches_the_cpu() {
     assert!(cpu >= 0.95, "cpu accuracy {cpu}");
     assert!((cpu - gpu).abs() <= 0.01, "cpu {cpu} gpu {gpu}");
     assert!(drift < 1e-3, "weights after one epoch differ by {drift}");
+}
+
+/// The digits as 8×8 one-channel images: a small CNN (one conv-pool
+/// block) learns them centrally, deterministically, and its model file and
+/// safetensors export keep it whole.
+#[test]
+fn central_cnn_learns_digits_as_images() {
+    use loam_compute::model::ImageShape;
+    let (schema, train_set, test_set) = split();
+    let image: ImageShape = "8x8".parse().expect("shape");
+    let spec = ModelSpec::cnn(image, vec![8], vec![32], 10, Default::default()).expect("spec");
+    // 8 kernels of 3×3 and their biases, then 8·4·4 → 32 → 10.
+    assert_eq!(spec.params(), 8 * 9 + 8 + 128 * 32 + 32 + 32 * 10 + 10);
+    assert_eq!(
+        spec.work_per_record(),
+        (8 * 9 + 8) * 64 + 128 * 32 + 32 + 32 * 10 + 10
+    );
+    let (w, eval) = deterministic_central_run(&spec, &train_set, &test_set, 15);
+    eprintln!("central CNN accuracy {:.4}", eval.accuracy);
+    assert!(eval.accuracy >= 0.95, "accuracy {}", eval.accuracy);
+
+    let file = ModelFile {
+        header: ModelHeader {
+            spec: spec.clone(),
+            schema: schema.clone(),
+            trained: serde_json::Value::Null,
+        },
+        weights: w.clone(),
+    };
+    let back = ModelFile::from_bytes(&file.to_bytes().expect("bytes")).expect("model file");
+    assert_eq!(back, file);
+    let exported = loam_compute::export::to_safetensors(&file).expect("export");
+    assert_eq!(
+        loam_compute::export::from_safetensors(&exported).expect("import"),
+        file
+    );
+    // A model whose image does not match its inputs is refused.
+    let mut bad = file.clone();
+    bad.header.spec.image = Some("4x4".parse().expect("shape"));
+    assert!(ModelFile::from_bytes(&bad.to_bytes().unwrap_or_default()).is_err());
+    assert!(
+        loam_compute::export::to_safetensors(&bad)
+            .and_then(|b| loam_compute::export::from_safetensors(&b))
+            .is_err()
+    );
 }

@@ -238,6 +238,13 @@ impl Trainer {
         mut writer: FrameWriter,
     ) {
         let started = Instant::now();
+        // What the task's work is counted in: the spec the satellite signed
+        // (a malformed one fails the task below).
+        let work_per_record = req
+            .spec
+            .as_ref()
+            .and_then(|s| loam_common::compute::ModelSpec::try_from(s).ok())
+            .map_or(0, |s| s.work_per_record());
         let result = self.run(peer, req, &mut reader).await;
         match result {
             Ok((ok, weights)) => {
@@ -248,8 +255,7 @@ impl Trainer {
                     .increment(ok.piece_bytes_fetched);
                 metrics::histogram!("loam_storagenode_compute_task_duration_seconds")
                     .record(started.elapsed().as_secs_f64());
-                let units =
-                    loam_common::compute::work_units(ok.weights_len as usize / 4, ok.samples);
+                let units = loam_common::compute::work_units(work_per_record, ok.samples);
                 if let Err(e) = self.db.record_task(true, units) {
                     tracing::warn!(error = %e, "cannot record the task");
                 }

@@ -198,6 +198,7 @@ pub async fn run(b: &ComputeBench, dir: &std::path::Path) -> anyhow::Result<Comp
                 "data.csv",
                 train.clone(),
                 &DatasetOptions {
+                    image: None,
                     label: "label".into(),
                     task: Default::default(),
                     segment_size: Some(b.segment_size),
@@ -215,6 +216,8 @@ pub async fn run(b: &ComputeBench, dir: &std::path::Path) -> anyhow::Result<Comp
                 "bench",
                 "data.csv",
                 &JobRequest {
+                    image: None,
+                    conv: Vec::new(),
                     architecture: "mlp".into(),
                     hidden: vec![b.hidden],
                     rounds: b.rounds,

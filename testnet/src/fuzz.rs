@@ -231,6 +231,8 @@ pub fn targets() -> Vec<Target> {
                     hidden: vec![64],
                     classes: 10,
                     task: Default::default(),
+                    image: None,
+                    conv: Vec::new(),
                 };
                 vec![
                     pb::ModelSpec::from(&spec).encode_to_vec(),
@@ -501,6 +503,8 @@ pub fn targets() -> Vec<Target> {
                     hidden: vec![3],
                     classes: 2,
                     task: Default::default(),
+                    image: None,
+                    conv: Vec::new(),
                 };
                 let schema =
                     loam_compute::dataset::scan(b"a,b,c,d,label\n1,2,3,4,x\n5,6,7,8,y\n", "label")

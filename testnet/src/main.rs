@@ -704,6 +704,7 @@ async fn train_digits(project: &Project) -> anyhow::Result<()> {
             "datasets/digits-train",
             train.into_bytes(),
             &DatasetOptions {
+                image: None,
                 label: "label".into(),
                 task: Default::default(),
                 segment_size: None,
@@ -726,6 +727,8 @@ async fn train_digits(project: &Project) -> anyhow::Result<()> {
             "demo",
             "datasets/digits-train",
             &JobRequest {
+                image: None,
+                conv: Vec::new(),
                 architecture: "mlp".into(),
                 hidden: vec![64],
                 rounds: loam_common::compute::DEFAULT_ROUNDS,

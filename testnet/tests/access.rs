@@ -72,6 +72,8 @@ fn enc_prefix(planet: &Planet, prefix: &str) -> bytes::Bytes {
 
 fn job_request(out: &str) -> JobRequest {
     JobRequest {
+        image: None,
+        conv: Vec::new(),
         architecture: "mlp".into(),
         hidden: vec![8],
         rounds: 1,
@@ -105,6 +107,7 @@ async fn world() -> World {
     }
     let (train, _) = loam_testnet::digits_split();
     let options = DatasetOptions {
+        image: None,
         label: "label".into(),
         task: Default::default(),
         segment_size: None,

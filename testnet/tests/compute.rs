@@ -19,6 +19,7 @@ fn digits() -> (Vec<u8>, Vec<u8>) {
 
 fn options() -> DatasetOptions {
     DatasetOptions {
+        image: None,
         label: "label".into(),
         task: Default::default(),
         // Several segments: 8 tasks with 2 data rows per segment.
@@ -30,6 +31,8 @@ fn options() -> DatasetOptions {
 
 fn job(rounds: u32, verify: f64) -> JobRequest {
     JobRequest {
+        image: None,
+        conv: Vec::new(),
         architecture: "mlp".into(),
         hidden: vec![64],
         rounds,
@@ -594,6 +597,7 @@ async fn a_sorted_file_stored_shuffled_trains_well_and_downloads_unchanged() {
     let mut accuracies = Vec::new();
     for (key, shuffle) in [("in-order", None), ("shuffled", Some(7))] {
         let opts = DatasetOptions {
+            image: None,
             shuffle,
             ..options()
         };

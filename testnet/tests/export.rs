@@ -18,13 +18,19 @@ fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
-/// A small MLP trained on the shipped digits.
-fn digits_model() -> ModelFile {
+/// A small MLP trained on the shipped digits; or with `cnn`, a small CNN
+/// on them as 8×8 images (two conv-pool blocks, so that the flattening
+/// order after the blocks matters).
+fn digits_model_of(cnn: bool) -> ModelFile {
     let text = std::fs::read(repo("data/digits.csv")).expect("data/digits.csv");
-    let schema = dataset::scan(&text, "label").expect("scan");
+    let image = cnn.then(|| "8x8".parse().expect("shape"));
+    let schema = dataset::scan_with(&text, "label", Default::default(), image).expect("scan");
     let records = dataset::parse_records(&text, &schema, true).expect("records");
-    let spec =
-        ModelSpec::new(Architecture::Mlp, vec![32, 16], schema.features(), 10).expect("spec");
+    let spec = match image {
+        Some(image) => ModelSpec::cnn(image, vec![4, 6], vec![16], 10, Default::default()),
+        None => ModelSpec::new(Architecture::Mlp, vec![32, 16], schema.features(), 10),
+    }
+    .expect("spec");
     let params = TrainParams {
         local_epochs: 3,
         ..TrainParams::default()
@@ -71,38 +77,19 @@ fn parse_predictions(text: &str) -> (Vec<String>, Vec<(String, Vec<f64>)>) {
     (head, rows)
 }
 
+fn digits_model() -> ModelFile {
+    digits_model_of(false)
+}
+
 #[test]
 fn safetensors_export_reproduces_predictions_in_python() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let model = tmp.path().join("m.loam");
     std::fs::write(&model, digits_model().to_bytes()?)?;
-    let exported = tmp.path().join("m.safetensors");
+    let cnn = tmp.path().join("cnn.loam");
+    std::fs::write(&cnn, digits_model_of(true).to_bytes()?)?;
     let data = repo("data/digits.csv");
     let uplink = || Command::new(binary("uplink").expect("uplink binary"));
-
-    ok(uplink()
-        .args(["model", "export"])
-        .arg(&model)
-        .args(["--format", "safetensors", "--out"])
-        .arg(&exported)
-        .output()?);
-    let predict = |m: &Path| {
-        ok(uplink()
-            .args(["model", "predict"])
-            .arg(m)
-            .arg("--data")
-            .arg(&data)
-            .arg("--probabilities")
-            .output()
-            .expect("run uplink"))
-    };
-    let ours = predict(&model);
-    // The exported file is itself a model the uplink takes.
-    assert_eq!(predict(&exported), ours);
-    let (head, rows) = parse_predictions(&ours);
-    assert_eq!(head[..2], ["row", "predicted_label"]);
-    assert_eq!(head.len(), 2 + 10);
-    assert_eq!(rows.len(), 1797);
 
     // A venv with the two packages the snippet needs.
     let venv = tmp.path().join("venv");
@@ -122,31 +109,59 @@ fn safetensors_export_reproduces_predictions_in_python() -> anyhow::Result<()> {
             "numpy",
         ])
         .output()?);
-    let theirs = ok(Command::new(&python)
-        .arg(repo("docs/examples/predict_safetensors.py"))
-        .arg(&exported)
-        .arg(&data)
-        .output()?);
-    let (their_head, their_rows) = parse_predictions(&theirs);
-    assert_eq!(their_head, head);
-    assert_eq!(their_rows.len(), rows.len());
-    let mut worst = 0f64;
-    let mut disagreements = 0;
-    for ((class, p), (their_class, q)) in rows.iter().zip(&their_rows) {
-        assert_eq!(p.len(), q.len());
-        for (a, b) in p.iter().zip(q) {
-            worst = worst.max((a - b).abs());
-        }
-        disagreements += usize::from(class != their_class);
-    }
-    eprintln!("largest probability difference {worst:e}, {disagreements} differing classes");
-    assert!(worst <= 1e-5, "probabilities differ by {worst}");
-    // Classes differ only where two probabilities tie within rounding.
-    assert!(
-        disagreements <= 1,
-        "{disagreements} rows predicted differently"
-    );
+    for (model, name) in [(&model, "MLP"), (&cnn, "CNN")] {
+        let exported = model.with_extension("safetensors");
+        ok(uplink()
+            .args(["model", "export"])
+            .arg(model)
+            .args(["--format", "safetensors", "--out"])
+            .arg(&exported)
+            .output()?);
+        let predict = |m: &Path| {
+            ok(uplink()
+                .args(["model", "predict"])
+                .arg(m)
+                .arg("--data")
+                .arg(&data)
+                .arg("--probabilities")
+                .output()
+                .expect("run uplink"))
+        };
+        let ours = predict(model);
+        // The exported file is itself a model the uplink takes.
+        assert_eq!(predict(&exported), ours);
+        let (head, rows) = parse_predictions(&ours);
+        assert_eq!(head[..2], ["row", "predicted_label"]);
+        assert_eq!(head.len(), 2 + 10);
+        assert_eq!(rows.len(), 1797);
 
+        let theirs = ok(Command::new(&python)
+            .arg(repo("docs/examples/predict_safetensors.py"))
+            .arg(&exported)
+            .arg(&data)
+            .output()?);
+        let (their_head, their_rows) = parse_predictions(&theirs);
+        assert_eq!(their_head, head);
+        assert_eq!(their_rows.len(), rows.len());
+        let mut worst = 0f64;
+        let mut disagreements = 0;
+        for ((class, p), (their_class, q)) in rows.iter().zip(&their_rows) {
+            assert_eq!(p.len(), q.len());
+            for (a, b) in p.iter().zip(q) {
+                worst = worst.max((a - b).abs());
+            }
+            disagreements += usize::from(class != their_class);
+        }
+        eprintln!(
+            "{name}: largest probability difference {worst:e}, {disagreements} differing classes"
+        );
+        assert!(worst <= 1e-5, "probabilities differ by {worst}");
+        // Classes differ only where two probabilities tie within rounding.
+        assert!(
+            disagreements <= 1,
+            "{disagreements} rows predicted differently"
+        );
+    }
     // A regression model: the snippet un-scales the one output.
     let reg_model = tmp.path().join("r.loam");
     std::fs::write(&reg_model, diabetes_model().to_bytes()?)?;

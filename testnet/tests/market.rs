@@ -41,6 +41,7 @@ async fn owner_with_digits(planet: &Planet, names: &[&str]) -> Project {
     owner.create_bucket("clinic").await.expect("bucket");
     let (train, _) = loam_testnet::digits_split();
     let options = DatasetOptions {
+        image: None,
         label: "label".into(),
         task: Default::default(),
         segment_size: Some(64 << 10),

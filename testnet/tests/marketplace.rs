@@ -51,6 +51,7 @@ fn digits_dealt(n: usize) -> (Vec<String>, String) {
 
 fn dataset_options() -> DatasetOptions {
     DatasetOptions {
+        image: None,
         label: "label".into(),
         task: Default::default(),
         segment_size: Some(32 << 10),
@@ -83,6 +84,8 @@ fn listing(title: &str, price: u64) -> ListingOptions {
 
 fn job(rounds: u32) -> JobRequest {
     JobRequest {
+        image: None,
+        conv: Vec::new(),
         architecture: "mlp".into(),
         hidden: vec![64],
         rounds,

@@ -18,21 +18,37 @@ use crate::{Output, parse_loam};
 #[derive(Subcommand)]
 pub enum DatasetCommand {
     /// Upload a CSV (header, numeric features, a label column) as a
-    /// dataset: uplink dataset put FILE loam://BUCKET/NAME --label COL
+    /// dataset: uplink dataset put FILE loam://BUCKET/NAME --label COL; or
+    /// a folder of images: uplink dataset put DIR loam://BUCKET/NAME --images
     Put {
         /// The CSV file: a header line, numeric feature columns and a label
         /// column; quoted cells and ',', ';', tab or '|' separators. Or a
         /// Parquet file of flat numeric columns and a label column (stored
-        /// as the same CSV).
+        /// as the same CSV). With --images, a folder of class folders.
         file: PathBuf,
         /// Where the dataset goes, as loam://BUCKET/NAME.
         url: String,
         /// The CSV's separator (default: found from the header line).
         #[arg(long, value_parser = parse_delimiter)]
         delimiter: Option<u8>,
-        /// The label column.
+        /// The label column (with --images, the name it gets; default
+        /// "label").
+        #[arg(long, required_unless_present = "images")]
+        label: Option<String>,
+        /// FILE is a folder with one sub-folder per class, named after it,
+        /// of PNG or JPEG images. Each image becomes one record of its
+        /// pixels (columns p0, p1, ...: 0 to 255, channel by channel, row by
+        /// row), gray unless some image has color; see --image-shape.
         #[arg(long)]
-        label: String,
+        images: bool,
+        /// The records are images of this shape, HxW (gray) or HxWx3
+        /// (color): CNNs train on them (`uplink train --model cnn`, the
+        /// default for such a dataset) and each channel is scaled as a
+        /// whole. With --images, the size every image is resized to
+        /// (default: the images' own, when they all share it); for a CSV,
+        /// the shape of its feature columns, e.g. 28x28 for 784 pixels.
+        #[arg(long)]
+        image_shape: Option<loam_common::compute::ImageShape>,
         /// What the label is: classification (each distinct value a class)
         /// or regression (a number to predict; models are trained on squared
         /// error and `model eval` reports MAE, RMSE and R²).
@@ -102,13 +118,25 @@ pub struct TrainArgs {
     /// published, market:ID (with the same columns and label).
     #[arg(required = true, num_args = 1..)]
     datasets: Vec<String>,
-    /// Registry model: logistic (linear for a regression dataset) or mlp.
-    /// Default: mlp for classification, linear for regression.
+    /// Registry model: logistic (linear for a regression dataset), mlp, or
+    /// cnn (conv-pool blocks, then the hidden layers). Default: cnn for an
+    /// image dataset, mlp for other classification, linear for
+    /// regression.
     #[arg(long)]
     model: Option<String>,
-    /// Hidden layer widths (repeat or comma-separate for several layers).
+    /// Hidden layer widths (repeat or comma-separate for several layers;
+    /// a CNN's come after its conv-pool blocks).
     #[arg(long, value_delimiter = ',', default_value = "64")]
     hidden: Vec<usize>,
+    /// A CNN's conv-pool blocks: the channels of each (3×3 convolution,
+    /// ReLU, 2×2 max pooling).
+    #[arg(long, value_delimiter = ',', default_value = "8,16")]
+    conv: Vec<usize>,
+    /// A CNN's input image, HxW or HxWxC (default: the dataset's shape,
+    /// from `dataset put --images` or `--image-shape`); the features must
+    /// be its pixels, channel by channel.
+    #[arg(long)]
+    image_shape: Option<loam_common::compute::ImageShape>,
     /// Federated rounds: "auto" stops when the validation loss has not
     /// improved for 8 rounds (at most 100) and keeps the best weights; a
     /// number runs exactly that many. Default: auto for classification,
@@ -207,7 +235,9 @@ pub enum ModelCommand {
         /// The model: a local file, loam://BUCKET/KEY, or market:ID (one
         /// paid download).
         model: String,
-        /// A labelled CSV (or Parquet) file with the model's columns.
+        /// A labelled CSV (or Parquet) file with the model's columns, or for
+        /// a model of images a folder of class folders of PNG/JPEG files
+        /// (as `dataset put --images` takes; resized to the model's shape).
         #[arg(long)]
         data: PathBuf,
         /// The label column of the CSV (default: the model's).
@@ -226,7 +256,8 @@ pub enum ModelCommand {
         /// paid download).
         model: String,
         /// A CSV (or Parquet) file with the model's feature columns (the label column may be
-        /// there or not).
+        /// there or not), or for a model of images a folder of class folders
+        /// (rows in class, then file name order).
         #[arg(long)]
         data: PathBuf,
         /// Where to write the predictions (default: standard output).
@@ -310,6 +341,67 @@ fn read_csv(path: &std::path::Path, delimiter: Option<u8>) -> anyhow::Result<Vec
         .with_context(|| format!("{} is not a CSV file Loam can read", path.display()))
 }
 
+/// The images of a class-folder tree as dataset records, with a progress
+/// bar on a terminal and a word about files left out.
+fn read_images(
+    dir: &std::path::Path,
+    shape: Option<loam_common::compute::ImageShape>,
+    label: &str,
+) -> anyhow::Result<loam_uplink::images::ImageFolder> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40.cyan/blue} {pos}/{len} images {per_sec} eta {eta}",
+        )
+        .expect("valid template"),
+    );
+    let folder = loam_uplink::images::read_image_folder(dir, shape, label, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    let folder = folder?;
+    if let Some(first) = folder.skipped.first() {
+        eprintln!(
+            "left out {} file(s) that are not PNG or JPEG class images (first: {})",
+            folder.skipped.len(),
+            first.display()
+        );
+    }
+    eprintln!(
+        "read {} images as {}: {}",
+        folder.classes.iter().map(|(_, n)| n).sum::<usize>(),
+        folder.shape,
+        folder
+            .classes
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(folder)
+}
+
+/// The records `model eval/predict --data` name: a CSV or Parquet file, or
+/// a folder of class folders of images, read at the model's image shape.
+fn read_model_data(
+    data: &std::path::Path,
+    delimiter: Option<u8>,
+    model: &ModelFile,
+) -> anyhow::Result<Vec<u8>> {
+    if !data.is_dir() {
+        return read_csv(data, delimiter);
+    }
+    let schema = &model.header.schema;
+    let Some(shape) = model.header.spec.image.or(schema.image) else {
+        bail!(
+            "{} is a folder, and this model does not take images (give a CSV or Parquet file)",
+            data.display()
+        );
+    };
+    Ok(read_images(data, Some(shape), schema.label_name())?.csv)
+}
+
 fn state_name(s: i32) -> &'static str {
     match pb::JobState::try_from(s) {
         Ok(pb::JobState::JobRunning) => "running",
@@ -337,6 +429,8 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
             url,
             delimiter,
             label,
+            images,
+            image_shape,
             task,
             segment_size,
             no_compute,
@@ -347,9 +441,19 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
             if u.key.is_empty() {
                 bail!("{url:?} names no dataset key");
             }
-            let text = read_csv(&file, delimiter)?;
             let task = Task::from(task);
-            let schema = loam_compute::dataset::scan_for(&text, &label, task)?;
+            let (text, label, image_shape) = if images {
+                if delimiter.is_some() || task.is_regression() {
+                    bail!("--images takes neither --delimiter nor --task regression");
+                }
+                let label = label.unwrap_or_else(|| "label".to_string());
+                let folder = read_images(&file, image_shape, &label)?;
+                (folder.csv, label, Some(folder.shape))
+            } else {
+                let label = label.context("--label names the label column")?;
+                (read_csv(&file, delimiter)?, label, image_shape)
+            };
+            let schema = loam_compute::dataset::scan_with(&text, &label, task, image_shape)?;
             if schema.label_looks_continuous() {
                 eprintln!(
                     "warning: label column {label:?} has {} distinct numeric values in {} \
@@ -360,6 +464,7 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
                 );
             }
             let opts = DatasetOptions {
+                image: image_shape,
                 label,
                 task,
                 segment_size,
@@ -370,7 +475,7 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
                 .upload_dataset(&u.bucket, &u.key, text, &opts, None)
                 .await?;
             println!(
-                "Dataset loam://{}/{}: {} records ({}), {} features, {}, {} ({} segments, {} training tasks), compute {}",
+                "Dataset loam://{}/{}: {} records ({}), {}, {}, {} ({} segments, {} training tasks), compute {}",
                 u.bucket,
                 u.key,
                 info.records,
@@ -379,7 +484,10 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
                 } else {
                     "in file order"
                 },
-                info.features,
+                match image_shape {
+                    Some(shape) => format!("{shape} images"),
+                    None => format!("{} features", info.features),
+                },
                 match info.task {
                     Task::Classification => format!("{} classes", info.classes.len()),
                     Task::Regression => "a numeric label (regression)".to_string(),
@@ -415,6 +523,7 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
                         "feature_mean": s.mean,
                         "feature_std": s.std,
                         "features": s.features(),
+                        "image_shape": s.image.map(|i| i.to_string()),
                         "columns": s.columns,
                         "segments": ds.records.len(),
                         "tasks": tasks,
@@ -433,7 +542,10 @@ pub async fn dataset(project: &Project, cmd: DatasetCommand) -> anyhow::Result<(
                     s.target_mean, s.target_std
                 ),
             }
-            println!("features  {}", s.features());
+            match s.image {
+                Some(shape) => println!("features  {} ({shape} images)", s.features()),
+                None => println!("features  {}", s.features()),
+            }
             println!("segments  {} ({tasks} tasks)", ds.records.len());
             println!(
                 "order     {}",
@@ -469,17 +581,21 @@ pub async fn train(project: &Project, a: TrainArgs) -> anyhow::Result<()> {
     }
     // Defaults that depend on the task need the dataset's description
     // (listings are classification datasets).
-    let task = if market == 0 && (a.model.is_none() || a.rounds.is_none() || a.lr.is_none()) {
-        let u = parse_loam(&a.datasets[0])?;
-        project.dataset(&u.bucket, &u.key).await?.0.schema.task
-    } else {
-        Task::Classification
-    };
-    let defaults = TaskDefaults::of(task);
+    let (task, images) =
+        if market == 0 && (a.model.is_none() || a.rounds.is_none() || a.lr.is_none()) {
+            let u = parse_loam(&a.datasets[0])?;
+            let schema = project.dataset(&u.bucket, &u.key).await?.0.schema;
+            (schema.task, schema.image.is_some())
+        } else {
+            (Task::Classification, false)
+        };
+    let defaults = TaskDefaults::of(task, images);
     let (rounds, patience) = a.rounds.unwrap_or(defaults.rounds).cap_and_patience();
     let job = JobRequest {
         architecture: a.model.unwrap_or_else(|| defaults.model.to_string()),
         hidden: a.hidden,
+        image: a.image_shape,
+        conv: a.conv,
         rounds,
         patience,
         params: TrainParams {
@@ -629,7 +745,7 @@ fn device_name(wire: i32) -> &'static str {
 }
 
 fn job_json(j: &pb::JobInfo) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "id": hex::encode(&j.job_id),
         "state": state_name(j.state),
         "error": j.error,
@@ -669,7 +785,9 @@ fn job_json(j: &pb::JobInfo) -> serde_json::Value {
             "duration_ms": r.duration_ms, "coordination_ms": r.coordination_ms,
             "train_ms": r.train_ms,
         })).collect::<Vec<_>>(),
-    })
+    });
+    v["model"] = j.spec.as_ref().map(|s| s.architecture.clone()).into();
+    v
 }
 
 pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
@@ -726,8 +844,16 @@ pub async fn job(project: &Project, cmd: JobCommand) -> anyhow::Result<()> {
             );
             if let Some(s) = &j.spec {
                 println!(
-                    "model               {} hidden {:?}, {} inputs, {}",
+                    "model               {}{} hidden {:?}, {} inputs, {}",
                     s.architecture,
+                    if s.conv.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " conv {:?} on {}x{}x{} images,",
+                            s.conv, s.image_height, s.image_width, s.image_channels
+                        )
+                    },
                     s.hidden,
                     s.inputs,
                     if s.task.is_empty() {
@@ -867,8 +993,12 @@ struct TaskDefaults {
 }
 
 impl TaskDefaults {
-    fn of(task: Task) -> Self {
+    fn of(task: Task, images: bool) -> Self {
         match task {
+            Task::Classification if images => Self {
+                model: "cnn",
+                rounds: Rounds::Auto,
+            },
             Task::Classification => Self {
                 model: "mlp",
                 rounds: Rounds::Auto,
@@ -979,7 +1109,7 @@ pub async fn model(project: Option<&Project>, cmd: ModelCommand) -> anyhow::Resu
             {
                 bail!("the model predicts {:?}, not {l:?}", schema.label_name());
             }
-            let text = read_csv(&data, delimiter)?;
+            let text = read_model_data(&data, delimiter, &m)?;
             check_header(&text, schema)?;
             let records = loam_compute::dataset::parse_records(&text, schema, true)?;
             if records.is_empty() {
@@ -1076,7 +1206,7 @@ pub async fn model(project: Option<&Project>, cmd: ModelCommand) -> anyhow::Resu
         } => {
             let m = load_model(project, &model).await?;
             let schema = m.header.schema.clone();
-            let text = read_csv(&data, delimiter)?;
+            let text = read_model_data(&data, delimiter, &m)?;
             let records = predict_records(&text, &schema)?;
             if schema.task.is_regression() && probabilities {
                 bail!("--probabilities is for classifiers; this model predicts a number");

@@ -54,6 +54,9 @@ pub struct DatasetOptions {
     /// even when it is sorted by label; downloads return the original
     /// bytes. `None` keeps the file's order.
     pub shuffle: Option<u64>,
+    /// The records are images of this shape (see
+    /// [`loam_compute::dataset::scan_with`]).
+    pub image: Option<loam_common::compute::ImageShape>,
 }
 
 impl DatasetOptions {
@@ -77,6 +80,11 @@ pub struct DatasetInfo {
 pub struct JobRequest {
     pub architecture: String,
     pub hidden: Vec<usize>,
+    /// A CNN's input image; `None` takes the dataset's (`dataset put
+    /// --images` or `--image-shape`).
+    pub image: Option<loam_common::compute::ImageShape>,
+    /// A CNN's conv-pool block channels.
+    pub conv: Vec<usize>,
     /// Rounds, or the most rounds when `patience` is set.
     pub rounds: u32,
     /// Stop after this many rounds without a better validation loss and
@@ -101,13 +109,38 @@ impl JobRequest {
     /// hyperparameters checked.
     fn spec_for(&self, schema: &Schema) -> Result<ModelSpec, UplinkError> {
         let job = |e: loam_common::compute::SpecError| UplinkError::Job(e.to_string());
-        let spec = ModelSpec::for_task(
-            self.architecture.parse().map_err(job)?,
-            self.hidden.clone(),
-            schema.features(),
-            schema.outputs(),
-            schema.task,
-        )
+        let architecture = self.architecture.parse().map_err(job)?;
+        let spec = if architecture == loam_common::compute::Architecture::Cnn {
+            let image = self.image.or(schema.image).ok_or_else(|| {
+                UplinkError::Job(format!(
+                    "a CNN trains on images, and the dataset's {} features have no image shape: \
+                     give it with --image-shape HxW (or upload the dataset with --images or --image-shape)",
+                    schema.features()
+                ))
+            })?;
+            if image.pixels() != schema.features() {
+                return Err(UplinkError::Job(format!(
+                    "a {image} image has {} pixels, but the dataset has {} features",
+                    image.pixels(),
+                    schema.features()
+                )));
+            }
+            ModelSpec::cnn(
+                image,
+                self.conv.clone(),
+                self.hidden.clone(),
+                schema.outputs(),
+                schema.task,
+            )
+        } else {
+            ModelSpec::for_task(
+                architecture,
+                self.hidden.clone(),
+                schema.features(),
+                schema.outputs(),
+                schema.task,
+            )
+        }
         .map_err(job)?;
         self.params.validate().map_err(job)?;
         // The satellite checks it too; refusing here saves planning.
@@ -208,9 +241,9 @@ impl Project {
         opts: &DatasetOptions,
         progress: Option<Progress>,
     ) -> Result<DatasetInfo, UplinkError> {
-        let (label, seed, task) = (opts.label.clone(), opts.shuffle, opts.task);
+        let (label, seed, task, image) = (opts.label.clone(), opts.shuffle, opts.task, opts.image);
         let (text, schema, shuffle) = tokio::task::spawn_blocking(move || {
-            let schema = dataset::scan_for(&text, &label, task);
+            let schema = dataset::scan_with(&text, &label, task, image);
             match seed {
                 Some(seed) if schema.is_ok() => {
                     let (stored, shuffle) = dataset::shuffle_records(&text, seed);

@@ -20,6 +20,7 @@
 
 pub mod dataset;
 mod direct;
+pub mod images;
 pub mod market;
 pub mod multipart;
 pub mod tabular;

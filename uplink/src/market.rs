@@ -121,6 +121,7 @@ pub fn pooled_schema(listings: &[pb::Listing]) -> Result<Schema, UplinkError> {
         task: Default::default(),
         target_mean: 0.0,
         target_std: 1.0,
+        image: None,
     };
     schema
         .validate()

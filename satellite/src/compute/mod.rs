@@ -822,8 +822,11 @@ impl Compute {
         let mut total = 0u128;
         for (d, &records) in datasets.iter().zip(records) {
             let se = u128::from(records) * params.local_epochs as u128 * u128::from(rounds);
-            let micro = work_micro_units(spec.params(), u64::try_from(se).unwrap_or(u64::MAX))
-                .map_or(u128::MAX, u128::from);
+            let micro = work_micro_units(
+                spec.work_per_record(),
+                u64::try_from(se).unwrap_or(u64::MAX),
+            )
+            .map_or(u128::MAX, u128::from);
             total = total
                 .saturating_add((se * u128::from(d.price_per_1000)).div_ceil(1000))
                 .saturating_add(
@@ -1399,7 +1402,8 @@ impl Compute {
         let mut credits: BTreeMap<NodeId, NodeCredit> = BTreeMap::new();
         let mut units = 0.0;
         for (node, s) in &outcome.credited {
-            let micro = work_micro_units(spec.params(), *s).ok_or("work units overflow")?;
+            let micro =
+                work_micro_units(spec.work_per_record(), *s).ok_or("work units overflow")?;
             units += micro as f64 / 1e6;
             let c = credits.entry(*node).or_default();
             c.micro_units = c
@@ -1547,7 +1551,7 @@ impl Compute {
         let mut micro = 0u64;
         let mut fetched = 0u64;
         for (_, _, out) in kept {
-            micro = work_micro_units(spec.params(), out.samples)
+            micro = work_micro_units(spec.work_per_record(), out.samples)
                 .and_then(|m| micro.checked_add(m))
                 .ok_or("work units overflow")?;
             fetched = fetched.saturating_add(out.bytes_fetched);
