@@ -713,6 +713,18 @@ async fn scaffold_is_refused_when_its_variates_would_not_fit() {
         .await
         .expect_err("too large for scaffold");
     assert!(e.to_string().contains("--algorithm fedavgm"), "{e}");
+    // SCAFFOLD's corrections are estimated from SGD steps: with Adam the
+    // satellite refuses the job whatever the uplink sent.
+    let mut adam = job(2, 0.0);
+    adam.params.optimizer = loam_common::compute::Optimizer::Adam;
+    let e = project
+        .submit_job("digits", "train", &adam)
+        .await
+        .expect_err("scaffold with adam");
+    assert!(
+        e.to_string().contains("cannot train with adam") && e.to_string().contains("fedavgm"),
+        "{e}"
+    );
     let mut other = job(2, 0.0);
     other.aggregation.algorithm = Algorithm::FedAvgM;
     let info = project

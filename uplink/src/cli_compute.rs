@@ -150,11 +150,12 @@ pub struct TrainArgs {
     /// Epochs each task trains locally per round.
     #[arg(long, default_value_t = TrainParams::default().local_epochs)]
     local_epochs: usize,
-    /// Local optimizer: sgd (the default; see docs/compute.md) or adam.
-    #[arg(long, default_value_t = Optimizer::default())]
-    optimizer: Optimizer,
+    /// Local optimizer: sgd or adam. Default: adam for a CNN, sgd for the
+    /// others (see docs/compute.md).
+    #[arg(long)]
+    optimizer: Option<Optimizer>,
     /// Local learning rate (default: 0.1 for sgd, 0.01 for sgd on a
-    /// regression dataset, 0.005 for adam).
+    /// regression dataset, 0.005 for adam, 0.003 for adam on a CNN).
     #[arg(long)]
     lr: Option<f64>,
     /// Batch size.
@@ -173,13 +174,14 @@ pub struct TrainArgs {
     #[arg(long)]
     label: Option<String>,
     /// How the satellite turns each round's averaged update into new
-    /// weights: scaffold (the default: each task's gradients corrected for
-    /// its drift from the others, for data pieces that hold a few classes
-    /// each), fedavg (as is), fedavgm (with server momentum), fedadam, or
-    /// fedprox (tasks held near the global weights). See docs/compute.md
+    /// weights: scaffold (the default with sgd: each task's gradients
+    /// corrected for its drift from the others, for data pieces that hold
+    /// a few classes each; its corrections assume sgd steps), fedavg (as
+    /// is), fedavgm (with server momentum; the default with adam), fedadam,
+    /// or fedprox (tasks held near the global weights). See docs/compute.md
     /// for the measurements.
-    #[arg(long, default_value_t = Algorithm::default())]
-    algorithm: Algorithm,
+    #[arg(long)]
+    algorithm: Option<Algorithm>,
     /// How task updates are combined: mean (weighted by records), or a
     /// rule robust to a minority of bad tasks: median, trimmed-mean, krum.
     #[arg(long, default_value_t = Rule::default())]
@@ -591,29 +593,29 @@ pub async fn train(project: &Project, a: TrainArgs) -> anyhow::Result<()> {
         };
     let defaults = TaskDefaults::of(task, images);
     let (rounds, patience) = a.rounds.unwrap_or(defaults.rounds).cap_and_patience();
+    let architecture = a.model.unwrap_or_else(|| defaults.model.to_string());
+    let local = LocalDefaults::of(&architecture, task, a.optimizer, a.algorithm)?;
     let job = JobRequest {
-        architecture: a.model.unwrap_or_else(|| defaults.model.to_string()),
+        architecture,
         hidden: a.hidden,
         image: a.image_shape,
         conv: a.conv,
         rounds,
         patience,
         params: TrainParams {
-            learning_rate: a
-                .lr
-                .unwrap_or_else(|| a.optimizer.default_learning_rate_for(task)),
+            learning_rate: a.lr.unwrap_or(local.learning_rate),
             batch: a.batch,
             local_epochs: a.local_epochs,
             seed: a.seed,
-            optimizer: a.optimizer,
+            optimizer: local.optimizer,
             validation: a.validation,
-            proximal: a.algorithm.proximal(),
+            proximal: local.algorithm.proximal(),
         },
         verify_fraction: a.verify,
         out: (out.bucket.clone(), out.key.clone()),
         label: a.label,
         aggregation: Choice {
-            algorithm: a.algorithm,
+            algorithm: local.algorithm,
             rule: a.aggregation,
             clip: a.clip,
         },
@@ -787,6 +789,18 @@ fn job_json(j: &pb::JobInfo) -> serde_json::Value {
         })).collect::<Vec<_>>(),
     });
     v["model"] = j.spec.as_ref().map(|s| s.architecture.clone()).into();
+    v["optimizer"] = j
+        .params
+        .as_ref()
+        .map(|p| if p.optimizer == 0 { "adam" } else { "sgd" })
+        .into();
+    v["learning_rate"] = j.params.as_ref().map(|p| p.learning_rate).into();
+    v["algorithm"] = j
+        .aggregation
+        .as_ref()
+        .and_then(|a| Choice::try_from(a).ok())
+        .map(|c| c.algorithm.to_string())
+        .into();
     v
 }
 
@@ -1012,6 +1026,56 @@ impl TaskDefaults {
                 rounds: Rounds::Fixed(100),
             },
         }
+    }
+}
+
+/// The local optimizer, its learning rate and the server's algorithm of a
+/// job on `architecture`, where the user left them out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LocalDefaults {
+    optimizer: Optimizer,
+    learning_rate: f64,
+    algorithm: Algorithm,
+}
+
+impl LocalDefaults {
+    fn of(
+        architecture: &str,
+        task: Task,
+        optimizer: Option<Optimizer>,
+        algorithm: Option<Algorithm>,
+    ) -> anyhow::Result<Self> {
+        let cnn = architecture == "cnn";
+        // Under plain SGD a CNN learns more slowly than an MLP on the same
+        // images (its gradients are small at the start), so a CNN trains
+        // with Adam at a smaller step than an MLP's Adam (docs/compute.md
+        // "Images and CNNs" has the measurements).
+        let optimizer = optimizer.unwrap_or(if cnn {
+            Optimizer::Adam
+        } else {
+            Optimizer::default()
+        });
+        let learning_rate = match optimizer {
+            Optimizer::Adam if cnn => 0.003,
+            o => o.default_learning_rate_for(task),
+        };
+        // SCAFFOLD estimates each task's mean gradient from its SGD steps,
+        // which Adam's steps are not.
+        let algorithm = match algorithm {
+            Some(a) if a.corrects_drift() && optimizer == Optimizer::Adam => bail!(
+                "--algorithm {a} corrects each task by its mean gradient, which it estimates \
+                 from SGD steps; with --optimizer adam use --algorithm fedavgm (the default \
+                 with adam)"
+            ),
+            Some(a) => a,
+            None if optimizer == Optimizer::Adam => Algorithm::FedAvgM,
+            None => Algorithm::default(),
+        };
+        Ok(Self {
+            optimizer,
+            learning_rate,
+            algorithm,
+        })
     }
 }
 
