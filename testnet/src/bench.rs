@@ -1,6 +1,8 @@
 //! `testnet bench`: in one run, the client pipeline in memory, the bare QUIC
-//! ceiling of one stream between two of Loam's endpoints, and upload and
-//! download through a 10-node process network, with the ratios between them.
+//! ceiling of one stream between two of Loam's endpoints, upload and
+//! download through a 10-node process network from and into memory, and
+//! the same through the `uplink cp` command from and into a file, with the
+//! ratios between them and the command's peak memory.
 
 use std::time::{Duration, Instant};
 
@@ -90,6 +92,14 @@ pub struct BenchReport {
     pub quic_mbps: Vec<f64>,
     pub upload_mbps: Vec<f64>,
     pub download_mbps: Vec<f64>,
+    /// `uplink cp FILE loam://…`, process start to exit.
+    pub cli_upload_mbps: Vec<f64>,
+    /// `uplink cp loam://… FILE`, process start to exit.
+    pub cli_download_mbps: Vec<f64>,
+    /// Peak resident memory of each `uplink cp` up, in bytes.
+    pub cli_upload_rss: Vec<u64>,
+    /// Peak resident memory of each `uplink cp` down, in bytes.
+    pub cli_download_rss: Vec<u64>,
 }
 
 impl BenchReport {
@@ -112,8 +122,10 @@ impl BenchReport {
         );
         line("client pipeline (encrypt+RS+hash)", &self.pipeline_mbps);
         line("bare QUIC, one loopback stream", &self.quic_mbps);
-        line("upload", &self.upload_mbps);
-        line("download", &self.download_mbps);
+        line("upload, from memory", &self.upload_mbps);
+        line("download, into memory", &self.download_mbps);
+        line("upload, uplink cp FILE loam://", &self.cli_upload_mbps);
+        line("download, uplink cp loam:// FILE", &self.cli_download_mbps);
         let (up, down, quic) = (
             median(self.upload_mbps.clone()),
             median(self.download_mbps.clone()),
@@ -125,6 +137,23 @@ impl BenchReport {
             up / (quic * k_over_n)
         );
         println!("{:<38} {:8.2}", "download / QUIC", down / quic);
+        println!(
+            "{:<38} {:8.2}",
+            "CLI upload / in-memory upload",
+            median(self.cli_upload_mbps.clone()) / up
+        );
+        println!(
+            "{:<38} {:8.2}",
+            "CLI download / in-memory download",
+            median(self.cli_download_mbps.clone()) / down
+        );
+        let mib = |v: &[u64]| v.iter().max().copied().unwrap_or(0) as f64 / f64::from(1 << 20);
+        println!(
+            "{:<38} {:8.1} MiB up, {:.1} MiB down (largest of the runs)",
+            "peak RSS of uplink cp",
+            mib(&self.cli_upload_rss),
+            mib(&self.cli_download_rss)
+        );
     }
 }
 
@@ -152,6 +181,10 @@ pub async fn run(
         quic_mbps: Vec::new(),
         upload_mbps: Vec::new(),
         download_mbps: Vec::new(),
+        cli_upload_mbps: Vec::new(),
+        cli_download_mbps: Vec::new(),
+        cli_upload_rss: Vec::new(),
+        cli_download_rss: Vec::new(),
     };
     let data = std::sync::Arc::new(data);
     for _ in 0..rounds.max(1) {
@@ -188,6 +221,27 @@ pub async fn run(
             report.download_mbps.push(mbps(size, started.elapsed()));
             anyhow::ensure!(out[..] == data[..], "downloaded object differs");
         }
+        drop(out);
+        // The same through the command line, file to file.
+        let access_file = net.dir.join("access");
+        let input = dir.join("bench-in");
+        let output = dir.join("bench-out");
+        std::fs::write(&input, &data[..])?;
+        for round in 0..rounds.max(1) {
+            let url = format!("loam://bench/cli-{round}");
+            let (took, rss) = uplink_cp(&access_file, input.as_os_str(), url.as_ref()).await?;
+            report.cli_upload_mbps.push(mbps(size, took));
+            report.cli_upload_rss.push(rss);
+            let (took, rss) = uplink_cp(&access_file, url.as_ref(), output.as_os_str()).await?;
+            report.cli_download_mbps.push(mbps(size, took));
+            report.cli_download_rss.push(rss);
+            anyhow::ensure!(
+                same_file_as(&output, &data)?,
+                "the file uplink cp downloaded differs"
+            );
+            std::fs::remove_file(&output)?;
+        }
+        std::fs::remove_file(&input)?;
         project.close().await;
         anyhow::Ok(())
     }
@@ -195,4 +249,80 @@ pub async fn run(
     net.stop().await;
     result?;
     Ok(report)
+}
+
+/// Runs `uplink --access-file ACCESS cp FROM TO` under `testnet peak-rss`:
+/// how long it took, start to exit, and its peak resident memory in bytes.
+async fn uplink_cp(
+    access: &std::path::Path,
+    from: &std::ffi::OsStr,
+    to: &std::ffi::OsStr,
+) -> anyhow::Result<(Duration, u64)> {
+    let started = Instant::now();
+    let out = tokio::process::Command::new(crate::process::binary("testnet")?)
+        .arg("peak-rss")
+        .arg("--")
+        .arg(crate::process::binary("uplink")?)
+        .arg("--access-file")
+        .arg(access)
+        .arg("cp")
+        .arg(from)
+        .arg(to)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "uplink cp {} {} failed: {}{}",
+        from.to_string_lossy(),
+        to.to_string_lossy(),
+        stdout.trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let kib: u64 = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("peak_rss_kib "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("testnet peak-rss printed no figure: {stdout}"))?;
+    Ok((took, kib << 10))
+}
+
+/// Whether the file at `path` holds exactly `data`, read a megabyte at a
+/// time.
+fn same_file_as(path: &std::path::Path, data: &[u8]) -> anyhow::Result<bool> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    if file.metadata()?.len() != data.len() as u64 {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    for chunk in data.chunks(buf.len()) {
+        let part = &mut buf[..chunk.len()];
+        file.read_exact(part)?;
+        if part != chunk {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// `testnet peak-rss -- COMMAND ARGS…`: runs the command as this process's
+/// only child and prints `peak_rss_kib N`, the largest resident set the
+/// child had (the kernel's record for waited-for children), after it ends.
+/// Fails with the command's failure.
+pub fn peak_rss(command: &[std::ffi::OsString]) -> anyhow::Result<()> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| anyhow::anyhow!("peak-rss needs a command"))?;
+    let status = std::process::Command::new(program)
+        .args(args)
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", program.to_string_lossy()))?;
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
+    println!("peak_rss_kib {}", usage.max_rss());
+    anyhow::ensure!(status.success(), "{} {status}", program.to_string_lossy());
+    Ok(())
 }

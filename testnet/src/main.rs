@@ -159,6 +159,13 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Run a command and print its peak resident memory (`peak_rss_kib N`)
+    /// when it ends; `testnet bench` measures `uplink cp` with it.
+    #[command(hide = true)]
+    PeakRss {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// What checking a caveated API key costs: verifications per second
     /// with 10 caveats, with and without 10 000 revoked keys, against one
     /// request measured in the same run.
@@ -550,6 +557,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             report.print();
         }
+        Command::PeakRss { command } => loam_testnet::bench::peak_rss(&command)?,
         Command::Bench {
             size_mib,
             nodes,
