@@ -310,10 +310,11 @@ fn same_file_as(path: &std::path::Path, data: &[u8]) -> anyhow::Result<bool> {
 }
 
 /// `testnet peak-rss -- COMMAND ARGS…`: runs the command as this process's
-/// only child and prints `peak_rss_kib N`, the largest resident set the
-/// child had (the kernel's record for waited-for children), after it ends.
-/// Fails with the command's failure.
-pub fn peak_rss(command: &[std::ffi::OsString]) -> anyhow::Result<()> {
+/// child and returns the largest resident set, in KiB, that any child this
+/// process has waited for had (the kernel's `ru_maxrss` of its children):
+/// the command's own when it is the only child, as under `testnet
+/// peak-rss`. Fails with the command's failure.
+pub fn peak_rss_kib(command: &[std::ffi::OsString]) -> anyhow::Result<u64> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| anyhow::anyhow!("peak-rss needs a command"))?;
@@ -321,8 +322,33 @@ pub fn peak_rss(command: &[std::ffi::OsString]) -> anyhow::Result<()> {
         .args(args)
         .status()
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", program.to_string_lossy()))?;
-    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
-    println!("peak_rss_kib {}", usage.max_rss());
     anyhow::ensure!(status.success(), "{} {status}", program.to_string_lossy());
-    Ok(())
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
+    Ok(u64::try_from(usage.max_rss()).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_rss_sees_what_the_child_touched() {
+        let cmd =
+            |args: &[&str]| -> Vec<std::ffi::OsString> { args.iter().map(Into::into).collect() };
+        // 200 MiB written by the child (a shell filling a variable would be
+        // slower; dd's buffer is one block).
+        let kib = peak_rss_kib(&cmd(&[
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=200M",
+            "count=1",
+        ]))
+        .expect("dd runs");
+        assert!((200 << 10..1 << 20).contains(&kib), "{kib} KiB");
+        let e = peak_rss_kib(&cmd(&["sh", "-c", "exit 3"])).expect_err("exit 3");
+        assert!(e.to_string().contains("exit status: 3"), "{e}");
+        assert!(peak_rss_kib(&cmd(&["/nonexistent/loam-command"])).is_err());
+        assert!(peak_rss_kib(&[]).is_err());
+    }
 }

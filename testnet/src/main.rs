@@ -557,7 +557,12 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             report.print();
         }
-        Command::PeakRss { command } => loam_testnet::bench::peak_rss(&command)?,
+        Command::PeakRss { command } => {
+            println!(
+                "peak_rss_kib {}",
+                loam_testnet::bench::peak_rss_kib(&command)?
+            );
+        }
         Command::Bench {
             size_mib,
             nodes,
