@@ -163,6 +163,7 @@ enum Command {
     /// when it ends; `testnet bench` measures `uplink cp` with it.
     #[command(hide = true)]
     PeakRss {
+        /// The command and its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<std::ffi::OsString>,
     },
