@@ -356,20 +356,19 @@ impl ModelSpec {
 
     /// `self` if its parameters are within [`MAX_PARAMS`].
     fn checked(self) -> Result<Self, SpecError> {
-        let spec = self;
-        if spec.params() > MAX_PARAMS {
+        let params = self.params();
+        if params > MAX_PARAMS {
             return Err(SpecError::BadModel(format!(
-                "{} parameters is more than the limit of {MAX_PARAMS}",
-                spec.params()
+                "{params} parameters is more than the limit of {MAX_PARAMS}"
             )));
         }
-        if spec.work_per_record() > MAX_WORK_PER_RECORD {
+        let work = self.work_per_record();
+        if work > MAX_WORK_PER_RECORD {
             return Err(SpecError::BadModel(format!(
-                "{} multiply-adds per record is more than the limit of {MAX_WORK_PER_RECORD}",
-                spec.work_per_record()
+                "{work} multiply-adds per record is more than the limit of {MAX_WORK_PER_RECORD}"
             )));
         }
-        Ok(spec)
+        Ok(self)
     }
 
     /// Widths of the fully connected layers, from their input (the

@@ -109,6 +109,21 @@ impl Algorithm {
         self == Algorithm::Scaffold
     }
 
+    /// Whether tasks may train with `optimizer` under this algorithm: a
+    /// drift correction is each task's mean gradient, estimated from its
+    /// weight change over its SGD steps; an Adam step is not a gradient
+    /// step, and the estimates swamp the gradients. The error says what
+    /// to use instead.
+    pub fn check_optimizer(self, optimizer: crate::compute::Optimizer) -> Result<(), String> {
+        if self.corrects_drift() && optimizer == crate::compute::Optimizer::Adam {
+            return Err(format!(
+                "--algorithm {self} corrects each task by its mean gradient, estimated from \
+                 SGD steps, and cannot train with adam; use --algorithm fedavgm"
+            ));
+        }
+        Ok(())
+    }
+
     /// The proximal weight tasks train with.
     pub fn proximal(self) -> f64 {
         if self == Algorithm::FedProx {

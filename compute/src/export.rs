@@ -46,18 +46,10 @@ const FORWARD_REGRESSION: &str = "for each layer i: x = x @ layers.i.weight.T + 
 /// Named tensors as (name, shape, little-endian bytes).
 type Buffers = Vec<(String, Vec<usize>, Vec<u8>)>;
 
-fn tensor_names(layer: usize) -> (String, String) {
-    (
-        format!("layers.{layer}.weight"),
-        format!("layers.{layer}.bias"),
-    )
-}
-
-fn conv_names(block: usize) -> (String, String) {
-    (
-        format!("convs.{block}.weight"),
-        format!("convs.{block}.bias"),
-    )
+/// The weight and bias tensor names of layer `i` of `group` (`layers`
+/// for the dense layers, `convs` for a CNN's conv blocks).
+fn tensor_names(group: &str, i: usize) -> (String, String) {
+    (format!("{group}.{i}.weight"), format!("{group}.{i}.bias"))
 }
 
 fn le_bytes(v: &[f32]) -> Vec<u8> {
@@ -83,7 +75,7 @@ pub fn to_safetensors(model: &ModelFile) -> Result<Vec<u8>, ComputeError> {
     let mut buffers: Buffers = Vec::new();
     let mut at = 0;
     for (i, b) in spec.conv_blocks().iter().enumerate() {
-        let (wn, bn) = conv_names(i);
+        let (wn, bn) = tensor_names("convs", i);
         let k = loam_common::compute::CONV_KERNEL;
         buffers.push((
             wn,
@@ -110,7 +102,7 @@ pub fn to_safetensors(model: &ModelFile) -> Result<Vec<u8>, ComputeError> {
         at += inputs * outputs;
         let b = le_bytes(&model.weights[at..at + outputs]);
         at += outputs;
-        let (wn, bn) = tensor_names(layer);
+        let (wn, bn) = tensor_names("layers", layer);
         buffers.push((wn, vec![outputs, inputs], t));
         buffers.push((bn, vec![outputs], b));
     }
@@ -209,14 +201,14 @@ pub fn from_safetensors(bytes: &[u8]) -> Result<ModelFile, ComputeError> {
     };
     let mut weights = Vec::with_capacity(spec.params());
     for (i, b) in blocks.iter().enumerate() {
-        let (wn, bn) = conv_names(i);
+        let (wn, bn) = tensor_names("convs", i);
         let k = loam_common::compute::CONV_KERNEL;
         weights.extend(read(&wn, &[b.outputs, b.inputs, k, k])?);
         weights.extend(read(&bn, &[b.outputs])?);
     }
     for (layer, pair) in widths.windows(2).enumerate() {
         let (inputs, outputs) = (pair[0], pair[1]);
-        let (wn, bn) = tensor_names(layer);
+        let (wn, bn) = tensor_names("layers", layer);
         let w = read(&wn, &[outputs, inputs])?;
         for i in 0..inputs {
             weights.extend((0..outputs).map(|o| w[o * inputs + i]));

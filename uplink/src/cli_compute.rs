@@ -1062,15 +1062,13 @@ impl LocalDefaults {
         // SCAFFOLD estimates each task's mean gradient from its SGD steps,
         // which Adam's steps are not.
         let algorithm = match algorithm {
-            Some(a) if a.corrects_drift() && optimizer == Optimizer::Adam => bail!(
-                "--algorithm {a} corrects each task by its mean gradient, which it estimates \
-                 from SGD steps; with --optimizer adam use --algorithm fedavgm (the default \
-                 with adam)"
-            ),
             Some(a) => a,
             None if optimizer == Optimizer::Adam => Algorithm::FedAvgM,
             None => Algorithm::default(),
         };
+        algorithm
+            .check_optimizer(optimizer)
+            .map_err(anyhow::Error::msg)?;
         Ok(Self {
             optimizer,
             learning_rate,

@@ -188,8 +188,8 @@ fn pixels(image: DynamicImage, shape: ImageShape) -> Vec<u8> {
     let plane = shape.height * shape.width;
     let mut out = vec![0u8; plane * shape.channels];
     for (i, px) in rgb.chunks_exact(3).enumerate() {
-        for c in 0..shape.channels.min(3) {
-            out[c * plane + i] = px[c];
+        for (c, &v) in px.iter().enumerate() {
+            out[c * plane + i] = v;
         }
     }
     out

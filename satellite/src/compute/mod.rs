@@ -564,16 +564,10 @@ impl Compute {
                 ));
             }
         }
-        if aggregation.algorithm.corrects_drift() && params.optimizer == cc::Optimizer::Adam {
-            // The corrections are each task's mean gradient, estimated from
-            // its weight change over its SGD steps; an Adam step is not a
-            // gradient step, and the estimates swamp the gradients.
-            return Err(ComputeError::BadJob(format!(
-                "{} corrects tasks by their mean gradients, estimated from SGD steps, and \
-                 cannot train with adam; use --algorithm fedavgm",
-                aggregation.algorithm
-            )));
-        }
+        aggregation
+            .algorithm
+            .check_optimizer(params.optimizer)
+            .map_err(ComputeError::BadJob)?;
         if aggregation.algorithm.corrects_drift() {
             let tasks: usize = datasets.iter().map(|d| d.tasks.len()).sum();
             let bytes = Drift::bytes_for(tasks, spec.params());
