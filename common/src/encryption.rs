@@ -175,29 +175,52 @@ pub fn encrypt_blocks(
 /// Decrypts one row produced by [`encrypt_row`], in place; returns the
 /// plaintext length (the plaintext is compacted to the front of `row`).
 pub fn decrypt_row(key: &Key, segment_index: u32, row: &mut [u8]) -> Result<usize, CryptoError> {
-    let aead = key.aead();
+    let opener = RowOpener::new(key, segment_index);
     let mut read = 0;
     let mut write = 0;
     let mut block = 0u64;
     while read < row.len() {
         let end = (read + BLOCK_SIZE + TAG_LEN).min(row.len());
-        if end - read < TAG_LEN {
-            return Err(CryptoError::Truncated);
-        }
-        let plain = aead
-            .open_in_place(
-                block_nonce(segment_index, block),
-                Aad::empty(),
-                &mut row[read..end],
-            )
-            .map_err(|_| CryptoError::Decrypt)?;
-        let n = plain.len();
+        let n = opener.open_block(block, &mut row[read..end])?;
         row.copy_within(read..read + n, write);
         write += n;
         read = end;
         block += 1;
     }
     Ok(write)
+}
+
+/// A row's key made ready to open the row's blocks one at a time, in any
+/// order: what a download needs to decrypt a piece as its bytes arrive.
+pub struct RowOpener {
+    aead: LessSafeKey,
+    segment_index: u32,
+}
+
+impl RowOpener {
+    pub fn new(key: &Key, segment_index: u32) -> Self {
+        Self {
+            aead: key.aead(),
+            segment_index,
+        }
+    }
+
+    /// Decrypts and authenticates block number `block` of the row in
+    /// place: `sealed` is the block's ciphertext and tag, at most
+    /// [`BLOCK_SIZE`] + [`TAG_LEN`] bytes. Returns the plaintext length;
+    /// the plaintext is at the front of `sealed`.
+    pub fn open_block(&self, block: u64, sealed: &mut [u8]) -> Result<usize, CryptoError> {
+        if sealed.len() < TAG_LEN {
+            return Err(CryptoError::Truncated);
+        }
+        if sealed.len() > BLOCK_SIZE + TAG_LEN {
+            return Err(CryptoError::Decrypt);
+        }
+        self.aead
+            .open_in_place(block_nonce(self.segment_index, block), Aad::empty(), sealed)
+            .map(|plain| plain.len())
+            .map_err(|_| CryptoError::Decrypt)
+    }
 }
 
 /// Seals a small value (metadata, inline data, wrapped keys) with a random
@@ -385,6 +408,44 @@ mod tests {
             decrypt_row(&key, 5, &mut swapped),
             Err(CryptoError::Decrypt)
         );
+    }
+
+    #[test]
+    fn blocks_open_one_at_a_time_only_at_their_own_position() {
+        let key = Key::random();
+        let plain: Vec<u8> = (0..(BLOCK_SIZE * 2 + 700)).map(|i| (i * 3) as u8).collect();
+        let mut enc = Vec::new();
+        encrypt_row(&key, 9, &plain, &mut enc);
+        let opener = RowOpener::new(&key, 9);
+        let b = BLOCK_SIZE + TAG_LEN;
+        // The last, short block alone, then the middle one.
+        let mut last = enc[2 * b..].to_vec();
+        assert_eq!(opener.open_block(2, &mut last), Ok(700));
+        assert_eq!(&last[..700], &plain[2 * BLOCK_SIZE..]);
+        let mut middle = enc[b..2 * b].to_vec();
+        assert_eq!(opener.open_block(1, &mut middle), Ok(BLOCK_SIZE));
+        assert_eq!(&middle[..BLOCK_SIZE], &plain[BLOCK_SIZE..2 * BLOCK_SIZE]);
+        // At another position, in another segment, cut short or run long:
+        // refused.
+        let block = enc[b..2 * b].to_vec();
+        assert_eq!(
+            opener.open_block(0, &mut block.clone()),
+            Err(CryptoError::Decrypt)
+        );
+        assert_eq!(
+            RowOpener::new(&key, 8).open_block(1, &mut block.clone()),
+            Err(CryptoError::Decrypt)
+        );
+        assert_eq!(
+            opener.open_block(1, &mut block[..b - 1].to_vec()),
+            Err(CryptoError::Decrypt)
+        );
+        assert_eq!(
+            opener.open_block(1, &mut block[..TAG_LEN - 1].to_vec()),
+            Err(CryptoError::Truncated)
+        );
+        let mut long = enc[..b + 1].to_vec();
+        assert_eq!(opener.open_block(0, &mut long), Err(CryptoError::Decrypt));
     }
 
     #[test]

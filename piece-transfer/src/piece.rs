@@ -43,6 +43,8 @@ pub enum PieceError {
     HashMismatch,
     #[error("piece data ended before the piece was complete")]
     FeedEnded,
+    #[error("piece data rejected: {0}")]
+    Rejected(String),
 }
 
 impl From<quinn::ConnectionError> for PieceError {
@@ -224,6 +226,21 @@ async fn upload_on(
     }
 }
 
+/// Where a piece download puts the piece's bytes, in order, as they
+/// arrive from the node.
+pub trait PieceSink {
+    /// Takes the next bytes of the piece. An error ends the download.
+    fn put(&mut self, chunk: Bytes) -> impl Future<Output = Result<(), PieceError>> + Send;
+}
+
+/// The whole piece, in memory.
+impl PieceSink for Vec<u8> {
+    async fn put(&mut self, chunk: Bytes) -> Result<(), PieceError> {
+        self.extend_from_slice(&chunk);
+        Ok(())
+    }
+}
+
 /// Downloads a whole piece, checking it against its committed hash when
 /// `verify_hash` (data pieces are also protected by their AEAD tags).
 /// `progress` counts bytes received (the caller watches it for stalls).
@@ -236,12 +253,11 @@ pub async fn download(
     progress: Arc<AtomicU64>,
     verify_hash: bool,
 ) -> Result<Vec<u8>, PieceError> {
-    let (id, conn) = connect(endpoint, limit, timeout).await?;
-    let result = download_on(&conn, limit, piece_key, size, &progress).await;
-    if matches!(result, Err(PieceError::Wire(WireError::Connection(_)))) {
-        endpoint.forget(&id);
-    }
-    let data = result?;
+    let mut data = loam_common::buffers::BufferPool::global().take(size as usize);
+    download_into(
+        endpoint, limit, piece_key, size, timeout, &progress, &mut data,
+    )
+    .await?;
     if verify_hash
         && (limit.piece_hash.len() != 32
             || loam_common::merkle::root(&data).as_slice() != limit.piece_hash.as_ref())
@@ -251,13 +267,35 @@ pub async fn download(
     Ok(data)
 }
 
-async fn download_on(
+/// Downloads a whole piece into `sink` as it arrives, without checking it
+/// against its committed hash: for a sink that authenticates every byte
+/// itself (a data piece's AEAD blocks, see
+/// [`crate::segment::RowStream`]).
+pub async fn download_into<S: PieceSink + Send>(
+    endpoint: &Endpoint,
+    limit: &pb::AddressedOrderLimit,
+    piece_key: &KeyPair,
+    size: u64,
+    timeout: Duration,
+    progress: &AtomicU64,
+    sink: &mut S,
+) -> Result<(), PieceError> {
+    let (id, conn) = connect(endpoint, limit, timeout).await?;
+    let result = download_on(&conn, limit, piece_key, size, progress, sink).await;
+    if matches!(result, Err(PieceError::Wire(WireError::Connection(_)))) {
+        endpoint.forget(&id);
+    }
+    result
+}
+
+async fn download_on<S: PieceSink + Send>(
     conn: &quinn::Connection,
     addressed: &pb::AddressedOrderLimit,
     piece_key: &KeyPair,
     size: u64,
     progress: &AtomicU64,
-) -> Result<Vec<u8>, PieceError> {
+    sink: &mut S,
+) -> Result<(), PieceError> {
     let (signed_limit, limit) = decode_limit(addressed)?;
     let order = |amount: u64| {
         Order {
@@ -290,7 +328,7 @@ async fn download_on(
         }
         None => return Err(PieceError::BadAnswer("empty download header")),
     }
-    let mut buf = loam_common::buffers::BufferPool::global().take(size as usize);
+    let mut got = 0u64;
     while let Some(frame) = reader.next().await? {
         let Frame::Data(chunk) = frame else {
             let err = pb::RpcError::decode(match frame {
@@ -300,12 +338,12 @@ async fn download_on(
             .map_err(|_| PieceError::BadAnswer("unexpected message"))?;
             return Err(RemoteError::from(&err).into());
         };
-        if (buf.len() + chunk.len()) as u64 > size {
+        if got + chunk.len() as u64 > size {
             return Err(PieceError::BadAnswer("more data than requested"));
         }
-        buf.extend_from_slice(&chunk);
-        progress.store(buf.len() as u64, Ordering::Relaxed);
-        let got = buf.len() as u64;
+        got += chunk.len() as u64;
+        sink.put(chunk).await?;
+        progress.store(got, Ordering::Relaxed);
         if ordered < size && got + DOWNLOAD_WINDOW / 2 >= ordered {
             ordered = size.min(got + DOWNLOAD_WINDOW);
             writer
@@ -319,8 +357,8 @@ async fn download_on(
         }
     }
     let _ = writer.finish();
-    if buf.len() as u64 != size {
+    if got != size {
         return Err(PieceError::BadAnswer("piece ended early"));
     }
-    Ok(buf)
+    Ok(())
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use loam_common::buffers::BufferPool;
+use loam_common::direct::DIRECT_ALIGN;
 use loam_common::encryption::{self, CryptoError, Key};
 use loam_common::erasure::{ErasureCoder, ErasureError};
 use loam_common::merkle::MerkleHasher;
@@ -445,6 +446,176 @@ fn decrypt_rows(
     Ok(rows)
 }
 
+/// Plaintext bytes a [`RowStream`] hands out at a time (whole blocks).
+pub const RUN: usize = 16 * encryption::BLOCK_SIZE;
+
+/// Plaintext of one data row, ready to be written: the bytes at `offset`
+/// in the row. They start at a [`DIRECT_ALIGN`]-aligned address, so a run
+/// at an aligned file offset can be written with direct I/O. The buffer
+/// returns to the pool when the run drops.
+pub struct PlainRun {
+    buf: Vec<u8>,
+    start: usize,
+    pub offset: u64,
+}
+
+impl PlainRun {
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+impl Drop for PlainRun {
+    fn drop(&mut self) {
+        BufferPool::global().give(std::mem::take(&mut self.buf));
+    }
+}
+
+/// A data piece decrypted as its bytes arrive, in order: each AEAD block
+/// is authenticated and decrypted as soon as it is whole, and the
+/// plaintext comes out in runs of [`RUN`] bytes (the row's padding cut
+/// off). Memory is one run per row, whatever the piece's size, and no byte
+/// is copied more than once.
+pub struct RowStream {
+    opener: encryption::RowOpener,
+    piece_size: u64,
+    received: u64,
+    /// Plaintext bytes of the row that are data, not padding.
+    keep: u64,
+    /// The block being received.
+    block: u64,
+    /// The current run: `plain` bytes of plaintext from `buf[start..]`,
+    /// then what has arrived of the block being received.
+    buf: Vec<u8>,
+    start: usize,
+    plain: usize,
+    /// Where the current run starts in the row.
+    offset: u64,
+}
+
+impl RowStream {
+    fn new(key: &Key, segment_index: u32, piece_size: u64, keep: u64) -> Self {
+        let (buf, start) = Self::fresh();
+        Self {
+            opener: encryption::RowOpener::new(key, segment_index),
+            piece_size,
+            received: 0,
+            keep,
+            block: 0,
+            buf,
+            start,
+            plain: 0,
+            offset: 0,
+        }
+    }
+
+    /// A buffer for one run (and the block after it) from the pool, and
+    /// where its aligned part starts.
+    fn fresh() -> (Vec<u8>, usize) {
+        let mut buf = BufferPool::global().take(DIRECT_ALIGN + RUN + encryption::TAG_LEN);
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        buf.resize(start, 0);
+        (buf, start)
+    }
+
+    /// Takes the next bytes of the piece; returns the runs they complete.
+    pub fn push(&mut self, mut chunk: &[u8]) -> Result<Vec<PlainRun>, DecodeError> {
+        const SEALED: u64 = (encryption::BLOCK_SIZE + encryption::TAG_LEN) as u64;
+        let mut runs = Vec::new();
+        while !chunk.is_empty() {
+            if self.received >= self.piece_size {
+                return Err(DecodeError::Inconsistent);
+            }
+            let block_start = self.block * SEALED;
+            let block_len = SEALED.min(self.piece_size - block_start) as usize;
+            let have = (self.received - block_start) as usize;
+            let (now, later) = chunk.split_at((block_len - have).min(chunk.len()));
+            self.buf.extend_from_slice(now);
+            self.received += now.len() as u64;
+            chunk = later;
+            if have + now.len() < block_len {
+                continue;
+            }
+            let at = self.start + self.plain;
+            let n = self.opener.open_block(self.block, &mut self.buf[at..])?;
+            self.buf.truncate(at + n);
+            self.plain += n;
+            self.block += 1;
+            if self.plain >= RUN || self.received == self.piece_size {
+                runs.extend(self.take_run());
+            }
+        }
+        Ok(runs)
+    }
+
+    /// The current run, cut to the row's data (`None` when all of it is
+    /// padding), and a fresh buffer for the next.
+    fn take_run(&mut self) -> Option<PlainRun> {
+        let (buf, start) = Self::fresh();
+        let mut buf = std::mem::replace(&mut self.buf, buf);
+        let run_start = std::mem::replace(&mut self.start, start);
+        let offset = self.offset;
+        self.offset += self.plain as u64;
+        let keep = (self.plain as u64).min(self.keep.saturating_sub(offset)) as usize;
+        self.plain = 0;
+        buf.truncate(run_start + keep);
+        let run = PlainRun {
+            buf,
+            start: run_start,
+            offset,
+        };
+        (keep > 0).then_some(run)
+    }
+
+    /// Whether the whole piece has arrived (and so every run was handed
+    /// out).
+    pub fn is_complete(&self) -> bool {
+        self.received == self.piece_size
+    }
+}
+
+impl Drop for RowStream {
+    fn drop(&mut self) {
+        BufferPool::global().give(std::mem::take(&mut self.buf));
+    }
+}
+
+/// One [`RowStream`] per data piece of a segment, with where its row lies
+/// in the segment's plaintext: what a download that writes each row where
+/// it belongs as it arrives needs. The same checks as [`decode`]: row sizes
+/// that add up, pieces that hold the rows.
+pub fn row_streams(
+    k: usize,
+    key: &Key,
+    segment_index: u32,
+    plain_size: usize,
+    row_sizes: &[i64],
+    piece_size: u64,
+) -> Result<Vec<(std::ops::Range<u64>, RowStream)>, DecodeError> {
+    let spans = row_spans(k, plain_size, row_sizes)?;
+    let row = row_len(plain_size, k);
+    let holds = usize::try_from(piece_size)
+        .ok()
+        .and_then(encryption::plain_len)
+        .ok_or(DecodeError::Inconsistent)?;
+    let fits = match row_sizes.is_empty() {
+        true => holds == row,
+        false => spans.iter().all(|s| s.end - s.start <= holds as u64),
+    };
+    if !fits {
+        return Err(DecodeError::Inconsistent);
+    }
+    Ok(spans
+        .into_iter()
+        .enumerate()
+        .map(|(i, span)| {
+            let key = encryption::row_key(key, i as u32);
+            let keep = span.end - span.start;
+            (span, RowStream::new(&key, segment_index, piece_size, keep))
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,6 +699,96 @@ mod tests {
         let back = decode(&coder, &enc.key, 1, 1000, &sizes, &mut pieces).expect("decode");
         assert_eq!(back.iter().map(Vec::len).collect::<Vec<_>>(), rows);
         assert_eq!(back.concat(), plain);
+    }
+
+    /// Feeds `piece` to `stream` in chunks of the given sizes (cycled);
+    /// returns the row's plaintext from the runs, checking each run's place.
+    fn stream_row(stream: &mut RowStream, piece: &[u8], sizes: &[usize]) -> Vec<u8> {
+        let mut row = Vec::new();
+        let mut at = 0;
+        for &n in sizes.iter().cycle() {
+            if at == piece.len() {
+                break;
+            }
+            let end = (at + n).min(piece.len());
+            for run in stream.push(&piece[at..end]).expect("push") {
+                assert_eq!(run.offset, row.len() as u64, "runs come in order");
+                assert_eq!(run.bytes().as_ptr() as usize % DIRECT_ALIGN, 0);
+                row.extend_from_slice(run.bytes());
+            }
+            at = end;
+        }
+        assert!(stream.is_complete());
+        row
+    }
+
+    #[test]
+    fn rows_stream_out_of_their_pieces_in_any_chunking() {
+        let coder = ErasureCoder::new("4/6/8/10".parse().expect("scheme"));
+        let block = encryption::BLOCK_SIZE;
+        // Rows of several runs and a short block; rows of given sizes, one
+        // empty and one that ends mid-block.
+        let size = 4 * (2 * RUN + 3 * block + 100);
+        let cases: [(usize, Option<Vec<usize>>); 2] =
+            [(size, None), (size, Some(vec![size - RUN - 7, 0, RUN, 7]))];
+        for (size, rows) in cases {
+            let plain: Vec<u8> = (0..size).map(|i| (i * 11 + 5) as u8).collect();
+            let enc = encode_rows(&coder, 2, &plain, rows.as_deref()).expect("encode");
+            let sizes: Vec<i64> = rows.iter().flatten().map(|&r| r as i64).collect();
+            let mut streams =
+                row_streams(4, &enc.key, 2, size, &sizes, enc.piece_size as u64).expect("streams");
+            for (i, ((span, stream), chunks)) in streams
+                .iter_mut()
+                .zip([
+                    &[65_000usize][..],
+                    &[1, 70_000, 3],
+                    &[block + 16],
+                    &[7_777_777],
+                ])
+                .enumerate()
+            {
+                let row = stream_row(stream, &enc.pieces[i], chunks);
+                assert!(
+                    row[..] == plain[span.start as usize..span.end as usize],
+                    "row {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_streamed_row_refuses_tampering_and_excess() {
+        let coder = ErasureCoder::new("2/3/3/4".parse().expect("scheme"));
+        let plain: Vec<u8> = (0..3 * encryption::BLOCK_SIZE).map(|i| i as u8).collect();
+        let enc = encode(&coder, 1, &plain).expect("encode");
+        let piece_size = enc.piece_size as u64;
+        let fresh = || row_streams(2, &enc.key, 1, plain.len(), &[], piece_size).expect("streams");
+        // A flipped bit in the second block: the first block's plaintext
+        // may have gone out, nothing after it.
+        let mut bad = enc.pieces[0].to_vec();
+        bad[encryption::BLOCK_SIZE + 200] ^= 1;
+        let (_, mut stream) = fresh().swap_remove(0);
+        assert!(matches!(stream.push(&bad), Err(DecodeError::Crypto(_))));
+        // Row 0's piece streamed as row 1 (another key), or under another
+        // segment's index: refused.
+        let (_, mut stream) = fresh().swap_remove(1);
+        assert!(stream.push(&enc.pieces[0]).is_err());
+        let (_, mut stream) = row_streams(2, &enc.key, 9, plain.len(), &[], piece_size)
+            .expect("streams")
+            .swap_remove(0);
+        assert!(stream.push(&enc.pieces[0]).is_err());
+        // A byte past the piece's end.
+        let (_, mut stream) = fresh().swap_remove(0);
+        let mut long = enc.pieces[0].to_vec();
+        long.push(0);
+        assert!(matches!(stream.push(&long), Err(DecodeError::Inconsistent)));
+        // A piece that ends early is not complete.
+        let (_, mut stream) = fresh().swap_remove(0);
+        stream.push(&enc.pieces[0][..100]).expect("part");
+        assert!(!stream.is_complete());
+        // Pieces too small for the rows, or row sizes that do not add up.
+        assert!(row_streams(2, &enc.key, 1, plain.len(), &[], piece_size - 1).is_err());
+        assert!(row_streams(2, &enc.key, 1, plain.len(), &[5, 5], piece_size).is_err());
     }
 
     #[test]

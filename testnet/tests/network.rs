@@ -17,6 +17,23 @@ async fn download(project: &Project, bucket: &str, key: &str) -> Result<Vec<u8>,
     Ok(out)
 }
 
+/// Downloads into a file, as `uplink cp` does: each row streams into its
+/// place, or the segment is fetched whole when a data piece cannot be had.
+async fn download_file(project: &Project, bucket: &str, key: &str) -> anyhow::Result<Vec<u8>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("out");
+    let n = project
+        .download_to_file(bucket, key, std::fs::File::create(&path)?, None)
+        .await?;
+    let bytes = std::fs::read(&path)?;
+    anyhow::ensure!(
+        n == bytes.len() as u64,
+        "{n} bytes reported, {} written",
+        bytes.len()
+    );
+    Ok(bytes)
+}
+
 fn small_segments(c: &mut loam_satellite::Config) {
     // Several segments without megabytes of test data.
     c.max_segment_size = 256 * 1024;
@@ -254,6 +271,46 @@ async fn five_nodes_quick_to_give_up() -> anyhow::Result<(Planet, Project)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_in_parts_streams_into_its_file() -> anyhow::Result<()> {
+    let mut config = PlanetConfig::new(6);
+    config.reconfigure_satellite = Some(Box::new(small_segments));
+    let planet = Planet::start(config).await?;
+    let project = planet.project()?;
+    project.create_bucket("parts").await?;
+    // Parts of several segments, one shorter than a segment, one tiny: the
+    // segments have uneven sizes and places the parts decide.
+    let parts = [
+        random_bytes(600_000, 11),
+        random_bytes(100_000, 12),
+        random_bytes(3, 13),
+    ];
+    let id = project
+        .begin_multipart("parts", "joined", &Default::default())
+        .await?;
+    for (number, part) in (1u32..).zip(&parts) {
+        project
+            .upload_part(
+                "parts",
+                "joined",
+                &id,
+                number,
+                std::io::Cursor::new(part.clone()),
+                || Ok(String::new()),
+                None,
+            )
+            .await?;
+    }
+    project
+        .complete_multipart("parts", "joined", &id, &[1, 2, 3], Default::default())
+        .await?;
+    let whole = parts.concat();
+    assert_eq!(download_file(&project, "parts", "joined").await?, whole);
+    assert_eq!(download(&project, "parts", "joined").await?, whole);
+    planet.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_survive_missing_nodes() -> anyhow::Result<()> {
     let (mut planet, project) = five_nodes_quick_to_give_up().await?;
     project.create_bucket("keep").await?;
@@ -265,8 +322,10 @@ async fn downloads_survive_missing_nodes() -> anyhow::Result<()> {
     planet.stop_node(0).await;
     planet.stop_node(2).await;
     assert_eq!(download(&project, "keep", "obj").await?, data);
+    assert_eq!(download_file(&project, "keep", "obj").await?, data);
     planet.restart_node(0).await?;
     assert_eq!(download(&project, "keep", "obj").await?, data);
+    assert_eq!(download_file(&project, "keep", "obj").await?, data);
     planet.shutdown().await;
     Ok(())
 }
@@ -297,6 +356,9 @@ async fn corrupt_piece_is_routed_around() -> anyhow::Result<()> {
         }
     }
     assert_eq!(download(&project, "rot", "obj").await?, data);
+    // Into a file, a corrupt data piece fails its block's tag: the segment
+    // is fetched again whole, every piece checked.
+    assert_eq!(download_file(&project, "rot", "obj").await?, data);
     planet.shutdown().await;
     Ok(())
 }

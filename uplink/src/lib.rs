@@ -23,6 +23,7 @@ mod direct;
 pub mod images;
 pub mod market;
 pub mod multipart;
+mod rowstream;
 pub mod tabular;
 mod transfer;
 pub use loam_piece_transfer::{FetchError, feed, fetch, fetch_pieces, piece, segment};
@@ -126,8 +127,14 @@ pub struct UplinkConfig {
     pub upload_concurrency: usize,
     /// Segments fetched at once on downloads. Default 2 (3 was faster in
     /// memory but slower through `uplink cp` to a file: more buffers to
-    /// fault in).
+    /// fault in; 4 was no faster streaming into a file).
     pub download_concurrency: usize,
+    /// Downloads into a file bypass the page cache (`O_DIRECT`) where the
+    /// file system allows. Default false: the page cache, as for any
+    /// program that writes files. Direct writes help where the kernel's
+    /// fresh memory is slow and the disk is fast; elsewhere they hold a
+    /// download to the disk's speed (see `docs/performance.md`).
+    pub direct_writes: bool,
     /// Timeout for connecting to one node. Default 5 s.
     pub dial_timeout: Duration,
     /// How the `total - success` spare pieces of a segment are sent. Every
@@ -151,6 +158,7 @@ impl Default for UplinkConfig {
         Self {
             upload_concurrency: 2,
             download_concurrency: 2,
+            direct_writes: false,
             dial_timeout: Duration::from_secs(5),
             race_spares: false,
             hedge_after: Duration::from_millis(750),

@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 
 use crate::direct::BlockWriter;
 use crate::feed::{FeedItem, Pacer, PieceFeed};
+use crate::multipart::Span;
+use crate::rowstream::{RowJob, StreamError, StreamSetup, stream_rows};
 use crate::segment;
 use crate::{Item, ObjectMeta, Project, UplinkError, not_found_as, piece};
 
@@ -699,8 +701,14 @@ impl Project {
         file: std::fs::File,
         progress: Option<Progress>,
     ) -> Result<u64, UplinkError> {
-        self.download_into(bucket, key, FileSink::new(file), progress, None)
-            .await
+        self.download_into(
+            bucket,
+            key,
+            FileSink::new(file, self.config.direct_writes),
+            progress,
+            None,
+        )
+        .await
     }
 
     /// Downloads into `sink`; with `range`, only the segments holding it
@@ -781,6 +789,34 @@ impl Project {
             let n = sink.write_rows(0, vec![data]).await?;
             sink.finish().await?;
             report(n);
+            return Ok(n);
+        }
+        // A whole object into a file: every segment streams into its place.
+        if range.is_none()
+            && let Some(file) = sink.positional()
+            && let Some(places) = places(
+                &meta,
+                info.segment_count,
+                spans.as_deref().map(Vec::as_slice),
+            )
+        {
+            let n = self
+                .stream_segments(
+                    bucket,
+                    &info.encrypted_key,
+                    &obj_key,
+                    &places,
+                    file,
+                    &report,
+                )
+                .await?;
+            sink.finish().await?;
+            if n != meta.size {
+                return Err(UplinkError::Corrupt(format!(
+                    "object has {n} bytes, its metadata says {}",
+                    meta.size
+                )));
+            }
             return Ok(n);
         }
         // Fetching runs in its own task so that it keeps going while this
@@ -915,46 +951,24 @@ impl Project {
         let t0 = Instant::now();
         loop {
             let strict = attempt > 0;
-            let resp = match self
-                .call(Req::DownloadSegment(pb::DownloadSegmentRequest {
-                    bucket: bucket.to_string(),
-                    encrypted_key: enc_key.clone(),
-                    index,
-                }))
-                .await?
-            {
-                Resp::DownloadSegment(r) => r,
-                _ => return Err(UplinkError::Unexpected),
-            };
-            let scheme = scheme_of(resp.redundancy.as_ref())?;
-            let coder = coders
-                .lock()
-                .expect("coder cache")
-                .entry(scheme.to_string())
-                .or_insert_with(|| Arc::new(ErasureCoder::new(scheme)))
-                .clone();
-            let meta = resp.meta.clone().ok_or(UplinkError::Unexpected)?;
-            if !(0..=MAX_PIECE_SIZE).contains(&meta.piece_size)
-                || !(0..=MAX_SEGMENT_SIZE).contains(&meta.plain_size)
-            {
-                return Err(UplinkError::Corrupt(format!(
-                    "segment metadata claims {} plaintext bytes in pieces of {} bytes",
-                    meta.plain_size, meta.piece_size
-                )));
-            }
-            let seg_key = encryption::open(obj_key, &meta.encrypted_key)
-                .ok()
-                .and_then(|k| Key::try_from(k.as_slice()).ok())
-                .ok_or_else(|| UplinkError::Corrupt("segment key does not decrypt".into()))?;
-            let piece_key = KeyPair::try_from(resp.piece_private_key.as_ref())
-                .map_err(|_| UplinkError::Unexpected)?;
+            let SegmentPlan {
+                limits,
+                scheme,
+                coder,
+                seg_key,
+                piece_key,
+                plain_size,
+                piece_size,
+                row_sizes,
+            } = self
+                .segment_plan(bucket, enc_key, index, obj_key, coders)
+                .await?;
             let asked = t0.elapsed();
-            let plain_size = meta.plain_size.max(0) as usize;
             let k = scheme.k();
             // The data rows the wanted bytes lie in, when not all of them,
             // and where the first of them starts in the segment.
             let (rows_wanted, rows_offset) = match (&want, strict) {
-                (Some(w), false) => segment::row_spans(k, plain_size, &meta.row_sizes)
+                (Some(w), false) => segment::row_spans(k, plain_size, &row_sizes)
                     .ok()
                     .map(|spans| {
                         let rows: Vec<usize> = (0..k)
@@ -967,13 +981,12 @@ impl Project {
                     .map_or((None, 0), |(rows, offset)| (Some(rows), offset)),
                 _ => (None, 0),
             };
-            let piece_size = meta.piece_size.max(0) as u64;
             let chosen = match &rows_wanted {
                 Some(rows) => loam_piece_transfer::fetch_chosen(
                     &self.endpoint,
                     self.config.dial_timeout,
                     self.config.hedge_after,
-                    &resp.limits,
+                    &limits,
                     scheme,
                     rows,
                     rows.len(),
@@ -991,14 +1004,13 @@ impl Project {
             let (mut pieces, rows_wanted, offset) = match chosen {
                 Some(pieces) => (pieces, rows_wanted, rows_offset),
                 None => (
-                    self.fetch_pieces(&resp.limits, scheme, piece_size, &piece_key, strict)
+                    self.fetch_pieces(&limits, scheme, piece_size, &piece_key, strict)
                         .await?,
                     None,
                     0,
                 ),
             };
             let fetched = t0.elapsed();
-            let row_sizes = meta.row_sizes.clone();
             let decoded = tokio::task::spawn_blocking(move || match rows_wanted {
                 Some(rows) => segment::decode_rows(
                     k,
@@ -1044,6 +1056,195 @@ impl Project {
         }
     }
 
+    /// Streams every segment of an object into its place in `file`, a few
+    /// at a time; returns the bytes written.
+    async fn stream_segments(
+        &self,
+        bucket: &str,
+        enc_key: &bytes::Bytes,
+        obj_key: &Key,
+        places: &[Span],
+        file: Arc<BlockWriter>,
+        report: &impl Fn(u64),
+    ) -> Result<u64, UplinkError> {
+        let coders = Default::default();
+        let mut running = FuturesUnordered::new();
+        let mut next = places.iter().zip(0u32..);
+        let mut written = 0u64;
+        loop {
+            while running.len() < self.config.download_concurrency.max(1) {
+                let Some((&place, index)) = next.next() else {
+                    break;
+                };
+                running.push(
+                    self.stream_segment(bucket, enc_key, index, place, obj_key, &coders, &file),
+                );
+            }
+            let Some(done) = running.next().await else {
+                return Ok(written);
+            };
+            let n = done?;
+            written += n;
+            report(n);
+        }
+    }
+
+    /// Streams segment `index` into `place` in the file: its data pieces
+    /// row by row as they arrive ([`crate::rowstream`]), or, when one of
+    /// them cannot be had, the whole segment fetched and decoded as any
+    /// other download does.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_segment(
+        &self,
+        bucket: &str,
+        enc_key: &bytes::Bytes,
+        index: u32,
+        place: Span,
+        obj_key: &Key,
+        coders: &std::sync::Mutex<HashMap<String, Arc<ErasureCoder>>>,
+        file: &Arc<BlockWriter>,
+    ) -> Result<u64, UplinkError> {
+        let t0 = Instant::now();
+        let plan = self
+            .segment_plan(bucket, enc_key, index, obj_key, coders)
+            .await?;
+        let wrong_size = |got: u64| {
+            UplinkError::Corrupt(format!(
+                "segment {index} holds {got} bytes, the object's metadata says {}",
+                place.len
+            ))
+        };
+        if plan.plain_size as u64 != place.len {
+            return Err(wrong_size(plan.plain_size as u64));
+        }
+        let rows = segment::row_streams(
+            plan.scheme.k(),
+            &plan.seg_key,
+            place.cipher,
+            plan.plain_size,
+            &plan.row_sizes,
+            plan.piece_size,
+        )
+        .map_err(|e| StreamError::Fetch(e.to_string()))
+        .and_then(|streams| {
+            streams
+                .into_iter()
+                .zip(0u32..)
+                .map(|((span, stream), i)| {
+                    let limit = plan.limits.iter().find(|l| l.piece_num == i).cloned();
+                    limit
+                        .map(|limit| RowJob {
+                            limit,
+                            span,
+                            stream,
+                        })
+                        .ok_or_else(|| StreamError::Fetch(format!("no node offers data piece {i}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let streamed = match rows {
+            Ok(rows) => {
+                let setup = StreamSetup {
+                    endpoint: self.endpoint.clone(),
+                    piece_key: plan.piece_key.clone(),
+                    piece_size: plan.piece_size,
+                    dial_timeout: self.config.dial_timeout,
+                    stall_after: self.config.hedge_after,
+                    file: file.clone(),
+                    start: place.offset,
+                };
+                stream_rows(setup, rows).await
+            }
+            Err(e) => Err(e),
+        };
+        match streamed {
+            Ok(()) => {
+                tracing::debug!(
+                    segment = index,
+                    ms = t0.elapsed().as_millis() as u64,
+                    "segment streamed"
+                );
+                return Ok(place.len);
+            }
+            Err(StreamError::Output(e)) => return Err(UplinkError::Io(e)),
+            Err(StreamError::Fetch(reason)) => {
+                tracing::debug!(segment = index, %reason, "segment did not stream; fetching it whole");
+            }
+        }
+        let got = self
+            .download_segment(bucket, enc_key, index, place.cipher, obj_key, coders, None)
+            .await?;
+        if got.plain_size != place.len {
+            return Err(wrong_size(got.plain_size));
+        }
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || {
+            let written = file.write_run(place.offset, &got.rows);
+            for row in got.rows {
+                BufferPool::global().give(row);
+            }
+            written
+        })
+        .await
+        .map_err(|e| UplinkError::Io(std::io::Error::other(e)))??;
+        Ok(place.len)
+    }
+
+    /// Asks the satellite for a segment's pieces and opens what it says:
+    /// the scheme, the segment's key, and sizes within bounds.
+    async fn segment_plan(
+        &self,
+        bucket: &str,
+        enc_key: &bytes::Bytes,
+        index: u32,
+        obj_key: &Key,
+        coders: &std::sync::Mutex<HashMap<String, Arc<ErasureCoder>>>,
+    ) -> Result<SegmentPlan, UplinkError> {
+        let resp = match self
+            .call(Req::DownloadSegment(pb::DownloadSegmentRequest {
+                bucket: bucket.to_string(),
+                encrypted_key: enc_key.clone(),
+                index,
+            }))
+            .await?
+        {
+            Resp::DownloadSegment(r) => r,
+            _ => return Err(UplinkError::Unexpected),
+        };
+        let scheme = scheme_of(resp.redundancy.as_ref())?;
+        let coder = coders
+            .lock()
+            .expect("coder cache")
+            .entry(scheme.to_string())
+            .or_insert_with(|| Arc::new(ErasureCoder::new(scheme)))
+            .clone();
+        let meta = resp.meta.ok_or(UplinkError::Unexpected)?;
+        if !(0..=MAX_PIECE_SIZE).contains(&meta.piece_size)
+            || !(0..=MAX_SEGMENT_SIZE).contains(&meta.plain_size)
+        {
+            return Err(UplinkError::Corrupt(format!(
+                "segment metadata claims {} plaintext bytes in pieces of {} bytes",
+                meta.plain_size, meta.piece_size
+            )));
+        }
+        let seg_key = encryption::open(obj_key, &meta.encrypted_key)
+            .ok()
+            .and_then(|k| Key::try_from(k.as_slice()).ok())
+            .ok_or_else(|| UplinkError::Corrupt("segment key does not decrypt".into()))?;
+        let piece_key = KeyPair::try_from(resp.piece_private_key.as_ref())
+            .map_err(|_| UplinkError::Unexpected)?;
+        Ok(SegmentPlan {
+            limits: resp.limits,
+            scheme,
+            coder,
+            seg_key,
+            piece_key,
+            plain_size: meta.plain_size.max(0) as usize,
+            piece_size: meta.piece_size.max(0) as u64,
+            row_sizes: meta.row_sizes,
+        })
+    }
+
     async fn fetch_pieces(
         &self,
         limits: &[pb::AddressedOrderLimit],
@@ -1067,6 +1268,44 @@ impl Project {
     }
 }
 
+/// Where every segment of an object lies in it, when the object says:
+/// its parts' spans, or whole segments of its segment size and a last
+/// one that holds the rest.
+fn places(meta: &ObjectMeta, count: u32, spans: Option<&[Span]>) -> Option<Vec<Span>> {
+    if let Some(spans) = spans {
+        return Some(spans.to_vec());
+    }
+    let size = meta.segment_size.filter(|&s| s > 0)?;
+    let full = u64::from(count.checked_sub(1)?).checked_mul(size)?;
+    if meta.size <= full || meta.size - full > size {
+        return None;
+    }
+    Some(
+        (0..count)
+            .map(|i| {
+                let offset = u64::from(i) * size;
+                Span {
+                    cipher: i,
+                    offset,
+                    len: size.min(meta.size - offset),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// A segment's download as the satellite planned it, checked.
+struct SegmentPlan {
+    limits: Vec<pb::AddressedOrderLimit>,
+    scheme: RedundancyScheme,
+    coder: Arc<ErasureCoder>,
+    seg_key: Key,
+    piece_key: KeyPair,
+    plain_size: usize,
+    piece_size: u64,
+    row_sizes: Vec<i64>,
+}
+
 /// What a segment's download gives: its rows from the one at `offset` in
 /// the segment on, and the size of the whole segment.
 struct SegmentRows {
@@ -1087,6 +1326,11 @@ trait RowSink {
     fn finish(&mut self) -> impl Future<Output = Result<(), UplinkError>>;
     /// The object bytes to keep, for sinks that keep a range.
     fn set_range(&mut self, _range: std::ops::Range<u64>) {}
+    /// The file behind a sink that takes the object's bytes at their
+    /// offsets in any order, so segments can stream into it.
+    fn positional(&self) -> Option<Arc<BlockWriter>> {
+        None
+    }
 }
 
 /// Passes rows through, or, for a dataset stored with its records
@@ -1128,6 +1372,10 @@ impl<S: RowSink> RowSink for Unshuffle<S> {
 
     fn set_range(&mut self, range: std::ops::Range<u64>) {
         self.inner.set_range(range);
+    }
+
+    fn positional(&self) -> Option<Arc<BlockWriter>> {
+        self.shuffle.is_none().then(|| self.inner.positional())?
     }
 }
 
@@ -1205,9 +1453,9 @@ struct FileSink {
 impl FileSink {
     const IN_FLIGHT: usize = 2;
 
-    fn new(file: std::fs::File) -> Self {
+    fn new(file: std::fs::File, direct: bool) -> Self {
         Self {
-            writer: Arc::new(BlockWriter::new(file)),
+            writer: Arc::new(BlockWriter::new(file, direct)),
             writes: Default::default(),
         }
     }
@@ -1258,6 +1506,10 @@ impl RowSink for FileSink {
             self.wait_one().await?;
         }
         Ok(())
+    }
+
+    fn positional(&self) -> Option<Arc<BlockWriter>> {
+        Some(self.writer.clone())
     }
 }
 
