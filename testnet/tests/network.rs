@@ -39,12 +39,17 @@ fn small_segments(c: &mut loam_satellite::Config) {
     c.max_segment_size = 256 * 1024;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn objects_round_trip_across_segments_and_inline() -> anyhow::Result<()> {
+async fn six_nodes_small_segments() -> anyhow::Result<(Planet, Project)> {
     let mut config = PlanetConfig::new(6);
     config.reconfigure_satellite = Some(Box::new(small_segments));
     let planet = Planet::start(config).await?;
     let project = planet.project()?;
+    Ok((planet, project))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_round_trip_across_segments_and_inline() -> anyhow::Result<()> {
+    let (planet, project) = six_nodes_small_segments().await?;
     project.create_bucket("photos").await?;
 
     let big = random_bytes(1_000_000, 1); // 4 segments
@@ -272,10 +277,7 @@ async fn five_nodes_quick_to_give_up() -> anyhow::Result<(Planet, Project)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_in_parts_streams_into_its_file() -> anyhow::Result<()> {
-    let mut config = PlanetConfig::new(6);
-    config.reconfigure_satellite = Some(Box::new(small_segments));
-    let planet = Planet::start(config).await?;
-    let project = planet.project()?;
+    let (planet, project) = six_nodes_small_segments().await?;
     project.create_bucket("parts").await?;
     // Parts of several segments, one shorter than a segment, one tiny: the
     // segments have uneven sizes and places the parts decide.
