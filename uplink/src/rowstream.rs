@@ -160,7 +160,7 @@ pub(crate) async fn stream_rows(setup: StreamSetup, rows: Vec<RowJob>) -> Result
             }
         });
     }
-    let mut tick = tokio::time::interval(setup.stall_after / 3);
+    let mut tick = tokio::time::interval((setup.stall_after / 3).max(Duration::from_millis(1)));
     loop {
         tokio::select! {
             joined = tasks.join_next() => match joined {
