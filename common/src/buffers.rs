@@ -72,6 +72,28 @@ impl BufferPool {
 
     /// An empty buffer with at least `capacity` bytes of capacity.
     pub fn take(&self, capacity: usize) -> Vec<u8> {
+        let mut buf = self.take_used(capacity);
+        buf.clear();
+        buf
+    }
+
+    /// A buffer of exactly `len` bytes whose contents are unspecified: left
+    /// over from the buffer's earlier use, or zero. For callers that
+    /// overwrite all of it (a file read); it saves [`BufferPool::zeroed`]'s
+    /// pass over a pooled buffer.
+    pub fn scratch(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.take_used(len);
+        if buf.len() >= len {
+            buf.truncate(len);
+        } else {
+            buf.resize(len, 0);
+        }
+        buf
+    }
+
+    /// A pooled buffer with at least `capacity` bytes of capacity and the
+    /// contents it was given back with.
+    fn take_used(&self, capacity: usize) -> Vec<u8> {
         if capacity >= MIN_POOLED {
             let mut free = self.free.lock().expect("pool lock");
             // Smallest idle buffer that fits.
@@ -82,9 +104,7 @@ impl BufferPool {
                 .min_by_key(|(_, b)| b.capacity())
                 .map(|(i, _)| i);
             if let Some(i) = best {
-                let mut buf = free.swap_remove(i);
-                buf.clear();
-                return buf;
+                return free.swap_remove(i);
             }
         }
         let mut buf = Vec::with_capacity(capacity);
@@ -157,6 +177,28 @@ mod tests {
         let again = pool.take(1 << 20);
         assert_eq!(again.as_ptr(), ptr);
         assert!(again.is_empty());
+    }
+
+    #[test]
+    fn scratch_buffers_have_their_length_and_zeroed_ones_are_zero() {
+        let pool = BufferPool::new(4 << 20);
+        pool.give(vec![7u8; 1 << 20]);
+        // A shorter scratch buffer reuses the pooled one as it is.
+        let short = pool.scratch(300 << 10);
+        assert_eq!(short.len(), 300 << 10);
+        pool.give(short);
+        // A longer one is filled up with zeros past what it held.
+        let long = pool.scratch(900 << 10);
+        assert_eq!(long.len(), 900 << 10);
+        assert!(long[300 << 10..].iter().all(|&b| b == 0));
+        pool.give(long);
+        // `zeroed` never hands out leftovers.
+        let zeroed = pool.zeroed(600 << 10);
+        assert_eq!(zeroed.len(), 600 << 10);
+        assert!(zeroed.iter().all(|&b| b == 0));
+        // Nor does `take`.
+        pool.give(vec![9u8; 1 << 20]);
+        assert!(pool.take(1 << 20).is_empty());
     }
 
     #[test]

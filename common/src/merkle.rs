@@ -155,11 +155,18 @@ impl MerkleHasher {
         self.partial.extend_from_slice(&data[whole..]);
     }
 
-    pub fn finalize(mut self) -> Hash {
+    pub fn finalize(self) -> Hash {
+        self.finish().0
+    }
+
+    /// The root and the leaf hashes it was computed from. A node keeps the
+    /// leaves, so an audit of one leaf reads that leaf and nothing else.
+    pub fn finish(mut self) -> (Hash, Vec<Hash>) {
         if !self.partial.is_empty() {
             self.leaves.push(leaf_hash(&self.partial));
         }
-        root_hash(&top_of(self.leaves), self.len)
+        let root = root_hash(&top_of(self.leaves.clone()), self.len);
+        (root, self.leaves)
     }
 }
 
@@ -182,7 +189,13 @@ mod tests {
             for part in data.chunks(1000) {
                 streamed.update(part);
             }
-            assert_eq!(streamed.finalize(), r, "streaming root, len {len}");
+            let (streamed_root, streamed_leaves) = streamed.finish();
+            assert_eq!(streamed_root, r, "streaming root, len {len}");
+            assert_eq!(
+                streamed_leaves,
+                leaves(&data),
+                "streaming leaves, len {len}"
+            );
             let l = leaves(&data);
             for (i, chunk) in data.chunks(LEAF_SIZE).enumerate() {
                 let p = proof(&l, i);

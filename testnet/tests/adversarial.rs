@@ -179,10 +179,34 @@ async fn the_dashboard_refuses_foreign_hosts_and_cross_site_posts() -> anyhow::R
     Ok(())
 }
 
-/// A piece store whose disk can be made full or failing.
+/// A piece store whose disk can be made full or failing, and that counts
+/// the piece bytes read from it.
 struct FaultyBlobs {
     inner: std::sync::Arc<dyn loam_storagenode::piecestore::Blobs>,
     full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FaultyBlobs {
+    /// A hook that wraps a node's store; returns it with the disk's switch
+    /// and its read counter.
+    fn hook() -> (
+        loam_storagenode::adversary::BlobsHook,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (f, r) = (full.clone(), read.clone());
+        let hook: loam_storagenode::adversary::BlobsHook = std::sync::Arc::new(move |inner| {
+            std::sync::Arc::new(FaultyBlobs {
+                inner,
+                full: f.clone(),
+                read: r.clone(),
+            })
+        });
+        (hook, full, read)
+    }
 }
 
 struct FaultyWriter {
@@ -236,6 +260,8 @@ impl loam_storagenode::piecestore::Blobs for FaultyBlobs {
             // A failing disk: reads fail too (EIO).
             return Err(std::io::Error::from_raw_os_error(5));
         }
+        self.read
+            .fetch_add(len as u64, std::sync::atomic::Ordering::SeqCst);
         self.inner.read(satellite, piece, offset, len)
     }
     fn delete(
@@ -266,16 +292,7 @@ impl loam_storagenode::piecestore::Blobs for FaultyBlobs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_fills_or_fails_acknowledges_nothing_and_says_so() -> anyhow::Result<()> {
-    let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hook: loam_storagenode::adversary::BlobsHook = {
-        let full = full.clone();
-        std::sync::Arc::new(move |inner| {
-            std::sync::Arc::new(FaultyBlobs {
-                inner,
-                full: full.clone(),
-            })
-        })
-    };
+    let (hook, full, _) = FaultyBlobs::hook();
     let planet = Planet::start(PlanetConfig::new(5).liar(
         0,
         Lies {
@@ -511,5 +528,78 @@ async fn a_power_cut_loses_no_piece_a_node_acknowledged() -> anyhow::Result<()> 
     let (acked, lost) = power_cut_on_node_0(false).await?;
     eprintln!("fsync off: {acked} pieces acknowledged by node 0, {lost} lost to a power cut");
     assert!(lost > 0);
+    Ok(())
+}
+
+/// An audit costs a node one leaf of the piece read from its disk: the
+/// proof comes from the leaf hashes it kept at upload. Those hashes are the
+/// node's own, not evidence: a leaf changed on disk still fails its audit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_reads_one_leaf_and_a_changed_leaf_still_fails() -> anyhow::Result<()> {
+    use loam_common::merkle::LEAF_SIZE;
+    use std::sync::atomic::Ordering;
+    let (hook, _, read) = FaultyBlobs::hook();
+    let mut config = PlanetConfig::new(5).liar(
+        0,
+        Lies {
+            blobs: Some(hook),
+            ..Lies::default()
+        },
+    );
+    config.reconfigure_satellite = Some(Box::new(|c| c.audit.per_node = 3));
+    let planet = Planet::start(config).await?;
+    let project = planet.project()?;
+    project.create_bucket("aud").await?;
+    for i in 0..4u8 {
+        let data: Vec<u8> = (0..3_000_000u32).map(|j| (j % 251) as u8 ^ i).collect();
+        project
+            .upload("aud", &format!("o{i}"), std::io::Cursor::new(data), None)
+            .await?;
+    }
+    let id = planet.nodes[0].id;
+    let files: Vec<_> =
+        loam_testnet::files_under(&planet.nodes[0].dir.join("storage").join("pieces"));
+    let largest = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    assert!(
+        largest > 4 * LEAF_SIZE as u64,
+        "pieces of several leaves: {largest}"
+    );
+
+    read.store(0, Ordering::SeqCst);
+    planet.auditor.run_once().await;
+    let r = planet.reputation.get(&id)?;
+    assert!(r.audits >= 1, "{r:?}");
+    assert_eq!(r.audits_failed, 0, "{r:?}");
+    let bytes = read.load(Ordering::SeqCst);
+    assert!(bytes > 0, "audits read the piece");
+    assert!(
+        bytes <= r.audits * LEAF_SIZE as u64,
+        "{bytes} bytes read for {} audits",
+        r.audits
+    );
+
+    // Every leaf of every piece on node 0 gets one byte changed.
+    for f in &files {
+        let mut data = std::fs::read(f)?;
+        for at in (0..data.len()).step_by(LEAF_SIZE) {
+            data[at] ^= 0x40;
+        }
+        std::fs::write(f, data)?;
+    }
+    planet.auditor.run_once().await;
+    let after = planet.reputation.get(&id)?;
+    assert!(after.audits > r.audits, "{after:?}");
+    assert_eq!(
+        after.audits_failed,
+        after.audits - r.audits,
+        "every audit of a changed piece fails: {after:?}"
+    );
+    planet.shutdown().await;
     Ok(())
 }

@@ -159,7 +159,7 @@ fn read_direct(path: &Path, offset: u64, len: usize) -> std::io::Result<Option<V
         };
         // Whole aligned blocks into an aligned part of a pooled buffer.
         let span = len.next_multiple_of(DIRECT_ALIGN);
-        let mut buf = BufferPool::global().zeroed(span + DIRECT_ALIGN);
+        let mut buf = BufferPool::global().scratch(span + DIRECT_ALIGN);
         let skip = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
         let mut got = 0;
         while got < len {
@@ -178,7 +178,9 @@ fn read_direct(path: &Path, offset: u64, len: usize) -> std::io::Result<Option<V
                 Err(e) => return Err(e),
             }
         }
-        buf.copy_within(skip..skip + len, 0);
+        if skip > 0 {
+            buf.copy_within(skip..skip + len, 0);
+        }
         buf.truncate(len);
         Ok(Some(buf))
     }
@@ -320,7 +322,7 @@ impl Blobs for FileBlobs {
         }
         let mut file = File::open(path)?;
         file.seek(SeekFrom::Start(offset))?;
-        let mut buf = loam_common::buffers::BufferPool::global().zeroed(len);
+        let mut buf = BufferPool::global().scratch(len);
         file.read_exact(&mut buf)?;
         Ok(buf)
     }

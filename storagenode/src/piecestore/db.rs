@@ -5,9 +5,8 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use loam_common::NodeId;
 use loam_common::orders::{OrderLimit, PieceAction, PieceId, SerialNumber};
-use loam_common::pb;
+use loam_common::{NodeId, merkle, pb};
 use prost::Message;
 use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 
@@ -17,6 +16,9 @@ const CF_ORDERS: &str = "orders";
 const CF_META: &str = "meta";
 /// Bytes actually transferred, by satellite, action and day.
 const CF_BANDWIDTH: &str = "bandwidth";
+/// A piece's Merkle leaf hashes (32 bytes each, in order), kept beside its
+/// record so an audit reads one leaf of the piece instead of all of it.
+const CF_LEAVES: &str = "leaves";
 const KEY_USED: &[u8] = b"used_bytes";
 const KEY_PIECES: &[u8] = b"piece_count";
 const KEY_TRASH: &[u8] = b"trash_bytes";
@@ -92,9 +94,16 @@ impl NodeDb {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = [CF_PIECES, CF_SERIALS, CF_ORDERS, CF_META, CF_BANDWIDTH]
-            .into_iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs = [
+            CF_PIECES,
+            CF_SERIALS,
+            CF_ORDERS,
+            CF_META,
+            CF_BANDWIDTH,
+            CF_LEAVES,
+        ]
+        .into_iter()
+        .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let meta = db.cf_handle(CF_META).expect("created above");
         let usage = Usage {
@@ -170,13 +179,14 @@ impl NodeDb {
         Ok(n)
     }
 
-    /// Records a stored piece and the order to settle for it, atomically
-    /// with the usage counters.
+    /// Records a stored piece, its Merkle leaf hashes and the order to
+    /// settle for it, atomically with the usage counters.
     pub fn put_piece(
         &self,
         satellite: &NodeId,
         piece: &PieceId,
         record: &pb::StoredPiece,
+        leaves: &[merkle::Hash],
         order: Option<&pb::UnsentOrder>,
     ) -> Result<(), DbError> {
         let mut usage = self.lock.lock().expect("usage lock");
@@ -192,6 +202,7 @@ impl NodeDb {
         next.pieces += 1;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_PIECES), &key, record.encode_to_vec());
+        batch.put_cf(self.cf(CF_LEAVES), &key, leaves.concat());
         if let Some(order) = order {
             batch.put_cf(self.cf(CF_ORDERS), order_key(order), order.encode_to_vec());
         }
@@ -215,6 +226,29 @@ impl NodeDb {
                 .map(Some)
                 .map_err(|_| DbError::Corrupt("piece")),
         }
+    }
+
+    /// The Merkle leaf hashes stored with a piece, or `None` for a piece
+    /// recorded without them (stored by an earlier version).
+    pub fn piece_leaves(
+        &self,
+        satellite: &NodeId,
+        piece: &PieceId,
+    ) -> Result<Option<Vec<merkle::Hash>>, DbError> {
+        let Some(v) = self
+            .db
+            .get_cf(self.cf(CF_LEAVES), piece_key(satellite, piece))?
+        else {
+            return Ok(None);
+        };
+        if !v.len().is_multiple_of(32) {
+            return Err(DbError::Corrupt("piece leaves"));
+        }
+        Ok(Some(
+            v.chunks_exact(32)
+                .map(|h| h.try_into().expect("32-byte chunks"))
+                .collect(),
+        ))
     }
 
     /// Removes a piece record; returns its size if it existed.
@@ -253,6 +287,7 @@ impl NodeDb {
         }
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.cf(CF_PIECES), &key);
+        batch.delete_cf(self.cf(CF_LEAVES), &key);
         self.put_usage(&mut batch, &next);
         self.sync_write(batch)?;
         *usage = next;
@@ -522,15 +557,23 @@ mod tests {
         };
         {
             let db = NodeDb::open(dir.path()).expect("open");
-            db.put_piece(&sat, &p1, &rec(100), None).expect("put");
-            db.put_piece(&sat, &p2, &rec(50), None).expect("put");
-            db.put_piece(&sat, &p3, &rec(30), None).expect("put");
+            db.put_piece(&sat, &p1, &rec(100), &[[1; 32], [2; 32]], None)
+                .expect("put");
+            db.put_piece(&sat, &p2, &rec(50), &[], None).expect("put");
+            db.put_piece(&sat, &p3, &rec(30), &[[3; 32]], None)
+                .expect("put");
             assert_eq!(db.trash_piece(&sat, &p3).expect("trash"), Some(30));
             assert_eq!(db.usage(), usage(150, 2, 30));
+            assert_eq!(db.piece_leaves(&sat, &p3).expect("leaves"), None);
         }
         let db = NodeDb::open(dir.path()).expect("reopen");
         assert_eq!(db.usage(), usage(150, 2, 30));
+        assert_eq!(
+            db.piece_leaves(&sat, &p1).expect("leaves"),
+            Some(vec![[1; 32], [2; 32]])
+        );
         assert_eq!(db.delete_piece(&sat, &p1).expect("delete"), Some(100));
+        assert_eq!(db.piece_leaves(&sat, &p1).expect("leaves"), None);
         assert_eq!(db.delete_piece(&sat, &p1).expect("delete"), None);
         assert_eq!(db.usage(), usage(50, 1, 30));
         db.trash_emptied(30).expect("emptied");

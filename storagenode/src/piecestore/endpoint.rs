@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use loam_common::orders::{Order, OrderError, OrderLimit, PieceAction, PieceHash, now_ms};
-use loam_common::pb;
 use loam_common::pb::piece_request::Request;
 use loam_common::rpc::RemoteError;
 use loam_common::wire::{Frame, FrameReader, FrameWriter, WireError};
 use loam_common::{Identity, NodeId, PublicKey};
+use loam_common::{merkle, pb};
 use prost::Message;
 use tokio::sync::watch;
 
@@ -236,26 +236,41 @@ impl Piecestore {
         let (blobs, sat, piece) = (self.blobs.clone(), limit.satellite_id, limit.piece_id);
         let size = record.size.max(0) as usize;
         let leaf = req.leaf as usize;
+        // The leaf hashes kept at upload, if they fit the piece's size;
+        // pieces stored without them are read and hashed whole.
+        let kept = self
+            .db
+            .piece_leaves(&sat, &piece)?
+            .filter(|l| l.len() as u64 == merkle::leaf_count(size as u64));
         let resp = tokio::task::spawn_blocking(move || {
             // A piece the database lists but the disk lost is lost, not an
             // internal error: the satellite counts it as a failed audit.
-            let data = blobs
-                .read(&sat, &piece, 0, size)
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof => {
-                        PieceError::NotFound
-                    }
-                    _ => PieceError::Io(e),
-                })?;
-            let leaves = loam_common::merkle::leaves(&data);
-            let start = leaf.saturating_mul(loam_common::merkle::LEAF_SIZE);
-            if leaf >= leaves.len().max(1) || start > data.len() {
+            let read = |offset: usize, len: usize| {
+                blobs
+                    .read(&sat, &piece, offset as u64, len)
+                    .map_err(|e| match e.kind() {
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof => {
+                            PieceError::NotFound
+                        }
+                        _ => PieceError::Io(e),
+                    })
+            };
+            let start = leaf.saturating_mul(merkle::LEAF_SIZE);
+            if leaf as u64 >= merkle::leaf_count(size as u64) || start > size {
                 return Err(PieceError::BadRequest("leaf beyond the piece"));
             }
-            let end = (start + loam_common::merkle::LEAF_SIZE).min(data.len());
+            let end = (start + merkle::LEAF_SIZE).min(size);
+            let (leaf_data, leaves) = match kept {
+                Some(leaves) => (read(start, end - start)?, leaves),
+                None => {
+                    let data = read(0, size)?;
+                    let leaves = merkle::leaves(&data);
+                    (data[start..end].to_vec(), leaves)
+                }
+            };
             Ok(pb::AuditResponse {
-                leaf_data: data[start..end].to_vec().into(),
-                proof: loam_common::merkle::proof(&leaves, leaf)
+                leaf_data: leaf_data.into(),
+                proof: merkle::proof(&leaves, leaf)
                     .into_iter()
                     .map(|h| h.to_vec().into())
                     .collect(),
@@ -573,7 +588,7 @@ impl Piecestore {
             hasher.update(rest);
             blob.write(rest)
         })?;
-        let hash = hasher.finalize();
+        let (hash, leaves) = hasher.finish();
         if uplink_hash.piece_id != limit.piece_id
             || uplink_hash.hash != hash
             || uplink_hash.size != received
@@ -604,7 +619,7 @@ impl Piecestore {
         let (sat, piece, action) = (limit.satellite_id, limit.piece_id, limit.action);
         tokio::task::spawn_blocking(move || -> Result<(), PieceError> {
             blobs.commit(blob, &sat, &piece)?;
-            db.put_piece(&sat, &piece, &record, order.as_ref())?;
+            db.put_piece(&sat, &piece, &record, &leaves, order.as_ref())?;
             db.add_bandwidth(&sat, action, received, now_ms())?;
             Ok(())
         })
