@@ -92,7 +92,7 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn trigger_wait_runs_a_fresh_cycle() {
         let cycle = Arc::new(Cycle::new(Duration::from_secs(3600)));
         let count = Arc::new(AtomicU64::new(0));
