@@ -185,12 +185,13 @@ impl ErasureCoder {
         self.encode_slices(rows, &mut par)
     }
 
-    /// Parity of a column range: `rows` and `parity` are equally long
-    /// slices of the data and parity pieces (so callers can split the
-    /// columns of a segment between threads).
     /// Sub-stripe width; column splits should be multiples of it.
     pub const SUB_STRIPE: usize = SUB_STRIPE;
 
+    /// Parity of a column range: `rows` and `parity` are equally long
+    /// slices of the data and parity pieces (so callers can split the
+    /// columns of a segment between threads). Every parity byte is
+    /// written, whatever the buffers held: they need no zeroing first.
     pub fn encode_slices(
         &self,
         rows: &[&[u8]],
@@ -294,6 +295,23 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+
+    #[test]
+    fn parity_buffers_need_no_zeroing() {
+        let coder = ErasureCoder::new("4/6/8/10".parse().expect("scheme"));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        // Longer than one sub-stripe, and not a multiple of it.
+        let len = SUB_STRIPE * 2 + 77;
+        let rows: Vec<Vec<u8>> = (0..4)
+            .map(|_| (0..len).map(|_| rng.r#gen()).collect())
+            .collect();
+        let rows: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
+        let mut zeroed = vec![vec![0u8; len]; 6];
+        coder.encode_into(&rows, &mut zeroed).expect("encode");
+        let mut dirty: Vec<Vec<u8>> = (0..6).map(|i| vec![0xA5 ^ i as u8; len]).collect();
+        coder.encode_into(&rows, &mut dirty).expect("encode");
+        assert_eq!(dirty, zeroed);
+    }
 
     #[test]
     fn scheme_validation() {

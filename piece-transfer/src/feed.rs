@@ -6,12 +6,16 @@
 use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
+use loam_common::merkle::MerkleHasher;
 use tokio::sync::mpsc;
 
 pub enum FeedItem {
     Data(Bytes),
     /// The piece is complete; this is its hash.
     Hash([u8; 32]),
+    /// The piece is complete, and the feed hashes it (sent only to a
+    /// [`PieceFeed::hashing`] feed; never returned by [`PieceFeed::next`]).
+    End,
 }
 
 /// How far each piece's upload has got: bytes handed to QUIC, or `None`
@@ -39,6 +43,12 @@ impl Pacer {
         self.moved.notify_all();
     }
 
+    /// Bytes each piece has handed to QUIC so far, `None` for those whose
+    /// upload has ended.
+    pub fn progress(&self) -> Vec<Option<u64>> {
+        self.sent.lock().expect("pacer lock").clone()
+    }
+
     /// Blocks until some piece still uploading has sent `bytes`; returns
     /// false when none is uploading any more. For the encoder's thread.
     pub fn wait_for(&self, bytes: u64) -> bool {
@@ -62,6 +72,9 @@ pub struct PieceFeed {
     /// Bytes the piece will have.
     size: usize,
     pace: Option<(Arc<Pacer>, usize)>,
+    /// Hashes the data as it is read, for feeds that end with
+    /// [`FeedItem::End`].
+    hasher: Option<MerkleHasher>,
 }
 
 impl PieceFeed {
@@ -77,7 +90,22 @@ impl PieceFeed {
             rx,
             size,
             pace: Some((pacer.clone(), index)),
+            hasher: None,
         };
+        (tx, feed)
+    }
+
+    /// Like [`PieceFeed::channel`], for a piece the encoder does not hash:
+    /// the feed hashes the data as the upload reads it, and turns the
+    /// closing [`FeedItem::End`] into [`FeedItem::Hash`]. A spare piece
+    /// whose upload never starts is never hashed.
+    pub fn hashing(
+        size: usize,
+        pacer: &Arc<Pacer>,
+        index: usize,
+    ) -> (mpsc::UnboundedSender<FeedItem>, Self) {
+        let (tx, mut feed) = Self::channel(size, pacer, index);
+        feed.hasher = Some(MerkleHasher::new());
         (tx, feed)
     }
 
@@ -91,6 +119,7 @@ impl PieceFeed {
             rx,
             size,
             pace: None,
+            hasher: None,
         }
     }
 
@@ -100,7 +129,16 @@ impl PieceFeed {
 
     /// The next item; `None` if the encoder stopped before the hash.
     pub async fn next(&mut self) -> Option<FeedItem> {
-        self.rx.recv().await
+        match self.rx.recv().await? {
+            FeedItem::Data(data) => {
+                if let Some(hasher) = &mut self.hasher {
+                    hasher.update(&data);
+                }
+                Some(FeedItem::Data(data))
+            }
+            FeedItem::End => self.hasher.take().map(|h| FeedItem::Hash(h.finalize())),
+            hash @ FeedItem::Hash(_) => Some(hash),
+        }
     }
 
     /// Reports `bytes` of the piece handed to QUIC.
@@ -122,6 +160,35 @@ impl Drop for PieceFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_hashing_feed_hashes_what_it_hands_out() {
+        let pacer = Pacer::new(2);
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
+        let (tx, mut feed) = PieceFeed::hashing(data.len(), &pacer, 0);
+        for part in data.chunks(65_000) {
+            tx.send(FeedItem::Data(Bytes::copy_from_slice(part)))
+                .expect("send");
+        }
+        tx.send(FeedItem::End).expect("send");
+        let mut got = Vec::new();
+        let hash = loop {
+            match feed.next().await {
+                Some(FeedItem::Data(d)) => got.extend_from_slice(&d),
+                Some(FeedItem::Hash(h)) => break h,
+                Some(FeedItem::End) | None => panic!("the feed ended without a hash"),
+            }
+        };
+        assert_eq!(got, data);
+        assert_eq!(hash, loam_common::merkle::root(&data));
+        // A plain feed has no hash to give for `End`: it reads as ended early.
+        let (tx, mut plain) = PieceFeed::channel(1, &pacer, 1);
+        tx.send(FeedItem::End).expect("send");
+        assert!(plain.next().await.is_none());
+        assert_eq!(pacer.progress(), vec![Some(0), Some(0)]);
+        drop(feed);
+        assert_eq!(pacer.progress(), vec![None, Some(0)]);
+    }
 
     #[test]
     fn the_encoder_waits_for_the_fastest_live_piece_only() {

@@ -156,7 +156,9 @@ async fn upload_on(
             let chunk = match feed.next().await {
                 Some(FeedItem::Data(chunk)) => chunk,
                 Some(FeedItem::Hash(hash)) if sent == size => break hash,
-                Some(FeedItem::Hash(_)) | None => return Err(PieceError::FeedEnded),
+                Some(FeedItem::Hash(_) | FeedItem::End) | None => {
+                    return Err(PieceError::FeedEnded);
+                }
             };
             let end = sent + chunk.len();
             if end > size {

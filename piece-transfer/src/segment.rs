@@ -209,7 +209,9 @@ pub struct StripeEncoder {
     ranges: Vec<(usize, usize)>,
     /// Plaintext bytes per row (padded).
     row: usize,
-    hashers: Vec<MerkleHasher>,
+    /// `None` for pieces whose uploads hash them (see
+    /// [`StripeEncoder::leave_unhashed`]).
+    hashers: Vec<Option<MerkleHasher>>,
     next: usize,
     plain: Vec<u8>,
 }
@@ -243,7 +245,7 @@ impl StripeEncoder {
             ranges,
             row,
             hashers: (0..coder.scheme().total())
-                .map(|_| MerkleHasher::new())
+                .map(|_| Some(MerkleHasher::new()))
                 .collect(),
             coder,
             segment_index,
@@ -255,6 +257,18 @@ impl StripeEncoder {
     /// Bytes in each piece.
     pub fn piece_size(&self) -> usize {
         encryption::encrypted_len(self.row)
+    }
+
+    /// Leaves pieces `pieces` unhashed: their stripes are still encoded,
+    /// but [`StripeEncoder::finish`] has no hash for them. For spare pieces
+    /// whose uploads may never start; a [`crate::feed::PieceFeed::hashing`] feed
+    /// hashes what it sends instead.
+    pub fn leave_unhashed(&mut self, pieces: impl IntoIterator<Item = usize>) {
+        for i in pieces {
+            if let Some(h) = self.hashers.get_mut(i) {
+                *h = None;
+            }
+        }
     }
 
     /// Encodes the next stripe: one buffer per piece, data rows first, or
@@ -293,8 +307,10 @@ impl StripeEncoder {
             pieces.push(out);
         }
         let len = pieces[0].len();
+        // Unzeroed: the encoder writes every parity byte (the first data
+        // row is multiplied into the output, the others added to it).
         let mut parity: Vec<Vec<u8>> = (0..self.coder.scheme().parity())
-            .map(|_| pool.zeroed(len))
+            .map(|_| pool.scratch(len))
             .collect();
         {
             let data: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
@@ -303,17 +319,20 @@ impl StripeEncoder {
         }
         pieces.extend(parity);
         for (hasher, piece) in self.hashers.iter_mut().zip(&pieces) {
-            hasher.update(piece);
+            if let Some(hasher) = hasher {
+                hasher.update(piece);
+            }
         }
         Ok(Some(pieces.into_iter().map(|p| pool.freeze(p)).collect()))
     }
 
-    /// The segment's key and every piece's hash, once all stripes are out.
-    pub fn finish(self) -> (Key, Vec<[u8; 32]>) {
+    /// The segment's key and each piece's hash (`None` for those left
+    /// unhashed), once all stripes are out.
+    pub fn finish(self) -> (Key, Vec<Option<[u8; 32]>>) {
         let hashes = self
             .hashers
             .into_iter()
-            .map(MerkleHasher::finalize)
+            .map(|h| h.map(MerkleHasher::finalize))
             .collect();
         (self.key, hashes)
     }
@@ -813,6 +832,7 @@ mod tests {
         for (size, rows) in cases {
             let plain: Vec<u8> = (0..size).map(|i| (i * 13 + 1) as u8).collect();
             let mut enc = StripeEncoder::new(coder.clone(), 7, size, rows).expect("encoder");
+            enc.leave_unhashed([9]);
             let mut pieces = vec![Vec::new(); 10];
             let mut reads = 0;
             while let Some(stripe) = enc
@@ -831,9 +851,10 @@ mod tests {
             let size_each = enc.piece_size();
             let (key, hashes) = enc.finish();
             assert!(pieces.iter().all(|p| p.len() == size_each));
-            for (p, h) in pieces.iter().zip(&hashes) {
-                assert_eq!(loam_common::merkle::root(p), *h);
+            for (p, h) in pieces.iter().zip(&hashes).take(9) {
+                assert_eq!(Some(loam_common::merkle::root(p)), *h);
             }
+            assert_eq!(hashes[9], None, "piece 9 was left unhashed");
             // Same layout as the one-shot encoder: decodes like its output.
             let sizes: Vec<i64> = rows
                 .iter()

@@ -509,7 +509,8 @@ impl Trainer {
                 if loam_common::merkle::root(&data).as_slice() != rec.hash.as_ref() {
                     return Err(TaskError::Rebuild("the local piece is corrupt".into()));
                 }
-                return Ok(data);
+                // Decrypted in place by the caller: a copy of its own.
+                return Ok(data.to_vec());
             }
         }
         Err(TaskError::NoPiece)

@@ -255,7 +255,7 @@ impl loam_storagenode::piecestore::Blobs for FaultyBlobs {
         piece: &loam_common::orders::PieceId,
         offset: u64,
         len: usize,
-    ) -> std::io::Result<Vec<u8>> {
+    ) -> std::io::Result<bytes::Bytes> {
         if self.full.load(std::sync::atomic::Ordering::SeqCst) {
             // A failing disk: reads fail too (EIO).
             return Err(std::io::Error::from_raw_os_error(5));
@@ -600,6 +600,88 @@ async fn an_audit_reads_one_leaf_and_a_changed_leaf_still_fails() -> anyhow::Res
         after.audits - r.audits,
         "every audit of a changed piece fails: {after:?}"
     );
+    planet.shutdown().await;
+    Ok(())
+}
+
+/// A node whose disk takes every piece's bytes and then never finishes the
+/// fsync, until released: its uploads stall at the very end, after all the
+/// data went out (so no upload ever looks behind).
+#[derive(Default)]
+struct StuckDisk {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    held: std::sync::atomic::AtomicUsize,
+}
+
+impl StuckDisk {
+    fn release(&self) {
+        *self.open.lock().expect("lock") = true;
+        self.opened.notify_all();
+    }
+}
+
+impl loam_storagenode::piecestore::Durability for StuckDisk {
+    fn sync_file(&self, file: &std::fs::File, _path: &std::path::Path) -> std::io::Result<()> {
+        self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut open = self.open.lock().expect("lock");
+        while !*open {
+            open = self.opened.wait(open).expect("lock");
+        }
+        file.sync_all()
+    }
+
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+/// The spares of a segment start only when an upload fails or lags; a
+/// node that takes the data and then never answers must still not hold an
+/// upload up: the spares start once the others are stored and it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_does_not_wait_for_a_node_that_stops_answering() -> anyhow::Result<()> {
+    let stuck = std::sync::Arc::new(StuckDisk::default());
+    let planet = Planet::start(PlanetConfig {
+        redundancy: "4/6/8/10".parse()?,
+        reconfigure_node: Some(Box::new(|_, config| config.sync_writes = true)),
+        ..PlanetConfig::new(10).liar(
+            0,
+            Lies {
+                durability: Some(stuck.clone()),
+                ..Default::default()
+            },
+        )
+    })
+    .await?;
+    let project = planet.project()?;
+    project.create_bucket("tail").await?;
+    // Every segment has a piece on each of the ten nodes; node 0's is one
+    // of the eight that start at once in 4 of 5 segments.
+    for i in 0..8u32 {
+        let data: Vec<u8> = (0..300_000u32).map(|b| ((b * 31) ^ i) as u8).collect();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            project.upload(
+                "tail",
+                &format!("o{i}"),
+                std::io::Cursor::new(data.clone()),
+                None,
+            ),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("upload {i} waited for the node that stopped answering"))??;
+        let mut out = Vec::new();
+        project
+            .download("tail", &format!("o{i}"), &mut out, None)
+            .await?;
+        assert_eq!(out, data);
+    }
+    assert!(
+        stuck.held.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "node 0 never got a piece to hold: the test tested nothing"
+    );
+    stuck.release();
     planet.shutdown().await;
     Ok(())
 }

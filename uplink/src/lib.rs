@@ -12,8 +12,8 @@
 //! satellite (order limits on distinct nodes) → `segment::StripeEncoder`
 //! (encrypt rows, compute parity, a stripe at a time, paced by
 //! [`feed::Pacer`]) feeding `piece::upload` to every node in parallel
-//! (the spares beyond `success` start once the first piece is stored, see
-//! [`UplinkConfig::race_spares`]), cancelling the long tail once `success`
+//! (the spares beyond `success` start only when an upload fails or lags,
+//! see [`UplinkConfig::race_spares`]), cancelling the long tail once `success`
 //! pieces are stored →
 //! `CommitSegment` → … → `CommitObject`. A download reverses it from the
 //! first `k` pieces to arrive, hedging against slow or dead nodes.
@@ -140,11 +140,14 @@ pub struct UplinkConfig {
     /// How the `total - success` spare pieces of a segment are sent. Every
     /// piece's node is dialed at once, and whatever is unfinished once
     /// `success` pieces are stored is cancelled (the long tail) either way.
-    /// `false` (default): the spares start sending as soon as the first
-    /// piece is stored or any piece fails, so when every node keeps up
-    /// about `success` pieces' worth of bytes leave the client instead of
-    /// `total` (on the 10-node testnet, 4/6/8/10, uploads need ~20 % less
-    /// CPU in all). `true`: the spares race the others from the first byte,
+    /// `false` (default): the spares start when a piece upload fails;
+    /// when, as a piece is stored, another upload has sent less than half
+    /// its piece; or when the other pieces are not all stored half the
+    /// first piece's time after it. When every node keeps up,
+    /// `success` pieces' worth of bytes leave the client instead of `total`
+    /// (on the 10-node testnet, 4/6/8/10, uploads need ~20 % less CPU in
+    /// all), and the spares, encoded but never sent, are not hashed
+    /// either. `true`: the spares race the others from the first byte,
     /// as in Storj's uplink; more bytes, and the least latency when a node
     /// is slow.
     pub race_spares: bool,
@@ -844,9 +847,11 @@ impl Project {
     /// Closes connections.
     pub async fn close(&self) {
         self.endpoint.close();
-        // Long enough for the close frames to go out; the draining period that
-        // follows (three probe timeouts) protects nothing a client needs.
-        let _ = tokio::time::timeout(Duration::from_millis(5), self.endpoint.wait_idle()).await;
+        // Long enough for the connections' drivers (woken by the close, on
+        // the runtime's worker threads) to send their close frames; the
+        // draining period that follows (three probe timeouts) protects
+        // nothing a client needs. One timer tick: 1-2 ms.
+        let _ = tokio::time::timeout(Duration::from_millis(1), self.endpoint.wait_idle()).await;
     }
 }
 

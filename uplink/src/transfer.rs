@@ -454,8 +454,20 @@ impl Project {
             Resp::BeginSegment(b) => b,
             _ => return Err(UplinkError::Unexpected),
         };
+        // Spares: the pieces beyond `success` with the highest numbers
+        // (parity, so a dataset's data pieces are never among them).
+        let spare_count = if self.config.race_spares {
+            0
+        } else {
+            begin.limits.len().saturating_sub(success)
+        };
+        let mut spares: Vec<u32> = begin.limits.iter().map(|l| l.piece_num).collect();
+        spares.sort_unstable_by(|a, b| b.cmp(a));
+        spares.truncate(spare_count);
         // One feed per piece the satellite placed; the encoder sends each
         // stripe to every feed and runs a few stripes ahead of the fastest.
+        // A spare's feed hashes the piece itself, as its upload reads it:
+        // most spares never start, and then nothing hashes them.
         let pacer = Pacer::new(begin.limits.len());
         let mut senders: Vec<Option<mpsc::UnboundedSender<FeedItem>>> = vec![None; total];
         let mut feeds = Vec::with_capacity(begin.limits.len());
@@ -464,10 +476,16 @@ impl Project {
                 .get_mut(limit.piece_num as usize)
                 .filter(|s| s.is_none())
                 .ok_or(UplinkError::Unexpected)?;
-            let (tx, feed) = PieceFeed::channel(piece_size, &pacer, i);
+            let (tx, feed) = if spares.contains(&limit.piece_num) {
+                PieceFeed::hashing(piece_size, &pacer, i)
+            } else {
+                PieceFeed::channel(piece_size, &pacer, i)
+            };
             *slot = Some(tx);
             feeds.push(feed);
         }
+        encoder.leave_unhashed(spares.iter().map(|&n| n as usize));
+        let progress_of = pacer.clone();
         let encoding = tokio::task::spawn_blocking(move || {
             let mut produced: Vec<u64> = Vec::new();
             loop {
@@ -491,7 +509,7 @@ impl Project {
             let (key, hashes) = encoder.finish();
             for (tx, hash) in senders.iter().zip(hashes) {
                 if let Some(tx) = tx {
-                    let _ = tx.send(FeedItem::Hash(hash));
+                    let _ = tx.send(hash.map_or(FeedItem::End, FeedItem::Hash));
                 }
             }
             plain.recycle();
@@ -512,17 +530,7 @@ impl Project {
                 *reported = done;
             }
         };
-        // Spares: the pieces beyond `success` with the highest numbers
-        // (parity, so a dataset's data pieces are never among them).
-        let spare_count = if self.config.race_spares {
-            0
-        } else {
-            begin.limits.len().saturating_sub(success)
-        };
-        let mut spares: Vec<u32> = begin.limits.iter().map(|l| l.piece_num).collect();
-        spares.sort_unstable_by(|a, b| b.cmp(a));
-        spares.truncate(spare_count);
-        // Opens for the spares once the first piece is stored or fails.
+        // Opens for the spares when the long tail is long: see `lagging`.
         let (spares_go, spares_wait) = tokio::sync::watch::channel(false);
         let mut uploads = FuturesUnordered::new();
         for (limit, feed) in begin.limits.iter().zip(feeds) {
@@ -564,6 +572,21 @@ impl Project {
         };
         let mut last_error = String::from("no nodes were offered");
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        // The spares start when a piece upload fails; when, as a piece is
+        // stored, another upload (not a spare) has sent less than half its
+        // piece (at its pace it would end after a spare started now); or
+        // when `success` pieces are not all stored half the first piece's
+        // time after it (a node that took the bytes and stopped answering).
+        // Uploads to nodes that keep up end close together, and then the
+        // spares are never sent, only encoded.
+        let spare_slots: Vec<bool> = begin
+            .limits
+            .iter()
+            .map(|l| spares.contains(&l.piece_num))
+            .collect();
+        let lagging = || lags(&progress_of.progress(), &spare_slots, piece_size as u64);
+        let racing = Instant::now();
+        let mut hedge_at: Option<tokio::time::Instant> = None;
         loop {
             let (limit, result) = tokio::select! {
                 next = uploads.next() => match next {
@@ -575,8 +598,14 @@ impl Project {
                     report(&mut reported, done.min(plain_len));
                     continue;
                 }
+                _ = tokio::time::sleep_until(hedge_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if hedge_at.is_some() && !*spares_go.borrow() =>
+                {
+                    tracing::debug!(segment = index, "the long tail is long: spares start");
+                    spares_go.send_replace(true);
+                    continue;
+                }
             };
-            spares_go.send_replace(true);
             match result {
                 Ok(hash) => {
                     stored.push(pb::PieceResult {
@@ -587,8 +616,17 @@ impl Project {
                     if stored.len() >= success && data_settled(&stored, &failed_data) {
                         break; // long tail: the rest are cancelled below
                     }
+                    if hedge_at.is_none() {
+                        let wait = (racing.elapsed() / 2).max(std::time::Duration::from_millis(5));
+                        hedge_at = Some(tokio::time::Instant::now() + wait);
+                    }
+                    if !*spares_go.borrow() && lagging() {
+                        tracing::debug!(segment = index, "an upload lags: spares start");
+                        spares_go.send_replace(true);
+                    }
                 }
                 Err(e) => {
+                    spares_go.send_replace(true);
                     tracing::debug!(piece = limit.piece_num, error = %e, "piece upload failed");
                     last_error = e.to_string();
                     if (limit.piece_num as usize) < k {
@@ -1513,9 +1551,37 @@ impl RowSink for FileSink {
     }
 }
 
+/// Whether an upload that is not a spare (`spare[i]` false) and has not
+/// ended (`progress[i]` is `Some`) has handed QUIC less than half its
+/// `piece_size` bytes. Asked when a piece has been stored after time `t`:
+/// at its pace such an upload needs more than `2t` in all, and a spare
+/// started now would end at about `2t`, so the spares should start.
+fn lags(progress: &[Option<u64>], spare: &[bool], piece_size: u64) -> bool {
+    progress
+        .iter()
+        .zip(spare)
+        .any(|(p, &spare)| !spare && p.is_some_and(|sent| sent < piece_size / 2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spares_start_for_an_upload_far_behind_only() {
+        let size = 1000;
+        // Everyone past half way, one upload ended, spares not started.
+        let near = [Some(950), Some(500), None, Some(0), Some(0)];
+        let spare = [false, false, false, true, true];
+        assert!(!lags(&near, &spare, size));
+        // One upload below half: the spares start.
+        let behind = [Some(950), Some(499), None, Some(0), Some(0)];
+        assert!(lags(&behind, &spare, size));
+        // A spare that has not started does not count as behind.
+        assert!(!lags(&[Some(1000), Some(0)], &[false, true], size));
+        // Nor does an upload that ended early (stored or failed).
+        assert!(!lags(&[Some(1000), None], &[false, false], size));
+    }
 
     #[test]
     fn a_file_that_shrinks_during_upload_is_a_clear_error() {

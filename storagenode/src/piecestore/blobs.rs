@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use loam_common::NodeId;
 use loam_common::buffers::BufferPool;
 use loam_common::direct::{DIRECT_ALIGN, open_direct};
@@ -31,14 +32,15 @@ pub trait Blobs: Send + Sync + 'static {
         satellite: &NodeId,
         piece: &PieceId,
     ) -> std::io::Result<()>;
-    /// Reads `len` bytes at `offset` of a piece.
+    /// Reads `len` bytes at `offset` of a piece, into a pooled buffer that
+    /// goes back to [`BufferPool::global`] when the last reference drops.
     fn read(
         &self,
         satellite: &NodeId,
         piece: &PieceId,
         offset: u64,
         len: usize,
-    ) -> std::io::Result<Vec<u8>>;
+    ) -> std::io::Result<Bytes>;
     fn delete(&self, satellite: &NodeId, piece: &PieceId) -> std::io::Result<()>;
     /// Moves a piece to the trash, stamped with `now_ms`.
     fn trash(&self, satellite: &NodeId, piece: &PieceId, now_ms: i64) -> std::io::Result<()>;
@@ -147,7 +149,7 @@ fn create_direct(path: &Path) -> std::io::Result<(File, bool)> {
 /// `None` where that cannot be done: an unaligned offset, a file system
 /// without direct I/O. A piece is read rarely, in one pass, and filling
 /// new page-cache pages with it costs more than the read itself.
-fn read_direct(path: &Path, offset: u64, len: usize) -> std::io::Result<Option<Vec<u8>>> {
+fn read_direct(path: &Path, offset: u64, len: usize) -> std::io::Result<Option<Bytes>> {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::fs::FileExt;
@@ -178,11 +180,10 @@ fn read_direct(path: &Path, offset: u64, len: usize) -> std::io::Result<Option<V
                 Err(e) => return Err(e),
             }
         }
-        if skip > 0 {
-            buf.copy_within(skip..skip + len, 0);
-        }
-        buf.truncate(len);
-        Ok(Some(buf))
+        // The bytes stay where the aligned read put them: the pooled
+        // buffer is handed on as a slice, not moved to its start.
+        buf.truncate(skip + len);
+        Ok(Some(BufferPool::global().freeze(buf).slice(skip..)))
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -315,7 +316,7 @@ impl Blobs for FileBlobs {
         piece: &PieceId,
         offset: u64,
         len: usize,
-    ) -> std::io::Result<Vec<u8>> {
+    ) -> std::io::Result<Bytes> {
         let path = self.path(satellite, piece);
         if let Some(buf) = read_direct(&path, offset, len)? {
             return Ok(buf);
@@ -324,7 +325,7 @@ impl Blobs for FileBlobs {
         file.seek(SeekFrom::Start(offset))?;
         let mut buf = BufferPool::global().scratch(len);
         file.read_exact(&mut buf)?;
-        Ok(buf)
+        Ok(BufferPool::global().freeze(buf))
     }
 
     fn delete(&self, satellite: &NodeId, piece: &PieceId) -> std::io::Result<()> {

@@ -265,11 +265,11 @@ impl Piecestore {
                 None => {
                     let data = read(0, size)?;
                     let leaves = merkle::leaves(&data);
-                    (data[start..end].to_vec(), leaves)
+                    (data.slice(start..end), leaves)
                 }
             };
             Ok(pb::AuditResponse {
-                leaf_data: leaf_data.into(),
+                leaf_data,
                 proof: merkle::proof(&leaves, leaf)
                     .into_iter()
                     .map(|h| h.to_vec().into())
@@ -706,11 +706,7 @@ impl Piecestore {
         let read = move |at: u64| {
             let blobs = blobs.clone();
             let len = (length - at).min(DOWNLOAD_CHUNK as u64) as usize;
-            tokio::task::spawn_blocking(move || {
-                blobs
-                    .read(&sat, &piece, offset + at, len)
-                    .map(|b| loam_common::buffers::BufferPool::global().freeze(b))
-            })
+            tokio::task::spawn_blocking(move || blobs.read(&sat, &piece, offset + at, len))
         };
         let mut reads = std::collections::VecDeque::new();
         let mut read_to = 0u64;
