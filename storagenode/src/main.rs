@@ -124,6 +124,13 @@ enum PayoutsCommand {
     Verify,
 }
 
+/// mimalloc instead of the C library's allocator: transfers allocate and
+/// free many short-lived buffers (QUIC datagrams, frames) across threads,
+/// and glibc's allocator kept handing their memory back to the kernel and
+/// faulting it in again. See docs/performance.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();

@@ -1248,6 +1248,13 @@ pub(crate) struct NothingAt {
     prefix: String,
 }
 
+/// mimalloc instead of the C library's allocator: transfers allocate and
+/// free many short-lived buffers (QUIC datagrams, frames) across threads,
+/// and glibc's allocator kept handing their memory back to the kernel and
+/// faulting it in again. See docs/performance.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     loam_common::telemetry::init_logging_with_default("warn");
