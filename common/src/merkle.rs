@@ -48,14 +48,18 @@ fn level_up(level: &[Hash]) -> Vec<Hash> {
         .collect()
 }
 
-fn top_of(mut level: Vec<Hash>) -> Hash {
-    if level.is_empty() {
-        return leaf_hash(&[]);
+fn top_of(leaves: &[Hash]) -> Hash {
+    match leaves {
+        [] => leaf_hash(&[]),
+        [top] => *top,
+        _ => {
+            let mut level = level_up(leaves);
+            while level.len() > 1 {
+                level = level_up(&level);
+            }
+            level[0]
+        }
     }
-    while level.len() > 1 {
-        level = level_up(&level);
-    }
-    level[0]
 }
 
 /// The leaf hashes of `data`.
@@ -65,7 +69,7 @@ pub fn leaves(data: &[u8]) -> Vec<Hash> {
 
 /// The Merkle root of a whole piece.
 pub fn root(data: &[u8]) -> Hash {
-    root_hash(&top_of(leaves(data)), data.len() as u64)
+    root_hash(&top_of(&leaves(data)), data.len() as u64)
 }
 
 /// Number of leaves of a piece of `len` bytes.
@@ -165,7 +169,7 @@ impl MerkleHasher {
         if !self.partial.is_empty() {
             self.leaves.push(leaf_hash(&self.partial));
         }
-        let root = root_hash(&top_of(self.leaves.clone()), self.len);
+        let root = root_hash(&top_of(&self.leaves), self.len);
         (root, self.leaves)
     }
 }

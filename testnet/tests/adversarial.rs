@@ -621,6 +621,16 @@ impl StuckDisk {
     }
 }
 
+/// Releases a [`StuckDisk`] when dropped, so a test that fails while the
+/// disk holds fsyncs does not hang its runtime's shutdown on them.
+struct Unstick(std::sync::Arc<StuckDisk>);
+
+impl Drop for Unstick {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 impl loam_storagenode::piecestore::Durability for StuckDisk {
     fn sync_file(&self, file: &std::fs::File, _path: &std::path::Path) -> std::io::Result<()> {
         self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -642,6 +652,7 @@ impl loam_storagenode::piecestore::Durability for StuckDisk {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_does_not_wait_for_a_node_that_stops_answering() -> anyhow::Result<()> {
     let stuck = std::sync::Arc::new(StuckDisk::default());
+    let _unstick = Unstick(stuck.clone());
     let planet = Planet::start(PlanetConfig {
         redundancy: "4/6/8/10".parse()?,
         reconfigure_node: Some(Box::new(|_, config| config.sync_writes = true)),

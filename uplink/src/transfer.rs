@@ -464,6 +464,12 @@ impl Project {
         let mut spares: Vec<u32> = begin.limits.iter().map(|l| l.piece_num).collect();
         spares.sort_unstable_by(|a, b| b.cmp(a));
         spares.truncate(spare_count);
+        // Whether each placed piece (in `begin.limits` order) is a spare.
+        let spare_slots: Vec<bool> = begin
+            .limits
+            .iter()
+            .map(|l| spares.contains(&l.piece_num))
+            .collect();
         // One feed per piece the satellite placed; the encoder sends each
         // stripe to every feed and runs a few stripes ahead of the fastest.
         // A spare's feed hashes the piece itself, as its upload reads it:
@@ -476,7 +482,7 @@ impl Project {
                 .get_mut(limit.piece_num as usize)
                 .filter(|s| s.is_none())
                 .ok_or(UplinkError::Unexpected)?;
-            let (tx, feed) = if spares.contains(&limit.piece_num) {
+            let (tx, feed) = if spare_slots[i] {
                 PieceFeed::hashing(piece_size, &pacer, i)
             } else {
                 PieceFeed::channel(piece_size, &pacer, i)
@@ -533,9 +539,8 @@ impl Project {
         // Opens for the spares when the long tail is long: see `lagging`.
         let (spares_go, spares_wait) = tokio::sync::watch::channel(false);
         let mut uploads = FuturesUnordered::new();
-        for (limit, feed) in begin.limits.iter().zip(feeds) {
+        for ((limit, feed), &spare) in begin.limits.iter().zip(feeds).zip(&spare_slots) {
             let (key, sent) = (&piece_key, &sent);
-            let spare = spares.contains(&limit.piece_num);
             let mut wait = spares_wait.clone();
             uploads.push(async move {
                 let start = async move {
@@ -579,11 +584,6 @@ impl Project {
         // time after it (a node that took the bytes and stopped answering).
         // Uploads to nodes that keep up end close together, and then the
         // spares are never sent, only encoded.
-        let spare_slots: Vec<bool> = begin
-            .limits
-            .iter()
-            .map(|l| spares.contains(&l.piece_num))
-            .collect();
         let lagging = || lags(&progress_of.progress(), &spare_slots, piece_size as u64);
         let racing = Instant::now();
         let mut hedge_at: Option<tokio::time::Instant> = None;

@@ -241,14 +241,11 @@ impl NodeDb {
         else {
             return Ok(None);
         };
-        if !v.len().is_multiple_of(32) {
+        let (leaves, rest) = v.as_chunks::<32>();
+        if !rest.is_empty() {
             return Err(DbError::Corrupt("piece leaves"));
         }
-        Ok(Some(
-            v.chunks_exact(32)
-                .map(|h| h.try_into().expect("32-byte chunks"))
-                .collect(),
-        ))
+        Ok(Some(leaves.to_vec()))
     }
 
     /// Removes a piece record; returns its size if it existed.
