@@ -13,9 +13,18 @@
 //! Everything else (a run that starts unaligned, the last partial block,
 //! filesystems that refuse `O_DIRECT`, such as tmpfs) goes through the
 //! ordinary handle, so the bytes on disk are the same either way.
+//!
+//! Writes through the page cache take turns ([`BlockWriter`] holds a lock
+//! around each). The kernel serializes them anyway (each takes the file's
+//! inode lock) and has those waiting spin for it: on the 2-core machine,
+//! eight threads writing 256 MiB through the page cache used 70–78 ms of
+//! CPU, one thread 41 ms, in the same wall time. Waiting on the lock here
+//! sleeps instead. A download whose size is known also reserves its bytes
+//! on disk first ([`BlockWriter::reserve`]).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use loam_common::direct::{DIRECT_ALIGN, WriteBuffer, open_direct};
@@ -31,6 +40,9 @@ pub(crate) struct BlockWriter {
     direct: Option<File>,
     /// Cleared when the filesystem refuses a direct write after all.
     direct_ok: AtomicBool,
+    /// Held around each write through the page cache (see the module
+    /// documentation).
+    buffered_turn: Mutex<()>,
 }
 
 impl BlockWriter {
@@ -42,7 +54,48 @@ impl BlockWriter {
             direct_ok: AtomicBool::new(direct.is_some()),
             file,
             direct,
+            buffered_turn: Mutex::new(()),
         }
+    }
+
+    /// Allocates the file's first `len` bytes on disk before any is
+    /// written, where the filesystem can. A disk without room for the
+    /// download fails here, before anything is fetched, and the writes that
+    /// follow skip the filesystem's block reservation one page at a time
+    /// (256 MiB in 1 MiB writes through the page cache: 34 against 41 ms of
+    /// CPU on the 2-core machine). Filesystems that cannot preallocate are
+    /// written as before.
+    pub(crate) fn reserve(&self, len: u64) -> std::io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            use nix::errno::Errno;
+            use nix::fcntl::{FallocateFlags, fallocate};
+            let Ok(len) = i64::try_from(len) else {
+                return Ok(());
+            };
+            if len == 0 {
+                return Ok(());
+            }
+            match fallocate(&self.file, FallocateFlags::empty(), 0, len) {
+                Ok(()) | Err(Errno::EOPNOTSUPP | Errno::ENOSYS | Errno::EINVAL) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = len;
+            Ok(())
+        }
+    }
+
+    /// `data` at `at` through the page cache, in turn with the other
+    /// writers of the file.
+    fn write_buffered(&self, data: &[u8], at: u64) -> std::io::Result<()> {
+        let _turn = self
+            .buffered_turn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.file.write_all_at(data, at)
     }
 
     /// Writes `rows`, one after another, starting at file offset `offset`.
@@ -54,7 +107,7 @@ impl BlockWriter {
         let Some(direct) = direct.filter(|_| offset.is_multiple_of(DIRECT_ALIGN as u64)) else {
             let mut at = offset;
             for row in rows {
-                self.file.write_all_at(row, at)?;
+                self.write_buffered(row, at)?;
                 at += row.len() as u64;
             }
             return Ok(());
@@ -71,7 +124,7 @@ impl BlockWriter {
         stage.finish(|rest| {
             let whole = rest.len() - rest.len() % DIRECT_ALIGN;
             self.write_direct(direct, &rest[..whole], at)?;
-            self.file.write_all_at(&rest[whole..], at + whole as u64)
+            self.write_buffered(&rest[whole..], at + whole as u64)
         })
     }
 
@@ -94,8 +147,7 @@ impl BlockWriter {
             }
             None => 0,
         };
-        self.file
-            .write_all_at(&data[whole..], offset + whole as u64)
+        self.write_buffered(&data[whole..], offset + whole as u64)
     }
 
     /// One aligned write through the direct handle, or through the
@@ -105,7 +157,7 @@ impl BlockWriter {
             Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
                 tracing::debug!(error = %e, "direct writes refused; writing through the page cache");
                 self.direct_ok.store(false, Ordering::Relaxed);
-                self.file.write_all_at(buf, at)
+                self.write_buffered(buf, at)
             }
             r => r,
         }
@@ -125,6 +177,7 @@ fn reopen_direct(file: &File) -> Option<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     /// Rows of awkward sizes, written as runs at aligned and unaligned
     /// offsets, in an order that leaves holes until the end.
@@ -194,5 +247,50 @@ mod tests {
     #[test]
     fn runs_land_at_their_offsets_without_direct_writes() {
         check(|f| BlockWriter::new(f, false));
+    }
+
+    /// A reserved file takes its rows from many threads at once, through
+    /// the page cache, and holds exactly them.
+    #[test]
+    fn a_reserved_file_takes_rows_from_many_threads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out");
+        let writer = Arc::new(BlockWriter::new(
+            File::create(&path).expect("create"),
+            false,
+        ));
+        let row = 300_001usize;
+        let expected: Vec<u8> = (0..8 * row).map(|i| (i * 13 + 5) as u8).collect();
+        writer.reserve(expected.len() as u64).expect("reserve");
+        writer.reserve(0).expect("nothing to reserve");
+        std::thread::scope(|s| {
+            for (i, part) in expected.chunks(row).enumerate() {
+                let writer = writer.clone();
+                s.spawn(move || writer.write_at((i * row) as u64, part).expect("write"));
+            }
+        });
+        drop(writer);
+        assert_eq!(std::fs::read(&path).expect("read"), expected);
+    }
+
+    /// Room the disk does not have is refused before anything is written.
+    #[test]
+    fn reserving_more_than_the_disk_holds_fails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out");
+        let writer = BlockWriter::new(File::create(&path).expect("create"), false);
+        writer.reserve(4096).expect("a page");
+        if std::fs::metadata(&path).expect("stat").len() != 4096 {
+            // This filesystem does not preallocate; nothing to check.
+            return;
+        }
+        let err = writer.reserve(1 << 60).expect_err("an exabyte");
+        assert!(
+            matches!(
+                err.raw_os_error(),
+                Some(nix::libc::ENOSPC | nix::libc::EFBIG)
+            ),
+            "{err}"
+        );
     }
 }

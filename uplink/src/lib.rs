@@ -127,7 +127,11 @@ pub struct UplinkConfig {
     pub upload_concurrency: usize,
     /// Segments fetched at once on downloads. Default 2 (3 was faster in
     /// memory but slower through `uplink cp` to a file: more buffers to
-    /// fault in; 4 was no faster streaming into a file).
+    /// fault in; 4 was no faster streaming into a file). Streaming into a
+    /// file, the segments start staggered: the next starts once the one
+    /// started last has received `1/download_concurrency` of its bytes, so
+    /// they end one after another and one is always in full flow while
+    /// another starts.
     pub download_concurrency: usize,
     /// Downloads into a file bypass the page cache (`O_DIRECT`) where the
     /// file system allows. Default false: the page cache, as for any

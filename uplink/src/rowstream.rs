@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,6 +20,7 @@ use loam_common::transport::Endpoint;
 use loam_common::{KeyPair, pb};
 use loam_piece_transfer::piece::{self, PieceError, PieceSink};
 use loam_piece_transfer::segment::{PlainRun, RowStream};
+use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::direct::BlockWriter;
@@ -33,6 +34,57 @@ pub(crate) enum StreamError {
     Fetch(String),
 }
 
+/// How much of a segment's pieces has arrived, and a signal once that
+/// passes a threshold (when the next segment may start).
+pub(crate) struct SegmentProgress {
+    received: AtomicU64,
+    threshold: u64,
+    passed: AtomicBool,
+    /// Notified once, when the threshold is passed or the segment is
+    /// released.
+    pub(crate) reached: Notify,
+}
+
+impl SegmentProgress {
+    pub(crate) fn new(threshold: u64) -> Self {
+        Self {
+            received: AtomicU64::new(0),
+            threshold,
+            passed: AtomicBool::new(threshold == 0),
+            reached: Notify::new(),
+        }
+    }
+
+    /// Whether the threshold was passed (or the segment released).
+    pub(crate) fn passed(&self) -> bool {
+        self.passed.load(Ordering::Acquire)
+    }
+
+    fn add(&self, n: u64) {
+        let before = self.received.fetch_add(n, Ordering::Relaxed);
+        if before < self.threshold && before.saturating_add(n) >= self.threshold {
+            self.release();
+        }
+    }
+
+    /// Counts the threshold as passed: the segment is done, or fetched
+    /// another way.
+    pub(crate) fn release(&self) {
+        if !self.passed.swap(true, Ordering::AcqRel) {
+            self.reached.notify_one();
+        }
+    }
+}
+
+/// Releases a segment's progress when dropped, however its download ends.
+pub(crate) struct ReleaseOnDrop(pub(crate) Arc<SegmentProgress>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// Runs being written per row at once: one written while the next fills.
 const WRITES_PER_ROW: usize = 2;
 
@@ -41,6 +93,7 @@ const WRITES_PER_ROW: usize = 2;
 struct RowWriter {
     stream: RowStream,
     file: Arc<BlockWriter>,
+    progress: Arc<SegmentProgress>,
     base: u64,
     writes: VecDeque<JoinHandle<std::io::Result<()>>>,
     /// The output error that stopped the download, kept to be reported as
@@ -86,6 +139,7 @@ impl RowWriter {
 
 impl PieceSink for RowWriter {
     async fn put(&mut self, chunk: Bytes) -> Result<(), PieceError> {
+        self.progress.add(chunk.len() as u64);
         let runs = self
             .stream
             .push(&chunk)
@@ -116,6 +170,8 @@ pub(crate) struct StreamSetup {
     pub(crate) file: Arc<BlockWriter>,
     /// Where the segment starts in the file.
     pub(crate) start: u64,
+    /// Counts what the segment's pieces receive.
+    pub(crate) progress: Arc<SegmentProgress>,
 }
 
 /// Streams every row of a segment into the file, one task per data piece
@@ -134,6 +190,7 @@ pub(crate) async fn stream_rows(setup: StreamSetup, rows: Vec<RowJob>) -> Result
             let mut sink = RowWriter {
                 stream: row.stream,
                 file: setup.file.clone(),
+                progress: setup.progress.clone(),
                 base: setup.start + row.span.start,
                 writes: VecDeque::new(),
                 failed: None,
@@ -184,5 +241,41 @@ pub(crate) async fn stream_rows(setup: StreamSetup, rows: Vec<RowJob>) -> Result
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_passes_its_threshold_once() {
+        let p = SegmentProgress::new(100);
+        p.add(60);
+        assert!(!p.passed());
+        p.add(40);
+        assert!(p.passed());
+        p.add(500);
+        // One notification, stored for whoever waits next.
+        let waited = futures::FutureExt::now_or_never(p.reached.notified());
+        assert!(waited.is_some());
+        assert!(futures::FutureExt::now_or_never(p.reached.notified()).is_none());
+    }
+
+    #[test]
+    fn a_segment_that_ends_early_releases_the_next() {
+        let p = Arc::new(SegmentProgress::new(1 << 20));
+        {
+            let _release = ReleaseOnDrop(p.clone());
+            p.add(10);
+            assert!(!p.passed());
+        }
+        assert!(p.passed());
+        assert!(futures::FutureExt::now_or_never(p.reached.notified()).is_some());
+    }
+
+    #[test]
+    fn an_empty_segment_does_not_hold_the_next() {
+        assert!(SegmentProgress::new(0).passed());
     }
 }

@@ -20,7 +20,9 @@ use tokio::sync::mpsc;
 use crate::direct::BlockWriter;
 use crate::feed::{FeedItem, Pacer, PieceFeed};
 use crate::multipart::Span;
-use crate::rowstream::{RowJob, StreamError, StreamSetup, stream_rows};
+use crate::rowstream::{
+    ReleaseOnDrop, RowJob, SegmentProgress, StreamError, StreamSetup, stream_rows,
+};
 use crate::segment;
 use crate::{Item, ObjectMeta, Project, UplinkError, not_found_as, piece};
 
@@ -838,6 +840,11 @@ impl Project {
                 spans.as_deref().map(Vec::as_slice),
             )
         {
+            let reserve = file.clone();
+            let size = meta.size;
+            tokio::task::spawn_blocking(move || reserve.reserve(size))
+                .await
+                .map_err(|e| UplinkError::Io(std::io::Error::other(e)))??;
             let n = self
                 .stream_segments(
                     bucket,
@@ -1106,24 +1113,53 @@ impl Project {
         report: &impl Fn(u64),
     ) -> Result<u64, UplinkError> {
         let coders = Default::default();
+        let concurrency = self.config.download_concurrency.max(1);
         let mut running = FuturesUnordered::new();
-        let mut next = places.iter().zip(0u32..);
+        let mut next = places.iter().zip(0u32..).peekable();
         let mut written = 0u64;
+        // The segment started last: the next starts once it is
+        // 1/concurrency of the way through, so segments end one after
+        // another, never together, and another is always in full flow
+        // while one starts (asks for its pieces, waits for first reads).
+        let mut youngest: Option<Arc<SegmentProgress>> = None;
         loop {
-            while running.len() < self.config.download_concurrency.max(1) {
+            while running.is_empty()
+                || (running.len() < concurrency && youngest.as_ref().is_none_or(|p| p.passed()))
+            {
                 let Some((&place, index)) = next.next() else {
                     break;
                 };
-                running.push(
-                    self.stream_segment(bucket, enc_key, index, place, obj_key, &coders, &file),
-                );
+                let progress = Arc::new(SegmentProgress::new(place.len / concurrency as u64));
+                running.push(self.stream_segment(
+                    bucket,
+                    enc_key,
+                    index,
+                    place,
+                    obj_key,
+                    &coders,
+                    &file,
+                    progress.clone(),
+                ));
+                youngest = Some(progress);
             }
-            let Some(done) = running.next().await else {
-                return Ok(written);
+            let may_start = running.len() < concurrency && next.peek().is_some();
+            let waiting = async {
+                match &youngest {
+                    Some(p) if may_start => p.reached.notified().await,
+                    _ => std::future::pending().await,
+                }
             };
-            let n = done?;
-            written += n;
-            report(n);
+            tokio::select! {
+                done = running.next() => {
+                    let Some(done) = done else {
+                        return Ok(written);
+                    };
+                    let n = done?;
+                    written += n;
+                    report(n);
+                }
+                () = waiting => {}
+            }
         }
     }
 
@@ -1141,8 +1177,11 @@ impl Project {
         obj_key: &Key,
         coders: &std::sync::Mutex<HashMap<String, Arc<ErasureCoder>>>,
         file: &Arc<BlockWriter>,
+        progress: Arc<SegmentProgress>,
     ) -> Result<u64, UplinkError> {
         let t0 = Instant::now();
+        // However this ends, the next segment need not wait for it.
+        let _release = ReleaseOnDrop(progress.clone());
         let plan = self
             .segment_plan(bucket, enc_key, index, obj_key, coders)
             .await?;
@@ -1190,6 +1229,7 @@ impl Project {
                     stall_after: self.config.hedge_after,
                     file: file.clone(),
                     start: place.offset,
+                    progress: progress.clone(),
                 };
                 stream_rows(setup, rows).await
             }
@@ -1207,6 +1247,7 @@ impl Project {
             Err(StreamError::Output(e)) => return Err(UplinkError::Io(e)),
             Err(StreamError::Fetch(reason)) => {
                 tracing::debug!(segment = index, %reason, "segment did not stream; fetching it whole");
+                progress.release();
             }
         }
         let got = self
