@@ -103,6 +103,14 @@ impl PieceError {
             Self::BadRequest(_) | Self::Wire(_) => {
                 RemoteError::new(pb::ErrorCode::InvalidArgument, self.to_string())
             }
+            // The file system filled up before the operator's allocation
+            // did (other data on the same disk): as plain as a full
+            // allocation, and no detail of the node's paths.
+            Self::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => RemoteError {
+                code: pb::ErrorCode::ResourceExhausted,
+                message: "the node's disk is full".into(),
+                rejection: pb::OrderRejection::NoSpace,
+            },
             Self::Io(_) | Self::Db(_) => {
                 RemoteError::new(pb::ErrorCode::Internal, "storage node internal error")
             }
@@ -129,6 +137,7 @@ impl PieceError {
             },
             Self::NotFound => "not_found",
             Self::NoSpace { .. } => "no_space",
+            Self::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => "no_space",
             Self::BadRequest(_) | Self::Wire(_) => "bad_request",
             Self::Io(_) | Self::Db(_) => "internal",
         }
@@ -813,5 +822,25 @@ impl Piecestore {
             }
         }
         Ok(sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write that hits a full file system is told as such, not as an
+    /// internal error, and says nothing of the node's paths.
+    #[test]
+    fn a_full_disk_is_reported_as_no_space() {
+        let full = PieceError::Io(std::io::Error::from_raw_os_error(nix::libc::ENOSPC));
+        let remote = full.remote();
+        assert_eq!(remote.code, pb::ErrorCode::ResourceExhausted);
+        assert_eq!(remote.rejection, pb::OrderRejection::NoSpace);
+        assert_eq!(remote.message, "the node's disk is full");
+        assert_eq!(full.reason(), "no_space");
+        let other = PieceError::Io(std::io::Error::from_raw_os_error(nix::libc::EIO));
+        assert_eq!(other.remote().code, pb::ErrorCode::Internal);
+        assert_eq!(other.reason(), "internal");
     }
 }
