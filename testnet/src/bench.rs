@@ -166,6 +166,7 @@ pub async fn run(
     dir: &std::path::Path,
 ) -> anyhow::Result<BenchReport> {
     let scheme = RedundancyScheme::new(4, 6, 8, 10)?;
+    ensure_room(dir, size, rounds.max(1), scheme)?;
     let data: Vec<u8> = {
         use rand::{RngCore, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(42);
@@ -249,6 +250,38 @@ pub async fn run(
     net.stop().await;
     result?;
     Ok(report)
+}
+
+/// Fails, before anything runs, when the file system holding `dir`
+/// cannot take what the benchmark writes there: each round uploads the
+/// object twice (from memory and through `uplink cp`), each upload
+/// storing up to `total/k` times its size in pieces, plus the input and
+/// output files of the command-line runs.
+fn ensure_room(
+    dir: &std::path::Path,
+    size: usize,
+    rounds: usize,
+    scheme: RedundancyScheme,
+) -> anyhow::Result<()> {
+    let size = size as u64;
+    let pieces = size.saturating_mul(scheme.total() as u64) / scheme.k() as u64;
+    let need = pieces
+        .saturating_mul(2 * rounds as u64)
+        .saturating_add(size.saturating_mul(2));
+    std::fs::create_dir_all(dir)?;
+    let free = loam_storagenode::preflight::free_space(dir)?;
+    let gib = |b: u64| b as f64 / f64::from(1 << 30);
+    anyhow::ensure!(
+        free >= need,
+        "the benchmark writes about {:.1} GiB under {} ({rounds} rounds of {} MiB, \
+         uploaded twice each, in pieces of scheme {scheme}) and its file system has \
+         {:.1} GiB free",
+        gib(need),
+        dir.display(),
+        size >> 20,
+        gib(free)
+    );
+    Ok(())
 }
 
 /// Runs `uplink --access-file ACCESS cp FROM TO` under `testnet peak-rss`:
@@ -350,5 +383,16 @@ mod tests {
         assert!(e.to_string().contains("exit status: 3"), "{e}");
         assert!(peak_rss_kib(&cmd(&["/nonexistent/loam-command"])).is_err());
         assert!(peak_rss_kib(&[]).is_err());
+    }
+
+    #[test]
+    fn a_benchmark_that_cannot_fit_is_refused_up_front() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scheme = RedundancyScheme::new(4, 6, 8, 10).expect("scheme");
+        ensure_room(dir.path(), 1 << 20, 3, scheme).expect("3 MiB of rounds fit");
+        let e = ensure_room(dir.path(), usize::MAX / 4, 1, scheme).expect_err("too big");
+        let msg = e.to_string();
+        assert!(msg.contains("GiB free"), "{msg}");
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
     }
 }
