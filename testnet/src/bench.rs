@@ -266,7 +266,7 @@ fn ensure_room(
     let size = size as u64;
     let pieces = size.saturating_mul(scheme.total() as u64) / scheme.k() as u64;
     let need = pieces
-        .saturating_mul(2 * rounds as u64)
+        .saturating_mul((rounds as u64).saturating_mul(2))
         .saturating_add(size.saturating_mul(2));
     std::fs::create_dir_all(dir)?;
     let free = loam_storagenode::preflight::free_space(dir)?;

@@ -91,6 +91,12 @@ pub enum PieceError {
 }
 
 impl PieceError {
+    /// A write that found the file system full (before the operator's
+    /// allocation was).
+    fn disk_full(&self) -> bool {
+        matches!(self, Self::Io(e) if e.kind() == std::io::ErrorKind::StorageFull)
+    }
+
     fn remote(&self) -> RemoteError {
         match self {
             Self::Order(e) => RemoteError::order_rejected(e),
@@ -106,7 +112,7 @@ impl PieceError {
             // The file system filled up before the operator's allocation
             // did (other data on the same disk): as plain as a full
             // allocation, and no detail of the node's paths.
-            Self::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => RemoteError {
+            Self::Io(_) if self.disk_full() => RemoteError {
                 code: pb::ErrorCode::ResourceExhausted,
                 message: "the node's disk is full".into(),
                 rejection: pb::OrderRejection::NoSpace,
@@ -137,7 +143,7 @@ impl PieceError {
             },
             Self::NotFound => "not_found",
             Self::NoSpace { .. } => "no_space",
-            Self::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => "no_space",
+            Self::Io(_) if self.disk_full() => "no_space",
             Self::BadRequest(_) | Self::Wire(_) => "bad_request",
             Self::Io(_) | Self::Db(_) => "internal",
         }
