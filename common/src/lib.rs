@@ -19,6 +19,7 @@
 //! under an `orders::OrderLimit` over `wire` frames.
 
 pub mod access;
+pub mod alloc;
 pub mod bloom;
 pub mod buffers;
 pub mod chore;

@@ -37,9 +37,8 @@ pub struct CountingAlloc;
 
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
 
-// The one unsafe block of the project: a global allocator must implement
-// an unsafe trait. It only forwards to the system allocator and records a
-// size.
+// A global allocator must implement an unsafe trait. This one only
+// forwards to the system allocator and records a size.
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {

@@ -850,12 +850,9 @@ impl Project {
 
     /// Closes connections.
     pub async fn close(&self) {
-        self.endpoint.close();
-        // Long enough for the connections' drivers (woken by the close, on
-        // the runtime's worker threads) to send their close frames; the
-        // draining period that follows (three probe timeouts) protects
-        // nothing a client needs. One timer tick: 1-2 ms.
-        let _ = tokio::time::timeout(Duration::from_millis(1), self.endpoint.wait_idle()).await;
+        self.endpoint
+            .close_and_flush(Duration::from_millis(100))
+            .await;
     }
 }
 

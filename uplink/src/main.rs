@@ -1248,12 +1248,10 @@ pub(crate) struct NothingAt {
     prefix: String,
 }
 
-/// mimalloc instead of the C library's allocator: transfers allocate and
-/// free many short-lived buffers (QUIC datagrams, frames) across threads,
-/// and glibc's allocator kept handing their memory back to the kernel and
-/// faulting it in again. See docs/performance.md.
+/// mimalloc, with ordinary pages for sparse reservations (see
+/// `loam_common::alloc`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: loam_common::alloc::Allocator = loam_common::alloc::Allocator;
 
 #[tokio::main]
 async fn main() {
