@@ -714,15 +714,18 @@ impl Project {
     }
 
     async fn object_info(&self, bucket: &str, key: &str) -> Result<pb::ObjectInfo, UplinkError> {
-        self.bucket(bucket).await?;
         let enc = self.encrypt_path(bucket, key)?;
-        match self
-            .call(Req::GetObject(pb::ObjectRequest {
+        // Both questions at once, one round trip; the bucket's answer (it
+        // exists, the passphrase fits) comes first, as if asked first.
+        let (checked, found) = tokio::join!(
+            self.bucket(bucket),
+            self.call(Req::GetObject(pb::ObjectRequest {
                 bucket: bucket.to_string(),
                 encrypted_key: enc.into(),
             }))
-            .await
-        {
+        );
+        checked?;
+        match found {
             Ok(Resp::GetObject(o)) => Ok(o),
             Ok(_) => Err(UplinkError::Unexpected),
             Err(e) => Err(not_found_as(e, || {

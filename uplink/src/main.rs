@@ -1090,12 +1090,19 @@ async fn copy(
             if src.key.is_empty() {
                 bail!("{source:?} names no object");
             }
-            let item = project.stat(&src.bucket, &src.key).await?;
-            tracing::debug!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "object found"
-            );
-            let (bar, progress) = progress_bar(show && destination != "-", Some(item.size));
+            // The size first only for a progress bar; otherwise the
+            // download's own lookup says whether the object is there.
+            let bar_size = if show && destination != "-" {
+                let item = project.stat(&src.bucket, &src.key).await?;
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "object found"
+                );
+                Some(item.size)
+            } else {
+                None
+            };
+            let (bar, progress) = progress_bar(bar_size.is_some(), bar_size);
             let n = if destination == "-" {
                 let mut out = tokio::io::stdout();
                 project
