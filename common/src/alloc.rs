@@ -28,31 +28,44 @@ pub const SPARSE_ZEROED: usize = 64 << 20;
 /// mimalloc, with ordinary pages for large zeroed allocations.
 pub struct Allocator;
 
-/// Asks for ordinary pages (no transparent huge pages) for the whole pages
-/// inside `[ptr, ptr + len)`. Best effort: a kernel without transparent
-/// huge pages refuses or ignores it, which changes nothing.
+/// How the kernel should back some pages.
+#[derive(Clone, Copy)]
+pub(crate) enum PageAdvice {
+    /// Transparent huge pages (one fault per 2 MiB).
+    Huge,
+    /// Ordinary 4 KiB pages only.
+    Ordinary,
+}
+
+/// Gives `advice` for the whole `granule`-aligned runs of `granule` bytes
+/// inside `[ptr, ptr + len)`, memory the caller's allocation owns. Best
+/// effort: a kernel without transparent huge pages (or with them off)
+/// refuses or ignores it, which changes nothing.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-fn advise_small_pages(ptr: *mut u8, len: usize) {
+pub(crate) fn advise_pages(ptr: *mut u8, len: usize, granule: usize, advice: PageAdvice) {
     use nix::sys::mman::{MmapAdvise, madvise};
-    const PAGE: usize = 4096;
     let start = ptr as usize;
-    let aligned = start.next_multiple_of(PAGE);
-    let whole = (start + len).saturating_sub(aligned) / PAGE * PAGE;
+    let aligned = start.next_multiple_of(granule);
+    let whole = (start + len).saturating_sub(aligned) / granule * granule;
     let Some(addr) = std::ptr::NonNull::new(ptr.wrapping_add(aligned - start)) else {
         return;
     };
     if whole == 0 {
         return;
     }
-    // SAFETY: [addr, addr + whole) lies inside the allocation just made.
-    // MADV_NOHUGEPAGE changes only how the kernel backs those pages (their
-    // contents stay zero until written), never what Rust can see.
-    let _ = unsafe { madvise(addr.cast(), whole, MmapAdvise::MADV_NOHUGEPAGE) };
+    let advice = match advice {
+        PageAdvice::Huge => MmapAdvise::MADV_HUGEPAGE,
+        PageAdvice::Ordinary => MmapAdvise::MADV_NOHUGEPAGE,
+    };
+    // SAFETY: [addr, addr + whole) lies inside the caller's allocation.
+    // Either advice changes only how the kernel backs those pages, never
+    // what they contain, so no memory Rust can see changes.
+    let _ = unsafe { madvise(addr.cast(), whole, advice) };
 }
 
 #[cfg(not(target_os = "linux"))]
-fn advise_small_pages(_ptr: *mut u8, _len: usize) {}
+pub(crate) fn advise_pages(_ptr: *mut u8, _len: usize, _granule: usize, _advice: PageAdvice) {}
 
 // A global allocator must implement an unsafe trait; every method forwards
 // to mimalloc unchanged.
@@ -67,7 +80,8 @@ unsafe impl GlobalAlloc for Allocator {
         // SAFETY: forwarded unchanged.
         let ptr = unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) };
         if !ptr.is_null() && layout.size() >= SPARSE_ZEROED {
-            advise_small_pages(ptr, layout.size());
+            // Ordinary pages: only what is touched is zeroed and resident.
+            advise_pages(ptr, layout.size(), 4096, PageAdvice::Ordinary);
         }
         ptr
     }

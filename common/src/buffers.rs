@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 
+use crate::alloc::PageAdvice;
+
 pub struct BufferPool {
     free: Mutex<Vec<Vec<u8>>>,
     /// Most bytes kept idle in the pool.
@@ -31,30 +33,15 @@ const MIN_POOLED: usize = 256 * 1024;
 const HUGE_PAGE: usize = 2 << 20;
 
 /// Asks the kernel to back the huge-page-aligned part of `buf`'s
-/// allocation with huge pages. Best effort: kernels without transparent
-/// huge pages (or with them off) refuse or ignore it.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
+/// allocation with huge pages (best effort).
 fn advise_huge_pages(buf: &mut Vec<u8>) {
-    use nix::sys::mman::{MmapAdvise, madvise};
-    let base = buf.as_mut_ptr();
-    let start = base as usize;
-    let aligned = start.next_multiple_of(HUGE_PAGE);
-    let len = (start + buf.capacity()).saturating_sub(aligned) / HUGE_PAGE * HUGE_PAGE;
-    let Some(addr) = std::ptr::NonNull::new(base.wrapping_add(aligned - start)) else {
-        return;
-    };
-    if len == 0 {
-        return;
-    }
-    // SAFETY: [addr, addr + len) lies inside the allocation `buf` owns (and
-    // keeps owning). MADV_HUGEPAGE changes only how the kernel backs those
-    // pages, never what they contain, so no memory Rust can see changes.
-    let _ = unsafe { madvise(addr.cast(), len, MmapAdvise::MADV_HUGEPAGE) };
+    crate::alloc::advise_pages(
+        buf.as_mut_ptr(),
+        buf.capacity(),
+        HUGE_PAGE,
+        PageAdvice::Huge,
+    );
 }
-
-#[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_buf: &mut Vec<u8>) {}
 
 impl BufferPool {
     pub fn new(max_idle_bytes: usize) -> Self {

@@ -410,19 +410,25 @@ impl Endpoint {
     }
 
     /// Closes every connection and stops accepting, then waits (at most
-    /// `limit`) until each pooled connection has sent its close frame, so
-    /// its peer frees the connection at once instead of at its idle
-    /// timeout. For a process about to exit: the draining period that
-    /// follows the close frame (three probe timeouts, which
+    /// `limit`) until each pooled connection, and each of `others` (ones
+    /// made with [`Endpoint::connect`] and kept by the caller), has sent
+    /// its close frame, so its peer frees the connection at once instead of
+    /// at its idle timeout. For a process about to exit: the draining
+    /// period that follows the close frame (three probe timeouts, which
     /// [`Endpoint::wait_idle`] waits out) protects nothing it needs.
-    pub async fn close_and_flush(&self, limit: Duration) {
-        let conns: Vec<quinn::Connection> = self
+    pub async fn close_and_flush(
+        &self,
+        others: impl IntoIterator<Item = quinn::Connection>,
+        limit: Duration,
+    ) {
+        let mut conns: Vec<quinn::Connection> = self
             .pool
             .lock()
             .expect("pool lock")
             .values()
             .cloned()
             .collect();
+        conns.extend(others);
         // Once closed, a connection sends nothing but its close frame: the
         // next datagram it sends is that frame. Connections the peer closed
         // or that timed out earlier send nothing.
@@ -752,7 +758,32 @@ mod tests {
         });
         let conn = client.dial(server_id, addr).await.expect("dial");
         let before = conn.stats().udp_tx.datagrams;
-        client.close_and_flush(Duration::from_secs(5)).await;
+        client.close_and_flush([], Duration::from_secs(5)).await;
+        assert!(conn.stats().udp_tx.datagrams > before);
+        drop(conn);
+        drop(client);
+        let (_server, reason) = accepted.await.expect("join");
+        assert!(
+            matches!(reason, quinn::ConnectionError::ApplicationClosed(_)),
+            "the server saw {reason:?}"
+        );
+    }
+
+    /// A connection made outside the pool and handed to the close is
+    /// flushed the same way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_and_flush_sends_the_close_of_a_connection_it_is_given() {
+        let (server, client, addr, server_id) = pair();
+        let accepted = tokio::spawn(async move {
+            let conn = accept_one(&server).await;
+            let reason = conn.closed().await;
+            (server, reason)
+        });
+        let conn = client.connect(server_id, addr).await.expect("connect");
+        let before = conn.stats().udp_tx.datagrams;
+        client
+            .close_and_flush([conn.clone()], Duration::from_secs(5))
+            .await;
         assert!(conn.stats().udp_tx.datagrams > before);
         drop(conn);
         drop(client);

@@ -853,8 +853,10 @@ impl Project {
 
     /// Closes connections.
     pub async fn close(&self) {
+        // The satellite's connection is the caller's, not the pool's.
+        let satellite = self.satellite.lock().await.take();
         self.endpoint
-            .close_and_flush(Duration::from_millis(100))
+            .close_and_flush(satellite, Duration::from_millis(100))
             .await;
     }
 }
