@@ -745,53 +745,44 @@ mod tests {
         }
     }
 
-    /// A client that closes and flushes has sent its close frame when the
-    /// call returns: the server learns of the close (rather than timing
-    /// out) even though the client endpoint is gone by then.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn close_and_flush_sends_every_close_frame() {
+    /// Closes `client` with one connection to `server` open (pooled, or
+    /// made outside the pool and handed to the close), checks that the
+    /// connection sent something more once the call returned, and says how
+    /// the server saw the connection end, after the client is gone.
+    async fn close_one(pooled: bool) -> quinn::ConnectionError {
         let (server, client, addr, server_id) = pair();
         let accepted = tokio::spawn(async move {
             let conn = accept_one(&server).await;
             let reason = conn.closed().await;
             (server, reason)
         });
-        let conn = client.dial(server_id, addr).await.expect("dial");
+        let conn = if pooled {
+            client.dial(server_id, addr).await.expect("dial")
+        } else {
+            client.connect(server_id, addr).await.expect("connect")
+        };
         let before = conn.stats().udp_tx.datagrams;
-        client.close_and_flush([], Duration::from_secs(5)).await;
+        let given = (!pooled).then(|| conn.clone());
+        client.close_and_flush(given, Duration::from_secs(5)).await;
         assert!(conn.stats().udp_tx.datagrams > before);
         drop(conn);
         drop(client);
-        let (_server, reason) = accepted.await.expect("join");
-        assert!(
-            matches!(reason, quinn::ConnectionError::ApplicationClosed(_)),
-            "the server saw {reason:?}"
-        );
+        accepted.await.expect("join").1
     }
 
-    /// A connection made outside the pool and handed to the close is
-    /// flushed the same way.
+    /// A client that closes and flushes has sent its close frames when the
+    /// call returns, for pooled connections and ones it is given alike:
+    /// the server learns of the close (rather than timing out) though the
+    /// client endpoint is gone by then.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn close_and_flush_sends_the_close_of_a_connection_it_is_given() {
-        let (server, client, addr, server_id) = pair();
-        let accepted = tokio::spawn(async move {
-            let conn = accept_one(&server).await;
-            let reason = conn.closed().await;
-            (server, reason)
-        });
-        let conn = client.connect(server_id, addr).await.expect("connect");
-        let before = conn.stats().udp_tx.datagrams;
-        client
-            .close_and_flush([conn.clone()], Duration::from_secs(5))
-            .await;
-        assert!(conn.stats().udp_tx.datagrams > before);
-        drop(conn);
-        drop(client);
-        let (_server, reason) = accepted.await.expect("join");
-        assert!(
-            matches!(reason, quinn::ConnectionError::ApplicationClosed(_)),
-            "the server saw {reason:?}"
-        );
+    async fn close_and_flush_sends_every_close_frame() {
+        for pooled in [true, false] {
+            let reason = close_one(pooled).await;
+            assert!(
+                matches!(reason, quinn::ConnectionError::ApplicationClosed(_)),
+                "pooled {pooled}: the server saw {reason:?}"
+            );
+        }
     }
 
     #[tokio::test]
